@@ -1,0 +1,147 @@
+//! The admin listener every long-running tern role has: `GET /metrics` in the Prometheus text format,
+//! `GET /status` as JSON, and whatever routes the role adds (the edge's `POST /purge`, for instance).
+//! Bind it to a loopback or management address: it is for operators, not for the public.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http::{Body, full};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest admin request body accepted (a purge list of many URLs fits easily).
+pub const MAX_ADMIN_BODY: usize = 4 << 20;
+
+/// A request to the admin listener, with its body read.
+#[derive(Debug)]
+pub struct AdminRequest {
+    /// Method.
+    pub method: Method,
+    /// Path.
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Body (at most [`MAX_ADMIN_BODY`] bytes).
+    pub body: Bytes,
+    /// Who asked.
+    pub client: SocketAddr,
+}
+
+/// A boxed future of a response.
+pub type ResponseFuture<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
+
+/// What a role exposes on its admin listener.
+pub trait AdminRoutes: Send + Sync + 'static {
+    /// The role's `/status` document.
+    fn status(&self) -> serde_json::Value;
+
+    /// The role's metrics registry, brought up to date (gauges read at scrape time are set here).
+    fn registry(&self) -> &Registry;
+
+    /// Called before each scrape to refresh gauges that are read rather than counted.
+    fn refresh_metrics(&self) {}
+
+    /// Role-specific routes; `None` falls through to 404.
+    fn route<'a>(&'a self, _request: &'a AdminRequest) -> Option<ResponseFuture<'a>> {
+        None
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    text.push(b'\n');
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON error response `{"error": message}`.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+struct AdminHandler {
+    routes: Arc<dyn AdminRoutes>,
+    started: Instant,
+}
+
+impl Handler for AdminHandler {
+    async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("admin request body over {MAX_ADMIN_BODY} bytes or cut off"),
+                );
+            }
+        };
+        let request = AdminRequest {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            body,
+            client,
+        };
+        if let Some(response) = self.routes.route(&request) {
+            return response.await;
+        }
+        match (&request.method, request.path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                self.routes.refresh_metrics();
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, self.routes.registry()).is_err() {
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+                }
+                let mut response = Response::new(full(text));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            }
+            (&Method::GET, "/status") => {
+                let mut status = self.routes.status();
+                if let Some(object) = status.as_object_mut() {
+                    object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+                    object.insert("uptime_seconds".into(), self.started.elapsed().as_secs().into());
+                }
+                json(StatusCode::OK, &status)
+            }
+            (&Method::GET, "/") => json(
+                StatusCode::OK,
+                &serde_json::json!({ "endpoints": ["/status", "/metrics"] }),
+            ),
+            _ => json_error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {} {}", request.method, request.path),
+            ),
+        }
+    }
+}
+
+/// Serves the admin listener until `shutdown` is cancelled.
+pub async fn serve_admin(listener: TcpListener, routes: Arc<dyn AdminRoutes>, shutdown: CancellationToken) {
+    let handler = Arc::new(AdminHandler {
+        routes,
+        started: Instant::now(),
+    });
+    serve(listener, handler, ServerLimits::default(), shutdown).await;
+}

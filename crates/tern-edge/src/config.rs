@@ -1,0 +1,167 @@
+//! Settings of `tern edge`, read from TOML (`[edge]` table of the config file) and overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// Settings of the edge cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/status`, `POST /purge`); none disables it.
+    pub admin: Option<SocketAddr>,
+    /// Origin base URL, e.g. `http://127.0.0.1:9000` (plain HTTP).
+    pub origin: String,
+    /// Directory of the disk tier; without one the cache lives in memory only and is lost on restart.
+    pub cache_dir: Option<PathBuf>,
+    /// Total bytes of cached objects (disk tier, or memory without a cache directory).
+    #[serde(deserialize_with = "byte_size")]
+    pub cache_size: u64,
+    /// Bytes of the memory tier in front of the disk tier.
+    #[serde(deserialize_with = "byte_size")]
+    pub memory_size: u64,
+    /// Largest object kept in memory.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_memory_object: u64,
+    /// Key file (from `tern keygen`) whose token authorises `PURGE` and admin purges.
+    pub purge_key: Option<PathBuf>,
+    /// Client networks allowed to `PURGE` without the key.
+    pub purge_allow: Vec<IpNet>,
+    /// Targeted cache-control fields this edge obeys before `Cache-Control` (RFC 9213), most specific first.
+    pub targeted_cache_control: Vec<String>,
+    /// Whether client `Cache-Control: no-cache` / `max-age` make the edge revalidate.
+    pub honor_request_cache_control: bool,
+    /// Fraction of the time since `Last-Modified` used as heuristic freshness.
+    pub heuristic_fraction: f64,
+    /// Upper bound of heuristic freshness, in seconds.
+    pub heuristic_max_secs: u64,
+    /// Whether the query string is part of the cache key.
+    pub key_include_query: bool,
+    /// Name this edge gives itself in `Via` and `Cache-Status`.
+    pub name: String,
+    /// Largest request head accepted, in bytes (larger gets 431).
+    pub max_header_bytes: usize,
+    /// Upstream (origin) connection settings.
+    pub upstream: UpstreamConfig,
+}
+
+/// How the edge talks to its origin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time to the response head, milliseconds (504 after it).
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence mid-body, milliseconds (the transfer is cut and nothing is stored).
+    pub idle_body_timeout_ms: u64,
+    /// Idle keep-alive connections kept per origin.
+    pub max_idle_connections: usize,
+    /// Send the origin's own authority as `Host` instead of the client's.
+    pub rewrite_host: bool,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: None,
+            origin: String::new(),
+            cache_dir: None,
+            cache_size: 1 << 30,
+            memory_size: 256 << 20,
+            max_memory_object: 8 << 20,
+            purge_key: None,
+            purge_allow: Vec::new(),
+            targeted_cache_control: vec!["cdn-cache-control".into()],
+            honor_request_cache_control: true,
+            heuristic_fraction: 0.1,
+            heuristic_max_secs: 24 * 3600,
+            key_include_query: true,
+            name: "tern".into(),
+            max_header_bytes: 64 * 1024,
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_ms: 3_000,
+            first_byte_timeout_ms: 30_000,
+            idle_body_timeout_ms: 30_000,
+            max_idle_connections: 256,
+            rewrite_host: false,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Time to the response head.
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms)
+    }
+    /// Longest silence mid-body.
+    pub fn idle_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_body_timeout_ms)
+    }
+}
+
+/// Parses a byte size: a number of bytes, or a number with a `K`, `M`, `G` or `T` suffix (powers of 1024,
+/// optional `B`/`iB`), e.g. `512M` or `2GiB`.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let upper = text.to_ascii_uppercase();
+    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
+        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
+        _ => (trimmed, 0),
+    };
+    let number: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte size (write e.g. 1048576, 512M or 2G)"))?;
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(text) => parse_byte_size(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_byte_size("1kb"), Ok(1024));
+        assert!(parse_byte_size("lots").is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! `tern edge`: the HTTP edge cache. A hyper front (HTTP/1.1 and h2c) in front of an upstream, caching per
+//! RFC 9111 with `stale-while-revalidate` / `stale-if-error` (RFC 5861), targeted cache control (RFC 9213)
+//! and `Cache-Status` (RFC 9211); coalescing of concurrent misses; purges by URL, prefix and surrogate key;
+//! an admin listener with `/metrics`, `/status` and `POST /purge`.
+//!
+//! The miss path goes through the [`upstream::Upstream`] seam: the origin today; the cache community
+//! (seeds 002 and 003) and the differential-caching client (seed 000) plug in there.
+
+pub mod cache_status;
+pub mod clock;
+pub mod coalesce;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod purge;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use tern_admin::{AdminRequest, AdminRoutes, ResponseFuture, json, json_error};
+use tern_http::Body;
+use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http_cache::{KeyConfig, PolicyConfig, PurgeCount, Store, StoreConfig, primary_key};
+use tern_wire::SecretKey;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::{EdgeConfig, UpstreamConfig};
+pub use proxy::Edge;
+
+use crate::clock::{Clock, SystemClock};
+use crate::coalesce::Coalescer;
+use crate::metrics::EdgeMetrics;
+use crate::purge::{PurgeAuth, PurgeRequest};
+use crate::upstream::{Origin, Upstream};
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Store(#[from] tern_http_cache::StoreError),
+    /// The purge key could not be read.
+    #[error(transparent)]
+    Key(#[from] tern_wire::KeyError),
+}
+
+/// A running edge.
+pub struct RunningEdge {
+    /// The HTTP listener's address.
+    pub listen: SocketAddr,
+    /// The admin listener's address, if any.
+    pub admin: Option<SocketAddr>,
+    edge: Arc<Edge>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningEdge {
+    /// The edge.
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    /// A token that stops the edge when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets requests in flight finish (bounded), and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the edge stops (its token is cancelled).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts an edge with the origin named in `config`.
+pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
+    if config.origin.is_empty() {
+        return Err(StartError::Config(
+            "no origin: give --origin URL (for example http://127.0.0.1:9000)".into(),
+        ));
+    }
+    let origin = Origin::new(&config.origin, config.upstream.clone()).map_err(StartError::Config)?;
+    start_with(config, Arc::new(origin), Arc::new(SystemClock)).await
+}
+
+/// Starts an edge with any upstream and clock (the seam other resolvers and tests use).
+pub async fn start_with(
+    config: EdgeConfig,
+    upstream: Arc<dyn Upstream>,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningEdge, StartError> {
+    let purge_key = match &config.purge_key {
+        Some(path) => Some(SecretKey::load(path)?),
+        None => None,
+    };
+    let policy = PolicyConfig {
+        targeted_fields: config
+            .targeted_cache_control
+            .iter()
+            .map(|name| {
+                http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| StartError::Config(format!("`{name}` is not a header field name")))
+            })
+            .collect::<Result<_, _>>()?,
+        heuristic_fraction: config.heuristic_fraction,
+        heuristic_max: Duration::from_secs(config.heuristic_max_secs),
+        honor_request_directives: config.honor_request_cache_control,
+    };
+    if config.cache_size == 0 {
+        return Err(StartError::Config("--cache-size must be more than zero".into()));
+    }
+    let store_config = StoreConfig {
+        dir: config.cache_dir.clone(),
+        capacity: config.cache_size,
+        memory_capacity: config.memory_size.min(config.cache_size),
+        max_memory_object: config.max_memory_object,
+        policy,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| StartError::Config(format!("cache start-up failed: {e}")))??;
+    let edge = Arc::new(Edge {
+        name: config.name.clone(),
+        store,
+        upstream,
+        coalescer: Arc::new(Coalescer::default()),
+        metrics: Arc::new(EdgeMetrics::new()),
+        purge_auth: PurgeAuth::new(purge_key, config.purge_allow.clone()),
+        key_config: KeyConfig {
+            include_query: config.key_include_query,
+        },
+        clock,
+    });
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let limits = ServerLimits {
+        max_header_bytes: config.max_header_bytes,
+        ..ServerLimits::default()
+    };
+    let mut tasks = vec![tokio::spawn(serve(
+        listener,
+        Arc::new(EdgeHandler { edge: edge.clone() }),
+        limits,
+        shutdown.clone(),
+    ))];
+    let mut admin = None;
+    if let Some(addr) = config.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        admin = Some(
+            listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+        let routes = Arc::new(EdgeAdmin {
+            edge: edge.clone(),
+            listen,
+            origin: edge.upstream.describe(),
+        });
+        tasks.push(tokio::spawn(tern_admin::serve_admin(
+            listener,
+            routes,
+            shutdown.clone(),
+        )));
+    }
+    let stats = edge.store.stats();
+    info!(
+        %listen,
+        admin = ?admin,
+        upstream = %edge.upstream.describe(),
+        objects = stats.objects,
+        cache_dir = ?config.cache_dir,
+        cache_size = config.cache_size,
+        "edge started"
+    );
+    Ok(RunningEdge {
+        listen,
+        admin,
+        edge,
+        shutdown,
+        tasks,
+    })
+}
+
+struct EdgeHandler {
+    edge: Arc<Edge>,
+}
+
+impl Handler for EdgeHandler {
+    async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let request = request.map(|body| body.map_err(Into::into).boxed());
+        self.edge.handle(request, client).await
+    }
+}
+
+struct EdgeAdmin {
+    edge: Arc<Edge>,
+    listen: SocketAddr,
+    origin: String,
+}
+
+impl AdminRoutes for EdgeAdmin {
+    fn status(&self) -> serde_json::Value {
+        let stats = self.edge.store.stats();
+        serde_json::json!({
+            "role": "edge",
+            "listen": self.listen.to_string(),
+            "upstream": self.origin,
+            "cache": {
+                "objects": stats.objects,
+                "memory_bytes": stats.memory_bytes,
+                "memory_capacity": stats.memory_capacity,
+                "disk_bytes": stats.disk_bytes,
+                "disk_capacity": stats.disk_capacity,
+                "memory_evictions": stats.memory_evictions,
+                "disk_evictions": stats.disk_evictions,
+                "corrupt_dropped": stats.corrupt_dropped,
+            },
+            "fills_in_flight": self.edge.coalescer.len(),
+        })
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.edge.metrics.registry
+    }
+
+    fn refresh_metrics(&self) {
+        self.edge.metrics.set_store(&self.edge.store.stats());
+    }
+
+    fn route<'a>(&'a self, request: &'a AdminRequest) -> Option<ResponseFuture<'a>> {
+        if request.path != "/purge" {
+            return None;
+        }
+        Some(Box::pin(async move {
+            if request.method != Method::POST {
+                return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST /purge with a JSON body");
+            }
+            self.admin_purge(request)
+        }))
+    }
+}
+
+impl EdgeAdmin {
+    fn admin_purge(&self, request: &AdminRequest) -> Response<Body> {
+        if let Err(refusal) = self.edge.purge_auth.check_admin(&request.headers) {
+            return json_error(StatusCode::FORBIDDEN, refusal.message());
+        }
+        let purge: PurgeRequest = match serde_json::from_slice(&request.body) {
+            Ok(purge) => purge,
+            Err(error) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "purge body must be JSON like {{\"urls\": [..], \"prefixes\": [..], \"keys\": [..], \"soft\": false}}: {error}"
+                    ),
+                );
+            }
+        };
+        let mode = if purge.soft {
+            tern_http_cache::PurgeMode::Soft
+        } else {
+            tern_http_cache::PurgeMode::Hard
+        };
+        let store = &self.edge.store;
+        let mut total = PurgeCount::default();
+        for url in &purge.urls {
+            let Some(key) = normalize_url(url, &self.edge.key_config) else {
+                return json_error(StatusCode::BAD_REQUEST, format!("`{url}` is not an absolute http URL"));
+            };
+            let count = store.purge_url(&key, mode);
+            self.edge.count_purge("url", count);
+            total += count;
+        }
+        for prefix in &purge.prefixes {
+            let Some(key) = normalize_url(prefix, &KeyConfig { include_query: true }) else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{prefix}` is not an absolute http URL prefix"),
+                );
+            };
+            let count = store.purge_prefix(&key, mode);
+            self.edge.count_purge("prefix", count);
+            total += count;
+        }
+        for key in &purge.keys {
+            let count = store.purge_key(key, mode);
+            self.edge.count_purge("key", count);
+            total += count;
+        }
+        info!(
+            urls = purge.urls.len(),
+            prefixes = purge.prefixes.len(),
+            keys = purge.keys.len(),
+            soft = purge.soft,
+            removed = total.removed,
+            marked = total.marked,
+            "admin purge"
+        );
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "removed": total.removed, "marked": total.marked }),
+        )
+    }
+}
+
+/// Turns `http://Host/path` into a primary key.
+fn normalize_url(url: &str, key_config: &KeyConfig) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let host = uri.authority()?.as_str();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(primary_key(scheme, host, path, key_config))
+}

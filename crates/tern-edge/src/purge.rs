@@ -1,0 +1,108 @@
+//! Purging: who may purge, and what a purge request names.
+//!
+//! `PURGE <url>` on the main listener is allowed when the request carries the purge key's token
+//! (`Authorization: Bearer <token>` or `X-Purge-Key: <token>`) or comes from an allowed network; with neither
+//! configured every `PURGE` is refused. `Tern-Soft-Purge: 1` makes it soft. `POST /purge` on the admin
+//! listener takes `{"urls": [...], "prefixes": [...], "keys": [...], "soft": false}` and needs the token
+//! when a key is configured.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, header};
+use ipnet::IpNet;
+use serde::Deserialize;
+use tern_http_cache::PurgeMode;
+use tern_wire::SecretKey;
+
+/// Who may purge.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeAuth {
+    key: Option<SecretKey>,
+    allow: Vec<IpNet>,
+}
+
+/// Why a purge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No key and no allow-list configured: purging is off.
+    NotConfigured,
+    /// The request carried no valid token and came from outside the allow-list.
+    NotAuthorised,
+}
+
+impl Refusal {
+    /// The message sent back.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::NotConfigured => {
+                "purging is disabled on this edge: start it with --purge-key FILE or --purge-allow NETWORK"
+            }
+            Refusal::NotAuthorised => {
+                "purge refused: send the purge key's token as `Authorization: Bearer <token>`, or purge from an allowed network"
+            }
+        }
+    }
+}
+
+impl PurgeAuth {
+    /// Authorisation by key and/or networks.
+    pub fn new(key: Option<SecretKey>, allow: Vec<IpNet>) -> Self {
+        PurgeAuth { key, allow }
+    }
+
+    /// Checks a `PURGE` on the main listener.
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
+        if self.key.is_none() && self.allow.is_empty() {
+            return Err(Refusal::NotConfigured);
+        }
+        if self.token_valid(headers) || self.allow.iter().any(|net| net.contains(&client)) {
+            return Ok(());
+        }
+        Err(Refusal::NotAuthorised)
+    }
+
+    /// Checks an admin purge: the token when a key is configured, otherwise the admin listener's own
+    /// binding is the protection.
+    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        match &self.key {
+            None => Ok(()),
+            Some(_) if self.token_valid(headers) => Ok(()),
+            Some(_) => Err(Refusal::NotAuthorised),
+        }
+    }
+
+    fn token_valid(&self, headers: &HeaderMap) -> bool {
+        let Some(key) = &self.key else {
+            return false;
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let explicit = headers.get("x-purge-key").and_then(|v| v.to_str().ok());
+        bearer.or(explicit).is_some_and(|token| key.matches_token(token))
+    }
+}
+
+/// Whether a `PURGE` asks for a soft purge.
+pub fn requested_mode(headers: &HeaderMap) -> PurgeMode {
+    let soft = headers
+        .get("tern-soft-purge")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    if soft { PurgeMode::Soft } else { PurgeMode::Hard }
+}
+
+/// The body of `POST /purge`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Absolute URLs (`http://host/path`); every variant of each is purged.
+    pub urls: Vec<String>,
+    /// URL prefixes (`http://host/static/`).
+    pub prefixes: Vec<String>,
+    /// Surrogate keys.
+    pub keys: Vec<String>,
+    /// Mark stale instead of deleting.
+    pub soft: bool,
+}

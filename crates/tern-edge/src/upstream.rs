@@ -1,0 +1,170 @@
+//! The miss path's seam: where the edge gets what it does not hold. Today the origin; the cache community
+//! (owner peer, holder from the directory) and the differential-caching client plug in behind the same trait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::{Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tern_http::Body;
+
+use crate::config::UpstreamConfig;
+
+/// Why an upstream fetch failed; the edge turns it into 502 or 504 with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Could not connect.
+    #[error("cannot connect to {upstream}: {reason}")]
+    Connect {
+        /// Which upstream.
+        upstream: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No response head in time.
+    #[error("{upstream} sent no response within {timeout:?}")]
+    Timeout {
+        /// Which upstream.
+        upstream: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The exchange failed otherwise (connection reset, malformed response).
+    #[error("{upstream} failed: {reason}")]
+    Failed {
+        /// Which upstream.
+        upstream: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    /// 504 for a timeout, 502 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A boxed upstream response future.
+pub type UpstreamFuture<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a>>;
+
+/// Where misses go. The request's URI is origin-form (`/path?query`); the upstream chooses the authority.
+pub trait Upstream: Send + Sync + 'static {
+    /// Sends a request and returns the response head with a streaming body.
+    fn fetch(&self, request: Request<Body>) -> UpstreamFuture<'_>;
+
+    /// A short name for logs and `/status`.
+    fn describe(&self) -> String;
+}
+
+/// The origin server, over plain HTTP/1.1 with pooled keep-alive connections.
+pub struct Origin {
+    client: Client<HttpConnector, Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    config: UpstreamConfig,
+}
+
+impl Origin {
+    /// An origin at `base` (for example `http://127.0.0.1:9000`). Only `http://` is supported for now.
+    pub fn new(base: &str, config: UpstreamConfig) -> Result<Self, String> {
+        let uri: Uri = base.parse().map_err(|e| format!("origin `{base}` is not a URL: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("origin `{base}` needs a scheme (http://)"))?;
+        if scheme != http::uri::Scheme::HTTP {
+            return Err(format!(
+                "origin `{base}`: only http:// origins are supported; put a TLS terminator in front of an https origin"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("origin `{base}` has no host"))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout()));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.max_idle_connections)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Origin {
+            client,
+            scheme,
+            authority,
+            base_path,
+            config,
+        })
+    }
+}
+
+impl Upstream for Origin {
+    fn fetch(&self, request: Request<Body>) -> UpstreamFuture<'_> {
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let target = format!("{}{}", self.base_path, path_and_query);
+            parts.uri = Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(target.as_str())
+                .build()
+                .map_err(|e| UpstreamError::Failed {
+                    upstream: self.describe(),
+                    reason: e.to_string(),
+                })?;
+            parts.version = http::Version::HTTP_11;
+            if (self.config.rewrite_host || !parts.headers.contains_key(header::HOST))
+                && let Ok(host) = http::HeaderValue::from_str(self.authority.as_str())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+            let request = Request::from_parts(parts, body);
+            let timeout = self.config.first_byte_timeout();
+            let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        upstream: self.describe(),
+                        timeout,
+                    });
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    let reason = std::error::Error::source(&error)
+                        .map(|s| s.to_string())
+                        .unwrap_or(error.to_string());
+                    return Err(UpstreamError::Connect {
+                        upstream: self.describe(),
+                        reason,
+                    });
+                }
+                Ok(Err(error)) => {
+                    let reason = std::error::Error::source(&error)
+                        .map(|s| s.to_string())
+                        .unwrap_or(error.to_string());
+                    return Err(UpstreamError::Failed {
+                        upstream: self.describe(),
+                        reason,
+                    });
+                }
+                Ok(Ok(response)) => response,
+            };
+            let idle = self.config.idle_body_timeout();
+            Ok(response.map(|body| tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle)))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("origin {}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}

@@ -1,0 +1,149 @@
+//! Bad input and failing upstreams: malformed requests, absurd headers, bodies cut off mid-way; plus h2c
+//! and the admin endpoints.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tern_edge::testsuite::{Resource, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::Setup;
+
+async fn raw(setup: &Setup, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(setup.edge.listen).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_edge_keeps_serving() {
+    let setup = Setup::new().await;
+    setup
+        .origin
+        .set("/ok", Resource::ok("ok", &[("cache-control", "max-age=100")]));
+    let garbage = raw(&setup, b"\x16\x03\x01garbage that is not http\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let bad_header = raw(&setup, b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n").await;
+    assert!(bad_header.starts_with("HTTP/1.1 400"), "{bad_header}");
+    let no_host = raw(&setup, b"GET /ok HTTP/1.1\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    let too_big = raw(&setup, huge.as_bytes()).await;
+    assert!(
+        too_big.starts_with("HTTP/1.1 431"),
+        "{}",
+        &too_big[..too_big.len().min(100)]
+    );
+    assert_eq!(setup.get("/ok").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn a_body_cut_off_mid_way_is_never_stored() {
+    let setup = Setup::new().await;
+    let mut cut = Resource::ok(vec![b'c'; 1000], &[("cache-control", "max-age=100")]);
+    cut.truncate_to = Some(5000);
+    setup.origin.set("/cut", cut);
+    let response = setup
+        .client
+        .request(
+            http::Request::get(setup.url("/cut"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("head arrives");
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the client sees the transfer fail"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        setup.edge.edge().store().stats().objects,
+        0,
+        "the partial object is not stored"
+    );
+    setup.origin.set(
+        "/cut",
+        Resource::ok(vec![b'c'; 5000], &[("cache-control", "max-age=100")]),
+    );
+    let whole = setup.get("/cut").await;
+    assert_eq!(whole.body.len(), 5000);
+    assert!(whole.header("cache-status").contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge() {
+    let setup = Setup::new().await;
+    setup
+        .origin
+        .set("/h2", Resource::ok("two", &[("cache-control", "max-age=100")]));
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    for expected in ["fwd=miss", "hit"] {
+        let response = h2
+            .request(
+                http::Request::get(setup.url("/h2"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .expect("h2 response");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let status = response.headers()["cache-status"].to_str().expect("text").to_string();
+        assert!(status.contains(expected), "{status}");
+        assert_eq!(
+            &response.into_body().collect().await.expect("body").to_bytes()[..],
+            b"two"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_not_forwarded() {
+    let setup = Setup::new().await;
+    setup.origin.set(
+        "/hop",
+        Resource::ok(
+            "x",
+            &[
+                ("cache-control", "max-age=100"),
+                ("connection", "x-private"),
+                ("x-private", "1"),
+            ],
+        ),
+    );
+    let got = setup
+        .get_with("/hop", &[("connection", "x-client-secret"), ("x-client-secret", "s")])
+        .await;
+    assert!(got.headers.get("x-private").is_none());
+    let seen = &setup.origin.seen()[0];
+    assert!(seen.headers.get("x-client-secret").is_none());
+    assert!(seen.headers.get("x-forwarded-for").is_some());
+    assert!(seen.headers["via"].to_str().expect("via").contains("tern"));
+}
+
+#[tokio::test]
+async fn metrics_and_status() {
+    let setup = Setup::new().await;
+    setup
+        .origin
+        .set("/m", Resource::ok("m", &[("cache-control", "max-age=100")]));
+    setup.get("/m").await;
+    setup.get("/m").await;
+    let metrics = send(&setup.client, "GET", &setup.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("tern_edge_requests_total{result=\"hit\"} 1"), "{text}");
+    assert!(text.contains("tern_edge_requests_total{result=\"miss\"} 1"));
+    assert!(text.contains("tern_edge_cache_objects 1"));
+    let status = send(&setup.client, "GET", &setup.admin_url("/status"), &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+    assert_eq!(status["role"], "edge");
+    assert_eq!(status["cache"]["objects"], 1);
+}

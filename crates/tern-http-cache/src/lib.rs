@@ -1,0 +1,21 @@
+//! RFC 9111 HTTP caching for tern's edge: the policy (what may be stored, for how long, when it must be
+//! validated or may be served stale), cache keys and `Vary` variants, and the object store (a size-bounded
+//! memory tier over a disk tier that survives restarts) with the indexes purges use.
+//!
+//! Nothing here does network I/O; the edge server (`tern-edge`) drives it.
+
+pub mod directives;
+pub mod disk;
+pub mod key;
+pub mod meta;
+pub mod policy;
+pub mod s3fifo;
+pub mod store;
+
+pub use directives::Directives;
+pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, vary_values};
+pub use meta::Meta;
+pub use policy::{Freshness, NotStorable, PolicyConfig, Usability};
+pub use store::{
+    BodySource, CachedObject, Fill, Hit, PurgeCount, PurgeMode, Store, StoreConfig, StoreError, StoreStats,
+};

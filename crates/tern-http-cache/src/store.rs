@@ -1,0 +1,881 @@
+//! The object store: a size-bounded memory tier over an optional size-bounded disk tier, a catalog that
+//! finds the variants of a URL, and the indexes that let a prefix or surrogate-key purge touch only the
+//! objects it names.
+//!
+//! With a cache directory every object is written to disk (so it survives restarts) and objects up to
+//! `max_memory_object` bytes are also kept in memory; the disk tier's size is the cache size. Without a
+//! cache directory the memory tier is the whole cache. Both tiers evict with [`S3Fifo`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{self, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, header};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use crate::disk::{self, DiskTier};
+use crate::key::{ObjectId, vary_matches};
+use crate::meta::Meta;
+use crate::policy::{Freshness, PolicyConfig};
+use crate::s3fifo::S3Fifo;
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the disk tier; `None` keeps everything in memory.
+    pub dir: Option<PathBuf>,
+    /// Total bytes of cached objects (the disk tier's size, or the memory tier's without a directory).
+    pub capacity: u64,
+    /// Bytes of the memory tier when there is a disk tier.
+    pub memory_capacity: u64,
+    /// Largest body kept in memory; larger ones live on disk only (or are not cached without a disk tier).
+    pub max_memory_object: u64,
+    /// Caching policy, used to compute each object's freshness.
+    pub policy: PolicyConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: None,
+            capacity: 256 << 20,
+            memory_capacity: 256 << 20,
+            max_memory_object: 8 << 20,
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The cache directory could not be used.
+    #[error("cache directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The stored body no longer matches its checksum; the object was dropped.
+    #[error("stored body of {0} failed its checksum and was dropped")]
+    Corrupt(String),
+    /// The object vanished (evicted or purged) before its body could be opened.
+    #[error("object was evicted before it could be read")]
+    Gone,
+    /// The body was larger than the cache can hold or a write failed; nothing was stored.
+    #[error("object not stored: {0}")]
+    NotStored(&'static str),
+    /// A background task failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// One stored variant: its record and the freshness facts computed from it.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// Its id.
+    pub id: ObjectId,
+    /// Its record.
+    pub meta: Meta,
+    /// Freshness facts.
+    pub freshness: Freshness,
+    verified: AtomicBool,
+}
+
+impl CachedObject {
+    fn new(id: ObjectId, meta: Meta, config: &PolicyConfig, verified: bool) -> Self {
+        let freshness = Freshness::of(
+            meta.status,
+            &meta.headers,
+            meta.request_time,
+            meta.response_time,
+            config,
+        );
+        CachedObject {
+            id,
+            meta,
+            freshness,
+            verified: AtomicBool::new(verified),
+        }
+    }
+}
+
+/// A stored variant found for a request.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The object.
+    pub object: Arc<CachedObject>,
+    memory: Option<Bytes>,
+}
+
+/// Where to read a body from.
+#[derive(Debug)]
+pub enum BodySource {
+    /// The whole body, in memory.
+    Memory(Bytes),
+    /// An open file positioned at the first body byte; `len` bytes follow.
+    File {
+        /// The open file (kept open, so eviction meanwhile does not matter).
+        file: std::fs::File,
+        /// Body length.
+        len: u64,
+    },
+}
+
+/// How a purge treats what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// Delete the objects.
+    Hard,
+    /// Mark them stale: they may still be served stale while they are revalidated.
+    Soft,
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    /// Objects deleted.
+    pub removed: usize,
+    /// Objects marked stale.
+    pub marked: usize,
+}
+
+impl std::ops::AddAssign for PurgeCount {
+    fn add_assign(&mut self, other: Self) {
+        self.removed += other.removed;
+        self.marked += other.marked;
+    }
+}
+
+/// Figures about the store for `/metrics` and `/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Objects held.
+    pub objects: usize,
+    /// Bytes in the memory tier.
+    pub memory_bytes: u64,
+    /// Capacity of the memory tier.
+    pub memory_capacity: u64,
+    /// Bytes in the disk tier.
+    pub disk_bytes: u64,
+    /// Capacity of the disk tier (0 without one).
+    pub disk_capacity: u64,
+    /// Objects evicted from memory since start.
+    pub memory_evictions: u64,
+    /// Objects evicted from disk since start.
+    pub disk_evictions: u64,
+    /// Objects dropped because their bytes failed a checksum.
+    pub corrupt_dropped: u64,
+}
+
+struct Slot {
+    object: Arc<CachedObject>,
+    memory: Option<Bytes>,
+    on_disk: bool,
+}
+
+struct Catalog {
+    slots: HashMap<ObjectId, Slot>,
+    by_url: HashMap<String, Vec<ObjectId>>,
+    urls: BTreeSet<String>,
+    by_tag: HashMap<String, HashSet<ObjectId>>,
+    memory: S3Fifo,
+    disk: Option<S3Fifo>,
+}
+
+/// The cache's object store.
+pub struct Store {
+    config: StoreConfig,
+    disk: Option<DiskTier>,
+    catalog: RwLock<Catalog>,
+    /// Serialises renames and record rewrites of one object id (striped by the id's first byte).
+    file_locks: Vec<Mutex<()>>,
+    memory_evictions: AtomicU64,
+    disk_evictions: AtomicU64,
+    corrupt_dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store; with a cache directory, rebuilds the catalog from the files there (blocking: call
+    /// it before serving or from `spawn_blocking`).
+    pub fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+        let disk = match &config.dir {
+            Some(dir) => Some(DiskTier::open(dir).map_err(|source| StoreError::Directory {
+                path: dir.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let memory_capacity = if disk.is_some() {
+            config.memory_capacity
+        } else {
+            config.capacity
+        };
+        let catalog = Catalog {
+            slots: HashMap::new(),
+            by_url: HashMap::new(),
+            urls: BTreeSet::new(),
+            by_tag: HashMap::new(),
+            memory: S3Fifo::new(memory_capacity),
+            disk: disk.as_ref().map(|_| S3Fifo::new(config.capacity)),
+        };
+        let store = Arc::new(Store {
+            config,
+            disk,
+            catalog: RwLock::new(catalog),
+            file_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            memory_evictions: AtomicU64::new(0),
+            disk_evictions: AtomicU64::new(0),
+            corrupt_dropped: AtomicU64::new(0),
+        });
+        store.rebuild()?;
+        Ok(store)
+    }
+
+    fn rebuild(&self) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let dir = self.config.dir.clone().unwrap_or_default();
+        let (mut found, dropped) = disk
+            .scan()
+            .map_err(|source| StoreError::Directory { path: dir, source })?;
+        for path in &dropped {
+            warn!(path = %path.display(), "dropped damaged cache file");
+        }
+        self.corrupt_dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        // Oldest first, so that if the cache shrank the oldest go first.
+        found.sort_by_key(|f| f.meta.response_time);
+        let count = found.len();
+        for item in found {
+            let object = Arc::new(CachedObject::new(item.id, item.meta, &self.config.policy, false));
+            let deleted = self.insert(object, None, Some(item.file_len));
+            self.delete_files(deleted);
+        }
+        debug!(objects = count, "rebuilt cache index from disk");
+        Ok(())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The policy configuration objects' freshness is computed with.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.config.policy
+    }
+
+    /// Finds the most recent stored variant of `primary` that `request` selects, and records the hit.
+    pub fn find(&self, primary: &str, request: &HeaderMap) -> Option<Hit> {
+        let catalog = self.read();
+        let ids = catalog.by_url.get(primary)?;
+        let slot = ids
+            .iter()
+            .filter_map(|id| catalog.slots.get(id))
+            .filter(|slot| vary_matches(&slot.object.meta.vary, request))
+            .max_by_key(|slot| slot.object.meta.response_time)?;
+        let id = slot.object.id;
+        if slot.memory.is_some() {
+            catalog.memory.touch(&id);
+        }
+        if let Some(policy) = &catalog.disk {
+            policy.touch(&id);
+        }
+        Some(Hit {
+            object: slot.object.clone(),
+            memory: slot.memory.clone(),
+        })
+    }
+
+    /// Every stored variant of `primary` (for invalidation and inspection).
+    pub fn variants(&self, primary: &str) -> Vec<Arc<CachedObject>> {
+        let catalog = self.read();
+        catalog
+            .by_url
+            .get(primary)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| catalog.slots.get(id))
+                    .map(|s| s.object.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Opens the body of a hit. A disk body not yet checked since start-up is hashed first; if it fails, the
+    /// object is dropped and [`StoreError::Corrupt`] returned so the caller fetches it anew.
+    pub async fn body(self: &Arc<Self>, hit: &Hit) -> Result<BodySource, StoreError> {
+        if let Some(bytes) = &hit.memory {
+            return Ok(BodySource::Memory(bytes.clone()));
+        }
+        let Some(disk) = &self.disk else {
+            return Err(StoreError::Gone);
+        };
+        let object = hit.object.clone();
+        if !object.verified.load(Ordering::Acquire) {
+            let path = disk.object_path(&object.id);
+            let check_object = object.clone();
+            let store = self.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                store
+                    .disk
+                    .as_ref()
+                    .map(|d| d.verify_body(&check_object.id, &check_object.meta))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+            match verified {
+                Some(Ok(true)) => object.verified.store(true, Ordering::Release),
+                Some(Ok(false)) => {
+                    warn!(url = %object.meta.url, path = %path.display(), "cached body failed its checksum; dropping it");
+                    self.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.remove_if_current(&object);
+                    return Err(StoreError::Corrupt(object.meta.url.clone()));
+                }
+                Some(Err(_)) | None => {
+                    self.remove_if_current(&object);
+                    return Err(StoreError::Gone);
+                }
+            }
+            if object.meta.body_len <= self.config.max_memory_object {
+                self.promote(&object).await;
+            }
+        }
+        let path = disk.object_path(&object.id);
+        let len = object.meta.body_len;
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(disk::HEAD_LEN))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        match opened {
+            Ok(file) => Ok(BodySource::File { file, len }),
+            Err(_) => {
+                self.remove_if_current(&object);
+                Err(StoreError::Gone)
+            }
+        }
+    }
+
+    /// Loads a small disk object into the memory tier after it was checked.
+    async fn promote(&self, object: &Arc<CachedObject>) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let path = disk.object_path(&object.id);
+        let len = object.meta.body_len;
+        let read = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+            use std::io::Read;
+            let mut file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(disk::HEAD_LEN))?;
+            let mut buffer = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut buffer)?;
+            Ok(Bytes::from(buffer))
+        })
+        .await;
+        let Ok(Ok(bytes)) = read else {
+            return;
+        };
+        if blake3::hash(&bytes).as_bytes() != &object.meta.body_hash {
+            return;
+        }
+        let mut catalog = self.write();
+        let Some(slot) = catalog.slots.get(&object.id) else {
+            return;
+        };
+        if !Arc::ptr_eq(&slot.object, object) || slot.memory.is_some() {
+            return;
+        }
+        let weight = bytes.len() as u64 + object.meta.weight();
+        let evicted = catalog.memory.insert(object.id, weight);
+        self.drop_memory(&mut catalog, evicted);
+        if catalog.memory.contains(&object.id)
+            && let Some(slot) = catalog.slots.get_mut(&object.id)
+        {
+            slot.memory = Some(bytes);
+        }
+    }
+
+    /// Starts storing a response. Write its body with [`Fill::write`] and finish with [`Fill::finish`];
+    /// dropping the fill stores nothing.
+    pub async fn begin_fill(self: &Arc<Self>, id: ObjectId, meta: Meta, expected_len: Option<u64>) -> Fill {
+        let memory_limit = if self.disk.is_some() {
+            self.config.max_memory_object
+        } else {
+            self.config.max_memory_object.min(self.config.capacity)
+        };
+        let too_big = match expected_len {
+            Some(len) => len > self.config.capacity || (self.disk.is_none() && len > memory_limit),
+            None => false,
+        };
+        let mut fill = Fill {
+            store: self.clone(),
+            id,
+            meta,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            memory_limit,
+            memory: None,
+            file: None,
+            temp_path: None,
+            failure: None,
+        };
+        if too_big {
+            fill.failure = Some("larger than the cache allows");
+            return fill;
+        }
+        if expected_len.is_none_or(|len| len <= memory_limit) {
+            fill.memory = Some(BytesMut::with_capacity(expected_len.unwrap_or(0) as usize));
+        }
+        if let Some(disk) = &self.disk {
+            let temp_path = disk.temp_path();
+            match tokio::fs::File::create(&temp_path).await {
+                Ok(mut file) => {
+                    if file.write_all(&disk::head(0)).await.is_ok() {
+                        fill.file = Some(file);
+                    }
+                    fill.temp_path = Some(temp_path);
+                }
+                Err(error) => warn!(%error, path = %temp_path.display(), "cannot create cache temp file"),
+            }
+        }
+        if fill.memory.is_none() && fill.file.is_none() {
+            fill.failure = Some("no tier can take it");
+        }
+        fill
+    }
+
+    /// Inserts a finished object; returns the ids whose files must be deleted.
+    fn insert(&self, object: Arc<CachedObject>, memory: Option<Bytes>, disk_len: Option<u64>) -> Vec<ObjectId> {
+        let mut catalog = self.write();
+        let id = object.id;
+        // A new version replaces the old in place: its file was already renamed over the old one.
+        self.unlink(&mut catalog, &id);
+        let mut delete = Vec::new();
+        let on_disk = match (disk_len, catalog.disk.as_mut()) {
+            (Some(len), Some(policy)) if policy.fits(len) => {
+                let evicted = policy.insert(id, len);
+                self.disk_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+                for victim in evicted {
+                    if self.unlink(&mut catalog, &victim).is_some() {
+                        delete.push(victim);
+                    }
+                }
+                true
+            }
+            (Some(_), Some(_)) => {
+                delete.push(id);
+                false
+            }
+            _ => false,
+        };
+        let mut kept_memory = None;
+        if let Some(bytes) = memory {
+            let weight = bytes.len() as u64 + object.meta.weight();
+            if catalog.memory.fits(weight) {
+                let evicted = catalog.memory.insert(id, weight);
+                self.drop_memory(&mut catalog, evicted);
+                kept_memory = Some(bytes);
+            }
+        }
+        if !on_disk && kept_memory.is_none() {
+            return delete;
+        }
+        for tag in &object.meta.surrogate_keys {
+            catalog.by_tag.entry(tag.clone()).or_default().insert(id);
+        }
+        let url = object.meta.url.clone();
+        let variants = catalog.by_url.entry(url.clone()).or_default();
+        if !variants.contains(&id) {
+            variants.push(id);
+        }
+        catalog.urls.insert(url);
+        catalog.slots.insert(
+            id,
+            Slot {
+                object,
+                memory: kept_memory,
+                on_disk,
+            },
+        );
+        delete
+    }
+
+    /// Drops memory bodies the memory tier evicted: with a disk tier the object stays on disk, without
+    /// one it is gone.
+    fn drop_memory(&self, catalog: &mut Catalog, evicted: Vec<ObjectId>) {
+        self.memory_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        for victim in evicted {
+            let keep = match catalog.slots.get_mut(&victim) {
+                Some(slot) if slot.on_disk => {
+                    slot.memory = None;
+                    true
+                }
+                _ => false,
+            };
+            if !keep {
+                self.unlink(catalog, &victim);
+            }
+        }
+    }
+
+    /// Removes an object from the catalog and both policies. Returns its slot.
+    fn unlink(&self, catalog: &mut Catalog, id: &ObjectId) -> Option<Slot> {
+        let slot = catalog.slots.remove(id)?;
+        catalog.memory.remove(id);
+        if let Some(policy) = catalog.disk.as_mut() {
+            policy.remove(id);
+        }
+        let url = &slot.object.meta.url;
+        if let Some(variants) = catalog.by_url.get_mut(url) {
+            variants.retain(|v| v != id);
+            if variants.is_empty() {
+                catalog.by_url.remove(url);
+                catalog.urls.remove(url);
+            }
+        }
+        for tag in &slot.object.meta.surrogate_keys {
+            if let Some(ids) = catalog.by_tag.get_mut(tag) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    catalog.by_tag.remove(tag);
+                }
+            }
+        }
+        Some(slot)
+    }
+
+    /// Removes `object` if it is still the stored version of its id (and deletes its file).
+    pub fn remove_if_current(&self, object: &Arc<CachedObject>) {
+        let removed = {
+            let mut catalog = self.write();
+            let current = catalog
+                .slots
+                .get(&object.id)
+                .is_some_and(|s| Arc::ptr_eq(&s.object, object));
+            if current {
+                self.unlink(&mut catalog, &object.id)
+            } else {
+                None
+            }
+        };
+        if let Some(slot) = removed
+            && slot.on_disk
+        {
+            self.delete_files(vec![object.id]);
+        }
+    }
+
+    fn delete_files(&self, ids: Vec<ObjectId>) {
+        if ids.is_empty() || self.disk.is_none() {
+            return;
+        }
+        let paths: Vec<PathBuf> = ids
+            .iter()
+            .filter_map(|id| self.disk.as_ref().map(|d| d.object_path(id)))
+            .collect();
+        let remove = move || {
+            for path in paths {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(remove);
+            }
+            Err(_) => remove(),
+        }
+    }
+
+    /// Updates a stored object's header fields from a 304 response (RFC 9111 section 4.3.4) and its
+    /// timing, keeping the body. Returns the refreshed object.
+    pub fn refresh(
+        &self,
+        object: &Arc<CachedObject>,
+        not_modified: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Arc<CachedObject> {
+        let mut meta = object.meta.clone();
+        let names: HashSet<&http::HeaderName> = not_modified.keys().collect();
+        for name in names {
+            if name == header::CONTENT_LENGTH {
+                continue;
+            }
+            meta.headers.remove(name);
+            for value in not_modified.get_all(name) {
+                meta.headers.append(name.clone(), value.clone());
+            }
+        }
+        meta.request_time = request_time;
+        meta.response_time = response_time;
+        meta.invalidated = false;
+        self.replace_meta(object, meta).unwrap_or_else(|| object.clone())
+    }
+
+    /// Replaces the record of `object` if it is still current, in memory and on disk.
+    fn replace_meta(&self, object: &Arc<CachedObject>, meta: Meta) -> Option<Arc<CachedObject>> {
+        let verified = object.verified.load(Ordering::Acquire);
+        let updated = Arc::new(CachedObject::new(object.id, meta, &self.config.policy, verified));
+        let on_disk = {
+            let mut catalog = self.write();
+            let slot = catalog
+                .slots
+                .get_mut(&object.id)
+                .filter(|s| Arc::ptr_eq(&s.object, object))?;
+            slot.object = updated.clone();
+            let on_disk = slot.on_disk;
+            let old_tags: HashSet<&String> = object.meta.surrogate_keys.iter().collect();
+            let new_tags: HashSet<&String> = updated.meta.surrogate_keys.iter().collect();
+            if old_tags != new_tags {
+                for tag in old_tags.difference(&new_tags) {
+                    if let Some(ids) = catalog.by_tag.get_mut(*tag) {
+                        ids.remove(&object.id);
+                    }
+                }
+                for tag in new_tags.difference(&old_tags) {
+                    catalog.by_tag.entry((*tag).clone()).or_default().insert(object.id);
+                }
+            }
+            on_disk
+        };
+        if on_disk && self.disk.is_some() {
+            let persisted = updated.clone();
+            // Rewriting the record is a small write after the body; doing it here keeps the file and the
+            // catalog in step (a restart sees the refreshed headers or the soft purge).
+            let _guard = self.file_lock(&persisted.id);
+            if let Some(disk) = &self.disk
+                && let Err(error) = disk.rewrite_record(&persisted.id, &persisted.meta)
+            {
+                debug!(%error, url = %persisted.meta.url, "cache record not rewritten");
+            }
+        }
+        Some(updated)
+    }
+
+    fn file_lock(&self, id: &ObjectId) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = id.0[0] as usize % self.file_locks.len();
+        self.file_locks[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Purges every variant of a URL.
+    pub fn purge_url(&self, primary: &str, mode: PurgeMode) -> PurgeCount {
+        let ids = self.read().by_url.get(primary).cloned().unwrap_or_default();
+        self.purge_ids(ids, mode)
+    }
+
+    /// Purges every URL starting with `prefix` (a range of the sorted URL index, not a scan).
+    pub fn purge_prefix(&self, prefix: &str, mode: PurgeMode) -> PurgeCount {
+        let ids: Vec<ObjectId> = {
+            let catalog = self.read();
+            catalog
+                .urls
+                .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .take_while(|url| url.starts_with(prefix))
+                .filter_map(|url| catalog.by_url.get(url))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        self.purge_ids(ids, mode)
+    }
+
+    /// Purges every object tagged with a surrogate key.
+    pub fn purge_key(&self, key: &str, mode: PurgeMode) -> PurgeCount {
+        let ids: Vec<ObjectId> = self
+            .read()
+            .by_tag
+            .get(key)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        self.purge_ids(ids, mode)
+    }
+
+    fn purge_ids(&self, ids: Vec<ObjectId>, mode: PurgeMode) -> PurgeCount {
+        let mut count = PurgeCount::default();
+        match mode {
+            PurgeMode::Hard => {
+                let mut deleted = Vec::new();
+                {
+                    let mut catalog = self.write();
+                    for id in ids {
+                        if let Some(slot) = self.unlink(&mut catalog, &id) {
+                            count.removed += 1;
+                            if slot.on_disk {
+                                deleted.push(id);
+                            }
+                        }
+                    }
+                }
+                self.delete_files(deleted);
+            }
+            PurgeMode::Soft => {
+                for id in ids {
+                    let object = self.read().slots.get(&id).map(|s| s.object.clone());
+                    if let Some(object) = object {
+                        let mut meta = object.meta.clone();
+                        meta.invalidated = true;
+                        if self.replace_meta(&object, meta).is_some() {
+                            count.marked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        count
+    }
+
+    /// Figures about the store.
+    pub fn stats(&self) -> StoreStats {
+        let catalog = self.read();
+        StoreStats {
+            objects: catalog.slots.len(),
+            memory_bytes: catalog.memory.used(),
+            memory_capacity: catalog.memory.capacity(),
+            disk_bytes: catalog.disk.as_ref().map(S3Fifo::used).unwrap_or(0),
+            disk_capacity: catalog.disk.as_ref().map(S3Fifo::capacity).unwrap_or(0),
+            memory_evictions: self.memory_evictions.load(Ordering::Relaxed),
+            disk_evictions: self.disk_evictions.load(Ordering::Relaxed),
+            corrupt_dropped: self.corrupt_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A response body being stored. Bytes go to memory (up to the memory limit) and to a temp file; the object
+/// becomes visible only when [`Fill::finish`] succeeds. Dropping an unfinished fill deletes its temp file,
+/// so a body cut off mid-way is never stored or served as complete.
+pub struct Fill {
+    store: Arc<Store>,
+    id: ObjectId,
+    meta: Meta,
+    hasher: blake3::Hasher,
+    len: u64,
+    memory_limit: u64,
+    memory: Option<BytesMut>,
+    file: Option<tokio::fs::File>,
+    temp_path: Option<PathBuf>,
+    failure: Option<&'static str>,
+}
+
+impl Fill {
+    /// Whether the fill can still produce a stored object.
+    pub fn is_viable(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// Appends a chunk of the body. Storage problems stop the fill, never the response being served.
+    pub async fn write(&mut self, chunk: &Bytes) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.len += chunk.len() as u64;
+        if self.len > self.store.config.capacity {
+            self.abandon("larger than the cache");
+            return;
+        }
+        self.hasher.update(chunk);
+        if let Some(memory) = self.memory.as_mut() {
+            if self.len <= self.memory_limit {
+                memory.extend_from_slice(chunk);
+            } else {
+                self.memory = None;
+            }
+        }
+        if let Some(file) = self.file.as_mut()
+            && let Err(error) = file.write_all(chunk).await
+        {
+            warn!(%error, url = %self.meta.url, "cache write failed; not storing this object");
+            self.file = None;
+        }
+        if self.memory.is_none() && self.file.is_none() {
+            self.abandon("too large for memory and no disk tier");
+        }
+    }
+
+    fn abandon(&mut self, why: &'static str) {
+        self.failure = Some(why);
+        self.memory = None;
+        self.file = None;
+    }
+
+    /// Completes the object and makes it visible. `complete` says the body arrived whole (the upstream
+    /// finished cleanly and its length matched); anything else stores nothing.
+    pub async fn finish(mut self, complete: bool) -> Result<Arc<CachedObject>, StoreError> {
+        if !complete {
+            return Err(StoreError::NotStored("body incomplete"));
+        }
+        if let Some(why) = self.failure {
+            return Err(StoreError::NotStored(why));
+        }
+        self.meta.body_len = self.len;
+        self.meta.body_hash = *self.hasher.finalize().as_bytes();
+        let mut disk_len = None;
+        if let (Some(file), Some(temp_path)) = (self.file.take(), self.temp_path.clone()) {
+            let mut file = file.into_std().await;
+            let store = self.store.clone();
+            let meta = self.meta.clone();
+            let id = self.id;
+            let committed = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+                disk::finish_file(&mut file, &meta)?;
+                drop(file);
+                let _guard = store.file_lock(&id);
+                if let Some(disk) = &store.disk {
+                    disk.commit(&temp_path, &id)?;
+                }
+                Ok(disk::file_len(&meta))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+            match committed {
+                Ok(len) => {
+                    self.temp_path = None;
+                    disk_len = Some(len);
+                }
+                Err(error) => warn!(%error, url = %self.meta.url, "cache commit failed"),
+            }
+        }
+        let memory = self.memory.take().map(BytesMut::freeze);
+        if disk_len.is_none() && memory.is_none() {
+            return Err(StoreError::NotStored("no tier took it"));
+        }
+        let object = Arc::new(CachedObject::new(
+            self.id,
+            self.meta.clone(),
+            &self.store.config.policy,
+            true,
+        ));
+        let deleted = self.store.insert(object.clone(), memory, disk_len);
+        self.store.delete_files(deleted);
+        Ok(object)
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        if let Some(path) = self.temp_path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Response bodies: one boxed type for every handler, and a bounded channel body so a producer
+//! (an origin fetch, a disk read) streams to a client with backpressure instead of buffering.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::sync::mpsc;
+
+/// Error type carried by bodies: anything that can go wrong while producing bytes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type every tern handler returns.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes` in full.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body with no bytes.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// Producer half of a [`channel`] body.
+pub type ChannelSender = mpsc::Sender<Result<Bytes, BoxError>>;
+
+/// A streaming body fed through a bounded channel of `capacity` chunks. `length`, when known, is
+/// reported as the exact size so the server can send `Content-Length`. Sending an `Err` aborts the
+/// body, which makes the server cut the connection rather than pass a truncated object as complete.
+pub fn channel(capacity: usize, length: Option<u64>) -> (ChannelSender, Body) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (tx, ChannelBody { rx, length }.boxed())
+}
+
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+    length: Option<u64>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                if let Some(left) = self.length.as_mut() {
+                    *left = left.saturating_sub(bytes.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Fails a body that produces no frame for `idle`: an upstream that stalls mid-body must not hold a
+/// client (or a cache fill) forever.
+pub fn with_idle_timeout(body: Body, idle: std::time::Duration) -> Body {
+    IdleTimeout {
+        inner: body,
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+    }
+    .boxed()
+}
+
+struct IdleTimeout {
+    inner: Body,
+    idle: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "upstream sent nothing for {} ms mid-body",
+                    self.idle.as_millis()
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The bytes `start..start + len` of a body (for a range served from a stream).
+pub fn slice(body: Body, start: u64, len: u64) -> Body {
+    Slice {
+        inner: body,
+        skip: start,
+        left: len,
+    }
+    .boxed()
+}
+
+struct Slice {
+    inner: Body,
+    skip: u64,
+    left: u64,
+}
+
+impl http_body::Body for Slice {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                other => return other,
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            let chunk_len = data.len() as u64;
+            if self.skip >= chunk_len {
+                self.skip -= chunk_len;
+                continue;
+            }
+            let skip = self.skip as usize;
+            self.skip = 0;
+            data = data.slice(skip..);
+            if data.len() as u64 > self.left {
+                data.truncate(self.left as usize);
+            }
+            self.left -= data.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn channel_body_streams_chunks_in_order() {
+        let (tx, body) = channel(2, Some(6));
+        tokio::spawn(async move {
+            tx.send(Ok(Bytes::from_static(b"abc"))).await.ok();
+            tx.send(Ok(Bytes::from_static(b"def"))).await.ok();
+        });
+        let collected = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&collected[..], b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn channel_body_error_aborts() {
+        let (tx, body) = channel(2, None);
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.ok();
+        tx.send(Err("origin closed mid-body".into())).await.ok();
+        drop(tx);
+        assert!(body.collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn slice_crosses_chunks() {
+        let (tx, body) = channel(4, None);
+        for part in ["abc", "def", "ghi"] {
+            tx.send(Ok(Bytes::from(part))).await.ok();
+        }
+        drop(tx);
+        let sliced = slice(body, 2, 5).collect().await.expect("body").to_bytes();
+        assert_eq!(&sliced[..], b"cdefg");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_stalled_body() {
+        let (tx, body) = channel(4, None);
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.ok();
+        let guarded = with_idle_timeout(body, std::time::Duration::from_secs(5));
+        let result = guarded.collect().await;
+        assert!(result.is_err());
+        drop(tx);
+    }
+}

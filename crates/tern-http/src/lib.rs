@@ -1,0 +1,15 @@
+//! HTTP semantics shared by tern's servers (RFC 9110): response bodies that stream with bounded memory,
+//! entity tags and conditional requests, byte ranges, hop-by-hop fields and HTTP dates.
+//!
+//! Both the static origin (`tern serve`) and the edge cache (`tern edge`) answer conditional and range
+//! requests; the rules live here once so the two cannot disagree.
+
+pub mod body;
+pub mod conditional;
+pub mod date;
+pub mod etag;
+pub mod hop;
+pub mod range;
+pub mod server;
+
+pub use body::{Body, BoxError, ChannelSender, channel, empty, full, slice, with_idle_timeout};

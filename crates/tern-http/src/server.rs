@@ -1,0 +1,106 @@
+//! The accept loop every tern listener uses: HTTP/1.1 with keep-alive and HTTP/2 (prior knowledge, h2c) on
+//! one port, bounded request-header size, and graceful shutdown that lets requests in flight finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Body;
+
+/// Limits of a listener.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest request head (request line and fields) accepted over HTTP/1.1; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send its request head.
+    pub header_read_timeout: Duration,
+    /// How long to wait for requests in flight at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Handles one request from `client`.
+pub trait Handler: Send + Sync + 'static {
+    /// Produces the response.
+    fn call(&self, request: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then drains connections.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let connections = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let stop = connections.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.call(request, client).await) }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(%client, %error, "connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
+}
