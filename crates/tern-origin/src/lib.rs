@@ -1,0 +1,391 @@
+//! `tern serve DIR`: a small, correct static origin. It answers GET and HEAD from a directory with `ETag`,
+//! `Last-Modified`, conditional requests, single byte ranges and content types, and sets `Cache-Control`
+//! (and optionally `Surrogate-Key`) from a global setting or per-path-prefix rules. It is the origin of the
+//! demo and of the tests, and a fair stand-in for any static origin.
+
+pub mod config;
+pub mod resolve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tern_admin::AdminRoutes;
+use tern_http::conditional::{self, Precondition, Validators};
+use tern_http::range::{self, RangeOutcome};
+use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http::{Body, date};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub use config::{CacheRule, OriginConfig};
+use resolve::{Resolved, resolve};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why the origin could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The directory is missing or not a directory.
+    #[error("cannot serve {path}: {reason}")]
+    Root {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+struct OriginMetrics {
+    registry: Registry,
+    requests: Family<StatusLabel, Counter>,
+    bytes: Counter,
+}
+
+/// A running origin.
+pub struct RunningOrigin {
+    /// The HTTP listener's address.
+    pub listen: SocketAddr,
+    /// The admin listener's address, if any.
+    pub admin: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningOrigin {
+    /// A token that stops the origin when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops it.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until it stops.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct StaticOrigin {
+    root: PathBuf,
+    config: OriginConfig,
+    metrics: OriginMetrics,
+}
+
+/// Starts serving `config.root`.
+pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
+    let root = std::fs::canonicalize(&config.root).map_err(|e| StartError::Root {
+        path: config.root.clone(),
+        reason: e.to_string(),
+    })?;
+    if !root.is_dir() {
+        return Err(StartError::Root {
+            path: config.root.clone(),
+            reason: "not a directory".into(),
+        });
+    }
+    let mut registry = Registry::with_prefix("tern_origin");
+    let requests = Family::<StatusLabel, Counter>::default();
+    registry.register("requests", "Requests by response status", requests.clone());
+    let bytes = Counter::default();
+    registry.register("body_bytes", "Body bytes sent", bytes.clone());
+    let origin = Arc::new(StaticOrigin {
+        root,
+        config: config.clone(),
+        metrics: OriginMetrics {
+            registry,
+            requests,
+            bytes,
+        },
+    });
+
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut tasks = vec![tokio::spawn(serve(
+        listener,
+        origin.clone(),
+        ServerLimits::default(),
+        shutdown.clone(),
+    ))];
+    let mut admin = None;
+    if let Some(addr) = config.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        admin = Some(
+            listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+        let routes: Arc<dyn AdminRoutes> = Arc::new(OriginAdmin {
+            origin: origin.clone(),
+            listen,
+        });
+        tasks.push(tokio::spawn(tern_admin::serve_admin(
+            listener,
+            routes,
+            shutdown.clone(),
+        )));
+    }
+    info!(%listen, root = %origin.root.display(), admin = ?admin, "origin serving");
+    Ok(RunningOrigin {
+        listen,
+        admin,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Handler for StaticOrigin {
+    async fn call(&self, request: Request<Incoming>, _client: SocketAddr) -> Response<Body> {
+        let response = self.answer(&request).await;
+        self.metrics
+            .requests
+            .get_or_create(&StatusLabel {
+                status: response.status().as_u16(),
+            })
+            .inc();
+        debug!(method = %request.method(), path = %request.uri().path(), status = response.status().as_u16(), "served");
+        response
+    }
+}
+
+impl StaticOrigin {
+    async fn answer(&self, request: &Request<Incoming>) -> Response<Body> {
+        let method = request.method();
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let path = request.uri().path();
+        let resolved = match resolve(&self.root, path, &self.config.index).await {
+            Ok(resolved) => resolved,
+            Err(refusal) => return text(refusal.status(), refusal.message()),
+        };
+        let (file_path, metadata) = match resolved {
+            Resolved::File { path, metadata } => (path, metadata),
+            Resolved::DirectoryWithoutSlash => {
+                let mut location = format!("{path}/");
+                if let Some(query) = request.uri().query() {
+                    location = format!("{location}?{query}");
+                }
+                let mut response = text(StatusCode::MOVED_PERMANENTLY, "see the directory with a trailing slash");
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                return response;
+            }
+        };
+        let length = metadata.len();
+        let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
+        let etag = entity_tag(&metadata, modified);
+        // HTTP dates have one-second resolution; comparisons use the truncated time.
+        let modified_seconds = UNIX_EPOCH
+            + std::time::Duration::from_secs(modified.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::DATE, date::format(SystemTime::now()));
+        headers.insert(header::LAST_MODIFIED, date::format(modified_seconds));
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            headers.insert(header::ETAG, value);
+        }
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(header::CONTENT_TYPE, content_type(&file_path));
+        let rule = self.config.rule_for(path);
+        if let Some(cache_control) = rule
+            .and_then(|r| r.cache_control.as_deref())
+            .or(self.config.cache_control.as_deref())
+            && let Ok(value) = HeaderValue::from_str(cache_control)
+        {
+            headers.insert(header::CACHE_CONTROL, value);
+        }
+        if let Some(keys) = rule.and_then(|r| r.surrogate_key.as_deref())
+            && let Ok(value) = HeaderValue::from_str(keys)
+        {
+            headers.insert("surrogate-key", value);
+        }
+
+        let validators = Validators {
+            etag: Some(&etag),
+            last_modified: Some(modified_seconds),
+        };
+        match conditional::evaluate(method, request.headers(), validators) {
+            Precondition::NotModified => {
+                let mut kept = HeaderMap::new();
+                for name in conditional::NOT_MODIFIED_FIELDS {
+                    if let Some(value) = headers.get(&name) {
+                        kept.insert(name, value.clone());
+                    }
+                }
+                return with_headers(StatusCode::NOT_MODIFIED, kept, tern_http::empty());
+            }
+            Precondition::Failed => return with_headers(StatusCode::PRECONDITION_FAILED, headers, tern_http::empty()),
+            Precondition::Proceed => {}
+        }
+        let (status, start, count) = match range::select(request.headers(), length, Some(&etag), Some(modified_seconds))
+        {
+            RangeOutcome::Full => (StatusCode::OK, 0, length),
+            RangeOutcome::Partial { start, end } => {
+                headers.insert(header::CONTENT_RANGE, range::content_range(start, end, length));
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            RangeOutcome::Unsatisfiable => {
+                headers.insert(header::CONTENT_RANGE, range::unsatisfied_range(length));
+                headers.remove(header::CONTENT_TYPE);
+                return with_headers(StatusCode::RANGE_NOT_SATISFIABLE, headers, tern_http::empty());
+            }
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        if method == Method::HEAD {
+            return with_headers(status, headers, tern_http::empty());
+        }
+        let file = match tokio::fs::File::open(&file_path).await {
+            Ok(file) => file,
+            Err(_) => return text(StatusCode::NOT_FOUND, "no such file"),
+        };
+        self.metrics.bytes.inc_by(count);
+        with_headers(status, headers, stream(file, start, count))
+    }
+}
+
+/// A strong entity tag from the file's identity, size and modification time (nanoseconds), so a rewrite
+/// of the same size within one second still changes it.
+fn entity_tag(metadata: &std::fs::Metadata, modified: SystemTime) -> String {
+    let nanos = modified.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        metadata.ino()
+    };
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    format!("\"{:x}-{:x}-{:x}\"", inode, metadata.len(), nanos)
+}
+
+fn content_type(path: &std::path::Path) -> HeaderValue {
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let text = if mime.type_() == mime_guess::mime::TEXT
+        || mime.essence_str() == "application/javascript"
+        || mime.essence_str() == "application/json"
+    {
+        format!("{}; charset=utf-8", mime.essence_str())
+    } else {
+        mime.essence_str().to_string()
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
+fn stream(mut file: tokio::fs::File, start: u64, count: u64) -> Body {
+    let (sender, body) = tern_http::channel(4, Some(count));
+    tokio::spawn(async move {
+        if start > 0
+            && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
+        {
+            let _ = sender.send(Err(error.into())).await;
+            return;
+        }
+        let mut left = count;
+        while left > 0 {
+            let mut buffer = vec![0u8; left.min(READ_CHUNK as u64) as usize];
+            match file.read(&mut buffer).await {
+                Ok(0) => {
+                    // The file shrank while being sent: cut the response rather than pad it.
+                    let _ = sender.send(Err("file shrank while being sent".into())).await;
+                    return;
+                }
+                Ok(read) => {
+                    buffer.truncate(read);
+                    left -= read as u64;
+                    if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            }
+        }
+    });
+    body
+}
+
+fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(tern_http::full(format!("{message}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+struct OriginAdmin {
+    origin: Arc<StaticOrigin>,
+    listen: SocketAddr,
+}
+
+impl AdminRoutes for OriginAdmin {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": "origin",
+            "listen": self.listen.to_string(),
+            "root": self.origin.root.display().to_string(),
+        })
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.origin.metrics.registry
+    }
+}

@@ -1,0 +1,69 @@
+//! The TOML config file: one table per role (`[edge]`, `[serve]`), each holding every setting of that role.
+//! Unknown keys are errors, so a typo is reported instead of silently ignored.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Settings of `tern edge`.
+    pub edge: Option<tern_edge::EdgeConfig>,
+    /// Settings of `tern serve`.
+    pub serve: Option<tern_origin::OriginConfig>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or the empty config when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+            [edge]
+            listen = "127.0.0.1:8080"
+            origin = "http://127.0.0.1:9000"
+            cache_dir = "/var/cache/tern"
+            cache_size = "10G"
+            memory_size = 268435456
+            purge_allow = ["10.0.0.0/8"]
+            targeted_cache_control = ["tern-cache-control", "cdn-cache-control"]
+            [edge.upstream]
+            first_byte_timeout_ms = 10000
+
+            [serve]
+            root = "/srv/site"
+            cache_control = "public, max-age=60"
+            [[serve.rules]]
+            prefix = "/static/"
+            cache_control = "public, max-age=31536000, immutable"
+            surrogate_key = "static"
+        "#;
+        let config: FileConfig = toml::from_str(text).expect("parses");
+        let edge = config.edge.expect("edge");
+        assert_eq!(edge.cache_size, 10 << 30);
+        assert_eq!(edge.upstream.first_byte_timeout_ms, 10_000);
+        let serve = config.serve.expect("serve");
+        assert_eq!(serve.rules.len(), 1);
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let result: Result<FileConfig, _> = toml::from_str("[edge]\ncache_szie = 5\n");
+        assert!(result.is_err());
+    }
+}

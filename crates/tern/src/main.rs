@@ -1,0 +1,234 @@
+//! `tern`: the one binary of the tern CDN. Each role is a subcommand; run `tern help ROLE` for its flags.
+
+mod config;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::FileConfig;
+
+/// tern: a self-hosted content delivery network.
+///
+/// One binary, several roles. Start with `tern demo` to see an origin and two edges working together,
+/// then run each role on its own machine. Every role runs without a config file for the simple case and
+/// takes `--config FILE` (TOML) for the rest; flags given on the command line win over the file.
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, propagate_version = true)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `tern_edge=debug` (also read from RUST_LOG).
+    #[arg(long, global = true, env = "TERN_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an HTTP edge cache in front of an origin.
+    ///
+    /// Caches per RFC 9111 (with stale-while-revalidate and stale-if-error, CDN-Cache-Control and
+    /// Cache-Status), collapses concurrent misses into one origin request, and purges by URL (`PURGE`),
+    /// prefix or surrogate key (`POST /purge` on the admin listener).
+    Edge(EdgeArgs),
+    /// Serve a directory as a static origin (ETag, Last-Modified, conditional GET, ranges, Cache-Control).
+    Serve(ServeArgs),
+    /// Write a new random secret key file (for --purge-key and the other --...-key flags).
+    Keygen(KeygenArgs),
+    /// Start an origin and two edges on this machine with a sample site, and show how to use them.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct EdgeArgs {
+    /// TOML config file; its `[edge]` table holds every setting (see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve HTTP on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Origin base URL, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Directory of the disk cache; without it the cache is in memory only and lost on restart.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Size of the cache in bytes (suffixes K, M, G allowed) [default: 1G].
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Size of the memory tier in front of the disk cache [default: 256M].
+    #[arg(long, value_parser = parse_size)]
+    memory_size: Option<u64>,
+    /// Admin listener address for /metrics, /status and POST /purge (keep it private).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Key file (from `tern keygen`) whose token authorises PURGE requests.
+    #[arg(long)]
+    purge_key: Option<PathBuf>,
+    /// Network allowed to PURGE without the key (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long)]
+    purge_allow: Vec<IpNet>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Directory to serve.
+    dir: Option<PathBuf>,
+    /// TOML config file; its `[serve]` table holds every setting, including per-prefix rules.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve HTTP on [default: 127.0.0.1:9000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener address for /metrics and /status.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Cache-Control sent with every file, e.g. "public, max-age=60".
+    #[arg(long)]
+    cache_control: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// File to create (refuses to overwrite an existing one).
+    file: PathBuf,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    tern_edge::config::parse_byte_size(text)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Edge(args) => run_edge(args).await,
+        Command::Serve(args) => run_serve(args).await,
+        Command::Keygen(args) => {
+            tern_wire::SecretKey::write_new(&args.file)?;
+            println!("wrote a new key to {}", args.file.display());
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn run_edge(args: EdgeArgs) -> Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let mut config = file.edge.unwrap_or_default();
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(origin) = args.origin {
+        config.origin = origin;
+    }
+    if let Some(dir) = args.cache_dir {
+        config.cache_dir = Some(dir);
+    }
+    if let Some(size) = args.cache_size {
+        config.cache_size = size;
+    }
+    if let Some(size) = args.memory_size {
+        config.memory_size = size;
+    }
+    if let Some(admin) = args.admin {
+        config.admin = Some(admin);
+    }
+    if let Some(key) = args.purge_key {
+        config.purge_key = Some(key);
+    }
+    if !args.purge_allow.is_empty() {
+        config.purge_allow = args.purge_allow;
+    }
+    let memory_only = config.cache_dir.is_none();
+    let edge = tern_edge::start(config).await.context("edge did not start")?;
+    if memory_only {
+        info!("no --cache-dir: caching in memory only; the cache is lost on restart");
+    }
+    stop_on_signal(edge.shutdown_token());
+    edge.wait().await;
+    info!("edge stopped");
+    Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let mut config = file.serve.unwrap_or_default();
+    match (args.dir, &args.config) {
+        (Some(dir), _) => config.root = dir,
+        (None, None) => anyhow::bail!("give the directory to serve: tern serve DIR"),
+        (None, Some(_)) => {}
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin {
+        config.admin = Some(admin);
+    }
+    if let Some(cache_control) = args.cache_control {
+        config.cache_control = Some(cache_control);
+    }
+    let origin = tern_origin::start(config).await.context("origin did not start")?;
+    stop_on_signal(origin.shutdown_token());
+    origin.wait().await;
+    info!("origin stopped");
+    Ok(())
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub(crate) fn stop_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("stopping");
+        token.cancel();
+    });
+}

@@ -1,0 +1,61 @@
+//! Tests of the `tern` binary as an operator runs it: real processes on loopback.
+
+mod cli;
+mod serve;
+mod streaming;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A child process that is killed when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tern ARGS` and waits until `addr` accepts connections.
+pub fn spawn(args: &[&str], addr: SocketAddr) -> Running {
+    let child = tern()
+        .args(args)
+        .env("TERN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tern");
+    let mut running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = running.0.try_wait() {
+            panic!("tern {args:?} exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "tern {args:?} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running
+}
+
+/// Writes `content` to `root/path`, creating directories.
+pub fn write(root: &Path, path: &str, content: &[u8]) {
+    let target = root.join(path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(target, content).expect("write");
+}

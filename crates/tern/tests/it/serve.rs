@@ -1,0 +1,146 @@
+//! `tern serve` as a static origin, and `tern edge` in front of it, as processes.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::{free_addr, spawn, write};
+
+async fn get(url: &str, headers: &[(&str, &str)], method: &str) -> (u16, http::HeaderMap, Bytes) {
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn static_origin_semantics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    write(&site, "index.html", b"<h1>home</h1>");
+    write(&site, "static/app.js", b"console.log(1)");
+    write(&site, "docs/index.html", b"docs");
+    write(dir.path(), "secret.txt", b"secret");
+    let config = dir.path().join("tern.toml");
+    std::fs::write(
+        &config,
+        "[serve]\ncache_control = \"max-age=60\"\n[[serve.rules]]\nprefix = \"/static/\"\ncache_control = \"max-age=3600, immutable\"\nsurrogate_key = \"assets\"\n",
+    )
+    .expect("config");
+    let addr = free_addr();
+    let _origin = spawn(
+        &[
+            "serve",
+            site.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--listen",
+            &addr.to_string(),
+        ],
+        addr,
+    );
+    let base = format!("http://{addr}");
+
+    let (status, headers, body) = get(&format!("{base}/"), &[], "GET").await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"<h1>home</h1>");
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "max-age=60");
+    let etag = headers["etag"].to_str().expect("etag").to_string();
+    let modified = headers["last-modified"].to_str().expect("date").to_string();
+
+    assert_eq!(
+        get(&format!("{base}/"), &[("if-none-match", &etag)], "GET").await.0,
+        304
+    );
+    assert_eq!(
+        get(&format!("{base}/"), &[("if-modified-since", &modified)], "GET")
+            .await
+            .0,
+        304
+    );
+    let (status, headers, body) = get(&format!("{base}/index.html"), &[("range", "bytes=1-3")], "GET").await;
+    assert_eq!(status, 206);
+    assert_eq!(&body[..], b"h1>");
+    assert_eq!(headers["content-range"], "bytes 1-3/13");
+    let (status, headers, body) = get(&format!("{base}/index.html"), &[], "HEAD").await;
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(headers["content-length"], "13");
+
+    let (_, headers, _) = get(&format!("{base}/static/app.js"), &[], "GET").await;
+    assert_eq!(headers["cache-control"], "max-age=3600, immutable");
+    assert_eq!(headers["surrogate-key"], "assets");
+    let (status, headers, _) = get(&format!("{base}/docs"), &[], "GET").await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "/docs/");
+    assert_eq!(
+        get(&format!("{base}/docs/"), &[], "GET").await.2,
+        Bytes::from_static(b"docs")
+    );
+
+    assert_eq!(get(&format!("{base}/nope"), &[], "GET").await.0, 404);
+    assert_eq!(get(&format!("{base}/%2e%2e/secret.txt"), &[], "GET").await.0, 400);
+    assert_eq!(get(&format!("{base}/"), &[], "POST").await.0, 405);
+}
+
+#[tokio::test]
+async fn edge_in_front_of_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    write(&site, "page.html", b"version 1");
+    let origin_addr = free_addr();
+    let _origin = spawn(
+        &[
+            "serve",
+            site.to_str().expect("utf-8"),
+            "--listen",
+            &origin_addr.to_string(),
+            "--cache-control",
+            "max-age=300",
+        ],
+        origin_addr,
+    );
+    let edge_addr = free_addr();
+    let key = dir.path().join("purge.key");
+    let keygen = crate::tern().arg("keygen").arg(&key).output().expect("keygen");
+    assert!(keygen.status.success());
+    let cache = dir.path().join("cache");
+    let _edge = spawn(
+        &[
+            "edge",
+            "--listen",
+            &edge_addr.to_string(),
+            "--origin",
+            &format!("http://{origin_addr}"),
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--purge-key",
+            key.to_str().expect("utf-8"),
+        ],
+        edge_addr,
+    );
+    let url = format!("http://{edge_addr}/page.html");
+    let (_, first, _) = get(&url, &[], "GET").await;
+    assert!(first["cache-status"].to_str().expect("text").contains("fwd=miss"));
+    write(&site, "page.html", b"version 2");
+    let (_, second, body) = get(&url, &[], "GET").await;
+    assert!(second["cache-status"].to_str().expect("text").contains("hit"));
+    assert_eq!(&body[..], b"version 1", "fresh for 300 s: served from cache");
+    let (status, _, _) = get(&url, &[], "PURGE").await;
+    assert_eq!(status, 403);
+    let token = format!("Bearer {}", tern_wire::SecretKey::load(&key).expect("key").token());
+    let (status, _, _) = get(&url, &[("authorization", &token)], "PURGE").await;
+    assert_eq!(status, 200);
+    assert_eq!(&get(&url, &[], "GET").await.2[..], b"version 2");
+}
