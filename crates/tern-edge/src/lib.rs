@@ -31,7 +31,6 @@ use tern_http::server::{Handler, ServerLimits, serve};
 use tern_http_cache::{KeyConfig, PolicyConfig, PurgeCount, Store, StoreConfig, primary_key};
 use tern_wire::SecretKey;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -66,43 +65,8 @@ pub enum StartError {
     Key(#[from] tern_wire::KeyError),
 }
 
-/// A running edge.
-pub struct RunningEdge {
-    /// The HTTP listener's address.
-    pub listen: SocketAddr,
-    /// The admin listener's address, if any.
-    pub admin: Option<SocketAddr>,
-    edge: Arc<Edge>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RunningEdge {
-    /// The edge.
-    pub fn edge(&self) -> &Arc<Edge> {
-        &self.edge
-    }
-
-    /// A token that stops the edge when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Stops accepting, lets requests in flight finish (bounded), and returns.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-
-    /// Waits until the edge stops (its token is cancelled).
-    pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
+/// A running edge; `role` is the [`Edge`].
+pub type RunningEdge = tern_http::server::Running<Arc<Edge>>;
 
 /// Starts an edge with the origin named in `config`.
 pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
@@ -215,13 +179,7 @@ pub async fn start_with(
         cache_size = config.cache_size,
         "edge started"
     );
-    Ok(RunningEdge {
-        listen,
-        admin,
-        edge,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningEdge::new(listen, admin, edge, shutdown, tasks))
 }
 
 struct EdgeHandler {

@@ -17,7 +17,6 @@ use tern_http_cache::{
     BodySource, Directives, Fill, Freshness, Hit, KeyConfig, Meta, ObjectId, PolicyConfig, PurgeCount, PurgeMode,
     Store, primary_key, vary_values,
 };
-use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
 use crate::cache_status::{CacheStatus, Forward};
@@ -29,8 +28,6 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// Chunks buffered between an upstream body and a client (bounds memory per transfer).
 const STREAM_CHUNKS: usize = 16;
-/// Size of reads when streaming a body from the disk tier.
-const DISK_READ_CHUNK: usize = 64 * 1024;
 /// Lookups a request makes after waiting for another's fill before it goes upstream on its own.
 const MAX_COALESCED_ROUNDS: usize = 3;
 
@@ -172,11 +169,11 @@ impl Edge {
                             }
                         }
                         tern_http_cache::Usability::MustValidate => {
-                            if directives.no_cache && self.policy().honor_request_directives {
-                                Forward::Request
-                            } else {
-                                Forward::Stale
-                            }
+                            // Fresh but validated anyway: the client's own directives sent it forward.
+                            let fresh = object.freshness.is_fresh(now)
+                                && !object.meta.invalidated
+                                && !object.freshness.no_cache;
+                            if fresh { Forward::Request } else { Forward::Stale }
                         }
                     }
                 }
@@ -686,9 +683,11 @@ impl Edge {
                 (Source::Stored(BodySource::Memory(bytes)), Some((start, count))) => {
                     tern_http::full(bytes.slice(start as usize..(start + count) as usize))
                 }
-                (Source::Stored(BodySource::File { file, len }), None) => stream_file(file, 0, len),
-                (Source::Stored(BodySource::File { file, .. }), Some((start, count))) => {
-                    stream_file(file, start, count)
+                (Source::Stored(BodySource::File { file, offset, len }), None) => {
+                    tern_http::file_range(tokio::fs::File::from_std(file), offset, len)
+                }
+                (Source::Stored(BodySource::File { file, offset, .. }), Some((start, count))) => {
+                    tern_http::file_range(tokio::fs::File::from_std(file), offset + start, count)
                 }
                 (Source::Stream(body), None) => body,
                 (Source::Stream(body), Some((start, count))) => tern_http::slice(body, start, count),
@@ -774,39 +773,6 @@ fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
-}
-
-/// Streams `count` body bytes of a disk object starting `start` bytes into the body.
-fn stream_file(file: std::fs::File, start: u64, count: u64) -> Body {
-    let (sender, body) = tern_http::channel(4, Some(count));
-    tokio::spawn(async move {
-        let mut file = tokio::fs::File::from_std(file);
-        if start > 0 {
-            use tokio::io::AsyncSeekExt;
-            if let Err(error) = file.seek(std::io::SeekFrom::Current(start as i64)).await {
-                let _ = sender.send(Err(error.into())).await;
-                return;
-            }
-        }
-        let mut left = count;
-        while left > 0 {
-            let want = left.min(DISK_READ_CHUNK as u64) as usize;
-            let mut buffer = vec![0u8; want];
-            match file.read_exact(&mut buffer).await {
-                Ok(_) => {
-                    left -= want as u64;
-                    if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    let _ = sender.send(Err(error.into())).await;
-                    return;
-                }
-            }
-        }
-    });
-    body
 }
 
 /// Copies an upstream body to the client and into the store. The last chunk is held back until the object

@@ -53,7 +53,7 @@ impl Directives {
             let Ok(text) = value.to_str() else {
                 continue;
             };
-            for item in split_outside_quotes(text) {
+            for item in tern_http::list::split(text) {
                 directives.apply(item);
             }
         }
@@ -117,24 +117,6 @@ fn parse_delta(text: &str) -> Option<u64> {
 
 fn unquote(text: &str) -> &str {
     text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text)
-}
-
-fn split_outside_quotes(text: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    for (index, ch) in text.char_indices() {
-        match ch {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&text[start..index]);
-                start = index + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
 }
 
 #[cfg(test)]

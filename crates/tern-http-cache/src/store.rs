@@ -119,10 +119,12 @@ pub struct Hit {
 pub enum BodySource {
     /// The whole body, in memory.
     Memory(Bytes),
-    /// An open file positioned at the first body byte; `len` bytes follow.
+    /// An open file holding the body at `offset`.
     File {
         /// The open file (kept open, so eviction meanwhile does not matter).
         file: std::fs::File,
+        /// Offset of the first body byte.
+        offset: u64,
         /// Body length.
         len: u64,
     },
@@ -361,15 +363,15 @@ impl Store {
         }
         let path = disk.object_path(&object.id);
         let len = object.meta.body_len;
-        let opened = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            let mut file = std::fs::File::open(path)?;
-            file.seek(SeekFrom::Start(disk::HEAD_LEN))?;
-            Ok(file)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
         match opened {
-            Ok(file) => Ok(BodySource::File { file, len }),
+            Ok(file) => Ok(BodySource::File {
+                file,
+                offset: disk::HEAD_LEN,
+                len,
+            }),
             Err(_) => {
                 self.remove_if_current(&object);
                 Err(StoreError::Gone)
@@ -877,5 +879,116 @@ impl Drop for Fill {
         if let Some(path) = self.temp_path.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, StatusCode};
+    use std::time::{Duration, SystemTime};
+
+    fn meta(url: &str, tags: &[&str]) -> Meta {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=100"));
+        let now = SystemTime::now();
+        Meta {
+            url: url.to_string(),
+            status: StatusCode::OK,
+            headers,
+            vary: Vec::new(),
+            request_time: now,
+            response_time: now,
+            body_len: 0,
+            body_hash: [0; 32],
+            surrogate_keys: tags.iter().map(|t| t.to_string()).collect(),
+            invalidated: false,
+        }
+    }
+
+    async fn put(store: &Arc<Store>, url: &str, tags: &[&str], body: &[u8]) -> Arc<CachedObject> {
+        let meta = meta(url, tags);
+        let id = ObjectId::new(url, &meta.vary);
+        let mut fill = store.begin_fill(id, meta, Some(body.len() as u64)).await;
+        fill.write(&Bytes::copy_from_slice(body)).await;
+        fill.finish(true).await.expect("stored")
+    }
+
+    fn disk_store(dir: &std::path::Path) -> Arc<Store> {
+        Store::open(StoreConfig {
+            dir: Some(dir.to_path_buf()),
+            ..StoreConfig::default()
+        })
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn soft_purge_and_refresh_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = disk_store(dir.path());
+        let object = put(&store, "http://h/a", &["t"], b"body").await;
+        assert_eq!(
+            store.purge_key("t", PurgeMode::Soft),
+            PurgeCount { removed: 0, marked: 1 }
+        );
+        drop(store);
+        let reopened = disk_store(dir.path());
+        let hit = reopened
+            .find("http://h/a", &HeaderMap::new())
+            .expect("found after restart");
+        assert!(hit.object.meta.invalidated, "the soft purge was persisted");
+        assert_eq!(hit.object.meta.body_hash, object.meta.body_hash);
+
+        let mut fields = HeaderMap::new();
+        fields.insert("x-new", HeaderValue::from_static("1"));
+        let later = SystemTime::now() + Duration::from_secs(5);
+        let refreshed = reopened.refresh(&hit.object, &fields, later, later);
+        assert!(!refreshed.meta.invalidated);
+        drop(reopened);
+        let again = disk_store(dir.path());
+        let hit = again.find("http://h/a", &HeaderMap::new()).expect("found");
+        assert_eq!(hit.object.meta.headers["x-new"], "1");
+        match again.body(&hit).await.expect("body verifies") {
+            BodySource::File { len, .. } => assert_eq!(len, 4),
+            BodySource::Memory(bytes) => assert_eq!(&bytes[..], b"body"),
+        }
+    }
+
+    #[tokio::test]
+    async fn prefix_and_key_purges_touch_only_what_they_name() {
+        let store = Store::open(StoreConfig::default()).expect("open");
+        for url in ["http://h/a/1", "http://h/a/2", "http://h/ab", "http://h/b/1"] {
+            put(&store, url, &[if url.contains("/b/") { "b" } else { "a" }], b"x").await;
+        }
+        assert_eq!(store.purge_prefix("http://h/a/", PurgeMode::Hard).removed, 2);
+        assert!(store.find("http://h/ab", &HeaderMap::new()).is_some());
+        assert_eq!(store.purge_key("b", PurgeMode::Hard).removed, 1);
+        assert_eq!(store.purge_key("b", PurgeMode::Hard).removed, 0);
+        assert_eq!(store.stats().objects, 1);
+    }
+
+    #[tokio::test]
+    async fn damaged_files_are_dropped_at_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = disk_store(dir.path());
+        put(&store, "http://h/a", &[], b"body").await;
+        drop(store);
+        let shard = std::fs::read_dir(dir.path().join("objects"))
+            .expect("dir")
+            .flatten()
+            .next()
+            .expect("shard");
+        let file = std::fs::read_dir(shard.path())
+            .expect("dir")
+            .flatten()
+            .next()
+            .expect("file")
+            .path();
+        let bytes = std::fs::read(&file).expect("read");
+        std::fs::write(&file, &bytes[..bytes.len() - 3]).expect("truncate");
+        let reopened = disk_store(dir.path());
+        assert_eq!(reopened.stats().objects, 0);
+        assert_eq!(reopened.stats().corrupt_dropped, 1);
+        assert!(!file.exists());
     }
 }

@@ -68,6 +68,44 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// Size of reads when streaming a file.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// Streams `count` bytes of `file` starting at `start` (an absolute offset). A file that turns out shorter
+/// than promised cuts the body with an error rather than padding or passing it off as complete.
+pub fn file_range(mut file: tokio::fs::File, start: u64, count: u64) -> Body {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let (sender, body) = channel(4, Some(count));
+    tokio::spawn(async move {
+        if let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await {
+            let _ = sender.send(Err(error.into())).await;
+            return;
+        }
+        let mut left = count;
+        while left > 0 {
+            let mut buffer = vec![0u8; left.min(FILE_CHUNK as u64) as usize];
+            match file.read(&mut buffer).await {
+                Ok(0) => {
+                    let _ = sender.send(Err("file shorter than expected".into())).await;
+                    return;
+                }
+                Ok(read) => {
+                    buffer.truncate(read);
+                    left -= read as u64;
+                    if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            }
+        }
+    });
+    body
+}
+
 /// Fails a body that produces no frame for `idle`: an upstream that stalls mid-body must not hold a
 /// client (or a cache fill) forever.
 pub fn with_idle_timeout(body: Body, idle: std::time::Duration) -> Body {

@@ -50,7 +50,12 @@ impl<'a> TagList<'a> {
         if text.trim() == "*" {
             return TagList::Any;
         }
-        TagList::Tags(split_tags(text).filter_map(EntityTag::parse).collect())
+        TagList::Tags(
+            crate::list::split(text)
+                .into_iter()
+                .filter_map(EntityTag::parse)
+                .collect(),
+        )
     }
 
     /// Whether any tag in the list matches `current` by weak comparison.
@@ -70,25 +75,6 @@ impl<'a> TagList<'a> {
             (TagList::Tags(_), None) => false,
         }
     }
-}
-
-/// Splits a tag list on commas outside quotes (an opaque tag may contain a comma).
-fn split_tags(text: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    for (index, ch) in text.char_indices() {
-        match ch {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&text[start..index]);
-                start = index + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts.into_iter().map(str::trim).filter(|part| !part.is_empty())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ pub mod conditional;
 pub mod date;
 pub mod etag;
 pub mod hop;
+pub mod list;
 pub mod range;
 pub mod server;
 
-pub use body::{Body, BoxError, ChannelSender, channel, empty, full, slice, with_idle_timeout};
+pub use body::{Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_idle_timeout};

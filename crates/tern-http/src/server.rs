@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -103,4 +104,53 @@ pub async fn serve<H: Handler>(
     connections.cancel();
     tracker.close();
     let _ = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
+}
+
+/// A running role: its listeners' addresses, the role itself, and the tasks that one token stops.
+pub struct Running<R> {
+    /// The main listener's address.
+    pub listen: SocketAddr,
+    /// The admin listener's address, if any.
+    pub admin: Option<SocketAddr>,
+    /// The role (for inspection by tests and embedding programs).
+    pub role: R,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<R> Running<R> {
+    /// Bundles the tasks of a started role.
+    pub fn new(
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
+        role: R,
+        shutdown: CancellationToken,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Running {
+            listen,
+            admin,
+            role,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// A token that stops the role when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets requests in flight finish (bounded), and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the role stops (its token is cancelled).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,16 +22,12 @@ use tern_http::conditional::{self, Precondition, Validators};
 use tern_http::range::{self, RangeOutcome};
 use tern_http::server::{Handler, ServerLimits, serve};
 use tern_http::{Body, date};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use config::{CacheRule, OriginConfig};
 use resolve::{Resolved, resolve};
-
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Why the origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,36 +62,7 @@ struct OriginMetrics {
 }
 
 /// A running origin.
-pub struct RunningOrigin {
-    /// The HTTP listener's address.
-    pub listen: SocketAddr,
-    /// The admin listener's address, if any.
-    pub admin: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RunningOrigin {
-    /// A token that stops the origin when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Stops it.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-
-    /// Waits until it stops.
-    pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
+pub type RunningOrigin = tern_http::server::Running<()>;
 
 struct StaticOrigin {
     root: PathBuf,
@@ -169,12 +135,7 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
         )));
     }
     info!(%listen, root = %origin.root.display(), admin = ?admin, "origin serving");
-    Ok(RunningOrigin {
-        listen,
-        admin,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningOrigin::new(listen, admin, (), shutdown, tasks))
 }
 
 impl Handler for StaticOrigin {
@@ -288,7 +249,7 @@ impl StaticOrigin {
             Err(_) => return text(StatusCode::NOT_FOUND, "no such file"),
         };
         self.metrics.bytes.inc_by(count);
-        with_headers(status, headers, stream(file, start, count))
+        with_headers(status, headers, tern_http::file_range(file, start, count))
     }
 }
 
@@ -317,41 +278,6 @@ fn content_type(path: &std::path::Path) -> HeaderValue {
         mime.essence_str().to_string()
     };
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("application/octet-stream"))
-}
-
-fn stream(mut file: tokio::fs::File, start: u64, count: u64) -> Body {
-    let (sender, body) = tern_http::channel(4, Some(count));
-    tokio::spawn(async move {
-        if start > 0
-            && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
-        {
-            let _ = sender.send(Err(error.into())).await;
-            return;
-        }
-        let mut left = count;
-        while left > 0 {
-            let mut buffer = vec![0u8; left.min(READ_CHUNK as u64) as usize];
-            match file.read(&mut buffer).await {
-                Ok(0) => {
-                    // The file shrank while being sent: cut the response rather than pad it.
-                    let _ = sender.send(Err("file shrank while being sent".into())).await;
-                    return;
-                }
-                Ok(read) => {
-                    buffer.truncate(read);
-                    left -= read as u64;
-                    if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    let _ = sender.send(Err(error.into())).await;
-                    return;
-                }
-            }
-        }
-    });
-    body
 }
 
 fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {

@@ -241,7 +241,7 @@ async fn vary_variants_are_stored_apart() {
             .contains("hit")
     );
     let key = format!("http://{}/v", setup.edge.listen);
-    assert_eq!(setup.edge.edge().store().variants(&key).len(), 2);
+    assert_eq!(setup.edge.role.store().variants(&key).len(), 2);
 }
 
 #[tokio::test]
@@ -281,7 +281,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes() {
     let stale = setup.get("/s").await;
     assert_eq!(&stale.body[..], b"old");
     assert!(stale.header("cache-status").contains("stale-while-revalidate"));
-    let store = setup.edge.edge().store().clone();
+    let store = setup.edge.role.store().clone();
     let key = format!("http://{}/s", setup.edge.listen);
     eventually("the background refresh stored the new body", || {
         store

@@ -124,7 +124,7 @@ async fn surrogate_key_purge_among_ten_thousand() {
     for task in tasks {
         task.await.expect("join");
     }
-    assert_eq!(setup.edge.edge().store().stats().objects, 10_000);
+    assert_eq!(setup.edge.role.store().stats().objects, 10_000);
 
     let purged = send(
         &setup.client,
@@ -137,7 +137,7 @@ async fn surrogate_key_purge_among_ten_thousand() {
     let body = serde_json::json!({ "keys": ["blue"] }).to_string();
     let purged = post_json(&setup, &body).await;
     assert_eq!(purged["removed"], 100);
-    assert_eq!(setup.edge.edge().store().stats().objects, 9_900);
+    assert_eq!(setup.edge.role.store().stats().objects, 9_900);
     assert!(setup.get("/o/0").await.header("cache-status").contains("fwd=miss"));
     assert!(setup.get("/o/1").await.header("cache-status").contains("hit"));
     assert!(setup.get("/o/250").await.header("cache-status").contains("hit"));
@@ -198,7 +198,7 @@ async fn soft_purge_serves_stale_while_refetching() {
     let stale = setup.get("/soft").await;
     assert_eq!(&stale.body[..], b"old", "served stale at once");
     assert!(stale.header("cache-status").contains("stale-while-revalidate"));
-    let store = setup.edge.edge().store().clone();
+    let store = setup.edge.role.store().clone();
     let key = format!("http://{}/soft", setup.edge.listen);
     eventually("the background revalidation stored the new body", || {
         store

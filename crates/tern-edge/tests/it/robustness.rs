@@ -64,7 +64,7 @@ async fn a_body_cut_off_mid_way_is_never_stored() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        setup.edge.edge().store().stats().objects,
+        setup.edge.role.store().stats().objects,
         0,
         "the partial object is not stored"
     );

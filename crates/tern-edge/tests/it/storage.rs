@@ -73,7 +73,7 @@ async fn restart_serves_the_disk_cache_and_drops_a_damaged_object() {
     std::fs::write(&damaged, bytes).expect("write");
 
     let edge = edge_on(&origin, dir.path(), 64 << 20).await;
-    assert_eq!(edge.edge().store().stats().objects, 2, "the index is rebuilt from disk");
+    assert_eq!(edge.role.store().stats().objects, 2, "the index is rebuilt from disk");
     let kept = send(
         &client,
         "GET",
@@ -103,7 +103,7 @@ async fn restart_serves_the_disk_cache_and_drops_a_damaged_object() {
     );
     assert!(refetched.header("cache-status").contains("fwd=miss"));
     assert_eq!(origin.count_for("/damage"), 2);
-    assert_eq!(edge.edge().store().stats().corrupt_dropped, 1);
+    assert_eq!(edge.role.store().stats().corrupt_dropped, 1);
     edge.shutdown().await;
 }
 
@@ -122,7 +122,7 @@ async fn cache_size_is_respected_under_twice_the_fill() {
         );
         let got = send(&client, "GET", &format!("http://{}{path}", edge.listen), &[]).await;
         assert_eq!(got.body.len(), 32 * 1024);
-        let stats = edge.edge().store().stats();
+        let stats = edge.role.store().stats();
         assert!(
             stats.disk_bytes <= size,
             "disk tier holds {} of {size}",
@@ -130,7 +130,7 @@ async fn cache_size_is_respected_under_twice_the_fill() {
         );
         assert!(stats.memory_bytes <= size / 4);
     }
-    let stats = edge.edge().store().stats();
+    let stats = edge.role.store().stats();
     assert!(stats.disk_evictions > 0);
     eventually("evicted files are deleted", || {
         let on_disk: u64 = object_files(dir.path())
@@ -163,9 +163,9 @@ async fn memory_only_cache_respects_its_size() {
             Resource::ok(vec![b'm'; 32 * 1024], &[("cache-control", "max-age=3600")]),
         );
         send(&client, "GET", &format!("http://{}{path}", edge.listen), &[]).await;
-        assert!(edge.edge().store().stats().memory_bytes <= size);
+        assert!(edge.role.store().stats().memory_bytes <= size);
     }
-    assert!(edge.edge().store().stats().memory_evictions > 0);
+    assert!(edge.role.store().stats().memory_evictions > 0);
     // Objects larger than the whole cache stream through without being stored.
     origin.set(
         "/huge",

@@ -1,27 +1,13 @@
 //! `tern serve` as a static origin, and `tern edge` in front of it, as processes.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use tern_edge::testsuite::{client, send};
 
 use crate::{free_addr, spawn, write};
 
 async fn get(url: &str, headers: &[(&str, &str)], method: &str) -> (u16, http::HeaderMap, Bytes) {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let mut request = http::Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client
-        .request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, body)
+    let got = send(&client(), method, url, headers).await;
+    (got.status.as_u16(), got.headers, got.body)
 }
 
 #[tokio::test]
@@ -143,4 +129,56 @@ async fn edge_in_front_of_serve() {
     let (status, _, _) = get(&url, &[("authorization", &token)], "PURGE").await;
     assert_eq!(status, 200);
     assert_eq!(&get(&url, &[], "GET").await.2[..], b"version 2");
+}
+
+#[tokio::test]
+async fn stale_if_error_when_the_origin_process_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    write(&site, "page.html", b"kept");
+    let origin_addr = free_addr();
+    let origin = spawn(
+        &[
+            "serve",
+            site.to_str().expect("utf-8"),
+            "--listen",
+            &origin_addr.to_string(),
+            "--cache-control",
+            "max-age=1, stale-if-error=3",
+        ],
+        origin_addr,
+    );
+    let edge_addr = free_addr();
+    let _edge = spawn(
+        &[
+            "edge",
+            "--listen",
+            &edge_addr.to_string(),
+            "--origin",
+            &format!("http://{origin_addr}"),
+        ],
+        edge_addr,
+    );
+    let url = format!("http://{edge_addr}/page.html");
+    assert_eq!(&get(&url, &[], "GET").await.2[..], b"kept");
+    drop(origin);
+    // Past max-age, inside stale-if-error: the stored copy is served.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (status, headers, body) = get(&url, &[], "GET").await;
+    assert_eq!((status, &body[..]), (200, &b"kept"[..]));
+    assert!(
+        headers["cache-status"]
+            .to_str()
+            .expect("text")
+            .contains("stale-if-error")
+    );
+    // Past the window: the failure shows.
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    let (status, _, body) = get(&url, &[], "GET").await;
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
+use tern_edge::testsuite::client;
 
 use crate::{free_addr, spawn};
 
@@ -21,9 +19,7 @@ fn memory(pid: u32, field: &str) -> u64 {
 }
 
 async fn stream_through(url: &str) -> (u64, String) {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let response = client.get(url.parse().expect("uri")).await.expect("response");
+    let response = client().get(url.parse().expect("uri")).await.expect("response");
     let status = response
         .headers()
         .get("cache-status")
