@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
-use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http::server::{Handler, Running, ServerLimits, serve};
 use tern_http::{Body, full};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -144,4 +144,48 @@ pub async fn serve_admin(listener: TcpListener, routes: Arc<dyn AdminRoutes>, sh
         started: Instant::now(),
     });
     serve(listener, handler, ServerLimits::default(), shutdown).await;
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| BindError { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Starts a role: binds its main listener and, when `admin` is given, its admin listener (whose routes
+/// `routes` builds once the main address is known), and serves both until the returned handle stops them.
+pub async fn launch<H: Handler, R>(
+    listen: SocketAddr,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    admin: Option<SocketAddr>,
+    routes: impl FnOnce(SocketAddr) -> Arc<dyn AdminRoutes>,
+    role: R,
+) -> Result<Running<R>, BindError> {
+    let shutdown = CancellationToken::new();
+    let (listener, bound) = bind(listen).await?;
+    let mut admin_bound = None;
+    let mut admin_listener = None;
+    if let Some(addr) = admin {
+        let (listener, addr) = bind(addr).await?;
+        admin_bound = Some(addr);
+        admin_listener = Some(listener);
+    }
+    let mut tasks = vec![tokio::spawn(serve(listener, handler, limits, shutdown.clone()))];
+    if let Some(listener) = admin_listener {
+        tasks.push(tokio::spawn(serve_admin(listener, routes(bound), shutdown.clone())));
+    }
+    Ok(Running::new(bound, admin_bound, role, shutdown, tasks))
 }

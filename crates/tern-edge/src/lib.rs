@@ -27,11 +27,9 @@ use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tern_admin::{AdminRequest, AdminRoutes, ResponseFuture, json, json_error};
 use tern_http::Body;
-use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http::server::{Handler, ServerLimits};
 use tern_http_cache::{KeyConfig, PolicyConfig, PurgeCount, Store, StoreConfig, primary_key};
 use tern_wire::SecretKey;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use config::{EdgeConfig, UpstreamConfig};
@@ -50,13 +48,8 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] tern_admin::BindError),
     /// The cache could not be opened.
     #[error(transparent)]
     Store(#[from] tern_http_cache::StoreError),
@@ -127,59 +120,32 @@ pub async fn start_with(
         },
         clock,
     });
-    let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let listen = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let limits = ServerLimits {
         max_header_bytes: config.max_header_bytes,
         ..ServerLimits::default()
     };
-    let mut tasks = vec![tokio::spawn(serve(
-        listener,
-        Arc::new(EdgeHandler { edge: edge.clone() }),
-        limits,
-        shutdown.clone(),
-    ))];
-    let mut admin = None;
-    if let Some(addr) = config.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        admin = Some(
-            listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?,
-        );
-        let routes = Arc::new(EdgeAdmin {
-            edge: edge.clone(),
+    let handler = Arc::new(EdgeHandler { edge: edge.clone() });
+    let admin_edge = edge.clone();
+    let routes = move |listen| -> Arc<dyn AdminRoutes> {
+        let origin = admin_edge.upstream.describe();
+        Arc::new(EdgeAdmin {
+            edge: admin_edge,
             listen,
-            origin: edge.upstream.describe(),
-        });
-        tasks.push(tokio::spawn(tern_admin::serve_admin(
-            listener,
-            routes,
-            shutdown.clone(),
-        )));
-    }
+            origin,
+        })
+    };
+    let running = tern_admin::launch(config.listen, handler, limits, config.admin, routes, edge.clone()).await?;
     let stats = edge.store.stats();
     info!(
-        %listen,
-        admin = ?admin,
+        listen = %running.listen,
+        admin = ?running.admin,
         upstream = %edge.upstream.describe(),
         objects = stats.objects,
         cache_dir = ?config.cache_dir,
         cache_size = config.cache_size,
         "edge started"
     );
-    Ok(RunningEdge::new(listen, admin, edge, shutdown, tasks))
+    Ok(running)
 }
 
 struct EdgeHandler {

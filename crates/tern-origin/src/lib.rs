@@ -20,10 +20,8 @@ use prometheus_client::registry::Registry;
 use tern_admin::AdminRoutes;
 use tern_http::conditional::{self, Precondition, Validators};
 use tern_http::range::{self, RangeOutcome};
-use tern_http::server::{Handler, ServerLimits, serve};
+use tern_http::server::{Handler, ServerLimits};
 use tern_http::{Body, date};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use config::{CacheRule, OriginConfig};
@@ -41,13 +39,8 @@ pub enum StartError {
         reason: String,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] tern_admin::BindError),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,45 +90,24 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
         },
     });
 
-    let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let listen = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let mut tasks = vec![tokio::spawn(serve(
-        listener,
+    let admin_origin = origin.clone();
+    let routes = move |listen| -> Arc<dyn AdminRoutes> {
+        Arc::new(OriginAdmin {
+            origin: admin_origin,
+            listen,
+        })
+    };
+    let running = tern_admin::launch(
+        config.listen,
         origin.clone(),
         ServerLimits::default(),
-        shutdown.clone(),
-    ))];
-    let mut admin = None;
-    if let Some(addr) = config.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        admin = Some(
-            listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?,
-        );
-        let routes: Arc<dyn AdminRoutes> = Arc::new(OriginAdmin {
-            origin: origin.clone(),
-            listen,
-        });
-        tasks.push(tokio::spawn(tern_admin::serve_admin(
-            listener,
-            routes,
-            shutdown.clone(),
-        )));
-    }
-    info!(%listen, root = %origin.root.display(), admin = ?admin, "origin serving");
-    Ok(RunningOrigin::new(listen, admin, (), shutdown, tasks))
+        config.admin,
+        routes,
+        (),
+    )
+    .await?;
+    info!(listen = %running.listen, root = %origin.root.display(), admin = ?running.admin, "origin serving");
+    Ok(running)
 }
 
 impl Handler for StaticOrigin {

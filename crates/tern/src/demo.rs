@@ -108,7 +108,7 @@ async fn start_origin(site: &Path, fixed: bool) -> Result<RunningOrigin> {
     };
     match tern_origin::start(config.clone()).await {
         Ok(origin) => Ok(origin),
-        Err(tern_origin::StartError::Bind { .. }) if fixed => tern_origin::start(OriginConfig {
+        Err(tern_origin::StartError::Bind(_)) if fixed => tern_origin::start(OriginConfig {
             listen: loopback(0),
             ..config
         })
@@ -132,7 +132,7 @@ async fn start_edge(base: &Path, index: usize, origin: SocketAddr, key: &Path, f
     };
     match tern_edge::start(config.clone()).await {
         Ok(edge) => Ok(edge),
-        Err(tern_edge::StartError::Bind { .. }) if fixed => {
+        Err(tern_edge::StartError::Bind(_)) if fixed => {
             let fallback = EdgeConfig {
                 listen: loopback(0),
                 admin: Some(loopback(0)),
