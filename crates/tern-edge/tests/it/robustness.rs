@@ -147,3 +147,87 @@ async fn metrics_and_status() {
     assert_eq!(status["role"], "edge");
     assert_eq!(status["cache"]["objects"], 1);
 }
+
+/// An origin speaking raw bytes: answers every connection with `response`, then `then` (stall or close).
+async fn raw_origin(response: &'static [u8], stall: bool) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(response).await;
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_origin_sending_more_than_it_declared_is_held_to_its_length() {
+    let origin = raw_origin(
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=100\r\ncontent-length: 5\r\n\r\nhelloEXTRA-BYTES-NOT-PART-OF-IT",
+        false,
+    )
+    .await;
+    let setup = Setup::with(|config| config.origin = format!("http://{origin}")).await;
+    let first = setup.get("/long").await;
+    assert_eq!(&first.body[..], b"hello");
+    let second = setup.get("/long").await;
+    assert_eq!(&second.body[..], b"hello");
+    assert!(second.header("cache-status").contains("hit"));
+}
+
+#[tokio::test]
+async fn an_origin_that_stalls_mid_body_is_cut_off_and_not_stored() {
+    let origin = raw_origin(
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=100\r\ncontent-length: 100\r\n\r\nonly part of it",
+        true,
+    )
+    .await;
+    let setup = Setup::with(|config| {
+        config.origin = format!("http://{origin}");
+        config.upstream.idle_body_timeout_ms = 300;
+    })
+    .await;
+    let response = setup
+        .client
+        .request(
+            http::Request::get(setup.url("/stall"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("head arrives");
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the client sees the transfer fail"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(setup.edge.role.store().stats().objects, 0);
+}
+
+#[tokio::test]
+async fn a_request_body_longer_than_declared_does_not_smuggle_a_request() {
+    let setup = Setup::new().await;
+    setup.origin.set("/post", Resource::ok("accepted", &[]));
+    let answer = raw(
+        &setup,
+        b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGARBAGE-NOT-A-REQUEST\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("HTTP/1.1 400"),
+        "the extra bytes are a malformed request, refused: {answer}"
+    );
+    let seen = setup.origin.seen();
+    assert_eq!(seen.len(), 1, "only the declared request reached the origin");
+}
