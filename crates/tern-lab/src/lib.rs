@@ -1,0 +1,16 @@
+//! tern's lab: the harness every multi-host test and benchmark of tern uses.
+//!
+//! - [`topology`]: hosts as network namespaces on per-segment bridges joined by a router, rate limits,
+//!   faults; a loopback mode where namespaces are not available.
+//! - [`probe`]: small network probes run inside hosts (multicast, TCP echo, throughput).
+//! - [`load`]: an HTTP load generator (Zipf popularity, size mix, HDR latency percentiles).
+//! - [`origin`]: a synthetic origin with injectable latency.
+//! - [`bench`]: `tern-lab bench edge`, tern against nginx and Varnish.
+
+pub mod bench;
+pub mod load;
+pub mod origin;
+pub mod probe;
+pub mod topology;
+
+pub use topology::{Host, HostProcess, Lab, LabError, LabSpec, Mode};
