@@ -28,6 +28,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// Chunks buffered between an upstream body and a client (bounds memory per transfer).
 const STREAM_CHUNKS: usize = 16;
+/// Bodies up to this size with a known length are read whole before answering (cheaper than streaming).
+const INLINE_BODY_LIMIT: u64 = 64 * 1024;
 /// Lookups a request makes after waiting for another's fill before it goes upstream on its own.
 const MAX_COALESCED_ROUNDS: usize = 3;
 
@@ -396,16 +398,59 @@ impl Edge {
             invalidated: false,
         };
         let freshness = Freshness::of(parts.status, &parts.headers, request_time, response_time, self.policy());
-        let fill = self.store.begin_fill(id, meta, length).await;
+        let mut fill = self.store.begin_fill(id, meta, length).await;
+        let age = freshness.current_age(response_time).as_secs();
+        let status = |stored: bool| {
+            CacheStatus::forward(forward)
+                .with_forward_status(upstream_status)
+                .with_stored(stored)
+                .with_ttl(freshness.ttl_seconds(response_time))
+        };
+        if let Some(small) = length.filter(|len| *len <= INLINE_BODY_LIMIT) {
+            // A small body is read here, stored, then answered from memory: no copying task, no channel.
+            let bytes = match body.collect().await.map(|collected| collected.to_bytes()) {
+                Ok(bytes) if bytes.len() as u64 == small => bytes,
+                Ok(_) | Err(_) => {
+                    self.metrics.fills_abandoned.inc();
+                    self.metrics.request("error");
+                    return self.error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream body ended early or failed",
+                        CacheStatus::forward(forward).with_forward_status(upstream_status),
+                    );
+                }
+            };
+            fill.write(&bytes).await;
+            let stored = fill.finish(true).await.is_ok();
+            if stored {
+                self.metrics.stored.inc();
+            } else {
+                self.metrics.fills_abandoned.inc();
+            }
+            if let Some(leader) = leader {
+                leader.finish(if stored {
+                    FillOutcome::Stored
+                } else {
+                    FillOutcome::Released
+                });
+            }
+            self.metrics.request("miss");
+            let source = Source::Stored(BodySource::Memory(bytes));
+            return self.respond(
+                request,
+                parts.status,
+                parts.headers,
+                length,
+                source,
+                Some(age),
+                status(stored),
+            );
+        }
         let viable = fill.is_viable();
         let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
         tokio::spawn(tee(body, fill, sender, length, leader, self.metrics.clone()));
         self.metrics.request("miss");
-        let status = CacheStatus::forward(forward)
-            .with_forward_status(upstream_status)
-            .with_stored(viable)
-            .with_ttl(freshness.ttl_seconds(response_time));
-        let age = freshness.current_age(response_time).as_secs();
+        let status = status(viable);
         self.respond(
             request,
             parts.status,

@@ -492,10 +492,13 @@ impl Server {
                 command
             }
             System::Nginx => {
-                std::fs::create_dir_all(dir.join("cache"))?;
                 std::fs::create_dir_all(dir.join("logs"))?;
+                // proxy_cache keeps objects in files; on tmpfs they live in memory like tern's and
+                // Varnish's caches here. On this machine's disk nginx managed under 1,300 misses/s.
+                let cache = nginx_cache_dir(addr);
+                std::fs::create_dir_all(&cache)?;
                 let config = dir.join("nginx.conf");
-                std::fs::write(&config, nginx_config(&dir, addr, origin))?;
+                std::fs::write(&config, nginx_config(&dir, &cache, addr, origin))?;
                 let mut command = pinned(
                     cpu,
                     Path::new("nginx"),
@@ -546,17 +549,30 @@ impl Drop for Server {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(nginx_cache_dir(self.addr));
     }
 }
 
-fn nginx_config(dir: &Path, addr: SocketAddr, origin: SocketAddr) -> String {
+/// Where nginx keeps its cache: tmpfs when there is one.
+fn nginx_cache_dir(addr: SocketAddr) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("tern-bench-nginx-{}-{}", std::process::id(), addr.port()))
+}
+
+fn nginx_config(dir: &Path, cache: &Path, addr: SocketAddr, origin: SocketAddr) -> String {
+    let cache = cache.display();
     let dir = dir.display();
     format!(
         "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-           proxy_cache_path {dir}/cache levels=1:2 keys_zone=tern:64m max_size=3g inactive=1h use_temp_path=off;\n\
+           proxy_cache_path {cache} levels=1:2 keys_zone=tern:64m max_size=3g inactive=1h use_temp_path=off;\n\
            upstream origin {{ server {origin}; keepalive 64; }}\n\
            server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n\
                proxy_set_header Connection \"\";\n      proxy_cache tern;\n      proxy_cache_lock on;\n\
@@ -600,7 +616,7 @@ fn warm(addr: SocketAddr, size: u64, objects: u64) -> Result<()> {
             use std::io::{Read, Write};
             write!(
                 stream,
-                "GET /obj/{size}/{n} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                "GET /obj/{size}/{n} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
             )?;
             let mut sink = Vec::new();
             stream.read_to_end(&mut sink)?;

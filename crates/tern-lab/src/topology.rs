@@ -182,6 +182,20 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The `tern` binary built beside the running program (tests run from `target/<profile>/deps`), or the one
+/// named by `TERN_BIN`.
+pub fn tern_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("TERN_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let here = std::env::current_exe().ok()?;
+    here.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("tern"))
+        .find(|candidate| candidate.is_file())
+}
+
 /// A host of a built lab.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -280,6 +294,14 @@ impl Lab {
             lab.bridges.push(bridge.clone());
             // Flood multicast to every port: without a querier, snooping would drop it.
             ip(&["link", "set", &bridge, "type", "bridge", "mcast_snooping", "0"])?;
+            // The test process (root namespace) reaches the segment's hosts directly through this address.
+            ip(&[
+                "addr",
+                "add",
+                &format!("10.77.{}.253/24", segment.index),
+                "dev",
+                &bridge,
+            ])?;
             ip(&["link", "set", &bridge, "up"])?;
             let link = format!("tl{id}r{}", segment.name);
             ip(&[
@@ -358,6 +380,23 @@ impl Lab {
         match self.hosts.get(name) {
             Some(host) => host,
             None => panic!("no host `{name}` in this lab"),
+        }
+    }
+
+    /// Waits until `host` accepts TCP connections on `port` (from this process), up to `timeout`.
+    pub fn wait_listening(&self, host: &str, port: u16, timeout: std::time::Duration) -> Result<(), LabError> {
+        let addr = std::net::SocketAddr::from((self.host(host).addr, port));
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LabError::Spec(format!(
+                    "nothing listening on {addr} (host {host}) after {timeout:?}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

@@ -26,6 +26,11 @@ struct Cli {
     #[arg(long, global = true, env = "TERN_LOG", default_value = "info")]
     log: String,
 
+    /// Worker threads [default: one per CPU core this process may use]. With one, tern runs a
+    /// single-threaded event loop, which avoids cross-thread wake-ups.
+    #[arg(long, global = true, env = "TERN_THREADS")]
+    threads: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -108,7 +113,17 @@ fn parse_size(text: &str) -> Result<u64, String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -96,6 +96,8 @@ fn namespaces_multicast_isolation_rate_and_cleanup() {
         })
     };
     assert!(check("a1", &a2), "a2 answers");
+    lab.wait_listening("a2", 7000, std::time::Duration::from_secs(5))
+        .expect("the test process reaches a2 directly");
     assert!(check("a1", &b1), "b1 answers across the router");
     lab.isolate("a2").expect("isolate");
     let answered = lab
@@ -167,4 +169,76 @@ fn bad_specs_are_refused() {
             .build_loopback()
             .is_err()
     );
+}
+
+#[test]
+fn tern_roles_run_in_lab_hosts() {
+    if !namespaces_available() {
+        eprintln!("skipped: the lab needs root and network namespaces (CI runs as root)");
+        return;
+    }
+    let Some(tern) = tern_lab::topology::tern_binary() else {
+        eprintln!("skipped: no tern binary beside the tests (build it with `cargo build -p tern`)");
+        return;
+    };
+    let tern = tern.to_str().expect("utf-8 path").to_string();
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(site.path().join("hello.txt"), "hello from a1").expect("write");
+    let lab = LabSpec::new()
+        .segment("a")
+        .segment("b")
+        .host("a1", "a")
+        .host("b1", "b")
+        .build()
+        .expect("lab");
+    let site_path = site.path().to_str().expect("utf-8");
+    let _origin = lab
+        .spawn(
+            "a1",
+            &tern,
+            &[
+                "serve",
+                site_path,
+                "--listen",
+                "0.0.0.0:9000",
+                "--cache-control",
+                "max-age=60",
+                "--log",
+                "warn",
+            ],
+        )
+        .expect("origin");
+    lab.wait_listening("a1", 9000, std::time::Duration::from_secs(10))
+        .expect("origin listens");
+    let origin = format!("http://{}:9000", lab.host("a1").addr);
+    let _edge = lab
+        .spawn(
+            "b1",
+            &tern,
+            &["edge", "--listen", "0.0.0.0:8080", "--origin", &origin, "--log", "warn"],
+        )
+        .expect("edge");
+    lab.wait_listening("b1", 8080, std::time::Duration::from_secs(10))
+        .expect("edge listens");
+
+    let edge = std::net::SocketAddr::from((lab.host("b1").addr, 8080));
+    let get = || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(edge).expect("connect");
+        write!(
+            stream,
+            "GET /hello.txt HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    let first = get();
+    assert!(first.contains("hello from a1") && first.contains("fwd=miss"), "{first}");
+    let second = get();
+    assert!(second.contains("tern; hit"), "{second}");
+    // The origin's host crashes: the edge still serves what it holds.
+    lab.kill("a1").expect("kill");
+    assert!(get().contains("hello from a1"));
 }
