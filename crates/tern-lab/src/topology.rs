@@ -149,7 +149,13 @@ pub fn namespaces_available() -> bool {
     if !is_root() || which("ip").is_none() {
         return false;
     }
-    let probe = format!("tlprobe{}", std::process::id());
+    // Unique per call: tests in one process probe concurrently.
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let probe = format!(
+        "tlprobe{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
     let created = Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(Stdio::null())
