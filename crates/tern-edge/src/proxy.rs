@@ -15,7 +15,7 @@ use tern_http::{Body, ChannelSender, date, hop};
 use tern_http_cache::policy::{self, request_directives};
 use tern_http_cache::{
     BodySource, Directives, Fill, Freshness, Hit, KeyConfig, Meta, ObjectId, PolicyConfig, PurgeCount, PurgeMode,
-    Store, primary_key, vary_values,
+    Store, Usability, primary_key, vary_values,
 };
 use tracing::{debug, info, warn};
 
@@ -141,43 +141,33 @@ impl Edge {
                         now,
                         self.policy(),
                     );
-                    match usability {
-                        tern_http_cache::Usability::Fresh | tern_http_cache::Usability::StaleAllowedByClient => {
-                            let status = if collapsed {
-                                CacheStatus::forward(Forward::Miss)
-                                    .with_forward_status(object.meta.status.as_u16())
-                                    .with_collapsed()
-                                    .with_ttl(ttl)
-                            } else {
-                                CacheStatus::hit(ttl)
-                            };
-                            match self.serve_stored(&request, hit, status, now).await {
-                                Some(response) => {
-                                    self.metrics.request("hit");
-                                    return response;
-                                }
-                                None => continue,
-                            }
-                        }
-                        tern_http_cache::Usability::StaleWhileRevalidate => {
+                    let served = match usability {
+                        Usability::Fresh | Usability::StaleAllowedByClient if collapsed => Some((
+                            CacheStatus::forward(Forward::Miss)
+                                .with_forward_status(object.meta.status.as_u16())
+                                .with_collapsed()
+                                .with_ttl(ttl),
+                            "hit",
+                        )),
+                        Usability::Fresh | Usability::StaleAllowedByClient => Some((CacheStatus::hit(ttl), "hit")),
+                        Usability::StaleWhileRevalidate => {
                             self.revalidate_in_background(&request, hit.clone(), &primary);
-                            let status = CacheStatus::hit(ttl).with_detail("stale-while-revalidate");
-                            match self.serve_stored(&request, hit, status, now).await {
-                                Some(response) => {
-                                    self.metrics.request("stale");
-                                    return response;
-                                }
-                                None => continue,
-                            }
+                            Some((CacheStatus::hit(ttl).with_detail("stale-while-revalidate"), "stale"))
                         }
-                        tern_http_cache::Usability::MustValidate => {
-                            // Fresh but validated anyway: the client's own directives sent it forward.
-                            let fresh = object.freshness.is_fresh(now)
-                                && !object.meta.invalidated
-                                && !object.freshness.no_cache;
-                            if fresh { Forward::Request } else { Forward::Stale }
-                        }
+                        Usability::MustValidate => None,
+                    };
+                    if let Some((status, result)) = served {
+                        // `None`: the body vanished or failed its checksum; look up again.
+                        let Some(response) = self.serve_stored(&request, hit, status, now).await else {
+                            continue;
+                        };
+                        self.metrics.request(result);
+                        return response;
                     }
+                    // Fresh but validated anyway: the client's own directives sent it forward.
+                    let fresh =
+                        object.freshness.is_fresh(now) && !object.meta.invalidated && !object.freshness.no_cache;
+                    if fresh { Forward::Request } else { Forward::Stale }
                 }
                 None if self.store.variants(&primary).is_empty() => Forward::Miss,
                 None => Forward::VaryMiss,

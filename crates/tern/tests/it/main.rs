@@ -59,3 +59,22 @@ pub fn write(root: &Path, path: &str, content: &[u8]) {
     }
     std::fs::write(target, content).expect("write");
 }
+
+/// Starts `tern serve DIR` on a free port with `extra` flags; returns it and its address.
+pub fn spawn_origin(site: &Path, extra: &[&str]) -> (Running, SocketAddr) {
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut args = vec!["serve", site.to_str().expect("utf-8 path"), "--listen", &listen];
+    args.extend_from_slice(extra);
+    (spawn(&args, addr), addr)
+}
+
+/// Starts `tern edge` in front of `origin` on a free port with `extra` flags; returns it and its address.
+pub fn spawn_edge(origin: SocketAddr, extra: &[&str]) -> (Running, SocketAddr) {
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let origin_url = format!("http://{origin}");
+    let mut args = vec!["edge", "--listen", &listen, "--origin", &origin_url];
+    args.extend_from_slice(extra);
+    (spawn(&args, addr), addr)
+}

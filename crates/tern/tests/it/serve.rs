@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tern_edge::testsuite::{client, send};
 
-use crate::{free_addr, spawn, write};
+use crate::{free_addr, spawn, spawn_edge, spawn_origin, write};
 
 async fn get(url: &str, headers: &[(&str, &str)], method: &str) -> (u16, http::HeaderMap, Bytes) {
     let got = send(&client(), method, url, headers).await;
@@ -85,36 +85,19 @@ async fn edge_in_front_of_serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site");
     write(&site, "page.html", b"version 1");
-    let origin_addr = free_addr();
-    let _origin = spawn(
-        &[
-            "serve",
-            site.to_str().expect("utf-8"),
-            "--listen",
-            &origin_addr.to_string(),
-            "--cache-control",
-            "max-age=300",
-        ],
-        origin_addr,
-    );
-    let edge_addr = free_addr();
+    let (_origin, origin_addr) = spawn_origin(&site, &["--cache-control", "max-age=300"]);
     let key = dir.path().join("purge.key");
     let keygen = crate::tern().arg("keygen").arg(&key).output().expect("keygen");
     assert!(keygen.status.success());
     let cache = dir.path().join("cache");
-    let _edge = spawn(
+    let (_edge, edge_addr) = spawn_edge(
+        origin_addr,
         &[
-            "edge",
-            "--listen",
-            &edge_addr.to_string(),
-            "--origin",
-            &format!("http://{origin_addr}"),
             "--cache-dir",
             cache.to_str().expect("utf-8"),
             "--purge-key",
             key.to_str().expect("utf-8"),
         ],
-        edge_addr,
     );
     let url = format!("http://{edge_addr}/page.html");
     let (_, first, _) = get(&url, &[], "GET").await;
@@ -136,29 +119,8 @@ async fn stale_if_error_when_the_origin_process_dies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site");
     write(&site, "page.html", b"kept");
-    let origin_addr = free_addr();
-    let origin = spawn(
-        &[
-            "serve",
-            site.to_str().expect("utf-8"),
-            "--listen",
-            &origin_addr.to_string(),
-            "--cache-control",
-            "max-age=1, stale-if-error=3",
-        ],
-        origin_addr,
-    );
-    let edge_addr = free_addr();
-    let _edge = spawn(
-        &[
-            "edge",
-            "--listen",
-            &edge_addr.to_string(),
-            "--origin",
-            &format!("http://{origin_addr}"),
-        ],
-        edge_addr,
-    );
+    let (origin, origin_addr) = spawn_origin(&site, &["--cache-control", "max-age=1, stale-if-error=3"]);
+    let (_edge, edge_addr) = spawn_edge(origin_addr, &[]);
     let url = format!("http://{edge_addr}/page.html");
     assert_eq!(&get(&url, &[], "GET").await.2[..], b"kept");
     drop(origin);

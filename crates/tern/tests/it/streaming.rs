@@ -5,7 +5,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use tern_edge::testsuite::client;
 
-use crate::{free_addr, spawn};
+use crate::{spawn_edge, spawn_origin};
 
 const OBJECT: u64 = 200 * 1024 * 1024;
 const LIMIT: u64 = 64 * 1024 * 1024;
@@ -47,33 +47,11 @@ async fn two_hundred_megabytes_stream_with_bounded_memory() {
     std::fs::create_dir_all(&site).expect("mkdir");
     let file = std::fs::File::create(site.join("big.bin")).expect("create");
     file.set_len(OBJECT).expect("sparse 200 MB file");
-    let origin_addr = free_addr();
-    let _origin = spawn(
-        &[
-            "serve",
-            site.to_str().expect("utf-8"),
-            "--listen",
-            &origin_addr.to_string(),
-            "--cache-control",
-            "max-age=600",
-        ],
-        origin_addr,
-    );
-    let edge_addr = free_addr();
+    let (_origin, origin_addr) = spawn_origin(&site, &["--cache-control", "max-age=600"]);
     let cache = dir.path().join("cache");
-    let edge = spawn(
-        &[
-            "edge",
-            "--listen",
-            &edge_addr.to_string(),
-            "--origin",
-            &format!("http://{origin_addr}"),
-            "--cache-dir",
-            cache.to_str().expect("utf-8"),
-            "--cache-size",
-            "1G",
-        ],
-        edge_addr,
+    let (edge, edge_addr) = spawn_edge(
+        origin_addr,
+        &["--cache-dir", cache.to_str().expect("utf-8"), "--cache-size", "1G"],
     );
     let pid = edge.0.id();
     tokio::time::sleep(Duration::from_millis(200)).await;
