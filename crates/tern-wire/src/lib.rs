@@ -1,7 +1,9 @@
-//! What crosses tern's process boundaries. For now: the shared secret keys that authenticate purges (and,
-//! as the synchronisation and mover roles arrive, message tags). Every `--...-key` flag of tern reads the
-//! format `tern keygen` writes.
+//! What crosses tern's process boundaries: shared secret keys (every `--...-key` flag reads the format
+//! `tern keygen` writes), the authenticated frame every TCP protocol uses, and the messages of the
+//! synchronisation protocol (seed 001).
 
+pub mod frame;
 pub mod key;
+pub mod sync;
 
 pub use key::{KeyError, SecretKey};

@@ -14,6 +14,56 @@ pub struct FileConfig {
     pub edge: Option<tern_edge::EdgeConfig>,
     /// Settings of `tern serve`.
     pub serve: Option<tern_origin::OriginConfig>,
+    /// Settings of `tern agent`.
+    pub agent: Option<AgentFile>,
+    /// Settings of `tern sync`.
+    pub sync: Option<SyncFile>,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentFile {
+    /// Origin content directory.
+    pub dir: Option<std::path::PathBuf>,
+    /// Site name.
+    pub site: Option<String>,
+    /// Agent name (default: the site name).
+    pub name: Option<String>,
+    /// URL the directory is served under.
+    pub base_url: Option<String>,
+    /// The sync service's listener.
+    pub sync: Option<std::net::SocketAddr>,
+    /// Agent key file.
+    pub key: Option<std::path::PathBuf>,
+    /// State directory.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Full rescan interval, seconds.
+    pub rescan_secs: Option<u64>,
+    /// Admin listener.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// The `[sync]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncFile {
+    /// Listener for agents.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Admin listener.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Agent key file.
+    pub key: Option<std::path::PathBuf>,
+    /// The caches' purge key file.
+    pub cache_key: Option<std::path::PathBuf>,
+    /// Data directory (change log, cache positions).
+    pub data: Option<std::path::PathBuf>,
+    /// Sites.
+    pub sites: Vec<tern_sync::SiteConfig>,
+    /// Caches.
+    pub caches: Vec<tern_sync::CacheConfig>,
+    /// How long commands to a failing cache are retried, seconds (the sites' longest freshness lifetime).
+    pub max_retry_secs: Option<u64>,
 }
 
 impl FileConfig {

@@ -45,6 +45,16 @@ enum Command {
     Edge(EdgeArgs),
     /// Serve a directory as a static origin (ETag, Last-Modified, conditional GET, ranges, Cache-Control).
     Serve(ServeArgs),
+    /// Watch an origin directory and report every change to the sync service (the CP agent).
+    ///
+    /// Uses file-system notifications for speed and a periodic full rescan as the authority. Changes not
+    /// yet acknowledged are kept on disk and resent, across restarts of either side.
+    Agent(AgentArgs),
+    /// Keep caches fresh: receive agents' changes, check them, and send PURGE + prefetch GET to every cache.
+    ///
+    /// Works with tern edges and with any cache that accepts PURGE (Varnish, Squid, nginx with a purge
+    /// module).
+    Sync(SyncArgs),
     /// Write a new random secret key file (for --purge-key and the other --...-key flags).
     Keygen(KeygenArgs),
     /// Start an origin and two edges on this machine with a sample site, and show how to use them.
@@ -98,6 +108,68 @@ struct ServeArgs {
     /// Cache-Control sent with every file, e.g. "public, max-age=60".
     #[arg(long)]
     cache_control: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// TOML config file; its `[agent]` table holds every setting.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Origin content directory to watch.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Site name, as configured on the sync service.
+    #[arg(long)]
+    site: Option<String>,
+    /// URL the directory is served under, e.g. http://www.example.com.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// The sync service's agent listener, e.g. 10.0.0.2:7070.
+    #[arg(long)]
+    sync: Option<SocketAddr>,
+    /// Agent key file (from `tern keygen`), shared with the sync service's --key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Where the agent keeps its state [default: DIR/../.tern-agent].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// This agent's name [default: the site name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Full rescan interval in seconds [default: 30].
+    #[arg(long)]
+    rescan_secs: Option<u64>,
+    /// Admin listener address for /metrics and /status.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct SyncArgs {
+    /// TOML config file; its `[sync]` table holds every setting, including many sites and caches.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address agents connect to [default: 127.0.0.1:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Agent key file (from `tern keygen`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A site as NAME=HOST[,HOST...] (repeatable).
+    #[arg(long = "site")]
+    sites: Vec<String>,
+    /// A cache's base URL, e.g. http://10.0.0.7:8080 (repeatable).
+    #[arg(long = "cache")]
+    caches: Vec<String>,
+    /// The caches' purge key file (the edges' --purge-key).
+    #[arg(long)]
+    cache_key: Option<PathBuf>,
+    /// Data directory for the change log and cache positions [default: ./tern-sync-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Admin listener address for /metrics and /status.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +232,8 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Agent(args) => run_agent(args).await,
+        Command::Sync(args) => run_sync(args).await,
     }
 }
 
@@ -222,6 +296,113 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     stop_on_signal(origin.shutdown_token());
     origin.wait().await;
     info!("origin stopped");
+    Ok(())
+}
+
+async fn run_agent(args: AgentArgs) -> Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?.agent.unwrap_or_default();
+    let dir = args
+        .dir
+        .or(file.dir)
+        .context("give the directory to watch: --dir DIR")?;
+    let site = args.site.or(file.site).context("give the site name: --site NAME")?;
+    let base_url = args
+        .base_url
+        .or(file.base_url)
+        .context("give the URL the directory is served under: --base-url URL")?;
+    let sync = args
+        .sync
+        .or(file.sync)
+        .context("give the sync service's address: --sync HOST:PORT")?;
+    let key_path = args
+        .key
+        .or(file.key)
+        .context("give the agent key: --key FILE (create it with `tern keygen FILE`)")?;
+    let key = tern_wire::SecretKey::load(&key_path)?;
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| dir.parent().unwrap_or(std::path::Path::new(".")).join(".tern-agent"));
+    let config = tern_sync::AgentConfig {
+        name: args.name.or(file.name).unwrap_or_else(|| site.clone()),
+        dir,
+        site,
+        base_url,
+        sync,
+        key,
+        state_dir,
+        rescan_interval: std::time::Duration::from_secs(args.rescan_secs.or(file.rescan_secs).unwrap_or(30).max(1)),
+        debounce: std::time::Duration::from_millis(50),
+        max_batch: 1000,
+        index: "index.html".into(),
+    };
+    let agent = tern_sync::Agent::new(config).context("agent did not start")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop_on_signal(stop.clone());
+    if let Some(addr) = args.admin.or(file.admin) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let routes: std::sync::Arc<dyn tern_admin::AdminRoutes> =
+            std::sync::Arc::new(tern_sync::agent::AgentAdmin::new(agent.clone()));
+        tokio::spawn(tern_admin::serve_admin(listener, routes, stop.clone()));
+    }
+    info!("agent watching");
+    agent.run(stop).await;
+    info!("agent stopped");
+    Ok(())
+}
+
+async fn run_sync(args: SyncArgs) -> Result<()> {
+    let file = FileConfig::load(args.config.as_deref())?.sync.unwrap_or_default();
+    let key_path = args
+        .key
+        .or(file.key)
+        .context("give the agents' key: --key FILE (create it with `tern keygen FILE`)")?;
+    let mut sites = file.sites;
+    for site in &args.sites {
+        let (name, hosts) = site.split_once('=').context("--site takes NAME=HOST[,HOST...]")?;
+        sites.push(tern_sync::SiteConfig {
+            name: name.trim().to_string(),
+            hosts: hosts
+                .split(',')
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        });
+    }
+    let mut caches = file.caches;
+    caches.extend(
+        args.caches
+            .into_iter()
+            .map(|url| tern_sync::CacheConfig { url, sites: Vec::new() }),
+    );
+    let cache_key = match args.cache_key.or(file.cache_key) {
+        Some(path) => Some(tern_wire::SecretKey::load(&path)?),
+        None => None,
+    };
+    let config = tern_sync::SyncConfig {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+        admin: args.admin.or(file.admin),
+        key: tern_wire::SecretKey::load(&key_path)?,
+        cache_key,
+        data_dir: args
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("tern-sync-data")),
+        sites,
+        caches,
+        max_frame: tern_wire::frame::DEFAULT_MAX_PAYLOAD,
+        max_retry_age: std::time::Duration::from_secs(file.max_retry_secs.unwrap_or(24 * 3600)),
+        request_timeout: std::time::Duration::from_secs(10),
+    };
+    let sync = tern_sync::start(config).await.context("sync service did not start")?;
+    stop_on_signal(sync.shutdown_token());
+    sync.wait().await;
+    info!("sync service stopped");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod serve;
 mod streaming;
+mod sync;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

@@ -1,0 +1,299 @@
+//! The cacher (seed 001, "the cache unit converts the variation information into commands; the cache server
+//! deletes the previous contents and demands the new contents"): one worker per cache reads the master's
+//! log in order and sends plain HTTP, `PURGE` and then, for created or modified content, a prefetch `GET`,
+//! so the cache holds the new bytes before any user asks. Because the commands are standard HTTP, the same
+//! worker drives tern edges, Varnish, Squid or nginx with a purge module.
+//!
+//! A cache that does not answer keeps its commands: the worker retries with backoff until the change is
+//! older than the longest freshness lifetime the site uses (after that the cache's copy has expired anyway).
+//! Its position in the log is kept on disk, so a restart resumes where it stopped. Within a backlog, only
+//! the last change of each URL is sent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tern_wire::sync::ChangeKind;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::master::{Master, Record};
+use crate::metrics::SyncMetrics;
+
+/// A cache the service keeps fresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Base URL of the cache, e.g. `http://10.0.0.7:8080`.
+    pub url: String,
+    /// Sites it serves (empty: all).
+    #[serde(default)]
+    pub sites: Vec<String>,
+}
+
+/// Where a worker stands, for `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CacheProgress {
+    /// The cache.
+    pub url: String,
+    /// Log position applied through.
+    pub applied_through: u64,
+    /// Changes not yet applied.
+    pub lag_changes: u64,
+    /// Age of the oldest change not yet applied, seconds.
+    pub lag_seconds: f64,
+    /// Last error, if the cache is failing.
+    pub last_error: Option<String>,
+    /// Commands sent.
+    pub commands: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Position {
+    url: String,
+    next: u64,
+}
+
+/// Settings shared by the workers.
+#[derive(Debug, Clone)]
+pub struct CacherSettings {
+    /// Token of the caches' purge key (`Authorization: Bearer`).
+    pub token: Option<String>,
+    /// Changes older than this are given up on for a cache that keeps failing.
+    pub max_retry_age: Duration,
+    /// Timeout of one HTTP command.
+    pub request_timeout: Duration,
+    /// Where positions are kept.
+    pub data_dir: PathBuf,
+}
+
+/// One cache's worker.
+pub struct CacheWorker {
+    cache: CacheConfig,
+    settings: CacherSettings,
+    master: Arc<Master>,
+    metrics: Arc<SyncMetrics>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    progress: Arc<Mutex<CacheProgress>>,
+    position_path: PathBuf,
+    base: String,
+}
+
+impl CacheWorker {
+    /// A worker for `cache`, resuming from its saved position.
+    pub fn new(cache: CacheConfig, settings: CacherSettings, master: Arc<Master>, metrics: Arc<SyncMetrics>) -> Self {
+        let name = blake3::hash(cache.url.as_bytes()).to_hex()[..16].to_string();
+        let position_path = settings.data_dir.join(format!("cache-{name}.pos"));
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let base = cache.url.trim_end_matches('/').to_string();
+        let progress = Arc::new(Mutex::new(CacheProgress {
+            url: cache.url.clone(),
+            ..CacheProgress::default()
+        }));
+        CacheWorker {
+            cache,
+            settings,
+            master,
+            metrics,
+            client,
+            progress,
+            position_path,
+            base,
+        }
+    }
+
+    /// Shared view of the worker's progress.
+    pub fn progress(&self) -> Arc<Mutex<CacheProgress>> {
+        self.progress.clone()
+    }
+
+    fn load_position(&self) -> u64 {
+        std::fs::read(&self.position_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Position>(&bytes).ok())
+            .filter(|p| p.url == self.cache.url)
+            .map(|p| p.next)
+            .unwrap_or(1)
+    }
+
+    fn save_position(&self, next: u64) {
+        let position = Position {
+            url: self.cache.url.clone(),
+            next,
+        };
+        // No fsync: losing a position only resends commands, and they are idempotent.
+        let temp = self.position_path.with_extension("tmp");
+        let written = serde_json::to_vec(&position)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&temp, bytes))
+            .and_then(|_| std::fs::rename(&temp, &self.position_path));
+        if let Err(error) = written {
+            warn!(%error, cache = %self.cache.url, "cannot save cache position");
+        }
+    }
+
+    fn serves(&self, site: &str) -> bool {
+        self.cache.sites.is_empty() || self.cache.sites.iter().any(|s| s == site)
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut next = self.load_position();
+        let mut length = self.master.subscribe();
+        loop {
+            let backlog = self.master.records_from(next);
+            self.report(next, &backlog, None);
+            if backlog.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = length.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let mut last_for_url: HashMap<&str, u64> = HashMap::new();
+            for record in &backlog {
+                last_for_url.insert(record.url.as_str(), record.log_seq);
+            }
+            for record in &backlog {
+                let wanted =
+                    self.serves(&record.site) && last_for_url.get(record.url.as_str()) == Some(&record.log_seq);
+                if wanted && !self.deliver(record, &shutdown).await {
+                    return;
+                }
+                next = record.log_seq + 1;
+                self.save_position(next);
+                self.report(next, &self.master.records_from(next), None);
+            }
+        }
+    }
+
+    /// Applies one record, retrying; `false` when shutting down.
+    async fn deliver(&self, record: &Record, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply(record).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    let age_ms = now_ms().saturating_sub(record.recorded_ms);
+                    if Duration::from_millis(age_ms) > self.settings.max_retry_age {
+                        warn!(cache = %self.cache.url, url = %record.url, %error, "giving up on a change older than the retry limit");
+                        self.metrics.changes_given_up.inc();
+                        return true;
+                    }
+                    debug!(cache = %self.cache.url, url = %record.url, %error, "command failed; retrying");
+                    self.report(record.log_seq, &self.master.records_from(record.log_seq), Some(error));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, record: &Record) -> Result<(), String> {
+        let uri: Uri = record.url.parse().map_err(|e| format!("bad URL {}: {e}", record.url))?;
+        let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let target = format!("{}{}", self.base, path);
+        let purge = self.command("PURGE", &target, &authority, record, false).await;
+        self.count("purge", purge.is_ok());
+        match purge {
+            // A cache that does not hold the object answers 404 (Varnish does): nothing to remove is fine.
+            Ok(status) if status.is_success() || status == http::StatusCode::NOT_FOUND => {}
+            Ok(status) => return Err(format!("PURGE answered {status}")),
+            Err(error) => return Err(error),
+        }
+        if record.kind == ChangeKind::Deleted {
+            return Ok(());
+        }
+        let prefetch = self.command("GET", &target, &authority, record, true).await;
+        self.count("prefetch", prefetch.as_ref().is_ok_and(|s| !s.is_server_error()));
+        match prefetch {
+            Ok(status) if !status.is_server_error() => Ok(()),
+            Ok(status) => Err(format!("prefetch answered {status}")),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn command(
+        &self,
+        method: &str,
+        target: &str,
+        host: &str,
+        record: &Record,
+        prefetch: bool,
+    ) -> Result<http::StatusCode, String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header(header::HOST, host)
+            .header("tern-sync-seq", record.log_seq.to_string());
+        if prefetch {
+            // No credentials on the prefetch: a shared cache must not store a response to a request that
+            // carries Authorization (RFC 9111 section 3.5), and the prefetch exists to be stored.
+            request = request.header("tern-prefetch", "1");
+        } else if let Some(token) = &self.settings.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(self.settings.request_timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("{method} timed out"))?
+            .map_err(|e| {
+                format!(
+                    "{method} failed: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or(e.to_string())
+                )
+            })?;
+        let status = response.status();
+        // Read the body through, so the cache completes (and stores) the prefetch.
+        tokio::time::timeout(self.settings.request_timeout, response.into_body().collect())
+            .await
+            .map_err(|_| format!("{method} body timed out"))?
+            .map_err(|e| format!("{method} body failed: {e}"))?;
+        Ok(status)
+    }
+
+    fn count(&self, command: &'static str, ok: bool) {
+        self.metrics.command(&self.cache.url, command, ok);
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).commands += 1;
+    }
+
+    fn report(&self, next: u64, backlog: &[Arc<Record>], error: Option<String>) {
+        let wanted: Vec<&Arc<Record>> = backlog.iter().filter(|r| self.serves(&r.site)).collect();
+        let lag_seconds = wanted
+            .first()
+            .map(|r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.applied_through = next.saturating_sub(1);
+        progress.lag_changes = wanted.len() as u64;
+        progress.lag_seconds = lag_seconds;
+        if error.is_some() || wanted.is_empty() {
+            progress.last_error = error;
+        }
+        self.metrics.set_lag(&self.cache.url, progress.lag_changes, lag_seconds);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,226 @@
+//! Active content synchronisation (seed `001_efd6385690e0308b.txt`): the CP agent watches the origin's
+//! content and reports changes over an authenticated TCP protocol; the sync service's listener checks the
+//! protocol, the master checks the URLs and records the changes durably, and the cacher turns them into
+//! plain HTTP commands to every cache (`PURGE`, then a prefetch `GET`), so caches hold the new bytes the
+//! moment the origin changes.
+
+pub mod agent;
+pub mod cacher;
+pub mod listener;
+pub mod master;
+pub mod metrics;
+pub mod scan;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tern_admin::AdminRoutes;
+use tern_http::server::Running;
+use tern_wire::SecretKey;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use agent::{Agent, AgentConfig};
+pub use cacher::{CacheConfig, CacheProgress};
+pub use master::{Master, SiteConfig};
+
+use crate::cacher::{CacheWorker, CacherSettings};
+use crate::metrics::SyncMetrics;
+
+/// Settings of the sync service.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Listener for agents.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// The agents' key.
+    pub key: SecretKey,
+    /// The caches' purge key.
+    pub cache_key: Option<SecretKey>,
+    /// Where the change log and cache positions live.
+    pub data_dir: PathBuf,
+    /// Sites.
+    pub sites: Vec<SiteConfig>,
+    /// Caches.
+    pub caches: Vec<CacheConfig>,
+    /// Largest frame payload accepted from agents.
+    pub max_frame: usize,
+    /// How long a failing cache's commands are retried (the longest freshness lifetime of the sites).
+    pub max_retry_age: Duration,
+    /// Timeout of one command to a cache.
+    pub request_timeout: Duration,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or log is unusable.
+    #[error("sync data {path}: {source}")]
+    Data {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running sync service.
+pub struct SyncService {
+    master: Arc<Master>,
+    metrics: Arc<SyncMetrics>,
+    progress: Vec<Arc<Mutex<CacheProgress>>>,
+    listen: SocketAddr,
+}
+
+impl SyncService {
+    /// The master.
+    pub fn master(&self) -> &Arc<Master> {
+        &self.master
+    }
+
+    /// Each cache's progress.
+    pub fn progress(&self) -> Vec<CacheProgress> {
+        self.progress
+            .iter()
+            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Whether every cache has applied the whole log.
+    pub fn caught_up(&self) -> bool {
+        let length = self.master.len();
+        self.progress().iter().all(|p| p.applied_through >= length)
+    }
+}
+
+/// Starts the sync service.
+pub async fn start(config: SyncConfig) -> Result<Running<Arc<SyncService>>, StartError> {
+    if config.sites.is_empty() {
+        return Err(StartError::Config(
+            "no sites: give --site NAME=HOST (or [[sync.sites]] in the config)".into(),
+        ));
+    }
+    if config.caches.is_empty() {
+        return Err(StartError::Config(
+            "no caches: give --cache URL (or [[sync.caches]] in the config)".into(),
+        ));
+    }
+    for cache in &config.caches {
+        if !cache.url.starts_with("http://") {
+            return Err(StartError::Config(format!(
+                "cache `{}`: give its base URL as http://HOST:PORT",
+                cache.url
+            )));
+        }
+    }
+    let data_dir = config.data_dir.clone();
+    let sites = config.sites.clone();
+    let master = tokio::task::spawn_blocking(move || Master::open(&data_dir, sites))
+        .await
+        .map_err(|e| StartError::Config(e.to_string()))?
+        .map_err(|source| StartError::Data {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let master = Arc::new(master);
+    let metrics = Arc::new(SyncMetrics::new());
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let settings = CacherSettings {
+        token: config.cache_key.as_ref().map(SecretKey::token),
+        max_retry_age: config.max_retry_age,
+        request_timeout: config.request_timeout,
+        data_dir: config.data_dir.clone(),
+    };
+    let mut tasks = Vec::new();
+    let mut progress = Vec::new();
+    for cache in &config.caches {
+        let worker = CacheWorker::new(cache.clone(), settings.clone(), master.clone(), metrics.clone());
+        progress.push(worker.progress());
+        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    let listener_settings = listener::ListenerSettings {
+        key: config.key.clone(),
+        max_frame: config.max_frame,
+    };
+    tasks.push(tokio::spawn(listener::serve(
+        listener,
+        listener_settings,
+        master.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
+    let service = Arc::new(SyncService {
+        master: master.clone(),
+        metrics,
+        progress,
+        listen,
+    });
+    let mut admin = None;
+    if let Some(addr) = config.admin {
+        let admin_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        admin = Some(
+            admin_listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+        let routes: Arc<dyn AdminRoutes> = Arc::new(SyncAdmin {
+            service: service.clone(),
+        });
+        tasks.push(tokio::spawn(tern_admin::serve_admin(
+            admin_listener,
+            routes,
+            shutdown.clone(),
+        )));
+    }
+    info!(%listen, admin = ?admin, caches = config.caches.len(), sites = config.sites.len(), log = master.len(), "sync service started");
+    Ok(Running::new(listen, admin, service, shutdown, tasks))
+}
+
+struct SyncAdmin {
+    service: Arc<SyncService>,
+}
+
+impl AdminRoutes for SyncAdmin {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": "sync",
+            "listen": self.service.listen.to_string(),
+            "log_length": self.service.master.len(),
+            "sites": self.service.master.sites(),
+            "caches": self.service.progress(),
+            "caught_up": self.service.caught_up(),
+        })
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.service.metrics.registry
+    }
+}

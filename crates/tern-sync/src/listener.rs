@@ -1,0 +1,168 @@
+//! The listener (seed 001, "examines the protocol fitness of the variation information"): reads frames from
+//! agents, checks framing, version, size and authentication tag, hands good batches to the master and
+//! answers with an acknowledgement or a reasoned rejection. Bad input is counted and answered, and the
+//! connection closed; it never stops the listener serving other agents.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_wire::SecretKey;
+use tern_wire::frame::FrameDecoder;
+use tern_wire::sync::{Ack, Reject, SyncMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::master::Master;
+use crate::metrics::{ReasonLabel, SyncMetrics};
+
+/// How long an agent connection may stay silent.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Settings of the listener.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// The agents' key.
+    pub key: SecretKey,
+    /// Largest frame payload accepted.
+    pub max_frame: usize,
+}
+
+/// Accepts agent connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    master: Arc<Master>,
+    metrics: Arc<SyncMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let settings = settings.clone();
+        let master = master.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = connection(stream, peer, settings, master, metrics) => {}
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    settings: ListenerSettings,
+    master: Arc<Master>,
+    metrics: Arc<SyncMetrics>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut decoder = FrameDecoder::new(settings.key.clone(), settings.max_frame);
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let frame = loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(%peer, %error, "rejected frame");
+                    metrics.frame_rejected(error.reason());
+                    reject(&mut stream, &settings.key, error.reason(), &error.to_string()).await;
+                    return;
+                }
+            }
+            let read = match tokio::time::timeout(IDLE, stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Err(_) => {
+                    if decoder.buffered() > 0 {
+                        metrics.frame_rejected("truncated");
+                        debug!(%peer, bytes = decoder.buffered(), "connection closed mid-frame");
+                    }
+                    return;
+                }
+                Ok(Ok(read)) => read,
+                Ok(Err(_)) => return,
+            };
+            decoder.push(&buffer[..read]);
+        };
+        let batch = match SyncMessage::decode(&frame) {
+            Ok(SyncMessage::Changes(batch)) => batch,
+            Ok(_) => {
+                metrics.frame_rejected("unexpected");
+                reject(
+                    &mut stream,
+                    &settings.key,
+                    "unexpected",
+                    "agents send change batches only",
+                )
+                .await;
+                return;
+            }
+            Err(error) => {
+                metrics.frame_rejected("malformed");
+                reject(&mut stream, &settings.key, "malformed", &error.to_string()).await;
+                return;
+            }
+        };
+        metrics.changes_received.inc_by(batch.changes.len() as u64);
+        let agent = batch.agent.clone();
+        let site = batch.site.clone();
+        let master_for_batch = master.clone();
+        let outcome = tokio::task::spawn_blocking(move || master_for_batch.accept(&batch)).await;
+        let answer = match outcome {
+            Ok(Ok(accepted)) => {
+                metrics.changes_recorded.inc_by(accepted.recorded as u64);
+                for (seq, reason) in &accepted.refused {
+                    warn!(%agent, %site, seq, reason, "change refused by the master");
+                    metrics
+                        .changes_rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.to_string(),
+                        })
+                        .inc();
+                }
+                if accepted.recorded > 0 {
+                    info!(%agent, %site, recorded = accepted.recorded, through = accepted.through, "changes recorded");
+                }
+                SyncMessage::Ack(Ack {
+                    agent,
+                    through: accepted.through,
+                })
+            }
+            Ok(Err(rejection)) => {
+                warn!(%peer, %agent, %site, reason = %rejection.reason, "batch rejected");
+                metrics.frame_rejected(&rejection.reason);
+                SyncMessage::Reject(rejection)
+            }
+            Err(error) => SyncMessage::Reject(Reject {
+                reason: "internal".into(),
+                message: error.to_string(),
+            }),
+        };
+        if stream.write_all(&answer.encode(&settings.key)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn reject(stream: &mut TcpStream, key: &SecretKey, reason: &str, message: &str) {
+    let answer = SyncMessage::Reject(Reject {
+        reason: reason.to_string(),
+        message: message.to_string(),
+    });
+    let _ = stream.write_all(&answer.encode(key)).await;
+    let _ = stream.shutdown().await;
+}

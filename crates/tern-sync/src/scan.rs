@@ -1,0 +1,198 @@
+//! The CP agent's check of the origin directory (seed 001, "CP agent ... periodically examines variations
+//! of contents"): a snapshot of every file (size, modification time, content hash) and the differences
+//! between two snapshots. Hashes are reused when size and time are unchanged, so a rescan of an unchanged
+//! tree reads no file contents.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+use tern_wire::sync::ChangeKind;
+
+/// What the agent knows about one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    /// Size in bytes.
+    pub len: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: u128,
+    /// blake3 of the contents, hex.
+    pub hash: String,
+}
+
+/// Every file under the root, by relative path with `/` separators.
+pub type Snapshot = BTreeMap<String, FileState>;
+
+/// A difference between two snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// Relative path.
+    pub path: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// New content hash (none for deletions).
+    pub hash: Option<String>,
+}
+
+/// Scans `root` (blocking: run it on a blocking thread). Symbolic links and special files are skipped;
+/// hidden files (a leading `.`) are skipped too, since editors write their temporaries there.
+pub fn scan(root: &Path, previous: &Snapshot) -> io::Result<Snapshot> {
+    let mut snapshot = Snapshot::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let file_type = entry.file_type()?;
+            let path = entry.path();
+            if file_type.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !file_type.is_file() {
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let relative: Vec<&str> = relative.iter().filter_map(|part| part.to_str()).collect();
+            let relative = relative.join("/");
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                // Deleted between listing and reading: it is simply not there.
+                Err(_) => continue,
+            };
+            let len = metadata.len();
+            let mtime_ns = metadata
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let hash = match previous.get(&relative) {
+                Some(known) if known.len == len && known.mtime_ns == mtime_ns => known.hash.clone(),
+                _ => match hash_file(&path) {
+                    Ok(hash) => hash,
+                    Err(_) => continue,
+                },
+            };
+            snapshot.insert(relative, FileState { len, mtime_ns, hash });
+        }
+    }
+    Ok(snapshot)
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path)?;
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// What changed from `before` to `after`, in path order.
+pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for (path, state) in after {
+        match before.get(path) {
+            None => out.push(Difference {
+                path: path.clone(),
+                kind: ChangeKind::Created,
+                hash: Some(state.hash.clone()),
+            }),
+            Some(old) if old.hash != state.hash => out.push(Difference {
+                path: path.clone(),
+                kind: ChangeKind::Modified,
+                hash: Some(state.hash.clone()),
+            }),
+            Some(_) => {}
+        }
+    }
+    for path in before.keys() {
+        if !after.contains_key(path) {
+            out.push(Difference {
+                path: path.clone(),
+                kind: ChangeKind::Deleted,
+                hash: None,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The URLs a file is served under: its own, and for an index file its directory's too.
+pub fn urls_for(base_url: &str, path: &str, index: &str) -> Vec<String> {
+    let base = base_url.trim_end_matches('/');
+    let mut urls = vec![format!("{base}/{}", encode_path(path))];
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if name == index {
+        let dir = &path[..path.len() - name.len()];
+        urls.push(format!("{base}/{}", encode_path(dir)));
+    }
+    urls
+}
+
+/// Percent-encodes what may not appear raw in a URL path.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => out.push(byte as char),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_created_modified_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("a.txt"), "a").expect("write");
+        std::fs::write(dir.path().join("sub/b.txt"), "b").expect("write");
+        std::fs::write(dir.path().join(".swp"), "x").expect("write");
+        let first = scan(dir.path(), &Snapshot::new()).expect("scan");
+        assert_eq!(first.len(), 2);
+        std::fs::write(dir.path().join("a.txt"), "a2").expect("write");
+        std::fs::remove_file(dir.path().join("sub/b.txt")).expect("rm");
+        std::fs::write(dir.path().join("c d.txt"), "c").expect("write");
+        let second = scan(dir.path(), &first).expect("scan");
+        let kinds: Vec<(String, ChangeKind)> = differences(&first, &second)
+            .into_iter()
+            .map(|d| (d.path, d.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("a.txt".into(), ChangeKind::Modified),
+                ("c d.txt".into(), ChangeKind::Created),
+                ("sub/b.txt".into(), ChangeKind::Deleted)
+            ]
+        );
+        assert!(differences(&second, &scan(dir.path(), &second).expect("scan")).is_empty());
+    }
+
+    #[test]
+    fn urls_of_index_files_include_the_directory() {
+        assert_eq!(
+            urls_for("http://h/", "docs/index.html", "index.html"),
+            vec!["http://h/docs/index.html", "http://h/docs/"]
+        );
+        assert_eq!(
+            urls_for("http://h", "a b.txt", "index.html"),
+            vec!["http://h/a%20b.txt"]
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Changes at the origin reach every edge: new bytes served as hits, deletions as 404, bursts converge,
+//! and neither a restart of the sync service nor of an edge loses a change.
+
+use std::time::Duration;
+
+use crate::{World, start_edge};
+
+#[tokio::test]
+async fn writes_reach_every_edge_prefetched_and_deletions_become_404() {
+    let world = World::new(3).await;
+    std::fs::write(world.site().join("page.html"), "version 1").expect("write");
+    world.scan().await;
+    world.settled().await;
+    for edge in 0..3 {
+        let got = world.get(edge, "/page.html").await;
+        assert_eq!(&got.body[..], b"version 1");
+        assert!(
+            got.header("cache-status").contains("hit"),
+            "edge {edge}: the first request is a hit: {}",
+            got.header("cache-status")
+        );
+    }
+    std::fs::write(world.site().join("page.html"), "version 2, longer").expect("write");
+    world.scan().await;
+    world.settled().await;
+    for edge in 0..3 {
+        let got = world.get(edge, "/page.html").await;
+        assert_eq!(&got.body[..], b"version 2, longer", "edge {edge} serves the new bytes");
+        assert!(got.header("cache-status").contains("hit"));
+    }
+    std::fs::remove_file(world.site().join("page.html")).expect("rm");
+    world.scan().await;
+    world.settled().await;
+    for edge in 0..3 {
+        assert_eq!(
+            world.get(edge, "/page.html").await.status,
+            404,
+            "edge {edge} answers 404 after the deletion"
+        );
+    }
+}
+
+#[tokio::test]
+async fn file_system_events_trigger_without_asking() {
+    let world = World::new(1).await;
+    std::fs::write(world.site().join("auto.html"), "seen by inotify").expect("write");
+    // No explicit scan: the watcher (or at worst the 2 s rescan) notices.
+    for _ in 0..500 {
+        if !world.service().master().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    world.settled().await;
+    assert_eq!(&world.get(0, "/auto.html").await.body[..], b"seen by inotify");
+}
+
+#[tokio::test]
+async fn a_hundred_rapid_rewrites_converge() {
+    let world = World::new(3).await;
+    for n in 0..100 {
+        std::fs::write(world.site().join("hot.html"), format!("rewrite {n}")).expect("write");
+        if n % 10 == 0 {
+            world.scan().await;
+        }
+    }
+    world.scan().await;
+    world.settled().await;
+    for edge in 0..3 {
+        assert_eq!(
+            &world.get(edge, "/hot.html").await.body[..],
+            b"rewrite 99",
+            "edge {edge}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn restarting_the_sync_service_mid_burst_loses_nothing() {
+    let mut world = World::new(2).await;
+    for n in 0..20 {
+        std::fs::write(world.site().join(format!("f{n}.html")), format!("first {n}")).expect("write");
+    }
+    world.scan().await;
+    // Stop the service while the burst is being delivered, change more, start it again.
+    world.sync.take().expect("running").shutdown().await;
+    for n in 0..20 {
+        std::fs::write(world.site().join(format!("f{n}.html")), format!("second {n}")).expect("write");
+    }
+    world.scan().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    world.start_sync().await;
+    world.settled().await;
+    for edge in 0..2 {
+        for n in 0..20 {
+            let got = world.get(edge, &format!("/f{n}.html")).await;
+            assert_eq!(
+                String::from_utf8_lossy(&got.body),
+                format!("second {n}"),
+                "edge {edge} file {n}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_edge_down_during_a_change_gets_it_when_back() {
+    let mut world = World::new(2).await;
+    std::fs::write(world.site().join("news.html"), "old news").expect("write");
+    world.scan().await;
+    world.settled().await;
+    assert_eq!(&world.get(1, "/news.html").await.body[..], b"old news");
+    // Edge 1 goes down (its disk cache keeps the old copy), the content changes, edge 1 comes back.
+    let down = world.edges.remove(1);
+    let listen = down.listen;
+    down.shutdown().await;
+    std::fs::write(world.site().join("news.html"), "fresh news").expect("write");
+    world.scan().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = start_edge(world.dir.path(), 1, world.origin.listen, &world.purge_key, listen).await;
+    world.edges.insert(1, back);
+    world.settled().await;
+    assert_eq!(&world.get(1, "/news.html").await.body[..], b"fresh news");
+    assert_eq!(&world.get(0, "/news.html").await.body[..], b"fresh news");
+}

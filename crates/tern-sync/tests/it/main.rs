@@ -1,0 +1,174 @@
+//! Synchronisation end to end on real sockets: an origin directory served by `tern serve`, three edges, the
+//! sync service and a CP agent, all in this process.
+
+mod bad_input;
+mod flow;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_edge::testsuite::{Got, client, send};
+use tern_edge::{EdgeConfig, RunningEdge};
+use tern_http::server::Running;
+use tern_sync::{Agent, AgentConfig, CacheConfig, SiteConfig, SyncConfig, SyncService};
+use tern_wire::SecretKey;
+use tokio_util::sync::CancellationToken;
+
+pub const HOST: &str = "www.test";
+
+/// Everything of one test.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub origin: tern_origin::RunningOrigin,
+    pub edges: Vec<RunningEdge>,
+    pub sync: Option<Running<Arc<SyncService>>>,
+    pub sync_addr: SocketAddr,
+    pub agent: Arc<Agent>,
+    pub agent_stop: CancellationToken,
+    pub agent_key: SecretKey,
+    pub purge_key: PathBuf,
+}
+
+impl World {
+    pub async fn new(edges: usize) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(&site).expect("site");
+        let origin = tern_origin::start(tern_origin::OriginConfig {
+            root: site.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cache_control: Some("max-age=3600".into()),
+            ..tern_origin::OriginConfig::default()
+        })
+        .await
+        .expect("origin");
+        let purge_key = dir.path().join("purge.key");
+        SecretKey::write_new(&purge_key).expect("purge key");
+        let mut running = Vec::new();
+        for index in 0..edges {
+            running.push(
+                start_edge(
+                    dir.path(),
+                    index,
+                    origin.listen,
+                    &purge_key,
+                    "127.0.0.1:0".parse().expect("addr"),
+                )
+                .await,
+            );
+        }
+        let agent_key = SecretKey::generate().expect("key");
+        let sync_addr = free_addr();
+        let mut world = World {
+            agent: Agent::new(agent_config(dir.path(), sync_addr, &agent_key)).expect("agent"),
+            dir,
+            origin,
+            edges: running,
+            sync: None,
+            sync_addr,
+            agent_stop: CancellationToken::new(),
+            agent_key,
+            purge_key,
+        };
+        world.start_sync().await;
+        tokio::spawn(world.agent.clone().run(world.agent_stop.clone()));
+        world
+    }
+
+    pub async fn start_sync(&mut self) {
+        let config = SyncConfig {
+            listen: self.sync_addr,
+            admin: None,
+            key: self.agent_key.clone(),
+            cache_key: Some(SecretKey::load(&self.purge_key).expect("purge key")),
+            data_dir: self.dir.path().join("sync"),
+            sites: vec![SiteConfig {
+                name: "www".into(),
+                hosts: vec![HOST.into()],
+            }],
+            caches: self
+                .edges
+                .iter()
+                .map(|e| CacheConfig {
+                    url: format!("http://{}", e.listen),
+                    sites: vec![],
+                })
+                .collect(),
+            max_frame: 1 << 20,
+            max_retry_age: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(5),
+        };
+        self.sync = Some(tern_sync::start(config).await.expect("sync starts"));
+    }
+
+    pub fn site(&self) -> PathBuf {
+        self.dir.path().join("site")
+    }
+
+    pub fn service(&self) -> &Arc<SyncService> {
+        &self.sync.as_ref().expect("sync running").role
+    }
+
+    /// Waits until the agent has nothing pending and every cache applied the whole log.
+    pub async fn settled(&self) {
+        for _ in 0..1000 {
+            let stats = self.agent.stats();
+            if stats.pending == 0 && self.sync.as_ref().is_some_and(|s| s.role.caught_up()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "not settled: agent {:?}, caches {:?}",
+            self.agent.stats(),
+            self.service().progress()
+        );
+    }
+
+    /// Makes the agent look now rather than waiting for a file-system event.
+    pub async fn scan(&self) {
+        self.agent.scan_once().await;
+    }
+
+    pub async fn get(&self, edge: usize, path: &str) -> Got {
+        let url = format!("http://{}{path}", self.edges[edge].listen);
+        send(&client(), "GET", &url, &[("host", HOST)]).await
+    }
+}
+
+pub fn agent_config(dir: &Path, sync: SocketAddr, key: &SecretKey) -> AgentConfig {
+    AgentConfig {
+        dir: dir.join("site"),
+        site: "www".into(),
+        name: "origin-1".into(),
+        base_url: format!("http://{HOST}"),
+        sync,
+        key: key.clone(),
+        state_dir: dir.join("agent"),
+        rescan_interval: Duration::from_secs(2),
+        debounce: Duration::from_millis(20),
+        max_batch: 500,
+        index: "index.html".into(),
+    }
+}
+
+pub async fn start_edge(dir: &Path, index: usize, origin: SocketAddr, key: &Path, listen: SocketAddr) -> RunningEdge {
+    tern_edge::start(EdgeConfig {
+        listen,
+        origin: format!("http://{origin}"),
+        cache_dir: Some(dir.join(format!("edge{index}"))),
+        purge_key: Some(key.to_path_buf()),
+        ..EdgeConfig::default()
+    })
+    .await
+    .expect("edge starts")
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
