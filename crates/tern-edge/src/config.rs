@@ -46,6 +46,11 @@ pub struct EdgeConfig {
     pub name: String,
     /// Largest request head accepted, in bytes (larger gets 431).
     pub max_header_bytes: usize,
+    /// Admin URL of the sync service (`http://HOST:PORT`); with a cache directory, the edge catches up with
+    /// it at start-up before serving, so content that changed while it was down is never served.
+    pub sync_url: Option<String>,
+    /// How long to try to reach the sync service at start-up before dropping the cache instead, seconds.
+    pub sync_catch_up_secs: u64,
     /// Upstream (origin) connection settings.
     pub upstream: UpstreamConfig,
 }
@@ -85,6 +90,8 @@ impl Default for EdgeConfig {
             key_include_query: true,
             name: "tern".into(),
             max_header_bytes: 64 * 1024,
+            sync_url: None,
+            sync_catch_up_secs: 10,
             upstream: UpstreamConfig::default(),
         }
     }

@@ -7,6 +7,7 @@
 //! (seeds 002 and 003) and the differential-caching client (seed 000) plug in there.
 
 pub mod cache_status;
+pub mod catch_up;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
@@ -108,6 +109,21 @@ pub async fn start_with(
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| StartError::Config(format!("cache start-up failed: {e}")))??;
+    let sync_mark = Arc::new(catch_up::SyncMark::open(config.cache_dir.as_deref()));
+    let key_config = KeyConfig {
+        include_query: config.key_include_query,
+    };
+    if let (Some(sync_url), Some(_)) = (&config.sync_url, &config.cache_dir) {
+        // Before serving anything: purge what changed while this edge was down.
+        catch_up::catch_up(
+            &store,
+            &sync_mark,
+            sync_url,
+            &key_config,
+            Duration::from_secs(config.sync_catch_up_secs),
+        )
+        .await;
+    }
     let edge = Arc::new(Edge {
         name: config.name.clone(),
         store,
@@ -115,9 +131,8 @@ pub async fn start_with(
         coalescer: Arc::new(Coalescer::default()),
         metrics: Arc::new(EdgeMetrics::new()),
         purge_auth: PurgeAuth::new(purge_key, config.purge_allow.clone()),
-        key_config: KeyConfig {
-            include_query: config.key_include_query,
-        },
+        key_config,
+        sync_mark,
         clock,
     });
     let limits = ServerLimits {

@@ -58,6 +58,7 @@ pub struct Edge {
     pub(crate) purge_auth: PurgeAuth,
     pub(crate) key_config: KeyConfig,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sync_mark: Arc<crate::catch_up::SyncMark>,
 }
 
 /// Where a response body comes from.
@@ -560,6 +561,15 @@ impl Edge {
         }
         let mode = requested_mode(&request.headers);
         let count = self.store.purge_url(primary, mode);
+        // The sync service's purges carry their change-log position, for catching up after a restart.
+        if let Some(seq) = request
+            .headers
+            .get("tern-sync-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            self.sync_mark.note(seq);
+        }
         self.count_purge("url", count);
         info!(client = %request.client, url = %primary, removed = count.removed, marked = count.marked, "purged");
         self.metrics.request("purge");

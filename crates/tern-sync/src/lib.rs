@@ -223,4 +223,49 @@ impl AdminRoutes for SyncAdmin {
     fn registry(&self) -> &Registry {
         &self.service.metrics.registry
     }
+
+    fn route<'a>(&'a self, request: &'a tern_admin::AdminRequest) -> Option<tern_admin::ResponseFuture<'a>> {
+        if request.path != "/changes" {
+            return None;
+        }
+        Some(Box::pin(async move {
+            self.changes_since(request.query.as_deref().unwrap_or(""))
+        }))
+    }
+}
+
+/// Most changes returned by one `/changes` answer; an edge further behind purges everything.
+const MAX_CATCH_UP: usize = 100_000;
+
+impl SyncAdmin {
+    /// `GET /changes?since=N`: the URLs changed after log position N, for an edge catching up at start-up.
+    fn changes_since(&self, query: &str) -> http::Response<tern_http::Body> {
+        let since = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("since="))
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some(since) = since else {
+            return tern_admin::json_error(
+                http::StatusCode::BAD_REQUEST,
+                "give ?since=N (a log position; 0 for all)",
+            );
+        };
+        let master = &self.service.master;
+        let records = master.records_from(since + 1);
+        let through = master.len();
+        if records.len() > MAX_CATCH_UP {
+            return tern_admin::json(
+                http::StatusCode::OK,
+                &serde_json::json!({ "through": through, "reset": true, "changes": [] }),
+            );
+        }
+        let changes: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| serde_json::json!({ "log_seq": r.log_seq, "site": r.site, "url": r.url, "kind": r.kind }))
+            .collect();
+        tern_admin::json(
+            http::StatusCode::OK,
+            &serde_json::json!({ "through": through, "reset": false, "changes": changes }),
+        )
+    }
 }

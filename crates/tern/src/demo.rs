@@ -26,6 +26,8 @@ pub struct DemoArgs {
     smoke: bool,
 }
 
+/// Host name of the demo site (send it as `Host` to the edges).
+const DEMO_HOST: &str = "demo.tern";
 const ORIGIN_PORT: u16 = 9000;
 const EDGE_PORTS: [u16; 2] = [8080, 8081];
 const ADMIN_PORTS: [u16; 2] = [9080, 9081];
@@ -54,6 +56,11 @@ async fn run_in(base: &Path, args: &DemoArgs) -> Result<()> {
         tern_wire::SecretKey::write_new(&key_path)?;
     }
     let token = tern_wire::SecretKey::load(&key_path)?.token();
+    let agent_key_path = base.join("agent.key");
+    if !agent_key_path.exists() {
+        tern_wire::SecretKey::write_new(&agent_key_path)?;
+    }
+    let agent_key = tern_wire::SecretKey::load(&agent_key_path)?;
 
     // Fixed, memorable ports, unless taken (or checking): then any free port.
     let fixed = !args.smoke;
@@ -62,25 +69,63 @@ async fn run_in(base: &Path, args: &DemoArgs) -> Result<()> {
     for index in 0..2 {
         edges.push(start_edge(base, index, origin.listen, &key_path, fixed).await?);
     }
+    // Active synchronisation: the agent watches the site, the sync service purges and prefetches on both edges.
+    let sync = tern_sync::start(tern_sync::SyncConfig {
+        listen: loopback(0),
+        admin: Some(loopback(0)),
+        key: agent_key.clone(),
+        cache_key: Some(tern_wire::SecretKey::load(&key_path)?),
+        data_dir: base.join("sync"),
+        sites: vec![tern_sync::SiteConfig {
+            name: "demo".into(),
+            hosts: vec![DEMO_HOST.into()],
+        }],
+        caches: edges
+            .iter()
+            .map(|e| tern_sync::CacheConfig {
+                url: format!("http://{}", e.listen),
+                sites: vec![],
+            })
+            .collect(),
+        max_frame: tern_wire::frame::DEFAULT_MAX_PAYLOAD,
+        max_retry_age: std::time::Duration::from_secs(3600),
+        request_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .context("sync service did not start")?;
+    let agent = tern_sync::Agent::new(tern_sync::AgentConfig {
+        dir: site.clone(),
+        site: "demo".into(),
+        name: "demo-origin".into(),
+        base_url: format!("http://{DEMO_HOST}"),
+        sync: sync.listen,
+        key: agent_key,
+        state_dir: base.join("agent"),
+        rescan_interval: std::time::Duration::from_secs(5),
+        debounce: std::time::Duration::from_millis(50),
+        max_batch: 1000,
+        index: "index.html".into(),
+    })?;
+    let agent_stop = CancellationToken::new();
+    let agent_task = tokio::spawn(agent.clone().run(agent_stop.clone()));
 
-    if args.smoke {
-        let outcome = smoke(&edges, &token).await;
-        for edge in edges {
-            edge.shutdown().await;
-        }
-        origin.shutdown().await;
-        return outcome;
-    }
-
-    print_guide(&origin, &edges, &site, &token);
-    let stop = CancellationToken::new();
-    crate::stop_on_signal(stop.clone());
-    stop.cancelled().await;
+    let outcome = if args.smoke {
+        smoke(&edges, &token, &site).await
+    } else {
+        print_guide(&origin, &edges, &site, &token);
+        let stop = CancellationToken::new();
+        crate::stop_on_signal(stop.clone());
+        stop.cancelled().await;
+        Ok(())
+    };
+    agent_stop.cancel();
+    let _ = agent_task.await;
+    sync.shutdown().await;
     for edge in edges {
         edge.shutdown().await;
     }
     origin.shutdown().await;
-    Ok(())
+    outcome
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -186,7 +231,14 @@ fn print_guide(origin: &RunningOrigin, edges: &[RunningEdge], site: &Path, token
         let admin = edge.admin.map(|a| format!("http://{a}/status")).unwrap_or_default();
         println!("  edge {}   http://{}/   admin {}", index + 1, edge.listen, admin);
     }
+    println!(
+        "\nThe site's host is {DEMO_HOST}: edit a file under {} and every edge serves the new bytes at once.",
+        site.display()
+    );
     println!("\nTry:");
+    println!(
+        "  curl -si -H 'Host: {DEMO_HOST}' http://{first}/news.html            # then edit news.html and ask again"
+    );
     println!("  curl -si http://{first}/index.html | grep -i cache-status     # first time: fwd=miss; stored");
     println!("  curl -si http://{first}/index.html | grep -i cache-status     # again: hit");
     println!("  curl -si -H 'Range: bytes=0-15' http://{first}/index.html    # ranges come from the cache");
@@ -198,7 +250,7 @@ fn print_guide(origin: &RunningOrigin, edges: &[RunningEdge], site: &Path, token
     println!("\nPress Ctrl-C to stop.");
 }
 
-async fn smoke(edges: &[RunningEdge], token: &str) -> Result<()> {
+async fn smoke(edges: &[RunningEdge], token: &str, site: &Path) -> Result<()> {
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
     let fetch = |method: &'static str, url: String, auth: Option<String>| {
@@ -243,6 +295,43 @@ async fn smoke(edges: &[RunningEdge], token: &str) -> Result<()> {
         }
         println!("edge {}: {first} -> {second} -> purged -> {third}", index + 1);
     }
+    // Active synchronisation: style.css is fresh for a day, so only tern sync can bring an edit to the
+    // edges within the deadline.
+    let css = |edge: &RunningEdge| {
+        let client = client.clone();
+        let url = format!("http://{}/static/style.css", edge.listen);
+        async move {
+            let request = http::Request::get(url)
+                .header("host", DEMO_HOST)
+                .body(Full::new(Bytes::new()))?;
+            anyhow::Ok(client.request(request).await?.into_body().collect().await?.to_bytes())
+        }
+    };
+    for edge in edges {
+        css(edge).await?;
+    }
+    let original = std::fs::read_to_string(site.join("static/style.css"))?;
+    std::fs::write(
+        site.join("static/style.css"),
+        format!("{original}/* edited during the smoke check */\n"),
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for (index, edge) in edges.iter().enumerate() {
+        loop {
+            if css(edge).await?.windows(6).any(|w| w == b"edited") {
+                println!("edge {}: the edit arrived through tern sync", index + 1);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "edge {}: the edit to static/style.css did not arrive within 15 s",
+                    index + 1
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    std::fs::write(site.join("static/style.css"), original)?;
     println!("demo smoke check passed");
     Ok(())
 }

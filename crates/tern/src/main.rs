@@ -90,6 +90,10 @@ struct EdgeArgs {
     /// Network allowed to PURGE without the key (repeatable), e.g. 10.0.0.0/8.
     #[arg(long)]
     purge_allow: Vec<IpNet>,
+    /// Admin URL of the sync service; with --cache-dir the edge catches up with it at start-up, so content
+    /// that changed while it was down is never served.
+    #[arg(long)]
+    sync_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +267,9 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     }
     if !args.purge_allow.is_empty() {
         config.purge_allow = args.purge_allow;
+    }
+    if let Some(url) = args.sync_url {
+        config.sync_url = Some(url);
     }
     let memory_only = config.cache_dir.is_none();
     let edge = tern_edge::start(config).await.context("edge did not start")?;

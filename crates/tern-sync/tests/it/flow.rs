@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{World, start_edge};
+use crate::World;
 
 #[tokio::test]
 async fn writes_reach_every_edge_prefetched_and_deletions_become_404() {
@@ -110,16 +110,24 @@ async fn an_edge_down_during_a_change_gets_it_when_back() {
     world.scan().await;
     world.settled().await;
     assert_eq!(&world.get(1, "/news.html").await.body[..], b"old news");
-    // Edge 1 goes down (its disk cache keeps the old copy), the content changes, edge 1 comes back.
+    // Edge 1 goes down (its disk cache keeps the old copy), the content changes, edge 1 comes back. It
+    // catches up with the sync service before serving, so its very first answer is already the new one.
     let down = world.edges.remove(1);
-    let listen = down.listen;
     down.shutdown().await;
     std::fs::write(world.site().join("news.html"), "fresh news").expect("write");
     world.scan().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let back = start_edge(world.dir.path(), 1, world.origin.listen, &world.purge_key, listen).await;
+    // Wait until the change is recorded (acknowledged to the agent) and applied to edge 0.
+    for _ in 0..500 {
+        let recorded = world.agent.stats().pending == 0 && world.service().master().len() >= 2;
+        if recorded && world.service().progress()[0].applied_through >= world.service().master().len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = world.start_edge(1).await;
     world.edges.insert(1, back);
+    let first = world.get(1, "/news.html").await;
+    assert_eq!(&first.body[..], b"fresh news", "never the old copy after coming back");
     world.settled().await;
-    assert_eq!(&world.get(1, "/news.html").await.body[..], b"fresh news");
     assert_eq!(&world.get(0, "/news.html").await.body[..], b"fresh news");
 }

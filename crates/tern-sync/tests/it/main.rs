@@ -25,6 +25,8 @@ pub struct World {
     pub edges: Vec<RunningEdge>,
     pub sync: Option<Running<Arc<SyncService>>>,
     pub sync_addr: SocketAddr,
+    pub sync_admin: SocketAddr,
+    pub edge_addrs: Vec<SocketAddr>,
     pub agent: Arc<Agent>,
     pub agent_stop: CancellationToken,
     pub agent_key: SecretKey,
@@ -46,33 +48,27 @@ impl World {
         .expect("origin");
         let purge_key = dir.path().join("purge.key");
         SecretKey::write_new(&purge_key).expect("purge key");
-        let mut running = Vec::new();
-        for index in 0..edges {
-            running.push(
-                start_edge(
-                    dir.path(),
-                    index,
-                    origin.listen,
-                    &purge_key,
-                    "127.0.0.1:0".parse().expect("addr"),
-                )
-                .await,
-            );
-        }
         let agent_key = SecretKey::generate().expect("key");
         let sync_addr = free_addr();
         let mut world = World {
             agent: Agent::new(agent_config(dir.path(), sync_addr, &agent_key)).expect("agent"),
             dir,
             origin,
-            edges: running,
+            edges: Vec::new(),
             sync: None,
             sync_addr,
+            sync_admin: free_addr(),
+            edge_addrs: (0..edges).map(|_| free_addr()).collect(),
             agent_stop: CancellationToken::new(),
             agent_key,
             purge_key,
         };
+        // The sync service first: edges catch up with it before they serve.
         world.start_sync().await;
+        for index in 0..edges {
+            let edge = world.start_edge(index).await;
+            world.edges.push(edge);
+        }
         tokio::spawn(world.agent.clone().run(world.agent_stop.clone()));
         world
     }
@@ -80,7 +76,7 @@ impl World {
     pub async fn start_sync(&mut self) {
         let config = SyncConfig {
             listen: self.sync_addr,
-            admin: None,
+            admin: Some(self.sync_admin),
             key: self.agent_key.clone(),
             cache_key: Some(SecretKey::load(&self.purge_key).expect("purge key")),
             data_dir: self.dir.path().join("sync"),
@@ -89,10 +85,10 @@ impl World {
                 hosts: vec![HOST.into()],
             }],
             caches: self
-                .edges
+                .edge_addrs
                 .iter()
-                .map(|e| CacheConfig {
-                    url: format!("http://{}", e.listen),
+                .map(|a| CacheConfig {
+                    url: format!("http://{a}"),
                     sites: vec![],
                 })
                 .collect(),
@@ -101,6 +97,20 @@ impl World {
             request_timeout: Duration::from_secs(5),
         };
         self.sync = Some(tern_sync::start(config).await.expect("sync starts"));
+    }
+
+    /// Starts edge `index` on its address, catching up with the sync service first.
+    pub async fn start_edge(&self, index: usize) -> RunningEdge {
+        tern_edge::start(EdgeConfig {
+            listen: self.edge_addrs[index],
+            origin: format!("http://{}", self.origin.listen),
+            cache_dir: Some(self.dir.path().join(format!("edge{index}"))),
+            purge_key: Some(self.purge_key.clone()),
+            sync_url: Some(format!("http://{}", self.sync_admin)),
+            ..EdgeConfig::default()
+        })
+        .await
+        .expect("edge starts")
     }
 
     pub fn site(&self) -> PathBuf {
@@ -152,18 +162,6 @@ pub fn agent_config(dir: &Path, sync: SocketAddr, key: &SecretKey) -> AgentConfi
         max_batch: 500,
         index: "index.html".into(),
     }
-}
-
-pub async fn start_edge(dir: &Path, index: usize, origin: SocketAddr, key: &Path, listen: SocketAddr) -> RunningEdge {
-    tern_edge::start(EdgeConfig {
-        listen,
-        origin: format!("http://{origin}"),
-        cache_dir: Some(dir.join(format!("edge{index}"))),
-        purge_key: Some(key.to_path_buf()),
-        ..EdgeConfig::default()
-    })
-    .await
-    .expect("edge starts")
 }
 
 pub fn free_addr() -> SocketAddr {
