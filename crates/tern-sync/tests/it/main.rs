@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod flow;
+mod varnish;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
