@@ -216,7 +216,7 @@ impl CacheWorker {
             Ok(status) => return Err(format!("PURGE answered {status}")),
             Err(error) => return Err(error),
         }
-        if record.kind == ChangeKind::Deleted {
+        if matches!(record.kind, ChangeKind::Deleted | ChangeKind::Purged) {
             return Ok(());
         }
         let prefetch = self.command("GET", &target, &authority, record, true).await;

@@ -193,6 +193,7 @@ pub async fn start(config: SyncConfig) -> Result<Running<Arc<SyncService>>, Star
         );
         let routes: Arc<dyn AdminRoutes> = Arc::new(SyncAdmin {
             service: service.clone(),
+            key: config.key.clone(),
         });
         tasks.push(tokio::spawn(tern_admin::serve_admin(
             admin_listener,
@@ -206,6 +207,7 @@ pub async fn start(config: SyncConfig) -> Result<Running<Arc<SyncService>>, Star
 
 struct SyncAdmin {
     service: Arc<SyncService>,
+    key: SecretKey,
 }
 
 impl AdminRoutes for SyncAdmin {
@@ -225,19 +227,68 @@ impl AdminRoutes for SyncAdmin {
     }
 
     fn route<'a>(&'a self, request: &'a tern_admin::AdminRequest) -> Option<tern_admin::ResponseFuture<'a>> {
-        if request.path != "/changes" {
-            return None;
+        match request.path.as_str() {
+            "/changes" => Some(Box::pin(async move {
+                self.changes_since(request.query.as_deref().unwrap_or(""))
+            })),
+            "/purge" => Some(Box::pin(async move { self.purge(request).await })),
+            _ => None,
         }
-        Some(Box::pin(async move {
-            self.changes_since(request.query.as_deref().unwrap_or(""))
-        }))
     }
 }
 
 /// Most changes returned by one `/changes` answer; an edge further behind purges everything.
 const MAX_CATCH_UP: usize = 100_000;
 
+/// The body of `POST /purge` on the sync service.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    urls: Vec<String>,
+}
+
 impl SyncAdmin {
+    /// `POST /purge {"urls": [...]}`: purge URLs on every cache of their site. Needs the agents' key token.
+    async fn purge(&self, request: &tern_admin::AdminRequest) -> http::Response<tern_http::Body> {
+        if request.method != http::Method::POST {
+            return tern_admin::json_error(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "use POST /purge with {\"urls\": [...]}",
+            );
+        }
+        let token = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !token.is_some_and(|t| self.key.matches_token(t)) {
+            return tern_admin::json_error(
+                http::StatusCode::FORBIDDEN,
+                "purge refused: send the sync key's token as `Authorization: Bearer <token>`",
+            );
+        }
+        let purge: PurgeRequest = match serde_json::from_slice(&request.body) {
+            Ok(purge) => purge,
+            Err(error) => {
+                return tern_admin::json_error(
+                    http::StatusCode::BAD_REQUEST,
+                    format!("body must be {{\"urls\": [...]}}: {error}"),
+                );
+            }
+        };
+        let master = self.service.master.clone();
+        let urls = purge.urls;
+        let count = urls.len();
+        match tokio::task::spawn_blocking(move || master.purge(&urls)).await {
+            Ok(Ok(through)) => tern_admin::json(
+                http::StatusCode::OK,
+                &serde_json::json!({ "recorded": count, "through": through }),
+            ),
+            Ok(Err(reject)) => tern_admin::json_error(http::StatusCode::BAD_REQUEST, reject.message),
+            Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        }
+    }
+
     /// `GET /changes?since=N`: the URLs changed after log position N, for an edge catching up at start-up.
     fn changes_since(&self, query: &str) -> http::Response<tern_http::Body> {
         let since = query

@@ -182,6 +182,10 @@ impl Master {
                 accepted.duplicates += 1;
                 continue;
             }
+            if change.kind == ChangeKind::Purged {
+                accepted.refused.push((change.seq, "kind"));
+                continue;
+            }
             if let Err(reason) = check_url(&change.url, site) {
                 accepted.refused.push((change.seq, reason));
                 continue;
@@ -203,8 +207,47 @@ impl Master {
             };
             appended.push(record);
         }
+        accepted.recorded = appended.len();
+        log.high_water.insert(batch.agent.clone(), accepted.through);
+        self.append(log, appended)?;
+        Ok(accepted)
+    }
+
+    /// Records an operator's purge of `urls` (each must belong to a configured site). Returns the log
+    /// position of the last record.
+    pub fn purge(&self, urls: &[String]) -> Result<u64, Reject> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appended = Vec::new();
+        for url in urls {
+            let Some(site) = self.sites.iter().find(|site| check_url(url, site).is_ok()) else {
+                return Err(Reject {
+                    reason: "host".into(),
+                    message: format!("`{url}` belongs to no configured site"),
+                });
+            };
+            appended.push(Record {
+                log_seq: log.records.len() as u64 + appended.len() as u64 + 1,
+                site: site.name.clone(),
+                agent: "api".into(),
+                agent_seq: 0,
+                url: url.clone(),
+                kind: ChangeKind::Purged,
+                etag: None,
+                at_ms: now_ms,
+                recorded_ms: now_ms,
+            });
+        }
+        self.append(log, appended)
+    }
+
+    /// Writes records to the log (synced) and publishes them to the cachers; returns the log's length.
+    fn append(&self, mut log: std::sync::MutexGuard<'_, LogState>, records: Vec<Record>) -> Result<u64, Reject> {
         let mut bytes = Vec::new();
-        for record in &appended {
+        for record in &records {
             serde_json::to_writer(&mut bytes, record).map_err(|e| internal(&e.to_string()))?;
             bytes.push(b'\n');
         }
@@ -214,13 +257,11 @@ impl Master {
                 .and_then(|_| log.file.sync_data())
                 .map_err(|e| internal(&e.to_string()))?;
         }
-        accepted.recorded = appended.len();
-        log.records.extend(appended.into_iter().map(Arc::new));
-        log.high_water.insert(batch.agent.clone(), accepted.through);
+        log.records.extend(records.into_iter().map(Arc::new));
         let length = log.records.len() as u64;
         drop(log);
         self.length.send_replace(length);
-        Ok(accepted)
+        Ok(length)
     }
 }
 

@@ -24,6 +24,8 @@ pub enum ChangeKind {
     Modified,
     /// Removed content.
     Deleted,
+    /// Purged by an operator through the sync service's API (caches drop it; agents never send this).
+    Purged,
 }
 
 /// One change, as the CP agent saw it.

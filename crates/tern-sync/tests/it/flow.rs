@@ -131,3 +131,37 @@ async fn an_edge_down_during_a_change_gets_it_when_back() {
     world.settled().await;
     assert_eq!(&world.get(0, "/news.html").await.body[..], b"fresh news");
 }
+
+#[tokio::test]
+async fn an_api_purge_reaches_every_edge_and_needs_the_key() {
+    use http_body_util::{BodyExt, Full};
+    let world = World::new(2).await;
+    std::fs::write(world.site().join("p.html"), "cached").expect("write");
+    world.scan().await;
+    world.settled().await;
+    assert!(world.get(0, "/p.html").await.header("cache-status").contains("hit"));
+    let client = tern_edge::testsuite::client();
+    let post = |token: Option<String>| {
+        let mut request = http::Request::post(format!("http://{}/purge", world.sync_admin));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = serde_json::json!({ "urls": [format!("http://{}/p.html", crate::HOST)] }).to_string();
+        client.request(request.body(Full::new(bytes::Bytes::from(body))).expect("request"))
+    };
+    let refused = post(None).await.expect("answer");
+    assert_eq!(refused.status(), 403);
+    let accepted = post(Some(world.agent_key.token())).await.expect("answer");
+    assert_eq!(accepted.status(), 200);
+    let _ = accepted.into_body().collect().await;
+    world.settled().await;
+    for edge in 0..2 {
+        let got = world.get(edge, "/p.html").await;
+        assert!(
+            got.header("cache-status").contains("fwd=miss"),
+            "edge {edge}: purged: {}",
+            got.header("cache-status")
+        );
+        assert_eq!(&got.body[..], b"cached");
+    }
+}
