@@ -395,7 +395,7 @@ fn ensure_tools(systems: &[System]) -> Result<()> {
 }
 
 /// Finds the release tern binary next to this program, building it if needed.
-fn tern_binary(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn tern_binary(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
     }

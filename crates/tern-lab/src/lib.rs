@@ -6,11 +6,13 @@
 //! - [`load`]: an HTTP load generator (Zipf popularity, size mix, HDR latency percentiles).
 //! - [`origin`]: a synthetic origin with injectable latency.
 //! - [`bench`]: `tern-lab bench edge`, tern against nginx and Varnish.
+//! - [`sync_bench`]: `tern-lab bench sync`, write-to-fresh and purge times across many edges.
 
 pub mod bench;
 pub mod load;
 pub mod origin;
 pub mod probe;
+pub mod sync_bench;
 pub mod topology;
 
 pub use topology::{Host, HostProcess, Lab, LabError, LabSpec, Mode};

@@ -46,6 +46,24 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// Active synchronisation: time from an origin write (or an API purge) to every edge being fresh.
+    Sync {
+        /// Edge hosts.
+        #[arg(long, default_value_t = 16)]
+        edges: usize,
+        /// Changes (and purges) measured.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// max-age the origin sends, seconds (for the TTL comparison).
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// The tern binary (default: the release build next to this program).
+        #[arg(long)]
+        tern: Option<PathBuf>,
+        /// Results directory.
+        #[arg(long, default_value = "results/sync")]
+        out: PathBuf,
+    },
     /// tern edge against nginx (proxy_cache) and Varnish (malloc) on hits and misses.
     Edge {
         /// Rounds of A/B/A/B.
@@ -212,6 +230,19 @@ fn run(command: Command) -> Result<()> {
             tern_lab::bench::run(&options)?;
             Ok(())
         }
+        Command::Bench(Bench::Sync {
+            edges,
+            changes,
+            ttl,
+            tern,
+            out,
+        }) => tern_lab::sync_bench::run(&tern_lab::sync_bench::SyncBench {
+            edges,
+            changes,
+            ttl,
+            tern,
+            out,
+        }),
         Command::Load(args) => {
             let sizes = args
                 .sizes

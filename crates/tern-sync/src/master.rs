@@ -75,6 +75,8 @@ struct LogState {
 /// The master and its log.
 pub struct Master {
     sites: Vec<SiteConfig>,
+    /// A second handle on the log file, to sync it without holding the log's lock.
+    sync_handle: File,
     log: Mutex<LogState>,
     length: watch::Sender<u64>,
     path: PathBuf,
@@ -102,11 +104,13 @@ impl Master {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let sync_handle = file.try_clone()?;
         let length = records.len() as u64;
         info!(records = length, path = %path.display(), "change log opened");
         let (sender, _) = watch::channel(length);
         Ok(Master {
             sites,
+            sync_handle,
             log: Mutex::new(LogState {
                 records,
                 high_water,
@@ -251,16 +255,18 @@ impl Master {
             serde_json::to_writer(&mut bytes, record).map_err(|e| internal(&e.to_string()))?;
             bytes.push(b'\n');
         }
-        if !bytes.is_empty() {
-            log.file
-                .write_all(&bytes)
-                .and_then(|_| log.file.sync_data())
-                .map_err(|e| internal(&e.to_string()))?;
+        if bytes.is_empty() {
+            return Ok(log.records.len() as u64);
         }
+        log.file.write_all(&bytes).map_err(|e| internal(&e.to_string()))?;
         log.records.extend(records.into_iter().map(Arc::new));
         let length = log.records.len() as u64;
         drop(log);
+        // The cachers may start before the records are on stable storage: their commands are idempotent,
+        // and a crash before the sync below only means the caller, never told the change was received,
+        // sends it again. The caller's acknowledgement waits for the sync.
         self.length.send_replace(length);
+        self.sync_handle.sync_data().map_err(|e| internal(&e.to_string()))?;
         Ok(length)
     }
 }

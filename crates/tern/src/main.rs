@@ -143,6 +143,10 @@ struct AgentArgs {
     /// Full rescan interval in seconds [default: 30].
     #[arg(long)]
     rescan_secs: Option<u64>,
+    /// Quiet time after a file-system event before scanning, in milliseconds (bursts become one scan)
+    /// [default: 10].
+    #[arg(long)]
+    debounce_ms: Option<u64>,
     /// Admin listener address for /metrics and /status.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -339,7 +343,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         key,
         state_dir,
         rescan_interval: std::time::Duration::from_secs(args.rescan_secs.or(file.rescan_secs).unwrap_or(30).max(1)),
-        debounce: std::time::Duration::from_millis(50),
+        debounce: std::time::Duration::from_millis(args.debounce_ms.unwrap_or(10)),
         max_batch: 1000,
         index: "index.html".into(),
     };
