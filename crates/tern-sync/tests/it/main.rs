@@ -39,14 +39,7 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let site = dir.path().join("site");
         std::fs::create_dir_all(&site).expect("site");
-        let origin = tern_origin::start(tern_origin::OriginConfig {
-            root: site.clone(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            cache_control: Some("max-age=3600".into()),
-            ..tern_origin::OriginConfig::default()
-        })
-        .await
-        .expect("origin");
+        let origin = start_origin(&site).await;
         let purge_key = dir.path().join("purge.key");
         SecretKey::write_new(&purge_key).expect("purge key");
         let agent_key = SecretKey::generate().expect("key");
@@ -163,6 +156,18 @@ pub fn agent_config(dir: &Path, sync: SocketAddr, key: &SecretKey) -> AgentConfi
         max_batch: 500,
         index: "index.html".into(),
     }
+}
+
+/// `tern serve` on `site`, everything fresh for an hour: only synchronisation makes caches fresh sooner.
+pub async fn start_origin(site: &Path) -> tern_origin::RunningOrigin {
+    tern_origin::start(tern_origin::OriginConfig {
+        root: site.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cache_control: Some("max-age=3600".into()),
+        ..tern_origin::OriginConfig::default()
+    })
+    .await
+    .expect("origin")
 }
 
 pub fn free_addr() -> SocketAddr {

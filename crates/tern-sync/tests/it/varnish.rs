@@ -10,7 +10,7 @@ use tern_sync::{Agent, CacheConfig, SiteConfig, SyncConfig};
 use tern_wire::SecretKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::{HOST, agent_config, free_addr};
+use crate::{HOST, agent_config, free_addr, start_origin};
 
 /// The usual Varnish setup for purging: PURGE from an allowed address removes the object.
 const VCL: &str = r#"vcl 4.1;
@@ -58,14 +58,7 @@ async fn a_varnish_instance_is_kept_fresh_by_the_same_sync_service() {
     let site = dir.path().join("site");
     std::fs::create_dir_all(&site).expect("site");
     std::fs::write(site.join("page.html"), "first").expect("write");
-    let origin = tern_origin::start(tern_origin::OriginConfig {
-        root: site.clone(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cache_control: Some("max-age=3600".into()),
-        ..tern_origin::OriginConfig::default()
-    })
-    .await
-    .expect("origin");
+    let origin = start_origin(&site).await;
 
     // Varnish's work directory must be reachable by its unprivileged child.
     let work = std::env::temp_dir().join(format!("tern-varnish-{}", std::process::id()));
