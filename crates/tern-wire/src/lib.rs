@@ -2,6 +2,7 @@
 //! `tern keygen` writes), the authenticated frame every TCP protocol uses, and the messages of the
 //! synchronisation protocol (seed 001).
 
+pub mod assignment;
 pub mod frame;
 pub mod key;
 pub mod sync;
