@@ -1,0 +1,355 @@
+//! The content interpreter (seed 004): applies a verified assignment's commands to a hosted site.
+//!
+//! Layout of a site under the node's root, `DIR/<site>/`:
+//!
+//! ```text
+//! live      -> versions/<sequence>-<id>     symbolic link: what is served
+//! backup    -> versions/<sequence>-<id>     symbolic link: the previous version, for rollback
+//! temp/                                      the tree being prepared (the seed's temp)
+//! versions/                                  prepared trees; only live and backup are kept
+//! ```
+//!
+//! Commands are applied to `temp`, which starts as a copy of the live tree made with hard links (cheap);
+//! files are never changed in place — every write goes to a new file that is renamed over the old name,
+//! and chmod copies the file first — so the live tree sharing those inodes never changes. `commit` moves
+//! `temp` into `versions/` and switches `live` with one rename(2) of a symbolic link: a reader sees the
+//! whole old site or the whole new one, never a missing or mixed one. `rollback` switches back the same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tern_wire::assignment::{Assignment, Command, Compression, DataRef, apply_delta};
+use tracing::info;
+
+use crate::paths::{PathError, resolve};
+
+/// Why an assignment could not be applied. The live site is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The site name is not a plain name.
+    #[error("site name `{0}` is not a plain name")]
+    SiteName(String),
+    /// A command's path was refused.
+    #[error("command {index} ({op}): path `{path}` refused: {reason}")]
+    Path {
+        /// Which command.
+        index: usize,
+        /// Its operation.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        reason: PathError,
+    },
+    /// The file a patch applies to is not the one the delta was made against.
+    #[error("command {index}: `{path}` is not the version the patch was made for")]
+    BaseMismatch {
+        /// Which command.
+        index: usize,
+        /// The path.
+        path: String,
+    },
+    /// A resulting file does not have the declared size and hash.
+    #[error("command {index}: `{path}` does not match its declared size and hash")]
+    ContentMismatch {
+        /// Which command.
+        index: usize,
+        /// The path.
+        path: String,
+    },
+    /// Nothing to roll back to.
+    #[error("no backup version to roll back to")]
+    NoBackup,
+    /// A file-system operation failed.
+    #[error("command {index} ({op}): {source}")]
+    Io {
+        /// Which command.
+        index: usize,
+        /// Its operation.
+        op: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What an applied assignment did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Commands applied.
+    pub commands: usize,
+    /// The version now live, if the assignment committed or rolled back.
+    pub live: Option<String>,
+}
+
+/// Applies assignments under a node's root directory.
+#[derive(Debug)]
+pub struct Interpreter {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Interpreter {
+    /// An interpreter for sites under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Interpreter { root: root.into() }
+    }
+
+    /// The directory of a site.
+    pub fn site_dir(&self, site: &str) -> Result<PathBuf, ApplyError> {
+        let plain = !site.is_empty()
+            && site != "."
+            && site != ".."
+            && site
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(ApplyError::SiteName(site.to_string()));
+        }
+        Ok(self.root.join(site))
+    }
+
+    /// The directory currently live for `site`, if any.
+    pub fn live(&self, site: &str) -> Option<PathBuf> {
+        let link = self.site_dir(site).ok()?.join("live");
+        std::fs::read_link(&link)
+            .ok()
+            .map(|target| link.parent().map(|p| p.join(&target)).unwrap_or(target))
+    }
+
+    /// Applies `assignment` (already verified by `tern_wire::assignment::decode`). Blocking.
+    pub fn apply(&self, assignment: &Assignment) -> Result<Applied, ApplyError> {
+        let site_dir = self.site_dir(&assignment.header.site)?;
+        let io = |index: usize, op: &'static str| move |source: std::io::Error| ApplyError::Io { index, op, source };
+        std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
+        let temp = site_dir.join("temp");
+        let needs_tree = assignment.commands.iter().any(|c| !matches!(c, Command::Rollback));
+        if needs_tree {
+            prepare_temp(&temp, self.live(&assignment.header.site).as_deref()).map_err(io(0, "prepare"))?;
+        }
+        let mut applied = Applied::default();
+        for (index, command) in assignment.commands.iter().enumerate() {
+            match command {
+                Command::Mkdir { path } => {
+                    let target = checked(&temp, path, false, index, "mkdir")?;
+                    std::fs::create_dir_all(target).map_err(io(index, "mkdir"))?;
+                }
+                Command::Create { path, mode, data } => {
+                    let target = checked(&temp, path, false, index, "create")?;
+                    let content = stored_content(assignment, data).map_err(io(index, "create"))?;
+                    verify(&content, data, index, path)?;
+                    write_new(&target, &content, *mode).map_err(io(index, "create"))?;
+                }
+                Command::Patch { path, base_hash, data } => {
+                    let target = checked(&temp, path, false, index, "patch")?;
+                    let old = std::fs::read(&target).map_err(io(index, "patch"))?;
+                    if blake3::hash(&old).to_hex().as_str() != base_hash {
+                        return Err(ApplyError::BaseMismatch {
+                            index,
+                            path: path.clone(),
+                        });
+                    }
+                    let new = apply_delta(&old, assignment.bytes(data), data.size).map_err(|_| {
+                        ApplyError::ContentMismatch {
+                            index,
+                            path: path.clone(),
+                        }
+                    })?;
+                    verify(&new, data, index, path)?;
+                    let mode = file_mode(&target);
+                    write_new(&target, &new, mode).map_err(io(index, "patch"))?;
+                }
+                Command::Chmod { path, mode } => {
+                    let target = checked(&temp, path, false, index, "chmod")?;
+                    // The file may share its inode with the live tree: copy, then change the copy.
+                    let content = std::fs::read(&target).map_err(io(index, "chmod"))?;
+                    write_new(&target, &content, Some(*mode)).map_err(io(index, "chmod"))?;
+                }
+                Command::Remove { path } => {
+                    let target = checked(&temp, path, true, index, "remove")?;
+                    match std::fs::symlink_metadata(&target) {
+                        Ok(metadata) if metadata.is_dir() => {
+                            std::fs::remove_dir_all(&target).map_err(io(index, "remove"))?
+                        }
+                        Ok(_) => std::fs::remove_file(&target).map_err(io(index, "remove"))?,
+                        Err(_) => {}
+                    }
+                }
+                Command::Rename { from, to } => {
+                    let source = checked(&temp, from, false, index, "rename")?;
+                    let target = checked(&temp, to, false, index, "rename")?;
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(io(index, "rename"))?;
+                    }
+                    std::fs::rename(source, target).map_err(io(index, "rename"))?;
+                }
+                Command::Commit => {
+                    let name = format!("{}-{}", assignment.header.sequence, sanitize(&assignment.header.id));
+                    let version = site_dir.join("versions").join(&name);
+                    if version.exists() {
+                        std::fs::remove_dir_all(&version).map_err(io(index, "commit"))?;
+                    }
+                    std::fs::rename(&temp, &version).map_err(io(index, "commit"))?;
+                    switch(&site_dir, &format!("versions/{name}")).map_err(io(index, "commit"))?;
+                    applied.live = Some(name);
+                }
+                Command::Rollback => {
+                    let backup = std::fs::read_link(site_dir.join("backup")).map_err(|_| ApplyError::NoBackup)?;
+                    let target = backup.to_string_lossy().to_string();
+                    switch(&site_dir, &target).map_err(io(index, "rollback"))?;
+                    applied.live = Some(target);
+                }
+            }
+            applied.commands += 1;
+        }
+        info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
+        Ok(applied)
+    }
+}
+
+fn checked(
+    base: &Path,
+    path: &str,
+    final_may_be_link: bool,
+    index: usize,
+    op: &'static str,
+) -> Result<PathBuf, ApplyError> {
+    resolve(base, path, final_may_be_link).map_err(|reason| ApplyError::Path {
+        index,
+        op,
+        path: path.to_string(),
+        reason,
+    })
+}
+
+fn stored_content(assignment: &Assignment, data: &DataRef) -> std::io::Result<Vec<u8>> {
+    let stored = assignment.bytes(data);
+    match data.compression {
+        Compression::None => Ok(stored.to_vec()),
+        Compression::Zstd => zstd::bulk::decompress(stored, data.size as usize),
+    }
+}
+
+fn verify(content: &[u8], data: &DataRef, index: usize, path: &str) -> Result<(), ApplyError> {
+    if content.len() as u64 != data.size || blake3::hash(content).to_hex().as_str() != data.hash {
+        return Err(ApplyError::ContentMismatch {
+            index,
+            path: path.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn file_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Writes a new file beside `target` and renames it over, so no existing inode is modified.
+fn write_new(target: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    let parent = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    std::fs::create_dir_all(parent)?;
+    let temp = parent.join(unique(".tern-new-"));
+    std::fs::write(&temp, content)?;
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    std::fs::rename(&temp, target)
+}
+
+/// Makes `temp` a hard-linked copy of the live tree (or empty without one), removing a leftover first.
+fn prepare_temp(temp: &Path, live: Option<&Path>) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(temp).is_ok() {
+        std::fs::remove_dir_all(temp)?;
+    }
+    std::fs::create_dir_all(temp)?;
+    if let Some(live) = live {
+        link_tree(live, temp)?;
+    }
+    Ok(())
+}
+
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            std::fs::create_dir(&target)?;
+            link_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::hard_link(entry.path(), &target)?;
+        }
+        // Symbolic links inside a site are not carried over: the mover never creates them.
+    }
+    Ok(())
+}
+
+/// Points `live` at `target` (relative to the site directory) with one rename, and `backup` at what `live`
+/// pointed to before; versions that are neither are removed.
+fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
+    let live = site_dir.join("live");
+    let previous = std::fs::read_link(&live).ok();
+    let staged = site_dir.join(unique(".live-"));
+    make_symlink(Path::new(target), &staged)?;
+    std::fs::rename(&staged, &live)?;
+    if let Some(previous) = previous.filter(|p| p.as_os_str() != target) {
+        let staged = site_dir.join(unique(".backup-"));
+        make_symlink(&previous, &staged)?;
+        std::fs::rename(&staged, site_dir.join("backup"))?;
+    }
+    let keep: Vec<PathBuf> = ["live", "backup"]
+        .iter()
+        .filter_map(|name| std::fs::read_link(site_dir.join(name)).ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) {
+        for entry in entries.flatten() {
+            let relative = Path::new("versions").join(entry.file_name());
+            if !keep.contains(&relative) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn make_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(target, link)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (target, link);
+        Err(std::io::Error::other("symbolic links need a Unix system"))
+    }
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(64)
+        .collect()
+}

@@ -1,0 +1,194 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use tern_node::{ApplyError, Interpreter};
+use tern_wire::assignment::{Assignment, AssignmentKind, Builder, Command, Limits, decode};
+
+fn signing() -> SigningKey {
+    SigningKey::from_bytes(&[5; 32])
+}
+
+fn sealed(builder: Builder) -> Assignment {
+    let bytes = builder.finish(&signing(), None).expect("finish");
+    decode(&bytes, &signing().verifying_key(), None, &Limits::default()).expect("verifies")
+}
+
+/// Every file under `dir` with its content.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("prefix").to_string_lossy().to_string();
+                out.insert(relative, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn publish_v1(interpreter: &Interpreter) {
+    let mut builder = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
+    builder.command(Command::Mkdir { path: "docs".into() });
+    builder
+        .create("index.html", Some(0o644), b"<h1>version one</h1>", true)
+        .expect("create");
+    builder
+        .create("docs/guide.txt", Some(0o644), &b"guide text ".repeat(200), true)
+        .expect("create");
+    builder
+        .create("old.txt", None, b"to be removed", false)
+        .expect("create");
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).expect("applies");
+}
+
+#[test]
+fn publish_patch_commit_and_rollback() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    publish_v1(&interpreter);
+    let live = root.path().join("www/live");
+    let first = tree(&live);
+    assert_eq!(first.len(), 3);
+    assert_eq!(first["index.html"], b"<h1>version one</h1>");
+
+    let mut builder = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    builder
+        .patch("index.html", b"<h1>version one</h1>", b"<h1>version two</h1>")
+        .expect("patch");
+    builder.command(Command::Remove { path: "old.txt".into() });
+    builder.command(Command::Rename {
+        from: "docs/guide.txt".into(),
+        to: "docs/manual.txt".into(),
+    });
+    builder.command(Command::Chmod {
+        path: "index.html".into(),
+        mode: 0o600,
+    });
+    builder.command(Command::Commit);
+    let applied = interpreter.apply(&sealed(builder)).expect("applies");
+    assert_eq!(applied.commands, 5);
+    let second = tree(&live);
+    assert_eq!(second["index.html"], b"<h1>version two</h1>");
+    assert!(!second.contains_key("old.txt"));
+    assert!(second.contains_key("docs/manual.txt"));
+    assert_eq!(
+        tree(&root.path().join("www/backup")),
+        first,
+        "the previous version is kept as backup, unchanged"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&live.join("index.html")), 0o600);
+        assert_eq!(
+            mode(&root.path().join("www/backup/index.html")),
+            0o644,
+            "chmod never touches a shared inode"
+        );
+    }
+
+    let mut rollback = Builder::new("r1", AssignmentKind::Rollback, "www", 3, None, 0);
+    rollback.command(Command::Rollback);
+    interpreter.apply(&sealed(rollback)).expect("rolls back");
+    assert_eq!(tree(&live), first, "rollback restores the previous version exactly");
+}
+
+#[test]
+fn a_failing_assignment_leaves_the_live_site_and_everything_outside_untouched() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let root = area.path().join("root");
+    let outside = area.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("precious"), "keep me").expect("write");
+    let interpreter = Interpreter::new(&root);
+    publish_v1(&interpreter);
+    let live_before = tree(&root.join("www/live"));
+    let outside_before = tree(&outside);
+
+    let attacks: Vec<Command> = vec![
+        Command::Mkdir {
+            path: "../../outside/new".into(),
+        },
+        Command::Remove {
+            path: "/etc/hostname".into(),
+        },
+        Command::Rename {
+            from: "index.html".into(),
+            to: "../../outside/precious".into(),
+        },
+        Command::Chmod {
+            path: "docs/../../../outside/precious".into(),
+            mode: 0o777,
+        },
+    ];
+    for attack in attacks {
+        let mut builder = Builder::new("bad", AssignmentKind::Publish, "www", 9, None, 0);
+        builder
+            .create("fine.txt", None, b"written first", false)
+            .expect("create");
+        builder.command(attack.clone());
+        builder.command(Command::Commit);
+        let result = interpreter.apply(&sealed(builder));
+        assert!(
+            matches!(result, Err(ApplyError::Path { .. })),
+            "{attack:?} was not refused: {result:?}"
+        );
+        assert_eq!(
+            tree(&root.join("www/live")),
+            live_before,
+            "the live site is untouched after {attack:?}"
+        );
+        assert_eq!(
+            tree(&outside),
+            outside_before,
+            "nothing outside the site root changed after {attack:?}"
+        );
+    }
+
+    // A symbolic link someone placed in the live tree pointing out of the root is not followed.
+    #[cfg(unix)]
+    {
+        let live_dir = std::fs::canonicalize(root.join("www/live")).expect("live");
+        std::os::unix::fs::symlink(&outside, live_dir.join("escape")).expect("symlink");
+        let mut builder = Builder::new("via-link", AssignmentKind::Publish, "www", 10, None, 0);
+        builder.create("escape/evil.txt", None, b"evil", false).expect("create");
+        builder.command(Command::Commit);
+        let _ = interpreter.apply(&sealed(builder));
+        assert_eq!(tree(&outside), outside_before, "nothing was written through the link");
+    }
+
+    let mut bad_site = Builder::new("x", AssignmentKind::Publish, "../elsewhere", 1, None, 0);
+    bad_site.command(Command::Commit);
+    assert!(matches!(
+        interpreter.apply(&sealed(bad_site)),
+        Err(ApplyError::SiteName(_))
+    ));
+}
+
+#[test]
+fn a_patch_for_another_version_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    publish_v1(&interpreter);
+    let mut builder = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    builder
+        .patch("index.html", b"some other base", b"<h1>version two</h1>")
+        .expect("patch");
+    builder.command(Command::Commit);
+    assert!(matches!(
+        interpreter.apply(&sealed(builder)),
+        Err(ApplyError::BaseMismatch { .. })
+    ));
+    assert_eq!(
+        tree(&root.path().join("www/live"))["index.html"],
+        b"<h1>version one</h1>"
+    );
+}

@@ -1,0 +1,3 @@
+//! The content interpreter on real directories: publishes, patches, commit and rollback, and bad input.
+
+mod interpreter;
