@@ -131,8 +131,21 @@ impl Interpreter {
         let io = |index: usize, op: &'static str| move |source: std::io::Error| ApplyError::Io { index, op, source };
         std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let temp = site_dir.join("temp");
-        let needs_tree = assignment.commands.iter().any(|c| !matches!(c, Command::Rollback));
-        if needs_tree {
+        // An assignment with content commands prepares a fresh temp tree; a commit-only assignment (the
+        // second phase, sent once every node has reported its content applied) uses the tree prepared before.
+        let has_content = assignment
+            .commands
+            .iter()
+            .any(|c| !matches!(c, Command::Commit | Command::Rollback));
+        let commits = assignment.commands.iter().any(|c| matches!(c, Command::Commit));
+        if commits && !has_content && !temp.is_dir() {
+            return Err(ApplyError::Io {
+                index: 0,
+                op: "commit",
+                source: std::io::Error::other("no prepared version to commit"),
+            });
+        }
+        if has_content {
             prepare_temp(&temp, self.live(&assignment.header.site).as_deref()).map_err(io(0, "prepare"))?;
         }
         let mut applied = Applied::default();

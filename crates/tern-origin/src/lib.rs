@@ -58,6 +58,8 @@ struct OriginMetrics {
 pub type RunningOrigin = tern_http::server::Running<()>;
 
 struct StaticOrigin {
+    /// The configured root, as given: it may be a symbolic link (a mover node's `live`) that is switched
+    /// to another version at any moment, so it is resolved afresh for every request.
     root: PathBuf,
     config: OriginConfig,
     metrics: OriginMetrics,
@@ -81,7 +83,7 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
     let bytes = Counter::default();
     registry.register("body_bytes", "Body bytes sent", bytes.clone());
     let origin = Arc::new(StaticOrigin {
-        root,
+        root: config.root.clone(),
         config: config.clone(),
         metrics: OriginMetrics {
             registry,
@@ -135,7 +137,11 @@ impl StaticOrigin {
             return response;
         }
         let path = request.uri().path();
-        let resolved = match resolve(&self.root, path, &self.config.index).await {
+        // One resolution of the root per request: the whole answer comes from one version of the site.
+        let Ok(root) = tokio::fs::canonicalize(&self.root).await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "the site root is not available");
+        };
+        let resolved = match resolve(&root, path, &self.config.index).await {
             Ok(resolved) => resolved,
             Err(refusal) => return text(refusal.status(), refusal.message()),
         };

@@ -13,14 +13,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tern_wire::SecretKey;
 use tern_wire::frame::{DEFAULT_MAX_PAYLOAD, FrameDecoder};
-use tern_wire::sync::{Change, ChangeBatch, SyncMessage};
+use tern_wire::sync::{Change, ChangeBatch, ChangeKind, SyncMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::scan::{Snapshot, differences, scan, urls_for};
+use tern_tree::{Snapshot, differences, scan};
+
+use crate::urls::urls_for;
 
 /// Settings of the agent.
 #[derive(Debug, Clone)]
@@ -233,7 +235,7 @@ impl Agent {
                     state.pending.push(Change {
                         seq,
                         url,
-                        kind: difference.kind,
+                        kind: wire_kind(difference.kind),
                         etag: difference.hash.clone(),
                         at_ms: now_ms,
                     });
@@ -448,5 +450,13 @@ impl tern_admin::AdminRoutes for AgentAdmin {
         self.detected.set(stats.detected as i64);
         self.pending.set(stats.pending as i64);
         self.acked.set(stats.acked_through as i64);
+    }
+}
+
+fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
+    match kind {
+        tern_tree::ChangeKind::Created => ChangeKind::Created,
+        tern_tree::ChangeKind::Modified => ChangeKind::Modified,
+        tern_tree::ChangeKind::Deleted => ChangeKind::Deleted,
     }
 }

@@ -9,7 +9,7 @@ pub mod cacher;
 pub mod listener;
 pub mod master;
 pub mod metrics;
-pub mod scan;
+pub mod urls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

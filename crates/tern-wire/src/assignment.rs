@@ -297,6 +297,43 @@ impl Builder {
         Ok(())
     }
 
+    /// Adds a changed file as a delta against `old` or as its full content, whichever is smaller; returns
+    /// whether it was sent as a delta.
+    pub fn patch_or_create(
+        &mut self,
+        path: &str,
+        mode: Option<u32>,
+        old: &[u8],
+        new: &[u8],
+        compress: bool,
+    ) -> std::io::Result<bool> {
+        let delta = delta(old, new)?;
+        let full = if compress {
+            zstd::bulk::compress(new, 3)?.len()
+        } else {
+            new.len()
+        };
+        if delta.len() < full {
+            let hash = blake3::hash(new).to_hex().to_string();
+            let base_hash = blake3::hash(old).to_hex().to_string();
+            let data = self.push_data(&delta, Compression::Zstd, new.len() as u64, hash);
+            self.commands.push(Command::Patch {
+                path: path.to_string(),
+                base_hash,
+                data,
+            });
+            if let Some(mode) = mode {
+                self.commands.push(Command::Chmod {
+                    path: path.to_string(),
+                    mode,
+                });
+            }
+            return Ok(true);
+        }
+        self.create(path, mode, new, compress)?;
+        Ok(false)
+    }
+
     /// Adds any command without data.
     pub fn command(&mut self, command: Command) {
         self.commands.push(command);

@@ -192,3 +192,33 @@ fn a_patch_for_another_version_is_refused() {
         b"<h1>version one</h1>"
     );
 }
+
+#[test]
+fn two_phase_content_then_commit() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    publish_v1(&interpreter);
+    let mut content = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    content
+        .create("index.html", None, b"<h1>version two</h1>", false)
+        .expect("create");
+    interpreter.apply(&sealed(content)).expect("content applied");
+    assert_eq!(
+        tree(&root.path().join("www/live"))["index.html"],
+        b"<h1>version one</h1>",
+        "not live before the commit"
+    );
+    let mut commit = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    commit.command(Command::Commit);
+    interpreter.apply(&sealed(commit)).expect("committed");
+    assert_eq!(
+        tree(&root.path().join("www/live"))["index.html"],
+        b"<h1>version two</h1>"
+    );
+    let mut again = Builder::new("v3", AssignmentKind::Publish, "www", 3, None, 0);
+    again.command(Command::Commit);
+    assert!(
+        interpreter.apply(&sealed(again)).is_err(),
+        "nothing prepared: nothing to commit"
+    );
+}

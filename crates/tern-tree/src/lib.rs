@@ -1,7 +1,7 @@
-//! The CP agent's check of the origin directory (seed 001, "CP agent ... periodically examines variations
-//! of contents"): a snapshot of every file (size, modification time, content hash) and the differences
-//! between two snapshots. Hashes are reused when size and time are unchanged, so a rescan of an unchanged
-//! tree reads no file contents.
+//! Snapshots of a directory tree and their differences: the CP agent's periodic examination of the origin
+//! (seed 001) and the content mover's comparison of the staging tree with the shadow copy (seed 004) are
+//! the same operation. A snapshot holds every file's size, modification time and blake3 hash; hashes are
+//! reused when size and time are unchanged, so a rescan of an unchanged tree reads no file contents.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use tern_wire::sync::ChangeKind;
 
 /// What the agent knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +23,18 @@ pub struct FileState {
 
 /// Every file under the root, by relative path with `/` separators.
 pub type Snapshot = BTreeMap<String, FileState>;
+
+/// What happened to a file between two snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// New file.
+    Created,
+    /// Changed content.
+    Modified,
+    /// Removed file.
+    Deleted,
+}
 
 /// A difference between two snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,30 +139,6 @@ pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<Difference> {
     out
 }
 
-/// The URLs a file is served under: its own, and for an index file its directory's too.
-pub fn urls_for(base_url: &str, path: &str, index: &str) -> Vec<String> {
-    let base = base_url.trim_end_matches('/');
-    let mut urls = vec![format!("{base}/{}", encode_path(path))];
-    let name = path.rsplit('/').next().unwrap_or(path);
-    if name == index {
-        let dir = &path[..path.len() - name.len()];
-        urls.push(format!("{base}/{}", encode_path(dir)));
-    }
-    urls
-}
-
-/// Percent-encodes what may not appear raw in a URL path.
-fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for byte in path.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => out.push(byte as char),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,17 +169,5 @@ mod tests {
             ]
         );
         assert!(differences(&second, &scan(dir.path(), &second).expect("scan")).is_empty());
-    }
-
-    #[test]
-    fn urls_of_index_files_include_the_directory() {
-        assert_eq!(
-            urls_for("http://h/", "docs/index.html", "index.html"),
-            vec!["http://h/docs/index.html", "http://h/docs/"]
-        );
-        assert_eq!(
-            urls_for("http://h", "a b.txt", "index.html"),
-            vec!["http://h/a%20b.txt"]
-        );
     }
 }

@@ -1,0 +1,8 @@
+//! The content control manager (CCM) of the content mover (seed `004_1419c51402506f7e.txt`). For now: change
+//! detection (the staging tree against the site's shadow copy) and the planning of the assignment that
+//! carries the difference to the nodes. The database, scheduler, API, node registration and delivery come
+//! with the rest of the mover.
+
+pub mod plan;
+
+pub use plan::{Plan, PlanError, PlanPolicy, PlanStats, Publication, plan};

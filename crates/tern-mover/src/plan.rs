@@ -1,0 +1,191 @@
+//! Change detection and assignment planning (seed 004: the staging server, the shadow copy and the delta
+//! function). The staging tree is compared with the shadow copy (the last published version) by size,
+//! modification time and blake3 hash; each new file is sent whole, each changed file as a zstd delta against
+//! its shadow version when that is smaller than the whole file (measured per file: small files and rewritten
+//! files go whole), each removed file as a removal.
+//!
+//! Why zstd with the old file as reference prefix rather than rsync-style blocks: the mover holds both
+//! versions, so it needs no block signatures from the node, and zstd finds matches at any offset and
+//! entropy-codes the rest. A 100-byte change to a 10 MB file costs a few hundred bytes (test
+//! `planning::a_small_change_to_a_large_file_sends_a_small_delta`).
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use tern_tree::{ChangeKind, Snapshot, differences, scan};
+use tern_wire::assignment::{AssignmentKind, Builder, Command};
+
+/// How files are carried.
+#[derive(Debug, Clone)]
+pub struct PlanPolicy {
+    /// Extensions whose files are not compressed (already compressed formats).
+    pub no_compression: Vec<String>,
+    /// Files smaller than this are always sent whole.
+    pub delta_min_size: u64,
+    /// Encrypt the assignment with this key.
+    pub encryption: Option<[u8; 32]>,
+}
+
+impl Default for PlanPolicy {
+    fn default() -> Self {
+        PlanPolicy {
+            no_compression: [
+                "jpg", "jpeg", "png", "gif", "webp", "avif", "gz", "br", "zst", "zip", "mp4", "webm", "woff2", "mp3",
+            ]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+            delta_min_size: 4096,
+            encryption: None,
+        }
+    }
+}
+
+impl PlanPolicy {
+    fn compress(&self, path: &str) -> bool {
+        let extension = path.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+        !self.no_compression.contains(&extension)
+    }
+}
+
+/// What a plan carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Files sent whole.
+    pub created: usize,
+    /// Files sent as deltas.
+    pub patched: usize,
+    /// Files removed.
+    pub removed: usize,
+    /// Bytes of the changed and new files.
+    pub content_bytes: u64,
+    /// Bytes of the assignment.
+    pub assignment_bytes: u64,
+}
+
+/// A planned assignment.
+#[derive(Debug)]
+pub struct Plan {
+    /// The signed assignment.
+    pub assignment: Vec<u8>,
+    /// What it carries.
+    pub stats: PlanStats,
+    /// The staging tree it was planned from (the next shadow snapshot).
+    pub snapshot: Snapshot,
+}
+
+/// Why planning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A tree could not be read.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// Which tree.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The assignment could not be built.
+    #[error(transparent)]
+    Assignment(#[from] tern_wire::assignment::AssignmentError),
+}
+
+/// Which publication an assignment is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    /// Assignment id.
+    pub id: &'a str,
+    /// Hosted site.
+    pub site: &'a str,
+    /// The site version it produces.
+    pub sequence: u64,
+    /// When it was planned (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// Plans the assignment taking the shadow copy (`shadow`, described by `shadow_snapshot`) to the staging
+/// tree, for the publication's site and version. The commit is not included: the mover sends it once every node has
+/// the content (two-phase), so all nodes switch at once.
+pub fn plan(
+    staging: &Path,
+    shadow: &Path,
+    shadow_snapshot: &Snapshot,
+    publication: &Publication<'_>,
+    policy: &PlanPolicy,
+    signing: &SigningKey,
+) -> Result<Plan, PlanError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source: std::io::Error| PlanError::Io { what, path, source }
+    };
+    let staged = scan(staging, &Snapshot::new()).map_err(io("staging tree", staging))?;
+    let mut builder = Builder::new(
+        publication.id,
+        AssignmentKind::Publish,
+        publication.site,
+        publication.sequence,
+        None,
+        publication.created_ms,
+    );
+    let mut stats = PlanStats::default();
+    for difference in differences(shadow_snapshot, &staged) {
+        let source = staging.join(&difference.path);
+        match difference.kind {
+            ChangeKind::Deleted => {
+                builder.command(Command::Remove {
+                    path: difference.path.clone(),
+                });
+                stats.removed += 1;
+            }
+            ChangeKind::Created | ChangeKind::Modified => {
+                let content = std::fs::read(&source).map_err(io("staging file", &source))?;
+                let mode = file_mode(&source);
+                let compress = policy.compress(&difference.path);
+                stats.content_bytes += content.len() as u64;
+                let old = if difference.kind == ChangeKind::Modified && content.len() as u64 >= policy.delta_min_size {
+                    std::fs::read(shadow.join(&difference.path)).ok()
+                } else {
+                    None
+                };
+                let as_delta = match old {
+                    Some(old) => builder
+                        .patch_or_create(&difference.path, mode, &old, &content, compress)
+                        .map_err(io("delta", &source))?,
+                    None => {
+                        builder
+                            .create(&difference.path, mode, &content, compress)
+                            .map_err(io("compression", &source))?;
+                        false
+                    }
+                };
+                if as_delta {
+                    stats.patched += 1;
+                } else {
+                    stats.created += 1;
+                }
+            }
+        }
+    }
+    let assignment = builder.finish(signing, policy.encryption.as_ref())?;
+    stats.assignment_bytes = assignment.len() as u64;
+    Ok(Plan {
+        assignment,
+        stats,
+        snapshot: staged,
+    })
+}
+
+fn file_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}

@@ -1,0 +1,198 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use tern_mover::{PlanPolicy, Publication, plan};
+use tern_node::Interpreter;
+use tern_tree::{Snapshot, scan};
+use tern_wire::assignment::{AssignmentKind, Builder, Command, Limits, decode};
+
+fn publication(sequence: u64, id: &str) -> Publication<'_> {
+    Publication {
+        id,
+        site: "www",
+        sequence,
+        created_ms: 0,
+    }
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[11; 32])
+}
+
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.insert(
+                    path.strip_prefix(dir).expect("prefix").to_string_lossy().to_string(),
+                    std::fs::read(&path).expect("read"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Applies an assignment (plus the second-phase commit) on a node root.
+fn deliver(node: &Interpreter, assignment: &[u8], sequence: u64) {
+    let verified = decode(assignment, &key().verifying_key(), None, &Limits::default()).expect("verifies");
+    node.apply(&verified).expect("content applies");
+    let mut commit = Builder::new(
+        &format!("commit-{sequence}"),
+        AssignmentKind::Publish,
+        "www",
+        sequence,
+        None,
+        0,
+    );
+    commit.command(Command::Commit);
+    let commit = commit.finish(&key(), None).expect("commit");
+    node.apply(&decode(&commit, &key().verifying_key(), None, &Limits::default()).expect("verifies"))
+        .expect("commits");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for (path, content) in tree(from) {
+        let target = to.join(&path);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::write(target, content).expect("write");
+    }
+}
+
+#[test]
+fn a_site_of_thousands_of_files_reaches_three_nodes_identically() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    let shadow = area.path().join("shadow");
+    std::fs::create_dir_all(&shadow).expect("mkdir");
+    for n in 0..3000 {
+        let path = staging.join(format!("section{}/page{n}.html", n % 30));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            &path,
+            format!("<html><body>page {n} {}</body></html>", "lorem ipsum ".repeat(n % 50)),
+        )
+        .expect("write");
+    }
+    let first = plan(
+        &staging,
+        &shadow,
+        &Snapshot::new(),
+        &publication(1, "p1"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert_eq!(first.stats.created, 3000);
+    let nodes: Vec<Interpreter> = (0..3)
+        .map(|n| Interpreter::new(area.path().join(format!("node{n}"))))
+        .collect();
+    for node in &nodes {
+        deliver(node, &first.assignment, 1);
+    }
+    let expected = tree(&staging);
+    for (n, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            tree(&node.live("www").expect("live")),
+            expected,
+            "node {n} is byte-identical to staging"
+        );
+    }
+
+    // Change some, add some, remove some: the next publish carries only that.
+    copy_tree(&staging, &shadow);
+    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan");
+    std::fs::write(staging.join("section1/page1.html"), "changed").expect("write");
+    std::fs::write(staging.join("section2/new.html"), "new page").expect("write");
+    std::fs::remove_file(staging.join("section3/page3.html")).expect("rm");
+    let second = plan(
+        &staging,
+        &shadow,
+        &shadow_snapshot,
+        &publication(2, "p2"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert_eq!(
+        (second.stats.created + second.stats.patched, second.stats.removed),
+        (2, 1)
+    );
+    for node in &nodes {
+        deliver(node, &second.assignment, 2);
+    }
+    let expected = tree(&staging);
+    for (n, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            tree(&node.live("www").expect("live")),
+            expected,
+            "node {n} after the second publish"
+        );
+    }
+}
+
+#[test]
+fn a_small_change_to_a_large_file_sends_a_small_delta() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    let shadow = area.path().join("shadow");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::create_dir_all(&shadow).expect("mkdir");
+    // 10 MB that does not compress well on its own (a pseudo-random stream).
+    let mut state = 0x1234_5678_u64;
+    let large: Vec<u8> = (0..10 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(shadow.join("large.bin"), &large).expect("write");
+    let mut changed = large.clone();
+    changed[5_000_000..5_000_100].copy_from_slice(&[0x42; 100]);
+    std::fs::write(staging.join("large.bin"), &changed).expect("write");
+
+    let node = Interpreter::new(area.path().join("node"));
+    // The node holds the shadow version first.
+    let base = plan(
+        &shadow,
+        &staging.join("none"),
+        &Snapshot::new(),
+        &publication(1, "base"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    deliver(&node, &base.assignment, 1);
+
+    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan");
+    let planned = plan(
+        &staging,
+        &shadow,
+        &shadow_snapshot,
+        &publication(2, "small"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    let share = planned.stats.assignment_bytes as f64 / large.len() as f64;
+    println!(
+        "100 bytes changed in a 10 MiB file: assignment of {} bytes ({:.4}% of the file)",
+        planned.stats.assignment_bytes,
+        share * 100.0
+    );
+    assert_eq!(planned.stats.patched, 1);
+    assert!(share < 0.01, "the assignment is {:.3}% of the file", share * 100.0);
+    deliver(&node, &planned.assignment, 2);
+    assert_eq!(
+        std::fs::read(node.live("www").expect("live").join("large.bin")).expect("read"),
+        changed
+    );
+}
