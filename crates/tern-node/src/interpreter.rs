@@ -321,10 +321,11 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Points `live` at `target` (relative to the site directory) with one rename, and `backup` at what `live`
-/// pointed to before; versions that are neither are removed.
+/// pointed to before; older versions are removed.
 fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
     let live = site_dir.join("live");
     let previous = std::fs::read_link(&live).ok();
+    let previous_backup = std::fs::read_link(site_dir.join("backup")).ok();
     let staged = site_dir.join(unique(".live-"));
     make_symlink(Path::new(target), &staged)?;
     std::fs::rename(&staged, &live)?;
@@ -333,10 +334,13 @@ fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
         make_symlink(&previous, &staged)?;
         std::fs::rename(&staged, site_dir.join("backup"))?;
     }
-    let keep: Vec<PathBuf> = ["live", "backup"]
+    // Keep live, backup, and the version that was backup until now: a reader that resolved `live` just
+    // before two quick switches still finds its whole tree. Older versions go.
+    let mut keep: Vec<PathBuf> = ["live", "backup"]
         .iter()
         .filter_map(|name| std::fs::read_link(site_dir.join(name)).ok())
         .collect();
+    keep.extend(previous_backup);
     if let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) {
         for entry in entries.flatten() {
             let relative = Path::new("versions").join(entry.file_name());

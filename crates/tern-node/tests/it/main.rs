@@ -1,3 +1,4 @@
 //! The content interpreter on real directories: publishes, patches, commit and rollback, and bad input.
 
+mod atomicity;
 mod interpreter;
