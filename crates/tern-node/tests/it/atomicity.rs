@@ -22,7 +22,7 @@ fn publish(interpreter: &Interpreter, version: u64) {
             "x".repeat((version as usize * 37) % 500)
         );
         content
-            .create(file, None, body.as_bytes(), version % 2 == 0)
+            .create(file, None, body.as_bytes(), version.is_multiple_of(2))
             .expect("create");
     }
     let bytes = content.finish(&key, None).expect("finish");
