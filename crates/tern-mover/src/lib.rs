@@ -3,6 +3,9 @@
 //! carries the difference to the nodes. The database, scheduler, API, node registration and delivery come
 //! with the rest of the mover.
 
+pub mod keys;
 pub mod plan;
+pub mod service;
+pub mod store;
 
 pub use plan::{Plan, PlanError, PlanPolicy, PlanStats, Publication, plan};

@@ -116,6 +116,27 @@ pub fn plan(
     policy: &PlanPolicy,
     signing: &SigningKey,
 ) -> Result<Plan, PlanError> {
+    plan_kind(
+        staging,
+        shadow,
+        shadow_snapshot,
+        publication,
+        policy,
+        signing,
+        AssignmentKind::Publish,
+    )
+}
+
+/// [`plan`] for another kind of assignment (a `replicate` starts the node's tree empty).
+pub fn plan_kind(
+    staging: &Path,
+    shadow: &Path,
+    shadow_snapshot: &Snapshot,
+    publication: &Publication<'_>,
+    policy: &PlanPolicy,
+    signing: &SigningKey,
+    kind: AssignmentKind,
+) -> Result<Plan, PlanError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source: std::io::Error| PlanError::Io { what, path, source }
@@ -123,7 +144,7 @@ pub fn plan(
     let staged = scan(staging, &Snapshot::new()).map_err(io("staging tree", staging))?;
     let mut builder = Builder::new(
         publication.id,
-        AssignmentKind::Publish,
+        kind,
         publication.site,
         publication.sequence,
         None,

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tern_wire::assignment::{Assignment, Command, Compression, DataRef, apply_delta};
+use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef, apply_delta};
 use tracing::info;
 
 use crate::paths::{PathError, resolve};
@@ -146,7 +146,17 @@ impl Interpreter {
             });
         }
         if has_content {
-            prepare_temp(&temp, self.live(&assignment.header.site).as_deref()).map_err(io(0, "prepare"))?;
+            // A full copy starts from nothing; everything else from the live tree.
+            let full_copy = matches!(
+                assignment.header.kind,
+                AssignmentKind::Replicate | AssignmentKind::Restore
+            );
+            let base = if full_copy {
+                None
+            } else {
+                self.live(&assignment.header.site)
+            };
+            prepare_temp(&temp, base.as_deref()).map_err(io(0, "prepare"))?;
         }
         let mut applied = Applied::default();
         for (index, command) in assignment.commands.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! which applies verified assignments to a hosted site and switches versions atomically. Registration,
 //! LAN election, the group leader's duties and the transports come with the rest of the mover.
 
+pub mod agent;
 pub mod interpreter;
 pub mod paths;
 

@@ -1,4 +1,5 @@
 //! Planning end to end: staging and shadow trees on disk, the signed assignment, and nodes applying it
 //! through the real content interpreter.
 
+mod jobs;
 mod planning;

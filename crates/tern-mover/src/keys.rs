@@ -1,0 +1,71 @@
+//! The mover's ed25519 signing key: created in its data directory on first start (`mover.key`, private),
+//! with the public half written to `mover.pub` for nodes (`tern node --key DIR/mover.pub`).
+
+use std::path::Path;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// Loads the signing key from `dir`, creating it (and `mover.pub`) on first start.
+pub fn load_or_create(dir: &Path) -> std::io::Result<SigningKey> {
+    let private = dir.join("mover.key");
+    let public = dir.join("mover.pub");
+    if let Ok(text) = std::fs::read_to_string(&private) {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .unwrap_or("");
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(line, &mut seed)
+            .map_err(|_| std::io::Error::other(format!("{} is not a mover key", private.display())))?;
+        let key = SigningKey::from_bytes(&seed);
+        write_public(&public, &key.verifying_key())?;
+        return Ok(key);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let key = SigningKey::from_bytes(&seed);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options
+        .open(&private)?
+        .write_all(format!("# tern mover signing key: keep it private\n{}\n", hex::encode(seed)).as_bytes())?;
+    write_public(&public, &key.verifying_key())?;
+    Ok(key)
+}
+
+fn write_public(path: &Path, key: &VerifyingKey) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "# tern mover public key: give it to nodes (--key)\n{}\n",
+            hex::encode(key.as_bytes())
+        ),
+    )
+}
+
+/// Reads a `mover.pub` file.
+pub fn load_public(path: &Path) -> std::io::Result<VerifyingKey> {
+    let text = std::fs::read_to_string(path)?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(line, &mut bytes).map_err(|_| {
+        std::io::Error::other(format!(
+            "{} is not a mover public key (from the mover's data dir)",
+            path.display()
+        ))
+    })?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| std::io::Error::other(format!("{} holds an invalid key", path.display())))
+}

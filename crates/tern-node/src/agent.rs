@@ -1,0 +1,224 @@
+//! `tern node`: the agent on each backend server (seed 004). It registers with the mover (name, address,
+//! free disk, the version of each site it holds) at start and then periodically, takes assignments over
+//! HTTP, checks their signature and hashes before anything touches disk, and applies them with the
+//! content interpreter. A node that was down registers again when it is back, and the mover brings it up to
+//! date.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tern_http::Body;
+use tern_http::server::{Handler, Running, ServerLimits, serve};
+use tern_wire::assignment::{Limits, decode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::interpreter::Interpreter;
+
+/// Settings of the node agent.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The mover's API, e.g. `http://10.0.0.1:7000`.
+    pub mover: String,
+    /// Where the node takes assignments.
+    pub listen: SocketAddr,
+    /// The URL the mover should use to reach this node (default: `http://<listen>`).
+    pub advertise: Option<String>,
+    /// Root of the hosted sites.
+    pub root: PathBuf,
+    /// This node's name.
+    pub name: String,
+    /// The mover's public key.
+    pub mover_key: VerifyingKey,
+    /// Key that decrypts encrypted assignments.
+    pub decryption_key: Option<[u8; 32]>,
+    /// Bounds on assignments.
+    pub limits: Limits,
+    /// How often to register again.
+    pub register_interval: Duration,
+}
+
+/// A running node agent.
+pub struct NodeAgent {
+    config: NodeConfig,
+    interpreter: Interpreter,
+}
+
+impl NodeAgent {
+    /// The version (sequence) of each site this node holds live.
+    pub fn versions(&self) -> HashMap<String, u64> {
+        let mut versions = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(&self.config.root) else {
+            return versions;
+        };
+        for entry in entries.flatten() {
+            let Some(site) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(target) = std::fs::read_link(entry.path().join("live")) else {
+                continue;
+            };
+            let sequence = target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(sequence) = sequence {
+                versions.insert(site, sequence);
+            }
+        }
+        versions
+    }
+
+    fn url(&self, bound: SocketAddr) -> String {
+        self.config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+}
+
+/// Starts the node agent.
+pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>>> {
+    std::fs::create_dir_all(&config.root)?;
+    let listener = TcpListener::bind(config.listen).await?;
+    let bound = listener.local_addr()?;
+    let agent = Arc::new(NodeAgent {
+        interpreter: Interpreter::new(&config.root),
+        config,
+    });
+    let shutdown = CancellationToken::new();
+    let limits = ServerLimits::default();
+    let mut tasks = vec![tokio::spawn(serve(
+        listener,
+        Arc::new(NodeApi { agent: agent.clone() }),
+        limits,
+        shutdown.clone(),
+    ))];
+    tasks.push(tokio::spawn(register_loop(agent.clone(), bound, shutdown.clone())));
+    info!(listen = %bound, root = %agent.config.root.display(), mover = %agent.config.mover, "node agent started");
+    Ok(Running::new(bound, None, agent, shutdown, tasks))
+}
+
+async fn register_loop(agent: Arc<NodeAgent>, bound: SocketAddr, shutdown: CancellationToken) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let url = format!("{}/api/nodes/register", agent.config.mover.trim_end_matches('/'));
+    loop {
+        let body = serde_json::json!({
+            "name": agent.config.name,
+            "url": agent.url(bound),
+            "versions": agent.versions(),
+        })
+        .to_string();
+        let outcome = async {
+            let request = Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))?;
+            let response = client.request(request).await?;
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            anyhow_like(status)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), outcome).await {
+            Ok(Ok(())) => debug!(mover = %agent.config.mover, "registered"),
+            Ok(Err(error)) => warn!(%error, mover = %agent.config.mover, "registration failed; retrying"),
+            Err(_) => warn!(mover = %agent.config.mover, "registration timed out; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(agent.config.register_interval) => {}
+        }
+    }
+}
+
+fn anyhow_like(status: StatusCode) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("mover answered {status}").into())
+    }
+}
+
+struct NodeApi {
+    agent: Arc<NodeAgent>,
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(tern_http::full(format!("{value}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl Handler for NodeApi {
+    async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let agent = &self.agent;
+        match (request.method(), request.uri().path()) {
+            (&Method::POST, "/assignments") => {
+                let limit = agent.config.limits.max_total as usize;
+                let bytes = match Limited::new(request.into_body(), limit).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => {
+                        return json(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            serde_json::json!({ "error": "assignment over the node's limit or cut off" }),
+                        );
+                    }
+                };
+                let agent = agent.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let assignment = decode(
+                        &bytes,
+                        &agent.config.mover_key,
+                        agent.config.decryption_key.as_ref(),
+                        &agent.config.limits,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    agent
+                        .interpreter
+                        .apply(&assignment)
+                        .map_err(|e| e.to_string())
+                        .map(|applied| (assignment.header.id.clone(), applied))
+                })
+                .await;
+                match outcome {
+                    Ok(Ok((id, applied))) => json(
+                        StatusCode::OK,
+                        serde_json::json!({ "id": id, "commands": applied.commands, "live": applied.live }),
+                    ),
+                    Ok(Err(reason)) => {
+                        warn!(%client, %reason, "assignment refused");
+                        json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }))
+                    }
+                    Err(error) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({ "error": error.to_string() }),
+                    ),
+                }
+            }
+            (&Method::GET, "/status") => json(
+                StatusCode::OK,
+                serde_json::json!({ "role": "node", "name": agent.config.name, "versions": agent.versions() }),
+            ),
+            (method, path) => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": format!("no endpoint {method} {path}") }),
+            ),
+        }
+    }
+}
