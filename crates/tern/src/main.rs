@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod mover_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,20 @@ enum Command {
     /// Works with tern edges and with any cache that accepts PURGE (Varnish, Squid, nginx with a purge
     /// module).
     Sync(SyncArgs),
+    /// Run the content mover (CCM): plans assignments from a staging tree and delivers them to nodes.
+    ///
+    /// On first start it creates its signing key in --data and writes the public half to DATA/mover.pub,
+    /// which every node needs (`tern node --key`).
+    Mover(MoverArgs),
+    /// Run the agent on a backend server: registers with the mover, applies assignments, switches sites
+    /// atomically (DIR/<site>/live).
+    Node(NodeArgs),
+    /// Publish a staging directory to the nodes and wait until it is committed.
+    Publish(PublishArgs),
+    /// Switch every node of a site back to the previous version and wait.
+    Rollback(RollbackArgs),
+    /// List the mover's jobs.
+    Jobs(JobsArgs),
     /// Write a new random secret key file (for --purge-key and the other --...-key flags).
     Keygen(KeygenArgs),
     /// Start an origin and two edges on this machine with a sample site, and show how to use them.
@@ -181,6 +196,71 @@ struct SyncArgs {
 }
 
 #[derive(Args, Debug)]
+struct MoverArgs {
+    /// API address [default: 127.0.0.1:7000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (database, keys, shadow copies) [default: ./tern-mover-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Nodes that must have a publish prepared before it is committed [default: all].
+    #[arg(long)]
+    quorum: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// The mover's API, e.g. http://10.0.0.1:7000.
+    #[arg(long)]
+    mover: String,
+    /// Root of the hosted sites (each is served from ROOT/<site>/live).
+    #[arg(long)]
+    root: PathBuf,
+    /// This node's name.
+    #[arg(long)]
+    name: String,
+    /// The mover's public key file (DATA/mover.pub on the mover).
+    #[arg(long)]
+    key: PathBuf,
+    /// Address to take assignments on [default: 127.0.0.1:7100].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// URL the mover should use to reach this node [default: http://LISTEN].
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// The mover's API.
+    #[arg(long)]
+    mover: String,
+    /// Hosted site.
+    #[arg(long)]
+    site: String,
+    /// Staging directory to publish.
+    #[arg(long)]
+    staging: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RollbackArgs {
+    /// The mover's API.
+    #[arg(long)]
+    mover: String,
+    /// Hosted site.
+    #[arg(long)]
+    site: String,
+}
+
+#[derive(Args, Debug)]
+struct JobsArgs {
+    /// The mover's API.
+    #[arg(long)]
+    mover: String,
+}
+
+#[derive(Args, Debug)]
 struct KeygenArgs {
     /// File to create (refuses to overwrite an existing one).
     file: PathBuf,
@@ -241,6 +321,23 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Mover(args) => run_mover(args).await,
+        Command::Node(args) => run_node(args).await,
+        Command::Publish(args) => {
+            let staging = std::fs::canonicalize(&args.staging)
+                .with_context(|| format!("staging directory {}", args.staging.display()))?;
+            let body =
+                serde_json::json!({ "kind": "publish", "site": args.site, "staging": staging.display().to_string() });
+            mover_client::run_job(&args.mover, body).await
+        }
+        Command::Rollback(args) => {
+            mover_client::run_job(
+                &args.mover,
+                serde_json::json!({ "kind": "rollback", "site": args.site }),
+            )
+            .await
+        }
+        Command::Jobs(args) => mover_client::list_jobs(&args.mover).await,
         Command::Sync(args) => run_sync(args).await,
     }
 }
@@ -414,6 +511,44 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
     stop_on_signal(sync.shutdown_token());
     sync.wait().await;
     info!("sync service stopped");
+    Ok(())
+}
+
+async fn run_mover(args: MoverArgs) -> Result<()> {
+    let config = tern_mover::service::MoverConfig {
+        listen: args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
+        data: args.data.unwrap_or_else(|| PathBuf::from("tern-mover-data")),
+        policy: tern_mover::PlanPolicy::default(),
+        quorum: args.quorum,
+        delivery_timeout: std::time::Duration::from_secs(600),
+    };
+    let public = config.data.join("mover.pub");
+    let mover = tern_mover::service::start(config)
+        .await
+        .context("mover did not start")?;
+    info!(public_key = %public.display(), "give nodes this public key file (tern node --key)");
+    stop_on_signal(mover.shutdown_token());
+    mover.wait().await;
+    Ok(())
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
+    let node = tern_node::agent::start(tern_node::agent::NodeConfig {
+        mover: args.mover,
+        listen: args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100))),
+        advertise: args.advertise,
+        root: args.root,
+        name: args.name,
+        mover_key: key,
+        decryption_key: None,
+        limits: Default::default(),
+        register_interval: std::time::Duration::from_secs(10),
+    })
+    .await
+    .context("node agent did not start")?;
+    stop_on_signal(node.shutdown_token());
+    node.wait().await;
     Ok(())
 }
 
