@@ -257,3 +257,133 @@ async fn a_job_interrupted_by_a_mover_restart_fails_cleanly() {
     assert_eq!(job["state"], "failed", "no job stays running forever: {job}");
     assert!(job["error"].as_str().unwrap_or("").contains("restarted"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_for_one_site_run_one_after_the_other_and_other_sites_alongside() {
+    let fleet = Fleet::new(2, None).await;
+    let first = fleet.area.path().join("first");
+    let second = fleet.area.path().join("second");
+    write_site(&first, 300, "first");
+    write_site(&second, 300, "second");
+    let submit = |site: &str, staging: &Path| serde_json::json!({ "kind": "publish", "site": site, "staging": staging.display().to_string() });
+    let a = fleet.api("POST", "/api/jobs", Some(submit("www", &first))).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = fleet.api("POST", "/api/jobs", Some(submit("www", &second))).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let c = fleet.api("POST", "/api/jobs", Some(submit("blog", &first))).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // While the first runs, the second (same site, same nodes) waits; the other site's does not.
+    let seen_b = fleet.api("GET", &format!("/api/jobs/{b}"), None).await;
+    assert!(matches!(
+        seen_b["state"].as_str(),
+        Some("queued" | "running" | "committed")
+    ));
+    for id in [&a, &b, &c] {
+        assert_eq!(fleet.wait_job(id).await["state"], "committed");
+    }
+    let expected = tree(&second);
+    for index in 0..2 {
+        assert_eq!(
+            fleet.live(index),
+            expected,
+            "the later publish of www won on node {index}"
+        );
+        assert_eq!(tree(&fleet.node_root(index).join("blog/live")), tree(&first));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_tampered_or_foreign_assignments_and_nothing_outside_changes() {
+    use ed25519_dalek::SigningKey;
+    use tern_wire::assignment::{AssignmentKind, Builder, Command};
+    let fleet = Fleet::new(1, None).await;
+    let outside = fleet.area.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("precious"), "keep").expect("write");
+    let post = |bytes: Vec<u8>| {
+        let request = http::Request::post(format!("http://{}/assignments", fleet.node_addrs[0]))
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("request");
+        let client = fleet.client.clone();
+        async move {
+            let response = client.request(request).await.expect("node answers");
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    let mover_key = {
+        let text = std::fs::read_to_string(fleet.area.path().join("mover/mover.key")).expect("key");
+        let line = text
+            .lines()
+            .find(|l| !l.starts_with('#'))
+            .expect("line")
+            .trim()
+            .to_string();
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(&line, &mut seed).expect("hex");
+        SigningKey::from_bytes(&seed)
+    };
+    let sign = |key: &SigningKey, commands: Vec<Command>| {
+        let mut builder = Builder::new("t", AssignmentKind::Publish, "www", 1, None, 0);
+        for command in commands {
+            builder.command(command);
+        }
+        builder.finish(key, None).expect("finish")
+    };
+    let good = sign(&mover_key, vec![Command::Mkdir { path: "ok".into() }]);
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    let foreign = sign(
+        &SigningKey::from_bytes(&[99; 32]),
+        vec![Command::Mkdir { path: "ok".into() }],
+    );
+    let climbing = sign(
+        &mover_key,
+        vec![
+            Command::Mkdir {
+                path: "../../outside/evil".into(),
+            },
+            Command::Commit,
+        ],
+    );
+    let absolute = sign(
+        &mover_key,
+        vec![
+            Command::Remove {
+                path: outside.join("precious").display().to_string(),
+            },
+            Command::Commit,
+        ],
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("flipped bit", flipped, "hash"),
+        ("foreign signature", foreign, "signature"),
+        (
+            "unsigned garbage",
+            b"TERNASG1 not really".to_vec(),
+            "not a tern assignment",
+        ),
+        ("climbing path", climbing, "refused"),
+        ("absolute path", absolute, "refused"),
+    ];
+    for (what, bytes, reason) in cases {
+        let (status, body) = post(bytes).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(body.contains(reason), "{what}: the reason is given: {body}");
+    }
+    assert_eq!(std::fs::read(outside.join("precious")).expect("read"), b"keep");
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("dir").count(),
+        1,
+        "nothing was created outside the root"
+    );
+    assert!(!fleet.node_root(0).join("www/live").exists(), "nothing went live");
+}
