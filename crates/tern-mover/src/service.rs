@@ -163,6 +163,11 @@ impl Mover {
         self.config.data.join("sites").join(site)
     }
 
+    /// Registered nodes.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.store().nodes().unwrap_or_default()
+    }
+
     /// A job's current view, for the API.
     pub fn job(&self, id: &str) -> Option<crate::store::Job> {
         self.store().job(id).ok().flatten()

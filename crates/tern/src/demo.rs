@@ -29,6 +29,7 @@ pub struct DemoArgs {
 /// Host name of the demo site (send it as `Host` to the edges).
 const DEMO_HOST: &str = "demo.tern";
 const ORIGIN_PORT: u16 = 9000;
+const MOVER_PORT: u16 = 7000;
 const EDGE_PORTS: [u16; 2] = [8080, 8081];
 const ADMIN_PORTS: [u16; 2] = [9080, 9081];
 
@@ -109,10 +110,27 @@ async fn run_in(base: &Path, args: &DemoArgs) -> Result<()> {
     let agent_stop = CancellationToken::new();
     let agent_task = tokio::spawn(agent.clone().run(agent_stop.clone()));
 
+    // The content mover: the same site published to three backend nodes, switched atomically.
+    let (mover, nodes) = start_mover_and_nodes(base, &site, fixed).await?;
+
     let outcome = if args.smoke {
-        smoke(&edges, &token, &site).await
+        match smoke(&edges, &token, &site).await {
+            Ok(()) => check_nodes(base, &site),
+            Err(error) => Err(error),
+        }
     } else {
         print_guide(&origin, &edges, &site, &token);
+        println!(
+            "\nContent mover: http://{} with 3 nodes; each serves {}/nodes/nodeN/demo/live. Publish a change with:",
+            mover.listen,
+            base.display()
+        );
+        println!(
+            "  tern publish --mover http://{} --site demo --staging {}",
+            mover.listen,
+            site.display()
+        );
+        println!("\nPress Ctrl-C to stop.");
         let stop = CancellationToken::new();
         crate::stop_on_signal(stop.clone());
         stop.cancelled().await;
@@ -120,6 +138,10 @@ async fn run_in(base: &Path, args: &DemoArgs) -> Result<()> {
     };
     agent_stop.cancel();
     let _ = agent_task.await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+    mover.shutdown().await;
     sync.shutdown().await;
     for edge in edges {
         edge.shutdown().await;
@@ -247,7 +269,6 @@ fn print_guide(origin: &RunningOrigin, edges: &[RunningEdge], site: &Path, token
         "  curl -s -H 'Authorization: Bearer {token}' -d '{{\"keys\":[\"static\"]}}' http://{first_admin}/purge   # purge by surrogate key"
     );
     println!("  curl -s http://{first_admin}/metrics | grep tern_edge_requests");
-    println!("\nPress Ctrl-C to stop.");
 }
 
 async fn smoke(edges: &[RunningEdge], token: &str, site: &Path) -> Result<()> {
@@ -333,5 +354,86 @@ async fn smoke(edges: &[RunningEdge], token: &str, site: &Path) -> Result<()> {
     }
     std::fs::write(site.join("static/style.css"), original)?;
     println!("demo smoke check passed");
+    Ok(())
+}
+
+type MoverRunning = tern_http::server::Running<std::sync::Arc<tern_mover::service::Mover>>;
+type NodeRunning = tern_http::server::Running<std::sync::Arc<tern_node::agent::NodeAgent>>;
+
+/// Starts the mover and three nodes, and publishes the sample site to them.
+async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<(MoverRunning, Vec<NodeRunning>)> {
+    let config = tern_mover::service::MoverConfig {
+        listen: loopback(if fixed { MOVER_PORT } else { 0 }),
+        data: base.join("mover"),
+        policy: tern_mover::PlanPolicy::default(),
+        quorum: None,
+        delivery_timeout: std::time::Duration::from_secs(60),
+    };
+    let mover = match tern_mover::service::start(config.clone()).await {
+        Ok(mover) => mover,
+        Err(tern_mover::service::StartError::Bind { .. }) if fixed => {
+            tern_mover::service::start(tern_mover::service::MoverConfig {
+                listen: loopback(0),
+                ..config
+            })
+            .await
+            .context("mover did not start")?
+        }
+        Err(error) => return Err(error).context("mover did not start"),
+    };
+    let key = tern_mover::keys::load_public(&base.join("mover/mover.pub"))?;
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        let node = tern_node::agent::start(tern_node::agent::NodeConfig {
+            mover: format!("http://{}", mover.listen),
+            listen: loopback(0),
+            advertise: None,
+            root: base.join("nodes").join(format!("node{}", index + 1)),
+            name: format!("node{}", index + 1),
+            mover_key: key,
+            decryption_key: None,
+            limits: Default::default(),
+            register_interval: std::time::Duration::from_secs(2),
+        })
+        .await
+        .context("node did not start")?;
+        nodes.push(node);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while mover.role.nodes().len() < 3 {
+        if std::time::Instant::now() > deadline {
+            bail!("the demo nodes did not register with the mover");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let site_path = site.display().to_string();
+    let id = mover
+        .role
+        .submit("publish", "demo", Some(&site_path), None)
+        .map_err(anyhow::Error::msg)?;
+    loop {
+        match mover.role.job(&id).map(|job| job.state) {
+            Some(state) if state == "committed" => break,
+            Some(state) if state == "failed" => bail!("publishing the sample site to the demo nodes failed"),
+            _ if std::time::Instant::now() > deadline => bail!("publishing the sample site took too long"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    Ok((mover, nodes))
+}
+
+/// The three nodes hold the sample site.
+fn check_nodes(base: &Path, site: &Path) -> Result<()> {
+    let expected = std::fs::read(site.join("index.html"))?;
+    for index in 1..=3 {
+        let live = base
+            .join("nodes")
+            .join(format!("node{index}"))
+            .join("demo/live/index.html");
+        if std::fs::read(&live).ok().as_deref() != Some(expected.as_slice()) {
+            bail!("node {index} does not hold the published site at {}", live.display());
+        }
+    }
+    println!("content mover: the site is live on 3 nodes");
     Ok(())
 }
