@@ -43,6 +43,8 @@ pub struct MoverConfig {
     pub quorum: Option<usize>,
     /// Timeout of one delivery to a node.
     pub delivery_timeout: Duration,
+    /// Checkpoints kept per site (older ones are deleted).
+    pub checkpoints_kept: usize,
 }
 
 /// The content control manager.
@@ -138,6 +140,12 @@ struct JobRequest {
     kind: String,
     site: String,
     staging: Option<String>,
+    checkpoint: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CheckpointRequest {
+    site: String,
 }
 
 impl Mover {
@@ -202,8 +210,8 @@ impl Mover {
         if nodes.is_empty() {
             return Err("no nodes are registered; start `tern node --mover URL ...` first".into());
         }
-        if kind == "publish" {
-            let staging = staging.ok_or("a publish needs a staging directory")?;
+        if kind == "publish" || kind == "restore" {
+            let staging = staging.ok_or("a publish needs a staging directory (a restore a checkpoint)")?;
             if !Path::new(staging).is_dir() {
                 return Err(format!("staging directory {staging} does not exist"));
             }
@@ -222,7 +230,8 @@ impl Mover {
             let _guard = lock.lock().await;
             let _ = mover.store().set_job_state(&job, "running", None, now_ms());
             let outcome = match kind.as_str() {
-                "publish" => mover.run_publish(&job, &site, &nodes).await,
+                "publish" => mover.run_publish(&job, &site, &nodes, false).await,
+                "restore" => mover.run_publish(&job, &site, &nodes, true).await,
                 "synchronise" => mover.run_synchronise(&job, &site, &nodes).await,
                 "rollback" => mover.run_rollback(&job, &site, &nodes).await,
                 other => Err(format!("unknown job kind `{other}`")),
@@ -239,12 +248,36 @@ impl Mover {
         Ok(id)
     }
 
-    async fn run_publish(self: &Arc<Self>, job: &str, site: &str, nodes: &[String]) -> Result<(), String> {
+    /// Publishes the job's staging tree; a `restore` sends it whole (the nodes' trees start empty) and
+    /// removes the unpacked checkpoint afterwards.
+    async fn run_publish(
+        self: &Arc<Self>,
+        job: &str,
+        site: &str,
+        nodes: &[String],
+        restore: bool,
+    ) -> Result<(), String> {
         let staging = self
             .store()
             .job_staging(job)
             .map_err(|e| e.to_string())?
             .ok_or("job has no staging directory")?;
+        let outcome = self.publish_tree(job, site, nodes, &staging, restore).await;
+        if restore {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        outcome
+    }
+
+    async fn publish_tree(
+        self: &Arc<Self>,
+        job: &str,
+        site: &str,
+        nodes: &[String],
+        staging: &str,
+        restore: bool,
+    ) -> Result<(), String> {
+        let staging = staging.to_string();
         let (sequence, snapshot) = match self.store().site(site).map_err(|e| e.to_string())? {
             Some((sequence, snapshot)) => (
                 sequence,
@@ -271,7 +304,21 @@ impl Mover {
                     sequence: next,
                     created_ms: now_ms(),
                 };
-                plan(&staging, &shadow, &snapshot, &publication, &policy, &signing)
+                if restore {
+                    let empty = shadow.join(".none");
+                    let kind = AssignmentKind::Restore;
+                    crate::plan::plan_kind(
+                        &staging,
+                        &empty,
+                        &Snapshot::new(),
+                        &publication,
+                        &policy,
+                        &signing,
+                        kind,
+                    )
+                } else {
+                    plan(&staging, &shadow, &snapshot, &publication, &policy, &signing)
+                }
             })
             .await
             .map_err(|e| e.to_string())?
@@ -311,6 +358,61 @@ impl Mover {
             ));
         }
         Ok(())
+    }
+
+    /// Creates a checkpoint of the site's published tree (a compressed full copy); keeps the newest ones.
+    pub async fn checkpoint(self: &Arc<Self>, site: &str) -> Result<u64, String> {
+        let Some((sequence, _)) = self.store().site(site).map_err(|e| e.to_string())? else {
+            return Err(format!("site {site} was never published"));
+        };
+        let lock = self.site_lock(site);
+        let _guard = lock.lock().await;
+        let site_dir = self.site_dir(site);
+        let staging_dir = site_dir.join("checkpoints").join(".new");
+        let (shadow, target) = (site_dir.join("shadow"), staging_dir.clone());
+        let bytes = tokio::task::spawn_blocking(move || pack_tree(&shadow, &target))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("checkpoint: {e}"))?;
+        let number = self
+            .store()
+            .add_checkpoint(site, sequence, bytes, now_ms())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&staging_dir, site_dir.join("checkpoints").join(number.to_string()))
+            .map_err(|e| e.to_string())?;
+        let all = self.store().checkpoints(site).map_err(|e| e.to_string())?;
+        let excess = all.len().saturating_sub(self.config.checkpoints_kept.max(1));
+        for (old, ..) in all.iter().take(excess) {
+            let _ = std::fs::remove_dir_all(site_dir.join("checkpoints").join(old.to_string()));
+            let _ = self.store().remove_checkpoint(site, *old);
+        }
+        info!(%site, number, sequence, bytes, "checkpoint created");
+        Ok(number)
+    }
+
+    /// A site's checkpoints.
+    pub fn checkpoints(&self, site: &str) -> Vec<serde_json::Value> {
+        self.store()
+            .checkpoints(site)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(number, sequence, created_ms, bytes)| serde_json::json!({ "number": number, "version": sequence, "created_ms": created_ms, "bytes": bytes }))
+            .collect()
+    }
+
+    /// Unpacks checkpoint `number` of `site` into a fresh directory for a restore job.
+    fn unpack_checkpoint(&self, site: &str, number: u64) -> Result<String, String> {
+        let packed = self.site_dir(site).join("checkpoints").join(number.to_string());
+        if !packed.is_dir() {
+            return Err(format!(
+                "site {site} has no checkpoint {number} (see GET /api/checkpoints?site={site})"
+            ));
+        }
+        let target = self
+            .site_dir(site)
+            .join(format!("restore-{}", self.new_job_id("unpack")));
+        unpack_tree(&packed, &target).map_err(|e| format!("checkpoint {number}: {e}"))?;
+        Ok(target.display().to_string())
     }
 
     async fn run_synchronise(self: &Arc<Self>, job: &str, site: &str, nodes: &[String]) -> Result<(), String> {
@@ -532,6 +634,48 @@ fn site_names(data: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Copies a tree with every file zstd-compressed (`<name>.zst`); returns the bytes written.
+fn pack_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    let mut written = 0;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let name = entry.file_name();
+        if kind.is_dir() {
+            written += pack_tree(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            let packed = zstd::bulk::compress(&std::fs::read(entry.path())?, 9)?;
+            written += packed.len() as u64;
+            let mut target = name.clone();
+            target.push(".zst");
+            std::fs::write(to.join(target), packed)?;
+        }
+    }
+    Ok(written)
+}
+
+/// The inverse of [`pack_tree`].
+fn unpack_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let name = entry.file_name();
+        if kind.is_dir() {
+            unpack_tree(&entry.path(), &to.join(&name))?;
+        } else if let Some(original) = name.to_str().and_then(|n| n.strip_suffix(".zst")) {
+            let mut decoder = zstd::stream::read::Decoder::new(std::fs::File::open(entry.path())?)?;
+            let mut file = std::fs::File::create(to.join(original))?;
+            std::io::copy(&mut decoder, &mut file)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `staging`'s tree the shadow copy, keeping the previous shadow as `shadow-previous`.
 fn rotate_shadow(site_dir: &Path, staging: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(site_dir)?;
@@ -608,7 +752,43 @@ impl Handler for Api {
                 StatusCode::OK,
                 serde_json::json!(mover.store().nodes().unwrap_or_default()),
             ),
+            (&Method::POST, "/api/checkpoints") => match serde_json::from_slice::<CheckpointRequest>(&body) {
+                Ok(request) => match mover.checkpoint(&request.site).await {
+                    Ok(number) => json(
+                        StatusCode::OK,
+                        serde_json::json!({ "site": request.site, "number": number }),
+                    ),
+                    Err(message) => error(StatusCode::BAD_REQUEST, message),
+                },
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("a checkpoint request is {{\"site\"}}: {e}"),
+                ),
+            },
+            (&Method::GET, "/api/checkpoints") => {
+                let site = parts
+                    .uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("site=")))
+                    .unwrap_or("");
+                json(StatusCode::OK, serde_json::json!(mover.checkpoints(site)))
+            }
             (&Method::POST, "/api/jobs") => match serde_json::from_slice::<JobRequest>(&body) {
+                Ok(request) if request.kind == "restore" => {
+                    let Some(number) = request.checkpoint else {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "a restore names a checkpoint: {\"kind\": \"restore\", \"site\", \"checkpoint\": N}",
+                        );
+                    };
+                    match mover
+                        .unpack_checkpoint(&request.site, number)
+                        .and_then(|dir| mover.submit("restore", &request.site, Some(&dir), None))
+                    {
+                        Ok(id) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": id })),
+                        Err(message) => error(StatusCode::BAD_REQUEST, message),
+                    }
+                }
                 Ok(request) => match mover.submit(&request.kind, &request.site, request.staging.as_deref(), None) {
                     Ok(id) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": id })),
                     Err(message) => error(StatusCode::BAD_REQUEST, message),

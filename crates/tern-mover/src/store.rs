@@ -74,7 +74,9 @@ impl Store {
                  error TEXT, staging TEXT, created_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS job_nodes (job TEXT NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, bytes INTEGER NOT NULL,
                  error TEXT, PRIMARY KEY (job, node));
-             CREATE TABLE IF NOT EXISTS history (at_ms INTEGER NOT NULL, job TEXT, message TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS history (at_ms INTEGER NOT NULL, job TEXT, message TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS checkpoints (site TEXT NOT NULL, number INTEGER NOT NULL, sequence INTEGER NOT NULL,
+                 created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (site, number));",
         )?;
         Ok(Store { connection })
     }
@@ -275,6 +277,50 @@ impl Store {
             )?;
         }
         Ok(ids.len())
+    }
+
+    /// Records a checkpoint; returns its number.
+    pub fn add_checkpoint(&self, site: &str, sequence: u64, bytes: u64, now_ms: u64) -> StoreResult<u64> {
+        let number: i64 = self.connection.query_row(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM checkpoints WHERE site = ?1",
+            params![site],
+            |row| row.get(0),
+        )?;
+        self.connection.execute(
+            "INSERT INTO checkpoints (site, number, sequence, created_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![site, number, sequence as i64, now_ms as i64, bytes as i64],
+        )?;
+        self.log(
+            None,
+            &format!("checkpoint {number} of {site} (version {sequence})"),
+            now_ms,
+        )?;
+        Ok(number as u64)
+    }
+
+    /// A site's checkpoints: (number, version, created, bytes), oldest first.
+    pub fn checkpoints(&self, site: &str) -> StoreResult<Vec<(u64, u64, u64, u64)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT number, sequence, created_ms, bytes FROM checkpoints WHERE site = ?1 ORDER BY number")?;
+        let rows = statement.query_map(params![site], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, i64>(2)? as u64,
+                row.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        rows.collect()
+    }
+
+    /// Forgets a checkpoint.
+    pub fn remove_checkpoint(&self, site: &str, number: u64) -> StoreResult<()> {
+        self.connection.execute(
+            "DELETE FROM checkpoints WHERE site = ?1 AND number = ?2",
+            params![site, number as i64],
+        )?;
+        Ok(())
     }
 
     fn log(&self, job: Option<&str>, message: &str, now_ms: u64) -> StoreResult<()> {

@@ -368,6 +368,7 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         policy: tern_mover::PlanPolicy::default(),
         quorum: None,
         delivery_timeout: std::time::Duration::from_secs(60),
+        checkpoints_kept: 3,
     };
     let mover = match tern_mover::service::start(config.clone()).await {
         Ok(mover) => mover,

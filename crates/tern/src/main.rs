@@ -70,6 +70,9 @@ enum Command {
     Rollback(RollbackArgs),
     /// List the mover's jobs.
     Jobs(JobsArgs),
+    /// Create, list or restore checkpoints (compressed full copies of a site's published version).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Write a new random secret key file (for --purge-key and the other --...-key flags).
     Keygen(KeygenArgs),
     /// Start an origin and two edges on this machine with a sample site, and show how to use them.
@@ -206,6 +209,9 @@ struct MoverArgs {
     /// Nodes that must have a publish prepared before it is committed [default: all].
     #[arg(long)]
     quorum: Option<usize>,
+    /// Checkpoints kept per site [default: 5].
+    #[arg(long)]
+    checkpoints_kept: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +257,39 @@ struct RollbackArgs {
     /// Hosted site.
     #[arg(long)]
     site: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointCommand {
+    /// Checkpoint the site's published version.
+    Create {
+        /// The mover's API.
+        #[arg(long)]
+        mover: String,
+        /// Hosted site.
+        #[arg(long)]
+        site: String,
+    },
+    /// List the site's checkpoints.
+    List {
+        /// The mover's API.
+        #[arg(long)]
+        mover: String,
+        /// Hosted site.
+        #[arg(long)]
+        site: String,
+    },
+    /// Publish checkpoint N to every node again, and wait.
+    Restore {
+        /// The mover's API.
+        #[arg(long)]
+        mover: String,
+        /// Hosted site.
+        #[arg(long)]
+        site: String,
+        /// Checkpoint number.
+        number: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -338,6 +377,16 @@ async fn run(command: Command) -> Result<()> {
             .await
         }
         Command::Jobs(args) => mover_client::list_jobs(&args.mover).await,
+        Command::Checkpoint(CheckpointCommand::Create { mover, site }) => {
+            mover_client::create_checkpoint(&mover, &site).await
+        }
+        Command::Checkpoint(CheckpointCommand::List { mover, site }) => {
+            mover_client::list_checkpoints(&mover, &site).await
+        }
+        Command::Checkpoint(CheckpointCommand::Restore { mover, site, number }) => {
+            let body = serde_json::json!({ "kind": "restore", "site": site, "checkpoint": number });
+            mover_client::run_job(&mover, body).await
+        }
         Command::Sync(args) => run_sync(args).await,
     }
 }
@@ -521,6 +570,7 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         policy: tern_mover::PlanPolicy::default(),
         quorum: args.quorum,
         delivery_timeout: std::time::Duration::from_secs(600),
+        checkpoints_kept: args.checkpoints_kept.unwrap_or(5),
     };
     let public = config.data.join("mover.pub");
     let mover = tern_mover::service::start(config)

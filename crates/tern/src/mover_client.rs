@@ -111,3 +111,30 @@ pub async fn list_jobs(mover: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Creates a checkpoint.
+pub async fn create_checkpoint(mover: &str, site: &str) -> Result<()> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let url = format!("{}/api/checkpoints", mover.trim_end_matches('/'));
+    let created = call(&client, "POST", &url, Some(serde_json::json!({ "site": site }))).await?;
+    println!("checkpoint {} of {site}", created["number"]);
+    Ok(())
+}
+
+/// Lists checkpoints.
+pub async fn list_checkpoints(mover: &str, site: &str) -> Result<()> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let url = format!("{}/api/checkpoints?site={site}", mover.trim_end_matches('/'));
+    for checkpoint in call(&client, "GET", &url, None)
+        .await?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        println!(
+            "{:>4}  version {:>6}  {:>12} bytes  created {} ms",
+            checkpoint["number"], checkpoint["version"], checkpoint["bytes"], checkpoint["created_ms"]
+        );
+    }
+    Ok(())
+}

@@ -79,6 +79,7 @@ impl Fleet {
                 policy: PlanPolicy::default(),
                 quorum,
                 delivery_timeout: Duration::from_secs(10),
+                checkpoints_kept: 3,
             })
             .await
             .expect("mover"),
@@ -386,4 +387,55 @@ async fn a_node_refuses_tampered_or_foreign_assignments_and_nothing_outside_chan
         "nothing was created outside the root"
     );
     assert!(!fleet.node_root(0).join("www/live").exists(), "nothing went live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_checkpoint_brings_back_that_version_exactly() {
+    let fleet = Fleet::new(2, None).await;
+    let staging = fleet.area.path().join("staging");
+    write_site(&staging, 100, "first");
+    std::fs::write(staging.join("only-in-first.txt"), "gone later").expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+    let first = tree(&staging);
+    let checkpoint = fleet
+        .api("POST", "/api/checkpoints", Some(serde_json::json!({ "site": "www" })))
+        .await;
+    let number = checkpoint["number"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("checkpoint: {checkpoint}"));
+
+    write_site(&staging, 100, "second");
+    std::fs::remove_file(staging.join("only-in-first.txt")).expect("rm");
+    std::fs::write(staging.join("only-in-second.txt"), "new").expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+    assert_ne!(fleet.live(0), first);
+
+    let body = serde_json::json!({ "kind": "restore", "site": "www", "checkpoint": number });
+    let created = fleet.api("POST", "/api/jobs", Some(body)).await;
+    let job = fleet.wait_job(created["id"].as_str().expect("id")).await;
+    assert_eq!(job["state"], "committed", "{job}");
+    for index in 0..2 {
+        assert_eq!(
+            fleet.live(index),
+            first,
+            "node {index} holds checkpoint {number} exactly"
+        );
+    }
+
+    // Only the configured number of checkpoints is kept.
+    for _ in 0..4 {
+        fleet
+            .api("POST", "/api/checkpoints", Some(serde_json::json!({ "site": "www" })))
+            .await;
+    }
+    let list = fleet.api("GET", "/api/checkpoints?site=www", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let missing = fleet
+        .api(
+            "POST",
+            "/api/jobs",
+            Some(serde_json::json!({ "kind": "restore", "site": "www" })),
+        )
+        .await;
+    assert!(missing["error"].as_str().unwrap_or("").contains("checkpoint"));
 }

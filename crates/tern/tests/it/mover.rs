@@ -76,6 +76,20 @@ async fn publish_and_rollback_through_the_command_line() {
         assert_eq!(std::fs::read(live.join("index.html")).expect("read"), b"second version");
         assert_eq!(std::fs::read(live.join("css/site.css")).expect("read"), b"body {}");
     }
+    let checkpoint = tern()
+        .args(["checkpoint", "create", "--mover", &mover_url, "--site", "www"])
+        .output()
+        .expect("run");
+    assert!(
+        checkpoint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checkpoint.stderr)
+    );
+    let listed = tern()
+        .args(["checkpoint", "list", "--mover", &mover_url, "--site", "www"])
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1);
     let rolled = tern()
         .args(["rollback", "--mover", &mover_url, "--site", "www"])
         .output()
@@ -85,8 +99,25 @@ async fn publish_and_rollback_through_the_command_line() {
         let live = dir.path().join(format!("node{n}/www/live"));
         assert_eq!(std::fs::read(live.join("index.html")).expect("read"), b"first version");
     }
+    let restored = tern()
+        .args(["checkpoint", "restore", "--mover", &mover_url, "--site", "www", "1"])
+        .output()
+        .expect("run");
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    for n in 0..2 {
+        let live = dir.path().join(format!("node{n}/www/live"));
+        assert_eq!(
+            std::fs::read(live.join("index.html")).expect("read"),
+            b"second version",
+            "checkpoint 1 was taken at the second version"
+        );
+    }
     let jobs = tern().args(["jobs", "--mover", &mover_url]).output().expect("run");
-    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 3);
+    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 4);
 
     let missing = tern()
         .args([
