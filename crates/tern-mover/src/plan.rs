@@ -162,7 +162,7 @@ pub fn plan_kind(
             }
             ChangeKind::Created | ChangeKind::Modified => {
                 let content = std::fs::read(&source).map_err(io("staging file", &source))?;
-                let mode = file_mode(&source);
+                let mode = tern_tree::file_mode(&source);
                 let compress = policy.compress(&difference.path);
                 stats.content_bytes += content.len() as u64;
                 let old = if difference.kind == ChangeKind::Modified && content.len() as u64 >= policy.delta_min_size {
@@ -196,17 +196,4 @@ pub fn plan_kind(
         stats,
         snapshot: staged,
     })
-}
-
-fn file_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
 }

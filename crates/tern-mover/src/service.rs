@@ -715,17 +715,11 @@ struct Api {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(tern_http::full(format!("{value}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
+    tern_admin::json(status, &value)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, serde_json::json!({ "error": message.into() }))
+    tern_admin::json_error(status, message)
 }
 
 impl Handler for Api {

@@ -156,13 +156,7 @@ struct NodeApi {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(tern_http::full(format!("{value}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
+    tern_admin::json(status, &value)
 }
 
 impl Handler for NodeApi {

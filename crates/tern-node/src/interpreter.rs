@@ -187,7 +187,7 @@ impl Interpreter {
                         }
                     })?;
                     verify(&new, data, index, path)?;
-                    let mode = file_mode(&target);
+                    let mode = tern_tree::file_mode(&target);
                     write_new(&target, &new, mode).map_err(io(index, "patch"))?;
                 }
                 Command::Chmod { path, mode } => {
@@ -269,19 +269,6 @@ fn verify(content: &[u8], data: &DataRef, index: usize, path: &str) -> Result<()
         });
     }
     Ok(())
-}
-
-fn file_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
 }
 
 /// Writes a new file beside `target` and renames it over, so no existing inode is modified.

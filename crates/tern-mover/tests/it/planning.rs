@@ -21,22 +21,7 @@ fn key() -> SigningKey {
 }
 
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).expect("read_dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                out.insert(
-                    path.strip_prefix(dir).expect("prefix").to_string_lossy().to_string(),
-                    std::fs::read(&path).expect("read"),
-                );
-            }
-        }
-    }
-    out
+    tern_tree::contents(dir)
 }
 
 /// Applies an assignment (plus the second-phase commit) on a node root.

@@ -16,20 +16,7 @@ fn sealed(builder: Builder) -> Assignment {
 
 /// Every file under `dir` with its content.
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).expect("read_dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).expect("prefix").to_string_lossy().to_string();
-                out.insert(relative, std::fs::read(&path).expect("read"));
-            }
-        }
-    }
-    out
+    tern_tree::contents(dir)
 }
 
 fn publish_v1(interpreter: &Interpreter) {
