@@ -542,6 +542,23 @@ fn teardown_id(id: &str) {
     let _ = std::fs::remove_file(state_file(id));
 }
 
+/// Tears down every lab this process owns (for a Ctrl-C handler: `Drop` does not run on a signal).
+pub fn teardown_own() {
+    let Ok(entries) = std::fs::read_dir(STATE_DIR) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let owner: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+        if owner == Some(me)
+            && let Some(id) = path.file_stem().and_then(|s| s.to_str())
+        {
+            teardown_id(id);
+        }
+    }
+}
+
 /// Tears down labs whose owning process is gone (a crashed or killed run).
 pub fn clean_leftovers() {
     let Ok(entries) = std::fs::read_dir(STATE_DIR) else {
