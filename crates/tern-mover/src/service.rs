@@ -55,7 +55,13 @@ pub struct Mover {
     client: Client<HttpConnector, Full<Bytes>>,
     site_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_job: std::sync::atomic::AtomicU64,
+    /// When a node was last sent a catch-up for a site: a node that keeps failing is retried at most once per
+    /// [`SYNCHRONISE_BACKOFF`], not on every registration.
+    last_synchronise: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
+
+/// Least time between two catch-up jobs for the same node and site.
+const SYNCHRONISE_BACKOFF: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -117,6 +123,7 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         site_locks: Mutex::new(HashMap::new()),
         next_job: std::sync::atomic::AtomicU64::new(0),
+        last_synchronise: Mutex::new(HashMap::new()),
     });
     let shutdown = CancellationToken::new();
     let handler = Arc::new(Api { mover: mover.clone() });
@@ -611,10 +618,20 @@ impl Mover {
         for (site, sequence) in sites {
             let held = self.store().node_version(&node.name, &site).unwrap_or(0);
             let busy = self.site_lock(&site).try_lock().is_err();
+            let recently = {
+                let last = self.last_synchronise.lock().unwrap_or_else(|p| p.into_inner());
+                last.get(&(node.name.clone(), site.clone()))
+                    .is_some_and(|at| at.elapsed() < SYNCHRONISE_BACKOFF)
+            };
             if held != sequence
                 && !busy
+                && !recently
                 && let Ok(id) = self.submit("synchronise", &site, None, Some(&node.name))
             {
+                self.last_synchronise
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((node.name.clone(), site.clone()), std::time::Instant::now());
                 info!(node = %node.name, %site, held, sequence, job = %id, "node is behind; synchronising it");
                 started.push(id);
             }
