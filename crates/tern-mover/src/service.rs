@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::plan::{PlanPolicy, Publication, plan};
+use crate::plan::{Plan, PlanPolicy, Publication, plan_kind};
 use crate::store::{Node, Store};
 
 /// Settings of the mover.
@@ -295,42 +295,14 @@ impl Mover {
         let next = sequence + 1;
         let site_dir = self.site_dir(site);
         let shadow = site_dir.join("shadow");
-        let planned = {
-            let (staging, shadow, signing, policy, site, job) = (
-                PathBuf::from(&staging),
-                shadow.clone(),
-                self.signing.clone(),
-                self.config.policy.clone(),
-                site.to_string(),
-                job.to_string(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let publication = Publication {
-                    id: &job,
-                    site: &site,
-                    sequence: next,
-                    created_ms: now_ms(),
-                };
-                if restore {
-                    let empty = shadow.join(".none");
-                    let kind = AssignmentKind::Restore;
-                    crate::plan::plan_kind(
-                        &staging,
-                        &empty,
-                        &Snapshot::new(),
-                        &publication,
-                        &policy,
-                        &signing,
-                        kind,
-                    )
-                } else {
-                    plan(&staging, &shadow, &snapshot, &publication, &policy, &signing)
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+        let (base, kind) = if restore {
+            (None, AssignmentKind::Restore)
+        } else {
+            (Some((shadow.clone(), snapshot)), AssignmentKind::Publish)
         };
+        let planned = self
+            .plan_in_background(job, site, next, PathBuf::from(&staging), base, kind)
+            .await?;
         info!(%job, %site, created = planned.stats.created, patched = planned.stats.patched, removed = planned.stats.removed,
               bytes = planned.stats.assignment_bytes, "publish planned");
         let prepared = self.deliver_all(job, nodes, &planned.assignment, "prepared").await;
@@ -427,35 +399,9 @@ impl Mover {
             return Err(format!("site {site} was never published"));
         };
         let shadow = self.site_dir(site).join("shadow");
-        let full = {
-            let (signing, policy, site, job) = (
-                self.signing.clone(),
-                self.config.policy.clone(),
-                site.to_string(),
-                job.to_string(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let publication = Publication {
-                    id: &job,
-                    site: &site,
-                    sequence,
-                    created_ms: now_ms(),
-                };
-                let empty = shadow.join(".none");
-                crate::plan::plan_kind(
-                    &shadow,
-                    &empty,
-                    &Snapshot::new(),
-                    &publication,
-                    &policy,
-                    &signing,
-                    AssignmentKind::Replicate,
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
-        };
+        let full = self
+            .plan_in_background(job, site, sequence, shadow, None, AssignmentKind::Replicate)
+            .await?;
         let prepared = self.deliver_all(job, nodes, &full.assignment, "prepared").await;
         let commit = self.commit_assignment(job, site, sequence)?;
         let committed = self.deliver_all(job, &prepared, &commit, "committed").await;
@@ -512,6 +458,39 @@ impl Mover {
             return Err(format!("rolled back on {} of {} nodes", done.len(), nodes.len()));
         }
         Ok(())
+    }
+
+    /// Plans an assignment on a blocking thread. `base` is the shadow copy and its snapshot to diff
+    /// against; without one every file is sent whole (a full copy: the node's tree starts empty).
+    async fn plan_in_background(
+        &self,
+        job: &str,
+        site: &str,
+        sequence: u64,
+        staging: PathBuf,
+        base: Option<(PathBuf, Snapshot)>,
+        kind: AssignmentKind,
+    ) -> Result<Plan, String> {
+        let (signing, policy, site, job) = (
+            self.signing.clone(),
+            self.config.policy.clone(),
+            site.to_string(),
+            job.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let publication = Publication {
+                id: &job,
+                site: &site,
+                sequence,
+                created_ms: now_ms(),
+            };
+            // An empty snapshot makes every file new, so the shadow path is never read for a full copy.
+            let (shadow, snapshot) = base.unwrap_or_else(|| (PathBuf::new(), Snapshot::new()));
+            plan_kind(&staging, &shadow, &snapshot, &publication, &policy, &signing, kind)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     fn commit_assignment(&self, job: &str, site: &str, sequence: u64) -> Result<Vec<u8>, String> {

@@ -264,36 +264,19 @@ impl Builder {
 
     /// Adds a file with its full content, compressed when `compress` says so and it helps.
     pub fn create(&mut self, path: &str, mode: Option<u32>, content: &[u8], compress: bool) -> std::io::Result<()> {
-        let hash = blake3::hash(content).to_hex().to_string();
-        let data = if compress {
-            let packed = zstd::bulk::compress(content, 3)?;
-            if packed.len() < content.len() {
-                self.push_data(&packed, Compression::Zstd, content.len() as u64, hash)
-            } else {
-                self.push_data(content, Compression::None, content.len() as u64, hash)
-            }
+        let packed = if compress {
+            Some(zstd::bulk::compress(content, 3)?)
         } else {
-            self.push_data(content, Compression::None, content.len() as u64, hash)
+            None
         };
-        self.commands.push(Command::Create {
-            path: path.to_string(),
-            mode,
-            data,
-        });
+        self.push_create(path, mode, content, packed);
         Ok(())
     }
 
     /// Adds a patch: a zstd delta of `new` against `old` (the node holds `old`).
     pub fn patch(&mut self, path: &str, old: &[u8], new: &[u8]) -> std::io::Result<()> {
         let delta = delta(old, new)?;
-        let hash = blake3::hash(new).to_hex().to_string();
-        let base_hash = blake3::hash(old).to_hex().to_string();
-        let data = self.push_data(&delta, Compression::Zstd, new.len() as u64, hash);
-        self.commands.push(Command::Patch {
-            path: path.to_string(),
-            base_hash,
-            data,
-        });
+        self.push_patch(path, old, new, &delta);
         Ok(())
     }
 
@@ -308,30 +291,51 @@ impl Builder {
         compress: bool,
     ) -> std::io::Result<bool> {
         let delta = delta(old, new)?;
-        let full = if compress {
-            zstd::bulk::compress(new, 3)?.len()
+        let packed = if compress {
+            Some(zstd::bulk::compress(new, 3)?)
         } else {
-            new.len()
+            None
         };
-        if delta.len() < full {
-            let hash = blake3::hash(new).to_hex().to_string();
-            let base_hash = blake3::hash(old).to_hex().to_string();
-            let data = self.push_data(&delta, Compression::Zstd, new.len() as u64, hash);
-            self.commands.push(Command::Patch {
-                path: path.to_string(),
-                base_hash,
-                data,
-            });
-            if let Some(mode) = mode {
-                self.commands.push(Command::Chmod {
-                    path: path.to_string(),
-                    mode,
-                });
-            }
-            return Ok(true);
+        let full = packed.as_ref().map_or(new.len(), Vec::len);
+        if delta.len() >= full {
+            self.push_create(path, mode, new, packed);
+            return Ok(false);
         }
-        self.create(path, mode, new, compress)?;
-        Ok(false)
+        self.push_patch(path, old, new, &delta);
+        if let Some(mode) = mode {
+            self.commands.push(Command::Chmod {
+                path: path.to_string(),
+                mode,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Stores `content` (or its compressed form `packed`, when that is smaller) and adds the create command.
+    fn push_create(&mut self, path: &str, mode: Option<u32>, content: &[u8], packed: Option<Vec<u8>>) {
+        let hash = blake3::hash(content).to_hex().to_string();
+        let size = content.len() as u64;
+        let data = match packed {
+            Some(packed) if packed.len() < content.len() => self.push_data(&packed, Compression::Zstd, size, hash),
+            _ => self.push_data(content, Compression::None, size, hash),
+        };
+        self.commands.push(Command::Create {
+            path: path.to_string(),
+            mode,
+            data,
+        });
+    }
+
+    /// Stores a delta of `new` against `old` and adds the patch command.
+    fn push_patch(&mut self, path: &str, old: &[u8], new: &[u8], delta: &[u8]) {
+        let hash = blake3::hash(new).to_hex().to_string();
+        let base_hash = blake3::hash(old).to_hex().to_string();
+        let data = self.push_data(delta, Compression::Zstd, new.len() as u64, hash);
+        self.commands.push(Command::Patch {
+            path: path.to_string(),
+            base_hash,
+            data,
+        });
     }
 
     /// Adds any command without data.
