@@ -3,6 +3,9 @@
 //!
 //! Every name a lab creates carries its run id (`tl<id>...`), and a state file under
 //! `/run/tern-lab/` records the owning process; a later lab removes whatever a crashed run left behind.
+//! Each lab takes its own address block 10.B.0.0/16 (B from 77 up, claimed with a lock file under
+//! `/run/tern-lab/blocks/`), so labs built at the same time (tests run in parallel) never put two
+//! bridges with the same subnet in the root namespace.
 //! Without root (or without namespaces) a lab runs in loopback mode: each host is a distinct 127.0.0.x
 //! address on this machine, with no multicast, isolation or rate limits.
 
@@ -16,6 +19,9 @@ use tracing::{debug, warn};
 
 /// Where lab state files live.
 const STATE_DIR: &str = "/run/tern-lab";
+
+/// The second octets labs may take (10.B.S.H): 50 labs at a time on one machine.
+const BLOCKS: std::ops::Range<u8> = 77..127;
 
 /// Errors of the lab.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +58,7 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 struct SegmentSpec {
     name: String,
-    /// Third octet of 10.77.N.0/24.
+    /// Third octet of 10.B.N.0/24.
     index: u8,
 }
 
@@ -76,7 +82,7 @@ impl LabSpec {
         Self::default()
     }
 
-    /// Adds a LAN segment (addresses 10.77.N.0/24, N counting from 1).
+    /// Adds a LAN segment (addresses 10.B.N.0/24, N counting from 1; B is the lab's block).
     pub fn segment(mut self, name: &str) -> Self {
         let index = self.segments.len() as u8 + 1;
         self.segments.push(SegmentSpec {
@@ -242,6 +248,8 @@ impl Drop for HostProcess {
 pub struct Lab {
     mode: Mode,
     id: String,
+    /// Second octet of every address of this lab.
+    block: u8,
     hosts: BTreeMap<String, Host>,
     bridges: Vec<String>,
     router: Option<String>,
@@ -268,6 +276,7 @@ impl Lab {
         Lab {
             mode: Mode::Loopback,
             id: String::new(),
+            block: 0,
             hosts,
             bridges: Vec::new(),
             router: None,
@@ -281,9 +290,17 @@ impl Lab {
         let id = format!("{:x}", (std::process::id() % 0xfff) * 16 + counter % 16);
         std::fs::create_dir_all(STATE_DIR)?;
         std::fs::write(state_file(&id), std::process::id().to_string())?;
+        let block = match claim_block(&id) {
+            Ok(block) => block,
+            Err(error) => {
+                let _ = std::fs::remove_file(state_file(&id));
+                return Err(error);
+            }
+        };
         let mut lab = Lab {
             mode: Mode::Namespaces,
             id: id.clone(),
+            block,
             hosts: BTreeMap::new(),
             bridges: Vec::new(),
             router: None,
@@ -304,7 +321,7 @@ impl Lab {
             ip(&[
                 "addr",
                 "add",
-                &format!("10.77.{}.253/24", segment.index),
+                &format!("10.{block}.{}.253/24", segment.index),
                 "dev",
                 &bridge,
             ])?;
@@ -324,7 +341,7 @@ impl Lab {
             ])?;
             ip(&["link", "set", &link, "master", &bridge])?;
             ip(&["link", "set", &link, "up"])?;
-            let router_addr = format!("10.77.{}.254/24", segment.index);
+            let router_addr = format!("10.{block}.{}.254/24", segment.index);
             ns_exec(
                 &router,
                 &["ip", "addr", "add", &router_addr, "dev", &format!("s{}", segment.name)],
@@ -338,7 +355,7 @@ impl Lab {
             })?;
             let number = per_segment.entry(segment.name.clone()).or_insert(0);
             *number += 1;
-            let addr = Ipv4Addr::new(10, 77, segment.index, *number);
+            let addr = Ipv4Addr::new(10, block, segment.index, *number);
             let namespace = format!("tl{id}-{}", host.name);
             ip(&["netns", "add", &namespace])?;
             let link = format!("tl{id}v{index}");
@@ -368,11 +385,11 @@ impl Lab {
                     "add",
                     "default",
                     "via",
-                    &format!("10.77.{}.254", segment.index),
+                    &format!("10.{block}.{}.254", segment.index),
                 ],
             )?;
         }
-        debug!(id = %lab.id, hosts = lab.hosts.len(), "lab built");
+        debug!(id = %lab.id, block = lab.block, hosts = lab.hosts.len(), "lab built");
         Ok(lab)
     }
 
@@ -526,6 +543,63 @@ fn state_file(id: &str) -> PathBuf {
     PathBuf::from(STATE_DIR).join(format!("{id}.pid"))
 }
 
+fn blocks_dir() -> PathBuf {
+    PathBuf::from(STATE_DIR).join("blocks")
+}
+
+/// Claims a free address block for lab `id`: the first block whose lock file can be created. A lock file
+/// whose lab has no state file any more (torn down, or cleaned as a crashed run's) is stale and is taken over.
+fn claim_block(id: &str) -> Result<u8, LabError> {
+    let dir = blocks_dir();
+    std::fs::create_dir_all(&dir)?;
+    for block in BLOCKS {
+        let path = dir.join(block.to_string());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    std::io::Write::write_all(&mut file, id.as_bytes())?;
+                    return Ok(block);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    // An empty file is a claim being written right now (unless it is old: its writer died).
+                    let fresh = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
+                    let held = if holder.is_empty() {
+                        fresh
+                    } else {
+                        state_file(holder.trim()).exists()
+                    };
+                    if held {
+                        break;
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Err(LabError::Spec(format!(
+        "every lab address block 10.{}-{}.0.0/16 is in use: too many labs running on this machine \
+         (their state is in {STATE_DIR})",
+        BLOCKS.start,
+        BLOCKS.end - 1
+    )))
+}
+
+/// Frees the address blocks held by lab `id`.
+fn release_blocks(id: &str) {
+    let Ok(entries) = std::fs::read_dir(blocks_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if std::fs::read_to_string(entry.path()).is_ok_and(|holder| holder.trim() == id) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Removes everything of run `id`: processes, namespaces, links, its state file.
 fn teardown_id(id: &str) {
     let prefix = format!("tl{id}-");
@@ -539,6 +613,7 @@ fn teardown_id(id: &str) {
     for link in list_links().into_iter().filter(|l| l.starts_with(&link_prefix)) {
         let _ = ip(&["link", "del", &link]);
     }
+    release_blocks(id);
     let _ = std::fs::remove_file(state_file(id));
 }
 
@@ -566,6 +641,9 @@ pub fn clean_leftovers() {
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        if path.extension().is_none_or(|e| e != "pid") {
+            continue;
+        }
         let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
             continue;
         };
