@@ -136,6 +136,12 @@ impl<R> Running<R> {
         }
     }
 
+    /// Runs `task` as part of the role: [`Running::wait`] and [`Running::shutdown`] wait for it too, so it
+    /// must end when the role's token is cancelled.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
     /// A token that stops the role when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -15,6 +15,8 @@ use ed25519_dalek::SigningKey;
 use tern_tree::{ChangeKind, Snapshot, differences, scan};
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
 
+use crate::rules::CompiledRules;
+
 /// How files are carried.
 #[derive(Debug, Clone)]
 pub struct PlanPolicy {
@@ -137,11 +139,41 @@ pub fn plan_kind(
     signing: &SigningKey,
     kind: AssignmentKind,
 ) -> Result<Plan, PlanError> {
+    plan_site(
+        staging,
+        shadow,
+        shadow_snapshot,
+        publication,
+        policy,
+        signing,
+        kind,
+        None,
+    )
+}
+
+/// [`plan_kind`] publishing only the staging files the site's `rules` admit (the others count as absent, so
+/// one published before is removed).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_site(
+    staging: &Path,
+    shadow: &Path,
+    shadow_snapshot: &Snapshot,
+    publication: &Publication<'_>,
+    policy: &PlanPolicy,
+    signing: &SigningKey,
+    kind: AssignmentKind,
+    rules: Option<&CompiledRules>,
+) -> Result<Plan, PlanError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source: std::io::Error| PlanError::Io { what, path, source }
     };
-    let staged = scan(staging, &Snapshot::new()).map_err(io("staging tree", staging))?;
+    // The shadow snapshot was scanned from the previous staging tree: a file with the same size and
+    // modification time keeps its hash, so an unchanged tree is not read again.
+    let mut staged = scan(staging, shadow_snapshot).map_err(io("staging tree", staging))?;
+    if let Some(rules) = rules {
+        rules.filter(&mut staged);
+    }
     let mut builder = Builder::new(
         publication.id,
         kind,

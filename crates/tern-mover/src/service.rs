@@ -1,10 +1,10 @@
-//! The mover's service: the JSON API (nodes register, jobs are created and watched) and the job runner that
-//! plans assignments and delivers them to nodes over HTTP in two phases — content to every node, then, once
-//! a quorum has it prepared, the commit — so every node switches at once. This is the star the seed names as
-//! the simplest distribution tree; the store-and-forward tree and LAN multicast come in part 2 behind the
-//! same delivery step.
+//! The mover's service: the scheduler loop that starts due jobs (deciding conflicts with
+//! [`crate::schedule::decide`]), the job runners, and the delivery of assignments to nodes over HTTP in two
+//! phases — content to every node, then, once a quorum has it prepared, the commit — so every node switches
+//! at once. This is the star the seed names as the simplest distribution tree; the store-and-forward tree
+//! and LAN multicast come in part 2 behind the same delivery step ([`Mover::deliver_all`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,30 +12,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::Request;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
-use tern_http::Body;
-use tern_http::server::{Handler, Running, ServerLimits, serve};
+use tern_http::server::{Running, ServerLimits};
 use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
-use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::plan::{Plan, PlanPolicy, Publication, plan_kind};
-use crate::store::{Node, Store};
+use crate::metrics::MoverMetrics;
+use crate::plan::{Plan, PlanPolicy, Publication, plan_site};
+use crate::rules::Rules;
+use crate::schedule::{Claim, ConflictPolicy, Decision, JobSpec, Target, decide};
+use crate::store::{Job, Node, Site, SnapshotRecord, Store};
+use crate::versions::{SiteDir, unpack_tree};
 
 /// Settings of the mover.
 #[derive(Debug, Clone)]
 pub struct MoverConfig {
     /// API listener.
     pub listen: SocketAddr,
-    /// Data directory (database, keys, shadow copies, assignments).
+    /// Admin listener (`/metrics`, `/status`), if any.
+    pub admin: Option<SocketAddr>,
+    /// Data directory (database, keys, shadow copies, snapshots, checkpoints).
     pub data: PathBuf,
     /// How files are carried.
     pub policy: PlanPolicy,
@@ -53,17 +56,26 @@ pub struct Mover {
     signing: SigningKey,
     store: Mutex<Store>,
     client: Client<HttpConnector, Full<Bytes>>,
-    site_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Guards each site's shadow copy while it is read (planning) or replaced (commit, rollback).
+    shadow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Jobs running now, with the nodes they hold.
+    running: Mutex<Vec<Claim>>,
+    /// Wakes the scheduler (a job was submitted or finished).
+    wake: Notify,
     next_job: std::sync::atomic::AtomicU64,
     /// When a node was last sent a catch-up for a site: a node that keeps failing is retried at most once per
     /// [`SYNCHRONISE_BACKOFF`], not on every registration.
     last_synchronise: Mutex<HashMap<(String, String), std::time::Instant>>,
+    metrics: MoverMetrics,
 }
 
 /// Least time between two catch-up jobs for the same node and site.
 const SYNCHRONISE_BACKOFF: Duration = Duration::from_secs(60);
 
-fn now_ms() -> u64 {
+/// Longest the scheduler sleeps between looks at the schedule.
+const SCHEDULER_TICK: Duration = Duration::from_millis(500);
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -81,17 +93,26 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] tern_admin::BindError),
 }
 
-/// Starts the mover.
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// It conflicts with a running job and its policy is `refuse`.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("mover database: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+/// Starts the mover: its API, its admin listener and its scheduler.
 pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartError> {
     let data_error = |path: &Path, reason: String| StartError::Data {
         path: path.to_path_buf(),
@@ -100,68 +121,62 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
     std::fs::create_dir_all(&config.data).map_err(|e| data_error(&config.data, e.to_string()))?;
     let signing = crate::keys::load_or_create(&config.data).map_err(|e| data_error(&config.data, e.to_string()))?;
     let store = Store::open(&config.data.join("mover.db")).map_err(|e| data_error(&config.data, e.to_string()))?;
-    let interrupted = store
-        .fail_interrupted(now_ms())
+    let (resumed, failed) = store
+        .recover_interrupted(now_ms())
         .map_err(|e| data_error(&config.data, e.to_string()))?;
-    if interrupted > 0 {
-        warn!(jobs = interrupted, "jobs interrupted by a restart were marked failed");
+    if resumed + failed > 0 {
+        warn!(
+            resumed,
+            failed, "jobs interrupted by a restart: retried where their policy allows, failed otherwise"
+        );
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let listen = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let mover = Arc::new(Mover {
-        config,
+        config: config.clone(),
         signing,
         store: Mutex::new(store),
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-        site_locks: Mutex::new(HashMap::new()),
+        shadow_locks: Mutex::new(HashMap::new()),
+        running: Mutex::new(Vec::new()),
+        wake: Notify::new(),
         next_job: std::sync::atomic::AtomicU64::new(0),
         last_synchronise: Mutex::new(HashMap::new()),
+        metrics: MoverMetrics::new(),
     });
-    let shutdown = CancellationToken::new();
-    let handler = Arc::new(Api { mover: mover.clone() });
-    let task = tokio::spawn(serve(listener, handler, ServerLimits::default(), shutdown.clone()));
-    info!(%listen, data = %mover.config.data.display(), "mover started");
-    Ok(Running::new(listen, None, mover, shutdown, vec![task]))
+    let api = Arc::new(crate::api::Api::new(mover.clone()));
+    let routes = mover.clone();
+    let mut running = tern_admin::launch(
+        config.listen,
+        api,
+        ServerLimits::default(),
+        config.admin,
+        move |_| routes,
+        mover.clone(),
+    )
+    .await?;
+    running.spawn(scheduler(mover.clone(), running.shutdown_token()));
+    info!(listen = %running.listen, admin = ?running.admin, data = %config.data.display(), "mover started");
+    Ok(running)
 }
 
-#[derive(Deserialize)]
-struct Registration {
-    name: String,
-    url: String,
-    #[serde(default)]
-    free_disk: u64,
-    #[serde(default)]
-    versions: HashMap<String, u64>,
-}
-
-#[derive(Deserialize)]
-struct JobRequest {
-    kind: String,
-    site: String,
-    staging: Option<String>,
-    checkpoint: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct CheckpointRequest {
-    site: String,
+/// Starts due jobs until shutdown.
+async fn scheduler(mover: Arc<Mover>, shutdown: CancellationToken) {
+    loop {
+        mover.dispatch();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = mover.wake.notified() => {}
+            _ = tokio::time::sleep(SCHEDULER_TICK) => {}
+        }
+    }
 }
 
 impl Mover {
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn site_lock(&self, site: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.site_locks
+    fn shadow_lock(&self, site: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.shadow_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(site.to_string())
@@ -174,8 +189,13 @@ impl Mover {
         format!("{kind}-{}-{n}", now_ms())
     }
 
-    fn site_dir(&self, site: &str) -> PathBuf {
-        self.config.data.join("sites").join(site)
+    fn site_dir(&self, site: &str) -> SiteDir {
+        SiteDir::new(&self.config.data, site)
+    }
+
+    /// The mover's metrics.
+    pub fn metrics(&self) -> &MoverMetrics {
+        &self.metrics
     }
 
     /// Registered nodes.
@@ -183,152 +203,365 @@ impl Mover {
         self.store().nodes().unwrap_or_default()
     }
 
-    /// A job's current view, for the API.
-    pub fn job(&self, id: &str) -> Option<crate::store::Job> {
+    /// A job's current view.
+    pub fn job(&self, id: &str) -> Option<Job> {
         self.store().job(id).ok().flatten()
     }
 
-    /// Creates and starts a job; returns its id.
-    pub fn submit(
-        self: &Arc<Self>,
-        kind: &str,
-        site: &str,
-        staging: Option<&str>,
-        only_node: Option<&str>,
-    ) -> Result<String, String> {
-        if site.is_empty()
-            || !site
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || site.starts_with('.')
-        {
-            return Err(format!("`{site}` is not a plain site name"));
+    /// The nodes a job is for, now.
+    fn resolve(&self, spec: &JobSpec) -> Result<BTreeSet<String>, rusqlite::Error> {
+        if !spec.uses_nodes() {
+            return Ok(BTreeSet::new());
         }
-        let nodes: Vec<String> = match only_node {
-            Some(node) => vec![node.to_string()],
-            None => self
-                .store()
-                .nodes()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|n| n.name)
-                .collect(),
+        let store = self.store();
+        let target = match &spec.target {
+            Some(target) => target.clone(),
+            None => store.site(&spec.site)?.map(|s| s.target).unwrap_or_default(),
         };
-        if nodes.is_empty() {
-            return Err("no nodes are registered; start `tern node --mover URL ...` first".into());
+        store.target_nodes(&target)
+    }
+
+    fn claim(&self, id: &str, spec: &JobSpec, nodes: BTreeSet<String>) -> Claim {
+        Claim {
+            job: id.to_string(),
+            site: spec.site.clone(),
+            changes_version: spec.changes_version(),
+            nodes,
+            on_conflict: spec.on_conflict,
         }
-        if kind == "publish" || kind == "restore" {
-            let staging = staging.ok_or("a publish needs a staging directory (a restore a checkpoint)")?;
-            if !Path::new(staging).is_dir() {
-                return Err(format!("staging directory {staging} does not exist"));
+    }
+
+    /// Accepts a job due at `due_ms` (now or earlier: as soon as it does not conflict); returns its id.
+    pub fn submit(&self, spec: JobSpec, due_ms: u64) -> Result<String, SubmitError> {
+        spec.validate().map_err(SubmitError::Invalid)?;
+        if let Some(staging) = &spec.staging
+            && spec.kind == "publish"
+            && !Path::new(staging).is_dir()
+        {
+            return Err(SubmitError::Invalid(format!(
+                "staging directory {staging} does not exist (on the mover's machine)"
+            )));
+        }
+        let site = self.store().site(&spec.site)?;
+        if site.is_none() && !matches!(spec.kind.as_str(), "publish") {
+            return Err(SubmitError::Invalid(format!(
+                "site {} was never published; publish it first",
+                spec.site
+            )));
+        }
+        if let Some(number) = spec.checkpoint
+            && !self.site_dir(&spec.site).checkpoint(number).is_dir()
+        {
+            return Err(SubmitError::Invalid(format!(
+                "site {} has no checkpoint {number} (see GET /api/checkpoints?site={})",
+                spec.site, spec.site
+            )));
+        }
+        if let Some(Target::Group(group)) = &spec.target
+            && self.store().target_nodes(&Target::Group(group.clone()))?.is_empty()
+        {
+            return Err(SubmitError::Invalid(format!(
+                "group {group} has no registered nodes (nodes join with `tern node --group {group}`, or PUT /api/groups/{group})"
+            )));
+        }
+        let now = now_ms();
+        if due_ms <= now && spec.on_conflict == ConflictPolicy::Refuse {
+            let claim = self.claim("new", &spec, self.resolve(&spec)?);
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some((_, Decision::Refuse(other))) = decide(&running, &[claim]).pop() {
+                return Err(SubmitError::Conflict(format!(
+                    "job {other} is running for {} on the same nodes; this job's policy is to refuse (use on_conflict \"queue\" to wait)",
+                    spec.site
+                )));
             }
         }
-        let id = self.new_job_id(kind);
-        self.store()
-            .create_job(&id, kind, site, staging, &nodes, now_ms())
-            .map_err(|e| e.to_string())?;
-        let mover = self.clone();
-        let job = id.clone();
-        let site = site.to_string();
-        let kind = kind.to_string();
-        tokio::spawn(async move {
-            let lock = mover.site_lock(&site);
-            // Jobs for the same site run one after the other; others run alongside.
-            let _guard = lock.lock().await;
-            let _ = mover.store().set_job_state(&job, "running", None, now_ms());
-            let outcome = match kind.as_str() {
-                "publish" => mover.run_publish(&job, &site, &nodes, false).await,
-                "restore" => mover.run_publish(&job, &site, &nodes, true).await,
-                "synchronise" => mover.run_synchronise(&job, &site, &nodes).await,
-                "rollback" => mover.run_rollback(&job, &site, &nodes).await,
-                other => Err(format!("unknown job kind `{other}`")),
-            };
-            let state = match &outcome {
-                Ok(()) => "committed",
-                Err(_) => "failed",
-            };
-            let _ = mover
-                .store()
-                .set_job_state(&job, state, outcome.as_ref().err().map(String::as_str), now_ms());
-            info!(%job, %site, state, "job finished");
-        });
+        let id = self.new_job_id(&spec.kind);
+        self.store().create_job(&id, &spec, due_ms.max(now), now)?;
+        self.wake.notify_one();
         Ok(id)
     }
 
-    /// Publishes the job's staging tree; a `restore` sends it whole (the nodes' trees start empty) and
-    /// removes the unpacked checkpoint afterwards.
-    async fn run_publish(
-        self: &Arc<Self>,
-        job: &str,
-        site: &str,
-        nodes: &[String],
-        restore: bool,
-    ) -> Result<(), String> {
-        let staging = self
-            .store()
-            .job_staging(job)
-            .map_err(|e| e.to_string())?
-            .ok_or("job has no staging directory")?;
-        let outcome = self.publish_tree(job, site, nodes, &staging, restore).await;
-        if restore {
-            let _ = std::fs::remove_dir_all(&staging);
+    /// Cancels a job that has not started (a repeating job's next run ends the series).
+    pub fn cancel(&self, id: &str) -> Result<(), SubmitError> {
+        let Some(job) = self.job(id) else {
+            return Err(SubmitError::Invalid(format!("no job {id}")));
+        };
+        match job.state.as_str() {
+            "scheduled" | "queued" => {
+                self.store()
+                    .set_job_state(id, "cancelled", Some("cancelled by the operator"), now_ms())?;
+                Ok(())
+            }
+            "running" => Err(SubmitError::Conflict(format!(
+                "job {id} is running; it commits or fails within the delivery timeout"
+            ))),
+            state => Err(SubmitError::Conflict(format!("job {id} has already ended ({state})"))),
         }
+    }
+
+    /// Starts the jobs that are due and do not conflict with running ones.
+    fn dispatch(self: &Arc<Self>) {
+        let now = now_ms();
+        let pending = match self.store().pending_jobs() {
+            Ok(pending) => pending,
+            Err(error) => {
+                warn!(%error, "cannot read the schedule");
+                return;
+            }
+        };
+        let mut due = Vec::new();
+        let mut claims = Vec::new();
+        for job in pending {
+            if job.state == "running" || job.due_ms > now {
+                continue;
+            }
+            match self.resolve(&job.spec) {
+                Ok(nodes) => {
+                    claims.push(self.claim(&job.id, &job.spec, nodes));
+                    due.push(job);
+                }
+                Err(error) => warn!(job = %job.id, %error, "cannot resolve the job's nodes"),
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let decisions = decide(&running, &claims);
+        for ((job, claim), (_, decision)) in due.into_iter().zip(claims).zip(decisions) {
+            match decision {
+                Decision::Start if job.spec.uses_nodes() && claim.nodes.is_empty() => {
+                    let _ = self.store().set_job_state(
+                        &job.id,
+                        "failed",
+                        Some("no registered nodes to run on; start `tern node --mover URL ...` first"),
+                        now,
+                    );
+                    self.metrics.job(&job.spec.kind, "failed");
+                    self.schedule_repeat(&job);
+                }
+                Decision::Start => {
+                    if let Err(error) = self.store().start_job(&job.id, &claim.nodes, now) {
+                        warn!(job = %job.id, %error, "cannot start the job");
+                        continue;
+                    }
+                    let nodes: Vec<String> = claim.nodes.iter().cloned().collect();
+                    running.push(claim);
+                    let mover = self.clone();
+                    tokio::spawn(async move { mover.execute(job, nodes).await });
+                }
+                Decision::Wait(other) => {
+                    let _ = self
+                        .store()
+                        .queue_job(&job.id, &format!("waiting for job {other}"), now);
+                }
+                Decision::Refuse(other) => {
+                    let reason = format!("refused: job {other} was running for the same site and nodes");
+                    let _ = self.store().set_job_state(&job.id, "refused", Some(&reason), now);
+                    self.metrics.job(&job.spec.kind, "refused");
+                    self.schedule_repeat(&job);
+                }
+            }
+        }
+        self.metrics.jobs_running.set(running.len() as i64);
+    }
+
+    /// Runs one try of a job and records how it ended: committed, failed, or back on the schedule for a
+    /// retry; a repeating job's next run is scheduled once this one has ended.
+    async fn execute(self: Arc<Self>, job: Job, nodes: Vec<String>) {
+        let (id, site) = (job.id.as_str(), job.spec.site.as_str());
+        info!(job = %id, kind = %job.spec.kind, %site, nodes = nodes.len(), attempt = job.attempt + 1, "job running");
+        let outcome = match job.spec.kind.as_str() {
+            "publish" => self.run_publish(&job, &nodes).await,
+            "restore" => self.run_restore(&job, &nodes).await,
+            "synchronise" => self.run_synchronise(id, site, &nodes, false).await,
+            "replicate" => self.run_synchronise(id, site, &nodes, true).await,
+            "rollback" => self.run_rollback(id, site, &nodes).await,
+            "remove" => self.run_remove(id, site, &nodes).await,
+            "checkpoint" => self.checkpoint(site).await.map(|_| ()),
+            other => Err(format!("unknown job kind `{other}`")),
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|claim| claim.job != id);
+        let now = now_ms();
+        let attempts = job.attempt + 1;
+        match outcome {
+            Ok(()) => {
+                let _ = self.store().set_job_state(id, "committed", None, now);
+                self.metrics.job(&job.spec.kind, "committed");
+                info!(job = %id, %site, "job committed");
+                self.schedule_repeat(&job);
+            }
+            Err(error) if attempts <= job.spec.retries => {
+                let due = now + job.spec.retry_delay_s * 1000;
+                let _ = self.store().retry_job(id, &error, due, now);
+                self.metrics.job(&job.spec.kind, "retried");
+                warn!(job = %id, %site, %error, attempt = attempts, retries = job.spec.retries, "job failed; tried again later");
+            }
+            Err(error) => {
+                let _ = self.store().set_job_state(id, "failed", Some(&error), now);
+                self.metrics.job(&job.spec.kind, "failed");
+                warn!(job = %id, %site, %error, "job failed");
+                self.schedule_repeat(&job);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Schedules the next run of a repeating job, at the first multiple of its period after now.
+    fn schedule_repeat(&self, job: &Job) {
+        let Some(every) = job.spec.every_s.map(|s| s.max(1) * 1000) else {
+            return;
+        };
+        let now = now_ms();
+        let mut next = job.due_ms + every;
+        if next <= now {
+            next += (now - next) / every * every + every;
+        }
+        let id = self.new_job_id(&job.spec.kind);
+        match self.store().create_job(&id, &job.spec, next, now) {
+            Ok(()) => {
+                info!(job = %id, after = %job.id, in_s = (next - now) / 1000, "next run of a repeating job scheduled")
+            }
+            Err(error) => warn!(job = %job.id, %error, "cannot schedule the next run of a repeating job"),
+        }
+    }
+
+    async fn run_publish(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<(), String> {
+        let staging = job.spec.staging.clone().ok_or("a publish needs a staging directory")?;
+        if !Path::new(&staging).is_dir() {
+            return Err(format!("staging directory {staging} does not exist"));
+        }
+        let rules = job.spec.rules.clone();
+        self.publish_tree(job, nodes, PathBuf::from(staging), false, rules)
+            .await
+    }
+
+    /// A restore publishes the checkpoint's tree whole (the nodes' trees start empty) as a new version.
+    async fn run_restore(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<(), String> {
+        let number = job.spec.checkpoint.ok_or("a restore names a checkpoint")?;
+        let site_dir = self.site_dir(&job.spec.site);
+        let packed = site_dir.checkpoint(number);
+        let unpacked = site_dir.path().join(format!("restore-{}", job.id));
+        let target = unpacked.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&target);
+            unpack_tree(&packed, &target)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("checkpoint {number}: {e}"))?;
+        let outcome = self
+            .publish_tree(job, nodes, unpacked.clone(), true, Some(Rules::default()))
+            .await;
+        let _ = std::fs::remove_dir_all(&unpacked);
         outcome
     }
 
     async fn publish_tree(
         self: &Arc<Self>,
-        job: &str,
-        site: &str,
+        job: &Job,
         nodes: &[String],
-        staging: &str,
+        staging: PathBuf,
         restore: bool,
+        rules: Option<Rules>,
     ) -> Result<(), String> {
-        let staging = staging.to_string();
-        let (sequence, snapshot) = match self.store().site(site).map_err(|e| e.to_string())? {
-            Some((sequence, snapshot)) => (
-                sequence,
-                serde_json::from_str::<Snapshot>(&snapshot).unwrap_or_default(),
-            ),
-            None => (0, Snapshot::new()),
-        };
-        let next = sequence + 1;
-        let site_dir = self.site_dir(site);
-        let shadow = site_dir.join("shadow");
-        let (base, kind) = if restore {
-            (None, AssignmentKind::Restore)
+        let (id, name) = (job.id.as_str(), job.spec.site.as_str());
+        let site = self.store().site(name).map_err(|e| e.to_string())?;
+        let mut site = site.unwrap_or_else(|| Site {
+            name: name.to_string(),
+            sequence: 0,
+            previous: 0,
+            high: 0,
+            target: Target::All,
+            rules: Rules::default(),
+            snapshot: String::new(),
+        });
+        let rules = rules.unwrap_or_else(|| site.rules.clone());
+        let published: Snapshot = serde_json::from_str(&site.snapshot).unwrap_or_default();
+        let next = site.high.max(site.sequence) + 1;
+        let site_dir = self.site_dir(name);
+        let kind = if restore {
+            AssignmentKind::Restore
         } else {
-            (Some((shadow.clone(), snapshot)), AssignmentKind::Publish)
+            AssignmentKind::Publish
         };
-        let planned = self
-            .plan_in_background(job, site, next, PathBuf::from(&staging), base, kind)
-            .await?;
-        info!(%job, %site, created = planned.stats.created, patched = planned.stats.patched, removed = planned.stats.removed,
-              bytes = planned.stats.assignment_bytes, "publish planned");
-        let prepared = self.deliver_all(job, nodes, &planned.assignment, "prepared").await;
+        let planned = {
+            let lock = self.shadow_lock(name);
+            let _guard = lock.lock().await;
+            let base = if restore { Snapshot::new() } else { published.clone() };
+            let planned = self
+                .plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
+                .await?;
+            let (dir, snapshot, staging, published) = (
+                site_dir.clone(),
+                planned.snapshot.clone(),
+                staging.clone(),
+                published.clone(),
+            );
+            tokio::task::spawn_blocking(move || dir.stage_next(&staging, &published, &snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("shadow copy: {e}"))?;
+            planned
+        };
+        info!(job = %id, site = %name, version = next, created = planned.stats.created, patched = planned.stats.patched,
+              removed = planned.stats.removed, bytes = planned.stats.assignment_bytes, "publish planned");
+        let prepared = self.deliver_all(id, nodes, &planned.assignment, "prepared").await;
         let quorum = self.config.quorum.unwrap_or(nodes.len()).min(nodes.len());
         if prepared.len() < quorum {
+            site_dir.discard_next();
             return Err(format!(
                 "{} of {} nodes prepared, {quorum} needed; nothing was switched",
                 prepared.len(),
                 nodes.len()
             ));
         }
-        let commit = self.commit_assignment(job, site, next)?;
-        let committed = self.deliver_all(job, &prepared, &commit, "committed").await;
-        for node in &committed {
-            let _ = self.store().set_node_version(node, site, next);
+        let commit = self.commit_assignment(id, name, next)?;
+        let committed = self.deliver_all(id, &prepared, &commit, "committed").await;
+        {
+            let lock = self.shadow_lock(name);
+            let _guard = lock.lock().await;
+            let dir = site_dir.clone();
+            tokio::task::spawn_blocking(move || dir.promote_next())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("shadow copy: {e}"))?;
+            if !restore {
+                // The snapshot of this version: with it, a node one or a few versions behind is brought up
+                // to date with the deltas rather than a full copy.
+                match site_dir.save_snapshot(next, &planned.assignment) {
+                    Ok(()) => {
+                        let record = SnapshotRecord {
+                            sequence: next,
+                            base: site.sequence,
+                            job: id.to_string(),
+                            bytes: planned.assignment.len() as u64,
+                            created_ms: now_ms(),
+                        };
+                        let _ = self.store().add_snapshot(name, &record);
+                    }
+                    Err(error) => warn!(site = %name, version = next, %error, "snapshot not kept"),
+                }
+            }
+            site.previous = site.sequence;
+            site.sequence = next;
+            site.high = next;
+            site.rules = rules;
+            if let Some(target) = &job.spec.target
+                && !matches!(target, Target::Node(_))
+            {
+                site.target = target.clone();
+            }
+            site.snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
+            let store = self.store();
+            store.save_site(&site).map_err(|e| e.to_string())?;
+            for node in &committed {
+                let _ = store.set_node_version(node, name, next);
+            }
         }
-        // The shadow copy becomes the published tree; the previous one is kept for rollback.
-        let (staging, site_dir_owned) = (PathBuf::from(&staging), site_dir.clone());
-        tokio::task::spawn_blocking(move || rotate_shadow(&site_dir_owned, &staging))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("shadow copy: {e}"))?;
-        let snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
-        self.store()
-            .set_site(site, next, &snapshot)
-            .map_err(|e| e.to_string())?;
         if committed.len() < nodes.len() {
             return Err(format!(
                 "committed on {} of {} nodes; the others are brought up to date when they register again",
@@ -339,33 +572,39 @@ impl Mover {
         Ok(())
     }
 
-    /// Creates a checkpoint of the site's published tree (a compressed full copy); keeps the newest ones.
-    pub async fn checkpoint(self: &Arc<Self>, site: &str) -> Result<u64, String> {
-        let Some((sequence, _)) = self.store().site(site).map_err(|e| e.to_string())? else {
-            return Err(format!("site {site} was never published"));
+    /// Creates a checkpoint of the site's published tree (a compressed full copy); keeps the newest ones and
+    /// forgets the snapshots it covers.
+    pub async fn checkpoint(&self, name: &str) -> Result<u64, String> {
+        let Some(site) = self.store().site(name).map_err(|e| e.to_string())? else {
+            return Err(format!("site {name} was never published"));
         };
-        let lock = self.site_lock(site);
+        let lock = self.shadow_lock(name);
         let _guard = lock.lock().await;
-        let site_dir = self.site_dir(site);
-        let staging_dir = site_dir.join("checkpoints").join(".new");
-        let (shadow, target) = (site_dir.join("shadow"), staging_dir.clone());
-        let bytes = tokio::task::spawn_blocking(move || pack_tree(&shadow, &target))
+        let site_dir = self.site_dir(name);
+        let number = self
+            .store()
+            .checkpoints(name)
+            .map_err(|e| e.to_string())?
+            .last()
+            .map_or(1, |(n, ..)| n + 1);
+        let dir = site_dir.clone();
+        let bytes = tokio::task::spawn_blocking(move || dir.create_checkpoint(number))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("checkpoint: {e}"))?;
-        let number = self
-            .store()
-            .add_checkpoint(site, sequence, bytes, now_ms())
+        let store = self.store();
+        store
+            .add_checkpoint(name, site.sequence, bytes, now_ms())
             .map_err(|e| e.to_string())?;
-        std::fs::rename(&staging_dir, site_dir.join("checkpoints").join(number.to_string()))
-            .map_err(|e| e.to_string())?;
-        let all = self.store().checkpoints(site).map_err(|e| e.to_string())?;
+        let _ = store.drop_snapshots_through(name, site.sequence);
+        site_dir.drop_snapshots_through(site.sequence);
+        let all = store.checkpoints(name).map_err(|e| e.to_string())?;
         let excess = all.len().saturating_sub(self.config.checkpoints_kept.max(1));
         for (old, ..) in all.iter().take(excess) {
-            let _ = std::fs::remove_dir_all(site_dir.join("checkpoints").join(old.to_string()));
-            let _ = self.store().remove_checkpoint(site, *old);
+            let _ = std::fs::remove_dir_all(site_dir.checkpoint(*old));
+            let _ = store.remove_checkpoint(name, *old);
         }
-        info!(%site, number, sequence, bytes, "checkpoint created");
+        info!(site = %name, number, version = site.sequence, bytes, "checkpoint created");
         Ok(number)
     }
 
@@ -379,104 +618,199 @@ impl Mover {
             .collect()
     }
 
-    /// Unpacks checkpoint `number` of `site` into a fresh directory for a restore job.
-    fn unpack_checkpoint(&self, site: &str, number: u64) -> Result<String, String> {
-        let packed = self.site_dir(site).join("checkpoints").join(number.to_string());
-        if !packed.is_dir() {
-            return Err(format!(
-                "site {site} has no checkpoint {number} (see GET /api/checkpoints?site={site})"
-            ));
-        }
-        let target = self
-            .site_dir(site)
-            .join(format!("restore-{}", self.new_job_id("unpack")));
-        unpack_tree(&packed, &target).map_err(|e| format!("checkpoint {number}: {e}"))?;
-        Ok(target.display().to_string())
-    }
-
-    async fn run_synchronise(self: &Arc<Self>, job: &str, site: &str, nodes: &[String]) -> Result<(), String> {
-        let Some((sequence, _)) = self.store().site(site).map_err(|e| e.to_string())? else {
-            return Err(format!("site {site} was never published"));
+    /// Brings nodes to the published version. A node whose version is the base of a chain of snapshots
+    /// gets those deltas, one version after the other; any other (or every one, for a `replicate`) gets a
+    /// full copy. Nodes already at the version are left alone.
+    async fn run_synchronise(
+        self: &Arc<Self>,
+        job: &str,
+        name: &str,
+        nodes: &[String],
+        full: bool,
+    ) -> Result<(), String> {
+        let Some(site) = self.store().site(name).map_err(|e| e.to_string())? else {
+            return Err(format!("site {name} was never published"));
         };
-        let shadow = self.site_dir(site).join("shadow");
-        let full = self
-            .plan_in_background(job, site, sequence, shadow, None, AssignmentKind::Replicate)
-            .await?;
-        let prepared = self.deliver_all(job, nodes, &full.assignment, "prepared").await;
-        let commit = self.commit_assignment(job, site, sequence)?;
-        let committed = self.deliver_all(job, &prepared, &commit, "committed").await;
-        for node in &committed {
-            let _ = self.store().set_node_version(node, site, sequence);
+        let site_dir = self.site_dir(name);
+        let snapshots = self.store().snapshots(name).map_err(|e| e.to_string())?;
+        let mut whole = Vec::new();
+        let mut current = Vec::new();
+        for node in nodes {
+            let held = self.store().node_version(node, name).map_err(|e| e.to_string())?;
+            if held == site.sequence && !full {
+                let _ = self.store().set_job_node(job, node, "committed", 0, None);
+                current.push(node.clone());
+                continue;
+            }
+            let chain = if full {
+                None
+            } else {
+                chain(&snapshots, held, site.sequence)
+            };
+            match chain {
+                Some(chain) if self.deliver_chain(job, name, node, &site_dir, &chain).await => {
+                    current.push(node.clone())
+                }
+                _ => whole.push(node.clone()),
+            }
         }
-        if committed.len() < nodes.len() {
-            return Err("some nodes could not be brought up to date".into());
+        if !whole.is_empty() {
+            let full_copy = {
+                let lock = self.shadow_lock(name);
+                let _guard = lock.lock().await;
+                self.plan_in_background(
+                    job,
+                    name,
+                    site.sequence,
+                    site_dir.shadow(),
+                    Snapshot::new(),
+                    AssignmentKind::Replicate,
+                    Rules::default(),
+                )
+                .await?
+            };
+            let prepared = self.deliver_all(job, &whole, &full_copy.assignment, "prepared").await;
+            let commit = self.commit_assignment(job, name, site.sequence)?;
+            let committed = self.deliver_all(job, &prepared, &commit, "committed").await;
+            for node in &committed {
+                let _ = self.store().set_node_version(node, name, site.sequence);
+            }
+            current.extend(committed);
+        }
+        if current.len() < nodes.len() {
+            return Err(format!("{} of {} nodes brought up to date", current.len(), nodes.len()));
         }
         Ok(())
     }
 
-    async fn run_rollback(self: &Arc<Self>, job: &str, site: &str, nodes: &[String]) -> Result<(), String> {
-        let Some((sequence, _)) = self.store().site(site).map_err(|e| e.to_string())? else {
-            return Err(format!("site {site} was never published"));
-        };
-        let site_dir = self.site_dir(site);
-        if !site_dir.join("shadow-previous").is_dir() {
-            return Err(format!("site {site} has no previous version to roll back to"));
+    /// Delivers the snapshots `chain` (versions in order) to one node, each followed by its commit.
+    async fn deliver_chain(
+        self: &Arc<Self>,
+        job: &str,
+        name: &str,
+        node: &str,
+        site_dir: &SiteDir,
+        chain: &[u64],
+    ) -> bool {
+        let node_list = [node.to_string()];
+        for &version in chain {
+            let Ok(assignment) = site_dir.load_snapshot(version) else {
+                return false;
+            };
+            if self
+                .deliver_all(job, &node_list, &assignment, "prepared")
+                .await
+                .is_empty()
+            {
+                return false;
+            }
+            let Ok(commit) = self.commit_assignment(job, name, version) else {
+                return false;
+            };
+            if self.deliver_all(job, &node_list, &commit, "committed").await.is_empty() {
+                return false;
+            }
+            let _ = self.store().set_node_version(node, name, version);
         }
-        let mut builder = Builder::new(
-            job,
-            AssignmentKind::Rollback,
-            site,
-            sequence.saturating_sub(1),
-            None,
-            now_ms(),
-        );
+        true
+    }
+
+    async fn run_rollback(self: &Arc<Self>, job: &str, name: &str, nodes: &[String]) -> Result<(), String> {
+        let Some(mut site) = self.store().site(name).map_err(|e| e.to_string())? else {
+            return Err(format!("site {name} was never published"));
+        };
+        let site_dir = self.site_dir(name);
+        if site.previous == 0 || !site_dir.previous().is_dir() {
+            return Err(format!("site {name} has no previous version to roll back to"));
+        }
+        let mut builder = Builder::new(job, AssignmentKind::Rollback, name, site.previous, None, now_ms());
         builder.command(Command::Rollback);
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())
             .map_err(|e| e.to_string())?;
         let done = self.deliver_all(job, nodes, &assignment, "committed").await;
-        let previous = site_dir.join("shadow-previous");
+        let lock = self.shadow_lock(name);
+        let _guard = lock.lock().await;
+        let dir = site_dir.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> std::io::Result<Snapshot> {
-            let current = site_dir.join("shadow");
-            let swap = site_dir.join("shadow-swap");
-            std::fs::rename(&current, &swap)?;
-            std::fs::rename(&previous, &current)?;
-            std::fs::rename(&swap, &previous)?;
-            tern_tree::scan(&current, &Snapshot::new())
+            dir.swap_previous()?;
+            tern_tree::scan(&dir.shadow(), &Snapshot::new())
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        let snapshot = serde_json::to_string(&snapshot).map_err(|e| e.to_string())?;
-        self.store()
-            .set_site(site, sequence.saturating_sub(1), &snapshot)
-            .map_err(|e| e.to_string())?;
+        // The versions swap too: rolling back twice returns to where it started.
+        (site.sequence, site.previous) = (site.previous, site.sequence);
+        site.snapshot = serde_json::to_string(&snapshot).map_err(|e| e.to_string())?;
+        let store = self.store();
+        store.save_site(&site).map_err(|e| e.to_string())?;
         for node in &done {
-            let _ = self.store().set_node_version(node, site, sequence.saturating_sub(1));
+            let _ = store.set_node_version(node, name, site.sequence);
         }
         if done.len() < nodes.len() {
-            return Err(format!("rolled back on {} of {} nodes", done.len(), nodes.len()));
+            return Err(format!(
+                "rolled back on {} of {} nodes; the others are brought to the rolled-back version when they register again",
+                done.len(),
+                nodes.len()
+            ));
         }
         Ok(())
     }
 
-    /// Plans an assignment on a blocking thread. `base` is the shadow copy and its snapshot to diff
-    /// against; without one every file is sent whole (a full copy: the node's tree starts empty).
+    /// Removes the site from its nodes and stops hosting it. The mover's copies are kept aside under
+    /// `DATA/removed/` for the operator to delete.
+    async fn run_remove(self: &Arc<Self>, job: &str, name: &str, nodes: &[String]) -> Result<(), String> {
+        let sequence = self
+            .store()
+            .site(name)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |s| s.high.max(s.sequence) + 1);
+        let builder = Builder::new(job, AssignmentKind::Remove, name, sequence, None, now_ms());
+        let assignment = builder
+            .finish(&self.signing, self.config.policy.encryption.as_ref())
+            .map_err(|e| e.to_string())?;
+        let done = self.deliver_all(job, nodes, &assignment, "committed").await;
+        if done.len() < nodes.len() {
+            return Err(format!(
+                "removed from {} of {} nodes; the site is still hosted (run the remove again)",
+                done.len(),
+                nodes.len()
+            ));
+        }
+        let lock = self.shadow_lock(name);
+        let _guard = lock.lock().await;
+        let removed = self.config.data.join("removed");
+        std::fs::create_dir_all(&removed).map_err(|e| e.to_string())?;
+        let site_dir = self.site_dir(name);
+        if site_dir.path().exists() {
+            std::fs::rename(site_dir.path(), removed.join(format!("{name}-{}", now_ms())))
+                .map_err(|e| e.to_string())?;
+        }
+        self.store().forget_site(name, now_ms()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Plans an assignment on a blocking thread. `base` describes the shadow copy to diff against; an empty
+    /// one sends every file whole (a full copy: the node's tree starts empty).
+    #[allow(clippy::too_many_arguments)]
     async fn plan_in_background(
         &self,
         job: &str,
         site: &str,
         sequence: u64,
         staging: PathBuf,
-        base: Option<(PathBuf, Snapshot)>,
+        base: Snapshot,
         kind: AssignmentKind,
+        rules: Rules,
     ) -> Result<Plan, String> {
+        let compiled = rules.compile().map_err(|e| e.to_string())?;
         let (signing, policy, site, job) = (
             self.signing.clone(),
             self.config.policy.clone(),
             site.to_string(),
             job.to_string(),
         );
+        let shadow = self.site_dir(&site).shadow();
         tokio::task::spawn_blocking(move || {
             let publication = Publication {
                 id: &job,
@@ -484,9 +818,16 @@ impl Mover {
                 sequence,
                 created_ms: now_ms(),
             };
-            // An empty snapshot makes every file new, so the shadow path is never read for a full copy.
-            let (shadow, snapshot) = base.unwrap_or_else(|| (PathBuf::new(), Snapshot::new()));
-            plan_kind(&staging, &shadow, &snapshot, &publication, &policy, &signing, kind)
+            plan_site(
+                &staging,
+                &shadow,
+                &base,
+                &publication,
+                &policy,
+                &signing,
+                kind,
+                Some(&compiled),
+            )
         })
         .await
         .map_err(|e| e.to_string())?
@@ -501,7 +842,8 @@ impl Mover {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends `assignment` to every node at once; returns the nodes that applied it.
+    /// Sends `assignment` to every node at once; returns the nodes that applied it. This is the delivery
+    /// step the store-and-forward tree and multicast of part 2 replace.
     async fn deliver_all(
         self: &Arc<Self>,
         job: &str,
@@ -531,6 +873,7 @@ impl Mover {
             let Ok((node, bytes, outcome)) = task.await else {
                 continue;
             };
+            self.metrics.delivery(outcome.is_ok(), bytes);
             match outcome {
                 Ok(()) => {
                     let _ = self.store().set_job_node(job, &node, success_state, bytes, None);
@@ -575,43 +918,43 @@ impl Mover {
         }
     }
 
-    fn register(self: &Arc<Self>, registration: Registration) -> Result<serde_json::Value, String> {
-        let node = Node {
-            name: registration.name.clone(),
-            url: registration.url,
-            last_seen_ms: now_ms(),
-            free_disk: registration.free_disk,
-        };
-        let versions: Vec<(String, u64)> = registration.versions.into_iter().collect();
+    /// Registers a node; a node that is behind on a site it hosts (it was down, or a delivery failed) is
+    /// brought up to date by itself.
+    pub(crate) fn register(&self, node: Node, versions: Vec<(String, u64)>) -> Result<serde_json::Value, String> {
         self.store().register(&node, &versions).map_err(|e| e.to_string())?;
-        // A node that is behind (it was down, or a delivery failed) is brought up to date by itself.
-        let sites: Vec<(String, u64)> = {
-            let store = self.store();
-            let names = site_names(&self.config.data);
-            names
-                .into_iter()
-                .filter_map(|site| store.site(&site).ok().flatten().map(|(sequence, _)| (site, sequence)))
-                .collect()
-        };
+        let sites = self.store().sites().map_err(|e| e.to_string())?;
+        let pending = self.store().pending_jobs().map_err(|e| e.to_string())?;
+        let now = now_ms();
         let mut started = Vec::new();
-        for (site, sequence) in sites {
-            let held = self.store().node_version(&node.name, &site).unwrap_or(0);
-            let busy = self.site_lock(&site).try_lock().is_err();
-            let recently = {
-                let last = self.last_synchronise.lock().unwrap_or_else(|p| p.into_inner());
-                last.get(&(node.name.clone(), site.clone()))
-                    .is_some_and(|at| at.elapsed() < SYNCHRONISE_BACKOFF)
-            };
-            if held != sequence
-                && !busy
-                && !recently
-                && let Ok(id) = self.submit("synchronise", &site, None, Some(&node.name))
-            {
+        for site in sites {
+            let hosts = self
+                .store()
+                .target_nodes(&site.target)
+                .map_err(|e| e.to_string())?
+                .contains(&node.name);
+            let held = self.store().node_version(&node.name, &site.name).unwrap_or(0);
+            // A job for the site due now will bring the node along (or conflicts with a catch-up anyway).
+            let busy = pending
+                .iter()
+                .any(|job| job.spec.site == site.name && job.due_ms <= now);
+            let key = (node.name.clone(), site.name.clone());
+            let recently = self
+                .last_synchronise
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < SYNCHRONISE_BACKOFF);
+            if !hosts || held == site.sequence || busy || recently {
+                continue;
+            }
+            let mut spec = JobSpec::new("synchronise", &site.name);
+            spec.target = Some(Target::Node(node.name.clone()));
+            if let Ok(id) = self.submit(spec, now) {
                 self.last_synchronise
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert((node.name.clone(), site.clone()), std::time::Instant::now());
-                info!(node = %node.name, %site, held, sequence, job = %id, "node is behind; synchronising it");
+                    .insert(key, std::time::Instant::now());
+                info!(node = %node.name, site = %site.name, held, version = site.sequence, job = %id, "node is behind; synchronising it");
                 started.push(id);
             }
         }
@@ -619,189 +962,74 @@ impl Mover {
     }
 }
 
-fn site_names(data: &Path) -> Vec<String> {
-    std::fs::read_dir(data.join("sites"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .collect()
+/// The versions to apply, in order, to go from `held` to `target` through snapshots whose bases link up;
+/// none when the chain is broken (a checkpoint dropped part of it, or the node holds a version off the line).
+fn chain(snapshots: &[SnapshotRecord], held: u64, target: u64) -> Option<Vec<u64>> {
+    if held == 0 {
+        return None;
+    }
+    let mut versions = Vec::new();
+    let mut at = target;
+    while at != held {
+        let record = snapshots.iter().find(|s| s.sequence == at)?;
+        versions.push(at);
+        at = record.base;
+        if versions.len() > snapshots.len() {
+            return None;
+        }
+    }
+    versions.reverse();
+    Some(versions)
+}
+
+impl tern_admin::AdminRoutes for Mover {
+    fn status(&self) -> serde_json::Value {
+        let store = self.store();
+        serde_json::json!({
+            "role": "mover",
+            "nodes": store.nodes().unwrap_or_default(),
+            "sites": store.sites().unwrap_or_default(),
+            "jobs_pending": store.pending_jobs().map(|j| j.len()).unwrap_or(0),
         })
-        .unwrap_or_default()
+    }
+
+    fn registry(&self) -> &prometheus_client::registry::Registry {
+        &self.metrics.registry
+    }
+
+    fn refresh_metrics(&self) {
+        let store = self.store();
+        self.metrics
+            .nodes
+            .set(store.nodes().map(|n| n.len()).unwrap_or(0) as i64);
+        self.metrics
+            .jobs_pending
+            .set(store.pending_jobs().map(|j| j.len()).unwrap_or(0) as i64);
+    }
 }
 
-/// Copies a tree with every file zstd-compressed (`<name>.zst`); returns the bytes written.
-fn pack_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
-    if to.exists() {
-        std::fs::remove_dir_all(to)?;
-    }
-    std::fs::create_dir_all(to)?;
-    let mut written = 0;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let name = entry.file_name();
-        if kind.is_dir() {
-            written += pack_tree(&entry.path(), &to.join(&name))?;
-        } else if kind.is_file() {
-            let packed = zstd::bulk::compress(&std::fs::read(entry.path())?, 9)?;
-            written += packed.len() as u64;
-            let mut target = name.clone();
-            target.push(".zst");
-            std::fs::write(to.join(target), packed)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sequence: u64, base: u64) -> SnapshotRecord {
+        SnapshotRecord {
+            sequence,
+            base,
+            job: format!("j{sequence}"),
+            bytes: 1,
+            created_ms: 0,
         }
     }
-    Ok(written)
-}
 
-/// The inverse of [`pack_tree`].
-fn unpack_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let name = entry.file_name();
-        if kind.is_dir() {
-            unpack_tree(&entry.path(), &to.join(&name))?;
-        } else if let Some(original) = name.to_str().and_then(|n| n.strip_suffix(".zst")) {
-            let mut decoder = zstd::stream::read::Decoder::new(std::fs::File::open(entry.path())?)?;
-            let mut file = std::fs::File::create(to.join(original))?;
-            std::io::copy(&mut decoder, &mut file)?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes `staging`'s tree the shadow copy, keeping the previous shadow as `shadow-previous`.
-fn rotate_shadow(site_dir: &Path, staging: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(site_dir)?;
-    let fresh = site_dir.join("shadow-new");
-    if fresh.exists() {
-        std::fs::remove_dir_all(&fresh)?;
-    }
-    copy_tree(staging, &fresh)?;
-    let shadow = site_dir.join("shadow");
-    let previous = site_dir.join("shadow-previous");
-    if shadow.exists() {
-        if previous.exists() {
-            std::fs::remove_dir_all(&previous)?;
-        }
-        std::fs::rename(&shadow, &previous)?;
-    }
-    std::fs::rename(&fresh, &shadow)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-struct Api {
-    mover: Arc<Mover>,
-}
-
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    tern_admin::json(status, &value)
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    tern_admin::json_error(status, message)
-}
-
-impl Handler for Api {
-    async fn call(&self, request: Request<Incoming>, _client: SocketAddr) -> Response<Body> {
-        let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, 1 << 20).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB"),
-        };
-        let path = parts.uri.path();
-        let mover = &self.mover;
-        match (&parts.method, path) {
-            (&Method::POST, "/api/nodes/register") => match serde_json::from_slice::<Registration>(&body) {
-                Ok(registration) => match mover.register(registration) {
-                    Ok(value) => json(StatusCode::OK, value),
-                    Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
-                },
-                Err(e) => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("registration must be {{\"name\", \"url\", \"versions\"}}: {e}"),
-                ),
-            },
-            (&Method::GET, "/api/nodes") => json(
-                StatusCode::OK,
-                serde_json::json!(mover.store().nodes().unwrap_or_default()),
-            ),
-            (&Method::POST, "/api/checkpoints") => match serde_json::from_slice::<CheckpointRequest>(&body) {
-                Ok(request) => match mover.checkpoint(&request.site).await {
-                    Ok(number) => json(
-                        StatusCode::OK,
-                        serde_json::json!({ "site": request.site, "number": number }),
-                    ),
-                    Err(message) => error(StatusCode::BAD_REQUEST, message),
-                },
-                Err(e) => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("a checkpoint request is {{\"site\"}}: {e}"),
-                ),
-            },
-            (&Method::GET, "/api/checkpoints") => {
-                let site = parts
-                    .uri
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("site=")))
-                    .unwrap_or("");
-                json(StatusCode::OK, serde_json::json!(mover.checkpoints(site)))
-            }
-            (&Method::POST, "/api/jobs") => match serde_json::from_slice::<JobRequest>(&body) {
-                Ok(request) if request.kind == "restore" => {
-                    let Some(number) = request.checkpoint else {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "a restore names a checkpoint: {\"kind\": \"restore\", \"site\", \"checkpoint\": N}",
-                        );
-                    };
-                    match mover
-                        .unpack_checkpoint(&request.site, number)
-                        .and_then(|dir| mover.submit("restore", &request.site, Some(&dir), None))
-                    {
-                        Ok(id) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": id })),
-                        Err(message) => error(StatusCode::BAD_REQUEST, message),
-                    }
-                }
-                Ok(request) => match mover.submit(&request.kind, &request.site, request.staging.as_deref(), None) {
-                    Ok(id) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": id })),
-                    Err(message) => error(StatusCode::BAD_REQUEST, message),
-                },
-                Err(e) => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("a job is {{\"kind\": \"publish\"|\"rollback\", \"site\", \"staging\"}}: {e}"),
-                ),
-            },
-            (&Method::GET, "/api/jobs") => {
-                let ids = mover.store().job_ids(100).unwrap_or_default();
-                let jobs: Vec<_> = ids.iter().filter_map(|id| mover.job(id)).collect();
-                json(StatusCode::OK, serde_json::json!(jobs))
-            }
-            (&Method::GET, _) if path.starts_with("/api/jobs/") => match mover.job(&path["/api/jobs/".len()..]) {
-                Some(job) => json(StatusCode::OK, serde_json::json!(job)),
-                None => error(StatusCode::NOT_FOUND, "no such job"),
-            },
-            (&Method::GET, "/status") => json(
-                StatusCode::OK,
-                serde_json::json!({ "role": "mover", "nodes": mover.store().nodes().unwrap_or_default().len(), "sites": site_names(&mover.config.data) }),
-            ),
-            _ => error(StatusCode::NOT_FOUND, format!("no endpoint {} {path}", parts.method)),
-        }
+    #[test]
+    fn a_chain_follows_the_bases_and_breaks_where_a_link_is_missing() {
+        // 1 -> 2 -> 3, a rollback to 2, then 4 made from 2.
+        let snapshots = [record(2, 1), record(3, 2), record(4, 2)];
+        assert_eq!(chain(&snapshots, 2, 4), Some(vec![4]));
+        assert_eq!(chain(&snapshots, 1, 4), Some(vec![2, 4]));
+        assert_eq!(chain(&snapshots, 3, 4), None, "3 is off the line that leads to 4");
+        assert_eq!(chain(&snapshots, 0, 4), None, "a node with nothing gets a full copy");
+        assert_eq!(chain(&[record(4, 2)], 1, 4), None, "2 was dropped by a checkpoint");
     }
 }

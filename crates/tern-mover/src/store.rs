@@ -1,11 +1,16 @@
-//! The mover's state in SQLite: hosted sites and their published version, registered nodes and the version
-//! each holds, jobs with their per-node state, and a history log. Every job's state is written here before
-//! it is acted on, so a restart finds it (seed 004's CCM database).
+//! The mover's state in SQLite (seed 004's CCM database): hosted sites with their published version, rules and
+//! target; registered nodes, the content groups they belong to and the version of each site they hold; jobs
+//! with their schedule, policies and per-node state; checkpoints; snapshots; and a history log. Every job's
+//! state is written here before it is acted on, so a restart finds it.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+use crate::rules::Rules;
+use crate::schedule::{JobSpec, Target};
 
 /// A registered node.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -18,6 +23,31 @@ pub struct Node {
     pub last_seen_ms: u64,
     /// Free disk bytes it reported.
     pub free_disk: u64,
+    /// CPUs it reported.
+    pub cpus: u32,
+    /// Content groups it belongs to.
+    pub groups: Vec<String>,
+}
+
+/// A hosted site.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Site {
+    /// Its name.
+    pub name: String,
+    /// The published version (0: none).
+    pub sequence: u64,
+    /// The version before it, kept for rollback (0: none).
+    pub previous: u64,
+    /// The highest version ever issued: a new version is always above it, so a version number names one
+    /// content even after a rollback.
+    pub high: u64,
+    /// Where it is hosted.
+    pub target: Target,
+    /// Which staging files are published.
+    pub rules: Rules,
+    /// The published tree (a `tern_tree::Snapshot` as JSON).
+    #[serde(skip)]
+    pub snapshot: String,
 }
 
 /// A job.
@@ -25,19 +55,37 @@ pub struct Node {
 pub struct Job {
     /// Id.
     pub id: String,
-    /// `publish`, `synchronise`, `rollback`.
-    pub kind: String,
-    /// Site.
-    pub site: String,
-    /// `queued`, `running`, `committed`, `failed`.
+    /// What it does.
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// `scheduled` (waiting for its time), `queued` (due, waiting for a conflicting job), `running`,
+    /// `committed`, `failed`, `refused`, `cancelled`.
     pub state: String,
-    /// Why it failed.
+    /// Why it failed, was refused, or is waiting.
     pub error: Option<String>,
     /// Per node: state and bytes sent.
     pub nodes: Vec<JobNode>,
     /// When it was created.
     pub created_ms: u64,
+    /// When it is (or was) due.
+    pub due_ms: u64,
+    /// Tries so far.
+    pub attempt: u32,
+    /// When the last try started.
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
 }
+
+impl Job {
+    /// Whether the job has ended (it will not run again).
+    pub fn finished(&self) -> bool {
+        FINISHED.contains(&self.state.as_str())
+    }
+}
+
+/// States a job ends in.
+pub const FINISHED: &[&str] = &["committed", "failed", "refused", "cancelled"];
 
 /// A node's part in a job.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -52,6 +100,21 @@ pub struct JobNode {
     pub error: Option<String>,
 }
 
+/// A snapshot: the assignment that made a version from the one before (kept until the next checkpoint).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// The version it made.
+    pub sequence: u64,
+    /// The version it applies to.
+    pub base: u64,
+    /// The job.
+    pub job: String,
+    /// Its size.
+    pub bytes: u64,
+    /// When.
+    pub created_ms: u64,
+}
+
 /// The database.
 pub struct Store {
     connection: Connection,
@@ -60,8 +123,22 @@ pub struct Store {
 /// Errors of the store.
 pub type StoreResult<T> = Result<T, rusqlite::Error>;
 
+/// Columns added after the first release, with their definitions: added to an older database at open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("sites", "previous", "INTEGER NOT NULL DEFAULT 0"),
+    ("sites", "high", "INTEGER NOT NULL DEFAULT 0"),
+    ("sites", "target", "TEXT NOT NULL DEFAULT '\"all\"'"),
+    ("sites", "rules", "TEXT NOT NULL DEFAULT '{}'"),
+    ("nodes", "cpus", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "spec", "TEXT"),
+    ("jobs", "due_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "attempt", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "started_ms", "INTEGER"),
+    ("jobs", "finished_ms", "INTEGER"),
+];
+
 impl Store {
-    /// Opens (creating) the database at `path`.
+    /// Opens (creating or upgrading) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<Store> {
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -70,49 +147,163 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, sequence INTEGER NOT NULL, snapshot TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, url TEXT NOT NULL, last_seen_ms INTEGER NOT NULL, free_disk INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS node_versions (node TEXT NOT NULL, site TEXT NOT NULL, sequence INTEGER NOT NULL, PRIMARY KEY (node, site));
+             CREATE TABLE IF NOT EXISTS memberships (grp TEXT NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (grp, node, source));
              CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, state TEXT NOT NULL,
                  error TEXT, staging TEXT, created_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS job_nodes (job TEXT NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, bytes INTEGER NOT NULL,
                  error TEXT, PRIMARY KEY (job, node));
              CREATE TABLE IF NOT EXISTS history (at_ms INTEGER NOT NULL, job TEXT, message TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS checkpoints (site TEXT NOT NULL, number INTEGER NOT NULL, sequence INTEGER NOT NULL,
-                 created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (site, number));",
+                 created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (site, number));
+             CREATE TABLE IF NOT EXISTS snapshots (site TEXT NOT NULL, sequence INTEGER NOT NULL, base INTEGER NOT NULL,
+                 job TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (site, sequence));",
         )?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: bool = connection.query_row(
+                &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |row| row.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if !present {
+                connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+            }
+        }
+        connection.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, due_ms)")?;
         Ok(Store { connection })
     }
 
-    /// A site's published sequence and snapshot (JSON).
-    pub fn site(&self, name: &str) -> StoreResult<Option<(u64, String)>> {
+    /// A hosted site.
+    pub fn site(&self, name: &str) -> StoreResult<Option<Site>> {
         self.connection
             .query_row(
-                "SELECT sequence, snapshot FROM sites WHERE name = ?1",
+                "SELECT name, sequence, previous, high, target, rules, snapshot FROM sites WHERE name = ?1",
                 params![name],
-                |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+                |row| {
+                    Ok(Site {
+                        name: row.get(0)?,
+                        sequence: row.get::<_, i64>(1)? as u64,
+                        previous: row.get::<_, i64>(2)? as u64,
+                        high: row.get::<_, i64>(3)? as u64,
+                        target: serde_json::from_str(&row.get::<_, String>(4)?).unwrap_or_default(),
+                        rules: serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default(),
+                        snapshot: row.get(6)?,
+                    })
+                },
             )
             .optional()
     }
 
-    /// Records a site's newly published version.
-    pub fn set_site(&self, name: &str, sequence: u64, snapshot: &str) -> StoreResult<()> {
+    /// Every hosted site.
+    pub fn sites(&self) -> StoreResult<Vec<Site>> {
+        let names: Vec<String> = {
+            let mut statement = self.connection.prepare("SELECT name FROM sites ORDER BY name")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect::<StoreResult<_>>()?
+        };
+        Ok(names.iter().filter_map(|n| self.site(n).ok().flatten()).collect())
+    }
+
+    /// Records a site's state (its new version, target, rules and published tree).
+    pub fn save_site(&self, site: &Site) -> StoreResult<()> {
         self.connection.execute(
-            "INSERT INTO sites (name, sequence, snapshot) VALUES (?1, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET sequence = excluded.sequence, snapshot = excluded.snapshot",
-            params![name, sequence as i64, snapshot],
+            "INSERT INTO sites (name, sequence, previous, high, target, rules, snapshot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET sequence = excluded.sequence, previous = excluded.previous, high = excluded.high,
+                 target = excluded.target, rules = excluded.rules, snapshot = excluded.snapshot",
+            params![
+                site.name,
+                site.sequence as i64,
+                site.previous as i64,
+                site.high.max(site.sequence) as i64,
+                serde_json::to_string(&site.target).unwrap_or_default(),
+                serde_json::to_string(&site.rules).unwrap_or_default(),
+                site.snapshot
+            ],
         )?;
         Ok(())
     }
 
-    /// Registers (or refreshes) a node and the versions it holds.
+    /// Forgets a site (after a remove job): its record, the versions nodes held and its snapshots.
+    pub fn forget_site(&self, name: &str, now_ms: u64) -> StoreResult<()> {
+        self.connection
+            .execute("DELETE FROM sites WHERE name = ?1", params![name])?;
+        self.connection
+            .execute("DELETE FROM node_versions WHERE site = ?1", params![name])?;
+        self.connection
+            .execute("DELETE FROM snapshots WHERE site = ?1", params![name])?;
+        self.log(None, &format!("site {name} removed"), now_ms)
+    }
+
+    /// Registers (or refreshes) a node, the versions it holds and the groups it declares (replacing the
+    /// groups it declared before; memberships set through the API stay).
     pub fn register(&self, node: &Node, versions: &[(String, u64)]) -> StoreResult<()> {
         self.connection.execute(
-            "INSERT INTO nodes (name, url, last_seen_ms, free_disk) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET url = excluded.url, last_seen_ms = excluded.last_seen_ms, free_disk = excluded.free_disk",
-            params![node.name, node.url, node.last_seen_ms as i64, node.free_disk as i64],
+            "INSERT INTO nodes (name, url, last_seen_ms, free_disk, cpus) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET url = excluded.url, last_seen_ms = excluded.last_seen_ms,
+                 free_disk = excluded.free_disk, cpus = excluded.cpus",
+            params![
+                node.name,
+                node.url,
+                node.last_seen_ms as i64,
+                node.free_disk as i64,
+                node.cpus as i64
+            ],
         )?;
+        self.connection.execute(
+            "DELETE FROM memberships WHERE node = ?1 AND source = 'node'",
+            params![node.name],
+        )?;
+        for group in &node.groups {
+            self.connection.execute(
+                "INSERT OR IGNORE INTO memberships (grp, node, source) VALUES (?1, ?2, 'node')",
+                params![group, node.name],
+            )?;
+        }
         for (site, sequence) in versions {
             self.set_node_version(&node.name, site, *sequence)?;
         }
         Ok(())
+    }
+
+    /// Sets the members of a group that the operator manages through the API.
+    pub fn set_group(&self, group: &str, nodes: &[String], now_ms: u64) -> StoreResult<()> {
+        self.connection.execute(
+            "DELETE FROM memberships WHERE grp = ?1 AND source = 'api'",
+            params![group],
+        )?;
+        for node in nodes {
+            self.connection.execute(
+                "INSERT OR IGNORE INTO memberships (grp, node, source) VALUES (?1, ?2, 'api')",
+                params![group, node],
+            )?;
+        }
+        self.log(None, &format!("group {group} set to {}", nodes.join(", ")), now_ms)
+    }
+
+    /// Every group with its members.
+    pub fn groups(&self) -> StoreResult<Vec<(String, Vec<String>)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT DISTINCT grp, node FROM memberships ORDER BY grp, node")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for row in rows {
+            let (group, node) = row?;
+            match groups.last_mut() {
+                Some((last, members)) if *last == group => members.push(node),
+                _ => groups.push((group, vec![node])),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The registered nodes a target names (a group's members that have registered).
+    pub fn target_nodes(&self, target: &Target) -> StoreResult<BTreeSet<String>> {
+        let nodes = self.nodes()?.into_iter();
+        Ok(match target {
+            Target::All => nodes.map(|n| n.name).collect(),
+            Target::Node(name) => nodes.filter(|n| &n.name == name).map(|n| n.name).collect(),
+            Target::Group(group) => nodes.filter(|n| n.groups.contains(group)).map(|n| n.name).collect(),
+        })
     }
 
     /// Records the version a node holds of a site.
@@ -140,58 +331,120 @@ impl Store {
 
     /// Every registered node.
     pub fn nodes(&self) -> StoreResult<Vec<Node>> {
+        let groups = self.groups()?;
         let mut statement = self
             .connection
-            .prepare("SELECT name, url, last_seen_ms, free_disk FROM nodes ORDER BY name")?;
+            .prepare("SELECT name, url, last_seen_ms, free_disk, cpus FROM nodes ORDER BY name")?;
         let rows = statement.query_map([], |row| {
+            let name: String = row.get(0)?;
             Ok(Node {
-                name: row.get(0)?,
+                groups: groups
+                    .iter()
+                    .filter(|(_, members)| members.contains(&name))
+                    .map(|(group, _)| group.clone())
+                    .collect(),
+                name,
                 url: row.get(1)?,
                 last_seen_ms: row.get::<_, i64>(2)? as u64,
                 free_disk: row.get::<_, i64>(3)? as u64,
+                cpus: row.get::<_, i64>(4)? as u32,
             })
         })?;
         rows.collect()
     }
 
-    /// Creates a job for `nodes`.
-    pub fn create_job(
-        &self,
-        id: &str,
-        kind: &str,
-        site: &str,
-        staging: Option<&str>,
-        nodes: &[String],
-        now_ms: u64,
-    ) -> StoreResult<()> {
+    /// Creates a job, due at `due_ms` (state `scheduled`).
+    pub fn create_job(&self, id: &str, spec: &JobSpec, due_ms: u64, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
-            "INSERT INTO jobs (id, kind, site, state, error, staging, created_ms) VALUES (?1, ?2, ?3, 'queued', NULL, ?4, ?5)",
-            params![id, kind, site, staging, now_ms as i64],
+            "INSERT INTO jobs (id, kind, site, state, error, staging, created_ms, spec, due_ms, attempt)
+             VALUES (?1, ?2, ?3, 'scheduled', NULL, ?4, ?5, ?6, ?7, 0)",
+            params![
+                id,
+                spec.kind,
+                spec.site,
+                spec.staging,
+                now_ms as i64,
+                serde_json::to_string(spec).unwrap_or_default(),
+                due_ms as i64
+            ],
         )?;
+        let when = if due_ms > now_ms {
+            format!(" due in {} s", (due_ms - now_ms).div_ceil(1000))
+        } else {
+            String::new()
+        };
+        self.log(
+            Some(id),
+            &format!(
+                "{} of {} for {} created{when}",
+                spec.kind,
+                spec.site,
+                spec.target
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or("its nodes".into())
+            ),
+            now_ms,
+        )
+    }
+
+    /// Marks a job running on `nodes` (a new try: the per-node states start again).
+    pub fn start_job(&self, id: &str, nodes: &BTreeSet<String>, now_ms: u64) -> StoreResult<()> {
+        self.connection
+            .execute("DELETE FROM job_nodes WHERE job = ?1", params![id])?;
         for node in nodes {
             self.connection.execute(
                 "INSERT INTO job_nodes (job, node, state, bytes, error) VALUES (?1, ?2, 'pending', 0, NULL)",
                 params![id, node],
             )?;
         }
-        self.log(
-            Some(id),
-            &format!("{kind} of {site} created for {} nodes", nodes.len()),
-            now_ms,
-        )
+        self.connection.execute(
+            "UPDATE jobs SET state = 'running', error = NULL, attempt = attempt + 1, started_ms = ?2 WHERE id = ?1",
+            params![id, now_ms as i64],
+        )?;
+        self.log(Some(id), &format!("job running on {} nodes", nodes.len()), now_ms)
     }
 
-    /// Sets a job's state.
+    /// Sets a job's state; a finished state records when it finished.
     pub fn set_job_state(&self, id: &str, state: &str, error: Option<&str>, now_ms: u64) -> StoreResult<()> {
+        let finished = FINISHED.contains(&state).then_some(now_ms as i64);
         self.connection.execute(
-            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1",
-            params![id, state, error],
+            "UPDATE jobs SET state = ?2, error = ?3, finished_ms = COALESCE(?4, finished_ms) WHERE id = ?1",
+            params![id, state, error, finished],
         )?;
         self.log(
             Some(id),
             &format!("job {state}{}", error.map(|e| format!(": {e}")).unwrap_or_default()),
             now_ms,
         )
+    }
+
+    /// Puts a failed try back on the schedule, due at `due_ms`.
+    pub fn retry_job(&self, id: &str, error: &str, due_ms: u64, now_ms: u64) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = 'scheduled', error = ?2, due_ms = ?3 WHERE id = ?1",
+            params![id, error, due_ms as i64],
+        )?;
+        self.log(
+            Some(id),
+            &format!(
+                "try failed ({error}); tried again in {} s",
+                due_ms.saturating_sub(now_ms) / 1000
+            ),
+            now_ms,
+        )
+    }
+
+    /// Notes why a due job waits (state `queued`), without logging it again and again.
+    pub fn queue_job(&self, id: &str, reason: &str, now_ms: u64) -> StoreResult<()> {
+        let changed = self.connection.execute(
+            "UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1 AND (state != 'queued' OR error IS NOT ?2)",
+            params![id, reason],
+        )?;
+        if changed > 0 {
+            self.log(Some(id), reason, now_ms)?;
+        }
+        Ok(())
     }
 
     /// Sets a node's state in a job.
@@ -208,17 +461,31 @@ impl Store {
         let job = self
             .connection
             .query_row(
-                "SELECT id, kind, site, state, error, created_ms FROM jobs WHERE id = ?1",
+                "SELECT id, kind, site, state, error, created_ms, spec, staging, due_ms, attempt, started_ms, finished_ms
+                 FROM jobs WHERE id = ?1",
                 params![id],
                 |row| {
+                    let (kind, site): (String, String) = (row.get(1)?, row.get(2)?);
+                    // Jobs written before specs were stored have only kind, site and staging.
+                    let spec = row
+                        .get::<_, Option<String>>(6)?
+                        .and_then(|text| serde_json::from_str::<JobSpec>(&text).ok())
+                        .unwrap_or_else(|| {
+                            let mut spec = JobSpec::new(&kind, &site);
+                            spec.staging = row.get(7).ok().flatten();
+                            spec
+                        });
                     Ok(Job {
                         id: row.get(0)?,
-                        kind: row.get(1)?,
-                        site: row.get(2)?,
+                        spec,
                         state: row.get(3)?,
                         error: row.get(4)?,
                         nodes: Vec::new(),
                         created_ms: row.get::<_, i64>(5)? as u64,
+                        due_ms: row.get::<_, i64>(8)? as u64,
+                        attempt: row.get::<_, i64>(9)? as u32,
+                        started_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+                        finished_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
                     })
                 },
             )
@@ -250,36 +517,46 @@ impl Store {
         rows.collect()
     }
 
-    /// The staging directory of a job.
-    pub fn job_staging(&self, id: &str) -> StoreResult<Option<String>> {
-        Ok(self
-            .connection
-            .query_row("SELECT staging FROM jobs WHERE id = ?1", params![id], |row| row.get(0))
-            .optional()?
-            .flatten())
-    }
-
-    /// Jobs left running or queued by a previous run of the mover: they fail cleanly, never stay running.
-    pub fn fail_interrupted(&self, now_ms: u64) -> StoreResult<usize> {
+    /// Jobs that are not finished, in the order they are due (then created).
+    pub fn pending_jobs(&self) -> StoreResult<Vec<Job>> {
         let ids: Vec<String> = {
-            let mut statement = self
-                .connection
-                .prepare("SELECT id FROM jobs WHERE state IN ('queued', 'running')")?;
+            let mut statement = self.connection.prepare(
+                "SELECT id FROM jobs WHERE state IN ('scheduled', 'queued', 'running') ORDER BY due_ms, created_ms, id",
+            )?;
             let rows = statement.query_map([], |row| row.get(0))?;
             rows.collect::<StoreResult<_>>()?
         };
-        for id in &ids {
-            self.set_job_state(
-                id,
-                "failed",
-                Some("the mover restarted during the job; publish again"),
-                now_ms,
-            )?;
-        }
-        Ok(ids.len())
+        Ok(ids.iter().filter_map(|id| self.job(id).ok().flatten()).collect())
     }
 
-    /// Records a checkpoint; returns its number.
+    /// Jobs left running by a previous run of the mover. Each is tried again when its policy allows
+    /// (it resumes from the start: assignments are idempotent on the nodes) or fails cleanly; none stays
+    /// running. Scheduled and queued jobs stay on the schedule. Returns (tried again, failed).
+    pub fn recover_interrupted(&self, now_ms: u64) -> StoreResult<(usize, usize)> {
+        let running: Vec<Job> = self
+            .pending_jobs()?
+            .into_iter()
+            .filter(|job| job.state == "running")
+            .collect();
+        let (mut resumed, mut failed) = (0, 0);
+        for job in running {
+            if job.attempt <= job.spec.retries {
+                self.retry_job(&job.id, "the mover restarted during the job", now_ms, now_ms)?;
+                resumed += 1;
+            } else {
+                self.set_job_state(
+                    &job.id,
+                    "failed",
+                    Some("the mover restarted during the job; submit it again"),
+                    now_ms,
+                )?;
+                failed += 1;
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    /// Records a checkpoint; returns its number. The snapshots it supersedes are forgotten.
     pub fn add_checkpoint(&self, site: &str, sequence: u64, bytes: u64, now_ms: u64) -> StoreResult<u64> {
         let number: i64 = self.connection.query_row(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM checkpoints WHERE site = ?1",
@@ -321,6 +598,59 @@ impl Store {
             params![site, number as i64],
         )?;
         Ok(())
+    }
+
+    /// Records the snapshot of a successful publish.
+    pub fn add_snapshot(&self, site: &str, record: &SnapshotRecord) -> StoreResult<()> {
+        self.connection.execute(
+            "INSERT OR REPLACE INTO snapshots (site, sequence, base, job, bytes, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                site,
+                record.sequence as i64,
+                record.base as i64,
+                record.job,
+                record.bytes as i64,
+                record.created_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A site's snapshots, oldest first.
+    pub fn snapshots(&self, site: &str) -> StoreResult<Vec<SnapshotRecord>> {
+        let mut statement = self.connection.prepare(
+            "SELECT sequence, base, job, bytes, created_ms FROM snapshots WHERE site = ?1 ORDER BY sequence",
+        )?;
+        let rows = statement.query_map(params![site], |row| {
+            Ok(SnapshotRecord {
+                sequence: row.get::<_, i64>(0)? as u64,
+                base: row.get::<_, i64>(1)? as u64,
+                job: row.get(2)?,
+                bytes: row.get::<_, i64>(3)? as u64,
+                created_ms: row.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Forgets the snapshots of versions up to `sequence` (a checkpoint now covers them).
+    pub fn drop_snapshots_through(&self, site: &str, sequence: u64) -> StoreResult<()> {
+        self.connection.execute(
+            "DELETE FROM snapshots WHERE site = ?1 AND sequence <= ?2",
+            params![site, sequence as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The newest history entries: (at, job, message), newest first.
+    pub fn history(&self, limit: usize) -> StoreResult<Vec<(u64, Option<String>, String)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT at_ms, job, message FROM history ORDER BY rowid DESC LIMIT ?1")?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)? as u64, row.get(1)?, row.get(2)?))
+        })?;
+        rows.collect()
     }
 
     fn log(&self, job: Option<&str>, message: &str, now_ms: u64) -> StoreResult<()> {

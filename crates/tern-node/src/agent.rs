@@ -1,5 +1,5 @@
 //! `tern node`: the agent on each backend server (seed 004). It registers with the mover (name, address,
-//! free disk, the version of each site it holds) at start and then periodically, takes assignments over
+//! free disk, CPUs, content groups, the version of each site it holds) at start and then periodically, takes assignments over
 //! HTTP, checks their signature and hashes before anything touches disk, and applies them with the
 //! content interpreter. A node that was down registers again when it is back, and the mover brings it up to
 //! date.
@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How often to register again.
     pub register_interval: Duration,
+    /// Content groups this node declares itself a member of.
+    pub groups: Vec<String>,
 }
 
 /// A running node agent.
@@ -120,6 +122,9 @@ async fn register_loop(agent: Arc<NodeAgent>, bound: SocketAddr, shutdown: Cance
             "name": agent.config.name,
             "url": agent.url(bound),
             "versions": agent.versions(),
+            "free_disk": free_disk(&agent.config.root),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "groups": agent.config.groups,
         })
         .to_string();
         let outcome = async {
@@ -141,6 +146,13 @@ async fn register_loop(agent: Arc<NodeAgent>, bound: SocketAddr, shutdown: Cance
             _ = tokio::time::sleep(agent.config.register_interval) => {}
         }
     }
+}
+
+/// Bytes free for unprivileged use on the file system holding `root` (0 when unknown).
+fn free_disk(root: &std::path::Path) -> u64 {
+    rustix::fs::statvfs(root)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0)
 }
 
 fn anyhow_like(status: StatusCode) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

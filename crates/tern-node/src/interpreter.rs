@@ -129,6 +129,16 @@ impl Interpreter {
     pub fn apply(&self, assignment: &Assignment) -> Result<Applied, ApplyError> {
         let site_dir = self.site_dir(&assignment.header.site)?;
         let io = |index: usize, op: &'static str| move |source: std::io::Error| ApplyError::Io { index, op, source };
+        if assignment.header.kind == AssignmentKind::Remove {
+            // The site goes at once (one rename out of the root), then its files are deleted.
+            if site_dir.exists() {
+                let trash = self.root.join(unique(&format!(".removed-{}-", assignment.header.site)));
+                std::fs::rename(&site_dir, &trash).map_err(io(0, "remove"))?;
+                std::fs::remove_dir_all(&trash).map_err(io(0, "remove"))?;
+            }
+            info!(site = %assignment.header.site, id = %assignment.header.id, "site removed");
+            return Ok(Applied::default());
+        }
         std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let temp = site_dir.join("temp");
         // An assignment with content commands prepares a fresh temp tree; a commit-only assignment (the

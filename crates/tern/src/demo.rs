@@ -366,13 +366,14 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         listen: loopback(if fixed { MOVER_PORT } else { 0 }),
         data: base.join("mover"),
         policy: tern_mover::PlanPolicy::default(),
+        admin: None,
         quorum: None,
         delivery_timeout: std::time::Duration::from_secs(60),
         checkpoints_kept: 3,
     };
     let mover = match tern_mover::service::start(config.clone()).await {
         Ok(mover) => mover,
-        Err(tern_mover::service::StartError::Bind { .. }) if fixed => {
+        Err(tern_mover::service::StartError::Bind(_)) if fixed => {
             tern_mover::service::start(tern_mover::service::MoverConfig {
                 listen: loopback(0),
                 ..config
@@ -395,6 +396,7 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
             decryption_key: None,
             limits: Default::default(),
             register_interval: std::time::Duration::from_secs(2),
+            groups: Vec::new(),
         })
         .await
         .context("node did not start")?;
@@ -408,14 +410,16 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let site_path = site.display().to_string();
-    let id = mover
-        .role
-        .submit("publish", "demo", Some(&site_path), None)
-        .map_err(anyhow::Error::msg)?;
+    let mut publish = tern_mover::JobSpec::new("publish", "demo");
+    publish.staging = Some(site_path);
+    let id = mover.role.submit(publish, 0)?;
     loop {
-        match mover.role.job(&id).map(|job| job.state) {
-            Some(state) if state == "committed" => break,
-            Some(state) if state == "failed" => bail!("publishing the sample site to the demo nodes failed"),
+        match mover.role.job(&id) {
+            Some(job) if job.state == "committed" => break,
+            Some(job) if job.finished() => bail!(
+                "publishing the sample site to the demo nodes failed: {}",
+                job.error.unwrap_or_default()
+            ),
             _ if std::time::Instant::now() > deadline => bail!("publishing the sample site took too long"),
             _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }

@@ -212,6 +212,13 @@ struct MoverArgs {
     /// Checkpoints kept per site [default: 5].
     #[arg(long)]
     checkpoints_kept: Option<usize>,
+    /// Admin listener address for /metrics and /status.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Encrypt every assignment (XChaCha20-Poly1305) with this key file (`tern keygen`); nodes need the
+    /// same file as their --encryption-key.
+    #[arg(long)]
+    encryption_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +241,12 @@ struct NodeArgs {
     /// URL the mover should use to reach this node [default: http://LISTEN].
     #[arg(long)]
     advertise: Option<String>,
+    /// Content group this node belongs to (repeat for several); `tern publish --group G` targets a group.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Key file that decrypts assignments, when the mover encrypts them (its --encryption-key).
+    #[arg(long)]
+    encryption_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +260,41 @@ struct PublishArgs {
     /// Staging directory to publish.
     #[arg(long)]
     staging: PathBuf,
+    #[command(flatten)]
+    job: JobOptions,
+    /// Publish only files matching this pattern (repeatable; `*.html`, `static/`).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Never publish files matching this pattern (repeatable; `*.tmp`, `drafts/`).
+    #[arg(long)]
+    exclude: Vec<String>,
+}
+
+/// When and where a job runs, and its policies.
+#[derive(Args, Debug)]
+struct JobOptions {
+    /// Only the nodes of this content group (a publish hosts the site there from then on) [default: the
+    /// site's nodes; every registered node for a new site].
+    #[arg(long)]
+    group: Option<String>,
+    /// Run at this time instead of now: RFC 3339 (`2026-12-01T02:00:00Z`) or from now (`+30m`, `+2h`).
+    #[arg(long)]
+    at: Option<String>,
+    /// Run again every DURATION (`1h`, `1day`) until cancelled (`tern jobs --cancel ID`).
+    #[arg(long)]
+    every: Option<String>,
+    /// When another job for the same site and nodes is running: `queue` (wait for it) or `refuse`.
+    #[arg(long, default_value = "queue")]
+    on_conflict: String,
+    /// Try a failed job again this many times before it is failed.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Time between tries (`30s`, `5m`).
+    #[arg(long, default_value = "30s")]
+    retry_delay: String,
+    /// Do not wait for a job scheduled for later (or repeating) to finish.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -257,6 +305,8 @@ struct RollbackArgs {
     /// Hosted site.
     #[arg(long)]
     site: String,
+    #[command(flatten)]
+    job: JobOptions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +347,9 @@ struct JobsArgs {
     /// The mover's API.
     #[arg(long)]
     mover: String,
+    /// Cancel this job (one that has not started; a repeating job's next run ends the series).
+    #[arg(long)]
+    cancel: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -365,17 +418,24 @@ async fn run(command: Command) -> Result<()> {
         Command::Publish(args) => {
             let staging = std::fs::canonicalize(&args.staging)
                 .with_context(|| format!("staging directory {}", args.staging.display()))?;
-            let body =
+            let mut body =
                 serde_json::json!({ "kind": "publish", "site": args.site, "staging": staging.display().to_string() });
-            mover_client::run_job(&args.mover, body).await
+            if !args.include.is_empty() || !args.exclude.is_empty() {
+                body["include"] = serde_json::json!(args.include);
+                body["exclude"] = serde_json::json!(args.exclude);
+            }
+            let wait = args.job.apply(&mut body)?;
+            mover_client::run_job(&args.mover, body, wait).await
         }
         Command::Rollback(args) => {
-            mover_client::run_job(
-                &args.mover,
-                serde_json::json!({ "kind": "rollback", "site": args.site }),
-            )
-            .await
+            let mut body = serde_json::json!({ "kind": "rollback", "site": args.site });
+            let wait = args.job.apply(&mut body)?;
+            mover_client::run_job(&args.mover, body, wait).await
         }
+        Command::Jobs(JobsArgs {
+            mover,
+            cancel: Some(id),
+        }) => mover_client::cancel_job(&mover, &id).await,
         Command::Jobs(args) => mover_client::list_jobs(&args.mover).await,
         Command::Checkpoint(CheckpointCommand::Create { mover, site }) => {
             mover_client::create_checkpoint(&mover, &site).await
@@ -385,7 +445,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Checkpoint(CheckpointCommand::Restore { mover, site, number }) => {
             let body = serde_json::json!({ "kind": "restore", "site": site, "checkpoint": number });
-            mover_client::run_job(&mover, body).await
+            mover_client::run_job(&mover, body, true).await
         }
         Command::Sync(args) => run_sync(args).await,
     }
@@ -567,7 +627,14 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
     let config = tern_mover::service::MoverConfig {
         listen: args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
         data: args.data.unwrap_or_else(|| PathBuf::from("tern-mover-data")),
-        policy: tern_mover::PlanPolicy::default(),
+        policy: tern_mover::PlanPolicy {
+            encryption: match &args.encryption_key {
+                Some(path) => Some(*load_key(path)?.as_bytes()),
+                None => None,
+            },
+            ..Default::default()
+        },
+        admin: args.admin,
         quorum: args.quorum,
         delivery_timeout: std::time::Duration::from_secs(600),
         checkpoints_kept: args.checkpoints_kept.unwrap_or(5),
@@ -591,15 +658,74 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         root: args.root,
         name: args.name,
         mover_key: key,
-        decryption_key: None,
+        decryption_key: match &args.encryption_key {
+            Some(path) => Some(*load_key(path)?.as_bytes()),
+            None => None,
+        },
         limits: Default::default(),
         register_interval: std::time::Duration::from_secs(10),
+        groups: args.groups,
     })
     .await
     .context("node agent did not start")?;
     stop_on_signal(node.shutdown_token());
     node.wait().await;
     Ok(())
+}
+
+fn load_key(path: &std::path::Path) -> Result<tern_wire::SecretKey> {
+    tern_wire::SecretKey::load(path).with_context(|| {
+        format!(
+            "cannot read the key file {} (write one with `tern keygen FILE`)",
+            path.display()
+        )
+    })
+}
+
+impl JobOptions {
+    /// Adds these options to a job request; returns whether the client should wait for the job.
+    fn apply(&self, body: &mut serde_json::Value) -> Result<bool> {
+        if let Some(group) = &self.group {
+            body["group"] = group.clone().into();
+        }
+        if let Some(at) = &self.at {
+            body["at_ms"] = parse_time(at)?.into();
+        }
+        if let Some(every) = &self.every {
+            let period = humantime::parse_duration(every)
+                .with_context(|| format!("--every {every}: a duration such as 30m, 1h or 1day"))?;
+            body["every_s"] = period.as_secs().max(1).into();
+        }
+        if !matches!(self.on_conflict.as_str(), "queue" | "refuse") {
+            anyhow::bail!("--on-conflict {}: use queue or refuse", self.on_conflict);
+        }
+        body["on_conflict"] = self.on_conflict.clone().into();
+        body["retries"] = self.retries.into();
+        let delay = humantime::parse_duration(&self.retry_delay)
+            .with_context(|| format!("--retry-delay {}: a duration such as 30s or 5m", self.retry_delay))?;
+        body["retry_delay_s"] = delay.as_secs().into();
+        Ok(!(self.no_wait && (self.at.is_some() || self.every.is_some())))
+    }
+}
+
+/// A time given on the command line: RFC 3339, or `+DURATION` from now. Milliseconds since the epoch.
+fn parse_time(text: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now();
+    let at = match text.strip_prefix('+') {
+        Some(duration) => {
+            now + humantime::parse_duration(duration)
+                .with_context(|| format!("--at {text}: after `+`, a duration such as 30m or 2h"))?
+        }
+        None => humantime::parse_rfc3339_weak(text)
+            .with_context(|| format!("--at {text}: an RFC 3339 time (2026-12-01T02:00:00Z, UTC) or +DURATION"))?,
+    };
+    if at + std::time::Duration::from_secs(60) < now {
+        anyhow::bail!("--at {text} is in the past");
+    }
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

@@ -12,24 +12,24 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::server::Running;
-use tern_mover::PlanPolicy;
 use tern_mover::service::{Mover, MoverConfig, start};
+use tern_mover::{JobSpec, PlanPolicy};
 use tern_node::agent::{NodeAgent, NodeConfig};
 
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     tern_tree::contents(dir)
 }
 
-struct Fleet {
-    area: tempfile::TempDir,
-    mover: Option<Running<Arc<Mover>>>,
-    mover_addr: std::net::SocketAddr,
-    nodes: Vec<Option<Running<Arc<NodeAgent>>>>,
+pub(crate) struct Fleet {
+    pub(crate) area: tempfile::TempDir,
+    pub(crate) mover: Option<Running<Arc<Mover>>>,
+    pub(crate) mover_addr: std::net::SocketAddr,
+    pub(crate) nodes: Vec<Option<Running<Arc<NodeAgent>>>>,
     node_addrs: Vec<std::net::SocketAddr>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    pub(crate) client: Client<HttpConnector, Full<Bytes>>,
 }
 
-fn free_addr() -> std::net::SocketAddr {
+pub(crate) fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -37,7 +37,7 @@ fn free_addr() -> std::net::SocketAddr {
 }
 
 impl Fleet {
-    async fn new(nodes: usize, quorum: Option<usize>) -> Fleet {
+    pub(crate) async fn new(nodes: usize, quorum: Option<usize>) -> Fleet {
         let area = tempfile::tempdir().expect("tempdir");
         let mut fleet = Fleet {
             area,
@@ -56,12 +56,13 @@ impl Fleet {
         fleet
     }
 
-    async fn start_mover(&mut self, quorum: Option<usize>) {
+    pub(crate) async fn start_mover(&mut self, quorum: Option<usize>) {
         self.mover = Some(
             start(MoverConfig {
                 listen: self.mover_addr,
                 data: self.area.path().join("mover"),
                 policy: PlanPolicy::default(),
+                admin: None,
                 quorum,
                 delivery_timeout: Duration::from_secs(10),
                 checkpoints_kept: 3,
@@ -71,7 +72,7 @@ impl Fleet {
         );
     }
 
-    async fn start_node(&self, index: usize) -> Running<Arc<NodeAgent>> {
+    pub(crate) async fn start_node(&self, index: usize) -> Running<Arc<NodeAgent>> {
         let key = tern_mover::keys::load_public(&self.area.path().join("mover/mover.pub")).expect("mover.pub");
         tern_node::agent::start(NodeConfig {
             mover: format!("http://{}", self.mover_addr),
@@ -83,20 +84,21 @@ impl Fleet {
             decryption_key: None,
             limits: Default::default(),
             register_interval: Duration::from_millis(200),
+            groups: Vec::new(),
         })
         .await
         .expect("node")
     }
 
-    fn node_root(&self, index: usize) -> PathBuf {
+    pub(crate) fn node_root(&self, index: usize) -> PathBuf {
         self.area.path().join(format!("node{index}"))
     }
 
-    fn live(&self, index: usize) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn live(&self, index: usize) -> BTreeMap<String, Vec<u8>> {
         tree(&self.node_root(index).join("www/live"))
     }
 
-    async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    pub(crate) async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
         let request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.mover_addr))
@@ -107,7 +109,7 @@ impl Fleet {
         serde_json::from_slice(&bytes).expect("json")
     }
 
-    async fn wait_registered(&self, count: usize) {
+    pub(crate) async fn wait_registered(&self, count: usize) {
         for _ in 0..500 {
             if self.api("GET", "/api/nodes", None).await.as_array().map(Vec::len) == Some(count) {
                 return;
@@ -117,7 +119,7 @@ impl Fleet {
         panic!("nodes did not register");
     }
 
-    async fn run(&self, kind: &str, staging: Option<&Path>) -> serde_json::Value {
+    pub(crate) async fn run(&self, kind: &str, staging: Option<&Path>) -> serde_json::Value {
         let body =
             serde_json::json!({ "kind": kind, "site": "www", "staging": staging.map(|s| s.display().to_string()) });
         let created = self.api("POST", "/api/jobs", Some(body)).await;
@@ -128,10 +130,13 @@ impl Fleet {
         self.wait_job(&id).await
     }
 
-    async fn wait_job(&self, id: &str) -> serde_json::Value {
+    pub(crate) async fn wait_job(&self, id: &str) -> serde_json::Value {
         for _ in 0..3000 {
             let job = self.api("GET", &format!("/api/jobs/{id}"), None).await;
-            if matches!(job["state"].as_str(), Some("committed" | "failed")) {
+            if matches!(
+                job["state"].as_str(),
+                Some("committed" | "failed" | "refused" | "cancelled")
+            ) {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -140,7 +145,7 @@ impl Fleet {
     }
 }
 
-fn write_site(staging: &Path, files: usize, marker: &str) {
+pub(crate) fn write_site(staging: &Path, files: usize, marker: &str) {
     for n in 0..files {
         let path = staging.join(format!("s{}/f{n}.html", n % 20));
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -227,21 +232,34 @@ async fn a_node_down_during_a_publish_is_reported_and_caught_up_when_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_interrupted_by_a_mover_restart_fails_cleanly() {
+async fn a_job_interrupted_by_a_mover_restart_resumes_or_fails_cleanly() {
     let mut fleet = Fleet::new(1, None).await;
+    let staging = fleet.area.path().join("staging");
+    write_site(&staging, 20, "resumed");
     let data = fleet.area.path().join("mover");
     fleet.mover.take().expect("mover").shutdown().await;
     {
+        // Two jobs the mover was running when it stopped: one whose policy allows another try, one not.
         let store = tern_mover::store::Store::open(&data.join("mover.db")).expect("db");
-        store
-            .create_job("stuck", "publish", "www", Some("/nonexistent"), &["node0".into()], 1)
-            .expect("job");
-        store.set_job_state("stuck", "running", None, 2).expect("running");
+        let nodes: std::collections::BTreeSet<String> = ["node0".to_string()].into();
+        let mut stuck = JobSpec::new("publish", "www");
+        stuck.staging = Some("/nonexistent".into());
+        store.create_job("stuck", &stuck, 1, 1).expect("job");
+        store.start_job("stuck", &nodes, 2).expect("running");
+        let mut resumable = JobSpec::new("publish", "www");
+        resumable.staging = Some(staging.display().to_string());
+        resumable.retries = 1;
+        store.create_job("resumable", &resumable, 1, 1).expect("job");
+        store.start_job("resumable", &nodes, 2).expect("running");
     }
     fleet.start_mover(None).await;
-    let job = fleet.api("GET", "/api/jobs/stuck", None).await;
+    let job = fleet.wait_job("stuck").await;
     assert_eq!(job["state"], "failed", "no job stays running forever: {job}");
     assert!(job["error"].as_str().unwrap_or("").contains("restarted"));
+    let job = fleet.wait_job("resumable").await;
+    assert_eq!(job["state"], "committed", "the job resumed after the restart: {job}");
+    assert_eq!(job["attempt"], 2);
+    assert_eq!(fleet.live(0), tree(&staging));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
