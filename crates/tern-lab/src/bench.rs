@@ -369,6 +369,15 @@ fn ensure_tools(systems: &[System]) -> Result<()> {
     if which("taskset").is_none() {
         missing.push("util-linux");
     }
+    apt_install(&missing)?;
+    // The packages start their services; the benchmark runs its own instances.
+    let _ = Command::new("service").args(["nginx", "stop"]).status();
+    let _ = Command::new("service").args(["varnish", "stop"]).status();
+    Ok(())
+}
+
+/// Installs Debian packages (the benchmarks' competitors and tools).
+pub(crate) fn apt_install(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -382,15 +391,12 @@ fn ensure_tools(systems: &[System]) -> Result<()> {
     }
     let install = Command::new("apt-get")
         .args(["install", "-y", "-qq"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?;
     if !install.success() {
         bail!("apt-get install {} failed", missing.join(" "));
     }
-    // The packages start their services; the benchmark runs its own instances.
-    let _ = Command::new("service").args(["nginx", "stop"]).status();
-    let _ = Command::new("service").args(["varnish", "stop"]).status();
     Ok(())
 }
 

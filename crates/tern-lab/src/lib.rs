@@ -6,10 +6,12 @@
 //! - [`load`]: an HTTP load generator (Zipf popularity, size mix, HDR latency percentiles).
 //! - [`origin`]: a synthetic origin with injectable latency.
 //! - [`bench`]: `tern-lab bench edge`, tern against nginx and Varnish.
+//! - [`mover_bench`]: `tern-lab bench mover`, the content mover against rsync (sequential and parallel).
 //! - [`sync_bench`]: `tern-lab bench sync`, write-to-fresh and purge times across many edges.
 
 pub mod bench;
 pub mod load;
+pub mod mover_bench;
 pub mod origin;
 pub mod probe;
 pub mod sync_bench;

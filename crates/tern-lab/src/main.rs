@@ -64,6 +64,27 @@ enum Bench {
         #[arg(long, default_value = "results/sync")]
         out: PathBuf,
     },
+    /// The content mover against rsync -a: a full publish and a small change to N nodes.
+    Mover {
+        /// Node hosts.
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Files in the synthetic site.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Bytes of the synthetic site.
+        #[arg(long, default_value_t = 500_000_000)]
+        bytes: u64,
+        /// Share of the bytes the change rewrites.
+        #[arg(long, default_value_t = 0.02)]
+        change: f64,
+        /// The tern binary (default: the release build next to this program).
+        #[arg(long)]
+        tern: Option<PathBuf>,
+        /// Results directory.
+        #[arg(long, default_value = "results/mover")]
+        out: PathBuf,
+    },
     /// tern edge against nginx (proxy_cache) and Varnish (malloc) on hits and misses.
     Edge {
         /// Rounds of A/B/A/B.
@@ -205,6 +226,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Bench(Bench::Mover {
+            nodes,
+            files,
+            bytes,
+            change,
+            tern,
+            out,
+        }) => tern_lab::mover_bench::run(&tern_lab::mover_bench::MoverBench {
+            nodes,
+            files,
+            bytes,
+            change,
+            tern,
+            out,
+        }),
         Command::Bench(Bench::Edge {
             rounds,
             seconds,

@@ -492,25 +492,25 @@ impl Mover {
             let lock = self.shadow_lock(name);
             let _guard = lock.lock().await;
             let base = if restore { Snapshot::new() } else { published.clone() };
-            let planned = self
-                .plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
-                .await?;
-            let (dir, snapshot, staging, published) = (
-                site_dir.clone(),
-                planned.snapshot.clone(),
-                staging.clone(),
-                published.clone(),
-            );
-            tokio::task::spawn_blocking(move || dir.stage_next(&staging, &published, &snapshot))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("shadow copy: {e}"))?;
-            planned
+            self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
+                .await?
         };
         info!(job = %id, site = %name, version = next, created = planned.stats.created, patched = planned.stats.patched,
               removed = planned.stats.removed, bytes = planned.stats.assignment_bytes, "publish planned");
+        // The next shadow copy is built while the nodes prepare (only this job changes the site's version,
+        // and the shadow copy it links from changes only under the lock, at the commit below).
+        let (dir, snapshot, from) = (site_dir.clone(), planned.snapshot.clone(), staging.clone());
+        let staged = tokio::task::spawn_blocking(move || dir.stage_next(&from, &published, &snapshot));
         let prepared = self.deliver_all(id, nodes, &planned.assignment, "prepared").await;
+        let staged = staged
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("shadow copy: {e}")));
         let quorum = self.config.quorum.unwrap_or(nodes.len()).min(nodes.len());
+        if let Err(error) = staged {
+            site_dir.discard_next();
+            return Err(format!("{error}; nothing was switched"));
+        }
         if prepared.len() < quorum {
             site_dir.discard_next();
             return Err(format!(

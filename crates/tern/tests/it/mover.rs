@@ -11,8 +11,19 @@ async fn publish_and_rollback_through_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
     let mover_addr = free_addr();
+    // Every assignment is encrypted: the mover and the nodes share a key file.
+    let keygen = tern().args(["keygen", &path("assignments.key")]).output().expect("run");
+    assert!(keygen.status.success());
     let _mover = spawn(
-        &["mover", "--listen", &mover_addr.to_string(), "--data", &path("mover")],
+        &[
+            "mover",
+            "--listen",
+            &mover_addr.to_string(),
+            "--data",
+            &path("mover"),
+            "--encryption-key",
+            &path("assignments.key"),
+        ],
         mover_addr,
     );
     let mover_url = format!("http://{mover_addr}");
@@ -34,6 +45,10 @@ async fn publish_and_rollback_through_the_command_line() {
                 &path("mover/mover.pub"),
                 "--listen",
                 &addr.to_string(),
+                "--encryption-key",
+                &path("assignments.key"),
+                "--group",
+                if n == 0 { "eu" } else { "us" },
             ],
             addr,
         ));
@@ -132,4 +147,90 @@ async fn publish_and_rollback_through_the_command_line() {
         .output()
         .expect("run");
     assert!(!missing.status.success(), "a missing staging directory is an error");
+
+    // A job for later can be cancelled before it runs; a group without nodes and a bad time are refused.
+    let scheduled = tern()
+        .args([
+            "publish",
+            "--mover",
+            &mover_url,
+            "--site",
+            "blog",
+            "--at",
+            "+1h",
+            "--no-wait",
+            "--staging",
+        ])
+        .arg(&staging)
+        .output()
+        .expect("run");
+    assert!(
+        scheduled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scheduled.stderr)
+    );
+    let text = String::from_utf8_lossy(&scheduled.stdout).to_string();
+    assert!(text.contains("scheduled"), "{text}");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("job "))
+        .expect("job id")
+        .trim()
+        .to_string();
+    let cancelled = tern()
+        .args(["jobs", "--mover", &mover_url, "--cancel", &id])
+        .output()
+        .expect("run");
+    assert!(
+        cancelled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancelled.stderr)
+    );
+    for (args, expected) in [
+        (vec!["--group", "asia"], "group asia has no registered nodes"),
+        (vec!["--at", "yesterday"], "RFC 3339"),
+        (vec!["--exclude", "/etc"], "pattern"),
+    ] {
+        let refused = tern()
+            .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+            .arg(&staging)
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    // A publish to group eu, without the drafts: only node0 changes.
+    write(&staging, "index.html", b"eu version");
+    write(&staging, "drafts/next.html", b"not yet");
+    let published = tern()
+        .args([
+            "publish",
+            "--mover",
+            &mover_url,
+            "--site",
+            "www",
+            "--group",
+            "eu",
+            "--exclude",
+            "drafts/",
+            "--staging",
+        ])
+        .arg(&staging)
+        .output()
+        .expect("run");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let live = |n: usize| dir.path().join(format!("node{n}/www/live"));
+    assert_eq!(std::fs::read(live(0).join("index.html")).expect("read"), b"eu version");
+    assert!(!live(0).join("drafts").exists());
+    assert_eq!(
+        std::fs::read(live(1).join("index.html")).expect("read"),
+        b"second version"
+    );
 }

@@ -1,0 +1,574 @@
+//! `tern-lab bench mover`: the content mover against rsync. A synthetic site (by default 10,000 files,
+//! about 500 MB: HTML-like text and incompressible images) is published from a `mover` host to N node hosts,
+//! then changed (about 2% of its bytes rewritten, in one file of ten) and published again. The same two
+//! steps are done with `rsync -a` (Debian package, to an rsync daemon on each node) to the nodes one after
+//! the other, and to all of them at once. For each: bytes leaving the source, bytes each node received, and
+//! the time until every node has the new tree.
+//!
+//! tern's figures come from the mover's job record (the assignment bytes sent to each node; the time is
+//! from the job's submission to its commit on every node); rsync's from `--stats` ("Total bytes sent") and
+//! the wall time of the rsync processes.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::topology::{HostProcess, LabSpec, which};
+
+/// Options of the benchmark.
+#[derive(Debug, Clone)]
+pub struct MoverBench {
+    /// Node hosts.
+    pub nodes: usize,
+    /// Files in the site.
+    pub files: usize,
+    /// Bytes of the site.
+    pub bytes: u64,
+    /// Share of the site's bytes the change rewrites.
+    pub change: f64,
+    /// The tern binary.
+    pub tern: Option<PathBuf>,
+    /// Results directory.
+    pub out: PathBuf,
+}
+
+/// One measured transfer.
+#[derive(Debug, Clone)]
+struct Transfer {
+    step: &'static str,
+    method: &'static str,
+    seconds: f64,
+    source_bytes: u64,
+    per_node: Vec<u64>,
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(options: &MoverBench) -> Result<()> {
+    let tern = crate::bench::tern_binary(options.tern.as_deref())?;
+    let tern = tern.to_str().context("tern path is not UTF-8")?.to_string();
+    if which("rsync").is_none() {
+        crate::bench::apt_install(&["rsync"])?;
+    }
+    let work = std::env::temp_dir().join(format!("tern-mover-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(options, &tern, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
+    let names: Vec<String> = (1..=options.nodes).map(|n| format!("n{n}")).collect();
+    let mut spec = LabSpec::new().segment("a").host("mover", "a");
+    for name in &names {
+        spec = spec.host(name, "a");
+    }
+    let lab = spec.build()?;
+    println!(
+        "mover benchmark: {} files, {:.0} MB, {} nodes, a {:.0}% change; lab mode {:?}",
+        options.files,
+        options.bytes as f64 / 1e6,
+        options.nodes,
+        options.change * 100.0,
+        lab.mode()
+    );
+    let staging = work.join("staging");
+    let started = Instant::now();
+    let site_bytes = generate(&staging, options.files, options.bytes)?;
+    println!(
+        "generated the site: {site_bytes} bytes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let mover_addr = lab.host("mover").addr;
+    let mut processes: Vec<HostProcess> = Vec::new();
+    let mover_data = work.join("mover");
+    processes.push(lab.spawn(
+        "mover",
+        tern,
+        &[
+            "mover",
+            "--listen",
+            &format!("{mover_addr}:7000"),
+            "--data",
+            &path(&mover_data),
+            "--log",
+            "warn",
+        ],
+    )?);
+    lab.wait_listening("mover", 7000, Duration::from_secs(20))?;
+    let public = mover_data.join("mover.pub");
+    for name in &names {
+        let addr = lab.host(name).addr;
+        let root = work.join(name);
+        std::fs::create_dir_all(root.join("seq"))?;
+        std::fs::create_dir_all(root.join("par"))?;
+        processes.push(lab.spawn(
+            name,
+            tern,
+            &[
+                "node",
+                "--mover",
+                &format!("http://{mover_addr}:7000"),
+                "--root",
+                &path(&root.join("tern")),
+                "--name",
+                name,
+                "--key",
+                &path(&public),
+                "--listen",
+                &format!("{addr}:7100"),
+                "--log",
+                "warn",
+            ],
+        )?);
+        let config = root.join("rsyncd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "use chroot = no\nreverse lookup = no\nuid = root\ngid = root\npid file = {pid}\n[seq]\npath = {seq}\nread only = no\n[par]\npath = {par}\nread only = no\n",
+                pid = path(&root.join("rsyncd.pid")),
+                seq = path(&root.join("seq")),
+                par = path(&root.join("par")),
+            ),
+        )?;
+        processes.push(lab.spawn(
+            name,
+            "rsync",
+            &[
+                "--daemon",
+                "--no-detach",
+                &format!("--config={}", path(&config)),
+                &format!("--address={addr}"),
+                "--port=8730",
+            ],
+        )?);
+    }
+    for name in &names {
+        lab.wait_listening(name, 7100, Duration::from_secs(20))?;
+        lab.wait_listening(name, 8730, Duration::from_secs(20))?;
+    }
+    let api = SocketAddr::from((mover_addr, 7000));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes: serde_json::Value = serde_json::from_str(&http(api, "GET", "/api/nodes", "")?)?;
+        if nodes.as_array().map(Vec::len) == Some(names.len()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not register with the mover");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut transfers = Vec::new();
+    for step in ["initial", "change"] {
+        if step == "change" {
+            let changed = change(&staging, options.change)?;
+            println!(
+                "changed {changed} bytes ({:.2}% of the site)",
+                changed as f64 * 100.0 / site_bytes as f64
+            );
+        }
+        let tern_run = publish(api, &staging, step)?;
+        check_identical(&staging, &names, work, "tern/bench/live")?;
+        transfers.push(tern_run);
+        let sequential = rsync(&lab, &staging, &names, "seq", false, step)?;
+        check_identical(&staging, &names, work, "seq")?;
+        transfers.push(sequential);
+        let parallel = rsync(&lab, &staging, &names, "par", true, step)?;
+        check_identical(&staging, &names, work, "par")?;
+        transfers.push(parallel);
+    }
+    drop(processes);
+    let summary = summarize(options, site_bytes, &transfers);
+    println!("{summary}");
+    std::fs::create_dir_all(&options.out)?;
+    std::fs::write(options.out.join("summary.md"), &summary)?;
+    let mut csv = String::from("step,method,seconds,source_bytes,node_bytes_mean,node_bytes_max\n");
+    for t in &transfers {
+        let _ = writeln!(
+            csv,
+            "{},{},{:.3},{},{},{}",
+            t.step,
+            t.method,
+            t.seconds,
+            t.source_bytes,
+            mean(&t.per_node),
+            t.per_node.iter().max().copied().unwrap_or(0)
+        );
+    }
+    std::fs::write(options.out.join("mover.csv"), csv)?;
+    println!("results written to {}", options.out.display());
+    Ok(())
+}
+
+fn mean(values: &[u64]) -> u64 {
+    if values.is_empty() {
+        0
+    } else {
+        values.iter().sum::<u64>() / values.len() as u64
+    }
+}
+
+fn summarize(options: &MoverBench, site_bytes: u64, transfers: &[Transfer]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "content mover vs rsync: {} files, {:.0} MB, {} nodes, {:.0}% of the bytes changed\n",
+        options.files,
+        site_bytes as f64 / 1e6,
+        options.nodes,
+        options.change * 100.0
+    );
+    let _ = writeln!(
+        text,
+        "| step | method | time to all nodes (s) | bytes leaving the source | bytes per node (mean) | per node (max) |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|---|");
+    for t in transfers {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {:.2} | {} | {} | {} |",
+            t.step,
+            t.method,
+            t.seconds,
+            t.source_bytes,
+            mean(&t.per_node),
+            t.per_node.iter().max().copied().unwrap_or(0)
+        );
+    }
+    for step in ["initial", "change"] {
+        let find = |method: &str| transfers.iter().find(|t| t.step == step && t.method == method);
+        if let (Some(tern), Some(parallel)) = (find("tern"), find("rsync parallel")) {
+            let _ = writeln!(
+                text,
+                "\n{step}: tern/rsync bytes per node {:.3} (target <= 1), tern/parallel rsync time {:.2} (target <= 1)",
+                mean(&tern.per_node) as f64 / mean(&parallel.per_node).max(1) as f64,
+                tern.seconds / parallel.seconds.max(1e-9)
+            );
+        }
+    }
+    text
+}
+
+/// Publishes `staging` through the mover's API and waits for the job; its figures come from the job.
+fn publish(api: SocketAddr, staging: &Path, step: &'static str) -> Result<Transfer> {
+    let body = serde_json::json!({ "kind": "publish", "site": "bench", "staging": staging.display().to_string() });
+    let started = Instant::now();
+    let created: serde_json::Value = serde_json::from_str(&http(api, "POST", "/api/jobs", &body.to_string())?)?;
+    let id = created["id"]
+        .as_str()
+        .with_context(|| format!("the mover refused the publish: {created}"))?
+        .to_string();
+    loop {
+        let job: serde_json::Value = serde_json::from_str(&http(api, "GET", &format!("/api/jobs/{id}"), "")?)?;
+        match job["state"].as_str() {
+            Some("committed") => {
+                let seconds = started.elapsed().as_secs_f64();
+                let per_node: Vec<u64> = job["nodes"]
+                    .as_array()
+                    .map(|nodes| nodes.iter().map(|n| n["bytes"].as_u64().unwrap_or(0)).collect())
+                    .unwrap_or_default();
+                return Ok(Transfer {
+                    step,
+                    method: "tern",
+                    seconds,
+                    source_bytes: per_node.iter().sum(),
+                    per_node,
+                });
+            }
+            Some("failed" | "refused" | "cancelled") => bail!("the publish did not commit: {job}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// rsync -a of `staging` to module `module` on every node, one after the other or all at once.
+fn rsync(
+    lab: &crate::topology::Lab,
+    staging: &Path,
+    names: &[String],
+    module: &str,
+    parallel: bool,
+    step: &'static str,
+) -> Result<Transfer> {
+    let source = format!("{}/", staging.display());
+    let command = |name: &str| {
+        let mut command = lab.command(
+            "mover",
+            "rsync",
+            &[
+                "-a",
+                "--delete",
+                "--stats",
+                &source,
+                &format!("rsync://{}:8730/{module}/", lab.host(name).addr),
+            ],
+        );
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    if parallel {
+        let children: Vec<_> = names
+            .iter()
+            .map(|name| command(name).spawn())
+            .collect::<std::io::Result<_>>()?;
+        for child in children {
+            outputs.push(child.wait_with_output()?);
+        }
+    } else {
+        for name in names {
+            outputs.push(command(name).output()?);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut per_node = Vec::new();
+    for output in outputs {
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("rsync failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        per_node.push(total_bytes_sent(&text).context("rsync --stats printed no `Total bytes sent`")?);
+    }
+    Ok(Transfer {
+        step,
+        method: if parallel { "rsync parallel" } else { "rsync sequential" },
+        seconds,
+        source_bytes: per_node.iter().sum(),
+        per_node,
+    })
+}
+
+fn total_bytes_sent(stats: &str) -> Option<u64> {
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("Total bytes sent:"))
+        .map(|n| n.trim().replace(',', ""))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Every node's copy is byte-identical to staging (checked by listing and hashing both trees).
+fn check_identical(staging: &Path, names: &[String], work: &Path, tree: &str) -> Result<()> {
+    let expected = tern_tree_digest(staging)?;
+    for name in names {
+        let copy = work.join(name).join(tree);
+        if tern_tree_digest(&copy)? != expected {
+            bail!("{} differs from staging", copy.display());
+        }
+    }
+    Ok(())
+}
+
+/// A digest of a tree: relative paths and contents.
+fn tern_tree_digest(root: &Path) -> Result<Vec<(String, u64, u64)>> {
+    let mut entries = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else {
+                let content = std::fs::read(&path)?;
+                let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                entries.push((relative, content.len() as u64, fnv(&content)));
+            }
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+}
+
+const WORDS: &[&str] = &[
+    "<div class=\"post\">",
+    "</div>",
+    "<p>",
+    "</p>",
+    "the",
+    "content",
+    "delivery",
+    "network",
+    "edge",
+    "cache",
+    "origin",
+    "tern",
+    "publish",
+    "<a href=\"/archive/",
+    "\">",
+    "</a>",
+    "server",
+    "fresh",
+    "version",
+    "node",
+    "assignment",
+    "commit",
+    "rollback",
+    "site",
+    "2026",
+    "november",
+    "article",
+    "<li>",
+    "</li>",
+];
+
+/// `len` bytes of HTML-like text (compresses about as well as real pages) or, for images, random bytes.
+fn synthetic(rng: &mut Rng, len: usize, binary: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    if binary {
+        while out.len() < len {
+            out.extend_from_slice(&rng.next().to_le_bytes());
+        }
+    } else {
+        while out.len() < len {
+            let r = rng.next();
+            out.extend_from_slice(WORDS[(r % WORDS.len() as u64) as usize].as_bytes());
+            out.push(if r >> 60 == 0 { b'\n' } else { b' ' });
+            if r >> 56 & 0x7 == 0 {
+                out.extend_from_slice((r >> 20 & 0xffff).to_string().as_bytes());
+            }
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes the synthetic site; returns its bytes.
+fn generate(root: &Path, files: usize, bytes: u64) -> Result<u64> {
+    let mut rng = Rng(0x7e57_c0de);
+    // Relative sizes: many small pages, some larger ones, a few big images; scaled to `bytes`.
+    let weights: Vec<(u64, bool)> = (0..files)
+        .map(|n| {
+            let r = rng.next();
+            match n % 10 {
+                0 => (100_000 + r % 900_000, true),
+                1..=3 => (20_000 + r % 100_000, false),
+                _ => (4_000 + r % 16_000, false),
+            }
+        })
+        .collect();
+    let total: u64 = weights.iter().map(|(w, _)| w).sum();
+    let mut written = 0;
+    for (n, (weight, binary)) in weights.into_iter().enumerate() {
+        let len = (weight as u128 * bytes as u128 / total.max(1) as u128) as usize;
+        let name = if binary {
+            format!("s{:02}/img/p{n}.jpg", n % 50)
+        } else {
+            format!("s{:02}/page{n}.html", n % 50)
+        };
+        let path = root.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, synthetic(&mut rng, len, binary))?;
+        written += len as u64;
+    }
+    Ok(written)
+}
+
+/// Rewrites a region of one file in ten so that about `share` of the site's bytes change; returns the
+/// bytes rewritten.
+fn change(root: &Path, share: f64) -> Result<u64> {
+    let mut rng = Rng(0x00c4_a76e);
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let size = |path: &PathBuf| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let total: u64 = files.iter().map(size).sum();
+    let chosen: u64 = files.iter().step_by(10).map(size).sum();
+    // One file in ten, each rewritten over the same fraction of its length: `share` of all bytes.
+    let fraction = (share * total as f64 / chosen.max(1) as f64).min(1.0);
+    let mut changed = 0;
+    for path in files.iter().step_by(10) {
+        let mut content = Vec::new();
+        std::fs::File::open(path)?.read_to_end(&mut content)?;
+        let region = ((content.len() as f64) * fraction) as usize;
+        if region == 0 {
+            continue;
+        }
+        let start = (rng.next() as usize) % (content.len() - region + 1);
+        let binary = path.extension().is_some_and(|e| e == "jpg");
+        let fresh = synthetic(&mut rng, region, binary);
+        content[start..start + region].copy_from_slice(&fresh);
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(&content)?;
+        changed += region as u64;
+    }
+    Ok(changed)
+}
+
+/// A minimal HTTP/1.1 exchange (the mover's API is JSON over plain HTTP); returns the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: mover\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .context("the mover's answer has no body")?;
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_stats_are_read() {
+        let stats = "Number of files: 10\nTotal bytes sent: 1,234,567\nTotal bytes received: 89\n";
+        assert_eq!(total_bytes_sent(stats), Some(1_234_567));
+        assert_eq!(total_bytes_sent("nothing"), None);
+    }
+
+    #[test]
+    fn the_site_has_the_size_asked_for_and_the_change_its_share() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let written = generate(area.path(), 200, 4_000_000).expect("generate");
+        assert!((3_900_000..=4_000_000).contains(&written), "{written}");
+        let changed = change(area.path(), 0.02).expect("change");
+        let share = changed as f64 / written as f64;
+        assert!((0.01..0.03).contains(&share), "{share}");
+    }
+}
