@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,7 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     let api = SocketAddr::from((mover_addr, 7000));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let nodes: serde_json::Value = serde_json::from_str(&http(api, "GET", "/api/nodes", "")?)?;
+        let nodes: serde_json::Value = serde_json::from_str(&crate::bench::http(api, "GET", "/api/nodes", "")?)?;
         if nodes.as_array().map(Vec::len) == Some(names.len()) {
             break;
         }
@@ -260,13 +260,15 @@ fn summarize(options: &MoverBench, site_bytes: u64, transfers: &[Transfer]) -> S
 fn publish(api: SocketAddr, staging: &Path, step: &'static str) -> Result<Transfer> {
     let body = serde_json::json!({ "kind": "publish", "site": "bench", "staging": staging.display().to_string() });
     let started = Instant::now();
-    let created: serde_json::Value = serde_json::from_str(&http(api, "POST", "/api/jobs", &body.to_string())?)?;
+    let created: serde_json::Value =
+        serde_json::from_str(&crate::bench::http(api, "POST", "/api/jobs", &body.to_string())?)?;
     let id = created["id"]
         .as_str()
         .with_context(|| format!("the mover refused the publish: {created}"))?
         .to_string();
     loop {
-        let job: serde_json::Value = serde_json::from_str(&http(api, "GET", &format!("/api/jobs/{id}"), "")?)?;
+        let job: serde_json::Value =
+            serde_json::from_str(&crate::bench::http(api, "GET", &format!("/api/jobs/{id}"), "")?)?;
         match job["state"].as_str() {
             Some("committed") => {
                 let seconds = started.elapsed().as_secs_f64();
@@ -356,43 +358,24 @@ fn total_bytes_sent(stats: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Every node's copy is byte-identical to staging (checked by listing and hashing both trees).
+/// Every node's copy is byte-identical to staging (same paths, sizes and blake3 hashes).
 fn check_identical(staging: &Path, names: &[String], work: &Path, tree: &str) -> Result<()> {
-    let expected = tern_tree_digest(staging)?;
+    let digest = |root: &Path| -> Result<Vec<(String, u64, String)>> {
+        let snapshot =
+            tern_tree::scan(root, &tern_tree::Snapshot::new()).with_context(|| format!("read {}", root.display()))?;
+        Ok(snapshot
+            .into_iter()
+            .map(|(path, state)| (path, state.len, state.hash))
+            .collect())
+    };
+    let expected = digest(staging)?;
     for name in names {
         let copy = work.join(name).join(tree);
-        if tern_tree_digest(&copy)? != expected {
+        if digest(&copy)? != expected {
             bail!("{} differs from staging", copy.display());
         }
     }
     Ok(())
-}
-
-/// A digest of a tree: relative paths and contents.
-fn tern_tree_digest(root: &Path) -> Result<Vec<(String, u64, u64)>> {
-    let mut entries = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                pending.push(path);
-            } else {
-                let content = std::fs::read(&path)?;
-                let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-                entries.push((relative, content.len() as u64, fnv(&content)));
-            }
-        }
-    }
-    entries.sort();
-    Ok(entries)
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -532,23 +515,6 @@ fn change(root: &Path, share: f64) -> Result<u64> {
         changed += region as u64;
     }
     Ok(changed)
-}
-
-/// A minimal HTTP/1.1 exchange (the mover's API is JSON over plain HTTP); returns the body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: mover\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (_, body) = response
-        .split_once("\r\n\r\n")
-        .context("the mover's answer has no body")?;
-    Ok(body.to_string())
 }
 
 #[cfg(test)]

@@ -118,27 +118,6 @@ pub fn plan(
     policy: &PlanPolicy,
     signing: &SigningKey,
 ) -> Result<Plan, PlanError> {
-    plan_kind(
-        staging,
-        shadow,
-        shadow_snapshot,
-        publication,
-        policy,
-        signing,
-        AssignmentKind::Publish,
-    )
-}
-
-/// [`plan`] for another kind of assignment (a `replicate` starts the node's tree empty).
-pub fn plan_kind(
-    staging: &Path,
-    shadow: &Path,
-    shadow_snapshot: &Snapshot,
-    publication: &Publication<'_>,
-    policy: &PlanPolicy,
-    signing: &SigningKey,
-    kind: AssignmentKind,
-) -> Result<Plan, PlanError> {
     plan_site(
         staging,
         shadow,
@@ -146,13 +125,14 @@ pub fn plan_kind(
         publication,
         policy,
         signing,
-        kind,
+        AssignmentKind::Publish,
         None,
     )
 }
 
-/// [`plan_kind`] publishing only the staging files the site's `rules` admit (the others count as absent, so
-/// one published before is removed).
+/// [`plan`] for any kind of assignment (a `replicate` or `restore` starts the node's tree empty), publishing
+/// only the staging files the site's `rules` admit (the others count as absent, so one published before is
+/// removed).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_site(
     staging: &Path,

@@ -456,7 +456,7 @@ impl Mover {
         let outcome = self
             .publish_tree(job, nodes, unpacked.clone(), true, Some(Rules::default()))
             .await;
-        let _ = std::fs::remove_dir_all(&unpacked);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&unpacked)).await;
         outcome
     }
 
@@ -481,7 +481,7 @@ impl Mover {
         });
         let rules = rules.unwrap_or_else(|| site.rules.clone());
         let published: Snapshot = serde_json::from_str(&site.snapshot).unwrap_or_default();
-        let next = site.high.max(site.sequence) + 1;
+        let next = site.next_version();
         let site_dir = self.site_dir(name);
         let kind = if restore {
             AssignmentKind::Restore
@@ -507,17 +507,19 @@ impl Mover {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| format!("shadow copy: {e}")));
         let quorum = self.config.quorum.unwrap_or(nodes.len()).min(nodes.len());
-        if let Err(error) = staged {
-            site_dir.discard_next();
-            return Err(format!("{error}; nothing was switched"));
-        }
-        if prepared.len() < quorum {
-            site_dir.discard_next();
-            return Err(format!(
+        let refused = match staged {
+            Err(error) => Some(format!("{error}; nothing was switched")),
+            Ok(()) if prepared.len() < quorum => Some(format!(
                 "{} of {} nodes prepared, {quorum} needed; nothing was switched",
                 prepared.len(),
                 nodes.len()
-            ));
+            )),
+            Ok(()) => None,
+        };
+        if let Some(refused) = refused {
+            let dir = site_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || dir.discard_next()).await;
+            return Err(refused);
         }
         let commit = self.commit_assignment(id, name, next)?;
         let committed = self.deliver_all(id, &prepared, &commit, "committed").await;
@@ -592,18 +594,28 @@ impl Mover {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("checkpoint: {e}"))?;
-        let store = self.store();
-        store
-            .add_checkpoint(name, site.sequence, bytes, now_ms())
-            .map_err(|e| e.to_string())?;
-        let _ = store.drop_snapshots_through(name, site.sequence);
-        site_dir.drop_snapshots_through(site.sequence);
-        let all = store.checkpoints(name).map_err(|e| e.to_string())?;
-        let excess = all.len().saturating_sub(self.config.checkpoints_kept.max(1));
-        for (old, ..) in all.iter().take(excess) {
-            let _ = std::fs::remove_dir_all(site_dir.checkpoint(*old));
-            let _ = store.remove_checkpoint(name, *old);
-        }
+        let dropped: Vec<u64> = {
+            let store = self.store();
+            store
+                .add_checkpoint(name, number, site.sequence, bytes, now_ms())
+                .map_err(|e| e.to_string())?;
+            let _ = store.drop_snapshots_through(name, site.sequence);
+            let all = store.checkpoints(name).map_err(|e| e.to_string())?;
+            let excess = all.len().saturating_sub(self.config.checkpoints_kept.max(1));
+            let dropped: Vec<u64> = all.iter().take(excess).map(|(old, ..)| *old).collect();
+            for old in &dropped {
+                let _ = store.remove_checkpoint(name, *old);
+            }
+            dropped
+        };
+        let (dir, sequence) = (site_dir.clone(), site.sequence);
+        let _ = tokio::task::spawn_blocking(move || {
+            dir.drop_snapshots_through(sequence);
+            for old in dropped {
+                let _ = std::fs::remove_dir_all(dir.checkpoint(old));
+            }
+        })
+        .await;
         info!(site = %name, number, version = site.sequence, bytes, "checkpoint created");
         Ok(number)
     }
@@ -764,7 +776,7 @@ impl Mover {
             .store()
             .site(name)
             .map_err(|e| e.to_string())?
-            .map_or(0, |s| s.high.max(s.sequence) + 1);
+            .map_or(0, |s| s.next_version());
         let builder = Builder::new(job, AssignmentKind::Remove, name, sequence, None, now_ms());
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())

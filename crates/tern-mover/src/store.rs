@@ -50,6 +50,13 @@ pub struct Site {
     pub snapshot: String,
 }
 
+impl Site {
+    /// The number the site's next version takes: above every version ever issued.
+    pub fn next_version(&self) -> u64 {
+        self.high.max(self.sequence) + 1
+    }
+}
+
 /// A job.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Job {
@@ -556,23 +563,17 @@ impl Store {
         Ok((resumed, failed))
     }
 
-    /// Records a checkpoint; returns its number. The snapshots it supersedes are forgotten.
-    pub fn add_checkpoint(&self, site: &str, sequence: u64, bytes: u64, now_ms: u64) -> StoreResult<u64> {
-        let number: i64 = self.connection.query_row(
-            "SELECT COALESCE(MAX(number), 0) + 1 FROM checkpoints WHERE site = ?1",
-            params![site],
-            |row| row.get(0),
-        )?;
+    /// Records checkpoint `number` of a site (the next number: see [`Store::checkpoints`]).
+    pub fn add_checkpoint(&self, site: &str, number: u64, sequence: u64, bytes: u64, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
             "INSERT INTO checkpoints (site, number, sequence, created_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![site, number, sequence as i64, now_ms as i64, bytes as i64],
+            params![site, number as i64, sequence as i64, now_ms as i64, bytes as i64],
         )?;
         self.log(
             None,
             &format!("checkpoint {number} of {site} (version {sequence})"),
             now_ms,
-        )?;
-        Ok(number as u64)
+        )
     }
 
     /// A site's checkpoints: (number, version, created, bytes), oldest first.
