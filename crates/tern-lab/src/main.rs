@@ -78,6 +78,19 @@ enum Bench {
         /// Share of the bytes the change rewrites.
         #[arg(long, default_value_t = 0.02)]
         change: f64,
+        /// Times the change step is measured (a new change each time); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Put the trees under DIR instead of a tmpfs mounted for the run (the lab disk's inode allocator
+        /// makes timings depend on what was deleted in the last minutes; see the module docs).
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// Log filter of the mover and the nodes, e.g. `info` or `info,tern_node=debug`.
+        #[arg(long, default_value = "warn")]
+        log: String,
+        /// Measure tern only: no rsync runs.
+        #[arg(long)]
+        tern_only: bool,
         /// The tern binary (default: the release build next to this program).
         #[arg(long)]
         tern: Option<PathBuf>,
@@ -231,6 +244,10 @@ fn run(command: Command) -> Result<()> {
             files,
             bytes,
             change,
+            rounds,
+            work,
+            log,
+            tern_only,
             tern,
             out,
         }) => tern_lab::mover_bench::run(&tern_lab::mover_bench::MoverBench {
@@ -238,6 +255,10 @@ fn run(command: Command) -> Result<()> {
             files,
             bytes,
             change,
+            rounds,
+            work,
+            log,
+            tern_only,
             tern,
             out,
         }),

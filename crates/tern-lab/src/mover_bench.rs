@@ -7,7 +7,14 @@
 //!
 //! tern's figures come from the mover's job record (the assignment bytes sent to each node; the time is
 //! from the job's submission to its commit on every node); rsync's from `--stats` ("Total bytes sent") and
-//! the wall time of the rsync processes.
+//! the wall time of the rsync processes. The change step is repeated (`--rounds`, a new change each time)
+//! and the median reported.
+//!
+//! Every tree (staging, the mover's data, each node's copies) lives on a tmpfs mounted for the run, unless
+//! `--work` names a directory. Why: this lab's disk is an ext4 without a journal, where creating a file
+//! scans past every inode deleted in the last minutes (`recently_deleted` in the kernel's inode allocator);
+//! whichever method ran after a large deletion (a previous run's cleanup, a build) was measured at up to
+//! twice its time. On the tmpfs both methods write to the same memory-backed file system, with no history.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -30,6 +37,14 @@ pub struct MoverBench {
     pub bytes: u64,
     /// Share of the site's bytes the change rewrites.
     pub change: f64,
+    /// Times the change step is measured (a new change each time); the median is reported.
+    pub rounds: usize,
+    /// Where the trees go (default: a tmpfs mounted for the run).
+    pub work: Option<PathBuf>,
+    /// Log filter of the mover and the nodes.
+    pub log: String,
+    /// Measure tern only (no rsync runs).
+    pub tern_only: bool,
     /// The tern binary.
     pub tern: Option<PathBuf>,
     /// Results directory.
@@ -40,6 +55,7 @@ pub struct MoverBench {
 #[derive(Debug, Clone)]
 struct Transfer {
     step: &'static str,
+    round: usize,
     method: &'static str,
     seconds: f64,
     source_bytes: u64,
@@ -50,14 +66,73 @@ struct Transfer {
 pub fn run(options: &MoverBench) -> Result<()> {
     let tern = crate::bench::tern_binary(options.tern.as_deref())?;
     let tern = tern.to_str().context("tern path is not UTF-8")?.to_string();
-    if which("rsync").is_none() {
+    if which("rsync").is_none() && !options.tern_only {
         crate::bench::apt_install(&["rsync"])?;
     }
-    let work = std::env::temp_dir().join(format!("tern-mover-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = run_in(options, &tern, &work);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    let work = match &options.work {
+        Some(dir) => WorkArea::directory(dir.join(format!("tern-mover-bench-{}", std::process::id())))?,
+        None => WorkArea::tmpfs(options)?,
+    };
+    run_in(options, &tern, &work.path)
+}
+
+/// The directory holding every tree of a run; removed (and unmounted) at the end.
+struct WorkArea {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl WorkArea {
+    fn directory(path: PathBuf) -> Result<WorkArea> {
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(WorkArea { path, mounted: false })
+    }
+
+    /// A tmpfs large enough for staging, the mover's copies and three copies per node (tern, rsync
+    /// sequential, rsync parallel), with a margin; refused when the machine lacks the memory.
+    fn tmpfs(options: &MoverBench) -> Result<WorkArea> {
+        let needed = options.bytes * (3 * options.nodes as u64 + 4) + (1 << 30);
+        let available = mem_available().unwrap_or(0);
+        if needed > available {
+            bail!(
+                "the trees need about {} GB of tmpfs and {} GB of memory is available: use fewer nodes or bytes, \
+                 or put the trees on disk with --work DIR",
+                needed >> 30,
+                available >> 30
+            );
+        }
+        let path = std::env::temp_dir().join(format!("tern-mover-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={needed}"), "tern-mover-bench"])
+            .arg(&path)
+            .status()
+            .context("run mount")?;
+        if !status.success() {
+            let _ = std::fs::remove_dir(&path);
+            bail!("mounting a tmpfs failed (the benchmark runs as root); or put the trees on disk with --work DIR");
+        }
+        Ok(WorkArea { path, mounted: true })
+    }
+}
+
+impl Drop for WorkArea {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.path).status();
+            let _ = std::fs::remove_dir(&self.path);
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
@@ -68,11 +143,13 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     }
     let lab = spec.build()?;
     println!(
-        "mover benchmark: {} files, {:.0} MB, {} nodes, a {:.0}% change; lab mode {:?}",
+        "mover benchmark: {} files, {:.0} MB, {} nodes, a {:.0}% change ({} rounds); trees in {}; lab mode {:?}",
         options.files,
         options.bytes as f64 / 1e6,
         options.nodes,
         options.change * 100.0,
+        options.rounds,
+        work.display(),
         lab.mode()
     );
     let staging = work.join("staging");
@@ -84,6 +161,7 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     );
 
     let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let log = options.log.as_str();
     let mover_addr = lab.host("mover").addr;
     let mut processes: Vec<HostProcess> = Vec::new();
     let mover_data = work.join("mover");
@@ -97,7 +175,7 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
             "--data",
             &path(&mover_data),
             "--log",
-            "warn",
+            log,
         ],
     )?);
     lab.wait_listening("mover", 7000, Duration::from_secs(20))?;
@@ -123,9 +201,12 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
                 "--listen",
                 &format!("{addr}:7100"),
                 "--log",
-                "warn",
+                log,
             ],
         )?);
+        if options.tern_only {
+            continue;
+        }
         let config = root.join("rsyncd.conf");
         std::fs::write(
             &config,
@@ -150,7 +231,9 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     }
     for name in &names {
         lab.wait_listening(name, 7100, Duration::from_secs(20))?;
-        lab.wait_listening(name, 8730, Duration::from_secs(20))?;
+        if !options.tern_only {
+            lab.wait_listening(name, 8730, Duration::from_secs(20))?;
+        }
     }
     let api = SocketAddr::from((mover_addr, 7000));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -166,35 +249,47 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     }
 
     let mut transfers = Vec::new();
-    for step in ["initial", "change"] {
+    let steps = std::iter::once(("initial", 0)).chain((1..=options.rounds.max(1)).map(|round| ("change", round)));
+    for (step, round) in steps {
         if step == "change" {
-            let changed = change(&staging, options.change)?;
+            let changed = change(&staging, options.change, round as u64)?;
             println!(
-                "changed {changed} bytes ({:.2}% of the site)",
+                "round {round}: changed {changed} bytes ({:.2}% of the site)",
                 changed as f64 * 100.0 / site_bytes as f64
             );
         }
-        let tern_run = publish(api, &staging, step)?;
+        let measured = |mut transfer: Transfer| {
+            transfer.round = round;
+            println!(
+                "  {step} {}: {:.2} s, {} bytes per node",
+                transfer.method,
+                transfer.seconds,
+                mean(&transfer.per_node)
+            );
+            transfer
+        };
+        transfers.push(measured(publish(api, &staging, step)?));
         check_identical(&staging, &names, work, "tern/bench/live")?;
-        transfers.push(tern_run);
-        let sequential = rsync(&lab, &staging, &names, "seq", false, step)?;
+        if options.tern_only {
+            continue;
+        }
+        transfers.push(measured(rsync(&lab, &staging, &names, "seq", false, step)?));
         check_identical(&staging, &names, work, "seq")?;
-        transfers.push(sequential);
-        let parallel = rsync(&lab, &staging, &names, "par", true, step)?;
+        transfers.push(measured(rsync(&lab, &staging, &names, "par", true, step)?));
         check_identical(&staging, &names, work, "par")?;
-        transfers.push(parallel);
     }
     drop(processes);
     let summary = summarize(options, site_bytes, &transfers);
     println!("{summary}");
     std::fs::create_dir_all(&options.out)?;
     std::fs::write(options.out.join("summary.md"), &summary)?;
-    let mut csv = String::from("step,method,seconds,source_bytes,node_bytes_mean,node_bytes_max\n");
+    let mut csv = String::from("step,round,method,seconds,source_bytes,node_bytes_mean,node_bytes_max\n");
     for t in &transfers {
         let _ = writeln!(
             csv,
-            "{},{},{:.3},{},{},{}",
+            "{},{},{},{:.3},{},{},{}",
             t.step,
+            t.round,
             t.method,
             t.seconds,
             t.source_bytes,
@@ -215,36 +310,58 @@ fn mean(values: &[u64]) -> u64 {
     }
 }
 
+/// The measurement of `method` at `step` with the median time (over the rounds).
+fn median<'a>(transfers: &'a [Transfer], step: &str, method: &str) -> Option<&'a Transfer> {
+    let mut runs: Vec<&Transfer> = transfers
+        .iter()
+        .filter(|t| t.step == step && t.method == method)
+        .collect();
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    runs.get(runs.len() / 2).copied()
+}
+
 fn summarize(options: &MoverBench, site_bytes: u64, transfers: &[Transfer]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "content mover vs rsync: {} files, {:.0} MB, {} nodes, {:.0}% of the bytes changed\n",
+        "content mover vs rsync: {} files, {:.0} MB, {} nodes, {:.0}% of the bytes changed; change: median of {} rounds\n",
         options.files,
         site_bytes as f64 / 1e6,
         options.nodes,
-        options.change * 100.0
+        options.change * 100.0,
+        options.rounds.max(1)
     );
     let _ = writeln!(
         text,
-        "| step | method | time to all nodes (s) | bytes leaving the source | bytes per node (mean) | per node (max) |"
+        "| step | method | time to all nodes (s) | rounds (s) | bytes leaving the source | bytes per node (mean) | per node (max) |"
     );
-    let _ = writeln!(text, "|---|---|---|---|---|---|");
-    for t in transfers {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {:.2} | {} | {} | {} |",
-            t.step,
-            t.method,
-            t.seconds,
-            t.source_bytes,
-            mean(&t.per_node),
-            t.per_node.iter().max().copied().unwrap_or(0)
-        );
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|");
+    for step in ["initial", "change"] {
+        for method in ["tern", "rsync sequential", "rsync parallel"] {
+            let Some(t) = median(transfers, step, method) else {
+                continue;
+            };
+            let rounds: Vec<String> = transfers
+                .iter()
+                .filter(|r| r.step == step && r.method == method)
+                .map(|r| format!("{:.2}", r.seconds))
+                .collect();
+            let _ = writeln!(
+                text,
+                "| {step} | {method} | {:.2} | {} | {} | {} | {} |",
+                t.seconds,
+                rounds.join(" "),
+                t.source_bytes,
+                mean(&t.per_node),
+                t.per_node.iter().max().copied().unwrap_or(0)
+            );
+        }
     }
     for step in ["initial", "change"] {
-        let find = |method: &str| transfers.iter().find(|t| t.step == step && t.method == method);
-        if let (Some(tern), Some(parallel)) = (find("tern"), find("rsync parallel")) {
+        if let (Some(tern), Some(parallel)) = (
+            median(transfers, step, "tern"),
+            median(transfers, step, "rsync parallel"),
+        ) {
             let _ = writeln!(
                 text,
                 "\n{step}: tern/rsync bytes per node {:.3} (target <= 1), tern/parallel rsync time {:.2} (target <= 1)",
@@ -256,7 +373,6 @@ fn summarize(options: &MoverBench, site_bytes: u64, transfers: &[Transfer]) -> S
     text
 }
 
-/// Publishes `staging` through the mover's API and waits for the job; its figures come from the job.
 fn publish(api: SocketAddr, staging: &Path, step: &'static str) -> Result<Transfer> {
     let body = serde_json::json!({ "kind": "publish", "site": "bench", "staging": staging.display().to_string() });
     let started = Instant::now();
@@ -278,6 +394,7 @@ fn publish(api: SocketAddr, staging: &Path, step: &'static str) -> Result<Transf
                     .unwrap_or_default();
                 return Ok(Transfer {
                     step,
+                    round: 0,
                     method: "tern",
                     seconds,
                     source_bytes: per_node.iter().sum(),
@@ -343,6 +460,7 @@ fn rsync(
     }
     Ok(Transfer {
         step,
+        round: 0,
         method: if parallel { "rsync parallel" } else { "rsync sequential" },
         seconds,
         source_bytes: per_node.iter().sum(),
@@ -478,8 +596,8 @@ fn generate(root: &Path, files: usize, bytes: u64) -> Result<u64> {
 
 /// Rewrites a region of one file in ten so that about `share` of the site's bytes change; returns the
 /// bytes rewritten.
-fn change(root: &Path, share: f64) -> Result<u64> {
-    let mut rng = Rng(0x00c4_a76e);
+fn change(root: &Path, share: f64, round: u64) -> Result<u64> {
+    let mut rng = Rng(0x00c4_a76e ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut files = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -495,11 +613,13 @@ fn change(root: &Path, share: f64) -> Result<u64> {
     files.sort();
     let size = |path: &PathBuf| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let total: u64 = files.iter().map(size).sum();
-    let chosen: u64 = files.iter().step_by(10).map(size).sum();
-    // One file in ten, each rewritten over the same fraction of its length: `share` of all bytes.
+    // One file in ten (another tenth each round), each rewritten over the same fraction of its length:
+    // `share` of all bytes.
+    let offset = (round % 10) as usize;
+    let chosen: u64 = files.iter().skip(offset).step_by(10).map(size).sum();
     let fraction = (share * total as f64 / chosen.max(1) as f64).min(1.0);
     let mut changed = 0;
-    for path in files.iter().step_by(10) {
+    for path in files.iter().skip(offset).step_by(10) {
         let mut content = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut content)?;
         let region = ((content.len() as f64) * fraction) as usize;
@@ -533,8 +653,15 @@ mod tests {
         let area = tempfile::tempdir().expect("tempdir");
         let written = generate(area.path(), 200, 4_000_000).expect("generate");
         assert!((3_900_000..=4_000_000).contains(&written), "{written}");
-        let changed = change(area.path(), 0.02).expect("change");
-        let share = changed as f64 / written as f64;
-        assert!((0.01..0.03).contains(&share), "{share}");
+        let before = tern_tree::scan(area.path(), &tern_tree::Snapshot::new()).expect("scan");
+        for round in 1..=2 {
+            let changed = change(area.path(), 0.02, round).expect("change");
+            let share = changed as f64 / written as f64;
+            assert!((0.01..0.03).contains(&share), "{share}");
+        }
+        // Each round changes other files: two rounds touch about a fifth of them.
+        let after = tern_tree::scan(area.path(), &before).expect("scan");
+        let touched = tern_tree::differences(&before, &after).len();
+        assert!((30..=50).contains(&touched), "{touched} of 200 files changed");
     }
 }

@@ -12,8 +12,8 @@
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use tern_tree::{ChangeKind, Snapshot, differences, scan};
-use tern_wire::assignment::{AssignmentKind, Builder, Command};
+use tern_tree::{ChangeKind, Difference, Snapshot, differences, scan};
+use tern_wire::assignment::{AssignmentKind, Builder, Command, Packer, Piece};
 
 use crate::rules::CompiledRules;
 
@@ -163,43 +163,27 @@ pub fn plan_site(
         publication.created_ms,
     );
     let mut stats = PlanStats::default();
-    for difference in differences(shadow_snapshot, &staged) {
-        let source = staging.join(&difference.path);
-        match difference.kind {
-            ChangeKind::Deleted => {
-                builder.command(Command::Remove {
-                    path: difference.path.clone(),
-                });
-                stats.removed += 1;
-            }
-            ChangeKind::Created | ChangeKind::Modified => {
-                let content = std::fs::read(&source).map_err(io("staging file", &source))?;
-                let mode = tern_tree::file_mode(&source);
-                let compress = policy.compress(&difference.path);
-                stats.content_bytes += content.len() as u64;
-                let old = if difference.kind == ChangeKind::Modified && content.len() as u64 >= policy.delta_min_size {
-                    std::fs::read(shadow.join(&difference.path)).ok()
-                } else {
-                    None
-                };
-                let as_delta = match old {
-                    Some(old) => builder
-                        .patch_or_create(&difference.path, mode, &old, &content, compress)
-                        .map_err(io("delta", &source))?,
-                    None => {
-                        builder
-                            .create(&difference.path, mode, &content, compress)
-                            .map_err(io("compression", &source))?;
-                        false
-                    }
-                };
-                if as_delta {
-                    stats.patched += 1;
-                } else {
-                    stats.created += 1;
-                }
-            }
+    let changes = differences(shadow_snapshot, &staged);
+    let to_pack: Vec<&Difference> = changes.iter().filter(|d| d.kind != ChangeKind::Deleted).collect();
+    let mut pieces = pack_all(&to_pack, staging, shadow, policy)?.into_iter();
+    for difference in &changes {
+        if difference.kind == ChangeKind::Deleted {
+            builder.command(Command::Remove {
+                path: difference.path.clone(),
+            });
+            stats.removed += 1;
+            continue;
         }
+        let Some((content_len, piece)) = pieces.next() else {
+            break;
+        };
+        stats.content_bytes += content_len;
+        if piece.is_delta() {
+            stats.patched += 1;
+        } else {
+            stats.created += 1;
+        }
+        builder.add(piece);
     }
     let assignment = builder.finish(signing, policy.encryption.as_ref())?;
     stats.assignment_bytes = assignment.len() as u64;
@@ -208,4 +192,57 @@ pub fn plan_site(
         stats,
         snapshot: staged,
     })
+}
+
+/// Packs the new and changed files (reads each, compresses it or makes its delta against the shadow
+/// version) on one thread per core: packing is most of a plan's time, and the files are independent.
+/// Returns each file's size and piece, in the order given.
+fn pack_all(
+    files: &[&Difference],
+    staging: &Path,
+    shadow: &Path,
+    policy: &PlanPolicy,
+) -> Result<Vec<(u64, Piece)>, PlanError> {
+    tern_tree::map_parallel_with(files, Packer::new, |packer, difference| match packer {
+        Ok(packer) => pack(packer, difference, staging, shadow, policy),
+        Err(error) => Err(PlanError::Io {
+            what: "compression",
+            path: difference.path.clone(),
+            source: std::io::Error::new(error.kind(), error.to_string()),
+        }),
+    })
+    .into_iter()
+    .collect()
+}
+
+/// Packs one new or changed file: whole, or as a delta against its shadow version when that is smaller.
+fn pack(
+    packer: &mut Packer,
+    difference: &Difference,
+    staging: &Path,
+    shadow: &Path,
+    policy: &PlanPolicy,
+) -> Result<(u64, Piece), PlanError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source: std::io::Error| PlanError::Io { what, path, source }
+    };
+    let source = staging.join(&difference.path);
+    let content = std::fs::read(&source).map_err(io("staging file", &source))?;
+    let mode = tern_tree::file_mode(&source);
+    let compress = policy.compress(&difference.path);
+    let old = if difference.kind == ChangeKind::Modified && content.len() as u64 >= policy.delta_min_size {
+        std::fs::read(shadow.join(&difference.path)).ok()
+    } else {
+        None
+    };
+    let piece = match old {
+        Some(old) => packer
+            .changed(&difference.path, mode, &old, &content, compress)
+            .map_err(io("delta", &source))?,
+        None => packer
+            .whole(&difference.path, mode, &content, compress)
+            .map_err(io("compression", &source))?,
+    };
+    Ok((content.len() as u64, piece))
 }

@@ -501,7 +501,8 @@ impl Mover {
         // and the shadow copy it links from changes only under the lock, at the commit below).
         let (dir, snapshot, from) = (site_dir.clone(), planned.snapshot.clone(), staging.clone());
         let staged = tokio::task::spawn_blocking(move || dir.stage_next(&from, &published, &snapshot));
-        let prepared = self.deliver_all(id, nodes, &planned.assignment, "prepared").await;
+        let assignment = Bytes::from(planned.assignment);
+        let prepared = self.deliver_all(id, nodes, assignment.clone(), "prepared").await;
         let staged = staged
             .await
             .map_err(|e| e.to_string())
@@ -522,25 +523,36 @@ impl Mover {
             return Err(refused);
         }
         let commit = self.commit_assignment(id, name, next)?;
-        let committed = self.deliver_all(id, &prepared, &commit, "committed").await;
+        let committed = self.deliver_all(id, &prepared, commit, "committed").await;
         {
             let lock = self.shadow_lock(name);
             let _guard = lock.lock().await;
             let dir = site_dir.clone();
-            tokio::task::spawn_blocking(move || dir.promote_next())
+            let superseded = tokio::task::spawn_blocking(move || dir.promote_next())
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("shadow copy: {e}"))?;
-            if !restore {
+            // The tree before the previous one is deleted after the job, not before it reports.
+            tokio::task::spawn_blocking(move || {
+                for tree in superseded {
+                    let _ = std::fs::remove_dir_all(tree);
+                }
+            });
+            if !restore && site.sequence != 0 {
                 // The snapshot of this version: with it, a node one or a few versions behind is brought up
-                // to date with the deltas rather than a full copy.
-                match site_dir.save_snapshot(next, &planned.assignment) {
+                // to date with the deltas rather than a full copy. A first publish has no base a node could
+                // hold (a node without the site gets a full copy), so it is not kept.
+                let (dir, bytes) = (site_dir.clone(), assignment.clone());
+                let saved = tokio::task::spawn_blocking(move || dir.save_snapshot(next, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match saved {
                     Ok(()) => {
                         let record = SnapshotRecord {
                             sequence: next,
                             base: site.sequence,
                             job: id.to_string(),
-                            bytes: planned.assignment.len() as u64,
+                            bytes: assignment.len() as u64,
                             created_ms: now_ms(),
                         };
                         let _ = self.store().add_snapshot(name, &record);
@@ -681,9 +693,9 @@ impl Mover {
                 )
                 .await?
             };
-            let prepared = self.deliver_all(job, &whole, &full_copy.assignment, "prepared").await;
+            let prepared = self.deliver_all(job, &whole, full_copy.assignment, "prepared").await;
             let commit = self.commit_assignment(job, name, site.sequence)?;
-            let committed = self.deliver_all(job, &prepared, &commit, "committed").await;
+            let committed = self.deliver_all(job, &prepared, commit, "committed").await;
             for node in &committed {
                 let _ = self.store().set_node_version(node, name, site.sequence);
             }
@@ -710,7 +722,7 @@ impl Mover {
                 return false;
             };
             if self
-                .deliver_all(job, &node_list, &assignment, "prepared")
+                .deliver_all(job, &node_list, assignment, "prepared")
                 .await
                 .is_empty()
             {
@@ -719,7 +731,7 @@ impl Mover {
             let Ok(commit) = self.commit_assignment(job, name, version) else {
                 return false;
             };
-            if self.deliver_all(job, &node_list, &commit, "committed").await.is_empty() {
+            if self.deliver_all(job, &node_list, commit, "committed").await.is_empty() {
                 return false;
             }
             let _ = self.store().set_node_version(node, name, version);
@@ -740,7 +752,7 @@ impl Mover {
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())
             .map_err(|e| e.to_string())?;
-        let done = self.deliver_all(job, nodes, &assignment, "committed").await;
+        let done = self.deliver_all(job, nodes, assignment, "committed").await;
         let lock = self.shadow_lock(name);
         let _guard = lock.lock().await;
         let dir = site_dir.clone();
@@ -781,7 +793,7 @@ impl Mover {
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())
             .map_err(|e| e.to_string())?;
-        let done = self.deliver_all(job, nodes, &assignment, "committed").await;
+        let done = self.deliver_all(job, nodes, assignment, "committed").await;
         if done.len() < nodes.len() {
             return Err(format!(
                 "removed from {} of {} nodes; the site is still hosted (run the remove again)",
@@ -860,7 +872,7 @@ impl Mover {
         self: &Arc<Self>,
         job: &str,
         nodes: &[String],
-        assignment: &[u8],
+        assignment: impl Into<Bytes>,
         success_state: &str,
     ) -> Vec<String> {
         let urls: HashMap<String, String> = self
@@ -870,7 +882,7 @@ impl Mover {
             .into_iter()
             .map(|n| (n.name, n.url))
             .collect();
-        let body = Bytes::copy_from_slice(assignment);
+        let body: Bytes = assignment.into();
         let mut tasks = Vec::new();
         for node in nodes {
             let Some(url) = urls.get(node).cloned() else { continue };

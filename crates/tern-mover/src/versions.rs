@@ -6,6 +6,7 @@
 //! shadow-next/       the tree being published, until the job commits
 //! snapshots/<N>.asg  the assignment that made version N from the one before, kept until a checkpoint
 //! checkpoints/<n>/   compressed full copies (every file as <name>.zst)
+//! superseded-*/      an older tree moved aside at a promotion, being deleted
 //! ```
 //!
 //! Shadow files are never changed in place, so trees share unchanged files through hard links.
@@ -14,6 +15,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use tern_tree::Snapshot;
+
+/// The prefix of trees moved aside by [`SiteDir::promote_next`], to be deleted.
+const SUPERSEDED: &str = "superseded-";
 
 /// The directories of one site.
 #[derive(Debug, Clone)]
@@ -87,16 +91,27 @@ impl SiteDir {
         Ok(())
     }
 
-    /// Makes `shadow-next` the shadow copy, keeping the old one as `shadow-previous`.
-    pub fn promote_next(&self) -> io::Result<()> {
+    /// Makes `shadow-next` the shadow copy, keeping the old one as `shadow-previous`. The tree that was
+    /// `shadow-previous` is only moved aside; it is returned for the caller to delete off the publish path
+    /// (a crash before that leaves it in `superseded-*`, which the next promotion returns too).
+    pub fn promote_next(&self) -> io::Result<Vec<PathBuf>> {
         let (shadow, previous) = (self.shadow(), self.previous());
         if shadow.exists() {
             if previous.exists() {
-                std::fs::remove_dir_all(&previous)?;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                std::fs::rename(&previous, self.0.join(format!("{SUPERSEDED}{nanos}")))?;
             }
             std::fs::rename(&shadow, &previous)?;
         }
-        std::fs::rename(self.next(), &shadow)
+        std::fs::rename(self.next(), &shadow)?;
+        Ok(std::fs::read_dir(&self.0)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(SUPERSEDED))
+            .map(|e| e.path())
+            .collect())
     }
 
     /// Drops `shadow-next` (the publish did not commit).

@@ -13,14 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve};
-use tern_wire::assignment::{Limits, decode};
+use tern_wire::assignment::{Limits, decode_owned};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -171,42 +171,90 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     tern_admin::json(status, &value)
 }
 
+/// Reads an assignment's bytes into one buffer, sized from `content-length` when it is within `limit`
+/// (the assignment is then copied once, from the socket's chunks, and never again).
+async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Response<Body>> {
+    let too_large = || {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "error": format!("assignment over the node's limit of {limit} bytes") }),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("assignment cut off: {error}") }),
+            )
+        })?;
+        if let Ok(chunk) = frame.into_data() {
+            if bytes.len() as u64 + chunk.len() as u64 > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    Ok(bytes)
+}
+
 impl Handler for NodeApi {
     async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let agent = &self.agent;
         match (request.method(), request.uri().path()) {
             (&Method::POST, "/assignments") => {
-                let limit = agent.config.limits.max_total as usize;
-                let bytes = match Limited::new(request.into_body(), limit).collect().await {
-                    Ok(body) => body.to_bytes(),
-                    Err(_) => {
-                        return json(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            serde_json::json!({ "error": "assignment over the node's limit or cut off" }),
-                        );
-                    }
+                let bytes = match receive(request, agent.config.limits.max_total).await {
+                    Ok(bytes) => bytes,
+                    Err(response) => return response,
                 };
-                let agent = agent.clone();
+                let worker = agent.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let assignment = decode(
-                        &bytes,
-                        &agent.config.mover_key,
-                        agent.config.decryption_key.as_ref(),
-                        &agent.config.limits,
+                    let assignment = decode_owned(
+                        bytes,
+                        &worker.config.mover_key,
+                        worker.config.decryption_key.as_ref(),
+                        &worker.config.limits,
                     )
                     .map_err(|e| e.to_string())?;
-                    agent
+                    worker
                         .interpreter
                         .apply(&assignment)
                         .map_err(|e| e.to_string())
-                        .map(|applied| (assignment.header.id.clone(), applied))
+                        .map(|applied| (assignment.header.id.clone(), assignment.header.site.clone(), applied))
                 })
                 .await;
                 match outcome {
-                    Ok(Ok((id, applied))) => json(
-                        StatusCode::OK,
-                        serde_json::json!({ "id": id, "commands": applied.commands, "live": applied.live }),
-                    ),
+                    Ok(Ok((id, site, applied))) => {
+                        if applied.live.is_some() {
+                            // After a switch: old versions go and the next temp tree is linked, once the
+                            // mover has its answer.
+                            let worker = agent.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let started = std::time::Instant::now();
+                                match worker.interpreter.tidy(&site) {
+                                    Ok(()) => {
+                                        debug!(%site, seconds = started.elapsed().as_secs_f64(), "tidied after the switch")
+                                    }
+                                    Err(error) => {
+                                        warn!(%site, %error, "tidying after the switch failed; the next publish links its tree itself")
+                                    }
+                                }
+                            });
+                        }
+                        json(
+                            StatusCode::OK,
+                            serde_json::json!({ "id": id, "commands": applied.commands, "live": applied.live }),
+                        )
+                    }
                     Ok(Err(reason)) => {
                         warn!(%client, %reason, "assignment refused");
                         json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }))

@@ -6,7 +6,9 @@
 //! live      -> versions/<sequence>-<id>     symbolic link: what is served
 //! backup    -> versions/<sequence>-<id>     symbolic link: the previous version, for rollback
 //! temp/                                      the tree being prepared (the seed's temp)
+//! next-<version>/                            a hard-linked copy of live, made while idle (below)
 //! versions/                                  prepared trees; only live and backup are kept
+//! .trash-*                                   superseded versions, deleted in the background
 //! ```
 //!
 //! Commands are applied to `temp`, which starts as a copy of the live tree made with hard links (cheap);
@@ -14,9 +16,15 @@
 //! and chmod copies the file first — so the live tree sharing those inodes never changes. `commit` moves
 //! `temp` into `versions/` and switches `live` with one rename(2) of a symbolic link: a reader sees the
 //! whole old site or the whole new one, never a missing or mixed one. `rollback` switches back the same way.
+//!
+//! Work that is not needed for the switch is kept off the publish path: after a switch, [`Interpreter::tidy`]
+//! (which the agent runs once it has answered) deletes the superseded versions and links the next temp tree
+//! from the new live one, so the next publish starts from a ready tree instead of linking thousands of files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef, apply_delta};
 use tracing::info;
@@ -85,22 +93,70 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Interpreter {
     root: PathBuf,
+    /// One lock per site: an assignment and the tidying after a switch never work on a site at once.
+    sites: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique(prefix: &str) -> String {
+    static PID: OnceLock<u32> = OnceLock::new();
     format!(
         "{prefix}{}-{}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
 
+/// The prefix of a ready copy of a live version, `next-<version directory name>`.
+const NEXT: &str = "next-";
+/// The prefix of superseded versions waiting to be deleted.
+const TRASH: &str = ".trash-";
+
 impl Interpreter {
     /// An interpreter for sites under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Interpreter { root: root.into() }
+        Interpreter {
+            root: root.into(),
+            sites: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn site_lock(&self, site: &str) -> Arc<Mutex<()>> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.entry(site.to_string()).or_default().clone()
+    }
+
+    /// Work after a switch, off the publish path: deletes superseded versions and links a copy of the live
+    /// tree as the next temp tree. Blocking; safe to skip or interrupt (a missing or partial copy is simply
+    /// not used).
+    pub fn tidy(&self, site: &str) -> std::io::Result<()> {
+        let site_dir = self.site_dir(site).map_err(std::io::Error::other)?;
+        let lock = self.site_lock(site);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let live = std::fs::read_link(site_dir.join("live")).ok();
+        let wanted = live
+            .as_ref()
+            .and_then(|target| target.file_name())
+            .map(|name| format!("{NEXT}{}", name.to_string_lossy()));
+        let mut ready = false;
+        for entry in std::fs::read_dir(&site_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if Some(&name) == wanted.as_ref() {
+                ready = true;
+            } else if name.starts_with(TRASH) || name.starts_with(NEXT) || name.starts_with(".next-") {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        if let (Some(target), Some(wanted), false) = (live, wanted, ready) {
+            // Built under a scratch name and renamed when whole, so a crash never leaves a partial copy
+            // under the name that is used.
+            let building = site_dir.join(unique(".next-"));
+            std::fs::create_dir(&building)?;
+            link_tree(&site_dir.join(target), &building)?;
+            std::fs::rename(&building, site_dir.join(wanted))?;
+        }
+        Ok(())
     }
 
     /// The directory of a site.
@@ -128,6 +184,8 @@ impl Interpreter {
     /// Applies `assignment` (already verified by `tern_wire::assignment::decode`). Blocking.
     pub fn apply(&self, assignment: &Assignment) -> Result<Applied, ApplyError> {
         let site_dir = self.site_dir(&assignment.header.site)?;
+        let lock = self.site_lock(&assignment.header.site);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let io = |index: usize, op: &'static str| move |source: std::io::Error| ApplyError::Io { index, op, source };
         if assignment.header.kind == AssignmentKind::Remove {
             // The site goes at once (one rename out of the root), then its files are deleted.
@@ -166,8 +224,9 @@ impl Interpreter {
             } else {
                 self.live(&assignment.header.site)
             };
-            prepare_temp(&temp, base.as_deref()).map_err(io(0, "prepare"))?;
+            prepare_temp(&site_dir, &temp, base.as_deref()).map_err(io(0, "prepare"))?;
         }
+        let mut unpacker = Unpacker::new().map_err(io(0, "prepare"))?;
         let mut applied = Applied::default();
         for (index, command) in assignment.commands.iter().enumerate() {
             match command {
@@ -177,9 +236,8 @@ impl Interpreter {
                 }
                 Command::Create { path, mode, data } => {
                     let target = checked(&temp, path, false, index, "create")?;
-                    let content = stored_content(assignment, data).map_err(io(index, "create"))?;
-                    verify(&content, data, index, path)?;
-                    write_new(&target, &content, *mode).map_err(io(index, "create"))?;
+                    let content = unpacker.content(assignment, data).map_err(|_| mismatch(index, path))?;
+                    write_new(&target, content, *mode).map_err(io(index, "create"))?;
                 }
                 Command::Patch { path, base_hash, data } => {
                     let target = checked(&temp, path, false, index, "patch")?;
@@ -190,21 +248,15 @@ impl Interpreter {
                             path: path.clone(),
                         });
                     }
-                    let new = apply_delta(&old, assignment.bytes(data), data.size).map_err(|_| {
-                        ApplyError::ContentMismatch {
-                            index,
-                            path: path.clone(),
-                        }
-                    })?;
-                    verify(&new, data, index, path)?;
+                    let new =
+                        apply_delta(&old, assignment.bytes(data), data.size).map_err(|_| mismatch(index, path))?;
+                    verify(&new, data).map_err(|_| mismatch(index, path))?;
                     let mode = tern_tree::file_mode(&target);
                     write_new(&target, &new, mode).map_err(io(index, "patch"))?;
                 }
                 Command::Chmod { path, mode } => {
                     let target = checked(&temp, path, false, index, "chmod")?;
-                    // The file may share its inode with the live tree: copy, then change the copy.
-                    let content = std::fs::read(&target).map_err(io(index, "chmod"))?;
-                    write_new(&target, &content, Some(*mode)).map_err(io(index, "chmod"))?;
+                    chmod(&target, *mode).map_err(io(index, "chmod"))?;
                 }
                 Command::Remove { path } => {
                     let target = checked(&temp, path, true, index, "remove")?;
@@ -263,46 +315,122 @@ fn checked(
     })
 }
 
-fn stored_content(assignment: &Assignment, data: &DataRef) -> std::io::Result<Vec<u8>> {
-    let stored = assignment.bytes(data);
-    match data.compression {
-        Compression::None => Ok(stored.to_vec()),
-        Compression::Zstd => zstd::bulk::decompress(stored, data.size as usize),
+fn mismatch(index: usize, path: &str) -> ApplyError {
+    ApplyError::ContentMismatch {
+        index,
+        path: path.to_string(),
     }
 }
 
-fn verify(content: &[u8], data: &DataRef, index: usize, path: &str) -> Result<(), ApplyError> {
+/// Turns stored bytes into file content, with one zstd context and one buffer for a whole assignment.
+struct Unpacker {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    buffer: Vec<u8>,
+}
+
+impl Unpacker {
+    fn new() -> std::io::Result<Self> {
+        Ok(Unpacker {
+            decompressor: zstd::bulk::Decompressor::new()?,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The content of a create command. Stored bytes are the content itself, covered by the assignment's
+    /// signed hash; decompressed bytes are checked against their declared size and hash, since they are
+    /// what a decoder made of the signed bytes.
+    fn content<'a>(&'a mut self, assignment: &'a Assignment, data: &DataRef) -> std::io::Result<&'a [u8]> {
+        let stored = assignment.bytes(data);
+        match data.compression {
+            Compression::None if stored.len() as u64 == data.size => Ok(stored),
+            Compression::None => Err(std::io::Error::other("stored size differs")),
+            Compression::Zstd => {
+                self.buffer.clear();
+                // One byte over the declared size: a frame that decodes to more fails the size check.
+                self.buffer
+                    .reserve(usize::try_from(data.size).unwrap_or(usize::MAX).saturating_add(1));
+                self.decompressor.decompress_to_buffer(stored, &mut self.buffer)?;
+                verify(&self.buffer, data)?;
+                Ok(&self.buffer)
+            }
+        }
+    }
+}
+
+fn verify(content: &[u8], data: &DataRef) -> std::io::Result<()> {
     if content.len() as u64 != data.size || blake3::hash(content).to_hex().as_str() != data.hash {
-        return Err(ApplyError::ContentMismatch {
-            index,
-            path: path.to_string(),
-        });
+        return Err(std::io::Error::other("content differs from its declared size and hash"));
     }
     Ok(())
 }
 
-/// Writes a new file beside `target` and renames it over, so no existing inode is modified.
+/// Changes a file's permission bits. A file still shared with the live tree (a hard link) is copied first,
+/// so live never changes; a file this assignment wrote is changed in place.
+fn chmod(target: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if std::fs::metadata(target)?.nlink() == 1 {
+            return std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode & 0o7777));
+        }
+    }
+    let content = std::fs::read(target)?;
+    write_new(target, &content, Some(mode))
+}
+
+/// Writes `content` as a new file at `target` without modifying any existing inode: a new name is created
+/// directly (never following a link there); an existing file, which may share its inode with the live tree,
+/// is replaced by a new file renamed over it.
 fn write_new(target: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     let parent = target
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    std::fs::create_dir_all(parent)?;
-    let temp = parent.join(unique(".tern-new-"));
-    std::fs::write(&temp, content)?;
+    match create_file(target, content, mode) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(parent)?;
+            create_file(target, content, mode)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let temp = parent.join(unique(".tern-new-"));
+            create_file(&temp, content, mode)?;
+            std::fs::rename(&temp, target)
+        }
+        other => other,
+    }
+}
+
+/// Creates a file that must not exist yet (`O_EXCL`: a symbolic link at the name is refused, not followed).
+fn create_file(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // The mode is set after the write as well: the process umask may narrow the mode given at open.
+        options.mode(mode.unwrap_or(0o644) & 0o7777);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(content)?;
     #[cfg(unix)]
     if let Some(mode) = mode {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
     }
-    #[cfg(not(unix))]
-    let _ = mode;
-    std::fs::rename(&temp, target)
+    Ok(())
 }
 
-/// Makes `temp` a hard-linked copy of the live tree (or empty without one), removing a leftover first.
-fn prepare_temp(temp: &Path, live: Option<&Path>) -> std::io::Result<()> {
+/// Makes `temp` a hard-linked copy of the live tree (or empty without one), removing a leftover first. A
+/// copy [`Interpreter::tidy`] made of this very live version is taken as it is.
+fn prepare_temp(site_dir: &Path, temp: &Path, live: Option<&Path>) -> std::io::Result<()> {
     if std::fs::symlink_metadata(temp).is_ok() {
         std::fs::remove_dir_all(temp)?;
+    }
+    if let Some(name) = live.and_then(Path::file_name) {
+        let ready = site_dir.join(format!("{NEXT}{}", name.to_string_lossy()));
+        if std::fs::rename(&ready, temp).is_ok() {
+            return Ok(());
+        }
     }
     std::fs::create_dir_all(temp)?;
     if let Some(live) = live {
@@ -348,11 +476,12 @@ fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
         .filter_map(|name| std::fs::read_link(site_dir.join(name)).ok())
         .collect();
     keep.extend(previous_backup);
+    // Older versions are moved aside with one rename each; `tidy` deletes them after the answer.
     if let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) {
         for entry in entries.flatten() {
             let relative = Path::new("versions").join(entry.file_name());
             if !keep.contains(&relative) {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::rename(entry.path(), site_dir.join(unique(TRASH)));
             }
         }
     }

@@ -51,6 +51,7 @@ pub struct Difference {
 /// hidden files (a leading `.`) are skipped too, since editors write their temporaries there.
 pub fn scan(root: &Path, previous: &Snapshot) -> io::Result<Snapshot> {
     let mut snapshot = Snapshot::new();
+    let mut to_hash = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -88,23 +89,80 @@ pub fn scan(root: &Path, previous: &Snapshot) -> io::Result<Snapshot> {
                 .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let hash = match previous.get(&relative) {
-                Some(known) if known.len == len && known.mtime_ns == mtime_ns => known.hash.clone(),
-                _ => match hash_file(&path) {
-                    Ok(hash) => hash,
-                    Err(_) => continue,
-                },
-            };
-            snapshot.insert(relative, FileState { len, mtime_ns, hash });
+            match previous.get(&relative) {
+                Some(known) if known.len == len && known.mtime_ns == mtime_ns => {
+                    let hash = known.hash.clone();
+                    snapshot.insert(relative, FileState { len, mtime_ns, hash });
+                }
+                _ => to_hash.push((relative, path, len, mtime_ns)),
+            }
         }
+    }
+    for (relative, hash, len, mtime_ns) in hash_files(to_hash) {
+        snapshot.insert(relative, FileState { len, mtime_ns, hash });
     }
     Ok(snapshot)
 }
 
+/// Hashes new and changed files on one thread per core (a first scan reads the whole tree). A file that
+/// cannot be read (deleted since it was listed) is left out.
+fn hash_files(files: Vec<(String, std::path::PathBuf, u64, u128)>) -> Vec<(String, String, u64, u128)> {
+    map_parallel(&files, |(relative, path, len, mtime_ns)| {
+        hash_file(path)
+            .ok()
+            .map(|hash| (relative.clone(), hash, *len, *mtime_ns))
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Maps `f` over `items` on one thread per core (at most 8), in order. For work on many independent files
+/// (reading, hashing, compressing), which would otherwise leave all cores but one idle.
+pub fn map_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_parallel_with(items, || (), |_, item| f(item))
+}
+
+/// [`map_parallel`] with a state each thread makes once (a compression context, a buffer).
+pub fn map_parallel_with<T: Sync, S, R: Send>(
+    items: &[T],
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut own = state();
+                    let mut results = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(index) else {
+                            return results;
+                        };
+                        results.push((index, f(&mut own, item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    done.sort_unstable_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
 fn hash_file(path: &Path) -> io::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let mut file = std::fs::File::open(path)?;
-    io::copy(&mut file, &mut hasher)?;
+    hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
@@ -204,5 +262,29 @@ mod tests {
             ]
         );
         assert!(differences(&second, &scan(dir.path(), &second).expect("scan")).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::*;
+
+    #[test]
+    fn a_parallel_map_keeps_the_order_and_each_thread_its_state() {
+        let items: Vec<u64> = (0..1000).collect();
+        let squares = map_parallel(&items, |n| n * n);
+        assert_eq!(squares, items.iter().map(|n| n * n).collect::<Vec<_>>());
+        // Each thread counts the items it saw; together they saw every item once.
+        let seen = map_parallel_with(
+            &items,
+            || 0u64,
+            |count, n| {
+                *count += 1;
+                (*n, *count)
+            },
+        );
+        assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), items);
+        assert!(seen.iter().all(|(_, count)| *count >= 1));
+        assert!(map_parallel(&Vec::<u8>::new(), |n| *n).is_empty());
     }
 }

@@ -14,8 +14,8 @@
 //! [`decode`] checks the magic, the sizes, the hash and the signature before it parses anything, and then
 //! checks every declared size against what is there. Nothing in an assignment is trusted before that.
 
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,8 @@ const MAGIC: &[u8; 8] = b"TERNASG1";
 const END: &[u8; 8] = b"TERNEND1";
 const HASH_LEN: usize = 32;
 const SIGNATURE_LEN: usize = 64;
+/// Bytes of the Poly1305 tag after an encrypted body.
+const TAG_LEN: usize = 16;
 /// Bytes of everything but header, body and their lengths.
 const FIXED: usize = 8 + 4 + 8 + HASH_LEN + SIGNATURE_LEN + 8;
 
@@ -156,8 +158,9 @@ pub struct Assignment {
     pub header: Header,
     /// Its commands, in order.
     pub commands: Vec<Command>,
-    /// Its data section.
-    pub data: Vec<u8>,
+    /// The assignment as received (decrypted in place); `data` is where its data section is.
+    buffer: Vec<u8>,
+    data: std::ops::Range<usize>,
 }
 
 /// Bounds a node applies to assignments it receives.
@@ -214,12 +217,122 @@ pub enum AssignmentError {
     },
 }
 
+/// zstd level of whole files.
+const CREATE_LEVEL: i32 = 3;
+
+/// A file's content made ready for an assignment: compressed, or a delta against the node's version.
+/// Packing is the costly part of building an assignment, and it needs no [`Builder`], so a planner can
+/// pack files on several threads and add the pieces in order.
+#[derive(Debug)]
+pub struct Piece {
+    path: String,
+    mode: Option<u32>,
+    /// blake3 (hex) of the file the delta applies to; `None` for a whole file.
+    base_hash: Option<String>,
+    stored: Vec<u8>,
+    compression: Compression,
+    size: u64,
+    hash: String,
+}
+
+impl Piece {
+    /// Whether the piece is a delta (else the whole file).
+    pub fn is_delta(&self) -> bool {
+        self.base_hash.is_some()
+    }
+
+    /// Bytes the piece adds to the data section.
+    pub fn stored_len(&self) -> usize {
+        self.stored.len()
+    }
+}
+
+/// Packs files into [`Piece`]s, reusing one zstd context for all of them (one per thread).
+pub struct Packer {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for Packer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Packer")
+    }
+}
+
+impl Packer {
+    /// A packer.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Packer {
+            compressor: zstd::bulk::Compressor::new(CREATE_LEVEL)?,
+        })
+    }
+
+    /// A whole file, compressed when `compress` says so and it helps.
+    pub fn whole(&mut self, path: &str, mode: Option<u32>, content: &[u8], compress: bool) -> std::io::Result<Piece> {
+        let packed = if compress {
+            Some(self.compressor.compress(content)?)
+        } else {
+            None
+        };
+        let (stored, compression) = match packed {
+            Some(packed) if packed.len() < content.len() => (packed, Compression::Zstd),
+            _ => (content.to_vec(), Compression::None),
+        };
+        Ok(Piece {
+            path: path.to_string(),
+            mode,
+            base_hash: None,
+            stored,
+            compression,
+            size: content.len() as u64,
+            hash: blake3::hash(content).to_hex().to_string(),
+        })
+    }
+
+    /// A zstd delta of `new` against `old` (the node holds `old`).
+    pub fn delta(&mut self, path: &str, mode: Option<u32>, old: &[u8], new: &[u8]) -> std::io::Result<Piece> {
+        Ok(Piece {
+            path: path.to_string(),
+            mode,
+            base_hash: Some(blake3::hash(old).to_hex().to_string()),
+            stored: delta(old, new)?,
+            compression: Compression::Zstd,
+            size: new.len() as u64,
+            hash: blake3::hash(new).to_hex().to_string(),
+        })
+    }
+
+    /// A changed file as a delta against `old` or whole, whichever is smaller.
+    pub fn changed(
+        &mut self,
+        path: &str,
+        mode: Option<u32>,
+        old: &[u8],
+        new: &[u8],
+        compress: bool,
+    ) -> std::io::Result<Piece> {
+        let delta = self.delta(path, mode, old, new)?;
+        // A delta made with the old file as reference can use the new file's own repetitions as well, so a
+        // whole copy rarely beats a small one: it is only tried when the delta is over an eighth of the file.
+        if delta.stored.len() <= new.len() / 8 {
+            return Ok(delta);
+        }
+        let whole = self.whole(path, mode, new, compress)?;
+        Ok(if delta.stored.len() < whole.stored.len() {
+            delta
+        } else {
+            whole
+        })
+    }
+}
+
 /// Builds and signs assignments.
 #[derive(Debug)]
 pub struct Builder {
     header: Header,
     commands: Vec<Command>,
-    data: Vec<u8>,
+    /// The data section, as the pieces added (joined once, into the encoded assignment).
+    data: Vec<Vec<u8>>,
+    data_len: u64,
 }
 
 impl Builder {
@@ -247,95 +360,52 @@ impl Builder {
             },
             commands: Vec::new(),
             data: Vec::new(),
+            data_len: 0,
         }
     }
 
-    fn push_data(&mut self, bytes: &[u8], compression: Compression, size: u64, hash: String) -> DataRef {
-        let offset = self.data.len() as u64;
-        self.data.extend_from_slice(bytes);
-        DataRef {
-            offset,
-            len: bytes.len() as u64,
-            compression,
-            size,
-            hash,
+    /// Adds a packed file: a create command, or a patch (with a chmod after it when the mode is known).
+    pub fn add(&mut self, piece: Piece) {
+        let data = DataRef {
+            offset: self.data_len,
+            len: piece.stored.len() as u64,
+            compression: piece.compression,
+            size: piece.size,
+            hash: piece.hash,
+        };
+        self.data_len += piece.stored.len() as u64;
+        self.data.push(piece.stored);
+        match piece.base_hash {
+            None => self.commands.push(Command::Create {
+                path: piece.path,
+                mode: piece.mode,
+                data,
+            }),
+            Some(base_hash) => {
+                self.commands.push(Command::Patch {
+                    path: piece.path.clone(),
+                    base_hash,
+                    data,
+                });
+                if let Some(mode) = piece.mode {
+                    self.commands.push(Command::Chmod { path: piece.path, mode });
+                }
+            }
         }
     }
 
     /// Adds a file with its full content, compressed when `compress` says so and it helps.
     pub fn create(&mut self, path: &str, mode: Option<u32>, content: &[u8], compress: bool) -> std::io::Result<()> {
-        let packed = if compress {
-            Some(zstd::bulk::compress(content, 3)?)
-        } else {
-            None
-        };
-        self.push_create(path, mode, content, packed);
+        let piece = Packer::new()?.whole(path, mode, content, compress)?;
+        self.add(piece);
         Ok(())
     }
 
     /// Adds a patch: a zstd delta of `new` against `old` (the node holds `old`).
     pub fn patch(&mut self, path: &str, old: &[u8], new: &[u8]) -> std::io::Result<()> {
-        let delta = delta(old, new)?;
-        self.push_patch(path, old, new, &delta);
+        let piece = Packer::new()?.delta(path, None, old, new)?;
+        self.add(piece);
         Ok(())
-    }
-
-    /// Adds a changed file as a delta against `old` or as its full content, whichever is smaller; returns
-    /// whether it was sent as a delta.
-    pub fn patch_or_create(
-        &mut self,
-        path: &str,
-        mode: Option<u32>,
-        old: &[u8],
-        new: &[u8],
-        compress: bool,
-    ) -> std::io::Result<bool> {
-        let delta = delta(old, new)?;
-        let packed = if compress {
-            Some(zstd::bulk::compress(new, 3)?)
-        } else {
-            None
-        };
-        let full = packed.as_ref().map_or(new.len(), Vec::len);
-        if delta.len() >= full {
-            self.push_create(path, mode, new, packed);
-            return Ok(false);
-        }
-        self.push_patch(path, old, new, &delta);
-        if let Some(mode) = mode {
-            self.commands.push(Command::Chmod {
-                path: path.to_string(),
-                mode,
-            });
-        }
-        Ok(true)
-    }
-
-    /// Stores `content` (or its compressed form `packed`, when that is smaller) and adds the create command.
-    fn push_create(&mut self, path: &str, mode: Option<u32>, content: &[u8], packed: Option<Vec<u8>>) {
-        let hash = blake3::hash(content).to_hex().to_string();
-        let size = content.len() as u64;
-        let data = match packed {
-            Some(packed) if packed.len() < content.len() => self.push_data(&packed, Compression::Zstd, size, hash),
-            _ => self.push_data(content, Compression::None, size, hash),
-        };
-        self.commands.push(Command::Create {
-            path: path.to_string(),
-            mode,
-            data,
-        });
-    }
-
-    /// Stores a delta of `new` against `old` and adds the patch command.
-    fn push_patch(&mut self, path: &str, old: &[u8], new: &[u8], delta: &[u8]) {
-        let hash = blake3::hash(new).to_hex().to_string();
-        let base_hash = blake3::hash(old).to_hex().to_string();
-        let data = self.push_data(delta, Compression::Zstd, new.len() as u64, hash);
-        self.commands.push(Command::Patch {
-            path: path.to_string(),
-            base_hash,
-            data,
-        });
     }
 
     /// Adds any command without data.
@@ -343,38 +413,45 @@ impl Builder {
         self.commands.push(command);
     }
 
-    /// Encodes and signs; encrypts the body with `encryption_key` when given.
+    /// Encodes and signs; encrypts the body with `encryption_key` when given. The data is copied once,
+    /// into the encoded assignment, and encrypted where it lies.
     pub fn finish(
         mut self,
         signing: &SigningKey,
         encryption_key: Option<&[u8; 32]>,
     ) -> Result<Vec<u8>, AssignmentError> {
         self.header.commands = self.commands.len() as u32;
-        self.header.data_len = self.data.len() as u64;
+        self.header.data_len = self.data_len;
         let commands =
             serde_json::to_vec(&self.commands).map_err(|e| AssignmentError::Malformed("commands", e.to_string()))?;
-        let mut body = Vec::with_capacity(4 + commands.len() + self.data.len());
-        body.extend_from_slice(&(commands.len() as u32).to_be_bytes());
-        body.extend_from_slice(&commands);
-        body.extend_from_slice(&self.data);
-        if let Some(key) = encryption_key {
-            let mut nonce = [0u8; 24];
+        let mut nonce = [0u8; 24];
+        if encryption_key.is_some() {
             getrandom::fill(&mut nonce).map_err(|_| AssignmentError::Decrypt("no randomness for a nonce"))?;
-            let cipher = XChaCha20Poly1305::new(key.into());
-            body = cipher
-                .encrypt(XNonce::from_slice(&nonce), body.as_slice())
-                .map_err(|_| AssignmentError::Decrypt("encryption failed"))?;
             self.header.encrypted = true;
             self.header.nonce = Some(hex::encode(nonce));
         }
         let header =
             serde_json::to_vec(&self.header).map_err(|e| AssignmentError::Malformed("header", e.to_string()))?;
-        let mut out = Vec::with_capacity(FIXED + header.len() + body.len());
+        let plain_len = 4 + commands.len() as u64 + self.data_len;
+        let body_len = plain_len + if encryption_key.is_some() { TAG_LEN as u64 } else { 0 };
+        let mut out = Vec::with_capacity(FIXED + header.len() + body_len as usize);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(header.len() as u32).to_be_bytes());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        out.extend_from_slice(&body);
+        out.extend_from_slice(&body_len.to_be_bytes());
+        let body_at = out.len();
+        out.extend_from_slice(&(commands.len() as u32).to_be_bytes());
+        out.extend_from_slice(&commands);
+        for piece in self.data.drain(..) {
+            out.extend_from_slice(&piece);
+        }
+        if let Some(key) = encryption_key {
+            let cipher = XChaCha20Poly1305::new(key.into());
+            let tag = cipher
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut out[body_at..])
+                .map_err(|_| AssignmentError::Decrypt("encryption failed"))?;
+            out.extend_from_slice(&tag);
+        }
         let hash = blake3::hash(&out);
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(&signing.sign(hash.as_bytes()).to_bytes());
@@ -419,9 +496,23 @@ fn window_log(len: usize) -> u32 {
     bits.clamp(10, 30)
 }
 
-/// Verifies, decrypts and parses an assignment.
+/// Verifies, decrypts and parses an assignment (copying it; see [`decode_owned`]).
 pub fn decode(
     bytes: &[u8],
+    mover: &VerifyingKey,
+    decryption_key: Option<&[u8; 32]>,
+    limits: &Limits,
+) -> Result<Assignment, AssignmentError> {
+    if bytes.len() as u64 > limits.max_total {
+        return Err(AssignmentError::TooLarge(bytes.len() as u64));
+    }
+    decode_owned(bytes.to_vec(), mover, decryption_key, limits)
+}
+
+/// Verifies, decrypts and parses an assignment, keeping `bytes` as its data section (decrypted in place):
+/// the data is never copied.
+pub fn decode_owned(
+    mut bytes: Vec<u8>,
     mover: &VerifyingKey,
     decryption_key: Option<&[u8; 32]>,
     limits: &Limits,
@@ -474,10 +565,9 @@ pub fn decode(
     if body_at as u64 + body_len != signed_end as u64 {
         return Err(AssignmentError::Sizes("body length"));
     }
-    let body = &bytes[body_at..signed_end];
-    let plain;
-    let body = match (header.encrypted, decryption_key) {
-        (false, _) => body,
+    let mut body_end = signed_end;
+    match (header.encrypted, decryption_key) {
+        (false, _) => {}
         (true, None) => return Err(AssignmentError::Decrypt("encrypted and this node has no key")),
         (true, Some(key)) => {
             let nonce = header
@@ -486,13 +576,18 @@ pub fn decode(
                 .and_then(|n| hex::decode(n).ok())
                 .filter(|n| n.len() == 24);
             let nonce = nonce.ok_or(AssignmentError::Decrypt("missing nonce"))?;
+            if signed_end - body_at < TAG_LEN {
+                return Err(AssignmentError::Sizes("encrypted body too short"));
+            }
+            body_end = signed_end - TAG_LEN;
+            let tag = Tag::clone_from_slice(&bytes[body_end..signed_end]);
             let cipher = XChaCha20Poly1305::new(key.into());
-            plain = cipher
-                .decrypt(XNonce::from_slice(&nonce), body)
+            cipher
+                .decrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut bytes[body_at..body_end], &tag)
                 .map_err(|_| AssignmentError::Decrypt("wrong key"))?;
-            plain.as_slice()
         }
-    };
+    }
+    let body = &bytes[body_at..body_end];
     if body.len() < 4 {
         return Err(AssignmentError::Sizes("body too short"));
     }
@@ -506,7 +601,7 @@ pub fn decode(
     }
     let commands: Vec<Command> = serde_json::from_slice(&body[4..4 + commands_len])
         .map_err(|e| AssignmentError::Malformed("commands", e.to_string()))?;
-    let data = body[4 + commands_len..].to_vec();
+    let data = body_at + 4 + commands_len..body_end;
     if commands.len() != header.commands as usize {
         return Err(AssignmentError::Sizes("command count differs from the header"));
     }
@@ -526,14 +621,24 @@ pub fn decode(
             return Err(AssignmentError::DataRange { index });
         }
     }
-    Ok(Assignment { header, commands, data })
+    Ok(Assignment {
+        header,
+        commands,
+        buffer: bytes,
+        data,
+    })
 }
 
 impl Assignment {
-    /// The stored bytes a data reference points to (bounds were checked by [`decode`]).
+    /// The stored bytes a data reference points to (bounds were checked by [`decode_owned`]).
     pub fn bytes(&self, data: &DataRef) -> &[u8] {
-        let start = data.offset as usize;
-        &self.data[start..start + data.len as usize]
+        let start = self.data.start + data.offset as usize;
+        &self.buffer[start..start + data.len as usize]
+    }
+
+    /// The whole data section.
+    pub fn data(&self) -> &[u8] {
+        &self.buffer[self.data.clone()]
     }
 }
 

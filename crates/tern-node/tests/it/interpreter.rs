@@ -209,3 +209,80 @@ fn two_phase_content_then_commit() {
         "nothing prepared: nothing to commit"
     );
 }
+
+/// The entries of a site directory whose names start with `prefix`.
+fn entries(site: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(site)
+        .expect("site dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn tidying_links_the_next_tree_from_live_and_deletes_superseded_versions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    let site = root.path().join("www");
+    let live = site.join("live");
+    let version = |n: u64, text: &str| {
+        let mut builder = Builder::new(&format!("v{n}"), AssignmentKind::Publish, "www", n, None, 0);
+        builder
+            .create("index.html", Some(0o644), text.as_bytes(), false)
+            .expect("create");
+        builder
+            .create("same.txt", Some(0o644), b"unchanged everywhere", false)
+            .expect("create");
+        builder.command(Command::Commit);
+        sealed(builder)
+    };
+    for n in 1..=4 {
+        interpreter
+            .apply(&version(n, &format!("version {n}")))
+            .expect("applies");
+        interpreter.tidy("www").expect("tidy");
+    }
+    // live, backup and the version before it are kept; the oldest went to the trash and is gone.
+    assert_eq!(std::fs::read_dir(site.join("versions")).expect("versions").count(), 3);
+    assert!(entries(&site, ".trash-").is_empty(), "superseded versions deleted");
+    let live_name = std::fs::read_link(&live).expect("live link");
+    let live_name = live_name.file_name().expect("name").to_string_lossy().to_string();
+    assert_eq!(entries(&site, "next-"), vec![format!("next-{live_name}")]);
+    assert_eq!(tree(&site.join(format!("next-{live_name}"))), tree(&live));
+
+    // A content assignment starts from the ready tree; live does not change before the commit, even though
+    // the ready tree shares its files' inodes.
+    let mut content = Builder::new("v5", AssignmentKind::Publish, "www", 5, None, 0);
+    content.patch("index.html", b"version 4", b"version 5").expect("patch");
+    content
+        .create("same.txt", None, b"changed at last", false)
+        .expect("create");
+    interpreter.apply(&sealed(content)).expect("content applied");
+    assert!(entries(&site, "next-").is_empty(), "the ready tree became temp");
+    assert_eq!(tree(&live)["index.html"], b"version 4");
+    assert_eq!(tree(&live)["same.txt"], b"unchanged everywhere");
+    let mut commit = Builder::new("v5", AssignmentKind::Publish, "www", 5, None, 0);
+    commit.command(Command::Commit);
+    interpreter.apply(&sealed(commit)).expect("committed");
+    assert_eq!(tree(&live)["index.html"], b"version 5");
+
+    // After a rollback the ready tree follows live, and a patch against the rolled-back version applies.
+    interpreter.tidy("www").expect("tidy");
+    let mut rollback = Builder::new("r", AssignmentKind::Rollback, "www", 4, None, 0);
+    rollback.command(Command::Rollback);
+    interpreter.apply(&sealed(rollback)).expect("rolled back");
+    interpreter.tidy("www").expect("tidy");
+    assert_eq!(entries(&site, "next-").len(), 1);
+    assert_eq!(tree(&live)["index.html"], b"version 4");
+    let mut patch = Builder::new("v6", AssignmentKind::Publish, "www", 6, None, 0);
+    patch.patch("index.html", b"version 4", b"version 6").expect("patch");
+    patch.command(Command::Commit);
+    interpreter
+        .apply(&sealed(patch))
+        .expect("applies to the rolled-back version");
+    assert_eq!(tree(&live)["index.html"], b"version 6");
+    assert_eq!(tree(&live)["same.txt"], b"unchanged everywhere");
+}
