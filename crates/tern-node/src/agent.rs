@@ -207,6 +207,28 @@ async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Resp
     Ok(bytes)
 }
 
+/// After a switch: the next temp tree is linked and old versions deleted once the mover has its answer,
+/// and again when the superseded version's grace period is over.
+fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
+    tokio::spawn(async move {
+        for wait in [
+            Duration::ZERO,
+            crate::interpreter::SUPERSEDED_GRACE + Duration::from_secs(1),
+        ] {
+            tokio::time::sleep(wait).await;
+            let (worker, name) = (agent.clone(), site.clone());
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || worker.interpreter.tidy(&name)).await {
+                Ok(Ok(())) => debug!(%site, seconds = started.elapsed().as_secs_f64(), "site tidied"),
+                Ok(Err(error)) => {
+                    warn!(%site, %error, "tidying the site failed; the next publish links its tree itself")
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 impl Handler for NodeApi {
     async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let agent = &self.agent;
@@ -235,20 +257,7 @@ impl Handler for NodeApi {
                 match outcome {
                     Ok(Ok((id, site, applied))) => {
                         if applied.live.is_some() {
-                            // After a switch: old versions go and the next temp tree is linked, once the
-                            // mover has its answer.
-                            let worker = agent.clone();
-                            tokio::task::spawn_blocking(move || {
-                                let started = std::time::Instant::now();
-                                match worker.interpreter.tidy(&site) {
-                                    Ok(()) => {
-                                        debug!(%site, seconds = started.elapsed().as_secs_f64(), "tidied after the switch")
-                                    }
-                                    Err(error) => {
-                                        warn!(%site, %error, "tidying after the switch failed; the next publish links its tree itself")
-                                    }
-                                }
-                            });
+                            tidy_after_switch(agent.clone(), site);
                         }
                         json(
                             StatusCode::OK,

@@ -7,8 +7,9 @@
 //! backup    -> versions/<sequence>-<id>     symbolic link: the previous version, for rollback
 //! temp/                                      the tree being prepared (the seed's temp)
 //! next-<version>/                            a hard-linked copy of live, made while idle (below)
-//! versions/                                  prepared trees; only live and backup are kept
-//! .trash-*                                   superseded versions, deleted in the background
+//! versions/                                  committed trees: live, backup, and those superseded
+//!                                            less than a grace period ago
+//! .trash-*                                   superseded versions being deleted
 //! ```
 //!
 //! Commands are applied to `temp`, which starts as a copy of the live tree made with hard links (cheap);
@@ -18,15 +19,17 @@
 //! whole old site or the whole new one, never a missing or mixed one. `rollback` switches back the same way.
 //!
 //! Work that is not needed for the switch is kept off the publish path: after a switch, [`Interpreter::tidy`]
-//! (which the agent runs once it has answered) deletes the superseded versions and links the next temp tree
-//! from the new live one, so the next publish starts from a ready tree instead of linking thousands of files.
+//! (which the agent runs once it has answered, and again when the grace period is over) deletes superseded
+//! versions and links the next temp tree from the new live one, so the next publish starts from a ready
+//! tree instead of linking thousands of files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef, apply_delta};
+use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef};
 use tracing::info;
 
 use crate::paths::{PathError, resolve};
@@ -112,6 +115,10 @@ fn unique(prefix: &str) -> String {
 const NEXT: &str = "next-";
 /// The prefix of superseded versions waiting to be deleted.
 const TRASH: &str = ".trash-";
+/// How long a version that stopped being live is kept for readers that resolved `live` before the switch
+/// (a reader holding an open file is safe regardless; this covers one that resolved the path and has yet
+/// to open the next file of a read set).
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(60);
 
 impl Interpreter {
     /// An interpreter for sites under `root`.
@@ -127,34 +134,29 @@ impl Interpreter {
         sites.entry(site.to_string()).or_default().clone()
     }
 
-    /// Work after a switch, off the publish path: deletes superseded versions and links a copy of the live
-    /// tree as the next temp tree. Blocking; safe to skip or interrupt (a missing or partial copy is simply
-    /// not used).
+    /// Work after a switch, off the publish path: links a copy of the live tree as the next temp tree, and
+    /// deletes the versions that are neither live nor backup and stopped being live over
+    /// [`SUPERSEDED_GRACE`] ago. Blocking; safe to skip or interrupt (a missing or partial copy is simply
+    /// not used, a version not yet deleted is deleted next time).
     pub fn tidy(&self, site: &str) -> std::io::Result<()> {
+        self.tidy_with_grace(site, SUPERSEDED_GRACE)
+    }
+
+    /// [`Interpreter::tidy`] with another grace period for superseded versions.
+    pub fn tidy_with_grace(&self, site: &str, grace: Duration) -> std::io::Result<()> {
         let site_dir = self.site_dir(site).map_err(std::io::Error::other)?;
-        let lock = self.site_lock(site);
-        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let live = std::fs::read_link(site_dir.join("live")).ok();
-        let wanted = live
-            .as_ref()
-            .and_then(|target| target.file_name())
-            .map(|name| format!("{NEXT}{}", name.to_string_lossy()));
-        let mut ready = false;
+        {
+            let lock = self.site_lock(site);
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            retire_superseded(&site_dir, grace)?;
+            prepare_next(&site_dir)?;
+        }
+        // The retired versions were moved aside under the lock; deleting them (thousands of files) does
+        // not hold up the next assignment.
         for entry in std::fs::read_dir(&site_dir)?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if Some(&name) == wanted.as_ref() {
-                ready = true;
-            } else if name.starts_with(TRASH) || name.starts_with(NEXT) || name.starts_with(".next-") {
+            if entry.file_name().to_string_lossy().starts_with(TRASH) {
                 std::fs::remove_dir_all(entry.path())?;
             }
-        }
-        if let (Some(target), Some(wanted), false) = (live, wanted, ready) {
-            // Built under a scratch name and renamed when whole, so a crash never leaves a partial copy
-            // under the name that is used.
-            let building = site_dir.join(unique(".next-"));
-            std::fs::create_dir(&building)?;
-            link_tree(&site_dir.join(target), &building)?;
-            std::fs::rename(&building, site_dir.join(wanted))?;
         }
         Ok(())
     }
@@ -226,7 +228,7 @@ impl Interpreter {
             };
             prepare_temp(&site_dir, &temp, base.as_deref()).map_err(io(0, "prepare"))?;
         }
-        let mut unpacker = Unpacker::new().map_err(io(0, "prepare"))?;
+        let mut unpacker = Unpacker::new();
         let mut applied = Applied::default();
         for (index, command) in assignment.commands.iter().enumerate() {
             match command {
@@ -242,17 +244,20 @@ impl Interpreter {
                 Command::Patch { path, base_hash, data } => {
                     let target = checked(&temp, path, false, index, "patch")?;
                     let old = std::fs::read(&target).map_err(io(index, "patch"))?;
+                    // A delta that happens to rebuild the file from a wrong base would pass the result's
+                    // check; the base is checked too, since it means this node is not where the mover
+                    // thinks it is.
                     if blake3::hash(&old).to_hex().as_str() != base_hash {
                         return Err(ApplyError::BaseMismatch {
                             index,
                             path: path.clone(),
                         });
                     }
-                    let new =
-                        apply_delta(&old, assignment.bytes(data), data.size).map_err(|_| mismatch(index, path))?;
-                    verify(&new, data).map_err(|_| mismatch(index, path))?;
+                    let new = unpacker
+                        .patched(assignment, &old, data)
+                        .map_err(|_| mismatch(index, path))?;
                     let mode = tern_tree::file_mode(&target);
-                    write_new(&target, &new, mode).map_err(io(index, "patch"))?;
+                    write_new(&target, new, mode).map_err(io(index, "patch"))?;
                 }
                 Command::Chmod { path, mode } => {
                     let target = checked(&temp, path, false, index, "chmod")?;
@@ -324,16 +329,16 @@ fn mismatch(index: usize, path: &str) -> ApplyError {
 
 /// Turns stored bytes into file content, with one zstd context and one buffer for a whole assignment.
 struct Unpacker {
-    decompressor: zstd::bulk::Decompressor<'static>,
+    zstd: tern_wire::assignment::Unpacker,
     buffer: Vec<u8>,
 }
 
 impl Unpacker {
-    fn new() -> std::io::Result<Self> {
-        Ok(Unpacker {
-            decompressor: zstd::bulk::Decompressor::new()?,
+    fn new() -> Self {
+        Unpacker {
+            zstd: tern_wire::assignment::Unpacker::new(),
             buffer: Vec::new(),
-        })
+        }
     }
 
     /// The content of a create command. Stored bytes are the content itself, covered by the assignment's
@@ -345,15 +350,19 @@ impl Unpacker {
             Compression::None if stored.len() as u64 == data.size => Ok(stored),
             Compression::None => Err(std::io::Error::other("stored size differs")),
             Compression::Zstd => {
-                self.buffer.clear();
-                // One byte over the declared size: a frame that decodes to more fails the size check.
-                self.buffer
-                    .reserve(usize::try_from(data.size).unwrap_or(usize::MAX).saturating_add(1));
-                self.decompressor.decompress_to_buffer(stored, &mut self.buffer)?;
+                self.zstd.decompress(stored, data.size, &mut self.buffer)?;
                 verify(&self.buffer, data)?;
                 Ok(&self.buffer)
             }
         }
+    }
+
+    /// The result of a patch command applied to `old`, checked against its declared size and hash.
+    fn patched(&mut self, assignment: &Assignment, old: &[u8], data: &DataRef) -> std::io::Result<&[u8]> {
+        self.zstd
+            .apply_delta(old, assignment.bytes(data), data.size, &mut self.buffer)?;
+        verify(&self.buffer, data)?;
+        Ok(&self.buffer)
     }
 }
 
@@ -456,11 +465,12 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Points `live` at `target` (relative to the site directory) with one rename, and `backup` at what `live`
-/// pointed to before; older versions are removed.
+/// pointed to before. The version that stops being live is stamped with the time (its directory's
+/// modification time, which nothing else changes once a version is committed): a reader that resolved
+/// `live` just before may still be reading it, so [`Interpreter::tidy`] deletes it only a grace period later.
 fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
     let live = site_dir.join("live");
     let previous = std::fs::read_link(&live).ok();
-    let previous_backup = std::fs::read_link(site_dir.join("backup")).ok();
     let staged = site_dir.join(unique(".live-"));
     make_symlink(Path::new(target), &staged)?;
     std::fs::rename(&staged, &live)?;
@@ -468,22 +478,61 @@ fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
         let staged = site_dir.join(unique(".backup-"));
         make_symlink(&previous, &staged)?;
         std::fs::rename(&staged, site_dir.join("backup"))?;
+        if let Ok(directory) = std::fs::File::open(site_dir.join(&previous)) {
+            let _ = directory.set_modified(SystemTime::now());
+        }
     }
-    // Keep live, backup, and the version that was backup until now: a reader that resolved `live` just
-    // before two quick switches still finds its whole tree. Older versions go.
-    let mut keep: Vec<PathBuf> = ["live", "backup"]
+    Ok(())
+}
+
+/// Moves the versions that are neither live nor backup and stopped being live over `grace` ago to
+/// `.trash-*` (one rename each), for deletion outside the site lock.
+fn retire_superseded(site_dir: &Path, grace: Duration) -> std::io::Result<()> {
+    let keep: Vec<PathBuf> = ["live", "backup"]
         .iter()
         .filter_map(|name| std::fs::read_link(site_dir.join(name)).ok())
         .collect();
-    keep.extend(previous_backup);
-    // Older versions are moved aside with one rename each; `tidy` deletes them after the answer.
-    if let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) {
-        for entry in entries.flatten() {
-            let relative = Path::new("versions").join(entry.file_name());
-            if !keep.contains(&relative) {
-                let _ = std::fs::rename(entry.path(), site_dir.join(unique(TRASH)));
-            }
+    let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let relative = Path::new("versions").join(entry.file_name());
+        let superseded_for = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .unwrap_or(Duration::ZERO);
+        if !keep.contains(&relative) && superseded_for >= grace {
+            std::fs::rename(entry.path(), site_dir.join(unique(TRASH)))?;
         }
+    }
+    Ok(())
+}
+
+/// Links the live tree as `next-<live version>` unless that is there already; drops stale copies.
+fn prepare_next(site_dir: &Path) -> std::io::Result<()> {
+    let live = std::fs::read_link(site_dir.join("live")).ok();
+    let wanted = live
+        .as_ref()
+        .and_then(|target| target.file_name())
+        .map(|name| format!("{NEXT}{}", name.to_string_lossy()));
+    let mut ready = false;
+    for entry in std::fs::read_dir(site_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if Some(&name) == wanted.as_ref() {
+            ready = true;
+        } else if name.starts_with(NEXT) || name.starts_with(".next-") {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    if let (Some(target), Some(wanted), false) = (live, wanted, ready) {
+        // Built under a scratch name and renamed when whole, so a crash never leaves a partial copy
+        // under the name that is used.
+        let building = site_dir.join(unique(".next-"));
+        std::fs::create_dir(&building)?;
+        link_tree(&site_dir.join(target), &building)?;
+        std::fs::rename(&building, site_dir.join(wanted))?;
     }
     Ok(())
 }

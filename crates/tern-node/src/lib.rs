@@ -1,6 +1,7 @@
-//! The node side of the content mover (seed `004_1419c51402506f7e.txt`). For now: the content interpreter,
-//! which applies verified assignments to a hosted site and switches versions atomically. Registration,
-//! LAN election, the group leader's duties and the transports come with the rest of the mover.
+//! The node side of the content mover (seed `004_1419c51402506f7e.txt`): the agent ([`agent`]), which
+//! registers with the mover and takes assignments over HTTP, and the content interpreter ([`interpreter`]),
+//! which applies verified assignments to a hosted site and switches versions atomically. LAN election, the
+//! group leader's duties and the tree and multicast transports come with part 2 of the mover.
 
 pub mod agent;
 pub mod interpreter;

@@ -464,31 +464,94 @@ impl Builder {
 /// level 19 made deltas a few percent smaller than level 3 but took most of the publish's time.
 const DELTA_LEVEL: i32 = 3;
 
+/// Files from this size on are matched with zstd's long-distance matcher as well (its window covers a
+/// whole file; smaller files are within reach of the normal match finder, and the matcher costs time).
+const LONG_DISTANCE_FROM: usize = 1 << 20;
+
 /// A zstd delta of `new` against `old` (the old file is the reference prefix, so unchanged stretches cost
 /// a few bytes each).
 pub fn delta(old: &[u8], new: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), DELTA_LEVEL, old)?;
-    encoder.long_distance_matching(true)?;
-    encoder.window_log(window_log(old.len().max(new.len())))?;
+    let largest = old.len().max(new.len());
+    if largest >= LONG_DISTANCE_FROM {
+        encoder.long_distance_matching(true)?;
+    }
+    encoder.window_log(window_log(largest))?;
     encoder.write_all(new)?;
     encoder.finish()
 }
 
 /// Applies a delta made by [`delta`]; `size` is the expected result size, and more is refused.
 pub fn apply_delta(old: &[u8], delta: &[u8], size: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(delta, old)?;
-    decoder.window_log_max(31)?;
-    let mut out = Vec::with_capacity(size.min(1 << 30) as usize);
-    decoder.take(size + 1).read_to_end(&mut out)?;
-    if out.len() as u64 != size {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "delta result has the wrong size",
-        ));
-    }
+    let mut out = Vec::new();
+    Unpacker::new().apply_delta(old, delta, size, &mut out)?;
     Ok(out)
+}
+
+/// Turns stored bytes back into file content, with one zstd context for any number of files: making a
+/// context probes the CPU (CPUID, which traps to the hypervisor in a VM), a cost worth paying once.
+pub struct Unpacker {
+    context: zstd::zstd_safe::DCtx<'static>,
+}
+
+impl std::fmt::Debug for Unpacker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unpacker")
+    }
+}
+
+impl Default for Unpacker {
+    fn default() -> Self {
+        Unpacker::new()
+    }
+}
+
+impl Unpacker {
+    /// An unpacker.
+    pub fn new() -> Self {
+        Unpacker {
+            context: zstd::zstd_safe::DCtx::create(),
+        }
+    }
+
+    /// Decompresses a whole file of `size` bytes into `out` (replacing its contents); a frame that
+    /// decodes to any other size is refused.
+    pub fn decompress(&mut self, stored: &[u8], size: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+        Self::prepare(out, size)?;
+        let result = self.context.decompress(out, stored);
+        Self::finish(result, out, size)
+    }
+
+    /// Applies a delta made by [`delta`] to `old` into `out` (replacing its contents); a result of any
+    /// size other than `size` is refused. (A raw-content dictionary is decoded exactly as the reference
+    /// prefix the delta was made with.)
+    pub fn apply_delta(&mut self, old: &[u8], delta: &[u8], size: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+        Self::prepare(out, size)?;
+        let result = self.context.decompress_using_dict(out, delta, old);
+        Self::finish(result, out, size)
+    }
+
+    fn prepare(out: &mut Vec<u8>, size: u64) -> std::io::Result<()> {
+        let size = usize::try_from(size).map_err(|_| invalid("declared size too large"))?;
+        out.clear();
+        // One byte over the declared size: a frame that decodes to more fails the size check below
+        // instead of filling the buffer exactly.
+        out.try_reserve(size.saturating_add(1))
+            .map_err(|_| invalid("declared size too large"))
+    }
+
+    fn finish(result: Result<usize, usize>, out: &[u8], size: u64) -> std::io::Result<()> {
+        match result {
+            Ok(_) if out.len() as u64 == size => Ok(()),
+            Ok(_) => Err(invalid("decoded content has the wrong size")),
+            Err(code) => Err(invalid(zstd::zstd_safe::get_error_name(code))),
+        }
+    }
+}
+
+fn invalid(reason: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_string())
 }
 
 fn window_log(len: usize) -> u32 {
@@ -736,6 +799,37 @@ mod tests {
             decode(&bytes, &signing.verifying_key(), None, &Limits::default()),
             Err(AssignmentError::DataRange { index: 0 })
         );
+    }
+
+    #[test]
+    fn one_unpacker_decodes_many_files_and_refuses_a_wrong_size() {
+        let mut unpacker = Unpacker::new();
+        let mut out = Vec::new();
+        // Large enough for the long-distance matcher, small files without it.
+        for len in [100usize, 50_000, 3 << 20] {
+            let old: Vec<u8> = (0..len as u32)
+                .map(|n| (n.wrapping_mul(2654435761) >> 11) as u8)
+                .collect();
+            let mut new = old.clone();
+            new[len / 2..len / 2 + 10].copy_from_slice(b"0123456789");
+            let patch = delta(&old, &new).expect("delta");
+            unpacker
+                .apply_delta(&old, &patch, new.len() as u64, &mut out)
+                .expect("applies");
+            assert_eq!(out, new);
+            assert!(
+                unpacker
+                    .apply_delta(&old, &patch, new.len() as u64 - 1, &mut out)
+                    .is_err(),
+                "a result longer than declared is refused"
+            );
+            let packed = zstd::bulk::compress(&new, 3).expect("compress");
+            unpacker
+                .decompress(&packed, new.len() as u64, &mut out)
+                .expect("decompresses");
+            assert_eq!(out, new);
+            assert!(unpacker.decompress(&packed, new.len() as u64 + 1, &mut out).is_err());
+        }
     }
 
     #[test]

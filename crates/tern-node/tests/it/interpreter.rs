@@ -245,8 +245,13 @@ fn tidying_links_the_next_tree_from_live_and_deletes_superseded_versions() {
             .expect("applies");
         interpreter.tidy("www").expect("tidy");
     }
-    // live, backup and the version before it are kept; the oldest went to the trash and is gone.
-    assert_eq!(std::fs::read_dir(site.join("versions")).expect("versions").count(), 3);
+    // Within the grace period every superseded version stays, for readers that resolved `live` before.
+    assert_eq!(std::fs::read_dir(site.join("versions")).expect("versions").count(), 4);
+    // After it only live and backup are kept.
+    interpreter
+        .tidy_with_grace("www", std::time::Duration::ZERO)
+        .expect("tidy");
+    assert_eq!(std::fs::read_dir(site.join("versions")).expect("versions").count(), 2);
     assert!(entries(&site, ".trash-").is_empty(), "superseded versions deleted");
     let live_name = std::fs::read_link(&live).expect("live link");
     let live_name = live_name.file_name().expect("name").to_string_lossy().to_string();
