@@ -202,6 +202,10 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
                 &format!("{addr}:7100"),
                 "--log",
                 log,
+                // A superseded version is deleted right after the switch, so `settle` waits for it
+                // rather than a timer firing in the middle of a later measurement.
+                "--superseded-grace",
+                "0s",
             ],
         )?);
         if options.tern_only {
@@ -268,13 +272,16 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
             );
             transfer
         };
+        settle();
         transfers.push(measured(publish(api, &staging, step)?));
         check_identical(&staging, &names, work, "tern/bench/live")?;
         if options.tern_only {
             continue;
         }
+        settle();
         transfers.push(measured(rsync(&lab, &staging, &names, "seq", false, step)?));
         check_identical(&staging, &names, work, "seq")?;
+        settle();
         transfers.push(measured(rsync(&lab, &staging, &names, "par", true, step)?));
         check_identical(&staging, &names, work, "par")?;
     }
@@ -300,6 +307,41 @@ fn run_in(options: &MoverBench, tern: &str, work: &Path) -> Result<()> {
     std::fs::write(options.out.join("mover.csv"), csv)?;
     println!("results written to {}", options.out.display());
     Ok(())
+}
+
+/// Waits until the machine is quiet (at least 90% idle over half a second; at most a minute), so the
+/// background work of one measurement (a node linking its next tree or deleting a superseded version, the
+/// kernel freeing a tree) never lands in the next one, whichever method that is.
+fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some((idle_before, total_before)) = cpu_times() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let Some((idle_after, total_after)) = cpu_times() else {
+            return;
+        };
+        let total = total_after.saturating_sub(total_before).max(1);
+        if idle_after.saturating_sub(idle_before) * 10 >= total * 9 {
+            return;
+        }
+    }
+}
+
+/// (idle, total) jiffies of all CPUs, from the first line of /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, fields.iter().sum()))
 }
 
 fn mean(values: &[u64]) -> u64 {

@@ -2,6 +2,7 @@
 //!
 //! - [`plan`]: change detection (the staging tree against the site's shadow copy) and the assignment that
 //!   carries the difference to the nodes;
+//! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
 //! - [`rules`]: a site's include and exclude rules;
 //! - [`schedule`]: the scheduler's decisions (which due job starts, waits or is refused), a pure core;
 //! - [`store`]: the CCM database (sites, nodes, groups, jobs, checkpoints, history) in SQLite;
@@ -12,6 +13,7 @@ pub mod api;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod rotation;
 pub mod rules;
 pub mod schedule;
 pub mod service;

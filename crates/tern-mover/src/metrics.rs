@@ -22,6 +22,15 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label: a load-balancer command and whether it was taken.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabel {
+    /// `in` or `out`.
+    pub rotation: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
 /// All metrics of the mover.
 pub struct MoverMetrics {
     /// The registry `/metrics` encodes.
@@ -38,6 +47,8 @@ pub struct MoverMetrics {
     pub jobs_pending: Gauge,
     /// Jobs running now.
     pub jobs_running: Gauge,
+    /// Load-balancer commands sent (a node put in or taken out of the rotation), by outcome.
+    pub rotation: Family<RotationLabel, Counter>,
 }
 
 impl MoverMetrics {
@@ -60,6 +71,12 @@ impl MoverMetrics {
         );
         let jobs_running = Gauge::default();
         registry.register("jobs_running", "Jobs running now", jobs_running.clone());
+        let rotation = Family::<RotationLabel, Counter>::default();
+        registry.register(
+            "rotation_commands",
+            "Load-balancer commands sent: a node put in or taken out of the rotation",
+            rotation.clone(),
+        );
         MoverMetrics {
             registry,
             jobs,
@@ -68,7 +85,22 @@ impl MoverMetrics {
             nodes,
             jobs_pending,
             jobs_running,
+            rotation,
         }
+    }
+
+    /// Counts a load-balancer command.
+    pub fn rotation(&self, rotation: crate::rotation::Rotation, ok: bool) {
+        let rotation = match rotation {
+            crate::rotation::Rotation::In => "in",
+            crate::rotation::Rotation::Out => "out",
+        };
+        self.rotation
+            .get_or_create(&RotationLabel {
+                rotation: rotation.to_string(),
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a job run's end.

@@ -22,10 +22,11 @@ use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::MoverMetrics;
 use crate::plan::{Plan, PlanPolicy, Publication, plan_site};
+use crate::rotation::{LoadBalancer, Rotation, in_rotation};
 use crate::rules::Rules;
 use crate::schedule::{Claim, ConflictPolicy, Decision, JobSpec, Target, decide};
 use crate::store::{Job, Node, Site, SnapshotRecord, Store};
@@ -48,6 +49,8 @@ pub struct MoverConfig {
     pub delivery_timeout: Duration,
     /// Checkpoints kept per site (older ones are deleted).
     pub checkpoints_kept: usize,
+    /// The load balancer in front of the nodes, told to take a stale node out of its rotation.
+    pub load_balancer: Option<LoadBalancer>,
 }
 
 /// The content control manager.
@@ -381,6 +384,7 @@ impl Mover {
             "checkpoint" => self.checkpoint(site).await.map(|_| ()),
             other => Err(format!("unknown job kind `{other}`")),
         };
+        self.update_rotation(id, &nodes).await;
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -408,6 +412,47 @@ impl Mover {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Tells the load balancer which of `nodes` serve: a node holding a stale version of a site it hosts
+    /// (a delivery failed, or it was down) is taken out of the rotation until a catch-up brings it up to
+    /// date. Runs after every job, before the job is reported finished.
+    async fn update_rotation(&self, job: &str, nodes: &[String]) {
+        let Some(balancer) = &self.config.load_balancer else {
+            return;
+        };
+        for node in nodes {
+            let (rotation, stale) = {
+                let store = self.store();
+                let mut hosted = Vec::new();
+                let mut stale = Vec::new();
+                for site in store.sites().unwrap_or_default() {
+                    if !store.target_nodes(&site.target).unwrap_or_default().contains(node) {
+                        continue;
+                    }
+                    let held = store.node_version(node, &site.name).unwrap_or(0);
+                    if held != site.sequence {
+                        stale.push(format!("{} (holds {held}, current {})", site.name, site.sequence));
+                    }
+                    hosted.push((site.sequence, held));
+                }
+                (in_rotation(&hosted), stale)
+            };
+            let outcome = balancer.set(node, rotation).await;
+            self.metrics.rotation(rotation, outcome.is_ok());
+            match (outcome, rotation) {
+                (Ok(()), Rotation::In) => debug!(%job, %node, "node in the load balancer's rotation"),
+                (Ok(()), Rotation::Out) => {
+                    let message = format!(
+                        "{node} taken out of the load balancer's rotation: stale {}",
+                        stale.join(", ")
+                    );
+                    warn!(%job, %node, stale = %stale.join(", "), "node taken out of the load balancer's rotation");
+                    let _ = self.store().note(Some(job), &message, now_ms());
+                }
+                (Err(error), _) => warn!(%job, %node, %error, "the load balancer was not updated"),
+            }
+        }
     }
 
     /// Schedules the next run of a repeating job, at the first multiple of its period after now.

@@ -654,6 +654,11 @@ impl Store {
         rows.collect()
     }
 
+    /// Adds an entry to the history log.
+    pub fn note(&self, job: Option<&str>, message: &str, now_ms: u64) -> StoreResult<()> {
+        self.log(job, message, now_ms)
+    }
+
     fn log(&self, job: Option<&str>, message: &str, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
             "INSERT INTO history (at_ms, job, message) VALUES (?1, ?2, ?3)",

@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub register_interval: Duration,
     /// Content groups this node declares itself a member of.
     pub groups: Vec<String>,
+    /// How long a version that stopped being live is kept (see [`crate::interpreter::SUPERSEDED_GRACE`]).
+    pub superseded_grace: Duration,
 }
 
 /// A running node agent.
@@ -211,14 +213,17 @@ async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Resp
 /// and again when the superseded version's grace period is over.
 fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
     tokio::spawn(async move {
-        for wait in [
-            Duration::ZERO,
-            crate::interpreter::SUPERSEDED_GRACE + Duration::from_secs(1),
-        ] {
-            tokio::time::sleep(wait).await;
+        let grace = agent.config.superseded_grace;
+        let rounds: &[Duration] = if grace.is_zero() {
+            &[Duration::ZERO]
+        } else {
+            &[Duration::ZERO, grace.saturating_add(Duration::from_secs(1))]
+        };
+        for wait in rounds {
+            tokio::time::sleep(*wait).await;
             let (worker, name) = (agent.clone(), site.clone());
             let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || worker.interpreter.tidy(&name)).await {
+            match tokio::task::spawn_blocking(move || worker.interpreter.tidy_with_grace(&name, grace)).await {
                 Ok(Ok(())) => debug!(%site, seconds = started.elapsed().as_secs_f64(), "site tidied"),
                 Ok(Err(error)) => {
                     warn!(%site, %error, "tidying the site failed; the next publish links its tree itself")

@@ -370,6 +370,7 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         quorum: None,
         delivery_timeout: std::time::Duration::from_secs(60),
         checkpoints_kept: 3,
+        load_balancer: None,
     };
     let mover = match tern_mover::service::start(config.clone()).await {
         Ok(mover) => mover,
@@ -397,6 +398,7 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
             limits: Default::default(),
             register_interval: std::time::Duration::from_secs(2),
             groups: Vec::new(),
+            superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
         })
         .await
         .context("node did not start")?;

@@ -219,6 +219,14 @@ struct MoverArgs {
     /// same file as their --encryption-key.
     #[arg(long)]
     encryption_key: Option<PathBuf>,
+    /// HAProxy's runtime API (`HOST:PORT`, or a Unix socket path; `stats socket ... level admin` in
+    /// haproxy.cfg): a node that misses a publish is taken out of the rotation until it is brought up to
+    /// date. Its servers must be named after the nodes.
+    #[arg(long, value_name = "ADDR|SOCKET")]
+    haproxy: Option<String>,
+    /// The HAProxy backend whose servers are the nodes.
+    #[arg(long, default_value = "tern", requires = "haproxy")]
+    haproxy_backend: String,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +255,10 @@ struct NodeArgs {
     /// Key file that decrypts assignments, when the mover encrypts them (its --encryption-key).
     #[arg(long)]
     encryption_key: Option<PathBuf>,
+    /// How long a version that stopped being live stays on disk, for readers that resolved `live` just
+    /// before the switch (e.g. 60s, 10m; 0s deletes it right after the switch).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    superseded_grace: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -638,6 +650,10 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         quorum: args.quorum,
         delivery_timeout: std::time::Duration::from_secs(600),
         checkpoints_kept: args.checkpoints_kept.unwrap_or(5),
+        load_balancer: args.haproxy.as_deref().map(|api| tern_mover::rotation::LoadBalancer {
+            api: tern_mover::rotation::RuntimeApi::parse(api),
+            backend: args.haproxy_backend.clone(),
+        }),
     };
     let public = config.data.join("mover.pub");
     let mover = tern_mover::service::start(config)
@@ -665,6 +681,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         limits: Default::default(),
         register_interval: std::time::Duration::from_secs(10),
         groups: args.groups,
+        superseded_grace: args.superseded_grace,
     })
     .await
     .context("node agent did not start")?;

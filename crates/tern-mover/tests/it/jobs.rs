@@ -27,6 +27,8 @@ pub(crate) struct Fleet {
     pub(crate) nodes: Vec<Option<Running<Arc<NodeAgent>>>>,
     node_addrs: Vec<std::net::SocketAddr>,
     pub(crate) client: Client<HttpConnector, Full<Bytes>>,
+    /// The load balancer the mover is told about when it (re)starts.
+    pub(crate) load_balancer: Option<tern_mover::rotation::LoadBalancer>,
 }
 
 pub(crate) fn free_addr() -> std::net::SocketAddr {
@@ -38,6 +40,14 @@ pub(crate) fn free_addr() -> std::net::SocketAddr {
 
 impl Fleet {
     pub(crate) async fn new(nodes: usize, quorum: Option<usize>) -> Fleet {
+        Fleet::with_load_balancer(nodes, quorum, None).await
+    }
+
+    pub(crate) async fn with_load_balancer(
+        nodes: usize,
+        quorum: Option<usize>,
+        load_balancer: Option<tern_mover::rotation::LoadBalancer>,
+    ) -> Fleet {
         let area = tempfile::tempdir().expect("tempdir");
         let mut fleet = Fleet {
             area,
@@ -46,6 +56,7 @@ impl Fleet {
             nodes: Vec::new(),
             node_addrs: (0..nodes).map(|_| free_addr()).collect(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            load_balancer,
         };
         fleet.start_mover(quorum).await;
         for index in 0..nodes {
@@ -66,6 +77,7 @@ impl Fleet {
                 quorum,
                 delivery_timeout: Duration::from_secs(10),
                 checkpoints_kept: 3,
+                load_balancer: self.load_balancer.clone(),
             })
             .await
             .expect("mover"),
@@ -85,6 +97,7 @@ impl Fleet {
             limits: Default::default(),
             register_interval: Duration::from_millis(200),
             groups: Vec::new(),
+            superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
         })
         .await
         .expect("node")

@@ -3,4 +3,5 @@
 
 mod jobs;
 mod planning;
+mod rotation;
 mod scheduling;
