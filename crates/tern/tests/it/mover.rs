@@ -234,3 +234,138 @@ async fn publish_and_rollback_through_the_command_line() {
         b"second version"
     );
 }
+
+/// HAProxy's view of one server of backend `tern`: its admin state bits (`show servers state`), or `None`.
+fn haproxy_admin_state(api: std::net::SocketAddr, server: &str) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(api).ok()?;
+    stream.write_all(b"show servers state tern\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    // "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ..."
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(3) == Some(&server))
+        .and_then(|fields| fields.get(6)?.parse().ok())
+}
+
+/// With a real HAProxy in front of two nodes: the node that misses a publish is put in maintenance
+/// through the runtime API, and back in the rotation once it has caught up.
+#[tokio::test]
+async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
+    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("skipped: haproxy is not installed (Debian package haproxy; .ci/run installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    let (api, front, mover_addr) = (free_addr(), free_addr(), free_addr());
+    let node_addrs = [free_addr(), free_addr()];
+    let config = format!(
+        "global\n    stats socket ipv4@{api} level admin\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend www\n    bind {front}\n    default_backend tern\nbackend tern\n    server node0 {}\n    server node1 {}\n",
+        node_addrs[0], node_addrs[1]
+    );
+    write(dir.path(), "haproxy.cfg", config.as_bytes());
+    let _haproxy = crate::Running(
+        std::process::Command::new(haproxy)
+            .args(["-db", "-f", &path("haproxy.cfg")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy starts"),
+    );
+    let mut up = false;
+    for _ in 0..250 {
+        if haproxy_admin_state(api, "node0").is_some() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up, "haproxy's runtime API answers on {api}");
+
+    let _mover = spawn(
+        &[
+            "mover",
+            "--listen",
+            &mover_addr.to_string(),
+            "--data",
+            &path("mover"),
+            "--quorum",
+            "1",
+            "--haproxy",
+            &api.to_string(),
+            "--haproxy-backend",
+            "tern",
+        ],
+        mover_addr,
+    );
+    let mover_url = format!("http://{mover_addr}");
+    let node = |n: usize| {
+        spawn(
+            &[
+                "node",
+                "--mover",
+                &mover_url,
+                "--root",
+                &path(&format!("node{n}")),
+                "--name",
+                &format!("node{n}"),
+                "--key",
+                &path("mover/mover.pub"),
+                "--listen",
+                &node_addrs[n].to_string(),
+            ],
+            node_addrs[n],
+        )
+    };
+    let mut nodes = vec![Some(node(0)), Some(node(1))];
+    for _ in 0..300 {
+        let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), &[]).await;
+        if serde_json::from_slice::<serde_json::Value>(&got.body)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let staging = dir.path().join("staging");
+    let publish = || {
+        tern()
+            .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+            .arg(&staging)
+            .output()
+            .expect("run")
+    };
+    write(&staging, "index.html", b"first version");
+    assert!(publish().status.success());
+    assert_eq!(haproxy_admin_state(api, "node0"), Some(0));
+    assert_eq!(haproxy_admin_state(api, "node1"), Some(0));
+
+    // node1 is down for the second version: HAProxy has it in maintenance (admin state bit 0x01).
+    nodes[1] = None;
+    write(&staging, "index.html", b"second version");
+    assert!(!publish().status.success(), "node1 missed it: the publish reports failure");
+    assert_eq!(haproxy_admin_state(api, "node0"), Some(0));
+    assert_eq!(haproxy_admin_state(api, "node1").map(|s| s & 1), Some(1));
+
+    // Back: caught up without anyone acting, and in the rotation again.
+    nodes[1] = Some(node(1));
+    let mut state = None;
+    for _ in 0..500 {
+        state = haproxy_admin_state(api, "node1");
+        if state == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, Some(0), "node1 is back in the rotation");
+    assert_eq!(
+        std::fs::read(dir.path().join("node1/www/live/index.html")).expect("live"),
+        b"second version"
+    );
+}
