@@ -6,6 +6,22 @@ use tern_edge::testsuite::{client, send};
 
 use crate::{free_addr, spawn, tern, write};
 
+/// Waits until `count` nodes have registered with the mover.
+async fn wait_for_nodes(mover_url: &str, count: usize) {
+    for _ in 0..300 {
+        let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), &[]).await;
+        if serde_json::from_slice::<serde_json::Value>(&got.body)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(count)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{count} nodes did not register with the mover");
+}
+
 #[tokio::test]
 async fn publish_and_rollback_through_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -53,17 +69,7 @@ async fn publish_and_rollback_through_the_command_line() {
             addr,
         ));
     }
-    for _ in 0..300 {
-        let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), &[]).await;
-        if serde_json::from_slice::<serde_json::Value>(&got.body)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            == Some(2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_nodes(&mover_url, 2).await;
 
     let staging = dir.path().join("staging");
     write(&staging, "index.html", b"first version");
@@ -321,18 +327,8 @@ async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
             node_addrs[n],
         )
     };
-    let mut nodes = vec![Some(node(0)), Some(node(1))];
-    for _ in 0..300 {
-        let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), &[]).await;
-        if serde_json::from_slice::<serde_json::Value>(&got.body)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            == Some(2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut nodes = [Some(node(0)), Some(node(1))];
+    wait_for_nodes(&mover_url, 2).await;
     let staging = dir.path().join("staging");
     let publish = || {
         tern()
@@ -349,7 +345,10 @@ async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
     // node1 is down for the second version: HAProxy has it in maintenance (admin state bit 0x01).
     nodes[1] = None;
     write(&staging, "index.html", b"second version");
-    assert!(!publish().status.success(), "node1 missed it: the publish reports failure");
+    assert!(
+        !publish().status.success(),
+        "node1 missed it: the publish reports failure"
+    );
     assert_eq!(haproxy_admin_state(api, "node0"), Some(0));
     assert_eq!(haproxy_admin_state(api, "node1").map(|s| s & 1), Some(1));
 
