@@ -65,39 +65,7 @@ enum Bench {
         out: PathBuf,
     },
     /// The content mover against rsync -a: a full publish and a small change to N nodes.
-    Mover {
-        /// Node hosts.
-        #[arg(long, default_value_t = 8)]
-        nodes: usize,
-        /// Files in the synthetic site.
-        #[arg(long, default_value_t = 10_000)]
-        files: usize,
-        /// Bytes of the synthetic site.
-        #[arg(long, default_value_t = 500_000_000)]
-        bytes: u64,
-        /// Share of the bytes the change rewrites.
-        #[arg(long, default_value_t = 0.02)]
-        change: f64,
-        /// Times the change step is measured (a new change each time); the median is reported.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Put the trees under DIR instead of a tmpfs mounted for the run (the lab disk's inode allocator
-        /// makes timings depend on what was deleted in the last minutes; see the module docs).
-        #[arg(long, value_name = "DIR")]
-        work: Option<PathBuf>,
-        /// Log filter of the mover and the nodes, e.g. `info` or `info,tern_node=debug`.
-        #[arg(long, default_value = "warn")]
-        log: String,
-        /// Measure tern only: no rsync runs.
-        #[arg(long)]
-        tern_only: bool,
-        /// The tern binary (default: the release build next to this program).
-        #[arg(long)]
-        tern: Option<PathBuf>,
-        /// Results directory.
-        #[arg(long, default_value = "results/mover")]
-        out: PathBuf,
-    },
+    Mover(tern_lab::mover_bench::MoverBench),
     /// tern edge against nginx (proxy_cache) and Varnish (malloc) on hits and misses.
     Edge {
         /// Rounds of A/B/A/B.
@@ -239,29 +207,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Bench(Bench::Mover {
-            nodes,
-            files,
-            bytes,
-            change,
-            rounds,
-            work,
-            log,
-            tern_only,
-            tern,
-            out,
-        }) => tern_lab::mover_bench::run(&tern_lab::mover_bench::MoverBench {
-            nodes,
-            files,
-            bytes,
-            change,
-            rounds,
-            work,
-            log,
-            tern_only,
-            tern,
-            out,
-        }),
+        Command::Bench(Bench::Mover(options)) => tern_lab::mover_bench::run(&options),
         Command::Bench(Bench::Edge {
             rounds,
             seconds,

@@ -27,27 +27,38 @@ use anyhow::{Context, Result, bail};
 use crate::topology::{HostProcess, LabSpec, which};
 
 /// Options of the benchmark.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MoverBench {
     /// Node hosts.
+    #[arg(long, default_value_t = 8)]
     pub nodes: usize,
-    /// Files in the site.
+    /// Files in the synthetic site.
+    #[arg(long, default_value_t = 10_000)]
     pub files: usize,
-    /// Bytes of the site.
+    /// Bytes of the synthetic site.
+    #[arg(long, default_value_t = 500_000_000)]
     pub bytes: u64,
-    /// Share of the site's bytes the change rewrites.
+    /// Share of the bytes the change rewrites.
+    #[arg(long, default_value_t = 0.02)]
     pub change: f64,
     /// Times the change step is measured (a new change each time); the median is reported.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Where the trees go (default: a tmpfs mounted for the run).
+    /// Put the trees under DIR instead of a tmpfs mounted for the run (the lab disk's inode allocator
+    /// makes timings depend on what was deleted in the last minutes; see the module docs).
+    #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
-    /// Log filter of the mover and the nodes.
+    /// Log filter of the mover and the nodes, e.g. `info` or `info,tern_node=debug`.
+    #[arg(long, default_value = "warn")]
     pub log: String,
-    /// Measure tern only (no rsync runs).
+    /// Measure tern only: no rsync runs.
+    #[arg(long)]
     pub tern_only: bool,
-    /// The tern binary.
+    /// The tern binary (default: the release build next to this program).
+    #[arg(long)]
     pub tern: Option<PathBuf>,
     /// Results directory.
+    #[arg(long, default_value = "results/mover")]
     pub out: PathBuf,
 }
 
