@@ -1,8 +1,13 @@
 //! Request coalescing: concurrent misses for one primary key make one upstream request. The first becomes
 //! the leader; the others wait on a channel and are woken (not polled) when the leader knows the outcome:
 //! stored (look it up again, it is a hit) or released (the response was not cacheable; go upstream).
+//!
+//! A fill remembers the store's purge generation at which its fetch began. A request that arrives after a
+//! purge which may have matched the key does not wait for a fetch that began before it (it would get the
+//! content the purge removed): it leads a new fetch, and the old one finishes for its own waiters only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -19,7 +24,17 @@ pub enum FillOutcome {
 /// The set of fills in flight, by primary key.
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<FillOutcome>>>>,
+    inflight: Mutex<HashMap<String, InFlight>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    receiver: watch::Receiver<Option<FillOutcome>>,
+    /// The store's purge generation when the fetch began.
+    generation: u64,
+    /// Tells this fill from a newer one that replaced it under the same key.
+    id: u64,
 }
 
 /// Whether the caller leads a fill or waits for one.
@@ -31,18 +46,31 @@ pub enum Role {
 }
 
 impl Coalescer {
-    /// Joins the fill for `key`, leading it if none is in flight.
-    pub fn join(self: &Arc<Self>, key: &str) -> Role {
+    /// Joins the fill for `key`, leading it if none is in flight or if `purged_since(generation of the fill
+    /// in flight)` says a purge may have matched the key since that fill began. `generation` is the caller's
+    /// own purge generation (its [`tern_http_cache::FetchTicket`]), recorded if it leads.
+    pub fn join(self: &Arc<Self>, key: &str, generation: u64, purged_since: impl FnOnce(u64) -> bool) -> Role {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(receiver) = inflight.get(key) {
+        if let Some(fill) = inflight.get(key)
+            && !purged_since(fill.generation)
+        {
             return Role::Follower(Follower {
-                receiver: receiver.clone(),
+                receiver: fill.receiver.clone(),
             });
         }
         let (sender, receiver) = watch::channel(None);
-        inflight.insert(key.to_string(), receiver);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        inflight.insert(
+            key.to_string(),
+            InFlight {
+                receiver,
+                generation,
+                id,
+            },
+        );
         Role::Leader(Leader {
             key: key.to_string(),
+            id,
             sender: Some(sender),
             coalescer: self.clone(),
         })
@@ -62,6 +90,7 @@ impl Coalescer {
 /// The request that fetches for everyone. Dropping it without [`Leader::finish`] releases the waiters.
 pub struct Leader {
     key: String,
+    id: u64,
     sender: Option<watch::Sender<Option<FillOutcome>>>,
     coalescer: Arc<Coalescer>,
 }
@@ -74,11 +103,12 @@ impl Leader {
 
     fn complete(&mut self, outcome: FillOutcome) {
         if let Some(sender) = self.sender.take() {
-            self.coalescer
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.key);
+            let mut inflight = self.coalescer.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            // A newer fill may have taken the key after a purge; it is not this one's to remove.
+            if inflight.get(&self.key).is_some_and(|fill| fill.id == self.id) {
+                inflight.remove(&self.key);
+            }
+            drop(inflight);
             sender.send_replace(Some(outcome));
         }
     }
@@ -112,10 +142,10 @@ mod tests {
     #[tokio::test]
     async fn followers_are_woken_with_the_outcome() {
         let coalescer = Arc::new(Coalescer::default());
-        let Role::Leader(leader) = coalescer.join("k") else {
+        let Role::Leader(leader) = coalescer.join("k", 0, |_| false) else {
             panic!("first must lead")
         };
-        let Role::Follower(follower) = coalescer.join("k") else {
+        let Role::Follower(follower) = coalescer.join("k", 0, |_| false) else {
             panic!("second must follow")
         };
         let waiting = tokio::spawn(follower.wait());
@@ -127,14 +157,34 @@ mod tests {
     #[tokio::test]
     async fn dropped_leader_releases() {
         let coalescer = Arc::new(Coalescer::default());
-        let Role::Leader(leader) = coalescer.join("k") else {
+        let Role::Leader(leader) = coalescer.join("k", 0, |_| false) else {
             panic!("first must lead")
         };
-        let Role::Follower(follower) = coalescer.join("k") else {
+        let Role::Follower(follower) = coalescer.join("k", 0, |_| false) else {
             panic!("second must follow")
         };
         drop(leader);
         assert_eq!(follower.wait().await, FillOutcome::Released);
-        assert!(matches!(coalescer.join("k"), Role::Leader(_)));
+        assert!(matches!(coalescer.join("k", 0, |_| false), Role::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_request_after_a_purge_does_not_join_an_older_fill() {
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(old) = coalescer.join("k", 3, |_| false) else {
+            panic!("first must lead")
+        };
+        // A purge at generation 4 matched "k": the next request leads its own fetch.
+        let Role::Leader(new) = coalescer.join("k", 4, |since| since < 4) else {
+            panic!("a request after the purge must not wait for the fill begun before it")
+        };
+        let Role::Follower(follower) = coalescer.join("k", 4, |since| since < 4) else {
+            panic!("it follows the fill begun after the purge")
+        };
+        old.finish(FillOutcome::Released);
+        assert_eq!(coalescer.len(), 1, "the old fill does not remove the new one");
+        new.finish(FillOutcome::Stored);
+        assert_eq!(follower.wait().await, FillOutcome::Stored);
+        assert!(coalescer.is_empty());
     }
 }

@@ -40,12 +40,20 @@ pub struct EdgeConfig {
     pub heuristic_fraction: f64,
     /// Upper bound of heuristic freshness, in seconds.
     pub heuristic_max_secs: u64,
+    /// Path prefixes under which responses with `Set-Cookie` are stored when their directives allow it.
+    /// Elsewhere (by default, everywhere) they are passed to their client and never stored, so one user's
+    /// session cookie is not replayed to others; `no-cache="Set-Cookie"` or `private="Set-Cookie"` from the
+    /// origin also makes a response storable, without its cookie.
+    pub store_set_cookie_paths: Vec<String>,
     /// Whether the query string is part of the cache key.
     pub key_include_query: bool,
     /// Name this edge gives itself in `Via` and `Cache-Status`.
     pub name: String,
     /// Largest request head accepted, in bytes (larger gets 431).
     pub max_header_bytes: usize,
+    /// Longest request target accepted, in bytes (longer gets 414, RFC 9110 section 15.5.15). RFC 9112
+    /// section 3 recommends supporting at least 8000 octets.
+    pub max_uri_bytes: usize,
     /// Admin URL of the sync service (`http://HOST:PORT`); with a cache directory, the edge catches up with
     /// it at start-up before serving, so content that changed while it was down is never served.
     pub sync_url: Option<String>,
@@ -87,9 +95,11 @@ impl Default for EdgeConfig {
             honor_request_cache_control: true,
             heuristic_fraction: 0.1,
             heuristic_max_secs: 24 * 3600,
+            store_set_cookie_paths: Vec::new(),
             key_include_query: true,
             name: "tern".into(),
             max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
             sync_url: None,
             sync_catch_up_secs: 10,
             upstream: UpstreamConfig::default(),

@@ -95,7 +95,14 @@ pub async fn start_with(
         heuristic_fraction: config.heuristic_fraction,
         heuristic_max: Duration::from_secs(config.heuristic_max_secs),
         honor_request_directives: config.honor_request_cache_control,
+        store_set_cookie_paths: config.store_set_cookie_paths.clone(),
     };
+    if !(config.heuristic_fraction.is_finite() && (0.0..=1.0).contains(&config.heuristic_fraction)) {
+        return Err(StartError::Config(format!(
+            "heuristic_fraction must be between 0 and 1 (RFC 9111 suggests 0.1), not {}",
+            config.heuristic_fraction
+        )));
+    }
     if config.cache_size == 0 {
         return Err(StartError::Config("--cache-size must be more than zero".into()));
     }
@@ -132,6 +139,7 @@ pub async fn start_with(
         metrics: Arc::new(EdgeMetrics::new()),
         purge_auth: PurgeAuth::new(purge_key, config.purge_allow.clone()),
         key_config,
+        max_uri_bytes: config.max_uri_bytes,
         sync_mark,
         clock,
     });

@@ -19,16 +19,27 @@ impl Default for KeyConfig {
     }
 }
 
-/// Builds the primary key `scheme://host/path?query` (host lowercased, default port dropped).
+/// Builds the primary key `scheme://host/path?query` in normal form (RFC 3986 section 6.2.2): host
+/// lowercased, default port dropped, percent-encodings upper-cased and unreserved characters decoded
+/// ([`tern_http::target::normalize`]), so every equivalent spelling of a URL names one object.
 pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyConfig) -> String {
     let host = host.trim().to_ascii_lowercase();
-    let host = host.strip_suffix(":80").filter(|_| scheme == "http").unwrap_or(&host);
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    let host = host
+        .strip_suffix(default_port)
+        .filter(|_| !default_port.is_empty())
+        .unwrap_or(&host);
     let path = if config.include_query {
         path_and_query
     } else {
         path_and_query.split('?').next().unwrap_or("/")
     };
     let path = if path.is_empty() { "/" } else { path };
+    let path = tern_http::target::normalize(path);
     format!("{scheme}://{host}{path}")
 }
 
@@ -70,17 +81,36 @@ pub fn vary_matches(stored: &VaryValues, request: &HeaderMap) -> bool {
 }
 
 /// Combines all field lines and folds whitespace around list separators, so that `gzip,br` and
-/// `gzip, br` select the same variant (RFC 9111 section 4.1 allows normalizing this way).
+/// `gzip, br` select the same variant (RFC 9111 section 4.1 allows normalizing this way). For the
+/// content-negotiation fields whose members are case-insensitive and ranked by weight rather than by
+/// order (`Accept-Encoding`, RFC 9110 section 12.5.3; `Accept-Language`, section 12.5.4), case and order
+/// are folded too: `br, gzip` and `GZIP,br` are one variant.
 fn normalized_value(request: &HeaderMap, name: &HeaderName) -> String {
-    let joined: Vec<&str> = request
+    let unordered = name == http::header::ACCEPT_ENCODING || name == http::header::ACCEPT_LANGUAGE;
+    let mut members: Vec<String> = request
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|part| !part.is_empty())
+        .map(|member| {
+            if unordered {
+                member
+                    .split(';')
+                    .map(|piece| piece.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            } else {
+                member.to_string()
+            }
+        })
         .collect();
-    joined.join(",")
+    if unordered {
+        members.sort();
+        members.dedup();
+    }
+    members.join(",")
 }
 
 /// Names one stored variant: blake3 of the primary key and the vary values.
@@ -136,6 +166,15 @@ mod tests {
             primary_key("http", "example.com:8080", "", &config),
             "http://example.com:8080/"
         );
+        assert_eq!(
+            primary_key("http", "h", "/%7ex.html?a=%2f", &config),
+            primary_key("http", "H:80", "/~x.html?a=%2F", &config),
+        );
+        assert_ne!(
+            primary_key("http", "h", "/a+b", &config),
+            primary_key("http", "h", "/a%2Bb", &config),
+            "RFC 3986 does not make them equal; the sync side purges both"
+        );
         let no_query = KeyConfig { include_query: false };
         assert_eq!(primary_key("http", "h", "/a?b=1", &no_query), "http://h/a");
     }
@@ -153,6 +192,12 @@ mod tests {
         let mut spaced = HeaderMap::new();
         spaced.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
         assert!(vary_matches(&stored, &spaced));
+        let mut reordered = HeaderMap::new();
+        reordered.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("BR ,Gzip"));
+        assert!(
+            vary_matches(&stored, &reordered),
+            "order and case of Accept-Encoding do not matter"
+        );
         let mut other = HeaderMap::new();
         other.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         assert!(!vary_matches(&stored, &other));

@@ -6,16 +6,19 @@
 
 pub mod directives;
 pub mod disk;
+pub mod inflight;
 pub mod key;
 pub mod meta;
 pub mod policy;
 pub mod s3fifo;
 pub mod store;
+pub mod structured;
 
 pub use directives::Directives;
+pub use inflight::{FetchTicket, PurgeScope};
 pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, vary_values};
 pub use meta::Meta;
-pub use policy::{Freshness, NotStorable, PolicyConfig, Usability};
+pub use policy::{Freshness, NotStorable, PolicyConfig, ResponseDecision, UpstreamExchange, Usability};
 pub use store::{
     BodySource, CachedObject, Fill, Hit, PurgeCount, PurgeMode, Store, StoreConfig, StoreError, StoreStats,
 };

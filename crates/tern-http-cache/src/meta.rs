@@ -91,8 +91,8 @@ impl Meta {
         for _ in 0..vary_count {
             vary.push((reader.string()?, reader.string()?));
         }
-        let request_time = from_unix_micros(reader.u64()?);
-        let response_time = from_unix_micros(reader.u64()?);
+        let request_time = from_unix_micros(reader.u64()?)?;
+        let response_time = from_unix_micros(reader.u64()?)?;
         let body_len = reader.u64()?;
         let body_hash: [u8; 32] = reader.take(32)?.try_into().map_err(|_| DecodeError("short hash"))?;
         let key_count = reader.u32()?;
@@ -136,8 +136,15 @@ fn unix_micros(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn from_unix_micros(micros: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(micros)
+/// Latest time a record may hold: the end of year 9999, the last an HTTP date can name.
+const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
+fn from_unix_micros(micros: u64) -> Result<SystemTime, DecodeError> {
+    let time = Duration::from_micros(micros);
+    if time.as_secs() > MAX_UNIX_SECONDS {
+        return Err(DecodeError("time out of range"));
+    }
+    UNIX_EPOCH.checked_add(time).ok_or(DecodeError("time out of range"))
 }
 
 struct Reader<'a> {

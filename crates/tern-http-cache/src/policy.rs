@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
-use crate::directives::Directives;
+use crate::directives::{self, DELTA_SECONDS_CAP, Directives};
 use tern_http::date;
 
 /// Settings of the caching policy.
@@ -24,6 +24,10 @@ pub struct PolicyConfig {
     /// Whether a request's `no-cache` / `max-age` make the cache validate (true per RFC 9111). Operators
     /// shielding a fragile origin from browsers' reload button turn it off.
     pub honor_request_directives: bool,
+    /// Path prefixes under which responses that set cookies are stored when their directives allow it (as
+    /// RFC 9111 permits). Elsewhere they are not stored: one user's session cookie would go to everyone,
+    /// which is why nginx, Varnish and the large CDNs refuse them by default. Empty by default.
+    pub store_set_cookie_paths: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -33,6 +37,7 @@ impl Default for PolicyConfig {
             heuristic_fraction: 0.1,
             heuristic_max: Duration::from_secs(24 * 3600),
             honor_request_directives: true,
+            store_set_cookie_paths: Vec::new(),
         }
     }
 }
@@ -51,13 +56,19 @@ fn understood(status: StatusCode) -> bool {
 }
 
 /// The directives that govern a response for this cache, and whether they came from a targeted field.
+/// The first targeted field (RFC 9213 section 2.2) that is a valid, non-empty structured Dictionary wins;
+/// an invalid one is ignored as if absent.
 pub fn response_directives(headers: &HeaderMap, config: &PolicyConfig) -> (Directives, bool) {
     for field in &config.targeted_fields {
-        if headers.contains_key(field) {
-            let targeted = Directives::parse(headers.get_all(field));
-            if targeted.present {
-                return (targeted, true);
-            }
+        if headers.contains_key(field)
+            && let Some(targeted) = Directives::parse_targeted(headers.get_all(field))
+            && targeted
+                != (Directives {
+                    present: true,
+                    ..Directives::default()
+                })
+        {
+            return (targeted, true);
         }
     }
     (Directives::parse(headers.get_all(header::CACHE_CONTROL)), false)
@@ -96,6 +107,8 @@ pub enum NotStorable {
     NoFreshnessNorValidator,
     /// `Vary: *` never matches a later request.
     VaryStar,
+    /// The response sets a cookie, outside the paths the operator allowed ([`PolicyConfig`]).
+    SetCookie,
 }
 
 impl NotStorable {
@@ -109,13 +122,16 @@ impl NotStorable {
             NotStorable::Authorization => "authorization",
             NotStorable::NoFreshnessNorValidator => "no-freshness",
             NotStorable::VaryStar => "vary-star",
+            NotStorable::SetCookie => "set-cookie",
         }
     }
 }
 
-/// Decides whether a shared cache may store a response (RFC 9111 section 3).
+/// Decides whether a shared cache may store a response to a request for `path` (RFC 9111 section 3, and
+/// the `Set-Cookie` rule of [`PolicyConfig::store_set_cookie_paths`]).
 pub fn storable(
     method: &Method,
+    path: &str,
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
@@ -148,6 +164,15 @@ pub fn storable(
     {
         return Err(NotStorable::Authorization);
     }
+    if response.contains_key(header::SET_COOKIE)
+        && !directives.withholds("set-cookie")
+        && !config
+            .store_set_cookie_paths
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+    {
+        return Err(NotStorable::SetCookie);
+    }
     if response
         .get_all(header::VARY)
         .iter()
@@ -172,6 +197,17 @@ pub fn storable(
     Ok(())
 }
 
+/// The header fields to store of a storable response: all but those a qualified `no-cache` or `private`
+/// withholds (RFC 9111 sections 5.2.2.4 and 5.2.2.7), which go to this response's client only.
+pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
+    let (directives, _) = response_directives(response, config);
+    let mut stored = response.clone();
+    for name in directives.no_cache_fields.iter().chain(&directives.private_fields) {
+        stored.remove(name.as_str());
+    }
+    stored
+}
+
 fn response_time_of(response: &HeaderMap) -> SystemTime {
     response
         .get(header::DATE)
@@ -179,7 +215,8 @@ fn response_time_of(response: &HeaderMap) -> SystemTime {
         .unwrap_or_else(SystemTime::now)
 }
 
-/// Freshness lifetime of a response (RFC 9111 section 4.2.1), for a shared cache.
+/// Freshness lifetime of a response (RFC 9111 section 4.2.1), for a shared cache; never more than
+/// [`DELTA_SECONDS_CAP`] seconds, whatever the headers say.
 fn freshness_lifetime(
     status: StatusCode,
     response: &HeaderMap,
@@ -188,7 +225,7 @@ fn freshness_lifetime(
 ) -> Duration {
     let (directives, targeted) = response_directives(response, config);
     if let Some(seconds) = directives.s_maxage.or(directives.max_age) {
-        return Duration::from_secs(seconds);
+        return capped_seconds(seconds);
     }
     let date_value = response
         .get(header::DATE)
@@ -197,7 +234,7 @@ fn freshness_lifetime(
     if !targeted && let Some(expires) = response.get(header::EXPIRES) {
         // An invalid Expires means "already expired" (RFC 9111 section 5.3).
         return match date::parse(expires) {
-            Some(expires) => expires.duration_since(date_value).unwrap_or_default(),
+            Some(expires) => cap(expires.duration_since(date_value).unwrap_or_default()),
             None => Duration::ZERO,
         };
     }
@@ -205,9 +242,40 @@ fn freshness_lifetime(
         && let Some(modified) = response.get(header::LAST_MODIFIED).and_then(date::parse)
         && let Ok(since) = date_value.duration_since(modified)
     {
-        return since.mul_f64(config.heuristic_fraction).min(config.heuristic_max);
+        // `mul_f64` panics on a negative, infinite or overflowing product; the fraction is configuration.
+        let heuristic =
+            Duration::try_from_secs_f64(since.as_secs_f64() * config.heuristic_fraction).unwrap_or_default();
+        return cap(heuristic.min(config.heuristic_max));
     }
     Duration::ZERO
+}
+
+/// A duration from delta-seconds, capped (RFC 9111 section 1.2.2).
+fn capped_seconds(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.min(DELTA_SECONDS_CAP))
+}
+
+/// Caps a duration derived from header values at [`DELTA_SECONDS_CAP`] seconds.
+fn cap(duration: Duration) -> Duration {
+    duration.min(Duration::from_secs(DELTA_SECONDS_CAP))
+}
+
+/// The `Age` field's value (RFC 9111 section 5.1): delta-seconds, capped. A value that is not plain digits,
+/// or several differing values, make the field invalid, and an invalid `Age` is ignored (zero).
+fn age_value(response: &HeaderMap) -> Duration {
+    let mut values = response.get_all(header::AGE).iter();
+    let Some(first) = values.next() else {
+        return Duration::ZERO;
+    };
+    if values.any(|other| other != first) {
+        return Duration::ZERO;
+    }
+    first
+        .to_str()
+        .ok()
+        .and_then(|text| directives::delta_seconds(text.trim()))
+        .map(capped_seconds)
+        .unwrap_or_default()
 }
 
 /// What a cache needs to know about a stored response to judge its freshness, computed once when it is
@@ -245,30 +313,31 @@ impl Freshness {
             .get(header::DATE)
             .and_then(date::parse)
             .unwrap_or(response_time);
-        let age_value = response
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or_default();
-        let apparent_age = response_time.duration_since(date_value).unwrap_or_default();
-        let response_delay = response_time.duration_since(request_time).unwrap_or_default();
-        let corrected_age_value = age_value + response_delay;
+        let age_value = age_value(response);
+        let apparent_age = cap(response_time.duration_since(date_value).unwrap_or_default());
+        let response_delay = cap(response_time.duration_since(request_time).unwrap_or_default());
+        let corrected_age_value = age_value.saturating_add(response_delay);
         Freshness {
             lifetime: freshness_lifetime(status, response, response_time, config),
             corrected_initial_age: apparent_age.max(corrected_age_value),
             response_time,
             no_cache: directives.no_cache,
             must_revalidate: directives.must_revalidate || directives.proxy_revalidate || directives.s_maxage.is_some(),
-            stale_while_revalidate: Duration::from_secs(directives.stale_while_revalidate.unwrap_or(0)),
-            stale_if_error: Duration::from_secs(directives.stale_if_error.unwrap_or(0)),
+            stale_while_revalidate: capped_seconds(directives.stale_while_revalidate.unwrap_or(0)),
+            stale_if_error: capped_seconds(directives.stale_if_error.unwrap_or(0)),
         }
     }
 
-    /// Current age (RFC 9111 section 4.2.3).
+    /// Current age (RFC 9111 section 4.2.3). Saturates rather than overflows, whatever the stored times.
     pub fn current_age(&self, now: SystemTime) -> Duration {
         let resident = now.duration_since(self.response_time).unwrap_or_default();
-        self.corrected_initial_age + resident
+        self.corrected_initial_age.saturating_add(resident)
+    }
+
+    /// Current age in whole seconds for the `Age` field, capped at [`DELTA_SECONDS_CAP`] (RFC 9111 section
+    /// 5.1: a cache sends the cap when the age is larger).
+    pub fn age_seconds(&self, now: SystemTime) -> u64 {
+        self.current_age(now).as_secs().min(DELTA_SECONDS_CAP)
     }
 
     /// Whether the response is fresh at `now`.
@@ -283,8 +352,9 @@ impl Freshness {
 
     /// Remaining freshness in whole seconds, negative once stale (the `ttl` of `Cache-Status`).
     pub fn ttl_seconds(&self, now: SystemTime) -> i64 {
-        let age = self.current_age(now).as_secs() as i64;
-        self.lifetime.as_secs() as i64 - age
+        let age = i64::try_from(self.current_age(now).as_secs()).unwrap_or(i64::MAX);
+        let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
+        lifetime.saturating_sub(age)
     }
 
     /// Whether the response may be served stale because the origin failed, given the request's own
@@ -295,7 +365,7 @@ impl Freshness {
         }
         let window = request
             .stale_if_error
-            .map(Duration::from_secs)
+            .map(capped_seconds)
             .unwrap_or_default()
             .max(self.stale_if_error);
         self.staleness(now) <= window && !window.is_zero()
@@ -334,12 +404,12 @@ pub fn usability(
             return Usability::MustValidate;
         }
         if let Some(max_age) = request.max_age
-            && age > Duration::from_secs(max_age)
+            && age > capped_seconds(max_age)
         {
             return Usability::MustValidate;
         }
         if let Some(min_fresh) = request.min_fresh
-            && freshness.lifetime < age + Duration::from_secs(min_fresh)
+            && freshness.lifetime < age.saturating_add(capped_seconds(min_fresh))
         {
             return Usability::MustValidate;
         }
@@ -369,6 +439,67 @@ pub fn usability(
         return Usability::StaleWhileRevalidate;
     }
     Usability::MustValidate
+}
+
+/// A response from upstream to a GET the cache sent, with what it was asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamExchange<'a> {
+    /// The request's target path and query (for the per-path rules of [`PolicyConfig`]).
+    pub path: &'a str,
+    /// The client request's header fields.
+    pub request: &'a HeaderMap,
+    /// The client request's directives ([`request_directives`]).
+    pub request_directives: &'a Directives,
+    /// The response status.
+    pub status: StatusCode,
+    /// The response header fields (hop-by-hop ones removed).
+    pub response: &'a HeaderMap,
+    /// The stored response the request validated, if it was a validation.
+    pub stored: Option<&'a Freshness>,
+    /// When the response arrived.
+    pub now: SystemTime,
+}
+
+/// What to do with a response from upstream (RFC 9111 sections 3, 4.3.3, 4.3.4; RFC 5861 section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseDecision {
+    /// `304` to a validation: update the stored response's fields and serve it.
+    Refresh,
+    /// The origin failed (`5xx`) and the stored response may be served stale instead (`stale-if-error`).
+    ServeStale,
+    /// Store it while serving it.
+    Store,
+    /// Serve it without storing it; any stored variant it replaces must go.
+    Pass(NotStorable),
+}
+
+/// Decides what to do with a response from upstream.
+pub fn decide_response(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -> ResponseDecision {
+    if let Some(stored) = exchange.stored {
+        if exchange.status == StatusCode::NOT_MODIFIED {
+            return ResponseDecision::Refresh;
+        }
+        if exchange.status.is_server_error() && stored.may_serve_on_error(exchange.now, exchange.request_directives) {
+            return ResponseDecision::ServeStale;
+        }
+    }
+    decide_storing(exchange, config)
+}
+
+/// Whether to store a response, leaving aside validation and serving stale: the fallback of
+/// [`ResponseDecision::ServeStale`] when the stored response turns out to be unusable.
+pub fn decide_storing(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -> ResponseDecision {
+    match storable(
+        &Method::GET,
+        exchange.path,
+        exchange.request,
+        exchange.status,
+        exchange.response,
+        config,
+    ) {
+        Ok(()) => ResponseDecision::Store,
+        Err(reason) => ResponseDecision::Pass(reason),
+    }
 }
 
 /// Methods after whose non-error response stored responses for the target URI are invalidated
@@ -421,6 +552,7 @@ mod tests {
         let headers = response(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=300")]);
         let storable = storable(
             &Method::GET,
+            "/",
             &HeaderMap::new(),
             StatusCode::OK,
             &headers,
@@ -459,6 +591,7 @@ mod tests {
         let check = |req: &HeaderMap, status: u16, pairs: &[(&str, &str)]| {
             storable(
                 &Method::GET,
+                "/a",
                 req,
                 StatusCode::from_u16(status).expect("status"),
                 &response(pairs),
@@ -494,6 +627,107 @@ mod tests {
                 &[("cache-control", "no-store, must-understand, max-age=5")]
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn set_cookie_responses_are_not_stored_unless_qualified_or_allowed() {
+        let cookie = [("cache-control", "public, max-age=60"), ("set-cookie", "session=alice")];
+        let check = |pairs: &[(&str, &str)], config: &PolicyConfig| {
+            storable(
+                &Method::GET,
+                "/account/home",
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &response(pairs),
+                config,
+            )
+        };
+        let config = PolicyConfig::default();
+        assert_eq!(check(&cookie, &config), Err(NotStorable::SetCookie));
+        let qualified = [
+            ("cache-control", "max-age=60, no-cache=\"Set-Cookie\""),
+            ("set-cookie", "session=alice"),
+        ];
+        assert_eq!(check(&qualified, &config), Ok(()));
+        let stored = stored_fields(&response(&qualified), &config);
+        assert!(!stored.contains_key(header::SET_COOKIE), "the cookie is never stored");
+        let private = [
+            ("cache-control", "max-age=60, private=\"set-cookie\""),
+            ("set-cookie", "s=1"),
+        ];
+        assert_eq!(check(&private, &config), Ok(()));
+        let opted_in = PolicyConfig {
+            store_set_cookie_paths: vec!["/account/".into()],
+            ..PolicyConfig::default()
+        };
+        assert_eq!(check(&cookie, &opted_in), Ok(()));
+        let elsewhere = PolicyConfig {
+            store_set_cookie_paths: vec!["/static/".into()],
+            ..PolicyConfig::default()
+        };
+        assert_eq!(check(&cookie, &elsewhere), Err(NotStorable::SetCookie));
+    }
+
+    #[test]
+    fn an_invalid_targeted_field_falls_back_to_cache_control() {
+        let now = SystemTime::now();
+        let f = fresh_for(
+            &[
+                ("cache-control", "max-age=10"),
+                ("cdn-cache-control", "max-age=\"600\""),
+            ],
+            now,
+        );
+        assert_eq!(f.lifetime, Duration::from_secs(10));
+        let f = fresh_for(
+            &[("cache-control", "max-age=10"), ("cdn-cache-control", "max-age=600")],
+            now,
+        );
+        assert_eq!(f.lifetime, Duration::from_secs(600));
+        let f = fresh_for(&[("cache-control", "max-age=10"), ("cdn-cache-control", "")], now);
+        assert_eq!(f.lifetime, Duration::from_secs(10), "an empty field is ignored");
+    }
+
+    #[test]
+    fn response_decisions() {
+        let config = PolicyConfig::default();
+        let now = SystemTime::now();
+        let none = Directives::default();
+        let request = HeaderMap::new();
+        let stored = fresh_for(&[("cache-control", "max-age=1, stale-if-error=60")], now);
+        let strict = fresh_for(&[("cache-control", "max-age=1, must-revalidate")], now);
+        let decide = |status: u16, pairs: &[(&str, &str)], stored: Option<&Freshness>| {
+            let response = response(pairs);
+            let exchange = UpstreamExchange {
+                path: "/",
+                request: &request,
+                request_directives: &none,
+                status: StatusCode::from_u16(status).expect("status"),
+                response: &response,
+                stored,
+                now: now + Duration::from_secs(5),
+            };
+            decide_response(&exchange, &config)
+        };
+        assert_eq!(decide(304, &[], Some(&stored)), ResponseDecision::Refresh);
+        assert_eq!(decide(503, &[], Some(&stored)), ResponseDecision::ServeStale);
+        assert_eq!(
+            decide(503, &[], Some(&strict)),
+            ResponseDecision::Pass(NotStorable::Status)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=5")], None),
+            ResponseDecision::Store
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "no-store")], Some(&stored)),
+            ResponseDecision::Pass(NotStorable::NoStore)
+        );
+        assert_eq!(
+            decide(304, &[], None),
+            ResponseDecision::Pass(NotStorable::Status),
+            "a 304 to a request the cache did not validate is passed on"
         );
     }
 
@@ -564,5 +798,143 @@ mod tests {
         assert!(invalidates(&Method::DELETE, StatusCode::NO_CONTENT));
         assert!(!invalidates(&Method::POST, StatusCode::INTERNAL_SERVER_ERROR));
         assert!(!invalidates(&Method::GET, StatusCode::OK));
+    }
+
+    /// The named case of issue 9: an `Age` near 2^64 panicked the request task on every hit, and one just
+    /// past it was read as 0 (fresh for the whole max-age).
+    #[test]
+    fn absurd_age_is_capped_not_wrapped() {
+        let now = SystemTime::now();
+        for absurd in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ] {
+            let f = fresh_for(&[("cache-control", "max-age=3600"), ("age", absurd)], now);
+            assert_eq!(
+                f.corrected_initial_age,
+                Duration::from_secs(DELTA_SECONDS_CAP),
+                "{absurd}"
+            );
+            assert!(!f.is_fresh(now), "{absurd} must make the response stale");
+            assert_eq!(f.age_seconds(now + Duration::from_secs(10)), DELTA_SECONDS_CAP);
+            assert!(f.ttl_seconds(now) < 0);
+        }
+    }
+
+    #[test]
+    fn invalid_age_is_ignored() {
+        let now = SystemTime::now();
+        for invalid in ["-5", "1.5", "10 s", "0x10", "", "+3"] {
+            let f = fresh_for(&[("cache-control", "max-age=100"), ("age", invalid)], now);
+            assert_eq!(f.corrected_initial_age, Duration::ZERO, "{invalid:?}");
+        }
+        let f = fresh_for(&[("cache-control", "max-age=100"), ("age", "5"), ("age", "7")], now);
+        assert_eq!(f.corrected_initial_age, Duration::ZERO, "conflicting Age lines");
+    }
+
+    #[test]
+    fn obsolete_expires_formats_count() {
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        for expires in [
+            "Sun, 06 Nov 1994 08:50:37 GMT",
+            "Sunday, 06-Nov-94 08:50:37 GMT",
+            "Sun Nov  6 08:50:37 1994",
+            "sun, 06 nov 1994 08:50:37 gmt",
+        ] {
+            let headers = response(&[("date", date), ("expires", expires)]);
+            let at = date::parse(&HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT")).expect("date");
+            let f = Freshness::of(StatusCode::OK, &headers, at, at, &PolicyConfig::default());
+            assert_eq!(f.lifetime, Duration::from_secs(60), "{expires}");
+        }
+    }
+
+    /// Header values that are valid, absurd or garbage, so every branch of the parsers is reached.
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{15,30}",
+            "-?[0-9]{1,5}",
+            (0u64..253_402_300_799).prop_map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s))),
+            "[ -~]{0,24}",
+        ]
+    }
+
+    fn cache_control() -> impl Strategy<Value = String> {
+        let directive = prop_oneof![
+            header_value().prop_map(|v| format!("max-age={v}")),
+            header_value().prop_map(|v| format!("s-maxage={v}")),
+            header_value().prop_map(|v| format!("stale-while-revalidate={v}")),
+            header_value().prop_map(|v| format!("stale-if-error={v}")),
+            Just("no-cache".to_string()),
+            Just("must-revalidate".to_string()),
+            Just("public".to_string()),
+            "[ -~]{0,12}",
+        ];
+        proptest::collection::vec(directive, 0..4).prop_map(|d| d.join(", "))
+    }
+
+    fn any_time() -> impl Strategy<Value = SystemTime> {
+        prop_oneof![
+            (0u64..253_402_300_799).prop_map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            (1_700_000_000u64..1_800_000_000).prop_map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        ]
+    }
+
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
+
+    proptest! {
+        /// The whole freshness computation, fed arbitrary header values, stored times and clocks: it never
+        /// panics, every duration stays within the delta-seconds cap, and the answers agree with each other.
+        #[test]
+        fn freshness_never_overflows(
+            age in header_value(),
+            date in header_value(),
+            expires in header_value(),
+            last_modified in header_value(),
+            response_cc in cache_control(),
+            targeted_cc in cache_control(),
+            request_cc in cache_control(),
+            request_time in any_time(),
+            response_time in any_time(),
+            now in any_time(),
+            later_by in any::<u64>(),
+            fraction in prop_oneof![Just(0.1f64), Just(-1.0), Just(f64::NAN), Just(f64::INFINITY), Just(1e300)],
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [
+                ("age", &age),
+                ("date", &date),
+                ("expires", &expires),
+                ("last-modified", &last_modified),
+                ("cache-control", &response_cc),
+                ("cdn-cache-control", &targeted_cc),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+            }
+            let mut request = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&request_cc) {
+                request.insert(header::CACHE_CONTROL, value);
+            }
+            let config = PolicyConfig { heuristic_fraction: fraction, ..PolicyConfig::default() };
+            let cap = Duration::from_secs(DELTA_SECONDS_CAP);
+            let f = Freshness::of(StatusCode::OK, &headers, request_time, response_time, &config);
+            prop_assert!(f.lifetime <= cap);
+            prop_assert!(f.corrected_initial_age <= cap.saturating_mul(2));
+            prop_assert!(f.age_seconds(now) <= DELTA_SECONDS_CAP);
+            let later = now.checked_add(Duration::from_secs(later_by % (1 << 40))).unwrap_or(now);
+            prop_assert!(f.current_age(later) >= f.current_age(now));
+            let ttl = f.ttl_seconds(now);
+            prop_assert!(if f.is_fresh(now) { ttl >= 0 } else { ttl <= 0 }, "ttl {} disagrees with is_fresh", ttl);
+            let directives = request_directives(&request);
+            let _ = usability(&f, false, &directives, now, &config);
+            let _ = usability(&f, true, &directives, now, &config);
+            let _ = f.may_serve_on_error(now, &directives);
+            let _ = f.staleness(now);
+            let _ = storable(&Method::GET, "/", &request, StatusCode::OK, &headers, &config);
+        }
     }
 }

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::disk::{self, DiskTier};
+use crate::inflight::{FetchTicket, PurgeLog, PurgeScope};
 use crate::key::{ObjectId, vary_matches};
 use crate::meta::Meta;
 use crate::policy::{Freshness, PolicyConfig};
@@ -71,6 +72,9 @@ pub enum StoreError {
     /// The body was larger than the cache can hold or a write failed; nothing was stored.
     #[error("object not stored: {0}")]
     NotStored(&'static str),
+    /// A purge matched the response while it was being fetched; it was not stored.
+    #[error("purged while it was being fetched; not stored")]
+    Purged,
     /// A background task failed.
     #[error("store task failed: {0}")]
     Task(String),
@@ -198,6 +202,8 @@ pub struct Store {
     catalog: RwLock<Catalog>,
     /// Serialises renames and record rewrites of one object id (striped by the id's first byte).
     file_locks: Vec<Mutex<()>>,
+    /// Purges that fills in flight must honour.
+    purges: Arc<PurgeLog>,
     memory_evictions: AtomicU64,
     disk_evictions: AtomicU64,
     corrupt_dropped: AtomicU64,
@@ -240,6 +246,7 @@ impl Store {
             disk,
             catalog: RwLock::new(catalog),
             file_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            purges: Arc::new(PurgeLog::default()),
             memory_evictions: AtomicU64::new(0),
             disk_evictions: AtomicU64::new(0),
             corrupt_dropped: AtomicU64::new(0),
@@ -283,6 +290,19 @@ impl Store {
     /// The policy configuration objects' freshness is computed with.
     pub fn policy(&self) -> &PolicyConfig {
         &self.config.policy
+    }
+
+    /// Takes a ticket for a fetch about to go upstream; pass it to [`Store::begin_fill`]. Purges after this
+    /// moment that match the response keep it from being stored as fresh (see [`crate::inflight`]).
+    pub fn fetch_ticket(&self) -> FetchTicket {
+        self.purges.ticket()
+    }
+
+    /// Whether a purge since `generation` may have matched `primary` (a surrogate-key purge counts, as the
+    /// response's keys are not known yet). A request must not wait for a fetch that began before such a
+    /// purge.
+    pub fn purged_since(&self, generation: u64, primary: &str) -> bool {
+        self.purges.purged_since(generation, primary, None).is_some()
     }
 
     /// Finds the most recent stored variant of `primary` that `request` selects, and records the hit.
@@ -418,9 +438,15 @@ impl Store {
         }
     }
 
-    /// Starts storing a response. Write its body with [`Fill::write`] and finish with [`Fill::finish`];
-    /// dropping the fill stores nothing.
-    pub async fn begin_fill(self: &Arc<Self>, id: ObjectId, meta: Meta, expected_len: Option<u64>) -> Fill {
+    /// Starts storing a response fetched under `ticket` (taken before the request went upstream). Write its
+    /// body with [`Fill::write`] and finish with [`Fill::finish`]; dropping the fill stores nothing.
+    pub async fn begin_fill(
+        self: &Arc<Self>,
+        id: ObjectId,
+        meta: Meta,
+        expected_len: Option<u64>,
+        ticket: FetchTicket,
+    ) -> Fill {
         let memory_limit = if self.disk.is_some() {
             self.config.max_memory_object
         } else {
@@ -441,6 +467,7 @@ impl Store {
             file: None,
             temp_path: None,
             failure: None,
+            ticket,
         };
         if too_big {
             fill.failure = Some("larger than the cache allows");
@@ -470,16 +497,57 @@ impl Store {
     /// Inserts a finished object; returns the ids whose files must be deleted.
     fn insert(&self, object: Arc<CachedObject>, memory: Option<Bytes>, disk_len: Option<u64>) -> Vec<ObjectId> {
         let mut catalog = self.write();
+        self.insert_locked(&mut catalog, object, memory, disk_len)
+    }
+
+    /// Inserts a fill's object unless a purge newer than its ticket's generation `fetched_at` matched it
+    /// meanwhile. The check and the
+    /// insertion happen under the catalog lock that purges also take, so no purge falls between them. A
+    /// refused object is unlinked with whatever its id held (its file was already renamed over it).
+    fn insert_fill(
+        &self,
+        object: Arc<CachedObject>,
+        memory: Option<Bytes>,
+        disk_len: Option<u64>,
+        fetched_at: u64,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        let mut catalog = self.write();
+        let meta = &object.meta;
+        let purged = self
+            .purges
+            .purged_since(fetched_at, &meta.url, Some(&meta.surrogate_keys));
+        // A soft purge seen by the check in `finish` is already in `meta.invalidated`; one that came after
+        // it (the record on disk says fresh) is rare enough to be treated as hard.
+        let refuse = match purged {
+            Some(PurgeMode::Hard) => true,
+            Some(PurgeMode::Soft) => !meta.invalidated,
+            None => false,
+        };
+        if refuse {
+            let had_slot = self.unlink(&mut catalog, &object.id).is_some();
+            debug!(url = %meta.url, had_slot, "fill purged while it was being fetched; not stored");
+            return Err(StoreError::Purged);
+        }
+        Ok(self.insert_locked(&mut catalog, object, memory, disk_len))
+    }
+
+    fn insert_locked(
+        &self,
+        catalog: &mut Catalog,
+        object: Arc<CachedObject>,
+        memory: Option<Bytes>,
+        disk_len: Option<u64>,
+    ) -> Vec<ObjectId> {
         let id = object.id;
         // A new version replaces the old in place: its file was already renamed over the old one.
-        self.unlink(&mut catalog, &id);
+        self.unlink(catalog, &id);
         let mut delete = Vec::new();
         let on_disk = match (disk_len, catalog.disk.as_mut()) {
             (Some(len), Some(policy)) if policy.fits(len) => {
                 let evicted = policy.insert(id, len);
                 self.disk_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
                 for victim in evicted {
-                    if self.unlink(&mut catalog, &victim).is_some() {
+                    if self.unlink(catalog, &victim).is_some() {
                         delete.push(victim);
                     }
                 }
@@ -496,7 +564,7 @@ impl Store {
             let weight = bytes.len() as u64 + object.meta.weight();
             if catalog.memory.fits(weight) {
                 let evicted = catalog.memory.insert(id, weight);
-                self.drop_memory(&mut catalog, evicted);
+                self.drop_memory(catalog, evicted);
                 kept_memory = Some(bytes);
             }
         }
@@ -684,14 +752,14 @@ impl Store {
 
     /// Purges every variant of a URL.
     pub fn purge_url(&self, primary: &str, mode: PurgeMode) -> PurgeCount {
-        let ids = self.read().by_url.get(primary).cloned().unwrap_or_default();
-        self.purge_ids(ids, mode)
+        self.purge(PurgeScope::Url(primary.to_string()), mode, |catalog| {
+            catalog.by_url.get(primary).cloned().unwrap_or_default()
+        })
     }
 
     /// Purges every URL starting with `prefix` (a range of the sorted URL index, not a scan).
     pub fn purge_prefix(&self, prefix: &str, mode: PurgeMode) -> PurgeCount {
-        let ids: Vec<ObjectId> = {
-            let catalog = self.read();
+        self.purge(PurgeScope::Prefix(prefix.to_string()), mode, |catalog| {
             catalog
                 .urls
                 .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
@@ -700,29 +768,33 @@ impl Store {
                 .flatten()
                 .copied()
                 .collect()
-        };
-        self.purge_ids(ids, mode)
+        })
     }
 
     /// Purges every object tagged with a surrogate key.
     pub fn purge_key(&self, key: &str, mode: PurgeMode) -> PurgeCount {
-        let ids: Vec<ObjectId> = self
-            .read()
-            .by_tag
-            .get(key)
-            .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default();
-        self.purge_ids(ids, mode)
+        self.purge(PurgeScope::SurrogateKey(key.to_string()), mode, |catalog| {
+            catalog
+                .by_tag
+                .get(key)
+                .map(|ids| ids.iter().copied().collect())
+                .unwrap_or_default()
+        })
     }
 
-    fn purge_ids(&self, ids: Vec<ObjectId>, mode: PurgeMode) -> PurgeCount {
+    /// Records the purge for fills in flight and applies it to what is stored, under one catalog lock so a
+    /// fill is either stored before the purge (and purged) or checked after it (and refused).
+    fn purge(&self, scope: PurgeScope, mode: PurgeMode, select: impl FnOnce(&Catalog) -> Vec<ObjectId>) -> PurgeCount {
         let mut count = PurgeCount::default();
-        match mode {
-            PurgeMode::Hard => {
-                let mut deleted = Vec::new();
-                {
-                    let mut catalog = self.write();
-                    for id in ids {
+        let mut deleted = Vec::new();
+        let mut to_mark = Vec::new();
+        {
+            let mut catalog = self.write();
+            self.purges.record(scope, mode);
+            let ids = select(&catalog);
+            for id in ids {
+                match mode {
+                    PurgeMode::Hard => {
                         if let Some(slot) = self.unlink(&mut catalog, &id) {
                             count.removed += 1;
                             if slot.on_disk {
@@ -730,20 +802,20 @@ impl Store {
                             }
                         }
                     }
-                }
-                self.delete_files(deleted);
-            }
-            PurgeMode::Soft => {
-                for id in ids {
-                    let object = self.read().slots.get(&id).map(|s| s.object.clone());
-                    if let Some(object) = object {
-                        let mut meta = object.meta.clone();
-                        meta.invalidated = true;
-                        if self.replace_meta(&object, meta).is_some() {
-                            count.marked += 1;
+                    PurgeMode::Soft => {
+                        if let Some(slot) = catalog.slots.get(&id) {
+                            to_mark.push(slot.object.clone());
                         }
                     }
                 }
+            }
+        }
+        self.delete_files(deleted);
+        for object in to_mark {
+            let mut meta = object.meta.clone();
+            meta.invalidated = true;
+            if self.replace_meta(&object, meta).is_some() {
+                count.marked += 1;
             }
         }
         count
@@ -779,6 +851,7 @@ pub struct Fill {
     file: Option<tokio::fs::File>,
     temp_path: Option<PathBuf>,
     failure: Option<&'static str>,
+    ticket: FetchTicket,
 }
 
 impl Fill {
@@ -831,44 +904,77 @@ impl Fill {
         if let Some(why) = self.failure {
             return Err(StoreError::NotStored(why));
         }
+        match self.store.purges.purged_since(
+            self.ticket.generation(),
+            &self.meta.url,
+            Some(&self.meta.surrogate_keys),
+        ) {
+            Some(PurgeMode::Hard) => return Err(StoreError::Purged),
+            // Soft: keep it, as the purge would have kept it had it been stored already.
+            Some(PurgeMode::Soft) => self.meta.invalidated = true,
+            None => {}
+        }
         self.meta.body_len = self.len;
         self.meta.body_hash = *self.hasher.finalize().as_bytes();
-        let mut disk_len = None;
-        if let (Some(file), Some(temp_path)) = (self.file.take(), self.temp_path.clone()) {
-            let mut file = file.into_std().await;
-            let store = self.store.clone();
-            let meta = self.meta.clone();
-            let id = self.id;
-            let committed = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-                disk::finish_file(&mut file, &meta)?;
-                drop(file);
-                let _guard = store.file_lock(&id);
-                if let Some(disk) = &store.disk {
-                    disk.commit(&temp_path, &id)?;
-                }
-                Ok(disk::file_len(&meta))
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?;
-            match committed {
-                Ok(len) => {
-                    self.temp_path = None;
-                    disk_len = Some(len);
-                }
-                Err(error) => warn!(%error, url = %self.meta.url, "cache commit failed"),
-            }
-        }
         let memory = self.memory.take().map(BytesMut::freeze);
-        if disk_len.is_none() && memory.is_none() {
-            return Err(StoreError::NotStored("no tier took it"));
-        }
         let object = Arc::new(CachedObject::new(
             self.id,
             self.meta.clone(),
             &self.store.config.policy,
             true,
         ));
-        let deleted = self.store.insert(object.clone(), memory, disk_len);
+        let (Some(file), Some(temp_path)) = (self.file.take(), self.temp_path.clone()) else {
+            if memory.is_none() {
+                return Err(StoreError::NotStored("no tier took it"));
+            }
+            let deleted = self
+                .store
+                .insert_fill(object.clone(), memory, None, self.ticket.generation())?;
+            self.store.delete_files(deleted);
+            return Ok(object);
+        };
+        let mut file = file.into_std().await;
+        let store = self.store.clone();
+        let committed_object = object.clone();
+        let fetched_at = self.ticket.generation();
+        let inserted = tokio::task::spawn_blocking(move || -> Result<Vec<ObjectId>, StoreError> {
+            let meta = &committed_object.meta;
+            let id = committed_object.id;
+            let written = disk::finish_file(&mut file, meta);
+            drop(file);
+            // The rename and the insertion happen under the id's file lock, so another fill of the same id
+            // cannot put its body under this one's record.
+            let _guard = store.file_lock(&id);
+            let disk_len = match written.and_then(|_| match &store.disk {
+                Some(disk) => disk.commit(&temp_path, &id),
+                None => Ok(()),
+            }) {
+                Ok(()) => Some(disk::file_len(meta)),
+                Err(error) => {
+                    warn!(%error, url = %meta.url, "cache commit failed");
+                    let _ = std::fs::remove_file(&temp_path);
+                    None
+                }
+            };
+            if disk_len.is_none() && memory.is_none() {
+                return Err(StoreError::NotStored("no tier took it"));
+            }
+            match store.insert_fill(committed_object, memory, disk_len, fetched_at) {
+                Ok(deleted) => Ok(deleted),
+                Err(refused) => {
+                    if disk_len.is_some()
+                        && let Some(disk) = &store.disk
+                    {
+                        let _ = std::fs::remove_file(disk.object_path(&id));
+                    }
+                    Err(refused)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        self.temp_path = None;
+        let deleted = inserted?;
         self.store.delete_files(deleted);
         Ok(object)
     }
@@ -909,7 +1015,9 @@ mod tests {
     async fn put(store: &Arc<Store>, url: &str, tags: &[&str], body: &[u8]) -> Arc<CachedObject> {
         let meta = meta(url, tags);
         let id = ObjectId::new(url, &meta.vary);
-        let mut fill = store.begin_fill(id, meta, Some(body.len() as u64)).await;
+        let mut fill = store
+            .begin_fill(id, meta, Some(body.len() as u64), store.fetch_ticket())
+            .await;
         fill.write(&Bytes::copy_from_slice(body)).await;
         fill.finish(true).await.expect("stored")
     }
@@ -990,5 +1098,66 @@ mod tests {
         assert_eq!(reopened.stats().objects, 0);
         assert_eq!(reopened.stats().corrupt_dropped, 1);
         assert!(!file.exists());
+    }
+
+    async fn fill_after(
+        store: &Arc<Store>,
+        ticket: FetchTicket,
+        url: &str,
+        tags: &[&str],
+        body: &[u8],
+    ) -> Result<Arc<CachedObject>, StoreError> {
+        let meta = meta(url, tags);
+        let id = ObjectId::new(url, &meta.vary);
+        let mut fill = store.begin_fill(id, meta, Some(body.len() as u64), ticket).await;
+        fill.write(&Bytes::copy_from_slice(body)).await;
+        fill.finish(true).await
+    }
+
+    #[tokio::test]
+    async fn a_purge_during_a_fetch_keeps_its_response_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for store in [
+            Store::open(StoreConfig::default()).expect("open"),
+            disk_store(dir.path()),
+        ] {
+            put(&store, "http://h/a", &["t"], b"old").await;
+            // Hard purge of the URL while a re-fetch is in flight: the old body it brings is not stored.
+            let ticket = store.fetch_ticket();
+            assert!(!store.purged_since(ticket.generation(), "http://h/a"));
+            store.purge_url("http://h/a", PurgeMode::Hard);
+            assert!(store.purged_since(ticket.generation(), "http://h/a"));
+            let refused = fill_after(&store, ticket, "http://h/a", &["t"], b"old").await;
+            assert!(matches!(refused, Err(StoreError::Purged)), "{refused:?}");
+            assert!(store.find("http://h/a", &HeaderMap::new()).is_none());
+
+            // A soft purge by surrogate key: stored, but already invalidated.
+            let ticket = store.fetch_ticket();
+            store.purge_key("t", PurgeMode::Soft);
+            let stored = fill_after(&store, ticket, "http://h/a", &["t"], b"old")
+                .await
+                .expect("stored");
+            assert!(stored.meta.invalidated);
+
+            // A purge of something else does not matter; a fetch begun after the purge stores normally.
+            let ticket = store.fetch_ticket();
+            store.purge_prefix("http://h/b/", PurgeMode::Hard);
+            store.purge_key("other", PurgeMode::Hard);
+            let stored = fill_after(&store, ticket, "http://h/a", &["t"], b"new")
+                .await
+                .expect("stored");
+            assert!(!stored.meta.invalidated);
+            let hit = store.find("http://h/a", &HeaderMap::new()).expect("stored");
+            match store.body(&hit).await.expect("body") {
+                BodySource::Memory(bytes) => assert_eq!(&bytes[..], b"new"),
+                BodySource::File { mut file, offset, len } => {
+                    use std::io::Read;
+                    file.seek(SeekFrom::Start(offset)).expect("seek");
+                    let mut body = Vec::new();
+                    file.take(len).read_to_end(&mut body).expect("read");
+                    assert_eq!(&body[..], b"new");
+                }
+            }
+        }
     }
 }

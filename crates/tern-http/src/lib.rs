@@ -12,5 +12,6 @@ pub mod hop;
 pub mod list;
 pub mod range;
 pub mod server;
+pub mod target;
 
 pub use body::{Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_idle_timeout};

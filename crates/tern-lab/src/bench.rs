@@ -1,6 +1,7 @@
 //! `tern-lab bench edge`: tern's edge against nginx (`proxy_cache`) and Varnish (malloc storage) on the same
 //! origin, driven by `wrk` with the same connections, threads and duration, alternating A/B/A/B over rounds.
-//! Hits at several object sizes, then a miss-heavy run against an origin with injected latency. Each server
+//! Hits at several object sizes, a miss run against an origin without latency (CPU-bound: the edge's own
+//! miss path is the limit), then a miss-heavy run against an origin with injected latency. Each server
 //! is pinned to core 0 and the load generator and origin to core 1, so they do not steal each other's CPU.
 //! Prints requests/s, p50/p99 latency and server CPU seconds per 10k requests, the tern/nginx and
 //! tern/varnish ratios, and writes a CSV and an SVG chart.
@@ -144,10 +145,20 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
                 println!("{}", describe(&sample));
                 samples.push(sample);
             }
+            // Misses against the origin without injected latency: the edge's own miss path is the limit.
+            let before = origin_count(origin_addr)?;
+            let script = write_script(work, "miss-cpu", &miss_script(round, system, "cpu"))?;
+            let cpu_before = server.cpu_seconds();
+            let measured = wrk(options, load_cpu, server.addr, &script)?;
+            let origin_requests = origin_count(origin_addr)?.saturating_sub(before);
+            let cpu = server.cpu_seconds() - cpu_before;
+            let sample = measured.into_sample(round, system, "miss-cpu".to_string(), cpu, origin_requests);
+            println!("{}", describe(&sample));
+            samples.push(sample);
             drop(server);
             let server = Server::start(system, tern, work, slow_addr, server_cpu)?;
             let before = origin_count(slow_addr)?;
-            let script = write_script(work, "miss", &miss_script(round, system))?;
+            let script = write_script(work, "miss", &miss_script(round, system, "slow"))?;
             let cpu_before = server.cpu_seconds();
             let measured = wrk(options, load_cpu, server.addr, &script)?;
             let origin_requests = origin_count(slow_addr)?.saturating_sub(before);
@@ -600,10 +611,10 @@ fn hit_script(size: u64, objects: u64) -> String {
     )
 }
 
-fn miss_script(round: usize, system: System) -> String {
+fn miss_script(round: usize, system: System, run: &str) -> String {
     // Every request names a new object, so every request is a miss.
     format!(
-        "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/obj/1024/m{}-{}-\" .. counter)\nend\n",
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/obj/1024/m{}-{}-{run}-\" .. counter)\nend\n",
         round,
         system.name()
     )

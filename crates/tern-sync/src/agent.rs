@@ -4,6 +4,11 @@
 //!
 //! inotify (through `notify`) makes the agent react at once; a periodic full rescan is the authority,
 //! because inotify queues can overflow and some file systems do not report at all.
+//!
+//! The state carries an [`Incarnation`], made when the state is created: sequence numbers count within it.
+//! An agent whose state file was lost starts over at 1 under a new incarnation, which the sync service
+//! takes as a new stream rather than a replay of numbers it has already seen; and the agent trusts only
+//! acknowledgements of its own incarnation.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tern_wire::SecretKey;
 use tern_wire::frame::{DEFAULT_MAX_PAYLOAD, FrameDecoder};
-use tern_wire::sync::{Change, ChangeBatch, ChangeKind, SyncMessage};
+use tern_wire::sync::{Ack, Change, ChangeBatch, ChangeKind, Incarnation, SyncMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
@@ -54,6 +59,9 @@ pub struct AgentConfig {
 /// What the agent keeps on disk.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AgentState {
+    /// Made when the state is created; unknown in a state written before incarnations.
+    #[serde(default)]
+    incarnation: Incarnation,
     next_seq: u64,
     snapshot: Snapshot,
     pending: Vec<Change>,
@@ -80,6 +88,8 @@ pub struct Agent {
     state: Mutex<AgentState>,
     stats: Mutex<AgentStats>,
     wake_sender: Notify,
+    /// One scan at a time: two at once would both diff against the same snapshot and report each change twice.
+    scanning: tokio::sync::Mutex<()>,
 }
 
 /// Why the agent could not start.
@@ -117,7 +127,7 @@ impl Agent {
             reason: e.to_string(),
         })?;
         let path = state_path(&config);
-        let state = match std::fs::read(&path) {
+        let mut state: AgentState = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
                 path: path.clone(),
                 reason: format!("damaged: {e}"),
@@ -133,6 +143,24 @@ impl Agent {
                 });
             }
         };
+        if state.incarnation.is_unknown() {
+            // A new state (or one from before incarnations) gets its incarnation now, saved before any
+            // number of it is sent, so every number the sync service sees is read within it.
+            state.incarnation = Incarnation::generate().map_err(|e| AgentError::State {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            persist(&config, &state).map_err(|e| AgentError::State {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            info!(
+                agent = %config.name,
+                incarnation = %state.incarnation,
+                next_seq = state.next_seq,
+                "new agent state incarnation: the sync service counts this agent's changes afresh"
+            );
+        }
         let pending = state.pending.len();
         Ok(Arc::new(Agent {
             config,
@@ -142,7 +170,13 @@ impl Agent {
                 ..AgentStats::default()
             }),
             wake_sender: Notify::new(),
+            scanning: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// The incarnation of the agent's state.
+    pub fn incarnation(&self) -> Incarnation {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).incarnation.clone()
     }
 
     /// Figures for `/status`.
@@ -206,6 +240,7 @@ impl Agent {
 
     /// Scans once and records what changed.
     pub async fn scan_once(self: &Arc<Self>) {
+        let _one_at_a_time = self.scanning.lock().await;
         let previous = self.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot.clone();
         let dir = self.config.dir.clone();
         let scanned = tokio::task::spawn_blocking(move || scan(&dir, &previous).map(|after| (previous, after))).await;
@@ -264,9 +299,10 @@ impl Agent {
         let mut backoff = Duration::from_millis(100);
         let mut connection: Option<(TcpStream, FrameDecoder)> = None;
         loop {
-            let batch: Vec<Change> = {
+            let (incarnation, batch): (Incarnation, Vec<Change>) = {
                 let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                state.pending.iter().take(self.config.max_batch).cloned().collect()
+                let batch = state.pending.iter().take(self.config.max_batch).cloned().collect();
+                (state.incarnation.clone(), batch)
             };
             if batch.is_empty() {
                 tokio::select! {
@@ -298,6 +334,7 @@ impl Agent {
             let message = SyncMessage::Changes(ChangeBatch {
                 site: self.config.site.clone(),
                 agent: self.config.name.clone(),
+                incarnation,
                 changes: batch,
             });
             let answer = tokio::time::timeout(
@@ -306,9 +343,7 @@ impl Agent {
             )
             .await;
             match answer {
-                Ok(Ok(SyncMessage::Ack(ack))) => {
-                    self.acknowledge(ack.through);
-                }
+                Ok(Ok(SyncMessage::Ack(ack))) if self.take_ack(&ack) => {}
                 Ok(Ok(SyncMessage::Reject(reject))) => {
                     warn!(reason = %reject.reason, message = %reject.message, "sync service rejected our changes");
                     self.note_error(format!("rejected: {} ({})", reject.message, reject.reason));
@@ -318,7 +353,7 @@ impl Agent {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     }
                 }
-                Ok(Ok(SyncMessage::Changes(_))) | Ok(Err(_)) | Err(_) => {
+                Ok(Ok(SyncMessage::Ack(_) | SyncMessage::Changes(_))) | Ok(Err(_)) | Err(_) => {
                     debug!("connection to the sync service lost; resending");
                     connection = None;
                     tokio::select! {
@@ -329,6 +364,26 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Drops the pending changes an acknowledgement covers, if it is for this state's incarnation; an
+    /// acknowledgement of another one says nothing about these numbers.
+    fn take_ack(&self, ack: &Ack) -> bool {
+        let own = self.incarnation();
+        if ack.incarnation != own {
+            warn!(
+                ours = %own,
+                acknowledged = %ack.incarnation,
+                "acknowledgement of another incarnation ignored (is the sync service older than this agent?)"
+            );
+            self.note_error(format!(
+                "acknowledgement for incarnation `{}`, not ours (`{own}`)",
+                ack.incarnation
+            ));
+            return false;
+        }
+        self.acknowledge(ack.through);
+        true
     }
 
     fn acknowledge(&self, through: u64) {
@@ -435,6 +490,7 @@ impl tern_admin::AdminRoutes for AgentAdmin {
             "role": "agent",
             "site": self.agent.config.site,
             "name": self.agent.config.name,
+            "incarnation": self.agent.incarnation(),
             "dir": self.agent.config.dir.display().to_string(),
             "sync": self.agent.config.sync.to_string(),
             "stats": stats,
@@ -458,5 +514,104 @@ fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
         tern_tree::ChangeKind::Created => ChangeKind::Created,
         tern_tree::ChangeKind::Modified => ChangeKind::Modified,
         tern_tree::ChangeKind::Deleted => ChangeKind::Deleted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> AgentConfig {
+        AgentConfig {
+            dir: dir.join("site"),
+            site: "www".into(),
+            name: "origin-1".into(),
+            base_url: "http://www.example.com".into(),
+            sync: SocketAddr::from(([127, 0, 0, 1], 9)),
+            key: SecretKey::generate().expect("key"),
+            state_dir: dir.join("state"),
+            rescan_interval: Duration::from_secs(3600),
+            debounce: Duration::from_millis(1),
+            max_batch: 100,
+            index: "index.html".into(),
+        }
+    }
+
+    fn pending(agent: &Agent) -> Vec<u64> {
+        let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pending.iter().map(|change| change.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_lost_state_file_starts_a_new_incarnation_counting_from_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("site")).expect("site");
+        std::fs::write(dir.path().join("site/a.html"), "a").expect("write");
+        let first = Agent::new(config(dir.path())).expect("agent");
+        let incarnation = first.incarnation();
+        assert!(!incarnation.is_unknown());
+        assert!(state_path(&first.config).exists(), "the incarnation is saved at once");
+        first.scan_once().await;
+        std::fs::write(dir.path().join("site/b.html"), "b").expect("write");
+        first.scan_once().await;
+        assert_eq!(pending(&first), vec![1, 2]);
+        drop(first);
+
+        let restarted = Agent::new(config(dir.path())).expect("agent");
+        assert_eq!(
+            restarted.incarnation(),
+            incarnation,
+            "a kept state keeps its incarnation"
+        );
+        assert_eq!(pending(&restarted), vec![1, 2]);
+        drop(restarted);
+
+        std::fs::remove_file(state_path(&config(dir.path()))).expect("rm");
+        let reborn = Agent::new(config(dir.path())).expect("agent");
+        assert_ne!(reborn.incarnation(), incarnation, "a lost state gets a new incarnation");
+        reborn.scan_once().await;
+        assert_eq!(pending(&reborn), vec![1, 2], "its numbering starts over at 1");
+    }
+
+    #[tokio::test]
+    async fn a_state_from_before_incarnations_gets_one_and_keeps_its_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("site")).expect("site");
+        std::fs::create_dir_all(dir.path().join("state")).expect("state");
+        let legacy = r#"{"next_seq":41,"snapshot":{},"pending":[{"seq":40,"url":"http://www.example.com/x","kind":"deleted","etag":null,"at_ms":0}]}"#;
+        std::fs::write(state_path(&config(dir.path())), legacy).expect("write");
+        let agent = Agent::new(config(dir.path())).expect("a legacy state loads");
+        assert!(!agent.incarnation().is_unknown());
+        assert_eq!(pending(&agent), vec![40], "pending changes are kept");
+        let reopened = Agent::new(config(dir.path())).expect("agent");
+        assert_eq!(reopened.incarnation(), agent.incarnation());
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_of_another_incarnation_are_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("site")).expect("site");
+        std::fs::write(dir.path().join("site/a.html"), "a").expect("write");
+        let agent = Agent::new(config(dir.path())).expect("agent");
+        agent.scan_once().await;
+        assert_eq!(pending(&agent), vec![1]);
+        let foreign = Ack {
+            agent: "origin-1".into(),
+            incarnation: Incarnation::generate().expect("random"),
+            through: 100,
+        };
+        assert!(!agent.take_ack(&foreign));
+        assert_eq!(
+            pending(&agent),
+            vec![1],
+            "nothing dropped on another incarnation's word"
+        );
+        let own = Ack {
+            incarnation: agent.incarnation(),
+            ..foreign
+        };
+        assert!(agent.take_ack(&own));
+        assert!(pending(&agent).is_empty());
+        assert_eq!(agent.stats().acked_through, 100);
     }
 }

@@ -8,6 +8,11 @@
 //! older than the longest freshness lifetime the site uses (after that the cache's copy has expired anyway).
 //! Its position in the log is kept on disk, so a restart resumes where it stopped. Within a backlog, only
 //! the last change of each URL is sent.
+//!
+//! Positions count within the log's incarnation: every command carries it beside the position
+//! (`Tern-Sync-Log`, `Tern-Sync-Seq`), so a cache's own mark follows a new log instead of waiting for
+//! positions it has seen, and a saved position of another log (the log was deleted, the files beside it
+//! were not) starts the worker from the new log's beginning.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,9 +26,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tern_wire::sync::ChangeKind;
+use tern_wire::sync::{ChangeKind, Incarnation, LOG_HEADER, SEQ_HEADER};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::master::{Master, Record};
 use crate::metrics::SyncMetrics;
@@ -60,6 +65,9 @@ pub struct CacheProgress {
 struct Position {
     url: String,
     next: u64,
+    /// The log `next` counts in (none in a file from before log incarnations).
+    #[serde(default)]
+    log: Option<Incarnation>,
 }
 
 /// Settings shared by the workers.
@@ -119,18 +127,39 @@ impl CacheWorker {
     }
 
     fn load_position(&self) -> u64 {
-        std::fs::read(&self.position_path)
+        let saved = std::fs::read(&self.position_path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Position>(&bytes).ok())
-            .filter(|p| p.url == self.cache.url)
-            .map(|p| p.next)
-            .unwrap_or(1)
+            .filter(|p| p.url == self.cache.url);
+        let Some(position) = saved else {
+            return 1;
+        };
+        let log_id = self.master.log_id();
+        let end = self.master.len() + 1;
+        match &position.log {
+            Some(saved_log) if saved_log != log_id => {
+                info!(cache = %self.cache.url, saved_log = %saved_log, log = %log_id, "saved position belongs to another change log; starting this cache from the log's beginning");
+                return 1;
+            }
+            // From before log incarnations: only a position past the log's end shows it was another log's.
+            None if position.next > end => {
+                info!(cache = %self.cache.url, next = position.next, length = end - 1, "saved position is past the end of the change log; starting this cache from the log's beginning");
+                return 1;
+            }
+            Some(_) | None => {}
+        }
+        if position.next > end {
+            warn!(cache = %self.cache.url, next = position.next, length = end - 1, "saved position is past the end of its change log (records lost?); resuming at the end");
+            return end;
+        }
+        position.next
     }
 
     fn save_position(&self, next: u64) {
         let position = Position {
             url: self.cache.url.clone(),
             next,
+            log: Some(self.master.log_id().clone()),
         };
         // No fsync: losing a position only resends commands, and they are idempotent.
         let temp = self.position_path.with_extension("tmp");
@@ -240,7 +269,11 @@ impl CacheWorker {
             .method(method)
             .uri(target)
             .header(header::HOST, host)
-            .header("tern-sync-seq", record.log_seq.to_string());
+            .header(SEQ_HEADER, record.log_seq.to_string());
+        let log_id = self.master.log_id();
+        if !log_id.is_unknown() {
+            request = request.header(LOG_HEADER, log_id.as_str());
+        }
         if prefetch {
             // No credentials on the prefetch: a shared cache must not store a response to a request that
             // carries Authorization (RFC 9111 section 3.5), and the prefetch exists to be stored.
@@ -296,4 +329,98 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::{LOG_FILE, SiteConfig};
+    use tern_wire::sync::{Change, ChangeBatch};
+
+    const CACHE: &str = "http://127.0.0.1:9";
+
+    fn master_with(dir: &std::path::Path, changes: u64) -> Arc<Master> {
+        let sites = vec![SiteConfig {
+            name: "www".into(),
+            hosts: vec!["www.example.com".into()],
+        }];
+        let master = Master::open(dir, sites).expect("open");
+        let batch = ChangeBatch {
+            site: "www".into(),
+            agent: "a".into(),
+            incarnation: Incarnation::generate().expect("random"),
+            changes: (1..=changes)
+                .map(|seq| Change {
+                    seq,
+                    url: format!("http://www.example.com/{seq}"),
+                    kind: ChangeKind::Modified,
+                    etag: None,
+                    at_ms: 0,
+                })
+                .collect(),
+        };
+        master.accept(&batch).expect("accepted");
+        Arc::new(master)
+    }
+
+    fn worker(dir: &std::path::Path, master: Arc<Master>) -> CacheWorker {
+        let settings = CacherSettings {
+            token: None,
+            max_retry_age: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(1),
+            data_dir: dir.to_path_buf(),
+        };
+        let cache = CacheConfig {
+            url: CACHE.into(),
+            sites: vec![],
+        };
+        CacheWorker::new(cache, settings, master, Arc::new(SyncMetrics::new()))
+    }
+
+    fn write_position(worker: &CacheWorker, next: u64, log: Option<&str>) {
+        let log = log.map(|id| format!(r#","log":"{id}""#)).unwrap_or_default();
+        let text = format!(r#"{{"url":"{CACHE}","next":{next}{log}}}"#);
+        std::fs::write(&worker.position_path, text).expect("write position");
+    }
+
+    #[tokio::test]
+    async fn a_saved_position_counts_only_in_its_own_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = master_with(dir.path(), 5);
+        let own = worker(dir.path(), master.clone());
+        own.save_position(4);
+        assert_eq!(own.load_position(), 4, "a position of this log resumes");
+        write_position(&own, 4, Some("another-log"));
+        assert_eq!(
+            own.load_position(),
+            1,
+            "another log's position starts from the beginning"
+        );
+        write_position(&own, 3, None);
+        assert_eq!(
+            own.load_position(),
+            3,
+            "a position from before log ids, inside the log, is trusted"
+        );
+        write_position(&own, 40, None);
+        assert_eq!(own.load_position(), 1, "one past the log's end was another log's");
+        write_position(&own, 40, Some(master.log_id().as_str()));
+        assert_eq!(
+            own.load_position(),
+            6,
+            "past the end of its own log: resumes at the end, skipping nothing new"
+        );
+
+        // The log is deleted, the position files beside it are not: the new log's changes are all sent.
+        own.save_position(3);
+        drop(own);
+        drop(master);
+        std::fs::remove_file(dir.path().join(LOG_FILE)).expect("rm");
+        let fresh = worker(dir.path(), master_with(dir.path(), 2));
+        assert_eq!(
+            fresh.load_position(),
+            1,
+            "position 3 of the old log is not waited for in the new one"
+        );
+    }
 }

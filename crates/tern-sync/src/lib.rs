@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tern_admin::AdminRoutes;
 use tern_http::server::Running;
 use tern_wire::SecretKey;
+use tern_wire::sync::{CatchUp, Incarnation, LoggedChange};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -216,6 +217,7 @@ impl AdminRoutes for SyncAdmin {
             "role": "sync",
             "listen": self.service.listen.to_string(),
             "log_length": self.service.master.len(),
+            "log": self.service.master.log_id(),
             "sites": self.service.master.sites(),
             "caches": self.service.progress(),
             "caught_up": self.service.caught_up(),
@@ -289,34 +291,54 @@ impl SyncAdmin {
         }
     }
 
-    /// `GET /changes?since=N`: the URLs changed after log position N, for an edge catching up at start-up.
+    /// `GET /changes?since=N&log=ID`: the URLs changed after position N of log ID, for an edge catching up
+    /// at start-up. A position of another log (or past this log's end, from an edge that does not know
+    /// the log's id) answers `reset`: the edge cannot know what changed, so it drops its cache.
     fn changes_since(&self, query: &str) -> http::Response<tern_http::Body> {
-        let since = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("since="))
-            .and_then(|n| n.parse::<u64>().ok());
-        let Some(since) = since else {
+        let parameter = |name: &str| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        };
+        let Some(since) = parameter("since").and_then(|n| n.parse::<u64>().ok()) else {
             return tern_admin::json_error(
                 http::StatusCode::BAD_REQUEST,
-                "give ?since=N (a log position; 0 for all)",
+                "give ?since=N (a log position; 0 for all), and &log=ID (the log it counts in) when known",
             );
         };
+        let Ok(log) = Incarnation::parse(parameter("log").unwrap_or_default()) else {
+            return tern_admin::json_error(http::StatusCode::BAD_REQUEST, "log=ID is not a change log id");
+        };
         let master = &self.service.master;
-        let records = master.records_from(since + 1);
         let through = master.len();
-        if records.len() > MAX_CATCH_UP {
-            return tern_admin::json(
-                http::StatusCode::OK,
-                &serde_json::json!({ "through": through, "reset": true, "changes": [] }),
-            );
+        let other_log = !log.is_unknown() && &log != master.log_id();
+        let records = master.records_from(since.saturating_add(1));
+        let reset = other_log || since > through || records.len() > MAX_CATCH_UP;
+        if other_log || since > through {
+            info!(since, edge_log = %log, log = %master.log_id(), "an edge's position belongs to another change log; it resets");
         }
-        let changes: Vec<serde_json::Value> = records
-            .iter()
-            .map(|r| serde_json::json!({ "log_seq": r.log_seq, "site": r.site, "url": r.url, "kind": r.kind }))
-            .collect();
-        tern_admin::json(
-            http::StatusCode::OK,
-            &serde_json::json!({ "through": through, "reset": false, "changes": changes }),
-        )
+        let changes = if reset {
+            Vec::new()
+        } else {
+            records
+                .iter()
+                .map(|r| LoggedChange {
+                    log_seq: r.log_seq,
+                    site: r.site.clone(),
+                    url: r.url.clone(),
+                    kind: r.kind,
+                })
+                .collect()
+        };
+        let answer = CatchUp {
+            log: master.log_id().clone(),
+            through,
+            reset,
+            changes,
+        };
+        match serde_json::to_value(&answer) {
+            Ok(body) => tern_admin::json(http::StatusCode::OK, &body),
+            Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        }
     }
 }

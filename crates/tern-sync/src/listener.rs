@@ -119,6 +119,7 @@ async fn connection(
         };
         metrics.changes_received.inc_by(batch.changes.len() as u64);
         let agent = batch.agent.clone();
+        let incarnation = batch.incarnation.clone();
         let site = batch.site.clone();
         let master_for_batch = master.clone();
         let outcome = tokio::task::spawn_blocking(move || master_for_batch.accept(&batch)).await;
@@ -139,6 +140,7 @@ async fn connection(
                 }
                 SyncMessage::Ack(Ack {
                     agent,
+                    incarnation,
                     through: accepted.through,
                 })
             }

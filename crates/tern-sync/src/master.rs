@@ -5,18 +5,27 @@
 //! A batch is acknowledged to its agent only after its records are written and synced to the log, so a
 //! crash of the sync service loses nothing an agent was told was received. At start-up the log is replayed
 //! to rebuild the agents' high-water marks and the cachers' work.
+//!
+//! Sequence numbers count within an incarnation ([`Incarnation`]): an agent's within the incarnation of its
+//! state, so the high-water mark is kept per (agent, incarnation) and an agent that lost its state and
+//! counts from 1 again is heard rather than dropped as a replay; the log's positions within the log's own
+//! incarnation, written on the log's first line when the log is created, which the cachers send to caches
+//! beside each position so that a new log is not mistaken for an old one.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tern_wire::sync::{ChangeBatch, ChangeKind, Reject};
+use tern_wire::sync::{ChangeBatch, ChangeKind, Incarnation, Reject};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+/// The log's file name in the data directory.
+pub const LOG_FILE: &str = "changes.log";
 
 /// A site the service synchronises.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +46,10 @@ pub struct Record {
     pub site: String,
     /// Agent that reported it.
     pub agent: String,
+    /// The incarnation of the agent's state `agent_seq` counts in (unknown for operator purges and for
+    /// records written before incarnations existed).
+    #[serde(default)]
+    pub incarnation: Incarnation,
     /// The agent's sequence number.
     pub agent_seq: u64,
     /// URL.
@@ -49,6 +62,16 @@ pub struct Record {
     pub at_ms: u64,
     /// When the master recorded it (ms since the epoch).
     pub recorded_ms: u64,
+}
+
+/// The log's first line, written when the log is created.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogHeader {
+    /// The log's incarnation.
+    log: Incarnation,
+    /// When the log was created (ms since the epoch).
+    created_ms: u64,
 }
 
 /// What the master did with a batch.
@@ -64,11 +87,20 @@ pub struct Accepted {
     pub superseded: usize,
     /// Changes refused, with the reason.
     pub refused: Vec<(u64, &'static str)>,
+    /// The batch is the first of a new incarnation of an agent heard under another one before: its
+    /// numbering started over, and its mark with it.
+    pub restarted: bool,
 }
+
+/// An agent's stream of sequence numbers: the agent and the incarnation of its state.
+type Stream = (String, Incarnation);
 
 struct LogState {
     records: Vec<Arc<Record>>,
-    high_water: HashMap<String, u64>,
+    /// Highest sequence number recorded per stream.
+    high_water: HashMap<Stream, u64>,
+    /// Each agent's latest incarnation, to notice (and say) when its stream starts over.
+    latest: HashMap<String, Incarnation>,
     file: File,
 }
 
@@ -80,50 +112,115 @@ pub struct Master {
     log: Mutex<LogState>,
     length: watch::Sender<u64>,
     path: PathBuf,
+    log_id: Incarnation,
+}
+
+/// What replaying the log's bytes found.
+struct Replayed {
+    log_id: Option<Incarnation>,
+    records: Vec<Arc<Record>>,
+    high_water: HashMap<Stream, u64>,
+    latest: HashMap<String, Incarnation>,
+}
+
+fn replay(bytes: &[u8], path: &Path) -> Replayed {
+    let mut replayed = Replayed {
+        log_id: None,
+        records: Vec::new(),
+        high_water: HashMap::new(),
+        latest: HashMap::new(),
+    };
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if index == 0
+            && let Ok(header) = serde_json::from_slice::<LogHeader>(line)
+        {
+            replayed.log_id = Some(header.log);
+            continue;
+        }
+        match serde_json::from_slice::<Record>(line) {
+            Ok(record) if record.log_seq == replayed.records.len() as u64 + 1 => {
+                let stream = (record.agent.clone(), record.incarnation.clone());
+                let mark = replayed.high_water.entry(stream).or_insert(0);
+                *mark = (*mark).max(record.agent_seq);
+                replayed.latest.insert(record.agent.clone(), record.incarnation.clone());
+                replayed.records.push(Arc::new(record));
+            }
+            _ => warn!(line = index + 1, path = %path.display(), "ignoring a damaged log line"),
+        }
+    }
+    if replayed.log_id.is_none()
+        && let Some(first) = bytes.split(|&b| b == b'\n').next()
+    {
+        // A log from before incarnations: its id is derived from its first line, so it stays the same
+        // across restarts, and a log created since (with a header) never has it.
+        let digest = blake3::hash(first).to_hex();
+        replayed.log_id = Incarnation::parse(&format!("legacy-{}", &digest[..16])).ok();
+    }
+    replayed
 }
 
 impl Master {
     /// Opens (or creates) the log in `data_dir` and replays it.
-    pub fn open(data_dir: &std::path::Path, sites: Vec<SiteConfig>) -> std::io::Result<Master> {
+    pub fn open(data_dir: &Path, sites: Vec<SiteConfig>) -> std::io::Result<Master> {
         std::fs::create_dir_all(data_dir)?;
-        let path = data_dir.join("changes.log");
-        let mut records = Vec::new();
-        let mut high_water: HashMap<String, u64> = HashMap::new();
-        if let Ok(file) = File::open(&path) {
-            for (number, line) in BufReader::new(file).lines().enumerate() {
-                let line = line?;
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(record) if record.log_seq == records.len() as u64 + 1 => {
-                        let mark = high_water.entry(record.agent.clone()).or_insert(0);
-                        *mark = (*mark).max(record.agent_seq);
-                        records.push(Arc::new(record));
-                    }
-                    // A torn last line from a crash mid-write: it was never acknowledged.
-                    _ => warn!(line = number + 1, path = %path.display(), "ignoring a damaged log line"),
-                }
-            }
+        let path = data_dir.join(LOG_FILE);
+        let mut bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        // A torn last line from a crash mid-write was never acknowledged: cut it off, or the next record
+        // would be appended to it and lost with it at the next replay.
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1);
+        if complete < bytes.len() {
+            warn!(path = %path.display(), bytes = bytes.len() - complete, "cutting off a torn last log line");
+            OpenOptions::new().write(true).open(&path)?.set_len(complete as u64)?;
+            bytes.truncate(complete);
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let replayed = if bytes.is_empty() {
+            let log_id = create_log(&path)?;
+            info!(log = %log_id, path = %path.display(), "new change log: its positions start at 1");
+            Replayed {
+                log_id: Some(log_id),
+                records: Vec::new(),
+                high_water: HashMap::new(),
+                latest: HashMap::new(),
+            }
+        } else {
+            replay(&bytes, &path)
+        };
+        let log_id = replayed.log_id.unwrap_or_default();
+        let file = OpenOptions::new().append(true).open(&path)?;
         let sync_handle = file.try_clone()?;
-        let length = records.len() as u64;
-        info!(records = length, path = %path.display(), "change log opened");
+        let length = replayed.records.len() as u64;
+        info!(records = length, log = %log_id, path = %path.display(), "change log opened");
         let (sender, _) = watch::channel(length);
         Ok(Master {
             sites,
             sync_handle,
             log: Mutex::new(LogState {
-                records,
-                high_water,
+                records: replayed.records,
+                high_water: replayed.high_water,
+                latest: replayed.latest,
                 file,
             }),
             length: sender,
             path,
+            log_id,
         })
     }
 
     /// Where the log lives.
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The log's incarnation: positions count within it.
+    pub fn log_id(&self) -> &Incarnation {
+        &self.log_id
     }
 
     /// The sites.
@@ -164,10 +261,29 @@ impl Master {
                 ),
             });
         };
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let mark = log.high_water.get(&batch.agent).copied().unwrap_or(0);
+        let stream: Stream = (batch.agent.clone(), batch.incarnation.clone());
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let known_mark = log.high_water.get(&stream).copied();
+        let previous = log.latest.get(&batch.agent);
+        let restarted = known_mark.is_none() && previous.is_some_and(|p| *p != batch.incarnation);
+        if restarted {
+            info!(
+                agent = %batch.agent,
+                previous = %previous.map(Incarnation::as_str).unwrap_or_default(),
+                incarnation = %batch.incarnation,
+                "agent's change stream started over (new state incarnation): its sequence numbers count from its first batch again"
+            );
+        } else if known_mark.is_some() && previous.is_some_and(|p| *p != batch.incarnation) {
+            warn!(
+                agent = %batch.agent,
+                incarnation = %batch.incarnation,
+                "changes from an earlier incarnation of the agent: do two agents share one name?"
+            );
+        }
+        let mark = known_mark.unwrap_or(0);
         let mut accepted = Accepted {
             through: mark,
+            restarted,
             ..Accepted::default()
         };
         // The last change of each URL in the batch wins; earlier ones are superseded.
@@ -202,6 +318,7 @@ impl Master {
                 log_seq: log.records.len() as u64 + appended.len() as u64 + 1,
                 site: site.name.clone(),
                 agent: batch.agent.clone(),
+                incarnation: batch.incarnation.clone(),
                 agent_seq: change.seq,
                 url: change.url.clone(),
                 kind: change.kind,
@@ -212,8 +329,13 @@ impl Master {
             appended.push(record);
         }
         accepted.recorded = appended.len();
-        log.high_water.insert(batch.agent.clone(), accepted.through);
         self.append(log, appended)?;
+        // Only now, with the records on stable storage: a mark raised before a failed write would make the
+        // agent's resend look like a duplicate, acknowledged and dropped.
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let raised = log.high_water.entry(stream).or_insert(0);
+        *raised = (*raised).max(accepted.through);
+        log.latest.insert(batch.agent.clone(), batch.incarnation.clone());
         Ok(accepted)
     }
 
@@ -237,6 +359,7 @@ impl Master {
                 log_seq: log.records.len() as u64 + appended.len() as u64 + 1,
                 site: site.name.clone(),
                 agent: "api".into(),
+                incarnation: Incarnation::default(),
                 agent_seq: 0,
                 url: url.clone(),
                 kind: ChangeKind::Purged,
@@ -269,6 +392,25 @@ impl Master {
         self.sync_handle.sync_data().map_err(|e| internal(&e.to_string()))?;
         Ok(length)
     }
+}
+
+/// Creates an empty log at `path` under a new incarnation, written on its first line and synced before
+/// anything is appended.
+fn create_log(path: &Path) -> std::io::Result<Incarnation> {
+    let log_id = Incarnation::generate().map_err(std::io::Error::other)?;
+    let header = LogHeader {
+        log: log_id.clone(),
+        created_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    let mut line = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    file.write_all(&line)?;
+    file.sync_all()?;
+    Ok(log_id)
 }
 
 fn internal(error: &str) -> Reject {
@@ -313,24 +455,46 @@ mod tests {
         }
     }
 
+    fn sites() -> Vec<SiteConfig> {
+        vec![SiteConfig {
+            name: "www".into(),
+            hosts: vec!["www.example.com".into()],
+        }]
+    }
+
+    fn batch(incarnation: &Incarnation, changes: Vec<Change>) -> ChangeBatch {
+        ChangeBatch {
+            site: "www".into(),
+            agent: "a".into(),
+            incarnation: incarnation.clone(),
+            changes,
+        }
+    }
+
+    /// `count` changes of distinct URLs, numbered from 1.
+    fn numbered(count: u64) -> Vec<Change> {
+        (1..=count)
+            .map(|seq| change(seq, &format!("http://www.example.com/{seq}")))
+            .collect()
+    }
+
+    fn urls(master: &Master) -> Vec<String> {
+        master.records_from(1).iter().map(|r| r.url.clone()).collect()
+    }
+
     #[test]
     fn checks_dedupes_supersedes_and_survives_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sites = vec![SiteConfig {
-            name: "www".into(),
-            hosts: vec!["www.example.com".into()],
-        }];
-        let master = Master::open(dir.path(), sites.clone()).expect("open");
-        let batch = ChangeBatch {
-            site: "www".into(),
-            agent: "a".into(),
-            changes: vec![
+        let master = Master::open(dir.path(), sites()).expect("open");
+        let batch = batch(
+            &Incarnation::generate().expect("random"),
+            vec![
                 change(1, "http://www.example.com/x"),
                 change(2, "http://evil.example.net/x"),
                 change(3, "http://www.example.com/x"),
                 change(4, "http://www.example.com/y"),
             ],
-        };
+        );
         let accepted = master.accept(&batch).expect("accepted");
         assert_eq!(accepted.through, 4);
         assert_eq!(accepted.recorded, 2);
@@ -339,7 +503,7 @@ mod tests {
         let again = master.accept(&batch).expect("accepted");
         assert_eq!((again.recorded, again.duplicates), (0, 4));
         drop(master);
-        let reopened = Master::open(dir.path(), sites).expect("reopen");
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
         assert_eq!(reopened.len(), 2);
         assert_eq!(
             reopened.accept(&batch).expect("accepted").recorded,
@@ -348,12 +512,139 @@ mod tests {
         );
         let unknown = ChangeBatch {
             site: "nope".into(),
-            agent: "a".into(),
-            changes: vec![],
+            ..batch.clone()
         };
         assert_eq!(
             reopened.accept(&unknown).err().map(|r| r.reason),
             Some("unknown-site".to_string())
+        );
+    }
+
+    #[test]
+    fn an_agent_that_starts_over_under_a_new_incarnation_is_recorded_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        let first = Incarnation::generate().expect("random");
+        assert_eq!(
+            master.accept(&batch(&first, numbered(10))).expect("accepted").recorded,
+            10
+        );
+        // The agent lost its state: a new incarnation counts from 1 again, far below the old mark of 10.
+        let second = Incarnation::generate().expect("random");
+        let restarted = master
+            .accept(&batch(&second, vec![change(1, "http://www.example.com/new")]))
+            .expect("accepted");
+        assert!(restarted.restarted, "the restart is noticed");
+        assert_eq!((restarted.recorded, restarted.duplicates, restarted.through), (1, 0, 1));
+        assert_eq!(master.len(), 11);
+        assert_eq!(master.records_from(11)[0].url, "http://www.example.com/new");
+        // Within the new incarnation, a resend is a duplicate again, and so is the old one's.
+        let resent = master
+            .accept(&batch(&second, vec![change(1, "http://www.example.com/new")]))
+            .expect("accepted");
+        assert_eq!((resent.recorded, resent.duplicates, resent.restarted), (0, 1, false));
+        assert_eq!(
+            master.accept(&batch(&first, numbered(10))).expect("accepted").recorded,
+            0
+        );
+        drop(master);
+
+        // Replay rebuilds the marks per incarnation.
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(reopened.len(), 11);
+        assert_eq!(
+            reopened
+                .accept(&batch(&second, vec![change(1, "http://www.example.com/new")]))
+                .expect("accepted")
+                .duplicates,
+            1
+        );
+        let next = reopened
+            .accept(&batch(&second, vec![change(2, "http://www.example.com/next")]))
+            .expect("accepted");
+        assert_eq!((next.recorded, next.through), (1, 2));
+        let third = Incarnation::generate().expect("random");
+        let again = reopened
+            .accept(&batch(&third, vec![change(1, "http://www.example.com/third")]))
+            .expect("accepted");
+        assert_eq!((again.recorded, again.restarted), (1, true));
+        assert_eq!(reopened.records_from(12).len(), 2);
+        assert_eq!(
+            reopened.records_from(13)[0].incarnation,
+            third,
+            "the record names its incarnation"
+        );
+    }
+
+    #[test]
+    fn the_log_keeps_its_incarnation_and_a_new_log_gets_a_new_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Incarnation::generate().expect("random");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        let log_id = master.log_id().clone();
+        assert!(!log_id.is_unknown());
+        master.accept(&batch(&agent, numbered(3))).expect("accepted");
+        drop(master);
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(reopened.log_id(), &log_id, "the same log keeps its id");
+        assert_eq!(reopened.len(), 3);
+        drop(reopened);
+        std::fs::remove_file(dir.path().join(LOG_FILE)).expect("rm");
+        let fresh = Master::open(dir.path(), sites()).expect("open fresh");
+        assert_ne!(fresh.log_id(), &log_id, "a new log is told apart from the old one");
+        assert_eq!(fresh.len(), 0);
+        // The agent's numbers go on (its state survived): they are recorded from position 1.
+        fresh
+            .accept(&batch(&agent, vec![change(4, "http://www.example.com/4")]))
+            .expect("accepted");
+        assert_eq!(fresh.records_from(1)[0].log_seq, 1);
+    }
+
+    #[test]
+    fn a_log_from_before_incarnations_is_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = [
+            r#"{"log_seq":1,"site":"www","agent":"a","agent_seq":1,"url":"http://www.example.com/1","kind":"modified","etag":null,"at_ms":0,"recorded_ms":0}"#,
+            r#"{"log_seq":2,"site":"www","agent":"a","agent_seq":2,"url":"http://www.example.com/2","kind":"modified","etag":null,"at_ms":0,"recorded_ms":0}"#,
+        ];
+        std::fs::write(dir.path().join(LOG_FILE), format!("{}\n{}\n", legacy[0], legacy[1])).expect("write");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        assert_eq!(master.len(), 2);
+        let log_id = master.log_id().clone();
+        assert!(log_id.as_str().starts_with("legacy-"));
+        // An agent from before incarnations (unknown incarnation) keeps its mark.
+        let old_agent = master
+            .accept(&batch(&Incarnation::default(), numbered(3)))
+            .expect("accepted");
+        assert_eq!((old_agent.duplicates, old_agent.recorded), (2, 1));
+        drop(master);
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(reopened.log_id(), &log_id, "a legacy log's id is stable");
+        assert_eq!(reopened.len(), 3);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_so_the_next_record_survives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Incarnation::generate().expect("random");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        master.accept(&batch(&agent, numbered(1))).expect("accepted");
+        drop(master);
+        let path = dir.path().join(LOG_FILE);
+        let mut torn = std::fs::read(&path).expect("read");
+        torn.extend_from_slice(br#"{"log_seq":2,"site":"w"#);
+        std::fs::write(&path, torn).expect("write");
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(reopened.len(), 1);
+        reopened
+            .accept(&batch(&agent, vec![change(2, "http://www.example.com/2")]))
+            .expect("accepted");
+        drop(reopened);
+        let again = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(
+            urls(&again),
+            vec!["http://www.example.com/1", "http://www.example.com/2"],
+            "the record written after the torn line is replayed"
         );
     }
 }

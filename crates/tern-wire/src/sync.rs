@@ -1,6 +1,14 @@
 //! Messages between the CP agent and the synchronisation service's listener (seed 001): the agent sends
 //! batches of content changes, the listener acknowledges them through a sequence number or rejects them
 //! with a reason. Payloads are JSON inside authenticated frames ([`crate::frame`]).
+//!
+//! Every sequence number that outlives a process is read together with the [`Incarnation`] of its stream:
+//! the agent's numbers with the agent state's incarnation, the change log's positions (sent to caches in
+//! [`SEQ_HEADER`] and asked for again at `GET /changes`) with the log's incarnation ([`LOG_HEADER`]). A
+//! stream whose state was lost starts over at 1 under a new incarnation, and that resets the reader's mark
+//! instead of looking like a replay of numbers it has seen.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +21,82 @@ pub const KIND_CHANGES: u8 = 1;
 pub const KIND_ACK: u8 = 2;
 /// Frame kind of a rejection.
 pub const KIND_REJECT: u8 = 3;
+
+/// Header of the cacher's commands carrying the change-log position of the change (`Tern-Sync-Seq`).
+pub const SEQ_HEADER: &str = "tern-sync-seq";
+/// Header of the cacher's commands carrying the change log's incarnation (`Tern-Sync-Log`).
+pub const LOG_HEADER: &str = "tern-sync-log";
+/// Longest incarnation accepted from outside.
+pub const MAX_INCARNATION_LEN: usize = 64;
+
+/// The incarnation of a numbered stream: an id made when the stream's state is created (an agent's state
+/// file, the sync service's change log). Sequence numbers compare only within one incarnation. The empty
+/// incarnation is what a peer from before incarnations existed sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Incarnation(String);
+
+/// Why an incarnation could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum IncarnationError {
+    /// The system random source failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+    /// Too long, or a character other than ASCII letters, digits, `-` and `_`.
+    #[error("malformed incarnation (at most {MAX_INCARNATION_LEN} ASCII letters, digits, `-` or `_`)")]
+    Malformed,
+}
+
+impl Incarnation {
+    /// A new random incarnation (16 random bytes, hex).
+    pub fn generate() -> Result<Self, IncarnationError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| IncarnationError::Random(e.to_string()))?;
+        Ok(Incarnation(hex::encode(bytes)))
+    }
+
+    /// Reads an incarnation from outside (a header, a file, a query), checking it is short and URL-safe.
+    pub fn parse(text: &str) -> Result<Self, IncarnationError> {
+        let well_formed = text.len() <= MAX_INCARNATION_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !well_formed {
+            return Err(IncarnationError::Malformed);
+        }
+        Ok(Incarnation(text.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the empty incarnation of a peer from before incarnations.
+    pub fn is_unknown(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Incarnation {
+    type Error = IncarnationError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Incarnation::parse(&text)
+    }
+}
+
+impl From<Incarnation> for String {
+    fn from(incarnation: Incarnation) -> String {
+        incarnation.0
+    }
+}
 
 /// What happened to a piece of content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +115,7 @@ pub enum ChangeKind {
 /// One change, as the CP agent saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    /// The agent's sequence number: strictly increasing per agent, never reused.
+    /// The agent's sequence number: strictly increasing within the agent's incarnation, never reused in it.
     pub seq: u64,
     /// Absolute URL of the content.
     pub url: String,
@@ -50,15 +134,22 @@ pub struct ChangeBatch {
     pub site: String,
     /// The agent's name (stable across restarts).
     pub agent: String,
+    /// The incarnation of the agent's state: its sequence numbers count within it.
+    #[serde(default)]
+    pub incarnation: Incarnation,
     /// The changes, in sequence order.
     pub changes: Vec<Change>,
 }
 
-/// The listener has durably recorded every change of `agent` up to `through`.
+/// The listener has durably recorded (or refused, with a logged reason) every change of `agent`'s
+/// `incarnation` up to `through`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The agent.
     pub agent: String,
+    /// The incarnation of the batch acknowledged; an agent ignores acknowledgements of another one.
+    #[serde(default)]
+    pub incarnation: Incarnation,
     /// Highest sequence number recorded.
     pub through: u64,
 }
@@ -70,6 +161,33 @@ pub struct Reject {
     pub reason: String,
     /// What to do about it.
     pub message: String,
+}
+
+/// The sync service's answer to `GET /changes?since=N&log=ID`, for an edge catching up at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    /// The change log's incarnation: the positions below and `through` count within it.
+    #[serde(default)]
+    pub log: Incarnation,
+    /// The log's length: the position the edge is caught up through once it applied the answer.
+    pub through: u64,
+    /// The edge must drop its whole cache: it is too far behind, or its position belongs to another log.
+    pub reset: bool,
+    /// The changes after the edge's position (empty on a reset).
+    pub changes: Vec<LoggedChange>,
+}
+
+/// One change of the log, as `GET /changes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedChange {
+    /// Position in the log (from 1).
+    pub log_seq: u64,
+    /// Site.
+    pub site: String,
+    /// Absolute URL of the content.
+    pub url: String,
+    /// What happened.
+    pub kind: ChangeKind,
 }
 
 /// A message of the agent protocol.
@@ -134,6 +252,7 @@ mod tests {
         let batch = SyncMessage::Changes(ChangeBatch {
             site: "www".into(),
             agent: "origin-1".into(),
+            incarnation: Incarnation::generate().expect("random"),
             changes: vec![Change {
                 seq: 7,
                 url: "http://www.example.com/a.html".into(),
@@ -158,5 +277,37 @@ mod tests {
             }),
             Err(MessageError::UnknownKind(99))
         ));
+    }
+
+    #[test]
+    fn incarnations_are_fresh_url_safe_and_checked_on_input() {
+        let first = Incarnation::generate().expect("random");
+        let second = Incarnation::generate().expect("random");
+        assert_ne!(first, second, "each state gets its own incarnation");
+        assert_eq!(first.as_str().len(), 32);
+        assert_eq!(Incarnation::parse(first.as_str()).expect("parses"), first);
+        assert!(
+            Incarnation::parse("")
+                .expect("empty is the unknown incarnation")
+                .is_unknown()
+        );
+        for bad in ["a b", "a&log=b", "é", &"a".repeat(MAX_INCARNATION_LEN + 1)] {
+            assert!(Incarnation::parse(bad).is_err(), "{bad:?}");
+        }
+        // A batch whose incarnation is malformed does not decode.
+        let hostile = br#"{"site":"www","agent":"a","incarnation":"x y","changes":[]}"#;
+        assert!(serde_json::from_slice::<ChangeBatch>(hostile).is_err());
+    }
+
+    #[test]
+    fn messages_from_before_incarnations_still_decode() {
+        let batch: ChangeBatch =
+            serde_json::from_str(r#"{"site":"www","agent":"a","changes":[]}"#).expect("old batch decodes");
+        assert!(batch.incarnation.is_unknown());
+        let ack: Ack = serde_json::from_str(r#"{"agent":"a","through":3}"#).expect("old ack decodes");
+        assert!(ack.incarnation.is_unknown());
+        let answer: CatchUp =
+            serde_json::from_str(r#"{"through":2,"reset":false,"changes":[]}"#).expect("old answer decodes");
+        assert!(answer.log.is_unknown());
     }
 }

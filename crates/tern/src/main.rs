@@ -112,6 +112,10 @@ struct EdgeArgs {
     /// that changed while it was down is never served.
     #[arg(long)]
     sync_url: Option<String>,
+    /// Path prefix under which responses that set cookies may be stored (repeatable, e.g. /shop/). By
+    /// default a response with Set-Cookie is never stored, so no user's cookie reaches another.
+    #[arg(long, value_name = "PATH_PREFIX")]
+    store_set_cookie: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -152,7 +156,8 @@ struct AgentArgs {
     /// Agent key file (from `tern keygen`), shared with the sync service's --key.
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Where the agent keeps its state [default: DIR/../.tern-agent].
+    /// Where the agent keeps its state [default: `.tern-agent` beside DIR, i.e. DIR/../.tern-agent made
+    /// absolute]. Losing it makes the agent report every file again, under a new incarnation.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// This agent's name [default: the site name].
@@ -190,7 +195,8 @@ struct SyncArgs {
     /// The caches' purge key file (the edges' --purge-key).
     #[arg(long)]
     cache_key: Option<PathBuf>,
-    /// Data directory for the change log and cache positions [default: ./tern-sync-data].
+    /// Data directory for the change log and cache positions [default: /var/lib/tern/sync as root, else
+    /// $XDG_STATE_HOME/tern/sync or ~/.local/state/tern/sync].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Admin listener address for /metrics and /status.
@@ -203,7 +209,8 @@ struct MoverArgs {
     /// API address [default: 127.0.0.1:7000].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Data directory (database, keys, shadow copies) [default: ./tern-mover-data].
+    /// Data directory (database, keys, shadow copies) [default: /var/lib/tern/mover as root, else
+    /// $XDG_STATE_HOME/tern/mover or ~/.local/state/tern/mover].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Nodes that must have a publish prepared before it is committed [default: all].
@@ -493,6 +500,9 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     if let Some(url) = args.sync_url {
         config.sync_url = Some(url);
     }
+    if !args.store_set_cookie.is_empty() {
+        config.store_set_cookie_paths = args.store_set_cookie;
+    }
     let memory_only = config.cache_dir.is_none();
     let edge = tern_edge::start(config).await.context("edge did not start")?;
     if memory_only {
@@ -551,7 +561,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     let state_dir = args
         .state_dir
         .or(file.state_dir)
-        .unwrap_or_else(|| dir.parent().unwrap_or(std::path::Path::new(".")).join(".tern-agent"));
+        .unwrap_or_else(|| default_agent_state_dir(&dir));
     let config = tern_sync::AgentConfig {
         name: args.name.or(file.name).unwrap_or_else(|| site.clone()),
         dir,
@@ -580,6 +590,65 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     agent.run(stop).await;
     info!("agent stopped");
     Ok(())
+}
+
+/// The default data directory of `role`, absolute so that it does not depend on where the role was started:
+/// `/var/lib/tern/ROLE` as root, else `$XDG_STATE_HOME/tern/ROLE` or `$HOME/.local/state/tern/ROLE`.
+fn default_state_dir(role: &str) -> PathBuf {
+    state_dir_for(
+        role,
+        running_as_root(),
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_state_dir`] from its inputs; relative values of the variables are ignored, as the XDG base
+/// directory specification asks.
+fn state_dir_for(
+    role: &str,
+    root: bool,
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    let system = PathBuf::from("/var/lib/tern").join(role);
+    if root {
+        return system;
+    }
+    let absolute = |value: Option<std::ffi::OsString>| value.map(PathBuf::from).filter(|path| path.is_absolute());
+    if let Some(state_home) = absolute(xdg_state_home) {
+        return state_home.join("tern").join(role);
+    }
+    match absolute(home) {
+        Some(home) => home.join(".local/state/tern").join(role),
+        None => system,
+    }
+}
+
+/// Whether this process runs as root: the owner of `/proc/self` is the process's effective user.
+fn running_as_root() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+    }
+    #[cfg(not(unix))]
+    false
+}
+
+/// The agent's default state directory: `.tern-agent` beside the directory it watches, absolute.
+fn default_agent_state_dir(dir: &std::path::Path) -> PathBuf {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // A path ending in `..` (or the root) has no lexical parent to put the state beside.
+    let resolved = if absolute.file_name().is_none() {
+        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+    } else {
+        absolute
+    };
+    resolved
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(".tern-agent")
 }
 
 async fn run_sync(args: SyncArgs) -> Result<()> {
@@ -618,10 +687,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
         admin: args.admin.or(file.admin),
         key: tern_wire::SecretKey::load(&key_path)?,
         cache_key,
-        data_dir: args
-            .data
-            .or(file.data)
-            .unwrap_or_else(|| PathBuf::from("tern-sync-data")),
+        data_dir: args.data.or(file.data).unwrap_or_else(|| default_state_dir("sync")),
         sites,
         caches,
         max_frame: tern_wire::frame::DEFAULT_MAX_PAYLOAD,
@@ -638,7 +704,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
 async fn run_mover(args: MoverArgs) -> Result<()> {
     let config = tern_mover::service::MoverConfig {
         listen: args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
-        data: args.data.unwrap_or_else(|| PathBuf::from("tern-mover-data")),
+        data: args.data.unwrap_or_else(|| default_state_dir("mover")),
         policy: tern_mover::PlanPolicy {
             encryption: match &args.encryption_key {
                 Some(path) => Some(*load_key(path)?.as_bytes()),
@@ -766,4 +832,41 @@ pub(crate) fn stop_on_signal(token: CancellationToken) {
         info!("stopping");
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod default_dir_tests {
+    use super::*;
+
+    #[test]
+    fn default_state_dirs_are_absolute() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            state_dir_for("sync", true, os("/x"), os("/home/u")),
+            PathBuf::from("/var/lib/tern/sync")
+        );
+        assert_eq!(
+            state_dir_for("sync", false, os("/x"), os("/home/u")),
+            PathBuf::from("/x/tern/sync")
+        );
+        assert_eq!(
+            state_dir_for("mover", false, os("relative"), os("/home/u")),
+            PathBuf::from("/home/u/.local/state/tern/mover")
+        );
+        assert_eq!(
+            state_dir_for("mover", false, None, None),
+            PathBuf::from("/var/lib/tern/mover")
+        );
+        assert!(default_state_dir("sync").is_absolute());
+        let agent = default_agent_state_dir(std::path::Path::new("site"));
+        assert!(agent.is_absolute());
+        assert_eq!(agent.file_name().and_then(|n| n.to_str()), Some(".tern-agent"));
+        let beside_cwd = default_agent_state_dir(std::path::Path::new("."));
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            beside_cwd,
+            cwd.parent().unwrap_or(&cwd).join(".tern-agent"),
+            "not inside the watched directory"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! a real HTTP client. Time that matters to caching comes from a manual clock.
 
 mod caching;
+mod faults;
 mod purging;
 mod robustness;
 mod storage;

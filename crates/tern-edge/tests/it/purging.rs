@@ -143,7 +143,7 @@ async fn surrogate_key_purge_among_ten_thousand() {
     assert!(setup.get("/o/250").await.header("cache-status").contains("hit"));
 }
 
-async fn post_json(setup: &Setup, body: &str) -> serde_json::Value {
+pub(crate) async fn post_json(setup: &Setup, body: &str) -> serde_json::Value {
     use http_body_util::BodyExt;
     let request = http::Request::post(setup.admin_url("/purge"))
         .header("content-type", "application/json")

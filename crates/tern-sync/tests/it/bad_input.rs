@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tern_wire::SecretKey;
 use tern_wire::frame::{self, FrameDecoder};
-use tern_wire::sync::{Change, ChangeBatch, ChangeKind, SyncMessage};
+use tern_wire::sync::{Change, ChangeBatch, ChangeKind, Incarnation, SyncMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,6 +30,7 @@ fn batch(url: &str, seq: u64) -> SyncMessage {
     SyncMessage::Changes(ChangeBatch {
         site: "www".into(),
         agent: "intruder-test".into(),
+        incarnation: Incarnation::parse("intruder-test").expect("id"),
         changes: vec![Change {
             seq,
             url: url.into(),
@@ -78,6 +79,7 @@ async fn every_kind_of_bad_frame_is_rejected_and_good_agents_go_on() {
     let unknown_site = SyncMessage::Changes(ChangeBatch {
         site: "other".into(),
         agent: "a".into(),
+        incarnation: Incarnation::default(),
         changes: vec![],
     });
     assert_eq!(

@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod flow;
+mod restart;
+mod spellings;
 mod varnish;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ pub struct World {
     pub edge_addrs: Vec<SocketAddr>,
     pub agent: Arc<Agent>,
     pub agent_stop: CancellationToken,
+    pub agent_task: Option<tokio::task::JoinHandle<()>>,
     pub agent_key: SecretKey,
     pub purge_key: PathBuf,
 }
@@ -54,6 +57,7 @@ impl World {
             sync_admin: free_addr(),
             edge_addrs: (0..edges).map(|_| free_addr()).collect(),
             agent_stop: CancellationToken::new(),
+            agent_task: None,
             agent_key,
             purge_key,
         };
@@ -63,8 +67,36 @@ impl World {
             let edge = world.start_edge(index).await;
             world.edges.push(edge);
         }
-        tokio::spawn(world.agent.clone().run(world.agent_stop.clone()));
+        world.agent_task = Some(tokio::spawn(world.agent.clone().run(world.agent_stop.clone())));
         world
+    }
+
+    /// Stops the agent and waits until it has (it writes its state no more).
+    pub async fn stop_agent(&mut self) {
+        self.agent_stop.cancel();
+        if let Some(task) = self.agent_task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("the agent stops")
+                .expect("the agent's task ends");
+        }
+    }
+
+    /// Starts the agent again on the same directory and state directory, as a new process would.
+    pub fn start_agent(&mut self) {
+        self.agent = Agent::new(agent_config(self.dir.path(), self.sync_addr, &self.agent_key)).expect("agent");
+        self.agent_stop = CancellationToken::new();
+        self.agent_task = Some(tokio::spawn(self.agent.clone().run(self.agent_stop.clone())));
+    }
+
+    /// The agent's state file.
+    pub fn agent_state_file(&self) -> PathBuf {
+        self.dir.path().join("agent").join("agent-origin-1.json")
+    }
+
+    /// Edge `index`'s cache directory.
+    pub fn edge_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("edge{index}"))
     }
 
     pub async fn start_sync(&mut self) {
@@ -98,7 +130,7 @@ impl World {
         tern_edge::start(EdgeConfig {
             listen: self.edge_addrs[index],
             origin: format!("http://{}", self.origin.listen),
-            cache_dir: Some(self.dir.path().join(format!("edge{index}"))),
+            cache_dir: Some(self.edge_dir(index)),
             purge_key: Some(self.purge_key.clone()),
             sync_url: Some(format!("http://{}", self.sync_admin)),
             ..EdgeConfig::default()

@@ -1,0 +1,446 @@
+//! The fill: going upstream for a miss or a validation and acting on the cache policy's decision
+//! ([`ResponseDecision`]): refresh the stored response on `304`, serve it stale when the origin fails,
+//! store the response while streaming it to the client, or pass it on without storing.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use tern_http::{Body, ChannelSender, date, hop};
+use tern_http_cache::policy::{self, UpstreamExchange};
+use tern_http_cache::{
+    BodySource, Directives, FetchTicket, Fill, Freshness, Hit, Meta, NotStorable, ObjectId, ResponseDecision,
+    vary_values,
+};
+use tracing::{debug, warn};
+
+use super::{ClientRequest, Edge, Source, content_length};
+use crate::cache_status::{CacheStatus, Forward};
+use crate::coalesce::{FillOutcome, Leader};
+use crate::metrics::EdgeMetrics;
+
+/// Chunks buffered between an upstream body and a client (bounds memory per transfer).
+const STREAM_CHUNKS: usize = 16;
+/// Bodies up to this size with a known length are read whole before answering (cheaper than streaming).
+const INLINE_BODY_LIMIT: u64 = 64 * 1024;
+
+/// A fetch for a GET whose response the cache may store: what the lookup found, and how the fill is shared.
+pub(super) struct Miss {
+    /// The stored response being validated, if any.
+    pub hit: Option<Hit>,
+    /// Set when other requests wait for this fetch's outcome.
+    pub leader: Option<Leader>,
+    /// Taken before the request goes upstream: purges after it keep the response from being stored fresh.
+    pub ticket: FetchTicket,
+    /// What `Cache-Status` says sent the request forward.
+    pub forward: Forward,
+    /// The client request's directives.
+    pub directives: Directives,
+}
+
+/// A response from upstream with the times of its exchange.
+struct Received {
+    parts: http::response::Parts,
+    body: Body,
+    request_time: SystemTime,
+    response_time: SystemTime,
+}
+
+impl Edge {
+    /// Goes upstream for a GET (or a HEAD with a stored response to validate), validating the miss's hit if
+    /// there is one, and stores what may be stored.
+    pub(super) async fn fetch(self: &Arc<Self>, request: &ClientRequest, miss: Miss) -> Response<Body> {
+        let upstream_request = self.upstream_request(request, Method::GET, tern_http::empty(), miss.hit.as_ref());
+        let request_time = self.clock.now();
+        let result = self.upstream.fetch(upstream_request).await;
+        let response_time = self.clock.now();
+        let response = match result {
+            Ok(response) => {
+                self.metrics.upstream("ok");
+                response
+            }
+            Err(error) => {
+                self.count_upstream_error(&error);
+                let Miss {
+                    hit,
+                    leader,
+                    forward,
+                    directives,
+                    ..
+                } = miss;
+                drop(leader);
+                if let Some(hit) = &hit
+                    && hit.object.freshness.may_serve_on_error(response_time, &directives)
+                {
+                    let status = CacheStatus::forward(Forward::Stale)
+                        .with_ttl(hit.object.freshness.ttl_seconds(response_time))
+                        .with_detail("stale-if-error");
+                    if let Some(response) = self.serve_stored(request, hit, status, response_time).await {
+                        self.metrics.request("stale");
+                        return response;
+                    }
+                }
+                warn!(url = %request.primary, %error, "upstream failed");
+                self.metrics.request("error");
+                return self.error(error.status(), &error.to_string(), CacheStatus::forward(forward));
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        hop::strip(&mut parts.headers);
+        if !parts.headers.contains_key(header::DATE) {
+            parts.headers.insert(header::DATE, date::format(response_time));
+        }
+        let received = Received {
+            parts,
+            body,
+            request_time,
+            response_time,
+        };
+        let exchange = UpstreamExchange {
+            path: &request.target,
+            request: &request.headers,
+            request_directives: &miss.directives,
+            status: received.parts.status,
+            response: &received.parts.headers,
+            stored: miss.hit.as_ref().map(|hit| &hit.object.freshness),
+            now: response_time,
+        };
+        let mut decision = policy::decide_response(&exchange, self.policy());
+        if decision == ResponseDecision::ServeStale
+            && let Some(hit) = &miss.hit
+        {
+            // The leader is dropped on return, which releases any waiters to try for themselves.
+            let status = CacheStatus::forward(Forward::Stale)
+                .with_forward_status(received.parts.status.as_u16())
+                .with_ttl(hit.object.freshness.ttl_seconds(response_time))
+                .with_detail("stale-if-error");
+            if let Some(response) = self.serve_stored(request, hit, status, response_time).await {
+                self.metrics.request("stale");
+                return response;
+            }
+            decision = policy::decide_storing(&exchange, self.policy());
+        }
+        match decision {
+            ResponseDecision::Refresh | ResponseDecision::ServeStale => match miss.hit {
+                Some(hit) => self.refresh(request, hit, miss.leader, miss.forward, received).await,
+                None => self.pass_on(request, miss, received, NotStorable::Status),
+            },
+            ResponseDecision::Pass(reason) => self.pass_on(request, miss, received, reason),
+            ResponseDecision::Store => self.store_and_serve(request, miss, received).await,
+        }
+    }
+
+    /// `304`: the stored response is refreshed (RFC 9111 section 4.3.4) and served.
+    async fn refresh(
+        self: &Arc<Self>,
+        request: &ClientRequest,
+        hit: Hit,
+        leader: Option<Leader>,
+        forward: Forward,
+        received: Received,
+    ) -> Response<Body> {
+        let response_time = received.response_time;
+        let refreshed = self.store.refresh(
+            &hit.object,
+            &received.parts.headers,
+            received.request_time,
+            response_time,
+        );
+        if let Some(leader) = leader {
+            leader.finish(FillOutcome::Stored);
+        }
+        let hit = self
+            .store
+            .find(&request.primary, &request.headers)
+            .filter(|h| Arc::ptr_eq(&h.object, &refreshed));
+        let status = CacheStatus::forward(forward)
+            .with_forward_status(304)
+            .with_ttl(refreshed.freshness.ttl_seconds(response_time));
+        if let Some(hit) = hit
+            && let Some(response) = self.serve_stored(request, &hit, status, response_time).await
+        {
+            self.metrics.request("revalidated");
+            return response;
+        }
+        // The refreshed object vanished meanwhile (purged): fetch it in full.
+        let retry = self.upstream_request(request, Method::GET, tern_http::empty(), None);
+        match self.upstream.fetch(retry).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                hop::strip(&mut parts.headers);
+                self.metrics.request("pass");
+                let status = CacheStatus::forward(forward).with_forward_status(parts.status.as_u16());
+                let length = content_length(&parts);
+                self.respond(
+                    request,
+                    parts.status,
+                    parts.headers,
+                    length,
+                    Source::Stream(body, parts.version),
+                    None,
+                    status,
+                )
+            }
+            Err(error) => {
+                self.count_upstream_error(&error);
+                self.error(error.status(), &error.to_string(), CacheStatus::forward(forward))
+            }
+        }
+    }
+
+    /// Serves a response that is not stored. Waiters go upstream themselves; a stored variant the origin
+    /// no longer lets the cache keep goes.
+    fn pass_on(&self, request: &ClientRequest, miss: Miss, received: Received, reason: NotStorable) -> Response<Body> {
+        drop(miss.leader);
+        if let Some(hit) = &miss.hit {
+            self.store.remove_if_current(&hit.object);
+        }
+        debug!(url = %request.primary, reason = reason.reason(), "response not stored");
+        self.metrics.request("miss");
+        let Received { parts, body, .. } = received;
+        let status = CacheStatus::forward(miss.forward)
+            .with_forward_status(parts.status.as_u16())
+            .with_detail(reason.reason());
+        let length = content_length(&parts);
+        self.respond(
+            request,
+            parts.status,
+            parts.headers,
+            length,
+            Source::Stream(body, parts.version),
+            None,
+            status,
+        )
+    }
+
+    /// Stores the response while serving it: a small body is read whole first, a large one is teed.
+    async fn store_and_serve(
+        self: &Arc<Self>,
+        request: &ClientRequest,
+        miss: Miss,
+        received: Received,
+    ) -> Response<Body> {
+        let Received {
+            parts,
+            body,
+            request_time,
+            response_time,
+        } = received;
+        let Miss {
+            leader,
+            ticket,
+            forward,
+            ..
+        } = miss;
+        let upstream_status = parts.status.as_u16();
+        let length = content_length(&parts);
+        let vary = vary_values(&parts.headers, &request.headers);
+        let id = ObjectId::new(&request.primary, &vary);
+        let meta = Meta {
+            url: request.primary.clone(),
+            status: parts.status,
+            headers: policy::stored_fields(&parts.headers, self.policy()),
+            vary,
+            request_time,
+            response_time,
+            body_len: 0,
+            body_hash: [0; 32],
+            surrogate_keys: surrogate_keys(&parts.headers),
+            invalidated: false,
+        };
+        let freshness = Freshness::of(parts.status, &parts.headers, request_time, response_time, self.policy());
+        let mut fill = self.store.begin_fill(id, meta, length, ticket).await;
+        let age = freshness.age_seconds(response_time);
+        let status = CacheStatus::forward(forward)
+            .with_forward_status(upstream_status)
+            .with_ttl(freshness.ttl_seconds(response_time));
+        if let Some(small) = length.filter(|len| *len <= INLINE_BODY_LIMIT) {
+            // A small body is read here, stored, then answered from memory: no copying task, no channel.
+            let bytes = match body.collect().await.map(|collected| collected.to_bytes()) {
+                Ok(bytes) if bytes.len() as u64 == small => bytes,
+                Ok(_) | Err(_) => {
+                    self.metrics.fills_abandoned.inc();
+                    self.metrics.request("error");
+                    return self.error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream body ended early or failed",
+                        CacheStatus::forward(forward).with_forward_status(upstream_status),
+                    );
+                }
+            };
+            fill.write(&bytes).await;
+            let stored = fill.finish(true).await.is_ok();
+            if stored {
+                self.metrics.stored.inc();
+            } else {
+                self.metrics.fills_abandoned.inc();
+            }
+            if let Some(leader) = leader {
+                leader.finish(if stored {
+                    FillOutcome::Stored
+                } else {
+                    FillOutcome::Released
+                });
+            }
+            self.metrics.request("miss");
+            let source = Source::Stored(BodySource::Memory(bytes));
+            return self.respond(
+                request,
+                parts.status,
+                parts.headers,
+                length,
+                source,
+                Some(age),
+                status.with_stored(stored),
+            );
+        }
+        let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
+        tokio::spawn(tee(body, fill, sender, length, leader, self.metrics.clone()));
+        self.metrics.request("miss");
+        // Whether a streamed body will be stored is known only at its end, after this field was sent:
+        // `stored` is left out rather than promised (RFC 9211 section 2.7 says it reports what happened).
+        self.respond(
+            request,
+            parts.status,
+            parts.headers,
+            length,
+            Source::Stream(client_body, parts.version),
+            Some(age),
+            status,
+        )
+    }
+
+    /// Builds the request sent upstream: end-to-end fields of the client's request, `Via`,
+    /// `X-Forwarded-For`, and, when validating, the stored response's validators.
+    pub(super) fn upstream_request(
+        &self,
+        request: &ClientRequest,
+        method: Method,
+        body: Body,
+        validate: Option<&Hit>,
+    ) -> Request<Body> {
+        let mut headers = request.headers.clone();
+        hop::strip(&mut headers);
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::RANGE,
+            header::IF_RANGE,
+            // The edge's own server already answered `100 Continue` when it read the body (RFC 9110
+            // section 10.1.1: an intermediary that did so must not forward the expectation).
+            header::EXPECT,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(hit) = validate {
+            let stored = &hit.object.meta.headers;
+            if let Some(etag) = stored.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&request.host) {
+            headers.insert(header::HOST, value);
+        }
+        hop::append_via(&mut headers, request.version, &self.name);
+        hop::append_forwarded_for(&mut headers, request.client.ip());
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = method;
+        *upstream.uri_mut() = request.target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *upstream.headers_mut() = headers;
+        upstream
+    }
+}
+
+/// Surrogate keys: the space-separated tokens of `Surrogate-Key`.
+fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
+    let mut keys: Vec<String> = headers
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_whitespace)
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Copies an upstream body to the client and into the store. The last chunk is held back until the object
+/// is stored, so a client that has read a whole response finds it in the cache on its next request. A
+/// client that goes away does not stop the fill; an upstream that fails or ends short stores nothing and
+/// the client's body is cut with an error, never passed off as complete.
+async fn tee(
+    mut body: Body,
+    mut fill: Fill,
+    sender: ChannelSender,
+    expected: Option<u64>,
+    leader: Option<Leader>,
+    metrics: Arc<EdgeMetrics>,
+) {
+    let mut received = 0u64;
+    let mut client_open = true;
+    let mut held: Option<Bytes> = None;
+    let complete = loop {
+        match body.frame().await {
+            None => break expected.is_none_or(|expected| expected == received),
+            Some(Err(error)) => {
+                debug!(%error, "upstream body failed mid-transfer");
+                break false;
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                received += data.len() as u64;
+                if expected.is_some_and(|expected| received > expected) {
+                    break false;
+                }
+                fill.write(&data).await;
+                if let Some(previous) = held.replace(data)
+                    && client_open
+                    && sender.send(Ok(previous)).await.is_err()
+                {
+                    client_open = false;
+                }
+                if !client_open && !fill.is_viable() {
+                    break false;
+                }
+            }
+        }
+    };
+    let stored = fill.finish(complete).await;
+    match &stored {
+        Ok(_) => {
+            metrics.stored.inc();
+        }
+        Err(error) => {
+            metrics.fills_abandoned.inc();
+            debug!(%error, "fill not stored");
+        }
+    }
+    if let Some(leader) = leader {
+        leader.finish(if stored.is_ok() {
+            FillOutcome::Stored
+        } else {
+            FillOutcome::Released
+        });
+    }
+    if client_open {
+        if complete {
+            if let Some(last) = held {
+                let _ = sender.send(Ok(last)).await;
+            }
+        } else {
+            let _ = sender
+                .send(Err("upstream body ended early or failed; response cut".into()))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The faults issue 9 found with real-world inputs, each with the input that showed it: an absurd `Age`, a
+//! purge during a slow miss, two spellings of one URL, a response that sets a cookie, a client that aborts
+//! a coalesced miss, and the smaller ones (414, `Via`, `Expect`, `Cache-Status; stored`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_edge::clock::SystemClock;
+use tern_edge::testsuite::{Resource, TestOrigin, client, send};
+use tern_edge::upstream::Origin;
+use tern_edge::{EdgeConfig, RunningEdge, start_with};
+
+use crate::Setup;
+
+fn purgeable(config: &mut EdgeConfig) {
+    config.purge_allow = vec!["127.0.0.0/8".parse().expect("net")];
+}
+
+#[tokio::test]
+async fn an_absurd_age_neither_panics_nor_reads_as_fresh_also_after_a_restart() {
+    let origin = TestOrigin::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = client();
+    // u64::MAX panicked every request for the URL; 2^64 was read as 0 (fresh for the whole max-age).
+    for (path, age) in [("/max", "18446744073709551615"), ("/past", "18446744073709551616")] {
+        origin.set(
+            path,
+            Resource::ok(
+                "body",
+                &[("cache-control", "max-age=3600"), ("age", age), ("etag", "\"e\"")],
+            ),
+        );
+    }
+    let start = |origin: TestOrigin, dir: std::path::PathBuf| async move {
+        let config = EdgeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            origin: origin.url(),
+            cache_dir: Some(dir),
+            ..EdgeConfig::default()
+        };
+        let upstream = Arc::new(Origin::new(&config.origin, config.upstream.clone()).expect("origin"));
+        start_with(config, upstream, Arc::new(SystemClock))
+            .await
+            .expect("edge starts")
+    };
+    let edge: RunningEdge = start(origin.clone(), dir.path().to_path_buf()).await;
+    for path in ["/max", "/past"] {
+        for round in 0..2 {
+            let got = send(&client, "GET", &format!("http://{}{path}", edge.listen), &[]).await;
+            assert_eq!(got.status, 200, "{path} round {round}");
+            assert_eq!(&got.body[..], b"body", "{path} round {round}");
+            assert_eq!(
+                got.header("age"),
+                "2147483648",
+                "the age is capped (RFC 9111 section 1.2.2)"
+            );
+        }
+        assert_eq!(
+            origin.count_for(path),
+            2,
+            "{path}: stale from the start, so validated every time"
+        );
+    }
+    edge.shutdown().await;
+    let edge = start(origin.clone(), dir.path().to_path_buf()).await;
+    let got = send(&client, "GET", &format!("http://{}/max", edge.listen), &[]).await;
+    assert_eq!(got.status, 200, "still served after a restart");
+    assert_eq!(&got.body[..], b"body");
+}
+
+#[tokio::test]
+async fn a_purge_during_a_slow_miss_is_not_lost() {
+    let setup = Setup::with(purgeable).await;
+    let mut slow = Resource::ok("old", &[("cache-control", "max-age=3600")]);
+    slow.delay = Duration::from_millis(600);
+    setup.origin.set("/page", slow);
+
+    // A miss begins and waits on the slow origin...
+    let early = {
+        let client = setup.client.clone();
+        let url = setup.url("/page");
+        tokio::spawn(async move { send(&client, "GET", &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...the origin changes and the purge arrives while it is in flight...
+    setup
+        .origin
+        .set("/page", Resource::ok("new", &[("cache-control", "max-age=3600")]));
+    let purged = send(&setup.client, "PURGE", &setup.url("/page"), &[]).await;
+    assert_eq!(purged.status, 200);
+    // ...a request after the purge (the sync service's prefetch, say) must not join the old fetch.
+    let after = setup.get("/page").await;
+    assert_eq!(
+        &after.body[..],
+        b"new",
+        "a request after the purge gets the new content"
+    );
+    let early = early.await.expect("join");
+    assert_eq!(
+        &early.body[..],
+        b"old",
+        "the request that began before the purge got what it asked for"
+    );
+    // And the old body the early fetch brought back was not stored over the new one.
+    for _ in 0..3 {
+        let got = setup.get("/page").await;
+        assert_eq!(&got.body[..], b"new");
+        assert!(
+            got.header("cache-status").contains("hit"),
+            "{}",
+            got.header("cache-status")
+        );
+    }
+    assert_eq!(setup.origin.count_for("/page"), 2);
+}
+
+#[tokio::test]
+async fn a_purge_by_surrogate_key_during_a_miss_keeps_the_old_body_out() {
+    let setup = Setup::with(purgeable).await;
+    let mut slow = Resource::ok(
+        "old",
+        &[("cache-control", "max-age=3600"), ("surrogate-key", "product-7")],
+    );
+    slow.delay = Duration::from_millis(400);
+    setup.origin.set("/p7", slow);
+    let early = {
+        let client = setup.client.clone();
+        let url = setup.url("/p7");
+        tokio::spawn(async move { send(&client, "GET", &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let purged = crate::purging::post_json(&setup, r#"{"keys":["product-7"]}"#).await;
+    assert_eq!(purged["removed"], 0, "nothing was stored yet");
+    assert_eq!(&early.await.expect("join").body[..], b"old");
+    setup.origin.set(
+        "/p7",
+        Resource::ok(
+            "new",
+            &[("cache-control", "max-age=3600"), ("surrogate-key", "product-7")],
+        ),
+    );
+    assert_eq!(&setup.get("/p7").await.body[..], b"new", "the old body was not stored");
+}
+
+#[tokio::test]
+async fn two_spellings_of_one_url_are_one_object_and_one_purge_removes_it() {
+    let setup = Setup::with(purgeable).await;
+    setup
+        .origin
+        .set("/~x.html", Resource::ok("tilde", &[("cache-control", "max-age=3600")]));
+    assert_eq!(
+        &setup.get("/%7Ex.html").await.body[..],
+        b"tilde",
+        "forwarded in normal form"
+    );
+    let second = setup.get("/~x.html").await;
+    assert!(
+        second.header("cache-status").contains("hit"),
+        "one object for both spellings"
+    );
+    assert!(setup.get("/%7ex.html").await.header("cache-status").contains("hit"));
+    assert_eq!(setup.origin.count(), 1);
+
+    let purged = send(&setup.client, "PURGE", &setup.url("/%7ex.html"), &[]).await;
+    let answer: serde_json::Value = serde_json::from_slice(&purged.body).expect("json");
+    assert_eq!(answer["removed"], 1);
+    assert!(setup.get("/~x.html").await.header("cache-status").contains("fwd=miss"));
+
+    // Lower- and upper-case escapes of a reserved byte are one object too; `+` and `%2B` are not
+    // equivalent under RFC 3986 (the sync side purges both spellings).
+    setup
+        .origin
+        .set("/a%2Fb", Resource::ok("slash", &[("cache-control", "max-age=3600")]));
+    setup.get("/a%2fb").await;
+    assert!(setup.get("/a%2Fb").await.header("cache-status").contains("hit"));
+}
+
+#[tokio::test]
+async fn a_response_that_sets_a_cookie_is_not_replayed_to_another_user() {
+    let setup = Setup::new().await;
+    setup.origin.set(
+        "/home",
+        Resource::ok(
+            "hello alice",
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("set-cookie", "session=alice-secret"),
+            ],
+        ),
+    );
+    let alice = setup.get("/home").await;
+    assert_eq!(alice.header("set-cookie"), "session=alice-secret");
+    assert!(alice.header("cache-status").contains("detail=set-cookie"));
+    setup.origin.set(
+        "/home",
+        Resource::ok(
+            "hello bob",
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("set-cookie", "session=bob-secret"),
+            ],
+        ),
+    );
+    let bob = setup.get("/home").await;
+    assert_eq!(
+        bob.header("set-cookie"),
+        "session=bob-secret",
+        "bob never sees alice's cookie"
+    );
+    assert_eq!(setup.origin.count_for("/home"), 2);
+
+    // The origin can say the cookie is the only private part: stored without it.
+    setup.origin.set(
+        "/news",
+        Resource::ok(
+            "news",
+            &[
+                ("cache-control", "max-age=600, no-cache=\"Set-Cookie\""),
+                ("set-cookie", "tracking=carol"),
+            ],
+        ),
+    );
+    assert_eq!(setup.get("/news").await.header("set-cookie"), "tracking=carol");
+    let reused = setup.get("/news").await;
+    assert!(reused.header("cache-status").contains("hit"));
+    assert_eq!(reused.header("set-cookie"), "", "the stored copy has no cookie");
+}
+
+#[tokio::test]
+async fn set_cookie_paths_opt_in_stores_them() {
+    let setup = Setup::with(|config| config.store_set_cookie_paths = vec!["/shop/".into()]).await;
+    setup.origin.set(
+        "/shop/list",
+        Resource::ok(
+            "list",
+            &[("cache-control", "public, max-age=600"), ("set-cookie", "ab=1")],
+        ),
+    );
+    setup.get("/shop/list").await;
+    assert!(setup.get("/shop/list").await.header("cache-status").contains("hit"));
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_a_coalesced_miss_does_not_cancel_it_for_the_others() {
+    let setup = Setup::new().await;
+    let mut slow = Resource::ok("shared", &[("cache-control", "max-age=3600")]);
+    slow.delay = Duration::from_millis(500);
+    setup.origin.set("/shared", slow);
+    let leader = {
+        let client = setup.client.clone();
+        let url = setup.url("/shared");
+        tokio::spawn(async move { send(&client, "GET", &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let follower = {
+        let client = tern_edge::testsuite::client();
+        let url = setup.url("/shared");
+        tokio::spawn(async move { send(&client, "GET", &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first client goes away: its connection closes mid-request.
+    leader.abort();
+    let got = follower.await.expect("join");
+    assert_eq!(got.status, 200);
+    assert_eq!(&got.body[..], b"shared");
+    assert!(
+        got.header("cache-status").contains("collapsed"),
+        "{}",
+        got.header("cache-status")
+    );
+    assert_eq!(
+        setup.origin.count_for("/shared"),
+        1,
+        "one origin request for both clients"
+    );
+    assert!(setup.get("/shared").await.header("cache-status").contains("hit"));
+}
+
+#[tokio::test]
+async fn a_target_past_the_limit_gets_414() {
+    let setup = Setup::with(|config| config.max_uri_bytes = 1000).await;
+    let long = format!("/{}", "a".repeat(2000));
+    let got = setup.get(&long).await;
+    assert_eq!(got.status, 414);
+    assert!(String::from_utf8_lossy(&got.body).contains("1000"));
+    assert_eq!(setup.origin.count(), 0);
+}
+
+#[tokio::test]
+async fn via_names_the_protocol_received_and_expect_is_not_forwarded() {
+    let setup = Setup::new().await;
+    setup
+        .origin
+        .set("/v", Resource::ok("v", &[("cache-control", "max-age=60")]));
+    let got = setup.get_with("/v", &[("expect", "100-continue")]).await;
+    assert_eq!(got.header("via"), "1.1 tern", "the origin answered over HTTP/1.1");
+    let seen = setup.origin.seen();
+    assert!(
+        !seen[0].headers.contains_key("expect"),
+        "the edge answered the expectation itself"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_never_reported_stored_before_it_is() {
+    let setup = Setup::new().await;
+    // Large enough to arrive in several reads, so the head goes out before the body is cut.
+    let mut cut = Resource::ok(vec![b'x'; 1_000_000], &[("cache-control", "max-age=60")]);
+    cut.truncate_to = Some(2_000_000);
+    setup.origin.set("/cut", cut);
+    let got = setup.get("/cut").await;
+    assert!(
+        !got.header("cache-status").contains("stored"),
+        "{}",
+        got.header("cache-status")
+    );
+    assert!(
+        setup.get("/cut").await.header("cache-status").contains("fwd=miss"),
+        "nothing was stored"
+    );
+}
+
+/// An origin that sends `103 Early Hints` before its final response (hyper's server cannot send one, so the
+/// origin here writes raw bytes): the hints are never stored, and their fields never reach the final
+/// response, first or cached.
+#[tokio::test]
+async fn interim_responses_are_never_stored_nor_merged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let answer = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                              HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\
+                              Connection: close\r\n\r\nfinal";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let config = EdgeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        origin: format!("http://{addr}"),
+        ..EdgeConfig::default()
+    };
+    let upstream = Arc::new(Origin::new(&config.origin, config.upstream.clone()).expect("origin"));
+    let edge = start_with(config, upstream, Arc::new(SystemClock))
+        .await
+        .expect("edge starts");
+    let client = client();
+    for round in 0..2 {
+        let got = send(&client, "GET", &format!("http://{}/hinted", edge.listen), &[]).await;
+        assert_eq!(got.status, 200, "round {round}");
+        assert_eq!(&got.body[..], b"final");
+        assert_eq!(
+            got.header("link"),
+            "",
+            "round {round}: the hint's field is not in the final response"
+        );
+        if round == 1 {
+            assert!(got.header("cache-status").contains("hit"));
+        }
+    }
+}

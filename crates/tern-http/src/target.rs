@@ -1,0 +1,117 @@
+//! Request targets in normal form (RFC 3986 section 6.2.2): percent-encodings with upper-case hex digits,
+//! and percent-encoded unreserved characters decoded. Both rules keep a URI equivalent to every other
+//! spelling of it, so a cache that keys on the normal form (and forwards it) serves `/%7Ex.html` and
+//! `/~x.html` as one object, and a purge of either spelling removes it.
+//!
+//! Encodings of reserved characters (`%2F`, `%2B`, `%3F`...) are kept encoded: RFC 3986 does not make them
+//! equivalent to the character itself. Dot segments are left alone too: removing them would change which
+//! resource some origins serve, and the target is forwarded as normalised here.
+
+use std::borrow::Cow;
+
+/// Whether `byte` is an unreserved character (RFC 3986 section 2.3).
+pub fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The normal form of a request target (`/path?query`, or any part of a URI): borrowed when it already is.
+/// Malformed percent-encodings (`%4`, `%zz`) are kept as they are.
+pub fn normalize(target: &str) -> Cow<'_, str> {
+    let bytes = target.as_bytes();
+    if !needs_work(bytes) {
+        return Cow::Borrowed(target);
+    }
+    let mut out = String::with_capacity(target.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte == b'%'
+            && let (Some(high), Some(low)) = (hex(bytes.get(at + 1)), hex(bytes.get(at + 2)))
+        {
+            let decoded = high << 4 | low;
+            if is_unreserved(decoded) {
+                out.push(decoded as char);
+            } else {
+                out.push('%');
+                out.push(HEX_UPPER[usize::from(high)] as char);
+                out.push(HEX_UPPER[usize::from(low)] as char);
+            }
+            at += 3;
+            continue;
+        }
+        // Copy the run up to the next '%' in one piece (it is valid UTF-8: `target` is a str and '%' is
+        // ASCII, so the run ends on a character boundary).
+        let run_end = bytes[at + 1..]
+            .iter()
+            .position(|b| *b == b'%')
+            .map_or(bytes.len(), |offset| at + 1 + offset);
+        out.push_str(&target[at..run_end]);
+        at = run_end;
+    }
+    Cow::Owned(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(byte: Option<&u8>) -> Option<u8> {
+    let byte = *byte?;
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether some percent-encoding is in lower case or encodes an unreserved character.
+fn needs_work(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, byte)| {
+        *byte == b'%'
+            && match (hex(bytes.get(at + 1)), hex(bytes.get(at + 2))) {
+                (Some(high), Some(low)) => {
+                    is_unreserved(high << 4 | low)
+                        || bytes[at + 1].is_ascii_lowercase()
+                        || bytes[at + 2].is_ascii_lowercase()
+                }
+                _ => false,
+            }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn equivalent_spellings_meet() {
+        assert_eq!(normalize("/%7Ex.html"), "/~x.html");
+        assert_eq!(normalize("/%7ex.html"), "/~x.html");
+        assert_eq!(normalize("/a%2fb"), "/a%2Fb");
+        assert_eq!(normalize("/a%2Fb"), "/a%2Fb");
+        assert_eq!(normalize("/%41%62c?q=%7e%20"), "/Abc?q=~%20");
+        assert_eq!(normalize("/caf%c3%a9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn reserved_and_malformed_stay() {
+        assert_eq!(normalize("/a+b"), "/a+b");
+        assert_eq!(normalize("/a%2Bb"), "/a%2Bb");
+        assert_eq!(normalize("/100%"), "/100%");
+        assert_eq!(normalize("/%zz%4"), "/%zz%4");
+        assert!(matches!(normalize("/plain/path?x=1"), Cow::Borrowed(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn normal_form_is_stable(target in "[/a-zA-Z0-9%~._+-]{0,30}") {
+            let once = normalize(&target).into_owned();
+            prop_assert_eq!(normalize(&once).into_owned(), once.clone());
+        }
+
+        #[test]
+        fn never_panics_on_any_text(target in "\\PC{0,40}") {
+            let _ = normalize(&target);
+        }
+    }
+}
