@@ -34,6 +34,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         status: StatusCode::SERVICE_UNAVAILABLE,
         response: &response,
         stored: Some(&freshness),
+        request_time: at,
         now: at,
     };
     let _ = policy::decide_response(&exchange, &config);

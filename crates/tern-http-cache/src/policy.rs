@@ -137,6 +137,23 @@ pub fn storable(
     response: &HeaderMap,
     config: &PolicyConfig,
 ) -> Result<(), NotStorable> {
+    let facts = ResponseFacts::of(response, config);
+    let request_cc = request_directives(request);
+    storable_with(method, path, request, &request_cc, status, response, &facts, config)
+}
+
+/// [`storable`] with the request's directives and the response's facts already parsed.
+#[allow(clippy::too_many_arguments)]
+fn storable_with(
+    method: &Method,
+    path: &str,
+    request: &HeaderMap,
+    request_cc: &Directives,
+    status: StatusCode,
+    response: &HeaderMap,
+    facts: &ResponseFacts,
+    config: &PolicyConfig,
+) -> Result<(), NotStorable> {
     if method != Method::GET {
         return Err(NotStorable::Method);
     }
@@ -144,8 +161,7 @@ pub fn storable(
     if status.is_informational() || status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Err(NotStorable::Status);
     }
-    let (directives, targeted) = response_directives(response, config);
-    let request_cc = request_directives(request);
+    let directives = &facts.directives;
     if request_cc.no_store {
         return Err(NotStorable::NoStore);
     }
@@ -184,23 +200,50 @@ pub fn storable(
     }
     let explicit = directives.max_age.is_some()
         || directives.s_maxage.is_some()
-        || (!targeted && response.contains_key(header::EXPIRES));
+        || (!facts.targeted && response.contains_key(header::EXPIRES));
     let allowed = explicit || directives.public || heuristically_cacheable(status);
     if !allowed {
         return Err(NotStorable::Status);
     }
     let has_validator = response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED);
-    let lifetime = freshness_lifetime(status, response, response_time_of(response), config);
+    let response_time = facts.date.unwrap_or_else(SystemTime::now);
+    let lifetime = freshness_lifetime(status, response, facts, response_time, config);
     if lifetime.is_zero() && !has_validator && directives.stale_if_error.is_none() {
         return Err(NotStorable::NoFreshnessNorValidator);
     }
     Ok(())
 }
 
+/// What the policy reads from a response's fields, parsed once.
+#[derive(Debug, Clone)]
+struct ResponseFacts {
+    /// The directives that govern it for this cache.
+    directives: Directives,
+    /// Whether they came from a targeted field (RFC 9213), which also overrides `Expires`.
+    targeted: bool,
+    /// Its `Date`, if valid.
+    date: Option<SystemTime>,
+}
+
+impl ResponseFacts {
+    fn of(response: &HeaderMap, config: &PolicyConfig) -> Self {
+        let (directives, targeted) = response_directives(response, config);
+        ResponseFacts {
+            directives,
+            targeted,
+            date: response.get(header::DATE).and_then(date::parse),
+        }
+    }
+}
+
 /// The header fields to store of a storable response: all but those a qualified `no-cache` or `private`
 /// withholds (RFC 9111 sections 5.2.2.4 and 5.2.2.7), which go to this response's client only.
 pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
     let (directives, _) = response_directives(response, config);
+    without_withheld(response, &directives)
+}
+
+fn without_withheld(response: &HeaderMap, directives: &Directives) -> HeaderMap {
     let mut stored = response.clone();
     for name in directives.no_cache_fields.iter().chain(&directives.private_fields) {
         stored.remove(name.as_str());
@@ -208,30 +251,23 @@ pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
     stored
 }
 
-fn response_time_of(response: &HeaderMap) -> SystemTime {
-    response
-        .get(header::DATE)
-        .and_then(date::parse)
-        .unwrap_or_else(SystemTime::now)
-}
-
 /// Freshness lifetime of a response (RFC 9111 section 4.2.1), for a shared cache; never more than
 /// [`DELTA_SECONDS_CAP`] seconds, whatever the headers say.
 fn freshness_lifetime(
     status: StatusCode,
     response: &HeaderMap,
+    facts: &ResponseFacts,
     response_time: SystemTime,
     config: &PolicyConfig,
 ) -> Duration {
-    let (directives, targeted) = response_directives(response, config);
+    let directives = &facts.directives;
     if let Some(seconds) = directives.s_maxage.or(directives.max_age) {
         return capped_seconds(seconds);
     }
-    let date_value = response
-        .get(header::DATE)
-        .and_then(date::parse)
-        .unwrap_or(response_time);
-    if !targeted && let Some(expires) = response.get(header::EXPIRES) {
+    let date_value = facts.date.unwrap_or(response_time);
+    if !facts.targeted
+        && let Some(expires) = response.get(header::EXPIRES)
+    {
         // An invalid Expires means "already expired" (RFC 9111 section 5.3).
         return match date::parse(expires) {
             Some(expires) => cap(expires.duration_since(date_value).unwrap_or_default()),
@@ -308,17 +344,26 @@ impl Freshness {
         response_time: SystemTime,
         config: &PolicyConfig,
     ) -> Self {
-        let (directives, _) = response_directives(response, config);
-        let date_value = response
-            .get(header::DATE)
-            .and_then(date::parse)
-            .unwrap_or(response_time);
+        let facts = ResponseFacts::of(response, config);
+        Self::from_facts(status, response, &facts, request_time, response_time, config)
+    }
+
+    fn from_facts(
+        status: StatusCode,
+        response: &HeaderMap,
+        facts: &ResponseFacts,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        config: &PolicyConfig,
+    ) -> Self {
+        let directives = &facts.directives;
+        let date_value = facts.date.unwrap_or(response_time);
         let age_value = age_value(response);
         let apparent_age = cap(response_time.duration_since(date_value).unwrap_or_default());
         let response_delay = cap(response_time.duration_since(request_time).unwrap_or_default());
         let corrected_age_value = age_value.saturating_add(response_delay);
         Freshness {
-            lifetime: freshness_lifetime(status, response, response_time, config),
+            lifetime: freshness_lifetime(status, response, facts, response_time, config),
             corrected_initial_age: apparent_age.max(corrected_age_value),
             response_time,
             no_cache: directives.no_cache,
@@ -456,21 +501,42 @@ pub struct UpstreamExchange<'a> {
     pub response: &'a HeaderMap,
     /// The stored response the request validated, if it was a validation.
     pub stored: Option<&'a Freshness>,
+    /// When the request went upstream.
+    pub request_time: SystemTime,
     /// When the response arrived.
     pub now: SystemTime,
 }
 
 /// What to do with a response from upstream (RFC 9111 sections 3, 4.3.3, 4.3.4; RFC 5861 section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseDecision {
     /// `304` to a validation: update the stored response's fields and serve it.
     Refresh,
     /// The origin failed (`5xx`) and the stored response may be served stale instead (`stale-if-error`).
     ServeStale,
     /// Store it while serving it.
-    Store,
+    Store(Storing),
     /// Serve it without storing it; any stored variant it replaces must go.
     Pass(NotStorable),
+}
+
+/// How to store a storable response, computed with the decision so nothing is parsed twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storing {
+    /// Its freshness facts.
+    pub freshness: Freshness,
+    withheld: Vec<String>,
+}
+
+impl Storing {
+    /// The fields to store: all but those a qualified `no-cache` or `private` withholds.
+    pub fn stored_fields(&self, response: &HeaderMap) -> HeaderMap {
+        let mut stored = response.clone();
+        for name in &self.withheld {
+            stored.remove(name.as_str());
+        }
+        stored
+    }
 }
 
 /// Decides what to do with a response from upstream.
@@ -489,17 +555,32 @@ pub fn decide_response(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -
 /// Whether to store a response, leaving aside validation and serving stale: the fallback of
 /// [`ResponseDecision::ServeStale`] when the stored response turns out to be unusable.
 pub fn decide_storing(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -> ResponseDecision {
-    match storable(
+    let facts = ResponseFacts::of(exchange.response, config);
+    let verdict = storable_with(
         &Method::GET,
         exchange.path,
         exchange.request,
+        exchange.request_directives,
         exchange.status,
         exchange.response,
+        &facts,
         config,
-    ) {
-        Ok(()) => ResponseDecision::Store,
-        Err(reason) => ResponseDecision::Pass(reason),
+    );
+    if let Err(reason) = verdict {
+        return ResponseDecision::Pass(reason);
     }
+    let freshness = Freshness::from_facts(
+        exchange.status,
+        exchange.response,
+        &facts,
+        exchange.request_time,
+        exchange.now,
+        config,
+    );
+    let ResponseFacts { directives, .. } = facts;
+    let mut withheld = directives.no_cache_fields;
+    withheld.extend(directives.private_fields);
+    ResponseDecision::Store(Storing { freshness, withheld })
 }
 
 /// Methods after whose non-error response stored responses for the target URI are invalidated
@@ -706,6 +787,7 @@ mod tests {
                 status: StatusCode::from_u16(status).expect("status"),
                 response: &response,
                 stored,
+                request_time: now,
                 now: now + Duration::from_secs(5),
             };
             decide_response(&exchange, &config)
@@ -716,10 +798,10 @@ mod tests {
             decide(503, &[], Some(&strict)),
             ResponseDecision::Pass(NotStorable::Status)
         );
-        assert_eq!(
+        assert!(matches!(
             decide(200, &[("cache-control", "max-age=5")], None),
-            ResponseDecision::Store
-        );
+            ResponseDecision::Store(storing) if storing.freshness.lifetime == Duration::from_secs(5)
+        ));
         assert_eq!(
             decide(200, &[("cache-control", "no-store")], Some(&stored)),
             ResponseDecision::Pass(NotStorable::NoStore)

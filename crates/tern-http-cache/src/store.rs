@@ -101,6 +101,10 @@ impl CachedObject {
             meta.response_time,
             config,
         );
+        Self::with_freshness(id, meta, freshness, verified)
+    }
+
+    fn with_freshness(id: ObjectId, meta: Meta, freshness: Freshness, verified: bool) -> Self {
         CachedObject {
             id,
             meta,
@@ -438,12 +442,14 @@ impl Store {
         }
     }
 
-    /// Starts storing a response fetched under `ticket` (taken before the request went upstream). Write its
-    /// body with [`Fill::write`] and finish with [`Fill::finish`]; dropping the fill stores nothing.
+    /// Starts storing a response fetched under `ticket` (taken before the request went upstream), whose
+    /// freshness the policy computed from `meta` ([`crate::policy::Storing`]). Write its body with
+    /// [`Fill::write`] and finish with [`Fill::finish`]; dropping the fill stores nothing.
     pub async fn begin_fill(
         self: &Arc<Self>,
         id: ObjectId,
         meta: Meta,
+        freshness: Freshness,
         expected_len: Option<u64>,
         ticket: FetchTicket,
     ) -> Fill {
@@ -468,6 +474,7 @@ impl Store {
             temp_path: None,
             failure: None,
             ticket,
+            freshness,
         };
         if too_big {
             fill.failure = Some("larger than the cache allows");
@@ -852,6 +859,7 @@ pub struct Fill {
     temp_path: Option<PathBuf>,
     failure: Option<&'static str>,
     ticket: FetchTicket,
+    freshness: Freshness,
 }
 
 impl Fill {
@@ -917,10 +925,10 @@ impl Fill {
         self.meta.body_len = self.len;
         self.meta.body_hash = *self.hasher.finalize().as_bytes();
         let memory = self.memory.take().map(BytesMut::freeze);
-        let object = Arc::new(CachedObject::new(
+        let object = Arc::new(CachedObject::with_freshness(
             self.id,
             self.meta.clone(),
-            &self.store.config.policy,
+            self.freshness,
             true,
         ));
         let (Some(file), Some(temp_path)) = (self.file.take(), self.temp_path.clone()) else {
@@ -1015,8 +1023,15 @@ mod tests {
     async fn put(store: &Arc<Store>, url: &str, tags: &[&str], body: &[u8]) -> Arc<CachedObject> {
         let meta = meta(url, tags);
         let id = ObjectId::new(url, &meta.vary);
+        let freshness = Freshness::of(
+            meta.status,
+            &meta.headers,
+            meta.request_time,
+            meta.response_time,
+            store.policy(),
+        );
         let mut fill = store
-            .begin_fill(id, meta, Some(body.len() as u64), store.fetch_ticket())
+            .begin_fill(id, meta, freshness, Some(body.len() as u64), store.fetch_ticket())
             .await;
         fill.write(&Bytes::copy_from_slice(body)).await;
         fill.finish(true).await.expect("stored")
@@ -1109,7 +1124,16 @@ mod tests {
     ) -> Result<Arc<CachedObject>, StoreError> {
         let meta = meta(url, tags);
         let id = ObjectId::new(url, &meta.vary);
-        let mut fill = store.begin_fill(id, meta, Some(body.len() as u64), ticket).await;
+        let freshness = Freshness::of(
+            meta.status,
+            &meta.headers,
+            meta.request_time,
+            meta.response_time,
+            store.policy(),
+        );
+        let mut fill = store
+            .begin_fill(id, meta, freshness, Some(body.len() as u64), ticket)
+            .await;
         fill.write(&Bytes::copy_from_slice(body)).await;
         fill.finish(true).await
     }

@@ -42,8 +42,17 @@ pub fn parse_str(text: &str, now: SystemTime) -> Option<SystemTime> {
             }
         }
     };
-    let tokens: Vec<&str> = rest.split([' ', '-', '\t']).filter(|t| !t.is_empty()).collect();
-    let (day, month, year, time, zone) = match tokens.as_slice() {
+    // At most five tokens; a sixth makes the date invalid. No allocation: dates are parsed on every miss.
+    let mut tokens = [""; 5];
+    let mut count = 0;
+    for token in rest.split([' ', '-', '\t']).filter(|t| !t.is_empty()) {
+        if count == tokens.len() {
+            return None;
+        }
+        tokens[count] = token;
+        count += 1;
+    }
+    let (day, month, year, time, zone) = match &tokens[..count] {
         // IMF-fixdate `06 Nov 1994 08:49:37 GMT`, RFC 850 `06-Nov-94 08:49:37 GMT` (dashes split above).
         [day, month, year, time, zone] => (*day, *month, *year, *time, Some(*zone)),
         // asctime `Nov  6 08:49:37 1994`.
@@ -53,7 +62,9 @@ pub fn parse_str(text: &str, now: SystemTime) -> Option<SystemTime> {
         _ => return None,
     };
     if let Some(zone) = zone
-        && !["gmt", "utc", "ut", "z", "+0000", "-0000"].contains(&zone.to_ascii_lowercase().as_str())
+        && !["gmt", "utc", "ut", "z", "+0000", "-0000"]
+            .iter()
+            .any(|known| zone.eq_ignore_ascii_case(known))
     {
         return None;
     }
@@ -103,8 +114,10 @@ fn month_number(name: &str) -> Option<u32> {
     if name.len() != 3 {
         return None;
     }
-    let lower = name.to_ascii_lowercase();
-    MONTHS.iter().position(|m| *m == lower).map(|index| index as u32 + 1)
+    MONTHS
+        .iter()
+        .position(|month| month.eq_ignore_ascii_case(name))
+        .map(|index| index as u32 + 1)
 }
 
 /// RFC 9110 section 5.6.7: a two-digit year more than 50 years in the future is in the past century.

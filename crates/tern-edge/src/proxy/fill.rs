@@ -9,10 +9,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use tern_http::{Body, ChannelSender, date, hop};
-use tern_http_cache::policy::{self, UpstreamExchange};
+use tern_http_cache::policy::{self, Storing, UpstreamExchange};
 use tern_http_cache::{
-    BodySource, Directives, FetchTicket, Fill, Freshness, Hit, Meta, NotStorable, ObjectId, ResponseDecision,
-    vary_values,
+    BodySource, Directives, FetchTicket, Fill, Hit, Meta, NotStorable, ObjectId, ResponseDecision, vary_values,
 };
 use tracing::{debug, warn};
 
@@ -105,6 +104,7 @@ impl Edge {
             status: received.parts.status,
             response: &received.parts.headers,
             stored: miss.hit.as_ref().map(|hit| &hit.object.freshness),
+            request_time,
             now: response_time,
         };
         let mut decision = policy::decide_response(&exchange, self.policy());
@@ -128,7 +128,7 @@ impl Edge {
                 None => self.pass_on(request, miss, received, NotStorable::Status),
             },
             ResponseDecision::Pass(reason) => self.pass_on(request, miss, received, reason),
-            ResponseDecision::Store => self.store_and_serve(request, miss, received).await,
+            ResponseDecision::Store(storing) => self.store_and_serve(request, miss, received, storing).await,
         }
     }
 
@@ -221,6 +221,7 @@ impl Edge {
         request: &ClientRequest,
         miss: Miss,
         received: Received,
+        storing: Storing,
     ) -> Response<Body> {
         let Received {
             parts,
@@ -241,7 +242,7 @@ impl Edge {
         let meta = Meta {
             url: request.primary.clone(),
             status: parts.status,
-            headers: policy::stored_fields(&parts.headers, self.policy()),
+            headers: storing.stored_fields(&parts.headers),
             vary,
             request_time,
             response_time,
@@ -250,8 +251,8 @@ impl Edge {
             surrogate_keys: surrogate_keys(&parts.headers),
             invalidated: false,
         };
-        let freshness = Freshness::of(parts.status, &parts.headers, request_time, response_time, self.policy());
-        let mut fill = self.store.begin_fill(id, meta, length, ticket).await;
+        let freshness = storing.freshness;
+        let mut fill = self.store.begin_fill(id, meta, freshness, length, ticket).await;
         let age = freshness.age_seconds(response_time);
         let status = CacheStatus::forward(forward)
             .with_forward_status(upstream_status)
