@@ -1,6 +1,7 @@
 //! The admin listener every long-running tern role has: `GET /metrics` in the Prometheus text format,
 //! `GET /status` as JSON, and whatever routes the role adds (the edge's `POST /purge`, for instance).
-//! Bind it to a loopback or management address: it is for operators, not for the public.
+//! Bind it to a loopback or management address: it is for operators, not for the public. A role given a
+//! certificate serves its admin listener over HTTPS with it too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
-use tern_http::server::{Handler, Running, ServerLimits, serve};
+use tern_http::server::{Handler, Running, ServerLimits, serve_with};
+use tern_http::tls::{CertStore, TlsAcceptor};
 use tern_http::{Body, full};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -137,13 +139,56 @@ impl Handler for AdminHandler {
     }
 }
 
-/// Serves the admin listener until `shutdown` is cancelled.
+/// Serves the admin listener (plain HTTP) until `shutdown` is cancelled.
 pub async fn serve_admin(listener: TcpListener, routes: Arc<dyn AdminRoutes>, shutdown: CancellationToken) {
+    serve_admin_with(listener, routes, None, shutdown).await;
+}
+
+/// Serves the admin listener until `shutdown` is cancelled; HTTPS with `tls`.
+pub async fn serve_admin_with(
+    listener: TcpListener,
+    routes: Arc<dyn AdminRoutes>,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let handler = Arc::new(AdminHandler {
         routes,
         started: Instant::now(),
     });
-    serve(listener, handler, ServerLimits::default(), shutdown).await;
+    serve_with(listener, handler, ServerLimits::default(), tls, shutdown).await;
+}
+
+/// TLS of a role's listeners, and the certificates the role reloads while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct RoleTls {
+    /// HTTPS on the main listener.
+    pub main: Option<TlsAcceptor>,
+    /// HTTPS on the admin listener.
+    pub admin: Option<TlsAcceptor>,
+    /// Certificates reloaded on `SIGHUP` and on file changes until the role stops.
+    pub certs: Option<Arc<CertStore>>,
+}
+
+impl RoleTls {
+    /// Plain HTTP on every listener.
+    pub fn none() -> Self {
+        RoleTls::default()
+    }
+
+    /// HTTPS with `certs` on the main and the admin listener (the usual case: one `--tls-cert` pair
+    /// serves both).
+    pub fn both(certs: Arc<CertStore>) -> Self {
+        RoleTls {
+            main: Some(certs.acceptor()),
+            admin: Some(certs.acceptor()),
+            certs: Some(certs),
+        }
+    }
+
+    /// [`RoleTls::both`] when there are certificates, [`RoleTls::none`] otherwise.
+    pub fn from_store(certs: Option<Arc<CertStore>>) -> Self {
+        certs.map(RoleTls::both).unwrap_or_default()
+    }
 }
 
 /// A listener that could not be bound.
@@ -165,7 +210,8 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> 
 }
 
 /// Starts a role: binds its main listener and, when `admin` is given, its admin listener (whose routes
-/// `routes` builds once the main address is known), and serves both until the returned handle stops them.
+/// `routes` builds once the main address is known), and serves both — over HTTPS where `tls` says so —
+/// until the returned handle stops them; `tls.certs` are reloaded meanwhile.
 pub async fn launch<H: Handler, R>(
     listen: SocketAddr,
     handler: Arc<H>,
@@ -173,6 +219,7 @@ pub async fn launch<H: Handler, R>(
     admin: Option<SocketAddr>,
     routes: impl FnOnce(SocketAddr) -> Arc<dyn AdminRoutes>,
     role: R,
+    tls: RoleTls,
 ) -> Result<Running<R>, BindError> {
     let shutdown = CancellationToken::new();
     let (listener, bound) = bind(listen).await?;
@@ -183,9 +230,29 @@ pub async fn launch<H: Handler, R>(
         admin_bound = Some(addr);
         admin_listener = Some(listener);
     }
-    let mut tasks = vec![tokio::spawn(serve(listener, handler, limits, shutdown.clone()))];
+    let mut tasks = vec![tokio::spawn(serve_with(
+        listener,
+        handler,
+        limits,
+        tls.main,
+        shutdown.clone(),
+    ))];
     if let Some(listener) = admin_listener {
-        tasks.push(tokio::spawn(serve_admin(listener, routes(bound), shutdown.clone())));
+        tasks.push(tokio::spawn(serve_admin_with(
+            listener,
+            routes(bound),
+            tls.admin,
+            shutdown.clone(),
+        )));
+    }
+    if let Some(certs) = &tls.certs {
+        tracing::info!(certificates = %certs.describe(), "certificates loaded");
+        tasks.push(tokio::spawn(certs.watch(shutdown.clone())));
     }
     Ok(Running::new(bound, admin_bound, role, shutdown, tasks))
+}
+
+/// Binds `addr`, returning the listener and the address it got (`:0` picks a free port).
+pub async fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    bind(addr).await
 }

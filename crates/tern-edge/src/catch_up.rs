@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use tern_http::tls::{ClientTls, HttpsClient};
 use tern_http_cache::{KeyConfig, PurgeCount, PurgeMode, Store, primary_key};
 use tern_wire::sync::{CatchUp, Incarnation};
 use tracing::{info, warn};
@@ -152,8 +150,9 @@ pub async fn catch_up(
     sync_url: &str,
     key_config: &KeyConfig,
     deadline: Duration,
+    tls: &ClientTls,
 ) -> PurgeCount {
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client: HttpsClient<Empty<Bytes>> = tls.client();
     let url = changes_url(sync_url, &mark.position());
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
@@ -195,12 +194,12 @@ pub async fn catch_up(
     }
 }
 
-async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<CatchUp, String> {
+async fn fetch(client: &HttpsClient<Empty<Bytes>>, url: &str) -> Result<CatchUp, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad sync URL {url}: {e}"))?;
     let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
         .await
         .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| tern_http::tls::error_reason(&e))?;
     if !response.status().is_success() {
         return Err(format!("sync service answered {}", response.status()));
     }

@@ -15,7 +15,8 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Address of the admin listener (`/metrics`, `/status`, `POST /purge`); none disables it.
     pub admin: Option<SocketAddr>,
-    /// Origin base URL, e.g. `http://127.0.0.1:9000` (plain HTTP).
+    /// Origin base URL, e.g. `http://127.0.0.1:9000`, or `https://origin.example` (verified against
+    /// `origin_ca` or the system's roots, SNI from its host).
     pub origin: String,
     /// Directory of the disk tier; without one the cache lives in memory only and is lost on restart.
     pub cache_dir: Option<PathBuf>,
@@ -54,13 +55,37 @@ pub struct EdgeConfig {
     /// Longest request target accepted, in bytes (longer gets 414, RFC 9110 section 15.5.15). RFC 9112
     /// section 3 recommends supporting at least 8000 octets.
     pub max_uri_bytes: usize,
-    /// Admin URL of the sync service (`http://HOST:PORT`); with a cache directory, the edge catches up with
-    /// it at start-up before serving, so content that changed while it was down is never served.
+    /// Admin URL of the sync service (`http://HOST:PORT` or `https://HOST:PORT`); with a cache directory,
+    /// the edge catches up with it at start-up before serving, so content that changed while it was down is
+    /// never served.
     pub sync_url: Option<String>,
     /// How long to try to reach the sync service at start-up before dropping the cache instead, seconds.
     pub sync_catch_up_secs: u64,
     /// Upstream (origin) connection settings.
     pub upstream: UpstreamConfig,
+    /// CA certificate file (PEM) that alone vouches for an `https://` origin; without it the system's
+    /// roots do.
+    pub origin_ca: Option<PathBuf>,
+    /// CA certificate file (PEM) that alone vouches for an `https://` sync URL; without it the system's
+    /// roots do.
+    pub sync_ca: Option<PathBuf>,
+    /// Address of the HTTPS listener, beside the plain HTTP one (`listen`); needs `tls_cert` and
+    /// `tls_key`, or `tls_dir`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (server certificate first) served on `tls_listen` and the admin listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Directory of certificates chosen by the name the client asks for (SNI): `NAME.crt` with
+    /// `NAME.key`, or `NAME/fullchain.pem` with `NAME/privkey.pem`; `default` answers unknown names.
+    pub tls_dir: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, milliseconds (they reload on SIGHUP too).
+    pub tls_reload_poll_ms: u64,
+    /// Longest a client may take to finish the TLS handshake, milliseconds.
+    pub tls_handshake_timeout_ms: u64,
+    /// Answer requests on the plain listener with `308 Permanent Redirect` to the same URL on
+    /// `tls_listen` (`PURGE` is still served there, and the admin listener is unaffected).
+    pub redirect_https: bool,
 }
 
 /// How the edge talks to its origin.
@@ -103,6 +128,15 @@ impl Default for EdgeConfig {
             sync_url: None,
             sync_catch_up_secs: 10,
             upstream: UpstreamConfig::default(),
+            origin_ca: None,
+            sync_ca: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_dir: None,
+            tls_reload_poll_ms: 5_000,
+            tls_handshake_timeout_ms: 10_000,
+            redirect_https: false,
         }
     }
 }

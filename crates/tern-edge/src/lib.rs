@@ -1,7 +1,10 @@
 //! `tern edge`: the HTTP edge cache. A hyper front (HTTP/1.1 and h2c) in front of an upstream, caching per
 //! RFC 9111 with `stale-while-revalidate` / `stale-if-error` (RFC 5861), targeted cache control (RFC 9213)
 //! and `Cache-Status` (RFC 9211); coalescing of concurrent misses; purges by URL, prefix and surrogate key;
-//! an admin listener with `/metrics`, `/status` and `POST /purge`.
+//! an admin listener with `/metrics`, `/status` and `POST /purge`. HTTPS on a listener of its own
+//! (`tls_listen`, with certificates chosen by SNI and reloaded while serving) beside plain HTTP, with an
+//! optional redirect from one to the other; `https://` origins verified against the system's roots or a
+//! private CA.
 //!
 //! The miss path goes through the [`upstream::Upstream`] seam: the origin today; the cache community
 //! (seeds 002 and 003) and the differential-caching client (seed 000) plug in there.
@@ -28,7 +31,8 @@ use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tern_admin::{AdminRequest, AdminRoutes, ResponseFuture, json, json_error};
 use tern_http::Body;
-use tern_http::server::{Handler, ServerLimits};
+use tern_http::server::{Handler, ServerLimits, serve_with};
+use tern_http::tls::{CertStore, ClientTls, TlsConfig, TlsError};
 use tern_http_cache::{KeyConfig, PolicyConfig, PurgeCount, Store, StoreConfig, primary_key};
 use tern_wire::SecretKey;
 use tracing::info;
@@ -57,6 +61,9 @@ pub enum StartError {
     /// The purge key could not be read.
     #[error(transparent)]
     Key(#[from] tern_wire::KeyError),
+    /// The certificates or CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running edge; `role` is the [`Edge`].
@@ -69,7 +76,8 @@ pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
             "no origin: give --origin URL (for example http://127.0.0.1:9000)".into(),
         ));
     }
-    let origin = Origin::new(&config.origin, config.upstream.clone()).map_err(StartError::Config)?;
+    let origin = Origin::with_ca(&config.origin, config.upstream.clone(), config.origin_ca.as_deref())
+        .map_err(StartError::Config)?;
     start_with(config, Arc::new(origin), Arc::new(SystemClock)).await
 }
 
@@ -81,6 +89,14 @@ pub async fn start_with(
 ) -> Result<RunningEdge, StartError> {
     let purge_key = match &config.purge_key {
         Some(path) => Some(SecretKey::load(path)?),
+        None => None,
+    };
+    let certs = match tls_config(&config)? {
+        Some(tls) => Some(
+            tokio::task::spawn_blocking(move || CertStore::load(tls))
+                .await
+                .map_err(|e| StartError::Config(format!("loading the certificates failed: {e}")))??,
+        ),
         None => None,
     };
     let policy = PolicyConfig {
@@ -121,6 +137,7 @@ pub async fn start_with(
         include_query: config.key_include_query,
     };
     if let (Some(sync_url), Some(_)) = (&config.sync_url, &config.cache_dir) {
+        let sync_tls = ClientTls::new(config.sync_ca.as_deref())?;
         // Before serving anything: purge what changed while this edge was down.
         catch_up::catch_up(
             &store,
@@ -128,6 +145,7 @@ pub async fn start_with(
             sync_url,
             &key_config,
             Duration::from_secs(config.sync_catch_up_secs),
+            &sync_tls,
         )
         .await;
     }
@@ -147,7 +165,18 @@ pub async fn start_with(
         max_header_bytes: config.max_header_bytes,
         ..ServerLimits::default()
     };
-    let handler = Arc::new(EdgeHandler { edge: edge.clone() });
+    // The HTTPS listener is bound before the others start, so that a port in use stops nothing running.
+    let https = match (config.tls_listen, &certs) {
+        (Some(addr), Some(_)) => Some(tern_admin::bind_listener(addr).await?),
+        _ => None,
+    };
+    let handler = Arc::new(EdgeHandler {
+        edge: edge.clone(),
+        redirect_https: match (&https, config.redirect_https) {
+            (Some((_, bound)), true) => Some(bound.port()),
+            _ => None,
+        },
+    });
     let admin_edge = edge.clone();
     let routes = move |listen| -> Arc<dyn AdminRoutes> {
         let origin = admin_edge.upstream.describe();
@@ -157,7 +186,36 @@ pub async fn start_with(
             origin,
         })
     };
-    let running = tern_admin::launch(config.listen, handler, limits, config.admin, routes, edge.clone()).await?;
+    let role_tls = tern_admin::RoleTls {
+        main: None,
+        admin: certs.as_ref().map(|certs| certs.acceptor()),
+        certs: certs.clone(),
+    };
+    let mut running = tern_admin::launch(
+        config.listen,
+        handler,
+        limits.clone(),
+        config.admin,
+        routes,
+        edge.clone(),
+        role_tls,
+    )
+    .await?;
+    if let (Some((listener, bound)), Some(certs)) = (https, &certs) {
+        let handler = Arc::new(EdgeHandler {
+            edge: edge.clone(),
+            redirect_https: None,
+        });
+        running.spawn(serve_with(
+            listener,
+            handler,
+            limits,
+            Some(certs.acceptor()),
+            running.shutdown_token(),
+        ));
+        running.tls = Some(bound);
+        info!(listen = %bound, certificates = %certs.describe(), "edge serves HTTPS");
+    }
     let stats = edge.store.stats();
     info!(
         listen = %running.listen,
@@ -171,15 +229,86 @@ pub async fn start_with(
     Ok(running)
 }
 
+/// The TLS settings of `config`, checked: certificates and an HTTPS address come together.
+fn tls_config(config: &EdgeConfig) -> Result<Option<TlsConfig>, StartError> {
+    let tls = TlsConfig::from_flags(config.tls_cert.clone(), config.tls_key.clone(), config.tls_dir.clone())?;
+    match (&tls, config.tls_listen) {
+        (Some(_), None) => {
+            return Err(StartError::Config(
+                "certificates given without an HTTPS address: add --tls-listen ADDR (for example 0.0.0.0:443)".into(),
+            ));
+        }
+        (None, Some(addr)) => {
+            return Err(StartError::Config(format!(
+                "--tls-listen {addr} needs a certificate: --tls-cert FILE with --tls-key FILE, or --tls-dir DIR"
+            )));
+        }
+        _ => {}
+    }
+    if config.redirect_https && tls.is_none() {
+        return Err(StartError::Config(
+            "--redirect-https needs an HTTPS listener to send clients to: --tls-listen with a certificate".into(),
+        ));
+    }
+    Ok(tls.map(|tls| TlsConfig {
+        reload_poll: Duration::from_millis(config.tls_reload_poll_ms.max(10)),
+        handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms.max(1)),
+        ..tls
+    }))
+}
+
 struct EdgeHandler {
     edge: Arc<Edge>,
+    /// On the plain listener with `redirect_https`: the HTTPS port to send clients to.
+    redirect_https: Option<u16>,
 }
 
 impl Handler for EdgeHandler {
     async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        // PURGE stays on plain HTTP: caches' purgers (the sync service, Varnish-style tools) speak it there.
+        if let Some(port) = self.redirect_https
+            && request.method().as_str() != "PURGE"
+            && let Some(location) = https_location(&request, port)
+        {
+            return permanent_redirect(&location);
+        }
         let request = request.map(|body| body.map_err(Into::into).boxed());
         self.edge.handle(request, client).await
     }
+}
+
+/// The `https://` URL of a request that came over plain HTTP, on the HTTPS listener's `port` (left out when
+/// it is 443); `None` when the request names no valid host.
+fn https_location<B>(request: &Request<B>, port: u16) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => request
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .parse::<http::uri::Authority>()
+            .ok()?,
+    };
+    let host = authority.host();
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    })
+}
+
+fn permanent_redirect(location: &str) -> Response<Body> {
+    let mut response = Response::new(tern_http::full(format!("moved to {location}\n")));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = http::HeaderValue::from_str(location) {
+        response.headers_mut().insert(http::header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    response
 }
 
 struct EdgeAdmin {
@@ -300,4 +429,34 @@ fn normalize_url(url: &str, key_config: &KeyConfig) -> Option<String> {
     let host = uri.authority()?.as_str();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Some(primary_key(scheme, host, path, key_config))
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    fn request(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut builder = Request::get(uri);
+        if let Some(host) = host {
+            builder = builder.header(http::header::HOST, host);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn the_redirect_keeps_host_path_and_query_and_names_the_https_port() {
+        let plain = request("/a/b?c=d", Some("www.example:8080"));
+        assert_eq!(
+            https_location(&plain, 8443).as_deref(),
+            Some("https://www.example:8443/a/b?c=d")
+        );
+        assert_eq!(
+            https_location(&plain, 443).as_deref(),
+            Some("https://www.example/a/b?c=d")
+        );
+        let absolute = request("http://[::1]:80/x", None);
+        assert_eq!(https_location(&absolute, 443).as_deref(), Some("https://[::1]/x"));
+        assert_eq!(https_location(&request("/x", None), 443), None, "no host, no redirect");
+        assert_eq!(https_location(&request("/x", Some("bad host/")), 443), None);
+    }
 }

@@ -78,6 +78,8 @@ struct OriginState {
 pub struct TestOrigin {
     /// Its address.
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS (its URL is then `https://localhost:PORT`).
+    pub tls: bool,
     state: Arc<OriginState>,
 }
 
@@ -90,6 +92,16 @@ impl TestOrigin {
     /// Starts an origin whose `Date` fields come from `clock` (share the edge's manual clock so the two
     /// agree on how old a response is).
     pub async fn start_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::start_with(clock, None).await
+    }
+
+    /// Starts an origin that serves HTTPS with `tls` (give it a certificate for `localhost`).
+    pub async fn start_tls(tls: tern_http::tls::TlsAcceptor) -> Self {
+        Self::start_with(Arc::new(SystemClock), Some(tls)).await
+    }
+
+    async fn start_with(clock: Arc<dyn Clock>, tls: Option<tern_http::tls::TlsAcceptor>) -> Self {
+        let serves_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(OriginState {
@@ -105,23 +117,40 @@ impl TestOrigin {
                     continue;
                 };
                 let state = serving.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(answer(&state, request).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http1.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        TestOrigin { addr, state }
+        TestOrigin {
+            addr,
+            tls: serves_tls,
+            state,
+        }
     }
 
     /// Its base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Sets what `path` answers.

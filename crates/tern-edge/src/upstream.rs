@@ -2,15 +2,18 @@
 //! (owner peer, holder from the directory) and the differential-caching client plug in behind the same trait.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Request, Response, Uri, header};
 use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::Body;
+use tern_http::tls::{ClientTls, error_reason};
 
 use crate::config::UpstreamConfig;
 
@@ -65,9 +68,10 @@ pub trait Upstream: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The origin server, over plain HTTP/1.1 with pooled keep-alive connections.
+/// The origin server, over HTTP/1.1 (plain, or TLS for an `https://` origin) with pooled keep-alive
+/// connections.
 pub struct Origin {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -75,30 +79,37 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// An origin at `base` (for example `http://127.0.0.1:9000`). Only `http://` is supported for now.
+    /// An origin at `base` (for example `http://127.0.0.1:9000` or `https://origin.example`); an https
+    /// origin is verified against the system's roots.
     pub fn new(base: &str, config: UpstreamConfig) -> Result<Self, String> {
+        Origin::with_ca(base, config, None)
+    }
+
+    /// An origin at `base`; an `https://` origin's certificate must be issued by the CA in the PEM file
+    /// `ca` when given (only by it: a private CA pins trust), else by one of the system's roots. The TLS
+    /// server name (SNI) is the origin's host; ALPN offers `http/1.1`.
+    pub fn with_ca(base: &str, config: UpstreamConfig, ca: Option<&Path>) -> Result<Self, String> {
         let uri: Uri = base.parse().map_err(|e| format!("origin `{base}` is not a URL: {e}"))?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("origin `{base}` needs a scheme (http://)"))?;
-        if scheme != http::uri::Scheme::HTTP {
-            return Err(format!(
-                "origin `{base}`: only http:// origins are supported; put a TLS terminator in front of an https origin"
-            ));
+            .ok_or_else(|| format!("origin `{base}` needs a scheme (http:// or https://)"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("origin `{base}`: give an http:// or https:// URL"));
         }
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| format!("origin `{base}` has no host"))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let tls = ClientTls::new(ca).map_err(|e| format!("--origin-ca: {e}"))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout()));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.max_idle_connections)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(tls.connector(connector));
         Ok(Origin {
             client,
             scheme,
@@ -140,18 +151,16 @@ impl Upstream for Origin {
                     });
                 }
                 Ok(Err(error)) if error.is_connect() => {
-                    let reason = std::error::Error::source(&error)
-                        .map(|s| s.to_string())
-                        .unwrap_or(error.to_string());
+                    // The whole chain: a TLS failure's reason (`invalid peer certificate: Expired`) is
+                    // two causes down, under `client error (Connect)`.
+                    let reason = cause_of(&error);
                     return Err(UpstreamError::Connect {
                         upstream: self.describe(),
                         reason,
                     });
                 }
                 Ok(Err(error)) => {
-                    let reason = std::error::Error::source(&error)
-                        .map(|s| s.to_string())
-                        .unwrap_or(error.to_string());
+                    let reason = cause_of(&error);
                     return Err(UpstreamError::Failed {
                         upstream: self.describe(),
                         reason,
@@ -166,5 +175,13 @@ impl Upstream for Origin {
 
     fn describe(&self) -> String {
         format!("origin {}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// What went wrong, without hyper's `client error (...)` wrapper when it has a cause.
+fn cause_of(error: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => error_reason(cause),
+        None => error.to_string(),
     }
 }

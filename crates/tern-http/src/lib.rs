@@ -13,5 +13,8 @@ pub mod list;
 pub mod range;
 pub mod server;
 pub mod target;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+pub mod tls;
 
 pub use body::{Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_idle_timeout};

@@ -1,5 +1,7 @@
 //! The accept loop every tern listener uses: HTTP/1.1 with keep-alive and HTTP/2 (prior knowledge, h2c) on
-//! one port, bounded request-header size, and graceful shutdown that lets requests in flight finish.
+//! one port, bounded request-header size, and graceful shutdown that lets requests in flight finish. With a
+//! [`TlsAcceptor`] the same loop serves HTTPS: the handshake (bounded in time) runs in the connection's own
+//! task, never in the accept loop, and ALPN picks HTTP/2 or HTTP/1.1.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,12 +14,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Body;
+use crate::tls::TlsAcceptor;
 
 /// Limits of a listener.
 #[derive(Debug, Clone)]
@@ -46,11 +50,23 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, request: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// Serves `listener` with `handler` until `shutdown` is cancelled, then drains connections.
+/// Serves `listener` (plain HTTP) with `handler` until `shutdown` is cancelled, then drains connections.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    serve_with(listener, handler, limits, None, shutdown).await;
+}
+
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then drains connections; with `tls`,
+/// every connection is HTTPS (a client that does not complete the handshake in time is closed).
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -81,23 +97,19 @@ pub async fn serve<H: Handler>(
         let handler = handler.clone();
         let builder = builder.clone();
         let stop = connections.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.call(request, client).await) }
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        debug!(%client, %error, "connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            let Some(acceptor) = tls else {
+                serve_connection(&builder, stream, handler, client, stop).await;
+                return;
+            };
+            let handshake = tokio::select! {
+                handshake = acceptor.accept(stream) => handshake,
+                _ = stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(stream) => serve_connection(&builder, stream, handler, client, stop).await,
+                Err(error) => debug!(%client, %error, "TLS handshake failed"),
             }
         });
     }
@@ -106,12 +118,45 @@ pub async fn serve<H: Handler>(
     let _ = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
 }
 
+/// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection until it ends or `stop`.
+async fn serve_connection<H, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: S,
+    handler: Arc<H>,
+    client: SocketAddr,
+    stop: CancellationToken,
+) where
+    H: Handler,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.call(request, client).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(%client, %error, "connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
 /// A running role: its listeners' addresses, the role itself, and the tasks that one token stops.
 pub struct Running<R> {
     /// The main listener's address.
     pub listen: SocketAddr,
     /// The admin listener's address, if any.
     pub admin: Option<SocketAddr>,
+    /// The HTTPS listener's address when it is a listener of its own beside the main one (the edge's
+    /// `--tls-listen`); `None` otherwise.
+    pub tls: Option<SocketAddr>,
     /// The role (for inspection by tests and embedding programs).
     pub role: R,
     shutdown: CancellationToken,
@@ -130,6 +175,7 @@ impl<R> Running<R> {
         Running {
             listen,
             admin,
+            tls: None,
             role,
             shutdown,
             tasks,

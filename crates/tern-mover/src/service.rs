@@ -14,10 +14,8 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tern_http::server::{Running, ServerLimits};
+use tern_http::tls::{CertStore, ClientTls, HttpsClient, TlsConfig, TlsError};
 use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
 use tokio::sync::Notify;
@@ -51,6 +49,11 @@ pub struct MoverConfig {
     pub checkpoints_kept: usize,
     /// The load balancer in front of the nodes, told to take a stale node out of its rotation.
     pub load_balancer: Option<LoadBalancer>,
+    /// Certificates: with them the API and the admin listener serve HTTPS only.
+    pub tls: Option<TlsConfig>,
+    /// CA certificate file (PEM) that alone vouches for nodes registered with `https://` URLs; without it
+    /// the system's roots do.
+    pub ca: Option<PathBuf>,
 }
 
 /// The content control manager.
@@ -58,7 +61,7 @@ pub struct Mover {
     config: MoverConfig,
     signing: SigningKey,
     store: Mutex<Store>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpsClient<Full<Bytes>>,
     /// Guards each site's shadow copy while it is read (planning) or replaced (commit, rollback).
     shadow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Jobs running now, with the nodes they hold.
@@ -99,6 +102,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] tern_admin::BindError),
+    /// The certificates or the CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why a job was not accepted.
@@ -133,11 +139,16 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
             failed, "jobs interrupted by a restart: retried where their policy allows, failed otherwise"
         );
     }
+    let certs = match config.tls.clone() {
+        Some(tls) => Some(CertStore::load(tls)?),
+        None => None,
+    };
+    let client_tls = ClientTls::new(config.ca.as_deref())?;
     let mover = Arc::new(Mover {
         config: config.clone(),
         signing,
         store: Mutex::new(store),
-        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        client: client_tls.client(),
         shadow_locks: Mutex::new(HashMap::new()),
         running: Mutex::new(Vec::new()),
         wake: Notify::new(),
@@ -154,6 +165,7 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
         config.admin,
         move |_| routes,
         mover.clone(),
+        tern_admin::RoleTls::from_store(certs),
     )
     .await?;
     running.spawn(scheduler(mover.clone(), running.shutdown_token()));
@@ -966,12 +978,11 @@ impl Mover {
             .await
             .map_err(|_| "node did not answer in time".to_string())?
             .map_err(|e| {
-                format!(
-                    "node unreachable: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or(e.to_string())
-                )
+                let reason = match std::error::Error::source(&e) {
+                    Some(cause) => tern_http::tls::error_reason(cause),
+                    None => e.to_string(),
+                };
+                format!("node unreachable: {reason}")
             })?;
         let status = response.status();
         let text = response

@@ -15,11 +15,9 @@ use ed25519_dalek::VerifyingKey;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tern_http::Body;
-use tern_http::server::{Handler, Running, ServerLimits, serve};
+use tern_http::server::{Handler, Running, ServerLimits, serve_with};
+use tern_http::tls::{CertStore, ClientTls, HttpsClient, TlsConfig};
 use tern_wire::assignment::{Limits, decode_owned};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +28,12 @@ use crate::interpreter::Interpreter;
 /// Settings of the node agent.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The mover's API, e.g. `http://10.0.0.1:7000`.
+    /// The mover's API, e.g. `http://10.0.0.1:7000` or `https://mover.example:7000`.
     pub mover: String,
     /// Where the node takes assignments.
     pub listen: SocketAddr,
-    /// The URL the mover should use to reach this node (default: `http://<listen>`).
+    /// The URL the mover should use to reach this node (default: `http://<listen>`, or `https://<listen>`
+    /// with `tls`).
     pub advertise: Option<String>,
     /// Root of the hosted sites.
     pub root: PathBuf,
@@ -52,6 +51,11 @@ pub struct NodeConfig {
     pub groups: Vec<String>,
     /// How long a version that stopped being live is kept (see [`crate::interpreter::SUPERSEDED_GRACE`]).
     pub superseded_grace: Duration,
+    /// Certificates: with them the node takes assignments over HTTPS only.
+    pub tls: Option<TlsConfig>,
+    /// CA certificate file (PEM) that alone vouches for an `https://` mover; without it the system's roots
+    /// do.
+    pub ca: Option<PathBuf>,
 }
 
 /// A running node agent.
@@ -87,16 +91,23 @@ impl NodeAgent {
     }
 
     fn url(&self, bound: SocketAddr) -> String {
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
         self.config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+            .unwrap_or_else(|| format!("{scheme}://{bound}"))
     }
 }
 
-/// Starts the node agent.
+/// Starts the node agent. A certificate or CA file that cannot be used is an error of kind `Other`
+/// whose message names the file.
 pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>>> {
     std::fs::create_dir_all(&config.root)?;
+    let certs = match config.tls.clone() {
+        Some(tls) => Some(CertStore::load(tls).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let client_tls = ClientTls::new(config.ca.as_deref()).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
     let agent = Arc::new(NodeAgent {
@@ -105,19 +116,33 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
     });
     let shutdown = CancellationToken::new();
     let limits = ServerLimits::default();
-    let mut tasks = vec![tokio::spawn(serve(
+    let mut tasks = vec![tokio::spawn(serve_with(
         listener,
         Arc::new(NodeApi { agent: agent.clone() }),
         limits,
+        certs.as_ref().map(|certs| certs.acceptor()),
         shutdown.clone(),
     ))];
-    tasks.push(tokio::spawn(register_loop(agent.clone(), bound, shutdown.clone())));
+    if let Some(certs) = &certs {
+        info!(listen = %bound, certificates = %certs.describe(), "certificates loaded");
+        tasks.push(tokio::spawn(certs.watch(shutdown.clone())));
+    }
+    tasks.push(tokio::spawn(register_loop(
+        agent.clone(),
+        bound,
+        client_tls.client(),
+        shutdown.clone(),
+    )));
     info!(listen = %bound, root = %agent.config.root.display(), mover = %agent.config.mover, "node agent started");
     Ok(Running::new(bound, None, agent, shutdown, tasks))
 }
 
-async fn register_loop(agent: Arc<NodeAgent>, bound: SocketAddr, shutdown: CancellationToken) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+async fn register_loop(
+    agent: Arc<NodeAgent>,
+    bound: SocketAddr,
+    client: HttpsClient<Full<Bytes>>,
+    shutdown: CancellationToken,
+) {
     let url = format!("{}/api/nodes/register", agent.config.mover.trim_end_matches('/'));
     loop {
         let body = serde_json::json!({
@@ -133,7 +158,10 @@ async fn register_loop(agent: Arc<NodeAgent>, bound: SocketAddr, shutdown: Cance
             let request = Request::post(&url)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))?;
-            let response = client.request(request).await?;
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| tern_http::tls::error_reason(&e))?;
             let status = response.status();
             let _ = response.into_body().collect().await;
             anyhow_like(status)

@@ -21,6 +21,13 @@ pub struct OriginConfig {
     pub rules: Vec<CacheRule>,
     /// File served for a directory.
     pub index: String,
+    /// PEM certificate chain: with `tls_key`, the listener and the admin listener serve HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Directory of certificates chosen by SNI (`NAME.crt` with `NAME.key`, or `NAME/fullchain.pem` with
+    /// `NAME/privkey.pem`), instead of `tls_cert` and `tls_key`.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Settings for the files under one path prefix.
@@ -44,6 +51,9 @@ impl Default for OriginConfig {
             cache_control: None,
             rules: Vec::new(),
             index: "index.html".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_dir: None,
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] tern_admin::BindError),
+    /// The certificates could not be used.
+    #[error(transparent)]
+    Tls(#[from] tern_http::tls::TlsError),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +95,13 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
         },
     });
 
+    let tls =
+        tern_http::tls::TlsConfig::from_flags(config.tls_cert.clone(), config.tls_key.clone(), config.tls_dir.clone())?;
+    let certs = match tls {
+        Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
+        None => None,
+    };
+    let scheme = if certs.is_some() { "https" } else { "http" };
     let admin_origin = origin.clone();
     let routes = move |listen| -> Arc<dyn AdminRoutes> {
         Arc::new(OriginAdmin {
@@ -106,9 +116,10 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
         config.admin,
         routes,
         (),
+        tern_admin::RoleTls::from_store(certs),
     )
     .await?;
-    info!(listen = %running.listen, root = %origin.root.display(), admin = ?running.admin, "origin serving");
+    info!(listen = %running.listen, scheme, root = %origin.root.display(), admin = ?running.admin, "origin serving");
     Ok(running)
 }
 
@@ -291,5 +302,65 @@ impl AdminRoutes for OriginAdmin {
 
     fn registry(&self) -> &Registry {
         &self.origin.metrics.registry
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use tern_http::testsuite::TestCa;
+    use tern_http::tls::ClientTls;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn tern_serve_with_a_certificate_serves_https_on_both_listeners() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        std::fs::create_dir(&site).expect("mkdir");
+        std::fs::write(site.join("index.html"), "hello over https").expect("write");
+        let ca = TestCa::new("origin test CA");
+        let ca_file = ca.write(&dir.path().join("ca.pem"));
+        let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "origin");
+        let origin = start(OriginConfig {
+            root: site,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin: Some("127.0.0.1:0".parse().expect("addr")),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..OriginConfig::default()
+        })
+        .await
+        .expect("origin starts");
+        let client = ClientTls::new(Some(&ca_file)).expect("CA").client::<Empty<Bytes>>();
+
+        let url = format!("https://localhost:{}/index.html", origin.listen.port());
+        let response = client.get(url.parse().expect("url")).await.expect("HTTPS answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, Bytes::from("hello over https"));
+
+        let admin = origin.admin.expect("admin listener");
+        let status = client
+            .get(
+                format!("https://localhost:{}/status", admin.port())
+                    .parse()
+                    .expect("url"),
+            )
+            .await
+            .expect("HTTPS admin answer");
+        assert_eq!(status.status(), StatusCode::OK);
+
+        // The listener is HTTPS only: plain HTTP gets no answer.
+        let plain = client
+            .get(
+                format!("http://127.0.0.1:{}/index.html", origin.listen.port())
+                    .parse()
+                    .expect("url"),
+            )
+            .await;
+        assert!(plain.is_err(), "plain HTTP must not be served on an HTTPS listener");
+        origin.shutdown().await;
     }
 }

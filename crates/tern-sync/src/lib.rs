@@ -112,6 +112,15 @@ impl SyncService {
 
 /// Starts the sync service.
 pub async fn start(config: SyncConfig) -> Result<Running<Arc<SyncService>>, StartError> {
+    start_with(config, None).await
+}
+
+/// Starts the sync service; with `admin_certs` its admin listener (`/changes`, `/purge`, `/status`)
+/// serves HTTPS only, reloading the certificates while it runs.
+pub async fn start_with(
+    config: SyncConfig,
+    admin_certs: Option<Arc<tern_http::tls::CertStore>>,
+) -> Result<Running<Arc<SyncService>>, StartError> {
     if config.sites.is_empty() {
         return Err(StartError::Config(
             "no sites: give --site NAME=HOST (or [[sync.sites]] in the config)".into(),
@@ -196,11 +205,15 @@ pub async fn start(config: SyncConfig) -> Result<Running<Arc<SyncService>>, Star
             service: service.clone(),
             key: config.key.clone(),
         });
-        tasks.push(tokio::spawn(tern_admin::serve_admin(
+        tasks.push(tokio::spawn(tern_admin::serve_admin_with(
             admin_listener,
             routes,
+            admin_certs.as_ref().map(|certs| certs.acceptor()),
             shutdown.clone(),
         )));
+        if let Some(certs) = &admin_certs {
+            tasks.push(tokio::spawn(certs.watch(shutdown.clone())));
+        }
     }
     info!(%listen, admin = ?admin, caches = config.caches.len(), sites = config.sites.len(), log = master.len(), "sync service started");
     Ok(Running::new(listen, admin, service, shutdown, tasks))

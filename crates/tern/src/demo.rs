@@ -371,6 +371,8 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         delivery_timeout: std::time::Duration::from_secs(60),
         checkpoints_kept: 3,
         load_balancer: None,
+        tls: None,
+        ca: None,
     };
     let mover = match tern_mover::service::start(config.clone()).await {
         Ok(mover) => mover,
@@ -399,6 +401,8 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
             register_interval: std::time::Duration::from_secs(2),
             groups: Vec::new(),
             superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
+            tls: None,
+            ca: None,
         })
         .await
         .context("node did not start")?;

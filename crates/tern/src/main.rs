@@ -116,6 +116,61 @@ struct EdgeArgs {
     /// default a response with Set-Cookie is never stored, so no user's cookie reaches another.
     #[arg(long, value_name = "PATH_PREFIX")]
     store_set_cookie: Vec<String>,
+    /// Address to serve HTTPS on, beside the plain HTTP of --listen (e.g. 0.0.0.0:443); needs --tls-cert
+    /// with --tls-key, or --tls-dir.
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (server certificate first) served on --tls-listen and, when there is one, on
+    /// the admin listener. Reloaded on SIGHUP and when the file changes, without dropping connections.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Directory of certificates chosen by the name the client asks for (SNI), instead of --tls-cert:
+    /// NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem (certbot's live/ directory);
+    /// the pair named `default` answers unknown names. Reloaded like --tls-cert.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_dir: Option<PathBuf>,
+    /// Answer plain HTTP requests on --listen with 308 to the same URL on --tls-listen (PURGE is still
+    /// served on --listen; the admin listener is unaffected).
+    #[arg(long)]
+    redirect_https: bool,
+    /// CA certificate (PEM) that alone vouches for an https:// --origin [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    origin_ca: Option<PathBuf>,
+    /// CA certificate (PEM) that alone vouches for an https:// --sync-url [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    sync_ca: Option<PathBuf>,
+}
+
+/// HTTPS for a role's listeners: its main listener and its admin listener both serve HTTPS only, with the
+/// same certificate.
+#[derive(Args, Debug)]
+struct TlsArgs {
+    /// PEM certificate chain (server certificate first): with --tls-key, this role's HTTP listeners (its
+    /// API and its admin listener) serve HTTPS only, both with this certificate. Reloaded on SIGHUP and
+    /// when the file changes, without dropping connections.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Directory of certificates chosen by the name the client asks for (SNI), instead of --tls-cert:
+    /// NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem; `default` answers unknown names.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS settings these flags give, if any.
+    fn config(&self) -> Result<Option<tern_http::tls::TlsConfig>> {
+        Ok(tern_http::tls::TlsConfig::from_flags(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_dir.clone(),
+        )?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +189,8 @@ struct ServeArgs {
     /// Cache-Control sent with every file, e.g. "public, max-age=60".
     #[arg(long)]
     cache_control: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +230,8 @@ struct AgentArgs {
     /// Admin listener address for /metrics and /status.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -180,7 +239,8 @@ struct SyncArgs {
     /// TOML config file; its `[sync]` table holds every setting, including many sites and caches.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address agents connect to [default: 127.0.0.1:7070].
+    /// Address agents connect to [default: 127.0.0.1:7070]. Its framed protocol authenticates every
+    /// frame with --key; --tls-cert applies to the admin listener.
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Agent key file (from `tern keygen`).
@@ -202,6 +262,8 @@ struct SyncArgs {
     /// Admin listener address for /metrics and /status.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -234,13 +296,24 @@ struct MoverArgs {
     /// The HAProxy backend whose servers are the nodes.
     #[arg(long, default_value = "tern", requires = "haproxy")]
     haproxy_backend: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// CA certificate (PEM) that alone vouches for nodes registered with https:// URLs [default: the
+    /// system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// The mover's API, e.g. http://10.0.0.1:7000.
+    /// The mover's API, e.g. http://10.0.0.1:7000 or https://mover.example:7000.
     #[arg(long)]
     mover: String,
+    /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Root of the hosted sites (each is served from ROOT/<site>/live).
     #[arg(long)]
     root: PathBuf,
@@ -253,7 +326,8 @@ struct NodeArgs {
     /// Address to take assignments on [default: 127.0.0.1:7100].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// URL the mover should use to reach this node [default: http://LISTEN].
+    /// URL the mover should use to reach this node [default: http://LISTEN, or https://LISTEN with
+    /// --tls-cert].
     #[arg(long)]
     advertise: Option<String>,
     /// Content group this node belongs to (repeat for several); `tern publish --group G` targets a group.
@@ -273,6 +347,9 @@ struct PublishArgs {
     /// The mover's API.
     #[arg(long)]
     mover: String,
+    /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Hosted site.
     #[arg(long)]
     site: String,
@@ -321,6 +398,9 @@ struct RollbackArgs {
     /// The mover's API.
     #[arg(long)]
     mover: String,
+    /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Hosted site.
     #[arg(long)]
     site: String,
@@ -335,6 +415,9 @@ enum CheckpointCommand {
         /// The mover's API.
         #[arg(long)]
         mover: String,
+        /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Hosted site.
         #[arg(long)]
         site: String,
@@ -344,6 +427,9 @@ enum CheckpointCommand {
         /// The mover's API.
         #[arg(long)]
         mover: String,
+        /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Hosted site.
         #[arg(long)]
         site: String,
@@ -353,6 +439,9 @@ enum CheckpointCommand {
         /// The mover's API.
         #[arg(long)]
         mover: String,
+        /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Hosted site.
         #[arg(long)]
         site: String,
@@ -366,6 +455,9 @@ struct JobsArgs {
     /// The mover's API.
     #[arg(long)]
     mover: String,
+    /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Cancel this job (one that has not started; a repeating job's next run ends the series).
     #[arg(long)]
     cancel: Option<String>,
@@ -444,27 +536,33 @@ async fn run(command: Command) -> Result<()> {
                 body["exclude"] = serde_json::json!(args.exclude);
             }
             let wait = args.job.apply(&mut body)?;
-            mover_client::run_job(&args.mover, body, wait).await
+            mover_client::run_job(&args.mover, args.ca.as_deref(), body, wait).await
         }
         Command::Rollback(args) => {
             let mut body = serde_json::json!({ "kind": "rollback", "site": args.site });
             let wait = args.job.apply(&mut body)?;
-            mover_client::run_job(&args.mover, body, wait).await
+            mover_client::run_job(&args.mover, args.ca.as_deref(), body, wait).await
         }
         Command::Jobs(JobsArgs {
             mover,
+            ca,
             cancel: Some(id),
-        }) => mover_client::cancel_job(&mover, &id).await,
-        Command::Jobs(args) => mover_client::list_jobs(&args.mover).await,
-        Command::Checkpoint(CheckpointCommand::Create { mover, site }) => {
-            mover_client::create_checkpoint(&mover, &site).await
+        }) => mover_client::cancel_job(&mover, ca.as_deref(), &id).await,
+        Command::Jobs(args) => mover_client::list_jobs(&args.mover, args.ca.as_deref()).await,
+        Command::Checkpoint(CheckpointCommand::Create { mover, ca, site }) => {
+            mover_client::create_checkpoint(&mover, ca.as_deref(), &site).await
         }
-        Command::Checkpoint(CheckpointCommand::List { mover, site }) => {
-            mover_client::list_checkpoints(&mover, &site).await
+        Command::Checkpoint(CheckpointCommand::List { mover, ca, site }) => {
+            mover_client::list_checkpoints(&mover, ca.as_deref(), &site).await
         }
-        Command::Checkpoint(CheckpointCommand::Restore { mover, site, number }) => {
+        Command::Checkpoint(CheckpointCommand::Restore {
+            mover,
+            ca,
+            site,
+            number,
+        }) => {
             let body = serde_json::json!({ "kind": "restore", "site": site, "checkpoint": number });
-            mover_client::run_job(&mover, body, true).await
+            mover_client::run_job(&mover, ca.as_deref(), body, true).await
         }
         Command::Sync(args) => run_sync(args).await,
     }
@@ -503,6 +601,24 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     if !args.store_set_cookie.is_empty() {
         config.store_set_cookie_paths = args.store_set_cookie;
     }
+    if let Some(addr) = args.tls_listen {
+        config.tls_listen = Some(addr);
+    }
+    // Certificates on the command line replace those of the file, whichever form either has.
+    if args.tls_cert.is_some() || args.tls_dir.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+        config.tls_dir = args.tls_dir;
+    }
+    if args.redirect_https {
+        config.redirect_https = true;
+    }
+    if let Some(ca) = args.origin_ca {
+        config.origin_ca = Some(ca);
+    }
+    if let Some(ca) = args.sync_ca {
+        config.sync_ca = Some(ca);
+    }
     let memory_only = config.cache_dir.is_none();
     let edge = tern_edge::start(config).await.context("edge did not start")?;
     if memory_only {
@@ -530,6 +646,11 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(cache_control) = args.cache_control {
         config.cache_control = Some(cache_control);
+    }
+    if args.tls.tls_cert.is_some() || args.tls.tls_dir.is_some() {
+        config.tls_cert = args.tls.tls_cert;
+        config.tls_key = args.tls.tls_key;
+        config.tls_dir = args.tls.tls_dir;
     }
     let origin = tern_origin::start(config).await.context("origin did not start")?;
     stop_on_signal(origin.shutdown_token());
@@ -584,7 +705,15 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let routes: std::sync::Arc<dyn tern_admin::AdminRoutes> =
             std::sync::Arc::new(tern_sync::agent::AgentAdmin::new(agent.clone()));
-        tokio::spawn(tern_admin::serve_admin(listener, routes, stop.clone()));
+        let certs = match args.tls.config()? {
+            Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
+            None => None,
+        };
+        if let Some(certs) = &certs {
+            tokio::spawn(certs.watch(stop.clone()));
+        }
+        let acceptor = certs.as_ref().map(|certs| certs.acceptor());
+        tokio::spawn(tern_admin::serve_admin_with(listener, routes, acceptor, stop.clone()));
     }
     info!("agent watching");
     agent.run(stop).await;
@@ -694,7 +823,13 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
         max_retry_age: std::time::Duration::from_secs(file.max_retry_secs.unwrap_or(24 * 3600)),
         request_timeout: std::time::Duration::from_secs(10),
     };
-    let sync = tern_sync::start(config).await.context("sync service did not start")?;
+    let certs = match args.tls.config()? {
+        Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
+        None => None,
+    };
+    let sync = tern_sync::start_with(config, certs)
+        .await
+        .context("sync service did not start")?;
     stop_on_signal(sync.shutdown_token());
     sync.wait().await;
     info!("sync service stopped");
@@ -720,6 +855,8 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
             api: tern_mover::rotation::RuntimeApi::parse(api),
             backend: args.haproxy_backend.clone(),
         }),
+        tls: args.tls.config()?,
+        ca: args.ca,
     };
     let public = config.data.join("mover.pub");
     let mover = tern_mover::service::start(config)
@@ -748,6 +885,8 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         register_interval: std::time::Duration::from_secs(10),
         groups: args.groups,
         superseded_grace: args.superseded_grace,
+        tls: args.tls.config()?,
+        ca: args.ca,
     })
     .await
     .context("node agent did not start")?;

@@ -1,17 +1,23 @@
 //! Clients of the mover's API: `tern publish`, `tern rollback` (both wait for the job with a progress bar and
-//! each node's state), `tern jobs` and `tern checkpoint`.
+//! each node's state), `tern jobs` and `tern checkpoint`. The mover's URL may be `https://`; `--ca FILE`
+//! then names the CA that vouches for it (else the system's roots do).
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use tern_http::tls::{ClientTls, HttpsClient};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = HttpsClient<Full<Bytes>>;
+
+/// A client for the mover's API, trusting `ca` alone when given (else the system's roots).
+fn client(ca: Option<&Path>) -> Result<HttpClient> {
+    let tls = ClientTls::new(ca).context("--ca")?;
+    Ok(tls.client())
+}
 
 async fn call(
     client: &HttpClient,
@@ -40,8 +46,8 @@ async fn call(
 
 /// Submits a job and, when `wait`, follows it: a progress bar (nodes finished, bytes sent) and a line for
 /// each node whose state changes. Fails unless the job committed.
-pub async fn run_job(mover: &str, body: serde_json::Value, wait: bool) -> Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn run_job(mover: &str, ca: Option<&Path>, body: serde_json::Value, wait: bool) -> Result<()> {
+    let client = client(ca)?;
     let base = mover.trim_end_matches('/');
     let created = call(&client, "POST", &format!("{base}/api/jobs"), Some(body)).await?;
     let id = created["id"]
@@ -145,8 +151,8 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// Cancels a job that has not started.
-pub async fn cancel_job(mover: &str, id: &str) -> Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn cancel_job(mover: &str, ca: Option<&Path>, id: &str) -> Result<()> {
+    let client = client(ca)?;
     let url = format!("{}/api/jobs/{id}/cancel", mover.trim_end_matches('/'));
     call(&client, "POST", &url, None).await?;
     println!("job {id} cancelled");
@@ -154,8 +160,8 @@ pub async fn cancel_job(mover: &str, id: &str) -> Result<()> {
 }
 
 /// Lists recent jobs.
-pub async fn list_jobs(mover: &str) -> Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
+    let client = client(ca)?;
     let jobs = call(
         &client,
         "GET",
@@ -181,8 +187,8 @@ pub async fn list_jobs(mover: &str) -> Result<()> {
 }
 
 /// Creates a checkpoint.
-pub async fn create_checkpoint(mover: &str, site: &str) -> Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn create_checkpoint(mover: &str, ca: Option<&Path>, site: &str) -> Result<()> {
+    let client = client(ca)?;
     let url = format!("{}/api/checkpoints", mover.trim_end_matches('/'));
     let created = call(&client, "POST", &url, Some(serde_json::json!({ "site": site }))).await?;
     println!("checkpoint {} of {site}", created["number"]);
@@ -190,8 +196,8 @@ pub async fn create_checkpoint(mover: &str, site: &str) -> Result<()> {
 }
 
 /// Lists checkpoints.
-pub async fn list_checkpoints(mover: &str, site: &str) -> Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn list_checkpoints(mover: &str, ca: Option<&Path>, site: &str) -> Result<()> {
+    let client = client(ca)?;
     let url = format!("{}/api/checkpoints?site={site}", mover.trim_end_matches('/'));
     for checkpoint in call(&client, "GET", &url, None)
         .await?

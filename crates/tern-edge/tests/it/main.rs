@@ -6,6 +6,7 @@ mod faults;
 mod purging;
 mod robustness;
 mod storage;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,11 +31,9 @@ pub(crate) struct Fleet {
     pub(crate) load_balancer: Option<tern_mover::rotation::LoadBalancer>,
 }
 
+/// A port for a server started later ([`tern_http::testsuite::free_addr`]: outside the ephemeral range).
 pub(crate) fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    tern_http::testsuite::free_addr()
 }
 
 impl Fleet {
@@ -78,6 +76,8 @@ impl Fleet {
                 delivery_timeout: Duration::from_secs(10),
                 checkpoints_kept: 3,
                 load_balancer: self.load_balancer.clone(),
+                tls: None,
+                ca: None,
             })
             .await
             .expect("mover"),
@@ -98,6 +98,8 @@ impl Fleet {
             register_interval: Duration::from_millis(200),
             groups: Vec::new(),
             superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
+            tls: None,
+            ca: None,
         })
         .await
         .expect("node")

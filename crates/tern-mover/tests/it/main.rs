@@ -5,3 +5,4 @@ mod jobs;
 mod planning;
 mod rotation;
 mod scheduling;
+mod tls;

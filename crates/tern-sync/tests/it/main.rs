@@ -202,9 +202,7 @@ pub async fn start_origin(site: &Path) -> tern_origin::RunningOrigin {
     .expect("origin")
 }
 
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+/// A port for a server started later ([`tern_http::testsuite::free_addr`]: outside the ephemeral range).
+pub fn free_addr() -> std::net::SocketAddr {
+    tern_http::testsuite::free_addr()
 }

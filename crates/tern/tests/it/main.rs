@@ -6,7 +6,7 @@ mod serve;
 mod streaming;
 mod sync;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,9 +17,9 @@ pub fn tern() -> Command {
 }
 
 /// A free loopback port (bound and released; good enough for tests).
-pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+/// A port for a server started later ([`tern_http::testsuite::free_addr`]: outside the ephemeral range).
+pub fn free_addr() -> std::net::SocketAddr {
+    tern_http::testsuite::free_addr()
 }
 
 /// A child process that is killed when dropped.
