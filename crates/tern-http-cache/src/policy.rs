@@ -244,7 +244,7 @@ pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
 }
 
 fn without_withheld(response: &HeaderMap, directives: &Directives) -> HeaderMap {
-    let mut stored = response.clone();
+    let mut stored = crate::meta::detached(response);
     for name in directives.no_cache_fields.iter().chain(&directives.private_fields) {
         stored.remove(name.as_str());
     }
@@ -529,9 +529,10 @@ pub struct Storing {
 }
 
 impl Storing {
-    /// The fields to store: all but those a qualified `no-cache` or `private` withholds.
+    /// The fields to store: all but those a qualified `no-cache` or `private` withholds, copied out of the
+    /// connection's buffer ([`crate::meta::detached`]).
     pub fn stored_fields(&self, response: &HeaderMap) -> HeaderMap {
-        let mut stored = response.clone();
+        let mut stored = crate::meta::detached(response);
         for name in &self.withheld {
             stored.remove(name.as_str());
         }

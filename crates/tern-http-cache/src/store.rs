@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
@@ -466,7 +466,7 @@ impl Store {
             store: self.clone(),
             id,
             meta,
-            hasher: blake3::Hasher::new(),
+            hasher: Box::new(blake3::Hasher::new()),
             len: 0,
             memory_limit,
             memory: None,
@@ -582,7 +582,11 @@ impl Store {
             catalog.by_tag.entry(tag.clone()).or_default().insert(id);
         }
         let url = object.meta.url.clone();
-        let variants = catalog.by_url.entry(url.clone()).or_default();
+        // Most URLs have one variant; a default Vec would reserve four ids (128 bytes) on the first push.
+        let variants = catalog
+            .by_url
+            .entry(url.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         if !variants.contains(&id) {
             variants.push(id);
         }
@@ -701,7 +705,9 @@ impl Store {
             }
             meta.headers.remove(name);
             for value in not_modified.get_all(name) {
-                meta.headers.append(name.clone(), value.clone());
+                // Owned copies: a slice would keep the 304's whole read buffer alive (`meta::detached`).
+                let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                meta.headers.append(name.clone(), owned);
             }
         }
         meta.request_time = request_time;
@@ -851,7 +857,8 @@ pub struct Fill {
     store: Arc<Store>,
     id: ObjectId,
     meta: Meta,
-    hasher: blake3::Hasher,
+    /// Boxed: 1.9 KB inline would be copied with every move of the future that holds the fill.
+    hasher: Box<blake3::Hasher>,
     len: u64,
     memory_limit: u64,
     memory: Option<BytesMut>,

@@ -124,6 +124,7 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
         options.threads,
         options.connections
     );
+    let cert = BenchCert::create(work)?;
     let mut samples = Vec::new();
     for round in 0..options.rounds {
         // A/B/A/B: the order of systems alternates between rounds.
@@ -156,6 +157,19 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
             println!("{}", describe(&sample));
             samples.push(sample);
             drop(server);
+            if matches!(system, System::Tern | System::Nginx) {
+                samples.extend(tls_runs(
+                    options,
+                    tern,
+                    work,
+                    &cert,
+                    origin_addr,
+                    system,
+                    round,
+                    server_cpu,
+                    load_cpu,
+                )?);
+            }
             let server = Server::start(system, tern, work, slow_addr, server_cpu)?;
             let before = origin_count(slow_addr)?;
             let script = write_script(work, "miss", &miss_script(round, system, "slow"))?;
@@ -174,6 +188,51 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
     std::fs::write(options.out.join("summary.txt"), &summary)?;
     chart(&options.out.join("edge.svg"), &samples, &options.systems)?;
     println!("results: {}", options.out.display());
+    Ok(samples)
+}
+
+/// The TLS runs (tern and nginx; Varnish has no TLS of its own): keep-alive hits at 1 KB and 64 KB over
+/// HTTPS, then hits over a new connection each (full handshakes per second). wrk speaks HTTP/1.1 over TLS.
+#[allow(clippy::too_many_arguments)]
+fn tls_runs(
+    options: &EdgeBench,
+    tern: &Path,
+    work: &Path,
+    cert: &BenchCert,
+    origin_addr: SocketAddr,
+    system: System,
+    round: usize,
+    server_cpu: &str,
+    load_cpu: &str,
+) -> Result<Vec<Sample>> {
+    let server = Server::start_with(system, tern, work, origin_addr, server_cpu, Some(cert))?;
+    let Some(tls) = server.tls else {
+        bail!("{} started without its TLS listener", system.name());
+    };
+    let url = format!("https://{tls}");
+    let mut samples = Vec::new();
+    let runs = [
+        ("tls-hit-1KB", 1024u64, false),
+        ("tls-hit-64KB", 65_536, false),
+        ("tls-new-conn", 1024, true),
+    ];
+    for (scenario, size, new_connections) in runs {
+        warm(server.addr, size, options.objects)?;
+        let text = if new_connections {
+            new_connection_script(size, options.objects)
+        } else {
+            hit_script(size, options.objects)
+        };
+        let script = write_script(work, scenario, &text)?;
+        let before = origin_count(origin_addr)?;
+        let cpu_before = server.cpu_seconds();
+        let measured = wrk_url(options, load_cpu, &url, &script)?;
+        let origin_requests = origin_count(origin_addr)?.saturating_sub(before);
+        let cpu = server.cpu_seconds() - cpu_before;
+        let sample = measured.into_sample(round, system, scenario.to_string(), cpu, origin_requests);
+        println!("{}", describe(&sample));
+        samples.push(sample);
+    }
     Ok(samples)
 }
 
@@ -479,13 +538,52 @@ impl Drop for Guard {
 
 struct Server {
     addr: SocketAddr,
+    /// The HTTPS listener (same certificate for every system), when the system serves TLS.
+    tls: Option<SocketAddr>,
     guard: Guard,
     dir: PathBuf,
 }
 
+/// The certificate every system serves in the TLS runs: ECDSA P-256, as a CDN would deploy.
+struct BenchCert {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl BenchCert {
+    fn create(work: &Path) -> Result<BenchCert> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let cert = params.self_signed(&key)?;
+        let paths = BenchCert {
+            cert: work.join("bench-cert.pem"),
+            key: work.join("bench-key.pem"),
+        };
+        std::fs::write(&paths.cert, cert.pem())?;
+        std::fs::write(&paths.key, key.serialize_pem())?;
+        Ok(paths)
+    }
+}
+
 impl Server {
     fn start(system: System, tern: &Path, work: &Path, origin: SocketAddr, cpu: &str) -> Result<Server> {
+        Self::start_with(system, tern, work, origin, cpu, None)
+    }
+
+    /// Starts `system`; with `cert`, also an HTTPS listener serving it (tern and nginx; Varnish has no TLS).
+    fn start_with(
+        system: System,
+        tern: &Path,
+        work: &Path,
+        origin: SocketAddr,
+        cpu: &str,
+        cert: Option<&BenchCert>,
+    ) -> Result<Server> {
         let addr = free_addr()?;
+        let tls = match (cert, system) {
+            (Some(_), System::Tern | System::Nginx) => Some(free_addr()?),
+            _ => None,
+        };
         let dir = work.join(format!("{}-{}", system.name(), addr.port()));
         std::fs::create_dir_all(&dir)?;
         let command = match system {
@@ -505,6 +603,11 @@ impl Server {
                         "warn",
                     ],
                 );
+                if let (Some(cert), Some(tls)) = (cert, tls) {
+                    command.args(["--tls-listen", &tls.to_string()]);
+                    command.arg("--tls-cert").arg(&cert.cert);
+                    command.arg("--tls-key").arg(&cert.key);
+                }
                 command.stderr(Stdio::null());
                 command
             }
@@ -515,7 +618,11 @@ impl Server {
                 let cache = nginx_cache_dir(addr);
                 std::fs::create_dir_all(&cache)?;
                 let config = dir.join("nginx.conf");
-                std::fs::write(&config, nginx_config(&dir, &cache, addr, origin))?;
+                let tls_listen = match (cert, tls) {
+                    (Some(cert), Some(tls)) => Some((tls, cert)),
+                    _ => None,
+                };
+                std::fs::write(&config, nginx_config(&dir, &cache, addr, origin, tls_listen))?;
                 let mut command = pinned(
                     cpu,
                     Path::new("nginx"),
@@ -550,7 +657,10 @@ impl Server {
         };
         let guard = Guard::spawn(command)?;
         wait_listening(addr)?;
-        Ok(Server { addr, guard, dir })
+        if let Some(tls) = tls {
+            wait_listening(tls)?;
+        }
+        Ok(Server { addr, tls, guard, dir })
     }
 
     /// CPU seconds used by the server and all its descendants.
@@ -581,9 +691,26 @@ fn nginx_cache_dir(addr: SocketAddr) -> PathBuf {
     base.join(format!("tern-bench-nginx-{}-{}", std::process::id(), addr.port()))
 }
 
-fn nginx_config(dir: &Path, cache: &Path, addr: SocketAddr, origin: SocketAddr) -> String {
+fn nginx_config(
+    dir: &Path,
+    cache: &Path,
+    addr: SocketAddr,
+    origin: SocketAddr,
+    tls: Option<(SocketAddr, &BenchCert)>,
+) -> String {
     let cache = cache.display();
     let dir = dir.display();
+    // The same certificate, protocols and ALPN (h2, http/1.1) as tern's listener; session resumption off
+    // on both (tern keeps no session cache), so every new connection is a full handshake.
+    let tls_listen = match tls {
+        Some((tls, cert)) => format!(
+            "listen {tls} ssl http2;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache off;\n    ssl_session_tickets off;\n    ",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -591,7 +718,7 @@ fn nginx_config(dir: &Path, cache: &Path, addr: SocketAddr, origin: SocketAddr) 
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
            proxy_cache_path {cache} levels=1:2 keys_zone=tern:64m max_size=3g inactive=1h use_temp_path=off;\n\
            upstream origin {{ server {origin}; keepalive 64; }}\n\
-           server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n\
+           server {{\n    listen {addr};\n    {tls_listen}location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n\
                proxy_set_header Connection \"\";\n      proxy_cache tern;\n      proxy_cache_lock on;\n\
                add_header X-Cache-Status $upstream_cache_status;\n    }}\n  }}\n}}\n"
     )
@@ -602,6 +729,14 @@ fn varnish_vcl(origin: SocketAddr) -> String {
         "vcl 4.1;\nbackend default {{ .host = \"{}\"; .port = \"{}\"; }}\n",
         origin.ip(),
         origin.port()
+    )
+}
+
+/// Hits over new connections: every request closes its connection, so with TLS each is a full handshake
+/// (requests/s = handshakes/s).
+fn new_connection_script(size: u64, objects: u64) -> String {
+    format!(
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/obj/{size}/\" .. (counter % {objects}), {{[\"Connection\"] = \"close\"}})\nend\n"
     )
 }
 
@@ -689,6 +824,10 @@ impl Measured {
 }
 
 fn wrk(options: &EdgeBench, cpu: &str, addr: SocketAddr, script: &Path) -> Result<Measured> {
+    wrk_url(options, cpu, &format!("http://{addr}"), script)
+}
+
+fn wrk_url(options: &EdgeBench, cpu: &str, url: &str, script: &Path) -> Result<Measured> {
     let output = Command::new("taskset")
         .args(["-c", cpu, "wrk"])
         .arg(format!("-t{}", options.threads))
@@ -696,7 +835,7 @@ fn wrk(options: &EdgeBench, cpu: &str, addr: SocketAddr, script: &Path) -> Resul
         .arg(format!("-d{}s", options.duration.as_secs()))
         .args(["--latency", "-s"])
         .arg(script)
-        .arg(format!("http://{addr}"))
+        .arg(url)
         .output()
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
