@@ -15,7 +15,7 @@ use tern_http_cache::{
 };
 use tracing::{debug, warn};
 
-use super::{ClientRequest, Edge, Source, content_length};
+use super::{CLIENT_PRECONDITIONS, ClientRequest, Edge, Source, content_length};
 use crate::cache_status::{CacheStatus, Forward};
 use crate::coalesce::{FillOutcome, Leader};
 use crate::metrics::EdgeMetrics;
@@ -174,16 +174,7 @@ impl Edge {
                 hop::strip(&mut parts.headers);
                 self.metrics.request("pass");
                 let status = CacheStatus::forward(forward).with_forward_status(parts.status.as_u16());
-                let length = content_length(&parts);
-                self.respond(
-                    request,
-                    parts.status,
-                    parts.headers,
-                    length,
-                    Source::Stream(body, parts.version),
-                    None,
-                    status,
-                )
+                self.respond_unstored(request, parts, body, status)
             }
             Err(error) => {
                 self.count_upstream_error(&error);
@@ -205,6 +196,17 @@ impl Edge {
         let status = CacheStatus::forward(miss.forward)
             .with_forward_status(parts.status.as_u16())
             .with_detail(reason.reason());
+        self.respond_unstored(request, parts, body, status)
+    }
+
+    /// Streams an upstream response that is not stored to the client.
+    fn respond_unstored(
+        &self,
+        request: &ClientRequest,
+        parts: http::response::Parts,
+        body: Body,
+        status: CacheStatus,
+    ) -> Response<Body> {
         let length = content_length(&parts);
         self.respond(
             request,
@@ -326,19 +328,12 @@ impl Edge {
     ) -> Request<Body> {
         let mut headers = request.headers.clone();
         hop::strip(&mut headers);
-        for name in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::RANGE,
-            header::IF_RANGE,
-            // The edge's own server already answered `100 Continue` when it read the body (RFC 9110
-            // section 10.1.1: an intermediary that did so must not forward the expectation).
-            header::EXPECT,
-        ] {
+        for name in &CLIENT_PRECONDITIONS {
             headers.remove(name);
         }
+        // The edge's own server already answered `100 Continue` when it read the body (RFC 9110 section
+        // 10.1.1: an intermediary that did so must not forward the expectation).
+        headers.remove(header::EXPECT);
         if let Some(hit) = validate {
             let stored = &hit.object.meta.headers;
             if let Some(etag) = stored.get(header::ETAG) {

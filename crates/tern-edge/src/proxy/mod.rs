@@ -57,6 +57,17 @@ pub struct ClientRequest {
     pub primary: String,
 }
 
+/// The client's own preconditions and ranges: answered by the edge from what it stores (not forwarded on a
+/// fill), forwarded as they are on a pass.
+const CLIENT_PRECONDITIONS: [http::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::RANGE,
+    header::IF_RANGE,
+];
+
 /// One edge cache.
 pub struct Edge {
     pub(crate) name: String,

@@ -10,7 +10,7 @@ use tern_http_cache::{PurgeMode, primary_key};
 use tracing::debug;
 
 use super::respond::append_cache_status;
-use super::{ClientRequest, Edge};
+use super::{CLIENT_PRECONDITIONS, ClientRequest, Edge};
 use crate::cache_status::{CacheStatus, Forward};
 
 impl Edge {
@@ -20,14 +20,7 @@ impl Edge {
         let upstream_request = {
             let (mut parts, body) = upstream_request.into_parts();
             // A pass is the origin's business: the client's own conditionals and ranges go with it.
-            for name in [
-                header::IF_NONE_MATCH,
-                header::IF_MODIFIED_SINCE,
-                header::IF_MATCH,
-                header::IF_UNMODIFIED_SINCE,
-                header::RANGE,
-                header::IF_RANGE,
-            ] {
+            for name in CLIENT_PRECONDITIONS {
                 for value in request.headers.get_all(&name) {
                     parts.headers.append(name.clone(), value.clone());
                 }
