@@ -123,7 +123,9 @@ impl TestOrigin {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(answer(&state, request).await) }
                     });
-                    let http1 = hyper::server::conn::http1::Builder::new();
+                    let mut http1 = hyper::server::conn::http1::Builder::new();
+                    // Room for the long heads the edge's tests send through.
+                    http1.max_headers(512);
                     match tls {
                         None => {
                             let _ = http1.serve_connection(TokioIo::new(stream), service).await;
@@ -256,7 +258,10 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
 
 /// An HTTP/1.1 client for tests.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    // Room for the long heads the edge's tests receive.
+    Client::builder(TokioExecutor::new())
+        .http1_max_headers(512)
+        .build(HttpConnector::new())
 }
 
 /// A completed response: status, fields, body.

@@ -17,6 +17,11 @@ use tern_http::tls::{ClientTls, error_reason};
 
 use crate::config::UpstreamConfig;
 
+/// Most header fields accepted in an origin's response head.
+const ORIGIN_MAX_HEADER_FIELDS: usize = 512;
+/// Largest origin response head accepted, bytes (also the read buffer's bound).
+const ORIGIN_MAX_HEAD_BYTES: usize = 256 * 1024;
+
 /// Why an upstream fetch failed; the edge turns it into 502 or 504 with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -109,6 +114,10 @@ impl Origin {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.max_idle_connections)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Origins behind frameworks and CDNs send long heads: hyper's defaults (100 fields) made a
+            // 2 KB head with 200 fields a 502.
+            .http1_max_headers(ORIGIN_MAX_HEADER_FIELDS)
+            .http1_max_buf_size(ORIGIN_MAX_HEAD_BYTES)
             .build(tls.connector(connector));
         Ok(Origin {
             client,

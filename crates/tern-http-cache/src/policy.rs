@@ -236,6 +236,34 @@ impl ResponseFacts {
     }
 }
 
+/// The fields of a `304` that may update a stored response (RFC 9111 section 4.3.4), and the ones that go to
+/// this response's client only: `Set-Cookie` (unless [`PolicyConfig::store_set_cookie_paths`] names the
+/// path) and whatever a qualified `no-cache` or `private` in the 304 withholds. Without this, a cookie set
+/// on a revalidation was stored and replayed to every later client.
+pub fn refresh_fields(not_modified: &HeaderMap, path: &str, config: &PolicyConfig) -> (HeaderMap, HeaderMap) {
+    let (directives, _) = response_directives(not_modified, config);
+    let cookies_allowed = config
+        .store_set_cookie_paths
+        .iter()
+        .any(|prefix| path.starts_with(prefix.as_str()));
+    let mut stored = crate::meta::detached(not_modified);
+    let mut client_only = HeaderMap::new();
+    let withheld = directives.no_cache_fields.iter().chain(&directives.private_fields);
+    let mut names: Vec<HeaderName> = withheld
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    if !cookies_allowed || directives.withholds("set-cookie") {
+        names.push(header::SET_COOKIE);
+    }
+    for name in names {
+        for value in not_modified.get_all(&name) {
+            client_only.append(name.clone(), value.clone());
+        }
+        stored.remove(&name);
+    }
+    (stored, client_only)
+}
+
 /// The header fields to store of a storable response: all but those a qualified `no-cache` or `private`
 /// withholds (RFC 9111 sections 5.2.2.4 and 5.2.2.7), which go to this response's client only.
 pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
@@ -296,20 +324,18 @@ fn cap(duration: Duration) -> Duration {
     duration.min(Duration::from_secs(DELTA_SECONDS_CAP))
 }
 
-/// The `Age` field's value (RFC 9111 section 5.1): delta-seconds, capped. A value that is not plain digits,
-/// or several differing values, make the field invalid, and an invalid `Age` is ignored (zero).
+/// The `Age` field's value (RFC 9111 section 5.1): delta-seconds, capped. When it arrives as a list (several
+/// lines, or `Age: 700, 1`), the first member is used, as the section says a cache should. A first member
+/// that is not plain digits makes the field invalid, and an invalid `Age` is ignored (zero).
 fn age_value(response: &HeaderMap) -> Duration {
-    let mut values = response.get_all(header::AGE).iter();
-    let Some(first) = values.next() else {
+    let Some(first_line) = response.get(header::AGE) else {
         return Duration::ZERO;
     };
-    if values.any(|other| other != first) {
-        return Duration::ZERO;
-    }
-    first
+    first_line
         .to_str()
         .ok()
-        .and_then(|text| directives::delta_seconds(text.trim()))
+        .and_then(|text| text.split(',').next())
+        .and_then(|member| directives::delta_seconds(member.trim()))
         .map(capped_seconds)
         .unwrap_or_default()
 }
@@ -752,6 +778,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cookie_set_on_a_revalidation_is_not_stored() {
+        let config = PolicyConfig::default();
+        let not_modified = response(&[
+            ("etag", "\"e1\""),
+            ("set-cookie", "sid=2"),
+            ("cache-control", "max-age=60"),
+        ]);
+        let (stored, client_only) = refresh_fields(&not_modified, "/", &config);
+        assert!(!stored.contains_key(header::SET_COOKIE));
+        assert_eq!(stored[header::ETAG], "\"e1\"");
+        assert_eq!(client_only[header::SET_COOKIE], "sid=2");
+        let opted_in = PolicyConfig {
+            store_set_cookie_paths: vec!["/".into()],
+            ..PolicyConfig::default()
+        };
+        let (stored, client_only) = refresh_fields(&not_modified, "/a", &opted_in);
+        assert!(stored.contains_key(header::SET_COOKIE));
+        assert!(client_only.is_empty());
+    }
+
+    #[test]
     fn an_invalid_targeted_field_falls_back_to_cache_control() {
         let now = SystemTime::now();
         let f = fresh_for(
@@ -906,14 +953,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_age_is_ignored() {
+    fn invalid_age_is_ignored_and_a_list_uses_its_first_member() {
         let now = SystemTime::now();
         for invalid in ["-5", "1.5", "10 s", "0x10", "", "+3"] {
             let f = fresh_for(&[("cache-control", "max-age=100"), ("age", invalid)], now);
             assert_eq!(f.corrected_initial_age, Duration::ZERO, "{invalid:?}");
         }
-        let f = fresh_for(&[("cache-control", "max-age=100"), ("age", "5"), ("age", "7")], now);
-        assert_eq!(f.corrected_initial_age, Duration::ZERO, "conflicting Age lines");
+        let f = fresh_for(&[("cache-control", "max-age=100"), ("age", "700"), ("age", "1")], now);
+        assert_eq!(
+            f.corrected_initial_age,
+            Duration::from_secs(700),
+            "the first of several lines"
+        );
+        let f = fresh_for(&[("cache-control", "max-age=100"), ("age", "700, 1")], now);
+        assert_eq!(
+            f.corrected_initial_age,
+            Duration::from_secs(700),
+            "the first member of a list"
+        );
     }
 
     #[test]

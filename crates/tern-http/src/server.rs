@@ -28,6 +28,9 @@ use crate::tls::TlsAcceptor;
 pub struct ServerLimits {
     /// Largest request head (request line and fields) accepted over HTTP/1.1; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Most request header fields accepted over HTTP/1.1 (hyper's default is 100; real browsers behind a
+    /// few proxies send more); more get 431.
+    pub max_header_fields: usize,
     /// How long a client may take to send its request head.
     pub header_read_timeout: Duration,
     /// How long to wait for requests in flight at shutdown.
@@ -38,6 +41,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_header_bytes: 64 * 1024,
+            max_header_fields: 256,
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
         }
@@ -73,6 +77,7 @@ pub async fn serve_with<H: Handler>(
     builder
         .http1()
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_header_fields)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().max_header_list_size(limits.max_header_bytes as u32);

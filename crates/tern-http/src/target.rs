@@ -1,11 +1,14 @@
 //! Request targets in normal form (RFC 3986 section 6.2.2): percent-encodings with upper-case hex digits,
-//! and percent-encoded unreserved characters decoded. Both rules keep a URI equivalent to every other
-//! spelling of it, so a cache that keys on the normal form (and forwards it) serves `/%7Ex.html` and
-//! `/~x.html` as one object, and a purge of either spelling removes it.
+//! percent-encoded unreserved characters decoded, and dot segments removed from the path (section 6.2.2.3,
+//! by the algorithm of section 5.2.4); all of these keep a URI equivalent to every other spelling of it.
+//! Empty path segments (`//`) are merged too, as nginx does by default: RFC 3986 does not make `//a` equal
+//! to `/a`, but every static origin serves the same file for both, and a cache that kept them apart would
+//! keep a copy that no purge names. A cache that keys on the normal form, and forwards it, serves
+//! `/%7Ex.html`, `/~x.html`, `/./~x.html` and `//~x.html` as one object that one purge removes, and its
+//! origin sees exactly the target the object is stored under.
 //!
 //! Encodings of reserved characters (`%2F`, `%2B`, `%3F`...) are kept encoded: RFC 3986 does not make them
-//! equivalent to the character itself. Dot segments are left alone too: removing them would change which
-//! resource some origins serve, and the target is forwarded as normalised here.
+//! equivalent to the character itself. The query is left as it is apart from its percent-encodings.
 
 use std::borrow::Cow;
 
@@ -17,6 +20,51 @@ pub fn is_unreserved(byte: u8) -> bool {
 /// The normal form of a request target (`/path?query`, or any part of a URI): borrowed when it already is.
 /// Malformed percent-encodings (`%4`, `%zz`) are kept as they are.
 pub fn normalize(target: &str) -> Cow<'_, str> {
+    let encoded = normalize_encodings(target);
+    let (path, query) = match encoded.find('?') {
+        Some(at) => encoded.split_at(at),
+        None => (&encoded[..], ""),
+    };
+    match clean_path(path) {
+        Some(clean) => Cow::Owned(clean + query),
+        None => encoded,
+    }
+}
+
+/// Removes dot segments and empty segments from an absolute path; `None` when there is nothing to remove
+/// (or the path is not absolute).
+fn clean_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || !(path.contains("//") || path.contains("/.")) {
+        return None;
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    let mut trailing_slash = false;
+    for (index, segment) in segments.iter().enumerate() {
+        let last = index + 1 == segments.len();
+        match *segment {
+            "." | "" => trailing_slash = last,
+            ".." => {
+                kept.pop();
+                trailing_slash = last;
+            }
+            name => {
+                kept.push(name);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut clean = String::with_capacity(path.len());
+    clean.push('/');
+    clean.push_str(&kept.join("/"));
+    if trailing_slash && !kept.is_empty() {
+        clean.push('/');
+    }
+    if clean == path { None } else { Some(clean) }
+}
+
+/// Upper-case percent-encodings, unreserved characters decoded.
+fn normalize_encodings(target: &str) -> Cow<'_, str> {
     let bytes = target.as_bytes();
     if !needs_work(bytes) {
         return Cow::Borrowed(target);
@@ -94,6 +142,26 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_and_empty_segments_go() {
+        assert_eq!(normalize("/./index.html"), "/index.html");
+        assert_eq!(normalize("//index.html"), "/index.html");
+        assert_eq!(normalize("/sub/./a.txt?x=/./y"), "/sub/a.txt?x=/./y");
+        assert_eq!(normalize("/x/../store/c"), "/store/c");
+        assert_eq!(
+            normalize("/%2e%2e/etc/passwd"),
+            "/etc/passwd",
+            "decoded dots are dot segments"
+        );
+        assert_eq!(normalize("/../../a"), "/a");
+        assert_eq!(normalize("/a/b/.."), "/a/");
+        assert_eq!(normalize("/a/."), "/a/");
+        assert_eq!(normalize("/"), "/");
+        assert_eq!(normalize("/a//"), "/a/");
+        assert!(matches!(normalize("/.well-known/acme"), Cow::Borrowed(_)));
+        assert!(matches!(normalize("/a/b/"), Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn reserved_and_malformed_stay() {
         assert_eq!(normalize("/a+b"), "/a+b");
         assert_eq!(normalize("/a%2Bb"), "/a%2Bb");
@@ -104,7 +172,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn normal_form_is_stable(target in "[/a-zA-Z0-9%~._+-]{0,30}") {
+        fn normal_form_is_stable(target in "/[/a-zA-Z0-9%~._+?-]{0,30}") {
             let once = normalize(&target).into_owned();
             prop_assert_eq!(normalize(&once).into_owned(), once.clone());
         }

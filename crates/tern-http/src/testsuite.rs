@@ -32,6 +32,23 @@ impl TestCert {
         }
     }
 
+    /// A self-signed certificate for `names` that also says `CA:TRUE`, as `openssl req -x509` makes by
+    /// default (and as many origins are deployed).
+    ///
+    /// # Panics
+    /// If `rcgen` cannot make one (test set-up only).
+    pub fn self_signed_ca(names: &[&str]) -> TestCert {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("certificate names");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key pair");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// Writes `DIR/STEM.crt` and `DIR/STEM.key` (a `--tls-dir` pair) and returns their paths.
     ///
     /// # Panics

@@ -144,12 +144,11 @@ impl Edge {
         received: Received,
     ) -> Response<Body> {
         let response_time = received.response_time;
-        let refreshed = self.store.refresh(
-            &hit.object,
-            &received.parts.headers,
-            received.request_time,
-            response_time,
-        );
+        let (stored_fields, client_only) =
+            policy::refresh_fields(&received.parts.headers, &request.target, self.policy());
+        let refreshed = self
+            .store
+            .refresh(&hit.object, &stored_fields, received.request_time, response_time);
         if let Some(leader) = leader {
             leader.finish(FillOutcome::Stored);
         }
@@ -161,9 +160,13 @@ impl Edge {
             .with_forward_status(304)
             .with_ttl(refreshed.freshness.ttl_seconds(response_time));
         if let Some(hit) = hit
-            && let Some(response) = self.serve_stored(request, &hit, status, response_time).await
+            && let Some(mut response) = self.serve_stored(request, &hit, status, response_time).await
         {
             self.metrics.request("revalidated");
+            // The cookie the 304 set is this client's, never stored.
+            for (name, value) in &client_only {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
             return response;
         }
         // The refreshed object vanished meanwhile (purged): fetch it in full.

@@ -370,3 +370,92 @@ async fn interim_responses_are_never_stored_nor_merged() {
         }
     }
 }
+
+/// Found trying tern as a new user: a cookie set on a revalidation (`304`) was stored with the refreshed
+/// fields and replayed to the next client.
+#[tokio::test]
+async fn a_cookie_set_on_a_revalidation_reaches_only_its_client() {
+    let setup = Setup::new().await;
+    setup.origin.set(
+        "/r",
+        Resource::ok("body", &[("cache-control", "public, max-age=1"), ("etag", "\"e1\"")]),
+    );
+    setup.get("/r").await;
+    setup.advance(5);
+    setup.origin.set(
+        "/r",
+        Resource::ok(
+            "body",
+            &[
+                ("cache-control", "public, max-age=1"),
+                ("etag", "\"e1\""),
+                ("set-cookie", "sid=alice"),
+            ],
+        ),
+    );
+    let alice = setup.get("/r").await;
+    assert!(
+        alice.header("cache-status").contains("fwd-status=304"),
+        "{}",
+        alice.header("cache-status")
+    );
+    assert_eq!(
+        alice.header("set-cookie"),
+        "sid=alice",
+        "the client that revalidated gets its cookie"
+    );
+    let bob = setup.get("/r").await;
+    assert!(bob.header("cache-status").contains("hit"));
+    assert_eq!(bob.header("set-cookie"), "", "no one else does");
+}
+
+/// Dot segments and empty segments name the object their normal form names (RFC 3986 section 6.2.2.3),
+/// so one purge removes every spelling.
+#[tokio::test]
+async fn dot_segment_spellings_are_one_object() {
+    let setup = Setup::with(purgeable).await;
+    setup.origin.set(
+        "/dir/page.html",
+        Resource::ok("v1", &[("cache-control", "max-age=3600")]),
+    );
+    assert_eq!(&setup.get("/dir/./page.html").await.body[..], b"v1");
+    for spelling in [
+        "//dir/page.html",
+        "/dir/x/../page.html",
+        "/dir/page.html",
+        "/dir/%2e/page.html",
+    ] {
+        assert!(
+            setup.get(spelling).await.header("cache-status").contains("hit"),
+            "{spelling}"
+        );
+    }
+    assert_eq!(setup.origin.count(), 1);
+    assert_eq!(
+        setup.origin.seen()[0].path,
+        "/dir/page.html",
+        "the normal form is forwarded"
+    );
+    send(&setup.client, "PURGE", &setup.url("/dir/page.html"), &[]).await;
+    assert!(
+        setup
+            .get("//dir/./page.html")
+            .await
+            .header("cache-status")
+            .contains("fwd=miss")
+    );
+}
+
+/// Long heads within the byte limits: 150 request fields, and an origin answering with 200 fields.
+#[tokio::test]
+async fn heads_with_many_fields_are_served() {
+    let setup = Setup::new().await;
+    let many: Vec<(String, String)> = (0..200).map(|n| (format!("x-f{n}"), "v".to_string())).collect();
+    let mut fields: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    fields.push(("cache-control", "max-age=60"));
+    setup.origin.set("/many", Resource::ok("many", &fields));
+    let request_fields: Vec<(&str, &str)> = fields[..150].to_vec();
+    let got = setup.get_with("/many", &request_fields).await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.header("x-f199"), "v");
+}

@@ -410,6 +410,39 @@ async fn an_origin_certificate_for_another_name_is_a_502_that_says_why() {
     assert!(body.contains("not valid for name \"localhost\""), "{body}");
 }
 
+/// The certificate `openssl req -x509` makes says `CA:TRUE`; WebPKI refuses it as a server's own
+/// certificate even when it is trusted. Given with `--origin-ca`, it is pinned and accepted; without, the
+/// 502 says what is wrong and what to do.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_at_the_origin_is_pinned_through_origin_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = TestCert::self_signed_ca(&["localhost"]);
+    let (_untrusted_origin, edge) = edge_before_https_origin(&cert, dir.path(), |_| {}).await;
+    let refused = get(&edge, "/o").await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    let pinned_file = dir.path().join("pinned.pem");
+    std::fs::write(&pinned_file, &cert.cert_pem).expect("write");
+    let other = TestCert::self_signed_ca(&["localhost"]);
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, &other.cert_pem).expect("write");
+    let (_origin, edge) = edge_before_https_origin(&cert, dir.path(), |config| {
+        config.origin_ca = Some(other_file.clone());
+    })
+    .await;
+    let wrong = get(&edge, "/o").await;
+    assert_eq!(
+        wrong.status,
+        StatusCode::BAD_GATEWAY,
+        "another certificate is not a pin for this one"
+    );
+    let (_origin, edge) = edge_before_https_origin(&cert, dir.path(), |config| {
+        config.origin_ca = Some(pinned_file.clone());
+    })
+    .await;
+    let got = get(&edge, "/o").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+}
+
 #[tokio::test]
 async fn an_origin_trusted_through_its_ca_answers_and_is_cached() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -45,23 +45,38 @@ impl ClientTls {
     /// Trust the system's roots, or — when `ca` is given — only the CA certificates in that PEM file (a
     /// private CA then vouches for the servers alone; a public CA it did not sign for is refused).
     pub fn new(ca: Option<&Path>) -> Result<Self, TlsError> {
-        let (roots, trusts) = match ca {
-            None => (system_roots(), "the system's CA certificates".to_string()),
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let (config, trusts) = match ca {
+            None => (
+                builder.with_root_certificates(system_roots()).with_no_client_auth(),
+                "the system's CA certificates".to_string(),
+            ),
             Some(path) => {
+                let pinned = load_certificates(path)?;
                 let mut roots = RootCertStore::empty();
-                for certificate in load_certificates(path)? {
-                    roots.add(certificate).map_err(|error| TlsError::Certificate {
+                for certificate in &pinned {
+                    roots.add(certificate.clone()).map_err(|error| TlsError::Certificate {
                         path: path.to_path_buf(),
                         reason: format!("not a usable CA certificate: {error}"),
                     })?;
                 }
-                (Arc::new(roots), format!("the CA in {}", path.display()))
+                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|error| TlsError::Certificate {
+                        path: path.to_path_buf(),
+                        reason: format!("cannot verify with these certificates: {error}"),
+                    })?;
+                let verifier = PinningVerifier { inner, pinned };
+                (
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(verifier))
+                        .with_no_client_auth(),
+                    format!("the CA in {}", path.display()),
+                )
             }
         };
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(ClientTls {
             config: Arc::new(config),
             trusts,
@@ -99,6 +114,63 @@ impl ClientTls {
     }
 }
 
+/// Verifies servers against a private CA file, and also accepts a server whose certificate is itself in that
+/// file. A self-signed certificate made the usual way (`openssl req -x509`) carries `CA:TRUE`, which
+/// WebPKI refuses as a server's own certificate (`CaUsedAsEndEntity`) even when it is trusted; an operator
+/// who hands tern that very certificate with `--origin-ca` (or `--ca`) has pinned it. Only that refusal, and
+/// an unknown issuer, are overridden, and only for a byte-identical certificate; expiry and signatures are
+/// still checked by WebPKI.
+#[derive(Debug)]
+struct PinningVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        match verdict {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::Other(_),
+            )) if self.pinned.iter().any(|pinned| pinned.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// An error and its causes, joined with `: ` (a cause already contained in the message before it is left
 /// out), so that a TLS failure's reason — `invalid peer certificate: UnknownIssuer` — reaches the operator
 /// instead of only `client error (Connect)`.
@@ -112,6 +184,13 @@ pub fn error_reason(error: &(dyn std::error::Error + 'static)) -> String {
             text.push_str(&message);
         }
         cause = inner.source();
+    }
+    if text.contains("CaUsedAsEndEntity") {
+        text.push_str(
+            " (the server's own certificate is a CA certificate, basicConstraints CA:TRUE, as `openssl req -x509` \
+             makes by default: give that certificate with --origin-ca/--ca to pin it, or issue the server a \
+             certificate with CA:FALSE)",
+        );
     }
     text
 }
