@@ -434,6 +434,8 @@ fn state_path(config: &AgentConfig) -> PathBuf {
 
 /// Writes the state atomically (temp file, fsync, rename), so a crash leaves the old or the new state.
 fn persist(config: &AgentConfig, state: &AgentState) -> std::io::Result<()> {
+    // The directory may have been removed while the agent runs; the state it holds must not be lost.
+    std::fs::create_dir_all(&config.state_dir)?;
     write_atomically(
         &state_path(config),
         &serde_json::to_vec(state).map_err(std::io::Error::other)?,

@@ -105,8 +105,9 @@ struct EdgeArgs {
     /// Key file (from `tern keygen`) whose token authorises PURGE requests.
     #[arg(long)]
     purge_key: Option<PathBuf>,
-    /// Network allowed to PURGE without the key (repeatable), e.g. 10.0.0.0/8.
-    #[arg(long)]
+    /// Network allowed to PURGE without the key (repeatable), e.g. 10.0.0.0/8; a bare address means
+    /// that address alone.
+    #[arg(long, value_parser = parse_network)]
     purge_allow: Vec<IpNet>,
     /// Admin URL of the sync service; with --cache-dir the edge catches up with it at start-up, so content
     /// that changed while it was down is never served.
@@ -502,13 +503,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, read as `/32` or `/128`).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(network) = text.parse::<IpNet>() {
+        return Ok(network);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address (10.0.0.1)"))
+}
+
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .init();
 }
