@@ -604,6 +604,17 @@ pub fn decide_storing(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) ->
         exchange.now,
         config,
     );
+    // Stale on arrival (an `Age` past its lifetime, say) with nothing to revalidate it by and no window to
+    // serve it stale in: storing it would only mean fetching it again on every request.
+    let has_validator =
+        exchange.response.contains_key(header::ETAG) || exchange.response.contains_key(header::LAST_MODIFIED);
+    if !freshness.is_fresh(exchange.now)
+        && !has_validator
+        && freshness.stale_while_revalidate.is_zero()
+        && freshness.stale_if_error.is_zero()
+    {
+        return ResponseDecision::Pass(NotStorable::NoFreshnessNorValidator);
+    }
     let ResponseFacts { directives, .. } = facts;
     let mut withheld = directives.no_cache_fields;
     withheld.extend(directives.private_fields);
@@ -847,8 +858,8 @@ mod tests {
             ResponseDecision::Pass(NotStorable::Status)
         );
         assert!(matches!(
-            decide(200, &[("cache-control", "max-age=5")], None),
-            ResponseDecision::Store(storing) if storing.freshness.lifetime == Duration::from_secs(5)
+            decide(200, &[("cache-control", "max-age=60")], None),
+            ResponseDecision::Store(storing) if storing.freshness.lifetime == Duration::from_secs(60)
         ));
         assert_eq!(
             decide(200, &[("cache-control", "no-store")], Some(&stored)),
@@ -859,6 +870,23 @@ mod tests {
             ResponseDecision::Pass(NotStorable::Status),
             "a 304 to a request the cache did not validate is passed on"
         );
+        assert_eq!(
+            decide(
+                200,
+                &[("cache-control", "max-age=60"), ("age", "18446744073709551615")],
+                None
+            ),
+            ResponseDecision::Pass(NotStorable::NoFreshnessNorValidator),
+            "stale on arrival with no validator: not worth storing"
+        );
+        assert!(matches!(
+            decide(
+                200,
+                &[("cache-control", "max-age=60"), ("age", "999"), ("etag", "\"v\"")],
+                None
+            ),
+            ResponseDecision::Store(_)
+        ));
     }
 
     #[test]
