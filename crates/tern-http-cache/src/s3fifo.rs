@@ -42,13 +42,18 @@ pub struct S3Fifo {
 impl S3Fifo {
     /// A policy holding at most `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
+        Self::with_expected(capacity, 0)
+    }
+
+    /// A policy holding at most `capacity` bytes, its index sized for `expected` members up front.
+    pub fn with_expected(capacity: u64, expected: usize) -> Self {
         S3Fifo {
             capacity,
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
             ghost_set: HashSet::new(),
-            members: HashMap::new(),
+            members: HashMap::with_capacity(expected),
             small_bytes: 0,
             main_bytes: 0,
             next_generation: 0,
