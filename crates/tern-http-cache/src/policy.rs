@@ -246,7 +246,8 @@ pub fn refresh_fields(not_modified: &HeaderMap, path: &str, config: &PolicyConfi
         .store_set_cookie_paths
         .iter()
         .any(|prefix| path.starts_with(prefix.as_str()));
-    let mut stored = crate::meta::detached(not_modified);
+    // `Store::refresh` copies what it keeps out of the connection's buffer.
+    let mut stored = not_modified.clone();
     let mut client_only = HeaderMap::new();
     let withheld = directives.no_cache_fields.iter().chain(&directives.private_fields);
     let mut names: Vec<HeaderName> = withheld
@@ -262,21 +263,6 @@ pub fn refresh_fields(not_modified: &HeaderMap, path: &str, config: &PolicyConfi
         stored.remove(&name);
     }
     (stored, client_only)
-}
-
-/// The header fields to store of a storable response: all but those a qualified `no-cache` or `private`
-/// withholds (RFC 9111 sections 5.2.2.4 and 5.2.2.7), which go to this response's client only.
-pub fn stored_fields(response: &HeaderMap, config: &PolicyConfig) -> HeaderMap {
-    let (directives, _) = response_directives(response, config);
-    without_withheld(response, &directives)
-}
-
-fn without_withheld(response: &HeaderMap, directives: &Directives) -> HeaderMap {
-    let mut stored = crate::meta::detached(response);
-    for name in directives.no_cache_fields.iter().chain(&directives.private_fields) {
-        stored.remove(name.as_str());
-    }
-    stored
 }
 
 /// Freshness lifetime of a response (RFC 9111 section 4.2.1), for a shared cache; never more than
@@ -769,7 +755,24 @@ mod tests {
             ("set-cookie", "session=alice"),
         ];
         assert_eq!(check(&qualified, &config), Ok(()));
-        let stored = stored_fields(&response(&qualified), &config);
+        let qualified_response = response(&qualified);
+        let request = HeaderMap::new();
+        let none = Directives::default();
+        let now = SystemTime::now();
+        let exchange = UpstreamExchange {
+            path: "/account/home",
+            request: &request,
+            request_directives: &none,
+            status: StatusCode::OK,
+            response: &qualified_response,
+            stored: None,
+            request_time: now,
+            now,
+        };
+        let ResponseDecision::Store(storing) = decide_storing(&exchange, &config) else {
+            panic!("a qualified cookie response is storable")
+        };
+        let stored = storing.stored_fields(&qualified_response);
         assert!(!stored.contains_key(header::SET_COOKIE), "the cookie is never stored");
         let private = [
             ("cache-control", "max-age=60, private=\"set-cookie\""),

@@ -1038,20 +1038,9 @@ mod tests {
     }
 
     async fn put(store: &Arc<Store>, url: &str, tags: &[&str], body: &[u8]) -> Arc<CachedObject> {
-        let meta = meta(url, tags);
-        let id = ObjectId::new(url, &meta.vary);
-        let freshness = Freshness::of(
-            meta.status,
-            &meta.headers,
-            meta.request_time,
-            meta.response_time,
-            store.policy(),
-        );
-        let mut fill = store
-            .begin_fill(id, meta, freshness, Some(body.len() as u64), store.fetch_ticket())
-            .await;
-        fill.write(&Bytes::copy_from_slice(body)).await;
-        fill.finish(true).await.expect("stored")
+        fill_after(store, store.fetch_ticket(), url, tags, body)
+            .await
+            .expect("stored")
     }
 
     fn disk_store(dir: &std::path::Path) -> Arc<Store> {

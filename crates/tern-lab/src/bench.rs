@@ -133,29 +133,29 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
             order.reverse();
         }
         for &system in &order {
+            let run = Run {
+                options,
+                load_cpu,
+                round,
+                system,
+            };
             let server = Server::start(system, tern, work, origin_addr, server_cpu)?;
             for &size in &options.sizes {
                 warm(server.addr, size, options.objects)?;
-                let before = origin_count(origin_addr)?;
                 let script = write_script(work, &format!("hit-{size}"), &hit_script(size, options.objects))?;
-                let cpu_before = server.cpu_seconds();
-                let measured = wrk(options, load_cpu, server.addr, &script)?;
-                let origin_requests = origin_count(origin_addr)?.saturating_sub(before);
-                let cpu = server.cpu_seconds() - cpu_before;
-                let sample = measured.into_sample(round, system, format!("hit-{}", human(size)), cpu, origin_requests);
-                println!("{}", describe(&sample));
-                samples.push(sample);
+                let scenario = format!("hit-{}", human(size));
+                samples.push(run.measure(
+                    &server,
+                    &format!("http://{}", server.addr),
+                    origin_addr,
+                    &script,
+                    scenario,
+                )?);
             }
             // Misses against the origin without injected latency: the edge's own miss path is the limit.
-            let before = origin_count(origin_addr)?;
             let script = write_script(work, "miss-cpu", &miss_script(round, system, "cpu"))?;
-            let cpu_before = server.cpu_seconds();
-            let measured = wrk(options, load_cpu, server.addr, &script)?;
-            let origin_requests = origin_count(origin_addr)?.saturating_sub(before);
-            let cpu = server.cpu_seconds() - cpu_before;
-            let sample = measured.into_sample(round, system, "miss-cpu".to_string(), cpu, origin_requests);
-            println!("{}", describe(&sample));
-            samples.push(sample);
+            let url = format!("http://{}", server.addr);
+            samples.push(run.measure(&server, &url, origin_addr, &script, "miss-cpu".to_string())?);
             drop(server);
             if matches!(system, System::Tern | System::Nginx) {
                 samples.extend(tls_runs(
@@ -171,15 +171,9 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
                 )?);
             }
             let server = Server::start(system, tern, work, slow_addr, server_cpu)?;
-            let before = origin_count(slow_addr)?;
             let script = write_script(work, "miss", &miss_script(round, system, "slow"))?;
-            let cpu_before = server.cpu_seconds();
-            let measured = wrk(options, load_cpu, server.addr, &script)?;
-            let origin_requests = origin_count(slow_addr)?.saturating_sub(before);
-            let cpu = server.cpu_seconds() - cpu_before;
-            let sample = measured.into_sample(round, system, "miss".to_string(), cpu, origin_requests);
-            println!("{}", describe(&sample));
-            samples.push(sample);
+            let url = format!("http://{}", server.addr);
+            samples.push(run.measure(&server, &url, slow_addr, &script, "miss".to_string())?);
         }
     }
     let summary = summarize(&samples, &options.systems);
@@ -189,6 +183,35 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
     chart(&options.out.join("edge.svg"), &samples, &options.systems)?;
     println!("results: {}", options.out.display());
     Ok(samples)
+}
+
+/// One system in one round: what every measurement shares.
+struct Run<'a> {
+    options: &'a EdgeBench,
+    load_cpu: &'a str,
+    round: usize,
+    system: System,
+}
+
+impl Run<'_> {
+    /// Drives `url` on `server` with `script`, counting the server's CPU and the requests `origin` saw.
+    fn measure(
+        &self,
+        server: &Server,
+        url: &str,
+        origin: SocketAddr,
+        script: &Path,
+        scenario: String,
+    ) -> Result<Sample> {
+        let before = origin_count(origin)?;
+        let cpu_before = server.cpu_seconds();
+        let measured = wrk_url(self.options, self.load_cpu, url, script)?;
+        let origin_requests = origin_count(origin)?.saturating_sub(before);
+        let cpu = server.cpu_seconds() - cpu_before;
+        let sample = measured.into_sample(self.round, self.system, scenario, cpu, origin_requests);
+        println!("{}", describe(&sample));
+        Ok(sample)
+    }
 }
 
 /// The TLS runs (tern and nginx; Varnish has no TLS of its own): keep-alive hits at 1 KB and 64 KB over
@@ -224,14 +247,13 @@ fn tls_runs(
             hit_script(size, options.objects)
         };
         let script = write_script(work, scenario, &text)?;
-        let before = origin_count(origin_addr)?;
-        let cpu_before = server.cpu_seconds();
-        let measured = wrk_url(options, load_cpu, &url, &script)?;
-        let origin_requests = origin_count(origin_addr)?.saturating_sub(before);
-        let cpu = server.cpu_seconds() - cpu_before;
-        let sample = measured.into_sample(round, system, scenario.to_string(), cpu, origin_requests);
-        println!("{}", describe(&sample));
-        samples.push(sample);
+        let run = Run {
+            options,
+            load_cpu,
+            round,
+            system,
+        };
+        samples.push(run.measure(&server, &url, origin_addr, &script, scenario.to_string())?);
     }
     Ok(samples)
 }
@@ -826,10 +848,6 @@ impl Measured {
             origin_requests,
         }
     }
-}
-
-fn wrk(options: &EdgeBench, cpu: &str, addr: SocketAddr, script: &Path) -> Result<Measured> {
-    wrk_url(options, cpu, &format!("http://{addr}"), script)
 }
 
 fn wrk_url(options: &EdgeBench, cpu: &str, url: &str, script: &Path) -> Result<Measured> {
