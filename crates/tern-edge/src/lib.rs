@@ -163,6 +163,7 @@ pub async fn start_with(
     });
     let limits = ServerLimits {
         max_header_bytes: config.max_header_bytes,
+        max_header_fields: config.max_header_fields,
         ..ServerLimits::default()
     };
     // The HTTPS listener is bound before the others start, so that a port in use stops nothing running.

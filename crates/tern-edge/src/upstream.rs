@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, Uri, header};
@@ -17,7 +18,8 @@ use tern_http::tls::{ClientTls, error_reason};
 
 use crate::config::UpstreamConfig;
 
-/// Most header fields accepted in an origin's response head.
+/// Most header fields accepted in an origin's response head, on the retry of a head that was too wide
+/// for hyper's inline parse (100 fields).
 const ORIGIN_MAX_HEADER_FIELDS: usize = 512;
 /// Largest origin response head accepted, bytes (also the read buffer's bound).
 const ORIGIN_MAX_HEAD_BYTES: usize = 256 * 1024;
@@ -76,7 +78,13 @@ pub trait Upstream: Send + Sync + 'static {
 /// The origin server, over HTTP/1.1 (plain, or TLS for an `https://` origin) with pooled keep-alive
 /// connections.
 pub struct Origin {
+    /// Parses response heads of up to 100 fields in place (hyper's inline capacity).
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Parses response heads of up to [`ORIGIN_MAX_HEADER_FIELDS`]; used for a request whose response
+    /// was too wide for `client`, and for every request once the origin has sent such a response.
+    wide: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Set once the origin sent a head too wide for `client`.
+    sends_wide_heads: AtomicBool,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -111,16 +119,23 @@ impl Origin {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout()));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_max_idle_per_host(config.max_idle_connections)
             .pool_idle_timeout(Duration::from_secs(60))
-            // Origins behind frameworks and CDNs send long heads: hyper's defaults (100 fields) made a
-            // 2 KB head with 200 fields a 502.
+            .http1_max_buf_size(ORIGIN_MAX_HEAD_BYTES);
+        // hyper parses up to 100 fields in a stack array; a higher limit makes it allocate and fill a
+        // scratch array of that size for every response (measured: 4% of the CPU of a miss at 512 fields).
+        // Origins behind frameworks and CDNs may send more (a 200-field head was a 502 with the narrow
+        // parse alone), so a head too wide is fetched again with the wide client.
+        let client = builder.build(tls.connector(connector.clone()));
+        let wide = builder
             .http1_max_headers(ORIGIN_MAX_HEADER_FIELDS)
-            .http1_max_buf_size(ORIGIN_MAX_HEAD_BYTES)
             .build(tls.connector(connector));
         Ok(Origin {
             client,
+            wide,
+            sends_wide_heads: AtomicBool::new(false),
             scheme,
             authority,
             base_path,
@@ -150,9 +165,35 @@ impl Upstream for Origin {
             {
                 parts.headers.insert(header::HOST, host);
             }
+            let wide = self.sends_wide_heads.load(Ordering::Relaxed);
+            // A request without a body can be sent again if its response head is too wide.
+            let replay = (!wide
+                && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+                && http_body::Body::is_end_stream(&body))
+            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
             let request = Request::from_parts(parts, body);
+            let client = if wide { &self.wide } else { &self.client };
             let timeout = self.config.first_byte_timeout();
-            let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            let send = async {
+                let sent = client.request(request).await;
+                match (sent, replay) {
+                    (Err(error), Some((method, uri, headers))) if head_too_wide(&error) => {
+                        self.sends_wide_heads.store(true, Ordering::Relaxed);
+                        tracing::info!(
+                            upstream = %self.describe(),
+                            "the origin sent a response head of more than 100 fields; its heads are \
+                             parsed with the wide parser from now on"
+                        );
+                        let mut again = Request::new(tern_http::empty());
+                        *again.method_mut() = method;
+                        *again.uri_mut() = uri;
+                        *again.headers_mut() = headers;
+                        self.wide.request(again).await
+                    }
+                    (sent, _) => sent,
+                }
+            };
+            let response = match tokio::time::timeout(timeout, send).await {
                 Err(_) => {
                     return Err(UpstreamError::Timeout {
                         upstream: self.describe(),
@@ -185,6 +226,13 @@ impl Upstream for Origin {
     fn describe(&self) -> String {
         format!("origin {}://{}{}", self.scheme, self.authority, self.base_path)
     }
+}
+
+/// Whether the origin's response head was over the parser's limits (fields or bytes).
+fn head_too_wide(error: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_parse_too_large)
 }
 
 /// What went wrong, without hyper's `client error (...)` wrapper when it has a cause.

@@ -117,6 +117,10 @@ struct EdgeArgs {
     /// default a response with Set-Cookie is never stored, so no user's cookie reaches another.
     #[arg(long, value_name = "PATH_PREFIX")]
     store_set_cookie: Vec<String>,
+    /// Most header fields a request may have (more get 431) [default: 100, as Apache's
+    /// LimitRequestFields]. Above 100 every request costs more CPU, so raise it only if clients need it.
+    #[arg(long, value_name = "N")]
+    max_header_fields: Option<usize>,
     /// Address to serve HTTPS on, beside the plain HTTP of --listen (e.g. 0.0.0.0:443); needs --tls-cert
     /// with --tls-key, or --tls-dir.
     #[arg(long, value_name = "ADDR")]
@@ -614,6 +618,9 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     }
     if !args.store_set_cookie.is_empty() {
         config.store_set_cookie_paths = args.store_set_cookie;
+    }
+    if let Some(fields) = args.max_header_fields {
+        config.max_header_fields = fields;
     }
     if let Some(addr) = args.tls_listen {
         config.tls_listen = Some(addr);

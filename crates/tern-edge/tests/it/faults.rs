@@ -446,10 +446,17 @@ async fn dot_segment_spellings_are_one_object() {
     );
 }
 
-/// Long heads within the byte limits: 150 request fields, and an origin answering with 200 fields.
+/// Long heads within the byte limits: an origin answering with 200 fields (more than the narrow parse
+/// takes, so the edge fetches again with the wide one), and 150 request fields where the operator raised
+/// `max_header_fields`; with the default (100) such a request gets 431.
 #[tokio::test]
 async fn heads_with_many_fields_are_served() {
-    let setup = Setup::new().await;
+    let narrow = Setup::new().await;
+    let many: Vec<(String, String)> = (0..150).map(|n| (format!("x-f{n}"), "v".to_string())).collect();
+    let request_fields: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(narrow.get_with("/many", &request_fields).await.status, 431);
+
+    let setup = Setup::with(|config| config.max_header_fields = 256).await;
     let many: Vec<(String, String)> = (0..200).map(|n| (format!("x-f{n}"), "v".to_string())).collect();
     let mut fields: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     fields.push(("cache-control", "max-age=60"));
@@ -458,4 +465,15 @@ async fn heads_with_many_fields_are_served() {
     let got = setup.get_with("/many", &request_fields).await;
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.header("x-f199"), "v");
+    assert_eq!(
+        setup.origin.count_for("/many"),
+        2,
+        "the narrow parse, then the wide one"
+    );
+    // Once the origin has sent a wide head, its responses are parsed wide at once.
+    setup.origin.set("/many2", Resource::ok("many2", &fields));
+    let got = setup.get("/many2").await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.header("x-f199"), "v");
+    assert_eq!(setup.origin.count_for("/many2"), 1);
 }
