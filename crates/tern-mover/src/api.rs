@@ -1,16 +1,19 @@
-//! The mover's JSON API (the CCM's interface; the clients `tern publish`, `tern jobs`, ... and the nodes use it):
+//! The mover's JSON API (the CCM's interface; the clients `tern publish`, `tern jobs`, ... and the nodes use
+//! it). The bodies are the types of [`tern_wire::mover`]:
 //!
 //! | request | what |
 //! |---|---|
-//! | `POST /api/nodes/register` | a node registers: `{name, url, free_disk, cpus, groups, versions}` |
+//! | `POST /api/nodes/register` | a node registers: [`Registration`] → [`tern_wire::mover::Registered`] |
 //! | `GET /api/nodes` | registered nodes |
-//! | `GET /api/groups`, `PUT /api/groups/NAME` | content groups; PUT sets `{"nodes": [...]}` |
+//! | `GET /api/groups`, `PUT /api/groups/NAME` | content groups; PUT sets them: [`GroupRequest`] |
 //! | `GET /api/sites`, `GET /api/sites/NAME` | hosted sites, with snapshots and checkpoints |
-//! | `POST /api/jobs` | a job (see [`JobRequest`]) |
-//! | `GET /api/jobs`, `GET /api/jobs/ID` | jobs, newest first, with per-node state |
-//! | `POST /api/jobs/ID/cancel` | cancels a job that has not started |
+//! | `POST /api/jobs` | a job: [`JobRequest`] → [`JobCreated`] (202) |
+//! | `GET /api/jobs`, `GET /api/jobs/ID` | jobs, newest first, with per-node state: [`tern_wire::mover::Job`] |
+//! | `POST /api/jobs/ID/cancel` | cancels a job that has not started: [`JobCancelled`] |
 //! | `POST /api/checkpoints`, `GET /api/checkpoints?site=S` | create (now) and list checkpoints |
-//! | `GET /api/history?limit=N` | the history log |
+//! | `GET /api/history?limit=N` | the history log: [`tern_wire::mover::HistoryEntry`] |
+//!
+//! Every refusal is `{"error": REASON}` ([`tern_wire::mover::ErrorAnswer`]) with a 4xx or 5xx status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,97 +21,25 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tern_http::Body;
 use tern_http::server::Handler;
+use tern_wire::mover::{
+    CheckpointCreated, CheckpointRequest, GroupRequest, JobCancelled, JobCreated, JobRequest, JobState, Registration,
+};
 
-use crate::rules::Rules;
-use crate::schedule::{ConflictPolicy, JobSpec, Target};
-use crate::service::{Mover, SubmitError, now_ms};
-use crate::store::Node;
+use crate::admission::SubmitError;
+use crate::ccm::{Mover, now_ms};
+use crate::registration::RegisterError;
+use crate::schedule::plain_name;
+use crate::store_thread::StoreError;
 
-/// A job as the API takes it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    /// `publish`, `synchronise`, `replicate`, `remove`, `rollback`, `restore`, `checkpoint`.
-    pub kind: String,
-    /// The hosted site.
-    pub site: String,
-    /// Staging directory on the mover's machine (publish).
-    pub staging: Option<String>,
-    /// Checkpoint number (restore).
-    pub checkpoint: Option<u64>,
-    /// Only this content group's nodes (a publish hosts the site there from then on).
-    pub group: Option<String>,
-    /// Only this node.
-    pub node: Option<String>,
-    /// When to run (ms since the epoch); default now.
-    pub at_ms: Option<u64>,
-    /// Run again every this many seconds.
-    pub every_s: Option<u64>,
-    /// `queue` (default) or `refuse` when it conflicts with a running job.
-    pub on_conflict: Option<ConflictPolicy>,
-    /// Tries after a failure (default 0: a failed job is cancelled).
-    pub retries: Option<u32>,
-    /// Seconds between tries (default 30).
-    pub retry_delay_s: Option<u64>,
-    /// Include patterns (publish): only matching files are published.
-    pub include: Option<Vec<String>>,
-    /// Exclude patterns (publish).
-    pub exclude: Option<Vec<String>>,
-}
+/// Largest request body the API reads.
+pub const MAX_REQUEST_BODY: usize = 1 << 20;
 
-impl JobRequest {
-    fn into_spec(self) -> Result<(JobSpec, u64), String> {
-        let mut spec = JobSpec::new(&self.kind, &self.site);
-        spec.staging = self.staging;
-        spec.checkpoint = self.checkpoint;
-        spec.target = match (self.group, self.node) {
-            (Some(_), Some(_)) => return Err("give a group or a node, not both".into()),
-            (Some(group), None) => Some(Target::Group(group)),
-            (None, Some(node)) => Some(Target::Node(node)),
-            (None, None) => None,
-        };
-        spec.every_s = self.every_s;
-        spec.on_conflict = self.on_conflict.unwrap_or_default();
-        spec.retries = self.retries.unwrap_or(0);
-        if let Some(delay) = self.retry_delay_s {
-            spec.retry_delay_s = delay;
-        }
-        if self.include.is_some() || self.exclude.is_some() {
-            spec.rules = Some(Rules {
-                include: self.include.unwrap_or_default(),
-                exclude: self.exclude.unwrap_or_default(),
-            });
-        }
-        Ok((spec, self.at_ms.unwrap_or(0)))
-    }
-}
-
-#[derive(Deserialize)]
-struct Registration {
-    name: String,
-    url: String,
-    #[serde(default)]
-    free_disk: u64,
-    #[serde(default)]
-    cpus: u32,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    versions: std::collections::HashMap<String, u64>,
-}
-
-#[derive(Deserialize)]
-struct CheckpointRequest {
-    site: String,
-}
-
-#[derive(Deserialize)]
-struct GroupRequest {
-    nodes: Vec<String>,
-}
+/// Most entries `GET /api/jobs` and `GET /api/history` return (`?limit=N`, default 100).
+pub const MAX_LIST: usize = 10_000;
 
 /// The API handler.
 pub struct Api {
@@ -122,19 +53,36 @@ impl Api {
     }
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    tern_admin::json(status, &value)
+fn json(status: StatusCode, value: impl Serialize) -> Response<Body> {
+    match serde_json::to_value(value) {
+        Ok(value) => tern_admin::json(status, &value),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     tern_admin::json_error(status, message)
 }
 
-fn submit_error(e: SubmitError) -> Response<Body> {
+/// A refusal: an error response, boxed (it is the rare path of [`Answer`]).
+type Refusal = Box<Response<Body>>;
+
+/// What a route answers: `Ok` or a refusal, both responses.
+type Answer = Result<Response<Body>, Refusal>;
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Box::new(error(status, message))
+}
+
+fn store_error(e: StoreError) -> Refusal {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn submit_error(e: SubmitError) -> Refusal {
     match e {
-        SubmitError::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
-        SubmitError::Conflict(message) => error(StatusCode::CONFLICT, message),
-        SubmitError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        SubmitError::Invalid(message) => refuse(StatusCode::BAD_REQUEST, message),
+        SubmitError::Conflict(message) => refuse(StatusCode::CONFLICT, message),
+        SubmitError::Store(e) => store_error(e),
     }
 }
 
@@ -144,155 +92,178 @@ fn query<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
+fn limit(query_text: Option<&str>) -> usize {
+    query(query_text, "limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(MAX_LIST)
+}
+
+/// Reads a JSON body; a body that does not parse is refused (400) with `shape`, what it should look like.
+fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("{shape}: {e}")))
+}
+
 impl Handler for Api {
     async fn call(&self, request: Request<Incoming>, _client: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, 1 << 20).collect().await {
+        let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB"),
         };
         let path = parts.uri.path();
         let mover = &self.mover;
-        let parse_failed = |what: &str, e: serde_json::Error| error(StatusCode::BAD_REQUEST, format!("{what}: {e}"));
-        match (&parts.method, path) {
-            (&Method::POST, "/api/nodes/register") => match serde_json::from_slice::<Registration>(&body) {
-                Ok(r) if !crate::schedule::plain_name(&r.name) => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("`{}` is not a plain node name", r.name),
-                ),
-                Ok(r) => {
-                    let node = Node {
-                        name: r.name,
-                        url: r.url,
-                        last_seen_ms: now_ms(),
-                        free_disk: r.free_disk,
-                        cpus: r.cpus,
-                        groups: r
-                            .groups
-                            .into_iter()
-                            .filter(|g| crate::schedule::plain_name(g))
-                            .collect(),
-                    };
-                    match mover.register(node, r.versions.into_iter().collect()) {
-                        Ok(value) => json(StatusCode::OK, value),
-                        Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
-                    }
-                }
-                Err(e) => parse_failed(
-                    "a registration is {\"name\", \"url\", \"free_disk\", \"cpus\", \"groups\", \"versions\"}",
-                    e,
-                ),
-            },
-            (&Method::GET, "/api/nodes") => json(StatusCode::OK, serde_json::json!(mover.nodes())),
-            (&Method::GET, "/api/groups") => {
-                let groups = mover.store().groups().unwrap_or_default();
-                let groups: serde_json::Map<String, serde_json::Value> = groups
-                    .into_iter()
-                    .map(|(g, nodes)| (g, serde_json::json!(nodes)))
-                    .collect();
-                json(StatusCode::OK, serde_json::Value::Object(groups))
-            }
+        let outcome = match (&parts.method, path) {
+            (&Method::POST, "/api/nodes/register") => register(mover, &body).await,
+            (&Method::GET, "/api/nodes") => Ok(json(StatusCode::OK, mover.nodes().await)),
+            (&Method::GET, "/api/groups") => groups(mover).await,
             (&Method::PUT, _) if path.starts_with("/api/groups/") => {
-                let group = &path["/api/groups/".len()..];
-                if !crate::schedule::plain_name(group) {
-                    return error(StatusCode::BAD_REQUEST, format!("`{group}` is not a plain group name"));
-                }
-                match serde_json::from_slice::<GroupRequest>(&body) {
-                    Ok(request) => match mover.store().set_group(group, &request.nodes, now_ms()) {
-                        Ok(()) => json(
-                            StatusCode::OK,
-                            serde_json::json!({ "group": group, "nodes": request.nodes }),
-                        ),
-                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    },
-                    Err(e) => parse_failed("a group is {\"nodes\": [names]}", e),
-                }
+                set_group(mover, &path["/api/groups/".len()..], &body).await
             }
-            (&Method::GET, "/api/sites") => json(
-                StatusCode::OK,
-                serde_json::json!(mover.store().sites().unwrap_or_default()),
-            ),
-            (&Method::GET, _) if path.starts_with("/api/sites/") => {
-                let name = &path["/api/sites/".len()..];
-                let store = mover.store();
-                match store.site(name) {
-                    Ok(Some(site)) => json(
-                        StatusCode::OK,
-                        serde_json::json!({
-                            "site": site,
-                            "snapshots": store.snapshots(name).unwrap_or_default(),
-                            "checkpoints": store.checkpoints(name).unwrap_or_default().into_iter()
-                                .map(|(number, version, created_ms, bytes)| serde_json::json!({ "number": number, "version": version, "created_ms": created_ms, "bytes": bytes }))
-                                .collect::<Vec<_>>(),
-                        }),
-                    ),
-                    Ok(None) => error(StatusCode::NOT_FOUND, format!("no site {name}")),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            (&Method::POST, "/api/checkpoints") => match serde_json::from_slice::<CheckpointRequest>(&body) {
-                Ok(request) => match mover.checkpoint(&request.site).await {
-                    Ok(number) => json(
-                        StatusCode::OK,
-                        serde_json::json!({ "site": request.site, "number": number }),
-                    ),
-                    Err(message) => error(StatusCode::BAD_REQUEST, message),
-                },
-                Err(e) => parse_failed("a checkpoint request is {\"site\"}", e),
-            },
+            (&Method::GET, "/api/sites") => mover
+                .store
+                .call(|store| store.sites())
+                .await
+                .map(|sites| json(StatusCode::OK, sites))
+                .map_err(store_error),
+            (&Method::GET, _) if path.starts_with("/api/sites/") => site(mover, &path["/api/sites/".len()..]).await,
+            (&Method::POST, "/api/checkpoints") => checkpoint(mover, &body).await,
             (&Method::GET, "/api/checkpoints") => {
                 let site = query(parts.uri.query(), "site").unwrap_or("");
-                json(StatusCode::OK, serde_json::json!(mover.checkpoints(site)))
+                Ok(json(StatusCode::OK, mover.checkpoints(site).await))
             }
-            (&Method::POST, "/api/jobs") => match serde_json::from_slice::<JobRequest>(&body) {
-                Ok(request) => match request.into_spec() {
-                    Ok((spec, at)) => match mover.submit(spec, at) {
-                        Ok(id) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": id })),
-                        Err(e) => submit_error(e),
-                    },
-                    Err(message) => error(StatusCode::BAD_REQUEST, message),
-                },
-                Err(e) => parse_failed(
-                    "a job is {\"kind\", \"site\", \"staging\", \"checkpoint\", \"group\" or \"node\", \"at_ms\", \"every_s\", \"on_conflict\", \"retries\", \"retry_delay_s\", \"include\", \"exclude\"}",
-                    e,
-                ),
-            },
+            (&Method::POST, "/api/jobs") => submit(mover, &body).await,
             (&Method::GET, "/api/jobs") => {
-                let limit = query(parts.uri.query(), "limit")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(100usize)
-                    .min(10_000);
-                let ids = mover.store().job_ids(limit).unwrap_or_default();
-                let jobs: Vec<_> = ids.iter().filter_map(|id| mover.job(id)).collect();
-                json(StatusCode::OK, serde_json::json!(jobs))
+                let limit = limit(parts.uri.query());
+                mover
+                    .store
+                    .call(move |store| Ok(store.readable_jobs(&store.job_ids(limit)?)))
+                    .await
+                    .map(|jobs| json(StatusCode::OK, jobs))
+                    .map_err(store_error)
             }
             (&Method::POST, _) if path.starts_with("/api/jobs/") && path.ends_with("/cancel") => {
                 let id = &path["/api/jobs/".len()..path.len() - "/cancel".len()];
-                match mover.cancel(id) {
-                    Ok(()) => json(StatusCode::OK, serde_json::json!({ "id": id, "state": "cancelled" })),
-                    Err(e) => submit_error(e),
+                match mover.cancel(id).await {
+                    Ok(()) => Ok(json(
+                        StatusCode::OK,
+                        JobCancelled {
+                            id: id.to_string(),
+                            state: JobState::Cancelled,
+                        },
+                    )),
+                    Err(e) => Err(submit_error(e)),
                 }
             }
-            (&Method::GET, _) if path.starts_with("/api/jobs/") => match mover.job(&path["/api/jobs/".len()..]) {
-                Some(job) => json(StatusCode::OK, serde_json::json!(job)),
-                None => error(StatusCode::NOT_FOUND, "no such job"),
+            (&Method::GET, _) if path.starts_with("/api/jobs/") => match mover.job(&path["/api/jobs/".len()..]).await {
+                Some(job) => Ok(json(StatusCode::OK, job)),
+                None => Err(refuse(StatusCode::NOT_FOUND, "no such job")),
             },
             (&Method::GET, "/api/history") => {
-                let limit = query(parts.uri.query(), "limit")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(100usize)
-                    .min(10_000);
-                let entries: Vec<_> = mover
-                    .store()
-                    .history(limit)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(at_ms, job, message)| serde_json::json!({ "at_ms": at_ms, "job": job, "message": message }))
-                    .collect();
-                json(StatusCode::OK, serde_json::json!(entries))
+                let limit = limit(parts.uri.query());
+                mover
+                    .store
+                    .call(move |store| store.history(limit))
+                    .await
+                    .map(|entries| json(StatusCode::OK, entries))
+                    .map_err(store_error)
             }
-            (&Method::GET, "/status") => json(StatusCode::OK, tern_admin::AdminRoutes::status(mover.as_ref())),
-            _ => error(StatusCode::NOT_FOUND, format!("no endpoint {} {path}", parts.method)),
-        }
+            (&Method::GET, "/status") => Ok(json(StatusCode::OK, mover.status().await)),
+            _ => Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {} {path}", parts.method),
+            )),
+        };
+        outcome.unwrap_or_else(|refusal| *refusal)
+    }
+}
+
+async fn register(mover: &Mover, body: &[u8]) -> Answer {
+    let registration: Registration = parse(
+        body,
+        "a registration is {\"name\", \"url\", \"free_disk\", \"cpus\", \"groups\", \"versions\"}",
+    )?;
+    match mover.register(registration, now_ms()).await {
+        Ok(registered) => Ok(json(StatusCode::OK, registered)),
+        Err(e @ RegisterError::Name(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(RegisterError::Store(e)) => Err(store_error(e)),
+    }
+}
+
+async fn groups(mover: &Mover) -> Answer {
+    let groups = mover.store.call(|store| store.groups()).await.map_err(store_error)?;
+    let groups: serde_json::Map<String, serde_json::Value> = groups
+        .into_iter()
+        .map(|(group, nodes)| (group, serde_json::json!(nodes)))
+        .collect();
+    Ok(json(StatusCode::OK, groups))
+}
+
+async fn set_group(mover: &Mover, group: &str, body: &[u8]) -> Answer {
+    if !plain_name(group) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("`{group}` is not a plain group name"),
+        ));
+    }
+    let request: GroupRequest = parse(body, "a group is {\"nodes\": [names]}")?;
+    let (name, nodes, now) = (group.to_string(), request.nodes.clone(), now_ms());
+    mover
+        .store
+        .call(move |store| store.set_group(&name, &nodes, now))
+        .await
+        .map_err(store_error)?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "group": group, "nodes": request.nodes }),
+    ))
+}
+
+async fn site(mover: &Mover, name: &str) -> Answer {
+    let wanted = name.to_string();
+    let read = mover
+        .store
+        .call(move |store| {
+            let Some(site) = store.site(&wanted)? else {
+                return Ok(None);
+            };
+            Ok(Some((site, store.snapshots(&wanted)?, store.checkpoints(&wanted)?)))
+        })
+        .await
+        .map_err(store_error)?;
+    let Some((site, snapshots, checkpoints)) = read else {
+        return Err(refuse(StatusCode::NOT_FOUND, format!("no site {name}")));
+    };
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "site": site, "snapshots": snapshots, "checkpoints": checkpoints }),
+    ))
+}
+
+async fn checkpoint(mover: &Mover, body: &[u8]) -> Answer {
+    let request: CheckpointRequest = parse(body, "a checkpoint request is {\"site\"}")?;
+    match mover.checkpoint(&request.site).await {
+        Ok(number) => Ok(json(
+            StatusCode::OK,
+            CheckpointCreated {
+                site: request.site,
+                number,
+            },
+        )),
+        Err(message) => Err(refuse(StatusCode::BAD_REQUEST, message)),
+    }
+}
+
+async fn submit(mover: &Mover, body: &[u8]) -> Answer {
+    let request: JobRequest = parse(
+        body,
+        "a job is {\"kind\", \"site\", \"staging\", \"checkpoint\", \"group\" or \"node\", \"at_ms\", \"every_s\", \"on_conflict\", \"retries\", \"retry_delay_s\", \"include\", \"exclude\"}",
+    )?;
+    let (spec, at) = request
+        .into_spec()
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match mover.submit(spec, at).await {
+        Ok(id) => Ok(json(StatusCode::ACCEPTED, JobCreated { id })),
+        Err(e) => Err(submit_error(e)),
     }
 }

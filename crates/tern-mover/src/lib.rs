@@ -1,25 +1,50 @@
-//! The content control manager (CCM) of the content mover (seed `004_1419c51402506f7e.txt`):
+#![warn(missing_docs)]
+//! The content control manager (CCM) of the content mover (seed `004_1419c51402506f7e.txt`). One concern per
+//! module:
 //!
-//! - [`plan`]: change detection (the staging tree against the site's shadow copy) and the assignment that
-//!   carries the difference to the nodes;
+//! - [`service`]: starting the mover (data, keys, database, listeners, scheduler); [`ccm`]: the [`Mover`]
+//!   the other modules work on, and its status;
+//! - [`api`]: the JSON API (bodies are the types of [`tern_wire::mover`]);
+//! - [`admission`]: accepting and cancelling jobs; [`dispatch`]: the scheduler loop, which starts due jobs
+//!   and records how each try ended; [`schedule`]: its decisions (conflicts, retries, repeats), a pure core;
+//! - the job bodies: [`publish`] (publish, restore), [`synchronise`] (synchronise, replicate), [`rollback`],
+//!   [`remove`], [`checkpoint`];
+//! - [`delivery`]: the two-phase delivery every job body goes through (prepare, quorum, commit, record), and
+//!   its transport seam [`delivery::Delivery`]; [`star`]: the transport that sends every node its own copy
+//!   over HTTP;
+//! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
-//! - [`rules`]: a site's include and exclude rules;
-//! - [`schedule`]: the scheduler's decisions (which due job starts, waits or is refused), a pure core;
-//! - [`store`]: the CCM database (sites, nodes, groups, jobs, checkpoints, history) in SQLite;
-//! - [`versions`]: the shadow copy, previous tree, snapshots and checkpoints on disk;
-//! - [`service`]: the JSON API, the scheduler loop and the two-phase delivery to nodes.
+//! - [`plan`](mod@plan): change detection (the staging tree against the site's shadow copy) and the assignment that
+//!   carries the difference to the nodes; [`rules`]: a site's include and exclude rules;
+//! - [`store`]: the CCM database (sites, nodes, groups, jobs, checkpoints, history) in SQLite, used through
+//!   [`store_thread`], its own thread; [`versions`]: the shadow copy, previous tree, snapshots and checkpoints
+//!   on disk; [`keys`]: the signing key; [`metrics`]: the Prometheus metrics.
 
+pub mod admission;
 pub mod api;
+pub mod ccm;
+pub mod checkpoint;
+pub mod delivery;
+pub mod dispatch;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod publish;
+pub mod registration;
+pub mod remove;
+pub mod rollback;
 pub mod rotation;
 pub mod rules;
 pub mod schedule;
 pub mod service;
+pub mod star;
 pub mod store;
+pub mod store_thread;
+pub mod synchronise;
 pub mod versions;
 
+pub use ccm::{Mover, MoverConfig};
 pub use plan::{Plan, PlanError, PlanPolicy, PlanStats, Publication, plan};
 pub use rules::Rules;
 pub use schedule::{ConflictPolicy, JobSpec, Target};
+pub use tern_wire::mover::{JobKind, JobState, NodeState};

@@ -104,10 +104,10 @@ impl MoverMetrics {
     }
 
     /// Counts a job run's end.
-    pub fn job(&self, kind: &str, outcome: &str) {
+    pub fn job(&self, kind: tern_wire::mover::JobKind, outcome: &str) {
         self.jobs
             .get_or_create(&JobLabel {
-                kind: kind.to_string(),
+                kind: kind.as_str().to_string(),
                 outcome: outcome.to_string(),
             })
             .inc();

@@ -7,7 +7,7 @@
 //! backend, named after the node (`server n1 10.0.0.2:80` in `haproxy.cfg` for `tern node --name n1`).
 //!
 //! Which nodes belong in the rotation is decided by [`in_rotation`], a pure function of what the store
-//! knows; the commands are sent after every job for the job's nodes. HAProxy keeps the state itself, so
+//! knows; the commands are sent after every job for the job's nodes (`Mover::update_rotation`). HAProxy keeps the state itself, so
 //! the commands are idempotent and a restarted mover needs nothing of its own.
 
 use std::path::PathBuf;
@@ -125,6 +125,63 @@ impl LoadBalancer {
             }
         }
         Ok(answer)
+    }
+}
+
+impl crate::ccm::Mover {
+    /// Tells the load balancer which of `nodes` serve: a node holding a stale version of a site it hosts
+    /// (a delivery failed, or it was down) is taken out of the rotation until a catch-up brings it up to
+    /// date. Runs after every job, before the job is reported finished.
+    pub(crate) async fn update_rotation(&self, job: &str, nodes: &[String]) {
+        let Some(balancer) = &self.config.load_balancer else {
+            return;
+        };
+        let asked = nodes.to_vec();
+        let read = self
+            .store
+            .call(move |store| {
+                let sites = store.sites()?;
+                let mut states = Vec::with_capacity(asked.len());
+                for node in asked {
+                    let mut hosted = Vec::new();
+                    let mut stale = Vec::new();
+                    for site in &sites {
+                        if !store.target_nodes(&site.target)?.contains(&node) {
+                            continue;
+                        }
+                        let held = store.node_version(&node, &site.name)?;
+                        if held != site.sequence {
+                            stale.push(format!("{} (holds {held}, current {})", site.name, site.sequence));
+                        }
+                        hosted.push((site.sequence, held));
+                    }
+                    states.push((node, in_rotation(&hosted), stale));
+                }
+                Ok(states)
+            })
+            .await;
+        let states = match read {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::warn!(%job, %error, "cannot read which nodes are stale; the load balancer was not updated");
+                return;
+            }
+        };
+        for (node, rotation, stale) in states {
+            let outcome = balancer.set(&node, rotation).await;
+            self.metrics.rotation(rotation, outcome.is_ok());
+            match (outcome, rotation) {
+                (Ok(()), Rotation::In) => tracing::debug!(%job, %node, "node in the load balancer's rotation"),
+                (Ok(()), Rotation::Out) => {
+                    let stale = stale.join(", ");
+                    tracing::warn!(%job, %node, %stale, "node taken out of the load balancer's rotation");
+                    let message = format!("{node} taken out of the load balancer's rotation: stale {stale}");
+                    let (id, now) = (job.to_string(), crate::ccm::now_ms());
+                    let _ = self.store.call(move |store| store.note(Some(&id), &message, now)).await;
+                }
+                (Err(error), _) => tracing::warn!(%job, %node, %error, "the load balancer was not updated"),
+            }
+        }
     }
 }
 

@@ -8,19 +8,11 @@
 //! pattern ending in `/` matches a directory and everything under it (`drafts/`).
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use serde::{Deserialize, Serialize};
 use tern_tree::Snapshot;
 
-/// A site's rules as the operator wrote them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rules {
-    /// Only files matching one of these are published (none: every file).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub include: Vec<String>,
-    /// Files matching one of these are never published.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<String>,
-}
+/// A site's rules as the operator wrote them (they travel in job requests and answers, so the type is
+/// [`tern_wire::mover::Rules`]).
+pub use tern_wire::mover::Rules;
 
 /// A pattern that is not a valid glob.
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +31,20 @@ pub struct CompiledRules {
     exclude: GlobSet,
 }
 
-impl Rules {
-    /// Whether there are no rules (every file is published).
-    pub fn is_empty(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
-    }
-
-    /// Checks and compiles the patterns.
-    pub fn compile(&self) -> Result<CompiledRules, RuleError> {
-        let include = if self.include.is_empty() {
+impl CompiledRules {
+    /// Checks and compiles `rules`' patterns.
+    pub fn new(rules: &Rules) -> Result<CompiledRules, RuleError> {
+        let include = if rules.include.is_empty() {
             None
         } else {
-            Some(set(&self.include)?)
+            Some(set(&rules.include)?)
         };
         Ok(CompiledRules {
             include,
-            exclude: set(&self.exclude)?,
+            exclude: set(&rules.exclude)?,
         })
     }
-}
 
-impl CompiledRules {
     /// Whether the file at `path` (relative, `/`-separated) is published.
     pub fn admits(&self, path: &str) -> bool {
         self.include.as_ref().is_none_or(|set| set.is_match(path)) && !self.exclude.is_match(path)
@@ -119,11 +104,10 @@ mod tests {
     use super::*;
 
     fn rules(include: &[&str], exclude: &[&str]) -> CompiledRules {
-        Rules {
+        CompiledRules::new(&Rules {
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
-        }
-        .compile()
+        })
         .expect("valid")
     }
 
@@ -153,11 +137,10 @@ mod tests {
     #[test]
     fn bad_patterns_are_refused_with_a_reason() {
         for bad in ["", "/etc/passwd", "../x", "a/[b"] {
-            let error = Rules {
+            let error = CompiledRules::new(&Rules {
                 include: vec![],
                 exclude: vec![bad.to_string()],
-            }
-            .compile()
+            })
             .expect_err(bad);
             assert!(error.to_string().contains("pattern"), "{error}");
         }

@@ -6,154 +6,46 @@
 //! job targets). A due job that conflicts with a running job, or with an earlier due job that is itself
 //! waiting, waits (policy `queue`) or is refused (policy `refuse`); so jobs for one site keep their order and
 //! jobs for other sites or other nodes run alongside.
+//!
+//! After a try, [`after_failure`] decides whether a failed job is tried again and when, and [`next_run`]
+//! when a repeating job's next run is due: pure functions of the job and of `now`, which the caller passes.
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+/// The job's description, its target and conflict policy travel in the job API, so they are the types of
+/// [`tern_wire::mover`].
+pub use tern_wire::mover::{ConflictPolicy, JobKind, JobSpec, Target};
 
-use crate::rules::Rules;
+use crate::rules::CompiledRules;
 
-/// What to do with a job that conflicts with another at the time it is due.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConflictPolicy {
-    /// Wait until the other job is finished.
-    #[default]
-    Queue,
-    /// Give up: the job ends `refused`.
-    Refuse,
-}
-
-/// Which nodes a job is for.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// Every registered node.
-    #[default]
-    All,
-    /// The nodes of a content group.
-    Group(String),
-    /// One node.
-    Node(String),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::All => f.write_str("every node"),
-            Target::Group(group) => write!(f, "group {group}"),
-            Target::Node(node) => write!(f, "node {node}"),
-        }
+/// Checks what can be checked of a job before it runs: a plain site name (and group or node name), a
+/// staging directory for a publish, a checkpoint for a restore, a period of at least a second, valid rules.
+pub fn validate(spec: &JobSpec) -> Result<(), String> {
+    if !plain_name(&spec.site) {
+        return Err(format!(
+            "`{}` is not a plain site name (letters, digits, `-`, `_`, `.`)",
+            spec.site
+        ));
     }
-}
-
-/// The job kinds of seed 004.
-pub const KINDS: &[&str] = &[
-    "publish",
-    "synchronise",
-    "replicate",
-    "remove",
-    "rollback",
-    "restore",
-    "checkpoint",
-];
-
-/// Everything needed to run a job, now or later, and again after a restart of the mover.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    /// One of [`KINDS`].
-    pub kind: String,
-    /// The hosted site.
-    pub site: String,
-    /// Staging directory (publish; restore uses the unpacked checkpoint).
-    #[serde(default)]
-    pub staging: Option<String>,
-    /// Checkpoint number (restore).
-    #[serde(default)]
-    pub checkpoint: Option<u64>,
-    /// Which nodes; none: where the site is hosted (every node, for a site not published yet). A publish
-    /// or restore with a target hosts the site there from then on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
-    /// Run again this many seconds after each run was due (a repeating job).
-    #[serde(default)]
-    pub every_s: Option<u64>,
-    /// When it conflicts with another job.
-    #[serde(default)]
-    pub on_conflict: ConflictPolicy,
-    /// How many times a failed run is tried again (0: it is cancelled at the first failure).
-    #[serde(default)]
-    pub retries: u32,
-    /// Seconds between a failure and the next try.
-    #[serde(default = "default_retry_delay")]
-    pub retry_delay_s: u64,
-    /// Include and exclude rules (publish); they become the site's rules.
-    #[serde(default)]
-    pub rules: Option<Rules>,
-}
-
-fn default_retry_delay() -> u64 {
-    30
-}
-
-impl JobSpec {
-    /// A job of `kind` for `site` where the site is hosted, due now, queued on conflict, not retried.
-    pub fn new(kind: &str, site: &str) -> JobSpec {
-        JobSpec {
-            kind: kind.to_string(),
-            site: site.to_string(),
-            staging: None,
-            checkpoint: None,
-            target: None,
-            every_s: None,
-            on_conflict: ConflictPolicy::Queue,
-            retries: 0,
-            retry_delay_s: default_retry_delay(),
-            rules: None,
+    match &spec.target {
+        Some(Target::Group(name) | Target::Node(name)) if !plain_name(name) => {
+            return Err(format!("`{name}` is not a plain group or node name"));
         }
+        _ => {}
     }
-
-    /// Whether the job makes a new version of the site (or removes it).
-    pub fn changes_version(&self) -> bool {
-        matches!(self.kind.as_str(), "publish" | "restore" | "rollback" | "remove")
+    if spec.kind == JobKind::Publish && spec.staging.is_none() {
+        return Err("a publish needs a staging directory".into());
     }
-
-    /// Whether the job is sent to nodes at all.
-    pub fn uses_nodes(&self) -> bool {
-        self.kind != "checkpoint"
+    if spec.kind == JobKind::Restore && spec.checkpoint.is_none() {
+        return Err("a restore names a checkpoint".into());
     }
-
-    /// Checks what can be checked before the job runs.
-    pub fn validate(&self) -> Result<(), String> {
-        if !KINDS.contains(&self.kind.as_str()) {
-            return Err(format!("unknown job kind `{}`; one of {}", self.kind, KINDS.join(", ")));
-        }
-        if !plain_name(&self.site) {
-            return Err(format!(
-                "`{}` is not a plain site name (letters, digits, `-`, `_`, `.`)",
-                self.site
-            ));
-        }
-        match &self.target {
-            Some(Target::Group(name) | Target::Node(name)) if !plain_name(name) => {
-                return Err(format!("`{name}` is not a plain group or node name"));
-            }
-            _ => {}
-        }
-        if self.kind == "publish" && self.staging.is_none() {
-            return Err("a publish needs a staging directory".into());
-        }
-        if self.kind == "restore" && self.checkpoint.is_none() {
-            return Err("a restore names a checkpoint".into());
-        }
-        if self.every_s == Some(0) {
-            return Err("a repeating job repeats every 1 second or more".into());
-        }
-        if let Some(rules) = &self.rules {
-            rules.compile().map_err(|e| e.to_string())?;
-        }
-        Ok(())
+    if spec.every_s == Some(0) {
+        return Err("a repeating job repeats every 1 second or more".into());
     }
+    if let Some(rules) = &spec.rules {
+        CompiledRules::new(rules).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A site, group or node name: letters, digits, `-`, `_`, `.`, not starting with a dot.
@@ -182,6 +74,17 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// The claim of job `id` (described by `spec`) on `nodes`.
+    pub fn new(id: &str, spec: &JobSpec, nodes: BTreeSet<String>) -> Claim {
+        Claim {
+            job: id.to_string(),
+            site: spec.site.clone(),
+            changes_version: spec.changes_version(),
+            nodes,
+            on_conflict: spec.on_conflict,
+        }
+    }
+
     fn conflicts_with(&self, other: &Claim) -> bool {
         self.site == other.site
             && ((self.changes_version && other.changes_version) || !self.nodes.is_disjoint(&other.nodes))
@@ -219,6 +122,52 @@ pub fn decide(running: &[Claim], due: &[Claim]) -> Vec<(String, Decision)> {
         decisions.push((job.job.clone(), decision));
     }
     decisions
+}
+
+/// What becomes of a job whose try failed (seed 004: the CCM's retry policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// It goes back on the schedule, due at `due_ms` (ms since the epoch).
+    Retry {
+        /// When the next try is due.
+        due_ms: u64,
+    },
+    /// It has no tries left: it ends `failed`.
+    Fail,
+}
+
+/// Whether a job that has had `tries` tries (the failed one included) may have another: a job is tried
+/// once and then again up to `retries` times.
+pub fn may_try_again(tries: u32, retries: u32) -> bool {
+    tries <= retries
+}
+
+/// Decides, at `now_ms`, what becomes of a job whose try number `tries` failed: back on the schedule
+/// `retry_delay_s` seconds from now while it has tries left, else failed.
+pub fn after_failure(tries: u32, spec: &JobSpec, now_ms: u64) -> AfterFailure {
+    if !may_try_again(tries, spec.retries) {
+        return AfterFailure::Fail;
+    }
+    let delay_ms = spec.retry_delay_s.saturating_mul(1000);
+    AfterFailure::Retry {
+        due_ms: now_ms.saturating_add(delay_ms),
+    }
+}
+
+/// When the next run of a repeating job (one run every `every_s` seconds, at least 1) is due, given that
+/// the run that just ended was due at `due_ms`: the first time `due_ms + k × period` after `now_ms`, so a
+/// series keeps its phase and skips the runs it missed. `None` for a job that does not repeat.
+pub fn next_run(due_ms: u64, every_s: Option<u64>, now_ms: u64) -> Option<u64> {
+    let period_ms = every_s?.max(1).saturating_mul(1000);
+    let next = due_ms.saturating_add(period_ms);
+    if next > now_ms {
+        return Some(next);
+    }
+    let missed = (now_ms - next) / period_ms;
+    Some(
+        next.saturating_add(missed.saturating_mul(period_ms))
+            .saturating_add(period_ms),
+    )
 }
 
 #[cfg(test)]
@@ -276,16 +225,55 @@ mod tests {
 
     #[test]
     fn specs_are_checked() {
-        let mut spec = JobSpec::new("publish", "www");
-        assert!(spec.validate().is_err(), "publish without staging");
+        let mut spec = JobSpec::new(JobKind::Publish, "www");
+        assert!(validate(&spec).is_err(), "publish without staging");
         spec.staging = Some("/tmp".into());
-        assert!(spec.validate().is_ok());
+        assert!(validate(&spec).is_ok());
         spec.site = "../etc".into();
-        assert!(spec.validate().is_err());
-        let mut spec = JobSpec::new("explode", "www");
-        assert!(spec.validate().expect_err("refused").contains("unknown job kind"));
-        spec.kind = "synchronise".into();
+        assert!(validate(&spec).is_err());
+        let mut spec = JobSpec::new(JobKind::Synchronise, "www");
         spec.every_s = Some(0);
-        assert!(spec.validate().is_err());
+        assert!(validate(&spec).is_err());
+        spec.every_s = None;
+        spec.target = Some(Target::Group("../x".into()));
+        assert!(validate(&spec).is_err());
+    }
+
+    #[test]
+    fn a_failed_try_is_retried_after_the_delay_while_tries_are_left() {
+        let mut spec = JobSpec::new(JobKind::Publish, "www");
+        assert_eq!(
+            after_failure(1, &spec, 5_000),
+            AfterFailure::Fail,
+            "no retries: failed at once"
+        );
+        spec.retries = 2;
+        spec.retry_delay_s = 30;
+        assert_eq!(after_failure(1, &spec, 5_000), AfterFailure::Retry { due_ms: 35_000 });
+        assert_eq!(after_failure(2, &spec, 5_000), AfterFailure::Retry { due_ms: 35_000 });
+        assert_eq!(after_failure(3, &spec, 5_000), AfterFailure::Fail, "1 try + 2 retries");
+        spec.retry_delay_s = u64::MAX;
+        assert_eq!(
+            after_failure(1, &spec, 5_000),
+            AfterFailure::Retry { due_ms: u64::MAX },
+            "a huge delay saturates"
+        );
+        // A job interrupted by a restart counts the interrupted try.
+        assert!(may_try_again(2, 2));
+        assert!(!may_try_again(3, 2));
+    }
+
+    #[test]
+    fn a_repeating_job_keeps_its_phase_and_skips_missed_runs() {
+        assert_eq!(next_run(10_000, None, 12_000), None);
+        assert_eq!(next_run(10_000, Some(5), 12_000), Some(15_000), "the next period");
+        assert_eq!(next_run(10_000, Some(5), 15_000), Some(20_000), "strictly after now");
+        assert_eq!(
+            next_run(10_000, Some(5), 31_000),
+            Some(35_000),
+            "runs missed while the job ran long are skipped"
+        );
+        assert_eq!(next_run(10_000, Some(0), 10_500), Some(11_000), "at least a second");
+        assert_eq!(next_run(u64::MAX - 10, Some(u64::MAX), 0), Some(u64::MAX), "saturates");
     }
 }

@@ -2,15 +2,27 @@
 //! target; registered nodes, the content groups they belong to and the version of each site they hold; jobs
 //! with their schedule, policies and per-node state; checkpoints; snapshots; and a history log. Every job's
 //! state is written here before it is acted on, so a restart finds it.
+//!
+//! Job kinds and states, and a node's state in a job, are stored as the words of their
+//! [`tern_wire::mover`] enums; a word the enum does not know is read as an error naming the accepted ones
+//! (`FromSqlConversionFailure`), never as a default. The store is used from one thread at a time:
+//! [`crate::store_thread::StoreThread`] owns it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::str::FromStr;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
+use tern_wire::mover::{Checkpoint, HistoryEntry, JobState, NodeState, UnknownValue};
+use tracing::warn;
 
 use crate::rules::Rules;
-use crate::schedule::{JobSpec, Target};
+use crate::schedule::{JobKind, JobSpec, Target, may_try_again};
+
+/// A job and a node's part in it, as the job API shows them.
+pub use tern_wire::mover::{Job, JobNode};
 
 /// A registered node.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -57,56 +69,6 @@ impl Site {
     }
 }
 
-/// A job.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Job {
-    /// Id.
-    pub id: String,
-    /// What it does.
-    #[serde(flatten)]
-    pub spec: JobSpec,
-    /// `scheduled` (waiting for its time), `queued` (due, waiting for a conflicting job), `running`,
-    /// `committed`, `failed`, `refused`, `cancelled`.
-    pub state: String,
-    /// Why it failed, was refused, or is waiting.
-    pub error: Option<String>,
-    /// Per node: state and bytes sent.
-    pub nodes: Vec<JobNode>,
-    /// When it was created.
-    pub created_ms: u64,
-    /// When it is (or was) due.
-    pub due_ms: u64,
-    /// Tries so far.
-    pub attempt: u32,
-    /// When the last try started.
-    pub started_ms: Option<u64>,
-    /// When it finished.
-    pub finished_ms: Option<u64>,
-}
-
-impl Job {
-    /// Whether the job has ended (it will not run again).
-    pub fn finished(&self) -> bool {
-        FINISHED.contains(&self.state.as_str())
-    }
-}
-
-/// States a job ends in.
-pub const FINISHED: &[&str] = &["committed", "failed", "refused", "cancelled"];
-
-/// A node's part in a job.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct JobNode {
-    /// The node.
-    pub node: String,
-    /// `pending`, `prepared`, `committed`, `failed`.
-    pub state: String,
-    /// Bytes sent to it.
-    pub bytes: u64,
-    /// Its error.
-    pub error: Option<String>,
-}
-
 /// A snapshot: the assignment that made a version from the one before (kept until the next checkpoint).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotRecord {
@@ -129,6 +91,16 @@ pub struct Store {
 
 /// Errors of the store.
 pub type StoreResult<T> = Result<T, rusqlite::Error>;
+
+/// Reads column `index` as the word of an enum; an unknown word is an error that names the accepted ones.
+fn word<T: FromStr<Err = UnknownValue>>(row: &Row<'_>, index: usize) -> StoreResult<T> {
+    let text: String = row.get(index)?;
+    text.parse()
+        .map_err(|error: UnknownValue| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(error)))
+}
+
+/// The states of jobs that have not ended, as stored.
+const PENDING_STATES: &str = "'scheduled', 'queued', 'running'";
 
 /// Columns added after the first release, with their definitions: added to an older database at open.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -313,6 +285,19 @@ impl Store {
         })
     }
 
+    /// The nodes a job is for, now: its target's, or else its site's (none for a job that sends nothing
+    /// to nodes).
+    pub fn job_nodes(&self, spec: &JobSpec) -> StoreResult<BTreeSet<String>> {
+        if !spec.uses_nodes() {
+            return Ok(BTreeSet::new());
+        }
+        let target = match &spec.target {
+            Some(target) => target.clone(),
+            None => self.site(&spec.site)?.map(|s| s.target).unwrap_or_default(),
+        };
+        self.target_nodes(&target)
+    }
+
     /// Records the version a node holds of a site.
     pub fn set_node_version(&self, node: &str, site: &str, sequence: u64) -> StoreResult<()> {
         self.connection.execute(
@@ -364,11 +349,12 @@ impl Store {
     pub fn create_job(&self, id: &str, spec: &JobSpec, due_ms: u64, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
             "INSERT INTO jobs (id, kind, site, state, error, staging, created_ms, spec, due_ms, attempt)
-             VALUES (?1, ?2, ?3, 'scheduled', NULL, ?4, ?5, ?6, ?7, 0)",
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, 0)",
             params![
                 id,
-                spec.kind,
+                spec.kind.as_str(),
                 spec.site,
+                JobState::Scheduled.as_str(),
                 spec.staging,
                 now_ms as i64,
                 serde_json::to_string(spec).unwrap_or_default(),
@@ -401,23 +387,23 @@ impl Store {
             .execute("DELETE FROM job_nodes WHERE job = ?1", params![id])?;
         for node in nodes {
             self.connection.execute(
-                "INSERT INTO job_nodes (job, node, state, bytes, error) VALUES (?1, ?2, 'pending', 0, NULL)",
-                params![id, node],
+                "INSERT INTO job_nodes (job, node, state, bytes, error) VALUES (?1, ?2, ?3, 0, NULL)",
+                params![id, node, NodeState::Pending.as_str()],
             )?;
         }
         self.connection.execute(
-            "UPDATE jobs SET state = 'running', error = NULL, attempt = attempt + 1, started_ms = ?2 WHERE id = ?1",
-            params![id, now_ms as i64],
+            "UPDATE jobs SET state = ?3, error = NULL, attempt = attempt + 1, started_ms = ?2 WHERE id = ?1",
+            params![id, now_ms as i64, JobState::Running.as_str()],
         )?;
         self.log(Some(id), &format!("job running on {} nodes", nodes.len()), now_ms)
     }
 
     /// Sets a job's state; a finished state records when it finished.
-    pub fn set_job_state(&self, id: &str, state: &str, error: Option<&str>, now_ms: u64) -> StoreResult<()> {
-        let finished = FINISHED.contains(&state).then_some(now_ms as i64);
+    pub fn set_job_state(&self, id: &str, state: JobState, error: Option<&str>, now_ms: u64) -> StoreResult<()> {
+        let finished = state.is_finished().then_some(now_ms as i64);
         self.connection.execute(
             "UPDATE jobs SET state = ?2, error = ?3, finished_ms = COALESCE(?4, finished_ms) WHERE id = ?1",
-            params![id, state, error, finished],
+            params![id, state.as_str(), error, finished],
         )?;
         self.log(
             Some(id),
@@ -429,8 +415,8 @@ impl Store {
     /// Puts a failed try back on the schedule, due at `due_ms`.
     pub fn retry_job(&self, id: &str, error: &str, due_ms: u64, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
-            "UPDATE jobs SET state = 'scheduled', error = ?2, due_ms = ?3 WHERE id = ?1",
-            params![id, error, due_ms as i64],
+            "UPDATE jobs SET state = ?4, error = ?2, due_ms = ?3 WHERE id = ?1",
+            params![id, error, due_ms as i64, JobState::Scheduled.as_str()],
         )?;
         self.log(
             Some(id),
@@ -445,8 +431,8 @@ impl Store {
     /// Notes why a due job waits (state `queued`), without logging it again and again.
     pub fn queue_job(&self, id: &str, reason: &str, now_ms: u64) -> StoreResult<()> {
         let changed = self.connection.execute(
-            "UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1 AND (state != 'queued' OR error IS NOT ?2)",
-            params![id, reason],
+            "UPDATE jobs SET state = ?3, error = ?2 WHERE id = ?1 AND (state != ?3 OR error IS NOT ?2)",
+            params![id, reason, JobState::Queued.as_str()],
         )?;
         if changed > 0 {
             self.log(Some(id), reason, now_ms)?;
@@ -455,10 +441,17 @@ impl Store {
     }
 
     /// Sets a node's state in a job.
-    pub fn set_job_node(&self, id: &str, node: &str, state: &str, bytes: u64, error: Option<&str>) -> StoreResult<()> {
+    pub fn set_job_node(
+        &self,
+        id: &str,
+        node: &str,
+        state: NodeState,
+        bytes: u64,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE job_nodes SET state = ?3, bytes = bytes + ?4, error = ?5 WHERE job = ?1 AND node = ?2",
-            params![id, node, state, bytes as i64, error],
+            params![id, node, state.as_str(), bytes as i64, error],
         )?;
         Ok(())
     }
@@ -472,20 +465,22 @@ impl Store {
                  FROM jobs WHERE id = ?1",
                 params![id],
                 |row| {
-                    let (kind, site): (String, String) = (row.get(1)?, row.get(2)?);
                     // Jobs written before specs were stored have only kind, site and staging.
-                    let spec = row
+                    let stored = row
                         .get::<_, Option<String>>(6)?
-                        .and_then(|text| serde_json::from_str::<JobSpec>(&text).ok())
-                        .unwrap_or_else(|| {
-                            let mut spec = JobSpec::new(&kind, &site);
-                            spec.staging = row.get(7).ok().flatten();
+                        .and_then(|text| serde_json::from_str::<JobSpec>(&text).ok());
+                    let spec = match stored {
+                        Some(spec) => spec,
+                        None => {
+                            let mut spec = JobSpec::new(word::<JobKind>(row, 1)?, &row.get::<_, String>(2)?);
+                            spec.staging = row.get(7)?;
                             spec
-                        });
+                        }
+                    };
                     Ok(Job {
                         id: row.get(0)?,
                         spec,
-                        state: row.get(3)?,
+                        state: word(row, 3)?,
                         error: row.get(4)?,
                         nodes: Vec::new(),
                         created_ms: row.get::<_, i64>(5)? as u64,
@@ -506,7 +501,7 @@ impl Store {
         let rows = statement.query_map(params![id], |row| {
             Ok(JobNode {
                 node: row.get(0)?,
-                state: row.get(1)?,
+                state: word(row, 1)?,
                 bytes: row.get::<_, i64>(2)? as u64,
                 error: row.get(3)?,
             })
@@ -524,16 +519,39 @@ impl Store {
         rows.collect()
     }
 
-    /// Jobs that are not finished, in the order they are due (then created).
+    /// Jobs that are not finished, in the order they are due (then created). A job whose record cannot be
+    /// read (a kind or state this version does not know) is left out, with a warning.
     pub fn pending_jobs(&self) -> StoreResult<Vec<Job>> {
         let ids: Vec<String> = {
-            let mut statement = self.connection.prepare(
-                "SELECT id FROM jobs WHERE state IN ('scheduled', 'queued', 'running') ORDER BY due_ms, created_ms, id",
-            )?;
+            let mut statement = self.connection.prepare(&format!(
+                "SELECT id FROM jobs WHERE state IN ({PENDING_STATES}) ORDER BY due_ms, created_ms, id"
+            ))?;
             let rows = statement.query_map([], |row| row.get(0))?;
             rows.collect::<StoreResult<_>>()?
         };
-        Ok(ids.iter().filter_map(|id| self.job(id).ok().flatten()).collect())
+        Ok(self.readable_jobs(&ids))
+    }
+
+    /// The jobs of `ids` that can be read, in that order.
+    pub fn readable_jobs(&self, ids: &[String]) -> Vec<Job> {
+        ids.iter()
+            .filter_map(|id| match self.job(id) {
+                Ok(job) => job,
+                Err(error) => {
+                    warn!(job = %id, %error, "job record unreadable; left out");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// How many jobs have not ended.
+    pub fn pending_count(&self) -> StoreResult<u64> {
+        self.connection.query_row(
+            &format!("SELECT COUNT(*) FROM jobs WHERE state IN ({PENDING_STATES})"),
+            [],
+            |row| row.get::<_, i64>(0).map(|n| n as u64),
+        )
     }
 
     /// Jobs left running by a previous run of the mover. Each is tried again when its policy allows
@@ -543,17 +561,17 @@ impl Store {
         let running: Vec<Job> = self
             .pending_jobs()?
             .into_iter()
-            .filter(|job| job.state == "running")
+            .filter(|job| job.state == JobState::Running)
             .collect();
         let (mut resumed, mut failed) = (0, 0);
         for job in running {
-            if job.attempt <= job.spec.retries {
+            if may_try_again(job.attempt, job.spec.retries) {
                 self.retry_job(&job.id, "the mover restarted during the job", now_ms, now_ms)?;
                 resumed += 1;
             } else {
                 self.set_job_state(
                     &job.id,
-                    "failed",
+                    JobState::Failed,
                     Some("the mover restarted during the job; submit it again"),
                     now_ms,
                 )?;
@@ -576,18 +594,18 @@ impl Store {
         )
     }
 
-    /// A site's checkpoints: (number, version, created, bytes), oldest first.
-    pub fn checkpoints(&self, site: &str) -> StoreResult<Vec<(u64, u64, u64, u64)>> {
+    /// A site's checkpoints, oldest first.
+    pub fn checkpoints(&self, site: &str) -> StoreResult<Vec<Checkpoint>> {
         let mut statement = self
             .connection
             .prepare("SELECT number, sequence, created_ms, bytes FROM checkpoints WHERE site = ?1 ORDER BY number")?;
         let rows = statement.query_map(params![site], |row| {
-            Ok((
-                row.get::<_, i64>(0)? as u64,
-                row.get::<_, i64>(1)? as u64,
-                row.get::<_, i64>(2)? as u64,
-                row.get::<_, i64>(3)? as u64,
-            ))
+            Ok(Checkpoint {
+                number: row.get::<_, i64>(0)? as u64,
+                version: row.get::<_, i64>(1)? as u64,
+                created_ms: row.get::<_, i64>(2)? as u64,
+                bytes: row.get::<_, i64>(3)? as u64,
+            })
         })?;
         rows.collect()
     }
@@ -643,13 +661,17 @@ impl Store {
         Ok(())
     }
 
-    /// The newest history entries: (at, job, message), newest first.
-    pub fn history(&self, limit: usize) -> StoreResult<Vec<(u64, Option<String>, String)>> {
+    /// The newest history entries, newest first.
+    pub fn history(&self, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
         let mut statement = self
             .connection
             .prepare("SELECT at_ms, job, message FROM history ORDER BY rowid DESC LIMIT ?1")?;
         let rows = statement.query_map(params![limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)? as u64, row.get(1)?, row.get(2)?))
+            Ok(HistoryEntry {
+                at_ms: row.get::<_, i64>(0)? as u64,
+                job: row.get(1)?,
+                message: row.get(2)?,
+            })
         })?;
         rows.collect()
     }
@@ -665,5 +687,60 @@ impl Store {
             params![now_ms as i64, job, message],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_states_are_the_states_that_have_not_ended() {
+        let pending: Vec<String> = JobState::ALL
+            .iter()
+            .filter(|state| !state.is_finished())
+            .map(|state| format!("'{state}'"))
+            .collect();
+        assert_eq!(pending.join(", "), PENDING_STATES);
+    }
+
+    #[test]
+    fn states_are_stored_as_words_and_an_unknown_word_is_an_error_that_names_it() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let mut spec = JobSpec::new(JobKind::Publish, "www");
+        spec.staging = Some("/staging".into());
+        store.create_job("j1", &spec, 10, 5).expect("create");
+        let nodes: BTreeSet<String> = ["n1".to_string()].into();
+        store.start_job("j1", &nodes, 10).expect("start");
+        store
+            .set_job_node("j1", "n1", NodeState::Prepared, 100, None)
+            .expect("node");
+        let job = store.job("j1").expect("read").expect("job");
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.nodes[0].state, NodeState::Prepared);
+        let stored: String = store
+            .connection
+            .query_row("SELECT state FROM jobs WHERE id = 'j1'", [], |row| row.get(0))
+            .expect("state");
+        assert_eq!(stored, "running", "the same words as before the enums");
+        assert_eq!(store.pending_count().expect("count"), 1);
+
+        store
+            .connection
+            .execute("UPDATE jobs SET state = 'paused' WHERE id = 'j1'", [])
+            .expect("update");
+        let error = store.job("j1").expect_err("an unknown state is not read as another");
+        assert!(error.to_string().contains("unknown job state `paused`"), "{error}");
+        store
+            .connection
+            .execute(
+                "UPDATE jobs SET state = 'queued', spec = NULL, kind = 'explode' WHERE id = 'j1'",
+                [],
+            )
+            .expect("update");
+        let error = store.job("j1").expect_err("an unknown kind is refused");
+        assert!(error.to_string().contains("unknown job kind `explode`"), "{error}");
+        assert!(store.pending_jobs().expect("pending").is_empty(), "left out, not fatal");
     }
 }

@@ -1,10 +1,11 @@
 //! `tern node`: the agent on each backend server (seed 004). It registers with the mover (name, address,
-//! free disk, CPUs, content groups, the version of each site it holds) at start and then periodically, takes assignments over
-//! HTTP, checks their signature and hashes before anything touches disk, and applies them with the
-//! content interpreter. A node that was down registers again when it is back, and the mover brings it up to
-//! date.
+//! free disk, CPUs, content groups, the version of each site it holds: a
+//! [`tern_wire::mover::Registration`]) at start and then periodically, takes assignments over HTTP, checks
+//! their signature and hashes before anything touches disk, and applies them with the content interpreter,
+//! answering with a [`tern_wire::mover::AssignmentAnswer`] or an [`tern_wire::mover::ErrorAnswer`]. A node
+//! that was down registers again when it is back, and the mover brings it up to date.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve_with};
 use tern_http::tls::{CertStore, ClientTls, HttpsClient, TlsConfig};
 use tern_wire::assignment::{Limits, decode_owned};
+use tern_wire::mover::{AssignmentAnswer, ErrorAnswer, Registration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -66,8 +68,8 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     /// The version (sequence) of each site this node holds live.
-    pub fn versions(&self) -> HashMap<String, u64> {
-        let mut versions = HashMap::new();
+    pub fn versions(&self) -> BTreeMap<String, u64> {
+        let mut versions = BTreeMap::new();
         let Ok(entries) = std::fs::read_dir(&self.config.root) else {
             return versions;
         };
@@ -88,6 +90,18 @@ impl NodeAgent {
             }
         }
         versions
+    }
+
+    /// What this node tells the mover when it registers, listening on `bound`.
+    fn registration(&self, bound: SocketAddr) -> Registration {
+        Registration {
+            name: self.config.name.clone(),
+            url: self.url(bound),
+            versions: self.versions(),
+            free_disk: free_disk(&self.config.root),
+            cpus: cpus(),
+            groups: self.config.groups.clone(),
+        }
     }
 
     fn url(&self, bound: SocketAddr) -> String {
@@ -145,16 +159,11 @@ async fn register_loop(
 ) {
     let url = format!("{}/api/nodes/register", agent.config.mover.trim_end_matches('/'));
     loop {
-        let body = serde_json::json!({
-            "name": agent.config.name,
-            "url": agent.url(bound),
-            "versions": agent.versions(),
-            "free_disk": free_disk(&agent.config.root),
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "groups": agent.config.groups,
-        })
-        .to_string();
+        // Reading the sites' versions and the free disk touches the file system: off the async threads.
+        let reader = agent.clone();
+        let registration = tokio::task::spawn_blocking(move || reader.registration(bound)).await;
         let outcome = async {
+            let body = serde_json::to_vec(&registration?)?;
             let request = Request::post(&url)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))?;
@@ -178,6 +187,12 @@ async fn register_loop(
     }
 }
 
+/// CPUs this node can use (1 when unknown).
+fn cpus() -> u32 {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    u32::try_from(cpus).unwrap_or(u32::MAX)
+}
+
 /// Bytes free for unprivileged use on the file system holding `root` (0 when unknown).
 fn free_disk(root: &std::path::Path) -> u64 {
     rustix::fs::statvfs(root)
@@ -197,17 +212,25 @@ struct NodeApi {
     agent: Arc<NodeAgent>,
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    tern_admin::json(status, &value)
+fn json(status: StatusCode, value: impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_value(value) {
+        Ok(value) => tern_admin::json(status, &value),
+        Err(error) => tern_admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// A refusal: `{"error": REASON}`.
+fn refusal(status: StatusCode, error: String) -> Response<Body> {
+    json(status, ErrorAnswer { error })
 }
 
 /// Reads an assignment's bytes into one buffer, sized from `content-length` when it is within `limit`
 /// (the assignment is then copied once, from the socket's chunks, and never again).
 async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Response<Body>> {
     let too_large = || {
-        json(
+        refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
-            serde_json::json!({ "error": format!("assignment over the node's limit of {limit} bytes") }),
+            format!("assignment over the node's limit of {limit} bytes"),
         )
     };
     let declared = request
@@ -221,12 +244,7 @@ async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Resp
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
     let mut body = request.into_body();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": format!("assignment cut off: {error}") }),
-            )
-        })?;
+        let frame = frame.map_err(|error| refusal(StatusCode::BAD_REQUEST, format!("assignment cut off: {error}")))?;
         if let Ok(chunk) = frame.into_data() {
             if bytes.len() as u64 + chunk.len() as u64 > limit {
                 return Err(too_large());
@@ -294,27 +312,25 @@ impl Handler for NodeApi {
                         }
                         json(
                             StatusCode::OK,
-                            serde_json::json!({ "id": id, "commands": applied.commands, "live": applied.live }),
+                            AssignmentAnswer {
+                                id,
+                                commands: applied.commands as u64,
+                                live: applied.live,
+                            },
                         )
                     }
                     Ok(Err(reason)) => {
                         warn!(%client, %reason, "assignment refused");
-                        json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }))
+                        refusal(StatusCode::BAD_REQUEST, reason)
                     }
-                    Err(error) => json(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        serde_json::json!({ "error": error.to_string() }),
-                    ),
+                    Err(error) => refusal(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                 }
             }
             (&Method::GET, "/status") => json(
                 StatusCode::OK,
                 serde_json::json!({ "role": "node", "name": agent.config.name, "versions": agent.versions() }),
             ),
-            (method, path) => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({ "error": format!("no endpoint {method} {path}") }),
-            ),
+            (method, path) => refusal(StatusCode::NOT_FOUND, format!("no endpoint {method} {path}")),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod assignment;
 pub mod frame;
 pub mod key;
+pub mod mover;
 pub mod sync;
 
 pub use key::{KeyError, SecretKey};

@@ -409,19 +409,19 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         nodes.push(node);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while mover.role.nodes().len() < 3 {
+    while mover.role.nodes().await.len() < 3 {
         if std::time::Instant::now() > deadline {
             bail!("the demo nodes did not register with the mover");
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let site_path = site.display().to_string();
-    let mut publish = tern_mover::JobSpec::new("publish", "demo");
+    let mut publish = tern_mover::JobSpec::new(tern_mover::JobKind::Publish, "demo");
     publish.staging = Some(site_path);
-    let id = mover.role.submit(publish, 0)?;
+    let id = mover.role.submit(publish, 0).await?;
     loop {
-        match mover.role.job(&id) {
-            Some(job) if job.state == "committed" => break,
+        match mover.role.job(&id).await {
+            Some(job) if job.state == tern_mover::JobState::Committed => break,
             Some(job) if job.finished() => bail!(
                 "publishing the sample site to the demo nodes failed: {}",
                 job.error.unwrap_or_default()

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use tern_wire::mover::{ConflictPolicy, JobKind, JobRequest};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -547,19 +548,19 @@ async fn run(command: Command) -> Result<()> {
         Command::Publish(args) => {
             let staging = std::fs::canonicalize(&args.staging)
                 .with_context(|| format!("staging directory {}", args.staging.display()))?;
-            let mut body =
-                serde_json::json!({ "kind": "publish", "site": args.site, "staging": staging.display().to_string() });
+            let mut request = JobRequest::new(JobKind::Publish, &args.site);
+            request.staging = Some(staging.display().to_string());
             if !args.include.is_empty() || !args.exclude.is_empty() {
-                body["include"] = serde_json::json!(args.include);
-                body["exclude"] = serde_json::json!(args.exclude);
+                request.include = Some(args.include);
+                request.exclude = Some(args.exclude);
             }
-            let wait = args.job.apply(&mut body)?;
-            mover_client::run_job(&args.mover, args.ca.as_deref(), body, wait).await
+            let wait = args.job.apply(&mut request)?;
+            mover_client::run_job(&args.mover, args.ca.as_deref(), request, wait).await
         }
         Command::Rollback(args) => {
-            let mut body = serde_json::json!({ "kind": "rollback", "site": args.site });
-            let wait = args.job.apply(&mut body)?;
-            mover_client::run_job(&args.mover, args.ca.as_deref(), body, wait).await
+            let mut request = JobRequest::new(JobKind::Rollback, &args.site);
+            let wait = args.job.apply(&mut request)?;
+            mover_client::run_job(&args.mover, args.ca.as_deref(), request, wait).await
         }
         Command::Jobs(JobsArgs {
             mover,
@@ -579,8 +580,9 @@ async fn run(command: Command) -> Result<()> {
             site,
             number,
         }) => {
-            let body = serde_json::json!({ "kind": "restore", "site": site, "checkpoint": number });
-            mover_client::run_job(&mover, ca.as_deref(), body, true).await
+            let mut request = JobRequest::new(JobKind::Restore, &site);
+            request.checkpoint = Some(number);
+            mover_client::run_job(&mover, ca.as_deref(), request, true).await
         }
         Command::Sync(args) => run_sync(args).await,
     }
@@ -927,26 +929,24 @@ fn load_key(path: &std::path::Path) -> Result<tern_wire::SecretKey> {
 
 impl JobOptions {
     /// Adds these options to a job request; returns whether the client should wait for the job.
-    fn apply(&self, body: &mut serde_json::Value) -> Result<bool> {
-        if let Some(group) = &self.group {
-            body["group"] = group.clone().into();
-        }
+    fn apply(&self, request: &mut JobRequest) -> Result<bool> {
+        request.group = self.group.clone();
         if let Some(at) = &self.at {
-            body["at_ms"] = parse_time(at)?.into();
+            request.at_ms = Some(parse_time(at)?);
         }
         if let Some(every) = &self.every {
             let period = humantime::parse_duration(every)
                 .with_context(|| format!("--every {every}: a duration such as 30m, 1h or 1day"))?;
-            body["every_s"] = period.as_secs().max(1).into();
+            request.every_s = Some(period.as_secs().max(1));
         }
-        if !matches!(self.on_conflict.as_str(), "queue" | "refuse") {
+        let Ok(on_conflict) = self.on_conflict.parse::<ConflictPolicy>() else {
             anyhow::bail!("--on-conflict {}: use queue or refuse", self.on_conflict);
-        }
-        body["on_conflict"] = self.on_conflict.clone().into();
-        body["retries"] = self.retries.into();
+        };
+        request.on_conflict = Some(on_conflict);
+        request.retries = Some(self.retries);
         let delay = humantime::parse_duration(&self.retry_delay)
             .with_context(|| format!("--retry-delay {}: a duration such as 30s or 5m", self.retry_delay))?;
-        body["retry_delay_s"] = delay.as_secs().into();
+        request.retry_delay_s = Some(delay.as_secs());
         Ok(!(self.no_wait && (self.at.is_some() || self.every.is_some())))
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tern_http::tls::{ClientTls, HttpsClient};
+use tern_wire::mover::{Job, JobCreated, JobRequest, JobState, NodeState};
 
 type HttpClient = HttpsClient<Full<Bytes>>;
 
@@ -44,54 +45,57 @@ async fn call(
     Ok(value)
 }
 
+/// Reads a job as the mover shows it.
+async fn job(client: &HttpClient, base: &str, id: &str) -> Result<Job> {
+    let url = format!("{base}/api/jobs/{id}");
+    let value = call(client, "GET", &url, None).await?;
+    serde_json::from_value(value).with_context(|| format!("unexpected answer from {url}"))
+}
+
 /// Submits a job and, when `wait`, follows it: a progress bar (nodes finished, bytes sent) and a line for
 /// each node whose state changes. Fails unless the job committed.
-pub async fn run_job(mover: &str, ca: Option<&Path>, body: serde_json::Value, wait: bool) -> Result<()> {
+pub async fn run_job(mover: &str, ca: Option<&Path>, request: JobRequest, wait: bool) -> Result<()> {
     let client = client(ca)?;
     let base = mover.trim_end_matches('/');
-    let created = call(&client, "POST", &format!("{base}/api/jobs"), Some(body)).await?;
-    let id = created["id"]
-        .as_str()
-        .context("the mover did not return a job id")?
-        .to_string();
+    let url = format!("{base}/api/jobs");
+    let created = call(&client, "POST", &url, Some(serde_json::to_value(&request)?)).await?;
+    let JobCreated { id } = serde_json::from_value(created).context("the mover did not return a job id")?;
     println!("job {id}");
     if !wait {
-        let job = call(&client, "GET", &format!("{base}/api/jobs/{id}"), None).await?;
+        let job = job(&client, base, &id).await?;
         println!(
             "  {} — due at {} ms since the epoch; follow it with `tern jobs --mover {mover}`",
-            job["state"].as_str().unwrap_or("?"),
-            job["due_ms"]
+            job.state, job.due_ms
         );
         return Ok(());
     }
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<String, NodeState> = std::collections::HashMap::new();
     let mut last_bar = String::new();
     loop {
-        let job = call(&client, "GET", &format!("{base}/api/jobs/{id}"), None).await?;
-        let nodes = job["nodes"].as_array().cloned().unwrap_or_default();
-        let state = job["state"].as_str().unwrap_or("?").to_string();
-        let finished = matches!(state.as_str(), "committed" | "failed" | "refused" | "cancelled");
+        let job = job(&client, base, &id).await?;
+        let finished = job.finished();
         // Per-node status: one line each time a node's state changes.
         let mut lines = Vec::new();
-        for node in &nodes {
-            let name = node["node"].as_str().unwrap_or("?").to_string();
-            let node_state = node["state"].as_str().unwrap_or("?").to_string();
-            if seen.get(&name) != Some(&node_state) {
-                let error = node["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
+        for node in &job.nodes {
+            if seen.get(&node.node) != Some(&node.state) {
+                let error = node.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default();
                 lines.push(format!(
-                    "  {name:16} {node_state:10} {:>10}{error}",
-                    human_bytes(node["bytes"].as_u64().unwrap_or(0))
+                    "  {:16} {:10} {:>10}{error}",
+                    node.node,
+                    node.state,
+                    human_bytes(node.bytes)
                 ));
-                seen.insert(name, node_state);
+                seen.insert(node.node.clone(), node.state);
             }
         }
-        let done = nodes
+        let done = job
+            .nodes
             .iter()
-            .filter(|n| matches!(n["state"].as_str(), Some("committed" | "failed")))
+            .filter(|n| matches!(n.state, NodeState::Committed | NodeState::Failed))
             .count();
-        let sent: u64 = nodes.iter().map(|n| n["bytes"].as_u64().unwrap_or(0)).sum();
-        let bar = progress_bar(&state, done, nodes.len(), sent, job["error"].as_str());
+        let sent: u64 = job.nodes.iter().map(|n| n.bytes).sum();
+        let bar = progress_bar(job.state, done, job.nodes.len(), sent, job.error.as_deref());
         if terminal {
             // Clear the bar, print the node lines above it, draw it again.
             let mut out = std::io::stdout();
@@ -114,23 +118,24 @@ pub async fn run_job(mover: &str, ca: Option<&Path>, body: serde_json::Value, wa
             if terminal {
                 println!();
             }
-            if state == "committed" {
+            if job.state == JobState::Committed {
                 return Ok(());
             }
             bail!(
-                "job {id} {state}: {}",
-                job["error"].as_str().unwrap_or("see the nodes above")
+                "job {id} {}: {}",
+                job.state,
+                job.error.as_deref().unwrap_or("see the nodes above")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn progress_bar(state: &str, done: usize, total: usize, sent: u64, note: Option<&str>) -> String {
+fn progress_bar(state: JobState, done: usize, total: usize, sent: u64, note: Option<&str>) -> String {
     const WIDTH: usize = 30;
     let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
     let note = match (state, note) {
-        ("queued" | "scheduled", Some(note)) => format!(" ({note})"),
+        (JobState::Queued | JobState::Scheduled, Some(note)) => format!(" ({note})"),
         _ => String::new(),
     };
     format!(
@@ -169,18 +174,16 @@ pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
         None,
     )
     .await?;
-    for job in jobs.as_array().cloned().unwrap_or_default() {
+    let jobs: Vec<Job> = serde_json::from_value(jobs).context("unexpected answer from the mover")?;
+    for job in jobs {
         println!(
             "{:40} {:12} {:10} {:10} {}{}",
-            job["id"].as_str().unwrap_or("?"),
-            job["kind"].as_str().unwrap_or("?"),
-            job["site"].as_str().unwrap_or("?"),
-            job["state"].as_str().unwrap_or("?"),
-            job["every_s"]
-                .as_u64()
-                .map(|s| format!("every {s} s; "))
-                .unwrap_or_default(),
-            job["error"].as_str().unwrap_or("")
+            job.id,
+            job.spec.kind,
+            job.spec.site,
+            job.state,
+            job.spec.every_s.map(|s| format!("every {s} s; ")).unwrap_or_default(),
+            job.error.as_deref().unwrap_or("")
         );
     }
     Ok(())

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::server::Running;
 use tern_mover::service::{Mover, MoverConfig, start};
-use tern_mover::{JobSpec, PlanPolicy};
+use tern_mover::{JobKind, JobSpec, PlanPolicy};
 use tern_node::agent::{NodeAgent, NodeConfig};
 
 pub(crate) fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -257,11 +257,11 @@ async fn a_job_interrupted_by_a_mover_restart_resumes_or_fails_cleanly() {
         // Two jobs the mover was running when it stopped: one whose policy allows another try, one not.
         let store = tern_mover::store::Store::open(&data.join("mover.db")).expect("db");
         let nodes: std::collections::BTreeSet<String> = ["node0".to_string()].into();
-        let mut stuck = JobSpec::new("publish", "www");
+        let mut stuck = JobSpec::new(JobKind::Publish, "www");
         stuck.staging = Some("/nonexistent".into());
         store.create_job("stuck", &stuck, 1, 1).expect("job");
         store.start_job("stuck", &nodes, 2).expect("running");
-        let mut resumable = JobSpec::new("publish", "www");
+        let mut resumable = JobSpec::new(JobKind::Publish, "www");
         resumable.staging = Some(staging.display().to_string());
         resumable.retries = 1;
         store.create_job("resumable", &resumable, 1, 1).expect("job");

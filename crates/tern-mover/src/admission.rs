@@ -1,0 +1,142 @@
+//! Admission of jobs (seed 004: the CCM takes jobs from the operator): a job is checked before it is put on
+//! the schedule — its description, its staging directory, its site, checkpoint and group — and one due now
+//! whose conflict policy is `refuse` is refused at once when it conflicts with a running job. A job that has
+//! not started can be cancelled.
+
+use std::path::Path;
+
+use tern_wire::mover::{JobKind, JobState, Target};
+
+use crate::ccm::{Mover, now_ms};
+use crate::schedule::{Claim, ConflictPolicy, Decision, JobSpec, decide, validate};
+use crate::store_thread::StoreError;
+
+/// Why a job was not accepted, or not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request is not valid (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// It conflicts with a running job and its policy is `refuse`, or the job to cancel has started
+    /// (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the database says about a job being submitted.
+struct Facts {
+    site_known: bool,
+    group_empty: bool,
+    nodes: std::collections::BTreeSet<String>,
+}
+
+/// What became of a cancellation, decided on the store thread so a job cannot start in between.
+enum Cancelled {
+    Done,
+    NoSuchJob,
+    Running,
+    Ended(JobState),
+}
+
+impl Mover {
+    /// Accepts a job due at `due_ms` (ms since the epoch; now or earlier: as soon as it does not conflict);
+    /// returns its id.
+    pub async fn submit(&self, spec: JobSpec, due_ms: u64) -> Result<String, SubmitError> {
+        validate(&spec).map_err(SubmitError::Invalid)?;
+        if let Some(staging) = &spec.staging
+            && spec.kind == JobKind::Publish
+            && !Path::new(staging).is_dir()
+        {
+            return Err(SubmitError::Invalid(format!(
+                "staging directory {staging} does not exist (on the mover's machine)"
+            )));
+        }
+        let asked = spec.clone();
+        let facts = self
+            .store
+            .call(move |store| {
+                let group_empty = match &asked.target {
+                    Some(Target::Group(group)) => store.target_nodes(&Target::Group(group.clone()))?.is_empty(),
+                    _ => false,
+                };
+                Ok(Facts {
+                    site_known: store.site(&asked.site)?.is_some(),
+                    group_empty,
+                    nodes: store.job_nodes(&asked)?,
+                })
+            })
+            .await?;
+        if !facts.site_known && spec.kind != JobKind::Publish {
+            return Err(SubmitError::Invalid(format!(
+                "site {} was never published; publish it first",
+                spec.site
+            )));
+        }
+        if let Some(number) = spec.checkpoint
+            && !self.site_dir(&spec.site).checkpoint(number).is_dir()
+        {
+            return Err(SubmitError::Invalid(format!(
+                "site {} has no checkpoint {number} (see GET /api/checkpoints?site={})",
+                spec.site, spec.site
+            )));
+        }
+        if let Some(Target::Group(group)) = &spec.target
+            && facts.group_empty
+        {
+            return Err(SubmitError::Invalid(format!(
+                "group {group} has no registered nodes (nodes join with `tern node --group {group}`, or PUT /api/groups/{group})"
+            )));
+        }
+        let now = now_ms();
+        if due_ms <= now && spec.on_conflict == ConflictPolicy::Refuse {
+            let claim = Claim::new("new", &spec, facts.nodes);
+            let running = self.running().clone();
+            if let Some((_, Decision::Refuse(other))) = decide(&running, &[claim]).pop() {
+                return Err(SubmitError::Conflict(format!(
+                    "job {other} is running for {} on the same nodes; this job's policy is to refuse (use on_conflict \"queue\" to wait)",
+                    spec.site
+                )));
+            }
+        }
+        let id = self.new_job_id(spec.kind, now);
+        let created = id.clone();
+        self.store
+            .call(move |store| store.create_job(&created, &spec, due_ms.max(now), now))
+            .await?;
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Cancels a job that has not started (a repeating job's next run: that ends the series).
+    pub async fn cancel(&self, id: &str) -> Result<(), SubmitError> {
+        let job = id.to_string();
+        let now = now_ms();
+        let outcome = self
+            .store
+            .call(move |store| {
+                let Some(current) = store.job(&job)? else {
+                    return Ok(Cancelled::NoSuchJob);
+                };
+                Ok(match current.state {
+                    JobState::Scheduled | JobState::Queued => {
+                        store.set_job_state(&job, JobState::Cancelled, Some("cancelled by the operator"), now)?;
+                        Cancelled::Done
+                    }
+                    JobState::Running => Cancelled::Running,
+                    ended => Cancelled::Ended(ended),
+                })
+            })
+            .await?;
+        match outcome {
+            Cancelled::Done => Ok(()),
+            Cancelled::NoSuchJob => Err(SubmitError::Invalid(format!("no job {id}"))),
+            Cancelled::Running => Err(SubmitError::Conflict(format!(
+                "job {id} is running; it commits or fails within the delivery timeout"
+            ))),
+            Cancelled::Ended(state) => Err(SubmitError::Conflict(format!("job {id} has already ended ({state})"))),
+        }
+    }
+}

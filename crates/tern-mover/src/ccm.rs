@@ -1,0 +1,198 @@
+//! The content control manager (seed 004's CCM) as the rest of the service sees it: the [`Mover`] and its
+//! settings. Each concern of the service is an `impl Mover` block in its own module — admission
+//! ([`crate::admission`]), the scheduler loop ([`crate::dispatch`]), the job bodies ([`crate::publish`],
+//! [`crate::synchronise`], [`crate::rollback`], [`crate::remove`], [`crate::checkpoint`]), delivery
+//! ([`crate::delivery`]), registration ([`crate::registration`]) and the load balancer
+//! ([`crate::rotation`]) — and this module holds what they share, and the status document.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use http::{Method, StatusCode};
+use tern_http::tls::TlsConfig;
+use tern_wire::mover::{Job, JobKind};
+use tokio::sync::Notify;
+
+use crate::delivery::Delivery;
+use crate::metrics::MoverMetrics;
+use crate::plan::PlanPolicy;
+use crate::rotation::LoadBalancer;
+use crate::schedule::Claim;
+use crate::store::Node;
+use crate::store_thread::StoreThread;
+use crate::versions::SiteDir;
+
+/// Settings of the mover.
+#[derive(Debug, Clone)]
+pub struct MoverConfig {
+    /// API listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/metrics`, `/status`), if any.
+    pub admin: Option<SocketAddr>,
+    /// Data directory (database, keys, shadow copies, snapshots, checkpoints).
+    pub data: PathBuf,
+    /// How files are carried.
+    pub policy: PlanPolicy,
+    /// Nodes that must have a publish prepared before it is committed (`None`: all of them); see
+    /// [`crate::delivery::Quorum`].
+    pub quorum: Option<usize>,
+    /// Timeout of one delivery to a node.
+    pub delivery_timeout: Duration,
+    /// Checkpoints kept per site (older ones are deleted).
+    pub checkpoints_kept: usize,
+    /// The load balancer in front of the nodes, told to take a stale node out of its rotation.
+    pub load_balancer: Option<LoadBalancer>,
+    /// Certificates: with them the API and the admin listener serve HTTPS only.
+    pub tls: Option<TlsConfig>,
+    /// CA certificate file (PEM) that alone vouches for nodes registered with `https://` URLs; without it
+    /// the system's roots do.
+    pub ca: Option<PathBuf>,
+}
+
+/// The mover's clock: milliseconds since the Unix epoch. Decisions take this as a parameter (`now_ms`)
+/// rather than reading the clock themselves.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The content control manager.
+pub struct Mover {
+    pub(crate) config: MoverConfig,
+    pub(crate) signing: SigningKey,
+    /// The database, on its own thread.
+    pub(crate) store: StoreThread,
+    /// How assignments reach nodes.
+    pub(crate) delivery: Arc<dyn Delivery>,
+    /// Guards each site's shadow copy while it is read (planning) or replaced (commit, rollback).
+    shadow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Jobs running now, with the nodes they hold.
+    running: Mutex<Vec<Claim>>,
+    /// Wakes the scheduler (a job was submitted or finished).
+    pub(crate) wake: Notify,
+    next_job: AtomicU64,
+    /// When (ms since the epoch) a node was last sent a catch-up for a site: see
+    /// [`crate::registration::catch_up`].
+    pub(crate) last_synchronise: Mutex<HashMap<(String, String), u64>>,
+    pub(crate) metrics: MoverMetrics,
+    started: Instant,
+    /// The last status document computed, for [`tern_admin::AdminRoutes::status`].
+    last_status: Mutex<serde_json::Value>,
+}
+
+impl Mover {
+    /// A mover working with `store` and carrying assignments with `delivery`.
+    pub(crate) fn new(
+        config: MoverConfig,
+        signing: SigningKey,
+        store: StoreThread,
+        delivery: Arc<dyn Delivery>,
+    ) -> Mover {
+        Mover {
+            config,
+            signing,
+            store,
+            delivery,
+            shadow_locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            next_job: AtomicU64::new(0),
+            last_synchronise: Mutex::new(HashMap::new()),
+            metrics: MoverMetrics::new(),
+            started: Instant::now(),
+            last_status: Mutex::new(serde_json::json!({ "role": "mover" })),
+        }
+    }
+
+    /// The claims of the jobs running now.
+    pub(crate) fn running(&self) -> MutexGuard<'_, Vec<Claim>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock of `site`'s shadow copy.
+    pub(crate) fn shadow_lock(&self, site: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.shadow_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(site.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A new job id: `KIND-MS-N`.
+    pub(crate) fn new_job_id(&self, kind: JobKind, now_ms: u64) -> String {
+        let n = self.next_job.fetch_add(1, Ordering::Relaxed);
+        format!("{kind}-{now_ms}-{n}")
+    }
+
+    /// The mover's copies of `site`.
+    pub(crate) fn site_dir(&self, site: &str) -> SiteDir {
+        SiteDir::new(&self.config.data, site)
+    }
+
+    /// The mover's metrics.
+    pub fn metrics(&self) -> &MoverMetrics {
+        &self.metrics
+    }
+
+    /// Registered nodes (none when the database fails).
+    pub async fn nodes(&self) -> Vec<Node> {
+        self.store.call(|store| store.nodes()).await.unwrap_or_default()
+    }
+
+    /// A job's current view.
+    pub async fn job(&self, id: &str) -> Option<Job> {
+        let id = id.to_string();
+        self.store.call(move |store| store.job(&id)).await.ok().flatten()
+    }
+
+    /// The status document: nodes, sites, jobs not ended.
+    pub async fn status(&self) -> serde_json::Value {
+        let read = self
+            .store
+            .call(|store| Ok((store.nodes()?, store.sites()?, store.pending_count()?)))
+            .await;
+        let (nodes, sites, pending) = read.unwrap_or_default();
+        let status = serde_json::json!({
+            "role": "mover",
+            "nodes": nodes,
+            "sites": sites,
+            "jobs_pending": pending,
+        });
+        *self.last_status.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
+        status
+    }
+}
+
+impl tern_admin::AdminRoutes for Mover {
+    /// The last status document computed; the admin listener's `GET /status` is answered by
+    /// [`route`](tern_admin::AdminRoutes::route) with a fresh one, read through the store thread.
+    fn status(&self) -> serde_json::Value {
+        self.last_status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn registry(&self) -> &prometheus_client::registry::Registry {
+        &self.metrics.registry
+    }
+
+    fn route<'a>(&'a self, request: &'a tern_admin::AdminRequest) -> Option<tern_admin::ResponseFuture<'a>> {
+        if request.method != Method::GET || request.path != "/status" {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let mut status = self.status().await;
+            if let Some(object) = status.as_object_mut() {
+                object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+                object.insert("uptime_seconds".into(), self.started.elapsed().as_secs().into());
+            }
+            tern_admin::json(StatusCode::OK, &status)
+        }))
+    }
+}

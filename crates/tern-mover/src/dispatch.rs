@@ -1,0 +1,200 @@
+//! The scheduler loop (seed 004: the CCM's scheduler): on every wake-up and at least every
+//! [`SCHEDULER_TICK`], it starts the due jobs that [`crate::schedule::decide`] lets start, queues or refuses
+//! the others, runs each started job's try in a task of its own, and records how the try ended — committed,
+//! back on the schedule ([`crate::schedule::after_failure`]) or failed — then schedules a repeating job's
+//! next run ([`crate::schedule::next_run`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_wire::mover::{Job, JobKind, JobState};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ccm::{Mover, now_ms};
+use crate::schedule::{AfterFailure, Claim, Decision, after_failure, decide, next_run};
+
+/// Longest the scheduler sleeps between looks at the schedule.
+pub const SCHEDULER_TICK: Duration = Duration::from_millis(500);
+
+/// Starts due jobs until shutdown.
+pub(crate) async fn scheduler(mover: Arc<Mover>, shutdown: CancellationToken) {
+    loop {
+        mover.dispatch(now_ms()).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = mover.wake.notified() => {}
+            _ = tokio::time::sleep(SCHEDULER_TICK) => {}
+        }
+    }
+}
+
+/// What the schedule holds at one look.
+struct Schedule {
+    /// Jobs due now and not running, with the nodes each is for.
+    due: Vec<(Job, BTreeSet<String>)>,
+    /// Jobs not ended.
+    pending: usize,
+    /// Registered nodes.
+    nodes: usize,
+}
+
+impl Mover {
+    /// Starts the jobs due at `now` that do not conflict with running ones; queues or refuses the others.
+    async fn dispatch(self: &Arc<Self>, now: u64) {
+        let read = self
+            .store
+            .call(move |store| {
+                let pending = store.pending_jobs()?;
+                let mut due = Vec::new();
+                for job in &pending {
+                    if job.state == JobState::Running || job.due_ms > now {
+                        continue;
+                    }
+                    match store.job_nodes(&job.spec) {
+                        Ok(nodes) => due.push((job.clone(), nodes)),
+                        Err(error) => warn!(job = %job.id, %error, "cannot resolve the job's nodes"),
+                    }
+                }
+                Ok(Schedule {
+                    due,
+                    pending: pending.len(),
+                    nodes: store.nodes()?.len(),
+                })
+            })
+            .await;
+        let schedule = match read {
+            Ok(schedule) => schedule,
+            Err(error) => {
+                warn!(%error, "cannot read the schedule");
+                return;
+            }
+        };
+        self.metrics.jobs_pending.set(schedule.pending as i64);
+        self.metrics.nodes.set(schedule.nodes as i64);
+        if schedule.due.is_empty() {
+            return;
+        }
+        let claims: Vec<Claim> = schedule
+            .due
+            .iter()
+            .map(|(job, nodes)| Claim::new(&job.id, &job.spec, nodes.clone()))
+            .collect();
+        // A started job's claim is held from the decision on, so a job submitted meanwhile sees it.
+        let decisions = {
+            let mut running = self.running();
+            let decisions = decide(&running, &claims);
+            for (((job, _), claim), (_, decision)) in schedule.due.iter().zip(&claims).zip(&decisions) {
+                let nowhere_to_run = job.spec.uses_nodes() && claim.nodes.is_empty();
+                if *decision == Decision::Start && !nowhere_to_run {
+                    running.push(claim.clone());
+                }
+            }
+            decisions
+        };
+        for ((job, nodes), (_, decision)) in schedule.due.into_iter().zip(decisions) {
+            match decision {
+                Decision::Start if job.spec.uses_nodes() && nodes.is_empty() => {
+                    let reason = "no registered nodes to run on; start `tern node --mover URL ...` first";
+                    self.end(&job, JobState::Failed, Some(reason), now).await;
+                }
+                Decision::Start => self.start(job, nodes, now).await,
+                Decision::Wait(other) => {
+                    let id = job.id.clone();
+                    let reason = format!("waiting for job {other}");
+                    let _ = self.store.call(move |store| store.queue_job(&id, &reason, now)).await;
+                }
+                Decision::Refuse(other) => {
+                    let reason = format!("refused: job {other} was running for the same site and nodes");
+                    self.end(&job, JobState::Refused, Some(&reason), now).await;
+                }
+            }
+        }
+        self.metrics.jobs_running.set(self.running().len() as i64);
+    }
+
+    /// Marks `job` running on `nodes` and runs its try in a task of its own.
+    async fn start(self: &Arc<Self>, job: Job, nodes: BTreeSet<String>, now: u64) {
+        let (id, held) = (job.id.clone(), nodes.clone());
+        if let Err(error) = self.store.call(move |store| store.start_job(&id, &held, now)).await {
+            warn!(job = %job.id, %error, "cannot start the job");
+            self.release(&job.id);
+            return;
+        }
+        let mover = self.clone();
+        tokio::spawn(async move { mover.execute(job, nodes.into_iter().collect()).await });
+    }
+
+    /// Drops a job's claim on its nodes.
+    fn release(&self, id: &str) {
+        self.running().retain(|claim| claim.job != id);
+    }
+
+    /// Runs one try of a job and records how it ended: committed, failed, or back on the schedule for a
+    /// retry; a repeating job's next run is scheduled once this one has ended.
+    async fn execute(self: Arc<Self>, job: Job, nodes: Vec<String>) {
+        let (id, site) = (job.id.as_str(), job.spec.site.as_str());
+        info!(job = %id, kind = %job.spec.kind, %site, nodes = nodes.len(), attempt = job.attempt + 1, "job running");
+        let outcome = match job.spec.kind {
+            JobKind::Publish => self.run_publish(&job, &nodes).await,
+            JobKind::Restore => self.run_restore(&job, &nodes).await,
+            JobKind::Synchronise => self.run_synchronise(id, site, &nodes, false).await,
+            JobKind::Replicate => self.run_synchronise(id, site, &nodes, true).await,
+            JobKind::Rollback => self.run_rollback(id, site, &nodes).await,
+            JobKind::Remove => self.run_remove(id, site, &nodes).await,
+            JobKind::Checkpoint => self.checkpoint(site).await.map(|_| ()),
+        };
+        self.update_rotation(id, &nodes).await;
+        self.release(id);
+        let now = now_ms();
+        match outcome {
+            Ok(()) => {
+                info!(job = %id, %site, "job committed");
+                self.end(&job, JobState::Committed, None, now).await;
+            }
+            Err(error) => match after_failure(job.attempt + 1, &job.spec, now) {
+                AfterFailure::Retry { due_ms } => {
+                    let (retried, reason) = (id.to_string(), error.clone());
+                    let _ = self
+                        .store
+                        .call(move |store| store.retry_job(&retried, &reason, due_ms, now))
+                        .await;
+                    self.metrics.job(job.spec.kind, "retried");
+                    warn!(job = %id, %site, %error, attempt = job.attempt + 1, retries = job.spec.retries, "job failed; tried again later");
+                }
+                AfterFailure::Fail => {
+                    warn!(job = %id, %site, %error, "job failed");
+                    self.end(&job, JobState::Failed, Some(&error), now).await;
+                }
+            },
+        }
+        self.wake.notify_one();
+    }
+
+    /// Ends `job` in `state` (committed, failed or refused), counts it, and schedules a repeating job's
+    /// next run.
+    async fn end(&self, job: &Job, state: JobState, error: Option<&str>, now: u64) {
+        let (id, reason) = (job.id.clone(), error.map(str::to_string));
+        let _ = self
+            .store
+            .call(move |store| store.set_job_state(&id, state, reason.as_deref(), now))
+            .await;
+        self.metrics.job(job.spec.kind, state.as_str());
+        let Some(next) = next_run(job.due_ms, job.spec.every_s, now) else {
+            return;
+        };
+        let id = self.new_job_id(job.spec.kind, now);
+        let (created, spec) = (id.clone(), job.spec.clone());
+        match self
+            .store
+            .call(move |store| store.create_job(&created, &spec, next, now))
+            .await
+        {
+            Ok(()) => {
+                info!(job = %id, after = %job.id, in_s = next.saturating_sub(now) / 1000, "next run of a repeating job scheduled")
+            }
+            Err(error) => warn!(job = %job.id, %error, "cannot schedule the next run of a repeating job"),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The publish and restore jobs (seed 004: a publication from the staging server, and a restore from a
+//! checkpoint). The staging tree is planned against the shadow copy ([`crate::plan`](mod@crate::plan)) into one assignment
+//! carrying the difference, which is delivered in two phases ([`crate::delivery::carry`]); meanwhile the
+//! next shadow copy is built, and once the nodes have committed it becomes the shadow copy, the assignment
+//! is kept as the new version's snapshot, and the site's record moves to the new version.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_tree::Snapshot;
+use tern_wire::assignment::AssignmentKind;
+use tern_wire::mover::Job;
+use tracing::{info, warn};
+
+use crate::ccm::{Mover, now_ms};
+use crate::delivery::{Delivered, Quorum};
+use crate::plan::{Plan, Publication, plan_site};
+use crate::rules::{CompiledRules, Rules};
+use crate::schedule::Target;
+use crate::store::{Site, SnapshotRecord};
+use crate::versions::unpack_tree;
+
+impl Mover {
+    /// Publishes the job's staging directory.
+    pub(crate) async fn run_publish(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<(), String> {
+        let staging = job.spec.staging.clone().ok_or("a publish needs a staging directory")?;
+        if !Path::new(&staging).is_dir() {
+            return Err(format!("staging directory {staging} does not exist"));
+        }
+        let rules = job.spec.rules.clone();
+        self.publish_tree(job, nodes, PathBuf::from(staging), false, rules)
+            .await
+    }
+
+    /// A restore publishes the checkpoint's tree whole (the nodes' trees start empty) as a new version.
+    pub(crate) async fn run_restore(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<(), String> {
+        let number = job.spec.checkpoint.ok_or("a restore names a checkpoint")?;
+        let site_dir = self.site_dir(&job.spec.site);
+        let packed = site_dir.checkpoint(number);
+        let unpacked = site_dir.path().join(format!("restore-{}", job.id));
+        let target = unpacked.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&target);
+            unpack_tree(&packed, &target)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("checkpoint {number}: {e}"))?;
+        let outcome = self
+            .publish_tree(job, nodes, unpacked.clone(), true, Some(Rules::default()))
+            .await;
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&unpacked)).await;
+        outcome
+    }
+
+    /// Publishes `staging` as the site's next version: plan, deliver (quorum of the mover's policy), then
+    /// make the planned tree the shadow copy and record the version.
+    async fn publish_tree(
+        self: &Arc<Self>,
+        job: &Job,
+        nodes: &[String],
+        staging: PathBuf,
+        restore: bool,
+        rules: Option<Rules>,
+    ) -> Result<(), String> {
+        let (id, name) = (job.id.as_str(), job.spec.site.as_str());
+        let wanted = name.to_string();
+        let site = self
+            .store
+            .call(move |store| store.site(&wanted))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut site = site.unwrap_or_else(|| Site {
+            name: name.to_string(),
+            sequence: 0,
+            previous: 0,
+            high: 0,
+            target: Target::All,
+            rules: Rules::default(),
+            snapshot: String::new(),
+        });
+        let rules = rules.unwrap_or_else(|| site.rules.clone());
+        let published: Snapshot = serde_json::from_str(&site.snapshot).unwrap_or_default();
+        let next = site.next_version();
+        let site_dir = self.site_dir(name);
+        let kind = if restore {
+            AssignmentKind::Restore
+        } else {
+            AssignmentKind::Publish
+        };
+        let planned = {
+            let lock = self.shadow_lock(name);
+            let _guard = lock.lock().await;
+            let base = if restore { Snapshot::new() } else { published.clone() };
+            self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
+                .await?
+        };
+        info!(job = %id, site = %name, version = next, created = planned.stats.created, patched = planned.stats.patched,
+              removed = planned.stats.removed, bytes = planned.stats.assignment_bytes, "publish planned");
+        let assignment = Bytes::from(planned.assignment);
+        let shipment = self.shipment(id, name, next, Some(assignment.clone()))?;
+        // The next shadow copy is built while the nodes prepare (only this job changes the site's version,
+        // and the shadow copy it links from changes only under the lock, after the commit).
+        let (dir, snapshot, from) = (site_dir.clone(), planned.snapshot.clone(), staging.clone());
+        let staged = tokio::task::spawn_blocking(move || dir.stage_next(&from, &published, &snapshot));
+        let ready = async move {
+            staged
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("shadow copy: {e}")))
+        };
+        let committed = match self
+            .ship(&shipment, nodes, Quorum::from_policy(self.config.quorum), ready)
+            .await
+        {
+            Delivered::Committed { committed } => committed,
+            Delivered::Held { reason, .. } => {
+                let dir = site_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || dir.discard_next()).await;
+                return Err(reason.to_string());
+            }
+        };
+        {
+            let lock = self.shadow_lock(name);
+            let _guard = lock.lock().await;
+            let dir = site_dir.clone();
+            let superseded = tokio::task::spawn_blocking(move || dir.promote_next())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("shadow copy: {e}"))?;
+            // The tree before the previous one is deleted after the job, not before it reports.
+            tokio::task::spawn_blocking(move || {
+                for tree in superseded {
+                    let _ = std::fs::remove_dir_all(tree);
+                }
+            });
+            let mut kept = None;
+            if !restore && site.sequence != 0 {
+                // The snapshot of this version: with it, a node one or a few versions behind is brought up
+                // to date with the deltas rather than a full copy. A first publish has no base a node could
+                // hold (a node without the site gets a full copy), so it is not kept.
+                let (dir, bytes) = (site_dir.clone(), assignment.clone());
+                let saved = tokio::task::spawn_blocking(move || dir.save_snapshot(next, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match saved {
+                    Ok(()) => {
+                        kept = Some(SnapshotRecord {
+                            sequence: next,
+                            base: site.sequence,
+                            job: id.to_string(),
+                            bytes: assignment.len() as u64,
+                            created_ms: now_ms(),
+                        })
+                    }
+                    Err(error) => warn!(site = %name, version = next, %error, "snapshot not kept"),
+                }
+            }
+            site.previous = site.sequence;
+            site.sequence = next;
+            site.high = next;
+            site.rules = rules;
+            if let Some(target) = &job.spec.target
+                && !matches!(target, Target::Node(_))
+            {
+                site.target = target.clone();
+            }
+            site.snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
+            self.store
+                .call(move |store| {
+                    if let Some(record) = &kept {
+                        store.add_snapshot(&site.name, record)?;
+                    }
+                    store.save_site(&site)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if committed.len() < nodes.len() {
+            return Err(format!(
+                "committed on {} of {} nodes; the others are brought up to date when they register again",
+                committed.len(),
+                nodes.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Plans an assignment on a blocking thread. `base` describes the shadow copy to diff against; an empty
+    /// one sends every file whole (a full copy: the node's tree starts empty).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn plan_in_background(
+        &self,
+        job: &str,
+        site: &str,
+        sequence: u64,
+        staging: PathBuf,
+        base: Snapshot,
+        kind: AssignmentKind,
+        rules: Rules,
+    ) -> Result<Plan, String> {
+        let compiled = CompiledRules::new(&rules).map_err(|e| e.to_string())?;
+        let (signing, policy, site, job) = (
+            self.signing.clone(),
+            self.config.policy.clone(),
+            site.to_string(),
+            job.to_string(),
+        );
+        let shadow = self.site_dir(&site).shadow();
+        tokio::task::spawn_blocking(move || {
+            let publication = Publication {
+                id: &job,
+                site: &site,
+                sequence,
+                created_ms: now_ms(),
+            };
+            plan_site(
+                &staging,
+                &shadow,
+                &base,
+                &publication,
+                &policy,
+                &signing,
+                kind,
+                Some(&compiled),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+}

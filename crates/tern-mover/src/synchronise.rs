@@ -1,0 +1,173 @@
+//! The synchronise and replicate jobs (seed 004: a node that missed assignments is brought up to date; a
+//! replicate sends a full copy). A node whose version is the base of a chain of snapshots gets those deltas,
+//! one version after the other, each prepared and committed on its own; any other node (or every one, for a
+//! replicate) gets a full copy of the published version, planned from the shadow copy against nothing.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_tree::Snapshot;
+use tern_wire::assignment::AssignmentKind;
+use tern_wire::mover::NodeState;
+
+use crate::ccm::Mover;
+use crate::delivery::{Delivered, Quorum, always_ready};
+use crate::rules::Rules;
+use crate::store::SnapshotRecord;
+use crate::versions::SiteDir;
+
+impl Mover {
+    /// Brings `nodes` to the published version of site `name`; with `full`, every node gets a full copy.
+    /// Nodes already at the version are left alone (not for a replicate).
+    pub(crate) async fn run_synchronise(
+        self: &Arc<Self>,
+        job: &str,
+        name: &str,
+        nodes: &[String],
+        full: bool,
+    ) -> Result<(), String> {
+        let (wanted, targets) = (name.to_string(), nodes.to_vec());
+        let read = self
+            .store
+            .call(move |store| {
+                let Some(site) = store.site(&wanted)? else {
+                    return Ok(None);
+                };
+                let snapshots = store.snapshots(&wanted)?;
+                let held = targets
+                    .iter()
+                    .map(|node| store.node_version(node, &wanted))
+                    .collect::<Result<Vec<u64>, _>>()?;
+                Ok(Some((site, snapshots, held)))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((site, snapshots, held)) = read else {
+            return Err(format!("site {name} was never published"));
+        };
+        let site_dir = self.site_dir(name);
+        let mut whole = Vec::new();
+        let mut current = Vec::new();
+        for (node, held) in nodes.iter().zip(held) {
+            if held == site.sequence && !full {
+                let (id, done) = (job.to_string(), node.clone());
+                let _ = self
+                    .store
+                    .call(move |store| store.set_job_node(&id, &done, NodeState::Committed, 0, None))
+                    .await;
+                current.push(node.clone());
+                continue;
+            }
+            let versions = if full {
+                None
+            } else {
+                chain(&snapshots, held, site.sequence)
+            };
+            match versions {
+                Some(versions) if self.deliver_chain(job, name, node, &site_dir, &versions).await => {
+                    current.push(node.clone())
+                }
+                _ => whole.push(node.clone()),
+            }
+        }
+        if !whole.is_empty() {
+            let full_copy = {
+                let lock = self.shadow_lock(name);
+                let _guard = lock.lock().await;
+                self.plan_in_background(
+                    job,
+                    name,
+                    site.sequence,
+                    site_dir.shadow(),
+                    Snapshot::new(),
+                    AssignmentKind::Replicate,
+                    Rules::default(),
+                )
+                .await?
+            };
+            let shipment = self.shipment(job, name, site.sequence, Some(Bytes::from(full_copy.assignment)))?;
+            if let Delivered::Committed { committed } =
+                self.ship(&shipment, &whole, Quorum::EachNode, always_ready()).await
+            {
+                current.extend(committed);
+            }
+        }
+        if current.len() < nodes.len() {
+            return Err(format!("{} of {} nodes brought up to date", current.len(), nodes.len()));
+        }
+        Ok(())
+    }
+
+    /// Delivers the snapshots of `versions` (in order) to one node, each followed by its commit; whether
+    /// the node holds the last one.
+    async fn deliver_chain(
+        self: &Arc<Self>,
+        job: &str,
+        name: &str,
+        node: &str,
+        site_dir: &SiteDir,
+        versions: &[u64],
+    ) -> bool {
+        let node_list = [node.to_string()];
+        for &version in versions {
+            let dir = site_dir.clone();
+            let Ok(Ok(assignment)) = tokio::task::spawn_blocking(move || dir.load_snapshot(version)).await else {
+                return false;
+            };
+            let Ok(shipment) = self.shipment(job, name, version, Some(Bytes::from(assignment))) else {
+                return false;
+            };
+            match self.ship(&shipment, &node_list, Quorum::All, always_ready()).await {
+                Delivered::Committed { committed } if !committed.is_empty() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The versions to apply, in order, to go from `held` to `target` through snapshots whose bases link up;
+/// none when the chain is broken (a checkpoint dropped part of it, or the node holds a version off the line).
+fn chain(snapshots: &[SnapshotRecord], held: u64, target: u64) -> Option<Vec<u64>> {
+    if held == 0 {
+        return None;
+    }
+    let mut versions = Vec::new();
+    let mut at = target;
+    while at != held {
+        let record = snapshots.iter().find(|s| s.sequence == at)?;
+        versions.push(at);
+        at = record.base;
+        if versions.len() > snapshots.len() {
+            return None;
+        }
+    }
+    versions.reverse();
+    Some(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sequence: u64, base: u64) -> SnapshotRecord {
+        SnapshotRecord {
+            sequence,
+            base,
+            job: format!("j{sequence}"),
+            bytes: 1,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_chain_follows_the_bases_and_breaks_where_a_link_is_missing() {
+        // 1 -> 2 -> 3, a rollback to 2, then 4 made from 2.
+        let snapshots = [record(2, 1), record(3, 2), record(4, 2)];
+        assert_eq!(chain(&snapshots, 2, 4), Some(vec![4]));
+        assert_eq!(chain(&snapshots, 1, 4), Some(vec![2, 4]));
+        assert_eq!(chain(&snapshots, 3, 4), None, "3 is off the line that leads to 4");
+        assert_eq!(chain(&snapshots, 0, 4), None, "a node with nothing gets a full copy");
+        assert_eq!(chain(&[record(4, 2)], 1, 4), None, "2 was dropped by a checkpoint");
+    }
+}

@@ -1,0 +1,676 @@
+//! Messages of the content mover (seed `004_1419c51402506f7e.txt`) between its processes: the content control
+//! manager (CCM, `tern mover`), the nodes (`tern node`) and the clients of its job API (`tern publish`,
+//! `tern jobs`, `tern checkpoint`, scripts).
+//!
+//! | message | from → to | HTTP |
+//! |---|---|---|
+//! | [`Registration`] / [`Registered`] | node → mover | `POST /api/nodes/register` |
+//! | [`AssignmentAnswer`] / [`ErrorAnswer`] | node → mover, the answer to an assignment | `POST /assignments` |
+//! | [`JobRequest`] / [`JobCreated`] | client → mover | `POST /api/jobs` |
+//! | [`Job`] (with [`JobNode`]) | mover → client | `GET /api/jobs`, `GET /api/jobs/ID` |
+//! | [`JobCancelled`] | mover → client | `POST /api/jobs/ID/cancel` |
+//! | [`CheckpointRequest`] / [`CheckpointCreated`], [`Checkpoint`] | client ↔ mover | `/api/checkpoints` |
+//! | [`GroupRequest`] | client → mover | `PUT /api/groups/NAME` |
+//! | [`HistoryEntry`] | mover → client | `GET /api/history` |
+//!
+//! Every body is JSON. The enums ([`JobKind`], [`JobState`], [`NodeState`], [`ConflictPolicy`]) travel as
+//! the lowercase words the mover has always written, which are also what its database stores; a word
+//! outside the list is refused with an [`UnknownValue`] that names the accepted ones. Times are
+//! milliseconds since the Unix epoch (`*_ms`), periods seconds (`*_s`), sizes bytes.
+
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A word that is not one of an enum's values (a job kind, a job state, ...), from the network or the
+/// mover's database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`; one of {expected}")]
+pub struct UnknownValue {
+    /// What was read: `job kind`, `job state`, ...
+    pub what: &'static str,
+    /// The word.
+    pub value: String,
+    /// The accepted words, comma-separated.
+    pub expected: String,
+}
+
+/// An enum carried as one lowercase word: `as_str`, [`std::str::FromStr`] (with [`UnknownValue`]),
+/// `Display`, and serde as that word.
+macro_rules! word_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $what:literal {
+            $( $(#[$variant_meta:meta])* $variant:ident = $word:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( $(#[$variant_meta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in the order of the list.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The word it travels and is stored as.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                match text {
+                    $($word => Ok($name::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: text.to_string(),
+                        expected: [$($word),+].join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+word_enum! {
+    /// The job kinds of seed 004 (the CCM's jobs).
+    JobKind, "job kind" {
+        /// Send the staging tree's changes to the site's nodes; they switch to the new version at once.
+        Publish = "publish",
+        /// Bring nodes behind the published version up to date (snapshots, or a full copy).
+        Synchronise = "synchronise",
+        /// Send nodes a full copy of the published version.
+        Replicate = "replicate",
+        /// Take the site off its nodes and stop hosting it.
+        Remove = "remove",
+        /// Switch the nodes back to the version before the published one.
+        Rollback = "rollback",
+        /// Publish a checkpoint's tree as a new version.
+        Restore = "restore",
+        /// Keep a compressed full copy of the published version (on the mover only).
+        Checkpoint = "checkpoint",
+    }
+}
+
+impl JobKind {
+    /// Whether a job of this kind makes a new version of its site (or removes it): two such jobs for one
+    /// site never run at once, whatever their nodes.
+    pub fn changes_version(self) -> bool {
+        matches!(
+            self,
+            JobKind::Publish | JobKind::Restore | JobKind::Rollback | JobKind::Remove
+        )
+    }
+
+    /// Whether a job of this kind sends anything to nodes.
+    pub fn uses_nodes(self) -> bool {
+        self != JobKind::Checkpoint
+    }
+}
+
+word_enum! {
+    /// Where a job is in its life.
+    JobState, "job state" {
+        /// Waiting for its time.
+        Scheduled = "scheduled",
+        /// Due, waiting for a conflicting job to end.
+        Queued = "queued",
+        /// A try is running.
+        Running = "running",
+        /// Ended: it committed on every node it was for.
+        Committed = "committed",
+        /// Ended: it failed, with no tries left.
+        Failed = "failed",
+        /// Ended: it conflicted with a running job and its policy is `refuse`.
+        Refused = "refused",
+        /// Ended: cancelled before it started.
+        Cancelled = "cancelled",
+    }
+}
+
+impl JobState {
+    /// Whether a job in this state has ended (it will not run again).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Committed | JobState::Failed | JobState::Refused | JobState::Cancelled
+        )
+    }
+}
+
+word_enum! {
+    /// A node's part in a job's current try (seed 004's two-phase delivery: prepare, then commit).
+    NodeState, "node state" {
+        /// Nothing has reached it yet.
+        Pending = "pending",
+        /// It holds the content in a temporary tree, waiting for the commit.
+        Prepared = "prepared",
+        /// It switched: the assignment is live there.
+        Committed = "committed",
+        /// A delivery to it failed (the job's node entry says why).
+        Failed = "failed",
+    }
+}
+
+word_enum! {
+    /// What to do with a job that conflicts with another at the time it is due (seed 004: the scheduler's
+    /// runtime conflict policy).
+    #[derive(Default)]
+    ConflictPolicy, "conflict policy" {
+        /// Wait until the other job has ended.
+        #[default]
+        Queue = "queue",
+        /// Give up: the job ends `refused`.
+        Refuse = "refuse",
+    }
+}
+
+/// Which nodes a job is for. JSON: `"all"`, `{"group": NAME}` or `{"node": NAME}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Every registered node.
+    #[default]
+    All,
+    /// The nodes of a content group.
+    Group(String),
+    /// One node.
+    Node(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::All => f.write_str("every node"),
+            Target::Group(group) => write!(f, "group {group}"),
+            Target::Node(node) => write!(f, "node {node}"),
+        }
+    }
+}
+
+/// A site's include and exclude rules as the operator wrote them (seed 004: the CCM's per-site policies):
+/// globs over paths relative to the site root. The mover checks and applies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    /// Only files matching one of these are published (none: every file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Files matching one of these are never published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl Rules {
+    /// Whether there are no rules (every file is published).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+}
+
+/// Seconds between a failed try and the next when the request does not say.
+pub const DEFAULT_RETRY_DELAY_S: u64 = 30;
+
+fn default_retry_delay() -> u64 {
+    DEFAULT_RETRY_DELAY_S
+}
+
+/// Everything needed to run a job, now or later, and again after a restart of the mover: what the mover
+/// stores, and the first fields of a [`Job`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What it does.
+    pub kind: JobKind,
+    /// The hosted site.
+    pub site: String,
+    /// Staging directory on the mover's machine (publish; restore uses the unpacked checkpoint).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// Checkpoint number (restore).
+    #[serde(default)]
+    pub checkpoint: Option<u64>,
+    /// Which nodes; none: where the site is hosted (every node, for a site not published yet). A publish
+    /// or restore with a target hosts the site there from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Run again this many seconds after each run was due (a repeating job).
+    #[serde(default)]
+    pub every_s: Option<u64>,
+    /// When it conflicts with another job.
+    #[serde(default)]
+    pub on_conflict: ConflictPolicy,
+    /// How many times a failed run is tried again (0: it fails at the first failure).
+    #[serde(default)]
+    pub retries: u32,
+    /// Seconds between a failure and the next try.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_s: u64,
+    /// Include and exclude rules (publish); they become the site's rules.
+    #[serde(default)]
+    pub rules: Option<Rules>,
+}
+
+impl JobSpec {
+    /// A job of `kind` for `site` where the site is hosted, due now, queued on conflict, not retried.
+    pub fn new(kind: JobKind, site: &str) -> JobSpec {
+        JobSpec {
+            kind,
+            site: site.to_string(),
+            staging: None,
+            checkpoint: None,
+            target: None,
+            every_s: None,
+            on_conflict: ConflictPolicy::Queue,
+            retries: 0,
+            retry_delay_s: DEFAULT_RETRY_DELAY_S,
+            rules: None,
+        }
+    }
+
+    /// Whether the job makes a new version of the site (or removes it).
+    pub fn changes_version(&self) -> bool {
+        self.kind.changes_version()
+    }
+
+    /// Whether the job is sent to nodes at all.
+    pub fn uses_nodes(&self) -> bool {
+        self.kind.uses_nodes()
+    }
+}
+
+/// A job as `POST /api/jobs` takes it. Unknown fields are refused, so a misspelt option is not ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// What it does.
+    pub kind: JobKind,
+    /// The hosted site.
+    pub site: String,
+    /// Staging directory on the mover's machine (publish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
+    /// Checkpoint number (restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// Only this content group's nodes (a publish hosts the site there from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Only this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When to run (ms since the epoch); default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+    /// Run again every this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_s: Option<u64>,
+    /// `queue` (default) or `refuse` when it conflicts with a running job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_conflict: Option<ConflictPolicy>,
+    /// Tries after a failure (default 0: a failed job fails at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds between tries (default [`DEFAULT_RETRY_DELAY_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_s: Option<u64>,
+    /// Include patterns (publish): only matching files are published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    /// Exclude patterns (publish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
+}
+
+/// Why a [`JobRequest`] does not make a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobRequestError {
+    /// Both `group` and `node` are given.
+    #[error("give a group or a node, not both")]
+    GroupAndNode,
+}
+
+impl JobRequest {
+    /// A request for a job of `kind` for `site` with every option left to its default.
+    pub fn new(kind: JobKind, site: &str) -> JobRequest {
+        JobRequest {
+            kind,
+            site: site.to_string(),
+            staging: None,
+            checkpoint: None,
+            group: None,
+            node: None,
+            at_ms: None,
+            every_s: None,
+            on_conflict: None,
+            retries: None,
+            retry_delay_s: None,
+            include: None,
+            exclude: None,
+        }
+    }
+
+    /// The job it asks for, and when it is due (ms since the epoch; 0: now).
+    pub fn into_spec(self) -> Result<(JobSpec, u64), JobRequestError> {
+        let mut spec = JobSpec::new(self.kind, &self.site);
+        spec.staging = self.staging;
+        spec.checkpoint = self.checkpoint;
+        spec.target = match (self.group, self.node) {
+            (Some(_), Some(_)) => return Err(JobRequestError::GroupAndNode),
+            (Some(group), None) => Some(Target::Group(group)),
+            (None, Some(node)) => Some(Target::Node(node)),
+            (None, None) => None,
+        };
+        spec.every_s = self.every_s;
+        spec.on_conflict = self.on_conflict.unwrap_or_default();
+        spec.retries = self.retries.unwrap_or(0);
+        spec.retry_delay_s = self.retry_delay_s.unwrap_or(DEFAULT_RETRY_DELAY_S);
+        if self.include.is_some() || self.exclude.is_some() {
+            spec.rules = Some(Rules {
+                include: self.include.unwrap_or_default(),
+                exclude: self.exclude.unwrap_or_default(),
+            });
+        }
+        Ok((spec, self.at_ms.unwrap_or(0)))
+    }
+}
+
+/// The answer to `POST /api/jobs` (status 202): the new job's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCreated {
+    /// The job's id.
+    pub id: String,
+}
+
+/// The answer to `POST /api/jobs/ID/cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCancelled {
+    /// The job's id.
+    pub id: String,
+    /// Always [`JobState::Cancelled`].
+    pub state: JobState,
+}
+
+/// A job as `GET /api/jobs/ID` shows it (and `GET /api/jobs`, newest first): its [`JobSpec`]'s fields,
+/// then its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Id.
+    pub id: String,
+    /// What it does.
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Why it failed, was refused, or is waiting.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Per node: its state and the bytes sent to it in the current try.
+    #[serde(default)]
+    pub nodes: Vec<JobNode>,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// When it is (or was) due (ms since the epoch).
+    pub due_ms: u64,
+    /// Tries so far.
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the last try started (ms since the epoch).
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// When it ended (ms since the epoch).
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+}
+
+impl Job {
+    /// Whether the job has ended (it will not run again).
+    pub fn finished(&self) -> bool {
+        self.state.is_finished()
+    }
+}
+
+/// A node's part in a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobNode {
+    /// The node's name.
+    pub node: String,
+    /// Where the node is in the job's current try.
+    pub state: NodeState,
+    /// Bytes sent to it in the current try.
+    pub bytes: u64,
+    /// Why its delivery failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A node's registration (seed 004: registration with the CCM), sent at start and then periodically.
+/// Only `name` and `url` are required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Where it takes assignments: `http://HOST:PORT` or `https://HOST:PORT`.
+    pub url: String,
+    /// Bytes free for the hosted sites.
+    #[serde(default)]
+    pub free_disk: u64,
+    /// CPUs.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Content groups it declares itself a member of.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The version (sequence) of each site it holds live.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// The mover's answer to a [`Registration`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The node's name.
+    pub registered: String,
+    /// Catch-up jobs started for sites the node is behind on.
+    #[serde(default)]
+    pub synchronising: Vec<String>,
+}
+
+/// A node's answer to an assignment it applied (status 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentAnswer {
+    /// The assignment's id.
+    pub id: String,
+    /// Commands applied.
+    pub commands: u64,
+    /// The version now live (its directory name), when the assignment switched versions.
+    #[serde(default)]
+    pub live: Option<String>,
+}
+
+/// The body of every refusal and failure, from the mover and from nodes: `{"error": REASON}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    /// Why, in lowercase words.
+    pub error: String,
+}
+
+/// `POST /api/checkpoints`: make a checkpoint of a site's published version now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    /// The hosted site.
+    pub site: String,
+}
+
+/// The answer to a [`CheckpointRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCreated {
+    /// The hosted site.
+    pub site: String,
+    /// The checkpoint's number.
+    pub number: u64,
+}
+
+/// A checkpoint as `GET /api/checkpoints?site=S` and `GET /api/sites/NAME` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its number (1, 2, ...; a restore names it).
+    pub number: u64,
+    /// The site version it holds.
+    pub version: u64,
+    /// When it was made (ms since the epoch).
+    pub created_ms: u64,
+    /// Its size, compressed.
+    pub bytes: u64,
+}
+
+/// `PUT /api/groups/NAME`: the members of a content group the operator manages (the answer adds `group`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Node names.
+    pub nodes: Vec<String>,
+}
+
+/// An entry of the mover's history log (`GET /api/history`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// The job it is about, if any.
+    pub job: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_unknown_ones_name_the_accepted_ones() {
+        for kind in JobKind::ALL {
+            assert_eq!(kind.as_str().parse::<JobKind>(), Ok(*kind));
+        }
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(*state));
+        }
+        for state in NodeState::ALL {
+            assert_eq!(state.as_str().parse::<NodeState>(), Ok(*state));
+        }
+        assert_eq!(format!("[{:9}]", JobState::Running), "[running  ]", "padded like a str");
+        let error = "explode".parse::<JobKind>().expect_err("unknown");
+        assert_eq!(
+            error.to_string(),
+            "unknown job kind `explode`; one of publish, synchronise, replicate, remove, rollback, restore, checkpoint"
+        );
+        let error = serde_json::from_str::<JobState>("\"paused\"").expect_err("unknown");
+        assert!(error.to_string().contains("unknown job state `paused`"), "{error}");
+    }
+
+    #[test]
+    fn finished_states_and_version_changing_kinds() {
+        let finished: Vec<_> = JobState::ALL.iter().filter(|s| s.is_finished()).collect();
+        assert_eq!(
+            finished,
+            [
+                &JobState::Committed,
+                &JobState::Failed,
+                &JobState::Refused,
+                &JobState::Cancelled
+            ]
+        );
+        assert!(JobKind::Rollback.changes_version());
+        assert!(!JobKind::Synchronise.changes_version());
+        assert!(!JobKind::Checkpoint.uses_nodes());
+    }
+
+    #[test]
+    fn a_job_request_reads_as_before_and_refuses_unknown_fields() {
+        let request: JobRequest = serde_json::from_str(
+            r#"{"kind": "publish", "site": "www", "staging": "/s", "group": "eu", "on_conflict": "refuse",
+                "retries": 2, "exclude": ["*.tmp"]}"#,
+        )
+        .expect("request");
+        let (spec, due) = request.clone().into_spec().expect("spec");
+        assert_eq!(due, 0);
+        assert_eq!(spec.kind, JobKind::Publish);
+        assert_eq!(spec.target, Some(Target::Group("eu".into())));
+        assert_eq!(spec.on_conflict, ConflictPolicy::Refuse);
+        assert_eq!(spec.retry_delay_s, DEFAULT_RETRY_DELAY_S);
+        assert_eq!(spec.rules.as_ref().map(|r| r.exclude.len()), Some(1));
+        // A client's request is written with only the fields it sets.
+        let written = serde_json::to_value(&request).expect("json");
+        assert_eq!(written.as_object().map(|o| o.len()), Some(7), "{written}");
+        assert!(serde_json::from_str::<JobRequest>(r#"{"kind": "publish", "site": "w", "stagin": "/s"}"#).is_err());
+        let mut both = JobRequest::new(JobKind::Synchronise, "www");
+        both.group = Some("eu".into());
+        both.node = Some("n1".into());
+        assert_eq!(both.into_spec(), Err(JobRequestError::GroupAndNode));
+    }
+
+    #[test]
+    fn a_job_reads_back_what_the_mover_writes() {
+        let mut spec = JobSpec::new(JobKind::Publish, "www");
+        spec.staging = Some("/s".into());
+        spec.target = Some(Target::Node("n1".into()));
+        let job = Job {
+            id: "publish-1-0".into(),
+            spec,
+            state: JobState::Running,
+            error: None,
+            nodes: vec![JobNode {
+                node: "n1".into(),
+                state: NodeState::Prepared,
+                bytes: 10,
+                error: None,
+            }],
+            created_ms: 1,
+            due_ms: 2,
+            attempt: 1,
+            started_ms: Some(3),
+            finished_ms: None,
+        };
+        let value = serde_json::to_value(&job).expect("json");
+        assert_eq!(value["kind"], "publish", "the spec is flattened: {value}");
+        assert_eq!(value["state"], "running");
+        assert_eq!(value["nodes"][0]["state"], "prepared");
+        assert_eq!(value["target"], serde_json::json!({ "node": "n1" }));
+        let back: Job = serde_json::from_value(value).expect("job");
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn a_registration_needs_only_a_name_and_a_url() {
+        let registration: Registration =
+            serde_json::from_str(r#"{"name": "held", "url": "http://127.0.0.1:1"}"#).expect("registration");
+        assert_eq!(registration.cpus, 0);
+        assert!(registration.versions.is_empty());
+        assert!(serde_json::from_str::<Registration>(r#"{"name": "n"}"#).is_err());
+    }
+}
