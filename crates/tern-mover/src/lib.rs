@@ -11,7 +11,7 @@
 //!   [`remove`], [`checkpoint`];
 //! - [`delivery`]: the two-phase delivery every job body goes through (prepare, quorum, commit, record), and
 //!   its transport seam [`delivery::Delivery`]; [`star`]: the transport that sends every node its own copy
-//!   over HTTP;
+//!   over HTTP; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core;
 //! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
 //! - [`plan`](mod@plan): change detection (the staging tree against the site's shadow copy) and the assignment that
@@ -41,6 +41,7 @@ pub mod star;
 pub mod store;
 pub mod store_thread;
 pub mod synchronise;
+pub mod tree;
 pub mod versions;
 
 pub use ccm::{Mover, MoverConfig};

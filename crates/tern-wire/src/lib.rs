@@ -3,6 +3,7 @@
 //! synchronisation protocol (seed 001).
 
 pub mod assignment;
+pub mod control;
 pub mod frame;
 pub mod key;
 pub mod mover;
