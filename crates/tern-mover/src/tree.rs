@@ -368,25 +368,18 @@ mod tests {
         let mut sent = tree.start(now);
         let mut queue: VecDeque<String> = sent.iter().map(|n| n.target.clone()).collect();
         while let Some(holder) = queue.pop_front() {
-            tree.holding(&holder).unwrap();
-            loop {
-                let (next, notify) = tree.next_for(&holder, now).unwrap();
-                match next {
-                    Next::Serve(target) => {
-                        queue.push_back(target);
-                        sent.push(notify.unwrap());
-                        // The holder serves one at a time; it asks again after the others had their turn.
-                        queue.push_back(holder.clone());
-                        break;
-                    }
-                    Next::Done => break,
-                    Next::AskAgain(_) => {
-                        queue.push_back(holder.clone());
-                        break;
-                    }
+            tree.holding(&holder).expect("a notified GL may report holding");
+            let (next, notify) = tree.next_for(&holder, now).expect("a holder may ask");
+            match next {
+                Next::Serve(target) => {
+                    queue.push_back(target);
+                    sent.extend(notify);
+                    // The holder serves one at a time; it asks again after the others had their turn.
+                    queue.push_back(holder);
                 }
+                Next::AskAgain(_) => queue.push_back(holder),
+                Next::Done => {}
             }
-            // A holder already holding is re-queued above; `holding` is idempotent for it.
         }
         sent
     }
@@ -417,7 +410,7 @@ mod tests {
             };
             depth.insert(target.clone(), d);
         }
-        let deepest = depth.values().copied().max().unwrap();
+        let deepest = depth.values().copied().max().expect("accepted");
         assert!(
             deepest <= 5,
             "16 GLs from one copy need about log2(16)+1 steps, got {deepest}"
@@ -442,8 +435,8 @@ mod tests {
                 source: Source::Mover
             }]
         );
-        tree.holding("boston1").unwrap();
-        let (next, _) = tree.next_for("boston1", now).unwrap();
+        tree.holding("boston1").expect("accepted");
+        let (next, _) = tree.next_for("boston1", now).expect("accepted");
         assert_eq!(next, Next::Serve("boston2".into()));
     }
 
@@ -452,13 +445,19 @@ mod tests {
         let now = Instant::now();
         let mut tree = DistributionTree::new(leaders(2), TreeConfig::default());
         tree.start(now);
-        tree.holding("gl1").unwrap();
-        assert_eq!(tree.next_for("gl1", now).unwrap().0, Next::Serve("gl2".into()));
+        tree.holding("gl1").expect("accepted");
+        assert_eq!(
+            tree.next_for("gl1", now).expect("accepted").0,
+            Next::Serve("gl2".into())
+        );
         // gl2 is still obtaining its copy from gl1 and may fail: gl1 must ask again, not stop.
-        assert!(matches!(tree.next_for("gl1", now).unwrap().0, Next::AskAgain(_)));
-        tree.holding("gl2").unwrap();
-        assert_eq!(tree.next_for("gl1", now).unwrap().0, Next::Done);
-        assert_eq!(tree.next_for("gl2", now).unwrap().0, Next::Done);
+        assert!(matches!(
+            tree.next_for("gl1", now).expect("accepted").0,
+            Next::AskAgain(_)
+        ));
+        tree.holding("gl2").expect("accepted");
+        assert_eq!(tree.next_for("gl1", now).expect("accepted").0, Next::Done);
+        assert_eq!(tree.next_for("gl2", now).expect("accepted").0, Next::Done);
     }
 
     #[test]
@@ -470,8 +469,11 @@ mod tests {
         };
         let mut tree = DistributionTree::new(leaders(3), config);
         tree.start(now);
-        tree.holding("gl1").unwrap();
-        assert_eq!(tree.next_for("gl1", now).unwrap().0, Next::Serve("gl2".into()));
+        tree.holding("gl1").expect("accepted");
+        assert_eq!(
+            tree.next_for("gl1", now).expect("accepted").0,
+            Next::Serve("gl2".into())
+        );
         // gl2 dies mid-fetch.
         let (gone, _) = tree.tick(now + Duration::from_secs(11));
         assert_eq!(gone, vec!["gl2".to_string()]);
@@ -481,10 +483,16 @@ mod tests {
             ..leader("gl2b", "utc", 4)
         });
         let later = now + Duration::from_secs(12);
-        assert_eq!(tree.next_for("gl1", later).unwrap().0, Next::Serve("gl3".into()));
-        tree.holding("gl3").unwrap();
-        assert_eq!(tree.next_for("gl3", later).unwrap().0, Next::Serve("gl2b".into()));
-        tree.holding("gl2b").unwrap();
+        assert_eq!(
+            tree.next_for("gl1", later).expect("accepted").0,
+            Next::Serve("gl3".into())
+        );
+        tree.holding("gl3").expect("accepted");
+        assert_eq!(
+            tree.next_for("gl3", later).expect("accepted").0,
+            Next::Serve("gl2b".into())
+        );
+        tree.holding("gl2b").expect("accepted");
         assert!(tree.is_complete());
         assert_eq!(tree.holders(), vec!["gl1", "gl2b", "gl3"]);
     }
