@@ -23,6 +23,7 @@ use crate::metrics::MoverMetrics;
 use crate::plan::PlanPolicy;
 use crate::rotation::LoadBalancer;
 use crate::schedule::Claim;
+use crate::segments::Segments;
 use crate::store::Node;
 use crate::store_thread::StoreThread;
 use crate::versions::SiteDir;
@@ -71,6 +72,8 @@ pub struct Mover {
     pub(crate) store: StoreThread,
     /// How assignments reach nodes.
     pub(crate) delivery: Arc<dyn Delivery>,
+    /// The network segments and their group leaders, from the leaders' segment reports.
+    pub(crate) segments: Arc<Segments>,
     /// Guards each site's shadow copy while it is read (planning) or replaced (commit, rollback).
     shadow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Jobs running now, with the nodes they hold.
@@ -100,6 +103,7 @@ impl Mover {
             signing,
             store,
             delivery,
+            segments: Arc::new(Segments::default()),
             shadow_locks: Mutex::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -127,6 +131,11 @@ impl Mover {
     }
 
     /// A new job id: `KIND-MS-N`.
+    /// The network segments and group leaders known from segment reports.
+    pub fn segments(&self) -> &Segments {
+        &self.segments
+    }
+
     pub(crate) fn new_job_id(&self, kind: JobKind, now_ms: u64) -> String {
         let n = self.next_job.fetch_add(1, Ordering::Relaxed);
         format!("{kind}-{now_ms}-{n}")

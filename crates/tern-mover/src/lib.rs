@@ -11,7 +11,8 @@
 //!   [`remove`], [`checkpoint`];
 //! - [`delivery`]: the two-phase delivery every job body goes through (prepare, quorum, commit, record), and
 //!   its transport seam [`delivery::Delivery`]; [`star`]: the transport that sends every node its own copy
-//!   over HTTP; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core;
+//!   over HTTP; [`segments`]: the segments and group leaders the CCM knows, and a job's targets grouped by
+//!   them; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core;
 //! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
 //! - [`plan`](mod@plan): change detection (the staging tree against the site's shadow copy) and the assignment that
@@ -36,6 +37,7 @@ pub mod rollback;
 pub mod rotation;
 pub mod rules;
 pub mod schedule;
+pub mod segments;
 pub mod service;
 pub mod star;
 pub mod store;
