@@ -532,8 +532,9 @@ fn total_bytes_sent(stats: &str) -> Option<u64> {
 /// Every node's copy is byte-identical to staging (same paths, sizes and blake3 hashes).
 fn check_identical(staging: &Path, names: &[String], work: &Path, tree: &str) -> Result<()> {
     let digest = |root: &Path| -> Result<Vec<(String, u64, String)>> {
-        let snapshot =
-            tern_tree::scan(root, &tern_tree::Snapshot::new()).with_context(|| format!("read {}", root.display()))?;
+        let snapshot = tern_tree::scan(root, &tern_tree::Snapshot::new())
+            .with_context(|| format!("read {}", root.display()))?
+            .snapshot;
         Ok(snapshot
             .into_iter()
             .map(|(path, state)| (path, state.len, state.hash))
@@ -706,14 +707,16 @@ mod tests {
         let area = tempfile::tempdir().expect("tempdir");
         let written = generate(area.path(), 200, 4_000_000).expect("generate");
         assert!((3_900_000..=4_000_000).contains(&written), "{written}");
-        let before = tern_tree::scan(area.path(), &tern_tree::Snapshot::new()).expect("scan");
+        let before = tern_tree::scan(area.path(), &tern_tree::Snapshot::new())
+            .expect("scan")
+            .snapshot;
         for round in 1..=2 {
             let changed = change(area.path(), 0.02, round).expect("change");
             let share = changed as f64 / written as f64;
             assert!((0.01..0.03).contains(&share), "{share}");
         }
         // Each round changes other files: two rounds touch about a fifth of them.
-        let after = tern_tree::scan(area.path(), &before).expect("scan");
+        let after = tern_tree::scan(area.path(), &before).expect("scan").snapshot;
         let touched = tern_tree::differences(&before, &after).len();
         assert!((30..=50).contains(&touched), "{touched} of 200 files changed");
     }

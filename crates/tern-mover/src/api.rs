@@ -12,6 +12,11 @@
 //! | `POST /api/jobs/ID/cancel` | cancels a job that has not started: [`JobCancelled`] |
 //! | `POST /api/checkpoints`, `GET /api/checkpoints?site=S` | create (now) and list checkpoints |
 //! | `GET /api/history?limit=N` | the history log: [`tern_wire::mover::HistoryEntry`] |
+//! | `POST /api/segments/report` | a group leader's segment report: one frame tagged with the cluster key → the answer frame ([`tern_wire::segment`]) |
+//! | `GET /api/segments`, `GET /api/segments/NAME` | network segments, their leaders and members: [`tern_wire::segment::SegmentView`] |
+//! | `POST /api/segments/NAME/leader` | overrides a segment's leader: [`OverrideRequest`] → its view |
+//! | `GET /api/tree/assignments/ID` | the assignment of a running store-and-forward tree, served as its root ([`crate::tree_delivery`]) |
+//! | `POST /api/tree/holding`, `/api/tree/next`, `/api/tree/status` | a group leader's holding report, request for the next leader (→ the answer frame), assignment status report: frames tagged with the cluster key ([`tern_wire::tree`]) |
 //!
 //! Every refusal is `{"error": REASON}` ([`tern_wire::mover::ErrorAnswer`]) with a 4xx or 5xx status.
 
@@ -29,9 +34,11 @@ use tern_wire::mover::{
     CheckpointCreated, CheckpointRequest, GroupRequest, JobCancelled, JobCreated, JobRequest, JobState, Registration,
 };
 
+use tern_wire::segment::OverrideRequest;
+
 use crate::admission::SubmitError;
 use crate::ccm::{Mover, now_ms};
-use crate::registration::RegisterError;
+use crate::registration::{OverrideError, RegisterError};
 use crate::schedule::plain_name;
 use crate::store_thread::StoreError;
 
@@ -109,7 +116,12 @@ impl Handler for Api {
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB"),
+            Err(_) => {
+                if parts.uri.path() == SEGMENT_REPORT {
+                    self.mover.segment_intake().count_refusal("oversized");
+                }
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB");
+            }
         };
         let path = parts.uri.path();
         let mover = &self.mover;
@@ -168,6 +180,25 @@ impl Handler for Api {
                     .map(|entries| json(StatusCode::OK, entries))
                     .map_err(store_error)
             }
+            (&Method::POST, SEGMENT_REPORT) => segment_report(mover, &body).await,
+            (&Method::GET, "/api/segments") => Ok(json(StatusCode::OK, mover.segments().views())),
+            (&Method::POST, _) if path.starts_with("/api/segments/") && path.ends_with("/leader") => {
+                let name = &path["/api/segments/".len()..path.len() - "/leader".len()];
+                override_leader(mover, name, &body).await
+            }
+            (&Method::GET, _) if path.starts_with("/api/segments/") => {
+                let name = &path["/api/segments/".len()..];
+                match mover.segments().view(name) {
+                    Some(view) => Ok(json(StatusCode::OK, view)),
+                    None => Err(refuse(StatusCode::NOT_FOUND, format!("no segment {name}"))),
+                }
+            }
+            (&Method::GET, _) if path.starts_with("/api/tree/assignments/") => {
+                Ok(mover.trees.serve(&path["/api/tree/assignments/".len()..]))
+            }
+            (&Method::POST, "/api/tree/holding") => Ok(mover.trees.holding(&body)),
+            (&Method::POST, "/api/tree/next") => Ok(mover.trees.next(&body)),
+            (&Method::POST, "/api/tree/status") => Ok(mover.trees.status_report(&body)),
             (&Method::GET, "/status") => Ok(json(StatusCode::OK, mover.status().await)),
             _ => Err(refuse(
                 StatusCode::NOT_FOUND,
@@ -187,6 +218,41 @@ async fn register(mover: &Mover, body: &[u8]) -> Answer {
         Ok(registered) => Ok(json(StatusCode::OK, registered)),
         Err(e @ RegisterError::Name(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
         Err(RegisterError::Store(e)) => Err(store_error(e)),
+    }
+}
+
+/// Where group leaders send their segment reports.
+const SEGMENT_REPORT: &str = "/api/segments/report";
+
+async fn segment_report(mover: &Mover, body: &[u8]) -> Answer {
+    match mover.take_segment_report(body, now_ms()).await {
+        Ok(answer) => {
+            let mut response = Response::new(tern_http::body::full(answer));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/vnd.tern.frame"),
+            );
+            Ok(response)
+        }
+        Err(e) => Err(refuse(e.status(), e.to_string())),
+    }
+}
+
+async fn override_leader(mover: &Mover, segment: &str, body: &[u8]) -> Answer {
+    let request: OverrideRequest = parse(body, "an override is {\"leader\": NODE or null}")?;
+    if let Some(node) = &request.leader
+        && !plain_name(node)
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("`{node}` is not a plain node name"),
+        ));
+    }
+    match mover.override_leader(segment, request.leader, now_ms()).await {
+        Ok(view) => Ok(json(StatusCode::OK, view)),
+        Err(e @ OverrideError::NoSegment(_)) => Err(refuse(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ OverrideError::NotAMember { .. }) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(OverrideError::Store(e)) => Err(store_error(e)),
     }
 }
 

@@ -53,6 +53,11 @@ pub struct MoverConfig {
     /// CA certificate file (PEM) that alone vouches for nodes registered with `https://` URLs; without it
     /// the system's roots do.
     pub ca: Option<PathBuf>,
+    /// The cluster key the nodes share (`tern keygen`): it authenticates the store-and-forward tree's
+    /// messages (and the segment reports); without it every assignment goes by the star.
+    pub cluster_key: Option<tern_wire::SecretKey>,
+    /// The store-and-forward tree: when it is used (`--delivery`), its timeouts and bounds.
+    pub tree: crate::tree_delivery::TreeSettings,
 }
 
 /// The mover's clock: milliseconds since the Unix epoch. Decisions take this as a parameter (`now_ms`)
@@ -74,6 +79,10 @@ pub struct Mover {
     pub(crate) delivery: Arc<dyn Delivery>,
     /// The network segments and their group leaders, from the leaders' segment reports.
     pub(crate) segments: Arc<Segments>,
+    /// The store-and-forward trees running now (their GLs report here) and the last ones finished.
+    pub(crate) trees: Arc<crate::tree_delivery::TreeHub>,
+    /// The intake of those reports: the cluster key, replay guard and counters.
+    pub(crate) segment_intake: crate::registration::SegmentIntake,
     /// Guards each site's shadow copy while it is read (planning) or replaced (commit, rollback).
     shadow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Jobs running now, with the nodes they hold.
@@ -98,21 +107,49 @@ impl Mover {
         store: StoreThread,
         delivery: Arc<dyn Delivery>,
     ) -> Mover {
+        let metrics = MoverMetrics::new();
+        let trees = Arc::new(crate::tree_delivery::TreeHub::new(
+            None,
+            signing.clone(),
+            &crate::tree_delivery::TreeSettings::default(),
+            &metrics,
+        ));
         Mover {
             config,
             signing,
             store,
             delivery,
             segments: Arc::new(Segments::default()),
+            trees,
+            segment_intake: crate::registration::SegmentIntake::default(),
             shadow_locks: Mutex::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
             wake: Notify::new(),
             next_job: AtomicU64::new(0),
             last_synchronise: Mutex::new(HashMap::new()),
-            metrics: MoverMetrics::new(),
+            metrics,
             started: Instant::now(),
             last_status: Mutex::new(serde_json::json!({ "role": "mover" })),
         }
+    }
+
+    /// The mover with the transport's shared parts: the segment directory and the tree hub the transport
+    /// ([`crate::tree_delivery::TreeDelivery`]) works with, and the metrics the hub counts into.
+    pub(crate) fn with_distribution(
+        mut self,
+        segments: Arc<Segments>,
+        trees: Arc<crate::tree_delivery::TreeHub>,
+        metrics: MoverMetrics,
+    ) -> Mover {
+        self.segments = segments;
+        self.trees = trees;
+        self.metrics = metrics;
+        self
+    }
+
+    /// The store-and-forward trees: running ones and the last ones finished (edges, states, bytes).
+    pub fn trees(&self) -> &crate::tree_delivery::TreeHub {
+        &self.trees
     }
 
     /// The claims of the jobs running now.
@@ -169,11 +206,16 @@ impl Mover {
             .call(|store| Ok((store.nodes()?, store.sites()?, store.pending_count()?)))
             .await;
         let (nodes, sites, pending) = read.unwrap_or_default();
+        let (reports_taken, reports_refused) = self.segment_intake.counts();
         let status = serde_json::json!({
             "role": "mover",
             "nodes": nodes,
             "sites": sites,
             "jobs_pending": pending,
+            "trees": self.trees.records(),
+            "tree_refused": self.trees.refused(),
+            "segments": crate::registration::segment_summary(&self.segments.views()),
+            "segment_reports": { "taken": reports_taken, "refused": reports_refused },
         });
         *self.last_status.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
         status

@@ -58,7 +58,7 @@ impl Mover {
         let _ = tokio::task::spawn_blocking(move || {
             dir.drop_snapshots_through(sequence);
             for old in dropped {
-                let _ = std::fs::remove_dir_all(dir.checkpoint(old));
+                let _ = tern_tree::remove_tree(&dir.checkpoint(old));
             }
         })
         .await;

@@ -136,8 +136,12 @@ impl Mover {
     async fn execute(self: Arc<Self>, job: Job, nodes: Vec<String>) {
         let (id, site) = (job.id.as_str(), job.spec.site.as_str());
         info!(job = %id, kind = %job.spec.kind, %site, nodes = nodes.len(), attempt = job.attempt + 1, "job running");
+        // An unchanged publish contacts no node, so the load balancer has nothing to learn from it.
+        let mut touched_nodes = true;
         let outcome = match job.spec.kind {
-            JobKind::Publish => self.run_publish(&job, &nodes).await,
+            JobKind::Publish => self.run_publish(&job, &nodes).await.map(|published| {
+                touched_nodes = published.touched_nodes();
+            }),
             JobKind::Restore => self.run_restore(&job, &nodes).await,
             JobKind::Synchronise => self.run_synchronise(id, site, &nodes, false).await,
             JobKind::Replicate => self.run_synchronise(id, site, &nodes, true).await,
@@ -145,7 +149,9 @@ impl Mover {
             JobKind::Remove => self.run_remove(id, site, &nodes).await,
             JobKind::Checkpoint => self.checkpoint(site).await.map(|_| ()),
         };
-        self.update_rotation(id, &nodes).await;
+        if touched_nodes {
+            self.update_rotation(id, &nodes).await;
+        }
         self.release(id);
         let now = now_ms();
         match outcome {

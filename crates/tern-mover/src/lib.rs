@@ -12,7 +12,8 @@
 //! - [`delivery`]: the two-phase delivery every job body goes through (prepare, quorum, commit, record), and
 //!   its transport seam [`delivery::Delivery`]; [`star`]: the transport that sends every node its own copy
 //!   over HTTP; [`segments`]: the segments and group leaders the CCM knows, and a job's targets grouped by
-//!   them; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core;
+//!   them; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core, and
+//!   [`tree_delivery`]: the transport that drives it over HTTP (the GLs' reports, the mover as the root);
 //! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
 //! - [`plan`](mod@plan): change detection (the staging tree against the site's shadow copy) and the assignment that
@@ -44,6 +45,7 @@ pub mod store;
 pub mod store_thread;
 pub mod synchronise;
 pub mod tree;
+pub mod tree_delivery;
 pub mod versions;
 
 pub use ccm::{Mover, MoverConfig};

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label: a job kind and how it ended.
@@ -20,6 +21,13 @@ pub struct JobLabel {
 pub struct OutcomeLabel {
     /// `ok` or `failed`.
     pub outcome: String,
+}
+
+/// Label: why a message was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `bad-tag`, `stale`, `replayed`, `malformed`, `oversized`, `unknown-transfer`, ...
+    pub reason: String,
 }
 
 /// Label: a load-balancer command and whether it was taken.
@@ -39,8 +47,14 @@ pub struct MoverMetrics {
     pub jobs: Family<JobLabel, Counter>,
     /// Assignments delivered to nodes, by outcome.
     pub deliveries: Family<OutcomeLabel, Counter>,
-    /// Assignment bytes sent to nodes.
+    /// Assignment bytes sent to nodes: each node's copy with the star, the tree's root copies (served to
+    /// group leaders) with the tree.
     pub bytes_sent: Counter,
+    /// Bytes the mover itself sent per delivered assignment (the star: one copy per node; the tree: about
+    /// one copy in all).
+    pub assignment_sent_bytes: Histogram,
+    /// Tree messages (holding, next, status reports) refused, by reason.
+    pub tree_refused: Family<ReasonLabel, Counter>,
     /// Registered nodes (read at scrape time).
     pub nodes: Gauge,
     /// Jobs not finished: scheduled, queued or running (read at scrape time).
@@ -61,6 +75,18 @@ impl MoverMetrics {
         registry.register("deliveries", "Assignments delivered to nodes", deliveries.clone());
         let bytes_sent = Counter::default();
         registry.register("sent_bytes", "Assignment bytes sent to nodes", bytes_sent.clone());
+        let assignment_sent_bytes = Histogram::new(exponential_buckets(1024.0, 4.0, 14));
+        registry.register(
+            "assignment_sent_bytes",
+            "Bytes the mover itself sent per delivered assignment (star: a copy per node; tree: about one)",
+            assignment_sent_bytes.clone(),
+        );
+        let tree_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tree_refused",
+            "Tree messages from group leaders refused, by reason",
+            tree_refused.clone(),
+        );
         let nodes = Gauge::default();
         registry.register("nodes", "Registered nodes", nodes.clone());
         let jobs_pending = Gauge::default();
@@ -82,6 +108,8 @@ impl MoverMetrics {
             jobs,
             deliveries,
             bytes_sent,
+            assignment_sent_bytes,
+            tree_refused,
             nodes,
             jobs_pending,
             jobs_running,

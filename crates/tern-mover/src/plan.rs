@@ -1,21 +1,33 @@
 //! Change detection and assignment planning (seed 004: the staging server, the shadow copy and the delta
-//! function). The staging tree is compared with the shadow copy (the last published version) by size,
-//! modification time and blake3 hash; each new file is sent whole, each changed file as a zstd delta against
-//! its shadow version when that is smaller than the whole file (measured per file: small files and rewritten
-//! files go whole), each removed file as a removal.
+//! function). The staging tree is compared with the shadow copy (the last published version) entry by entry
+//! — kind, content (blake3), permission bits, modification time, link target — and the difference becomes
+//! commands: removals first, then in path order new directories, new and changed files, links, and changes
+//! of mode or time alone. Each new file is sent whole, each changed file as a zstd delta against its shadow
+//! version when that is smaller than the whole file (measured per file: small files and rewritten files go
+//! whole), and a file whose content the nodes already hold at another path (a rename, a copy) as a `copy`
+//! command that costs no data. An unchanged tree plans no command at all.
+//!
+//! Nothing is skipped silently: every entry the site's rules admit is carried, and an entry that cannot be
+//! (a link pointing outside the site root, a socket, a name that is not UTF-8) stops the plan with a message
+//! naming it; a rule that excludes it is the way to publish the rest.
 //!
 //! Why zstd with the old file as reference prefix rather than rsync-style blocks: the mover holds both
 //! versions, so it needs no block signatures from the node, and zstd finds matches at any offset and
 //! entropy-codes the rest. A 100-byte change to a 10 MB file costs a few hundred bytes (test
 //! `planning::a_small_change_to_a_large_file_sends_a_small_delta`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use tern_tree::{ChangeKind, Difference, Snapshot, differences, scan};
-use tern_wire::assignment::{AssignmentKind, Builder, Command, Packer, Piece};
+use tern_tree::{Change, Entry, Kind, ROOT, Snapshot, TreeChange, changes, check_link, scan};
+use tern_wire::assignment::{AssignmentKind, Builder, Command, Metadata, Packer, Piece};
 
 use crate::rules::CompiledRules;
+
+/// Files at least this large whose content the node holds at another path go as a `copy` command (about
+/// 200 bytes of JSON); smaller ones cost about as much whole.
+pub const COPY_MIN_SIZE: u64 = 512;
 
 /// How files are carried.
 #[derive(Debug, Clone)]
@@ -57,12 +69,29 @@ pub struct PlanStats {
     pub created: usize,
     /// Files sent as deltas.
     pub patched: usize,
-    /// Files removed.
+    /// Files placed from content the nodes hold at another path (renames, copies): no data sent.
+    pub copied: usize,
+    /// Entries removed (a removed directory counts once).
     pub removed: usize,
+    /// Directories made.
+    pub directories: usize,
+    /// Symbolic links made.
+    pub links: usize,
+    /// Entries whose mode or time alone changed.
+    pub metadata: usize,
+    /// Commands in the assignment: none means the tree is unchanged.
+    pub commands: usize,
     /// Bytes of the changed and new files.
     pub content_bytes: u64,
     /// Bytes of the assignment.
     pub assignment_bytes: u64,
+}
+
+impl PlanStats {
+    /// Whether the plan changes nothing: staging is what the nodes hold.
+    pub fn is_unchanged(&self) -> bool {
+        self.commands == 0
+    }
 }
 
 /// A planned assignment.
@@ -89,10 +118,33 @@ pub enum PlanError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Entries of the staging tree that cannot be carried, each with the reason.
+    #[error(
+        "staging tree {staging}: {} cannot be published: {}; exclude them with a rule (`tern publish --exclude PATTERN`) or change them",
+        count(problems.len()),
+        problems.join("; ")
+    )]
+    Refused {
+        /// The staging tree.
+        staging: String,
+        /// One message per entry, naming it.
+        problems: Vec<String>,
+    },
     /// The assignment could not be built.
     #[error(transparent)]
     Assignment(#[from] tern_wire::assignment::AssignmentError),
 }
+
+fn count(entries: usize) -> String {
+    if entries == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{entries} entries")
+    }
+}
+
+/// At most this many refused entries are named in one error.
+const REFUSALS_NAMED: usize = 20;
 
 /// Which publication an assignment is for.
 #[derive(Debug, Clone, Copy)]
@@ -130,9 +182,9 @@ pub fn plan(
     )
 }
 
-/// [`plan`] for any kind of assignment (a `replicate` or `restore` starts the node's tree empty), publishing
-/// only the staging files the site's `rules` admit (the others count as absent, so one published before is
-/// removed).
+/// [`plan`] for any kind of assignment (a `replicate` or `restore` starts the node's tree empty: pass an
+/// empty `shadow_snapshot`), publishing only the staging entries the site's `rules` admit (the others count
+/// as absent, so one published before is removed).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_site(
     staging: &Path,
@@ -150,10 +202,13 @@ pub fn plan_site(
     };
     // The shadow snapshot was scanned from the previous staging tree: a file with the same size and
     // modification time keeps its hash, so an unchanged tree is not read again.
-    let mut staged = scan(staging, shadow_snapshot).map_err(io("staging tree", staging))?;
+    let scanned = scan(staging, shadow_snapshot).map_err(io("staging tree", staging))?;
+    let (mut staged, mut unsupported) = (scanned.snapshot, scanned.unsupported);
     if let Some(rules) = rules {
         rules.filter(&mut staged);
+        rules.filter_unsupported(&mut unsupported);
     }
+    refuse_what_cannot_be_carried(staging, &staged, &unsupported)?;
     let mut builder = Builder::new(
         publication.id,
         kind,
@@ -163,28 +218,65 @@ pub fn plan_site(
         publication.created_ms,
     );
     let mut stats = PlanStats::default();
-    let changes = differences(shadow_snapshot, &staged);
-    let to_pack: Vec<&Difference> = changes.iter().filter(|d| d.kind != ChangeKind::Deleted).collect();
-    let mut pieces = pack_all(&to_pack, staging, shadow, policy)?.into_iter();
-    for difference in &changes {
-        if difference.kind == ChangeKind::Deleted {
+    let found = changes(shadow_snapshot, &staged);
+    let sources = copy_sources(shadow_snapshot);
+    let mut steps = Vec::with_capacity(found.len());
+    let removed: BTreeSet<&str> = found
+        .iter()
+        .filter(|c| matches!(c.change, Change::Removed | Change::Replaced))
+        .map(|c| c.path.as_str())
+        .collect();
+    for change in &found {
+        // A removed directory takes its entries with it.
+        if removed.contains(change.path.as_str()) && !has_removed_ancestor(&change.path, &removed) {
             builder.command(Command::Remove {
-                path: difference.path.clone(),
+                path: change.path.clone(),
             });
             stats.removed += 1;
-            continue;
         }
-        let Some((content_len, piece)) = pieces.next() else {
-            break;
-        };
-        stats.content_bytes += content_len;
-        if piece.is_delta() {
-            stats.patched += 1;
-        } else {
-            stats.created += 1;
-        }
-        builder.add(piece);
     }
+    for change in &found {
+        let Some(entry) = staged.get(&change.path) else {
+            continue;
+        };
+        if let Some(step) = step(change, entry, shadow_snapshot, &sources) {
+            steps.push(step);
+        }
+    }
+    let to_pack: Vec<(&str, &Entry, bool)> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Pack { path, entry, modified } => Some((path.as_str(), *entry, *modified)),
+            _ => None,
+        })
+        .collect();
+    let mut pieces = pack_all(&to_pack, staging, shadow, policy)?.into_iter();
+    for step in steps {
+        match step {
+            Step::Command(command) => {
+                match &command {
+                    Command::Mkdir { .. } => stats.directories += 1,
+                    Command::Symlink { .. } => stats.links += 1,
+                    Command::Copy { .. } => stats.copied += 1,
+                    _ => stats.metadata += 1,
+                }
+                builder.command(command);
+            }
+            Step::Pack { .. } => {
+                let Some((content_len, piece)) = pieces.next() else {
+                    break;
+                };
+                stats.content_bytes += content_len;
+                if piece.is_delta() {
+                    stats.patched += 1;
+                } else {
+                    stats.created += 1;
+                }
+                builder.add(piece);
+            }
+        }
+    }
+    stats.commands = builder.commands();
     let assignment = builder.finish(signing, policy.encryption.as_ref())?;
     stats.assignment_bytes = assignment.len() as u64;
     Ok(Plan {
@@ -194,20 +286,134 @@ pub fn plan_site(
     })
 }
 
+/// Refuses the plan when an admitted entry cannot be carried: a special file, a name or target that is not
+/// UTF-8, an unreadable entry, a link that leaves the site root. Every one is named.
+fn refuse_what_cannot_be_carried(
+    staging: &Path,
+    staged: &Snapshot,
+    unsupported: &[tern_tree::Unsupported],
+) -> Result<(), PlanError> {
+    let mut problems: Vec<String> = unsupported.iter().map(ToString::to_string).collect();
+    for (path, entry) in staged.iter().filter(|(_, entry)| entry.is_link()) {
+        let target = entry.target.as_deref().unwrap_or_default();
+        if let Err(reason) = check_link(path, target) {
+            problems.push(format!("symbolic link `{path}`: {reason}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let total = problems.len();
+    problems.truncate(REFUSALS_NAMED);
+    if total > REFUSALS_NAMED {
+        problems.push(format!("and {} more", total - REFUSALS_NAMED));
+    }
+    Err(PlanError::Refused {
+        staging: staging.display().to_string(),
+        problems,
+    })
+}
+
+fn has_removed_ancestor(path: &str, removed: &BTreeSet<&str>) -> bool {
+    path.match_indices('/').any(|(at, _)| removed.contains(&path[..at]))
+}
+
+/// For each content hash the shadow copy holds in a file of at least [`COPY_MIN_SIZE`] bytes, one path
+/// holding it (the first in path order, so plans are reproducible).
+fn copy_sources(shadow: &Snapshot) -> HashMap<&str, &str> {
+    let mut sources = HashMap::new();
+    for (path, entry) in shadow {
+        if entry.is_file() && entry.len >= COPY_MIN_SIZE {
+            sources.entry(entry.hash.as_str()).or_insert(path.as_str());
+        }
+    }
+    sources
+}
+
+/// What one change becomes, in path order.
+enum Step<'a> {
+    /// A command without data.
+    Command(Command),
+    /// A file to pack (whole, or as a delta when `modified`).
+    Pack {
+        path: String,
+        entry: &'a Entry,
+        modified: bool,
+    },
+}
+
+fn step<'a>(
+    change: &TreeChange,
+    entry: &'a Entry,
+    shadow: &Snapshot,
+    sources: &HashMap<&str, &str>,
+) -> Option<Step<'a>> {
+    let path = change.path.clone();
+    let mode = (entry.kind != Kind::Link).then_some(entry.mode);
+    let mtime_ns = Some(entry.mtime_ns);
+    let everything = Metadata { mode, mtime_ns };
+    let new = matches!(change.change, Change::Added | Change::Replaced);
+    let step = match (change.change, entry.kind) {
+        (Change::Removed, _) => return None,
+        (
+            Change::Metadata {
+                mode: mode_changed,
+                mtime,
+            },
+            _,
+        ) => Step::Command(Command::SetMetadata {
+            path,
+            mode: mode.filter(|_| mode_changed),
+            mtime_ns: mtime_ns.filter(|_| mtime),
+        }),
+        // The root exists on every node; a full copy gives it its mode and time.
+        (_, Kind::Dir) if path == ROOT => Step::Command(Command::SetMetadata {
+            path,
+            mode: everything.mode,
+            mtime_ns: everything.mtime_ns,
+        }),
+        (_, Kind::Dir) => Step::Command(Command::Mkdir {
+            path,
+            mode: everything.mode,
+            mtime_ns: everything.mtime_ns,
+        }),
+        (_, Kind::Link) => Step::Command(Command::Symlink {
+            path,
+            target: entry.target.clone().unwrap_or_default(),
+            mtime_ns: everything.mtime_ns,
+        }),
+        (_, Kind::File) => match sources.get(entry.hash.as_str()) {
+            Some(from) if entry.len >= COPY_MIN_SIZE => Step::Command(Command::Copy {
+                from: from.to_string(),
+                to: path,
+                hash: entry.hash.clone(),
+                mode: everything.mode,
+                mtime_ns: everything.mtime_ns,
+            }),
+            _ => Step::Pack {
+                modified: !new && shadow.get(&path).is_some_and(Entry::is_file),
+                path,
+                entry,
+            },
+        },
+    };
+    Some(step)
+}
+
 /// Packs the new and changed files (reads each, compresses it or makes its delta against the shadow
 /// version) on one thread per core: packing is most of a plan's time, and the files are independent.
 /// Returns each file's size and piece, in the order given.
 fn pack_all(
-    files: &[&Difference],
+    files: &[(&str, &Entry, bool)],
     staging: &Path,
     shadow: &Path,
     policy: &PlanPolicy,
 ) -> Result<Vec<(u64, Piece)>, PlanError> {
-    tern_tree::map_parallel_with(files, Packer::new, |packer, difference| match packer {
-        Ok(packer) => pack(packer, difference, staging, shadow, policy),
+    tern_tree::map_parallel_with(files, Packer::new, |packer, (path, entry, modified)| match packer {
+        Ok(packer) => pack(packer, path, entry, *modified, staging, shadow, policy),
         Err(error) => Err(PlanError::Io {
             what: "compression",
-            path: difference.path.clone(),
+            path: path.to_string(),
             source: std::io::Error::new(error.kind(), error.to_string()),
         }),
     })
@@ -216,9 +422,13 @@ fn pack_all(
 }
 
 /// Packs one new or changed file: whole, or as a delta against its shadow version when that is smaller.
+/// The mode and time are the scanned ones, so the plan describes one consistent snapshot; content changed
+/// since the scan is caught when the shadow copy is built (the hash is checked there).
 fn pack(
     packer: &mut Packer,
-    difference: &Difference,
+    path: &str,
+    entry: &Entry,
+    modified: bool,
     staging: &Path,
     shadow: &Path,
     policy: &PlanPolicy,
@@ -227,21 +437,24 @@ fn pack(
         let path = path.display().to_string();
         move |source: std::io::Error| PlanError::Io { what, path, source }
     };
-    let source = staging.join(&difference.path);
+    let source = staging.join(path);
     let content = std::fs::read(&source).map_err(io("staging file", &source))?;
-    let mode = tern_tree::file_mode(&source);
-    let compress = policy.compress(&difference.path);
-    let old = if difference.kind == ChangeKind::Modified && content.len() as u64 >= policy.delta_min_size {
-        std::fs::read(shadow.join(&difference.path)).ok()
+    let metadata = Metadata {
+        mode: Some(entry.mode),
+        mtime_ns: Some(entry.mtime_ns),
+    };
+    let compress = policy.compress(path);
+    let old = if modified && content.len() as u64 >= policy.delta_min_size {
+        std::fs::read(shadow.join(path)).ok()
     } else {
         None
     };
     let piece = match old {
         Some(old) => packer
-            .changed(&difference.path, mode, &old, &content, compress)
+            .changed(path, metadata, &old, &content, compress)
             .map_err(io("delta", &source))?,
         None => packer
-            .whole(&difference.path, mode, &content, compress)
+            .whole(path, metadata, &content, compress)
             .map_err(io("compression", &source))?,
     };
     Ok((content.len() as u64, piece))

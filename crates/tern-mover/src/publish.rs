@@ -3,14 +3,18 @@
 //! carrying the difference, which is delivered in two phases ([`crate::delivery::carry`]); meanwhile the
 //! next shadow copy is built, and once the nodes have committed it becomes the shadow copy, the assignment
 //! is kept as the new version's snapshot, and the site's record moves to the new version.
+//!
+//! A publish of a tree that has not changed since the published version (a re-run of a deploy script) is
+//! an immediate success: no version is consumed, no snapshot kept, no node contacted, and the load balancer
+//! is not told anything ([`Published::Unchanged`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_tree::Snapshot;
+use tern_tree::{Snapshot, remove_tree};
 use tern_wire::assignment::AssignmentKind;
-use tern_wire::mover::Job;
+use tern_wire::mover::{Job, NodeState};
 use tracing::{info, warn};
 
 use crate::ccm::{Mover, now_ms};
@@ -21,9 +25,25 @@ use crate::schedule::Target;
 use crate::store::{Site, SnapshotRecord};
 use crate::versions::unpack_tree;
 
+/// How a publish ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// The nodes committed this new version.
+    Version(u64),
+    /// Staging is the published version already: nothing was sent to any node.
+    Unchanged(u64),
+}
+
+impl Published {
+    /// Whether nodes were contacted (and the load balancer has something to learn).
+    pub(crate) fn touched_nodes(self) -> bool {
+        matches!(self, Published::Version(_))
+    }
+}
+
 impl Mover {
     /// Publishes the job's staging directory.
-    pub(crate) async fn run_publish(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<(), String> {
+    pub(crate) async fn run_publish(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<Published, String> {
         let staging = job.spec.staging.clone().ok_or("a publish needs a staging directory")?;
         if !Path::new(&staging).is_dir() {
             return Err(format!("staging directory {staging} does not exist"));
@@ -41,7 +61,7 @@ impl Mover {
         let unpacked = site_dir.path().join(format!("restore-{}", job.id));
         let target = unpacked.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&target);
+            let _ = remove_tree(&target);
             unpack_tree(&packed, &target)
         })
         .await
@@ -50,12 +70,13 @@ impl Mover {
         let outcome = self
             .publish_tree(job, nodes, unpacked.clone(), true, Some(Rules::default()))
             .await;
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&unpacked)).await;
-        outcome
+        let _ = tokio::task::spawn_blocking(move || remove_tree(&unpacked)).await;
+        outcome.map(|_| ())
     }
 
     /// Publishes `staging` as the site's next version: plan, deliver (quorum of the mover's policy), then
-    /// make the planned tree the shadow copy and record the version.
+    /// make the planned tree the shadow copy and record the version. A tree that plans no command is not
+    /// delivered at all.
     async fn publish_tree(
         self: &Arc<Self>,
         job: &Job,
@@ -63,7 +84,7 @@ impl Mover {
         staging: PathBuf,
         restore: bool,
         rules: Option<Rules>,
-    ) -> Result<(), String> {
+    ) -> Result<Published, String> {
         let (id, name) = (job.id.as_str(), job.spec.site.as_str());
         let wanted = name.to_string();
         let site = self
@@ -96,8 +117,21 @@ impl Mover {
             self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
                 .await?
         };
+        if planned.stats.is_unchanged() && !restore && site.sequence != 0 {
+            // Rules or a target given with this publish still become the site's, as after a new version.
+            site.rules = rules;
+            if let Some(target) = &job.spec.target
+                && !matches!(target, Target::Node(_))
+            {
+                site.target = target.clone();
+            }
+            self.nothing_to_publish(id, site.clone(), nodes).await;
+            return Ok(Published::Unchanged(site.sequence));
+        }
         info!(job = %id, site = %name, version = next, created = planned.stats.created, patched = planned.stats.patched,
-              removed = planned.stats.removed, bytes = planned.stats.assignment_bytes, "publish planned");
+              copied = planned.stats.copied, removed = planned.stats.removed, directories = planned.stats.directories,
+              links = planned.stats.links, metadata = planned.stats.metadata, bytes = planned.stats.assignment_bytes,
+              "publish planned");
         let assignment = Bytes::from(planned.assignment);
         let shipment = self.shipment(id, name, next, Some(assignment.clone()))?;
         // The next shadow copy is built while the nodes prepare (only this job changes the site's version,
@@ -132,7 +166,7 @@ impl Mover {
             // The tree before the previous one is deleted after the job, not before it reports.
             tokio::task::spawn_blocking(move || {
                 for tree in superseded {
-                    let _ = std::fs::remove_dir_all(tree);
+                    let _ = remove_tree(&tree);
                 }
             });
             let mut kept = None;
@@ -184,7 +218,37 @@ impl Mover {
                 nodes.len()
             ));
         }
-        Ok(())
+        Ok(Published::Version(next))
+    }
+
+    /// Ends an unchanged publish: the site's record keeps its version (its rules and target are saved),
+    /// the job's nodes that hold the published version are marked committed (nothing was sent: they already
+    /// hold it), the others say which version they hold, and the history says why no version was made.
+    async fn nothing_to_publish(&self, job: &str, site: Site, nodes: &[String]) {
+        info!(%job, site = %site.name, version = site.sequence, "staging is the published version; nothing sent");
+        let (id, name, sequence, targets) = (job.to_string(), site.name.clone(), site.sequence, nodes.to_vec());
+        let recorded = self
+            .store
+            .call(move |store| {
+                store.save_site(&site)?;
+                for node in &targets {
+                    let held = store.node_version(node, &name)?;
+                    if held == sequence {
+                        store.set_job_node(&id, node, NodeState::Committed, 0, None)?;
+                    } else {
+                        let note = format!(
+                            "holds version {held}, not {sequence}: an unchanged publish sends nothing; it is brought up to date when it registers again"
+                        );
+                        store.set_job_node(&id, node, NodeState::Pending, 0, Some(&note))?;
+                    }
+                }
+                let message = format!("nothing changed since version {sequence} of {name}: no new version, no node contacted");
+                store.note(Some(&id), &message, now_ms())
+            })
+            .await;
+        if let Err(error) = recorded {
+            warn!(%job, %error, "the outcome of an unchanged publish was not recorded");
+        }
     }
 
     /// Plans an assignment on a blocking thread. `base` describes the shadow copy to diff against; an empty

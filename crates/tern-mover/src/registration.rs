@@ -2,17 +2,37 @@
 //! brought up to date). A node sends a [`Registration`] at start and then periodically; the mover records
 //! it, and for every site the node hosts but holds an older (or no) version of, submits a `synchronise` job
 //! for that node — unless [`catch_up`] says otherwise.
+//!
+//! Group leaders report their network segments here too (seed 004's discovery phase, claims 43–44, 55
+//! and 58): a segment report once a leader's registration round converges, a network segment report when
+//! members appear or go offline, a take-over report from a new leader ([`tern_wire::segment`]). A report is
+//! one frame tagged with the cluster key (`tern mover --cluster-key FILE`, the nodes' key); it is refused
+//! and counted ([`SegmentIntake`]) when forged, oversized, malformed, stale, replayed or superseded by a
+//! later leader ([`crate::segments::admit_report`]). An accepted report is written to the database and to
+//! [`Mover::segments`]; every member new to its segment is registered as if it had registered itself, so a
+//! member behind on a site it hosts is caught up (a `synchronise` job, a full copy — the seed's replicate —
+//! for a node that holds nothing). The answer carries the administrator's override of the segment's
+//! leader, which the leader passes on to its segment's election.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tern_wire::SecretKey;
+use tern_wire::control::{ControlError, ReplayGuard};
 use tern_wire::mover::{JobKind, Registered, Registration};
-use tracing::info;
+use tern_wire::segment::{self, ReportAnswer, SegmentBody, SegmentLimits, SegmentMessage, SegmentView};
+use tracing::{info, warn};
 
 use crate::ccm::Mover;
 use crate::schedule::{JobSpec, Target, plain_name};
+use crate::segments::{ReportRefusal, SUPERSEDE_AFTER, admit_report, merge_report};
 use crate::store::Node;
 use crate::store_thread::StoreError;
+
+/// The name the mover signs its answers to segment reports with.
+pub const CCM_NAME: &str = "ccm";
 
 /// Least time between two catch-up jobs for the same node and site: a node that keeps failing is retried
 /// at most this often, not on every registration.
@@ -140,6 +160,346 @@ impl Mover {
     fn sent_catch_ups(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
         self.last_synchronise.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why a segment report was refused; each maps to an HTTP status ([`ReportError::status`]) and a counter
+/// ([`ReportError::reason`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The mover was started without the cluster key.
+    #[error("this mover takes no segment reports: start it with --cluster-key FILE (the key file the nodes use)")]
+    NoKey,
+    /// The frame did not open or parse (a wrong key, damaged, over the limit, malformed, stale, replayed).
+    #[error("segment report refused: {0}")]
+    Frame(#[from] ControlError),
+    /// A well-formed message that is not a segment report.
+    #[error("not a segment report")]
+    NotAReport,
+    /// Its tag was good, but another leader's report takes precedence, or it is a replay.
+    #[error(transparent)]
+    Refused(#[from] ReportRefusal),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ReportError {
+    /// A short token for counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReportError::NoKey => "no-key",
+            ReportError::Frame(error) => error.reason(),
+            ReportError::NotAReport => "malformed",
+            ReportError::Refused(refusal) => refusal.reason(),
+            ReportError::Store(_) => "store",
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self.reason() {
+            "no-key" => StatusCode::FORBIDDEN,
+            "bad-tag" => StatusCode::UNAUTHORIZED,
+            "oversized" => StatusCode::PAYLOAD_TOO_LARGE,
+            "stale" | "replayed" | "superseded" => StatusCode::CONFLICT,
+            "store" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Why an override of a segment's leader was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    /// No report from this segment yet (HTTP 404).
+    #[error("no segment {0}: none of its leaders has reported")]
+    NoSegment(String),
+    /// The node is not a member of the segment (HTTP 400).
+    #[error("{node} is not a member of segment {segment}; its members are {members}")]
+    NotAMember {
+        /// The segment.
+        segment: String,
+        /// The node asked for.
+        node: String,
+        /// The segment's members, comma-separated.
+        members: String,
+    },
+    /// The database failed (HTTP 500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The mover's intake of segment reports: the replay guard, the numbering of its answers, and counts of
+/// reports taken and refused (by reason, shown in `/status`). The key is the mover's
+/// [`MoverConfig::cluster_key`](crate::ccm::MoverConfig::cluster_key).
+#[derive(Debug)]
+pub struct SegmentIntake {
+    guard: Mutex<ReplayGuard>,
+    limits: SegmentLimits,
+    incarnation: u64,
+    seq: AtomicU64,
+    accepted: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for SegmentIntake {
+    fn default() -> Self {
+        let limits = SegmentLimits::http();
+        let mut random = [0u8; 8];
+        // Without randomness the answers still count up from a clock-derived run id.
+        if getrandom::fill(&mut random).is_err() {
+            random = crate::ccm::now_ms().to_le_bytes();
+        }
+        SegmentIntake {
+            guard: Mutex::new(ReplayGuard::new(limits.replay())),
+            limits,
+            incarnation: u64::from_le_bytes(random),
+            seq: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl SegmentIntake {
+    /// Reports taken, and refused by reason.
+    pub fn counts(&self) -> (u64, BTreeMap<&'static str, u64>) {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (self.accepted.load(Ordering::Relaxed), refused)
+    }
+
+    /// Counts a report refused for `reason` (also before it reached the intake: an oversized body).
+    pub(crate) fn count_refusal(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+}
+
+impl Mover {
+    /// The intake of segment reports (its counters).
+    pub fn segment_intake(&self) -> &SegmentIntake {
+        &self.segment_intake
+    }
+
+    /// Fills [`Mover::segments`] from the database (at start-up).
+    pub async fn restore_segments(&self) -> Result<usize, StoreError> {
+        let views = self.store.call(|store| store.segments()).await?;
+        let count = views.len();
+        for view in views {
+            self.segments.record(view);
+        }
+        Ok(count)
+    }
+
+    /// Takes one segment report (the request's body) at `now_ms`; answers with the frame to send back.
+    pub async fn take_segment_report(&self, body: &[u8], now_ms: u64) -> Result<Vec<u8>, ReportError> {
+        let outcome = self.admit_segment_report(body, now_ms).await;
+        match &outcome {
+            Ok(_) => {
+                self.segment_intake.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.segment_intake.count_refusal(error.reason());
+                warn!(reason = error.reason(), %error, "segment report refused");
+            }
+        }
+        outcome
+    }
+
+    async fn admit_segment_report(&self, body: &[u8], now_ms: u64) -> Result<Vec<u8>, ReportError> {
+        let intake = &self.segment_intake;
+        let key = self.config.cluster_key.clone().ok_or(ReportError::NoKey)?;
+        let message = segment::decode(&key, body, &intake.limits)?.into_message();
+        let SegmentBody::SegmentReport(report) = &message.body else {
+            return Err(ReportError::NotAReport);
+        };
+        intake
+            .guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_stamp(&message.stamp(), now_ms)?;
+        let stored = self.segments.view(&message.segment);
+        admit_report(stored.as_ref(), &message, report, now_ms, SUPERSEDE_AFTER)?;
+        let (view, appeared) = merge_report(stored.as_ref(), &message, report, now_ms);
+        let changed_leader = stored.as_ref().is_none_or(|before| before.leader != view.leader);
+        let departed: Vec<String> = stored
+            .as_ref()
+            .map(|before| {
+                before
+                    .members
+                    .iter()
+                    .filter(|member| view.members.iter().all(|now| now.name != member.name))
+                    .map(|member| member.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let record = view.clone();
+        let note = describe(&view, changed_leader, &appeared, &departed);
+        let logged = note.clone();
+        // A refresh that says nothing new is kept in memory only: the database is written when the
+        // segment changes (its leader, members or their resources, its location).
+        let unchanged = stored.as_ref().is_some_and(|before| same_segment(before, &view));
+        if !unchanged {
+            self.store
+                .call(move |store| {
+                    store.save_segment(&record)?;
+                    match logged {
+                        Some(note) => store.note(None, &note, now_ms),
+                        None => Ok(()),
+                    }
+                })
+                .await?;
+        }
+        if let Some(note) = note {
+            info!(segment = %view.name, leader = %view.leader, kind = report.kind.as_str(), "{note}");
+        }
+        let answer = self.answer(&key, &message, view.leader_override.clone(), now_ms);
+        self.segments.record(view);
+        for member in appeared {
+            let registration = Registration {
+                name: member.name.clone(),
+                url: member.profile.url,
+                free_disk: member.profile.free_disk,
+                cpus: member.profile.cpus,
+                groups: member.profile.groups,
+                versions: member.profile.versions,
+            };
+            // A member new to the segment is registered, and caught up on the sites it hosts.
+            if let Err(error) = self.register(registration, now_ms).await {
+                warn!(node = %member.name, %error, "a member reported by its segment's leader was not registered");
+            }
+        }
+        Ok(answer)
+    }
+
+    fn answer(
+        &self,
+        key: &SecretKey,
+        report: &SegmentMessage,
+        leader_override: Option<String>,
+        now_ms: u64,
+    ) -> Vec<u8> {
+        let intake = &self.segment_intake;
+        let message = SegmentMessage {
+            segment: report.segment.clone(),
+            sender: CCM_NAME.into(),
+            address: self.config.listen,
+            term: report.term,
+            incarnation: intake.incarnation,
+            seq: intake.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            sent_at_ms: now_ms,
+            body: SegmentBody::ReportAnswer(ReportAnswer {
+                seq: report.seq,
+                leader_override,
+            }),
+        };
+        segment::encode(key, &message)
+    }
+
+    /// Sets (or, with `None`, clears) the administrator's choice of `segment`'s leader. It reaches the
+    /// nodes with the answer to the leader's next report (within its refresh period): the leader passes it
+    /// to its election and multicasts it to its members.
+    pub async fn override_leader(
+        &self,
+        segment: &str,
+        leader: Option<String>,
+        now_ms: u64,
+    ) -> Result<SegmentView, OverrideError> {
+        let Some(mut view) = self.segments.view(segment) else {
+            return Err(OverrideError::NoSegment(segment.to_string()));
+        };
+        if let Some(node) = &leader
+            && view.members.iter().all(|member| member.name != *node)
+        {
+            let members: Vec<&str> = view.members.iter().map(|member| member.name.as_str()).collect();
+            return Err(OverrideError::NotAMember {
+                segment: segment.to_string(),
+                node: node.clone(),
+                members: members.join(", "),
+            });
+        }
+        view.leader_override = leader.clone();
+        let record = view.clone();
+        let note = match &leader {
+            Some(node) => format!("segment {segment}: leader overridden to {node}"),
+            None => format!("segment {segment}: leader override cleared; the election decides"),
+        };
+        self.store
+            .call(move |store| {
+                store.save_segment(&record)?;
+                store.note(None, &note, now_ms)
+            })
+            .await?;
+        self.segments.record(view.clone());
+        info!(%segment, leader = ?leader, "segment leader override set");
+        Ok(view)
+    }
+}
+
+/// The segments as `/status` shows them: each one's leader, term, location, members and the age of its
+/// last report.
+pub fn segment_summary(views: &[SegmentView]) -> serde_json::Value {
+    let now = crate::ccm::now_ms();
+    views
+        .iter()
+        .map(|view| {
+            serde_json::json!({
+                "name": view.name,
+                "location": view.location,
+                "leader": view.leader,
+                "term": view.term,
+                "members": view.members.iter().map(|member| member.name.as_str()).collect::<Vec<_>>(),
+                "reported_seconds_ago": now.saturating_sub(view.reported_ms) / 1000,
+                "leader_override": view.leader_override,
+            })
+        })
+        .collect()
+}
+
+/// Whether two records of a segment say the same but for when and in which report.
+fn same_segment(before: &SegmentView, after: &SegmentView) -> bool {
+    let normalised = SegmentView {
+        seq: before.seq,
+        reported_ms: before.reported_ms,
+        kind: before.kind,
+        ..after.clone()
+    };
+    normalised == *before
+}
+
+/// The history line for a report, when it says something new.
+fn describe(
+    view: &SegmentView,
+    changed_leader: bool,
+    appeared: &[tern_wire::segment::Member],
+    departed: &[String],
+) -> Option<String> {
+    let mut parts = Vec::new();
+    if changed_leader {
+        parts.push(format!("leader {} (term {})", view.leader, view.term));
+    }
+    if !appeared.is_empty() {
+        let names: Vec<&str> = appeared.iter().map(|member| member.name.as_str()).collect();
+        parts.push(format!("appeared {}", names.join(", ")));
+    }
+    if !departed.is_empty() {
+        parts.push(format!("went offline {}", departed.join(", ")));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "segment {} ({} report, {} members): {}",
+        view.name,
+        view.kind.as_str(),
+        view.members.len(),
+        parts.join("; ")
+    ))
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ impl Mover {
         let dir = site_dir.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> std::io::Result<Snapshot> {
             dir.swap_previous()?;
-            tern_tree::scan(&dir.shadow(), &Snapshot::new())
+            Ok(tern_tree::scan(&dir.shadow(), &Snapshot::new())?.snapshot)
         })
         .await
         .map_err(|e| e.to_string())?

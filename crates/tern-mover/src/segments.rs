@@ -5,13 +5,27 @@
 //! ([`crate::tree`]) distributes over.
 //!
 //! The directory is held in memory behind a lock, so that a delivery can group its targets without a
-//! database round trip; the segment reports that fill it are also persisted by the registration module.
+//! database round trip; the segment reports that fill it are also persisted by the registration module
+//! ([`crate::registration`]), and read back at start-up. Beside each [`Segment`] (what the tree needs) it
+//! keeps the report's whole [`SegmentView`] (members with their resources, term, override) for the API.
+//!
+//! Which report wins is a pure decision ([`admit_report`]), and so is what a report makes of the record
+//! ([`merge_report`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
+use std::time::Duration;
+
+use tern_wire::segment::{Member, ReportKind, SegmentMessage, SegmentReport, SegmentView};
 
 use crate::delivery::Recipient;
 use crate::tree::Leader;
+
+/// How long a segment's leader may stay silent before a report from another leader with a lower term is
+/// taken anyway: terms only grow along the messages a node hears, so a candidate whose claim nobody heard,
+/// or a segment that restarted, may leave a higher term on record than the leader its segment follows.
+/// Three of a leader's default refresh periods (10 s).
+pub const SUPERSEDE_AFTER: Duration = Duration::from_secs(30);
 
 /// What the CCM knows of one network segment: its current group leader and its registered members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +78,49 @@ pub struct Grouping {
 #[derive(Debug, Default)]
 pub struct Segments {
     segments: RwLock<BTreeMap<String, Segment>>,
+    views: RwLock<BTreeMap<String, SegmentView>>,
+}
+
+impl Segment {
+    /// What the tree needs of a segment's record: its leader (URL and CPUs from the leader's own
+    /// registration) and its members' names.
+    pub fn of_view(view: &SegmentView) -> Segment {
+        let leader = view.leader_member().map(|member| SegmentLeader {
+            name: member.name.clone(),
+            url: member.profile.url.clone(),
+            cpu: member.profile.cpus,
+        });
+        Segment {
+            name: view.name.clone(),
+            location: view.location.clone(),
+            leader,
+            members: view.members.iter().map(|member| member.name.clone()).collect(),
+            reported_ms: view.reported_ms,
+        }
+    }
 }
 
 impl Segments {
+    /// Records a segment's report (and override) as accepted: the whole view for the API, and the
+    /// [`Segment`] the tree groups targets by.
+    pub fn record(&self, view: SegmentView) {
+        self.update(Segment::of_view(&view));
+        let mut views = self.views.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        views.insert(view.name.clone(), view);
+    }
+
+    /// Every segment's last accepted report, by name.
+    pub fn views(&self) -> Vec<SegmentView> {
+        let views = self.views.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        views.values().cloned().collect()
+    }
+
+    /// One segment's last accepted report.
+    pub fn view(&self, name: &str) -> Option<SegmentView> {
+        let views = self.views.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        views.get(name).cloned()
+    }
+
     /// Records (or replaces) what a segment report says of `segment`.
     pub fn update(&self, segment: Segment) {
         let mut segments = self.segments.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -125,9 +179,146 @@ impl Segments {
     }
 }
 
+/// Why a report was not taken although its tag was good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRefusal {
+    /// Another leader with a higher term reported recently: this one was deposed (or is cut off).
+    #[error(
+        "segment {segment} is led by {leader} (term {current}); a report of term {term} from {sender} is superseded"
+    )]
+    Superseded {
+        /// The segment.
+        segment: String,
+        /// The reporting node.
+        sender: String,
+        /// Its term.
+        term: u64,
+        /// The leader on record.
+        leader: String,
+        /// Its term.
+        current: u64,
+    },
+    /// The leader on record already sent a report with this number or a later one (a replay, across
+    /// restarts of the mover too).
+    #[error("segment {segment}: report {seq} from {sender} is not newer than the last one taken (replay)")]
+    Replayed {
+        /// The segment.
+        segment: String,
+        /// The reporting node.
+        sender: String,
+        /// The report's number.
+        seq: u64,
+    },
+}
+
+impl ReportRefusal {
+    /// A short token for counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReportRefusal::Superseded { .. } => "superseded",
+            ReportRefusal::Replayed { .. } => "replayed",
+        }
+    }
+}
+
+/// Whether a report (authenticated, fresh, not seen before) replaces the record `stored` at `now_ms`: a
+/// report from the leader on record must be newer than its last one; a report from another node must carry
+/// at least the recorded term (a later election), or list the recorded leader among its members (that
+/// leader registered with it), or come after the recorded leader has been silent for `supersede_after`. A
+/// leader cut off from its segment keeps its term and keeps reporting, and is refused while the segment's
+/// new leader (whose term is higher) reports.
+pub fn admit_report(
+    stored: Option<&SegmentView>,
+    message: &SegmentMessage,
+    report: &SegmentReport,
+    now_ms: u64,
+    supersede_after: Duration,
+) -> Result<(), ReportRefusal> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let same_run = stored.leader == message.sender && stored.incarnation == message.incarnation;
+    if same_run && message.seq <= stored.seq {
+        return Err(ReportRefusal::Replayed {
+            segment: message.segment.clone(),
+            sender: message.sender.clone(),
+            seq: message.seq,
+        });
+    }
+    if message.term >= stored.term || stored.leader == message.sender {
+        return Ok(());
+    }
+    if report.members.iter().any(|member| member.name == stored.leader) {
+        return Ok(());
+    }
+    let silent_ms = u64::try_from(supersede_after.as_millis()).unwrap_or(u64::MAX);
+    if stored.reported_ms.saturating_add(silent_ms) <= now_ms {
+        return Ok(());
+    }
+    Err(ReportRefusal::Superseded {
+        segment: message.segment.clone(),
+        sender: message.sender.clone(),
+        term: message.term,
+        leader: stored.leader.clone(),
+        current: stored.term,
+    })
+}
+
+/// The record a report makes, at `now_ms`, and the members that are new to the segment. A take-over report
+/// (its leader's round is not complete) adds to the members on record; segment and network segment reports
+/// list them all. The administrator's override is kept.
+pub fn merge_report(
+    stored: Option<&SegmentView>,
+    message: &SegmentMessage,
+    report: &SegmentReport,
+    now_ms: u64,
+) -> (SegmentView, Vec<Member>) {
+    let before: BTreeSet<&str> = stored
+        .map(|view| view.members.iter().map(|member| member.name.as_str()).collect())
+        .unwrap_or_default();
+    let appeared: Vec<Member> = report
+        .members
+        .iter()
+        .filter(|member| !before.contains(member.name.as_str()))
+        .cloned()
+        .collect();
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    if report.kind == ReportKind::TakeOver
+        && let Some(stored) = stored
+    {
+        members.extend(
+            stored
+                .members
+                .iter()
+                .map(|member| (member.name.clone(), member.clone())),
+        );
+    }
+    members.extend(
+        report
+            .members
+            .iter()
+            .map(|member| (member.name.clone(), member.clone())),
+    );
+    let view = SegmentView {
+        name: message.segment.clone(),
+        location: report.location.clone(),
+        leader: message.sender.clone(),
+        leader_address: message.address,
+        term: message.term,
+        incarnation: message.incarnation,
+        seq: message.seq,
+        kind: report.kind,
+        members: members.into_values().collect(),
+        reported_ms: now_ms,
+        leader_override: stored.and_then(|view| view.leader_override.clone()),
+    };
+    (view, appeared)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_wire::segment::{Profile, SegmentBody};
 
     fn recipient(name: &str) -> Recipient {
         Recipient {
@@ -164,5 +355,126 @@ mod tests {
         assert_eq!(boston.members, vec![recipient("b2"), recipient("b1")]);
         assert_eq!(grouping.direct, vec![recipient("l1"), recipient("x")]);
         assert_eq!(segments.segment_of("b2").map(|s| s.name), Some("boston".to_string()));
+    }
+
+    fn member(name: &str, cpus: u32) -> Member {
+        Member {
+            name: name.into(),
+            address: "10.0.0.1:40000".parse().expect("address"),
+            incarnation: 1,
+            profile: Profile {
+                url: format!("http://{name}:7100"),
+                cpus,
+                ..Profile::default()
+            },
+        }
+    }
+
+    fn report(
+        sender: &str,
+        term: u64,
+        seq: u64,
+        kind: ReportKind,
+        members: &[&str],
+    ) -> (SegmentMessage, SegmentReport) {
+        let report = SegmentReport {
+            kind,
+            location: "Europe/London".into(),
+            members: members.iter().map(|name| member(name, 8)).collect(),
+            appeared: vec![],
+            departed: vec![],
+        };
+        let message = SegmentMessage {
+            segment: "london".into(),
+            sender: sender.into(),
+            address: "10.0.0.1:40000".parse().expect("address"),
+            term,
+            incarnation: 7,
+            seq,
+            sent_at_ms: 1,
+            body: SegmentBody::SegmentReport(report.clone()),
+        };
+        (message, report)
+    }
+
+    #[test]
+    fn a_report_makes_the_record_and_the_trees_segment() {
+        let (message, first) = report("a", 1, 1, ReportKind::Segment, &["a", "b"]);
+        let (view, appeared) = merge_report(None, &message, &first, 1_000);
+        assert_eq!(
+            appeared.len(),
+            2,
+            "every member of a segment seen for the first time is new"
+        );
+        let segments = Segments::default();
+        segments.record(view.clone());
+        let segment = segments.segment_of("b").expect("b is in a segment");
+        assert_eq!(
+            segment
+                .leader
+                .as_ref()
+                .map(|l| (l.name.as_str(), l.url.as_str(), l.cpu)),
+            Some(("a", "http://a:7100", 8))
+        );
+        assert_eq!(segment.location, "Europe/London");
+        assert_eq!(segments.view("london").map(|v| v.members.len()), Some(2));
+
+        // A new leader takes over: the members on record stay until its round completes.
+        let (message, take_over) = report("b", 2, 1, ReportKind::TakeOver, &["b"]);
+        let (view, appeared) = merge_report(Some(&view), &message, &take_over, 2_000);
+        assert!(appeared.is_empty());
+        assert_eq!(view.leader, "b");
+        assert_eq!(view.members.len(), 2);
+        // Its network segment report lists them all: a departed, c appeared.
+        let (message, change) = report("b", 2, 2, ReportKind::NetworkSegment, &["b", "c"]);
+        let (view, appeared) = merge_report(Some(&view), &message, &change, 3_000);
+        assert_eq!(appeared.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(
+            view.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn replays_and_deposed_leaders_are_refused_until_the_leader_on_record_falls_silent() {
+        let (message, first) = report("a", 5, 10, ReportKind::Segment, &["a", "b"]);
+        let (view, _) = merge_report(None, &message, &first, 1_000);
+        assert_eq!(admit_report(None, &message, &first, 1_000, SUPERSEDE_AFTER), Ok(()));
+        let refused = admit_report(Some(&view), &message, &first, 1_000, SUPERSEDE_AFTER).expect_err("replay");
+        assert_eq!(refused.reason(), "replayed");
+        let (newer, newer_report) = report("a", 5, 11, ReportKind::Segment, &["a"]);
+        assert_eq!(
+            admit_report(Some(&view), &newer, &newer_report, 1_000, SUPERSEDE_AFTER),
+            Ok(())
+        );
+
+        // A lower term from a node the recorded leader is not registered with: a leader cut off, or one
+        // elected where the recorded term was never heard. Refused until the recorded leader falls silent.
+        let (cut_off, cut_off_report) = report("c", 4, 1, ReportKind::Segment, &["c"]);
+        let refused =
+            admit_report(Some(&view), &cut_off, &cut_off_report, 2_000, SUPERSEDE_AFTER).expect_err("lower term");
+        assert_eq!(refused.reason(), "superseded");
+        let later = 1_000 + SUPERSEDE_AFTER.as_millis() as u64;
+        assert_eq!(
+            admit_report(Some(&view), &cut_off, &cut_off_report, later, SUPERSEDE_AFTER),
+            Ok(())
+        );
+        // The recorded leader registered with the reporting one: it no longer leads, whatever the terms.
+        let (followed, followed_report) = report("c", 4, 2, ReportKind::Segment, &["a", "c"]);
+        assert_eq!(
+            admit_report(Some(&view), &followed, &followed_report, 2_000, SUPERSEDE_AFTER),
+            Ok(())
+        );
+        let (elected, elected_report) = report("b", 6, 1, ReportKind::TakeOver, &["b"]);
+        assert_eq!(
+            admit_report(Some(&view), &elected, &elected_report, 2_000, SUPERSEDE_AFTER),
+            Ok(())
+        );
+        // Arithmetic on recorded times saturates.
+        let ancient = SegmentView {
+            reported_ms: u64::MAX,
+            ..view
+        };
+        assert!(admit_report(Some(&ancient), &cut_off, &cut_off_report, u64::MAX, Duration::MAX).is_ok());
     }
 }

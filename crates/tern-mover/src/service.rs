@@ -1,5 +1,6 @@
 //! Starting the mover (seed 004's CCM as a process): its data directory, signing key and database (on its
-//! own thread), the transport (the star over HTTP, [`crate::star::StarDelivery`]), the JSON API
+//! own thread), the transport (the store-and-forward tree over led segments,
+//! [`crate::tree_delivery::TreeDelivery`], and the star over HTTP, [`crate::star::StarDelivery`]), the JSON API
 //! ([`crate::api`]) with the admin listener, and the scheduler loop ([`crate::dispatch`]).
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,55 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// The transport and what it shares with the mover.
+struct Distribution {
+    transport: Arc<dyn crate::delivery::Delivery>,
+    segments: Arc<crate::segments::Segments>,
+    trees: Arc<crate::tree_delivery::TreeHub>,
+    metrics: crate::metrics::MoverMetrics,
+}
+
+/// The transport of `config`: the tree over led segments (with the star for the other nodes), or the
+/// star alone (`--delivery star`). `--delivery tree` without a cluster key is refused.
+fn distribution(
+    config: &MoverConfig,
+    signing: &ed25519_dalek::SigningKey,
+    client_tls: &ClientTls,
+) -> Result<Distribution, StartError> {
+    use crate::tree_delivery::{DeliveryMode, TreeDelivery, TreeHub};
+    if config.tree.mode == DeliveryMode::Tree && config.cluster_key.is_none() {
+        return Err(StartError::Data {
+            path: config.data.clone(),
+            reason: "--delivery tree needs --cluster-key FILE (the key file the nodes use)".into(),
+        });
+    }
+    let metrics = crate::metrics::MoverMetrics::new();
+    let segments = Arc::new(crate::segments::Segments::default());
+    let trees = Arc::new(TreeHub::new(
+        config.cluster_key.clone(),
+        signing.clone(),
+        &config.tree,
+        &metrics,
+    ));
+    let star = StarDelivery::new(client_tls.client(), config.delivery_timeout);
+    let transport: Arc<dyn crate::delivery::Delivery> = match config.tree.mode {
+        DeliveryMode::Star => Arc::new(star),
+        DeliveryMode::Auto | DeliveryMode::Tree => Arc::new(TreeDelivery::new(
+            star,
+            trees.clone(),
+            segments.clone(),
+            config.tree.clone(),
+            client_tls.client(),
+        )),
+    };
+    Ok(Distribution {
+        transport,
+        segments,
+        trees,
+        metrics,
+    })
+}
+
 /// Starts the mover: its API, its admin listener and its scheduler. Jobs a previous run left running are
 /// tried again where their policy allows, and failed otherwise.
 pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartError> {
@@ -65,8 +115,19 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
         None => None,
     };
     let client_tls = ClientTls::new(config.ca.as_deref())?;
-    let delivery = Arc::new(StarDelivery::new(client_tls.client(), config.delivery_timeout));
-    let mover = Arc::new(Mover::new(config.clone(), signing, store, delivery));
+    let delivery = distribution(&config, &signing, &client_tls)?;
+    let mover = Arc::new(
+        Mover::new(config.clone(), signing, store, delivery.transport).with_distribution(
+            delivery.segments,
+            delivery.trees,
+            delivery.metrics,
+        ),
+    );
+    match mover.restore_segments().await {
+        Ok(count) if count > 0 => info!(segments = count, "network segments restored from the database"),
+        Ok(_) => {}
+        Err(error) => warn!(%error, "network segments not restored; they return with their leaders' next reports"),
+    }
     let api = Arc::new(crate::api::Api::new(mover.clone()));
     let routes = mover.clone();
     let mut running = tern_admin::launch(

@@ -13,6 +13,7 @@ use tern_http::tls::HttpsClient;
 use crate::delivery::{Delivery, NodeOutcome, PhaseFuture, Recipient};
 
 /// The star over HTTP: one request per node and assignment, each bounded by a timeout.
+#[derive(Clone)]
 pub struct StarDelivery {
     client: HttpsClient<Full<Bytes>>,
     timeout: Duration,

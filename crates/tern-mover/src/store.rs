@@ -1,5 +1,6 @@
 //! The mover's state in SQLite (seed 004's CCM database): hosted sites with their published version, rules and
-//! target; registered nodes, the content groups they belong to and the version of each site they hold; jobs
+//! target; registered nodes, the content groups they belong to and the version of each site they hold; the
+//! network segments their group leaders report (the last accepted report of each, as JSON); jobs
 //! with their schedule, policies and per-node state; checkpoints; snapshots; and a history log. Every job's
 //! state is written here before it is acted on, so a restart finds it.
 //!
@@ -16,6 +17,7 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use tern_wire::mover::{Checkpoint, HistoryEntry, JobState, NodeState, UnknownValue};
+use tern_wire::segment::SegmentView;
 use tracing::warn;
 
 use crate::rules::Rules;
@@ -135,7 +137,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS checkpoints (site TEXT NOT NULL, number INTEGER NOT NULL, sequence INTEGER NOT NULL,
                  created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (site, number));
              CREATE TABLE IF NOT EXISTS snapshots (site TEXT NOT NULL, sequence INTEGER NOT NULL, base INTEGER NOT NULL,
-                 job TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (site, sequence));",
+                 job TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (site, sequence));
+             CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, view TEXT NOT NULL, reported_ms INTEGER NOT NULL);",
         )?;
         for (table, column, definition) in ADDED_COLUMNS {
             let present: bool = connection.query_row(
@@ -674,6 +677,36 @@ impl Store {
             })
         })?;
         rows.collect()
+    }
+
+    /// Records what the CCM knows of a network segment (its last accepted report and the administrator's
+    /// override of its leader), replacing the previous record.
+    pub fn save_segment(&self, view: &SegmentView) -> StoreResult<()> {
+        let json = serde_json::to_string(view).unwrap_or_default();
+        self.connection.execute(
+            "INSERT INTO segments (name, view, reported_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET view = excluded.view, reported_ms = excluded.reported_ms",
+            params![view.name, json, view.reported_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every network segment recorded, by name. A record that does not parse is left out with a warning
+    /// (it is replaced by the segment's next report).
+    pub fn segments(&self) -> StoreResult<Vec<SegmentView>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, view FROM segments ORDER BY name")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let mut views = Vec::new();
+        for row in rows {
+            let (name, json) = row?;
+            match serde_json::from_str::<SegmentView>(&json) {
+                Ok(view) => views.push(view),
+                Err(error) => warn!(segment = %name, %error, "unreadable segment record left out"),
+            }
+        }
+        Ok(views)
     }
 
     /// Adds an entry to the history log.

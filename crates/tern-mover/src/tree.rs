@@ -17,7 +17,7 @@
 //! The core never blocks and holds no sockets: the driver turns [`Notify`] into an HTTP request to the
 //! target GL (or to the source GL, which forwards it, as in the seed), and feeds back what GLs report.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A group leader as the CCM knows it from its segment report.
@@ -132,6 +132,11 @@ pub struct DistributionTree {
     mover_served: usize,
     /// Which holder served which GL (for the status and for tests: the shape of the tree).
     edges: Vec<(Source, String)>,
+    /// Holders answered [`Next::Done`]: they deliver to their members and ask no more.
+    finished: BTreeSet<String>,
+    /// While set, a holder with nothing to serve is told to ask again rather than done: the driver expects
+    /// a GL to be added (a segment whose leader was given up on is electing a new one).
+    hold_open: bool,
 }
 
 impl DistributionTree {
@@ -144,6 +149,8 @@ impl DistributionTree {
             locations: HashMap::new(),
             mover_served: 0,
             edges: Vec::new(),
+            finished: BTreeSet::new(),
+            hold_open: false,
         };
         for leader in leaders {
             tree.add_leader(leader);
@@ -162,6 +169,13 @@ impl DistributionTree {
         self.states.insert(leader.name.clone(), LeaderState::Pending);
         self.locations.insert(leader.name.clone(), leader.location.clone());
         self.pending.push_back(leader);
+    }
+
+    /// Keeps holders asking (`true`: [`Next::AskAgain`] where it would answer [`Next::Done`]) while the
+    /// driver waits for a segment's new leader to [`add`](DistributionTree::add_leader); `false` lets
+    /// them finish.
+    pub fn hold_open(&mut self, open: bool) {
+        self.hold_open = open;
     }
 
     /// Starts the distribution: the CCM notifies the first GLs itself (up to
@@ -222,15 +236,17 @@ impl DistributionTree {
             let notify = self.notify(leader, Source::Leader(holder.to_string()), now);
             return Ok((Next::Serve(notify.target.clone()), Some(notify)));
         }
-        if self.in_flight() > 0 {
+        if self.in_flight() > 0 || self.hold_open {
             return Ok((Next::AskAgain(self.config.ask_again), None));
         }
+        self.finished.insert(holder.to_string());
         Ok((Next::Done, None))
     }
 
     /// Gives up on GLs that were notified more than [`TreeConfig::fetch_timeout`] ago without reporting a
-    /// copy; returns their names. When no GL holds a copy any more to serve the ones still waiting (the
-    /// first GL died), the CCM serves one more itself, and that notification is returned too.
+    /// copy; returns their names. When no GL that still asks holds a copy to serve the ones waiting (the
+    /// first GL died, or a GL was added after every holder was answered done), the CCM serves one more
+    /// itself, and that notification is returned too.
     pub fn tick(&mut self, now: Instant) -> (Vec<String>, Vec<Notify>) {
         let timed_out: Vec<String> = self
             .states
@@ -249,12 +265,12 @@ impl DistributionTree {
             );
         }
         let mut notifications = Vec::new();
-        let holders = self
+        let asking_holders = self
             .states
-            .values()
-            .filter(|s| matches!(s, LeaderState::Holding))
+            .iter()
+            .filter(|(name, state)| matches!(state, LeaderState::Holding) && !self.finished.contains(*name))
             .count();
-        if holders == 0 && self.in_flight() == 0 && !self.pending.is_empty() {
+        if asking_holders == 0 && self.in_flight() == 0 && !self.pending.is_empty() {
             // Nobody can serve the waiting GLs: the CCM does, one more copy over its own link.
             if let Some(leader) = self.take_for(None) {
                 self.mover_served += 1;
@@ -516,6 +532,38 @@ mod tests {
             }]
         );
         assert_eq!(tree.mover_copies(), 2);
+    }
+
+    #[test]
+    fn holders_keep_asking_while_a_segment_elects_and_a_late_leader_is_still_served() {
+        let now = Instant::now();
+        let mut tree = DistributionTree::new(leaders(2), TreeConfig::default());
+        tree.start(now);
+        tree.holding("gl1").expect("accepted");
+        assert_eq!(tree.next_for("gl1", now).expect("asks").0, Next::Serve("gl2".into()));
+        tree.failed("gl2", "unreachable").expect("known");
+        tree.hold_open(true);
+        assert!(
+            matches!(tree.next_for("gl1", now).expect("asks").0, Next::AskAgain(_)),
+            "the segment of gl2 may elect a new leader"
+        );
+        tree.add_leader(leader("gl2b", "utc", 4));
+        tree.hold_open(false);
+        assert_eq!(tree.next_for("gl1", now).expect("asks").0, Next::Serve("gl2b".into()));
+        tree.holding("gl2b").expect("accepted");
+        assert_eq!(tree.next_for("gl1", now).expect("asks").0, Next::Done);
+        assert_eq!(tree.next_for("gl2b", now).expect("asks").0, Next::Done);
+        // A leader added after every holder finished: nobody asks any more, so the CCM serves it.
+        tree.add_leader(leader("gl3", "utc", 4));
+        let (gone, notify) = tree.tick(now);
+        assert!(gone.is_empty());
+        assert_eq!(
+            notify,
+            vec![Notify {
+                target: "gl3".into(),
+                source: Source::Mover
+            }]
+        );
     }
 
     #[test]

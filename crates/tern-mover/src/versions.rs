@@ -5,16 +5,19 @@
 //! shadow-previous/   the tree before it, for rollback
 //! shadow-next/       the tree being published, until the job commits
 //! snapshots/<N>.asg  the assignment that made version N from the one before, kept until a checkpoint
-//! checkpoints/<n>/   compressed full copies (every file as <name>.zst)
+//! checkpoints/<n>/   compressed full copies (every file as <name>.zst, every link as <name>.link)
 //! superseded-*/      an older tree moved aside at a promotion, being deleted
 //! ```
 //!
-//! Shadow files are never changed in place, so trees share unchanged files through hard links.
+//! Every tree is a faithful copy of what was published — files, directories (also empty), symbolic links,
+//! modes and modification times — since the next plan is made against it and a replicate or restore sends
+//! it whole. Shadow files are never changed in place, so trees share unchanged files (same content, mode
+//! and time) through hard links.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tern_tree::Snapshot;
+use tern_tree::{Kind, ROOT, Snapshot, remove_tree, set_mode, set_mtime};
 
 /// The prefix of trees moved aside by [`SiteDir::promote_next`], to be deleted.
 const SUPERSEDED: &str = "superseded-";
@@ -58,35 +61,48 @@ impl SiteDir {
     }
 
     /// Builds `shadow-next`, the tree being published, exactly as `snapshot` describes it: files unchanged
-    /// since `published` are linked from the shadow copy, the others copied from `staging` and checked
-    /// against the hash they were planned with (a staging file changed since planning fails the publish
-    /// rather than leaving a shadow copy that differs from what the nodes hold).
+    /// since `published` (content, mode and time) are linked from the shadow copy, the others copied from
+    /// `staging` and checked against the hash they were planned with (a staging file changed since planning
+    /// fails the publish rather than leaving a shadow copy that differs from what the nodes hold); modes and
+    /// times are the snapshot's, directories' set once they are filled.
     pub fn stage_next(&self, staging: &Path, published: &Snapshot, snapshot: &Snapshot) -> io::Result<()> {
         let next = self.next();
-        if next.exists() {
-            std::fs::remove_dir_all(&next)?;
-        }
+        remove_tree(&next)?;
         std::fs::create_dir_all(&next)?;
         let shadow = self.shadow();
-        for (path, state) in snapshot {
-            let target = next.join(path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let unchanged = published.get(path).is_some_and(|old| old.hash == state.hash);
-            if unchanged && std::fs::hard_link(shadow.join(path), &target).is_ok() {
+        // Path order: a directory comes before what it holds.
+        for (path, entry) in snapshot {
+            if path == ROOT {
                 continue;
             }
-            let content = std::fs::read(staging.join(path))?;
-            if blake3::hash(&content).to_hex().as_str() != state.hash {
-                return Err(io::Error::other(format!(
-                    "staging file {path} changed while it was being published; publish again"
-                )));
+            let target = next.join(path);
+            match entry.kind {
+                Kind::Dir => std::fs::create_dir(&target)?,
+                Kind::Link => {
+                    make_symlink(Path::new(entry.target.as_deref().unwrap_or_default()), &target)?;
+                    set_mtime(&target, entry.mtime_ns)?;
+                }
+                Kind::File => {
+                    let unchanged = published.get(path) == Some(entry);
+                    if unchanged && std::fs::hard_link(shadow.join(path), &target).is_ok() {
+                        continue;
+                    }
+                    let content = std::fs::read(staging.join(path))?;
+                    if blake3::hash(&content).to_hex().as_str() != entry.hash {
+                        return Err(io::Error::other(format!(
+                            "staging file {path} changed while it was being published; publish again"
+                        )));
+                    }
+                    std::fs::write(&target, content)?;
+                    set_mode(&target, entry.mode)?;
+                    set_mtime(&target, entry.mtime_ns)?;
+                }
             }
-            std::fs::write(&target, content)?;
-            if let Some(mode) = tern_tree::file_mode(&staging.join(path)) {
-                set_mode(&target, mode)?;
-            }
+        }
+        for (path, entry) in snapshot.iter().rev().filter(|(_, entry)| entry.is_dir()) {
+            let target = if path == ROOT { next.clone() } else { next.join(path) };
+            set_mode(&target, entry.mode)?;
+            set_mtime(&target, entry.mtime_ns)?;
         }
         Ok(())
     }
@@ -116,7 +132,7 @@ impl SiteDir {
 
     /// Drops `shadow-next` (the publish did not commit).
     pub fn discard_next(&self) {
-        let _ = std::fs::remove_dir_all(self.next());
+        let _ = remove_tree(&self.next());
     }
 
     /// Swaps the shadow copy and the previous tree (a rollback).
@@ -166,30 +182,29 @@ impl SiteDir {
         let building = self.0.join("checkpoints").join(".new");
         let bytes = pack_tree(&self.shadow(), &building)?;
         let target = self.checkpoint(number);
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
+        remove_tree(&target)?;
         std::fs::rename(&building, target)?;
         Ok(bytes)
     }
 }
 
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> io::Result<()> {
-    Ok(())
-}
-
-/// Copies a tree with every file zstd-compressed (`<name>.zst`); returns the bytes written.
-pub fn pack_tree(from: &Path, to: &Path) -> io::Result<u64> {
-    if to.exists() {
-        std::fs::remove_dir_all(to)?;
+fn make_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(target, link)
     }
+    #[cfg(not(unix))]
+    {
+        let _ = (target, link);
+        Err(io::Error::other("symbolic links need a Unix system"))
+    }
+}
+
+/// Copies a tree with every file zstd-compressed (`<name>.zst`) and every link as a link named
+/// `<name>.link`, each packed entry and directory with the original's mode and time (so a restore is
+/// faithful); returns the bytes written.
+pub fn pack_tree(from: &Path, to: &Path) -> io::Result<u64> {
+    remove_tree(to)?;
     std::fs::create_dir_all(to)?;
     let mut written = 0;
     for entry in std::fs::read_dir(from)? {
@@ -203,9 +218,18 @@ pub fn pack_tree(from: &Path, to: &Path) -> io::Result<u64> {
             written += packed.len() as u64;
             let mut target = name.clone();
             target.push(".zst");
-            std::fs::write(to.join(target), packed)?;
+            let target = to.join(target);
+            std::fs::write(&target, packed)?;
+            tern_tree::copy_metadata(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            let mut target = name.clone();
+            target.push(".link");
+            let target = to.join(target);
+            make_symlink(&std::fs::read_link(entry.path())?, &target)?;
+            tern_tree::copy_metadata(&entry.path(), &target)?;
         }
     }
+    tern_tree::copy_metadata(from, to)?;
     Ok(written)
 }
 
@@ -216,20 +240,37 @@ pub fn unpack_tree(from: &Path, to: &Path) -> io::Result<()> {
         let entry = entry?;
         let kind = entry.file_type()?;
         let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
         if kind.is_dir() {
-            unpack_tree(&entry.path(), &to.join(&name))?;
-        } else if let Some(original) = name.to_str().and_then(|n| n.strip_suffix(".zst")) {
+            unpack_tree(&entry.path(), &to.join(name))?;
+        } else if let (true, Some(original)) = (kind.is_symlink(), name.strip_suffix(".link")) {
+            let target = to.join(original);
+            make_symlink(&std::fs::read_link(entry.path())?, &target)?;
+            tern_tree::copy_metadata(&entry.path(), &target)?;
+        } else if let (true, Some(original)) = (kind.is_file(), name.strip_suffix(".zst")) {
             let mut decoder = zstd::stream::read::Decoder::new(std::fs::File::open(entry.path())?)?;
-            let mut file = std::fs::File::create(to.join(original))?;
+            let target = to.join(original);
+            let mut file = std::fs::File::create(&target)?;
             io::copy(&mut decoder, &mut file)?;
+            drop(file);
+            tern_tree::copy_metadata(&entry.path(), &target)?;
         }
     }
-    Ok(())
+    tern_tree::copy_metadata(from, to)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the tree at `dir` is exactly what `snapshot` describes (kinds, contents, modes, times, link
+    /// targets).
+    fn matches_snapshot(dir: &Path, snapshot: &Snapshot) -> io::Result<bool> {
+        let found = tern_tree::scan(dir, snapshot)?;
+        Ok(found.unsupported.is_empty() && found.snapshot == *snapshot)
+    }
 
     #[test]
     fn the_next_tree_links_unchanged_files_and_refuses_a_staging_file_changed_since_planning() {
@@ -239,13 +280,13 @@ mod tests {
         std::fs::create_dir_all(staging.join("d")).expect("mkdir");
         std::fs::write(staging.join("a.html"), "a1").expect("write");
         std::fs::write(staging.join("d/b.html"), "b1").expect("write");
-        let first = tern_tree::scan(&staging, &Snapshot::new()).expect("scan");
+        let first = tern_tree::scan(&staging, &Snapshot::new()).expect("scan").snapshot;
         site.stage_next(&staging, &Snapshot::new(), &first).expect("stage");
         site.promote_next().expect("promote");
         assert_eq!(tern_tree::contents(&site.shadow()), tern_tree::contents(&staging));
 
         std::fs::write(staging.join("a.html"), "a2").expect("write");
-        let second = tern_tree::scan(&staging, &Snapshot::new()).expect("scan");
+        let second = tern_tree::scan(&staging, &Snapshot::new()).expect("scan").snapshot;
         site.stage_next(&staging, &first, &second).expect("stage");
         site.promote_next().expect("promote");
         assert_eq!(tern_tree::contents(&site.shadow()), tern_tree::contents(&staging));
@@ -256,9 +297,53 @@ mod tests {
         );
 
         std::fs::write(staging.join("a.html"), "a3").expect("write");
-        let third = tern_tree::scan(&staging, &Snapshot::new()).expect("scan");
+        let third = tern_tree::scan(&staging, &Snapshot::new()).expect("scan").snapshot;
         std::fs::write(staging.join("a.html"), "changed after planning").expect("write");
         let error = site.stage_next(&staging, &second, &third).expect_err("refused");
         assert!(error.to_string().contains("publish again"), "{error}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_shadow_copy_and_checkpoints_keep_directories_links_modes_and_times() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let site = SiteDir::new(area.path(), "www");
+        let staging = area.path().join("staging");
+        std::fs::create_dir_all(staging.join(".well-known/acme-challenge")).expect("mkdir");
+        std::fs::create_dir_all(staging.join("empty")).expect("mkdir");
+        std::fs::create_dir_all(staging.join("private")).expect("mkdir");
+        std::fs::write(staging.join(".well-known/acme-challenge/x"), "token").expect("write");
+        std::fs::write(staging.join("private/run.cgi"), "#!/bin/sh").expect("write");
+        set_mode(&staging.join("private/run.cgi"), 0o755).expect("chmod");
+        set_mode(&staging.join("private"), 0o700).expect("chmod");
+        std::os::unix::fs::symlink("private/run.cgi", staging.join("run")).expect("symlink");
+        set_mtime(&staging.join("run"), 1_000_000_007).expect("touch");
+        set_mtime(&staging.join("empty"), 2_000_000_009).expect("touch");
+        let snapshot = tern_tree::scan(&staging, &Snapshot::new()).expect("scan").snapshot;
+        site.stage_next(&staging, &Snapshot::new(), &snapshot).expect("stage");
+        site.promote_next().expect("promote");
+        assert!(
+            matches_snapshot(&site.shadow(), &snapshot).expect("scan"),
+            "the shadow copy is faithful"
+        );
+
+        // A chmod alone: the new tree does not share the inode with the previous one.
+        set_mode(&staging.join("private/run.cgi"), 0o700).expect("chmod");
+        let changed = tern_tree::scan(&staging, &snapshot).expect("scan").snapshot;
+        site.stage_next(&staging, &snapshot, &changed).expect("stage");
+        site.promote_next().expect("promote");
+        assert!(matches_snapshot(&site.shadow(), &changed).expect("scan"));
+        assert!(
+            matches_snapshot(&site.previous(), &snapshot).expect("scan"),
+            "the previous tree is kept as it was"
+        );
+
+        site.create_checkpoint(1).expect("checkpoint");
+        let restored = area.path().join("restored");
+        unpack_tree(&site.checkpoint(1), &restored).expect("unpack");
+        assert!(
+            matches_snapshot(&restored, &changed).expect("scan"),
+            "a checkpoint restores exactly"
+        );
     }
 }

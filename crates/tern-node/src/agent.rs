@@ -4,6 +4,10 @@
 //! their signature and hashes before anything touches disk, and applies them with the content interpreter,
 //! answering with a [`tern_wire::mover::AssignmentAnswer`] or an [`tern_wire::mover::ErrorAnswer`]. A node
 //! that was down registers again when it is back, and the mover brings it up to date.
+//!
+//! Every assignment is received into the spool on disk and checked as it arrives ([`crate::spool`]); with
+//! a cluster key the agent also takes part in the store-and-forward tree as a group leader
+//! ([`crate::forward`]: `POST /tree/notify`, `GET /tree/assignments/ID`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,13 +23,16 @@ use hyper::body::Incoming;
 use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve_with};
 use tern_http::tls::{CertStore, ClientTls, HttpsClient, TlsConfig};
-use tern_wire::assignment::{Limits, decode_owned};
+use tern_wire::SecretKey;
+use tern_wire::assignment::{AssignmentError, Limits};
 use tern_wire::mover::{AssignmentAnswer, ErrorAnswer, Registration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::forward::{ForwardSettings, Forwarder};
 use crate::interpreter::Interpreter;
+use crate::spool::{FillError, Spool};
 
 /// Settings of the node agent.
 #[derive(Debug, Clone)]
@@ -58,12 +65,23 @@ pub struct NodeConfig {
     /// CA certificate file (PEM) that alone vouches for an `https://` mover; without it the system's roots
     /// do.
     pub ca: Option<PathBuf>,
+    /// The cluster key (`tern keygen`) the mover and every node share: it authenticates the
+    /// store-and-forward tree's messages; without it the node takes assignments only from the mover.
+    pub cluster_key: Option<SecretKey>,
+    /// How the node takes part in distribution trees as a group leader.
+    pub tree: ForwardSettings,
 }
 
 /// A running node agent.
 pub struct NodeAgent {
-    config: NodeConfig,
-    interpreter: Interpreter,
+    pub(crate) config: NodeConfig,
+    pub(crate) interpreter: Interpreter,
+    /// Where assignments are received to (`ROOT/.spool`).
+    pub(crate) spool: Spool,
+    /// The group leader's side of the tree, with a cluster key.
+    pub(crate) forwarder: Option<Forwarder>,
+    /// Stops the agent, and every transfer it leads.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl NodeAgent {
@@ -92,8 +110,19 @@ impl NodeAgent {
         versions
     }
 
-    /// What this node tells the mover when it registers, listening on `bound`.
-    fn registration(&self, bound: SocketAddr) -> Registration {
+    /// The tree's counters and the transfers this node leads now (`None` without a cluster key).
+    pub fn tree_status(&self) -> Option<serde_json::Value> {
+        self.forwarder.as_ref().map(Forwarder::status)
+    }
+
+    /// Tree messages this node refused, by reason (empty without a cluster key).
+    pub fn tree_refused(&self) -> BTreeMap<String, u64> {
+        self.forwarder.as_ref().map(Forwarder::refused).unwrap_or_default()
+    }
+
+    /// What this node tells the mover when it registers, listening on `bound` (also what it registers with
+    /// in its segment, [`crate::discovery`]).
+    pub fn registration(&self, bound: SocketAddr) -> Registration {
         Registration {
             name: self.config.name.clone(),
             url: self.url(bound),
@@ -124,11 +153,19 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
     let client_tls = ClientTls::new(config.ca.as_deref()).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
+    let spool = Spool::open(&config.root.join(".spool"))?;
+    let forwarder = config
+        .cluster_key
+        .clone()
+        .map(|key| Forwarder::new(key, config.tree.clone(), client_tls.client()));
+    let shutdown = CancellationToken::new();
     let agent = Arc::new(NodeAgent {
         interpreter: Interpreter::new(&config.root),
         config,
+        spool,
+        forwarder,
+        shutdown: shutdown.clone(),
     });
-    let shutdown = CancellationToken::new();
     let limits = ServerLimits::default();
     let mut tasks = vec![tokio::spawn(serve_with(
         listener,
@@ -224,9 +261,13 @@ fn refusal(status: StatusCode, error: String) -> Response<Body> {
     json(status, ErrorAnswer { error })
 }
 
-/// Reads an assignment's bytes into one buffer, sized from `content-length` when it is within `limit`
-/// (the assignment is then copied once, from the socket's chunks, and never again).
-async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Response<Body>> {
+/// Receives an assignment posted to this node into a spool file, checking it as it arrives (a body
+/// declared or grown over `limit` bytes is refused with 413 as soon as that is known).
+async fn receive(
+    agent: &NodeAgent,
+    request: Request<Incoming>,
+) -> Result<(crate::spool::Entry, tern_wire::assignment::Checked), Response<Body>> {
+    let limit = agent.config.limits.max_total;
     let too_large = || {
         refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -241,23 +282,27 @@ async fn receive(request: Request<Incoming>, limit: u64) -> Result<Vec<u8>, Resp
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    let mut body = request.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| refusal(StatusCode::BAD_REQUEST, format!("assignment cut off: {error}")))?;
-        if let Ok(chunk) = frame.into_data() {
-            if bytes.len() as u64 + chunk.len() as u64 > limit {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+    let entry = agent.spool.scratch(declared);
+    let filled = crate::spool::fill(
+        &entry,
+        request.into_body(),
+        agent.config.limits,
+        agent.config.mover_key,
+        agent.config.tree.idle_timeout,
+        &agent.shutdown,
+    )
+    .await;
+    match filled {
+        Ok(checked) => Ok((entry, checked)),
+        Err(FillError::Refused(AssignmentError::TooLarge(_))) => Err(too_large()),
+        Err(error @ FillError::Disk(_)) => Err(refusal(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
+        Err(error) => Err(refusal(StatusCode::BAD_REQUEST, error.to_string())),
     }
-    Ok(bytes)
 }
 
 /// After a switch: the next temp tree is linked and old versions deleted once the mover has its answer,
 /// and again when the superseded version's grace period is over.
-fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
+pub(crate) fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
     tokio::spawn(async move {
         let grace = agent.config.superseded_grace;
         let rounds: &[Duration] = if grace.is_zero() {
@@ -285,24 +330,19 @@ impl Handler for NodeApi {
         let agent = &self.agent;
         match (request.method(), request.uri().path()) {
             (&Method::POST, "/assignments") => {
-                let bytes = match receive(request, agent.config.limits.max_total).await {
-                    Ok(bytes) => bytes,
+                let (entry, checked) = match receive(agent, request).await {
+                    Ok(received) => received,
                     Err(response) => return response,
                 };
                 let worker = agent.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let assignment = decode_owned(
-                        bytes,
-                        &worker.config.mover_key,
+                    crate::spool::apply(
+                        &worker.interpreter,
+                        &entry,
+                        &checked,
                         worker.config.decryption_key.as_ref(),
                         &worker.config.limits,
                     )
-                    .map_err(|e| e.to_string())?;
-                    worker
-                        .interpreter
-                        .apply(&assignment)
-                        .map_err(|e| e.to_string())
-                        .map(|applied| (assignment.header.id.clone(), assignment.header.site.clone(), applied))
                 })
                 .await;
                 match outcome {
@@ -326,9 +366,18 @@ impl Handler for NodeApi {
                     Err(error) => refusal(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                 }
             }
+            (&Method::POST, "/tree/notify") => crate::forward::accept(agent, request).await,
+            (&Method::GET, path) if path.starts_with("/tree/assignments/") => {
+                crate::forward::serve(agent, &path["/tree/assignments/".len()..], request.uri().query())
+            }
             (&Method::GET, "/status") => json(
                 StatusCode::OK,
-                serde_json::json!({ "role": "node", "name": agent.config.name, "versions": agent.versions() }),
+                serde_json::json!({
+                    "role": "node",
+                    "name": agent.config.name,
+                    "versions": agent.versions(),
+                    "tree": agent.tree_status(),
+                }),
             ),
             (method, path) => refusal(StatusCode::NOT_FOUND, format!("no endpoint {method} {path}")),
         }

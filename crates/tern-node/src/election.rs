@@ -26,7 +26,7 @@ mod config;
 mod counters;
 pub mod driver;
 mod event;
-mod rng;
+pub(crate) mod rng;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -10,11 +10,16 @@
 //! versions/                                  committed trees: live, backup, and those superseded
 //!                                            less than a grace period ago
 //! .trash-*                                   superseded versions being deleted
+//! .superseded/<version>                      empty files, stamped with when each version stopped being live
 //! ```
 //!
 //! Commands are applied to `temp`, which starts as a copy of the live tree made with hard links (cheap);
 //! files are never changed in place — every write goes to a new file that is renamed over the old name,
-//! and chmod copies the file first — so the live tree sharing those inodes never changes. `commit` moves
+//! and a change of mode or time copies the file first — so the live tree sharing those inodes never
+//! changes. The tree is made exactly as the assignment describes it: files, directories (also empty) and
+//! symbolic links with their modes and modification times, so every node serves the same `Last-Modified`
+//! and the same validators for the same file ([`entries`] says how; a directory's mode and time are applied
+//! after the assignment's other commands, since writing into a directory changes its time). `commit` moves
 //! `temp` into `versions/` and switches `live` with one rename(2) of a symbolic link: a reader sees the
 //! whole old site or the whole new one, never a missing or mixed one. `rollback` switches back the same way.
 //!
@@ -27,12 +32,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use tern_tree::remove_tree;
 use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef};
 use tracing::info;
 
 use crate::paths::{PathError, resolve};
+
+mod entries;
+
+use entries::{CopyError, Directories, copy_from, link_tree, make_symlink, place_link, set_metadata, write_new};
 
 /// Why an assignment could not be applied. The live site is untouched in every case.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +77,24 @@ pub enum ApplyError {
         index: usize,
         /// The path.
         path: String,
+    },
+    /// A symbolic link whose target would leave the site root.
+    #[error("command {index} (symlink): link `{path}` refused: {reason}")]
+    Link {
+        /// Which command.
+        index: usize,
+        /// The link's path.
+        path: String,
+        /// Why.
+        reason: tern_tree::LinkError,
+    },
+    /// The file a copy takes its content from is not the one the mover planned with.
+    #[error("command {index}: `{from}` in the live version is not the file the copy was planned from")]
+    SourceMismatch {
+        /// Which command.
+        index: usize,
+        /// The source path.
+        from: String,
     },
     /// Nothing to roll back to.
     #[error("no backup version to roll back to")]
@@ -155,7 +183,7 @@ impl Interpreter {
         // not hold up the next assignment.
         for entry in std::fs::read_dir(&site_dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(TRASH) {
-                std::fs::remove_dir_all(entry.path())?;
+                remove_tree(&entry.path())?;
             }
         }
         Ok(())
@@ -194,7 +222,7 @@ impl Interpreter {
             if site_dir.exists() {
                 let trash = self.root.join(unique(&format!(".removed-{}-", assignment.header.site)));
                 std::fs::rename(&site_dir, &trash).map_err(io(0, "remove"))?;
-                std::fs::remove_dir_all(&trash).map_err(io(0, "remove"))?;
+                remove_tree(&trash).map_err(io(0, "remove"))?;
             }
             info!(site = %assignment.header.site, id = %assignment.header.id, "site removed");
             return Ok(Applied::default());
@@ -215,33 +243,51 @@ impl Interpreter {
                 source: std::io::Error::other("no prepared version to commit"),
             });
         }
+        // A full copy starts from nothing; everything else from the live tree, which `copy` commands also
+        // take content from.
+        let full_copy = matches!(
+            assignment.header.kind,
+            AssignmentKind::Replicate | AssignmentKind::Restore
+        );
+        let base = if full_copy {
+            None
+        } else {
+            self.live(&assignment.header.site)
+        };
         if has_content {
-            // A full copy starts from nothing; everything else from the live tree.
-            let full_copy = matches!(
-                assignment.header.kind,
-                AssignmentKind::Replicate | AssignmentKind::Restore
-            );
-            let base = if full_copy {
-                None
-            } else {
-                self.live(&assignment.header.site)
-            };
             prepare_temp(&site_dir, &temp, base.as_deref()).map_err(io(0, "prepare"))?;
         }
         let mut unpacker = Unpacker::new();
         let mut applied = Applied::default();
+        let mut directories = Directories::default();
         for (index, command) in assignment.commands.iter().enumerate() {
             match command {
-                Command::Mkdir { path } => {
+                Command::Mkdir { path, mode, mtime_ns } => {
                     let target = checked(&temp, path, false, index, "mkdir")?;
-                    std::fs::create_dir_all(target).map_err(io(index, "mkdir"))?;
+                    directories.before_writing_beside(&target).map_err(io(index, "mkdir"))?;
+                    std::fs::create_dir_all(&target).map_err(io(index, "mkdir"))?;
+                    directories.give(&target, *mode, *mtime_ns);
                 }
-                Command::Create { path, mode, data } => {
+                Command::Create {
+                    path,
+                    mode,
+                    mtime_ns,
+                    data,
+                } => {
                     let target = checked(&temp, path, false, index, "create")?;
                     let content = unpacker.content(assignment, data).map_err(|_| mismatch(index, path))?;
-                    write_new(&target, content, *mode).map_err(io(index, "create"))?;
+                    directories
+                        .before_writing_beside(&target)
+                        .map_err(io(index, "create"))?;
+                    write_new(&target, content, *mode, *mtime_ns).map_err(io(index, "create"))?;
                 }
-                Command::Patch { path, base_hash, data } => {
+                Command::Patch {
+                    path,
+                    base_hash,
+                    mode,
+                    mtime_ns,
+                    data,
+                } => {
                     let target = checked(&temp, path, false, index, "patch")?;
                     let old = std::fs::read(&target).map_err(io(index, "patch"))?;
                     // A delta that happens to rebuild the file from a wrong base would pass the result's
@@ -256,38 +302,98 @@ impl Interpreter {
                     let new = unpacker
                         .patched(assignment, &old, data)
                         .map_err(|_| mismatch(index, path))?;
-                    let mode = tern_tree::file_mode(&target);
-                    write_new(&target, new, mode).map_err(io(index, "patch"))?;
+                    let mode = mode.or_else(|| tern_tree::file_mode(&target));
+                    directories.before_writing_beside(&target).map_err(io(index, "patch"))?;
+                    write_new(&target, new, mode, *mtime_ns).map_err(io(index, "patch"))?;
+                }
+                Command::Copy {
+                    from,
+                    to,
+                    hash,
+                    mode,
+                    mtime_ns,
+                } => {
+                    let Some(live) = base.as_deref() else {
+                        return Err(ApplyError::SourceMismatch {
+                            index,
+                            from: from.clone(),
+                        });
+                    };
+                    let source = checked(live, from, false, index, "copy")?;
+                    let target = checked(&temp, to, false, index, "copy")?;
+                    directories.before_writing_beside(&target).map_err(io(index, "copy"))?;
+                    copy_from(&source, &target, hash, *mode, *mtime_ns).map_err(|error| match error {
+                        CopyError::NotTheSource => ApplyError::SourceMismatch {
+                            index,
+                            from: from.clone(),
+                        },
+                        CopyError::Io(source) => ApplyError::Io {
+                            index,
+                            op: "copy",
+                            source,
+                        },
+                    })?;
+                }
+                Command::Symlink {
+                    path,
+                    target: link_target,
+                    mtime_ns,
+                } => {
+                    let target = checked(&temp, path, true, index, "symlink")?;
+                    tern_tree::check_link(path, link_target).map_err(|reason| ApplyError::Link {
+                        index,
+                        path: path.clone(),
+                        reason,
+                    })?;
+                    directories
+                        .before_writing_beside(&target)
+                        .map_err(io(index, "symlink"))?;
+                    place_link(&target, link_target, *mtime_ns).map_err(io(index, "symlink"))?;
+                }
+                Command::SetMetadata { path, mode, mtime_ns } => {
+                    // The empty path is the root itself.
+                    let target = if path.is_empty() {
+                        temp.clone()
+                    } else {
+                        checked(&temp, path, true, index, "set-metadata")?
+                    };
+                    change_metadata(&target, *mode, *mtime_ns, &mut directories).map_err(io(index, "set-metadata"))?;
                 }
                 Command::Chmod { path, mode } => {
                     let target = checked(&temp, path, false, index, "chmod")?;
-                    chmod(&target, *mode).map_err(io(index, "chmod"))?;
+                    change_metadata(&target, Some(*mode), None, &mut directories).map_err(io(index, "chmod"))?;
                 }
                 Command::Remove { path } => {
                     let target = checked(&temp, path, true, index, "remove")?;
-                    match std::fs::symlink_metadata(&target) {
-                        Ok(metadata) if metadata.is_dir() => {
-                            std::fs::remove_dir_all(&target).map_err(io(index, "remove"))?
-                        }
-                        Ok(_) => std::fs::remove_file(&target).map_err(io(index, "remove"))?,
-                        Err(_) => {}
-                    }
+                    directories
+                        .before_writing_beside(&target)
+                        .map_err(io(index, "remove"))?;
+                    remove_tree(&target).map_err(io(index, "remove"))?;
                 }
                 Command::Rename { from, to } => {
                     let source = checked(&temp, from, false, index, "rename")?;
                     let target = checked(&temp, to, false, index, "rename")?;
+                    directories
+                        .before_writing_beside(&source)
+                        .and_then(|()| directories.before_writing_beside(&target))
+                        .map_err(io(index, "rename"))?;
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(io(index, "rename"))?;
                     }
                     std::fs::rename(source, target).map_err(io(index, "rename"))?;
                 }
                 Command::Commit => {
+                    directories.finish().map_err(io(index, "commit"))?;
                     let name = format!("{}-{}", assignment.header.sequence, sanitize(&assignment.header.id));
                     let version = site_dir.join("versions").join(&name);
-                    if version.exists() {
-                        std::fs::remove_dir_all(&version).map_err(io(index, "commit"))?;
-                    }
+                    remove_tree(&version).map_err(io(index, "commit"))?;
+                    // Moving the tree to another parent may change its time on some file systems: it is put
+                    // back as it was.
+                    let root_time = std::fs::symlink_metadata(&temp).map(|m| tern_tree::mtime_ns(&m));
                     std::fs::rename(&temp, &version).map_err(io(index, "commit"))?;
+                    if let Ok(root_time) = root_time {
+                        tern_tree::set_mtime(&version, root_time).map_err(io(index, "commit"))?;
+                    }
                     switch(&site_dir, &format!("versions/{name}")).map_err(io(index, "commit"))?;
                     applied.live = Some(name);
                 }
@@ -300,6 +406,8 @@ impl Interpreter {
             }
             applied.commands += 1;
         }
+        let last = assignment.commands.len();
+        directories.finish().map_err(io(last, "finish"))?;
         info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
         Ok(applied)
     }
@@ -327,10 +435,12 @@ fn mismatch(index: usize, path: &str) -> ApplyError {
     }
 }
 
-/// Turns stored bytes into file content, with one zstd context and one buffer for a whole assignment.
+/// Turns stored bytes into file content, with one zstd context and two buffers for a whole assignment: one
+/// for stored bytes read from a spooled assignment's file (one file's worth at a time), one for content.
 struct Unpacker {
     zstd: tern_wire::assignment::Unpacker,
     buffer: Vec<u8>,
+    stored: Vec<u8>,
 }
 
 impl Unpacker {
@@ -338,6 +448,7 @@ impl Unpacker {
         Unpacker {
             zstd: tern_wire::assignment::Unpacker::new(),
             buffer: Vec::new(),
+            stored: Vec::new(),
         }
     }
 
@@ -345,7 +456,7 @@ impl Unpacker {
     /// signed hash; decompressed bytes are checked against their declared size and hash, since they are
     /// what a decoder made of the signed bytes.
     fn content<'a>(&'a mut self, assignment: &'a Assignment, data: &DataRef) -> std::io::Result<&'a [u8]> {
-        let stored = assignment.bytes(data);
+        let stored = assignment.stored(data, &mut self.stored)?;
         match data.compression {
             Compression::None if stored.len() as u64 == data.size => Ok(stored),
             Compression::None => Err(std::io::Error::other("stored size differs")),
@@ -359,8 +470,8 @@ impl Unpacker {
 
     /// The result of a patch command applied to `old`, checked against its declared size and hash.
     fn patched(&mut self, assignment: &Assignment, old: &[u8], data: &DataRef) -> std::io::Result<&[u8]> {
-        self.zstd
-            .apply_delta(old, assignment.bytes(data), data.size, &mut self.buffer)?;
+        let stored = assignment.stored(data, &mut self.stored)?;
+        self.zstd.apply_delta(old, stored, data.size, &mut self.buffer)?;
         verify(&self.buffer, data)?;
         Ok(&self.buffer)
     }
@@ -373,68 +484,26 @@ fn verify(content: &[u8], data: &DataRef) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Changes a file's permission bits. A file still shared with the live tree (a hard link) is copied first,
-/// so live never changes; a file this assignment wrote is changed in place.
-fn chmod(target: &Path, mode: u32) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        if std::fs::metadata(target)?.nlink() == 1 {
-            return std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode & 0o7777));
-        }
+/// Gives `target` a mode and time: a directory's are set at the end of the assignment, a file's or link's
+/// at once ([`entries::set_metadata`]).
+fn change_metadata(
+    target: &Path,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+    directories: &mut Directories,
+) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(target)?.is_dir() {
+        directories.give(target, mode, mtime_ns);
+        return Ok(());
     }
-    let content = std::fs::read(target)?;
-    write_new(target, &content, Some(mode))
-}
-
-/// Writes `content` as a new file at `target` without modifying any existing inode: a new name is created
-/// directly (never following a link there); an existing file, which may share its inode with the live tree,
-/// is replaced by a new file renamed over it.
-fn write_new(target: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let parent = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    match create_file(target, content, mode) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(parent)?;
-            create_file(target, content, mode)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            let temp = parent.join(unique(".tern-new-"));
-            create_file(&temp, content, mode)?;
-            std::fs::rename(&temp, target)
-        }
-        other => other,
-    }
-}
-
-/// Creates a file that must not exist yet (`O_EXCL`: a symbolic link at the name is refused, not followed).
-fn create_file(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // The mode is set after the write as well: the process umask may narrow the mode given at open.
-        options.mode(mode.unwrap_or(0o644) & 0o7777);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(content)?;
-    #[cfg(unix)]
-    if let Some(mode) = mode {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    Ok(())
+    directories.before_writing_beside(target)?;
+    set_metadata(target, mode, mtime_ns)
 }
 
 /// Makes `temp` a hard-linked copy of the live tree (or empty without one), removing a leftover first. A
 /// copy [`Interpreter::tidy`] made of this very live version is taken as it is.
 fn prepare_temp(site_dir: &Path, temp: &Path, live: Option<&Path>) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(temp).is_ok() {
-        std::fs::remove_dir_all(temp)?;
-    }
+    remove_tree(temp)?;
     if let Some(name) = live.and_then(Path::file_name) {
         let ready = site_dir.join(format!("{NEXT}{}", name.to_string_lossy()));
         if std::fs::rename(&ready, temp).is_ok() {
@@ -448,26 +517,13 @@ fn prepare_temp(site_dir: &Path, temp: &Path, live: Option<&Path>) -> std::io::R
     Ok(())
 }
 
-fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            std::fs::create_dir(&target)?;
-            link_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            std::fs::hard_link(entry.path(), &target)?;
-        }
-        // Symbolic links inside a site are not carried over: the mover never creates them.
-    }
-    Ok(())
-}
+/// Where the stamps of superseded versions are, in a site directory.
+const SUPERSEDED: &str = ".superseded";
 
 /// Points `live` at `target` (relative to the site directory) with one rename, and `backup` at what `live`
-/// pointed to before. The version that stops being live is stamped with the time (its directory's
-/// modification time, which nothing else changes once a version is committed): a reader that resolved
-/// `live` just before may still be reading it, so [`Interpreter::tidy`] deletes it only a grace period later.
+/// pointed to before. The version that stops being live is stamped with the time (an empty file under
+/// `.superseded/`, not the version's own directory, whose time is the site's): a reader that resolved `live`
+/// just before may still be reading it, so [`Interpreter::tidy`] deletes it only a grace period later.
 fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
     let live = site_dir.join("live");
     let previous = std::fs::read_link(&live).ok();
@@ -478,8 +534,13 @@ fn switch(site_dir: &Path, target: &str) -> std::io::Result<()> {
         let staged = site_dir.join(unique(".backup-"));
         make_symlink(&previous, &staged)?;
         std::fs::rename(&staged, site_dir.join("backup"))?;
-        if let Ok(directory) = std::fs::File::open(site_dir.join(&previous)) {
-            let _ = directory.set_modified(SystemTime::now());
+        if let Some(name) = previous.file_name() {
+            let stamps = site_dir.join(SUPERSEDED);
+            std::fs::create_dir_all(&stamps)?;
+            // A new file each time, so its time is now even when the version was superseded before.
+            let stamp = stamps.join(name);
+            let _ = std::fs::remove_file(&stamp);
+            std::fs::write(&stamp, b"")?;
         }
     }
     Ok(())
@@ -495,16 +556,20 @@ fn retire_superseded(site_dir: &Path, grace: Duration) -> std::io::Result<()> {
     let Ok(entries) = std::fs::read_dir(site_dir.join("versions")) else {
         return Ok(());
     };
+    let stamps = site_dir.join(SUPERSEDED);
     for entry in entries.flatten() {
         let relative = Path::new("versions").join(entry.file_name());
-        let superseded_for = entry
-            .metadata()
+        // A version superseded before stamps were kept has its stamp in its directory's time.
+        let stamp = stamps.join(entry.file_name());
+        let stamped = std::fs::metadata(&stamp).or_else(|_| entry.metadata());
+        let superseded_for = stamped
             .and_then(|m| m.modified())
             .ok()
             .and_then(|at| at.elapsed().ok())
             .unwrap_or(Duration::ZERO);
         if !keep.contains(&relative) && superseded_for >= grace {
             std::fs::rename(entry.path(), site_dir.join(unique(TRASH)))?;
+            let _ = std::fs::remove_file(&stamp);
         }
     }
     Ok(())
@@ -523,7 +588,7 @@ fn prepare_next(site_dir: &Path) -> std::io::Result<()> {
         if Some(&name) == wanted.as_ref() {
             ready = true;
         } else if name.starts_with(NEXT) || name.starts_with(".next-") {
-            std::fs::remove_dir_all(entry.path())?;
+            remove_tree(&entry.path())?;
         }
     }
     if let (Some(target), Some(wanted), false) = (live, wanted, ready) {
@@ -535,18 +600,6 @@ fn prepare_next(site_dir: &Path) -> std::io::Result<()> {
         std::fs::rename(&building, site_dir.join(wanted))?;
     }
     Ok(())
-}
-
-fn make_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(target, link)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (target, link);
-        Err(std::io::Error::other("symbolic links need a Unix system"))
-    }
 }
 
 fn sanitize(id: &str) -> String {

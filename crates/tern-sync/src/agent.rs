@@ -5,6 +5,12 @@
 //! inotify (through `notify`) makes the agent react at once; a periodic full rescan is the authority,
 //! because inotify queues can overflow and some file systems do not report at all.
 //!
+//! The scan is the content mover's tree model (`tern-tree`): hidden files and folders are content
+//! (`.well-known/`, `.htaccess`); what is left out are the temporaries editors write beside the file being
+//! edited, by pattern ([`tern_tree::EDITOR_TEMPORARIES`]: `.*.swp`, `*~`, `.#*`, `4913`, ...). Only regular
+//! files' content changes are sent (a cache purges URLs, not directories, links or modes); an entry that
+//! cannot be carried (a name that is not UTF-8, a socket) is reported in the log once, not silently dropped.
+//!
 //! The state carries an [`Incarnation`], made when the state is created: sequence numbers count within it.
 //! An agent whose state file was lost starts over at 1 under a new incarnation, which the sync service
 //! takes as a new stream rather than a replay of numbers it has already seen; and the agent trusts only
@@ -25,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use tern_tree::{Snapshot, differences, scan};
+use tern_tree::{Excludes, Snapshot, differences, scan_excluding};
 
 use crate::urls::urls_for;
 
@@ -90,6 +96,8 @@ pub struct Agent {
     wake_sender: Notify,
     /// One scan at a time: two at once would both diff against the same snapshot and report each change twice.
     scanning: tokio::sync::Mutex<()>,
+    /// Entries already reported as impossible to carry (each is logged once, not on every rescan).
+    reported: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Why the agent could not start.
@@ -171,6 +179,7 @@ impl Agent {
             }),
             wake_sender: Notify::new(),
             scanning: tokio::sync::Mutex::new(()),
+            reported: Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -243,8 +252,11 @@ impl Agent {
         let _one_at_a_time = self.scanning.lock().await;
         let previous = self.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot.clone();
         let dir = self.config.dir.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan(&dir, &previous).map(|after| (previous, after))).await;
-        let (previous, after) = match scanned {
+        let scanned = tokio::task::spawn_blocking(move || {
+            scan_excluding(&dir, &previous, &Excludes::editor_temporaries()).map(|after| (previous, after))
+        })
+        .await;
+        let (previous, scanned) = match scanned {
             Ok(Ok(pair)) => pair,
             Ok(Err(error)) => {
                 warn!(%error, dir = %self.config.dir.display(), "scan failed");
@@ -255,6 +267,8 @@ impl Agent {
                 return;
             }
         };
+        self.report_unsupported(&scanned.unsupported);
+        let after = scanned.snapshot;
         let found = differences(&previous, &after);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -293,6 +307,16 @@ impl Agent {
             info!(changes = count, pending, "changes detected");
             self.wake_sender.notify_one();
         }
+    }
+
+    /// Logs each entry that cannot be carried once (until it is gone and comes back).
+    fn report_unsupported(&self, unsupported: &[tern_tree::Unsupported]) {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let now: std::collections::BTreeSet<String> = unsupported.iter().map(ToString::to_string).collect();
+        for entry in now.difference(&reported) {
+            warn!(dir = %self.config.dir.display(), entry = %entry, "left out: no change notice is sent for it");
+        }
+        *reported = now;
     }
 
     async fn send_loop(self: &Arc<Self>, shutdown: CancellationToken) {
@@ -573,6 +597,34 @@ mod tests {
         assert_ne!(reborn.incarnation(), incarnation, "a lost state gets a new incarnation");
         reborn.scan_once().await;
         assert_eq!(pending(&reborn), vec![1, 2], "its numbering starts over at 1");
+    }
+
+    #[tokio::test]
+    async fn hidden_files_are_content_and_editor_temporaries_and_directories_are_not_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(site.join(".well-known/acme-challenge")).expect("site");
+        std::fs::create_dir_all(site.join("uploads")).expect("empty directory");
+        std::fs::write(site.join(".well-known/acme-challenge/x"), "token").expect("write");
+        std::fs::write(site.join(".htaccess"), "Options -Indexes").expect("write");
+        for temporary in [".index.html.swp", "index.html~", ".#index.html", "4913"] {
+            std::fs::write(site.join(temporary), "editor").expect("write");
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(".htaccess", site.join("link")).expect("symlink");
+        let agent = Agent::new(config(dir.path())).expect("agent");
+        agent.scan_once().await;
+        let urls: Vec<String> = {
+            let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.pending.iter().map(|change| change.url.clone()).collect()
+        };
+        assert_eq!(
+            urls,
+            [
+                "http://www.example.com/.htaccess",
+                "http://www.example.com/.well-known/acme-challenge/x"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,219 +1,157 @@
 //! Snapshots of a directory tree and their differences: the CP agent's periodic examination of the origin
 //! (seed 001) and the content mover's comparison of the staging tree with the shadow copy (seed 004) are
-//! the same operation. A snapshot holds every file's size, modification time and blake3 hash; hashes are
-//! reused when size and time are unchanged, so a rescan of an unchanged tree reads no file contents.
+//! the same operation.
+//!
+//! A snapshot is a faithful model of the tree, the one `rsync -a` keeps: regular files (size, blake3 hash,
+//! permission bits, modification time), directories (permission bits and time, also when empty), and
+//! symbolic links (their target and time), each under its path relative to the root; the root itself is
+//! the entry with the empty path. Hidden files and folders are entries like any other: what is left out is
+//! left out by an explicit rule ([`Excludes`] here, the mover's site rules above it). What cannot be
+//! carried — a name or link target that is not valid UTF-8, a socket, a fifo, a device, a file that cannot
+//! be read — is listed in [`Scan::unsupported`] with the reason, never dropped silently; the caller
+//! decides (the mover refuses to plan, the agent warns).
+//!
+//! Hashes are reused when a file's size and time are unchanged, so a rescan of an unchanged tree reads no
+//! file contents.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::Path;
-use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-/// What the agent knows about one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileState {
-    /// Size in bytes.
-    pub len: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: u128,
-    /// blake3 of the contents, hex.
-    pub hash: String,
-}
+mod diff;
+mod exclude;
+mod link;
+mod metadata;
+mod parallel;
+mod scan;
 
-/// Every file under the root, by relative path with `/` separators.
-pub type Snapshot = BTreeMap<String, FileState>;
+pub use diff::{Change, ChangeKind, Difference, TreeChange, changes, differences};
+pub use exclude::{EDITOR_TEMPORARIES, Excludes};
+pub use link::{LinkError, check_link};
+pub use metadata::{copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};
+pub use parallel::{map_parallel, map_parallel_with};
+pub use scan::{Scan, Unsupported, UnsupportedKind, scan, scan_excluding};
 
-/// What happened to a file between two snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The path of the root in a [`Snapshot`].
+pub const ROOT: &str = "";
+
+/// What kind of entry a path is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ChangeKind {
-    /// New file.
-    Created,
-    /// Changed content.
-    Modified,
-    /// Removed file.
-    Deleted,
+pub enum Kind {
+    /// A regular file (snapshots written before directories and links were kept hold only these).
+    #[default]
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Link,
 }
 
-/// A difference between two snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Difference {
-    /// Relative path.
-    pub path: String,
-    /// What happened.
-    pub kind: ChangeKind,
-    /// New content hash (none for deletions).
-    pub hash: Option<String>,
-}
+impl Kind {
+    fn is_file(&self) -> bool {
+        *self == Kind::File
+    }
 
-/// Scans `root` (blocking: run it on a blocking thread). Symbolic links and special files are skipped;
-/// hidden files (a leading `.`) are skipped too, since editors write their temporaries there.
-pub fn scan(root: &Path, previous: &Snapshot) -> io::Result<Snapshot> {
-    let mut snapshot = Snapshot::new();
-    let mut to_hash = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            if name.starts_with('.') {
-                continue;
-            }
-            let file_type = entry.file_type()?;
-            let path = entry.path();
-            if file_type.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if !file_type.is_file() {
-                continue;
-            }
-            let Ok(relative) = path.strip_prefix(root) else {
-                continue;
-            };
-            let relative: Vec<&str> = relative.iter().filter_map(|part| part.to_str()).collect();
-            let relative = relative.join("/");
-            let metadata = match entry.metadata() {
-                Ok(metadata) => metadata,
-                // Deleted between listing and reading: it is simply not there.
-                Err(_) => continue,
-            };
-            let len = metadata.len();
-            let mtime_ns = metadata
-                .modified()
-                .ok()
-                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            match previous.get(&relative) {
-                Some(known) if known.len == len && known.mtime_ns == mtime_ns => {
-                    let hash = known.hash.clone();
-                    snapshot.insert(relative, FileState { len, mtime_ns, hash });
-                }
-                _ => to_hash.push((relative, path, len, mtime_ns)),
-            }
+    /// The word for it in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Link => "symbolic link",
         }
     }
-    for (relative, hash, len, mtime_ns) in hash_files(to_hash) {
-        snapshot.insert(relative, FileState { len, mtime_ns, hash });
-    }
-    Ok(snapshot)
 }
 
-/// Hashes new and changed files on one thread per core (a first scan reads the whole tree). A file that
-/// cannot be read (deleted since it was listed) is left out.
-fn hash_files(files: Vec<(String, std::path::PathBuf, u64, u128)>) -> Vec<(String, String, u64, u128)> {
-    map_parallel(&files, |(relative, path, len, mtime_ns)| {
-        hash_file(path)
-            .ok()
-            .map(|hash| (relative.clone(), hash, *len, *mtime_ns))
-    })
-    .into_iter()
-    .flatten()
-    .collect()
+/// What a snapshot knows about one path. Serialised compactly (a file's `kind` and the empty fields are left
+/// out), and a snapshot written before directories, links and modes were kept still reads: its entries are
+/// files with mode 0, which differs from any real mode, so the next publish sets every mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// File, directory or link.
+    #[serde(default, skip_serializing_if = "Kind::is_file")]
+    pub kind: Kind,
+    /// A file's size in bytes; 0 for a directory; the length of a link's target.
+    pub len: u64,
+    /// Modification time in nanoseconds since the Unix epoch (negative before 1970; a link's own time).
+    pub mtime_ns: i64,
+    /// Permission bits (`0o7777`: with setuid, setgid and sticky); not compared for links, whose mode
+    /// Linux fixes at `0o777`.
+    #[serde(default)]
+    pub mode: u32,
+    /// blake3 of a file's content, hex; empty for directories and links.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    /// A link's target, as stored in the link (relative or absolute, not resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
-/// Maps `f` over `items` on one thread per core (at most 8), in order. For work on many independent files
-/// (reading, hashing, compressing), which would otherwise leave all cores but one idle.
-pub fn map_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    map_parallel_with(items, || (), |_, item| f(item))
-}
-
-/// [`map_parallel`] with a state each thread makes once (a compression context, a buffer).
-pub fn map_parallel_with<T: Sync, S, R: Send>(
-    items: &[T],
-    state: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, &T) -> R + Sync,
-) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-        .min(items.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut own = state();
-                    let mut results = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(index) else {
-                            return results;
-                        };
-                        results.push((index, f(&mut own, item)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
-    done.sort_unstable_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, result)| result).collect()
-}
-
-fn hash_file(path: &Path) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
-/// What changed from `before` to `after`, in path order.
-pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<Difference> {
-    let mut out = Vec::new();
-    for (path, state) in after {
-        match before.get(path) {
-            None => out.push(Difference {
-                path: path.clone(),
-                kind: ChangeKind::Created,
-                hash: Some(state.hash.clone()),
-            }),
-            Some(old) if old.hash != state.hash => out.push(Difference {
-                path: path.clone(),
-                kind: ChangeKind::Modified,
-                hash: Some(state.hash.clone()),
-            }),
-            Some(_) => {}
+impl Entry {
+    /// A regular file.
+    pub fn file(len: u64, mtime_ns: i64, mode: u32, hash: &str) -> Entry {
+        Entry {
+            kind: Kind::File,
+            len,
+            mtime_ns,
+            mode,
+            hash: hash.to_string(),
+            target: None,
         }
     }
-    for path in before.keys() {
-        if !after.contains_key(path) {
-            out.push(Difference {
-                path: path.clone(),
-                kind: ChangeKind::Deleted,
-                hash: None,
-            });
+
+    /// A directory.
+    pub fn dir(mtime_ns: i64, mode: u32) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            len: 0,
+            mtime_ns,
+            mode,
+            hash: String::new(),
+            target: None,
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
+
+    /// A symbolic link to `target`.
+    pub fn link(target: &str, mtime_ns: i64) -> Entry {
+        Entry {
+            kind: Kind::Link,
+            len: target.len() as u64,
+            mtime_ns,
+            mode: 0o777,
+            hash: String::new(),
+            target: Some(target.to_string()),
+        }
+    }
+
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == Kind::File
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    /// Whether this is a symbolic link.
+    pub fn is_link(&self) -> bool {
+        self.kind == Kind::Link
+    }
+
+    /// Whether the permission bits differ in a way that counts (links have none of their own).
+    pub fn mode_differs(&self, other: &Entry) -> bool {
+        self.kind != Kind::Link && self.mode != other.mode
+    }
 }
 
-/// Unix permission bits of a file.
-pub fn file_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
-}
+/// Every entry under the root, by relative path with `/` separators; the root is [`ROOT`] (`""`).
+pub type Snapshot = BTreeMap<String, Entry>;
 
-/// Every file under `dir` with its bytes, by relative path (tests compare whole trees with it).
+/// Every regular file under `dir` with its bytes, by relative path (tests compare whole trees with it);
+/// directories and links are not listed (compare [`scan`] snapshots for those).
 #[cfg(any(test, feature = "testsuite"))]
-pub fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub fn contents(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
@@ -222,9 +160,14 @@ pub fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
                 pending.push(path);
-            } else if let (Ok(relative), Ok(bytes)) = (path.strip_prefix(dir), std::fs::read(&path)) {
+            } else if kind.is_file()
+                && let (Ok(relative), Ok(bytes)) = (path.strip_prefix(dir), std::fs::read(&path))
+            {
                 out.insert(relative.to_string_lossy().to_string(), bytes);
             }
         }
@@ -237,54 +180,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_created_modified_deleted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-        std::fs::write(dir.path().join("a.txt"), "a").expect("write");
-        std::fs::write(dir.path().join("sub/b.txt"), "b").expect("write");
-        std::fs::write(dir.path().join(".swp"), "x").expect("write");
-        let first = scan(dir.path(), &Snapshot::new()).expect("scan");
-        assert_eq!(first.len(), 2);
-        std::fs::write(dir.path().join("a.txt"), "a2").expect("write");
-        std::fs::remove_file(dir.path().join("sub/b.txt")).expect("rm");
-        std::fs::write(dir.path().join("c d.txt"), "c").expect("write");
-        let second = scan(dir.path(), &first).expect("scan");
-        let kinds: Vec<(String, ChangeKind)> = differences(&first, &second)
-            .into_iter()
-            .map(|d| (d.path, d.kind))
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("a.txt".into(), ChangeKind::Modified),
-                ("c d.txt".into(), ChangeKind::Created),
-                ("sub/b.txt".into(), ChangeKind::Deleted)
-            ]
-        );
-        assert!(differences(&second, &scan(dir.path(), &second).expect("scan")).is_empty());
-    }
-}
-
-#[cfg(test)]
-mod parallel_tests {
-    use super::*;
-
-    #[test]
-    fn a_parallel_map_keeps_the_order_and_each_thread_its_state() {
-        let items: Vec<u64> = (0..1000).collect();
-        let squares = map_parallel(&items, |n| n * n);
-        assert_eq!(squares, items.iter().map(|n| n * n).collect::<Vec<_>>());
-        // Each thread counts the items it saw; together they saw every item once.
-        let seen = map_parallel_with(
-            &items,
-            || 0u64,
-            |count, n| {
-                *count += 1;
-                (*n, *count)
-            },
-        );
-        assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), items);
-        assert!(seen.iter().all(|(_, count)| *count >= 1));
-        assert!(map_parallel(&Vec::<u8>::new(), |n| *n).is_empty());
+    fn a_snapshot_written_before_kinds_and_modes_still_reads() {
+        let old = r#"{"a.txt":{"len":1,"mtime_ns":1700000000123456789,"hash":"ab"}}"#;
+        let snapshot: Snapshot = serde_json::from_str(old).expect("reads");
+        let entry = &snapshot["a.txt"];
+        assert_eq!(entry.kind, Kind::File);
+        assert_eq!(entry.mode, 0);
+        assert_eq!(entry.mtime_ns, 1_700_000_000_123_456_789);
+        let written = serde_json::to_string(&Entry::file(1, 5, 0o644, "ab")).expect("json");
+        assert_eq!(written, r#"{"len":1,"mtime_ns":5,"mode":420,"hash":"ab"}"#);
+        let link = Entry::link("../x", -5);
+        let again: Entry = serde_json::from_str(&serde_json::to_string(&link).expect("json")).expect("reads");
+        assert_eq!(again, link);
     }
 }

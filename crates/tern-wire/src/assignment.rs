@@ -1,25 +1,40 @@
 //! Assignments (seed `004_1419c51402506f7e.txt`): the unit of work the content mover sends to nodes. An
 //! assignment carries a header (id, kind, site, sequence, sizes), an ordered list of commands (mkdir,
-//! create, patch from a delta, chmod, remove, rename, commit, rollback), a data section the commands point
-//! into, and a trailer: the blake3 hash of everything before it, signed by the mover with ed25519. The
-//! commands and data may be encrypted with XChaCha20-Poly1305.
+//! create, patch from a delta, copy, symlink, set-metadata, chmod, remove, rename, commit, rollback), a
+//! data section the commands point into, and a trailer: the blake3 hash of everything before it, signed by
+//! the mover with ed25519. The commands and data may be encrypted with XChaCha20-Poly1305.
 //!
 //! Layout (all integers big-endian; the format is documented in `docs/assignment-format.md`):
 //!
 //! ```text
-//! "TERNASG1"  header length (u32)  header (JSON)  body length (u64)  body  blake3 (32)  ed25519 signature (64)  "TERNEND1"
+//! "TERNASG2"  header length (u32)  header (JSON)  body length (u64)  body  blake3 (32)  ed25519 signature (64)  "TERNEND1"
 //! body = commands length (u32)  commands (JSON)  data          (encrypted as a whole when the header says so)
 //! ```
 //!
+//! The digit of the magic is the format version ([`FORMAT_VERSION`]). Version 2 carries a faithful tree:
+//! modes and modification times on every entry, directories with their mode (also empty ones), symbolic
+//! links, metadata-only changes, and copies of content the node already holds. A version-1 assignment is
+//! refused with [`AssignmentError::OtherVersion`] rather than read: it cannot say what version 2 says, and a
+//! mover and its nodes run the same release.
+//!
 //! [`decode`] checks the magic, the sizes, the hash and the signature before it parses anything, and then
 //! checks every declared size against what is there. Nothing in an assignment is trusted before that.
+//!
+//! A node never holds a whole assignment in memory: it writes what arrives to a spool file while a
+//! [`StreamCheck`] hashes it (refusing a wrong magic or an oversized stream at once), checks the signed hash
+//! at the end, and then [`open_spooled`] reads the header and commands from the file and leaves the data
+//! section there (an encrypted body is decrypted in a stream into a second file, its tag checked).
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"TERNASG1";
+/// The version of the format this code writes and reads (the last byte of the magic).
+pub const FORMAT_VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"TERNASG2";
+/// The magic's first seven bytes, shared by every version.
+const MAGIC_STEM: &[u8; 7] = b"TERNASG";
 const END: &[u8; 8] = b"TERNEND1";
 const HASH_LEN: usize = 32;
 const SIGNATURE_LEN: usize = 64;
@@ -98,21 +113,43 @@ pub struct DataRef {
     pub hash: String,
 }
 
-/// One command of an assignment. Paths are relative to the site root, with `/` separators.
+/// A mode and a modification time, as commands carry them (either may be absent: left as it is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Unix permission bits (`0o7777`).
+    pub mode: Option<u32>,
+    /// Modification time, nanoseconds since the Unix epoch (negative before it).
+    pub mtime_ns: Option<i64>,
+}
+
+/// One command of an assignment. Paths are relative to the site root, with `/` separators; the empty path
+/// names the root itself (only `set-metadata` takes it). `mode` is the Unix permission bits (`0o7777`),
+/// `mtime_ns` the modification time in nanoseconds since the Unix epoch; an absent one leaves the node's
+/// default (a new entry) or what the entry has. A node applies a directory's mode and time after the
+/// assignment's other commands, since writing into a directory changes its time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
-    /// Make a directory (and its parents).
+    /// Make a directory (and its parents), or give an existing one this mode and time.
     Mkdir {
         /// Path.
         path: String,
+        /// Permission bits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Modification time (ns since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
     },
     /// Create or replace a file with the bytes in `data`.
     Create {
         /// Path.
         path: String,
-        /// Unix permission bits.
+        /// Permission bits.
         mode: Option<u32>,
+        /// Modification time (ns since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
         /// Content.
         data: DataRef,
     },
@@ -123,8 +160,53 @@ pub enum Command {
         path: String,
         /// blake3 (hex) of the file the delta applies to.
         base_hash: String,
+        /// Permission bits (absent: the old file's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Modification time (ns since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
         /// The delta; `size` and `hash` describe the result.
         data: DataRef,
+    },
+    /// Create or replace the file at `to` with the content of the file the node's current version holds at
+    /// `from` (its live tree, which the assignment is planned against), whose blake3 is `hash`: content the
+    /// node has already, moved or duplicated, costs no data.
+    Copy {
+        /// Path in the current version.
+        from: String,
+        /// Path in the new version.
+        to: String,
+        /// blake3 (hex) of the content.
+        hash: String,
+        /// Permission bits (absent: the source's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Modification time (absent: the source's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
+    },
+    /// Create or replace a symbolic link. The target must stay inside the site root (relative, its `..`s
+    /// first, never above the root: `tern_tree::check_link`).
+    Symlink {
+        /// Path of the link.
+        path: String,
+        /// What it points to, as stored in the link.
+        target: String,
+        /// The link's own modification time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
+    },
+    /// Change only the mode and time of an existing entry (a `chmod`, a `touch`); a link's mode is ignored.
+    SetMetadata {
+        /// Path (empty: the root).
+        path: String,
+        /// Permission bits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Modification time (ns since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
     },
     /// Change permission bits.
     Chmod {
@@ -152,15 +234,26 @@ pub enum Command {
 }
 
 /// A verified, decrypted assignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Assignment {
     /// Its header.
     pub header: Header,
     /// Its commands, in order.
     pub commands: Vec<Command>,
-    /// The assignment as received (decrypted in place); `data` is where its data section is.
-    buffer: Vec<u8>,
-    data: std::ops::Range<usize>,
+    /// Where its data section is.
+    data: DataSection,
+}
+
+/// Where an assignment's data section is.
+#[derive(Debug)]
+enum DataSection {
+    /// In the assignment as received (decrypted in place), at `range`.
+    Memory {
+        buffer: Vec<u8>,
+        range: std::ops::Range<usize>,
+    },
+    /// In a file (the spool, or the decrypted body beside it): `len` bytes from `offset`.
+    File { file: std::fs::File, offset: u64, len: u64 },
 }
 
 /// Bounds a node applies to assignments it receives.
@@ -191,6 +284,11 @@ pub enum AssignmentError {
     /// Not an assignment (bad magic or end marker, too short).
     #[error("not a tern assignment: {0}")]
     NotAnAssignment(&'static str),
+    /// An assignment in another version of the format.
+    #[error(
+        "assignment format version {0} is not read here (this node reads version {FORMAT_VERSION}): run the same tern release on the mover and its nodes"
+    )]
+    OtherVersion(u8),
     /// Larger than the node accepts.
     #[error("assignment of {0} bytes is over the limit")]
     TooLarge(u64),
@@ -215,6 +313,9 @@ pub enum AssignmentError {
         /// Which command.
         index: usize,
     },
+    /// The spool file holding the assignment could not be read or written (disk full, removed).
+    #[error("assignment spool: {0}; check the node's disk")]
+    Spool(String),
 }
 
 /// zstd level of whole files.
@@ -226,7 +327,7 @@ const CREATE_LEVEL: i32 = 3;
 #[derive(Debug)]
 pub struct Piece {
     path: String,
-    mode: Option<u32>,
+    metadata: Metadata,
     /// blake3 (hex) of the file the delta applies to; `None` for a whole file.
     base_hash: Option<String>,
     stored: Vec<u8>,
@@ -267,7 +368,7 @@ impl Packer {
     }
 
     /// A whole file, compressed when `compress` says so and it helps.
-    pub fn whole(&mut self, path: &str, mode: Option<u32>, content: &[u8], compress: bool) -> std::io::Result<Piece> {
+    pub fn whole(&mut self, path: &str, metadata: Metadata, content: &[u8], compress: bool) -> std::io::Result<Piece> {
         let packed = if compress {
             Some(self.compressor.compress(content)?)
         } else {
@@ -279,7 +380,7 @@ impl Packer {
         };
         Ok(Piece {
             path: path.to_string(),
-            mode,
+            metadata,
             base_hash: None,
             stored,
             compression,
@@ -289,10 +390,10 @@ impl Packer {
     }
 
     /// A zstd delta of `new` against `old` (the node holds `old`).
-    pub fn delta(&mut self, path: &str, mode: Option<u32>, old: &[u8], new: &[u8]) -> std::io::Result<Piece> {
+    pub fn delta(&mut self, path: &str, metadata: Metadata, old: &[u8], new: &[u8]) -> std::io::Result<Piece> {
         Ok(Piece {
             path: path.to_string(),
-            mode,
+            metadata,
             base_hash: Some(blake3::hash(old).to_hex().to_string()),
             stored: delta(old, new)?,
             compression: Compression::Zstd,
@@ -305,18 +406,18 @@ impl Packer {
     pub fn changed(
         &mut self,
         path: &str,
-        mode: Option<u32>,
+        metadata: Metadata,
         old: &[u8],
         new: &[u8],
         compress: bool,
     ) -> std::io::Result<Piece> {
-        let delta = self.delta(path, mode, old, new)?;
+        let delta = self.delta(path, metadata, old, new)?;
         // A delta made with the old file as reference can use the new file's own repetitions as well, so a
         // whole copy rarely beats a small one: it is only tried when the delta is over an eighth of the file.
         if delta.stored.len() <= new.len() / 8 {
             return Ok(delta);
         }
-        let whole = self.whole(path, mode, new, compress)?;
+        let whole = self.whole(path, metadata, new, compress)?;
         Ok(if delta.stored.len() < whole.stored.len() {
             delta
         } else {
@@ -364,7 +465,7 @@ impl Builder {
         }
     }
 
-    /// Adds a packed file: a create command, or a patch (with a chmod after it when the mode is known).
+    /// Adds a packed file: a create command, or a patch, each with the file's mode and time.
     pub fn add(&mut self, piece: Piece) {
         let data = DataRef {
             offset: self.data_len,
@@ -375,35 +476,35 @@ impl Builder {
         };
         self.data_len += piece.stored.len() as u64;
         self.data.push(piece.stored);
-        match piece.base_hash {
-            None => self.commands.push(Command::Create {
+        let Metadata { mode, mtime_ns } = piece.metadata;
+        self.commands.push(match piece.base_hash {
+            None => Command::Create {
                 path: piece.path,
-                mode: piece.mode,
+                mode,
+                mtime_ns,
                 data,
-            }),
-            Some(base_hash) => {
-                self.commands.push(Command::Patch {
-                    path: piece.path.clone(),
-                    base_hash,
-                    data,
-                });
-                if let Some(mode) = piece.mode {
-                    self.commands.push(Command::Chmod { path: piece.path, mode });
-                }
-            }
-        }
+            },
+            Some(base_hash) => Command::Patch {
+                path: piece.path,
+                base_hash,
+                mode,
+                mtime_ns,
+                data,
+            },
+        });
     }
 
     /// Adds a file with its full content, compressed when `compress` says so and it helps.
     pub fn create(&mut self, path: &str, mode: Option<u32>, content: &[u8], compress: bool) -> std::io::Result<()> {
-        let piece = Packer::new()?.whole(path, mode, content, compress)?;
+        let metadata = Metadata { mode, mtime_ns: None };
+        let piece = Packer::new()?.whole(path, metadata, content, compress)?;
         self.add(piece);
         Ok(())
     }
 
     /// Adds a patch: a zstd delta of `new` against `old` (the node holds `old`).
     pub fn patch(&mut self, path: &str, old: &[u8], new: &[u8]) -> std::io::Result<()> {
-        let piece = Packer::new()?.delta(path, None, old, new)?;
+        let piece = Packer::new()?.delta(path, Metadata::default(), old, new)?;
         self.add(piece);
         Ok(())
     }
@@ -411,6 +512,11 @@ impl Builder {
     /// Adds any command without data.
     pub fn command(&mut self, command: Command) {
         self.commands.push(command);
+    }
+
+    /// Commands added so far.
+    pub fn commands(&self) -> usize {
+        self.commands.len()
     }
 
     /// Encodes and signs; encrypts the body with `encryption_key` when given. The data is copied once,
@@ -583,6 +689,9 @@ pub fn decode_owned(
     if bytes.len() as u64 > limits.max_total {
         return Err(AssignmentError::TooLarge(bytes.len() as u64));
     }
+    if bytes.len() >= 8 && &bytes[..7] == MAGIC_STEM && bytes[7] != MAGIC[7] && bytes[7].is_ascii_digit() {
+        return Err(AssignmentError::OtherVersion(bytes[7] - b'0'));
+    }
     if bytes.len() < FIXED || &bytes[..8] != MAGIC {
         return Err(AssignmentError::NotAnAssignment("bad magic or too short"));
     }
@@ -625,7 +734,7 @@ pub fn decode_owned(
             .try_into()
             .map_err(|_| AssignmentError::Sizes("body length"))?,
     );
-    if body_at as u64 + body_len != signed_end as u64 {
+    if (body_at as u64).checked_add(body_len) != Some(signed_end as u64) {
         return Err(AssignmentError::Sizes("body length"));
     }
     let mut body_end = signed_end;
@@ -665,10 +774,24 @@ pub fn decode_owned(
     let commands: Vec<Command> = serde_json::from_slice(&body[4..4 + commands_len])
         .map_err(|e| AssignmentError::Malformed("commands", e.to_string()))?;
     let data = body_at + 4 + commands_len..body_end;
+    check_commands(&header, &commands, data.len() as u64)?;
+    Ok(Assignment {
+        header,
+        commands,
+        data: DataSection::Memory {
+            buffer: bytes,
+            range: data,
+        },
+    })
+}
+
+/// Checks the command list against the header and the data section: the count, the length, and that
+/// every data reference lies inside.
+fn check_commands(header: &Header, commands: &[Command], data_len: u64) -> Result<(), AssignmentError> {
     if commands.len() != header.commands as usize {
         return Err(AssignmentError::Sizes("command count differs from the header"));
     }
-    if data.len() as u64 != header.data_len {
+    if data_len != header.data_len {
         return Err(AssignmentError::Sizes("data section differs from the header"));
     }
     for (index, command) in commands.iter().enumerate() {
@@ -684,24 +807,307 @@ pub fn decode_owned(
             return Err(AssignmentError::DataRange { index });
         }
     }
-    Ok(Assignment {
-        header,
-        commands,
-        buffer: bytes,
-        data,
-    })
+    Ok(())
 }
 
 impl Assignment {
-    /// The stored bytes a data reference points to (bounds were checked by [`decode_owned`]).
-    pub fn bytes(&self, data: &DataRef) -> &[u8] {
-        let start = self.data.start + data.offset as usize;
-        &self.buffer[start..start + data.len as usize]
+    /// The stored bytes `data` points to (bounds were checked when the assignment was decoded): borrowed
+    /// from memory, or read from the spool file into `scratch`. Errors only when the file cannot be read.
+    pub fn stored<'a>(&'a self, data: &DataRef, scratch: &'a mut Vec<u8>) -> std::io::Result<&'a [u8]> {
+        match &self.data {
+            DataSection::Memory { buffer, range } => {
+                let start = range.start + data.offset as usize;
+                Ok(&buffer[start..start + data.len as usize])
+            }
+            DataSection::File { file, offset, .. } => {
+                let len = usize::try_from(data.len).map_err(|_| std::io::Error::other("data reference too large"))?;
+                scratch.clear();
+                scratch
+                    .try_reserve(len)
+                    .map_err(|_| std::io::Error::other("data reference too large"))?;
+                scratch.resize(len, 0);
+                read_exact_at(file, scratch, offset.saturating_add(data.offset))?;
+                Ok(scratch)
+            }
+        }
     }
 
-    /// The whole data section.
-    pub fn data(&self) -> &[u8] {
-        &self.buffer[self.data.clone()]
+    /// Bytes of the data section.
+    pub fn data_len(&self) -> u64 {
+        match &self.data {
+            DataSection::Memory { range, .. } => range.len() as u64,
+            DataSection::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Bytes after the signed part: the hash, the signature and the end marker.
+const TRAILER_LEN: usize = HASH_LEN + SIGNATURE_LEN + 8;
+
+/// Checks an assignment as it arrives, without holding it: the magic and the size limit at once, the
+/// blake3 hash chunk by chunk, and at the end ([`StreamCheck::finish`]) the end marker, the mover's
+/// signature and the hash — the checks of [`decode`], in its order, so a stream is refused for the same
+/// reason a buffer would be. Only the last [`TRAILER_LEN`] bytes are held (they may be the trailer).
+#[derive(Debug)]
+pub struct StreamCheck {
+    max_total: u64,
+    hasher: blake3::Hasher,
+    /// The last bytes received, not yet hashed.
+    tail: Vec<u8>,
+    received: u64,
+}
+
+/// An assignment stream whose signature and hash were checked ([`StreamCheck::finish`]): only that makes
+/// one, so holding it is proof the bytes written along the way are the mover's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    hash: [u8; HASH_LEN],
+    len: u64,
+}
+
+impl Checked {
+    /// The signed blake3 hash (hex): the assignment's identity end to end.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    /// Bytes of the whole assignment.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the assignment is empty (never: a checked one has at least its fixed parts).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl StreamCheck {
+    /// A check refusing streams over `limits.max_total` bytes.
+    pub fn new(limits: &Limits) -> Self {
+        StreamCheck {
+            max_total: limits.max_total,
+            hasher: blake3::Hasher::new(),
+            tail: Vec::with_capacity(2 * TRAILER_LEN),
+            received: 0,
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Takes the next bytes. Refuses, at once, a stream that does not start with the magic or grows over
+    /// the limit; the caller stops receiving then.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), AssignmentError> {
+        let received = self.received.saturating_add(chunk.len() as u64);
+        if received > self.max_total {
+            return Err(AssignmentError::TooLarge(received));
+        }
+        if self.received < MAGIC.len() as u64 {
+            let at = self.received as usize;
+            let count = (MAGIC.len() - at).min(chunk.len());
+            for (offset, byte) in chunk[..count].iter().enumerate() {
+                let position = at + offset;
+                if *byte == MAGIC[position] {
+                    continue;
+                }
+                // The version digit differs (the stem before it matched): another release's assignment.
+                if position == MAGIC_STEM.len() && byte.is_ascii_digit() {
+                    return Err(AssignmentError::OtherVersion(byte - b'0'));
+                }
+                return Err(AssignmentError::NotAnAssignment("bad magic or too short"));
+            }
+        }
+        self.received = received;
+        if chunk.len() >= TRAILER_LEN {
+            self.hasher.update(&self.tail);
+            self.tail.clear();
+            let (hashed, kept) = chunk.split_at(chunk.len() - TRAILER_LEN);
+            self.hasher.update(hashed);
+            self.tail.extend_from_slice(kept);
+        } else {
+            self.tail.extend_from_slice(chunk);
+            let excess = self.tail.len().saturating_sub(TRAILER_LEN);
+            if excess > 0 {
+                self.hasher.update(&self.tail[..excess]);
+                self.tail.drain(..excess);
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream ended: checks the end marker, the signature with `mover`'s key and the hash.
+    pub fn finish(self, mover: &VerifyingKey) -> Result<Checked, AssignmentError> {
+        if self.received < FIXED as u64 {
+            return Err(AssignmentError::NotAnAssignment("bad magic or too short"));
+        }
+        let (hash, rest) = self.tail.split_at(HASH_LEN);
+        let (signature, end) = rest.split_at(SIGNATURE_LEN);
+        if end != END {
+            return Err(AssignmentError::NotAnAssignment("bad end marker"));
+        }
+        let signature: [u8; SIGNATURE_LEN] = signature.try_into().map_err(|_| AssignmentError::Signature)?;
+        mover
+            .verify(hash, &Signature::from_bytes(&signature))
+            .map_err(|_| AssignmentError::Signature)?;
+        if self.hasher.finalize().as_bytes() != hash {
+            return Err(AssignmentError::Hash);
+        }
+        let hash: [u8; HASH_LEN] = hash.try_into().map_err(|_| AssignmentError::Hash)?;
+        Ok(Checked {
+            hash,
+            len: self.received,
+        })
+    }
+}
+
+/// The signed hash (hex) in an encoded assignment's trailer, without checking anything: what a mover
+/// names in a notification, so that whoever fetches the assignment can tell it got the right one.
+pub fn trailer_hash(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < FIXED {
+        return None;
+    }
+    let at = bytes.len() - TRAILER_LEN;
+    Some(hex::encode(&bytes[at..at + HASH_LEN]))
+}
+
+/// Opens an assignment written to `spool` and checked on the way ([`StreamCheck::finish`] gave `checked`):
+/// reads and checks its sizes, header and commands as [`decode`] does, and leaves the data section in the
+/// file. An encrypted body is decrypted in a stream into the file `scratch` makes (its tag checked); the
+/// data is then read from there.
+pub fn open_spooled(
+    spool: std::fs::File,
+    checked: &Checked,
+    decryption_key: Option<&[u8; 32]>,
+    limits: &Limits,
+    scratch: impl FnOnce() -> std::io::Result<std::fs::File>,
+) -> Result<Assignment, AssignmentError> {
+    let spool_error = |e: std::io::Error| AssignmentError::Spool(e.to_string());
+    let signed_end = checked.len.saturating_sub(TRAILER_LEN as u64);
+    let mut word = [0u8; 4];
+    read_exact_at(&spool, &mut word, MAGIC.len() as u64).map_err(spool_error)?;
+    let header_len = u32::from_be_bytes(word) as usize;
+    if header_len > limits.max_header {
+        return Err(AssignmentError::Sizes("header over the limit"));
+    }
+    let body_len_at = 12 + header_len as u64;
+    let body_at = body_len_at + 8;
+    if body_at > signed_end {
+        return Err(AssignmentError::Sizes("header runs past the end"));
+    }
+    let mut header_bytes = vec![0u8; header_len];
+    read_exact_at(&spool, &mut header_bytes, 12).map_err(spool_error)?;
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|e| AssignmentError::Malformed("header", e.to_string()))?;
+    let mut long = [0u8; 8];
+    read_exact_at(&spool, &mut long, body_len_at).map_err(spool_error)?;
+    let body_len = u64::from_be_bytes(long);
+    if body_at.checked_add(body_len) != Some(signed_end) {
+        return Err(AssignmentError::Sizes("body length"));
+    }
+    let (body, body_at, body_len) = match (header.encrypted, decryption_key) {
+        (false, _) => (spool, body_at, body_len),
+        (true, None) => return Err(AssignmentError::Decrypt("encrypted and this node has no key")),
+        (true, Some(key)) => {
+            let nonce = header
+                .nonce
+                .as_deref()
+                .and_then(|n| hex::decode(n).ok())
+                .and_then(|n| <[u8; 24]>::try_from(n).ok())
+                .ok_or(AssignmentError::Decrypt("missing nonce"))?;
+            if body_len < TAG_LEN as u64 {
+                return Err(AssignmentError::Sizes("encrypted body too short"));
+            }
+            let cipher_len = body_len - TAG_LEN as u64;
+            let mut tag = [0u8; TAG_LEN];
+            read_exact_at(&spool, &mut tag, body_at + cipher_len).map_err(spool_error)?;
+            let mut plain = scratch().map_err(spool_error)?;
+            decrypt_stream(key, &nonce, &spool, body_at, cipher_len, &tag, &mut plain)?;
+            (plain, 0, cipher_len)
+        }
+    };
+    if body_len < 4 {
+        return Err(AssignmentError::Sizes("body too short"));
+    }
+    read_exact_at(&body, &mut word, body_at).map_err(spool_error)?;
+    let commands_len = u32::from_be_bytes(word) as usize;
+    if commands_len > limits.max_commands || 4 + commands_len as u64 > body_len {
+        return Err(AssignmentError::Sizes("command list runs past the body"));
+    }
+    let mut command_bytes = vec![0u8; commands_len];
+    read_exact_at(&body, &mut command_bytes, body_at + 4).map_err(spool_error)?;
+    let commands: Vec<Command> =
+        serde_json::from_slice(&command_bytes).map_err(|e| AssignmentError::Malformed("commands", e.to_string()))?;
+    let data_at = body_at + 4 + commands_len as u64;
+    let data_len = body_len - 4 - commands_len as u64;
+    check_commands(&header, &commands, data_len)?;
+    Ok(Assignment {
+        header,
+        commands,
+        data: DataSection::File {
+            file: body,
+            offset: data_at,
+            len: data_len,
+        },
+    })
+}
+
+/// Bytes decrypted at a time; a multiple of Poly1305's 16-byte block, so only the last piece is padded.
+const DECRYPT_CHUNK: usize = 64 << 10;
+
+/// XChaCha20-Poly1305 (as `chacha20poly1305` does it, no associated data) over `len` bytes of `source` at
+/// `offset`, in a stream: the plaintext goes to `plain`, and counts only if the tag verifies.
+fn decrypt_stream(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    source: &std::fs::File,
+    offset: u64,
+    len: u64,
+    tag: &[u8; TAG_LEN],
+    plain: &mut std::fs::File,
+) -> Result<(), AssignmentError> {
+    use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+    use poly1305::universal_hash::{KeyInit as _, UniversalHash};
+    use std::io::Write;
+    let spool_error = |e: std::io::Error| AssignmentError::Spool(e.to_string());
+    let mut cipher = chacha20::XChaCha20::new(key.into(), nonce.into());
+    // The Poly1305 key is the first 32 bytes of the keystream; the body's keystream starts at block 1.
+    let mut mac_key = [0u8; 32];
+    cipher.apply_keystream(&mut mac_key);
+    let mut mac = poly1305::Poly1305::new(&mac_key.into());
+    cipher.seek(64u64);
+    let mut buffer = vec![0u8; DECRYPT_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let count = (len - done).min(DECRYPT_CHUNK as u64) as usize;
+        let piece = &mut buffer[..count];
+        read_exact_at(source, piece, offset + done).map_err(spool_error)?;
+        mac.update_padded(piece);
+        cipher.apply_keystream(piece);
+        plain.write_all(piece).map_err(spool_error)?;
+        done += count as u64;
+    }
+    let mut lengths = poly1305::Block::default();
+    lengths[8..].copy_from_slice(&len.to_le_bytes());
+    mac.update(&[lengths]);
+    mac.verify(tag.into())
+        .map_err(|_| AssignmentError::Decrypt("wrong key"))
+}
+
+/// Reads exactly `buffer.len()` bytes of `file` at `offset`.
+fn read_exact_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek};
+        let mut handle = file;
+        handle.seek(std::io::SeekFrom::Start(offset))?;
+        handle.read_exact(buffer)
     }
 }
 
@@ -718,7 +1124,11 @@ mod tests {
 
     fn sample(signing: &SigningKey, key: Option<&[u8; 32]>) -> Vec<u8> {
         let mut builder = Builder::new("a1", AssignmentKind::Publish, "www", 7, None, 1);
-        builder.command(Command::Mkdir { path: "docs".into() });
+        builder.command(Command::Mkdir {
+            path: "docs".into(),
+            mode: Some(0o700),
+            mtime_ns: Some(-5),
+        });
         builder
             .create("docs/a.txt", Some(0o644), &b"hello ".repeat(100), true)
             .expect("create");
@@ -730,6 +1140,49 @@ mod tests {
     }
 
     #[test]
+    fn the_tree_commands_round_trip_and_an_old_version_is_refused_by_name() {
+        let signing = SigningKey::from_bytes(&[9; 32]);
+        let mut builder = Builder::new("t", AssignmentKind::Publish, "www", 2, None, 1);
+        let commands = vec![
+            Command::SetMetadata {
+                path: String::new(),
+                mode: Some(0o755),
+                mtime_ns: Some(1_700_000_000_000_000_001),
+            },
+            Command::Copy {
+                from: "old name.bin".into(),
+                to: "new name.bin".into(),
+                hash: "ab".into(),
+                mode: Some(0o644),
+                mtime_ns: Some(7),
+            },
+            Command::Symlink {
+                path: "latest".into(),
+                target: "v2".into(),
+                mtime_ns: None,
+            },
+        ];
+        for command in &commands {
+            builder.command(command.clone());
+        }
+        let bytes = builder.finish(&signing, None).expect("finish");
+        assert_eq!(&bytes[..8], b"TERNASG2");
+        let decoded = decode(&bytes, &signing.verifying_key(), None, &Limits::default()).expect("valid");
+        assert_eq!(decoded.commands, commands);
+        let json = serde_json::to_string(&commands[2]).expect("json");
+        assert_eq!(
+            json, r#"{"op":"symlink","path":"latest","target":"v2"}"#,
+            "absent fields are left out"
+        );
+
+        let mut old = bytes.clone();
+        old[7] = b'1';
+        let refused = decode(&old, &signing.verifying_key(), None, &Limits::default()).expect_err("old");
+        assert_eq!(refused, AssignmentError::OtherVersion(1));
+        assert!(refused.to_string().contains("format version 1"), "{refused}");
+    }
+
+    #[test]
     fn round_trip_plain_and_encrypted() {
         let signing = SigningKey::from_bytes(&[9; 32]);
         let verifying = signing.verifying_key();
@@ -738,7 +1191,9 @@ mod tests {
         let Command::Patch { data, .. } = &plain.commands[2] else {
             panic!("patch")
         };
-        let rebuilt = apply_delta(b"the old text of b", plain.bytes(data), data.size).expect("delta applies");
+        let mut scratch = Vec::new();
+        let stored = plain.stored(data, &mut scratch).expect("in memory");
+        let rebuilt = apply_delta(b"the old text of b", stored, data.size).expect("delta applies");
         assert_eq!(rebuilt, b"the new text of b");
         let key = [3u8; 32];
         let sealed = sample(&signing, Some(&key));
@@ -758,6 +1213,111 @@ mod tests {
         ));
     }
 
+    /// Streams `bytes` through a [`StreamCheck`] in chunks of `chunk` bytes into a spool file, then opens it.
+    fn spooled(
+        bytes: &[u8],
+        chunk: usize,
+        mover: &VerifyingKey,
+        key: Option<&[u8; 32]>,
+    ) -> Result<Assignment, AssignmentError> {
+        use std::io::Write;
+        let limits = Limits::default();
+        let mut check = StreamCheck::new(&limits);
+        let mut spool = tempfile::tempfile().expect("spool");
+        for piece in bytes.chunks(chunk.max(1)) {
+            check.push(piece)?;
+            spool.write_all(piece).expect("write");
+        }
+        let checked = check.finish(mover)?;
+        assert_eq!(checked.len(), bytes.len() as u64);
+        assert_eq!(Some(checked.hash_hex()), trailer_hash(bytes));
+        open_spooled(spool, &checked, key, &limits, tempfile::tempfile)
+    }
+
+    fn contents(assignment: &Assignment) -> Vec<Vec<u8>> {
+        let mut scratch = Vec::new();
+        assignment
+            .commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::Create { data, .. } | Command::Patch { data, .. } => {
+                    Some(assignment.stored(data, &mut scratch).expect("read").to_vec())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spooled_assignment_reads_as_the_one_in_memory_in_any_chunking() {
+        let signing = SigningKey::from_bytes(&[9; 32]);
+        let verifying = signing.verifying_key();
+        let key = [3u8; 32];
+        for encryption in [None, Some(&key)] {
+            let bytes = sample(&signing, encryption);
+            let in_memory = decode(&bytes, &verifying, encryption, &Limits::default()).expect("valid");
+            for chunk in [1, 7, 103, 104, 105, 4096, bytes.len()] {
+                let from_file = spooled(&bytes, chunk, &verifying, encryption).expect("valid spool");
+                assert_eq!(from_file.header, in_memory.header);
+                assert_eq!(from_file.commands, in_memory.commands);
+                assert_eq!(from_file.data_len(), in_memory.data_len());
+                assert_eq!(contents(&from_file), contents(&in_memory), "chunks of {chunk}");
+            }
+        }
+        let sealed = sample(&signing, Some(&key));
+        assert_eq!(
+            spooled(&sealed, 64, &verifying, Some(&[4; 32])).expect_err("wrong key"),
+            AssignmentError::Decrypt("wrong key")
+        );
+        assert!(matches!(
+            spooled(&sealed, 64, &verifying, None),
+            Err(AssignmentError::Decrypt(_))
+        ));
+    }
+
+    #[test]
+    fn a_stream_is_refused_for_the_reason_a_buffer_is() {
+        let signing = SigningKey::from_bytes(&[9; 32]);
+        let verifying = signing.verifying_key();
+        let bytes = sample(&signing, None);
+        for position in (0..bytes.len()).step_by(5) {
+            let mut damaged = bytes.clone();
+            damaged[position] ^= 0x01;
+            let buffered = decode(&damaged, &verifying, None, &Limits::default()).expect_err("damaged");
+            let streamed = spooled(&damaged, 13, &verifying, None).expect_err("damaged");
+            assert_eq!(streamed, buffered, "bit flip at {position}");
+        }
+        let short = [MAGIC.as_slice(), b" not really"].concat();
+        assert_eq!(
+            spooled(&short, 4, &verifying, None).expect_err("short"),
+            AssignmentError::NotAnAssignment("bad magic or too short")
+        );
+        let mut older = bytes.clone();
+        older[7] = b'1';
+        assert_eq!(
+            spooled(&older, 3, &verifying, None).expect_err("older"),
+            decode(&older, &verifying, None, &Limits::default()).expect_err("older"),
+            "another version is named as such"
+        );
+        let mut check = StreamCheck::new(&Limits::default());
+        assert_eq!(
+            check.push(b"GET / HTTP/1.1"),
+            Err(AssignmentError::NotAnAssignment("bad magic or too short")),
+            "refused at the first bytes"
+        );
+        let small = Limits {
+            max_total: 100,
+            ..Limits::default()
+        };
+        let mut check = StreamCheck::new(&small);
+        assert_eq!(check.push(&bytes[..64]), Ok(()));
+        assert_eq!(
+            check.push(&bytes[64..128]),
+            Err(AssignmentError::TooLarge(128)),
+            "refused as soon as it grows over the limit"
+        );
+    }
+
     #[test]
     fn a_flipped_bit_anywhere_is_refused() {
         let signing = SigningKey::from_bytes(&[9; 32]);
@@ -773,8 +1333,8 @@ mod tests {
         }
         let other = SigningKey::from_bytes(&[1; 32]);
         assert_eq!(
-            decode(&bytes, &other.verifying_key(), None, &Limits::default()),
-            Err(AssignmentError::Signature)
+            decode(&bytes, &other.verifying_key(), None, &Limits::default()).expect_err("foreign"),
+            AssignmentError::Signature
         );
     }
 
@@ -786,6 +1346,7 @@ mod tests {
         builder.command(Command::Create {
             path: "x".into(),
             mode: None,
+            mtime_ns: None,
             data: DataRef {
                 offset: 10,
                 len: 1 << 40,
@@ -796,8 +1357,8 @@ mod tests {
         });
         let bytes = builder.finish(&signing, None).expect("finish");
         assert_eq!(
-            decode(&bytes, &signing.verifying_key(), None, &Limits::default()),
-            Err(AssignmentError::DataRange { index: 0 })
+            decode(&bytes, &signing.verifying_key(), None, &Limits::default()).expect_err("inconsistent"),
+            AssignmentError::DataRange { index: 0 }
         );
     }
 

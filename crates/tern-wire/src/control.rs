@@ -232,21 +232,7 @@ pub fn encode(key: &SecretKey, message: &ControlMessage) -> Vec<u8> {
 /// Decodes one datagram, checking its size, then its tag, then its fields. Stateless: replays are the
 /// [`ReplayGuard`]'s business.
 pub fn decode(key: &SecretKey, datagram: &[u8], limits: &ControlLimits) -> Result<Verified, ControlError> {
-    if datagram.len() > limits.max_datagram {
-        return Err(ControlError::Oversized {
-            len: datagram.len(),
-            limit: limits.max_datagram,
-        });
-    }
-    let max_payload = limits.max_datagram.saturating_sub(frame::HEADER_LEN + frame::TAG_LEN);
-    let mut decoder = FrameDecoder::new(key.clone(), max_payload);
-    decoder.push(datagram);
-    let Some(frame) = decoder.next_frame()? else {
-        return Err(ControlError::Truncated);
-    };
-    if decoder.buffered() > 0 {
-        return Err(ControlError::TrailingBytes(decoder.buffered()));
-    }
+    let frame = open_frame(key, datagram, limits.max_datagram)?;
     if frame.kind != KIND_LEADER_ALIVE && frame.kind != KIND_LEADER_CLAIM {
         return Err(ControlError::UnknownKind(frame.kind));
     }
@@ -272,6 +258,28 @@ pub fn decode(key: &SecretKey, datagram: &[u8], limits: &ControlLimits) -> Resul
     }))
 }
 
+/// Opens one datagram (or message body) that must be exactly one authenticated frame of at most
+/// `max_len` bytes: the size first, then the tag. Shared by the control channel and the segment messages
+/// ([`crate::segment`]).
+pub(crate) fn open_frame(key: &SecretKey, datagram: &[u8], max_len: usize) -> Result<frame::Frame, ControlError> {
+    if datagram.len() > max_len {
+        return Err(ControlError::Oversized {
+            len: datagram.len(),
+            limit: max_len,
+        });
+    }
+    let max_payload = max_len.saturating_sub(frame::HEADER_LEN + frame::TAG_LEN);
+    let mut decoder = FrameDecoder::new(key.clone(), max_payload);
+    decoder.push(datagram);
+    let Some(frame) = decoder.next_frame()? else {
+        return Err(ControlError::Truncated);
+    };
+    if decoder.buffered() > 0 {
+        return Err(ControlError::TrailingBytes(decoder.buffered()));
+    }
+    Ok(frame)
+}
+
 /// Whether `name` can be a segment or node name: 1 to [`MAX_NAME_LEN`] bytes, no control characters.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
@@ -284,6 +292,32 @@ fn check_name(field: &str, name: &str) -> Result<(), ControlError> {
     Err(ControlError::Malformed(format!(
         "{field} must be 1 to {MAX_NAME_LEN} bytes without control characters"
     )))
+}
+
+/// What the [`ReplayGuard`] looks at in a message: who sent it, in which process run, its number in that
+/// run, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp<'a> {
+    /// The sender's name.
+    pub sender: &'a str,
+    /// Random id of the sender's process run.
+    pub incarnation: u64,
+    /// The sender's message counter within its incarnation.
+    pub seq: u64,
+    /// The sender's clock when it sent the message, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+impl<'a> Stamp<'a> {
+    /// The stamp of a control message.
+    pub fn of(message: &'a ControlMessage) -> Self {
+        Stamp {
+            sender: &message.sender,
+            incarnation: message.incarnation,
+            seq: message.seq,
+            sent_at_ms: message.sent_at_ms,
+        }
+    }
 }
 
 /// What the guard remembers of one incarnation of a sender.
@@ -324,12 +358,18 @@ impl ReplayGuard {
     /// Accepts `message` (and remembers it) or says why not. `now_ms` is the receiver's clock,
     /// milliseconds since the Unix epoch.
     pub fn check(&mut self, message: &ControlMessage, now_ms: u64) -> Result<(), ControlError> {
+        self.check_stamp(&Stamp::of(message), now_ms)
+    }
+
+    /// [`ReplayGuard::check`] for any message that carries a [`Stamp`] (the segment messages of
+    /// [`crate::segment`] do).
+    pub fn check_stamp(&mut self, message: &Stamp<'_>, now_ms: u64) -> Result<(), ControlError> {
         let window_ms = u64::try_from(self.limits.freshness.as_millis()).unwrap_or(u64::MAX);
         let too_old = message.sent_at_ms.saturating_add(window_ms) < now_ms;
         let too_new = message.sent_at_ms > now_ms.saturating_add(window_ms);
         if too_old || too_new {
             return Err(ControlError::Stale {
-                sender: message.sender.clone(),
+                sender: message.sender.to_string(),
                 sent_at_ms: message.sent_at_ms,
                 now_ms,
             });
@@ -343,10 +383,10 @@ impl ReplayGuard {
             highest_seq: message.seq,
             last_accepted_ms: now_ms,
         };
-        match self.senders.get_mut(&message.sender) {
-            Some(runs) => admit(runs, seen, message)?,
+        match self.senders.get_mut(message.sender) {
+            Some(runs) => admit(runs, seen, message.sender)?,
             None => {
-                self.senders.insert(message.sender.clone(), vec![seen]);
+                self.senders.insert(message.sender.to_string(), vec![seen]);
             }
         }
         if self.senders.len() > self.limits.max_senders {
@@ -376,10 +416,10 @@ impl ReplayGuard {
 }
 
 /// Records `seen` among a sender's incarnations, or refuses it as a replay.
-fn admit(runs: &mut Vec<SeenIncarnation>, seen: SeenIncarnation, message: &ControlMessage) -> Result<(), ControlError> {
+fn admit(runs: &mut Vec<SeenIncarnation>, seen: SeenIncarnation, sender: &str) -> Result<(), ControlError> {
     match runs.iter_mut().find(|run| run.incarnation == seen.incarnation) {
         Some(run) if seen.highest_seq <= run.highest_seq => Err(ControlError::Replayed {
-            sender: message.sender.clone(),
+            sender: sender.to_string(),
             seq: seen.highest_seq,
         }),
         Some(run) => {

@@ -86,6 +86,13 @@ pub fn encode(key: &SecretKey, kind: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The kind of the frame `bytes` start with, if they start with tern's magic and version (nothing is
+/// authenticated yet: use it only to route bytes to the decoder that will check them).
+pub fn peek_kind(bytes: &[u8]) -> Option<u8> {
+    let header = bytes.get(..HEADER_LEN)?;
+    (header[..3] == MAGIC[..] && header[3] == VERSION).then_some(header[4])
+}
+
 /// Reassembles frames from a byte stream.
 #[derive(Debug)]
 pub struct FrameDecoder {

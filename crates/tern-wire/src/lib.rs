@@ -1,12 +1,16 @@
 //! What crosses tern's process boundaries: shared secret keys (every `--...-key` flag reads the format
-//! `tern keygen` writes), the authenticated frame every TCP protocol uses, and the messages of the
-//! synchronisation protocol (seed 001).
+//! `tern keygen` writes), the authenticated frame every TCP protocol uses, the messages of the
+//! synchronisation protocol (seed 001), and those of the content mover (seed 004: [`mover`], [`assignment`],
+//! the control channel's election messages in [`control`], a segment's registration and reports in
+//! [`segment`], the store-and-forward tree's notifications and reports in [`tree`]).
 
 pub mod assignment;
 pub mod control;
 pub mod frame;
 pub mod key;
 pub mod mover;
+pub mod segment;
 pub mod sync;
+pub mod tree;
 
 pub use key::{KeyError, SecretKey};

@@ -373,6 +373,8 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
         load_balancer: None,
         tls: None,
         ca: None,
+        cluster_key: None,
+        tree: Default::default(),
     };
     let mover = match tern_mover::service::start(config.clone()).await {
         Ok(mover) => mover,
@@ -403,6 +405,8 @@ async fn start_mover_and_nodes(base: &Path, site: &Path, fixed: bool) -> Result<
             superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
             tls: None,
             ca: None,
+            cluster_key: None,
+            tree: Default::default(),
         })
         .await
         .context("node did not start")?;

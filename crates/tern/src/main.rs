@@ -302,6 +302,16 @@ struct MoverArgs {
     /// The HAProxy backend whose servers are the nodes.
     #[arg(long, default_value = "tern", requires = "haproxy")]
     haproxy_backend: String,
+    /// How assignments reach nodes: `tree` (store and forward through the segments' group leaders, so the
+    /// mover sends about one copy; nodes outside led segments get theirs directly; needs the cluster key),
+    /// `star` (the mover sends every node its own copy), or `auto`: the tree when any target is in a
+    /// segment with a group leader.
+    #[arg(long, default_value = "auto", value_name = "auto|tree|star")]
+    delivery: tern_mover::tree_delivery::DeliveryMode,
+    /// The cluster key file (`tern keygen`) every node of the fleet also has: it authenticates the group
+    /// leaders' segment reports (`POST /api/segments/report`) and the store-and-forward tree.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
     /// CA certificate (PEM) that alone vouches for nodes registered with https:// URLs [default: the
@@ -346,6 +356,50 @@ struct NodeArgs {
     /// before the switch (e.g. 60s, 10m; 0s deletes it right after the switch).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     superseded_grace: std::time::Duration,
+    #[command(flatten)]
+    segment: SegmentArgs,
+}
+
+/// The node's network segment: with `--segment`, the node takes part in its LAN's group-leader election
+/// and registration (seed 004's discovery phase) on a multicast control channel, and, when it leads, reports
+/// the segment to the mover.
+#[derive(Args, Debug)]
+struct SegmentArgs {
+    /// The network segment this node belongs to (e.g. a rack or a data centre's LAN); nodes with the same
+    /// segment and control channel elect one group leader. Needs --control-channel and --cluster-key.
+    #[arg(long, value_name = "NAME", requires_all = ["control_channel", "cluster_key"])]
+    segment: Option<String>,
+    /// The segment's control channel: an IPv4 multicast group and port every member listens to, e.g.
+    /// 239.192.0.1:7200.
+    #[arg(long, value_name = "GROUP:PORT", requires = "segment")]
+    control_channel: Option<std::net::SocketAddrV4>,
+    /// The cluster key file (`tern keygen`; the mover's --cluster-key): control messages, registrations,
+    /// reports and the store-and-forward tree carry its tag, so a machine without it can neither vote nor
+    /// lead.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// This node's claim to lead, 0 to 255 (higher is stronger); CPU, free disk, members known and uptime
+    /// break ties.
+    #[arg(long, value_name = "N", default_value_t = tern_node::election::DEFAULT_PRIORITY, requires = "segment")]
+    leader_priority: u8,
+    /// Never become the group leader (the node still follows and registers).
+    #[arg(long, requires = "segment")]
+    never_lead: bool,
+    /// A pre-assigned leader (repeat, strongest first): when given, only these nodes claim leadership.
+    #[arg(long = "preassigned-leader", value_name = "NODE", requires = "segment")]
+    preassigned_leaders: Vec<String>,
+    /// The local IPv4 address of the interface the control channel is on [default: the one the route to
+    /// the group uses].
+    #[arg(long, value_name = "ADDR", requires = "segment")]
+    multicast_interface: Option<std::net::Ipv4Addr>,
+    /// Where the segment is: a time zone such as Europe/London, or a place name; the mover sorts the
+    /// tree's group leaders by it.
+    #[arg(long, value_name = "TZ", requires = "segment")]
+    location: Option<String>,
+    /// UDP address this node takes registrations on when it leads [default: an ephemeral port on
+    /// --multicast-interface, or on every interface].
+    #[arg(long, value_name = "ADDR", requires = "segment")]
+    registration_listen: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -880,6 +934,11 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         }),
         tls: args.tls.config()?,
         ca: args.ca,
+        cluster_key: args.cluster_key.as_deref().map(load_key).transpose()?,
+        tree: tern_mover::tree_delivery::TreeSettings {
+            mode: args.delivery,
+            ..Default::default()
+        },
     };
     let public = config.data.join("mover.pub");
     let mover = tern_mover::service::start(config)
@@ -893,6 +952,13 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
 
 async fn run_node(args: NodeArgs) -> Result<()> {
     let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
+    let cluster_key = args.segment.cluster_key.as_deref().map(load_key).transpose()?;
+    let (mover, ca, root, name) = (
+        args.mover.clone(),
+        args.ca.clone(),
+        args.root.clone(),
+        args.name.clone(),
+    );
     let node = tern_node::agent::start(tern_node::agent::NodeConfig {
         mover: args.mover,
         listen: args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100))),
@@ -910,12 +976,87 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         superseded_grace: args.superseded_grace,
         tls: args.tls.config()?,
         ca: args.ca,
+        cluster_key: cluster_key.clone(),
+        tree: Default::default(),
     })
     .await
     .context("node agent did not start")?;
+    let discovery = match (&args.segment.segment, cluster_key) {
+        (Some(segment), Some(key)) => {
+            let link = NodeLink {
+                mover,
+                ca,
+                root,
+                name,
+                key,
+            };
+            Some(start_discovery(segment, &args.segment, link, &node).await?)
+        }
+        _ => None,
+    };
     stop_on_signal(node.shutdown_token());
     node.wait().await;
+    if let Some(discovery) = discovery {
+        discovery.stop().await;
+    }
     Ok(())
+}
+
+/// What a node's discovery needs from the rest of its settings.
+struct NodeLink {
+    mover: String,
+    ca: Option<PathBuf>,
+    root: PathBuf,
+    name: String,
+    key: tern_wire::SecretKey,
+}
+
+/// Starts the node's group-leader election and registration in `segment` (seed 004's discovery phase),
+/// beside the agent `node`, whose registration it registers with.
+async fn start_discovery(
+    segment: &str,
+    args: &SegmentArgs,
+    link: NodeLink,
+    node: &tern_http::server::Running<std::sync::Arc<tern_node::agent::NodeAgent>>,
+) -> Result<tern_node::discovery::Discovery> {
+    use tern_node::discovery::{DiscoveryConfig, agent_profile};
+    use tern_node::election::ElectionConfig;
+    use tern_node::election::driver::ControlChannel;
+    use tern_node::registration::RegistrationConfig;
+    use tern_node::registration::driver::MoverLink;
+
+    let Some(group) = args.control_channel else {
+        anyhow::bail!("--segment needs --control-channel GROUP:PORT (an IPv4 multicast group, e.g. 239.192.0.1:7200)");
+    };
+    let interface = args.multicast_interface.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    // The real address is the registration socket's; the discovery sets it once bound.
+    let unbound = SocketAddr::from((interface, 0));
+    let mut election = ElectionConfig::new(segment, &link.name, unbound, link.key.clone());
+    election.priority = args.leader_priority;
+    election.never_lead = args.never_lead;
+    election.preassigned = args.preassigned_leaders.clone();
+    let mut registration = RegistrationConfig::new(segment, &link.name, unbound, link.key);
+    registration.location = args.location.clone().unwrap_or_default();
+    let client = tern_http::tls::ClientTls::new(link.ca.as_deref())?.client();
+    let config = DiscoveryConfig {
+        election,
+        registration,
+        channel: ControlChannel::new(group, interface),
+        registration_listen: args.registration_listen.unwrap_or(unbound),
+        mover: Some(MoverLink {
+            url: link.mover,
+            client,
+            timeout: std::time::Duration::from_secs(10),
+        }),
+        root: link.root,
+        measure_every: std::time::Duration::from_secs(10),
+    };
+    let profile = agent_profile(node.role.clone(), node.listen);
+    let discovery = tern_node::discovery::start(config, profile)
+        .await
+        .with_context(|| format!("segment {segment}: discovery did not start"))?;
+    info!(%segment, control_channel = %group, registration = %discovery.address(), "taking part in the segment's election");
+    Ok(discovery)
 }
 
 fn load_key(path: &std::path::Path) -> Result<tern_wire::SecretKey> {

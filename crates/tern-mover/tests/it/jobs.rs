@@ -78,6 +78,8 @@ impl Fleet {
                 load_balancer: self.load_balancer.clone(),
                 tls: None,
                 ca: None,
+                cluster_key: None,
+                tree: Default::default(),
             })
             .await
             .expect("mover"),
@@ -100,6 +102,8 @@ impl Fleet {
             superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
             tls: None,
             ca: None,
+            cluster_key: None,
+            tree: Default::default(),
         })
         .await
         .expect("node")
@@ -361,19 +365,32 @@ async fn a_node_refuses_tampered_or_foreign_assignments_and_nothing_outside_chan
         }
         builder.finish(key, None).expect("finish")
     };
-    let good = sign(&mover_key, vec![Command::Mkdir { path: "ok".into() }]);
+    let good = sign(
+        &mover_key,
+        vec![Command::Mkdir {
+            path: "ok".into(),
+            mode: None,
+            mtime_ns: None,
+        }],
+    );
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x10;
     let foreign = sign(
         &SigningKey::from_bytes(&[99; 32]),
-        vec![Command::Mkdir { path: "ok".into() }],
+        vec![Command::Mkdir {
+            path: "ok".into(),
+            mode: None,
+            mtime_ns: None,
+        }],
     );
     let climbing = sign(
         &mover_key,
         vec![
             Command::Mkdir {
                 path: "../../outside/evil".into(),
+                mode: None,
+                mtime_ns: None,
             },
             Command::Commit,
         ],
@@ -392,7 +409,7 @@ async fn a_node_refuses_tampered_or_foreign_assignments_and_nothing_outside_chan
         ("foreign signature", foreign, "signature"),
         (
             "unsigned garbage",
-            b"TERNASG1 not really".to_vec(),
+            b"TERNASG2 not really".to_vec(),
             "not a tern assignment",
         ),
         ("climbing path", climbing, "refused"),

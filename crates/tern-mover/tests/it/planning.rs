@@ -92,7 +92,7 @@ fn a_site_of_thousands_of_files_reaches_three_nodes_identically() {
 
     // Change some, add some, remove some: the next publish carries only that.
     copy_tree(&staging, &shadow);
-    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan");
+    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan").snapshot;
     std::fs::write(staging.join("section1/page1.html"), "changed").expect("write");
     std::fs::write(staging.join("section2/new.html"), "new page").expect("write");
     std::fs::remove_file(staging.join("section3/page3.html")).expect("rm");
@@ -157,7 +157,7 @@ fn a_small_change_to_a_large_file_sends_a_small_delta() {
     .expect("plan");
     deliver(&node, &base.assignment, 1);
 
-    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan");
+    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan").snapshot;
     let planned = plan(
         &staging,
         &shadow,
@@ -180,4 +180,135 @@ fn a_small_change_to_a_large_file_sends_a_small_delta() {
         std::fs::read(node.live("www").expect("live").join("large.bin")).expect("read"),
         changed
     );
+}
+
+/// A pseudo-random stream that does not compress (`len` bytes).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_renamed_large_file_costs_a_few_hundred_bytes() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    let shadow = area.path().join("shadow");
+    std::fs::create_dir_all(staging.join("media")).expect("mkdir");
+    std::fs::create_dir_all(&shadow).expect("mkdir");
+    let big = noise(5 * 1024 * 1024, 0x5eed);
+    std::fs::write(staging.join("media/big.bin"), &big).expect("write");
+    std::fs::write(staging.join("index.html"), "home").expect("write");
+    let node = Interpreter::new(area.path().join("node"));
+    let first = plan(
+        &staging,
+        &shadow,
+        &Snapshot::new(),
+        &publication(1, "p1"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert!(
+        first.stats.assignment_bytes > big.len() as u64,
+        "the first publish carries the file"
+    );
+    deliver(&node, &first.assignment, 1);
+
+    std::fs::rename(staging.join("media/big.bin"), staging.join("media/renamed big.bin")).expect("mv");
+    let second = plan(
+        &staging,
+        &shadow,
+        &first.snapshot,
+        &publication(2, "p2"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    println!(
+        "a renamed 5 MiB file: assignment of {} bytes ({} commands)",
+        second.stats.assignment_bytes, second.stats.commands
+    );
+    assert_eq!(
+        (second.stats.copied, second.stats.created, second.stats.patched),
+        (1, 0, 0)
+    );
+    assert_eq!(second.stats.removed, 1);
+    assert!(
+        second.stats.assignment_bytes < 1024,
+        "a rename costs a few hundred bytes, not the file: {} bytes",
+        second.stats.assignment_bytes
+    );
+    deliver(&node, &second.assignment, 2);
+    let live = node.live("www").expect("live");
+    assert_eq!(std::fs::read(live.join("media/renamed big.bin")).expect("read"), big);
+    assert!(!live.join("media/big.bin").exists());
+    assert_eq!(
+        scan(&live, &Snapshot::new()).expect("scan").snapshot,
+        second.snapshot,
+        "the node holds exactly the staging tree"
+    );
+
+    // Planning the same tree again finds nothing to do.
+    let third = plan(
+        &staging,
+        &shadow,
+        &second.snapshot,
+        &publication(3, "p3"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert!(third.stats.is_unchanged(), "{:?}", third.stats);
+}
+
+#[cfg(unix)]
+#[test]
+fn what_cannot_be_carried_stops_the_plan_by_name_unless_a_rule_excludes_it() {
+    use std::os::unix::ffi::OsStrExt;
+    use tern_mover::rules::{CompiledRules, Rules};
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    std::fs::create_dir_all(staging.join("run")).expect("mkdir");
+    std::fs::write(staging.join("index.html"), "home").expect("write");
+    std::fs::write(
+        staging.join(std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9.html")),
+        "latin-1",
+    )
+    .expect("write");
+    let _socket = std::os::unix::net::UnixListener::bind(staging.join("run/app.sock")).expect("bind");
+    let attempt = |rules: &Rules| {
+        tern_mover::plan::plan_site(
+            &staging,
+            &area.path().join("shadow"),
+            &Snapshot::new(),
+            &publication(1, "p1"),
+            &PlanPolicy::default(),
+            &key(),
+            AssignmentKind::Publish,
+            Some(&CompiledRules::new(rules).expect("rules")),
+        )
+    };
+    let refused = attempt(&Rules::default()).expect_err("refused").to_string();
+    for named in [
+        "2 entries cannot be published",
+        "`r\\xe9sum\\xe9.html`: the name is not valid UTF-8",
+        "`run/app.sock`: a socket",
+        "--exclude",
+    ] {
+        assert!(refused.contains(named), "the refusal says `{named}`: {refused}");
+    }
+    let rules = Rules {
+        include: Vec::new(),
+        exclude: vec!["run/".into(), "r*sum*.html".into()],
+    };
+    let planned = attempt(&rules).expect("the rest is published");
+    assert_eq!(planned.stats.created, 1);
+    assert!(!planned.snapshot.contains_key("run"));
 }

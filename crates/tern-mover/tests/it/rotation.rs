@@ -103,3 +103,30 @@ async fn a_node_that_misses_a_publish_leaves_the_rotation_until_it_is_caught_up(
     assert!(back_in, "node1 was put back: {:?}", commands.lock().expect("commands"));
     assert_eq!(fleet.live(1), tree(&staging), "and it holds the current site");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_publish_tells_the_load_balancer_nothing() {
+    let (address, commands) = fake_haproxy().await;
+    let balancer = LoadBalancer {
+        api: RuntimeApi::parse(&address),
+        backend: "tern".into(),
+    };
+    let fleet = Fleet::with_load_balancer(2, None, Some(balancer)).await;
+    let staging = fleet.area.path().join("staging");
+    write_site(&staging, 20, "one");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+    let sent = commands.lock().expect("commands").len();
+    assert!(sent >= 2, "the first publish put both nodes in the rotation");
+    for attempt in 1..=2 {
+        let job = fleet.run("publish", Some(&staging)).await;
+        assert_eq!(job["state"], "committed", "unchanged publish {attempt}: {job}");
+        assert_eq!(
+            commands.lock().expect("commands").len(),
+            sent,
+            "no load-balancer command for unchanged publish {attempt}"
+        );
+    }
+    for index in 0..2 {
+        assert_eq!(fleet.live(index), tree(&staging));
+    }
+}

@@ -54,6 +54,8 @@ async fn a_publish_goes_over_https_from_client_to_mover_to_node() {
         load_balancer: None,
         tls: tls(),
         ca: Some(ca_file.clone()),
+        cluster_key: None,
+        tree: Default::default(),
     })
     .await
     .expect("mover starts with TLS");
@@ -74,6 +76,8 @@ async fn a_publish_goes_over_https_from_client_to_mover_to_node() {
         superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
         tls: tls(),
         ca: Some(ca_file.clone()),
+        cluster_key: None,
+        tree: Default::default(),
     })
     .await
     .expect("node starts with TLS");

@@ -242,6 +242,9 @@ async fn run(
                 let now = Instant::now().into_std();
                 election.set_wall_clock(now, unix_ms());
                 match received {
+                    // The segment's registration messages share the channel; the registration's own socket
+                    // takes them (crate::registration::driver).
+                    Ok((len, _from)) if tern_wire::segment::is_segment_datagram(&buffer[..len]) => {}
                     Ok((len, _from)) => outputs = election.handle(Input::Datagram(&buffer[..len]), now),
                     Err(error) => warn!(%node, %error, "control channel receive failed"),
                 }

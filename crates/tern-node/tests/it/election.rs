@@ -1,17 +1,20 @@
-//! Group-leader election (seed 004, Fig. 5) over many nodes: a deterministic simulation of 20 nodes in a
-//! segment over 1,000 seeds of random loss, crashes, restarts and partitions, and the tokio driver on real
-//! multicast over the loopback interface.
+//! Group-leader election (seed 004, Fig. 5) and registration (claims 38–41) over many nodes: a
+//! deterministic simulation of 20 nodes in a segment over 1,000 seeds of random loss, crashes, restarts and
+//! partitions, every node running both cores and the leader reporting to a simulated mover; and the tokio
+//! driver on real multicast over the loopback interface.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tern_node::election::driver::{self, ControlChannel, ElectionHandle};
 use tern_node::election::{Election, ElectionConfig, Input, Output, Resources, State, TimerKind, Timers};
+use tern_node::registration::{self as registration, Registration, RegistrationConfig, RegistrationTimers, Role};
 use tern_wire::SecretKey;
 use tern_wire::control::{self, ControlBody, ControlLimits, ControlMessage, Verified};
+use tern_wire::segment::{self, Profile, ReportAnswer, ReportKind, SegmentBody, SegmentLimits, SegmentMessage};
 
 const NODES: usize = 20;
 const SEEDS: u64 = 1000;
@@ -55,8 +58,31 @@ impl Rng {
 
 enum Event {
     Start(usize),
-    Deliver { to: usize, message: Rc<Verified> },
-    Timer { node: usize, life: u32, kind: TimerKind },
+    Deliver {
+        to: usize,
+        message: Rc<Verified>,
+    },
+    Timer {
+        node: usize,
+        life: u32,
+        kind: TimerKind,
+    },
+    /// A registration (unicast) or registration report (multicast) arrives.
+    DeliverSegment {
+        to: usize,
+        message: Rc<segment::Verified>,
+    },
+    RegistrationTimer {
+        node: usize,
+        life: u32,
+        kind: registration::TimerKind,
+    },
+    /// The mover's answer to a report reaches the leader.
+    Answer {
+        node: usize,
+        life: u32,
+        answer: ReportAnswer,
+    },
     Fault,
     Partition,
     Heal,
@@ -105,12 +131,29 @@ struct Outcome {
     /// From the last fault (crash, restart, healed partition) until one leader was known to every live
     /// node.
     settle: Duration,
+    /// From the last fault until the leader's registration report listed exactly the live nodes, every
+    /// live member had seen itself listed, and the mover's record said the same.
+    registered: Duration,
     /// What the last fault was.
     last_fault: FaultKind,
     events: u64,
 }
 
-/// One segment of `NODES` election cores on a simulated network.
+/// The mover's record of the segment, from the leaders' reports, by the mover's rule
+/// (`tern_mover::segments::admit_report`): a report with a lower term than the record's, from another
+/// leader, is refused unless it lists the recorded leader or the recorded leader has been silent for
+/// `SUPERSEDE_AFTER`; a take-over report adds to the members, the others list them.
+struct MoverRecord {
+    leader: String,
+    term: u64,
+    members: BTreeSet<String>,
+    reported: Instant,
+}
+
+/// The mover's `SUPERSEDE_AFTER`.
+const SUPERSEDE_AFTER: Duration = Duration::from_secs(30);
+
+/// One segment of `NODES` election and registration cores on a simulated network.
 struct Segment {
     epoch: Instant,
     now: Instant,
@@ -120,6 +163,9 @@ struct Segment {
     limits: ControlLimits,
     configs: Vec<ElectionConfig>,
     nodes: Vec<Option<Election>>,
+    registration_configs: Vec<RegistrationConfig>,
+    registrations: Vec<Option<Registration>>,
+    mover: Option<MoverRecord>,
     lives: Vec<u32>,
     /// Partition side of each node: datagrams cross only between nodes on the same side.
     side: Vec<bool>,
@@ -129,6 +175,8 @@ struct Segment {
     order: u64,
     /// A state or leader changed since the last look.
     changed: bool,
+    /// A registration core or the mover's record changed since the last look.
+    registration_changed: bool,
     events: u64,
 }
 
@@ -147,6 +195,10 @@ impl Segment {
                 config.never_lead = never_lead.contains(&index);
                 config
             })
+            .collect::<Vec<ElectionConfig>>();
+        let registration_configs = configs
+            .iter()
+            .map(|config| RegistrationConfig::new("rack-1", config.node.clone(), config.address, key()))
             .collect();
         let mut segment = Segment {
             epoch,
@@ -157,12 +209,16 @@ impl Segment {
             limits: ControlLimits::default(),
             configs,
             nodes: (0..NODES).map(|_| None).collect(),
+            registration_configs,
+            registrations: (0..NODES).map(|_| None).collect(),
+            mover: None,
             lives: vec![0; NODES],
             side: vec![false; NODES],
             last_fault: FaultKind::Restart,
             queue: BinaryHeap::new(),
             order: 0,
             changed: false,
+            registration_changed: false,
             events: 0,
         };
         for index in 0..NODES {
@@ -196,6 +252,16 @@ impl Segment {
         core.handle(Input::Resources(resources), self.now);
         let outputs = core.start(self.now);
         self.nodes[index] = Some(core);
+        let seed = self.rng.next_u64();
+        let config = self.registration_configs[index].clone();
+        let mut registration = Registration::new(config, seed, self.now, self.unix_ms()).expect("config");
+        let profile = Profile {
+            url: format!("http://{}:7100", self.configs[index].address.ip()),
+            cpus: 4,
+            ..Profile::default()
+        };
+        registration.handle(registration::Input::Profile(profile), self.now);
+        self.registrations[index] = Some(registration);
         self.lives[index] += 1;
         self.changed = true;
         self.apply(index, outputs);
@@ -233,8 +299,168 @@ impl Segment {
                     );
                 }
                 Output::CancelTimer => {}
-                Output::StateChanged { .. } | Output::LeaderChanged(_) => self.changed = true,
+                Output::StateChanged { .. } => self.changed = true,
+                Output::LeaderChanged(leader) => {
+                    self.changed = true;
+                    if let Some(core) = self.registrations[from].as_mut() {
+                        let outputs = core.handle(registration::Input::Leader(leader), self.now);
+                        self.apply_registration(from, outputs);
+                    }
+                }
             }
+        }
+    }
+
+    fn apply_registration(&mut self, from: usize, outputs: Vec<registration::Output>) {
+        self.registration_changed = true;
+        for output in outputs {
+            match output {
+                registration::Output::Unicast { to, datagram, .. } => {
+                    let Some(to) = (0..NODES).find(|index| self.configs[*index].address == to) else {
+                        continue;
+                    };
+                    if self.side[to] != self.side[from] || self.rng.chance(self.loss) {
+                        continue;
+                    }
+                    let message = Rc::new(self.open(&datagram));
+                    let delay = self.rng.between(Duration::from_micros(200), Duration::from_millis(3));
+                    self.schedule(self.now + delay, Event::DeliverSegment { to, message });
+                }
+                registration::Output::Multicast { datagram, .. } => {
+                    let message = Rc::new(self.open(&datagram));
+                    for to in (0..NODES).filter(|to| *to != from) {
+                        if self.side[to] != self.side[from] || self.rng.chance(self.loss) {
+                            continue;
+                        }
+                        let delay = self.rng.between(Duration::from_micros(200), Duration::from_millis(3));
+                        let message = Rc::clone(&message);
+                        self.schedule(self.now + delay, Event::DeliverSegment { to, message });
+                    }
+                }
+                registration::Output::Report { message, .. } => {
+                    self.take_report(&message);
+                    let answer = ReportAnswer {
+                        seq: message.seq,
+                        leader_override: None,
+                    };
+                    let life = self.lives[from];
+                    let at = self.now + self.rng.between(Duration::from_millis(1), Duration::from_millis(20));
+                    self.schedule(
+                        at,
+                        Event::Answer {
+                            node: from,
+                            life,
+                            answer,
+                        },
+                    );
+                }
+                registration::Output::SetTimer { timer, at } => {
+                    let life = self.lives[from];
+                    self.schedule(
+                        at,
+                        Event::RegistrationTimer {
+                            node: from,
+                            life,
+                            kind: timer,
+                        },
+                    );
+                }
+                registration::Output::CancelTimer(_) => {}
+                registration::Output::Override(forced) => {
+                    if let Some(core) = self.nodes[from].as_mut() {
+                        let outputs = core.handle(Input::Override(forced), self.now);
+                        self.apply(from, outputs);
+                    }
+                }
+            }
+        }
+    }
+
+    fn open(&self, datagram: &[u8]) -> segment::Verified {
+        segment::decode(&self.key, datagram, &SegmentLimits::default()).expect("own datagram")
+    }
+
+    /// The mover takes a leader's report (HTTP: no loss).
+    fn take_report(&mut self, message: &SegmentMessage) {
+        let SegmentBody::SegmentReport(report) = &message.body else {
+            return;
+        };
+        let superseded = self.mover.as_ref().is_some_and(|record| {
+            message.term < record.term
+                && record.leader != message.sender
+                && report.members.iter().all(|member| member.name != record.leader)
+                && self.now < record.reported + SUPERSEDE_AFTER
+        });
+        if superseded {
+            return;
+        }
+        let mut members: BTreeSet<String> = report.members.iter().map(|member| member.name.clone()).collect();
+        if report.kind == ReportKind::TakeOver
+            && let Some(record) = &self.mover
+        {
+            members.extend(record.members.iter().cloned());
+        }
+        self.mover = Some(MoverRecord {
+            leader: message.sender.clone(),
+            term: message.term,
+            members,
+            reported: self.now,
+        });
+    }
+
+    /// Whether the registration has converged on `leader`: its report lists exactly the live nodes, every
+    /// live member found itself listed (claim 38 (E)), and the mover's record says the same.
+    fn registration_converged(&self, leader: usize) -> bool {
+        let Some(core) = self.registrations[leader].as_ref() else {
+            return false;
+        };
+        let live = || (0..NODES).filter(|index| self.nodes[*index].is_some());
+        let live_count = live().count();
+        let lists_the_live = core.role() == Role::Leader
+            && core.member_count() == live_count
+            && live().all(|index| core.lists(&self.configs[index].node));
+        let everyone_listed = live()
+            .filter(|index| *index != leader)
+            .all(|index| self.registrations[index].as_ref().is_some_and(Registration::listed));
+        let mover_agrees = self.mover.as_ref().is_some_and(|record| {
+            record.leader == self.configs[leader].node
+                && record.members.len() == live_count
+                && live().all(|index| record.members.contains(&self.configs[index].node))
+        });
+        lists_the_live && everyone_listed && mover_agrees
+    }
+
+    /// What keeps the registration from having converged on `leader`, if anything.
+    fn registration_gap(&self, leader: usize) -> Option<String> {
+        let live: BTreeSet<String> = (0..NODES)
+            .filter(|index| self.nodes[*index].is_some())
+            .map(|index| self.configs[index].node.clone())
+            .collect();
+        let Some(core) = self.registrations[leader].as_ref() else {
+            return Some("the leader has no registration core".into());
+        };
+        if core.role() != Role::Leader {
+            return Some(format!("the leader's registration is {}", core.role().as_str()));
+        }
+        let listed: BTreeSet<String> = core.members().into_iter().map(|member| member.name).collect();
+        if listed != live {
+            return Some(format!("the leader lists {listed:?}, live are {live:?}"));
+        }
+        let unlisted: Vec<&str> = (0..NODES)
+            .filter(|index| *index != leader)
+            .filter(|index| self.registrations[*index].as_ref().is_some_and(|core| !core.listed()))
+            .map(|index| self.configs[index].node.as_str())
+            .collect();
+        if !unlisted.is_empty() {
+            return Some(format!("{unlisted:?} have not seen themselves listed"));
+        }
+        match &self.mover {
+            Some(record) if record.leader == self.configs[leader].node && record.members == live => None,
+            Some(record) => Some(format!(
+                "the mover's record: leader {} (term {}), members {:?}",
+                record.leader, record.term, record.members
+            )),
+            None => Some("the mover has no record".into()),
         }
     }
 
@@ -255,6 +481,28 @@ impl Segment {
                 if let Some(core) = self.nodes[to].as_mut() {
                     let outputs = core.handle(Input::Verified(&message), at);
                     self.apply(to, outputs);
+                }
+            }
+            Event::DeliverSegment { to, message } => {
+                if let Some(core) = self.registrations[to].as_mut() {
+                    let outputs = core.handle(registration::Input::Verified(&message), at);
+                    self.apply_registration(to, outputs);
+                }
+            }
+            Event::RegistrationTimer { node, life, kind } => {
+                let current = self.lives[node] == life;
+                if let Some(core) = self.registrations[node].as_mut().filter(|_| current)
+                    && core.timer(kind) == Some(at)
+                {
+                    let outputs = core.handle(registration::Input::Timer(kind), at);
+                    self.apply_registration(node, outputs);
+                }
+            }
+            Event::Answer { node, life, answer } => {
+                let current = self.lives[node] == life;
+                if let Some(core) = self.registrations[node].as_mut().filter(|_| current) {
+                    let outputs = core.handle(registration::Input::ReportAnswered(answer), at);
+                    self.apply_registration(node, outputs);
                 }
             }
             Event::Timer { node, life, kind } => {
@@ -320,6 +568,8 @@ impl Segment {
             FaultKind::CrashOfMember
         };
         self.nodes[victim] = None;
+        self.registrations[victim] = None;
+        self.registration_changed = true;
     }
 
     /// The one node in "GL is me", if every other live node is in "GL known" with it as leader.
@@ -367,6 +617,13 @@ impl Segment {
     }
 }
 
+/// The bound within which, after the last fault, the registration report lists the live members: the
+/// election's bound, then the registration's ([`RegistrationTimers::converge_bound`]). With the defaults,
+/// 127.5 s.
+fn registration_bound() -> Duration {
+    Timers::default().settle_bound() + RegistrationTimers::default().converge_bound()
+}
+
 /// One seed: nodes start within 2 s; 1 to 6 faults (crash, often of the leader, or restart) between 20 s
 /// and 90 s, and half the time a partition of 8 to 40 s starting between 20 s and 80 s; then no more
 /// faults, loss continuing.
@@ -406,24 +663,43 @@ fn run_seed(seed: u64, bound: Duration) -> Result<Outcome, String> {
             .collect();
         return Err(format!("no single leader known to all within {bound:?}: {states:?}"));
     };
+    // The leader stays for `STABLE_FOR`, and meanwhile (or later, within its bound) the registration
+    // converges on it.
     let end = settled_at + STABLE_FOR;
-    while segment.step(end) {
-        if std::mem::take(&mut segment.changed) {
+    let registration_deadline = last_fault + registration_bound();
+    let mut registered_at = segment.registration_converged(leader).then_some(segment.now);
+    while segment.step(end.max(registration_deadline)) {
+        let changed = std::mem::take(&mut segment.changed);
+        let registration_changed = std::mem::take(&mut segment.registration_changed);
+        if changed && segment.now <= end {
             segment.still_led_by(leader)?;
         }
+        if registered_at.is_none() && (changed || registration_changed) && segment.registration_converged(leader) {
+            registered_at = Some(segment.now);
+        }
+        if registered_at.is_some() && segment.now >= end {
+            break;
+        }
     }
-    segment.still_led_by(leader)?;
+    let Some(registered_at) = registered_at else {
+        let gap = segment.registration_gap(leader).unwrap_or_default();
+        return Err(format!(
+            "the registration did not converge within {:?} of the last fault: {gap}",
+            registration_bound()
+        ));
+    };
     Ok(Outcome {
         loss: segment.loss,
         faults,
         settle: settled_at - last_fault,
+        registered: registered_at - last_fault,
         last_fault: segment.last_fault,
         events: segment.events,
     })
 }
 
 #[test]
-fn twenty_nodes_settle_on_one_leader_after_loss_crashes_and_restarts() {
+fn twenty_nodes_settle_on_one_leader_and_register_after_loss_crashes_and_restarts() {
     let seeds: u64 = std::env::var("TERN_ELECTION_SEEDS")
         .ok()
         .and_then(|text| text.parse().ok())
@@ -496,6 +772,43 @@ fn twenty_nodes_settle_on_one_leader_after_loss_crashes_and_restarts() {
         by_kind(FaultKind::Restart),
     );
     assert!(worst.0 <= bound);
+
+    let mut registered: Vec<Duration> = outcomes.iter().map(|outcome| outcome.registered).collect();
+    registered.sort();
+    let mut after_settle: Vec<Duration> = outcomes
+        .iter()
+        .map(|outcome| outcome.registered.saturating_sub(outcome.settle))
+        .collect();
+    after_settle.sort();
+    let slowest = results
+        .iter()
+        .filter_map(|(seed, result)| {
+            result
+                .as_ref()
+                .ok()
+                .map(|outcome| (outcome.registered, *seed, outcome.loss))
+        })
+        .max_by_key(|(registered, _, _)| *registered)
+        .expect("outcomes");
+    println!(
+        "registration simulation: time from the last fault until the leader's registration report lists exactly \
+         the live nodes, each of them has seen itself listed, and the mover's record agrees: median {:.1?}, p99 \
+         {:.1?}, max {:.1?} (seed {}, loss {:.1}%), bound {:?}; after the election settled: median {:.1?}, p99 \
+         {:.1?}, max {:.1?}, bound {:?}",
+        registered[registered.len() / 2],
+        registered[registered.len() * 99 / 100],
+        slowest.0,
+        slowest.1,
+        slowest.2 * 100.0,
+        registration_bound(),
+        after_settle[after_settle.len() / 2],
+        after_settle[after_settle.len() * 99 / 100],
+        after_settle.last().copied().unwrap_or_default(),
+        RegistrationTimers::default().converge_bound(),
+    );
+    assert!(slowest.0 <= registration_bound());
+    let after_settle_max = after_settle.last().copied().unwrap_or_default();
+    assert!(after_settle_max <= RegistrationTimers::default().converge_bound());
 }
 
 #[test]
@@ -503,7 +816,10 @@ fn the_simulation_is_deterministic_by_seed() {
     let bound = Timers::default().settle_bound();
     let first = run_seed(17, bound).expect("seed 17");
     let again = run_seed(17, bound).expect("seed 17");
-    assert_eq!((first.settle, first.events), (again.settle, again.events));
+    assert_eq!(
+        (first.settle, first.registered, first.events),
+        (again.settle, again.registered, again.events)
+    );
 }
 
 /// A multicast group and free port for this test process.

@@ -3,6 +3,7 @@ use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use tern_node::{ApplyError, Interpreter};
+use tern_tree::{Entry, Snapshot, scan};
 use tern_wire::assignment::{Assignment, AssignmentKind, Builder, Command, Limits, decode};
 
 fn signing() -> SigningKey {
@@ -21,7 +22,11 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn publish_v1(interpreter: &Interpreter) {
     let mut builder = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
-    builder.command(Command::Mkdir { path: "docs".into() });
+    builder.command(Command::Mkdir {
+        path: "docs".into(),
+        mode: None,
+        mtime_ns: None,
+    });
     builder
         .create("index.html", Some(0o644), b"<h1>version one</h1>", true)
         .expect("create");
@@ -103,6 +108,8 @@ fn a_failing_assignment_leaves_the_live_site_and_everything_outside_untouched() 
     let attacks: Vec<Command> = vec![
         Command::Mkdir {
             path: "../../outside/new".into(),
+            mode: None,
+            mtime_ns: None,
         },
         Command::Remove {
             path: "/etc/hostname".into(),
@@ -290,4 +297,247 @@ fn tidying_links_the_next_tree_from_live_and_deletes_superseded_versions() {
         .expect("applies to the rolled-back version");
     assert_eq!(tree(&live)["index.html"], b"version 6");
     assert_eq!(tree(&live)["same.txt"], b"unchanged everywhere");
+}
+
+/// The snapshot of a tree (following the root if it is a link, as `live` is).
+fn snapshot(dir: &Path) -> Snapshot {
+    let found = scan(dir, &Snapshot::new()).expect("scan");
+    assert!(found.unsupported.is_empty(), "{:?}", found.unsupported);
+    found.snapshot
+}
+
+fn stat(path: &Path) -> (u32, i64) {
+    let metadata = std::fs::symlink_metadata(path).expect("stat");
+    (tern_tree::mode_bits(&metadata), tern_tree::mtime_ns(&metadata))
+}
+
+const T: i64 = 1_600_000_000_123_456_789;
+
+#[cfg(unix)]
+#[test]
+fn modes_times_directories_and_links_are_made_exactly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    let mut builder = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
+    builder.command(Command::SetMetadata {
+        path: String::new(),
+        mode: Some(0o751),
+        mtime_ns: Some(T),
+    });
+    for (path, mode) in [("private", 0o700), ("uploads", 0o755), ("locked", 0o555)] {
+        builder.command(Command::Mkdir {
+            path: path.into(),
+            mode: Some(mode),
+            mtime_ns: Some(T + 1),
+        });
+    }
+    let empty = tern_wire::assignment::DataRef {
+        offset: 0,
+        len: 0,
+        compression: tern_wire::assignment::Compression::None,
+        size: 0,
+        hash: blake3::hash(b"").to_hex().to_string(),
+    };
+    for (path, mode) in [("private/empty", 0o600), ("locked/run.cgi", 0o755)] {
+        builder.command(Command::Create {
+            path: path.into(),
+            mode: Some(mode),
+            mtime_ns: Some(T + 2),
+            data: empty.clone(),
+        });
+    }
+    builder.command(Command::Symlink {
+        path: "latest".into(),
+        target: "private/empty".into(),
+        mtime_ns: Some(T + 3),
+    });
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).expect("applies");
+    let live = root.path().join("www/live");
+    let mut expected = Snapshot::new();
+    expected.insert(String::new(), Entry::dir(T, 0o751));
+    expected.insert("private".into(), Entry::dir(T + 1, 0o700));
+    expected.insert("uploads".into(), Entry::dir(T + 1, 0o755));
+    expected.insert("locked".into(), Entry::dir(T + 1, 0o555));
+    let nothing = blake3::hash(b"").to_hex().to_string();
+    expected.insert("private/empty".into(), Entry::file(0, T + 2, 0o600, &nothing));
+    expected.insert("locked/run.cgi".into(), Entry::file(0, T + 2, 0o755, &nothing));
+    expected.insert("latest".into(), Entry::link("private/empty", T + 3));
+    assert_eq!(
+        snapshot(&live),
+        expected,
+        "the live tree is exactly what the assignment describes"
+    );
+
+    // Version 2: a chmod alone, a touch alone, a file written into the read-only directory, a renamed file
+    // taken from the live version; the directories written into keep their times.
+    let content = b"the same content under a new name".repeat(40);
+    let mut builder = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    builder
+        .create("uploads/big.bin", Some(0o644), &content, false)
+        .expect("create");
+    builder.command(Command::SetMetadata {
+        path: "uploads/big.bin".into(),
+        mode: None,
+        mtime_ns: Some(T + 4),
+    });
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).expect("applies");
+    assert_eq!(
+        stat(&live.join("uploads")).1,
+        T + 1,
+        "writing into a directory keeps its time"
+    );
+    assert_eq!(stat(&live.join("uploads/big.bin")), (0o644, T + 4));
+
+    let hash = blake3::hash(&content).to_hex().to_string();
+    let mut builder = Builder::new("v3", AssignmentKind::Publish, "www", 3, None, 0);
+    builder.command(Command::Remove {
+        path: "uploads/big.bin".into(),
+    });
+    builder.command(Command::Copy {
+        from: "uploads/big.bin".into(),
+        to: "locked/moved.bin".into(),
+        hash: hash.clone(),
+        mode: None,
+        mtime_ns: None,
+    });
+    builder.command(Command::SetMetadata {
+        path: "locked/run.cgi".into(),
+        mode: Some(0o700),
+        mtime_ns: None,
+    });
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).expect("applies");
+    assert_eq!(std::fs::read(live.join("locked/moved.bin")).expect("moved"), content);
+    assert_eq!(
+        stat(&live.join("locked/moved.bin")),
+        (0o644, T + 4),
+        "a move keeps mode and time"
+    );
+    assert_eq!(
+        stat(&live.join("locked/run.cgi")),
+        (0o700, T + 2),
+        "chmod alone changes the mode only"
+    );
+    assert_eq!(
+        stat(&live.join("locked")),
+        (0o555, T + 1),
+        "the read-only directory is as it was"
+    );
+    assert_eq!(stat(&live.join("uploads")), (0o755, T + 1));
+    assert_eq!(
+        stat(&root.path().join("www/backup/locked/run.cgi")),
+        (0o755, T + 2),
+        "the previous version's inode is untouched"
+    );
+    let root_dir = std::fs::canonicalize(&live).expect("live");
+    assert_eq!(stat(&root_dir), (0o751, T), "the root keeps its mode and time");
+
+    // A copy from a file that is not the one planned is refused.
+    let mut builder = Builder::new("v4", AssignmentKind::Publish, "www", 4, None, 0);
+    builder.command(Command::Copy {
+        from: "locked/run.cgi".into(),
+        to: "x".into(),
+        hash,
+        mode: None,
+        mtime_ns: None,
+    });
+    assert!(matches!(
+        interpreter.apply(&sealed(builder)),
+        Err(ApplyError::SourceMismatch { .. })
+    ));
+
+    // A rollback brings back the previous version with its times (superseding it stamps nothing in it).
+    let before_rollback = snapshot(&root.path().join("www/backup"));
+    let mut rollback = Builder::new("r", AssignmentKind::Rollback, "www", 2, None, 0);
+    rollback.command(Command::Rollback);
+    interpreter.apply(&sealed(rollback)).expect("rolls back");
+    assert_eq!(snapshot(&live), before_rollback);
+}
+
+#[cfg(unix)]
+#[test]
+fn links_that_would_leave_the_site_are_refused() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(area.path().join("root"));
+    publish_v1(&interpreter);
+    for (path, target) in [
+        ("out", "../../../../etc"),
+        ("docs/out", "../.."),
+        ("abs", "/etc/passwd"),
+        ("sneaky", "docs/../../x"),
+    ] {
+        let mut builder = Builder::new("bad", AssignmentKind::Publish, "www", 2, None, 0);
+        builder.command(Command::Symlink {
+            path: path.into(),
+            target: target.into(),
+            mtime_ns: None,
+        });
+        builder.command(Command::Commit);
+        let refused = interpreter.apply(&sealed(builder)).expect_err(target);
+        assert!(
+            matches!(&refused, ApplyError::Link { path: named, .. } if named == path),
+            "{path} -> {target}: {refused}"
+        );
+        assert!(refused.to_string().contains(path), "{refused}");
+    }
+    assert!(!area.path().join("root/www/live/out").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_the_same_validators_for_the_same_file() {
+    use tern_wire::assignment::{Metadata, Packer};
+    let area = tempfile::tempdir().expect("tempdir");
+    let mut content = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
+    content.command(Command::Mkdir {
+        path: "docs".into(),
+        mode: Some(0o755),
+        mtime_ns: Some(T),
+    });
+    let mut packer = Packer::new().expect("packer");
+    for (path, body) in [("index.html", "<h1>home</h1>"), ("docs/guide.html", "<p>guide</p>")] {
+        let metadata = Metadata {
+            mode: Some(0o644),
+            mtime_ns: Some(T + 7),
+        };
+        content.add(packer.whole(path, metadata, body.as_bytes(), true).expect("pack"));
+    }
+    content.command(Command::Commit);
+    let bytes = content.finish(&signing(), None).expect("finish");
+    let mut origins = Vec::new();
+    for n in 0..3 {
+        let interpreter = Interpreter::new(area.path().join(format!("node{n}")));
+        interpreter
+            .apply(&decode(&bytes, &signing().verifying_key(), None, &Limits::default()).expect("verifies"))
+            .expect("applies");
+        origins.push(
+            tern_origin::start(tern_origin::OriginConfig {
+                root: area.path().join(format!("node{n}/www/live")),
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                ..tern_origin::OriginConfig::default()
+            })
+            .await
+            .expect("tern serve"),
+        );
+    }
+    let client = tern_edge::testsuite::client();
+    for file in ["index.html", "docs/guide.html"] {
+        let mut validators = Vec::new();
+        for origin in &origins {
+            let got =
+                tern_edge::testsuite::send(&client, "GET", &format!("http://{}/{file}", origin.listen), &[]).await;
+            assert_eq!(got.status, 200, "{file}");
+            validators.push((got.header("etag").to_string(), got.header("last-modified").to_string()));
+        }
+        assert!(!validators[0].0.is_empty());
+        assert_eq!(
+            validators[0].1, "Sun, 13 Sep 2020 12:26:40 GMT",
+            "the published time, not the node's"
+        );
+        assert!(
+            validators.iter().all(|v| *v == validators[0]),
+            "{file}: every node gives the same ETag and Last-Modified: {validators:?}"
+        );
+    }
 }

@@ -97,6 +97,21 @@ async fn publish_and_rollback_through_the_command_line() {
         assert_eq!(std::fs::read(live.join("index.html")).expect("read"), b"second version");
         assert_eq!(std::fs::read(live.join("css/site.css")).expect("read"), b"body {}");
     }
+    // A re-run of an unchanged publish succeeds and makes no version.
+    let again = tern()
+        .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+        .arg(&staging)
+        .output()
+        .expect("run");
+    assert!(
+        again.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let site = send(&client(), "GET", &format!("{mover_url}/api/sites/www"), &[]).await;
+    let site: serde_json::Value = serde_json::from_slice(&site.body).expect("json");
+    assert_eq!(site["site"]["sequence"], 2, "no version for an unchanged tree: {site}");
     let checkpoint = tern()
         .args(["checkpoint", "create", "--mover", &mover_url, "--site", "www"])
         .output()
@@ -138,7 +153,7 @@ async fn publish_and_rollback_through_the_command_line() {
         );
     }
     let jobs = tern().args(["jobs", "--mover", &mover_url]).output().expect("run");
-    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 4);
+    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 5);
 
     let missing = tern()
         .args([
