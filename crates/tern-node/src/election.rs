@@ -32,7 +32,7 @@ mod state;
 mod tests;
 
 pub use config::{ConfigError, DEFAULT_PRIORITY, ElectionConfig, Resources, Timers};
-pub use counters::{Counters, Refusals};
+pub use counters::{Counters, Refusals, WallClock};
 pub use event::{Input, Leader, Output, TimerKind};
 pub use state::State;
 
@@ -67,7 +67,7 @@ pub struct Election {
     deposed_at: Option<Instant>,
     override_leader: Option<String>,
     resources: Resources,
-    wall_anchor: (Instant, u64),
+    wall_clock: WallClock,
     counters: Counters,
 }
 
@@ -95,7 +95,7 @@ impl Election {
             deposed_at: None,
             override_leader: None,
             resources: Resources::default(),
-            wall_anchor: (now, unix_ms),
+            wall_clock: WallClock::new(now, unix_ms),
             counters: Counters::default(),
         })
     }
@@ -111,7 +111,7 @@ impl Election {
     /// Tells the core the wall clock (milliseconds since the Unix epoch) at `now`; between calls it
     /// advances with `now`.
     pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
-        self.wall_anchor = (now, unix_ms);
+        self.wall_clock = WallClock::new(now, unix_ms);
     }
 
     /// Handles one input and says what to do.
@@ -505,25 +505,12 @@ impl Election {
     }
 
     fn refuse(&mut self, error: &ControlError) {
-        let refused = &mut self.counters.refused;
-        match error.reason() {
-            "bad-tag" => refused.bad_tag += 1,
-            "oversized" => refused.oversized += 1,
-            "stale" => refused.stale += 1,
-            "replayed" => refused.replayed += 1,
-            _ => refused.malformed += 1,
-        }
+        self.counters.refused.count(error);
         debug!(node = %self.config.node, reason = error.reason(), %error, "control message refused");
     }
 
     fn wall_ms(&self, now: Instant) -> u64 {
-        let (anchor, anchor_ms) = self.wall_anchor;
-        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        if now >= anchor {
-            anchor_ms.saturating_add(millis(now - anchor))
-        } else {
-            anchor_ms.saturating_sub(millis(anchor - now))
-        }
+        self.wall_clock.ms_at(now)
     }
 }
 

@@ -42,6 +42,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tern_wire::control::{ControlError, ReplayGuard};
+
+use crate::election::WallClock;
 use tern_wire::segment::{
     self, LeaderOverride, Member, Profile, Registered, RegistrationReport, ReportAnswer, ReportKind, SegmentBody,
     SegmentMessage, SegmentReport,
@@ -68,7 +70,7 @@ pub struct Registration {
     guard: ReplayGuard,
     incarnation: u64,
     seq: u64,
-    wall_anchor: (Instant, u64),
+    wall_clock: WallClock,
     profile: Profile,
     /// The leader as the election last said.
     leader: Option<Leader>,
@@ -106,7 +108,7 @@ impl Registration {
             rng,
             incarnation,
             seq: 0,
-            wall_anchor: (now, unix_ms),
+            wall_clock: WallClock::new(now, unix_ms),
             profile: Profile::default(),
             leader: None,
             listed_by: None,
@@ -124,7 +126,7 @@ impl Registration {
 
     /// Tells the core the wall clock (milliseconds since the Unix epoch) at `now`.
     pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
-        self.wall_anchor = (now, unix_ms);
+        self.wall_clock = WallClock::new(now, unix_ms);
     }
 
     /// Handles one input and says what to do.
@@ -643,24 +645,11 @@ impl Registration {
     }
 
     fn refuse(&mut self, error: &ControlError) {
-        let refused = &mut self.counters.refused;
-        match error.reason() {
-            "bad-tag" => refused.bad_tag += 1,
-            "oversized" => refused.oversized += 1,
-            "stale" => refused.stale += 1,
-            "replayed" => refused.replayed += 1,
-            _ => refused.malformed += 1,
-        }
+        self.counters.refused.count(error);
         debug!(node = %self.config.node, reason = error.reason(), %error, "segment message refused");
     }
 
     fn wall_ms(&self, now: Instant) -> u64 {
-        let (anchor, anchor_ms) = self.wall_anchor;
-        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        if now >= anchor {
-            anchor_ms.saturating_add(millis(now - anchor))
-        } else {
-            anchor_ms.saturating_sub(millis(anchor - now))
-        }
+        self.wall_clock.ms_at(now)
     }
 }
