@@ -285,7 +285,8 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ControlError> {
+/// `Ok` for a [`valid_name`]; else a malformed-message error naming `field`.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ControlError> {
     if valid_name(name) {
         return Ok(());
     }

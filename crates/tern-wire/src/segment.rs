@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::control::{self, ControlError, ControlLimits, Stamp, valid_name};
+use crate::control::{self, ControlError, ControlLimits, Stamp, check_name};
 use crate::frame;
 use crate::key::SecretKey;
 
@@ -434,16 +434,6 @@ fn split<T>(payload: Payload<T>, wrap: impl FnOnce(T) -> SegmentBody) -> (Payloa
 
 fn malformed(message: impl Into<String>) -> ControlError {
     ControlError::Malformed(message.into())
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), ControlError> {
-    if valid_name(name) {
-        return Ok(());
-    }
-    Err(malformed(format!(
-        "{field} must be 1 to {} bytes without control characters",
-        control::MAX_NAME_LEN
-    )))
 }
 
 fn check_text(field: &str, text: &str, max_len: usize) -> Result<(), ControlError> {
