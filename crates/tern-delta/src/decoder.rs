@@ -61,6 +61,11 @@ impl Decoder {
         &self.counters
     }
 
+    /// Counts a failure found before decoding (a delta too large or cut off on its way in).
+    pub fn count_failure(&mut self, error: &DecodeError) {
+        self.counters.fail(error.failure());
+    }
+
     /// The page in the `dcz` `body` against `base`, returned only if its digest is `digest`.
     pub fn decode(&mut self, body: &[u8], base: &Base, digest: Option<&ReprDigest>) -> Result<Vec<u8>, DecodeError> {
         let result = self.rebuild(body, base, digest);

@@ -163,6 +163,12 @@ impl Encoder {
         Ok(())
     }
 
+    /// Counts a page of `page_len` bytes that went whole without reaching [`Encoder::encode`] (too large to
+    /// read whole, for one).
+    pub fn count_full(&mut self, page_len: usize, reason: Fallback) {
+        self.counters.full(page_len, reason);
+    }
+
     /// The answer for `page` (identity bytes) when the edge names `named` (from `Available-Dictionary`).
     pub fn encode(&mut self, page: &[u8], named: Option<BaseId>, store: &mut BaseStore, now: Instant) -> Encoded {
         let digest = ReprDigest::of(page);

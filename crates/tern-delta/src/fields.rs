@@ -35,6 +35,10 @@ pub const REPR_DIGEST: &str = "repr-digest";
 pub const UNENCODED_DIGEST: &str = "unencoded-digest";
 /// The `dcz` content coding (RFC 9842 section 5).
 pub const DCZ: &str = "dcz";
+/// The request field by which an edge tells `tern delta` that it decodes deltas (value `?1`). `tern delta`
+/// encodes only for requests that carry it; an edge removes it from every client's request and sets it
+/// on its own, so a client can never make `tern delta` send a delta that an edge would take for a page.
+pub const TERN_DELTA_EDGE: &str = "tern-delta-edge";
 /// `Vary` of a response that may be `dcz`-coded for a browser (RFC 9842 section 6.2).
 pub const VARY_DCZ: &str = "accept-encoding, available-dictionary";
 /// Longest `Dictionary-ID` and `Use-As-Dictionary: id`, in characters (RFC 9842 section 2.1.3).
@@ -301,6 +305,214 @@ pub fn compression_dictionary_link(base: &BaseId) -> String {
     format!("<{}>; rel=\"compression-dictionary\"", base.well_known_path())
 }
 
+/// The relation type of a link to a dictionary (RFC 9842 section 3).
+pub const COMPRESSION_DICTIONARY: &str = "compression-dictionary";
+
+/// One link-value of a `Link` field (RFC 8288 section 3): its target and where it sits in the field text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LinkValue<'t> {
+    /// The URI reference between `<` and `>`.
+    target: &'t str,
+    /// Whether one of its `rel` relation types is `compression-dictionary` (compared case-insensitively).
+    dictionary: bool,
+    /// Byte range of the whole link-value in the field text.
+    span: (usize, usize),
+}
+
+/// Splits a `Link` field value into its link-values. Lenient as RFC 8288 section 3 asks of parsers: a
+/// malformed link-value is skipped up to the next comma outside quotes, never an error, and never a panic.
+fn link_values(text: &str) -> Vec<LinkValue<'_>> {
+    let bytes = text.as_bytes();
+    let mut values = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        while at < bytes.len() && (bytes[at] == b',' || bytes[at] == b' ' || bytes[at] == b'\t') {
+            at += 1;
+        }
+        if at >= bytes.len() {
+            break;
+        }
+        let start = at;
+        let parsed = (|| {
+            if bytes.get(at) != Some(&b'<') {
+                return None;
+            }
+            let close = at + text[at..].find('>')?;
+            let target = &text[at + 1..close];
+            // A URI reference holds no `<` or space: this `<` was never closed.
+            if target.contains(['<', ' ']) {
+                return None;
+            }
+            at = close + 1;
+            let mut dictionary = false;
+            loop {
+                while at < bytes.len() && (bytes[at] == b' ' || bytes[at] == b'\t') {
+                    at += 1;
+                }
+                match bytes.get(at) {
+                    None | Some(b',') => break,
+                    Some(b';') => at += 1,
+                    Some(_) => return None,
+                }
+                while at < bytes.len() && (bytes[at] == b' ' || bytes[at] == b'\t') {
+                    at += 1;
+                }
+                let name_start = at;
+                while at < bytes.len() && is_tchar(bytes[at]) {
+                    at += 1;
+                }
+                let name = &text[name_start..at];
+                while at < bytes.len() && (bytes[at] == b' ' || bytes[at] == b'\t') {
+                    at += 1;
+                }
+                let mut value = String::new();
+                if bytes.get(at) == Some(&b'=') {
+                    at += 1;
+                    while at < bytes.len() && (bytes[at] == b' ' || bytes[at] == b'\t') {
+                        at += 1;
+                    }
+                    if bytes.get(at) == Some(&b'"') {
+                        at += 1;
+                        loop {
+                            match bytes.get(at) {
+                                None => return None,
+                                Some(b'"') => {
+                                    at += 1;
+                                    break;
+                                }
+                                Some(b'\\') => {
+                                    let escaped = text.get(at + 1..)?.chars().next()?;
+                                    value.push(escaped);
+                                    at += 1 + escaped.len_utf8();
+                                }
+                                Some(_) => {
+                                    let c = text[at..].chars().next()?;
+                                    value.push(c);
+                                    at += c.len_utf8();
+                                }
+                            }
+                        }
+                    } else {
+                        let value_start = at;
+                        while at < bytes.len() && is_tchar(bytes[at]) {
+                            at += 1;
+                        }
+                        value.push_str(&text[value_start..at]);
+                    }
+                }
+                if name.eq_ignore_ascii_case("rel") {
+                    dictionary |= value
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case(COMPRESSION_DICTIONARY));
+                }
+            }
+            Some(LinkValue {
+                target,
+                dictionary,
+                span: (start, at),
+            })
+        })();
+        match parsed {
+            Some(value) => values.push(value),
+            None => {
+                // Skip the malformed link-value: to the next comma outside a quoted string.
+                at = start;
+                let mut quoted = false;
+                while at < bytes.len() {
+                    match bytes[at] {
+                        b'\\' if quoted => at += 1,
+                        b'"' => quoted = !quoted,
+                        b',' if !quoted => break,
+                        _ => {}
+                    }
+                    at += 1;
+                }
+            }
+        }
+    }
+    values
+}
+
+/// RFC 9110 section 5.6.2 `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// The base a link target names: a path made by [`BaseId::well_known_path`], alone or after an
+/// `http://` or `https://` authority.
+fn linked_base(target: &str) -> Option<BaseId> {
+    let path = match target.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+            &rest[rest.find('/')?..]
+        }
+        Some(_) => return None,
+        None => target,
+    };
+    BaseId::from_well_known_path(path)
+}
+
+/// The bases a response announces: `Link` targets with `rel="compression-dictionary"` at the well-known
+/// base path (how `tern delta` tells edges, and the edge tells browsers, which base a class uses now).
+/// Link-values of any other kind, and malformed ones, are ignored.
+pub fn announced_bases(headers: &HeaderMap) -> Vec<BaseId> {
+    let mut found = Vec::new();
+    for line in headers.get_all(http::header::LINK) {
+        let Ok(text) = line.to_str() else {
+            continue;
+        };
+        for value in link_values(text) {
+            if value.dictionary
+                && let Some(id) = linked_base(value.target)
+                && !found.contains(&id)
+            {
+                found.push(id);
+            }
+        }
+    }
+    found
+}
+
+/// Removes the base announcements ([`announced_bases`]) from the `Link` fields of `headers`, keeping every
+/// other link-value as it was written. Returns whether any was removed.
+pub fn remove_announcements(headers: &mut HeaderMap) -> bool {
+    let lines: Vec<http::HeaderValue> = headers.get_all(http::header::LINK).iter().cloned().collect();
+    let mut removed = false;
+    let mut kept_lines = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Ok(text) = line.to_str() else {
+            kept_lines.push(line);
+            continue;
+        };
+        let values = link_values(text);
+        let announcements = values
+            .iter()
+            .filter(|value| value.dictionary && linked_base(value.target).is_some())
+            .count();
+        if announcements == 0 {
+            kept_lines.push(line);
+            continue;
+        }
+        removed = true;
+        let kept: Vec<&str> = values
+            .iter()
+            .filter(|value| !(value.dictionary && linked_base(value.target).is_some()))
+            .map(|value| text[value.span.0..value.span.1].trim())
+            .collect();
+        if !kept.is_empty()
+            && let Ok(value) = http::HeaderValue::from_str(&kept.join(", "))
+        {
+            kept_lines.push(value);
+        }
+    }
+    if removed {
+        headers.remove(http::header::LINK);
+        for line in kept_lines {
+            headers.append(http::header::LINK, line);
+        }
+    }
+    removed
+}
+
 /// A page's SHA-256, as carried by `Repr-Digest` (RFC 9530 section 3) or `Unencoded-Digest`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReprDigest([u8; 32]);
@@ -499,6 +711,56 @@ mod tests {
     }
 
     #[test]
+    fn announcements_are_found_and_removed() {
+        let id = BaseId::of(b"base");
+        let other = BaseId::of(b"other");
+        let mut headers = HeaderMap::new();
+        headers.append(
+            http::header::LINK,
+            HeaderValue::from_str(&format!(
+                "</style.css>; rel=preload; as=style, {}, <https://cdn.example{}>; REL=\"prefetch Compression-Dictionary\"",
+                compression_dictionary_link(&id),
+                other.well_known_path()
+            ))
+            .expect("ascii"),
+        );
+        headers.append(
+            http::header::LINK,
+            HeaderValue::from_static("</dict.bin>; rel=\"compression-dictionary\""),
+        );
+        assert_eq!(announced_bases(&headers), vec![id, other]);
+        assert!(remove_announcements(&mut headers));
+        let kept: Vec<&str> = headers
+            .get_all(http::header::LINK)
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                "</style.css>; rel=preload; as=style",
+                "</dict.bin>; rel=\"compression-dictionary\""
+            ]
+        );
+        assert!(announced_bases(&headers).is_empty());
+        assert!(!remove_announcements(&mut headers));
+    }
+
+    #[test]
+    fn malformed_links_are_skipped() {
+        let id = BaseId::of(b"base");
+        let mut headers = HeaderMap::new();
+        let text = format!(
+            "garbage; rel=\"a,b\", <unterminated, {}, <{}>; rel=preload, <ftp://x{}>; rel=compression-dictionary",
+            compression_dictionary_link(&id),
+            id.well_known_path(),
+            id.well_known_path()
+        );
+        headers.append(http::header::LINK, HeaderValue::from_str(&text).expect("ascii"));
+        assert_eq!(announced_bases(&headers), vec![id]);
+    }
+
+    #[test]
     fn link_to_a_base() {
         let id = BaseId::of(b"base");
         assert_eq!(
@@ -528,6 +790,16 @@ mod tests {
             let field = UseAsDictionary { match_pattern: pattern, match_dest: dests, id, kind: DictionaryType::Raw };
             let text = field.format().expect("visible ascii formats");
             prop_assert_eq!(UseAsDictionary::parse(&text), Ok(field));
+        }
+
+        #[test]
+        fn link_parsing_never_panics(text in "[<>;,=\" a-z/\\\\é.-]{0,80}") {
+            if let Ok(value) = http::HeaderValue::from_str(&text) {
+                let mut headers = HeaderMap::new();
+                headers.append(http::header::LINK, value);
+                let _ = announced_bases(&headers);
+                remove_announcements(&mut headers);
+            }
         }
 
         #[test]

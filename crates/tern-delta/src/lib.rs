@@ -18,8 +18,11 @@
 //!   send the page whole; [`decoder`]: the edge side: the page, only when it matches its digest.
 //! - [`fields`]: `Available-Dictionary`, `Dictionary-ID`, `Use-As-Dictionary` (RFC 9842) and `Repr-Digest`
 //!   (RFC 9530).
+//! - [`holder`]: the edge side's bookkeeping: classes learned from the bases it fetched, the base it names
+//!   upstream for a path, decoding against the bases it holds.
 //! - [`metrics`]: the counters `/metrics` exports on both sides.
 //! - [`safety`]: which responses go to browsers as deltas, and why that is safe against BREACH.
+//! - `role` (feature `role`): the `tern delta` server, the driver around all of the above.
 //!
 //! # Browsers and BREACH
 //!
@@ -37,9 +40,10 @@
 //! Origin side, per request of a class: [`Encoder::offer`] the exchange (kept only if clean),
 //! [`Encoder::encode`] the page against the base named in `Available-Dictionary`, send
 //! [`Encoded::Delta`] as `Content-Encoding: dcz` with the page digest, or the page; then
-//! [`Encoder::rederive`], and announce a [`BaseChange`] to the edges. Edge side: name the class's current
-//! base upstream, [`Decoder::decode_with`] the delta, serve the page only if it decoded and matched, else
-//! fetch it whole.
+//! [`Encoder::rederive`], and announce the class's current base to the edges (`Link`,
+//! [`fields::compression_dictionary_link`]). Edge side ([`Holder`]): learn the announced bases and their
+//! classes, name the class's current base upstream ([`Holder::name_for`]), [`Holder::decode`] the delta,
+//! serve the page only if it decoded and matched, else fetch it whole.
 
 #![forbid(unsafe_code)]
 
@@ -52,7 +56,10 @@ pub mod derive;
 pub mod drift;
 pub mod encoder;
 pub mod fields;
+pub mod holder;
 pub mod metrics;
+#[cfg(feature = "role")]
+pub mod role;
 pub mod safety;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod synthetic;
@@ -66,5 +73,6 @@ pub use derive::{Derivation, Samples};
 pub use drift::{Decision, RatioWindow, Why};
 pub use encoder::{BaseChange, Encoded, Encoder, EncoderConfig, RederiveError};
 pub use fields::{FieldError, ReprDigest, UseAsDictionary};
+pub use holder::{HeldClass, Holder, HolderConfig, LearnError};
 pub use metrics::{DecodeFailure, DecoderCounters, EncoderCounters, Fallback};
 pub use safety::{NoBrowserDelta, browser_delta};

@@ -90,6 +90,8 @@ pub struct EdgeConfig {
     /// Answer requests on the plain listener with `308 Permanent Redirect` to the same URL on
     /// `tls_listen` (`PURGE` is still served there, and the admin listener is unaffected).
     pub redirect_https: bool,
+    /// Differential caching with a `tern delta` upstream (the `[edge.delta]` table; seed 000).
+    pub delta: crate::delta::DeltaSettings,
 }
 
 /// How the edge talks to its origin.
@@ -142,6 +144,7 @@ impl Default for EdgeConfig {
             tls_reload_poll_ms: 5_000,
             tls_handshake_timeout_ms: 10_000,
             redirect_https: false,
+            delta: crate::delta::DeltaSettings::default(),
         }
     }
 }

@@ -6,14 +6,16 @@
 //! optional redirect from one to the other; `https://` origins verified against the system's roots or a
 //! private CA.
 //!
-//! The miss path goes through the [`upstream::Upstream`] seam: the origin today; the cache community
-//! (seeds 002 and 003) and the differential-caching client (seed 000) plug in there.
+//! The miss path goes through the [`upstream::Upstream`] seam: the origin, the cache community (seeds 002
+//! and 003), and the differential-caching client of seed 000 ([`delta`]: pages rebuilt from a base and a
+//! delta sent by `tern delta`, and `dcz` deltas for browsers that hold the base).
 
 pub mod cache_status;
 pub mod catch_up;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
+pub mod delta;
 pub mod metrics;
 pub mod proxy;
 pub mod purge;
@@ -149,12 +151,30 @@ pub async fn start_with(
         )
         .await;
     }
+    let mut metrics = EdgeMetrics::new();
+    let (delta, upstream) = match config.delta.mode {
+        delta::DeltaMode::Off => (None, upstream),
+        _ => {
+            let state = Arc::new(delta::EdgeDelta::new(config.delta.clone(), clock.clone()));
+            metrics
+                .registry
+                .register_collector(Box::new(delta::DeltaCollector(state.clone())));
+            let wrapped: Arc<dyn Upstream> = Arc::new(delta::DeltaUpstream::new(
+                upstream,
+                state.clone(),
+                store.clone(),
+                key_config.clone(),
+            ));
+            (Some(state), wrapped)
+        }
+    };
     let edge = Arc::new(Edge {
         name: config.name.clone(),
         store,
         upstream,
+        delta,
         coalescer: Arc::new(Coalescer::default()),
-        metrics: Arc::new(EdgeMetrics::new()),
+        metrics: Arc::new(metrics),
         purge_auth: PurgeAuth::new(purge_key, config.purge_allow.clone()),
         key_config,
         max_uri_bytes: config.max_uri_bytes,
@@ -336,6 +356,7 @@ impl AdminRoutes for EdgeAdmin {
                 "corrupt_dropped": stats.corrupt_dropped,
             },
             "fills_in_flight": self.edge.coalescer.len(),
+            "delta": self.edge.delta.as_ref().map(|delta| delta.status()),
         })
     }
 

@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub agent: Option<AgentFile>,
     /// Settings of `tern sync`.
     pub sync: Option<SyncFile>,
+    /// Settings of `tern delta`.
+    pub delta: Option<tern_delta::role::DeltaConfig>,
 }
 
 /// The `[agent]` table.
@@ -109,6 +111,40 @@ mod tests {
         assert_eq!(edge.upstream.first_byte_timeout_ms, 10_000);
         let serve = config.serve.expect("serve");
         assert_eq!(serve.rules.len(), 1);
+    }
+
+    #[test]
+    fn delta_tables_parse() {
+        let text = r#"
+            [edge]
+            origin = "http://10.0.0.5:8090"
+            [edge.delta]
+            mode = "on"
+            max_delta = 4096
+
+            [delta]
+            origin = "http://127.0.0.1:9000"
+            offer_interval_ms = 0
+            [[delta.classes]]
+            name = "news"
+            pattern = "/news/*"
+            ratio = 0.05
+        "#;
+        let config: FileConfig = toml::from_str(text).expect("parses");
+        let edge = config.edge.expect("edge");
+        assert_eq!(edge.delta.mode, tern_edge::delta::DeltaMode::On);
+        assert_eq!(edge.delta.max_delta, 4096);
+        let delta = config.delta.expect("delta");
+        let classes = delta.classes().expect("valid classes");
+        assert_eq!(classes[0].policy.rederive.ratio, 0.05);
+        assert!(
+            toml::from_str::<FileConfig>(
+                "[delta]
+clases = []
+"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -57,6 +57,13 @@ enum Command {
     /// Works with tern edges and with any cache that accepts PURGE (Varnish, Squid, nginx with a purge
     /// module).
     Sync(SyncArgs),
+    /// Serve dynamic pages to edges as deltas against a base (differential caching, seed 000).
+    ///
+    /// Runs in front of a dynamic origin, next to it. For pages of a class (--class NAME=PATTERN) it
+    /// answers an edge that names a base it holds with a dcz delta (RFC 9842) and the page's digest, derives
+    /// bases from credential-free responses only, re-derives them when the deltas grow, and announces each
+    /// new base so edges fetch it before they use it. Start edges with `tern edge --origin URL --delta`.
+    Delta(DeltaArgs),
     /// Run the content mover (CCM): plans assignments from a staging tree and delivers them to nodes.
     ///
     /// On first start it creates its signing key in --data and writes the public half to DATA/mover.pub,
@@ -148,6 +155,35 @@ struct EdgeArgs {
     /// CA certificate (PEM) that alone vouches for an https:// --sync-url [default: the system's roots].
     #[arg(long, value_name = "FILE")]
     sync_ca: Option<PathBuf>,
+    /// Differential caching with a `tern delta` upstream: `on` (the flag alone), `auto` (on once the
+    /// upstream announces a base; the default) or `off`.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on")]
+    delta: Option<tern_edge::delta::DeltaMode>,
+}
+
+#[derive(Args, Debug)]
+struct DeltaArgs {
+    /// TOML config file; its `[delta]` table holds every setting, `[[delta.classes]]` the classes with their
+    /// policies (see docs/delta.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address edges send their requests to [default: 127.0.0.1:8090].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The dynamic origin's base URL, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    origin: Option<String>,
+    /// A page class, NAME=PATTERN (repeatable), e.g. news=/news/* ; `*` matches any run of characters.
+    #[arg(long = "class", value_name = "NAME=PATTERN")]
+    classes: Vec<String>,
+    /// Admin listener address for /metrics and /status (keep it private).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// CA certificate (PEM) that alone vouches for an https:// --origin [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    origin_ca: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// HTTPS for a role's listeners: its main listener and its admin listener both serve HTTPS only, with the
@@ -639,6 +675,7 @@ async fn run(command: Command) -> Result<()> {
             mover_client::run_job(&mover, ca.as_deref(), request, true).await
         }
         Command::Sync(args) => run_sync(args).await,
+        Command::Delta(args) => run_delta(args).await,
     }
 }
 
@@ -695,6 +732,9 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     }
     if let Some(ca) = args.sync_ca {
         config.sync_ca = Some(ca);
+    }
+    if let Some(mode) = args.delta {
+        config.delta.mode = mode;
     }
     let memory_only = config.cache_dir.is_none();
     let edge = tern_edge::start(config).await.context("edge did not start")?;
@@ -855,6 +895,41 @@ fn default_agent_state_dir(dir: &std::path::Path) -> PathBuf {
         .parent()
         .unwrap_or(std::path::Path::new("/"))
         .join(".tern-agent")
+}
+
+async fn run_delta(args: DeltaArgs) -> Result<()> {
+    let mut config = FileConfig::load(args.config.as_deref())?.delta.unwrap_or_default();
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(origin) = args.origin {
+        config.origin = origin;
+    }
+    if let Some(admin) = args.admin {
+        config.admin = Some(admin);
+    }
+    if let Some(ca) = args.origin_ca {
+        config.origin_ca = Some(ca);
+    }
+    for definition in &args.classes {
+        let class = tern_delta::role::ClassConfig::parse(definition)
+            .with_context(|| format!("--class {definition}: give NAME=PATTERN, for example news=/news/*"))?;
+        // A class on the command line replaces one of the same name from the file.
+        config.classes.retain(|existing| existing.name != class.name);
+        config.classes.push(class);
+    }
+    if args.tls.tls_cert.is_some() || args.tls.tls_dir.is_some() {
+        config.tls_cert = args.tls.tls_cert;
+        config.tls_key = args.tls.tls_key;
+        config.tls_dir = args.tls.tls_dir;
+    }
+    let delta = tern_delta::role::start(config)
+        .await
+        .context("tern delta did not start")?;
+    stop_on_signal(delta.shutdown_token());
+    delta.wait().await;
+    info!("tern delta stopped");
+    Ok(())
 }
 
 async fn run_sync(args: SyncArgs) -> Result<()> {

@@ -337,6 +337,8 @@ impl Edge {
         // The edge's own server already answered `100 Continue` when it read the body (RFC 9110 section
         // 10.1.1: an intermediary that did so must not forward the expectation).
         headers.remove(header::EXPECT);
+        // Only the edge itself says it decodes deltas (a client saying so would get one stored as a page).
+        headers.remove(crate::delta::EDGE_FIELD);
         if let Some(hit) = validate {
             let stored = &hit.object.meta.headers;
             if let Some(etag) = stored.get(header::ETAG) {

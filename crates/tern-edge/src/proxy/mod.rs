@@ -73,6 +73,8 @@ pub struct Edge {
     pub(crate) name: String,
     pub(crate) store: Arc<Store>,
     pub(crate) upstream: Arc<dyn Upstream>,
+    /// Differential caching (seed 000), unless off.
+    pub(crate) delta: Option<Arc<crate::delta::EdgeDelta>>,
     pub(crate) coalescer: Arc<Coalescer>,
     pub(crate) metrics: Arc<EdgeMetrics>,
     pub(crate) purge_auth: PurgeAuth,
@@ -144,7 +146,14 @@ impl Edge {
             target,
             primary,
         };
-        let response = self.route(request, body).await;
+        let browser = self.delta.as_ref().and_then(|delta| {
+            let plan = delta.browser_plan(&request.method, &request.target, &request.headers)?;
+            Some((delta.clone(), plan))
+        });
+        let mut response = self.route(request, body).await;
+        if let Some((delta, plan)) = browser {
+            response = delta.to_browser(plan, response).await;
+        }
         self.metrics.response_seconds.observe(started.elapsed().as_secs_f64());
         response
     }

@@ -1,6 +1,7 @@
 //! Tests of the `tern` binary as an operator runs it: real processes on loopback.
 
 mod cli;
+mod delta;
 mod mover;
 mod serve;
 mod streaming;

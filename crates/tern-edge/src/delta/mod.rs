@@ -1,0 +1,207 @@
+//! Differential caching at the edge (seed 000, `000_d8b28882ff59355a.txt`: the edge keeps the template of
+//! non-static and personalised pages and receives only the difference). The pieces:
+//!
+//! - [`DeltaUpstream`] (behind the [`crate::upstream::Upstream`] seam): names the base the edge holds for a
+//!   page's class (`Available-Dictionary`), rebuilds the page from base + `dcz` delta, checks it against
+//!   its digest, and fetches the whole page when anything is wrong; learns the bases `tern delta`
+//!   announces (`Link: <...>; rel="compression-dictionary"`), fetching each before naming it, and keeps
+//!   them in the edge's cache as immutable objects. The cache above it sees identity pages with their own
+//!   cache headers: a `private` page is not stored, a base is.
+//! - [`browser`]: browsers (RFC 9842): class pages carry `Link` to the base and `Vary: accept-encoding,
+//!   available-dictionary`; a browser that holds the base and sends `Accept-Encoding: dcz` gets a `dcz`
+//!   delta when [`tern_delta::browser_delta`] allows it (credential-free, shareable responses only).
+//! - `metrics`: `/metrics` ([`DeltaCollector`]) and `/status` ([`EdgeDelta::status`]).
+//!
+//! The bookkeeping (which classes, which bases, what to name) is the sans-IO [`tern_delta::Holder`].
+
+mod body;
+pub mod browser;
+mod metrics;
+mod upstream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+use tern_delta::{DczEncoder, Holder, HolderConfig, Limits, StoreConfig};
+use tracing::info;
+
+pub use metrics::DeltaCollector;
+pub use upstream::DeltaUpstream;
+
+use crate::clock::Clock;
+
+/// The request field by which an edge tells `tern delta` it decodes deltas. The edge removes it from
+/// every client's request (a client could otherwise make `tern delta` send a delta the edge would store
+/// as it is) and sets it on its own requests when differential caching is on.
+pub const EDGE_FIELD: &str = tern_delta::fields::TERN_DELTA_EDGE;
+
+/// Whether the edge speaks differential caching with its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// Never (the upstream's announcements and `Link` fields pass through untouched).
+    Off,
+    /// From the first response that announces a `tern delta` base.
+    #[default]
+    Auto,
+    /// From the start (`--delta`).
+    On,
+}
+
+impl std::str::FromStr for DeltaMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(DeltaMode::Off),
+            "auto" => Ok(DeltaMode::Auto),
+            "on" => Ok(DeltaMode::On),
+            _ => Err(format!("`{text}` is not a delta mode: give on, auto or off")),
+        }
+    }
+}
+
+/// Settings of differential caching at the edge (the `[edge.delta]` table).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeltaSettings {
+    /// `on`, `auto` (on once the upstream announces a base) or `off`.
+    pub mode: DeltaMode,
+    /// Largest `dcz` delta accepted from upstream, bytes (larger: the whole page is fetched).
+    pub max_delta: usize,
+    /// Largest page rebuilt or checked against its digest, bytes.
+    pub max_page: usize,
+    /// Largest zstd window a delta may ask for, as a power of two.
+    pub max_window_log: u32,
+    /// Largest base accepted, bytes (larger bases are refused and their class stays on whole pages).
+    pub max_base: usize,
+    /// Bytes of all bases held in memory for decoding (the cache holds them too).
+    pub max_base_bytes: usize,
+    /// Old bases kept per class while deltas may still name them.
+    pub max_old_bases: usize,
+    /// An old base not named for this long is dropped from memory, seconds.
+    pub retain_unnamed_secs: u64,
+    /// Longest wait for a class's first base before its page is answered whole, milliseconds.
+    pub base_fetch_timeout_ms: u64,
+    /// Whether browsers that hold a base get `dcz` responses (RFC 9842).
+    pub browser_deltas: bool,
+    /// zstd level of browser deltas.
+    pub browser_level: i32,
+    /// Largest page delta-encoded for a browser, bytes.
+    pub browser_max_page: usize,
+}
+
+impl Default for DeltaSettings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        let holder = HolderConfig::default();
+        DeltaSettings {
+            mode: DeltaMode::Auto,
+            max_delta: limits.max_frame,
+            max_page: limits.max_decoded,
+            max_window_log: limits.max_window_log,
+            max_base: holder.max_base,
+            max_base_bytes: holder.store.max_bytes,
+            max_old_bases: holder.store.max_old_per_class,
+            retain_unnamed_secs: holder.store.retain_unnamed.as_secs(),
+            base_fetch_timeout_ms: 5_000,
+            browser_deltas: true,
+            browser_level: tern_delta::encoder::DEFAULT_LEVEL,
+            browser_max_page: 8 << 20,
+        }
+    }
+}
+
+impl DeltaSettings {
+    /// The holder's bounds.
+    pub fn holder(&self) -> HolderConfig {
+        HolderConfig {
+            store: StoreConfig {
+                max_bytes: self.max_base_bytes,
+                max_old_per_class: self.max_old_bases,
+                retain_unnamed: Duration::from_secs(self.retain_unnamed_secs),
+            },
+            limits: Limits {
+                max_frame: self.max_delta,
+                max_decoded: self.max_page,
+                max_window_log: self.max_window_log,
+            },
+            max_base: self.max_base,
+            window: HolderConfig::default().window,
+        }
+    }
+}
+
+/// The edge's differential-caching state, shared by its upstream, its response path and its admin.
+pub struct EdgeDelta {
+    settings: DeltaSettings,
+    active: AtomicBool,
+    holder: Mutex<Holder>,
+    browser_encoder: DczEncoder,
+    counters: metrics::Counters,
+    clock: Arc<dyn Clock>,
+    /// One instant and the clock's time at that instant: the holder's monotonic time is derived from
+    /// the edge's clock, so a test's manual clock ages bases too.
+    anchor: (Instant, SystemTime),
+}
+
+impl std::fmt::Debug for EdgeDelta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeDelta")
+            .field("mode", &self.settings.mode)
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+impl EdgeDelta {
+    /// The state for `settings`, on `clock`.
+    pub fn new(settings: DeltaSettings, clock: Arc<dyn Clock>) -> Self {
+        EdgeDelta {
+            active: AtomicBool::new(settings.mode == DeltaMode::On),
+            holder: Mutex::new(Holder::new(settings.holder())),
+            browser_encoder: DczEncoder::new(settings.browser_level),
+            counters: metrics::Counters::default(),
+            anchor: (Instant::now(), clock.now()),
+            clock,
+            settings,
+        }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &DeltaSettings {
+        &self.settings
+    }
+
+    /// Whether differential caching is on (always with `on`; with `auto` once a base was announced).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Turns differential caching on after the upstream announced a base (mode `auto`).
+    fn activate(&self) {
+        if self.settings.mode != DeltaMode::Off && !self.active.swap(true, Ordering::Relaxed) {
+            info!("the upstream announces tern delta bases: differential caching is on");
+        }
+    }
+
+    /// The holder's time now, from the edge's clock.
+    fn now(&self) -> Instant {
+        let elapsed = self.clock.now().duration_since(self.anchor.1).unwrap_or_default();
+        self.anchor.0 + elapsed
+    }
+
+    /// Runs `work` on the holder.
+    fn with_holder<T>(&self, work: impl FnOnce(&mut Holder) -> T) -> T {
+        let mut holder = self.holder.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut holder)
+    }
+
+    /// The `delta` part of the edge's `/status`: mode, classes with their current base, its age and the
+    /// recent delta ratio, bases held.
+    pub fn status(&self) -> serde_json::Value {
+        metrics::status(self)
+    }
+}

@@ -1,0 +1,564 @@
+//! The edge's side of the long link to `tern delta`, as an [`Upstream`] around the real one. For a page of
+//! a class it holds a base for, it names that base and rebuilds the page from the `dcz` delta; a page comes
+//! out only when it matches the digest `tern delta` sent, otherwise the whole page is fetched again. It
+//! learns announced bases, fetching each (as a delta against the base it holds, when it holds one) before
+//! it names it, and stores them in the edge's cache as immutable objects.
+//!
+//! When it waits for a base: when the page it is answering came whole (the class had no base here, or
+//! `tern delta` no longer holds the one named), it fetches the announced base before answering, so the
+//! next page is a delta; when the page came as a delta, the base it holds still works and the new one is
+//! fetched in the background.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use tern_delta::fields::{
+    self, AVAILABLE_DICTIONARY, DCZ, DICTIONARY_ID, REPR_DIGEST, ReprDigest, UNENCODED_DIGEST, USE_AS_DICTIONARY,
+    UseAsDictionary,
+};
+use tern_delta::{BaseId, DczDecoder, DecodeError, Limits};
+use tern_http::Body;
+use tern_http_cache::policy::{self, UpstreamExchange};
+use tern_http_cache::{
+    BodySource, Directives, KeyConfig, Meta, ObjectId, ResponseDecision, Store, primary_key, vary_values,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::body::{Bounded, chain, read_bounded};
+use super::{EDGE_FIELD, EdgeDelta};
+use crate::upstream::{Upstream, UpstreamError, UpstreamFuture};
+
+/// The differential-caching client in front of the real upstream (`tern delta`).
+pub struct DeltaUpstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Arc<dyn Upstream>,
+    delta: Arc<EdgeDelta>,
+    store: Arc<Store>,
+    key_config: KeyConfig,
+    /// Base fetches under way, each awaited by whoever needs its outcome.
+    fetching: Mutex<HashMap<BaseId, watch::Receiver<bool>>>,
+}
+
+/// Why a base was not taken.
+#[derive(Debug, thiserror::Error)]
+enum BaseFetchError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream answered {0} for the base")]
+    Status(StatusCode),
+    #[error("base body failed or exceeds the limit")]
+    Body,
+    #[error("the base came as a delta against a base this edge does not hold")]
+    NoOlder,
+    #[error("the base's delta does not decode: {0}")]
+    Delta(tern_delta::DczError),
+    #[error("the base has no usable use-as-dictionary field: {0}")]
+    Field(tern_delta::FieldError),
+    #[error(transparent)]
+    Learn(#[from] tern_delta::LearnError),
+    #[error("the edge's cache did not store the base")]
+    NotStored,
+}
+
+impl DeltaUpstream {
+    /// Differential caching in front of `upstream`, with the edge's `store` holding the bases.
+    pub fn new(upstream: Arc<dyn Upstream>, delta: Arc<EdgeDelta>, store: Arc<Store>, key_config: KeyConfig) -> Self {
+        DeltaUpstream {
+            inner: Arc::new(Inner {
+                upstream,
+                delta,
+                store,
+                key_config,
+                fetching: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Upstream for DeltaUpstream {
+    fn fetch(&self, request: Request<Body>) -> UpstreamFuture<'_> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.fetch(request).await })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.upstream.describe()
+    }
+}
+
+/// The request's host (the edge sets `Host` on every upstream request); a cheap copy, read as text only
+/// when a base is fetched or looked up.
+fn host_of(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+fn host_text(host: &HeaderValue) -> &str {
+    host.to_str().unwrap_or_default()
+}
+
+/// Whether `headers` say the body is `dcz`-coded (and only that).
+fn is_dcz(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case(DCZ))
+}
+
+/// Removes what a client said about its own dictionaries: the edge names its own bases upstream.
+fn strip_client_dictionaries(headers: &mut HeaderMap) {
+    headers.remove(AVAILABLE_DICTIONARY);
+    headers.remove(DICTIONARY_ID);
+    let kept: Vec<String> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|member| {
+            let coding = member.split(';').next().unwrap_or_default().trim();
+            !coding.is_empty() && !coding.eq_ignore_ascii_case("dcz") && !coding.eq_ignore_ascii_case("dcb")
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::ACCEPT_ENCODING);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(header::ACCEPT_ENCODING, value);
+    }
+}
+
+impl Inner {
+    async fn fetch(self: &Arc<Self>, mut request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let delta = &self.delta;
+        let host = host_of(request.headers());
+        if !delta.is_active() {
+            let response = self.upstream.fetch(request).await?;
+            return Ok(self.take_announcements(response, &host, None).await);
+        }
+        strip_client_dictionaries(request.headers_mut());
+        request.headers_mut().insert(EDGE_FIELD, HeaderValue::from_static("?1"));
+        let path = request.uri().path().to_string();
+        let is_page = request.method() == Method::GET && BaseId::from_well_known_path(&path).is_none();
+        if !is_page {
+            let response = self.upstream.fetch(request).await?;
+            return Ok(self.take_announcements(response, &host, None).await);
+        }
+        let named = self.name_for(&path, host_text(&host));
+        let again = (request.uri().clone(), request.headers().clone());
+        if let Some(id) = named {
+            let headers = request.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&fields::format_available_dictionary(&id)) {
+                headers.insert(AVAILABLE_DICTIONARY, value);
+            }
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DCZ));
+        }
+        let response = self.upstream.fetch(request).await?;
+        let response = self.take_announcements(response, &host, named).await;
+        if !is_dcz(response.headers()) {
+            let reason = if named.is_some() { "upstream_whole" } else { "no_base" };
+            return self.whole_page(response, reason).await;
+        }
+        let failure = match self.rebuild(response).await {
+            Ok(rebuilt) => return Ok(rebuilt),
+            Err(failure) => failure,
+        };
+        warn!(url = %path, %failure, "delta unusable; fetching the whole page");
+        let (uri, mut headers) = again;
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let mut retry = Request::new(tern_http::empty());
+        *retry.uri_mut() = uri;
+        *retry.headers_mut() = headers;
+        let response = self.upstream.fetch(retry).await?;
+        let response = self.take_announcements(response, &host, None).await;
+        if is_dcz(response.headers()) {
+            return Err(UpstreamError::Failed {
+                upstream: self.upstream.describe(),
+                reason: "the upstream sent a delta when asked for the whole page".into(),
+            });
+        }
+        self.whole_page(response, failure.failure().label()).await
+    }
+
+    /// The base to name for a page at `path` of `host`: its class's current base, if the edge's cache
+    /// still holds it (an evicted or purged base is forgotten, and the page comes whole).
+    fn name_for(&self, path: &str, host: &str) -> Option<BaseId> {
+        let now = self.delta.now();
+        let (_, id) = self.delta.with_holder(|holder| holder.name_for(path, now))?;
+        let key = primary_key("http", host, &id.well_known_path(), &self.key_config);
+        if self.store.find(&key, &HeaderMap::new()).is_some() {
+            return Some(id);
+        }
+        self.delta.with_holder(|holder| holder.forget(&id));
+        self.delta.counters.count(&self.delta.counters.bases_evicted);
+        info!(base = %id, "base no longer in the cache; its class gets whole pages until the base is back");
+        None
+    }
+
+    /// Takes the base announcements off `response` (they are re-added for browsers with the base the edge
+    /// holds), makes a held one current, and fetches one not held: before answering when this page came
+    /// whole, in the background when it came as a delta against `named`.
+    async fn take_announcements(
+        self: &Arc<Self>,
+        mut response: Response<Body>,
+        host: &HeaderValue,
+        named: Option<BaseId>,
+    ) -> Response<Body> {
+        let announced = fields::announced_bases(response.headers());
+        if announced.is_empty() || self.delta.settings.mode == super::DeltaMode::Off {
+            return response;
+        }
+        fields::remove_announcements(response.headers_mut());
+        self.delta.activate();
+        let came_whole = !is_dcz(response.headers());
+        for id in announced {
+            let now = self.delta.now();
+            if self.delta.with_holder(|holder| holder.announce(&id, now)) {
+                continue;
+            }
+            let waiter = self.fetch_base(id, host_text(host).to_string(), named);
+            if came_whole {
+                let timeout = Duration::from_millis(self.delta.settings.base_fetch_timeout_ms);
+                let mut waiter = waiter;
+                if tokio::time::timeout(timeout, waiter.wait_for(|done| *done))
+                    .await
+                    .is_err()
+                {
+                    warn!(base = %id, ?timeout, "base not fetched in time; its class gets whole pages meanwhile");
+                }
+            }
+        }
+        response
+    }
+
+    /// Starts fetching base `id` unless that is under way; the receiver turns true when it is over.
+    fn fetch_base(self: &Arc<Self>, id: BaseId, host: String, older: Option<BaseId>) -> watch::Receiver<bool> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(waiter) = fetching.get(&id) {
+            return waiter.clone();
+        }
+        let (done, waiter) = watch::channel(false);
+        fetching.insert(id, waiter.clone());
+        drop(fetching);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let counters = &inner.delta.counters;
+            match inner.take_base(id, &host, older).await {
+                Ok(source) => {
+                    counters.base_fetched(source);
+                    info!(base = %id, source, "base held; named for its class from now on");
+                }
+                Err(error) => {
+                    counters.count(&counters.base_fetch_failures);
+                    warn!(base = %id, %error, "base not taken; its class keeps its base or gets whole pages");
+                }
+            }
+            inner
+                .fetching
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&id);
+            let _ = done.send(true);
+        });
+        waiter
+    }
+
+    /// Gets base `id` into the holder: from the edge's cache when it is there (after a restart with a disk
+    /// cache), else from upstream (as a delta against `older` when given), then stored in the cache.
+    /// Returns where it came from.
+    async fn take_base(&self, id: BaseId, host: &str, older: Option<BaseId>) -> Result<&'static str, BaseFetchError> {
+        let path = id.well_known_path();
+        let key = primary_key("http", host, &path, &self.key_config);
+        if let Some(hit) = self.store.find(&key, &HeaderMap::new()) {
+            let bytes = match self.store.body(&hit).await {
+                Ok(BodySource::Memory(bytes)) => bytes,
+                Ok(BodySource::File { file, offset, len }) => {
+                    tern_http::file_range(tokio::fs::File::from_std(file), offset, len)
+                        .collect()
+                        .await
+                        .map_err(|_| BaseFetchError::Body)?
+                        .to_bytes()
+                }
+                Err(_) => return Err(BaseFetchError::Body),
+            };
+            let field = use_as_dictionary(&hit.object.meta.headers)?;
+            let base = self.verify(id, &field, bytes).await?;
+            let now = self.delta.now();
+            self.delta.with_holder(|holder| holder.learn_base(base, &field, now))?;
+            return Ok("cache");
+        }
+        let mut request = Request::new(tern_http::empty());
+        *request.uri_mut() = path.parse::<Uri>().map_err(|_| BaseFetchError::Body)?;
+        let headers = request.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, value);
+        }
+        headers.insert(EDGE_FIELD, HeaderValue::from_static("?1"));
+        let older = older.and_then(|older| {
+            self.delta
+                .with_holder(|holder| holder.base(&older).cloned())
+                .filter(|_| older != id)
+        });
+        if let Some(older) = &older
+            && let Ok(value) = HeaderValue::from_str(&fields::format_available_dictionary(&older.id()))
+        {
+            headers.insert(AVAILABLE_DICTIONARY, value);
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DCZ));
+        }
+        let request_time = self.delta.clock.now();
+        let response = self.upstream.fetch(request).await?;
+        let response_time = self.delta.clock.now();
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            return Err(BaseFetchError::Status(parts.status));
+        }
+        let settings = &self.delta.settings;
+        let coded = is_dcz(&parts.headers);
+        let bound = if coded { settings.max_delta } else { settings.max_base };
+        let Bounded::Whole(received) = read_bounded(body, bound).await else {
+            return Err(BaseFetchError::Body);
+        };
+        self.delta.counters.add(&self.delta.counters.base_bytes, received.len());
+        let bytes = if coded {
+            let older = older.ok_or(BaseFetchError::NoOlder)?;
+            let limits = Limits {
+                max_frame: settings.max_delta,
+                max_decoded: settings.max_base,
+                max_window_log: settings.max_window_log,
+            };
+            let decoded = tokio::task::spawn_blocking(move || DczDecoder::new(limits).decode(&received, &older))
+                .await
+                .map_err(|_| BaseFetchError::Body)?;
+            Bytes::from(decoded.map_err(BaseFetchError::Delta)?)
+        } else {
+            received
+        };
+        let field = use_as_dictionary(&parts.headers)?;
+        // Checked before it is stored: the bytes must hash to the id they came under.
+        let base = self.verify(id, &field, bytes.clone()).await?;
+        let mut headers = parts.headers;
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(UNENCODED_DIGEST);
+        headers.remove(header::VARY);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        self.store_base(&key, &path, headers, bytes, request_time, response_time)
+            .await?;
+        let now = self.delta.now();
+        self.delta.with_holder(|holder| holder.learn_base(base, &field, now))?;
+        Ok(if coded { "upstream_delta" } else { "upstream_whole" })
+    }
+
+    /// The base `bytes` make for the class `field` names, if they hash to `id` (hashed off the event loop).
+    async fn verify(
+        &self,
+        id: BaseId,
+        field: &UseAsDictionary,
+        bytes: Bytes,
+    ) -> Result<tern_delta::Base, BaseFetchError> {
+        let (class, max_base) = (field.id.clone(), self.delta.settings.max_base);
+        let verified = tokio::task::spawn_blocking(move || tern_delta::Base::verified(class, bytes, id, max_base))
+            .await
+            .map_err(|_| BaseFetchError::Body)?;
+        Ok(verified.map_err(tern_delta::LearnError::from)?)
+    }
+
+    /// Stores a base in the edge's cache under `key`, as the fill path would store it.
+    async fn store_base(
+        &self,
+        key: &str,
+        path: &str,
+        headers: HeaderMap,
+        bytes: Bytes,
+        request_time: std::time::SystemTime,
+        response_time: std::time::SystemTime,
+    ) -> Result<(), BaseFetchError> {
+        let request = HeaderMap::new();
+        let directives = Directives::default();
+        let exchange = UpstreamExchange {
+            path,
+            request: &request,
+            request_directives: &directives,
+            status: StatusCode::OK,
+            response: &headers,
+            stored: None,
+            request_time,
+            now: response_time,
+        };
+        let ResponseDecision::Store(storing) = policy::decide_storing(&exchange, self.store.policy()) else {
+            return Err(BaseFetchError::NotStored);
+        };
+        let vary = vary_values(&headers, &request);
+        let meta = Meta {
+            url: key.to_string(),
+            status: StatusCode::OK,
+            headers: storing.stored_fields(&headers),
+            vary: vary.clone(),
+            request_time,
+            response_time,
+            body_len: 0,
+            body_hash: [0; 32],
+            surrogate_keys: Vec::new(),
+            invalidated: false,
+        };
+        let ticket = self.store.fetch_ticket();
+        let mut fill = self
+            .store
+            .begin_fill(
+                ObjectId::new(key, &vary),
+                meta,
+                storing.freshness,
+                Some(bytes.len() as u64),
+                ticket,
+            )
+            .await;
+        fill.write(&bytes).await;
+        fill.finish(true).await.map_err(|error| {
+            debug!(%error, "base not stored");
+            BaseFetchError::NotStored
+        })?;
+        Ok(())
+    }
+
+    /// A page rebuilt from a `dcz` response: identity coded, with `Repr-Digest`, or why not.
+    async fn rebuild(&self, response: Response<Body>) -> Result<Response<Body>, DecodeError> {
+        let (mut parts, body) = response.into_parts();
+        let settings = &self.delta.settings;
+        let delta_bytes = match read_bounded(body, settings.max_delta).await {
+            Bounded::Whole(bytes) => bytes,
+            Bounded::Over { .. } => {
+                let error = DecodeError::Dcz(tern_delta::DczError::FrameTooLarge {
+                    len: settings.max_delta.saturating_add(1),
+                    max: settings.max_delta,
+                });
+                self.delta.with_holder(|holder| holder.count_failure(&error));
+                return Err(error);
+            }
+            Bounded::Failed(_) => {
+                let error = DecodeError::Dcz(tern_delta::DczError::Truncated);
+                self.delta.with_holder(|holder| holder.count_failure(&error));
+                return Err(error);
+            }
+        };
+        let digest = ReprDigest::from_headers(&parts.headers, UNENCODED_DIGEST)
+            .ok()
+            .flatten();
+        let delta = self.delta.clone();
+        let received = delta_bytes.len();
+        let now = self.delta.now();
+        let page = tokio::task::spawn_blocking(move || {
+            delta.with_holder(|holder| holder.decode(&delta_bytes, digest.as_ref(), now))
+        })
+        .await
+        .map_err(|_| DecodeError::NoDigest)??;
+        let counters = &self.delta.counters;
+        counters.page(true, received, page.len());
+        let headers = &mut parts.headers;
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(UNENCODED_DIGEST);
+        if let Some(digest) = digest
+            && let Ok(value) = HeaderValue::from_str(&digest.format())
+        {
+            headers.insert(REPR_DIGEST, value);
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(page.len()));
+        Ok(Response::from_parts(parts, tern_http::full(page)))
+    }
+
+    /// A page that came whole: checked against its `Repr-Digest` when it has one and fits the page bound
+    /// (a mismatch is a 502, never the page), counted with `reason`.
+    async fn whole_page(
+        &self,
+        response: Response<Body>,
+        reason: &'static str,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let counters = &self.delta.counters;
+        if response.status() == StatusCode::OK {
+            counters.full_page(reason);
+        }
+        let (parts, body) = response.into_parts();
+        let digest = ReprDigest::from_headers(&parts.headers, REPR_DIGEST).ok().flatten();
+        let checkable = parts.status == StatusCode::OK && digest.is_some();
+        if !checkable {
+            return Ok(Response::from_parts(parts, body));
+        }
+        let page = match read_bounded(body, self.delta.settings.max_page).await {
+            Bounded::Whole(page) => page,
+            Bounded::Over { head, rest } => return Ok(Response::from_parts(parts, chain(head, rest))),
+            Bounded::Failed(error) => {
+                return Err(UpstreamError::Failed {
+                    upstream: self.upstream.describe(),
+                    reason: format!("page body failed: {error}"),
+                });
+            }
+        };
+        let (checked, delta) = (page.clone(), self.delta.clone());
+        let verified = tokio::task::spawn_blocking(move || {
+            delta.with_holder(|holder| holder.verify_full(&checked, digest.as_ref()))
+        })
+        .await;
+        if !matches!(verified, Ok(Ok(()))) {
+            counters.count(&counters.pages_refused);
+            return Err(UpstreamError::Failed {
+                upstream: self.upstream.describe(),
+                reason: "the page does not match its Repr-Digest; not served".into(),
+            });
+        }
+        counters.page(false, page.len(), page.len());
+        Ok(Response::from_parts(parts, tern_http::full(page)))
+    }
+}
+
+/// The `Use-As-Dictionary` field of a base's response.
+fn use_as_dictionary(headers: &HeaderMap) -> Result<UseAsDictionary, BaseFetchError> {
+    let text = headers
+        .get(USE_AS_DICTIONARY)
+        .and_then(|value| value.to_str().ok())
+        .ok_or(BaseFetchError::Field(tern_delta::FieldError::NoMatch))?;
+    UseAsDictionary::parse(text).map_err(BaseFetchError::Field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_dictionaries_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AVAILABLE_DICTIONARY, HeaderValue::from_static(":AAAA:"));
+        headers.insert(DICTIONARY_ID, HeaderValue::from_static("\"news\""));
+        headers.append(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, dcz;q=1, br"));
+        headers.append(header::ACCEPT_ENCODING, HeaderValue::from_static("DCB"));
+        strip_client_dictionaries(&mut headers);
+        assert!(!headers.contains_key(AVAILABLE_DICTIONARY));
+        assert!(!headers.contains_key(DICTIONARY_ID));
+        assert_eq!(
+            headers.get(header::ACCEPT_ENCODING).map(|v| v.as_bytes()),
+            Some(&b"gzip, br"[..])
+        );
+        let mut only = HeaderMap::new();
+        only.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("dcz"));
+        strip_client_dictionaries(&mut only);
+        assert!(!only.contains_key(header::ACCEPT_ENCODING));
+    }
+
+    #[test]
+    fn dcz_is_recognised_alone() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_dcz(&headers));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(" DCZ "));
+        assert!(is_dcz(&headers));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip, dcz"));
+        assert!(!is_dcz(&headers));
+    }
+}
