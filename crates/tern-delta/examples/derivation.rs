@@ -171,7 +171,9 @@ fn main() {
         }
     }
     println!();
-    println!("zstd level and long-distance matching (ldm), latest-response base");
+    println!(
+        "zstd level (its own parameters) and long-distance matching (ldm), latest-response base; the encoder's search: examples/floor.rs --grid"
+    );
     println!(
         "{:<20} {:>5} {:>4} {:>4} {:>9} {:>8} {:>9} {:>9}",
         "workload", "level", "ldm", "gap", "delta B", "% raw", "enc p50", "enc p99"
@@ -180,7 +182,9 @@ fn main() {
     for load in &loads {
         for (level, ldm) in configs {
             for gap in [5, 60] {
-                let encoder = DczEncoder::new(level).with_long_distance(ldm);
+                let encoder = DczEncoder::new(level)
+                    .with_search(tern_delta::dcz::Search::Level)
+                    .with_long_distance(ldm);
                 let mut row = measure(load.as_ref(), Derivation::Latest, gap, &encoder);
                 let pages = row.encode_times.len();
                 println!(

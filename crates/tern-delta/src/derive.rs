@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p tern-delta --example derivation` derives a base from the 8 clean responses of
 //! the 8 minutes before a time t, by each rule, and encodes pages served at t + 5 min and t + 60 min against
-//! it: 12 times t, 4 pages each, zstd level 3 with long-distance matching, on the `synthetic` pages (feature
+//! it: 12 times t, 4 pages each, zstd level 3 with long-distance matching (the encoder's setting when this
+//! was measured; [`crate::encoder::DEFAULT_LEVEL`] has the search it uses now), on the `synthetic` pages (feature
 //! `testsuite`): a 113 KB news home page with a new story every 3 minutes and counters that change every
 //! minute; personalised account pages against the anonymous page; product pages of one template, a
 //! different product each time; a 151 KB price list whose rows change at 1% a minute. Delta bytes as % of

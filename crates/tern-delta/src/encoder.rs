@@ -14,29 +14,43 @@ use bytes::Bytes;
 use crate::base::{BaseError, BaseId, BaseStore, StoreError};
 use crate::candidate::{self, Exchange, NotCandidate};
 use crate::class::Class;
-use crate::dcz::DczEncoder;
+use crate::dcz::{DczEncoder, PreparedBase};
 use crate::derive::{self, Samples};
 use crate::drift::{self, Decision, RatioWindow, Why};
 use crate::fields::ReprDigest;
 use crate::metrics::{EncoderCounters, Fallback};
 
-/// zstd level of deltas, with long-distance matching. Measured with `cargo run --release -p tern-delta
-/// --example derivation` (latest-response base, delta % of page at 5 / 60 min, encode p50):
+/// zstd level of deltas; below level 10 the encoder searches with [`crate::dcz::Search::Delta`]
+/// (`lazy2`, 8 candidates, matches of 5 bytes and more) instead of the level's own match finder, and
+/// without long-distance matching. Measured with `cargo run --release -p tern-delta --features testsuite
+/// --example floor -- --grid` on the benchmark's page pairs (`tern-lab bench delta`: each page against
+/// the page one interval earlier, or another product's page; 30 pairs each): mean delta bytes, `dcz`
+/// header included, and encode CPU time p50 / p99 of the 113 KB news pages:
 ///
-/// | level, ldm | news 113 KB | price list 151 KB | product 30 KB |
-/// |---|---|---|---|
-/// | 1, on | 1.14 / 6.71%, 287 us | 0.62 / 5.78%, 380 us | 5.36 / 5.26%, 104 us |
-/// | **3, on** | 1.09 / 6.50%, 340 us | 0.61 / 5.52%, 432 us | 5.15 / 5.05%, 118 us |
-/// | 3, off | 1.11 / 6.80%, 181 us | 0.78 / 6.23%, 227 us | 5.17 / 5.07%, 84 us |
-/// | 6, on | 1.01 / 5.87%, 641 us | 0.62 / 4.97%, 770 us | 4.83 / 4.74%, 226 us |
-/// | 9, off | 0.93 / 5.86%, 544 us | 0.54 / 4.31%, 738 us | 4.75 / 4.66%, 223 us |
-/// | 19, off | 0.88 / 5.29%, 12.4 ms | 0.51 / 3.72%, 48 ms | 4.62 / 4.52%, 2.3 ms |
+/// | zstd parameters | news 5 / 60 min | calm 5 / 60 min | product | price list 5 / 60 min | encode p50 / p99 |
+/// |---|---|---|---|---|---|
+/// | level 3, ldm (the encoder before) | 1094 / 7271 | 557 / 1276 | 1530 | 774 / 8178 | 307 / 376 us |
+/// | level 3 | 1088 / 7593 | 430 / 1263 | 1537 | 963 / 9184 | 170 / 238 us |
+/// | level 6 | 954 / 6510 | 398 / 1107 | 1435 | 714 / 6858 | 576 / 724 us |
+/// | level 9 | 923 / 6501 | 348 / 1061 | 1415 | 692 / 6376 | 688 / 1246 us |
+/// | level 9, ldm | 1018 / 6567 | 474 / 1158 | 1420 | 774 / 6971 | 655 / 1433 us |
+/// | level 19, ldm | 875 / 5881 | 382 / 1009 | 1371 | 640 / 5508 | 12.4 / 17.1 ms |
+/// | lazy2, search 2, minMatch 5 | 952 / 6730 | 350 / 1090 | 1444 | 710 / 6656 | 332 / 632 us |
+/// | lazy2, search 4, ldm | 1043 / 6756 | 477 / 1190 | 1423 | 776 / 7016 | 546 / 1124 us |
+/// | **level 3, delta search** | 923 / 6506 | 347 / 1063 | 1426 | 699 / 6527 | 355 / 687 us |
 ///
-/// Level 3 with long-distance matching keeps a 100 KB page well inside issue 12's 1 ms encode budget;
-/// higher levels save 5 to 20% of a delta at two to a hundred times the time. Long-distance matching costs
-/// about 150 us and is what saves a list page of similar rows (21% at 5 min here, 4x on a bare list, see
-/// [`crate::dcz::DczEncoder`]).
+/// The delta search makes deltas 7 to 38% smaller than the earlier level 3 with long-distance matching,
+/// as small as level 9's at half its time, within issue 12's 1 ms for a 100 KB page; level 19 with
+/// long-distance matching is 4 to 16% smaller on all but the calm page at 5 minutes (10% larger there),
+/// at 35 times the time. One kind of page loses: a bare list of 2,000 lines that differ only in their
+/// number, five new (238 bytes against 107 with the earlier setting; both about 0.2% of the page). What is left above zstd's best is small next to what the
+/// workload's change itself costs: `crate::floor` (feature `testsuite`) and the README's performance
+/// section measure it.
 pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Bases an [`Encoder`] keeps loaded: the class's current base and the one before it, which edges name
+/// while they fetch the new one.
+pub const PREPARED_BASES: usize = 2;
 
 /// Bounds and tuning of an [`Encoder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +130,9 @@ pub struct Encoder {
     class: Class,
     config: EncoderConfig,
     dcz: DczEncoder,
+    /// The bases pages were last encoded against, loaded once ([`DczEncoder::prepare`]), the most
+    /// recently used last; at most [`PREPARED_BASES`].
+    prepared: Vec<PreparedBase>,
     samples: Samples,
     ratios: RatioWindow,
     last_change: Option<Instant>,
@@ -127,6 +144,7 @@ impl Encoder {
     pub fn new(class: Class, config: EncoderConfig) -> Self {
         Encoder {
             dcz: DczEncoder::new(config.level),
+            prepared: Vec::new(),
             samples: Samples::new(class.policy.samples),
             ratios: RatioWindow::new(class.policy.rederive.window),
             last_change: None,
@@ -199,7 +217,7 @@ impl Encoder {
         if base.class() != self.class.name {
             return Err(Fallback::OtherClass);
         }
-        let body = self.dcz.encode(&base, page).map_err(|_| Fallback::EncodeFailed)?;
+        let body = self.encode_against(&base, page).map_err(|_| Fallback::EncodeFailed)?;
         if store.current(&self.class.name).map(|current| current.id()) == Some(named) {
             self.ratios.record(named, body.len(), page.len());
         }
@@ -207,6 +225,25 @@ impl Encoder {
             return Err(Fallback::NotSmaller);
         }
         Ok((body, named))
+    }
+
+    /// `page` against `base`, with the base's prepared context (made on its first page; the least recently
+    /// used one goes when [`PREPARED_BASES`] are held).
+    fn encode_against(&mut self, base: &crate::base::Base, page: &[u8]) -> Result<Vec<u8>, crate::DczError> {
+        let index = match self.prepared.iter().position(|prepared| prepared.id() == base.id()) {
+            Some(index) => index,
+            None => {
+                if self.prepared.len() >= PREPARED_BASES {
+                    self.prepared.remove(0);
+                }
+                self.prepared.push(self.dcz.prepare(base)?);
+                self.prepared.len() - 1
+            }
+        };
+        let mut prepared = self.prepared.remove(index);
+        let body = self.dcz.encode_prepared(&mut prepared, page);
+        self.prepared.push(prepared);
+        body
     }
 
     /// Whether `base` still gives the clean response `latest` a delta within the rule's ratio.
@@ -362,6 +399,34 @@ mod tests {
         );
         assert_eq!(counters.sent_bytes, (first.len() + body.len()) as u64);
         assert!(encoder.recent_ratio(&store).is_some_and(|ratio| ratio < 0.05));
+    }
+
+    #[test]
+    fn pages_against_several_bases_keep_decoding() {
+        let now = Instant::now();
+        let mut store = BaseStore::new(StoreConfig::default());
+        let mut encoder = Encoder::new(news_class(RederiveRule::default()), EncoderConfig::default());
+        let bases: Vec<Base> = (0..3u32)
+            .map(|n| Base::new("news", page(n * 100..n * 100 + 150), 1 << 20).expect("valid"))
+            .collect();
+        for base in &bases {
+            store.insert_current(base.clone(), now).expect("fits");
+        }
+        let mut decoder = DczDecoder::new(Limits::default());
+        // More bases than the encoder keeps loaded, in turns: each page still decodes against its base.
+        for round in 0..3u32 {
+            for (n, base) in bases.iter().enumerate() {
+                let start = n as u32 * 100 + round + 1;
+                let next = page(start..start + 150);
+                let Encoded::Delta { body, base: used, .. } = encoder.encode(&next, Some(base.id()), &mut store, now)
+                else {
+                    panic!("expected a delta");
+                };
+                assert_eq!(used, base.id());
+                assert_eq!(decoder.decode(&body, base).expect("decodes"), next);
+                assert!(encoder.prepared.len() <= PREPARED_BASES);
+            }
+        }
     }
 
     #[test]

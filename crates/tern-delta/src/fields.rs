@@ -230,6 +230,24 @@ pub struct UseAsDictionary {
 }
 
 impl UseAsDictionary {
+    /// The field for a page that serves as the dictionary of the next version of its own URL: a pattern
+    /// that matches exactly `path` (its URL Pattern special characters escaped), `document` requests.
+    pub fn for_page(path: &str) -> Self {
+        let mut pattern = String::with_capacity(path.len() + 8);
+        for c in path.chars() {
+            if matches!(c, '*' | ':' | '(' | ')' | '{' | '}' | '+' | '?' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        UseAsDictionary {
+            match_pattern: pattern,
+            match_dest: vec!["document".to_string()],
+            id: String::new(),
+            kind: DictionaryType::Raw,
+        }
+    }
+
     /// The field for the base of `class`: its pattern, `document` requests, the class name as `id`.
     pub fn for_class(class: &Class) -> Self {
         UseAsDictionary {
@@ -578,6 +596,18 @@ impl ReprDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_dictionary_matches_its_own_path_only() {
+        let field = UseAsDictionary::for_page("/p/a*b:c(1)");
+        assert_eq!(field.match_pattern, "/p/a\\*b\\:c\\(1\\)");
+        let text = field.format().expect("formats");
+        assert_eq!(UseAsDictionary::parse(&text).expect("parses"), field);
+        assert_eq!(
+            UseAsDictionary::for_page("/news/today.html").match_pattern,
+            "/news/today.html"
+        );
+    }
     use http::HeaderValue;
     use proptest::prelude::*;
 

@@ -56,6 +56,8 @@ pub mod derive;
 pub mod drift;
 pub mod encoder;
 pub mod fields;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod floor;
 pub mod holder;
 pub mod metrics;
 #[cfg(feature = "role")]
@@ -67,7 +69,7 @@ pub mod synthetic;
 pub use base::{Base, BaseError, BaseId, BaseStore, StoreConfig, StoreError};
 pub use candidate::{Exchange, NotCandidate};
 pub use class::{Class, ClassError, ClassPolicy, Classes, Pattern, RederiveRule};
-pub use dcz::{DczDecoder, DczEncoder, DczError, Limits};
+pub use dcz::{DczDecoder, DczEncoder, DczError, Limits, PreparedBase};
 pub use decoder::{DecodeError, Decoder};
 pub use derive::{Derivation, Samples};
 pub use drift::{Decision, RatioWindow, Why};
@@ -75,4 +77,4 @@ pub use encoder::{BaseChange, Encoded, Encoder, EncoderConfig, RederiveError};
 pub use fields::{FieldError, ReprDigest, UseAsDictionary};
 pub use holder::{HeldClass, Holder, HolderConfig, LearnError};
 pub use metrics::{DecodeFailure, DecoderCounters, EncoderCounters, Fallback};
-pub use safety::{NoBrowserDelta, browser_delta};
+pub use safety::{NoBrowserDelta, browser_delta, shareable_page};

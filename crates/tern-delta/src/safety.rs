@@ -54,7 +54,8 @@ pub enum NoBrowserDelta {
 }
 
 /// Whether `response` to `request` (of `class`) may go to the browser as a `dcz` delta; see the module
-/// header for the rule and why it is safe. The encoder then still needs the named base to be the class's.
+/// header for the rule and why it is safe. The encoder then still needs the named dictionary to be the
+/// class's base or a page of the class ([`shareable_page`]).
 pub fn browser_delta(
     class: &Class,
     request: &HeaderMap,
@@ -72,6 +73,26 @@ pub fn browser_delta(
     }
     if !same_origin_or_readable(request, response) {
         return Err(NoBrowserDelta::CrossSite);
+    }
+    shareable_page(class, request, status, response)
+}
+
+/// Whether `response` to `request` (of `class`) is a page any anonymous client gets for its URL: a
+/// credential-free request, a 200 that sets no cookie, is neither `private` nor `no-store`, does not vary
+/// on credentials and is not content-coded. Such a page may itself serve as a browser's dictionary for
+/// the next version of its URL (`Use-As-Dictionary`, RFC 9842 section 2.1): it holds no secret, as a base
+/// holds none (rule 1 of the module header).
+pub fn shareable_page(
+    class: &Class,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+) -> Result<(), NoBrowserDelta> {
+    if !class.policy.browser_deltas {
+        return Err(NoBrowserDelta::ClassDisabled);
+    }
+    if request.contains_key(header::COOKIE) || request.contains_key(header::AUTHORIZATION) {
+        return Err(NoBrowserDelta::Credentials);
     }
     if status != StatusCode::OK {
         return Err(NoBrowserDelta::Status);

@@ -129,6 +129,17 @@ fn rare_word(n: u64) -> String {
     (0..syllables).map(|_| rng.pick(SYLLABLES)).collect()
 }
 
+/// Rare words [`prose`] draws from.
+const RARE_WORDS: u64 = 2000;
+
+/// The information of one word of [`prose`], in bits: a rare word one time in five (one of
+/// [`RARE_WORDS`]), else one of [`COMMON`].
+fn prose_word_bits() -> f64 {
+    let rare = 0.2 / RARE_WORDS as f64;
+    let common = 0.8 / COMMON.len() as f64;
+    -(0.2 * rare.log2() + 0.8 * common.log2())
+}
+
 /// `count` words of text-like prose: mostly common words, a few from a rare vocabulary.
 fn prose(rng: &mut Rng, count: usize) -> String {
     let mut text = String::new();
@@ -137,7 +148,7 @@ fn prose(rng: &mut Rng, count: usize) -> String {
             text.push(' ');
         }
         if rng.below(5) == 0 {
-            text.push_str(&rare_word(rng.below(2000)));
+            text.push_str(&rare_word(rng.below(RARE_WORDS)));
         } else {
             text.push_str(rng.pick(COMMON));
         }
@@ -232,6 +243,29 @@ impl News {
     pub fn with_redesign_at(mut self, minute: u64) -> Self {
         self.redesign_at = Some(minute);
         self
+    }
+
+    /// The information, in bits, of the random draws behind what the page at `to` shows and the page at
+    /// `from` does not (`from` < `to`, no redesign between): each new story's title and summary (words
+    /// drawn from 69 common words and a 2,000-word rare vocabulary), section and related links;
+    /// the ticker's eight quotes when the minute changed; the most-read order when its ten minutes did.
+    /// Comment counts and clocks are functions of the minute and cost nothing. No coder, even one that
+    /// knows this generator's word lists and their odds, can send the change in fewer bits.
+    pub fn new_information_bits(&self, from: u64, to: u64) -> f64 {
+        let word = prose_word_bits();
+        let new_stories = (to / self.story_every).saturating_sub(from / self.story_every) as f64;
+        let per_story = (8.0 + 140.0) * word + 30f64.log2() + 3.0 * 40f64.log2();
+        let ticker = if to != from {
+            8.0 * (5000f64 * 100.0).log2()
+        } else {
+            0.0
+        };
+        let most_read = if to / 10 != from / 10 {
+            (51..=60).map(|n| f64::from(n).log2()).sum()
+        } else {
+            0.0
+        };
+        new_stories * per_story + ticker + most_read
     }
 
     fn story_title(&self, story: u64) -> String {

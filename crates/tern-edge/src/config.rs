@@ -92,6 +92,8 @@ pub struct EdgeConfig {
     pub redirect_https: bool,
     /// Differential caching with a `tern delta` upstream (the `[edge.delta]` table; seed 000).
     pub delta: crate::delta::DeltaSettings,
+    /// The cache community this edge joins (the `[edge.community]` table; seeds 002, 003); none: alone.
+    pub community: Option<crate::community::CommunitySettings>,
 }
 
 /// How the edge talks to its origin.
@@ -145,6 +147,7 @@ impl Default for EdgeConfig {
             tls_handshake_timeout_ms: 10_000,
             redirect_https: false,
             delta: crate::delta::DeltaSettings::default(),
+            community: None,
         }
     }
 }

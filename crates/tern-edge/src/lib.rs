@@ -14,6 +14,7 @@ pub mod cache_status;
 pub mod catch_up;
 pub mod clock;
 pub mod coalesce;
+pub mod community;
 pub mod config;
 pub mod delta;
 pub mod metrics;
@@ -35,7 +36,7 @@ use tern_admin::{AdminRequest, AdminRoutes, ResponseFuture, json, json_error};
 use tern_http::Body;
 use tern_http::server::{Handler, ServerLimits, serve_with};
 use tern_http::tls::{CertStore, ClientTls, TlsConfig, TlsError};
-use tern_http_cache::{KeyConfig, PolicyConfig, PurgeCount, Store, StoreConfig, primary_key};
+use tern_http_cache::{KeyConfig, PolicyConfig, Store, StoreConfig};
 use tern_wire::SecretKey;
 use tracing::info;
 
@@ -168,8 +169,26 @@ pub async fn start_with(
             (Some(state), wrapped)
         }
     };
+    let (community, upstream) = match &config.community {
+        None => (None, upstream),
+        Some(settings) => {
+            let (community, listener) = community::start(settings, config.cache_size, &store, clock.clone()).await?;
+            community.metrics.register(&mut metrics.registry);
+            let wrapped: Arc<dyn Upstream> = Arc::new(community::CommunityUpstream::new(
+                upstream,
+                community.clone(),
+                key_config.clone(),
+                config.upstream.idle_body_timeout(),
+            ));
+            (Some((community, listener)), wrapped)
+        }
+    };
+    // Until the edge is serving, a failure below stops the community driver too: otherwise it would stay
+    // in the community as a peer with no edge behind it.
+    let mut driver_guard = StopOnDrop(community.as_ref().map(|(community, _)| community.handle.clone()));
     let edge = Arc::new(Edge {
         name: config.name.clone(),
+        community: community.as_ref().map(|(community, _)| community.clone()),
         store,
         upstream,
         delta,
@@ -237,6 +256,30 @@ pub async fn start_with(
         running.tls = Some(bound);
         info!(listen = %bound, certificates = %certs.describe(), "edge serves HTTPS");
     }
+    if let Some((community, listener)) = community {
+        let handler = Arc::new(community::PeerHandler {
+            edge: edge.clone(),
+            community: community.clone(),
+        });
+        running.spawn(serve_with(
+            listener,
+            handler,
+            ServerLimits {
+                max_header_bytes: config.max_header_bytes,
+                max_header_fields: config.max_header_fields,
+                ..ServerLimits::default()
+            },
+            None,
+            running.shutdown_token(),
+        ));
+        // On shutdown (SIGTERM) the edge leaves its community: a master nominates its successor first.
+        let shutdown = running.shutdown_token();
+        running.spawn(async move {
+            shutdown.cancelled().await;
+            community.handle.leave().await;
+        });
+    }
+    driver_guard.0 = None;
     let stats = edge.store.stats();
     info!(
         listen = %running.listen,
@@ -248,6 +291,17 @@ pub async fn start_with(
         "edge started"
     );
     Ok(running)
+}
+
+/// Stops a community driver when dropped (a start that failed half-way).
+struct StopOnDrop(Option<tern_community::driver::CommunityHandle>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.stop();
+        }
+    }
 }
 
 /// The TLS settings of `config`, checked: certificates and an HTTPS address come together.
@@ -293,7 +347,8 @@ impl Handler for EdgeHandler {
         {
             return permanent_redirect(&location);
         }
-        let request = request.map(|body| body.map_err(Into::into).boxed());
+        let mut request = request.map(|body| body.map_err(Into::into).boxed());
+        community::strip_client_fields(request.headers_mut());
         self.edge.handle(request, client).await
     }
 }
@@ -357,6 +412,7 @@ impl AdminRoutes for EdgeAdmin {
             },
             "fills_in_flight": self.edge.coalescer.len(),
             "delta": self.edge.delta.as_ref().map(|delta| delta.status()),
+            "community": self.edge.community.as_ref().map(|community| community.status()),
         })
     }
 
@@ -366,6 +422,9 @@ impl AdminRoutes for EdgeAdmin {
 
     fn refresh_metrics(&self) {
         self.edge.metrics.set_store(&self.edge.store.stats());
+        if let Some(community) = &self.edge.community {
+            community.metrics.refresh(&community.handle.snapshot());
+        }
     }
 
     fn route<'a>(&'a self, request: &'a AdminRequest) -> Option<ResponseFuture<'a>> {
@@ -376,58 +435,25 @@ impl AdminRoutes for EdgeAdmin {
             if request.method != Method::POST {
                 return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST /purge with a JSON body");
             }
-            self.admin_purge(request)
+            self.admin_purge(request).await
         }))
     }
 }
 
 impl EdgeAdmin {
-    fn admin_purge(&self, request: &AdminRequest) -> Response<Body> {
+    async fn admin_purge(&self, request: &AdminRequest) -> Response<Body> {
         if let Err(refusal) = self.edge.purge_auth.check_admin(&request.headers) {
             return json_error(StatusCode::FORBIDDEN, refusal.message());
         }
-        let purge: PurgeRequest = match serde_json::from_slice(&request.body) {
+        let purge = match PurgeRequest::parse(&request.body) {
             Ok(purge) => purge,
-            Err(error) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "purge body must be JSON like {{\"urls\": [..], \"prefixes\": [..], \"keys\": [..], \"soft\": false}}: {error}"
-                    ),
-                );
-            }
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
         };
-        let mode = if purge.soft {
-            tern_http_cache::PurgeMode::Soft
-        } else {
-            tern_http_cache::PurgeMode::Hard
+        let total = match self.edge.purge_here(&purge) {
+            Ok(total) => total,
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
         };
-        let store = &self.edge.store;
-        let mut total = PurgeCount::default();
-        for url in &purge.urls {
-            let Some(key) = normalize_url(url, &self.edge.key_config) else {
-                return json_error(StatusCode::BAD_REQUEST, format!("`{url}` is not an absolute http URL"));
-            };
-            let count = store.purge_url(&key, mode);
-            self.edge.count_purge("url", count);
-            total += count;
-        }
-        for prefix in &purge.prefixes {
-            let Some(key) = normalize_url(prefix, &KeyConfig { include_query: true }) else {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("`{prefix}` is not an absolute http URL prefix"),
-                );
-            };
-            let count = store.purge_prefix(&key, mode);
-            self.edge.count_purge("prefix", count);
-            total += count;
-        }
-        for key in &purge.keys {
-            let count = store.purge_key(key, mode);
-            self.edge.count_purge("key", count);
-            total += count;
-        }
+        let relayed = self.edge.relay_purge(&purge).await;
         info!(
             urls = purge.urls.len(),
             prefixes = purge.prefixes.len(),
@@ -435,22 +461,12 @@ impl EdgeAdmin {
             soft = purge.soft,
             removed = total.removed,
             marked = total.marked,
+            relayed = relayed.map(|r| r.applied),
+            relay_failed = relayed.map(|r| r.failed),
             "admin purge"
         );
-        json(
-            StatusCode::OK,
-            &serde_json::json!({ "removed": total.removed, "marked": total.marked }),
-        )
+        json(StatusCode::OK, &proxy::purge_answer(None, total, relayed))
     }
-}
-
-/// Turns `http://Host/path` into a primary key.
-fn normalize_url(url: &str, key_config: &KeyConfig) -> Option<String> {
-    let uri: http::Uri = url.parse().ok()?;
-    let scheme = uri.scheme_str()?;
-    let host = uri.authority()?.as_str();
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Some(primary_key(scheme, host, path, key_config))
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, header};
 use ipnet::IpNet;
-use serde::Deserialize;
-use tern_http_cache::PurgeMode;
+use serde::{Deserialize, Serialize};
+use tern_http_cache::{KeyConfig, PurgeMode, primary_key};
 use tern_wire::SecretKey;
 
 /// Who may purge.
@@ -94,7 +94,7 @@ pub fn requested_mode(headers: &HeaderMap) -> PurgeMode {
 }
 
 /// The body of `POST /purge`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PurgeRequest {
     /// Absolute URLs (`http://host/path`); every variant of each is purged.
@@ -105,4 +105,62 @@ pub struct PurgeRequest {
     pub keys: Vec<String>,
     /// Mark stale instead of deleting.
     pub soft: bool,
+}
+
+/// A purge with its URLs and prefixes turned into primary keys ([`PurgeRequest::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedPurge {
+    /// Primary keys of the URLs (every variant of each is purged).
+    pub urls: Vec<String>,
+    /// Primary-key prefixes (queries kept).
+    pub prefixes: Vec<String>,
+    /// Surrogate keys, as given.
+    pub keys: Vec<String>,
+    /// Hard or soft.
+    pub mode: PurgeMode,
+}
+
+impl PurgeRequest {
+    /// Parses a purge body (`POST /purge` on the admin listener, or a purge relayed by a community member
+    /// on the peer listener). Errors say what the body must look like.
+    pub fn parse(body: &[u8]) -> Result<PurgeRequest, String> {
+        serde_json::from_slice(body).map_err(|error| {
+            format!(
+                "purge body must be JSON like {{\"urls\": [..], \"prefixes\": [..], \"keys\": [..], \"soft\": false}}: {error}"
+            )
+        })
+    }
+
+    /// The primary keys this purge names, in the form the store keys objects by (RFC 3986 section 6.2.2
+    /// normal form, see [`primary_key`]). Every URL and prefix is checked before any is used; an error
+    /// names the first that is not an absolute http(s) URL.
+    pub fn resolve(&self, key_config: &KeyConfig) -> Result<ResolvedPurge, String> {
+        let mut resolved = ResolvedPurge {
+            keys: self.keys.clone(),
+            mode: if self.soft { PurgeMode::Soft } else { PurgeMode::Hard },
+            ..ResolvedPurge::default()
+        };
+        for url in &self.urls {
+            let key = normalize_url(url, key_config).ok_or_else(|| format!("`{url}` is not an absolute http URL"))?;
+            resolved.urls.push(key);
+        }
+        for prefix in &self.prefixes {
+            let key = normalize_url(prefix, &KeyConfig { include_query: true })
+                .ok_or_else(|| format!("`{prefix}` is not an absolute http URL prefix"))?;
+            resolved.prefixes.push(key);
+        }
+        Ok(resolved)
+    }
+}
+
+/// Turns `http://Host/path` into a primary key; `None` unless it is an absolute http(s) URL.
+fn normalize_url(url: &str, key_config: &KeyConfig) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = uri.authority()?.as_str();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(primary_key(scheme, host, path, key_config))
 }

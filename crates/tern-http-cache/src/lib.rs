@@ -20,5 +20,6 @@ pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, vary_values};
 pub use meta::Meta;
 pub use policy::{Freshness, NotStorable, PolicyConfig, ResponseDecision, UpstreamExchange, Usability};
 pub use store::{
-    BodySource, CachedObject, Fill, Hit, PurgeCount, PurgeMode, Store, StoreConfig, StoreError, StoreStats,
+    BodySource, CachedObject, Fill, Hit, HoldingsListener, PurgeCount, PurgeMode, Store, StoreConfig, StoreError,
+    StoreStats,
 };

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -139,9 +139,10 @@ pub enum BodySource {
 }
 
 /// How a purge treats what it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PurgeMode {
-    /// Delete the objects.
+    /// Delete the objects (the default).
+    #[default]
     Hard,
     /// Mark them stale: they may still be served stale while they are revalidated.
     Soft,
@@ -204,6 +205,12 @@ fn expected_objects(capacity: u64) -> usize {
     (capacity / 4096).clamp(1024, 4 << 20) as usize
 }
 
+/// Told when the store comes to hold a URL (primary key) it did not hold (`true`), or drops the last
+/// variant of one (`false`) by eviction, purge or replacement. A cache community feeds its directory of
+/// holders with it (seed `003_590cbd812baaa7e3.txt`). It is called under the catalog's lock: it must
+/// return at once (queue the change) and never call back into the store.
+pub type HoldingsListener = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// The cache's object store.
 pub struct Store {
     config: StoreConfig,
@@ -216,6 +223,11 @@ pub struct Store {
     memory_evictions: AtomicU64,
     disk_evictions: AtomicU64,
     corrupt_dropped: AtomicU64,
+    /// Who hears of URLs held and dropped ([`Store::set_holdings_listener`]).
+    holdings: OnceLock<HoldingsListener>,
+    /// Objects received before this time (milliseconds since the Unix epoch; 0: none) are validated with
+    /// upstream before use ([`Store::require_validation_before`]).
+    validate_before_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -264,6 +276,8 @@ impl Store {
             memory_evictions: AtomicU64::new(0),
             disk_evictions: AtomicU64::new(0),
             corrupt_dropped: AtomicU64::new(0),
+            holdings: OnceLock::new(),
+            validate_before_ms: AtomicU64::new(0),
         });
         store.rebuild()?;
         Ok(store)
@@ -291,6 +305,47 @@ impl Store {
         }
         debug!(objects = count, "rebuilt cache index from disk");
         Ok(())
+    }
+
+    /// Sets who hears of URLs held and dropped from now on; once per store (a second listener is refused
+    /// and `false` returned). URLs held before are listed by [`Store::urls`].
+    pub fn set_holdings_listener(&self, listener: HoldingsListener) -> bool {
+        self.holdings.set(listener).is_ok()
+    }
+
+    /// From now on, every object received before `at` is validated with upstream before it is used (a
+    /// conditional request; a `304` refreshes it), whatever its freshness: for a cache that may have missed
+    /// purges, such as a community member that was away (seed 002). Objects received after `at` are not
+    /// affected. Not persisted: a restarted edge sets it again.
+    pub fn require_validation_before(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        self.validate_before_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether `meta`'s object must be validated before use ([`Store::require_validation_before`]).
+    pub fn needs_validation(&self, meta: &Meta) -> bool {
+        let before = self.validate_before_ms.load(Ordering::Relaxed);
+        if before == 0 {
+            return false;
+        }
+        let received = meta
+            .response_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        received < before
+    }
+
+    /// The URLs (primary keys) held now, at most `limit` of them, in key order.
+    pub fn urls(&self, limit: usize) -> Vec<String> {
+        self.read().urls.iter().take(limit).cloned().collect()
+    }
+
+    fn tell_holdings(&self, url: &str, held: bool) {
+        if let Some(listener) = self.holdings.get() {
+            listener(url, held);
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Catalog> {
@@ -597,8 +652,12 @@ impl Store {
             .by_url
             .entry(url.clone())
             .or_insert_with(|| Vec::with_capacity(1));
+        let first = variants.is_empty();
         if !variants.contains(&id) {
             variants.push(id);
+        }
+        if first {
+            self.tell_holdings(&url, true);
         }
         catalog.urls.insert(url);
         catalog.slots.insert(
@@ -643,6 +702,7 @@ impl Store {
             if variants.is_empty() {
                 catalog.by_url.remove(url);
                 catalog.urls.remove(url);
+                self.tell_holdings(url, false);
             }
         }
         for tag in &slot.object.meta.surrogate_keys {
@@ -1081,6 +1141,56 @@ mod tests {
             BodySource::File { len, .. } => assert_eq!(len, 4),
             BodySource::Memory(bytes) => assert_eq!(&bytes[..], b"body"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_holdings_listener_hears_every_url_held_and_dropped() {
+        let store = Store::open(StoreConfig {
+            capacity: 16 * 1024,
+            ..StoreConfig::default()
+        })
+        .expect("open");
+        let heard: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let sink = heard.clone();
+        assert!(store.set_holdings_listener(Arc::new(move |url: &str, held: bool| {
+            sink.lock().expect("lock").push((url.to_string(), held));
+        })));
+        assert!(
+            !store.set_holdings_listener(Arc::new(|_: &str, _: bool| {})),
+            "one listener per store"
+        );
+        put(&store, "http://h/a", &["t"], b"a").await;
+        put(&store, "http://h/b", &[], b"b").await;
+        store.purge_key("t", PurgeMode::Hard);
+        // A soft purge keeps the copy: nothing to tell.
+        store.purge_url("http://h/b", PurgeMode::Soft);
+        {
+            let heard = heard.lock().expect("lock");
+            assert_eq!(
+                heard[..],
+                [
+                    ("http://h/a".to_string(), true),
+                    ("http://h/b".to_string(), true),
+                    ("http://h/a".to_string(), false),
+                ]
+            );
+        }
+        // Eviction: far more than the capacity; what the listener believes held is what the store holds.
+        let body = vec![b'x'; 2000];
+        for n in 0..40 {
+            put(&store, &format!("http://h/many/{n}"), &[], &body).await;
+        }
+        let mut believed = BTreeSet::new();
+        for (url, held) in heard.lock().expect("lock").iter() {
+            if *held {
+                believed.insert(url.clone());
+            } else {
+                believed.remove(url);
+            }
+        }
+        let held: BTreeSet<String> = store.urls(usize::MAX).into_iter().collect();
+        assert!(held.len() < 40, "the small store evicted: {}", held.len());
+        assert_eq!(believed, held);
     }
 
     #[tokio::test]

@@ -117,6 +117,44 @@ pub fn with_idle_timeout(body: Body, idle: std::time::Duration) -> Body {
     .boxed()
 }
 
+/// Calls `on_data` with the length of each data frame of `body` as it passes (for byte counters, e.g. the
+/// bytes a cache community's peers served).
+pub fn with_data_counter(body: Body, on_data: impl Fn(usize) + Send + Sync + 'static) -> Body {
+    DataCounter {
+        inner: body,
+        on_data: Box::new(on_data),
+    }
+    .boxed()
+}
+
+struct DataCounter {
+    inner: Body,
+    on_data: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl http_body::Body for DataCounter {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            (self.on_data)(data.len());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 struct IdleTimeout {
     inner: Body,
     idle: std::time::Duration,
@@ -244,6 +282,22 @@ mod tests {
         drop(tx);
         let sliced = slice(body, 2, 5).collect().await.expect("body").to_bytes();
         assert_eq!(&sliced[..], b"cdefg");
+    }
+
+    #[tokio::test]
+    async fn the_data_counter_sees_every_data_byte() {
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sink = counted.clone();
+        let (tx, body) = channel(4, None);
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.ok();
+        tx.send(Ok(Bytes::from_static(b"defgh"))).await.ok();
+        drop(tx);
+        let body = with_data_counter(body, move |len| {
+            sink.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        });
+        let collected = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&collected[..], b"abcdefgh");
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), 8);
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,4 +17,6 @@ pub mod target;
 pub mod testsuite;
 pub mod tls;
 
-pub use body::{Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_idle_timeout};
+pub use body::{
+    Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_data_counter, with_idle_timeout,
+};

@@ -520,18 +520,18 @@ pub(crate) fn tern_binary(given: Option<&Path>) -> Result<PathBuf> {
     Ok(beside)
 }
 
-fn pinned(cpu: &str, program: &Path, args: &[&str]) -> Command {
+pub(crate) fn pinned(cpu: &str, program: &Path, args: &[&str]) -> Command {
     let mut command = Command::new("taskset");
     command.args(["-c", cpu]).arg(program).args(args);
     command
 }
 
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
 
-fn wait_listening(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -543,10 +543,10 @@ fn wait_listening(addr: SocketAddr) -> Result<()> {
 }
 
 /// A child process killed when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Guard {
-    fn spawn(mut command: Command) -> Result<Guard> {
+    pub(crate) fn spawn(mut command: Command) -> Result<Guard> {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -824,11 +824,11 @@ pub(crate) fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Re
     Ok(body.to_string())
 }
 
-struct Measured {
-    rps: f64,
+pub(crate) struct Measured {
+    pub(crate) rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    requests: f64,
+    pub(crate) requests: f64,
 }
 
 impl Measured {
@@ -868,7 +868,7 @@ fn wrk_url(options: &EdgeBench, cpu: &str, url: &str, script: &Path) -> Result<M
     parse_wrk(&text)
 }
 
-fn parse_wrk(text: &str) -> Result<Measured> {
+pub(crate) fn parse_wrk(text: &str) -> Result<Measured> {
     let mut rps = None;
     let mut requests = None;
     let mut p50 = None;
@@ -942,7 +942,7 @@ fn descendants(root: u32) -> Vec<u32> {
 }
 
 /// utime + stime of a process and its descendants, in seconds.
-fn process_tree_cpu(root: u32) -> f64 {
+pub(crate) fn process_tree_cpu(root: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     descendants(root)
         .into_iter()

@@ -66,6 +66,16 @@ enum Bench {
     },
     /// The content mover against rsync -a: a full publish and a small change to N nodes.
     Mover(tern_lab::mover_bench::MoverBench),
+    /// The content mover's local distribution: one segment's leader sends an assignment to its members on
+    /// the multicast data channel (with injected loss), against HTTP unicast and UFTP.
+    Multicast(tern_lab::multicast_bench::MulticastBench),
+    /// Differential caching over a rate-limited long link: bytes per page against raw, gzip and brotli,
+    /// latency with and without deltas, encode/decode time, browser dcz; or (--auto-cost) the edge's CPU
+    /// with --delta auto against --delta off.
+    Delta(tern_lab::delta_bench::DeltaBench),
+    /// Cache communities: N independent edges, the N edges as one community and one edge with N times the
+    /// cache, cold and warm, on a Zipf workload over a far origin; then the master killed under load.
+    Community(tern_lab::community_bench::CommunityBench),
     /// tern edge against nginx (proxy_cache) and Varnish (malloc) on hits and misses.
     Edge {
         /// Rounds of A/B/A/B.
@@ -189,6 +199,7 @@ fn main() -> std::process::ExitCode {
         if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
             eprintln!("interrupted: removing this run's lab");
             topology::teardown_own();
+            tern_lab::community_bench::kill_started();
             std::process::exit(130);
         }
     });
@@ -208,6 +219,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Bench(Bench::Mover(options)) => tern_lab::mover_bench::run(&options),
+        Command::Bench(Bench::Multicast(options)) => tern_lab::multicast_bench::run(&options),
+        Command::Bench(Bench::Delta(options)) => tern_lab::delta_bench::run(&options),
+        Command::Bench(Bench::Community(options)) => tern_lab::community_bench::run(&options),
         Command::Bench(Bench::Edge {
             rounds,
             seconds,

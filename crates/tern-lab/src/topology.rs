@@ -222,6 +222,15 @@ pub struct Host {
     link: Option<String>,
 }
 
+/// Bytes a host's link carried, counted by the kernel ([`Lab::link_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkBytes {
+    /// Bytes the host sent.
+    pub sent: u64,
+    /// Bytes the host received.
+    pub received: u64,
+}
+
 /// A process started in a host; killed when dropped.
 pub struct HostProcess {
     /// The child.
@@ -469,6 +478,27 @@ impl Lab {
         Ok(())
     }
 
+    /// `kill -9` of every process in `host` whose program name (`/proc/PID/comm`) is `program`, e.g. a
+    /// daemon and the children it forked for its connections; returns how many were killed.
+    pub fn kill_program(&self, host: &str, program: &str) -> Result<usize, LabError> {
+        let namespace = self
+            .host(host)
+            .namespace
+            .as_ref()
+            .ok_or(LabError::Unsupported("killing a program in a host"))?;
+        let output = Command::new(which("ip").unwrap_or_else(|| PathBuf::from("ip")))
+            .args(["netns", "pids", namespace])
+            .output()?;
+        let mut killed = 0;
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == program && Command::new("kill").args(["-9", pid]).status()?.success() {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
     /// Cuts `host` off the network (its link goes down).
     pub fn isolate(&self, host: &str) -> Result<(), LabError> {
         let link = self
@@ -514,6 +544,29 @@ impl Lab {
         let _ = run_checked(Command::new("tc").args(["qdisc", "del", "dev", link, "root"]));
         let _ = ns_exec(namespace, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
         Ok(())
+    }
+
+    /// The bytes `host` has sent and received over its link since the lab was built, as the kernel counts
+    /// them on the bridge side of its veth pair (Ethernet frames: payload and every header). What the
+    /// host's processes count themselves can be checked against these.
+    pub fn link_bytes(&self, host: &str) -> Result<LinkBytes, LabError> {
+        let link = self
+            .host(host)
+            .link
+            .as_ref()
+            .ok_or(LabError::Unsupported("interface counters"))?;
+        let counter = |name: &str| -> Result<u64, LabError> {
+            let path = format!("/sys/class/net/{link}/statistics/{name}");
+            let text = std::fs::read_to_string(&path)?;
+            text.trim()
+                .parse()
+                .map_err(|_| LabError::Spec(format!("{path}: not a number: {}", text.trim())))
+        };
+        // The bridge side receives what the host sends, and transmits what the host receives.
+        Ok(LinkBytes {
+            sent: counter("rx_bytes")?,
+            received: counter("tx_bytes")?,
+        })
     }
 
     /// The names of every namespace and link this lab made (for leak checks).

@@ -1,5 +1,6 @@
 //! Admission of jobs (seed 004: the CCM takes jobs from the operator): a job is checked before it is put on
-//! the schedule — its description, its staging directory, its site, checkpoint and group — and one due now
+//! the schedule — its description, its staging directory, its site, checkpoint and group, the key files of
+//! the caches it names — and one due now
 //! whose conflict policy is `refuse` is refused at once when it conflicts with a running job. A job that has
 //! not started can be cancelled.
 
@@ -46,6 +47,11 @@ impl Mover {
     /// returns its id.
     pub async fn submit(&self, spec: JobSpec, due_ms: u64) -> Result<String, SubmitError> {
         validate(&spec).map_err(SubmitError::Invalid)?;
+        if let Some(caches) = &spec.caches {
+            crate::freshness::check_files(caches)
+                .await
+                .map_err(SubmitError::Invalid)?;
+        }
         if let Some(staging) = &spec.staging
             && spec.kind == JobKind::Publish
             && !Path::new(staging).is_dir()

@@ -6,7 +6,7 @@
 //! | `POST /api/nodes/register` | a node registers: [`Registration`] → [`tern_wire::mover::Registered`] |
 //! | `GET /api/nodes` | registered nodes |
 //! | `GET /api/groups`, `PUT /api/groups/NAME` | content groups; PUT sets them: [`GroupRequest`] |
-//! | `GET /api/sites`, `GET /api/sites/NAME` | hosted sites, with snapshots and checkpoints |
+//! | `GET /api/sites`, `GET /api/sites/NAME` | hosted sites, with snapshots, checkpoints and the caches in front of them ([`tern_wire::mover::SiteCaches`]) |
 //! | `POST /api/jobs` | a job: [`JobRequest`] → [`JobCreated`] (202) |
 //! | `GET /api/jobs`, `GET /api/jobs/ID` | jobs, newest first, with per-node state: [`tern_wire::mover::Job`] |
 //! | `POST /api/jobs/ID/cancel` | cancels a job that has not started: [`JobCancelled`] |
@@ -15,7 +15,7 @@
 //! | `POST /api/segments/report` | a group leader's segment report: one frame tagged with the cluster key → the answer frame ([`tern_wire::segment`]) |
 //! | `GET /api/segments`, `GET /api/segments/NAME` | network segments, their leaders and members: [`tern_wire::segment::SegmentView`] |
 //! | `POST /api/segments/NAME/leader` | overrides a segment's leader: [`OverrideRequest`] → its view |
-//! | `GET /api/tree/assignments/ID` | the assignment of a running store-and-forward tree, served as its root ([`crate::tree_delivery`]) |
+//! | `GET /api/tree/assignments/ID?for=NODE` | the assignment of a running store-and-forward tree, served as its root to a node presenting the cluster key's `tern-tree-token` for it ([`crate::tree_delivery`], [`tern_wire::tree::fetch_token`]) |
 //! | `POST /api/tree/holding`, `/api/tree/next`, `/api/tree/status` | a group leader's holding report, request for the next leader (→ the answer frame), assignment status report: frames tagged with the cluster key ([`tern_wire::tree`]) |
 //!
 //! Every refusal is `{"error": REASON}` ([`tern_wire::mover::ErrorAnswer`]) with a 4xx or 5xx status.
@@ -33,6 +33,7 @@ use tern_http::server::Handler;
 use tern_wire::mover::{
     CheckpointCreated, CheckpointRequest, GroupRequest, JobCancelled, JobCreated, JobRequest, JobState, Registration,
 };
+use tracing::warn;
 
 use tern_wire::segment::OverrideRequest;
 
@@ -106,6 +107,45 @@ fn limit(query_text: Option<&str>) -> usize {
         .min(MAX_LIST)
 }
 
+/// Whether `path` is one of the routes nodes call themselves: registration, segment reports and the
+/// store-and-forward tree, which need no API token (the tree's and the reports' frames carry the cluster
+/// key's tag; a registration only offers a node, which must still hold the mover's public key to apply
+/// anything).
+fn for_nodes(path: &str) -> bool {
+    path == "/api/nodes/register" || path == SEGMENT_REPORT || path.starts_with("/api/tree/")
+}
+
+/// The token of an `Authorization: Bearer TOKEN` field.
+fn bearer<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Why a state-changing request looks like it was sent by a web page, if it does: its `Origin` or
+/// `Sec-Fetch-Site` field (RFC 6454; Fetch Metadata). The API's clients (`tern publish` and friends, nodes,
+/// group leaders) never send them; a browser always does on a cross-origin POST, also for the "simple"
+/// `text/plain` bodies that skip CORS preflight. Without this any page open in an operator's browser could
+/// submit a publish of any directory on the mover's machine. GET and HEAD change nothing and pass.
+fn from_a_browser<B>(request: &Request<B>) -> Option<String> {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "none"
+    {
+        return Some(format!("Sec-Fetch-Site is {site}"));
+    }
+    headers
+        .get(http::header::ORIGIN)
+        .map(|origin| format!("Origin is {}", origin.to_str().unwrap_or("not text")))
+}
+
 /// Reads a JSON body; a body that does not parse is refused (400) with `shape`, what it should look like.
 fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("{shape}: {e}")))
@@ -113,6 +153,27 @@ fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Refusal> {
 
 impl Handler for Api {
     async fn call(&self, request: Request<Incoming>, _client: SocketAddr) -> Response<Body> {
+        if let Some(reason) = from_a_browser(&request) {
+            warn!(method = %request.method(), path = request.uri().path(), %reason, "api request from a web page refused");
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the API takes no state-changing requests from web pages ({reason}); use the tern command \
+                     line, or the admin UI on --admin"
+                ),
+            );
+        }
+        if let Some(token) = &self.mover.config.api_token
+            && !for_nodes(request.uri().path())
+            && !bearer(&request).is_some_and(|presented| token.matches_token(presented))
+        {
+            warn!(method = %request.method(), path = request.uri().path(), "api request without the api token refused");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this mover needs its API token: set TERN_API_TOKEN_FILE to the --api-token file \
+                 (Authorization: Bearer <token>)",
+            );
+        }
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(body) => body.to_bytes(),
@@ -128,13 +189,20 @@ impl Handler for Api {
         let outcome = match (&parts.method, path) {
             (&Method::POST, "/api/nodes/register") => register(mover, &body).await,
             (&Method::GET, "/api/nodes") => Ok(json(StatusCode::OK, mover.nodes().await)),
+            (&Method::DELETE, _) if path.starts_with("/api/nodes/") => {
+                let name = &path["/api/nodes/".len()..];
+                match mover.remove_node(name).await {
+                    Ok(true) => Ok(json(StatusCode::OK, serde_json::json!({ "removed": name }))),
+                    Ok(false) => Err(refuse(StatusCode::NOT_FOUND, format!("no node {name}"))),
+                    Err(error) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, error)),
+                }
+            }
             (&Method::GET, "/api/groups") => groups(mover).await,
             (&Method::PUT, _) if path.starts_with("/api/groups/") => {
                 set_group(mover, &path["/api/groups/".len()..], &body).await
             }
             (&Method::GET, "/api/sites") => mover
-                .store
-                .call(|store| store.sites())
+                .sites()
                 .await
                 .map(|sites| json(StatusCode::OK, sites))
                 .map_err(store_error),
@@ -148,8 +216,7 @@ impl Handler for Api {
             (&Method::GET, "/api/jobs") => {
                 let limit = limit(parts.uri.query());
                 mover
-                    .store
-                    .call(move |store| Ok(store.readable_jobs(&store.job_ids(limit)?)))
+                    .jobs(limit)
                     .await
                     .map(|jobs| json(StatusCode::OK, jobs))
                     .map_err(store_error)
@@ -174,8 +241,7 @@ impl Handler for Api {
             (&Method::GET, "/api/history") => {
                 let limit = limit(parts.uri.query());
                 mover
-                    .store
-                    .call(move |store| store.history(limit))
+                    .history(limit)
                     .await
                     .map(|entries| json(StatusCode::OK, entries))
                     .map_err(store_error)
@@ -194,7 +260,14 @@ impl Handler for Api {
                 }
             }
             (&Method::GET, _) if path.starts_with("/api/tree/assignments/") => {
-                Ok(mover.trees.serve(&path["/api/tree/assignments/".len()..]))
+                let requester = query(parts.uri.query(), "for").unwrap_or("");
+                let token = parts
+                    .headers
+                    .get(tern_wire::tree::FETCH_TOKEN_HEADER)
+                    .and_then(|value| value.to_str().ok());
+                Ok(mover
+                    .trees
+                    .serve(&path["/api/tree/assignments/".len()..], requester, token))
             }
             (&Method::POST, "/api/tree/holding") => Ok(mover.trees.holding(&body)),
             (&Method::POST, "/api/tree/next") => Ok(mover.trees.next(&body)),
@@ -257,7 +330,7 @@ async fn override_leader(mover: &Mover, segment: &str, body: &[u8]) -> Answer {
 }
 
 async fn groups(mover: &Mover) -> Answer {
-    let groups = mover.store.call(|store| store.groups()).await.map_err(store_error)?;
+    let groups = mover.groups().await.map_err(store_error)?;
     let groups: serde_json::Map<String, serde_json::Value> = groups
         .into_iter()
         .map(|(group, nodes)| (group, serde_json::json!(nodes)))
@@ -273,10 +346,8 @@ async fn set_group(mover: &Mover, group: &str, body: &[u8]) -> Answer {
         ));
     }
     let request: GroupRequest = parse(body, "a group is {\"nodes\": [names]}")?;
-    let (name, nodes, now) = (group.to_string(), request.nodes.clone(), now_ms());
     mover
-        .store
-        .call(move |store| store.set_group(&name, &nodes, now))
+        .set_group(group, request.nodes.clone(), now_ms())
         .await
         .map_err(store_error)?;
     Ok(json(
@@ -293,16 +364,22 @@ async fn site(mover: &Mover, name: &str) -> Answer {
             let Some(site) = store.site(&wanted)? else {
                 return Ok(None);
             };
-            Ok(Some((site, store.snapshots(&wanted)?, store.checkpoints(&wanted)?)))
+            let caches = store.site_caches(&wanted)?;
+            Ok(Some((
+                site,
+                store.snapshots(&wanted)?,
+                store.checkpoints(&wanted)?,
+                caches,
+            )))
         })
         .await
         .map_err(store_error)?;
-    let Some((site, snapshots, checkpoints)) = read else {
+    let Some((site, snapshots, checkpoints, caches)) = read else {
         return Err(refuse(StatusCode::NOT_FOUND, format!("no site {name}")));
     };
     Ok(json(
         StatusCode::OK,
-        serde_json::json!({ "site": site, "snapshots": snapshots, "checkpoints": checkpoints }),
+        serde_json::json!({ "site": site, "snapshots": snapshots, "checkpoints": checkpoints, "caches": caches }),
     ))
 }
 
@@ -323,7 +400,7 @@ async fn checkpoint(mover: &Mover, body: &[u8]) -> Answer {
 async fn submit(mover: &Mover, body: &[u8]) -> Answer {
     let request: JobRequest = parse(
         body,
-        "a job is {\"kind\", \"site\", \"staging\", \"checkpoint\", \"group\" or \"node\", \"at_ms\", \"every_s\", \"on_conflict\", \"retries\", \"retry_delay_s\", \"include\", \"exclude\"}",
+        "a job is {\"kind\", \"site\", \"staging\", \"checkpoint\", \"group\" or \"node\", \"at_ms\", \"every_s\", \"on_conflict\", \"retries\", \"retry_delay_s\", \"include\", \"exclude\", \"caches\"}",
     )?;
     let (spec, at) = request
         .into_spec()

@@ -5,7 +5,7 @@
 //! ([`crate::delivery`]), registration ([`crate::registration`]) and the load balancer
 //! ([`crate::rotation`]) — and this module holds what they share, and the status document.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::SigningKey;
 use http::{Method, StatusCode};
 use tern_http::tls::TlsConfig;
-use tern_wire::mover::{Job, JobKind};
+use tern_wire::mover::{HistoryEntry, Job, JobKind};
 use tokio::sync::Notify;
 
 use crate::delivery::Delivery;
@@ -24,8 +24,8 @@ use crate::plan::PlanPolicy;
 use crate::rotation::LoadBalancer;
 use crate::schedule::Claim;
 use crate::segments::Segments;
-use crate::store::Node;
-use crate::store_thread::StoreThread;
+use crate::store::{Node, Site};
+use crate::store_thread::{StoreError, StoreThread};
 use crate::versions::SiteDir;
 
 /// Settings of the mover.
@@ -56,6 +56,11 @@ pub struct MoverConfig {
     /// The cluster key the nodes share (`tern keygen`): it authenticates the store-and-forward tree's
     /// messages (and the segment reports); without it every assignment goes by the star.
     pub cluster_key: Option<tern_wire::SecretKey>,
+    /// The API token (`tern keygen` file, `--api-token`): when set, every request to the API on `listen`
+    /// other than the nodes' own (registration, segment reports, the tree, which carry the cluster key or
+    /// are refused) needs `Authorization: Bearer <token>`; `tern publish` and the other commands read it
+    /// from the file named by `TERN_API_TOKEN_FILE`.
+    pub api_token: Option<tern_wire::SecretKey>,
     /// The store-and-forward tree: when it is used (`--delivery`), its timeouts and bounds.
     pub tree: crate::tree_delivery::TreeSettings,
 }
@@ -67,6 +72,26 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A hosted site and the version each of its nodes holds live: what the dashboard shows, and which nodes
+/// are stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The site, with its published version.
+    pub site: Site,
+    /// Every node the site is hosted on, with the version it holds (0: none).
+    pub held: BTreeMap<String, u64>,
+}
+
+impl Holding {
+    /// The nodes holding another version than the published one, with the version they hold.
+    pub fn stale(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.held
+            .iter()
+            .filter(|(_, version)| **version != self.site.sequence)
+            .map(|(node, version)| (node.as_str(), *version))
+    }
 }
 
 /// The content control manager.
@@ -193,10 +218,78 @@ impl Mover {
         self.store.call(|store| store.nodes()).await.unwrap_or_default()
     }
 
+    /// Forgets node `name` (a retired server): no job targets it from now on, and a quorum of "all" no
+    /// longer waits for it; written to the history log. Whether it was known. Stop the node first: a
+    /// running node registers again.
+    pub async fn remove_node(&self, name: &str) -> Result<bool, String> {
+        let node = name.to_string();
+        let now = now_ms();
+        self.store
+            .call(move |store| {
+                let known = store.forget_node(&node)?;
+                if known {
+                    store.note(None, &format!("node {node} removed by the operator"), now)?;
+                }
+                Ok(known)
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// A job's current view.
     pub async fn job(&self, id: &str) -> Option<Job> {
         let id = id.to_string();
         self.store.call(move |store| store.job(&id)).await.ok().flatten()
+    }
+
+    /// The last `limit` jobs, newest first, with their per-node state (what `GET /api/jobs` and the admin
+    /// UI list).
+    pub async fn jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.store
+            .call(move |store| Ok(store.readable_jobs(&store.job_ids(limit)?)))
+            .await
+    }
+
+    /// Hosted sites.
+    pub async fn sites(&self) -> Result<Vec<Site>, StoreError> {
+        self.store.call(|store| store.sites()).await
+    }
+
+    /// Content groups with their members (declared by the nodes or set by the operator), by name.
+    pub async fn groups(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        self.store.call(|store| store.groups()).await
+    }
+
+    /// Sets the members of a content group the operator manages (the nodes' own declarations stay), at
+    /// `now_ms`.
+    pub async fn set_group(&self, group: &str, nodes: Vec<String>, now_ms: u64) -> Result<(), StoreError> {
+        let group = group.to_string();
+        self.store
+            .call(move |store| store.set_group(&group, &nodes, now_ms))
+            .await
+    }
+
+    /// The last `limit` entries of the history log, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.store.call(move |store| store.history(limit)).await
+    }
+
+    /// Each hosted site with the version every node it is hosted on holds live.
+    pub async fn holdings(&self) -> Result<Vec<Holding>, StoreError> {
+        self.store
+            .call(|store| {
+                let mut holdings = Vec::new();
+                for site in store.sites()? {
+                    let mut held = BTreeMap::new();
+                    for node in store.target_nodes(&site.target)? {
+                        let version = store.node_version(&node, &site.name)?;
+                        held.insert(node, version);
+                    }
+                    holdings.push(Holding { site, held });
+                }
+                Ok(holdings)
+            })
+            .await
     }
 
     /// The status document: nodes, sites, jobs not ended.

@@ -115,6 +115,10 @@ pub struct Shipment {
     /// The version of the site a node holds once it committed, recorded for each; `None` when the
     /// assignment removes the site (nothing to record).
     pub version: Option<u64>,
+    /// What the commit changes for readers, handed to the site's caches once it is committed
+    /// ([`crate::freshness`]); `None` when readers see nothing new (a catch-up brings nodes to the
+    /// version the others serve).
+    pub changed: Option<crate::freshness::Changed>,
 }
 
 /// Why a shipment was not committed anywhere.
@@ -326,15 +330,17 @@ impl Mover {
             content,
             commit: Bytes::from(commit),
             version: Some(version),
+            changed: None,
         })
     }
 
-    /// [`carry`] with the mover's transport, database and metrics.
+    /// [`carry`] with the mover's transport, database and metrics; once any node committed, what the
+    /// shipment changed goes to the site's caches ([`Mover::freshen`], which does not wait for them).
     pub(crate) async fn ship<R>(&self, shipment: &Shipment, nodes: &[String], quorum: Quorum, ready: R) -> Delivered
     where
         R: Future<Output = Result<(), String>>,
     {
-        carry(
+        let delivered = carry(
             self.delivery.as_ref(),
             &self.store,
             &self.metrics,
@@ -343,7 +349,13 @@ impl Mover {
             quorum,
             ready,
         )
-        .await
+        .await;
+        if let (Delivered::Committed { committed }, Some(changed)) = (&delivered, &shipment.changed)
+            && !committed.is_empty()
+        {
+            self.freshen(&shipment.job, &shipment.site, changed).await;
+        }
+        delivered
     }
 }
 
@@ -458,6 +470,7 @@ mod tests {
             content: content.then(|| Bytes::from_static(b"content")),
             commit: Bytes::from_static(b"commit"),
             version,
+            changed: None,
         }
     }
 

@@ -152,8 +152,10 @@ impl Mover {
         if touched_nodes {
             self.update_rotation(id, &nodes).await;
         }
-        self.release(id);
+        // The end is stamped before the claim on the nodes is dropped: a job waiting for them then starts
+        // at or after this one's recorded finish.
         let now = now_ms();
+        self.release(id);
         match outcome {
             Ok(()) => {
                 info!(job = %id, %site, "job committed");

@@ -45,7 +45,8 @@ fn write_public(path: &Path, key: &VerifyingKey) -> std::io::Result<()> {
     std::fs::write(
         path,
         format!(
-            "# tern mover public key: give it to nodes (--key)\n{}\n",
+            "{}: give it to nodes (--key)\n{}\n",
+            tern_wire::key::PUBLIC_KEY_HEADER,
             hex::encode(key.as_bytes())
         ),
     )

@@ -16,6 +16,8 @@
 //!   [`tree_delivery`]: the transport that drives it over HTTP (the GLs' reports, the mover as the root);
 //! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
+//! - [`freshness`]: after a commit, the changed paths as URLs to the site's caches (the sync service, or the
+//!   edges), and their acknowledgement;
 //! - [`plan`](mod@plan): change detection (the staging tree against the site's shadow copy) and the assignment that
 //!   carries the difference to the nodes; [`rules`]: a site's include and exclude rules;
 //! - [`store`]: the CCM database (sites, nodes, groups, jobs, checkpoints, history) in SQLite, used through
@@ -28,6 +30,7 @@ pub mod ccm;
 pub mod checkpoint;
 pub mod delivery;
 pub mod dispatch;
+pub mod freshness;
 pub mod keys;
 pub mod metrics;
 pub mod plan;

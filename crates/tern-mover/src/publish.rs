@@ -2,7 +2,8 @@
 //! checkpoint). The staging tree is planned against the shadow copy ([`crate::plan`](mod@crate::plan)) into one assignment
 //! carrying the difference, which is delivered in two phases ([`crate::delivery::carry`]); meanwhile the
 //! next shadow copy is built, and once the nodes have committed it becomes the shadow copy, the assignment
-//! is kept as the new version's snapshot, and the site's record moves to the new version.
+//! is kept as the new version's snapshot, and the site's record moves to the new version. What the commit
+//! changed goes to the site's caches, when it names any ([`crate::freshness`]).
 //!
 //! A publish of a tree that has not changed since the published version (a re-run of a deploy script) is
 //! an immediate success: no version is consumed, no snapshot kept, no node contacted, and the load balancer
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum};
+use crate::freshness::Changed;
 use crate::plan::{Plan, Publication, plan_site};
 use crate::rules::{CompiledRules, Rules};
 use crate::schedule::Target;
@@ -86,6 +88,7 @@ impl Mover {
         rules: Option<Rules>,
     ) -> Result<Published, String> {
         let (id, name) = (job.id.as_str(), job.spec.site.as_str());
+        self.adopt_caches(job).await?;
         let wanted = name.to_string();
         let site = self
             .store
@@ -133,7 +136,13 @@ impl Mover {
               links = planned.stats.links, metadata = planned.stats.metadata, bytes = planned.stats.assignment_bytes,
               "publish planned");
         let assignment = Bytes::from(planned.assignment);
-        let shipment = self.shipment(id, name, next, Some(assignment.clone()))?;
+        let reserved = name.to_string();
+        self.store
+            .call(move |store| store.reserve_version(&reserved, next))
+            .await
+            .map_err(|e| format!("cannot record version {next} before delivering it: {e}"))?;
+        let mut shipment = self.shipment(id, name, next, Some(assignment.clone()))?;
+        shipment.changed = Some(Changed::between(&published, &planned.snapshot));
         // The next shadow copy is built while the nodes prepare (only this job changes the site's version,
         // and the shadow copy it links from changes only under the lock, after the commit).
         let (dir, snapshot, from) = (site_dir.clone(), planned.snapshot.clone(), staging.clone());

@@ -1,24 +1,31 @@
 //! The remove job (seed 004): the site is taken off its nodes, and once every node has removed it the mover
 //! stops hosting it. The mover's copies are kept aside under `DATA/removed/` for the operator to delete.
+//! Everything the site served is purged from its caches ([`crate::freshness`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder};
 
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum, Shipment, always_ready};
+use crate::freshness::Changed;
 
 impl Mover {
     /// Removes site `name` from `nodes` and stops hosting it.
     pub(crate) async fn run_remove(self: &Arc<Self>, job: &str, name: &str, nodes: &[String]) -> Result<(), String> {
         let wanted = name.to_string();
-        let sequence = self
+        let site = self
             .store
             .call(move |store| store.site(&wanted))
             .await
-            .map_err(|e| e.to_string())?
-            .map_or(0, |s| s.next_version());
+            .map_err(|e| e.to_string())?;
+        let sequence = site.as_ref().map_or(0, |s| s.next_version());
+        // Everything the site served is purged from its caches.
+        let served: Snapshot = site
+            .and_then(|s| serde_json::from_str(&s.snapshot).ok())
+            .unwrap_or_default();
         let builder = Builder::new(job, AssignmentKind::Remove, name, sequence, None, now_ms());
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())
@@ -30,6 +37,7 @@ impl Mover {
             content: None,
             commit: Bytes::from(assignment),
             version: None,
+            changed: Some(Changed::all_gone(&served)),
         };
         let done = match self.ship(&shipment, nodes, Quorum::All, always_ready()).await {
             Delivered::Committed { committed } => committed,

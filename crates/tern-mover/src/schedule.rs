@@ -45,6 +45,15 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
     if let Some(rules) = &spec.rules {
         CompiledRules::new(rules).map_err(|e| e.to_string())?;
     }
+    if let Some(caches) = &spec.caches {
+        if !crate::freshness::may_name_caches(spec.kind) {
+            return Err(format!(
+                "a site's caches are named with a publish or restore, not with a {}",
+                spec.kind
+            ));
+        }
+        crate::freshness::check(caches)?;
+    }
     Ok(())
 }
 

@@ -88,6 +88,15 @@ fn distribution(
 /// Starts the mover: its API, its admin listener and its scheduler. Jobs a previous run left running are
 /// tried again where their policy allows, and failed otherwise.
 pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartError> {
+    start_with_admin(config, |mover| mover).await
+}
+
+/// Starts the mover like [`start`], with the admin listener's routes made from the mover by `admin` (the
+/// admin web UI, `tern-mover-ui`, wraps the mover's own routes this way).
+pub async fn start_with_admin(
+    config: MoverConfig,
+    admin: impl FnOnce(Arc<Mover>) -> Arc<dyn tern_admin::AdminRoutes>,
+) -> Result<Running<Arc<Mover>>, StartError> {
     let data_error = |path: &Path, reason: String| StartError::Data {
         path: path.to_path_buf(),
         reason,
@@ -128,8 +137,12 @@ pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartErro
         Ok(_) => {}
         Err(error) => warn!(%error, "network segments not restored; they return with their leaders' next reports"),
     }
+    let resumed = mover.resume_freshness().await;
+    if resumed > 0 {
+        info!(resumed, "hand-overs of commits to the sites' caches resumed");
+    }
     let api = Arc::new(crate::api::Api::new(mover.clone()));
-    let routes = mover.clone();
+    let routes = admin(mover.clone());
     let mut running = tern_admin::launch(
         config.listen,
         api,

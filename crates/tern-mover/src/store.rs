@@ -1,7 +1,8 @@
 //! The mover's state in SQLite (seed 004's CCM database): hosted sites with their published version, rules and
 //! target; registered nodes, the content groups they belong to and the version of each site they hold; the
 //! network segments their group leaders report (the last accepted report of each, as JSON); jobs
-//! with their schedule, policies and per-node state; checkpoints; snapshots; and a history log. Every job's
+//! with their schedule, policies and per-node state; the caches in front of each site and how they took each
+//! job's commit ([`crate::freshness`]); checkpoints; snapshots; and a history log. Every job's
 //! state is written here before it is acted on, so a restart finds it.
 //!
 //! Job kinds and states, and a node's state in a job, are stored as the words of their
@@ -16,7 +17,9 @@ use std::str::FromStr;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
-use tern_wire::mover::{Checkpoint, HistoryEntry, JobState, NodeState, UnknownValue};
+use tern_wire::mover::{
+    Checkpoint, FreshState, HistoryEntry, JobFreshness, JobState, NodeState, SiteCaches, UnknownValue,
+};
 use tern_wire::segment::SegmentView;
 use tracing::warn;
 
@@ -86,6 +89,21 @@ pub struct SnapshotRecord {
     pub created_ms: u64,
 }
 
+/// A job's commit whose hand-over to its site's caches had not ended: see [`Store::pending_freshness`].
+#[derive(Debug, Clone)]
+pub struct PendingFreshness {
+    /// The job.
+    pub job: String,
+    /// Its site.
+    pub site: String,
+    /// The hand-over as last recorded.
+    pub view: JobFreshness,
+    /// The URLs, as JSON.
+    pub work: String,
+    /// The caches they go to.
+    pub caches: SiteCaches,
+}
+
 /// The database.
 pub struct Store {
     connection: Connection,
@@ -138,7 +156,10 @@ impl Store {
                  created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (site, number));
              CREATE TABLE IF NOT EXISTS snapshots (site TEXT NOT NULL, sequence INTEGER NOT NULL, base INTEGER NOT NULL,
                  job TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (site, sequence));
-             CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, view TEXT NOT NULL, reported_ms INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, view TEXT NOT NULL, reported_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS site_caches (site TEXT PRIMARY KEY, caches TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS job_freshness (job TEXT PRIMARY KEY, site TEXT NOT NULL, since_ms INTEGER NOT NULL,
+                 state TEXT NOT NULL, view TEXT NOT NULL, work TEXT NOT NULL, caches TEXT NOT NULL);",
         )?;
         for (table, column, definition) in ADDED_COLUMNS {
             let present: bool = connection.query_row(
@@ -189,7 +210,7 @@ impl Store {
     pub fn save_site(&self, site: &Site) -> StoreResult<()> {
         self.connection.execute(
             "INSERT INTO sites (name, sequence, previous, high, target, rules, snapshot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(name) DO UPDATE SET sequence = excluded.sequence, previous = excluded.previous, high = excluded.high,
+             ON CONFLICT(name) DO UPDATE SET sequence = excluded.sequence, previous = excluded.previous, high = MAX(high, excluded.high),
                  target = excluded.target, rules = excluded.rules, snapshot = excluded.snapshot",
             params![
                 site.name,
@@ -204,6 +225,32 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a node: its record, the versions it held and its group memberships, so that no job targets
+    /// it any more (a retired server). Whether it was known. A node that is still running registers again.
+    pub fn forget_node(&self, name: &str) -> StoreResult<bool> {
+        let known = self
+            .connection
+            .execute("DELETE FROM nodes WHERE name = ?1", params![name])?
+            > 0;
+        self.connection
+            .execute("DELETE FROM node_versions WHERE node = ?1", params![name])?;
+        self.connection
+            .execute("DELETE FROM memberships WHERE node = ?1", params![name])?;
+        Ok(known)
+    }
+
+    /// Records that `version` of site `name` is issued before any node may commit it, so that a mover that
+    /// crashes between a node's commit and [`Store::save_site`] never issues that number again for other
+    /// content (a version number names one content). A site without a record yet (its first publish) has
+    /// nothing to update: its first version is 1 however often it is tried.
+    pub fn reserve_version(&self, name: &str, version: u64) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE sites SET high = MAX(high, ?2) WHERE name = ?1",
+            params![name, version as i64],
+        )?;
+        Ok(())
+    }
+
     /// Forgets a site (after a remove job): its record, the versions nodes held and its snapshots.
     pub fn forget_site(&self, name: &str, now_ms: u64) -> StoreResult<()> {
         self.connection
@@ -212,6 +259,8 @@ impl Store {
             .execute("DELETE FROM node_versions WHERE site = ?1", params![name])?;
         self.connection
             .execute("DELETE FROM snapshots WHERE site = ?1", params![name])?;
+        self.connection
+            .execute("DELETE FROM site_caches WHERE site = ?1", params![name])?;
         self.log(None, &format!("site {name} removed"), now_ms)
     }
 
@@ -491,6 +540,7 @@ impl Store {
                         attempt: row.get::<_, i64>(9)? as u32,
                         started_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
                         finished_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+                        freshness: None,
                     })
                 },
             )
@@ -510,6 +560,7 @@ impl Store {
             })
         })?;
         job.nodes = rows.collect::<StoreResult<_>>()?;
+        job.freshness = self.freshness(id)?;
         Ok(Some(job))
     }
 
@@ -709,6 +760,148 @@ impl Store {
         Ok(views)
     }
 
+    /// The caches in front of a site (none: it names none). A record that does not parse is read as none,
+    /// with a warning.
+    pub fn site_caches(&self, site: &str) -> StoreResult<Option<SiteCaches>> {
+        let text: Option<String> = self
+            .connection
+            .query_row("SELECT caches FROM site_caches WHERE site = ?1", params![site], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        match serde_json::from_str(&text) {
+            Ok(caches) => Ok(Some(caches)),
+            Err(error) => {
+                warn!(%site, %error, "unreadable caches record; the site's caches are not told of commits");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets the caches in front of a site; caches that name no cache turn that off.
+    pub fn set_site_caches(&self, site: &str, caches: &SiteCaches, now_ms: u64) -> StoreResult<()> {
+        if self.site_caches(site)?.as_ref() == Some(caches) {
+            return Ok(());
+        }
+        if caches.is_off() {
+            self.connection
+                .execute("DELETE FROM site_caches WHERE site = ?1", params![site])?;
+            return self.log(None, &format!("site {site}: no caches are told of its commits"), now_ms);
+        }
+        self.connection.execute(
+            "INSERT INTO site_caches (site, caches) VALUES (?1, ?2)
+             ON CONFLICT(site) DO UPDATE SET caches = excluded.caches",
+            params![site, serde_json::to_string(caches).unwrap_or_default()],
+        )?;
+        let mut via = Vec::new();
+        if let Some(sync) = &caches.sync_url {
+            via.push(format!("the sync service at {sync}"));
+        }
+        if !caches.edges.is_empty() {
+            via.push(format!("{} edges", caches.edges.len()));
+        }
+        self.log(
+            None,
+            &format!(
+                "site {site}: commits are purged at {} through {}",
+                caches.public_url,
+                via.join(" and ")
+            ),
+            now_ms,
+        )
+    }
+
+    /// Records that a job's commit was handed to its site's caches: `view` as it starts, the URLs (`work`,
+    /// JSON) and the caches it goes to, kept so a restart of the mover resumes the hand-over. Replaces what an
+    /// earlier try of the job recorded.
+    pub fn start_freshness(
+        &self,
+        job: &str,
+        site: &str,
+        view: &JobFreshness,
+        work: &str,
+        caches: &SiteCaches,
+    ) -> StoreResult<()> {
+        self.connection.execute(
+            "INSERT OR REPLACE INTO job_freshness (job, site, since_ms, state, view, work, caches)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                job,
+                site,
+                view.since_ms as i64,
+                view.state.as_str(),
+                serde_json::to_string(view).unwrap_or_default(),
+                work,
+                serde_json::to_string(caches).unwrap_or_default()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Updates the hand-over of a job's commit (the one that started at `view.since_ms`: a later try's
+    /// hand-over is not overwritten by an earlier one's); once it has ended, the URLs are no longer kept.
+    pub fn update_freshness(&self, job: &str, view: &JobFreshness) -> StoreResult<()> {
+        let ended = view.state != FreshState::Pending;
+        self.connection.execute(
+            "UPDATE job_freshness SET state = ?3, view = ?4, work = CASE WHEN ?5 THEN '' ELSE work END
+             WHERE job = ?1 AND since_ms = ?2",
+            params![
+                job,
+                view.since_ms as i64,
+                view.state.as_str(),
+                serde_json::to_string(view).unwrap_or_default(),
+                ended
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// How the caches took a job's commit, if it was handed to any.
+    pub fn freshness(&self, job: &str) -> StoreResult<Option<JobFreshness>> {
+        let text: Option<String> = self
+            .connection
+            .query_row("SELECT view FROM job_freshness WHERE job = ?1", params![job], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Hand-overs a previous run of the mover left pending: (job, site, view, URLs as JSON, caches). A record
+    /// that does not parse is left out with a warning.
+    pub fn pending_freshness(&self) -> StoreResult<Vec<PendingFreshness>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT job, site, view, work, caches FROM job_freshness WHERE state = ?1 ORDER BY since_ms")?;
+        let rows = statement.query_map(params![FreshState::Pending.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut pending = Vec::new();
+        for row in rows {
+            let (job, site, view, work, caches) = row?;
+            match (serde_json::from_str(&view), serde_json::from_str(&caches)) {
+                (Ok(view), Ok(caches)) => pending.push(PendingFreshness {
+                    job,
+                    site,
+                    view,
+                    work,
+                    caches,
+                }),
+                _ => warn!(%job, "unreadable freshness record left out"),
+            }
+        }
+        Ok(pending)
+    }
+
     /// Adds an entry to the history log.
     pub fn note(&self, job: Option<&str>, message: &str, now_ms: u64) -> StoreResult<()> {
         self.log(job, message, now_ms)
@@ -726,6 +919,33 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_issued_before_a_crash_is_never_issued_again() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let site = Site {
+            name: "www".into(),
+            sequence: 6,
+            previous: 5,
+            high: 6,
+            target: Target::All,
+            rules: Rules::default(),
+            snapshot: String::new(),
+        };
+        store.save_site(&site).expect("save");
+        // Version 7 goes out; the mover dies before it records the commit.
+        store.reserve_version("www", 7).expect("reserve");
+        let reopened = Store::open(&area.path().join("mover.db")).expect("reopen");
+        let read = reopened.site("www").expect("read").expect("site");
+        assert_eq!((read.sequence, read.next_version()), (6, 8));
+        // A save from a copy read before the reservation does not lower it.
+        reopened.save_site(&site).expect("save");
+        assert_eq!(reopened.site("www").expect("read").expect("site").next_version(), 8);
+        // A site without a record has nothing to reserve.
+        reopened.reserve_version("new", 1).expect("reserve");
+        assert!(reopened.site("new").expect("read").is_none());
+    }
 
     #[test]
     fn pending_states_are_the_states_that_have_not_ended() {

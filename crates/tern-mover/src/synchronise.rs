@@ -12,6 +12,7 @@ use tern_wire::mover::NodeState;
 
 use crate::ccm::Mover;
 use crate::delivery::{Delivered, Quorum, always_ready};
+use crate::freshness::Changed;
 use crate::rules::Rules;
 use crate::store::SnapshotRecord;
 use crate::versions::SiteDir;
@@ -111,12 +112,31 @@ impl Mover {
         let node_list = [node.to_string()];
         for &version in versions {
             let dir = site_dir.clone();
-            let Ok(Ok(assignment)) = tokio::task::spawn_blocking(move || dir.load_snapshot(version)).await else {
+            let (mover_key, encryption) = (self.signing.verifying_key(), self.config.policy.encryption);
+            // What the snapshot changed goes to the caches again once this node has it: while the node was
+            // behind, the edges in front of it may have fetched (and kept) its old content. Reading the
+            // snapshot's commands (verify, decrypt, parse) is CPU work: off the runtime with the load.
+            let loaded = tokio::task::spawn_blocking(move || {
+                let assignment = dir.load_snapshot(version)?;
+                let changed = tern_wire::assignment::decode(
+                    &assignment,
+                    &mover_key,
+                    encryption.as_ref(),
+                    &tern_wire::assignment::Limits::default(),
+                )
+                .map(|decoded| Changed::of_commands(&decoded.commands))
+                .ok()
+                .filter(|changed| !changed.is_empty());
+                Ok::<_, std::io::Error>((assignment, changed))
+            })
+            .await;
+            let Ok(Ok((assignment, changed))) = loaded else {
                 return false;
             };
-            let Ok(shipment) = self.shipment(job, name, version, Some(Bytes::from(assignment))) else {
+            let Ok(mut shipment) = self.shipment(job, name, version, Some(Bytes::from(assignment))) else {
                 return false;
             };
+            shipment.changed = changed;
             match self.ship(&shipment, &node_list, Quorum::All, always_ready()).await {
                 Delivered::Committed { committed } if !committed.is_empty() => {}
                 _ => return false,

@@ -41,7 +41,7 @@ use tern_http::tls::HttpsClient;
 use tern_wire::SecretKey;
 use tern_wire::tree::{
     self, Envelope, Holding, HoldingReport, Member, NextAnswer, NextRequest, NonceGuard, Notification, Phase,
-    SignedNotification, StatusReport, TreeError, TreeLimits, TreeMessage,
+    SignedNotification, StatusReport, TreeError, TreeLimits, TreeMessage, fetch_token_matches,
 };
 use tokio::sync::Notify as Wake;
 use tracing::{debug, info, warn};
@@ -456,6 +456,8 @@ enum Refused {
     Tree(#[from] crate::tree::TreeError),
     #[error("a {0} message is not taken here")]
     WrongMessage(&'static str),
+    #[error("fetch of transfer {transfer} for {requester} without a valid tern-tree-token (the cluster key's)")]
+    BadFetchToken { transfer: String, requester: String },
 }
 
 impl Refused {
@@ -467,6 +469,7 @@ impl Refused {
             Refused::UnknownTransfer(_) => "unknown-transfer",
             Refused::Tree(_) => "out-of-turn",
             Refused::WrongMessage(_) => "malformed",
+            Refused::BadFetchToken { .. } => "bad-token",
         }
     }
 
@@ -477,7 +480,9 @@ impl Refused {
             | Refused::WrongMessage(_) => StatusCode::BAD_REQUEST,
             Refused::Message(TreeError::Oversized { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::Tree(_) => StatusCode::CONFLICT,
-            Refused::Message(_) | Refused::Impersonation { .. } => StatusCode::FORBIDDEN,
+            Refused::Message(_) | Refused::Impersonation { .. } | Refused::BadFetchToken { .. } => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 }
@@ -569,6 +574,7 @@ impl TreeHub {
             "unknown-transfer",
             "out-of-turn",
             "no-key",
+            "bad-token",
         ] {
             let count = self
                 .refused
@@ -624,11 +630,19 @@ impl TreeHub {
         refusal(refused.status(), refused.to_string())
     }
 
-    /// `GET /api/tree/assignments/ID`: the assignment of a running tree, served by the mover as the tree's
-    /// root; every byte sent is counted (the run's and the mover's `sent_bytes`).
-    pub fn serve(&self, transfer: &str) -> Response<Body> {
-        if self.key.is_none() {
+    /// `GET /api/tree/assignments/ID?for=NODE`: the assignment of a running tree, served by the mover as the
+    /// tree's root to a GL that presents the [`tern_wire::tree::fetch_token`] for it (header
+    /// [`tern_wire::tree::FETCH_TOKEN_HEADER`]; 403 otherwise); every byte sent is counted (the run's and the mover's
+    /// `sent_bytes`).
+    pub fn serve(&self, transfer: &str, requester: &str, token: Option<&str>) -> Response<Body> {
+        let Some(key) = &self.key else {
             return self.refuse(Refused::NoKey);
+        };
+        if !token.is_some_and(|token| fetch_token_matches(key, transfer, requester, token)) {
+            return self.refuse(Refused::BadFetchToken {
+                transfer: transfer.to_string(),
+                requester: requester.to_string(),
+            });
         }
         let Some(run) = self.run(transfer) else {
             return refusal(

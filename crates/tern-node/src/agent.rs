@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::interpreter::Interpreter;
+use crate::mctp::driver::DataChannel;
 use crate::spool::{FillError, Spool};
 
 /// Settings of the node agent.
@@ -80,6 +81,9 @@ pub struct NodeAgent {
     pub(crate) spool: Spool,
     /// The group leader's side of the tree, with a cluster key.
     pub(crate) forwarder: Option<Forwarder>,
+    /// The segment's multicast data channel (local distribution), with a cluster key and
+    /// [`ForwardSettings::data_channel`].
+    pub(crate) data_channel: Option<Arc<DataChannel>>,
     /// Stops the agent, and every transfer it leads.
     pub(crate) shutdown: CancellationToken,
 }
@@ -159,11 +163,27 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         .clone()
         .map(|key| Forwarder::new(key, config.tree.clone(), client_tls.client()));
     let shutdown = CancellationToken::new();
+    let (data_channel, received) = match (&config.tree.data_channel, &config.cluster_key) {
+        (Some(settings), Some(key)) => {
+            let spool_dir = config.root.join(".spool").join("mctp");
+            let (channel, received) =
+                crate::mctp::driver::start(settings.clone(), key.clone(), &config.name, &spool_dir)
+                    .map_err(std::io::Error::other)?;
+            (Some(Arc::new(channel)), Some(received))
+        }
+        (Some(_), None) => {
+            return Err(std::io::Error::other(
+                "a data channel needs the cluster key (its control messages carry the key's tag)",
+            ));
+        }
+        _ => (None, None),
+    };
     let agent = Arc::new(NodeAgent {
         interpreter: Interpreter::new(&config.root),
         config,
         spool,
         forwarder,
+        data_channel,
         shutdown: shutdown.clone(),
     });
     let limits = ServerLimits::default();
@@ -177,6 +197,16 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
     if let Some(certs) = &certs {
         info!(listen = %bound, certificates = %certs.describe(), "certificates loaded");
         tasks.push(tokio::spawn(certs.watch(shutdown.clone())));
+    }
+    if let Some(received) = received {
+        tasks.push(tokio::spawn(crate::mctp::node::apply_received(agent.clone(), received)));
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            shutdown.cancelled().await;
+            if let Some(channel) = agent.data_channel.clone() {
+                let _ = tokio::task::spawn_blocking(move || channel.stop()).await;
+            }
+        }));
     }
     tasks.push(tokio::spawn(register_loop(
         agent.clone(),
@@ -325,6 +355,24 @@ pub(crate) fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
     });
 }
 
+/// `GET /metrics`: the node's Prometheus metrics (local distribution's, with a data channel).
+fn metrics(agent: &NodeAgent) -> Response<Body> {
+    let mut text = String::new();
+    let encoded = match agent.data_channel.as_ref() {
+        Some(channel) => prometheus_client::encoding::text::encode(&mut text, &channel.metrics().registry),
+        None => prometheus_client::encoding::text::encode(&mut text, &prometheus_client::registry::Registry::default()),
+    };
+    if encoded.is_err() {
+        return refusal(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed".into());
+    }
+    let mut response = Response::new(tern_http::full(text));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
 impl Handler for NodeApi {
     async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let agent = &self.agent;
@@ -368,8 +416,13 @@ impl Handler for NodeApi {
             }
             (&Method::POST, "/tree/notify") => crate::forward::accept(agent, request).await,
             (&Method::GET, path) if path.starts_with("/tree/assignments/") => {
-                crate::forward::serve(agent, &path["/tree/assignments/".len()..], request.uri().query())
+                let token = request
+                    .headers()
+                    .get(tern_wire::tree::FETCH_TOKEN_HEADER)
+                    .and_then(|value| value.to_str().ok());
+                crate::forward::serve(agent, &path["/tree/assignments/".len()..], request.uri().query(), token)
             }
+            (&Method::GET, "/metrics") => metrics(agent),
             (&Method::GET, "/status") => json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -377,6 +430,7 @@ impl Handler for NodeApi {
                     "name": agent.config.name,
                     "versions": agent.versions(),
                     "tree": agent.tree_status(),
+                    "data_channel": agent.data_channel.as_ref().map(|channel| channel.address().to_string()),
                 }),
             ),
             (method, path) => refusal(StatusCode::NOT_FOUND, format!("no endpoint {method} {path}")),

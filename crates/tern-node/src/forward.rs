@@ -10,9 +10,11 @@
 //!    that GL ("the GL then sends the notification to the next GL"), serves it its copy
 //!    (`GET /tree/assignments/ID`), and asks again when that upload ended — until the mover answers
 //!    *done* (the seed's null address);
-//! 3. delivers the assignment to its own members over HTTP unicast (each one's `POST /assignments`,
-//!    streamed from the spool), applies it itself if it is a target, and sends the mover its *assignment
-//!    status report*: the members that applied it, and those that did not with the reason.
+//! 3. delivers the assignment to its own members — once on the segment's multicast data channel when it
+//!    has one ([`crate::mctp`], seed: local distribution), and over HTTP unicast (each one's
+//!    `POST /assignments`, streamed from the spool) to every member that did not apply that copy — applies
+//!    it itself if it is a target, and sends the mover its *assignment status report*: the members that
+//!    applied it, and those that did not with the reason.
 //!
 //! A notification is refused, and counted by reason, when its tag is not the cluster key's, it is stale or
 //! a replay, its signature is not the mover's, it is for another node, or it names a source that is
@@ -68,6 +70,10 @@ pub struct ForwardSettings {
     pub cut_through: bool,
     /// Tries of a report or a request to the mover before the GL gives up on it.
     pub mover_tries: u32,
+    /// The segment's multicast data channel (`tern node --data-channel`): with it the GL sends each
+    /// assignment to its members once there and repairs what they lost ([`crate::mctp`]), and only the
+    /// members that did not apply it that way get it by HTTP unicast; without it, unicast to each.
+    pub data_channel: Option<crate::mctp::driver::DataChannelSettings>,
 }
 
 impl Default for ForwardSettings {
@@ -81,6 +87,7 @@ impl Default for ForwardSettings {
             parallel_members: 8,
             cut_through: true,
             mover_tries: 5,
+            data_channel: None,
         }
     }
 }
@@ -144,7 +151,8 @@ impl Forwarder {
     }
 
     /// Tree messages refused, by reason (`bad-tag`, `stale`, `replayed`, `bad-signature`, `bad-source`,
-    /// `malformed`, `oversized`, `not-for-me`).
+    /// `malformed`, `oversized`, `not-for-me`, and `bad-token` for a copy fetched without the cluster key's
+    /// [`tern_wire::tree::fetch_token`]).
     pub fn refused(&self) -> BTreeMap<String, u64> {
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         refused
@@ -375,9 +383,31 @@ pub(crate) async fn accept(agent: &Arc<NodeAgent>, request: Request<Incoming>) -
 
 /// `GET /tree/assignments/ID?for=NODE`: the spooled assignment, as far as it has arrived and then as it
 /// arrives (cut-through).
-pub(crate) fn serve(agent: &Arc<NodeAgent>, transfer: &str, query: Option<&str>) -> Response<Body> {
+pub(crate) fn serve(
+    agent: &Arc<NodeAgent>,
+    transfer: &str,
+    query: Option<&str>,
+    token: Option<&str>,
+) -> Response<Body> {
     if !tree::valid_id(transfer) {
         return refusal(StatusCode::BAD_REQUEST, format!("`{transfer}` is not a transfer id"));
+    }
+    let Some(forwarder) = agent.forwarder.as_ref() else {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "this node has no cluster key, so it forwards nothing",
+        );
+    };
+    let requester = query
+        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("for=")))
+        .unwrap_or("");
+    if !token.is_some_and(|token| tree::fetch_token_matches(&forwarder.key, transfer, requester, token)) {
+        forwarder.count_refusal("bad-token");
+        warn!(%transfer, requester, "assignment copy refused: no valid tern-tree-token");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            format!("fetch of transfer {transfer} without a valid tern-tree-token (the cluster key's)"),
+        );
     }
     let Some(entry) = agent.spool.get(transfer) else {
         return refusal(
@@ -511,7 +541,13 @@ async fn fetch_into(agent: &NodeAgent, notification: &Notification, entry: &Entr
             notification.transfer
         ),
     };
-    let request = Request::get(&url).body(tern_http::empty()).map_err(|e| e.to_string())?;
+    let request = Request::get(&url)
+        .header(
+            tree::FETCH_TOKEN_HEADER,
+            tree::fetch_token(&forwarder.key, &notification.transfer, me),
+        )
+        .body(tern_http::empty())
+        .map_err(|e| e.to_string())?;
     let timeout = forwarder.settings.request_timeout;
     let response = tokio::select! {
         _ = agent.shutdown.cancelled() => return Err("the node is stopping".into()),
@@ -625,8 +661,9 @@ async fn serve_next(agent: &NodeAgent, forwarder: &Forwarder, entry: &Entry, nex
     }
 }
 
-/// Delivers the verified assignment to the notification's members (HTTP unicast, streamed from the
-/// spool), and applies it here if this node is one of them.
+/// Delivers the verified assignment to the notification's members — on the data channel first when the
+/// node has one, then by HTTP unicast (streamed from the spool) to those that did not apply that copy —
+/// and applies it here if this node is one of them.
 async fn deliver(
     agent: &Arc<NodeAgent>,
     forwarder: &Forwarder,
@@ -637,15 +674,6 @@ async fn deliver(
     let me = agent.config.name.clone();
     let permits = Arc::new(Semaphore::new(forwarder.settings.parallel_members.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for member in notification.members.iter().filter(|member| member.name != me) {
-        let (name, url) = (member.name.clone(), member.url.clone());
-        let (agent, entry, checked, permits) = (agent.clone(), entry.clone(), checked.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let result = post_assignment(&agent, &url, &entry, &checked).await;
-            (name, result)
-        });
-    }
     if notification.members.iter().any(|member| member.name == me) {
         let (worker, entry, checked) = (agent.clone(), entry.clone(), checked.clone());
         tasks.spawn(async move {
@@ -670,10 +698,70 @@ async fn deliver(
                 Ok(Err(reason)) => Err(reason),
                 Err(error) => Err(format!("applying ended: {error}")),
             };
-            (me, result)
+            (me.clone(), result)
         });
     }
+    let others: BTreeMap<String, String> = notification
+        .members
+        .iter()
+        .filter(|member| member.name != agent.config.name)
+        .map(|member| (member.name.clone(), member.url.clone()))
+        .collect();
+    let unicast_to = |tasks: &mut tokio::task::JoinSet<(String, Result<(), String>)>, names: Vec<String>| {
+        for name in names {
+            let Some(url) = others.get(&name).cloned() else {
+                continue;
+            };
+            let (agent, entry, checked, permits) = (agent.clone(), entry.clone(), checked.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let result = post_assignment(&agent, &url, &entry, &checked).await;
+                (name, result)
+            });
+        }
+    };
     let mut completed = Vec::new();
+    match agent.data_channel.as_ref() {
+        Some(channel) if !others.is_empty() => {
+            let members: Vec<String> = others.keys().cloned().collect();
+            let mut unicast_started: Vec<String> = Vec::new();
+            let distributed = tokio::select! {
+                _ = agent.shutdown.cancelled() => Err("the group leader is stopping".to_string()),
+                distributed = crate::mctp::node::distribute(
+                    channel,
+                    &notification.transfer,
+                    entry,
+                    checked,
+                    members.clone(),
+                    |incomplete| {
+                        unicast_started.extend(incomplete.iter().cloned());
+                        unicast_to(&mut tasks, incomplete);
+                    },
+                ) => distributed,
+            };
+            match distributed {
+                Ok(distributed) => {
+                    info!(
+                        transfer = %notification.transfer,
+                        applied = distributed.applied.len(),
+                        unicast = members.len() - distributed.applied.len(),
+                        "data channel session and report collection ended"
+                    );
+                    completed.extend(distributed.applied);
+                    unicast_to(&mut tasks, distributed.fallback);
+                }
+                Err(reason) => {
+                    warn!(transfer = %notification.transfer, %reason, "data channel distribution failed; unicast to every member");
+                    let rest = members
+                        .into_iter()
+                        .filter(|name| !unicast_started.contains(name))
+                        .collect();
+                    unicast_to(&mut tasks, rest);
+                }
+            }
+        }
+        _ => unicast_to(&mut tasks, others.keys().cloned().collect()),
+    }
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -8,10 +8,12 @@
 //! the store-and-forward tree ([`forward`], Figs. 6 and 7).
 
 pub mod agent;
+mod clock;
 pub mod discovery;
 pub mod election;
 pub mod forward;
 pub mod interpreter;
+pub mod mctp;
 pub mod paths;
 pub mod registration;
 pub mod spool;

@@ -70,9 +70,19 @@ struct StaticOrigin {
 
 /// Starts serving `config.root`.
 pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
-    let root = std::fs::canonicalize(&config.root).map_err(|e| StartError::Root {
-        path: config.root.clone(),
-        reason: e.to_string(),
+    let root = std::fs::canonicalize(&config.root).map_err(|e| {
+        // A node's `live` link appears with the site's first publish: say so rather than "not found".
+        let reason = if e.kind() == std::io::ErrorKind::NotFound && config.root.ends_with("live") {
+            format!(
+                "{e}; a node's live tree appears with the site's first publish: publish it, then start `tern serve`"
+            )
+        } else {
+            e.to_string()
+        };
+        StartError::Root {
+            path: config.root.clone(),
+            reason,
+        }
     })?;
     if !root.is_dir() {
         return Err(StartError::Root {

@@ -317,6 +317,13 @@ impl CacheWorker {
         progress.applied_through = next.saturating_sub(1);
         progress.lag_changes = wanted.len() as u64;
         progress.lag_seconds = lag_seconds;
+        // Each new failure is logged once (a cache that keeps failing the same way is retried quietly):
+        // /status shows it too, but an operator waiting on `--wait-fresh` reads the log.
+        if let Some(failure) = &error
+            && progress.last_error.as_ref() != Some(failure)
+        {
+            warn!(cache = %self.cache.url, error = %failure, "cache command failed; retrying with back-off");
+        }
         if error.is_some() || wanted.is_empty() {
             progress.last_error = error;
         }

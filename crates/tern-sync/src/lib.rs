@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tern_admin::AdminRoutes;
 use tern_http::server::Running;
 use tern_wire::SecretKey;
-use tern_wire::sync::{CatchUp, Incarnation, LoggedChange};
+use tern_wire::sync::{Applied, CacheApplied, CatchUp, Incarnation, LoggedChange, PurgeRecorded, PurgeRequest};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -247,6 +247,9 @@ impl AdminRoutes for SyncAdmin {
                 self.changes_since(request.query.as_deref().unwrap_or(""))
             })),
             "/purge" => Some(Box::pin(async move { self.purge(request).await })),
+            "/applied" => Some(Box::pin(
+                async move { self.applied(request.query.as_deref().unwrap_or("")) },
+            )),
             _ => None,
         }
     }
@@ -255,20 +258,15 @@ impl AdminRoutes for SyncAdmin {
 /// Most changes returned by one `/changes` answer; an edge further behind purges everything.
 const MAX_CATCH_UP: usize = 100_000;
 
-/// The body of `POST /purge` on the sync service.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeRequest {
-    urls: Vec<String>,
-}
-
 impl SyncAdmin {
-    /// `POST /purge {"urls": [...]}`: purge URLs on every cache of their site. Needs the agents' key token.
+    /// `POST /purge {"urls": [...], "prefetch": [...]}` ([`PurgeRequest`]): purge URLs on every cache of
+    /// their site, and fetch the `prefetch` ones again. Needs the agents' key token. Answers
+    /// [`PurgeRecorded`]; `GET /applied?through=N` then tells when every cache has applied them.
     async fn purge(&self, request: &tern_admin::AdminRequest) -> http::Response<tern_http::Body> {
         if request.method != http::Method::POST {
             return tern_admin::json_error(
                 http::StatusCode::METHOD_NOT_ALLOWED,
-                "use POST /purge with {\"urls\": [...]}",
+                "use POST /purge with {\"urls\": [...], \"prefetch\": [...]}",
             );
         }
         let token = request
@@ -287,19 +285,57 @@ impl SyncAdmin {
             Err(error) => {
                 return tern_admin::json_error(
                     http::StatusCode::BAD_REQUEST,
-                    format!("body must be {{\"urls\": [...]}}: {error}"),
+                    format!("body must be {{\"urls\": [...], \"prefetch\": [...]}}: {error}"),
                 );
             }
         };
         let master = self.service.master.clone();
-        let urls = purge.urls;
-        let count = urls.len();
-        match tokio::task::spawn_blocking(move || master.purge(&urls)).await {
-            Ok(Ok(through)) => tern_admin::json(
-                http::StatusCode::OK,
-                &serde_json::json!({ "recorded": count, "through": through }),
-            ),
+        let count = purge.urls.len() + purge.prefetch.len();
+        match tokio::task::spawn_blocking(move || master.purge_and_prefetch(&purge.urls, &purge.prefetch)).await {
+            Ok(Ok(through)) => {
+                let answer = PurgeRecorded {
+                    recorded: count,
+                    through,
+                    log: self.service.master.log_id().clone(),
+                };
+                match serde_json::to_value(&answer) {
+                    Ok(body) => tern_admin::json(http::StatusCode::OK, &body),
+                    Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                }
+            }
             Ok(Err(reject)) => tern_admin::json_error(http::StatusCode::BAD_REQUEST, reject.message),
+            Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        }
+    }
+
+    /// `GET /applied?through=N`: how far each cache has applied the change log, for a caller that recorded
+    /// purges through position N (the content mover waits for every cache to reach it).
+    fn applied(&self, query: &str) -> http::Response<tern_http::Body> {
+        let through = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("through=")?.parse::<u64>().ok());
+        let Some(through) = through else {
+            return tern_admin::json_error(
+                http::StatusCode::BAD_REQUEST,
+                "give ?through=N (the `through` of a purge's answer)",
+            );
+        };
+        let answer = Applied {
+            log: self.service.master.log_id().clone(),
+            through,
+            caches: self
+                .service
+                .progress()
+                .into_iter()
+                .map(|progress| CacheApplied {
+                    url: progress.url,
+                    applied_through: progress.applied_through,
+                    last_error: progress.last_error,
+                })
+                .collect(),
+        };
+        match serde_json::to_value(&answer) {
+            Ok(body) => tern_admin::json(http::StatusCode::OK, &body),
             Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         }
     }

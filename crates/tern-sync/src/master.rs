@@ -342,17 +342,28 @@ impl Master {
     /// Records an operator's purge of `urls` (each must belong to a configured site). Returns the log
     /// position of the last record.
     pub fn purge(&self, urls: &[String]) -> Result<u64, Reject> {
+        self.purge_and_prefetch(urls, &[])
+    }
+
+    /// Records a purge of `urls`, and of `prefetch`, which every cache then fetches again (the content
+    /// mover's changed files, after a commit). Each URL must belong to a configured site; nothing is
+    /// recorded otherwise. Returns the log position of the last record.
+    pub fn purge_and_prefetch(&self, urls: &[String], prefetch: &[String]) -> Result<u64, Reject> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let mut appended = Vec::new();
-        for url in urls {
+        let purged = urls.iter().map(|url| (url, ChangeKind::Purged));
+        let refetched = prefetch.iter().map(|url| (url, ChangeKind::Modified));
+        for (url, kind) in purged.chain(refetched) {
             let Some(site) = self.sites.iter().find(|site| check_url(url, site).is_ok()) else {
                 return Err(Reject {
                     reason: "host".into(),
-                    message: format!("`{url}` belongs to no configured site"),
+                    message: format!(
+                        "`{url}` belongs to no configured site (give the sync service --site NAME=HOST with its host)"
+                    ),
                 });
             };
             appended.push(Record {
@@ -362,7 +373,7 @@ impl Master {
                 incarnation: Incarnation::default(),
                 agent_seq: 0,
                 url: url.clone(),
-                kind: ChangeKind::Purged,
+                kind,
                 etag: None,
                 at_ms: now_ms,
                 recorded_ms: now_ms,
@@ -621,6 +632,30 @@ mod tests {
         let reopened = Master::open(dir.path(), sites()).expect("reopen");
         assert_eq!(reopened.log_id(), &log_id, "a legacy log's id is stable");
         assert_eq!(reopened.len(), 3);
+    }
+
+    #[test]
+    fn a_purge_with_prefetch_records_both_kinds_or_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        let through = master
+            .purge_and_prefetch(
+                &["http://www.example.com/docs".into()],
+                &["http://www.example.com/docs/".into()],
+            )
+            .expect("recorded");
+        assert_eq!(through, 2);
+        let kinds: Vec<(String, ChangeKind)> = master.records_from(1).iter().map(|r| (r.url.clone(), r.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("http://www.example.com/docs".to_string(), ChangeKind::Purged),
+                ("http://www.example.com/docs/".to_string(), ChangeKind::Modified),
+            ]
+        );
+        let refused = master.purge_and_prefetch(&[], &["http://elsewhere.example/x".into()]);
+        assert_eq!(refused.err().map(|r| r.reason), Some("host".to_string()));
+        assert_eq!(master.len(), 2, "a refused purge records nothing");
     }
 
     #[test]

@@ -295,6 +295,35 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ControlError> {
     )))
 }
 
+/// A frame's JSON payload as `T`; a payload that does not parse is a malformed message. Shared by the
+/// control channel's sibling protocols ([`crate::segment`], [`crate::mctp`], [`crate::community`]).
+pub(crate) fn parse_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(payload).map_err(|error| ControlError::Malformed(error.to_string()))
+}
+
+/// A malformed-message error.
+pub(crate) fn malformed(message: impl Into<String>) -> ControlError {
+    ControlError::Malformed(message.into())
+}
+
+/// `Ok` when `text` is at most `max_len` bytes without control characters; else an error naming `field`.
+pub(crate) fn check_text(field: &str, text: &str, max_len: usize) -> Result<(), ControlError> {
+    if text.len() <= max_len && !text.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(malformed(format!(
+        "{field} must be at most {max_len} bytes without control characters"
+    )))
+}
+
+/// `Ok` when `count` is within `limit`; else an error naming `field`.
+pub(crate) fn check_count(field: &str, count: usize, limit: usize) -> Result<(), ControlError> {
+    if count <= limit {
+        return Ok(());
+    }
+    Err(malformed(format!("{count} {field} are over the limit of {limit}")))
+}
+
 /// What the [`ReplayGuard`] looks at in a message: who sent it, in which process run, its number in that
 /// run, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,16 @@ pub enum KeyError {
     /// The system random source failed.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The file is a public key (the mover's `mover.pub`, given to every node), not a secret.
+    #[error(
+        "key file {0} is a public key (handed to every node), not a secret: create a secret key with `tern keygen FILE`"
+    )]
+    PublicKey(PathBuf),
 }
+
+/// The first line of the mover's public key file (`mover.pub`, written by `tern-mover`'s keys module): a
+/// key file that starts with it is refused as a secret ([`KeyError::PublicKey`]).
+pub const PUBLIC_KEY_HEADER: &str = "# tern mover public key";
 
 /// A shared secret key.
 #[derive(Clone)]
@@ -82,6 +91,12 @@ impl SecretKey {
             path: path.to_path_buf(),
             source,
         })?;
+        // A public key file has the same shape (64 hex digits): taken as a secret, every node holding it
+        // could log in to the admin UI or forge tags.
+        let public = text.lines().any(|line| line.starts_with(PUBLIC_KEY_HEADER));
+        if public {
+            return Err(KeyError::PublicKey(path.to_path_buf()));
+        }
         Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.to_path_buf()))
     }
 
@@ -131,5 +146,15 @@ mod tests {
         assert!(matches!(SecretKey::write_new(&path), Err(KeyError::Exists(_))));
         std::fs::write(&path, "not a key").expect("write");
         assert!(matches!(SecretKey::load(&path), Err(KeyError::Malformed(_))));
+        // The mover's public key has the same shape; it is not a secret and is refused as one.
+        std::fs::write(
+            &path,
+            format!(
+                "# tern mover public key: give it to nodes (--key)\n{}\n",
+                "ab".repeat(32)
+            ),
+        )
+        .expect("write");
+        assert!(matches!(SecretKey::load(&path), Err(KeyError::PublicKey(_))));
     }
 }

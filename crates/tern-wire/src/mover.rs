@@ -13,6 +13,9 @@
 //! | [`GroupRequest`] | client → mover | `PUT /api/groups/NAME` |
 //! | [`HistoryEntry`] | mover → client | `GET /api/history` |
 //!
+//! A site's caches ([`SiteCaches`]) travel with a publish (or restore) and become the site's; each job whose
+//! commit changed what readers get shows how the caches took it ([`JobFreshness`]).
+//!
 //! Every body is JSON. The enums ([`JobKind`], [`JobState`], [`NodeState`], [`ConflictPolicy`]) travel as
 //! the lowercase words the mover has always written, which are also what its database stores; a word
 //! outside the list is refused with an [`UnknownValue`] that names the accepted ones. Times are
@@ -275,6 +278,9 @@ pub struct JobSpec {
     /// Include and exclude rules (publish); they become the site's rules.
     #[serde(default)]
     pub rules: Option<Rules>,
+    /// The caches in front of the site's nodes (publish, restore); they become the site's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caches: Option<SiteCaches>,
 }
 
 impl JobSpec {
@@ -291,6 +297,7 @@ impl JobSpec {
             retries: 0,
             retry_delay_s: DEFAULT_RETRY_DELAY_S,
             rules: None,
+            caches: None,
         }
     }
 
@@ -346,6 +353,10 @@ pub struct JobRequest {
     /// Exclude patterns (publish).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<Vec<String>>,
+    /// The caches in front of the site's nodes (publish, restore): they become the site's, and the mover
+    /// keeps them fresh after every commit. One without a sync service or edges turns that off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caches: Option<SiteCaches>,
 }
 
 /// Why a [`JobRequest`] does not make a job.
@@ -373,6 +384,7 @@ impl JobRequest {
             retry_delay_s: None,
             include: None,
             exclude: None,
+            caches: None,
         }
     }
 
@@ -397,6 +409,7 @@ impl JobRequest {
                 exclude: self.exclude.unwrap_or_default(),
             });
         }
+        spec.caches = self.caches;
         Ok((spec, self.at_ms.unwrap_or(0)))
     }
 }
@@ -415,6 +428,105 @@ pub struct JobCancelled {
     pub id: String,
     /// Always [`JobState::Cancelled`].
     pub state: JobState,
+}
+
+/// How long the mover keeps trying to have a commit's URLs acknowledged by a site's caches, when the site
+/// does not say ([`SiteCaches::confirm_within_s`]).
+pub const DEFAULT_CONFIRM_WITHIN_S: u64 = 600;
+
+/// The caches in front of a site's nodes, which the mover keeps fresh after every commit (seed 004: the CCM
+/// sends invalidation messages to the caches; seed 001: the sync service's cacher purges and prefetches).
+/// The changed paths go as URLs under `public_url` either to the sync service, which purges them on every
+/// cache it drives and fetches the changed ones again, or straight to `edges`. Key and CA files are paths on
+/// the mover's machine, like a staging directory: no secret travels in a job or is kept in the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteCaches {
+    /// The site's public base URL (`https://www.example.com`, or with a path prefix): published path
+    /// `docs/a.html` is read at `https://www.example.com/docs/a.html`.
+    #[serde(default)]
+    pub public_url: String,
+    /// The sync service's admin URL (`tern sync --admin`), `http://` or `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_url: Option<String>,
+    /// Key file whose token the sync service takes for purges (the sync service's `--key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_key: Option<String>,
+    /// Edges the mover purges itself (`PURGE`, then a prefetch `GET`), by base URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,
+    /// The edges' purge key file (their `--purge-key`); none when they allow the mover by address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_key: Option<String>,
+    /// CA certificate (PEM) that alone vouches for an `https://` sync service or edge [default: the
+    /// system's roots].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Seconds the mover keeps trying to have a commit acknowledged by every cache before it records the
+    /// edges as not confirmed fresh [default: [`DEFAULT_CONFIRM_WITHIN_S`]].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_within_s: Option<u64>,
+}
+
+impl SiteCaches {
+    /// Whether no cache is named: the mover tells nobody (this is how a site's caches are turned off).
+    pub fn is_off(&self) -> bool {
+        self.sync_url.is_none() && self.edges.is_empty()
+    }
+}
+
+word_enum! {
+    /// Whether the caches in front of a site serve what a job committed.
+    FreshState, "freshness state" {
+        /// The changed URLs are with the caches (or on their way); not every cache has acknowledged them.
+        Pending = "pending",
+        /// Every cache acknowledged: the edges serve what the job committed.
+        Fresh = "fresh",
+        /// The mover stopped trying before every cache acknowledged (the error says why). The commit stands;
+        /// an edge not confirmed serves the old copy until it expires or is purged.
+        Unconfirmed = "unconfirmed",
+    }
+}
+
+/// How the caches in front of a site took what a job committed: `GET /api/jobs/ID` shows it as
+/// `freshness`, and `tern publish --wait-fresh` waits for `fresh_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFreshness {
+    /// Where it stands.
+    pub state: FreshState,
+    /// Where the URLs went: `sync service URL`, or `N edges`.
+    pub via: String,
+    /// URLs purged (every spelling, and index files' directories).
+    pub purged: u64,
+    /// Of those, URLs fetched again at once (the changed content, one spelling each).
+    pub prefetched: u64,
+    /// When the commit handed them over (ms since the epoch).
+    pub since_ms: u64,
+    /// When every cache had acknowledged them (ms since the epoch): from then on every edge serves what the
+    /// job committed.
+    #[serde(default)]
+    pub fresh_ms: Option<u64>,
+    /// Tries to hand them over so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure, and what to do about it.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Each cache, as last heard.
+    #[serde(default)]
+    pub caches: Vec<CacheFreshness>,
+}
+
+/// One cache's part in a [`JobFreshness`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheFreshness {
+    /// The cache's base URL.
+    pub url: String,
+    /// Whether it has acknowledged every URL.
+    pub acknowledged: bool,
+    /// Why it has not, when it failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A job as `GET /api/jobs/ID` shows it (and `GET /api/jobs`, newest first): its [`JobSpec`]'s fields,
@@ -447,6 +559,10 @@ pub struct Job {
     /// When it ended (ms since the epoch).
     #[serde(default)]
     pub finished_ms: Option<u64>,
+    /// How the caches in front of the site took what the job committed (none: the site names no caches,
+    /// or the job changed nothing readers get).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<JobFreshness>,
 }
 
 impl Job {
@@ -635,6 +751,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sites_caches_travel_with_a_publish_and_a_misspelt_one_is_refused() {
+        let request: JobRequest = serde_json::from_str(
+            r#"{"kind": "publish", "site": "www", "staging": "/s",
+                "caches": {"public_url": "https://www.example.com", "sync_url": "http://sync:7071",
+                           "sync_key": "/etc/tern/sync.key"}}"#,
+        )
+        .expect("request");
+        let (spec, _) = request.into_spec().expect("spec");
+        let caches = spec.caches.expect("caches");
+        assert_eq!(caches.sync_key.as_deref(), Some("/etc/tern/sync.key"));
+        assert!(!caches.is_off());
+        assert!(SiteCaches::default().is_off(), "naming no cache turns them off");
+        let misspelt =
+            r#"{"kind": "publish", "site": "w", "caches": {"public_url": "http://h", "edge": ["http://e"]}}"#;
+        assert!(serde_json::from_str::<JobRequest>(misspelt).is_err());
+        // A job from before caches existed reads without them.
+        let old: JobSpec = serde_json::from_str(r#"{"kind": "rollback", "site": "www"}"#).expect("old spec");
+        assert_eq!(old.caches, None);
+        let freshness: JobFreshness = serde_json::from_str(
+            r#"{"state": "pending", "via": "2 edges", "purged": 3, "prefetched": 1, "since_ms": 5}"#,
+        )
+        .expect("freshness");
+        assert_eq!(
+            (freshness.state, freshness.fresh_ms, freshness.attempts),
+            (FreshState::Pending, None, 0)
+        );
+    }
+
+    #[test]
     fn a_job_reads_back_what_the_mover_writes() {
         let mut spec = JobSpec::new(JobKind::Publish, "www");
         spec.staging = Some("/s".into());
@@ -655,6 +800,7 @@ mod tests {
             attempt: 1,
             started_ms: Some(3),
             finished_ms: None,
+            freshness: None,
         };
         let value = serde_json::to_value(&job).expect("json");
         assert_eq!(value["kind"], "publish", "the spec is flattened: {value}");

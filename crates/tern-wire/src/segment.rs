@@ -26,10 +26,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::control::{self, ControlError, ControlLimits, Stamp, check_name};
+use crate::control::{
+    self, ControlError, ControlLimits, Stamp, check_count, check_name, check_text, malformed, parse_payload,
+};
 use crate::frame;
 use crate::key::SecretKey;
 
@@ -377,22 +378,22 @@ pub fn decode(key: &SecretKey, bytes: &[u8], limits: &SegmentLimits) -> Result<V
     let frame = control::open_frame(key, bytes, limits.max_len)?;
     let (envelope, body) = match frame.kind {
         KIND_REGISTRATION => {
-            let payload: Payload<Registration> = parse(&frame.payload)?;
+            let payload: Payload<Registration> = parse_payload(&frame.payload)?;
             check_profile(&payload.body.profile, limits)?;
             split(payload, SegmentBody::Registration)
         }
         KIND_REGISTRATION_REPORT => {
-            let payload: Payload<RegistrationReport> = parse(&frame.payload)?;
+            let payload: Payload<RegistrationReport> = parse_payload(&frame.payload)?;
             check_registration_report(&payload.body, limits)?;
             split(payload, SegmentBody::RegistrationReport)
         }
         KIND_SEGMENT_REPORT => {
-            let payload: Payload<SegmentReport> = parse(&frame.payload)?;
+            let payload: Payload<SegmentReport> = parse_payload(&frame.payload)?;
             check_segment_report(&payload.body, &payload.sender, limits)?;
             split(payload, SegmentBody::SegmentReport)
         }
         KIND_REPORT_ANSWER => {
-            let payload: Payload<ReportAnswer> = parse(&frame.payload)?;
+            let payload: Payload<ReportAnswer> = parse_payload(&frame.payload)?;
             if let Some(leader) = &payload.body.leader_override {
                 check_name("leader override", leader)?;
             }
@@ -414,10 +415,6 @@ pub fn decode(key: &SecretKey, bytes: &[u8], limits: &SegmentLimits) -> Result<V
     }))
 }
 
-fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<Payload<T>, ControlError> {
-    serde_json::from_slice(payload).map_err(|error| ControlError::Malformed(error.to_string()))
-}
-
 fn split<T>(payload: Payload<T>, wrap: impl FnOnce(T) -> SegmentBody) -> (Payload<()>, SegmentBody) {
     let envelope = Payload {
         segment: payload.segment,
@@ -430,26 +427,6 @@ fn split<T>(payload: Payload<T>, wrap: impl FnOnce(T) -> SegmentBody) -> (Payloa
         body: (),
     };
     (envelope, wrap(payload.body))
-}
-
-fn malformed(message: impl Into<String>) -> ControlError {
-    ControlError::Malformed(message.into())
-}
-
-fn check_text(field: &str, text: &str, max_len: usize) -> Result<(), ControlError> {
-    if text.len() <= max_len && !text.chars().any(char::is_control) {
-        return Ok(());
-    }
-    Err(malformed(format!(
-        "{field} must be at most {max_len} bytes without control characters"
-    )))
-}
-
-fn check_count(field: &str, count: usize, limit: usize) -> Result<(), ControlError> {
-    if count <= limit {
-        return Ok(());
-    }
-    Err(malformed(format!("{count} {field} are over the limit of {limit}")))
 }
 
 fn check_profile(profile: &Profile, limits: &SegmentLimits) -> Result<(), ControlError> {

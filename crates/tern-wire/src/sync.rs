@@ -1,6 +1,8 @@
 //! Messages between the CP agent and the synchronisation service's listener (seed 001): the agent sends
 //! batches of content changes, the listener acknowledges them through a sequence number or rejects them
-//! with a reason. Payloads are JSON inside authenticated frames ([`crate::frame`]).
+//! with a reason. Payloads are JSON inside authenticated frames ([`crate::frame`]). Beside them, the JSON
+//! bodies of the service's admin API: `POST /purge` ([`PurgeRequest`] → [`PurgeRecorded`], used by operators
+//! and by the content mover after a commit), `GET /applied` ([`Applied`]) and `GET /changes` ([`CatchUp`]).
 //!
 //! Every sequence number that outlives a process is read together with the [`Incarnation`] of its stream:
 //! the agent's numbers with the agent state's incarnation, the change log's positions (sent to caches in
@@ -190,6 +192,63 @@ pub struct LoggedChange {
     pub kind: ChangeKind,
 }
 
+/// The body of `POST /purge` on the sync service's admin listener (authorised by the agents' key token,
+/// `Authorization: Bearer`): URLs every cache drops, and URLs every cache drops and fetches again at once
+/// (the content mover's changed files). Each URL must belong to a configured site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// URLs purged.
+    pub urls: Vec<String>,
+    /// URLs purged and then fetched again (the cacher's prefetch `GET`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<String>,
+}
+
+/// The sync service's answer to a [`PurgeRequest`]: the purges are in its change log, through position
+/// `through` of log `log`; [`Applied`] tells when every cache has applied them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecorded {
+    /// URLs recorded.
+    pub recorded: usize,
+    /// The log's length once they were recorded.
+    pub through: u64,
+    /// The change log's incarnation `through` counts in.
+    #[serde(default)]
+    pub log: Incarnation,
+}
+
+/// The sync service's answer to `GET /applied?through=N`: how far each cache has applied the change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The change log's incarnation the positions count in.
+    pub log: Incarnation,
+    /// The position asked about.
+    pub through: u64,
+    /// Every cache the service drives.
+    pub caches: Vec<CacheApplied>,
+}
+
+impl Applied {
+    /// Whether every cache has applied the log through the position asked about.
+    pub fn all_applied(&self) -> bool {
+        self.caches.iter().all(|cache| cache.applied_through >= self.through)
+    }
+}
+
+/// One cache in an [`Applied`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheApplied {
+    /// The cache's base URL.
+    pub url: String,
+    /// The log position it has applied through: every change up to it is acknowledged by the cache (or
+    /// older than the service's retry limit, so the cache's copy has expired anyway).
+    pub applied_through: u64,
+    /// Why its last command failed, while it is failing.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
 /// A message of the agent protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncMessage {
@@ -297,6 +356,27 @@ mod tests {
         // A batch whose incarnation is malformed does not decode.
         let hostile = br#"{"site":"www","agent":"a","incarnation":"x y","changes":[]}"#;
         assert!(serde_json::from_slice::<ChangeBatch>(hostile).is_err());
+    }
+
+    #[test]
+    fn a_purge_request_without_prefetch_reads_as_before_and_applied_needs_every_cache() {
+        let old: PurgeRequest = serde_json::from_str(r#"{"urls": ["http://h/a"]}"#).expect("old request");
+        assert!(old.prefetch.is_empty());
+        assert_eq!(serde_json::to_string(&old).expect("json"), r#"{"urls":["http://h/a"]}"#);
+        assert!(serde_json::from_str::<PurgeRequest>(r#"{"urls": [], "refetch": []}"#).is_err());
+        let cache = |applied_through| CacheApplied {
+            url: "http://e".into(),
+            applied_through,
+            last_error: None,
+        };
+        let mut applied = Applied {
+            log: Incarnation::default(),
+            through: 7,
+            caches: vec![cache(7), cache(9)],
+        };
+        assert!(applied.all_applied());
+        applied.caches.push(cache(6));
+        assert!(!applied.all_applied(), "one cache behind");
     }
 
     #[test]

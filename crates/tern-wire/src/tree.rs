@@ -17,7 +17,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::control::{ControlError, open_frame, valid_name};
 use crate::frame::{self, FrameError};
@@ -522,6 +525,31 @@ pub fn reason(text: &str) -> String {
     text[..end].to_string()
 }
 
+/// The request header that carries a [`fetch_token`] when a GL obtains an assignment copy from its source
+/// (`GET /api/tree/assignments/ID?for=NODE` on the mover, `GET /tree/assignments/ID?for=NODE` on a GL).
+pub const FETCH_TOKEN_HEADER: &str = "tern-tree-token";
+
+/// The token node `requester` presents to fetch the copy of `transfer` from its source: lowercase hex of
+/// HMAC-SHA256 with the cluster key over a label, the transfer id and the requester's name. Only a machine
+/// with the cluster key can compute it, so an assignment (site content, possibly not yet published) is
+/// never handed to a client that merely reaches the mover's or a GL's port; it names one transfer and one
+/// requester, so a token seen on the wire fetches nothing else.
+pub fn fetch_token(key: &SecretKey, transfer: &str, requester: &str) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable!());
+    mac.update(b"tern tree fetch v1\0");
+    mac.update(transfer.as_bytes());
+    mac.update(b"\0");
+    mac.update(requester.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `presented` is [`fetch_token`]`(key, transfer, requester)`, compared in constant time.
+pub fn fetch_token_matches(key: &SecretKey, transfer: &str, requester: &str, presented: &str) -> bool {
+    let expected = fetch_token(key, transfer, requester);
+    expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
 /// Whether `id` can be a job or transfer id: 1 to [`MAX_ID_LEN`] bytes of letters, digits, `-`, `_` and
 /// `.`, not starting with `.` (it names a spool file).
 pub fn valid_id(id: &str) -> bool {
@@ -655,6 +683,25 @@ impl NonceGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_token_names_one_transfer_and_one_requester() {
+        let key = SecretKey::generate().expect("key");
+        let other = SecretKey::generate().expect("key");
+        let token = fetch_token(&key, "publish-1-0.prepare.1", "web1");
+        assert_eq!(token.len(), 64);
+        assert!(fetch_token_matches(&key, "publish-1-0.prepare.1", "web1", &token));
+        assert!(!fetch_token_matches(&key, "publish-1-0.prepare.2", "web1", &token));
+        assert!(!fetch_token_matches(&key, "publish-1-0.prepare.1", "web2", &token));
+        assert!(!fetch_token_matches(&other, "publish-1-0.prepare.1", "web1", &token));
+        assert!(!fetch_token_matches(&key, "publish-1-0.prepare.1", "web1", ""));
+        assert!(!fetch_token_matches(
+            &key,
+            "publish-1-0.prepare.1",
+            "web1",
+            &token[..63]
+        ));
+    }
 
     fn key() -> SecretKey {
         SecretKey::parse(&"5e".repeat(32)).expect("key")

@@ -12,14 +12,14 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use tern_wire::mover::{ConflictPolicy, JobKind, JobRequest};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::FileConfig;
 
 /// tern: a self-hosted content delivery network.
 ///
-/// One binary, several roles. Start with `tern demo` to see an origin and two edges working together,
-/// then run each role on its own machine. Every role runs without a config file for the simple case and
+/// One binary, several roles. Start with `tern demo` to see them working together as one system, then
+/// run each role on its own machine. Every role runs without a config file for the simple case and
 /// takes `--config FILE` (TOML) for the rest; flags given on the command line win over the file.
 #[derive(Parser, Debug)]
 #[command(name = "tern", version, propagate_version = true)]
@@ -45,6 +45,13 @@ enum Command {
     /// Cache-Status), collapses concurrent misses into one origin request, and purges by URL (`PURGE`),
     /// prefix or surrogate key (`POST /purge` on the admin listener).
     Edge(EdgeArgs),
+    /// Run the registry of cache communities (seed 002's cache server): communities, their masters and
+    /// epochs.
+    ///
+    /// Edges started with `--community NAME --registry URL` ask it for their community, and masters
+    /// record themselves in it; a master with an older epoch is refused. Its state is kept in --data, so
+    /// a restart loses nothing.
+    Registry(RegistryArgs),
     /// Serve a directory as a static origin (ETag, Last-Modified, conditional GET, ranges, Cache-Control).
     Serve(ServeArgs),
     /// Watch an origin directory and report every change to the sync service (the CP agent).
@@ -78,12 +85,15 @@ enum Command {
     Rollback(RollbackArgs),
     /// List the mover's jobs.
     Jobs(JobsArgs),
+    /// List the nodes registered with the mover, or remove a retired one (`--remove NAME`).
+    Nodes(NodesArgs),
     /// Create, list or restore checkpoints (compressed full copies of a site's published version).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
     /// Write a new random secret key file (for --purge-key and the other --...-key flags).
     Keygen(KeygenArgs),
-    /// Start an origin and two edges on this machine with a sample site, and show how to use them.
+    /// Run the whole system on this machine (mover and admin UI, three nodes, their edges, the sync
+    /// service, differential caching) with a sample site, and show how to use it.
     Demo(demo::DemoArgs),
 }
 
@@ -159,6 +169,59 @@ struct EdgeArgs {
     /// upstream announces a base; the default) or `off`.
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on")]
     delta: Option<tern_edge::delta::DeltaMode>,
+    /// Join (or create) the cache community NAME: the site's edges divide the content between them and
+    /// the origin sees each object once (seeds 002, 003). Needs --cluster-key and --peer-listen.
+    #[arg(long, value_name = "NAME", requires_all = ["cluster_key", "peer_listen"])]
+    community: Option<String>,
+    /// The cluster key file shared by the community's edges and its registry.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// Where community messages (UDP) and peer requests (HTTP) arrive, one port for both; the address
+    /// the other edges reach this one at.
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+    /// This edge's name in the community [default: its --peer-listen address].
+    #[arg(long, value_name = "NAME")]
+    peer_name: Option<String>,
+    /// The registry's URL (`tern registry`), e.g. http://10.0.0.5:7300.
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// Find the community with a multicast probe on GROUP:PORT (e.g. 239.255.42.1:7401) when there is
+    /// no registry or it does not answer.
+    #[arg(long, value_name = "GROUP:PORT")]
+    discover: Option<std::net::SocketAddrV4>,
+    /// This edge's share of the content relative to the others', at least 1 [default: 100].
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..))]
+    weight: Option<u32>,
+    /// Owners of each object (1 to 8) [default: 1].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u8).range(1..=8))]
+    replicas: Option<u8>,
+    /// Priority in master elections, 0 to 255, higher wins [default: 128].
+    #[arg(long, value_name = "P")]
+    master_priority: Option<u8>,
+    /// Whether an edge keeps its own copy of what the owner served it: never (one copy in the
+    /// community), hot (a copy once asked again within the hot window, 60 s) or always [default: never].
+    #[arg(long, value_name = "POLICY")]
+    community_keep: Option<tern_edge::community::KeepPolicy>,
+    /// Milliseconds to connect to a peer before going to the origin instead [default: 300].
+    #[arg(long, value_name = "MS")]
+    peer_connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct RegistryArgs {
+    /// Address peers reach the registry at (HTTP), e.g. 10.0.0.5:7300.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The cluster key file (from `tern keygen`) the community's edges share.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: PathBuf,
+    /// Directory of the registry's state [default: the user's state directory].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Admin listener address for /metrics and /status (keep it private).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -323,9 +386,20 @@ struct MoverArgs {
     /// Checkpoints kept per site [default: 5].
     #[arg(long)]
     checkpoints_kept: Option<usize>,
-    /// Admin listener address for /metrics and /status.
+    /// Admin listener address for /metrics, /status and, with --admin-token, the web UI (/ui/).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Key file (`tern keygen FILE`) whose token logs in to the admin web UI on --admin (its line of 64 hex
+    /// digits is the password). Without it the UI is off.
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    admin_token: Option<PathBuf>,
+    /// Key file (`tern keygen FILE`) whose token every client of the API on --listen must present
+    /// (`Authorization: Bearer`): `tern publish`, `rollback`, `checkpoint` and `jobs` read it from the file
+    /// named by the environment variable TERN_API_TOKEN_FILE. Nodes need no token (their registration and
+    /// the tree's messages are checked otherwise). Without it anyone who reaches --listen can submit jobs:
+    /// keep it on loopback or a trusted network.
+    #[arg(long, value_name = "FILE")]
+    api_token: Option<PathBuf>,
     /// Encrypt every assignment (XChaCha20-Poly1305) with this key file (`tern keygen`); nodes need the
     /// same file as their --encryption-key.
     #[arg(long)]
@@ -344,6 +418,10 @@ struct MoverArgs {
     /// segment with a group leader.
     #[arg(long, default_value = "auto", value_name = "auto|tree|star")]
     delivery: tern_mover::tree_delivery::DeliveryMode,
+    /// Longest a node may take to answer one delivery (prepare or commit) before it counts as failed for
+    /// that job (and is caught up later), e.g. 30s or 10m. A hung node holds a job this long.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    delivery_timeout: humantime::Duration,
     /// The cluster key file (`tern keygen`) every node of the fleet also has: it authenticates the group
     /// leaders' segment reports (`POST /api/segments/report`) and the store-and-forward tree.
     #[arg(long, value_name = "FILE")]
@@ -394,6 +472,36 @@ struct NodeArgs {
     superseded_grace: std::time::Duration,
     #[command(flatten)]
     segment: SegmentArgs,
+    #[command(flatten)]
+    data: DataChannelArgs,
+}
+
+/// The segment's multicast data channel (seed 004's local distribution): a group leader sends each
+/// assignment to its members once there and repairs what they lost; members that did not apply that copy
+/// get it by HTTP unicast. Off by default (HTTP unicast to each member).
+#[derive(Args, Debug)]
+struct DataChannelArgs {
+    /// The data channel: an IPv4 multicast group and port every node of the segment listens to, e.g.
+    /// 239.192.0.2:7300. Needs --cluster-key.
+    #[arg(long, value_name = "GROUP:PORT", requires = "cluster_key")]
+    data_channel: Option<std::net::SocketAddrV4>,
+    /// The group leader's highest sending rate on the data channel, in Mbit/s (it slows down when
+    /// members report losses).
+    #[arg(long, value_name = "MBIT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), requires = "data_channel")]
+    data_rate: u64,
+    /// Members report applying an assignment at a random multiple (1 to 10) of this interval, so that
+    /// their reports do not all arrive at once.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, requires = "data_channel")]
+    data_report_interval: std::time::Duration,
+    /// Longest random delay of a member's status report (its NACK list) after each pass; the seed's is
+    /// about a second. Shorter repairs faster; longer spreads the reports of a large segment.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, requires = "data_channel")]
+    data_report_delay: std::time::Duration,
+    /// TEST KNOB, not for production: drop each datagram received on the data channel with this
+    /// probability (0 to 1), from a generator seeded by the node's name, to stand in for a lossy LAN in
+    /// labs and benchmarks.
+    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "data_channel")]
+    data_loss: f64,
 }
 
 /// The node's network segment: with `--segment`, the node takes part in its LAN's group-leader election
@@ -436,6 +544,12 @@ struct SegmentArgs {
     /// --multicast-interface, or on every interface].
     #[arg(long, value_name = "ADDR", requires = "segment")]
     registration_listen: Option<SocketAddr>,
+    /// Run the election's and the registration's timers N times faster than the seed's values (1, the
+    /// default: LA every 1.5 s, claims after 5 to 16 s, votes of 10 to 15 s, a leader settled within
+    /// 75.5 s of a crash). For labs, tests and demos on a quiet LAN; every member of a segment uses the
+    /// same N.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100), requires = "segment")]
+    discovery_speed: u32,
 }
 
 #[derive(Args, Debug)]
@@ -454,12 +568,109 @@ struct PublishArgs {
     staging: PathBuf,
     #[command(flatten)]
     job: JobOptions,
-    /// Publish only files matching this pattern (repeatable; `*.html`, `static/`).
+    /// Publish only files matching this pattern (repeatable; `*.html`, `static/`). The rules given stay
+    /// with the site: later publishes without --include/--exclude use them too (see --clear-rules).
     #[arg(long)]
     include: Vec<String>,
-    /// Never publish files matching this pattern (repeatable; `*.tmp`, `drafts/`).
+    /// Never publish files matching this pattern (repeatable; `*.tmp`, `drafts/`). Kept with the site like
+    /// --include.
     #[arg(long)]
     exclude: Vec<String>,
+    /// Drop the site's kept include and exclude rules: this publish, and the later ones, take every file.
+    #[arg(long, conflicts_with_all = ["include", "exclude"])]
+    clear_rules: bool,
+    #[command(flatten)]
+    caches: CacheOptions,
+    #[command(flatten)]
+    fresh: FreshOptions,
+}
+
+/// The caches in front of the site's nodes, which the mover keeps fresh after every commit: given with a
+/// publish, they become the site's (the mover keeps them, for every later publish, rollback, restore and
+/// remove). Like --staging, file paths are on the mover's machine.
+#[derive(Args, Debug)]
+struct CacheOptions {
+    /// The site's public base URL, e.g. https://www.example.com: the changed paths are purged as URLs
+    /// under it (needs --sync-url or --edge).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The sync service's admin URL (`tern sync --admin`): it purges the changed URLs on every cache it
+    /// drives and fetches them again.
+    #[arg(long, value_name = "URL", requires_all = ["public_url", "sync_key"], conflicts_with = "edges")]
+    sync_url: Option<String>,
+    /// The sync service's key file (its --key).
+    #[arg(long, value_name = "FILE", requires = "sync_url")]
+    sync_key: Option<PathBuf>,
+    /// An edge the mover purges itself, by base URL (repeatable), instead of through a sync service.
+    #[arg(long = "edge", value_name = "URL", requires = "public_url")]
+    edges: Vec<String>,
+    /// The edges' purge key file (their --purge-key).
+    #[arg(long, value_name = "FILE")]
+    edge_key: Option<PathBuf>,
+    /// CA certificate (PEM) that alone vouches for an https:// --sync-url or --edge [default: the system's
+    /// roots].
+    #[arg(long, value_name = "FILE")]
+    cache_ca: Option<PathBuf>,
+    /// Stop telling the site's caches of its commits.
+    #[arg(long, conflicts_with_all = ["public_url", "sync_url", "edges"])]
+    no_caches: bool,
+}
+
+impl CacheOptions {
+    /// The caches these flags name, if any flag is given (`--no-caches`: none).
+    fn caches(&self) -> Result<Option<tern_wire::mover::SiteCaches>> {
+        if self.no_caches {
+            return Ok(Some(tern_wire::mover::SiteCaches::default()));
+        }
+        let Some(public_url) = &self.public_url else {
+            if self.edge_key.is_some() || self.cache_ca.is_some() {
+                anyhow::bail!("--edge-key and --cache-ca go with --public-url and --sync-url or --edge");
+            }
+            return Ok(None);
+        };
+        if self.sync_url.is_none() && self.edges.is_empty() {
+            anyhow::bail!(
+                "--public-url names the site's caches: give the sync service (--sync-url URL --sync-key FILE) or the edges (--edge URL)"
+            );
+        }
+        let on_mover = |path: &PathBuf| -> Result<String> {
+            let absolute = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+            Ok(absolute.display().to_string())
+        };
+        Ok(Some(tern_wire::mover::SiteCaches {
+            public_url: public_url.clone(),
+            sync_url: self.sync_url.clone(),
+            sync_key: self.sync_key.as_ref().map(on_mover).transpose()?,
+            edges: self.edges.clone(),
+            edge_key: self.edge_key.as_ref().map(on_mover).transpose()?,
+            ca: self.cache_ca.as_ref().map(on_mover).transpose()?,
+            confirm_within_s: None,
+        }))
+    }
+}
+
+/// Waiting for the caches in front of the site after the commit.
+#[derive(Args, Debug)]
+struct FreshOptions {
+    /// After the commit, wait until every cache in front of the site has acknowledged it (the site's sync
+    /// service or edges): the edges then serve what was committed.
+    #[arg(long)]
+    wait_fresh: bool,
+    /// Longest wait for --wait-fresh (`30s`, `5m`); the mover goes on trying after it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", requires = "wait_fresh")]
+    fresh_timeout: String,
+}
+
+impl FreshOptions {
+    /// How long to wait for the caches, if at all.
+    fn wait(&self) -> Result<Option<std::time::Duration>> {
+        if !self.wait_fresh {
+            return Ok(None);
+        }
+        let timeout = humantime::parse_duration(&self.fresh_timeout)
+            .with_context(|| format!("--fresh-timeout {}: a duration such as 30s or 5m", self.fresh_timeout))?;
+        Ok(Some(timeout))
+    }
 }
 
 /// When and where a job runs, and its policies.
@@ -502,6 +713,8 @@ struct RollbackArgs {
     site: String,
     #[command(flatten)]
     job: JobOptions,
+    #[command(flatten)]
+    fresh: FreshOptions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -547,6 +760,20 @@ enum CheckpointCommand {
 }
 
 #[derive(Args, Debug)]
+struct NodesArgs {
+    /// The mover's API.
+    #[arg(long)]
+    mover: String,
+    /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Forget this node (a retired server): no job targets it any more and a quorum of all stops waiting
+    /// for it. Stop it first: a running node registers again.
+    #[arg(long, value_name = "NAME")]
+    remove: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct JobsArgs {
     /// The mover's API.
     #[arg(long)]
@@ -570,8 +797,20 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // The demo logs to a file of its own, so that the terminal shows its guide.
+    let log_file = match &cli.command {
+        Command::Demo(args) => match demo::open_log(args) {
+            Ok(file) => Some(file),
+            Err(error) => {
+                eprintln!("error: {}", error_report(&error));
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    init_logging(&cli.log, log_file);
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -592,10 +831,28 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_report(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `error` with its causes, each said once. Many error types put their cause in their own message (`cannot
+/// listen on ADDR: {source}`) and return it from `source()` too; anyhow's `{:#}` would then repeat it. A
+/// cause whose text is already said adds nothing.
+fn error_report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 /// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, read as `/32` or `/128`).
@@ -608,23 +865,38 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address (10.0.0.1)"))
 }
 
-fn init_logging(filter: &str) {
+/// Logs to stderr, or to `file` when given.
+fn init_logging(filter: &str, file: Option<std::fs::File>) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: a log file or journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, ansi) = match file {
+        Some(file) => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file)),
+            false,
+        ),
+        None => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    // A log line that cannot be written (stderr a closed pipe) is dropped: by default the subscriber
+    // reports it with `eprintln!`, which panics on that same closed pipe, in whatever task logged, such as
+    // the one that turns SIGTERM into a shutdown.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi)
         .with_target(false)
+        .log_internal_errors(false)
         .init();
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Edge(args) => run_edge(args).await,
+        Command::Registry(args) => run_registry(args).await,
         Command::Serve(args) => run_serve(args).await,
         Command::Keygen(args) => {
             tern_wire::SecretKey::write_new(&args.file)?;
@@ -640,17 +912,20 @@ async fn run(command: Command) -> Result<()> {
                 .with_context(|| format!("staging directory {}", args.staging.display()))?;
             let mut request = JobRequest::new(JobKind::Publish, &args.site);
             request.staging = Some(staging.display().to_string());
-            if !args.include.is_empty() || !args.exclude.is_empty() {
+            if !args.include.is_empty() || !args.exclude.is_empty() || args.clear_rules {
                 request.include = Some(args.include);
                 request.exclude = Some(args.exclude);
             }
+            request.caches = args.caches.caches()?;
             let wait = args.job.apply(&mut request)?;
-            mover_client::run_job(&args.mover, args.ca.as_deref(), request, wait).await
+            let fresh = args.fresh.wait()?;
+            mover_client::run_job_fresh(&args.mover, args.ca.as_deref(), request, wait, fresh).await
         }
         Command::Rollback(args) => {
             let mut request = JobRequest::new(JobKind::Rollback, &args.site);
             let wait = args.job.apply(&mut request)?;
-            mover_client::run_job(&args.mover, args.ca.as_deref(), request, wait).await
+            let fresh = args.fresh.wait()?;
+            mover_client::run_job_fresh(&args.mover, args.ca.as_deref(), request, wait, fresh).await
         }
         Command::Jobs(JobsArgs {
             mover,
@@ -658,6 +933,7 @@ async fn run(command: Command) -> Result<()> {
             cancel: Some(id),
         }) => mover_client::cancel_job(&mover, ca.as_deref(), &id).await,
         Command::Jobs(args) => mover_client::list_jobs(&args.mover, args.ca.as_deref()).await,
+        Command::Nodes(args) => mover_client::nodes(&args.mover, args.ca.as_deref(), args.remove.as_deref()).await,
         Command::Checkpoint(CheckpointCommand::Create { mover, ca, site }) => {
             mover_client::create_checkpoint(&mover, ca.as_deref(), &site).await
         }
@@ -680,6 +956,7 @@ async fn run(command: Command) -> Result<()> {
 }
 
 async fn run_edge(args: EdgeArgs) -> Result<()> {
+    let community_flags = community_flags_given(&args);
     let file = FileConfig::load(args.config.as_deref())?;
     let mut config = file.edge.unwrap_or_default();
     if let Some(listen) = args.listen {
@@ -736,6 +1013,59 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     if let Some(mode) = args.delta {
         config.delta.mode = mode;
     }
+    if let Some(name) = args.community {
+        let mut community = config.community.take().unwrap_or_default();
+        community.name = name;
+        config.community = Some(community);
+    }
+    if config.community.is_none() && !community_flags.is_empty() {
+        anyhow::bail!(
+            "{} only apply to a cache community: add --community NAME (or an [edge.community] table in the config \
+             file)",
+            community_flags.join(", ")
+        );
+    }
+    if let Some(community) = config.community.as_mut() {
+        if let Some(key) = args.cluster_key {
+            community.cluster_key = key;
+        }
+        if let Some(addr) = args.peer_listen {
+            community.peer_listen = addr;
+        }
+        if let Some(name) = args.peer_name {
+            community.peer_name = Some(name);
+        }
+        if let Some(url) = args.registry {
+            community.registry = Some(url);
+        }
+        if let Some(group) = args.discover {
+            community.discover = Some(group);
+        }
+        if let Some(weight) = args.weight {
+            community.weight = weight;
+        }
+        if let Some(replicas) = args.replicas {
+            community.replicas = replicas;
+        }
+        if let Some(priority) = args.master_priority {
+            community.master_priority = priority;
+        }
+        if let Some(keep) = args.community_keep {
+            community.keep = keep;
+        }
+        if let Some(ms) = args.peer_connect_timeout_ms {
+            community.peer_connect_timeout_ms = ms;
+        }
+    }
+    if let Some(community) = &config.community
+        && community.registry.is_none()
+        && community.discover.is_none()
+    {
+        warn!(
+            community = %tern_community::shown_value(&community.name),
+            "neither --registry nor --discover: this edge forms its community alone and other edges cannot find it"
+        );
+    }
     let memory_only = config.cache_dir.is_none();
     let edge = tern_edge::start(config).await.context("edge did not start")?;
     if memory_only {
@@ -744,6 +1074,41 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     stop_on_signal(edge.shutdown_token());
     edge.wait().await;
     info!("edge stopped");
+    Ok(())
+}
+
+/// The community flags given on the command line (they mean nothing without a community).
+fn community_flags_given(args: &EdgeArgs) -> Vec<&'static str> {
+    [
+        ("--cluster-key", args.cluster_key.is_some()),
+        ("--peer-listen", args.peer_listen.is_some()),
+        ("--peer-name", args.peer_name.is_some()),
+        ("--registry", args.registry.is_some()),
+        ("--discover", args.discover.is_some()),
+        ("--weight", args.weight.is_some()),
+        ("--replicas", args.replicas.is_some()),
+        ("--master-priority", args.master_priority.is_some()),
+        ("--community-keep", args.community_keep.is_some()),
+        ("--peer-connect-timeout-ms", args.peer_connect_timeout_ms.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+async fn run_registry(args: RegistryArgs) -> Result<()> {
+    let config = tern_community::service::ServiceConfig {
+        listen: args.listen,
+        admin: args.admin,
+        key: tern_wire::SecretKey::load(&args.cluster_key)?,
+        data: args.data.unwrap_or_else(|| default_state_dir("registry")),
+    };
+    let registry = tern_community::service::start(config)
+        .await
+        .context("tern registry did not start")?;
+    stop_on_signal(registry.shutdown_token());
+    registry.wait().await;
+    info!("registry stopped");
     Ok(())
 }
 
@@ -1001,7 +1366,7 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         },
         admin: args.admin,
         quorum: args.quorum,
-        delivery_timeout: std::time::Duration::from_secs(600),
+        delivery_timeout: args.delivery_timeout.into(),
         checkpoints_kept: args.checkpoints_kept.unwrap_or(5),
         load_balancer: args.haproxy.as_deref().map(|api| tern_mover::rotation::LoadBalancer {
             api: tern_mover::rotation::RuntimeApi::parse(api),
@@ -1009,14 +1374,22 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         }),
         tls: args.tls.config()?,
         ca: args.ca,
+        api_token: args.api_token.as_deref().map(load_key).transpose()?,
         cluster_key: args.cluster_key.as_deref().map(load_key).transpose()?,
         tree: tern_mover::tree_delivery::TreeSettings {
             mode: args.delivery,
             ..Default::default()
         },
     };
+    if config.api_token.is_none() && !config.listen.ip().is_loopback() {
+        warn!(
+            listen = %config.listen,
+            "the api takes jobs from anyone who reaches this address: give --api-token FILE, or keep it on a trusted network"
+        );
+    }
     let public = config.data.join("mover.pub");
-    let mover = tern_mover::service::start(config)
+    let admin_token = args.admin_token.as_deref().map(load_key).transpose()?;
+    let mover = tern_mover_ui::start(config, admin_token)
         .await
         .context("mover did not start")?;
     info!(public_key = %public.display(), "give nodes this public key file (tern node --key)");
@@ -1028,6 +1401,7 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
 async fn run_node(args: NodeArgs) -> Result<()> {
     let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
     let cluster_key = args.segment.cluster_key.as_deref().map(load_key).transpose()?;
+    let data_channel = data_channel_settings(&args)?;
     let (mover, ca, root, name) = (
         args.mover.clone(),
         args.ca.clone(),
@@ -1052,7 +1426,10 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         tls: args.tls.config()?,
         ca: args.ca,
         cluster_key: cluster_key.clone(),
-        tree: Default::default(),
+        tree: tern_node::forward::ForwardSettings {
+            data_channel,
+            ..Default::default()
+        },
     })
     .await
     .context("node agent did not start")?;
@@ -1075,6 +1452,32 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         discovery.stop().await;
     }
     Ok(())
+}
+
+/// The data channel's settings from `tern node`'s flags (`None` without --data-channel).
+fn data_channel_settings(args: &NodeArgs) -> Result<Option<tern_node::mctp::driver::DataChannelSettings>> {
+    let Some(group) = args.data.data_channel else {
+        return Ok(None);
+    };
+    if !(0.0..1.0).contains(&args.data.data_loss) {
+        anyhow::bail!("--data-loss {}: a probability from 0 to below 1", args.data.data_loss);
+    }
+    let segment = args.segment.segment.as_deref().unwrap_or("lan");
+    let mut settings = tern_node::mctp::driver::DataChannelSettings::new(group, segment);
+    settings.interface = args
+        .segment
+        .multicast_interface
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    settings.rate = args.data.data_rate.saturating_mul(125_000);
+    settings.apply_interval = args.data.data_report_interval;
+    settings.report_delay = args.data.data_report_delay;
+    // The GL waits for the slowest member's status report, and a little more.
+    settings.report_window = args.data.data_report_delay + std::time::Duration::from_millis(500);
+    settings.loss = args.data.data_loss;
+    settings.loss_seed = args.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(Some(settings))
 }
 
 /// What a node's discovery needs from the rest of its settings.
@@ -1110,8 +1513,10 @@ async fn start_discovery(
     election.priority = args.leader_priority;
     election.never_lead = args.never_lead;
     election.preassigned = args.preassigned_leaders.clone();
+    election.timers = election.timers.scaled_down(args.discovery_speed);
     let mut registration = RegistrationConfig::new(segment, &link.name, unbound, link.key);
     registration.location = args.location.clone().unwrap_or_default();
+    registration.timers = registration.timers.scaled_down(args.discovery_speed);
     let client = tern_http::tls::ClientTls::new(link.ca.as_deref())?.client();
     let config = DiscoveryConfig {
         election,
@@ -1132,6 +1537,25 @@ async fn start_discovery(
         .with_context(|| format!("segment {segment}: discovery did not start"))?;
     info!(%segment, control_channel = %group, registration = %discovery.address(), "taking part in the segment's election");
     Ok(discovery)
+}
+
+/// A command whose output goes to a reader that stopped reading (`tern jobs | head`) ends quietly with
+/// the status a shell gives a process killed by SIGPIPE (141), as other Unix tools do. Rust ignores
+/// SIGPIPE, so every `println!` would otherwise panic with a backtrace on the closed pipe.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn load_key(path: &std::path::Path) -> Result<tern_wire::SecretKey> {
@@ -1205,8 +1629,9 @@ pub(crate) fn stop_on_signal(token: CancellationToken) {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        info!("stopping");
+        // Cancelled before anything is logged: nothing the log does can keep the process running.
         token.cancel();
+        info!("stopping");
     });
 }
 

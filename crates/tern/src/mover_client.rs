@@ -1,6 +1,7 @@
 //! Clients of the mover's API: `tern publish`, `tern rollback` (both wait for the job with a progress bar and
-//! each node's state), `tern jobs` and `tern checkpoint`. The mover's URL may be `https://`; `--ca FILE`
-//! then names the CA that vouches for it (else the system's roots do).
+//! each node's state, and with `--wait-fresh` for the caches in front of the site to acknowledge the commit),
+//! `tern jobs` and `tern checkpoint`. The mover's URL may be `https://`; `--ca FILE` then names the CA that
+//! vouches for it (else the system's roots do).
 
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tern_http::tls::{ClientTls, HttpsClient};
-use tern_wire::mover::{Job, JobCreated, JobRequest, JobState, NodeState};
+use tern_wire::mover::{FreshState, Job, JobCreated, JobRequest, JobState, NodeState};
 
 type HttpClient = HttpsClient<Full<Bytes>>;
 
@@ -20,17 +21,34 @@ fn client(ca: Option<&Path>) -> Result<HttpClient> {
     Ok(tls.client())
 }
 
+/// The mover's API token, from the key file named by `TERN_API_TOKEN_FILE` (the mover's `--api-token`),
+/// if that variable is set.
+fn api_token() -> Result<Option<String>> {
+    let Some(path) = std::env::var_os("TERN_API_TOKEN_FILE") else {
+        return Ok(None);
+    };
+    let key = tern_wire::SecretKey::load(std::path::Path::new(&path))
+        .with_context(|| format!("TERN_API_TOKEN_FILE={}", std::path::Path::new(&path).display()))?;
+    Ok(Some(key.token()))
+}
+
 async fn call(
     client: &HttpClient,
     method: &str,
     url: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value> {
-    let request = http::Request::builder()
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--mover must be the mover's URL, such as http://10.0.0.1:7000 (with http:// or https://), not {url}");
+    }
+    let mut request = http::Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+        .header("content-type", "application/json");
+    if let Some(token) = api_token()? {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
     let response = client
         .request(request)
         .await
@@ -55,6 +73,18 @@ async fn job(client: &HttpClient, base: &str, id: &str) -> Result<Job> {
 /// Submits a job and, when `wait`, follows it: a progress bar (nodes finished, bytes sent) and a line for
 /// each node whose state changes. Fails unless the job committed.
 pub async fn run_job(mover: &str, ca: Option<&Path>, request: JobRequest, wait: bool) -> Result<()> {
+    run_job_fresh(mover, ca, request, wait, None).await
+}
+
+/// [`run_job`]; with `fresh`, once the job committed, also waits (at most that long) until every cache in
+/// front of the site has acknowledged the commit, and fails when they have not.
+pub async fn run_job_fresh(
+    mover: &str,
+    ca: Option<&Path>,
+    request: JobRequest,
+    wait: bool,
+    fresh: Option<Duration>,
+) -> Result<()> {
     let client = client(ca)?;
     let base = mover.trim_end_matches('/');
     let url = format!("{base}/api/jobs");
@@ -119,7 +149,10 @@ pub async fn run_job(mover: &str, ca: Option<&Path>, request: JobRequest, wait: 
                 println!();
             }
             if job.state == JobState::Committed {
-                return Ok(());
+                return match fresh {
+                    Some(timeout) => wait_fresh(&client, base, &id, timeout).await,
+                    None => Ok(()),
+                };
             }
             bail!(
                 "job {id} {}: {}",
@@ -128,6 +161,56 @@ pub async fn run_job(mover: &str, ca: Option<&Path>, request: JobRequest, wait: 
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the caches in front of the site have acknowledged job `id`'s commit, at most `timeout`.
+async fn wait_fresh(client: &HttpClient, base: &str, id: &str, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let job = job(client, base, id).await?;
+        let Some(freshness) = job.freshness else {
+            println!(
+                "  no caches to wait for: the site names none (tern publish --public-url URL --sync-url URL --sync-key FILE), or the job changed nothing readers get"
+            );
+            return Ok(());
+        };
+        match freshness.state {
+            FreshState::Fresh => {
+                let after = freshness
+                    .fresh_ms
+                    .unwrap_or(freshness.since_ms)
+                    .saturating_sub(freshness.since_ms);
+                println!(
+                    "  edges fresh {after} ms after the commit: {} URLs purged, {} fetched again, through {}",
+                    freshness.purged, freshness.prefetched, freshness.via
+                );
+                return Ok(());
+            }
+            FreshState::Unconfirmed => bail!(
+                "job {id} committed, but the edges were not confirmed fresh: {}",
+                freshness.error.as_deref().unwrap_or("no acknowledgement")
+            ),
+            FreshState::Pending if std::time::Instant::now() >= deadline => {
+                let waiting: Vec<&str> = freshness
+                    .caches
+                    .iter()
+                    .filter(|cache| !cache.acknowledged)
+                    .map(|cache| cache.url.as_str())
+                    .collect();
+                let why = match (&freshness.error, waiting.is_empty()) {
+                    (Some(error), _) => error.clone(),
+                    (None, false) => format!("waiting for {}", waiting.join(", ")),
+                    (None, true) => format!("waiting for {}", freshness.via),
+                };
+                bail!(
+                    "job {id} committed; the edges did not confirm within {} ({why}); the mover keeps trying: follow it with `tern jobs`",
+                    humantime::format_duration(timeout)
+                );
+            }
+            FreshState::Pending => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -155,6 +238,36 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Lists the registered nodes, or removes one (`remove`).
+pub async fn nodes(mover: &str, ca: Option<&Path>, remove: Option<&str>) -> Result<()> {
+    let client = client(ca)?;
+    let base = mover.trim_end_matches('/');
+    if let Some(name) = remove {
+        call(&client, "DELETE", &format!("{base}/api/nodes/{name}"), None).await?;
+        println!("node {name} removed: no job targets it any more (if it still runs, it registers again)");
+        return Ok(());
+    }
+    let nodes = call(&client, "GET", &format!("{base}/api/nodes"), None).await?;
+    for node in nodes.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let groups: Vec<&str> = node["groups"]
+            .as_array()
+            .map(|groups| groups.iter().filter_map(|g| g.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{}  {}  groups: {}  free disk: {}",
+            node["name"].as_str().unwrap_or("?"),
+            node["url"].as_str().unwrap_or("?"),
+            if groups.is_empty() {
+                "-".to_string()
+            } else {
+                groups.join(",")
+            },
+            human_bytes(node["free_disk"].as_u64().unwrap_or(0))
+        );
+    }
+    Ok(())
+}
+
 /// Cancels a job that has not started.
 pub async fn cancel_job(mover: &str, ca: Option<&Path>, id: &str) -> Result<()> {
     let client = client(ca)?;
@@ -176,8 +289,18 @@ pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
     .await?;
     let jobs: Vec<Job> = serde_json::from_value(jobs).context("unexpected answer from the mover")?;
     for job in jobs {
+        let edges = job
+            .freshness
+            .as_ref()
+            .map(|f| match (&f.error, f.state) {
+                (Some(error), FreshState::Pending | FreshState::Unconfirmed) => {
+                    format!("edges {} ({error}); ", f.state)
+                }
+                _ => format!("edges {}; ", f.state),
+            })
+            .unwrap_or_default();
         println!(
-            "{:40} {:12} {:10} {:10} {}{}",
+            "{:40} {:12} {:10} {:10} {}{edges}{}",
             job.id,
             job.spec.kind,
             job.spec.site,

@@ -27,7 +27,8 @@ pub struct DeltaConfig {
     pub origin_ca: Option<PathBuf>,
     /// The page classes.
     pub classes: Vec<ClassConfig>,
-    /// zstd level of deltas (the measured default is 3; see `tern_delta::encoder::DEFAULT_LEVEL`).
+    /// zstd level of deltas (the measured default is 3, searched as `tern_delta::dcz::Search::Delta`
+    /// below level 10; see `tern_delta::encoder::DEFAULT_LEVEL`).
     pub level: i32,
     /// Largest page delta-encoded, in bytes; larger pages are streamed through whole.
     pub max_page: usize,

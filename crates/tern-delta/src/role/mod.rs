@@ -14,7 +14,8 @@
 //!    ([`crate::Encoder::encode`]): a `dcz` body with the page's digest in `Unencoded-Digest`, or the page
 //!    with `Repr-Digest`;
 //! 4. the class's re-derivation rule runs ([`crate::Encoder::rederive`]);
-//! 5. the answer carries `Link: <base>; rel="compression-dictionary"` naming the class's current base.
+//! 5. the answer carries `Link: <base>; rel="compression-dictionary"` naming the class's current base,
+//!    unless the edge named that very base.
 //!
 //! **Bases ahead of use.** The encoder never encodes against a base the edge did not name, so a new base
 //! costs no full page: it is announced in `Link` on the class's responses, the edge fetches it from

@@ -133,7 +133,9 @@ impl DeltaRole {
         }
         let headers = &mut response_parts.headers;
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(current) = outcome.current
+        // An edge that named the current base holds it: the announcement (about 110 bytes, a tenth of a
+        // typical delta) would tell it nothing.
+        if let Some(current) = outcome.current.filter(|current| named != Some(*current))
             && let Ok(link) = HeaderValue::from_str(&fields::compression_dictionary_link(&current))
         {
             headers.append(header::LINK, link);

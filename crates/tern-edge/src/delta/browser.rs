@@ -1,18 +1,20 @@
 //! Class pages to browsers (RFC 9842, Compression Dictionary Transport). Every response of a class page
 //! carries `Vary: accept-encoding, available-dictionary` (section 6.2), and a 200 carries `Link: <base>;
 //! rel="compression-dictionary"` (section 3) naming the class's current base, which the edge serves from
-//! its cache with `Use-As-Dictionary`. A browser that then sends `Available-Dictionary` for a base of the
-//! class the edge holds, with `dcz` in `Accept-Encoding`, gets the page as a `dcz` delta against it — only
-//! when [`tern_delta::browser_delta`] allows it: a credential-free request and a shareable response
-//! (no `Set-Cookie`, not `private` or `no-store`, not varying on credentials), same-origin or readable by
-//! the requester. Why that is safe against BREACH is in [`tern_delta::safety`] and `docs/delta.md`.
+//! its cache with `Use-As-Dictionary`. A shareable page also carries `Use-As-Dictionary` matching its own
+//! URL, and the edge keeps it a while ([`super::pages`]). A browser that then sends `Available-Dictionary`
+//! for a base of the class the edge holds, or for a kept page of the class, with `dcz` in
+//! `Accept-Encoding`, gets the page as a `dcz` delta against it — only when [`tern_delta::browser_delta`]
+//! allows it: a credential-free request and a shareable response (no `Set-Cookie`, not `private` or
+//! `no-store`, not varying on credentials), same-origin or readable by the requester. Why that is safe
+//! against BREACH is in [`tern_delta::safety`] and `docs/delta.md`.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use tern_delta::fields::{self, DCZ};
+use tern_delta::fields::{self, DCZ, USE_AS_DICTIONARY};
 use tern_delta::safety::{NoBrowserDelta, accepts_dcz};
-use tern_delta::{Base, BaseId, Class, browser_delta};
+use tern_delta::{Base, BaseId, Class, UseAsDictionary, browser_delta, shareable_page};
 use tern_http::Body;
 
 use super::EdgeDelta;
@@ -23,9 +25,15 @@ use super::body::{Bounded, chain, failed, read_bounded};
 pub struct BrowserPlan {
     class: Class,
     current: Option<BaseId>,
-    /// The base the browser holds (of this class, held here), with the request's fields the safety rule
-    /// reads; `None` unless the browser offered `dcz`.
-    offered: Option<(Base, HeaderMap)>,
+    /// The request's path, which a page kept as a dictionary is matched by.
+    path: String,
+    /// A GET (a HEAD's empty body is no page to keep).
+    get: bool,
+    /// The request's fields, which the safety rule reads.
+    request: HeaderMap,
+    /// The dictionary the browser holds (a base or a kept page of this class, held here); `None` unless
+    /// the browser offered `dcz`.
+    offered: Option<Base>,
 }
 
 /// The `Vary` members of a response that may be `dcz`-coded for a browser.
@@ -98,23 +106,27 @@ impl EdgeDelta {
         } else {
             None
         };
-        self.with_holder(|holder| {
+        let (class, current, base) = self.with_holder(|holder| {
             let class = holder.class_of(path)?.clone();
             let current = holder.current(&class.name);
-            let offered = named
-                .and_then(|id| holder.base(&id).cloned())
-                .filter(|base| base.class() == class.name)
-                .map(|base| (base, headers.clone()));
-            Some(BrowserPlan {
-                class,
-                current,
-                offered,
-            })
+            let base = named.and_then(|id| holder.base(&id).cloned());
+            Some((class, current, base))
+        })?;
+        let offered = base
+            .or_else(|| named.and_then(|id| self.with_pages(|pages| pages.get(&id).cloned())))
+            .filter(|dictionary| dictionary.class() == class.name);
+        Some(BrowserPlan {
+            class,
+            current,
+            path: path.to_string(),
+            get: method == Method::GET,
+            request: headers.clone(),
+            offered,
         })
     }
 
-    /// Shapes the response of a class page for the browser: `Vary`, `Link`, and `dcz` when the plan and
-    /// the safety rule allow it.
+    /// Shapes the response of a class page for the browser: `Vary`, `Link`, `Use-As-Dictionary` on a
+    /// shareable page (kept as a dictionary), and `dcz` when the plan and the safety rule allow it.
     pub async fn to_browser(self: &Arc<Self>, plan: BrowserPlan, mut response: Response<Body>) -> Response<Body> {
         let status = response.status();
         let headers = response.headers_mut();
@@ -126,16 +138,30 @@ impl EdgeDelta {
         {
             headers.append(header::LINK, link);
         }
-        let Some((base, request)) = plan.offered else {
-            self.counters.browser(label(NoBrowserDelta::NotOffered));
-            return response;
+        // The page may be the browser's dictionary for its URL's next version.
+        let keep_page = self.settings.browser_deltas
+            && self.settings.browser_page_dictionaries > 0
+            && plan.get
+            && !headers.contains_key(header::CONTENT_RANGE)
+            && shareable_page(&plan.class, &plan.request, status, headers).is_ok();
+        let delta_to = match plan.offered {
+            None => {
+                self.counters.browser(label(NoBrowserDelta::NotOffered));
+                None
+            }
+            Some(_) if status != StatusCode::OK || headers.contains_key(header::CONTENT_RANGE) => {
+                self.counters.browser(label(NoBrowserDelta::Status));
+                None
+            }
+            Some(dictionary) => match browser_delta(&plan.class, &plan.request, status, headers) {
+                Ok(()) => Some(dictionary),
+                Err(reason) => {
+                    self.counters.browser(label(reason));
+                    None
+                }
+            },
         };
-        if status != StatusCode::OK || headers.contains_key(header::CONTENT_RANGE) {
-            self.counters.browser(label(NoBrowserDelta::Status));
-            return response;
-        }
-        if let Err(reason) = browser_delta(&plan.class, &request, status, headers) {
-            self.counters.browser(label(reason));
+        if !keep_page && delta_to.is_none() {
             return response;
         }
         let (mut parts, body) = response.into_parts();
@@ -149,6 +175,17 @@ impl EdgeDelta {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 return Response::from_parts(parts, failed(error));
             }
+        };
+        if keep_page
+            && let Ok(dictionary) = Base::new(plan.class.name.clone(), page.clone(), self.settings.browser_max_page)
+            && let Ok(field) = UseAsDictionary::for_page(&plan.path).format()
+            && let Ok(value) = HeaderValue::from_str(&field)
+        {
+            self.with_pages(|pages| pages.insert(dictionary));
+            parts.headers.insert(USE_AS_DICTIONARY, value);
+        }
+        let Some(base) = delta_to else {
+            return Response::from_parts(parts, tern_http::full(page));
         };
         let delta = self.clone();
         let raw = page.clone();

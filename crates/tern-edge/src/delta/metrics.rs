@@ -115,11 +115,13 @@ pub(super) fn status(delta: &EdgeDelta) -> serde_json::Value {
         })
         .collect();
     let counters = &delta.counters;
+    let (pages, page_dictionary_bytes) = delta.with_pages(|pages| pages.size());
     serde_json::json!({
         "mode": format!("{:?}", delta.settings.mode).to_lowercase(),
         "active": delta.is_active(),
         "classes": classes,
         "bases": { "count": count, "bytes": bytes, "changes": changes },
+        "page_dictionaries": { "count": pages, "bytes": page_dictionary_bytes },
         "pages_delta": read(&counters.pages_delta),
         "pages_whole": read(&counters.pages_whole),
         "page_bytes": read(&counters.page_bytes),

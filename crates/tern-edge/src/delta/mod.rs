@@ -8,7 +8,8 @@
 //!   them in the edge's cache as immutable objects. The cache above it sees identity pages with their own
 //!   cache headers: a `private` page is not stored, a base is.
 //! - [`browser`]: browsers (RFC 9842): class pages carry `Link` to the base and `Vary: accept-encoding,
-//!   available-dictionary`; a browser that holds the base and sends `Accept-Encoding: dcz` gets a `dcz`
+//!   available-dictionary`, and a shareable page `Use-As-Dictionary` for its own URL (`pages`); a browser
+//!   that holds the base or the page's previous version and sends `Accept-Encoding: dcz` gets a `dcz`
 //!   delta when [`tern_delta::browser_delta`] allows it (credential-free, shareable responses only).
 //! - `metrics`: `/metrics` ([`DeltaCollector`]) and `/status` ([`EdgeDelta::status`]).
 //!
@@ -17,6 +18,7 @@
 mod body;
 pub mod browser;
 mod metrics;
+mod pages;
 mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +93,9 @@ pub struct DeltaSettings {
     pub browser_level: i32,
     /// Largest page delta-encoded for a browser, bytes.
     pub browser_max_page: usize,
+    /// Bytes of recent shareable pages kept as browser dictionaries (a page goes out with
+    /// `Use-As-Dictionary` for its own URL, and the next version is a delta against it); 0 turns that off.
+    pub browser_page_dictionaries: usize,
 }
 
 impl Default for DeltaSettings {
@@ -110,6 +115,7 @@ impl Default for DeltaSettings {
             browser_deltas: true,
             browser_level: tern_delta::encoder::DEFAULT_LEVEL,
             browser_max_page: 8 << 20,
+            browser_page_dictionaries: 32 << 20,
         }
     }
 }
@@ -140,6 +146,8 @@ pub struct EdgeDelta {
     active: AtomicBool,
     holder: Mutex<Holder>,
     browser_encoder: DczEncoder,
+    /// Recent shareable pages, the dictionaries browsers were told to keep.
+    pages: Mutex<pages::PageDictionaries>,
     counters: metrics::Counters,
     clock: Arc<dyn Clock>,
     /// One instant and the clock's time at that instant: the holder's monotonic time is derived from
@@ -163,6 +171,7 @@ impl EdgeDelta {
             active: AtomicBool::new(settings.mode == DeltaMode::On),
             holder: Mutex::new(Holder::new(settings.holder())),
             browser_encoder: DczEncoder::new(settings.browser_level),
+            pages: Mutex::new(pages::PageDictionaries::new(settings.browser_page_dictionaries)),
             counters: metrics::Counters::default(),
             anchor: (Instant::now(), clock.now()),
             clock,
@@ -191,6 +200,12 @@ impl EdgeDelta {
     fn now(&self) -> Instant {
         let elapsed = self.clock.now().duration_since(self.anchor.1).unwrap_or_default();
         self.anchor.0 + elapsed
+    }
+
+    /// Runs `work` on the recent pages.
+    fn with_pages<T>(&self, work: impl FnOnce(&mut pages::PageDictionaries) -> T) -> T {
+        let mut pages = self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut pages)
     }
 
     /// Runs `work` on the holder.

@@ -87,6 +87,7 @@ impl Edge {
             }
         };
         let (mut parts, body) = response.into_parts();
+        let served_by_owner = crate::community::take_peer_mark(&mut parts.extensions);
         hop::strip(&mut parts.headers);
         if !parts.headers.contains_key(header::DATE) {
             parts.headers.insert(header::DATE, date::format(response_time));
@@ -121,6 +122,10 @@ impl Edge {
                 return response;
             }
             decision = policy::decide_storing(&exchange, self.policy());
+        }
+        if served_by_owner && matches!(decision, ResponseDecision::Store(_)) {
+            // The community's owner keeps the copy (`keep = never`): one copy per object among the peers.
+            return self.pass_unstored(request, miss, received, "community-owner");
         }
         match decision {
             ResponseDecision::Refresh | ResponseDecision::ServeStale => match miss.hit {
@@ -189,16 +194,27 @@ impl Edge {
     /// Serves a response that is not stored. Waiters go upstream themselves; a stored variant the origin
     /// no longer lets the cache keep goes.
     fn pass_on(&self, request: &ClientRequest, miss: Miss, received: Received, reason: NotStorable) -> Response<Body> {
+        self.pass_unstored(request, miss, received, reason.reason())
+    }
+
+    /// [`Edge::pass_on`] with the reason's token (`Cache-Status` detail).
+    fn pass_unstored(
+        &self,
+        request: &ClientRequest,
+        miss: Miss,
+        received: Received,
+        reason: &'static str,
+    ) -> Response<Body> {
         drop(miss.leader);
         if let Some(hit) = &miss.hit {
             self.store.remove_if_current(&hit.object);
         }
-        debug!(url = %request.primary, reason = reason.reason(), "response not stored");
+        debug!(url = %request.primary, reason, "response not stored");
         self.metrics.request("miss");
         let Received { parts, body, .. } = received;
         let status = CacheStatus::forward(miss.forward)
             .with_forward_status(parts.status.as_u16())
-            .with_detail(reason.reason());
+            .with_detail(reason);
         self.respond_unstored(request, parts, body, status)
     }
 

@@ -31,13 +31,20 @@ impl Edge {
                 Some(hit) => {
                     let object = &hit.object;
                     let ttl = object.freshness.ttl_seconds(now);
-                    let usability = policy::usability(
-                        &object.freshness,
-                        object.meta.invalidated,
-                        &directives,
-                        now,
-                        self.policy(),
-                    );
+                    // A copy stored before this edge may have missed purges (it was away from its
+                    // community) is validated before use.
+                    let must_validate = self.store.needs_validation(&object.meta);
+                    let usability = if must_validate {
+                        Usability::MustValidate
+                    } else {
+                        policy::usability(
+                            &object.freshness,
+                            object.meta.invalidated,
+                            &directives,
+                            now,
+                            self.policy(),
+                        )
+                    };
                     let served = match usability {
                         Usability::Fresh | Usability::StaleAllowedByClient if collapsed => Some((
                             CacheStatus::forward(Forward::Miss)
@@ -62,8 +69,10 @@ impl Edge {
                         return response;
                     }
                     // Fresh but validated anyway: the client's own directives sent it forward.
-                    let fresh =
-                        object.freshness.is_fresh(now) && !object.meta.invalidated && !object.freshness.no_cache;
+                    let fresh = object.freshness.is_fresh(now)
+                        && !object.meta.invalidated
+                        && !object.freshness.no_cache
+                        && !must_validate;
                     if fresh { Forward::Request } else { Forward::Stale }
                 }
                 None if self.store.variants(&primary).is_empty() => Forward::Miss,

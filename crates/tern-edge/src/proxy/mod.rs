@@ -17,6 +17,8 @@ mod fill;
 mod lookup;
 mod pass;
 mod purge;
+
+pub(crate) use purge::purge_answer;
 mod respond;
 mod serve;
 
@@ -75,6 +77,8 @@ pub struct Edge {
     pub(crate) upstream: Arc<dyn Upstream>,
     /// Differential caching (seed 000), unless off.
     pub(crate) delta: Option<Arc<crate::delta::EdgeDelta>>,
+    /// The cache community (seeds 002, 003), if this edge is in one.
+    pub(crate) community: Option<Arc<crate::community::EdgeCommunity>>,
     pub(crate) coalescer: Arc<Coalescer>,
     pub(crate) metrics: Arc<EdgeMetrics>,
     pub(crate) purge_auth: PurgeAuth,
@@ -176,7 +180,7 @@ impl Edge {
             );
         }
         match request.method.as_str() {
-            "PURGE" => self.purge(&request),
+            "PURGE" => self.purge(&request).await,
             "GET" | "HEAD" => self.cached(request).await,
             _ => self.pass(request, body, Forward::Method).await,
         }

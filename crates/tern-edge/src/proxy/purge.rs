@@ -1,15 +1,20 @@
-//! `PURGE <url>` on the main listener (the sync service's cacher sends these; an operator may too).
+//! Purges: `PURGE <url>` on the main listener (the sync service's cacher sends these; an operator may
+//! too), `POST /purge` on the admin listener, and purges relayed by community members. In a community a
+//! purge this edge receives from outside is relayed to every other member before it is answered
+//! ([`crate::community::PEER_PURGE_PATH`]).
 
 use http::{Response, StatusCode};
 use tern_http::Body;
+use tern_http_cache::{PurgeCount, PurgeMode};
 use tracing::{info, warn};
 
 use super::{ClientRequest, Edge};
-use crate::purge::requested_mode;
+use crate::community::RelaySummary;
+use crate::purge::{PurgeRequest, requested_mode};
 
 impl Edge {
     /// `PURGE <url>` on the main listener.
-    pub(super) fn purge(&self, request: &ClientRequest) -> Response<Body> {
+    pub(super) async fn purge(&self, request: &ClientRequest) -> Response<Body> {
         let primary = &request.primary;
         if let Err(refusal) = self.purge_auth.check(&request.headers, request.client.ip()) {
             warn!(client = %request.client, url = %primary, "purge refused");
@@ -33,11 +38,66 @@ impl Edge {
             self.sync_mark.note(log, seq);
         }
         self.count_purge("url", count);
-        info!(client = %request.client, url = %primary, removed = count.removed, marked = count.marked, "purged");
+        let relayed = self
+            .relay_purge(&PurgeRequest {
+                urls: vec![primary.clone()],
+                soft: mode == PurgeMode::Soft,
+                ..PurgeRequest::default()
+            })
+            .await;
+        info!(
+            client = %request.client,
+            url = %primary,
+            removed = count.removed,
+            marked = count.marked,
+            relayed = relayed.map(|r| r.applied),
+            relay_failed = relayed.map(|r| r.failed),
+            "purged"
+        );
         self.metrics.request("purge");
-        tern_admin::json(
-            StatusCode::OK,
-            &serde_json::json!({ "url": primary, "removed": count.removed, "marked": count.marked }),
-        )
+        tern_admin::json(StatusCode::OK, &purge_answer(Some(primary), count, relayed))
     }
+
+    /// Applies `purge` to this edge's store only. Every URL and prefix is checked before anything is
+    /// purged; an error names the first that is not an absolute http(s) URL.
+    pub(crate) fn purge_here(&self, purge: &PurgeRequest) -> Result<PurgeCount, String> {
+        let resolved = purge.resolve(&self.key_config)?;
+        let mut total = PurgeCount::default();
+        for key in &resolved.urls {
+            let count = self.store.purge_url(key, resolved.mode);
+            self.count_purge("url", count);
+            total += count;
+        }
+        for key in &resolved.prefixes {
+            let count = self.store.purge_prefix(key, resolved.mode);
+            self.count_purge("prefix", count);
+            total += count;
+        }
+        for key in &resolved.keys {
+            let count = self.store.purge_key(key, resolved.mode);
+            self.count_purge("key", count);
+            total += count;
+        }
+        Ok(total)
+    }
+
+    /// Relays `purge` to the other members of this edge's community; `None` outside a community.
+    pub(crate) async fn relay_purge(&self, purge: &PurgeRequest) -> Option<RelaySummary> {
+        match &self.community {
+            Some(community) => Some(community.relay_purge(purge).await),
+            None => None,
+        }
+    }
+}
+
+/// The JSON answer to a purge: what this edge did and, in a community, how many members it reached.
+pub(crate) fn purge_answer(url: Option<&str>, count: PurgeCount, relayed: Option<RelaySummary>) -> serde_json::Value {
+    let mut answer = serde_json::json!({ "removed": count.removed, "marked": count.marked });
+    if let Some(url) = url {
+        answer["url"] = serde_json::Value::from(url);
+    }
+    if let Some(relayed) = relayed {
+        answer["community"] = serde_json::json!({ "relayed": relayed.applied, "failed": relayed.failed });
+    }
+    answer
 }

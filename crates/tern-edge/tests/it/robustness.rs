@@ -242,3 +242,39 @@ async fn a_request_body_longer_than_declared_does_not_smuggle_a_request() {
     let seen = setup.origin.seen();
     assert_eq!(seen.len(), 1, "only the declared request reached the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_fails_to_start_leaves_no_community_peer_behind() {
+    let origin = tern_edge::testsuite::TestOrigin::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("cluster.key");
+    tern_wire::SecretKey::write_new(&key).expect("key");
+    // The main port is taken, so the start fails after the community part has started.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("address")
+    };
+    let config = tern_edge::EdgeConfig {
+        listen: taken.local_addr().expect("address"),
+        origin: format!("http://{}", origin.addr),
+        community: Some(tern_edge::community::CommunitySettings {
+            name: "site".into(),
+            cluster_key: key,
+            peer_listen: peer,
+            ..Default::default()
+        }),
+        ..tern_edge::EdgeConfig::default()
+    };
+    assert!(tern_edge::start(config).await.is_err(), "the main port is taken");
+    // The community driver stopped with it: its socket on the peer port is closed.
+    let mut freed = false;
+    for _ in 0..100 {
+        if std::net::UdpSocket::bind(peer).is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the community driver still holds {peer} after the failed start");
+}

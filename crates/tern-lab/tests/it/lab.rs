@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use tern_lab::topology::{list_links, namespaces, namespaces_available};
+use tern_lab::topology::{namespaces, namespaces_available};
 use tern_lab::{LabError, LabSpec, Mode};
 
 const LAB: &str = env!("CARGO_BIN_EXE_tern-lab");
@@ -136,12 +136,7 @@ fn namespaces_multicast_isolation_rate_and_cleanup() {
     drop(_echo);
     drop(_echo_b);
     drop(lab);
-    let left_namespaces = namespaces();
-    let left_links = list_links();
-    for name in created {
-        assert!(!left_namespaces.contains(&name), "namespace {name} left behind");
-        assert!(!left_links.contains(&name), "link {name} left behind");
-    }
+    crate::assert_nothing_left(created);
 }
 
 #[test]

@@ -85,6 +85,7 @@ impl Fleet {
         let key = SecretKey::generate().expect("key");
         let mover_addr = free_addr();
         let mover = start(MoverConfig {
+            api_token: None,
             listen: mover_addr,
             data: area.path().join("mover"),
             policy: PlanPolicy::default(),

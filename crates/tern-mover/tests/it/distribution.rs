@@ -97,6 +97,7 @@ impl TreeFleet {
         let key = SecretKey::generate().expect("key");
         let mover_addr = free_addr();
         let mover = start(MoverConfig {
+            api_token: None,
             listen: mover_addr,
             data: area.path().join("mover"),
             policy: PlanPolicy::default(),
@@ -204,6 +205,16 @@ impl TreeFleet {
         let response = self.client.request(request).await.expect("mover answers");
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
         serde_json::from_slice(&bytes).expect("json")
+    }
+
+    /// `GET url`, with a `tern-tree-token` when one is given.
+    async fn get(&self, url: &str, token: Option<&str>) -> StatusCode {
+        let mut request = Request::get(url);
+        if let Some(token) = token {
+            request = request.header(tree::FETCH_TOKEN_HEADER, token);
+        }
+        let request = request.body(Full::new(Bytes::new())).expect("request");
+        self.client.request(request).await.expect("answers").status()
     }
 
     async fn post(&self, url: &str, body: Vec<u8>) -> (StatusCode, String) {
@@ -600,6 +611,34 @@ async fn forged_replayed_and_misdirected_tree_messages_are_refused_and_counted()
     );
     let status = fleet.api("GET", "/status", None).await;
     assert_eq!(status["tree_refused"]["bad-tag"], 1, "{status}");
+
+    // Assignment copies go only to holders of the cluster key, each token for one transfer and one node:
+    // without a token, with one made with another key, for another node or another transfer: 403, counted.
+    let transfer = "publish-1-0.prepare.99";
+    let forged_tokens = [
+        None,
+        Some(tree::fetch_token(&other_key, transfer, "a2")),
+        Some(tree::fetch_token(&fleet.key, transfer, "a3")),
+        Some(tree::fetch_token(&fleet.key, "publish-1-0.prepare.98", "a2")),
+    ];
+    for source in [
+        format!("http://{}/api/tree/assignments/{transfer}?for=a2", fleet.mover_addr),
+        format!("{}/tree/assignments/{transfer}?for=a2", fleet.url("a1")),
+    ] {
+        for token in &forged_tokens {
+            assert_eq!(
+                fleet.get(&source, token.as_deref()).await,
+                StatusCode::FORBIDDEN,
+                "{source} with {token:?}"
+            );
+        }
+    }
+    assert_eq!(fleet.mover.role.trees().refused().get("bad-token"), Some(&4));
+    assert_eq!(a1.role.tree_refused().get("bad-token"), Some(&4));
+    // With the right token the mover answers that no such tree runs (it ended): the token was accepted.
+    let token = tree::fetch_token(&fleet.key, transfer, "a2");
+    let mover_copy = format!("http://{}/api/tree/assignments/{transfer}?for=a2", fleet.mover_addr);
+    assert_eq!(fleet.get(&mover_copy, Some(&token)).await, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,6 +68,7 @@ impl Fleet {
     pub(crate) async fn start_mover(&mut self, quorum: Option<usize>) {
         self.mover = Some(
             start(MoverConfig {
+                api_token: None,
                 listen: self.mover_addr,
                 data: self.area.path().join("mover"),
                 policy: PlanPolicy::default(),

@@ -44,6 +44,7 @@ async fn a_publish_goes_over_https_from_client_to_mover_to_node() {
     };
     let mover_addr = free_addr();
     let mover = start(MoverConfig {
+        api_token: None,
         listen: mover_addr,
         data: area.path().join("mover"),
         policy: PlanPolicy::default(),

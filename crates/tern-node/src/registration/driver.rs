@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Counters, Input, Output, Registration, RegistrationConfig, Role, TimerKind};
+use crate::clock::unix_ms;
 use crate::election::driver::{self, ControlChannel, DriverError};
 use crate::election::{ConfigError, Leader};
 
@@ -407,13 +408,6 @@ fn clock(core: &mut Registration) -> std::time::Instant {
     let now = Instant::now().into_std();
     core.set_wall_clock(now, unix_ms());
     now
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn random_seed() -> u64 {

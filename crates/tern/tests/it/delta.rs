@@ -717,6 +717,62 @@ async fn browsers_that_hold_the_base_get_dcz() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_gets_the_next_version_against_the_page_it_holds() {
+    let stack = Stack::start(News::new(5), &[]).await;
+    for minute in 0..3 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    // A shareable page is offered as the dictionary of its own URL's next version (RFC 9842 section 2.1).
+    let first = stack.page("/news/home", 3, &[("accept-encoding", "gzip, br")]).await;
+    let field = UseAsDictionary::parse(first.header("use-as-dictionary")).expect("use-as-dictionary");
+    assert_eq!(field.match_pattern, "/news/home");
+    let held = Base::new("news", first.body.clone(), 1 << 30).expect("the page as a dictionary");
+
+    // The next visit names that page: the new version comes as a delta against it, exact.
+    let available = fields::format_available_dictionary(&held.id());
+    let id_for_check = format!("r{}", stack.next_id.load(Ordering::SeqCst));
+    let next = stack
+        .page(
+            "/news/home",
+            4,
+            &[
+                ("accept-encoding", "gzip, dcz"),
+                ("available-dictionary", available.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(next.header("content-encoding"), "dcz");
+    let page = DczDecoder::new(Limits::default())
+        .decode(&next.body, &held)
+        .expect("decodes with the page the browser holds");
+    assert_eq!(
+        ReprDigest::of(&page),
+        stack.origin.sent(&id_for_check),
+        "the exact page"
+    );
+    assert!(next.body.len() * 20 < page.len(), "dcz of {} bytes", next.body.len());
+    let status = stack.edge_status().await;
+    assert!(status["page_dictionaries"]["count"].as_u64() >= Some(2), "{status:#}");
+
+    // A signed-in user's page is never a dictionary: not offered, and naming its hash gets the plain page.
+    let signed_in = stack.page("/account/home", 4, &[("cookie", "user=1")]).await;
+    assert!(
+        signed_in.header("use-as-dictionary").is_empty(),
+        "{:?}",
+        signed_in.headers
+    );
+    let theirs = fields::format_available_dictionary(&BaseId::of(&signed_in.body));
+    let other = stack
+        .page(
+            "/account/home",
+            5,
+            &[("accept-encoding", "dcz"), ("available-dictionary", theirs.as_str())],
+        )
+        .await;
+    assert!(other.header("content-encoding").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_delta_answers_bad_fields_with_the_whole_page() {
     let stack = Stack::start(News::new(6), &[]).await;
     for minute in 0..2 {

@@ -1,11 +1,14 @@
 //! Tests of the `tern` binary as an operator runs it: real processes on loopback.
 
 mod cli;
+mod community;
 mod delta;
+mod fresh;
 mod mover;
 mod serve;
 mod streaming;
 mod sync;
+mod ui;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -78,6 +81,29 @@ pub fn spawn_edge(origin: SocketAddr, extra: &[&str]) -> (Running, SocketAddr) {
     let listen = addr.to_string();
     let origin_url = format!("http://{origin}");
     let mut args = vec!["edge", "--listen", &listen, "--origin", &origin_url];
+    args.extend_from_slice(extra);
+    (spawn(&args, addr), addr)
+}
+
+/// Starts `tern node NAME` for the mover at `mover_url` on a free port, its sites under `root`, trusting
+/// the mover's public key at `key`, with `extra` flags; returns it and its address.
+pub fn spawn_node(mover_url: &str, root: &str, name: &str, key: &str, extra: &[&str]) -> (Running, SocketAddr) {
+    spawn_node_at(free_addr(), mover_url, root, name, key, extra)
+}
+
+/// [`spawn_node`] on a given address (a node restarted where it was).
+pub fn spawn_node_at(
+    addr: SocketAddr,
+    mover_url: &str,
+    root: &str,
+    name: &str,
+    key: &str,
+    extra: &[&str],
+) -> (Running, SocketAddr) {
+    let listen = addr.to_string();
+    let mut args = vec![
+        "node", "--mover", mover_url, "--root", root, "--name", name, "--key", key, "--listen", &listen,
+    ];
     args.extend_from_slice(extra);
     (spawn(&args, addr), addr)
 }

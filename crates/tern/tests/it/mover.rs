@@ -4,17 +4,25 @@ use std::time::Duration;
 
 use tern_edge::testsuite::{client, send};
 
-use crate::{free_addr, spawn, tern, write};
+use crate::{free_addr, spawn, spawn_node, spawn_node_at, tern, write};
 
 /// Waits until `count` nodes have registered with the mover.
-async fn wait_for_nodes(mover_url: &str, count: usize) {
+pub(crate) async fn wait_for_nodes(mover_url: &str, count: usize) {
+    wait_for_nodes_with(mover_url, count, &[]).await;
+}
+
+/// The number of nodes the mover lists, asked with `headers`.
+async fn node_count(mover_url: &str, headers: &[(&str, &str)]) -> Option<usize> {
+    let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), headers).await;
+    serde_json::from_slice::<serde_json::Value>(&got.body)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+}
+
+/// [`wait_for_nodes`], asking with `headers` (an API token).
+async fn wait_for_nodes_with(mover_url: &str, count: usize, headers: &[(&str, &str)]) {
     for _ in 0..300 {
-        let got = send(&client(), "GET", &format!("{mover_url}/api/nodes"), &[]).await;
-        if serde_json::from_slice::<serde_json::Value>(&got.body)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            == Some(count)
-        {
+        if node_count(mover_url, headers).await == Some(count) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -45,29 +53,14 @@ async fn publish_and_rollback_through_the_command_line() {
     let mover_url = format!("http://{mover_addr}");
     let mut nodes = Vec::new();
     for n in 0..2 {
-        let addr = free_addr();
-        let root = path(&format!("node{n}"));
         let name = format!("node{n}");
-        nodes.push(spawn(
-            &[
-                "node",
-                "--mover",
-                &mover_url,
-                "--root",
-                &root,
-                "--name",
-                &name,
-                "--key",
-                &path("mover/mover.pub"),
-                "--listen",
-                &addr.to_string(),
-                "--encryption-key",
-                &path("assignments.key"),
-                "--group",
-                if n == 0 { "eu" } else { "us" },
-            ],
-            addr,
-        ));
+        let extra = [
+            "--encryption-key",
+            &path("assignments.key"),
+            "--group",
+            if n == 0 { "eu" } else { "us" },
+        ];
+        nodes.push(spawn_node(&mover_url, &path(&name), &name, &path("mover/mover.pub"), &extra).0);
     }
     wait_for_nodes(&mover_url, 2).await;
 
@@ -254,6 +247,28 @@ async fn publish_and_rollback_through_the_command_line() {
         std::fs::read(live(1).join("index.html")).expect("read"),
         b"second version"
     );
+
+    // The rule stays with the site; --clear-rules drops it, and the drafts go out.
+    let publish = |extra: &[&str]| {
+        let mut command = tern();
+        command
+            .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+            .arg(&staging);
+        command.args(extra).output().expect("run")
+    };
+    write(&staging, "index.html", b"eu version 2");
+    assert!(publish(&[]).status.success());
+    assert!(!live(0).join("drafts").exists(), "the kept rule still applies");
+    let cleared = publish(&["--clear-rules"]);
+    assert!(cleared.status.success(), "{}", String::from_utf8_lossy(&cleared.stderr));
+    assert_eq!(
+        std::fs::read(live(0).join("drafts/next.html")).expect("read"),
+        b"not yet"
+    );
+    assert!(
+        !publish(&["--clear-rules", "--exclude", "x"]).status.success(),
+        "one or the other"
+    );
 }
 
 /// HAProxy's view of one server of backend `tern`: its admin state bits (`show servers state`), or `None`.
@@ -325,22 +340,16 @@ async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
     );
     let mover_url = format!("http://{mover_addr}");
     let node = |n: usize| {
-        spawn(
-            &[
-                "node",
-                "--mover",
-                &mover_url,
-                "--root",
-                &path(&format!("node{n}")),
-                "--name",
-                &format!("node{n}"),
-                "--key",
-                &path("mover/mover.pub"),
-                "--listen",
-                &node_addrs[n].to_string(),
-            ],
+        let name = format!("node{n}");
+        spawn_node_at(
             node_addrs[n],
+            &mover_url,
+            &path(&name),
+            &name,
+            &path("mover/mover.pub"),
+            &[],
         )
+        .0
     };
     let mut nodes = [Some(node(0)), Some(node(1))];
     wait_for_nodes(&mover_url, 2).await;
@@ -382,4 +391,106 @@ async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
         std::fs::read(dir.path().join("node1/www/live/index.html")).expect("live"),
         b"second version"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_guards_jobs_and_node_removal_while_nodes_still_register() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    let keygen = tern().args(["keygen", &path("api.key")]).output().expect("run");
+    assert!(keygen.status.success());
+    let token = tern_wire::SecretKey::load(std::path::Path::new(&path("api.key")))
+        .expect("api key")
+        .token();
+    let mover_addr = free_addr();
+    let _mover = spawn(
+        &[
+            "mover",
+            "--listen",
+            &mover_addr.to_string(),
+            "--data",
+            &path("mover"),
+            "--api-token",
+            &path("api.key"),
+        ],
+        mover_addr,
+    );
+    let mover_url = format!("http://{mover_addr}");
+    // The node registers without the token (its own route).
+    let _node = spawn_node(&mover_url, &path("node0"), "node0", &path("mover/mover.pub"), &[]);
+    let bearer = format!("Bearer {token}");
+    let authorised = [("authorization", bearer.as_str())];
+    wait_for_nodes_with(&mover_url, 1, &authorised).await;
+
+    // Without the token, or with another, nothing is read or submitted.
+    for headers in [vec![], vec![("authorization", "Bearer 00")]] {
+        let got = send(&client(), "GET", &format!("{mover_url}/api/jobs"), &headers).await;
+        assert_eq!(got.status, 401);
+    }
+    let staging = dir.path().join("staging");
+    write(&staging, "index.html", b"hello");
+    let refused = tern()
+        .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+        .arg(&staging)
+        .env_remove("TERN_API_TOKEN_FILE")
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("TERN_API_TOKEN_FILE"),
+        "the error says what to do: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!dir.path().join("node0/www/live").exists());
+
+    // With it, the publish goes through.
+    let published = tern()
+        .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+        .arg(&staging)
+        .env("TERN_API_TOKEN_FILE", path("api.key"))
+        .output()
+        .expect("run");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("node0/www/live/index.html")).expect("live"),
+        b"hello"
+    );
+
+    // A second node is retired: stopped, then removed; the next publish (quorum: all) no longer waits for
+    // it, and the history log says who removed it.
+    let (retired, _) = spawn_node(&mover_url, &path("node1"), "node1", &path("mover/mover.pub"), &[]);
+    wait_for_nodes_with(&mover_url, 2, &authorised).await;
+    drop(retired);
+    let removed = tern()
+        .args(["nodes", "--mover", &mover_url, "--remove", "node1"])
+        .env("TERN_API_TOKEN_FILE", path("api.key"))
+        .output()
+        .expect("run");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert_eq!(node_count(&mover_url, &authorised).await, Some(1));
+    let unknown = tern()
+        .args(["nodes", "--mover", &mover_url, "--remove", "node9"])
+        .env("TERN_API_TOKEN_FILE", path("api.key"))
+        .output()
+        .expect("run");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no node node9"));
+    write(&staging, "index.html", b"after the retirement");
+    let published = tern()
+        .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
+        .arg(&staging)
+        .env("TERN_API_TOKEN_FILE", path("api.key"))
+        .output()
+        .expect("run");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let history = send(&client(), "GET", &format!("{mover_url}/api/history"), &authorised).await;
+    assert!(String::from_utf8_lossy(&history.body).contains("node node1 removed by the operator"));
 }

@@ -1,0 +1,266 @@
+//! The miss path in a community (seed 002, claims 75–94; seed 003): the owners by the allocation table
+//! first; then, before anyone goes to the origin, a location request to the master, whose directory may
+//! name a peer that holds a copy (after a join moved the portion, or with `keep = always`); only then the
+//! origin.
+//!
+//! Loops cannot form: a request an owner received from a peer carries the hop marker and never goes to
+//! another owner, and a holder is asked with `Cache-Control: only-if-cached`, which it answers from its
+//! cache or with `504` (RFC 9111 section 5.2.1.7), never by forwarding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use tern_community::driver::Snapshot;
+use tern_http::Body;
+use tern_http_cache::{KeyConfig, primary_key};
+use tracing::debug;
+
+use super::{
+    EdgeCommunity, HOP_FIELD, KeepPolicy, LocationOutcome, PREFETCH_FIELD, PeerServed, SYNC_PREFETCH_FIELD, TOKEN_FIELD,
+};
+use crate::upstream::{Upstream, UpstreamFuture};
+
+/// Whom a peer request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// An owner by the table: it serves from its cache or fetches once for the community.
+    Owner,
+    /// A holder named by the directory: it serves only from its cache (`only-if-cached`).
+    Holder,
+}
+
+/// The miss path in a community: the owner by the table, a holder by the directory, else the origin.
+pub struct CommunityUpstream {
+    origin: Arc<dyn Upstream>,
+    community: Arc<EdgeCommunity>,
+    key_config: KeyConfig,
+    idle_body_timeout: std::time::Duration,
+}
+
+impl CommunityUpstream {
+    /// Misses go to the owners and holders in `community`, else to `origin`; bodies from peers that stall
+    /// longer than `idle_body_timeout` between chunks fail.
+    pub fn new(
+        origin: Arc<dyn Upstream>,
+        community: Arc<EdgeCommunity>,
+        key_config: KeyConfig,
+        idle_body_timeout: std::time::Duration,
+    ) -> CommunityUpstream {
+        CommunityUpstream {
+            origin,
+            community,
+            key_config,
+            idle_body_timeout,
+        }
+    }
+
+    /// One attempt at `peer`; `None` when it did not serve (counted by outcome).
+    async fn ask_peer(
+        &self,
+        peer: SocketAddr,
+        parts: &http::request::Parts,
+        me: &str,
+        ask: Ask,
+        owns: bool,
+    ) -> Option<Response<Body>> {
+        let community = &self.community;
+        let metrics = &community.metrics;
+        let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = format!("http://{peer}{target}").parse().ok()?;
+        let mut request = Request::new(tern_http::empty());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        let headers = request.headers_mut();
+        let token = community
+            .auth
+            .sign(parts.method.as_str(), target, b"", super::auth::unix_ms());
+        if let Ok(token) = HeaderValue::from_str(&token) {
+            headers.insert(TOKEN_FIELD, token);
+        }
+        if let Ok(sender) = HeaderValue::from_str(me) {
+            headers.insert(HOP_FIELD, sender);
+        }
+        match ask {
+            Ask::Holder => {
+                headers.append(header::CACHE_CONTROL, HeaderValue::from_static("only-if-cached"));
+            }
+            Ask::Owner
+                if !owns
+                    && community.keep.policy() != KeepPolicy::Always
+                    && headers.contains_key(SYNC_PREFETCH_FIELD) =>
+            {
+                // Nobody here keeps the body (this edge does not own the object): the owner fetches it
+                // into its cache and answers 204.
+                headers.insert(PREFETCH_FIELD, HeaderValue::from_static("1"));
+            }
+            Ask::Owner => {}
+        }
+        let sent = tokio::time::timeout(community.first_byte_timeout, community.client.request(request)).await;
+        let response = match sent {
+            Err(_) => {
+                metrics.count("timeout");
+                debug!(%peer, "peer sent no response in time; skipped");
+                return None;
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                metrics.count("connect");
+                debug!(%peer, %error, "peer unreachable; skipped");
+                return None;
+            }
+            Ok(Err(error)) => {
+                metrics.count("failed");
+                debug!(%peer, %error, "peer request failed; skipped");
+                return None;
+            }
+            Ok(Ok(response)) => response,
+        };
+        // A holder without a usable copy answers only-if-cached with 504.
+        if ask == Ask::Holder && response.status() == StatusCode::GATEWAY_TIMEOUT {
+            metrics.count("holder-miss");
+            return None;
+        }
+        // A peer's own failure (its origin fetch failed, it is shutting down) is not the client's answer:
+        // this edge goes on (to a holder, or the origin) itself.
+        if matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            metrics.count("error-status");
+            return None;
+        }
+        metrics.count(match ask {
+            Ask::Owner => "ok",
+            Ask::Holder => "holder-ok",
+        });
+        let idle = self.idle_body_timeout;
+        let bytes = metrics.peer_bytes.clone();
+        Some(response.map(|body| {
+            let body = tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle);
+            tern_http::with_data_counter(body, move |len| {
+                bytes.inc_by(len as u64);
+            })
+        }))
+    }
+
+    /// Asks the master's directory (seed 003) for peers holding a copy of `key`, other than this edge and
+    /// those in `tried`, and asks each in turn; `None` when no holder served it.
+    async fn ask_holders(
+        &self,
+        snapshot: &Snapshot,
+        host: &str,
+        key: &str,
+        parts: &http::request::Parts,
+        tried: &[String],
+    ) -> Option<Response<Body>> {
+        if snapshot.peers.len() < 2 {
+            return None;
+        }
+        let metrics = &self.community.metrics;
+        let count = |outcome: &'static str| metrics.locations.get_or_create(&LocationOutcome { outcome }).inc();
+        let Some(answer) = self
+            .community
+            .handle
+            .locate(key, host, self.community.location_timeout)
+            .await
+        else {
+            count("unanswered");
+            return None;
+        };
+        let holders: Vec<_> = answer
+            .peers
+            .into_iter()
+            .filter(|peer| peer.holds && peer.name != snapshot.me.name && !tried.contains(&peer.name))
+            .collect();
+        if holders.is_empty() {
+            count("none");
+            return None;
+        }
+        count("holder");
+        for holder in holders {
+            if let Some(response) = self
+                .ask_peer(holder.http, parts, &snapshot.me.name, Ask::Holder, true)
+                .await
+            {
+                debug!(%key, holder = %holder.name, "served by a holder the directory named");
+                return Some(response);
+            }
+        }
+        None
+    }
+}
+
+impl Upstream for CommunityUpstream {
+    fn fetch(&self, request: Request<Body>) -> UpstreamFuture<'_> {
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            parts.headers.remove(TOKEN_FIELD);
+            parts.headers.remove(PREFETCH_FIELD);
+            let marked = parts.headers.remove(HOP_FIELD).is_some();
+            let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
+            if cacheable_method && http_body::Body::is_end_stream(&body) {
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let key = primary_key("http", &host, target, &self.key_config);
+                let snapshot = self.community.handle.snapshot();
+                let owns = snapshot.owns(&host, &key);
+                // What a peer serves a non-owner passes unstored unless its keep policy keeps it.
+                let pass_unstored = || !owns && !self.community.keep.keeps(&key, Instant::now());
+                let mut tried = Vec::new();
+                if !marked {
+                    // The owners in the table's order; an owner that is not the first asks those before it,
+                    // so that with `--replicas` above 1 the first owner alone fetches from the origin and
+                    // the others take their copies from it.
+                    let owners = snapshot.owners(&host, &key);
+                    let ahead = owners
+                        .iter()
+                        .position(|owner| owner.name == snapshot.me.name)
+                        .unwrap_or(owners.len());
+                    let owners: Vec<(String, SocketAddr)> = owners[..ahead]
+                        .iter()
+                        .map(|owner| (owner.name.clone(), owner.http))
+                        .collect();
+                    for (name, http) in owners {
+                        tried.push(name);
+                        if let Some(mut response) =
+                            self.ask_peer(http, &parts, &snapshot.me.name, Ask::Owner, owns).await
+                        {
+                            if pass_unstored() {
+                                response.extensions_mut().insert(PeerServed);
+                            }
+                            return Ok(response);
+                        }
+                    }
+                }
+                // About to go to the origin: a peer may hold a copy (seed 003).
+                if let Some(mut response) = self.ask_holders(&snapshot, &host, &key, &parts, &tried).await {
+                    if pass_unstored() {
+                        response.extensions_mut().insert(PeerServed);
+                    }
+                    return Ok(response);
+                }
+                if !tried.is_empty() {
+                    self.community.metrics.count("origin-fallback");
+                }
+            }
+            self.community.metrics.owner_fetches.inc();
+            self.origin.fetch(Request::from_parts(parts, body)).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "community {} over {}",
+            self.community.handle.snapshot().community,
+            self.origin.describe()
+        )
+    }
+}

@@ -1,0 +1,230 @@
+//! The driver's loop (seed `004_1419c51402506f7e.txt`, "local distribution"): it feeds the sans-IO cores
+//! — the group leader's [`Sender`] and [`Collector`], the member's [`Receiver`] — with what arrives on the
+//! data channel and the unicast socket, their timers' expiries and the handle's commands, and carries out
+//! what they return: datagrams to send, timers to set, events to act on. What a command or an event means
+//! for the leader or the member is in [`super::leader`] and [`super::member`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_wire::SecretKey;
+use tern_wire::mctp::{self, KIND_APPLY_REPORT, KIND_STATUS_REPORT, MctpLimits};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::leader::Leading;
+use super::member::SpoolShared;
+use super::metrics::MctpMetrics;
+use super::{Command, Received};
+use crate::election::rng::SplitMix64;
+use crate::mctp::{
+    CollectInput, Collector, Counters, Event, Output, Receiver, ReceiverInput, Sender, SenderInput, Timer,
+};
+
+/// How often the driver looks for sessions to forget.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Which core set a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Core {
+    Sender,
+    Collector,
+    Receiver,
+}
+
+/// The three cores and what the loop keeps beside them; the leader's and the member's halves of its
+/// methods are in [`super::leader`] and [`super::member`].
+pub(super) struct Driver {
+    pub(super) sender: Sender,
+    pub(super) collector: Collector,
+    pub(super) receiver: Receiver,
+    pub(super) group: SocketAddr,
+    pub(super) own: SocketAddr,
+    pub(super) timers: BTreeMap<(Core, Timer), Instant>,
+    /// Members' unicast addresses, from their authenticated messages.
+    pub(super) members: HashMap<String, SocketAddr>,
+    pub(super) leading: HashMap<u64, Leading>,
+    pub(super) shared: SpoolShared,
+    pub(super) received: mpsc::Sender<Received>,
+    /// When the member first heard of each session it follows.
+    pub(super) first_heard: HashMap<u64, Instant>,
+    pub(super) keep_sessions: Duration,
+    pub(super) loss: f64,
+    pub(super) loss_rng: SplitMix64,
+    pub(super) key: SecretKey,
+    pub(super) limits: MctpLimits,
+    pub(super) metrics: Arc<MctpMetrics>,
+    pub(super) published: [Counters; 3],
+}
+
+impl Driver {
+    /// Runs until `shutdown` or until the handle is dropped.
+    pub(super) async fn run(
+        mut self,
+        data: StdUdpSocket,
+        unicast: StdUdpSocket,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let (data, unicast) = match (UdpSocket::from_std(data), UdpSocket::from_std(unicast)) {
+            (Ok(data), Ok(unicast)) => (data, unicast),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(%error, "the data channel's sockets could not be registered");
+                return;
+            }
+        };
+        // One byte more than the largest datagram, so that an oversized one arrives truncated to a length
+        // the cores refuse.
+        let mut data_buffer = vec![0u8; mctp::DEFAULT_MAX_DATAGRAM + 1];
+        let mut unicast_buffer = vec![0u8; mctp::DEFAULT_MAX_DATAGRAM + 1];
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outputs: Vec<(Core, Output)> = Vec::new();
+        loop {
+            self.carry_out(&unicast, &mut outputs).await;
+            self.publish_metrics();
+            let next_timer = self
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(key, at)| (*key, *at));
+            let due = async {
+                match next_timer {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command, &mut outputs),
+                    None => return,
+                },
+                _ = due => {
+                    if let Some((key, _)) = next_timer {
+                        self.timers.remove(&key);
+                        self.on_timer(key, &mut outputs);
+                    }
+                }
+                received = unicast.recv_from(&mut unicast_buffer) => match received {
+                    Ok((len, from)) => self.on_unicast(&unicast_buffer[..len], from, &mut outputs),
+                    Err(error) => debug!(%error, "unicast receive failed"),
+                },
+                received = data.recv_from(&mut data_buffer) => match received {
+                    Ok((len, from)) => self.on_data(&data_buffer[..len], from, &mut outputs),
+                    Err(error) => debug!(%error, "data channel receive failed"),
+                },
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// A command from the handle, for the leader's or the member's side.
+    fn on_command(&mut self, command: Command, outputs: &mut Vec<(Core, Output)>) {
+        let now = Instant::now();
+        match command {
+            Command::Lead {
+                start,
+                ended,
+                collected,
+            } => self.lead(start, ended, collected, now, outputs),
+            Command::Excuse { assignment, members } => self.excuse(assignment, members, now, outputs),
+            Command::Applied {
+                assignment,
+                applied,
+                detail,
+                hash,
+            } => self.on_applied(assignment, applied, detail, hash, now, outputs),
+        }
+    }
+
+    fn on_timer(&mut self, (core, timer): (Core, Timer), outputs: &mut Vec<(Core, Output)>) {
+        let now = Instant::now().into_std();
+        let out = match core {
+            Core::Sender => self.sender.handle(SenderInput::Timer(timer), now),
+            Core::Collector => self.collector.handle(CollectInput::Timer(timer), now),
+            Core::Receiver => self.receiver.handle(ReceiverInput::Timer(timer), now),
+        };
+        outputs.extend(out.into_iter().map(|output| (core, output)));
+    }
+
+    /// A datagram on the unicast socket: members' reports to the GL, or the GL's requests to a member.
+    fn on_unicast(&mut self, bytes: &[u8], from: SocketAddr, outputs: &mut Vec<(Core, Output)>) {
+        let now = Instant::now().into_std();
+        match tern_wire::frame::peek_kind(bytes) {
+            Some(KIND_STATUS_REPORT) => {
+                self.learn_address(bytes, from);
+                let out = self.sender.handle(SenderInput::Datagram(bytes), now);
+                outputs.extend(out.into_iter().map(|output| (Core::Sender, output)));
+            }
+            Some(KIND_APPLY_REPORT) => {
+                self.learn_address(bytes, from);
+                let out = self.collector.handle(CollectInput::Datagram(bytes), now);
+                outputs.extend(out.into_iter().map(|output| (Core::Collector, output)));
+            }
+            _ => {
+                let out = self.receiver.handle(ReceiverInput::Datagram(bytes), now);
+                outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+            }
+        }
+    }
+
+    /// Sends what the cores asked for, sets their timers, and handles their events (which may ask for
+    /// more).
+    async fn carry_out(&mut self, socket: &UdpSocket, outputs: &mut Vec<(Core, Output)>) {
+        while !outputs.is_empty() {
+            let batch = std::mem::take(outputs);
+            for (core, output) in batch {
+                match output {
+                    Output::Multicast(datagram) => self.send(socket, &datagram, self.group, core).await,
+                    Output::ToMember { member, datagram } => match self.members.get(&member).copied() {
+                        Some(address) => self.send(socket, &datagram, address, core).await,
+                        None => debug!(%member, "no address known for a member; its request is not sent"),
+                    },
+                    Output::ToLeader { address, datagram } => self.send(socket, &datagram, address, core).await,
+                    Output::SetTimer { timer, at } => {
+                        self.timers.insert((core, timer), Instant::from_std(at));
+                    }
+                    Output::Event(event) => self.on_event(event, outputs),
+                }
+            }
+        }
+    }
+
+    /// Sends one datagram; only the leader's cores count toward `sent_bytes` (a member's reports are not
+    /// the data channel's load).
+    async fn send(&self, socket: &UdpSocket, datagram: &[u8], to: SocketAddr, core: Core) {
+        match socket.send_to(datagram, to).await {
+            Ok(sent) => {
+                if core != Core::Receiver {
+                    self.metrics.sent_bytes.inc_by(sent as u64);
+                }
+            }
+            Err(error) => debug!(%to, %error, "datagram not sent"),
+        }
+    }
+
+    /// A core's event, for the leader's or the member's side to act on (which may ask for more).
+    fn on_event(&mut self, event: Event, outputs: &mut Vec<(Core, Output)>) {
+        let now = Instant::now();
+        match event {
+            Event::SessionEnded(report) => self.on_session_ended(report, now, outputs),
+            Event::CollectionEnded(report) => self.on_collection_ended(report, now),
+            Event::Received { assignment, name, hash } => self.on_received(assignment, name, hash, now, outputs),
+            Event::AlreadyHeld { assignment } => self.on_already_held(assignment, now, outputs),
+        }
+    }
+
+    fn publish_metrics(&mut self) {
+        let [sender, collector, receiver] = &mut self.published;
+        self.metrics.publish(sender, self.sender.counters());
+        self.metrics.publish(collector, self.collector.counters());
+        self.metrics.publish(receiver, self.receiver.counters());
+    }
+}

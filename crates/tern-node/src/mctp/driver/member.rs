@@ -1,0 +1,221 @@
+//! The member's side of the driver (seed `004_1419c51402506f7e.txt`, "local distribution"): the spool
+//! file each session is received into ([`FileSpool`], written through [`FileSink`]), what arrives on the
+//! data channel (with the `--data-loss` test knob), the hand-off of a complete assignment to the node
+//! ([`Received`]) and its answer for the apply report, and forgetting old sessions.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use tern_wire::mctp::{self, Announcement};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::Received;
+use super::event_loop::{Core, Driver};
+use crate::mctp::{Output, ReceiverInput, Sink, Spool};
+use crate::spool::{Entry, Spool as NodeSpool};
+
+/// Bytes a member's sink gathers before it writes them (frames arrive mostly in order).
+const SINK_BUFFER: usize = 256 << 10;
+/// Hashes of assignments recently applied that a member remembers (it answers "complete" to them).
+const HELD_HASHES: usize = 64;
+
+/// Spool entries being received, by assignment, with their announced size.
+type Receiving = HashMap<u64, (Arc<Entry>, u64)>;
+
+/// What the member's spool and the driver share: the entries being received, the hashes held.
+#[derive(Clone, Default)]
+pub(super) struct SpoolShared {
+    entries: Arc<Mutex<Receiving>>,
+    held: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// The member's [`Spool`]: each session is received into a spool entry of the node's data channel spool.
+pub(super) struct FileSpool {
+    pub(super) spool: Arc<NodeSpool>,
+    pub(super) shared: SpoolShared,
+}
+
+impl Spool for FileSpool {
+    fn holds(&self, hash: &str) -> bool {
+        let held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().any(|known| known == hash)
+    }
+
+    fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>> {
+        let entry = Arc::new(self.spool.scratch(Some(announcement.size)));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(entry.path())?;
+        file.set_len(announcement.size)?;
+        let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(announcement.assignment, (entry, announcement.size));
+        Ok(Box::new(FileSink {
+            file,
+            buffer: Vec::with_capacity(SINK_BUFFER),
+            buffer_offset: 0,
+        }))
+    }
+}
+
+/// A spool file written through a buffer of consecutive frames ([`SINK_BUFFER`] bytes at most).
+struct FileSink {
+    file: std::fs::File,
+    buffer: Vec<u8>,
+    buffer_offset: u64,
+}
+
+impl FileSink {
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all_at(&self.buffer, self.buffer_offset)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let follows = offset == self.buffer_offset + self.buffer.len() as u64;
+        if !follows || self.buffer.len() + data.len() > SINK_BUFFER {
+            self.flush()?;
+            self.buffer_offset = offset;
+        }
+        if self.buffer.is_empty() {
+            self.buffer_offset = offset;
+        }
+        self.buffer.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Driver {
+    /// The node's answer for a [`Received`] assignment: remembered when applied (a later announcement of
+    /// it is answered "complete"), and given to the receiver for the apply report.
+    pub(super) fn on_applied(
+        &mut self,
+        assignment: u64,
+        applied: bool,
+        detail: String,
+        hash: String,
+        now: Instant,
+        outputs: &mut Vec<(Core, Output)>,
+    ) {
+        if applied {
+            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.push_back(hash);
+            while held.len() > HELD_HASHES {
+                held.pop_front();
+            }
+        }
+        let input = ReceiverInput::Applied {
+            assignment,
+            applied,
+            detail,
+        };
+        let out = self.receiver.handle(input, now.into_std());
+        outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+    }
+
+    /// A datagram on the data channel: for this node as a member, unless it is our own multicast.
+    pub(super) fn on_data(&mut self, bytes: &[u8], from: SocketAddr, outputs: &mut Vec<(Core, Output)>) {
+        if from == self.own {
+            return;
+        }
+        if self.loss > 0.0 {
+            let draw = (self.loss_rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < self.loss {
+                self.metrics.refuse("injected-loss", 1);
+                return;
+            }
+        }
+        let now = Instant::now();
+        let out = self.receiver.handle(ReceiverInput::Datagram(bytes), now.into_std());
+        outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+        if !mctp::is_data_frame(bytes) {
+            for assignment in self.receiver.sessions() {
+                self.first_heard.entry(assignment).or_insert(now);
+            }
+        }
+    }
+
+    /// Forgets sessions heard of longer ago than
+    /// [`DataChannelSettings::keep_sessions`](super::DataChannelSettings::keep_sessions) (applied and
+    /// reported long since, or abandoned by their GL).
+    pub(super) fn sweep(&mut self) {
+        let now = Instant::now();
+        let keep = self.keep_sessions;
+        let old: Vec<u64> = self
+            .first_heard
+            .iter()
+            .filter(|(_, heard)| now.duration_since(**heard) > keep)
+            .map(|(assignment, _)| *assignment)
+            .collect();
+        for assignment in old {
+            self.receiver.forget(assignment);
+            self.first_heard.remove(&assignment);
+            let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.remove(&assignment);
+            self.timers
+                .retain(|(core, timer), _| !(*core == Core::Receiver && timer.assignment == assignment));
+        }
+    }
+
+    /// Every frame arrived: the spool entry goes to the node to verify and apply, or, when the node takes
+    /// no more (its queue full or closed), the assignment is reported not applied.
+    pub(super) fn on_received(
+        &mut self,
+        assignment: u64,
+        name: String,
+        hash: String,
+        now: Instant,
+        outputs: &mut Vec<(Core, Output)>,
+    ) {
+        self.metrics.received.inc();
+        let entry = {
+            let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.remove(&assignment)
+        };
+        let Some((entry, size)) = entry else {
+            return;
+        };
+        let received = Received {
+            assignment,
+            name,
+            hash,
+            size,
+            entry,
+        };
+        if let Err(error) = self.received.try_send(received) {
+            warn!(%error, "the node takes no more received assignments now");
+            let input = ReceiverInput::Applied {
+                assignment,
+                applied: false,
+                detail: "the node was busy".into(),
+            };
+            let out = self.receiver.handle(input, now.into_std());
+            outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+        }
+    }
+
+    /// The member held the announced assignment already: it reports it applied.
+    pub(super) fn on_already_held(&mut self, assignment: u64, now: Instant, outputs: &mut Vec<(Core, Output)>) {
+        let input = ReceiverInput::Applied {
+            assignment,
+            applied: true,
+            detail: "already held".into(),
+        };
+        let out = self.receiver.handle(input, now.into_std());
+        outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+    }
+}

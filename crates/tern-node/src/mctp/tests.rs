@@ -1,0 +1,501 @@
+//! The cores event by event on a fake clock (the in-memory segment of [`super::sim`]).
+
+use std::time::{Duration, Instant};
+
+use tern_wire::frame;
+use tern_wire::mctp::{
+    self, Addressees, Announcement, ApplyReport, DataFrame, FrameRange, KIND_STATUS_REPORT, MctpBody, MctpMessage,
+    Status, StatusReport, Wanted,
+};
+
+use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
+use super::{
+    CollectConfig, CollectInput, Collector, Event, Outcome, Output, Receiver, ReceiverConfig, ReceiverInput,
+    SenderConfig, Sink, Spool, addressees,
+};
+
+const FRAME: u32 = 100;
+const FRAMES: usize = 30;
+
+fn sender_config() -> SenderConfig {
+    SenderConfig {
+        frame_size: FRAME,
+        rate: 10_000,
+        floor_rate: 1_000,
+        rate_increase: 1_000,
+        burst_frames: 4,
+        ..SenderConfig::new(identity("gl", 0))
+    }
+}
+
+fn new_segment(members: usize) -> Segment {
+    Segment::new(
+        members,
+        sender_config(),
+        ReceiverConfig::new,
+        CollectConfig::new(identity("gl", 0)),
+        3,
+    )
+}
+
+fn bytes() -> Vec<u8> {
+    // The last frame is shorter.
+    assignment_bytes(FRAMES * FRAME as usize - 37, 5)
+}
+
+/// Status reports members sent the GL, with the sender's name.
+fn status_reports(segment: &Segment) -> Vec<(String, StatusReport)> {
+    segment
+        .log
+        .iter()
+        .filter(|logged| frame::peek_kind(&logged.bytes) == Some(KIND_STATUS_REPORT))
+        .filter_map(|logged| mctp::decode(&key(), &logged.bytes, &Default::default()).ok())
+        .filter_map(|verified| match verified.into_message() {
+            MctpMessage {
+                sender,
+                body: MctpBody::StatusReport(report),
+                ..
+            } => Some((sender, report)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Announcements the GL sent.
+fn announcements(segment: &Segment) -> Vec<Announcement> {
+    segment
+        .log
+        .iter()
+        .filter(|logged| logged.from == 0)
+        .filter_map(|logged| mctp::decode(&key(), &logged.bytes, &Default::default()).ok())
+        .filter_map(|verified| match verified.into_message().body {
+            MctpBody::Announcement(announcement) => Some(announcement),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pass_one_frame(bytes: &[u8], sequences: &[u32]) -> bool {
+    mctp::decode_data(bytes).is_ok_and(|frame| frame.pass == 1 && sequences.contains(&frame.sequence))
+}
+
+#[test]
+fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_resent_in_pass_2() {
+    let mut segment = new_segment(1);
+    segment.drop_rule = Box::new(|to, bytes| to == 1 && pass_one_frame(bytes, &[7, 19, 20]));
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(30));
+
+    assert_eq!(segment.frames_sent_in(1), (0..FRAMES as u32).collect::<Vec<_>>());
+    let reports = status_reports(&segment);
+    let range = |first, last| FrameRange { first, last };
+    assert_eq!(
+        reports[0].1.status,
+        Status::Missing {
+            ranges: vec![range(7, 7), range(19, 20)],
+            count: 3
+        }
+    );
+    assert_eq!(segment.frames_sent_in(2), vec![7, 19, 20]);
+    assert_eq!(
+        reports.last().map(|(_, report)| &report.status),
+        Some(&Status::Complete)
+    );
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(session.outcome, Outcome::Complete);
+    assert_eq!(
+        (session.passes, session.frames_sent, session.frames_repaired),
+        (2, 33, 3)
+    );
+    assert_eq!(segment.spooled(1), Some(bytes));
+    // Loss rose (0 → 3 of 30 frames): multiplicative decrease for pass 2.
+    let rates: Vec<u64> = announcements(&segment).iter().map(|a| a.rate).collect();
+    assert_eq!(rates, vec![10_000, 7_500]);
+}
+
+#[test]
+fn pass_one_is_paced_by_the_token_bucket() {
+    let mut segment = new_segment(1);
+    let start = segment.now;
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(30));
+    let last_frame_at = segment
+        .log
+        .iter()
+        .filter(|logged| mctp::decode_data(&logged.bytes).is_ok())
+        .map(|logged| logged.at)
+        .max()
+        .expect("frames");
+    // 2,963 bytes at 10,000 B/s, the first burst of 4 frames only after the bucket fills.
+    let paced = last_frame_at - start;
+    assert!(
+        paced >= Duration::from_millis(250) && paced <= Duration::from_millis(300),
+        "{paced:?}"
+    );
+}
+
+#[test]
+fn a_member_that_joins_late_is_filled_by_later_passes() {
+    let mut segment = new_segment(2);
+    let start = segment.now;
+    segment.join_at(2, start + Duration::from_millis(150));
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(60));
+
+    let late = segment.members[2].as_ref().expect("joined");
+    assert!(
+        late.counters().refused("unannounced") > 0,
+        "frames before the announcement dropped"
+    );
+    assert_eq!(segment.spooled(1), Some(bytes.clone()));
+    assert_eq!(segment.spooled(2), Some(bytes));
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(session.outcome, Outcome::Complete);
+    // Pass 2's announcement brings it in, pass 3 resends what it NACKed (all it dropped).
+    assert_eq!(session.passes, 3);
+    assert!(segment.frames_sent_in(2).is_empty());
+    assert_eq!(segment.frames_sent_in(3).len(), FRAMES);
+}
+
+#[test]
+fn a_member_that_already_holds_it_answers_complete_at_once() {
+    let bytes = bytes();
+    let mut segment = new_segment(2);
+    segment.hold(1, &hash_of(&bytes));
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(30));
+    let reports = status_reports(&segment);
+    assert_eq!(
+        reports[0],
+        (
+            member_name(1),
+            StatusReport {
+                assignment: ASSIGNMENT,
+                pass: 1,
+                status: Status::Complete
+            }
+        )
+    );
+    assert_eq!(segment.spooled(1), None, "nothing spooled");
+    assert_eq!(segment.spooled(2), Some(bytes.clone()));
+    assert_eq!(segment.sessions[0].outcome, Outcome::Complete);
+
+    // When every member holds it, the session ends on their completion signals.
+    let mut all_hold = new_segment(1);
+    all_hold.hold(1, &hash_of(&bytes));
+    all_hold.start(bytes);
+    all_hold.run_for(Duration::from_secs(30));
+    assert_eq!(all_hold.sessions[0].outcome, Outcome::Complete);
+    assert!(
+        all_hold.sessions[0].frames_sent < FRAMES as u64,
+        "{:?}",
+        all_hold.sessions[0]
+    );
+}
+
+#[test]
+fn a_quorum_ends_a_session_whose_stragglers_make_no_progress() {
+    let mut segment = new_segment(4);
+    // Members 3 and 4 hear nothing of the data channel.
+    segment.drop_rule = Box::new(|to, bytes| (to == 3 || to == 4) && mctp::is_data_frame(bytes));
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(60));
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(
+        session.outcome,
+        Outcome::Quorum {
+            incomplete: vec![member_name(3), member_name(4)]
+        }
+    );
+    // Pass 1, then ten passes in which the missing frames (2 × 30) did not fall.
+    assert_eq!(session.passes, 11);
+    assert_eq!(segment.spooled(1), Some(bytes.clone()));
+    assert_eq!(segment.spooled(2), Some(bytes));
+}
+
+#[test]
+fn without_a_quorum_the_leader_gives_up_after_ten_passes_without_progress() {
+    let mut segment = new_segment(4);
+    segment.drop_rule = Box::new(|to, bytes| to >= 2 && mctp::is_data_frame(bytes));
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(60));
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(
+        session.outcome,
+        Outcome::GaveUp {
+            incomplete: vec![member_name(2), member_name(3), member_name(4)]
+        }
+    );
+    assert_eq!(session.passes, 11);
+    // Every repair pass resent every frame the three NACKed; the rate fell to and stayed at the floor
+    // or rose back by the additive step (loss stayed at 100%, not rising).
+    assert_eq!(session.frames_repaired, 10 * FRAMES as u64);
+    let rates: Vec<u64> = announcements(&segment).iter().map(|a| a.rate).collect();
+    assert_eq!(rates[..3], [10_000, 7_500, 8_500]);
+}
+
+#[test]
+fn the_shorter_list_rule() {
+    let names = |range: std::ops::RangeInclusive<usize>| range.map(member_name).collect::<Vec<_>>();
+    // Fewer missing than received: the missing ones.
+    assert_eq!(
+        addressees(&names(1..=2), &names(3..=6)),
+        Addressees::Missing(names(1..=2))
+    );
+    // Otherwise those received.
+    assert_eq!(
+        addressees(&names(1..=4), &names(5..=6)),
+        Addressees::Received(names(5..=6))
+    );
+    assert_eq!(
+        addressees(&names(1..=3), &names(4..=6)),
+        Addressees::Received(names(4..=6))
+    );
+    assert_eq!(addressees(&names(1..=6), &[]), Addressees::All);
+
+    // The collector: 2 of 6 reports in (4 missing, over half): one multicast listing the 2 received.
+    let now = Instant::now();
+    let config = CollectConfig {
+        max_requests: 2,
+        ..CollectConfig::new(identity("gl", 0))
+    };
+    let first_wait = config.first_wait;
+    let request_wait = config.request_wait;
+    let mut collector = Collector::new(config, 1, now, UNIX_MS).expect("collector");
+    let members = names(1..=6);
+    collector.handle(
+        CollectInput::Start {
+            assignment: ASSIGNMENT,
+            members,
+        },
+        now,
+    );
+    collector.handle(CollectInput::SessionEnded { assignment: ASSIGNMENT }, now);
+    for index in [3, 5] {
+        let report = apply_report(index, 1);
+        assert!(collector.handle(CollectInput::Datagram(&report), now).is_empty());
+    }
+    let timer = super::Timer {
+        assignment: ASSIGNMENT,
+        kind: super::TimerKind::Collect,
+    };
+    let out = collector.handle(CollectInput::Timer(timer), now + first_wait);
+    assert_eq!(
+        requests(&out),
+        vec![(None, Addressees::Received(vec![member_name(3), member_name(5)]))]
+    );
+    // 2 more in (2 missing of 6, not over half): a unicast request to each missing member.
+    for index in [1, 2] {
+        collector.handle(CollectInput::Datagram(&apply_report(index, 1)), now + first_wait);
+    }
+    let out = collector.handle(CollectInput::Timer(timer), now + first_wait + request_wait);
+    assert_eq!(
+        requests(&out),
+        vec![
+            (Some(member_name(4)), Addressees::Missing(vec![member_name(4)])),
+            (Some(member_name(6)), Addressees::Missing(vec![member_name(6)])),
+        ]
+    );
+    assert_eq!(collector.counters().multicast_requests, 1);
+    assert_eq!(collector.counters().unicast_requests, 2);
+    // The maximum reached: the assignment status report.
+    let out = collector.handle(CollectInput::Timer(timer), now + first_wait + request_wait * 2);
+    let ended: Vec<_> = out
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Event(Event::CollectionEnded(report)) => Some(report),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        ended[0].applied,
+        names(1..=3).into_iter().chain([member_name(5)]).collect::<Vec<_>>()
+    );
+    assert_eq!(ended[0].missing, vec![member_name(4), member_name(6)]);
+    assert_eq!(ended[0].requests, 2);
+}
+
+/// Members the GL excuses (they did not complete the session; the unicast path catches them up) are not
+/// waited for: the collection ends as soon as the others reported, without a request.
+#[test]
+fn excused_members_are_not_waited_for() {
+    let now = Instant::now();
+    let mut collector = Collector::new(CollectConfig::new(identity("gl", 0)), 1, now, UNIX_MS).expect("collector");
+    let members: Vec<String> = (1..=3).map(member_name).collect();
+    collector.handle(
+        CollectInput::Start {
+            assignment: ASSIGNMENT,
+            members,
+        },
+        now,
+    );
+    for index in [1, 2] {
+        assert!(
+            collector
+                .handle(CollectInput::Datagram(&apply_report(index, 1)), now)
+                .is_empty()
+        );
+    }
+    let out = collector.handle(
+        CollectInput::Excuse {
+            assignment: ASSIGNMENT,
+            members: vec![member_name(3)],
+        },
+        now,
+    );
+    let [Output::Event(Event::CollectionEnded(report))] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert_eq!(report.applied, vec![member_name(1), member_name(2)]);
+    assert!(report.missing.is_empty() && report.failed.is_empty());
+    assert_eq!(report.requests, 0);
+}
+
+fn apply_report(index: usize, seq: u64) -> Vec<u8> {
+    let message = MctpMessage {
+        segment: "rack-1".into(),
+        sender: member_name(index),
+        address: identity(&member_name(index), index).address,
+        incarnation: index as u64,
+        seq,
+        sent_at_ms: UNIX_MS,
+        body: MctpBody::ApplyReport(ApplyReport {
+            assignment: ASSIGNMENT,
+            applied: true,
+            detail: String::new(),
+        }),
+    };
+    mctp::encode(&key(), &message)
+}
+
+/// The apply report requests in `out`: `(Some(member), list)` for unicast, `(None, list)` for multicast.
+fn requests(out: &[Output]) -> Vec<(Option<String>, Addressees)> {
+    let decode = |bytes: &[u8]| match mctp::decode(&key(), bytes, &Default::default()).map(|v| v.into_message().body) {
+        Ok(MctpBody::ReportRequest(request)) if request.wanted == Wanted::Apply => Some(request.addressees),
+        _ => None,
+    };
+    out.iter()
+        .filter_map(|output| match output {
+            Output::Multicast(bytes) => decode(bytes).map(|list| (None, list)),
+            Output::ToMember { member, datagram } => decode(datagram).map(|list| (Some(member.clone()), list)),
+            _ => None,
+        })
+        .collect()
+}
+
+struct NoSpool;
+
+struct NoSink;
+
+impl Sink for NoSink {
+    fn write_at(&mut self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Spool for NoSpool {
+    fn holds(&self, _hash: &str) -> bool {
+        false
+    }
+
+    fn create(&mut self, _announcement: &Announcement) -> std::io::Result<Box<dyn Sink>> {
+        Ok(Box::new(NoSink))
+    }
+}
+
+#[test]
+fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
+    let now = Instant::now();
+    let mut member = Receiver::new(
+        ReceiverConfig::new(identity("m1", 1)),
+        Box::new(NoSpool),
+        1,
+        now,
+        UNIX_MS,
+    )
+    .expect("receiver");
+    let announcement = Announcement {
+        assignment: ASSIGNMENT,
+        size: 250,
+        name: "www-000042".into(),
+        rate: 1000,
+        frame_size: 100,
+        frames: 3,
+        hash: "ab".repeat(32),
+        pass: 1,
+    };
+    let gl_message = |seq, body| MctpMessage {
+        segment: "rack-1".into(),
+        sender: "gl".into(),
+        address: identity("gl", 0).address,
+        incarnation: 1,
+        seq,
+        sent_at_ms: UNIX_MS,
+        body,
+    };
+    let announce = mctp::encode(&key(), &gl_message(1, MctpBody::Announcement(announcement.clone())));
+    assert!(member.handle(ReceiverInput::Datagram(&announce), now).is_empty());
+    // Replayed and forged announcements.
+    member.handle(ReceiverInput::Datagram(&announce), now);
+    let other = tern_wire::SecretKey::parse(&"01".repeat(32)).expect("key");
+    let forged = mctp::encode(&other, &gl_message(2, MctpBody::Announcement(announcement)));
+    member.handle(ReceiverInput::Datagram(&forged), now);
+
+    let data = [9u8; 100];
+    let frame = |assignment, pass, sequence, data: &[u8]| {
+        mctp::encode_data(&DataFrame {
+            assignment,
+            pass,
+            sequence,
+            data,
+        })
+    };
+    for bytes in [
+        frame(ASSIGNMENT + 1, 1, 0, &data),
+        frame(ASSIGNMENT, 0, 0, &data),
+        frame(ASSIGNMENT, 9, 0, &data),
+        frame(ASSIGNMENT, 1, 3, &data),
+        frame(ASSIGNMENT, 1, u32::MAX, &data),
+        frame(ASSIGNMENT, 1, 2, &data),
+        frame(ASSIGNMENT, 1, 0, &data[..99]),
+        b"TMD".to_vec(),
+        frame(ASSIGNMENT, 1, 0, &data),
+        frame(ASSIGNMENT, 1, 0, &data),
+    ] {
+        assert!(member.handle(ReceiverInput::Datagram(&bytes), now).is_empty());
+    }
+    let counters = member.counters();
+    assert_eq!(counters.refused("replayed"), 1);
+    assert_eq!(counters.refused("bad-tag"), 1);
+    assert_eq!(counters.refused("unannounced"), 1);
+    assert_eq!(counters.refused("pass-outside"), 2);
+    assert_eq!(counters.refused("sequence-outside"), 2);
+    assert_eq!(counters.refused("past-size"), 2);
+    assert_eq!(counters.refused("malformed"), 1);
+    assert_eq!((counters.frames_received, counters.duplicates), (1, 1));
+    assert_eq!(member.missing(ASSIGNMENT), Some(2));
+
+    // The last two frames complete it; the status report says so.
+    let tail = frame(ASSIGNMENT, 2, 2, &data[..50]);
+    member.handle(ReceiverInput::Datagram(&frame(ASSIGNMENT, 1, 1, &data)), now);
+    let out = member.handle(ReceiverInput::Datagram(&tail), now);
+    assert!(matches!(
+        out.as_slice(),
+        [Output::Event(Event::Received {
+            assignment: ASSIGNMENT,
+            ..
+        })]
+    ));
+}
