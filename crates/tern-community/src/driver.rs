@@ -954,6 +954,7 @@ mod tests {
     use super::*;
     use crate::service::{ServiceConfig, start};
     use tern_wire::SecretKey;
+    use tern_admin::AdminRoutes;
 
     fn peer(name: &str, registry: &str, key: &SecretKey) -> CommunityHandle {
         let socket = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("socket");
@@ -1072,6 +1073,11 @@ mod tests {
         assert!(recorded.is_ok(), "the registry records edge-a as master");
         let persisted = std::fs::read_to_string(dir.path().join(crate::service::STATE_FILE)).expect("state file");
         assert!(persisted.contains("edge-a"));
+        // The status shows when the master last claimed the community, so that a silent master shows.
+        let status = crate::service::RegistryAdmin::new(registry.role.clone(), registry.listen).status();
+        let shown = &status["communities"][0];
+        assert!(shown["last_claim_ms"].as_u64().is_some(), "{status}");
+        assert!(shown["seconds_since_last_claim"].as_u64().is_some_and(|s| s < 60), "{status}");
 
         // The master leaves on purpose: it nominates edge-b, which takes over.
         first.leave().await;

@@ -127,6 +127,10 @@ pub struct Registry {
     incarnation: u64,
     seq: u64,
     counters: RegistryCounters,
+    /// Community → when its recorded master's last claim was accepted (wall clock, milliseconds since the
+    /// Unix epoch). Kept in memory only: after a restart a community shows no claim until its master's next
+    /// periodic refresh, which is what an operator looking for a silent master wants to see.
+    last_claim_ms: BTreeMap<String, u64>,
 }
 
 impl Registry {
@@ -139,6 +143,7 @@ impl Registry {
             state,
             seq: 0,
             counters: RegistryCounters::default(),
+            last_claim_ms: BTreeMap::new(),
         }
     }
 
@@ -150,6 +155,13 @@ impl Registry {
     /// What it counted.
     pub fn counters(&self) -> &RegistryCounters {
         &self.counters
+    }
+
+    /// Community → when its recorded master last claimed it and was accepted (milliseconds since the Unix
+    /// epoch), for the communities claimed since this registry started. A master refreshes its claim
+    /// periodically, so an old value names a community whose master went silent.
+    pub fn last_claims(&self) -> &BTreeMap<String, u64> {
+        &self.last_claim_ms
     }
 
     /// Handles one request body as received; `now_ms` is the wall clock (milliseconds since the Unix
@@ -231,6 +243,7 @@ impl Registry {
                 epoch,
             };
             self.state.communities.insert(message.community.clone(), updated);
+            self.last_claim_ms.insert(message.community.clone(), now_ms);
         }
         let record = self.state.communities.get(&message.community).cloned();
         let epoch = record.as_ref().map(|record| record.epoch).unwrap_or_default();
@@ -375,20 +388,31 @@ mod tests {
             )
             .accepted
         );
-        // The recorded master's refresh is accepted.
+        // The recorded master's refresh is accepted, and shows as its last claim; refused claims do not.
+        assert_eq!(registry.last_claims().get("site"), Some(&NOW_MS));
         assert!(
             answer(
                 &registry
-                    .handle_bytes(&from_b.claim("site", &b, 2, false), NOW_MS)
+                    .handle_bytes(&from_b.claim("site", &b, 2, false), NOW_MS + 2_000)
                     .expect("ok")
             )
             .accepted
         );
+        assert_eq!(registry.last_claims().get("site"), Some(&(NOW_MS + 2_000)));
         let counters = *registry.counters();
         assert_eq!(
             (counters.added, counters.replaced, counters.refreshed, counters.stale),
             (1, 1, 1, 3)
         );
+        assert!(
+            !answer(
+                &registry
+                    .handle_bytes(&from_c.claim("site", &c, 1, false), NOW_MS + 3_000)
+                    .expect("ok")
+            )
+            .accepted
+        );
+        assert_eq!(registry.last_claims().get("site"), Some(&(NOW_MS + 2_000)));
         // A restarted master (another process run) needs a higher term like anyone else.
         assert_eq!(
             admit(

@@ -69,6 +69,14 @@ pub enum ServiceError {
 /// A running registry; `role` is its [`Service`].
 pub type RunningRegistry = Running<Arc<Service>>;
 
+/// What `/status` and `/metrics` show: the state, the counters and each community's last accepted claim
+/// (milliseconds since the Unix epoch).
+type Shown = (
+    RegistryState,
+    crate::registry::RegistryCounters,
+    std::collections::BTreeMap<String, u64>,
+);
+
 /// The registry service: the state machine and where its state is written.
 pub struct Service {
     registry: Mutex<Registry>,
@@ -76,7 +84,7 @@ pub struct Service {
     key: SecretKey,
     state_file: PathBuf,
     /// The last state written, for `/status` without taking the lock.
-    shown: std::sync::Mutex<(RegistryState, crate::registry::RegistryCounters)>,
+    shown: std::sync::Mutex<Shown>,
     persist_failures: std::sync::atomic::AtomicU64,
     /// Request bodies over the size limit (413), refused before the state machine sees them.
     oversized: std::sync::atomic::AtomicU64,
@@ -126,7 +134,11 @@ impl Service {
 
     fn show(&self, registry: &Registry) {
         if let Ok(mut shown) = self.shown.lock() {
-            *shown = (registry.state().clone(), *registry.counters());
+            *shown = (
+                registry.state().clone(),
+                *registry.counters(),
+                registry.last_claims().clone(),
+            );
         }
     }
 }
@@ -184,7 +196,11 @@ pub async fn start(config: ServiceConfig) -> Result<RunningRegistry, ServiceErro
     let (listener, bound) = tern_admin::bind_listener(config.listen).await?;
     let registry = Registry::new(RegistryConfig::new(bound, config.key.clone()), state, seed());
     let service = Arc::new(Service {
-        shown: std::sync::Mutex::new((registry.state().clone(), *registry.counters())),
+        shown: std::sync::Mutex::new((
+            registry.state().clone(),
+            *registry.counters(),
+            registry.last_claims().clone(),
+        )),
         registry: Mutex::new(registry),
         key: config.key.clone(),
         state_file,
@@ -264,14 +280,14 @@ impl Handler for RegistryHandler {
     }
 }
 
-struct RegistryAdmin {
+pub(crate) struct RegistryAdmin {
     service: Arc<Service>,
     listen: SocketAddr,
     metrics: Metrics,
 }
 
 impl RegistryAdmin {
-    fn new(service: Arc<Service>, listen: SocketAddr) -> RegistryAdmin {
+    pub(crate) fn new(service: Arc<Service>, listen: SocketAddr) -> RegistryAdmin {
         let mut metrics = Metrics::with_prefix("tern_registry");
         metrics.register_collector(Box::new(RegistryCollector(service.clone())));
         RegistryAdmin {
@@ -284,7 +300,7 @@ impl RegistryAdmin {
 
 /// The registry's requests by outcome since start, read from its counters at scrape time.
 fn outcomes(service: &Service) -> (usize, Vec<(&'static str, u64)>) {
-    let (state, counters) = service.shown.lock().map(|shown| shown.clone()).unwrap_or_default();
+    let (state, counters, _) = service.shown.lock().map(|shown| shown.clone()).unwrap_or_default();
     let refused = counters.refused;
     let persist = service.persist_failures.load(std::sync::atomic::Ordering::Relaxed);
     let oversized = service.oversized.load(std::sync::atomic::Ordering::Relaxed);
@@ -334,7 +350,8 @@ impl Collector for RegistryCollector {
 
 impl AdminRoutes for RegistryAdmin {
     fn status(&self) -> serde_json::Value {
-        let (state, counters) = self.service.shown.lock().map(|shown| shown.clone()).unwrap_or_default();
+        let (state, counters, last_claims) = self.service.shown.lock().map(|shown| shown.clone()).unwrap_or_default();
+        let now_ms = unix_ms();
         let oversized = self.service.oversized.load(std::sync::atomic::Ordering::Relaxed);
         let communities: Vec<serde_json::Value> = state
             .communities
@@ -346,6 +363,11 @@ impl AdminRoutes for RegistryAdmin {
                     "master_address": record.master.address.to_string(),
                     "term": record.epoch.term,
                     "epoch": record.epoch.to_string(),
+                    // null: no claim since this registry started (a master refreshes periodically).
+                    "last_claim_ms": last_claims.get(&record.community),
+                    "seconds_since_last_claim": last_claims
+                        .get(&record.community)
+                        .map(|at| now_ms.saturating_sub(*at) / 1000),
                 })
             })
             .collect();
