@@ -61,6 +61,11 @@ pub struct MoverBench {
     /// With --segments: no runs with a leader killed.
     #[arg(long)]
     pub no_kill: bool,
+    /// With --segments: every node runs a multicast data channel (`tern node --data-channel`, issue 14), so
+    /// that in the tree each group leader sends an assignment once to all its members instead of once to
+    /// each; results go to `segments-SxM-multicast.*`.
+    #[arg(long)]
+    pub data_channel: bool,
     /// With --segments: the methods to measure, of tree, star and rsync.
     #[arg(long, value_delimiter = ',', default_value = "tree,star,rsync")]
     pub methods: Vec<String>,

@@ -38,6 +38,9 @@ const SITE: &str = "www";
 const DISCOVERY_SPEED: u32 = 10;
 /// Longest one measurement may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+/// The multicast data channel of every segment with `--data-channel` (multicast stays inside a segment's
+/// bridge, so the segments can share one group).
+const DATA_CHANNEL: &str = "239.192.77.4:7300";
 /// How often link counters and `live` links are sampled.
 const SAMPLE: Duration = Duration::from_millis(20);
 
@@ -111,7 +114,22 @@ pub(super) fn run(options: &MoverBench, tern: &str, segments: usize) -> Result<(
         load_average()
     );
     let started = Instant::now();
-    let fleet = Fleet::start(spec, "tree")?;
+    // The data channel's rate: 90% of the link, leaving room for the control channel and reports.
+    let node_args: Vec<String> = if options.data_channel {
+        vec![
+            "--data-channel".into(),
+            DATA_CHANNEL.into(),
+            "--data-rate".into(),
+            (u64::from(options.rate_mbit) * 9 / 10).max(1).to_string(),
+            "--data-report-interval".into(),
+            "100ms".into(),
+            "--data-report-delay".into(),
+            "100ms".into(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let fleet = Fleet::start_with(spec, "tree", &node_args)?;
     fleet.wait_registered(nodes, Duration::from_secs(120))?;
     let leaders = fleet.wait_leaders(Duration::from_secs(120))?;
     println!(
@@ -156,7 +174,11 @@ pub(super) fn run(options: &MoverBench, tern: &str, segments: usize) -> Result<(
     let summary = summarize(options, segments, per_segment, files, site_bytes, rounds, &measured);
     println!("{summary}");
     std::fs::create_dir_all(&options.out)?;
-    let name = format!("segments-{segments}x{per_segment}");
+    let name = if options.data_channel {
+        format!("segments-{segments}x{per_segment}-multicast")
+    } else {
+        format!("segments-{segments}x{per_segment}")
+    };
     std::fs::write(options.out.join(format!("{name}.md")), &summary)?;
     let mut csv = String::from(
         "round,method,killed,size,link_bytes,counted_bytes,leaders_seconds,commit_seconds,cpu_busy,outcome\n",
@@ -580,10 +602,15 @@ fn summarize(
     let _ = writeln!(
         text,
         "content mover, store-and-forward tree vs star vs parallel rsync: {segments} segments x {per_segment} nodes \
-         ({nodes}), every link {} Mbit/s (tc tbf); a site of {files} files, {:.0} MB; each run a redesign rewriting \
-         {:.0}% of every file: assignment S = {:.1} MB (S/B = {copy_seconds:.2} s); median (min-max) of {rounds} \
-         rounds\n",
+         ({nodes}), every link {} Mbit/s (tc tbf){}; a site of {files} files, {:.0} MB; each run a redesign \
+         rewriting {:.0}% of every file: assignment S = {:.1} MB (S/B = {copy_seconds:.2} s); median (min-max) of \
+         {rounds} rounds\n",
         options.rate_mbit,
+        if options.data_channel {
+            "; leaders send to their members on a multicast data channel (tern node --data-channel)"
+        } else {
+            ""
+        },
         mb(site_bytes as f64),
         options.change.unwrap_or(0.6) * 100.0,
         mb(size),
