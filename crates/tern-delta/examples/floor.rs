@@ -171,7 +171,7 @@ fn grid() {
         set.extend_from_slice(extra);
         set
     };
-    let sets: Vec<(String, Vec<CParameter>)> = vec![
+    let mut sets: Vec<(String, Vec<CParameter>)> = vec![
         ("encoder (DczEncoder::new(DEFAULT_LEVEL))".into(), Vec::new()),
         ("level 3, ldm (the encoder before)".into(), vec![level(3), ldm(true)]),
         ("level 3".into(), vec![level(3), ldm(false)]),
@@ -221,151 +221,45 @@ fn grid() {
             tuned(ZSTD_lazy2, 4, &[CParameter::MinMatch(6)]),
         ),
         (
-            "lazy2 search 4, minMatch 5, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy2,
-                4,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 3, minMatch 5, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 4, minMatch 5, hash 15 chain 15".into(),
-            tuned(
-                ZSTD_lazy2,
-                4,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(15),
-                    CParameter::ChainLog(15),
-                ],
-            ),
-        ),
-        (
             "level 6, minMatch 5".into(),
             vec![level(6), ldm(false), CParameter::MinMatch(5)],
-        ),
-        (
-            "lazy2 search 3, minMatch 5, hash 17, ldm".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                    ldm(true),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 3, minMatch 5, hash 17, ldm 256".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                    ldm(true),
-                    CParameter::LdmMinMatch(256),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 3, minMatch 5, hash 17, ldm 1024".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                    ldm(true),
-                    CParameter::LdmMinMatch(1024),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 3, minMatch 5, hash 17, ldm 4096".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                    ldm(true),
-                    CParameter::LdmMinMatch(4096),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 2, minMatch 5, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy2,
-                2,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 2, minMatch 6, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy2,
-                2,
-                &[
-                    CParameter::MinMatch(6),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
-        ),
-        (
-            "lazy2 search 3, minMatch 6, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy2,
-                3,
-                &[
-                    CParameter::MinMatch(6),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
-        ),
-        (
-            "lazy search 3, minMatch 5, hash 17 chain 17".into(),
-            tuned(
-                ZSTD_lazy,
-                3,
-                &[
-                    CParameter::MinMatch(5),
-                    CParameter::HashLog(17),
-                    CParameter::ChainLog(17),
-                ],
-            ),
         ),
         ("lazy search 4".into(), tuned(ZSTD_lazy, 4, &[])),
         ("greedy search 5".into(), tuned(ZSTD_greedy, 5, &[])),
     ];
+    // Search, minMatch, hash and chain log, and long-distance matching (None: off; Some(None): on with
+    // zstd's minimum match; Some(Some(n)): on with minimum match n).
+    type Matched = (Strategy, &'static str, u32, u32, u32, Option<Option<u32>>);
+    let matched: [Matched; 11] = [
+        (ZSTD_lazy2, "lazy2", 4, 5, 17, None),
+        (ZSTD_lazy2, "lazy2", 3, 5, 17, None),
+        (ZSTD_lazy2, "lazy2", 4, 5, 15, None),
+        (ZSTD_lazy2, "lazy2", 3, 5, 17, Some(None)),
+        (ZSTD_lazy2, "lazy2", 3, 5, 17, Some(Some(256))),
+        (ZSTD_lazy2, "lazy2", 3, 5, 17, Some(Some(1024))),
+        (ZSTD_lazy2, "lazy2", 3, 5, 17, Some(Some(4096))),
+        (ZSTD_lazy2, "lazy2", 2, 5, 17, None),
+        (ZSTD_lazy2, "lazy2", 2, 6, 17, None),
+        (ZSTD_lazy2, "lazy2", 3, 6, 17, None),
+        (ZSTD_lazy, "lazy", 3, 5, 17, None),
+    ];
+    for (strategy, name, search, min_match, hash, long) in matched {
+        let mut extra = vec![
+            CParameter::MinMatch(min_match),
+            CParameter::HashLog(hash),
+            CParameter::ChainLog(hash),
+        ];
+        let mut label = format!("{name} search {search}, minMatch {min_match}, hash {hash} chain {hash}");
+        if let Some(minimum) = long {
+            extra.push(ldm(true));
+            label.push_str(", ldm");
+            if let Some(minimum) = minimum {
+                extra.push(CParameter::LdmMinMatch(minimum));
+                label.push_str(&format!(" {minimum}"));
+            }
+        }
+        sets.push((label, tuned(strategy, search, &extra)));
+    }
     let scenarios: Vec<(&str, u64)> = vec![
         ("news", 5),
         ("news", 60),
