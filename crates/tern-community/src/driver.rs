@@ -953,8 +953,8 @@ fn random_seed() -> u64 {
 mod tests {
     use super::*;
     use crate::service::{ServiceConfig, start};
-    use tern_wire::SecretKey;
     use tern_admin::AdminRoutes;
+    use tern_wire::SecretKey;
 
     fn peer(name: &str, registry: &str, key: &SecretKey) -> CommunityHandle {
         let socket = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("socket");
@@ -1077,7 +1077,10 @@ mod tests {
         let status = crate::service::RegistryAdmin::new(registry.role.clone(), registry.listen).status();
         let shown = &status["communities"][0];
         assert!(shown["last_claim_ms"].as_u64().is_some(), "{status}");
-        assert!(shown["seconds_since_last_claim"].as_u64().is_some_and(|s| s < 60), "{status}");
+        assert!(
+            shown["seconds_since_last_claim"].as_u64().is_some_and(|s| s < 60),
+            "{status}"
+        );
 
         // The master leaves on purpose: it nominates edge-b, which takes over.
         first.leave().await;
