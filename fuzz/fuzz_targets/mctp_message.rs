@@ -1,6 +1,7 @@
-//! Local distribution's messages (seed 004's MCTP: session announcement, status report with its NACK
-//! ranges, report request, apply report, and the untagged data frame): any datagram decodes or is refused
-//! with a named error, never a panic; what decodes encodes back to the same message.
+//! Local distribution's messages (seed 004's MCTP: session announcement, status report with its per-block
+//! NACK list, report request, apply report, and the untagged data frame, source or parity): any datagram
+//! decodes or is refused with a named error, never a panic; what decodes is within the bounds and encodes
+//! back to the same message.
 #![no_main]
 
 use tern_wire::SecretKey;
@@ -28,6 +29,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     ] {
         if let Ok(frame) = mctp::decode_data(&bytes) {
             assert!(frame.data.len() <= mctp::MAX_FRAME_DATA);
+            if let mctp::FrameId::Parity { index, .. } = frame.id {
+                assert!(u32::from(index) < mctp::MAX_PARITY_FRAMES);
+            }
             assert_eq!(mctp::encode_data(&frame), bytes);
         }
     }
@@ -38,6 +42,26 @@ fn check(key: &SecretKey, bytes: &[u8], limits: &MctpLimits) {
         return;
     };
     let message = verified.into_message();
+    match &message.body {
+        mctp::MctpBody::Announcement(announcement) => {
+            assert!((1..=mctp::MAX_BLOCK_FRAMES).contains(&announcement.block_frames));
+            assert!((1..=mctp::MAX_PARITY_FRAMES).contains(&announcement.parity_frames));
+            assert!(announcement.size <= mctp::MAX_ASSIGNMENT_SIZE);
+        }
+        mctp::MctpBody::StatusReport(report) => {
+            if let mctp::Status::Missing { blocks, count } = &report.status {
+                assert!(blocks.len() <= limits.max_blocks);
+                let needed: u64 = blocks.iter().map(|nack| u64::from(nack.missing)).sum();
+                assert!(needed <= u64::from(*count));
+                assert!(
+                    blocks
+                        .iter()
+                        .all(|nack| (1..=mctp::MAX_BLOCK_FRAMES).contains(&nack.missing))
+                );
+            }
+        }
+        _ => {}
+    }
     let unbounded = MctpLimits {
         max_datagram: usize::MAX,
         ..*limits

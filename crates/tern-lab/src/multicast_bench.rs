@@ -26,8 +26,8 @@ use crate::topology::{LabSpec, Mode, namespaces_available, tern_binary, which};
 
 /// The data channel every run uses.
 const DATA_CHANNEL: &str = "239.192.77.3:7300";
-/// UDP payload bytes of one data frame (1,400 data and the 20-byte header).
-const FRAME_PAYLOAD: f64 = 1420.0;
+/// UDP payload bytes of one data frame (1,400 data and the 22-byte header); a parity frame is as long.
+const FRAME_PAYLOAD: f64 = 1422.0;
 
 /// Options of `tern-lab bench multicast`.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,6 +62,9 @@ pub struct MulticastBench {
     /// Log filter of every process.
     #[arg(long, default_value = "info,tern_node=debug")]
     pub log: String,
+    /// Keep the leader's log of each run in `OUT/logs/` (to see where a run's time went).
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 /// One measured publish.
@@ -211,6 +214,12 @@ fn measure_tern(
     }
     let leader_link_bytes = fleet.lab.link_bytes(&leader)?.sent - link_before.sent;
     let log = std::fs::read_to_string(fleet_dir.join("logs").join(format!("{leader}.log")))?;
+    if options.keep_logs {
+        let kept = options.out.join("logs");
+        std::fs::create_dir_all(&kept)?;
+        let how = data.map_or("unicast".to_string(), |(loss, _)| format!("loss{loss}"));
+        std::fs::write(kept.join(format!("leader-{members}-{how}.log")), &log)?;
+    }
     let mut row = Row {
         method: if data.is_some() {
             "tern multicast"

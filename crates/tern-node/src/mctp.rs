@@ -11,17 +11,24 @@
 //!
 //! - [`Sender`] (the GL): a *session* per assignment. It announces the session (ID, size, name, rate,
 //!   frame size, signed hash), sends pass 1 at its rate (a token bucket whose refills are timers), and at
-//!   the end of the pass asks for *status reports*. Members answer after a random delay of up to about a
-//!   second with their NACK list; the GL aggregates the NACKs over a report window (*NACK aggregation*)
-//!   and sends the next pass — only the missing frames, the pass (retransmission) number incremented —
-//!   after adjusting its rate by the NACKs (multiplicative decrease when loss rises, additive increase
+//!   the end of the pass asks for *status reports* (the request goes twice: its loss would stall the
+//!   pass). Members answer after a random delay of up to about a second — the GL asks for a spread that
+//!   grows with the members asked, so a small segment turns a pass around in tens of milliseconds — with
+//!   their NACK list: per *block* of frames, how many they still need. The GL aggregates the NACKs as soon
+//!   as every member asked has answered, or when the report window ends (*NACK aggregation*), and sends
+//!   the next pass — the pass (retransmission) number incremented — of *parity frames* ([`parity`],
+//!   erasure-coded as in NORM, RFC 5740/5510): per block as many new parity frames as the member that
+//!   lacks the most needs, each of which repairs a different loss at each member, after adjusting its rate
+//!   by the NACKs (multiplicative decrease when loss rises, additive increase
 //!   when it falls, between a floor and the configured rate). It ends when all members report complete;
 //!   when the number of missing frames has not fallen for [`SenderConfig::stall_passes`] passes (the
 //!   seed's ten tries) it ends with a *quorum* if enough members completed, and otherwise gives up and
 //!   reports the problem ([`Outcome`] names the members that did not complete).
 //! - [`Receiver`] (a member): keeps a [`bitmap`] of the frames received (any pass, any order,
 //!   duplicates) and writes each frame's data at its offset into a [`Sink`] its [`Spool`] opens, so memory
-//!   stays bounded for any size up to 4 GB; answers "complete" at once when it already holds the
+//!   stays bounded for any size up to 4 GB; holds parity frames (up to a bound) until a block has as many
+//!   frames as source frames, then reads the block's source frames back from the sink and writes the
+//!   rebuilt ones; answers "complete" at once when it already holds the
 //!   assignment (by hash); a member that joins late drops frames before the announcement it hears and
 //!   later passes fill them. Once the assignment is applied it sends its *apply report* at a random
 //!   multiple of an interval (no "report implosion"), and again when the GL asks.
@@ -35,6 +42,7 @@ mod collect;
 mod config;
 pub mod driver;
 pub(crate) mod node;
+pub mod parity;
 mod receiver;
 mod sender;
 #[cfg(test)]
@@ -142,9 +150,9 @@ pub struct Counters {
     pub passes: u64,
     /// GL: data frames sent.
     pub frames_sent: u64,
-    /// GL: data frames resent in passes after the first.
+    /// GL: parity frames sent in passes after the first.
     pub frames_repaired: u64,
-    /// GL: NACKed frames received in status reports (summed over members).
+    /// GL: frames members said they need in status reports (summed over members).
     pub nacks: u64,
     /// GL: status reports received.
     pub status_reports: u64,
@@ -152,8 +160,10 @@ pub struct Counters {
     pub unicast_requests: u64,
     /// GL: report requests multicast.
     pub multicast_requests: u64,
-    /// Member: new frames received and written.
+    /// Member: new source frames received and written.
     pub frames_received: u64,
+    /// Member: source frames rebuilt from parity frames and written.
+    pub frames_rebuilt: u64,
     /// Member: frames received again.
     pub duplicates: u64,
 }

@@ -5,8 +5,8 @@
 //! | message | from → to | what the seed says |
 //! |---|---|---|
 //! | [`MctpBody::Announcement`] ([`Announcement`]) | GL → group (multicast) | "announces to a group that a session is starting, including information about the ID, size, and name of the assignment being sent, as well as the transfer rate and frame size used" |
-//! | [`DataFrame`] | GL → group (multicast) | "the Content Assignment ID, a retransmission count, a frame sequence number, and data size" |
-//! | [`MctpBody::StatusReport`] ([`StatusReport`]) | member → GL (unicast) | "a list of lost packet numbers, i.e., a Negative Acknowledgement, or NACK"; an empty list is a positive acknowledgement; a member that already holds the assignment replies with a "completion signal" |
+//! | [`DataFrame`] | GL → group (multicast) | "the Content Assignment ID, a retransmission count, a frame sequence number, and data size"; a repair pass's frames are *parity frames* of a block ([`FrameId::Parity`]) |
+//! | [`MctpBody::StatusReport`] ([`StatusReport`]) | member → GL (unicast) | "a list of lost packet numbers, i.e., a Negative Acknowledgement, or NACK" — here per block ("messages are broken into blocks, and blocks into frames"): how many frames of each block it still lacks; an empty list is a positive acknowledgement; a member that already holds the assignment replies with a "completion signal" |
 //! | [`MctpBody::ReportRequest`] ([`ReportRequest`]) | GL → one member or the group | the end of a pass (asking for status reports), and report collection's "unicast request" and "multicast request on the LAN, including a list of group members" that did or did not report |
 //! | [`MctpBody::ApplyReport`] ([`ApplyReport`]) | member → GL (unicast) | the "job status report for each assignment it receives" |
 //!
@@ -18,8 +18,16 @@
 //! Data frames are not tagged: a fixed binary header of [`DATA_HEADER_LEN`] bytes and the data, so that
 //! header and data fit one Ethernet MTU ([`ETHERNET_UDP_PAYLOAD`]) without IP fragmentation. Their
 //! integrity is the assignment's: the member checks the signed hash the announcement names once every
-//! frame has arrived. A frame that does not fit its announced session (wrong id, pass or sequence number,
-//! length) is ignored and counted by the member ([`DataError`]).
+//! frame has arrived. A frame that does not fit its announced session (wrong id, pass, sequence, block or
+//! parity number, length) is ignored and counted by the member ([`DataError`]).
+//!
+//! Repair is by erasure-coded *parity frames*, as NORM does (RFC 5740, with the Reed-Solomon FEC of RFC
+//! 5510): the frames are grouped into *blocks* of [`Announcement::block_frames`] source frames, and any
+//! `k` frames of a block's `k` source frames and its [`Announcement::parity_frames`] parity frames
+//! rebuild it. A member's NACK says how many frames of each block it lacks; the GL's next pass sends, per
+//! block, that many *new* parity frames for the member that lacks the most, and each parity frame repairs a
+//! different loss at each member. Parity frames are the retransmissions of a pass with a higher pass
+//! number, in the seed's words.
 
 use std::net::SocketAddr;
 
@@ -40,11 +48,12 @@ pub const KIND_APPLY_REPORT: u8 = 0x78;
 
 /// Magic of a data frame (distinct from the authenticated frames' `TRN`).
 pub const DATA_MAGIC: &[u8; 3] = b"TMD";
-/// Version of the data frame's layout.
-pub const DATA_VERSION: u8 = 1;
+/// Version of the data frame's layout (2: with the parity number).
+pub const DATA_VERSION: u8 = 2;
 /// Bytes of a data frame's header: magic (3), version (1), assignment id (u64), pass (u16), sequence
-/// number (u32), data size (u16), all big-endian.
-pub const DATA_HEADER_LEN: usize = 3 + 1 + 8 + 2 + 4 + 2;
+/// number (u32: the frame's, or the block's for a parity frame), parity number (u16: 0 for a source frame,
+/// `n + 1` for a block's parity frame `n`), data size (u16), all big-endian.
+pub const DATA_HEADER_LEN: usize = 3 + 1 + 8 + 2 + 4 + 2 + 2;
 /// UDP payload that fits one 1,500-byte Ethernet MTU over IPv6 (40-byte IP header, 8-byte UDP header),
 /// which also fits IPv4.
 pub const ETHERNET_UDP_PAYLOAD: usize = 1500 - 40 - 8;
@@ -55,8 +64,18 @@ pub const DEFAULT_FRAME_DATA: u32 = 1400;
 /// Default largest control datagram, in bytes (a report request listing 512 members of 64-byte names
 /// fits; one UDP datagram holds at most 65,507 bytes).
 pub const DEFAULT_MAX_DATAGRAM: usize = 60 * 1024;
-/// Default most NACK ranges in one status report.
-pub const DEFAULT_MAX_RANGES: usize = 512;
+/// Default most blocks one status report lists.
+pub const DEFAULT_MAX_BLOCKS: usize = 512;
+/// Most source and parity frames of one block together (the code works in GF(2^8)).
+pub const MAX_CODED_FRAMES: u32 = 256;
+/// Most source frames in a block (the announcement's `block_frames`).
+pub const MAX_BLOCK_FRAMES: u32 = 128;
+/// Most parity frames a block has (the announcement's `parity_frames`; a parity frame's number is below).
+pub const MAX_PARITY_FRAMES: u32 = MAX_CODED_FRAMES - 1;
+/// Default source frames per block: a member that lost one frame of a block rebuilds it from 32 frames.
+pub const DEFAULT_BLOCK_FRAMES: u32 = 32;
+/// Default parity frames per block: with [`DEFAULT_BLOCK_FRAMES`], [`MAX_CODED_FRAMES`] in all.
+pub const DEFAULT_PARITY_FRAMES: u32 = MAX_CODED_FRAMES - DEFAULT_BLOCK_FRAMES;
 /// Default most members a report request lists.
 pub const DEFAULT_MAX_MEMBERS: usize = 1024;
 /// Largest assignment a session carries: the seed's 4 GB.
@@ -88,9 +107,41 @@ pub struct Announcement {
     pub hash: String,
     /// The pass (retransmission count) about to start, from 1.
     pub pass: u16,
+    /// Source frames per block (the last block may have fewer), 1 to [`MAX_BLOCK_FRAMES`].
+    pub block_frames: u32,
+    /// Parity frames each block has, numbered from 0, 1 to [`MAX_PARITY_FRAMES`].
+    pub parity_frames: u32,
 }
 
 impl Announcement {
+    /// Blocks in the assignment.
+    pub fn blocks(&self) -> u32 {
+        if self.block_frames == 0 {
+            return 0;
+        }
+        self.frames.div_ceil(self.block_frames)
+    }
+
+    /// The block frame `sequence` belongs to.
+    pub fn block_of(&self, sequence: u32) -> u32 {
+        sequence / self.block_frames.max(1)
+    }
+
+    /// The first frame of `block` and how many source frames it has (0 past the last block).
+    pub fn block_span(&self, block: u32) -> (u32, u32) {
+        let first = u64::from(block) * u64::from(self.block_frames);
+        if first >= u64::from(self.frames) {
+            return (self.frames, 0);
+        }
+        let count = (u64::from(self.frames) - first).min(u64::from(self.block_frames));
+        (first as u32, count as u32)
+    }
+
+    /// Bytes of a parity frame's data (the coding's shard size): the frame size.
+    pub fn parity_len(&self) -> usize {
+        self.frame_size as usize
+    }
+
     /// The data length of frame `sequence`, `None` past the last frame.
     pub fn frame_len(&self, sequence: u32) -> Option<usize> {
         if sequence >= self.frames {
@@ -115,13 +166,27 @@ pub fn frames_for(size: u64, frame_size: u32) -> u64 {
     size.div_ceil(u64::from(frame_size))
 }
 
-/// A range of frame sequence numbers, `first..=last`.
+/// One block a member lacks frames of: its number and how many frames it still needs (its source frames
+/// not received, less the parity frames it holds). On the wire a pair `[block, missing]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FrameRange {
-    /// The first frame missing.
-    pub first: u32,
-    /// The last frame missing (inclusive).
-    pub last: u32,
+#[serde(from = "(u32, u32)", into = "(u32, u32)")]
+pub struct BlockNack {
+    /// The block number, from 0.
+    pub block: u32,
+    /// Frames it still needs to rebuild the block.
+    pub missing: u32,
+}
+
+impl From<(u32, u32)> for BlockNack {
+    fn from((block, missing): (u32, u32)) -> Self {
+        BlockNack { block, missing }
+    }
+}
+
+impl From<BlockNack> for (u32, u32) {
+    fn from(nack: BlockNack) -> Self {
+        (nack.block, nack.missing)
+    }
 }
 
 /// What a member says at the end of a pass.
@@ -130,12 +195,12 @@ pub struct FrameRange {
 pub enum Status {
     /// It holds the whole assignment: received in this session, or already held ("completion signal").
     Complete,
-    /// The frames it lacks (the NACK list), ascending and disjoint, the first [`MctpLimits::max_ranges`]
-    /// ranges; an empty list is a positive acknowledgement (every frame of the passes heard arrived).
+    /// The blocks it lacks frames of (the NACK list), ascending, the first [`MctpLimits::max_blocks`]
+    /// of them; an empty list is a positive acknowledgement (every frame of the passes heard arrived).
     Missing {
-        /// The missing frames.
-        ranges: Vec<FrameRange>,
-        /// How many frames it lacks in all (the ranges may be cut short).
+        /// The blocks and how many frames each still needs.
+        blocks: Vec<BlockNack>,
+        /// How many frames it needs in all (the list may be cut short).
         count: u32,
     },
 }
@@ -159,9 +224,17 @@ pub enum Wanted {
     Status {
         /// The pass that ended.
         pass: u16,
+        /// The longest random delay before answering, milliseconds: the GL scales it to the segment's
+        /// size (a member answers within the shorter of this and its own bound).
+        #[serde(default = "default_spread_ms")]
+        spread_ms: u32,
     },
     /// The apply report (report collection).
     Apply,
+}
+
+fn default_spread_ms() -> u32 {
+    1000
 }
 
 /// Whom a [`ReportRequest`] concerns (seed: "If there are fewer servers that have not reported than have
@@ -306,8 +379,8 @@ impl Verified {
 pub struct MctpLimits {
     /// Largest control datagram, in bytes.
     pub max_datagram: usize,
-    /// Most NACK ranges in a status report.
-    pub max_ranges: usize,
+    /// Most blocks a status report lists.
+    pub max_blocks: usize,
     /// Most members a report request lists.
     pub max_members: usize,
     /// Largest assignment a session may announce, in bytes (at most [`MAX_ASSIGNMENT_SIZE`]).
@@ -320,7 +393,7 @@ impl Default for MctpLimits {
     fn default() -> Self {
         MctpLimits {
             max_datagram: DEFAULT_MAX_DATAGRAM,
-            max_ranges: DEFAULT_MAX_RANGES,
+            max_blocks: DEFAULT_MAX_BLOCKS,
             max_members: DEFAULT_MAX_MEMBERS,
             max_size: MAX_ASSIGNMENT_SIZE,
             replay: ControlLimits {
@@ -473,31 +546,53 @@ pub fn check_announcement(announcement: &Announcement, limits: &MctpLimits) -> R
     if announcement.pass == 0 || announcement.rate == 0 {
         return Err(malformed("passes count from 1 and the rate is positive"));
     }
+    if announcement.block_frames == 0 || announcement.block_frames > MAX_BLOCK_FRAMES {
+        return Err(malformed(format!(
+            "{} frames per block are outside 1..={MAX_BLOCK_FRAMES}",
+            announcement.block_frames
+        )));
+    }
+    if announcement.parity_frames == 0
+        || announcement.parity_frames > MAX_PARITY_FRAMES
+        || announcement.block_frames + announcement.parity_frames > MAX_CODED_FRAMES
+    {
+        return Err(malformed(format!(
+            "{} parity frames per block are outside 1..={}",
+            announcement.parity_frames,
+            MAX_CODED_FRAMES - announcement.block_frames
+        )));
+    }
     Ok(())
 }
 
 fn check_status(report: &StatusReport, limits: &MctpLimits) -> Result<(), ControlError> {
-    let Status::Missing { ranges, count } = &report.status else {
+    let Status::Missing { blocks, count } = &report.status else {
         return Ok(());
     };
-    if ranges.len() > limits.max_ranges {
+    if blocks.len() > limits.max_blocks {
         return Err(malformed(format!(
-            "{} nack ranges are over the limit of {}",
-            ranges.len(),
-            limits.max_ranges
+            "{} nacked blocks are over the limit of {}",
+            blocks.len(),
+            limits.max_blocks
         )));
     }
     let mut covered: u64 = 0;
-    let mut next_first: u64 = 0;
-    for range in ranges {
-        if u64::from(range.first) < next_first || range.last < range.first {
-            return Err(malformed("nack ranges must be ascending and disjoint"));
+    let mut next_block: u64 = 0;
+    for nack in blocks {
+        if u64::from(nack.block) < next_block {
+            return Err(malformed("nacked blocks must be ascending"));
         }
-        covered += u64::from(range.last - range.first) + 1;
-        next_first = u64::from(range.last) + 1;
+        if nack.missing == 0 || nack.missing > MAX_BLOCK_FRAMES {
+            return Err(malformed(format!(
+                "a block missing {} frames is outside 1..={MAX_BLOCK_FRAMES}",
+                nack.missing
+            )));
+        }
+        covered += u64::from(nack.missing);
+        next_block = u64::from(nack.block) + 1;
     }
     if covered > u64::from(*count) {
-        return Err(malformed("nack ranges cover more frames than the count"));
+        return Err(malformed("nacked blocks miss more frames than the count"));
     }
     Ok(())
 }
@@ -517,6 +612,20 @@ fn check_request(request: &ReportRequest, limits: &MctpLimits) -> Result<(), Con
     Ok(())
 }
 
+/// Which frame a [`DataFrame`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrameId {
+    /// A source frame: the assignment's bytes from `sequence × frame_size`.
+    Source(u32),
+    /// Parity frame `index` (from 0) of `block`.
+    Parity {
+        /// The block number.
+        block: u32,
+        /// The parity frame's number in the block, below the announcement's `parity_frames`.
+        index: u16,
+    },
+}
+
 /// One frame of a session on the data channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFrame<'a> {
@@ -524,8 +633,8 @@ pub struct DataFrame<'a> {
     pub assignment: u64,
     /// The retransmission count: 1 for the first pass, incremented for each retransmission.
     pub pass: u16,
-    /// The frame sequence number, from 0.
-    pub sequence: u32,
+    /// The frame sequence number (a source frame) or block and parity number (a parity frame).
+    pub id: FrameId,
     /// The frame's data (its length is the data size).
     pub data: &'a [u8],
 }
@@ -548,6 +657,9 @@ pub enum DataError {
         /// The bytes after the header.
         carried: usize,
     },
+    /// The parity number is past any block's parity frames ([`MAX_PARITY_FRAMES`]).
+    #[error("parity number {0} is over the limit")]
+    BadParity(u16),
 }
 
 impl DataError {
@@ -555,7 +667,7 @@ impl DataError {
     pub fn reason(&self) -> &'static str {
         match self {
             DataError::BadMagic => "bad-magic",
-            DataError::Truncated(_) | DataError::BadLength { .. } => "malformed",
+            DataError::Truncated(_) | DataError::BadLength { .. } | DataError::BadParity(_) => "malformed",
         }
     }
 }
@@ -568,7 +680,14 @@ pub fn encode_data(frame: &DataFrame<'_>) -> Vec<u8> {
     out.push(DATA_VERSION);
     out.extend_from_slice(&frame.assignment.to_be_bytes());
     out.extend_from_slice(&frame.pass.to_be_bytes());
-    out.extend_from_slice(&frame.sequence.to_be_bytes());
+    let (sequence, parity) = match frame.id {
+        FrameId::Source(sequence) => (sequence, 0u16),
+        // Parity numbers are below MAX_PARITY_FRAMES, so `index + 1` fits; u16::MAX saturates to a number
+        // every receiver refuses.
+        FrameId::Parity { block, index } => (block, index.saturating_add(1)),
+    };
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&parity.to_be_bytes());
     let data_size = u16::try_from(frame.data.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&data_size.to_be_bytes());
     out.extend_from_slice(frame.data);
@@ -590,17 +709,28 @@ pub fn decode_data(bytes: &[u8]) -> Result<DataFrame<'_>, DataError> {
     let assignment = u64::from_be_bytes(field(4..12).try_into().unwrap_or([0; 8]));
     let pass = u16::from_be_bytes(field(12..14).try_into().unwrap_or([0; 2]));
     let sequence = u32::from_be_bytes(field(14..18).try_into().unwrap_or([0; 4]));
-    let declared = usize::from(u16::from_be_bytes(field(18..20).try_into().unwrap_or([0; 2])));
+    let parity = u16::from_be_bytes(field(18..20).try_into().unwrap_or([0; 2]));
+    let declared = usize::from(u16::from_be_bytes(field(20..22).try_into().unwrap_or([0; 2])));
     if declared != data.len() || declared > MAX_FRAME_DATA {
         return Err(DataError::BadLength {
             declared,
             carried: data.len(),
         });
     }
+    if u32::from(parity) > MAX_PARITY_FRAMES {
+        return Err(DataError::BadParity(parity));
+    }
+    let id = match parity {
+        0 => FrameId::Source(sequence),
+        number => FrameId::Parity {
+            block: sequence,
+            index: number - 1,
+        },
+    };
     Ok(DataFrame {
         assignment,
         pass,
-        sequence,
+        id,
         data,
     })
 }
@@ -623,6 +753,8 @@ mod tests {
             frames: 8,
             hash: "ab".repeat(32),
             pass: 1,
+            block_frames: 4,
+            parity_frames: 4,
         }
     }
 
@@ -645,7 +777,7 @@ mod tests {
                 assignment: 42,
                 pass: 1,
                 status: Status::Missing {
-                    ranges: vec![FrameRange { first: 7, last: 7 }, FrameRange { first: 19, last: 20 }],
+                    blocks: vec![BlockNack { block: 0, missing: 1 }, BlockNack { block: 1, missing: 2 }],
                     count: 3,
                 },
             }),
@@ -656,7 +788,7 @@ mod tests {
             }),
             MctpBody::ReportRequest(ReportRequest {
                 assignment: 42,
-                wanted: Wanted::Status { pass: 1 },
+                wanted: Wanted::Status { pass: 1, spread_ms: 40 },
                 addressees: Addressees::All,
             }),
             MctpBody::ReportRequest(ReportRequest {
@@ -701,11 +833,8 @@ mod tests {
             assignment: 42,
             pass: 1,
             status: Status::Missing {
-                ranges: (0..=limits.max_ranges as u32)
-                    .map(|i| FrameRange {
-                        first: i * 2,
-                        last: i * 2,
-                    })
+                blocks: (0..=limits.max_blocks as u32)
+                    .map(|block| BlockNack { block, missing: 1 })
                     .collect(),
                 count: u32::MAX,
             },
@@ -716,19 +845,25 @@ mod tests {
             "malformed"
         );
 
-        let overlapping = StatusReport {
-            assignment: 42,
-            pass: 1,
-            status: Status::Missing {
-                ranges: vec![FrameRange { first: 3, last: 9 }, FrameRange { first: 5, last: 6 }],
-                count: 100,
-            },
-        };
-        let bytes = encode(&key(), &message(MctpBody::StatusReport(overlapping)));
-        assert_eq!(
-            decode(&key(), &bytes, &limits).expect_err("overlap").reason(),
-            "malformed"
-        );
+        let nack = |block, missing| BlockNack { block, missing };
+        for blocks in [
+            vec![nack(3, 2), nack(3, 1)],
+            vec![nack(5, 1), nack(4, 1)],
+            vec![nack(1, 0)],
+            vec![nack(1, MAX_BLOCK_FRAMES + 1)],
+            vec![nack(1, 60), nack(2, 50)],
+        ] {
+            let report = StatusReport {
+                assignment: 42,
+                pass: 1,
+                status: Status::Missing { blocks, count: 100 },
+            };
+            let bytes = encode(&key(), &message(MctpBody::StatusReport(report)));
+            assert_eq!(
+                decode(&key(), &bytes, &limits).expect_err("bad nacks").reason(),
+                "malformed"
+            );
+        }
 
         let bad_announcements = [
             Announcement {
@@ -757,6 +892,27 @@ mod tests {
                 pass: 0,
                 ..announcement()
             },
+            Announcement {
+                block_frames: 0,
+                ..announcement()
+            },
+            Announcement {
+                block_frames: MAX_BLOCK_FRAMES + 1,
+                ..announcement()
+            },
+            Announcement {
+                parity_frames: 0,
+                ..announcement()
+            },
+            Announcement {
+                parity_frames: u32::MAX,
+                ..announcement()
+            },
+            Announcement {
+                block_frames: MAX_BLOCK_FRAMES,
+                parity_frames: MAX_CODED_FRAMES - MAX_BLOCK_FRAMES + 1,
+                ..announcement()
+            },
         ];
         for bad in bad_announcements {
             let bytes = encode(&key(), &message(MctpBody::Announcement(bad.clone())));
@@ -783,17 +939,26 @@ mod tests {
     #[test]
     fn a_full_data_frame_fits_one_ethernet_mtu_and_round_trips() {
         let data = vec![7u8; MAX_FRAME_DATA];
-        let frame = DataFrame {
-            assignment: u64::MAX,
-            pass: 3,
-            sequence: 19,
-            data: &data,
-        };
-        let bytes = encode_data(&frame);
-        assert!(bytes.len() <= ETHERNET_UDP_PAYLOAD);
+        for id in [
+            FrameId::Source(19),
+            FrameId::Parity { block: 3, index: 0 },
+            FrameId::Parity {
+                block: u32::MAX,
+                index: MAX_PARITY_FRAMES as u16 - 1,
+            },
+        ] {
+            let frame = DataFrame {
+                assignment: u64::MAX,
+                pass: 3,
+                id,
+                data: &data,
+            };
+            let bytes = encode_data(&frame);
+            assert!(bytes.len() <= ETHERNET_UDP_PAYLOAD);
+            assert!(is_data_frame(&bytes));
+            assert_eq!(decode_data(&bytes), Ok(frame));
+        }
         assert!(DATA_HEADER_LEN + DEFAULT_FRAME_DATA as usize <= ETHERNET_UDP_PAYLOAD);
-        assert!(is_data_frame(&bytes));
-        assert_eq!(decode_data(&bytes), Ok(frame));
     }
 
     #[test]
@@ -801,9 +966,19 @@ mod tests {
         let bytes = encode_data(&DataFrame {
             assignment: 1,
             pass: 1,
-            sequence: 0,
+            id: FrameId::Source(0),
             data: b"hello",
         });
+        let absurd_parity = encode_data(&DataFrame {
+            assignment: 1,
+            pass: 2,
+            id: FrameId::Parity {
+                block: 0,
+                index: MAX_PARITY_FRAMES as u16,
+            },
+            data: b"hello",
+        });
+        assert_eq!(decode_data(&absurd_parity), Err(DataError::BadParity(256)));
         assert_eq!(
             decode_data(&bytes[..bytes.len() - 1]).expect_err("short").reason(),
             "malformed"
@@ -824,5 +999,20 @@ mod tests {
         assert_eq!(session.frame_len(7), Some(10_000 - 7 * 1400));
         assert_eq!(session.frame_len(8), None);
         assert_eq!(frames_for(MAX_ASSIGNMENT_SIZE, 1), 4 << 30);
+        // 8 frames in blocks of 4 and, with 7 frames, a short last block.
+        assert_eq!(
+            (session.blocks(), session.block_of(5), session.block_span(1)),
+            (2, 1, (4, 4))
+        );
+        let short = Announcement {
+            size: 9000,
+            frames: 7,
+            block_frames: 4,
+            ..announcement()
+        };
+        assert_eq!(
+            (short.blocks(), short.block_span(1), short.block_span(2)),
+            (2, (4, 3), (7, 0))
+        );
     }
 }

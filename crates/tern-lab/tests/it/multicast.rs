@@ -9,7 +9,7 @@
 //! - the leader's link carried about one copy of the assignment plus the repairs, by the kernel's counter of
 //!   its veth (HTTP unicast would send eight copies);
 //! - the leader's `/metrics` show the sessions, the repair passes and eight members' worth of goodput; each
-//!   member's show the session it received.
+//!   member's show the session it received and the frames it rebuilt from parity frames.
 //!
 //! Needs root and network namespaces, and the `tern` binary beside the tests (`cargo build -p tern`);
 //! skips with a message without them.
@@ -171,6 +171,10 @@ fn one_segment_of_eight_members_gets_a_50_mb_publish_by_multicast_with_2_percent
         assert!(
             metric(name, "tern_node_mctp_refused") > 0.0,
             "{name} dropped some datagrams on purpose"
+        );
+        assert!(
+            metric(name, "tern_node_mctp_frames_rebuilt") > 0.0,
+            "{name} rebuilt the frames it lost from parity frames"
         );
     }
     assert!(

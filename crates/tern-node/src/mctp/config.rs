@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use tern_wire::SecretKey;
 use tern_wire::control::valid_name;
-use tern_wire::mctp::{DEFAULT_FRAME_DATA, MAX_FRAME_DATA, MctpLimits};
+use tern_wire::mctp::{
+    DEFAULT_BLOCK_FRAMES, DEFAULT_FRAME_DATA, DEFAULT_PARITY_FRAMES, MAX_BLOCK_FRAMES, MAX_CODED_FRAMES,
+    MAX_FRAME_DATA, MctpLimits,
+};
 
 /// Who a core speaks as.
 #[derive(Debug, Clone)]
@@ -58,8 +61,23 @@ pub struct SenderConfig {
     pub frame_size: u32,
     /// Most frames sent back to back (the token bucket's depth).
     pub burst_frames: u32,
-    /// How long the GL collects status reports after a pass (members answer within about a second).
+    /// Source frames per block (repair passes send a block's parity frames).
+    pub block_frames: u32,
+    /// Parity frames each block has (numbers used once each, then again from 0).
+    pub parity_frames: u32,
+    /// Longest random delay the GL asks members to spread their status reports over (the seed's "up to
+    /// approximately one second").
+    pub status_spread: Duration,
+    /// The spread asked for grows by this per member asked, up to [`Self::status_spread`]: a small
+    /// segment's pass turns around quickly, a large one's reports do not arrive all at once.
+    pub spread_per_member: Duration,
+    /// How long after the spread the GL still waits for late status reports.
+    pub report_margin: Duration,
+    /// The longest the GL collects status reports after a pass, whatever the spread.
     pub report_window: Duration,
+    /// Copies of the end-of-pass report request (a member that hears none does not report, and the GL
+    /// waits out the window).
+    pub request_copies: u32,
     /// Passes without fewer missing frames before the session ends (the seed's "ten tries").
     pub stall_passes: u32,
     /// Share of members that must be complete for a quorum (0 to 1, rounded up).
@@ -69,8 +87,10 @@ pub struct SenderConfig {
 }
 
 impl SenderConfig {
-    /// The defaults: 100 Mbit/s down to 1 Mbit/s, frames of [`DEFAULT_FRAME_DATA`] bytes, a report window
-    /// of 1.5 s, ten passes without progress, a quorum of half the members.
+    /// The defaults: 100 Mbit/s down to 1 Mbit/s, frames of [`DEFAULT_FRAME_DATA`] bytes in blocks of
+    /// [`DEFAULT_BLOCK_FRAMES`] with [`DEFAULT_PARITY_FRAMES`] parity frames, status reports spread over 5 ms
+    /// per member up to 1 s, a report window of at most 1.5 s, ten passes without progress, a quorum of
+    /// half the members.
     pub fn new(identity: Identity) -> Self {
         SenderConfig {
             identity,
@@ -80,7 +100,13 @@ impl SenderConfig {
             rate_increase: 1_250_000,
             frame_size: DEFAULT_FRAME_DATA,
             burst_frames: 32,
+            block_frames: DEFAULT_BLOCK_FRAMES,
+            parity_frames: DEFAULT_PARITY_FRAMES,
+            status_spread: Duration::from_secs(1),
+            spread_per_member: Duration::from_millis(5),
+            report_margin: Duration::from_millis(200),
             report_window: Duration::from_millis(1500),
+            request_copies: 2,
             stall_passes: 10,
             quorum: 0.5,
             limits: MctpLimits::default(),
@@ -102,8 +128,16 @@ impl SenderConfig {
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
             return Err(invalid("the quorum is a share between 0 and 1"));
         }
-        if self.burst_frames == 0 || self.stall_passes == 0 {
-            return Err(invalid("burst frames and stall passes are at least 1"));
+        if self.burst_frames == 0 || self.stall_passes == 0 || self.request_copies == 0 {
+            return Err(invalid("burst frames, stall passes and request copies are at least 1"));
+        }
+        if self.block_frames == 0 || self.block_frames > MAX_BLOCK_FRAMES {
+            return Err(invalid(format!("frames per block must be 1 to {MAX_BLOCK_FRAMES}")));
+        }
+        if self.parity_frames == 0 || self.block_frames.saturating_add(self.parity_frames) > MAX_CODED_FRAMES {
+            return Err(invalid(format!(
+                "parity frames per block must be 1 to {MAX_CODED_FRAMES} less the frames per block"
+            )));
         }
         Ok(())
     }
@@ -114,8 +148,12 @@ impl SenderConfig {
 pub struct ReceiverConfig {
     /// Who it speaks as.
     pub identity: Identity,
-    /// Longest random delay before a status report (seed: "up to approximately one second").
+    /// Longest random delay before a status report (seed: "up to approximately one second"); the GL's
+    /// request may ask for a shorter one.
     pub report_delay: Duration,
+    /// Bytes of parity frames held for blocks not yet rebuilt (beyond, parity frames are dropped and
+    /// counted, and the next pass repairs): the member's memory bound besides one block's frames.
+    pub max_parity_bytes: usize,
     /// The apply report goes at a random multiple (1 to [`Self::apply_multiples`]) of this interval.
     pub apply_interval: Duration,
     /// Largest multiple of the interval.
@@ -132,6 +170,7 @@ impl ReceiverConfig {
         ReceiverConfig {
             identity,
             report_delay: Duration::from_secs(1),
+            max_parity_bytes: 16 << 20,
             apply_interval: Duration::from_secs(1),
             apply_multiples: 10,
             max_sessions: 16,

@@ -1,17 +1,24 @@
-//! A member's side of local distribution: follow the sessions announced, take frames into a sink, answer
-//! the GL's status requests with NACK lists, and send the apply report at a random multiple of an
-//! interval (see the module header of [`super`]).
+//! A member's side of local distribution: follow the sessions announced, take frames into a sink, rebuild
+//! blocks from parity frames, answer the GL's status requests with NACK lists (per block, the frames it
+//! still needs), and send the apply report at a random multiple of an interval (see the module header of
+//! [`super`]).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tern_wire::mctp::{self, Announcement, ApplyReport, MctpBody, ReportRequest, Status, StatusReport, Wanted};
+use std::time::Duration;
+
+use tern_wire::mctp::{
+    self, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, MctpBody, ReportRequest, Status, StatusReport,
+    Wanted,
+};
 use tracing::{debug, warn};
 
 use super::bitmap::Bitmap;
 use super::config::{ConfigError, ReceiverConfig};
+use super::parity::BlockDecoder;
 use super::stamp::Stamper;
 use super::{Counters, Event, Output, Timer, TimerKind};
 use crate::election::rng::SplitMix64;
@@ -20,6 +27,8 @@ use crate::election::rng::SplitMix64;
 pub trait Sink: Send {
     /// Writes `data` at `offset` of the assignment.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reads back bytes written at `offset` (a block's source frames, to rebuild the block).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Every frame was written (flush; the driver verifies the signed hash next).
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
@@ -53,8 +62,19 @@ pub enum ReceiverInput<'a> {
     },
 }
 
+/// A session's frames so far.
+struct Receiving {
+    /// Source frames received or rebuilt.
+    received: Bitmap,
+    /// Per block, source frames received or rebuilt.
+    per_block: Vec<u32>,
+    /// Per block not yet rebuilt, the parity frames held: (parity number, data).
+    parity: BTreeMap<u32, Vec<(u16, Vec<u8>)>>,
+    sink: Box<dyn Sink>,
+}
+
 enum Reception {
-    Receiving { received: Bitmap, sink: Box<dyn Sink> },
+    Receiving(Receiving),
     Complete,
 }
 
@@ -75,6 +95,9 @@ pub struct Receiver {
     rng: SplitMix64,
     spool: Box<dyn Spool>,
     sessions: BTreeMap<u64, MemberSession>,
+    decoder: BlockDecoder,
+    /// Bytes of parity frames held, all sessions together.
+    parity_bytes: usize,
     counters: Counters,
 }
 
@@ -107,6 +130,8 @@ impl Receiver {
             rng,
             spool,
             sessions: BTreeMap::new(),
+            decoder: BlockDecoder::new(),
+            parity_bytes: 0,
             counters: Counters::default(),
         })
     }
@@ -119,7 +144,7 @@ impl Receiver {
     /// Frames still missing in a session it follows (`None`: not followed; 0: complete).
     pub fn missing(&self, assignment: u64) -> Option<u32> {
         self.sessions.get(&assignment).map(|session| match &session.reception {
-            Reception::Receiving { received, .. } => received.len() - received.count(),
+            Reception::Receiving(receiving) => receiving.received.len() - receiving.received.count(),
             Reception::Complete => 0,
         })
     }
@@ -131,7 +156,13 @@ impl Receiver {
 
     /// Stops following a session (after its assignment was applied and reported, or abandoned).
     pub fn forget(&mut self, assignment: u64) {
-        self.sessions.remove(&assignment);
+        if let Some(MemberSession {
+            reception: Reception::Receiving(receiving),
+            ..
+        }) = self.sessions.remove(&assignment)
+        {
+            self.parity_bytes = self.parity_bytes.saturating_sub(held_bytes(&receiving));
+        }
     }
 
     /// Handles one input and says what to do.
@@ -180,10 +211,12 @@ impl Receiver {
             Reception::Complete
         } else {
             match self.spool.create(&announcement) {
-                Ok(sink) => Reception::Receiving {
+                Ok(sink) => Reception::Receiving(Receiving {
                     received: Bitmap::new(announcement.frames),
+                    per_block: vec![0; announcement.blocks() as usize],
+                    parity: BTreeMap::new(),
                     sink,
-                },
+                }),
                 Err(error) => {
                     warn!(assignment, %error, "cannot spool an announced assignment");
                     self.counters.refuse("spool-error");
@@ -229,42 +262,200 @@ impl Receiver {
             self.counters.refuse("pass-outside");
             return;
         }
-        let Some(expected_len) = session.announcement.frame_len(frame.sequence) else {
-            self.counters.refuse("sequence-outside");
+        let block = match frame.id {
+            FrameId::Source(sequence) => self.on_source(&frame, sequence),
+            FrameId::Parity { block, index } => self.on_parity(&frame, block, index),
+        };
+        let Some(block) = block else {
             return;
+        };
+        self.rebuild(frame.assignment, block);
+        self.finish_if_full(frame.assignment, out);
+    }
+
+    /// Writes a new source frame; returns its block.
+    fn on_source(&mut self, frame: &DataFrame<'_>, sequence: u32) -> Option<u32> {
+        let session = self.sessions.get_mut(&frame.assignment)?;
+        let Some(expected_len) = session.announcement.frame_len(sequence) else {
+            self.counters.refuse("sequence-outside");
+            return None;
         };
         if frame.data.len() != expected_len {
             self.counters.refuse("past-size");
-            return;
+            return None;
         }
-        let Reception::Receiving { received, sink } = &mut session.reception else {
+        let Reception::Receiving(receiving) = &mut session.reception else {
             self.counters.duplicates += 1;
-            return;
+            return None;
         };
-        if received.get(frame.sequence) {
+        if receiving.received.get(sequence) {
             self.counters.duplicates += 1;
-            return;
+            return None;
         }
-        let offset = session.announcement.frame_offset(frame.sequence);
-        if let Err(error) = sink.write_at(offset, frame.data) {
+        let offset = session.announcement.frame_offset(sequence);
+        if let Err(error) = receiving.sink.write_at(offset, frame.data) {
             warn!(assignment = frame.assignment, %error, "cannot spool a frame");
             self.counters.refuse("sink-error");
-            return;
+            return None;
         }
-        received.insert(frame.sequence);
+        receiving.received.insert(sequence);
+        let block = session.announcement.block_of(sequence);
+        if let Some(count) = receiving.per_block.get_mut(block as usize) {
+            *count += 1;
+        }
         self.counters.frames_received += 1;
-        if !received.is_full() {
+        Some(block)
+    }
+
+    /// Holds a new parity frame of a block not yet whole; returns the block.
+    fn on_parity(&mut self, frame: &DataFrame<'_>, block: u32, index: u16) -> Option<u32> {
+        let max_parity_bytes = self.config.max_parity_bytes;
+        let session = self.sessions.get_mut(&frame.assignment)?;
+        let announcement = &session.announcement;
+        if block >= announcement.blocks() {
+            self.counters.refuse("block-outside");
+            return None;
+        }
+        if u32::from(index) >= announcement.parity_frames {
+            self.counters.refuse("parity-outside");
+            return None;
+        }
+        if frame.data.len() != announcement.parity_len() {
+            self.counters.refuse("past-size");
+            return None;
+        }
+        let (_, source_frames) = announcement.block_span(block);
+        let Reception::Receiving(receiving) = &mut session.reception else {
+            self.counters.duplicates += 1;
+            return None;
+        };
+        let whole = receiving.per_block.get(block as usize).copied().unwrap_or(0) >= source_frames;
+        let held_already = receiving
+            .parity
+            .get(&block)
+            .is_some_and(|held| held.iter().any(|(number, _)| *number == index));
+        if whole || held_already {
+            self.counters.duplicates += 1;
+            return None;
+        }
+        if self.parity_bytes + frame.data.len() > max_parity_bytes {
+            self.counters.refuse("parity-over-budget");
+            return None;
+        }
+        receiving
+            .parity
+            .entry(block)
+            .or_default()
+            .push((index, frame.data.to_vec()));
+        self.parity_bytes += frame.data.len();
+        Some(block)
+    }
+
+    /// Rebuilds `block` when its source frames and parity frames held are as many as its source frames:
+    /// its source frames are read back from the sink, the missing ones decoded and written.
+    fn rebuild(&mut self, assignment: u64, block: u32) {
+        let Some(session) = self.sessions.get_mut(&assignment) else {
+            return;
+        };
+        let Reception::Receiving(receiving) = &mut session.reception else {
+            return;
+        };
+        let announcement = &session.announcement;
+        let (first, source_frames) = announcement.block_span(block);
+        let have = receiving.per_block.get(block as usize).copied().unwrap_or(0);
+        let held = receiving.parity.get(&block).map_or(0, Vec::len) as u32;
+        if have >= source_frames {
+            // Whole without parity: what was held for it is no longer needed.
+            if let Some(parity) = receiving.parity.remove(&block) {
+                self.parity_bytes = self.parity_bytes.saturating_sub(parity_len(&parity));
+            }
             return;
         }
-        if let Err(error) = sink.finish() {
-            warn!(assignment = frame.assignment, %error, "cannot finish the spooled assignment");
+        if have + held < source_frames {
+            return;
+        }
+        let parity = receiving.parity.remove(&block).unwrap_or_default();
+        self.parity_bytes = self.parity_bytes.saturating_sub(parity_len(&parity));
+        // The block's bytes in one read (the slots of frames not received are read too, and not used).
+        let block_offset = announcement.frame_offset(first);
+        let block_len = announcement
+            .size
+            .saturating_sub(block_offset)
+            .min(u64::from(source_frames) * u64::from(announcement.frame_size)) as usize;
+        let mut block_bytes = vec![0; block_len];
+        if let Err(error) = receiving.sink.read_at(block_offset, &mut block_bytes) {
+            warn!(assignment, %error, "cannot read a spooled block back");
             self.counters.refuse("sink-error");
             return;
         }
+        let frame_size = announcement.frame_size as usize;
+        let sources = (0..source_frames)
+            .filter(|index| receiving.received.get(first + index))
+            .map(|index| {
+                let start = index as usize * frame_size;
+                let end = (start + frame_size).min(block_bytes.len());
+                (index as usize, &block_bytes[start..end])
+            });
+        let rebuilt = self.decoder.decode(
+            source_frames as usize,
+            announcement.parity_frames as usize,
+            announcement.parity_len(),
+            sources,
+            parity
+                .iter()
+                .map(|(index, data)| (usize::from(*index), data.as_slice())),
+        );
+        let rebuilt = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(error) => {
+                warn!(assignment, block, %error, "cannot rebuild a block");
+                self.counters.refuse("decode-error");
+                return;
+            }
+        };
+        for (index, shard) in rebuilt {
+            let sequence = first + index as u32;
+            let len = announcement.frame_len(sequence).unwrap_or(0);
+            if receiving.received.get(sequence) || shard.len() < len {
+                continue;
+            }
+            if let Err(error) = receiving
+                .sink
+                .write_at(announcement.frame_offset(sequence), &shard[..len])
+            {
+                warn!(assignment, %error, "cannot spool a rebuilt frame");
+                self.counters.refuse("sink-error");
+                return;
+            }
+            receiving.received.insert(sequence);
+            if let Some(count) = receiving.per_block.get_mut(block as usize) {
+                *count += 1;
+            }
+            self.counters.frames_rebuilt += 1;
+        }
+    }
+
+    /// Every frame is in: the sink is finished and the assignment handed on.
+    fn finish_if_full(&mut self, assignment: u64, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&assignment) else {
+            return;
+        };
+        let Reception::Receiving(receiving) = &mut session.reception else {
+            return;
+        };
+        if !receiving.received.is_full() {
+            return;
+        }
+        if let Err(error) = receiving.sink.finish() {
+            warn!(assignment, %error, "cannot finish the spooled assignment");
+            self.counters.refuse("sink-error");
+            return;
+        }
+        self.parity_bytes = self.parity_bytes.saturating_sub(held_bytes(receiving));
         session.reception = Reception::Complete;
-        debug!(assignment = frame.assignment, "every frame received");
+        debug!(assignment, "every frame received");
         out.push(Output::Event(Event::Received {
-            assignment: frame.assignment,
+            assignment,
             name: session.announcement.name.clone(),
             hash: session.announcement.hash.clone(),
         }));
@@ -281,9 +472,10 @@ impl Receiver {
         };
         session.leader = leader;
         let (kind, delay_bound) = match request.wanted {
-            Wanted::Status { pass } => {
+            Wanted::Status { pass, spread_ms } => {
                 session.pass = session.pass.max(pass);
-                (TimerKind::StatusReport, self.config.report_delay)
+                let asked = Duration::from_millis(u64::from(spread_ms));
+                (TimerKind::StatusReport, self.config.report_delay.min(asked))
             }
             Wanted::Apply if session.applied.is_some() => (TimerKind::ApplyReport, self.config.report_delay),
             Wanted::Apply => return,
@@ -358,10 +550,7 @@ impl Receiver {
         };
         let status = match &session.reception {
             Reception::Complete => Status::Complete,
-            Reception::Receiving { received, .. } => Status::Missing {
-                ranges: received.clear_ranges(self.config.limits.max_ranges),
-                count: received.len() - received.count(),
-            },
+            Reception::Receiving(receiving) => nacks(&session.announcement, receiving, self.config.limits.max_blocks),
         };
         let report = StatusReport {
             assignment,
@@ -375,4 +564,33 @@ impl Receiver {
             datagram,
         });
     }
+}
+
+/// The NACK list: per block, the frames it still needs (source frames missing, less parity frames held),
+/// the first `max_blocks` blocks; the count is over every block.
+fn nacks(announcement: &Announcement, receiving: &Receiving, max_blocks: usize) -> Status {
+    let mut blocks = Vec::new();
+    let mut count: u32 = 0;
+    for (block, have) in receiving.per_block.iter().enumerate() {
+        let block = block as u32;
+        let (_, source_frames) = announcement.block_span(block);
+        let held = receiving.parity.get(&block).map_or(0, Vec::len) as u32;
+        let missing = source_frames.saturating_sub(have.saturating_add(held));
+        if missing == 0 {
+            continue;
+        }
+        count = count.saturating_add(missing);
+        if blocks.len() < max_blocks {
+            blocks.push(BlockNack { block, missing });
+        }
+    }
+    Status::Missing { blocks, count }
+}
+
+fn parity_len(parity: &[(u16, Vec<u8>)]) -> usize {
+    parity.iter().map(|(_, data)| data.len()).sum()
+}
+
+fn held_bytes(receiving: &Receiving) -> usize {
+    receiving.parity.values().map(|parity| parity_len(parity)).sum()
 }

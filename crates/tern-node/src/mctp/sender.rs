@@ -1,16 +1,17 @@
-//! The group leader's side of a session: announce, send passes at a rate, aggregate NACKs, repair, and
-//! end with all members, a quorum, or the problem (see the module header of [`super`]).
+//! The group leader's side of a session: announce, send passes at a rate, aggregate NACKs, repair with
+//! parity frames, and end with all members, a quorum, or the problem (see the module header of
+//! [`super`]).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::time::{Duration, Instant};
 
-use tern_wire::mctp::{self, Announcement, DataFrame, MctpBody, ReportRequest, Status, StatusReport, Wanted};
+use tern_wire::mctp::{self, Announcement, DataFrame, FrameId, MctpBody, ReportRequest, Status, StatusReport, Wanted};
 use tracing::{debug, warn};
 
-use super::bitmap::Bitmap;
 use super::collect::addressees;
 use super::config::{ConfigError, SenderConfig};
+use super::parity::BlockEncoder;
 use super::stamp::Stamper;
 use super::{Counters, Event, Output, Timer, TimerKind};
 use crate::election::rng::SplitMix64;
@@ -102,7 +103,7 @@ pub struct SessionReport {
     pub passes: u16,
     /// Frames sent in all passes.
     pub frames_sent: u64,
-    /// Frames resent after pass 1.
+    /// Parity frames sent after pass 1.
     pub frames_repaired: u64,
     /// The rate at the end, bytes per second.
     pub final_rate: u64,
@@ -127,10 +128,17 @@ struct MemberState {
 /// The frames of the current pass still to send.
 #[derive(Debug)]
 enum Pending {
-    /// Pass 1: every frame from `next`.
+    /// Pass 1: every source frame from `next`.
     All { next: u32 },
-    /// A repair pass: the set frames from `next`.
-    Frames { frames: Bitmap, next: u32 },
+    /// A repair pass: for each block that needs repair (ascending), how many new parity frames; `position`
+    /// is the block being sent, `sent` its parity frames sent so far, `shards` its parity frames once
+    /// encoded.
+    Parity {
+        blocks: Vec<(u32, u32)>,
+        position: usize,
+        sent: u32,
+        shards: Option<Vec<Vec<u8>>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +153,13 @@ struct Session {
     source: Box<dyn FrameSource>,
     phase: Phase,
     pending: Pending,
-    /// NACKed frames aggregated for the next pass.
-    nacked: Bitmap,
+    /// Per block, the most frames a member said it needs since the last pass began (NACK aggregation:
+    /// one parity frame repairs a different loss at each member, so the worst member's count is enough).
+    needed: Vec<u32>,
+    /// Per block, the next parity number to send (parity frames already sent are not sent again until
+    /// every number was used).
+    next_parity: Vec<u32>,
+    encoder: BlockEncoder,
     rate: u64,
     tokens: f64,
     refilled_at: Instant,
@@ -154,10 +167,18 @@ struct Session {
     frames_this_pass: u64,
     best_missing: u64,
     stalled: u32,
-    last_loss: f64,
+    /// The loss of the last pass (`None` before the first ended).
+    last_loss: Option<f64>,
     frames_sent: u64,
     frames_repaired: u64,
     buffer: Vec<u8>,
+}
+
+/// What the pump sends next.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    Source(u32),
+    Parity { block: u32, index: u32 },
 }
 
 /// The group leader's MCTP sender core.
@@ -229,6 +250,8 @@ impl Sender {
             frames,
             hash: start.hash,
             pass: 1,
+            block_frames: self.config.block_frames,
+            parity_frames: self.config.parity_frames,
         };
         if let Err(error) = mctp::check_announcement(&announcement, &self.config.limits) {
             warn!(assignment = start.assignment, %error, "session not started");
@@ -244,13 +267,16 @@ impl Sender {
             reported_pass: 0,
         };
         let members = start.members.into_iter().map(|name| (name, unknown)).collect();
+        let blocks = announcement.blocks() as usize;
         let session = Session {
             announcement,
             members,
             source: start.source,
             phase: Phase::Sending,
             pending: Pending::All { next: 0 },
-            nacked: Bitmap::new(frames),
+            needed: vec![0; blocks],
+            next_parity: vec![0; blocks],
+            encoder: BlockEncoder::new(),
             rate: self.config.rate,
             tokens: 0.0,
             refilled_at: now,
@@ -258,10 +284,10 @@ impl Sender {
             frames_this_pass: 0,
             best_missing: u64::MAX,
             stalled: 0,
-            last_loss: 0.0,
+            last_loss: None,
             frames_sent: 0,
             frames_repaired: 0,
-            buffer: vec![0; frame_size as usize],
+            buffer: vec![0; (frame_size as usize).next_multiple_of(2)],
         };
         self.counters.sessions += 1;
         self.counters.passes += 1;
@@ -289,11 +315,14 @@ impl Sender {
         session.tokens = (session.tokens + elapsed * session.rate as f64).min(burst_bytes);
         session.refilled_at = now;
         loop {
-            let Some(sequence) = session.peek_pending() else {
+            let Some(next) = session.peek_pending() else {
                 self.end_pass(assignment, now, out);
                 return;
             };
-            let len = session.announcement.frame_len(sequence).unwrap_or(0);
+            let len = match next {
+                Next::Source(sequence) => session.announcement.frame_len(sequence).unwrap_or(0),
+                Next::Parity { .. } => session.announcement.parity_len(),
+            };
             // Half a byte of slack for rounding; waits are whole microseconds, at least one, so that a
             // refill always makes progress.
             if session.tokens + 0.5 < len as f64 {
@@ -311,20 +340,29 @@ impl Sender {
                 return;
             }
             session.tokens = (session.tokens - len as f64).max(0.0);
+            let made = match next {
+                Next::Source(sequence) => session.read_frame(sequence).map(|()| FrameId::Source(sequence)),
+                Next::Parity { block, index } => session.parity_frame(block, index).map(|()| FrameId::Parity {
+                    block,
+                    // Below MAX_PARITY_FRAMES (checked in the announcement).
+                    index: index as u16,
+                }),
+            };
+            let id = match made {
+                Ok(id) => id,
+                Err(error) => {
+                    warn!(assignment, %error, "cannot read the assignment to send");
+                    let outcome = Outcome::SourceFailed(error.to_string());
+                    self.finish(assignment, outcome, out);
+                    return;
+                }
+            };
             session.advance_pending();
-            let offset = session.announcement.frame_offset(sequence);
-            let data = &mut session.buffer[..len];
-            if let Err(error) = session.source.read_at(offset, data) {
-                warn!(assignment, %error, "cannot read the assignment to send");
-                let outcome = Outcome::SourceFailed(error.to_string());
-                self.finish(assignment, outcome, out);
-                return;
-            }
             let frame = DataFrame {
                 assignment,
                 pass: session.announcement.pass,
-                sequence,
-                data,
+                id,
+                data: &session.buffer[..len],
             };
             out.push(Output::Multicast(mctp::encode_data(&frame)));
             session.frames_sent += 1;
@@ -344,19 +382,40 @@ impl Sender {
         };
         session.phase = Phase::Collecting;
         let (complete, incomplete) = session.split_members();
+        // Reports spread over a time that grows with the members asked ("report implosion" on a large
+        // segment), and no longer than needed on a small one: the pass's turnaround is this spread.
+        let asked = u32::try_from(incomplete.len()).unwrap_or(u32::MAX);
+        let spread = self
+            .config
+            .spread_per_member
+            .saturating_mul(asked)
+            .min(self.config.status_spread);
+        let spread_ms = u32::try_from(spread.as_millis()).unwrap_or(u32::MAX).max(1);
         let request = ReportRequest {
             assignment,
             wanted: Wanted::Status {
                 pass: session.announcement.pass,
+                spread_ms,
             },
             addressees: addressees(&incomplete, &complete),
         };
-        let at = now + self.config.report_window;
+        let window = (spread + self.config.report_margin).min(self.config.report_window);
+        let at = now + window;
         session.timers.insert(TimerKind::ReportWindow, at);
-        out.push(Output::Multicast(
-            self.stamper.encode(MctpBody::ReportRequest(request), now),
-        ));
-        self.counters.multicast_requests += 1;
+        // The end of a pass is the one message whose loss stalls the pass (the window then runs out):
+        // it goes more than once, as NORM repeats its flush; members answer the first copy they hear.
+        debug!(
+            assignment,
+            pass = session.announcement.pass,
+            frames = session.frames_this_pass,
+            spread_ms,
+            "pass sent, status reports asked"
+        );
+        let body = MctpBody::ReportRequest(request);
+        for _ in 0..self.config.request_copies {
+            out.push(Output::Multicast(self.stamper.encode(body.clone(), now)));
+            self.counters.multicast_requests += 1;
+        }
         out.push(Output::SetTimer {
             timer: Timer {
                 assignment,
@@ -390,12 +449,16 @@ impl Sender {
         member.reported_pass = member.reported_pass.max(report.pass);
         match report.status {
             Status::Complete => member.status = MemberStatus::Complete,
-            Status::Missing { ranges, count } => {
+            Status::Missing { blocks, count } => {
                 if member.status != MemberStatus::Complete {
                     member.status = MemberStatus::Missing(count.min(session.announcement.frames));
                 }
-                for range in ranges {
-                    session.nacked.insert_range(range);
+                let block_frames = session.announcement.block_frames;
+                for nack in blocks {
+                    // Blocks past the end are ignored; a block needs at most its size in parity frames.
+                    if let Some(needed) = session.needed.get_mut(nack.block as usize) {
+                        *needed = (*needed).max(nack.missing.min(block_frames));
+                    }
                 }
                 self.counters.nacks += u64::from(count);
             }
@@ -417,6 +480,7 @@ impl Sender {
             .values()
             .all(|state| state.status == MemberStatus::Complete || state.reported_pass >= pass);
         if session.phase == Phase::Collecting && all_answered {
+            debug!(assignment = report.assignment, pass, "every member asked answered");
             session.timers.remove(&TimerKind::ReportWindow);
             self.end_window(report.assignment, now, out);
         }
@@ -433,7 +497,13 @@ impl Sender {
         session.timers.remove(&timer.kind);
         match timer.kind {
             TimerKind::Send => self.pump(timer.assignment, now, out),
-            TimerKind::ReportWindow => self.end_window(timer.assignment, now, out),
+            TimerKind::ReportWindow => {
+                debug!(
+                    assignment = timer.assignment,
+                    "report window ended before every member answered"
+                );
+                self.end_window(timer.assignment, now, out)
+            }
             _ => {}
         }
     }
@@ -477,10 +547,19 @@ impl Sender {
             return;
         }
         session.adjust_rate(&self.config);
-        let resend = std::mem::replace(&mut session.nacked, Bitmap::new(frames));
-        session.pending = Pending::Frames {
-            frames: resend,
-            next: 0,
+        let blocks: Vec<(u32, u32)> = session
+            .needed
+            .iter()
+            .enumerate()
+            .filter(|(_, needed)| **needed > 0)
+            .map(|(block, needed)| (block as u32, *needed))
+            .collect();
+        session.needed.iter_mut().for_each(|needed| *needed = 0);
+        session.pending = Pending::Parity {
+            blocks,
+            position: 0,
+            sent: 0,
+            shards: None,
         };
         session.phase = Phase::Sending;
         session.frames_this_pass = 0;
@@ -517,19 +596,98 @@ impl Sender {
 }
 
 impl Session {
-    fn peek_pending(&self) -> Option<u32> {
+    fn peek_pending(&self) -> Option<Next> {
         match &self.pending {
-            Pending::All { next } => (*next < self.announcement.frames).then_some(*next),
-            Pending::Frames { frames, next } => frames.next_set(*next),
+            Pending::All { next } => (*next < self.announcement.frames).then_some(Next::Source(*next)),
+            Pending::Parity {
+                blocks, position, sent, ..
+            } => {
+                let (block, _) = blocks.get(*position)?;
+                let first = self.next_parity.get(*block as usize).copied().unwrap_or(0);
+                // Parity numbers wrap around once every one was sent: a member that lost one can use it.
+                let index = (first + sent) % self.announcement.parity_frames.max(1);
+                Some(Next::Parity { block: *block, index })
+            }
         }
     }
 
     fn advance_pending(&mut self) {
-        let current = self.peek_pending();
+        let parity_frames = self.announcement.parity_frames.max(1);
         match &mut self.pending {
             Pending::All { next } => *next += 1,
-            Pending::Frames { next, .. } => *next = current.map_or(u32::MAX, |sequence| sequence + 1),
+            Pending::Parity {
+                blocks,
+                position,
+                sent,
+                shards,
+            } => {
+                let Some((block, count)) = blocks.get(*position).copied() else {
+                    return;
+                };
+                *sent += 1;
+                if *sent < count {
+                    return;
+                }
+                if let Some(next) = self.next_parity.get_mut(block as usize) {
+                    *next = (*next + count) % parity_frames;
+                }
+                *position += 1;
+                *sent = 0;
+                *shards = None;
+            }
         }
+    }
+
+    /// Reads source frame `sequence` into the buffer.
+    fn read_frame(&mut self, sequence: u32) -> io::Result<()> {
+        let len = self.announcement.frame_len(sequence).unwrap_or(0);
+        let offset = self.announcement.frame_offset(sequence);
+        self.source.read_at(offset, &mut self.buffer[..len])
+    }
+
+    /// Puts parity frame `index` of `block` into the buffer, encoding the block when it is the first of
+    /// its parity frames this pass.
+    fn parity_frame(&mut self, block: u32, index: u32) -> io::Result<()> {
+        if let Pending::Parity {
+            shards: Some(shards), ..
+        } = &self.pending
+            && let Some(shard) = shards.get(index as usize)
+        {
+            self.buffer[..shard.len()].copy_from_slice(shard);
+            return Ok(());
+        }
+        let (first, count) = self.announcement.block_span(block);
+        let mut frames = Vec::with_capacity(count as usize);
+        for sequence in first..first + count {
+            let len = self.announcement.frame_len(sequence).unwrap_or(0);
+            let mut frame = vec![0; len];
+            self.source
+                .read_at(self.announcement.frame_offset(sequence), &mut frame)?;
+            frames.push(frame);
+        }
+        let sources: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let parity_len = self.announcement.parity_len();
+        // Only the numbers this pass sends of the block (parity frame `n` does not depend on how many
+        // are made): up to the last, or all of them when the numbers wrap around.
+        let parity_frames = self.announcement.parity_frames;
+        let first = self.next_parity.get(block as usize).copied().unwrap_or(0);
+        let count = match &self.pending {
+            Pending::Parity { blocks, position, .. } => blocks.get(*position).map_or(1, |(_, count)| *count),
+            Pending::All { .. } => 1,
+        };
+        let made = first.saturating_add(count).min(parity_frames).max(index + 1);
+        let encoded = self
+            .encoder
+            .encode(&sources, made as usize, parity_len)
+            .map_err(io::Error::other)?;
+        let shard = encoded
+            .get(index as usize)
+            .ok_or_else(|| io::Error::other("parity number past the block's"))?;
+        self.buffer[..shard.len()].copy_from_slice(shard);
+        if let Pending::Parity { shards, .. } = &mut self.pending {
+            *shards = Some(encoded);
+        }
+        Ok(())
     }
 
     /// The members that reported complete, and the others.
@@ -542,19 +700,25 @@ impl Session {
         (names(complete), names(incomplete))
     }
 
-    /// Adjusts the rate by the NACKs of the pass that ended: the share of the frames sent that some
-    /// member lacks.
+    /// Adjusts the rate by the NACKs of the pass that ended: the parity frames the next pass needs, as a
+    /// share of the frames sent, against the last pass's share.
     fn adjust_rate(&mut self, config: &SenderConfig) {
         if self.frames_this_pass == 0 {
             return;
         }
-        let loss = f64::from(self.nacked.count()) / self.frames_this_pass as f64;
-        if loss > self.last_loss {
+        let needed: u64 = self.needed.iter().map(|needed| u64::from(*needed)).sum();
+        let loss = needed as f64 / self.frames_this_pass as f64;
+        let last_loss = self.last_loss.replace(loss);
+        // The first pass's loss is the segment's own (a lossy link loses as much at any rate): the rate
+        // falls when the loss rises above the last pass's, and rises back while it does not.
+        let Some(last_loss) = last_loss else {
+            return;
+        };
+        if loss > last_loss {
             let lowered = (self.rate as f64 * config.rate_decrease) as u64;
             self.rate = lowered.max(config.floor_rate);
         } else {
             self.rate = self.rate.saturating_add(config.rate_increase).min(config.rate);
         }
-        self.last_loss = loss;
     }
 }

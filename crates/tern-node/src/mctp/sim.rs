@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tern_wire::SecretKey;
 use tern_wire::frame;
-use tern_wire::mctp::{self, Announcement, KIND_APPLY_REPORT};
+use tern_wire::mctp::{self, Announcement, FrameId, KIND_APPLY_REPORT};
 
 use super::{
     AssignmentStatusReport, CollectConfig, CollectInput, Collector, Event, Identity, Output, Receiver, ReceiverConfig,
@@ -56,12 +56,17 @@ pub(super) type Files = Arc<Mutex<BTreeMap<u64, Vec<u8>>>>;
 struct MemSpool {
     held: Vec<String>,
     files: Files,
+    writes: Writes,
 }
 
 struct MemSink {
     assignment: u64,
     files: Files,
+    writes: Writes,
 }
+
+/// The offsets a member's sink was written at, in order.
+pub(super) type Writes = Arc<Mutex<Vec<u64>>>;
 
 impl Sink for MemSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -72,6 +77,24 @@ impl Sink for MemSink {
             file.resize(start + data.len(), 0);
         }
         file[start..start + data.len()].copy_from_slice(data);
+        self.writes
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .push(offset);
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let files = self.files.lock().map_err(|_| io::Error::other("poisoned"))?;
+        // Like a spool file set to the assignment's size: zeros where nothing was written yet.
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        buf.fill(0);
+        let written = files
+            .get(&self.assignment)
+            .and_then(|file| file.get(start..))
+            .unwrap_or_default();
+        let len = written.len().min(buf.len());
+        buf[..len].copy_from_slice(&written[..len]);
         Ok(())
     }
 }
@@ -85,6 +108,7 @@ impl Spool for MemSpool {
         Ok(Box::new(MemSink {
             assignment: announcement.assignment,
             files: self.files.clone(),
+            writes: self.writes.clone(),
         }))
     }
 }
@@ -127,6 +151,8 @@ pub(super) struct Segment {
     configs: Vec<ReceiverConfig>,
     held: Vec<Vec<String>>,
     pub(super) files: Vec<Files>,
+    /// Per member, the offsets its sink was written at.
+    pub(super) writes: Vec<Writes>,
     loss: f64,
     loss_rng: SplitMix64,
     pub(super) drop_rule: DropRule,
@@ -161,6 +187,7 @@ impl Segment {
                 .collect(),
             held: vec![Vec::new(); members + 1],
             files: (0..=members).map(|_| Files::default()).collect(),
+            writes: (0..=members).map(|_| Writes::default()).collect(),
             loss: 0.0,
             loss_rng: SplitMix64(seed ^ 2),
             drop_rule: Box::new(|_, _| false),
@@ -192,6 +219,7 @@ impl Segment {
         let spool = MemSpool {
             held: self.held[index].clone(),
             files: self.files[index].clone(),
+            writes: self.writes[index].clone(),
         };
         let seed = 1000 + index as u64;
         let receiver = Receiver::new(self.configs[index].clone(), Box::new(spool), seed, self.now, UNIX_MS);
@@ -390,15 +418,33 @@ impl Segment {
         }
     }
 
-    /// The data frames the GL sent in `pass`, by sequence number.
+    /// The source frames the GL sent in `pass`, by sequence number.
     pub(super) fn frames_sent_in(&self, pass: u16) -> Vec<u32> {
+        self.data_frames_in(pass)
+            .filter_map(|id| match id {
+                FrameId::Source(sequence) => Some(sequence),
+                FrameId::Parity { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The parity frames the GL sent in `pass`, as (block, parity number).
+    pub(super) fn parity_sent_in(&self, pass: u16) -> Vec<(u32, u16)> {
+        self.data_frames_in(pass)
+            .filter_map(|id| match id {
+                FrameId::Parity { block, index } => Some((block, index)),
+                FrameId::Source(_) => None,
+            })
+            .collect()
+    }
+
+    fn data_frames_in(&self, pass: u16) -> impl Iterator<Item = FrameId> + '_ {
         self.log
             .iter()
             .filter(|logged| logged.from == 0)
             .filter_map(|logged| mctp::decode_data(&logged.bytes).ok())
-            .filter(|frame| frame.pass == pass)
-            .map(|frame| frame.sequence)
-            .collect()
+            .filter(move |frame| frame.pass == pass)
+            .map(|frame| frame.id)
     }
 
     /// Member `index`'s spooled copy.
@@ -472,8 +518,14 @@ mod simulation {
             session.final_rate
         );
         // About one copy plus the repairs: with 5% loss per member, a frame is lost by at least one of
-        // 30 members 79% of the time, so pass 2 resends most frames once more; the rest is small.
-        assert!(session.frames_sent < 4 * frames, "{} frames sent", session.frames_sent);
+        // 30 members 79% of the time, so resending lost frames would resend most of them; a parity frame
+        // repairs a different loss at each member, so the repairs are the worst member's losses per block
+        // (about 12% here), and a few more for parity frames lost in turn.
+        assert!(
+            session.frames_sent < frames * 3 / 2,
+            "{} frames sent",
+            session.frames_sent
+        );
 
         let [collection] = segment.collections.as_slice() else {
             panic!("one collection report: {:?}", segment.collections);

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::frame;
 use tern_wire::mctp::{
-    self, Addressees, Announcement, ApplyReport, DataFrame, FrameRange, KIND_STATUS_REPORT, MctpBody, MctpMessage,
-    Status, StatusReport, Wanted,
+    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, KIND_STATUS_REPORT, MctpBody,
+    MctpMessage, Status, StatusReport, Wanted,
 };
 
 use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
@@ -16,6 +16,8 @@ use super::{
 
 const FRAME: u32 = 100;
 const FRAMES: usize = 30;
+/// Blocks of 16 frames: frames 0 to 15 and 16 to 29.
+const BLOCK: u32 = 16;
 
 fn sender_config() -> SenderConfig {
     SenderConfig {
@@ -24,6 +26,7 @@ fn sender_config() -> SenderConfig {
         floor_rate: 1_000,
         rate_increase: 1_000,
         burst_frames: 4,
+        block_frames: BLOCK,
         ..SenderConfig::new(identity("gl", 0))
     }
 }
@@ -76,11 +79,17 @@ fn announcements(segment: &Segment) -> Vec<Announcement> {
 }
 
 fn pass_one_frame(bytes: &[u8], sequences: &[u32]) -> bool {
-    mctp::decode_data(bytes).is_ok_and(|frame| frame.pass == 1 && sequences.contains(&frame.sequence))
+    mctp::decode_data(bytes).is_ok_and(|frame| match frame.id {
+        FrameId::Source(sequence) => frame.pass == 1 && sequences.contains(&sequence),
+        FrameId::Parity { .. } => false,
+    })
 }
 
+/// The acceptance's "frames 7, 19 and 20 lost → exactly those NACKed and resent in pass 2", with parity
+/// repair: the NACK names one frame missing in block 0 and two in block 1, pass 2 carries exactly that
+/// many parity frames of each block, and the member rebuilds exactly frames 7, 19 and 20 from them.
 #[test]
-fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_resent_in_pass_2() {
+fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_rebuilt_from_pass_2() {
     let mut segment = new_segment(1);
     segment.drop_rule = Box::new(|to, bytes| to == 1 && pass_one_frame(bytes, &[7, 19, 20]));
     let bytes = bytes();
@@ -89,18 +98,28 @@ fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_resent_in_pass_2() {
 
     assert_eq!(segment.frames_sent_in(1), (0..FRAMES as u32).collect::<Vec<_>>());
     let reports = status_reports(&segment);
-    let range = |first, last| FrameRange { first, last };
+    let nack = |block, missing| BlockNack { block, missing };
     assert_eq!(
         reports[0].1.status,
         Status::Missing {
-            ranges: vec![range(7, 7), range(19, 20)],
+            blocks: vec![nack(0, 1), nack(1, 2)],
             count: 3
         }
     );
-    assert_eq!(segment.frames_sent_in(2), vec![7, 19, 20]);
+    assert!(segment.frames_sent_in(2).is_empty(), "no source frame is resent");
+    assert_eq!(segment.parity_sent_in(2), vec![(0, 0), (1, 0), (1, 1)]);
     assert_eq!(
         reports.last().map(|(_, report)| &report.status),
         Some(&Status::Complete)
+    );
+    // The member's spool was written 27 times in pass 1, then exactly at frames 7, 19 and 20.
+    let writes = segment.writes[1].lock().expect("writes").clone();
+    assert_eq!(writes.len(), FRAMES);
+    assert_eq!(writes[FRAMES - 3..], [7 * 100, 19 * 100, 20 * 100]);
+    let member = segment.members[1].as_ref().expect("member");
+    assert_eq!(
+        (member.counters().frames_received, member.counters().frames_rebuilt),
+        (27, 3)
     );
     let [session] = segment.sessions.as_slice() else {
         panic!("{:?}", segment.sessions);
@@ -111,9 +130,30 @@ fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_resent_in_pass_2() {
         (2, 33, 3)
     );
     assert_eq!(segment.spooled(1), Some(bytes));
-    // Loss rose (0 → 3 of 30 frames): multiplicative decrease for pass 2.
+    // The first pass's loss is the baseline: the rate stays.
     let rates: Vec<u64> = announcements(&segment).iter().map(|a| a.rate).collect();
-    assert_eq!(rates, vec![10_000, 7_500]);
+    assert_eq!(rates, vec![10_000, 10_000]);
+}
+
+/// Parity frames lost in turn: the next pass sends new parity numbers (a member holding some of the
+/// earlier ones can use both), and the rate falls since the loss rose (3 of 30 frames, then 3 of 3).
+#[test]
+fn lost_parity_frames_are_repaired_by_new_ones_and_rising_loss_lowers_the_rate() {
+    let mut segment = new_segment(1);
+    segment.drop_rule = Box::new(|to, bytes| {
+        let pass_two = mctp::decode_data(bytes).is_ok_and(|frame| frame.pass == 2);
+        to == 1 && (pass_one_frame(bytes, &[7, 19, 20]) || pass_two)
+    });
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(30));
+
+    assert_eq!(segment.parity_sent_in(2), vec![(0, 0), (1, 0), (1, 1)]);
+    assert_eq!(segment.parity_sent_in(3), vec![(0, 1), (1, 2), (1, 3)]);
+    assert_eq!(segment.spooled(1), Some(bytes));
+    assert_eq!(segment.sessions[0].outcome, Outcome::Complete);
+    let rates: Vec<u64> = announcements(&segment).iter().map(|a| a.rate).collect();
+    assert_eq!(rates, vec![10_000, 10_000, 7_500]);
 }
 
 #[test]
@@ -147,20 +187,21 @@ fn a_member_that_joins_late_is_filled_by_later_passes() {
     segment.run_for(Duration::from_secs(60));
 
     let late = segment.members[2].as_ref().expect("joined");
-    assert!(
-        late.counters().refused("unannounced") > 0,
-        "frames before the announcement dropped"
-    );
+    let dropped = late.counters().refused("unannounced");
+    assert!(dropped > 0, "frames before the announcement dropped");
     assert_eq!(segment.spooled(1), Some(bytes.clone()));
     assert_eq!(segment.spooled(2), Some(bytes));
     let [session] = segment.sessions.as_slice() else {
         panic!("{:?}", segment.sessions);
     };
     assert_eq!(session.outcome, Outcome::Complete);
-    // Pass 2's announcement brings it in, pass 3 resends what it NACKed (all it dropped).
+    // Pass 2's announcement brings it in, pass 3 repairs what it NACKed: it heard no frame of its
+    // session (those before it joined went elsewhere, those after were unannounced), so each block's
+    // whole size in parity frames, from which it rebuilds every frame.
     assert_eq!(session.passes, 3);
-    assert!(segment.frames_sent_in(2).is_empty());
-    assert_eq!(segment.frames_sent_in(3).len(), FRAMES);
+    assert!(segment.parity_sent_in(2).is_empty());
+    assert_eq!(segment.parity_sent_in(3).len(), FRAMES);
+    assert_eq!(late.counters().frames_rebuilt, FRAMES as u64);
 }
 
 #[test]
@@ -238,11 +279,17 @@ fn without_a_quorum_the_leader_gives_up_after_ten_passes_without_progress() {
         }
     );
     assert_eq!(session.passes, 11);
-    // Every repair pass resent every frame the three NACKed; the rate fell to and stayed at the floor
-    // or rose back by the additive step (loss stayed at 100%, not rising).
+    // Every repair pass sent as many new parity frames as the blocks' frames (the three lack them all);
+    // the rate stayed (the loss stayed at 100%, not rising).
     assert_eq!(session.frames_repaired, 10 * FRAMES as u64);
+    let pass_11 = segment.parity_sent_in(11);
+    assert_eq!(pass_11.len(), FRAMES);
+    assert!(
+        pass_11.contains(&(0, 9 * BLOCK as u16)),
+        "new parity numbers each pass: {pass_11:?}"
+    );
     let rates: Vec<u64> = announcements(&segment).iter().map(|a| a.rate).collect();
-    assert_eq!(rates[..3], [10_000, 7_500, 8_500]);
+    assert!(rates.iter().all(|rate| *rate == 10_000), "{rates:?}");
 }
 
 #[test]
@@ -403,6 +450,11 @@ impl Sink for NoSink {
     fn write_at(&mut self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
         Ok(())
     }
+
+    fn read_at(&mut self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(9);
+        Ok(())
+    }
 }
 
 impl Spool for NoSpool {
@@ -435,6 +487,8 @@ fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
         frames: 3,
         hash: "ab".repeat(32),
         pass: 1,
+        block_frames: 2,
+        parity_frames: 4,
     };
     let gl_message = |seq, body| MctpMessage {
         segment: "rack-1".into(),
@@ -454,25 +508,32 @@ fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
     member.handle(ReceiverInput::Datagram(&forged), now);
 
     let data = [9u8; 100];
-    let frame = |assignment, pass, sequence, data: &[u8]| {
+    let frame = |assignment, pass, id, data: &[u8]| {
         mctp::encode_data(&DataFrame {
             assignment,
             pass,
-            sequence,
+            id,
             data,
         })
     };
+    let source = FrameId::Source;
+    let parity = |block, index| FrameId::Parity { block, index };
     for bytes in [
-        frame(ASSIGNMENT + 1, 1, 0, &data),
-        frame(ASSIGNMENT, 0, 0, &data),
-        frame(ASSIGNMENT, 9, 0, &data),
-        frame(ASSIGNMENT, 1, 3, &data),
-        frame(ASSIGNMENT, 1, u32::MAX, &data),
-        frame(ASSIGNMENT, 1, 2, &data),
-        frame(ASSIGNMENT, 1, 0, &data[..99]),
+        frame(ASSIGNMENT + 1, 1, source(0), &data),
+        frame(ASSIGNMENT, 0, source(0), &data),
+        frame(ASSIGNMENT, 9, source(0), &data),
+        frame(ASSIGNMENT, 1, source(3), &data),
+        frame(ASSIGNMENT, 1, source(u32::MAX), &data),
+        frame(ASSIGNMENT, 1, source(2), &data),
+        frame(ASSIGNMENT, 1, source(0), &data[..99]),
+        // Two blocks (frames 0-1 and 2) of four parity frames each, 100 bytes long.
+        frame(ASSIGNMENT, 2, parity(2, 0), &data),
+        frame(ASSIGNMENT, 2, parity(u32::MAX, 0), &data),
+        frame(ASSIGNMENT, 2, parity(0, 4), &data),
+        frame(ASSIGNMENT, 2, parity(0, 0), &data[..50]),
         b"TMD".to_vec(),
-        frame(ASSIGNMENT, 1, 0, &data),
-        frame(ASSIGNMENT, 1, 0, &data),
+        frame(ASSIGNMENT, 1, source(0), &data),
+        frame(ASSIGNMENT, 1, source(0), &data),
     ] {
         assert!(member.handle(ReceiverInput::Datagram(&bytes), now).is_empty());
     }
@@ -482,14 +543,16 @@ fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
     assert_eq!(counters.refused("unannounced"), 1);
     assert_eq!(counters.refused("pass-outside"), 2);
     assert_eq!(counters.refused("sequence-outside"), 2);
-    assert_eq!(counters.refused("past-size"), 2);
+    assert_eq!(counters.refused("block-outside"), 2);
+    assert_eq!(counters.refused("parity-outside"), 1);
+    assert_eq!(counters.refused("past-size"), 3);
     assert_eq!(counters.refused("malformed"), 1);
     assert_eq!((counters.frames_received, counters.duplicates), (1, 1));
     assert_eq!(member.missing(ASSIGNMENT), Some(2));
 
-    // The last two frames complete it; the status report says so.
-    let tail = frame(ASSIGNMENT, 2, 2, &data[..50]);
-    member.handle(ReceiverInput::Datagram(&frame(ASSIGNMENT, 1, 1, &data)), now);
+    // Frame 1 and the last frame complete it; the status report says so.
+    let tail = frame(ASSIGNMENT, 2, source(2), &data[..50]);
+    member.handle(ReceiverInput::Datagram(&frame(ASSIGNMENT, 1, source(1), &data)), now);
     let out = member.handle(ReceiverInput::Datagram(&tail), now);
     assert!(matches!(
         out.as_slice(),

@@ -48,6 +48,7 @@ impl Spool for FileSpool {
     fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>> {
         let entry = Arc::new(self.spool.scratch(Some(announcement.size)));
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -92,6 +93,12 @@ impl Sink for FileSink {
         }
         self.buffer.extend_from_slice(data);
         Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // A block being rebuilt may lie partly in the buffer: write it out first (a rebuild is rare).
+        self.flush()?;
+        self.file.read_exact_at(buf, offset)
     }
 
     fn finish(&mut self) -> io::Result<()> {

@@ -34,7 +34,7 @@ pub struct MctpMetrics {
     pub passes: Counter,
     /// GL: data frames sent.
     pub frames_sent: Counter,
-    /// GL: data frames resent in repair passes.
+    /// GL: parity frames sent in repair passes.
     pub frames_repaired: Counter,
     /// GL: NACKed frames in status reports (summed over members).
     pub nacks: Counter,
@@ -52,6 +52,8 @@ pub struct MctpMetrics {
     pub received: Counter,
     /// Member: new frames received and written.
     pub frames_received: Counter,
+    /// Member: source frames rebuilt from parity frames.
+    pub frames_rebuilt: Counter,
     /// Member: frames received again.
     pub duplicates: Counter,
     /// Datagrams refused or ignored, by reason.
@@ -110,6 +112,12 @@ impl MctpMetrics {
             "New data frames received (member)",
             frames_received.clone(),
         );
+        let frames_rebuilt = Counter::default();
+        registry.register(
+            "frames_rebuilt",
+            "Source frames rebuilt from parity frames (member)",
+            frames_rebuilt.clone(),
+        );
         let duplicates = Counter::default();
         registry.register("duplicates", "Data frames received again (member)", duplicates.clone());
         let refused = Family::<ReasonLabel, Counter>::default();
@@ -128,6 +136,7 @@ impl MctpMetrics {
             last_goodput,
             received,
             frames_received,
+            frames_rebuilt,
             duplicates,
             refused,
         }
@@ -154,6 +163,8 @@ impl MctpMetrics {
         }
         self.frames_received
             .inc_by(delta(now.frames_received, last.frames_received));
+        self.frames_rebuilt
+            .inc_by(delta(now.frames_rebuilt, last.frames_rebuilt));
         self.duplicates.inc_by(delta(now.duplicates, last.duplicates));
         for (reason, count) in &now.refused {
             let added = delta(*count, last.refused(reason));

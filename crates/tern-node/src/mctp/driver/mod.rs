@@ -66,9 +66,10 @@ use sockets::{bind_data, bind_unicast, route_address};
 
 /// Commands queued to the driver.
 const COMMAND_QUEUE: usize = 64;
-/// NACK ranges a status report carries (and the GL accepts): a member that lost 2% of 100 MB of frames
-/// lists all of them in one report of about 50 KB (the wire default, 512, would take several passes).
-const MAX_NACK_RANGES: usize = 1800;
+/// Blocks a status report lists (and the GL accepts): a member that lost 5% of 100 MB of frames lists
+/// every block it lacks frames of (about 1,130 of 1,170 blocks of 64 frames) in one report of about 15 KB
+/// (the wire default, 512, would take several passes).
+const MAX_NACK_BLOCKS: usize = 2048;
 
 /// Settings of a node's data channel (`tern node --data-channel GROUP:PORT` and its companions).
 #[derive(Debug, Clone)]
@@ -87,7 +88,12 @@ pub struct DataChannelSettings {
     pub rate: u64,
     /// Data bytes per frame (header and data fit one Ethernet MTU by default).
     pub frame_size: u32,
-    /// How long the GL collects status reports after a pass.
+    /// Source frames per block (repair passes send a block's parity frames).
+    pub block_frames: u32,
+    /// Parity frames each block has.
+    pub parity_frames: u32,
+    /// The longest the GL collects status reports after a pass (it stops as soon as every member asked
+    /// answered).
     pub report_window: Duration,
     /// Longest random delay of a member's status report.
     pub report_delay: Duration,
@@ -124,6 +130,8 @@ impl DataChannelSettings {
             loopback: true,
             rate: 12_500_000,
             frame_size: mctp::DEFAULT_FRAME_DATA,
+            block_frames: mctp::DEFAULT_BLOCK_FRAMES,
+            parity_frames: mctp::DEFAULT_PARITY_FRAMES,
             report_window: Duration::from_millis(1500),
             report_delay: Duration::from_secs(1),
             stall_passes: 10,
@@ -336,7 +344,7 @@ pub fn start(
         address,
     };
     let limits = MctpLimits {
-        max_ranges: MAX_NACK_RANGES,
+        max_blocks: MAX_NACK_BLOCKS,
         ..MctpLimits::default()
     };
     let sender_config = SenderConfig {
@@ -346,6 +354,10 @@ pub fn start(
         frame_size: settings.frame_size,
         // Enough frames for a few milliseconds at the rate: the runtime's timers tick in milliseconds.
         burst_frames: burst_frames(settings.rate, settings.frame_size),
+        block_frames: settings.block_frames,
+        parity_frames: settings.parity_frames,
+        // Members answer within the shorter of the spread asked and their own bound.
+        status_spread: settings.report_delay,
         report_window: settings.report_window,
         stall_passes: settings.stall_passes,
         quorum: settings.quorum,
