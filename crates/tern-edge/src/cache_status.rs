@@ -1,5 +1,7 @@
 //! The `Cache-Status` response field (RFC 9211): what this cache did with each request.
 
+use std::fmt::Write as _;
+
 use http::HeaderValue;
 
 /// Why a request went forward (the `fwd` parameter).
@@ -106,7 +108,7 @@ impl CacheStatus {
             text.push_str(forward.token());
         }
         if let Some(status) = self.forward_status {
-            text.push_str(&format!("; fwd-status={status}"));
+            let _ = write!(text, "; fwd-status={status}");
         }
         if self.stored {
             text.push_str("; stored");
@@ -115,13 +117,14 @@ impl CacheStatus {
             text.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            text.push_str(&format!("; ttl={ttl}"));
+            let _ = write!(text, "; ttl={ttl}");
         }
         if let Some(detail) = self.detail {
             text.push_str("; detail=");
             text.push_str(detail);
         }
-        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("tern"))
+        // From the `String` itself: its buffer becomes the value's, without a copy.
+        HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("tern"))
     }
 }
 

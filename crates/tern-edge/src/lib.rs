@@ -6,9 +6,10 @@
 //! optional redirect from one to the other; `https://` origins verified against the system's roots or a
 //! private CA.
 //!
-//! The miss path goes through the [`upstream::Upstream`] seam: the origin, the cache community (seeds 002
-//! and 003), and the differential-caching client of seed 000 ([`delta`]: pages rebuilt from a base and a
-//! delta sent by `tern delta`, and `dcz` deltas for browsers that hold the base).
+//! The miss path goes through the [`upstream::Upstream`] seam: the origin (a plain-http one over the edge's own
+//! HTTP/1.1 client, [`h1_client`]), the cache community (seeds 002 and 003), and the differential-caching
+//! client of seed 000 ([`delta`]: pages rebuilt from a base and a delta sent by `tern delta`, and `dcz`
+//! deltas for browsers that hold the base).
 
 pub mod cache_status;
 pub mod catch_up;
@@ -17,6 +18,7 @@ pub mod coalesce;
 pub mod community;
 pub mod config;
 pub mod delta;
+pub mod h1_client;
 pub mod metrics;
 pub mod proxy;
 pub mod purge;

@@ -17,6 +17,7 @@ use tern_http::Body;
 use tern_http::tls::{ClientTls, error_reason};
 
 use crate::config::UpstreamConfig;
+use crate::h1_client::{ExchangeError, H1Client, H1Settings};
 
 /// Most header fields accepted in an origin's response head, on the retry of a head that was too wide
 /// for hyper's inline parse (100 fields).
@@ -76,8 +77,13 @@ pub trait Upstream: Send + Sync + 'static {
 }
 
 /// The origin server, over HTTP/1.1 (plain, or TLS for an `https://` origin) with pooled keep-alive
-/// connections.
+/// connections. GET and HEAD to a plain-http origin go through the edge's own client ([`H1Client`]);
+/// the rest, and any origin that answers with something that client does not decode, through hyper's.
 pub struct Origin {
+    /// The edge's own HTTP/1.1 client, for a plain-http origin.
+    h1: Option<H1Client>,
+    /// Set once the origin sent a response `h1` does not decode; its requests then all go to hyper.
+    h1_unsupported: AtomicBool,
     /// Parses response heads of up to 100 fields in place (hyper's inline capacity).
     client: Client<HttpsConnector<HttpConnector>, Body>,
     /// Parses response heads of up to [`ORIGIN_MAX_HEADER_FIELDS`]; used for a request whose response
@@ -132,7 +138,23 @@ impl Origin {
         let wide = builder
             .http1_max_headers(ORIGIN_MAX_HEADER_FIELDS)
             .build(tls.connector(connector));
+        let h1 = (scheme == http::uri::Scheme::HTTP).then(|| {
+            H1Client::new(H1Settings {
+                address: format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)),
+                connect_timeout: config.connect_timeout(),
+                idle_body_timeout: config.idle_body_timeout(),
+                max_idle: config.max_idle_connections,
+                idle_lifetime: Duration::from_secs(60),
+                limits: tern_http::h1::Limits {
+                    max_head_bytes: ORIGIN_MAX_HEAD_BYTES,
+                    max_fields: ORIGIN_MAX_HEADER_FIELDS,
+                    ..tern_http::h1::Limits::default()
+                },
+            })
+        });
         Ok(Origin {
+            h1,
+            h1_unsupported: AtomicBool::new(false),
             client,
             wide,
             sends_wide_heads: AtomicBool::new(false),
@@ -148,23 +170,38 @@ impl Upstream for Origin {
     fn fetch(&self, request: Request<Body>) -> UpstreamFuture<'_> {
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
+            if (self.config.rewrite_host || !parts.headers.contains_key(header::HOST))
+                && let Ok(host) = http::HeaderValue::from_str(self.authority.as_str())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
             let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let target = format!("{}{}", self.base_path, path_and_query);
+            let target: std::borrow::Cow<'_, str> = if self.base_path.is_empty() {
+                path_and_query.into()
+            } else {
+                format!("{}{}", self.base_path, path_and_query).into()
+            };
+            if let Some(h1) = &self.h1
+                && !self.h1_unsupported.load(Ordering::Relaxed)
+                && H1Client::handles(&parts.method, http_body::Body::is_end_stream(&body))
+            {
+                match self.fetch_h1(h1, &parts.method, &target, &parts.headers).await {
+                    Ok(response) => return Ok(response),
+                    Err(Some(error)) => return Err(error),
+                    // Not decoded by the edge's client: the same request goes through hyper's below.
+                    Err(None) => {}
+                }
+            }
             parts.uri = Uri::builder()
                 .scheme(self.scheme.clone())
                 .authority(self.authority.clone())
-                .path_and_query(target.as_str())
+                .path_and_query(target.as_ref())
                 .build()
                 .map_err(|e| UpstreamError::Failed {
                     upstream: self.describe(),
                     reason: e.to_string(),
                 })?;
             parts.version = http::Version::HTTP_11;
-            if (self.config.rewrite_host || !parts.headers.contains_key(header::HOST))
-                && let Ok(host) = http::HeaderValue::from_str(self.authority.as_str())
-            {
-                parts.headers.insert(header::HOST, host);
-            }
             let wide = self.sends_wide_heads.load(Ordering::Relaxed);
             // A request without a body can be sent again if its response head is too wide.
             let replay = (!wide
@@ -225,6 +262,45 @@ impl Upstream for Origin {
 
     fn describe(&self) -> String {
         format!("origin {}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+impl Origin {
+    /// A GET or HEAD through the edge's own client. `Err(None)`: the origin answered with something that
+    /// client does not decode, and the request is to go through hyper's instead (from now on, all are).
+    async fn fetch_h1(
+        &self,
+        h1: &H1Client,
+        method: &http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Body>, Option<UpstreamError>> {
+        let timeout = self.config.first_byte_timeout();
+        match tokio::time::timeout(timeout, h1.send(method, target, headers)).await {
+            Err(_) => Err(Some(UpstreamError::Timeout {
+                upstream: self.describe(),
+                timeout,
+            })),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(ExchangeError::Connect(reason))) => Err(Some(UpstreamError::Connect {
+                upstream: self.describe(),
+                reason,
+            })),
+            Ok(Err(ExchangeError::Failed(reason))) => Err(Some(UpstreamError::Failed {
+                upstream: self.describe(),
+                reason,
+            })),
+            Ok(Err(ExchangeError::Unsupported(why))) => {
+                self.h1_unsupported.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    upstream = %self.describe(),
+                    %why,
+                    "the origin sent a response the edge's HTTP/1.1 client does not decode; its requests go \
+                     through hyper's client from now on"
+                );
+                Err(None)
+            }
+        }
     }
 }
 

@@ -23,16 +23,22 @@ impl Default for KeyConfig {
 /// lowercased, default port dropped, percent-encodings upper-cased and unreserved characters decoded
 /// ([`tern_http::target::normalize`]), so every equivalent spelling of a URL names one object.
 pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyConfig) -> String {
-    let host = host.trim().to_ascii_lowercase();
+    let host = host.trim();
     let default_port = match scheme {
         "http" => ":80",
         "https" => ":443",
         _ => "",
     };
-    let host = host
-        .strip_suffix(default_port)
-        .filter(|_| !default_port.is_empty())
-        .unwrap_or(&host);
+    let host = match host.len().checked_sub(default_port.len()) {
+        Some(cut)
+            if !default_port.is_empty()
+                && host.is_char_boundary(cut)
+                && host[cut..].eq_ignore_ascii_case(default_port) =>
+        {
+            &host[..cut]
+        }
+        _ => host,
+    };
     let path = if config.include_query {
         path_and_query
     } else {
@@ -40,7 +46,13 @@ pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyC
     };
     let path = if path.is_empty() { "/" } else { path };
     let path = tern_http::target::normalize(path);
-    format!("{scheme}://{host}{path}")
+    // One allocation: scheme, lowercased host and path written into a string of the right size.
+    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path.len());
+    key.push_str(scheme);
+    key.push_str("://");
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str(&path);
+    key
 }
 
 /// The request field values a stored response was selected by: `(lowercased name, normalized value)` for

@@ -29,7 +29,8 @@ pub struct Meta {
     pub response_time: SystemTime,
     /// Body length in bytes.
     pub body_len: u64,
-    /// blake3 of the body, checked before a body read from disk is served after a restart.
+    /// blake3 of the body, checked before a body read from disk is served after a restart (zeros in a
+    /// memory-only store, which has no such body).
     pub body_hash: [u8; 32],
     /// Surrogate keys (`Surrogate-Key` response field) for tag purges.
     pub surrogate_keys: Vec<String>,

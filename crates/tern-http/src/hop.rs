@@ -6,20 +6,22 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Fields that apply to one connection only and must not be forwarded or stored.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop fields, including those named in `Connection`, and `Transfer-Encoding` (the
 /// framing is the receiving connection's business).
 pub fn strip(headers: &mut HeaderMap) {
+    // Names, not strings: removing by a `&str` parses it again on every call (a miss strips twice).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -30,10 +32,9 @@ pub fn strip(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Appends this hop to `Via` (RFC 9110 section 7.6.3), with the protocol version it received.
@@ -44,7 +45,7 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version, pseudonym: &s
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {pseudonym}")) {
+    if let Ok(value) = HeaderValue::try_from(format!("{protocol} {pseudonym}")) {
         headers.append(header::VIA, value);
     }
 }
@@ -56,7 +57,7 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
         _ => client.to_string(),
     };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    if let Ok(value) = HeaderValue::try_from(joined) {
         headers.insert(name, value);
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP semantics shared by tern's servers (RFC 9110): response bodies that stream with bounded memory,
-//! entity tags and conditional requests, byte ranges, hop-by-hop fields and HTTP dates.
+//! entity tags and conditional requests, byte ranges, hop-by-hop fields and HTTP dates; and the HTTP/1.1
+//! response framing ([`h1`]) the edge's own origin client reads responses with.
 //!
 //! Both the static origin (`tern serve`) and the edge cache (`tern edge`) answer conditional and range
 //! requests; the rules live here once so the two cannot disagree.
@@ -8,6 +9,7 @@ pub mod body;
 pub mod conditional;
 pub mod date;
 pub mod etag;
+pub mod h1;
 pub mod hop;
 pub mod list;
 pub mod range;

@@ -58,6 +58,8 @@ pub struct EdgeBench {
     pub miss_delay: Duration,
     /// Systems to compare.
     pub systems: Vec<System>,
+    /// Scenarios to run: `hit`, `miss-cpu`, `tls`, `miss` (all when empty).
+    pub scenarios: Vec<String>,
     /// The tern binary (default: next to this program, built if missing).
     pub tern: Option<PathBuf>,
     /// Where results go.
@@ -95,6 +97,16 @@ pub fn run(options: &EdgeBench) -> Result<Vec<Sample>> {
     let result = run_in(options, &tern, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// The scenario groups `--scenarios` names.
+pub const SCENARIOS: [&str; 4] = ["hit", "miss-cpu", "tls", "miss"];
+
+impl EdgeBench {
+    /// Whether the scenario group `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == name)
+    }
 }
 
 fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> {
@@ -140,24 +152,28 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
                 system,
             };
             let server = Server::start(system, tern, work, origin_addr, server_cpu)?;
-            for &size in &options.sizes {
-                warm(server.addr, size, options.objects)?;
-                let script = write_script(work, &format!("hit-{size}"), &hit_script(size, options.objects))?;
-                let scenario = format!("hit-{}", human(size));
-                samples.push(run.measure(
-                    &server,
-                    &format!("http://{}", server.addr),
-                    origin_addr,
-                    &script,
-                    scenario,
-                )?);
+            if options.runs("hit") {
+                for &size in &options.sizes {
+                    warm(server.addr, size, options.objects)?;
+                    let script = write_script(work, &format!("hit-{size}"), &hit_script(size, options.objects))?;
+                    let scenario = format!("hit-{}", human(size));
+                    samples.push(run.measure(
+                        &server,
+                        &format!("http://{}", server.addr),
+                        origin_addr,
+                        &script,
+                        scenario,
+                    )?);
+                }
             }
-            // Misses against the origin without injected latency: the edge's own miss path is the limit.
-            let script = write_script(work, "miss-cpu", &miss_script(round, system, "cpu"))?;
-            let url = format!("http://{}", server.addr);
-            samples.push(run.measure(&server, &url, origin_addr, &script, "miss-cpu".to_string())?);
+            if options.runs("miss-cpu") {
+                // Misses against the origin without injected latency: the edge's own miss path is the limit.
+                let script = write_script(work, "miss-cpu", &miss_script(round, system, "cpu"))?;
+                let url = format!("http://{}", server.addr);
+                samples.push(run.measure(&server, &url, origin_addr, &script, "miss-cpu".to_string())?);
+            }
             drop(server);
-            if matches!(system, System::Tern | System::Nginx) {
+            if options.runs("tls") && matches!(system, System::Tern | System::Nginx) {
                 samples.extend(tls_runs(
                     options,
                     tern,
@@ -170,10 +186,12 @@ fn run_in(options: &EdgeBench, tern: &Path, work: &Path) -> Result<Vec<Sample>> 
                     load_cpu,
                 )?);
             }
-            let server = Server::start(system, tern, work, slow_addr, server_cpu)?;
-            let script = write_script(work, "miss", &miss_script(round, system, "slow"))?;
-            let url = format!("http://{}", server.addr);
-            samples.push(run.measure(&server, &url, slow_addr, &script, "miss".to_string())?);
+            if options.runs("miss") {
+                let server = Server::start(system, tern, work, slow_addr, server_cpu)?;
+                let script = write_script(work, "miss", &miss_script(round, system, "slow"))?;
+                let url = format!("http://{}", server.addr);
+                samples.push(run.measure(&server, &url, slow_addr, &script, "miss".to_string())?);
+            }
         }
     }
     let summary = summarize(&samples, &options.systems);

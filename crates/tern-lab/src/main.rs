@@ -102,6 +102,9 @@ enum Bench {
         /// Systems to compare.
         #[arg(long, value_delimiter = ',', default_value = "tern,nginx,varnish")]
         systems: Vec<String>,
+        /// Scenarios to run: hit, miss-cpu, tls, miss (all by default).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
         /// The tern binary (default: the release build next to this program).
         #[arg(long)]
         tern: Option<PathBuf>,
@@ -231,9 +234,19 @@ fn run(command: Command) -> Result<()> {
             objects,
             miss_delay_ms,
             systems,
+            scenarios,
             tern,
             out,
         }) => {
+            if let Some(unknown) = scenarios
+                .iter()
+                .find(|name| !tern_lab::bench::SCENARIOS.contains(&name.as_str()))
+            {
+                bail!(
+                    "unknown scenario `{unknown}` ({})",
+                    tern_lab::bench::SCENARIOS.join(", ")
+                );
+            }
             let systems = systems
                 .iter()
                 .map(|name| match name.as_str() {
@@ -252,6 +265,7 @@ fn run(command: Command) -> Result<()> {
                 objects,
                 miss_delay: Duration::from_millis(miss_delay_ms),
                 systems,
+                scenarios,
                 tern,
                 out,
             };

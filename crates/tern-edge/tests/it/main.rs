@@ -3,6 +3,7 @@
 
 mod caching;
 mod faults;
+mod origin_link;
 mod purging;
 mod robustness;
 mod storage;
