@@ -498,6 +498,21 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `len` bytes of noise from `seed` (xorshift64*), so that a test's or benchmark's files do not compress
+/// and every seed gives other bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 fn path_str(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_string)

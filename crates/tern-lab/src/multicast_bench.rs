@@ -148,15 +148,8 @@ pub fn run(options: &MulticastBench) -> Result<()> {
 fn write_site(staging: &Path, mb: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(staging);
     std::fs::create_dir_all(staging.join("media"))?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
     for file in 0..mb.max(1) {
-        let mut bytes = Vec::with_capacity(1 << 20);
-        while bytes.len() < 1 << 20 {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
+        let bytes = crate::fleet::noise(0x9E37_79B9_7F4A_7C15 ^ file as u64, 1 << 20);
         std::fs::write(staging.join(format!("media/m{file}.bin")), &bytes)?;
     }
     Ok(())

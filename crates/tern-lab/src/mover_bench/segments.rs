@@ -276,12 +276,7 @@ impl Bench<'_> {
         self.next_change(&staging)?;
         settle();
         let nodes = self.nodes();
-        let leaders: BTreeMap<String, String> = self
-            .fleet
-            .segments()?
-            .into_iter()
-            .map(|(segment, view)| (segment, view.leader))
-            .collect();
+        let leaders = self.leaders()?;
         let before_live: Vec<Option<PathBuf>> = nodes.iter().map(|n| self.live_target(n)).collect();
         let before_rx = self.received(&nodes)?;
         let before_link = self.fleet.lab.link_bytes("mover")?.sent;
@@ -393,6 +388,16 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// Segment → its group leader, as the mover last heard.
+    fn leaders(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .fleet
+            .segments()?
+            .into_iter()
+            .map(|(segment, view)| (segment, view.leader))
+            .collect())
+    }
+
     /// One parallel rsync of a new change to every node; with `kill`, a leader host's rsync daemon is
     /// killed mid-run (and restarted, its copy repaired locally, afterwards).
     fn measure_rsync(&mut self, kill: bool) -> Result<Measured> {
@@ -400,12 +405,7 @@ impl Bench<'_> {
         self.next_change(&staging)?;
         settle();
         let nodes = self.nodes();
-        let leaders: BTreeMap<String, String> = self
-            .fleet
-            .segments()?
-            .into_iter()
-            .map(|(segment, view)| (segment, view.leader))
-            .collect();
+        let leaders = self.leaders()?;
         let victim = leaders.values().next().cloned().filter(|_| kill);
         let before_rx = self.received(&nodes)?;
         let before_link = self.fleet.lab.link_bytes("mover")?.sent;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tern_lab::fleet::{Fleet, FleetSpec, segment_of};
+use tern_lab::fleet::{Fleet, FleetSpec, noise, segment_of};
 use tern_node::election::Timers;
 use tern_node::registration::RegistrationTimers;
 
@@ -28,20 +28,6 @@ const SPEED: u32 = 10;
 const RATE_MBIT: u32 = 40;
 const SITE: &str = "www";
 const NODES: usize = 12;
-
-/// A small generator (xorshift64*), so the media files do not compress.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A site of 50 pages and `media` incompressible files of 1 MiB, all named by `version`.
 fn write_site(staging: &Path, version: u64, media: usize) {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use tern_lab::fleet::{Fleet, FleetSpec};
+use tern_lab::fleet::{Fleet, FleetSpec, noise};
 use tern_node::election::Timers;
 use tern_node::registration::RegistrationTimers;
 
@@ -30,20 +30,6 @@ const NODES: usize = 9;
 /// Files of 1 MiB in the site: a 50 MB assignment.
 const MEDIA_FILES: usize = 50;
 const DATA_CHANNEL: &str = "239.192.77.2:7300";
-
-/// A small generator (xorshift64*), so the media files do not compress.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn write_site(staging: &Path) {
     for page in 0..20 {
