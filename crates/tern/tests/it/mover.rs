@@ -286,7 +286,8 @@ fn haproxy_admin_state(api: std::net::SocketAddr, server: &str) -> Option<u32> {
 }
 
 /// With a real HAProxy in front of two nodes: the node that misses a publish is put in maintenance
-/// through the runtime API, and back in the rotation once it has caught up.
+/// through the runtime API, and back in the rotation once it has caught up; publishing an unchanged tree
+/// sends the load balancer nothing (issue 10).
 #[tokio::test]
 async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
     let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
@@ -391,6 +392,36 @@ async fn haproxy_takes_a_node_that_missed_a_publish_out_of_the_rotation() {
         std::fs::read(dir.path().join("node1/www/live/index.html")).expect("live"),
         b"second version"
     );
+
+    // An unchanged tree, twice: both succeed, and the load balancer is told nothing. The operator takes
+    // node0 out by hand first; a command from the mover (a "ready" for a node that committed) would put
+    // it back.
+    haproxy_command(api, "set server tern/node0 state maint");
+    assert_eq!(haproxy_admin_state(api, "node0").map(|s| s & 1), Some(1));
+    for attempt in 1..=2 {
+        let unchanged = publish();
+        assert!(
+            unchanged.status.success(),
+            "unchanged publish {attempt}: {}",
+            String::from_utf8_lossy(&unchanged.stderr)
+        );
+        assert_eq!(
+            haproxy_admin_state(api, "node0").map(|s| s & 1),
+            Some(1),
+            "unchanged publish {attempt} sent the load balancer a command"
+        );
+        assert_eq!(haproxy_admin_state(api, "node1"), Some(0));
+    }
+}
+
+/// Sends one command to HAProxy's runtime API and reads its answer to the end.
+fn haproxy_command(api: std::net::SocketAddr, command: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(api).expect("haproxy's runtime API");
+    stream.write_all(format!("{command}\n").as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
