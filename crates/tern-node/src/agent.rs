@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::interpreter::Interpreter;
+use crate::mctp::applied::AppliedLog;
 use crate::mctp::driver::DataChannel;
 use crate::spool::{FillError, Spool};
 
@@ -84,6 +85,9 @@ pub struct NodeAgent {
     /// The segment's multicast data channel (local distribution), with a cluster key and
     /// [`ForwardSettings::data_channel`].
     pub(crate) data_channel: Option<Arc<DataChannel>>,
+    /// The assignments applied, by signed hash: a copy that arrives again (by the data channel and the
+    /// unicast path both) is answered from it instead of being applied twice.
+    pub(crate) applied: AppliedLog,
     /// Stops the agent, and every transfer it leads.
     pub(crate) shutdown: CancellationToken,
 }
@@ -184,6 +188,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         spool,
         forwarder,
         data_channel,
+        applied: AppliedLog::default(),
         shutdown: shutdown.clone(),
     });
     let limits = ServerLimits::default();
@@ -384,7 +389,7 @@ impl Handler for NodeApi {
                 };
                 let worker = agent.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    crate::spool::apply(
+                    worker.applied.apply(
                         &worker.interpreter,
                         &entry,
                         &checked,
@@ -394,16 +399,18 @@ impl Handler for NodeApi {
                 })
                 .await;
                 match outcome {
-                    Ok(Ok((id, site, applied))) => {
-                        if applied.live.is_some() {
-                            tidy_after_switch(agent.clone(), site);
+                    Ok(Ok(application)) => {
+                        if application.again {
+                            debug!(%client, id = %application.id, "assignment applied already; answered from memory");
+                        } else if application.applied.live.is_some() {
+                            tidy_after_switch(agent.clone(), application.site);
                         }
                         json(
                             StatusCode::OK,
                             AssignmentAnswer {
-                                id,
-                                commands: applied.commands as u64,
-                                live: applied.live,
+                                id: application.id,
+                                commands: application.applied.commands as u64,
+                                live: application.applied.live,
                             },
                         )
                     }

@@ -98,6 +98,43 @@ impl Discovery {
         self.address
     }
 
+    /// While this node leads the segment, tells `agent`'s data channel where the registered members take
+    /// unicast report requests (their profiles' data channel addresses), as the registration changes.
+    pub fn share_members(&self, agent: &Arc<NodeAgent>) {
+        let Some(channel) = agent.data_channel.clone() else {
+            return;
+        };
+        let mut status = self.registration.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut shared = None;
+            loop {
+                let members: Vec<(String, SocketAddr)> = status
+                    .borrow_and_update()
+                    .members
+                    .iter()
+                    .filter_map(|member| {
+                        member
+                            .profile
+                            .data_channel
+                            .map(|address| (member.name.clone(), address))
+                    })
+                    .collect();
+                // The status changes with every counter: the channel hears only of new lists.
+                if shared.as_ref() != Some(&members) {
+                    channel.registered(members.clone()).await;
+                    shared = Some(members);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = status.changed() => if changed.is_err() {
+                        return;
+                    },
+                }
+            }
+        });
+    }
+
     /// Forces `leader` to lead, or (`None`) returns to the normal election, on this node.
     pub async fn override_leader(&self, leader: Option<String>) {
         let _ = self.overrides.send(leader).await;
@@ -221,6 +258,7 @@ pub fn agent_profile(agent: Arc<NodeAgent>, bound: SocketAddr) -> ProfileSource 
             cpus: registration.cpus,
             groups: registration.groups,
             versions: registration.versions,
+            data_channel: agent.data_channel.as_ref().map(|channel| channel.address()),
         }
     })
 }

@@ -678,20 +678,22 @@ async fn deliver(
         let (worker, entry, checked) = (agent.clone(), entry.clone(), checked.clone());
         tasks.spawn(async move {
             let applied = tokio::task::spawn_blocking(move || {
-                spool::apply(
-                    &worker.interpreter,
-                    &entry,
-                    &checked,
-                    worker.config.decryption_key.as_ref(),
-                    &worker.config.limits,
-                )
-                .map(|(_, site, applied)| (worker, site, applied))
+                worker
+                    .applied
+                    .apply(
+                        &worker.interpreter,
+                        &entry,
+                        &checked,
+                        worker.config.decryption_key.as_ref(),
+                        &worker.config.limits,
+                    )
+                    .map(|application| (worker, application))
             })
             .await;
             let result = match applied {
-                Ok(Ok((worker, site, applied))) => {
-                    if applied.live.is_some() {
-                        crate::agent::tidy_after_switch(worker, site);
+                Ok(Ok((worker, application))) => {
+                    if !application.again && application.applied.live.is_some() {
+                        crate::agent::tidy_after_switch(worker, application.site);
                     }
                     Ok(())
                 }

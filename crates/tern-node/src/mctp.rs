@@ -37,6 +37,8 @@
 //!   reported or those that did not, whichever is shorter; repeats up to a maximum, then outputs its
 //!   *assignment status report*.
 
+mod addresses;
+pub(crate) mod applied;
 pub mod bitmap;
 mod collect;
 mod config;
@@ -51,6 +53,7 @@ mod stamp;
 #[cfg(test)]
 mod tests;
 
+pub use addresses::MemberAddresses;
 pub use collect::{AssignmentStatusReport, CollectInput, Collector, addressees};
 pub use config::{CollectConfig, ConfigError, Identity, ReceiverConfig, SenderConfig};
 pub use receiver::{Receiver, ReceiverInput, Sink, Spool};
@@ -113,8 +116,8 @@ pub enum Event {
 pub enum Output {
     /// Multicast this datagram on the data channel.
     Multicast(Vec<u8>),
-    /// GL: unicast this datagram to the member of this name (the driver knows its address from
-    /// registration).
+    /// GL: unicast this datagram to the member of this name (the driver knows its address from its
+    /// messages or its registration: [`MemberAddresses`]).
     ToMember {
         /// The member's node name.
         member: String,

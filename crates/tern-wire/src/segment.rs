@@ -74,6 +74,10 @@ pub struct Profile {
     /// The version (sequence) of each site it holds live.
     #[serde(default)]
     pub versions: BTreeMap<String, u64>,
+    /// Where its data channel (local distribution, seed 004) takes the GL's unicast report requests, when
+    /// it has one: the GL reaches there a member it never heard on the data channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel: Option<SocketAddr>,
 }
 
 /// A member's registration (claim 38 (B); claim 42's identification: name and address are in the
@@ -533,6 +537,7 @@ mod tests {
             cpus: 8,
             groups: vec!["web".into()],
             versions: BTreeMap::from([("www".into(), 3)]),
+            data_channel: Some("10.0.0.2:40123".parse().expect("address")),
         }
     }
 

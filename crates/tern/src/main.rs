@@ -1535,6 +1535,7 @@ async fn start_discovery(
     let discovery = tern_node::discovery::start(config, profile)
         .await
         .with_context(|| format!("segment {segment}: discovery did not start"))?;
+    discovery.share_members(&node.role);
     info!(%segment, control_channel = %group, registration = %discovery.address(), "taking part in the segment's election");
     Ok(discovery)
 }

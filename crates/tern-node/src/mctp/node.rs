@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use super::driver::{DataChannel, FileSource, Received, assignment_id};
 use super::{Outcome, SessionStart};
 use crate::agent::NodeAgent;
-use crate::spool::{self, Entry};
+use crate::spool::Entry;
 
 /// Bytes read at a time when verifying a received spool file.
 const VERIFY_CHUNK: usize = 1 << 20;
@@ -77,14 +77,21 @@ fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> R
             checked.hash_hex()
         ));
     }
-    let (_, site, applied) = spool::apply(
+    // Once only: the unicast path may have brought (or be applying) the same assignment.
+    let application = agent.applied.apply(
         &agent.interpreter,
         entry,
         &checked,
         agent.config.decryption_key.as_ref(),
         &agent.config.limits,
     )?;
-    Ok((site, applied.live.is_some()))
+    if application.again {
+        debug!(site = %application.site, id = %application.id, "the data channel's copy was applied already");
+    }
+    Ok((
+        application.site,
+        !application.again && application.applied.live.is_some(),
+    ))
 }
 
 /// How a data channel session to a notification's members went.
@@ -92,14 +99,16 @@ fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> R
 pub(crate) struct Distributed {
     /// Members that reported applying it.
     pub(crate) applied: Vec<String>,
-    /// Members that completed the session but reported a failure, or whose report never came: the
-    /// unicast path tries them (those that did not complete the session went to `incomplete` already).
+    /// Members that reported a failure, or whose report never came (silent in the session, or complete
+    /// and then not heard): the unicast path tries them (those that said they did not complete the
+    /// session went to `incomplete` already).
     pub(crate) fallback: Vec<String>,
 }
 
 /// Sends the verified assignment in `entry` to `members` on the data channel. `incomplete` is called as
-/// soon as the session ended with the members that did not complete it (the unicast path can start on
-/// them while the others' apply reports come in); the result names those that applied it and the rest.
+/// soon as the session ended with the members that said they did not complete it (the unicast path can
+/// start on them while the others' apply reports come in); the result names those that applied it and
+/// the rest.
 pub(crate) async fn distribute(
     channel: &DataChannel,
     transfer: &str,
@@ -120,11 +129,12 @@ pub(crate) async fn distribute(
         source: Box::new(source),
     };
     let led = channel.lead(start).await?;
-    let left_out = match led.session.outcome {
-        Outcome::Complete => Vec::new(),
-        Outcome::Quorum { incomplete } | Outcome::GaveUp { incomplete } => incomplete,
-        Outcome::SourceFailed(reason) => return Err(format!("reading the spool file: {reason}")),
-    };
+    if let Outcome::SourceFailed(reason) = &led.session.outcome {
+        return Err(format!("reading the spool file: {reason}"));
+    }
+    // Members never heard in the session may hold it all the same (every report of theirs lost): report
+    // collection asks them by unicast before the unicast path sends them the assignment.
+    let left_out = led.session.left_out();
     if !left_out.is_empty() {
         channel.excuse(assignment, left_out.clone()).await;
     }
@@ -143,4 +153,135 @@ pub(crate) async fn distribute(
         applied: report.applied,
         fallback,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use ed25519_dalek::SigningKey;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use tern_wire::SecretKey;
+    use tern_wire::assignment::{AssignmentKind, Builder, Command, Limits};
+    use tern_wire::mctp;
+
+    use super::*;
+    use crate::mctp::driver::{self, DataChannelSettings};
+    use crate::spool::Spool;
+
+    const MARKER: &[u8] = b"PLAINTEXT-MARKER-OF-SEED-004";
+
+    fn settings(port: u16) -> DataChannelSettings {
+        let group = SocketAddrV4::new(Ipv4Addr::new(239, 192, 201, 9), port);
+        DataChannelSettings {
+            interface: Ipv4Addr::LOCALHOST,
+            rate: 40_000_000,
+            report_window: Duration::from_millis(400),
+            report_delay: Duration::from_millis(100),
+            apply_interval: Duration::from_millis(50),
+            apply_multiples: 2,
+            ..DataChannelSettings::new(group, "rack-1")
+        }
+    }
+
+    /// Every datagram on the data channel, as another host on the segment sees it.
+    fn sniff(group: SocketAddrV4, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+        socket.set_reuse_address(true).expect("reuse");
+        socket.bind(&SocketAddr::V4(group).into()).expect("bind");
+        socket
+            .join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+            .expect("join");
+        let socket: std::net::UdpSocket = socket.into();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buffer = vec![0u8; 65_536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(len) = socket.recv(&mut buffer) {
+                    seen.push(buffer[..len].to_vec());
+                }
+            }
+            seen
+        })
+    }
+
+    /// Distributes one assignment whose file holds [`MARKER`] (encrypted with `encryption`, or not) from a
+    /// GL's spool entry to one member, through [`distribute`] as the GL's delivery does; returns what
+    /// travelled on the data channel.
+    async fn distribute_marked(port: u16, encryption: Option<&[u8; 32]>) -> Vec<Vec<u8>> {
+        let signing = SigningKey::from_bytes(&[5; 32]);
+        let mut builder = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
+        let content = MARKER.repeat(4_000);
+        builder.create("secret.txt", None, &content, false).expect("create");
+        builder.command(Command::Commit);
+        let bytes = builder.finish(&signing, encryption).expect("finish");
+        assert_eq!(
+            bytes.windows(MARKER.len()).any(|window| window == MARKER),
+            encryption.is_none()
+        );
+
+        let area = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&area.path().join("gl-spool")).expect("spool");
+        let entry = spool.scratch(Some(bytes.len() as u64));
+        std::fs::write(entry.path(), &bytes).expect("spool file");
+        let mut check = StreamCheck::new(&Limits::default());
+        check.push(&bytes).expect("push");
+        let checked = check.finish(&signing.verifying_key()).expect("verifies");
+
+        let key = SecretKey::parse(&"4e".repeat(32)).expect("key");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sniffer = sniff(settings(port).group, stop.clone());
+        let (leader, _) = driver::start(settings(port), key.clone(), "gl", &area.path().join("gl")).expect("gl");
+        let (member, mut received) = driver::start(settings(port), key, "m1", &area.path().join("m1")).expect("member");
+        let member = Arc::new(member);
+        let applier = {
+            let member = member.clone();
+            let expected = bytes.clone();
+            tokio::spawn(async move {
+                let item = received.recv().await.expect("received");
+                let spooled = std::fs::read(item.entry.path()).expect("spooled");
+                assert!(spooled == expected, "the member spooled the GL's bytes");
+                member.applied(&item, Ok(())).await;
+            })
+        };
+        let distributed = tokio::time::timeout(
+            Duration::from_secs(60),
+            distribute(&leader, "www-000001", &entry, &checked, vec!["m1".into()], |_| {}),
+        )
+        .await
+        .expect("in time")
+        .expect("distributed");
+        assert_eq!(distributed.applied, vec!["m1".to_string()]);
+        applier.await.expect("applier");
+        stop.store(true, Ordering::Relaxed);
+        leader.stop();
+        member.stop();
+        sniffer.join().expect("sniffer")
+    }
+
+    /// Fault 3 of the MCTP review: with encryption configured, what the data channel carries is the
+    /// mover's encrypted assignment from the GL's spool (covered by its signature and its encryption), so
+    /// nothing travels there in clear that would not over unicast; without encryption the same sniffer
+    /// sees the marker (it would catch plaintext).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_encryption_no_plaintext_travels_on_the_data_channel() {
+        let port = 41_000 + (std::process::id() % 20_000) as u16;
+        let contains = |datagram: &Vec<u8>| datagram.windows(MARKER.len()).any(|window| window == MARKER);
+
+        let seen = distribute_marked(port, Some(&[9u8; 32])).await;
+        let frames = seen.iter().filter(|datagram| mctp::is_data_frame(datagram)).count();
+        assert!(frames > 50, "the sniffer saw the session ({frames} frames)");
+        assert!(!seen.iter().any(contains), "plaintext on the data channel");
+
+        let seen = distribute_marked(port.wrapping_add(1), None).await;
+        assert!(
+            seen.iter().any(contains),
+            "the sniffer sees plaintext when there is some"
+        );
+    }
 }

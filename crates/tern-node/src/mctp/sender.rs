@@ -107,6 +107,25 @@ pub struct SessionReport {
     pub frames_repaired: u64,
     /// The rate at the end, bytes per second.
     pub final_rate: u64,
+    /// The members not complete that the GL never heard in the session (no status report): they may
+    /// hold the assignment all the same, their reports lost, so report collection asks them (by their
+    /// registered address) before the unicast path catches them up.
+    pub silent: Vec<String>,
+}
+
+impl SessionReport {
+    /// The members the unicast path catches up at once: those not complete that the GL heard (they said
+    /// what they lack). The silent ones stay in report collection, which asks them first.
+    pub fn left_out(&self) -> Vec<String> {
+        match &self.outcome {
+            Outcome::Quorum { incomplete } | Outcome::GaveUp { incomplete } => incomplete
+                .iter()
+                .filter(|name| !self.silent.contains(name))
+                .cloned()
+                .collect(),
+            Outcome::Complete | Outcome::SourceFailed(_) => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -584,6 +603,12 @@ impl Sender {
         if let Outcome::GaveUp { incomplete } = &outcome {
             warn!(assignment, incomplete = incomplete.len(), "local distribution gave up");
         }
+        let silent = session
+            .members
+            .iter()
+            .filter(|(_, state)| state.status == MemberStatus::Unknown)
+            .map(|(name, _)| name.clone())
+            .collect();
         out.push(Output::Event(Event::SessionEnded(SessionReport {
             assignment,
             outcome,
@@ -591,6 +616,7 @@ impl Sender {
             frames_sent: session.frames_sent,
             frames_repaired: session.frames_repaired,
             final_rate: session.rate,
+            silent,
         })));
     }
 }

@@ -14,8 +14,8 @@ use tern_wire::frame;
 use tern_wire::mctp::{self, Announcement, FrameId, KIND_APPLY_REPORT};
 
 use super::{
-    AssignmentStatusReport, CollectConfig, CollectInput, Collector, Event, Identity, Output, Receiver, ReceiverConfig,
-    ReceiverInput, Sender, SenderConfig, SenderInput, SessionReport, SessionStart, Sink, Spool, Timer,
+    AssignmentStatusReport, CollectConfig, CollectInput, Collector, Event, Identity, MemberAddresses, Output, Receiver,
+    ReceiverConfig, ReceiverInput, Sender, SenderConfig, SenderInput, SessionReport, SessionStart, Sink, Spool, Timer,
 };
 use crate::election::rng::SplitMix64;
 
@@ -162,6 +162,13 @@ pub(super) struct Segment {
     pub(super) collections: Vec<AssignmentStatusReport>,
     /// When each apply report arrived at the GL.
     pub(super) apply_reports_at: Vec<Instant>,
+    /// Where the GL unicasts to members, as the driver keeps it: heard from their messages, and (unless a
+    /// test clears it) registered.
+    pub(super) addresses: MemberAddresses,
+    /// Unicast datagrams the GL could not send (no address known).
+    pub(super) unsent: usize,
+    /// Per member, the times it was told to apply the assignment (Received or AlreadyHeld).
+    pub(super) applies: Vec<u32>,
     expected: Vec<u8>,
 }
 
@@ -195,8 +202,14 @@ impl Segment {
             sessions: Vec::new(),
             collections: Vec::new(),
             apply_reports_at: Vec::new(),
+            addresses: MemberAddresses::new(1024),
+            unsent: 0,
+            applies: vec![0; members + 1],
             expected: Vec::new(),
         };
+        segment
+            .addresses
+            .registered((1..=members).map(|index| (member_name(index), identity(&member_name(index), index).address)));
         for index in 1..=members {
             segment.join(index);
         }
@@ -291,6 +304,11 @@ impl Segment {
                     from: usize::MAX,
                     bytes: bytes.clone(),
                 });
+                // The driver learns a member's address from its authenticated messages.
+                if let Ok(verified) = mctp::decode(&key(), &bytes, &Default::default()) {
+                    let message = verified.message();
+                    self.addresses.heard(&message.sender, message.address);
+                }
                 if frame::peek_kind(&bytes) == Some(KIND_APPLY_REPORT) {
                     self.apply_reports_at.push(now);
                     let out = self.collector.handle(CollectInput::Datagram(&bytes), now);
@@ -366,9 +384,13 @@ impl Segment {
                         from,
                         bytes: datagram.clone(),
                     });
-                    let to = (1..self.members.len()).find(|&index| member_name(index) == member);
-                    if let Some(to) = to {
-                        self.send(to, &datagram);
+                    // By address, as the driver sends it.
+                    let address = self.addresses.address(&member);
+                    let to = (1..self.members.len())
+                        .find(|&index| Some(identity(&member_name(index), index).address) == address);
+                    match to {
+                        Some(to) => self.send(to, &datagram),
+                        None => self.unsent += 1,
                     }
                 }
                 Output::ToLeader { datagram, .. } => self.send(0, &datagram),
@@ -390,17 +412,28 @@ impl Segment {
         match event {
             Event::SessionEnded(report) => {
                 let assignment = report.assignment;
+                // As the node does (`node::distribute`): the members that said they lack frames are
+                // caught up by the unicast path; the silent ones are asked for their reports.
+                let members = report.left_out();
                 self.sessions.push(report);
                 let out = self.collector.handle(CollectInput::SessionEnded { assignment }, now);
                 self.apply(0, out);
+                if !members.is_empty() {
+                    let out = self.collector.handle(CollectInput::Excuse { assignment, members }, now);
+                    self.apply(0, out);
+                }
             }
             Event::Received { assignment, .. } => {
+                self.applies[from] += 1;
                 // The driver verifies the signed hash; here, the bytes themselves.
                 let spooled = self.files[from].lock().expect("files").get(&assignment).cloned();
                 let applied = spooled.as_deref() == Some(&self.expected[..]);
                 self.applied(from, assignment, applied);
             }
-            Event::AlreadyHeld { assignment } => self.applied(from, assignment, true),
+            Event::AlreadyHeld { assignment } => {
+                self.applies[from] += 1;
+                self.applied(from, assignment, true);
+            }
             Event::CollectionEnded(report) => self.collections.push(report),
         }
     }

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::frame;
 use tern_wire::mctp::{
-    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, KIND_STATUS_REPORT, MctpBody,
-    MctpMessage, Status, StatusReport, Wanted,
+    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, KIND_APPLY_REPORT, KIND_STATUS_REPORT,
+    MctpBody, MctpMessage, Status, StatusReport, Wanted,
 };
 
 use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
@@ -410,6 +410,116 @@ fn excused_members_are_not_waited_for() {
     assert_eq!(report.requests, 0);
 }
 
+/// Whether `bytes` are a report of `kind` that member `index` sent.
+fn report_from(bytes: &[u8], kind: u8, index: usize) -> bool {
+    frame::peek_kind(bytes) == Some(kind)
+        && mctp::decode(&key(), bytes, &Default::default())
+            .is_ok_and(|verified| verified.message().sender == member_name(index))
+}
+
+/// Drops, on the way to the GL, member `index`'s first apply report and, with `statuses`, every status
+/// report of it.
+fn lose_reports_of(index: usize, statuses: bool) -> super::sim::DropRule {
+    let mut apply_reports = 0;
+    Box::new(move |to, bytes| {
+        if to != 0 {
+            return false;
+        }
+        if report_from(bytes, KIND_APPLY_REPORT, index) {
+            apply_reports += 1;
+            return apply_reports == 1;
+        }
+        statuses && report_from(bytes, KIND_STATUS_REPORT, index)
+    })
+}
+
+/// The apply report requests the GL sent by unicast, by member.
+fn unicast_requests_sent(segment: &Segment) -> Vec<Addressees> {
+    requests(
+        &segment
+            .log
+            .iter()
+            .filter(|logged| logged.from == 0)
+            .map(|logged| Output::ToMember {
+                member: String::new(),
+                datagram: logged.bytes.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_iter()
+    .map(|(_, addressees)| addressees)
+    .collect()
+}
+
+/// Fault 1 of the MCTP review, in the cores: a member's apply report is lost; the GL re-requests it by
+/// unicast, and the member answers from the result it stored — it is told to apply the assignment once,
+/// not again — and its report counts.
+#[test]
+fn a_lost_apply_report_is_answered_from_the_stored_result_without_applying_again() {
+    let mut segment = new_segment(3);
+    segment.drop_rule = lose_reports_of(2, false);
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(60));
+
+    assert_eq!(segment.sessions[0].outcome, Outcome::Complete);
+    let [collection] = segment.collections.as_slice() else {
+        panic!("one collection: {:?}", segment.collections);
+    };
+    assert_eq!(collection.applied, (1..=3).map(member_name).collect::<Vec<_>>());
+    assert_eq!(collection.requests, 1);
+    assert_eq!(
+        unicast_requests_sent(&segment),
+        vec![Addressees::Missing(vec![member_name(2)])]
+    );
+    assert_eq!(segment.applies, vec![0, 1, 1, 1], "each member applied it once");
+}
+
+/// Fault 2 of the MCTP review: a member whose every status report is lost was never heard by the GL (the
+/// session ends with a quorum naming it silent), and its first apply report is lost too. Report
+/// collection still asks it, by unicast to the address it registered with, and its report counts; before,
+/// the GL knew only addresses it had heard, and the request was never sent (the second half of the test:
+/// the same segment without registered addresses).
+#[test]
+fn a_member_never_heard_gets_the_unicast_report_request_at_its_registered_address() {
+    let mut segment = new_segment(3);
+    segment.drop_rule = lose_reports_of(2, true);
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(60));
+
+    let session = &segment.sessions[0];
+    assert_eq!(
+        session.outcome,
+        Outcome::Quorum {
+            incomplete: vec![member_name(2)]
+        }
+    );
+    assert_eq!(session.silent, vec![member_name(2)]);
+    assert!(
+        session.left_out().is_empty(),
+        "a silent member is asked before the unicast path"
+    );
+    assert_eq!(
+        unicast_requests_sent(&segment),
+        vec![Addressees::Missing(vec![member_name(2)])]
+    );
+    assert_eq!(segment.unsent, 0);
+    let [collection] = segment.collections.as_slice() else {
+        panic!("one collection: {:?}", segment.collections);
+    };
+    assert_eq!(collection.applied, (1..=3).map(member_name).collect::<Vec<_>>());
+    assert!(collection.missing.is_empty());
+    assert_eq!(segment.applies, vec![0, 1, 1, 1]);
+
+    // Without the registered addresses (the GL before): the request has nowhere to go.
+    let mut segment = new_segment(3);
+    segment.addresses.registered([]);
+    segment.drop_rule = lose_reports_of(2, true);
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(60));
+    assert!(segment.unsent > 0);
+    assert_eq!(segment.collections[0].missing, vec![member_name(2)]);
+}
+
 fn apply_report(index: usize, seq: u64) -> Vec<u8> {
     let message = MctpMessage {
         segment: "rack-1".into(),
@@ -561,4 +671,63 @@ fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
             ..
         })]
     ));
+}
+
+/// The cluster key's tag covers every field of a control message: an announcement whose size or rate was
+/// changed on the way (the same length, so only the tag can tell) is refused and counted, and the member
+/// follows no session.
+#[test]
+fn an_announcement_with_a_changed_size_or_rate_is_refused_and_counted() {
+    let now = Instant::now();
+    let mut member = Receiver::new(
+        ReceiverConfig::new(identity("m1", 1)),
+        Box::new(NoSpool),
+        1,
+        now,
+        UNIX_MS,
+    )
+    .expect("receiver");
+    let announcement = Announcement {
+        assignment: ASSIGNMENT,
+        size: 250,
+        name: "www-000042".into(),
+        rate: 1000,
+        frame_size: 100,
+        frames: 3,
+        hash: "ab".repeat(32),
+        pass: 1,
+        block_frames: 2,
+        parity_frames: 4,
+    };
+    let message = MctpMessage {
+        segment: "rack-1".into(),
+        sender: "gl".into(),
+        address: identity("gl", 0).address,
+        incarnation: 1,
+        seq: 1,
+        sent_at_ms: UNIX_MS,
+        body: MctpBody::Announcement(announcement),
+    };
+    let genuine = mctp::encode(&key(), &message);
+    let changed = |from: &str, to: &str| {
+        let at = genuine
+            .windows(from.len())
+            .position(|window| window == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} in the payload"));
+        let mut forged = genuine.clone();
+        forged[at..at + to.len()].copy_from_slice(to.as_bytes());
+        forged
+    };
+    for forged in [
+        changed("\"size\":250", "\"size\":299"),
+        changed("\"rate\":1000", "\"rate\":9000"),
+    ] {
+        assert_eq!(forged.len(), genuine.len());
+        assert!(member.handle(ReceiverInput::Datagram(&forged), now).is_empty());
+    }
+    assert_eq!(member.counters().refused("bad-tag"), 2);
+    assert!(member.sessions().is_empty());
+    // The genuine one is followed.
+    member.handle(ReceiverInput::Datagram(&genuine), now);
+    assert_eq!(member.sessions(), vec![ASSIGNMENT]);
 }

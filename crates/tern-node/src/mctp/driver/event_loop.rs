@@ -23,7 +23,8 @@ use super::metrics::MctpMetrics;
 use super::{Command, Received};
 use crate::election::rng::SplitMix64;
 use crate::mctp::{
-    CollectInput, Collector, Counters, Event, Output, Receiver, ReceiverInput, Sender, SenderInput, Timer,
+    CollectInput, Collector, Counters, Event, MemberAddresses, Output, Receiver, ReceiverInput, Sender, SenderInput,
+    Timer,
 };
 
 /// How often the driver looks for sessions to forget.
@@ -52,8 +53,8 @@ pub(super) struct Driver {
     pub(super) group: SocketAddr,
     pub(super) own: SocketAddr,
     pub(super) timers: BTreeMap<(Core, Timer), Instant>,
-    /// Members' unicast addresses, from their authenticated messages.
-    pub(super) members: HashMap<String, SocketAddr>,
+    /// Members' unicast addresses, from their authenticated messages or their registration.
+    pub(super) addresses: MemberAddresses,
     pub(super) leading: HashMap<u64, Leading>,
     pub(super) shared: SpoolShared,
     pub(super) received: mpsc::Sender<Received>,
@@ -161,6 +162,7 @@ impl Driver {
                 detail,
                 hash,
             } => self.on_applied(assignment, applied, detail, hash, now, outputs),
+            Command::Registered { members } => self.addresses.registered(members),
         }
     }
 
@@ -203,9 +205,12 @@ impl Driver {
             for (core, output) in batch {
                 match output {
                     Output::Multicast(datagram) => self.send(socket, &datagram, self.group, core).await,
-                    Output::ToMember { member, datagram } => match self.members.get(&member).copied() {
+                    Output::ToMember { member, datagram } => match self.addresses.address(&member) {
                         Some(address) => self.send(socket, &datagram, address, core).await,
-                        None => debug!(%member, "no address known for a member; its request is not sent"),
+                        None => {
+                            debug!(%member, "neither heard nor registered: its request is not sent");
+                            self.metrics.refuse("no-member-address", 1);
+                        }
                     },
                     Output::ToLeader { address, datagram } => self.send(socket, &datagram, address, core).await,
                     Output::SetTimer { timer, at } => {

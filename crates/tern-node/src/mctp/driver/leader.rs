@@ -141,9 +141,7 @@ impl Driver {
             } else {
                 message.address
             };
-            if self.members.len() < 4 * mctp::DEFAULT_MAX_MEMBERS || self.members.contains_key(&message.sender) {
-                self.members.insert(message.sender.clone(), address);
-            }
+            self.addresses.heard(&message.sender, address);
         }
     }
 

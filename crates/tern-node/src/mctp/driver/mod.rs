@@ -54,8 +54,8 @@ pub use leader::FileSource;
 pub use metrics::{HowLabel, MctpMetrics, ReasonLabel};
 
 use super::{
-    AssignmentStatusReport, CollectConfig, Collector, ConfigError, Identity, Receiver, ReceiverConfig, Sender,
-    SenderConfig, SessionReport, SessionStart,
+    AssignmentStatusReport, CollectConfig, Collector, ConfigError, Identity, MemberAddresses, Receiver, ReceiverConfig,
+    Sender, SenderConfig, SessionReport, SessionStart,
 };
 use crate::clock::{random_seed, unix_ms};
 use crate::election::rng::SplitMix64;
@@ -211,6 +211,9 @@ enum Command {
         detail: String,
         hash: String,
     },
+    Registered {
+        members: Vec<(String, SocketAddr)>,
+    },
 }
 
 /// A node's running data channel.
@@ -285,6 +288,12 @@ impl DataChannel {
             hash: received.hash.clone(),
         };
         let _ = self.commands.send(command).await;
+    }
+
+    /// The registered members and where their data channels take unicast requests (from the segment's
+    /// registration): the GL reaches a member it never heard on the data channel there.
+    pub async fn registered(&self, members: Vec<(String, SocketAddr)>) {
+        let _ = self.commands.send(Command::Registered { members }).await;
     }
 
     /// Stops the driver and waits for its thread.
@@ -403,7 +412,7 @@ pub fn start(
         group: SocketAddr::V4(settings.group),
         own: address,
         timers: BTreeMap::new(),
-        members: HashMap::new(),
+        addresses: MemberAddresses::new(4 * mctp::DEFAULT_MAX_MEMBERS),
         leading: HashMap::new(),
         shared,
         received: received_tx,
