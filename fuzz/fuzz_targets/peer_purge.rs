@@ -19,6 +19,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         // What a member relays is the resolved URLs; the receiving member resolves them again.
         let relayed = PurgeRequest {
             urls: resolved.urls.clone(),
+            urls_any_query: resolved.urls_any_query.clone(),
             prefixes: resolved.prefixes.clone(),
             keys: resolved.keys.clone(),
             soft: purge.soft,
@@ -27,6 +28,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let again = PurgeRequest::parse(&body).expect("a relayed purge parses");
         let twice = again.resolve(&config).expect("resolved keys resolve");
         assert_eq!(twice.urls, resolved.urls, "primary keys are a fixed point");
+        assert_eq!(twice.urls_any_query, resolved.urls_any_query);
         assert_eq!(twice.prefixes, resolved.prefixes);
     }
 });

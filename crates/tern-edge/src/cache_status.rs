@@ -1,6 +1,6 @@
 //! The `Cache-Status` response field (RFC 9211): what this cache did with each request.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 use http::HeaderValue;
 
@@ -98,33 +98,76 @@ impl CacheStatus {
 
     /// The field value, with this cache's name.
     pub fn to_header(&self, name: &str) -> HeaderValue {
-        let mut text = String::with_capacity(48);
-        text.push_str(name);
+        // Written on the stack and copied once into the value (one allocation per response); a name too
+        // long for the buffer takes the heap.
+        let mut line = Line::default();
+        if self.write_to(&mut line, name).is_ok() {
+            return HeaderValue::from_bytes(line.as_bytes()).unwrap_or(HeaderValue::from_static("tern"));
+        }
+        let mut text = String::new();
+        let _ = self.write_to(&mut text, name);
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("tern"))
+    }
+
+    fn write_to(&self, text: &mut impl Write, name: &str) -> std::fmt::Result {
+        text.write_str(name)?;
         if self.hit {
-            text.push_str("; hit");
+            text.write_str("; hit")?;
         }
         if let Some(forward) = self.forward {
-            text.push_str("; fwd=");
-            text.push_str(forward.token());
+            text.write_str("; fwd=")?;
+            text.write_str(forward.token())?;
         }
         if let Some(status) = self.forward_status {
-            let _ = write!(text, "; fwd-status={status}");
+            write!(text, "; fwd-status={status}")?;
         }
         if self.stored {
-            text.push_str("; stored");
+            text.write_str("; stored")?;
         }
         if self.collapsed {
-            text.push_str("; collapsed");
+            text.write_str("; collapsed")?;
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(text, "; ttl={ttl}");
+            write!(text, "; ttl={ttl}")?;
         }
         if let Some(detail) = self.detail {
-            text.push_str("; detail=");
-            text.push_str(detail);
+            text.write_str("; detail=")?;
+            text.write_str(detail)?;
         }
-        // From the `String` itself: its buffer becomes the value's, without a copy.
-        HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("tern"))
+        Ok(())
+    }
+}
+
+/// A field value being written on the stack; writing past its end fails.
+struct Line {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            bytes: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let end = self.len + text.len();
+        let Some(room) = self.bytes.get_mut(self.len..end) else {
+            return Err(std::fmt::Error);
+        };
+        room.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -139,5 +182,13 @@ mod tests {
             .with_forward_status(200)
             .with_stored(true);
         assert_eq!(miss.to_header("tern"), "tern; fwd=miss; fwd-status=200; stored");
+        let long = "edge-".repeat(40);
+        assert_eq!(
+            CacheStatus::hit(-3)
+                .with_detail("stale-while-revalidate")
+                .to_header(&long),
+            format!("{long}; hit; ttl=-3; detail=stale-while-revalidate"),
+            "a name longer than the stack buffer"
+        );
     }
 }

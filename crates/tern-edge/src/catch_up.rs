@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tern_http::tls::{ClientTls, HttpsClient};
 use tern_http_cache::{KeyConfig, PurgeCount, PurgeMode, Store, primary_key};
-use tern_wire::sync::{CatchUp, Incarnation};
+use tern_wire::sync::{CatchUp, ChangeKind, Incarnation};
 use tracing::{info, warn};
 
 const MARK_FILE: &str = "sync-seq";
@@ -164,9 +164,16 @@ pub async fn catch_up(
                     count += store.purge_prefix("", PurgeMode::Hard);
                 } else {
                     for change in &changes.changes {
-                        if let Some(key) = key_of(&change.url, key_config) {
-                            count += store.purge_url(&key, PurgeMode::Hard);
-                        }
+                        let Some(key) = key_of(&change.url, key_config) else {
+                            continue;
+                        };
+                        // As the cacher sends them: a file's change with any query, an operator's exact.
+                        count += match change.kind {
+                            ChangeKind::Purged => store.purge_url(&key, PurgeMode::Hard),
+                            ChangeKind::Created | ChangeKind::Modified | ChangeKind::Deleted => {
+                                store.purge_url_any_query(&key, PurgeMode::Hard)
+                            }
+                        };
                     }
                 }
                 mark.note_in(&changes.log, changes.through);

@@ -345,7 +345,7 @@ pub async fn start(
     let (listener, bound) = tern_admin::bind_listener(settings.peer_listen).await?;
     let socket = tern_community::driver::bind(bound).map_err(|error| config_error(error.to_string()))?;
     let name = settings.peer_name.clone().unwrap_or_else(|| bound.to_string());
-    let mut config = tern_community::CommunityConfig::new(&settings.name, name, bound, bound, key.clone());
+    let mut config = tern_community::CommunityConfig::new(&settings.name, name.clone(), bound, bound, key.clone());
     config.weight = settings.weight;
     config.priority = settings.master_priority;
     config.capacity = capacity;
@@ -366,7 +366,7 @@ pub async fn start(
     let community = Arc::new(EdgeCommunity {
         handle,
         metrics: CommunityMetrics::default(),
-        auth: PeerAuth::new(&key, &settings.name),
+        auth: PeerAuth::new(&key, &settings.name, &name),
         keep: keep::Keeping::new(settings.keep, Duration::from_secs(settings.hot_window_secs.max(1))),
         client,
         first_byte_timeout: Duration::from_millis(settings.peer_first_byte_timeout_ms.max(1)),

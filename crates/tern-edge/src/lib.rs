@@ -190,6 +190,7 @@ pub async fn start_with(
     let mut driver_guard = StopOnDrop(community.as_ref().map(|(community, _)| community.handle.clone()));
     let edge = Arc::new(Edge {
         name: config.name.clone(),
+        via: tern_http::hop::Via::new(&config.name),
         community: community.as_ref().map(|(community, _)| community.clone()),
         store,
         upstream,
@@ -349,7 +350,14 @@ impl Handler for EdgeHandler {
         {
             return permanent_redirect(&location);
         }
-        let mut request = request.map(|body| body.map_err(Into::into).boxed());
+        // A request without a body (most GETs) gets the empty body, which takes no allocation.
+        let mut request = request.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) {
+                tern_http::empty()
+            } else {
+                body.map_err(Into::into).boxed()
+            }
+        });
         community::strip_client_fields(request.headers_mut());
         self.edge.handle(request, client).await
     }

@@ -25,7 +25,7 @@ pub struct OutcomeLabel {
 /// Label: the kind of purge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PurgeLabel {
-    /// `url`, `prefix`, `key`.
+    /// `url`, `url-any-query`, `prefix`, `key`.
     pub kind: &'static str,
 }
 

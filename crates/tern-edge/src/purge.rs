@@ -2,9 +2,10 @@
 //!
 //! `PURGE <url>` on the main listener is allowed when the request carries the purge key's token
 //! (`Authorization: Bearer <token>` or `X-Purge-Key: <token>`) or comes from an allowed network; with neither
-//! configured every `PURGE` is refused. `Tern-Soft-Purge: 1` makes it soft. `POST /purge` on the admin
-//! listener takes `{"urls": [...], "prefixes": [...], "keys": [...], "soft": false}` and needs the token
-//! when a key is configured.
+//! configured every `PURGE` is refused. `Tern-Soft-Purge: 1` makes it soft; `Tern-Purge-Scope: any-query`
+//! extends it to the URL's path with any query (how the sync service purges a changed file). `POST /purge`
+//! on the admin listener takes `{"urls": [...], "urls_any_query": [...], "prefixes": [...], "keys": [...],
+//! "soft": false}` and needs the token when a key is configured.
 
 use std::net::IpAddr;
 
@@ -13,6 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tern_http_cache::{KeyConfig, PurgeMode, primary_key};
 use tern_wire::SecretKey;
+use tern_wire::sync::{PURGE_ANY_QUERY, PURGE_SCOPE_HEADER};
 
 /// Who may purge.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,14 @@ impl PurgeAuth {
     }
 }
 
+/// Whether a `PURGE` asks for the URL with any query (`Tern-Purge-Scope: any-query`).
+pub fn requested_any_query(headers: &HeaderMap) -> bool {
+    headers
+        .get(PURGE_SCOPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(PURGE_ANY_QUERY))
+}
+
 /// Whether a `PURGE` asks for a soft purge.
 pub fn requested_mode(headers: &HeaderMap) -> PurgeMode {
     let soft = headers
@@ -99,6 +109,10 @@ pub fn requested_mode(headers: &HeaderMap) -> PurgeMode {
 pub struct PurgeRequest {
     /// Absolute URLs (`http://host/path`); every variant of each is purged.
     pub urls: Vec<String>,
+    /// Absolute URLs purged with any query (`http://host/a` purges `/a`, `/a?v=1`, never `/ab`; a query
+    /// given here is ignored): the URLs of changed files.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls_any_query: Vec<String>,
     /// URL prefixes (`http://host/static/`).
     pub prefixes: Vec<String>,
     /// Surrogate keys.
@@ -112,6 +126,8 @@ pub struct PurgeRequest {
 pub struct ResolvedPurge {
     /// Primary keys of the URLs (every variant of each is purged).
     pub urls: Vec<String>,
+    /// Primary keys without a query, purged with any query.
+    pub urls_any_query: Vec<String>,
     /// Primary-key prefixes (queries kept).
     pub prefixes: Vec<String>,
     /// Surrogate keys, as given.
@@ -126,7 +142,7 @@ impl PurgeRequest {
     pub fn parse(body: &[u8]) -> Result<PurgeRequest, String> {
         serde_json::from_slice(body).map_err(|error| {
             format!(
-                "purge body must be JSON like {{\"urls\": [..], \"prefixes\": [..], \"keys\": [..], \"soft\": false}}: {error}"
+                "purge body must be JSON like {{\"urls\": [..], \"urls_any_query\": [..], \"prefixes\": [..], \"keys\": [..], \"soft\": false}}: {error}"
             )
         })
     }
@@ -143,6 +159,13 @@ impl PurgeRequest {
         for url in &self.urls {
             let key = normalize_url(url, key_config).ok_or_else(|| format!("`{url}` is not an absolute http URL"))?;
             resolved.urls.push(key);
+        }
+        // The query dropped in the key's own normalisation, so `/a` and `/%61` name one path.
+        let without_query = KeyConfig { include_query: false };
+        for url in &self.urls_any_query {
+            let key =
+                normalize_url(url, &without_query).ok_or_else(|| format!("`{url}` is not an absolute http URL"))?;
+            resolved.urls_any_query.push(key);
         }
         for prefix in &self.prefixes {
             let key = normalize_url(prefix, &KeyConfig { include_query: true })

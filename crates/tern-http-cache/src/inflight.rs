@@ -23,6 +23,9 @@ const MAX_REMEMBERED: usize = 65_536;
 pub enum PurgeScope {
     /// One primary key (every variant).
     Url(String),
+    /// One primary key without a query, and every primary key that is it with a query (`http://h/a`
+    /// and `http://h/a?v=1`, never `http://h/ab`): a changed file, whatever query its links carry.
+    UrlAnyQuery(String),
     /// Every primary key starting with this (the empty prefix is everything).
     Prefix(String),
     /// Every object tagged with this surrogate key.
@@ -35,10 +38,17 @@ impl PurgeScope {
     fn matches(&self, url: &str, keys: Option<&[String]>) -> bool {
         match self {
             PurgeScope::Url(purged) => purged == url,
+            PurgeScope::UrlAnyQuery(base) => is_with_any_query(url, base),
             PurgeScope::Prefix(prefix) => url.starts_with(prefix.as_str()),
             PurgeScope::SurrogateKey(key) => keys.is_none_or(|keys| keys.iter().any(|k| k == key)),
         }
     }
+}
+
+/// Whether primary key `url` is `base` (a primary key without a query) or `base` with a query.
+pub(crate) fn is_with_any_query(url: &str, base: &str) -> bool {
+    url.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
 }
 
 #[derive(Debug)]

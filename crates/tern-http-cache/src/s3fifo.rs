@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::key::ObjectId;
+use crate::key::{IdHashing, ObjectId};
 
 const MAX_FREQUENCY: u8 = 3;
 
@@ -32,8 +32,8 @@ pub struct S3Fifo {
     small: VecDeque<(ObjectId, u64)>,
     main: VecDeque<(ObjectId, u64)>,
     ghost: VecDeque<ObjectId>,
-    ghost_set: HashSet<ObjectId>,
-    members: HashMap<ObjectId, Member>,
+    ghost_set: HashSet<ObjectId, IdHashing>,
+    members: HashMap<ObjectId, Member, IdHashing>,
     small_bytes: u64,
     main_bytes: u64,
     next_generation: u64,
@@ -52,8 +52,8 @@ impl S3Fifo {
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
-            ghost_set: HashSet::new(),
-            members: HashMap::with_capacity(expected),
+            ghost_set: HashSet::default(),
+            members: HashMap::with_capacity_and_hasher(expected, IdHashing::default()),
             small_bytes: 0,
             main_bytes: 0,
             next_generation: 0,

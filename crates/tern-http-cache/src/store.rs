@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::disk::{self, DiskTier};
 use crate::inflight::{FetchTicket, PurgeLog, PurgeScope};
-use crate::key::{ObjectId, vary_matches};
+use crate::key::{IdHashing, ObjectId, vary_matches};
 use crate::meta::Meta;
 use crate::policy::{Freshness, PolicyConfig};
 use crate::s3fifo::S3Fifo;
@@ -192,12 +192,30 @@ struct Slot {
 }
 
 struct Catalog {
-    slots: HashMap<ObjectId, Slot>,
-    by_url: HashMap<String, Vec<ObjectId>>,
+    /// The stored variants of each URL (primary key), in place: a hit is one lookup in one large table
+    /// (with the indexes sized for every object the cache can hold, each table a hit visits costs cache and
+    /// TLB misses; an index of ids beside a table of slots made it two).
+    by_url: HashMap<Arc<str>, Vec<Slot>>,
+    /// The URL each object is stored under: the way from an id (an eviction, a surrogate key) to its slot.
+    url_of: HashMap<ObjectId, Arc<str>, IdHashing>,
     urls: BTreeSet<String>,
     by_tag: HashMap<String, HashSet<ObjectId>>,
     memory: S3Fifo,
     disk: Option<S3Fifo>,
+}
+
+impl Catalog {
+    /// The slot of object `id`.
+    fn slot(&self, id: &ObjectId) -> Option<&Slot> {
+        let url = self.url_of.get(id)?;
+        self.by_url.get(url)?.iter().find(|slot| slot.object.id == *id)
+    }
+
+    /// The slot of object `id`, to change.
+    fn slot_mut(&mut self, id: &ObjectId) -> Option<&mut Slot> {
+        let url = self.url_of.get(id)?;
+        self.by_url.get_mut(url)?.iter_mut().find(|slot| slot.object.id == *id)
+    }
 }
 
 /// Objects a cache of `capacity` bytes is sized for: one per 4 KiB, between 1,024 and 4 Mi.
@@ -260,8 +278,8 @@ impl Store {
         // Only the control bytes are touched up front; the rest is faulted in as objects arrive.
         let expected = expected_objects(config.capacity);
         let catalog = Catalog {
-            slots: HashMap::with_capacity(expected),
             by_url: HashMap::with_capacity(expected),
+            url_of: HashMap::with_capacity_and_hasher(expected, IdHashing::default()),
             urls: BTreeSet::new(),
             by_tag: HashMap::new(),
             memory: S3Fifo::with_expected(memory_capacity, expected_objects(memory_capacity)),
@@ -377,10 +395,10 @@ impl Store {
     /// Finds the most recent stored variant of `primary` that `request` selects, and records the hit.
     pub fn find(&self, primary: &str, request: &HeaderMap) -> Option<Hit> {
         let catalog = self.read();
-        let ids = catalog.by_url.get(primary)?;
-        let slot = ids
+        let slot = catalog
+            .by_url
+            .get(primary)?
             .iter()
-            .filter_map(|id| catalog.slots.get(id))
             .filter(|slot| vary_matches(&slot.object.meta.vary, request))
             .max_by_key(|slot| slot.object.meta.response_time)?;
         let id = slot.object.id;
@@ -402,12 +420,7 @@ impl Store {
         catalog
             .by_url
             .get(primary)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| catalog.slots.get(id))
-                    .map(|s| s.object.clone())
-                    .collect()
-            })
+            .map(|slots| slots.iter().map(|s| s.object.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -491,7 +504,7 @@ impl Store {
             return;
         }
         let mut catalog = self.write();
-        let Some(slot) = catalog.slots.get(&object.id) else {
+        let Some(slot) = catalog.slot(&object.id) else {
             return;
         };
         if !Arc::ptr_eq(&slot.object, object) || slot.memory.is_some() {
@@ -501,7 +514,7 @@ impl Store {
         let evicted = catalog.memory.insert(object.id, weight);
         self.drop_memory(&mut catalog, evicted);
         if catalog.memory.contains(&object.id)
-            && let Some(slot) = catalog.slots.get_mut(&object.id)
+            && let Some(slot) = catalog.slot_mut(&object.id)
         {
             slot.memory = Some(bytes);
         }
@@ -648,28 +661,27 @@ impl Store {
         for tag in &object.meta.surrogate_keys {
             catalog.by_tag.entry(tag.clone()).or_default().insert(id);
         }
-        let url = object.meta.url.clone();
-        // Most URLs have one variant; a default Vec would reserve four ids (128 bytes) on the first push.
+        let url: Arc<str> = match catalog.by_url.get_key_value(object.meta.url.as_str()) {
+            Some((url, _)) => url.clone(),
+            None => Arc::from(object.meta.url.as_str()),
+        };
+        catalog.url_of.insert(id, url.clone());
+        // Most URLs have one variant; a default Vec would reserve four slots on the first push.
         let variants = catalog
             .by_url
             .entry(url.clone())
             .or_insert_with(|| Vec::with_capacity(1));
         let first = variants.is_empty();
-        if !variants.contains(&id) {
-            variants.push(id);
-        }
+        // `unlink` above took out any slot of this id.
+        variants.push(Slot {
+            object,
+            memory: kept_memory,
+            on_disk,
+        });
         if first {
             self.tell_holdings(&url, true);
+            catalog.urls.insert(url.to_string());
         }
-        catalog.urls.insert(url);
-        catalog.slots.insert(
-            id,
-            Slot {
-                object,
-                memory: kept_memory,
-                on_disk,
-            },
-        );
         delete
     }
 
@@ -678,7 +690,7 @@ impl Store {
     fn drop_memory(&self, catalog: &mut Catalog, evicted: Vec<ObjectId>) {
         self.memory_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         for victim in evicted {
-            let keep = match catalog.slots.get_mut(&victim) {
+            let keep = match catalog.slot_mut(&victim) {
                 Some(slot) if slot.on_disk => {
                     slot.memory = None;
                     true
@@ -693,19 +705,18 @@ impl Store {
 
     /// Removes an object from the catalog and both policies. Returns its slot.
     fn unlink(&self, catalog: &mut Catalog, id: &ObjectId) -> Option<Slot> {
-        let slot = catalog.slots.remove(id)?;
+        let url = catalog.url_of.remove(id)?;
         catalog.memory.remove(id);
         if let Some(policy) = catalog.disk.as_mut() {
             policy.remove(id);
         }
-        let url = &slot.object.meta.url;
-        if let Some(variants) = catalog.by_url.get_mut(url) {
-            variants.retain(|v| v != id);
-            if variants.is_empty() {
-                catalog.by_url.remove(url);
-                catalog.urls.remove(url);
-                self.tell_holdings(url, false);
-            }
+        let variants = catalog.by_url.get_mut(&url)?;
+        let index = variants.iter().position(|slot| slot.object.id == *id)?;
+        let slot = variants.remove(index);
+        if variants.is_empty() {
+            catalog.by_url.remove(&url);
+            catalog.urls.remove(&*url);
+            self.tell_holdings(&url, false);
         }
         for tag in &slot.object.meta.surrogate_keys {
             if let Some(ids) = catalog.by_tag.get_mut(tag) {
@@ -722,10 +733,7 @@ impl Store {
     pub fn remove_if_current(&self, object: &Arc<CachedObject>) {
         let removed = {
             let mut catalog = self.write();
-            let current = catalog
-                .slots
-                .get(&object.id)
-                .is_some_and(|s| Arc::ptr_eq(&s.object, object));
+            let current = catalog.slot(&object.id).is_some_and(|s| Arc::ptr_eq(&s.object, object));
             if current {
                 self.unlink(&mut catalog, &object.id)
             } else {
@@ -795,8 +803,7 @@ impl Store {
         let on_disk = {
             let mut catalog = self.write();
             let slot = catalog
-                .slots
-                .get_mut(&object.id)
+                .slot_mut(&object.id)
                 .filter(|s| Arc::ptr_eq(&s.object, object))?;
             slot.object = updated.clone();
             let on_disk = slot.on_disk;
@@ -838,7 +845,33 @@ impl Store {
     /// Purges every variant of a URL.
     pub fn purge_url(&self, primary: &str, mode: PurgeMode) -> PurgeCount {
         self.purge(PurgeScope::Url(primary.to_string()), mode, |catalog| {
-            catalog.by_url.get(primary).cloned().unwrap_or_default()
+            catalog
+                .by_url
+                .get(primary)
+                .map(|slots| slots.iter().map(|slot| slot.object.id).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Purges every variant of `base` (a primary key without a query) and of `base` with any query:
+    /// `http://h/a` purges `http://h/a?v=1` too, never `http://h/ab`. A changed file is served under
+    /// every query its links carry (`?utm_source=`, `?v=`), each a cache object of its own. Its exact
+    /// entry and a range of the sorted URL index (`base?`), not a scan.
+    pub fn purge_url_any_query(&self, base: &str, mode: PurgeMode) -> PurgeCount {
+        let base = base.split_once('?').map_or(base, |(path, _)| path);
+        let with_query = format!("{base}?");
+        self.purge(PurgeScope::UrlAnyQuery(base.to_string()), mode, |catalog| {
+            let exact = catalog.by_url.get(base).into_iter().flatten();
+            let queried = catalog
+                .urls
+                .range::<str, _>((
+                    std::ops::Bound::Included(with_query.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|url| url.starts_with(&with_query))
+                .filter_map(|url| catalog.by_url.get(url.as_str()))
+                .flatten();
+            exact.chain(queried).map(|slot| slot.object.id).collect()
         })
     }
 
@@ -849,9 +882,9 @@ impl Store {
                 .urls
                 .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
                 .take_while(|url| url.starts_with(prefix))
-                .filter_map(|url| catalog.by_url.get(url))
+                .filter_map(|url| catalog.by_url.get(url.as_str()))
                 .flatten()
-                .copied()
+                .map(|slot| slot.object.id)
                 .collect()
         })
     }
@@ -888,7 +921,7 @@ impl Store {
                         }
                     }
                     PurgeMode::Soft => {
-                        if let Some(slot) = catalog.slots.get(&id) {
+                        if let Some(slot) = catalog.slot(&id) {
                             to_mark.push(slot.object.clone());
                         }
                     }
@@ -910,7 +943,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let catalog = self.read();
         StoreStats {
-            objects: catalog.slots.len(),
+            objects: catalog.url_of.len(),
             memory_bytes: catalog.memory.used(),
             memory_capacity: catalog.memory.capacity(),
             disk_bytes: catalog.disk.as_ref().map(S3Fifo::used).unwrap_or(0),
@@ -1210,6 +1243,44 @@ mod tests {
         assert_eq!(store.purge_key("b", PurgeMode::Hard).removed, 1);
         assert_eq!(store.purge_key("b", PurgeMode::Hard).removed, 0);
         assert_eq!(store.stats().objects, 1);
+    }
+
+    #[tokio::test]
+    async fn a_purge_of_a_url_with_any_query_spares_longer_paths() {
+        let store = Store::open(StoreConfig::default()).expect("open");
+        let purged = ["http://h/a", "http://h/a?utm=1", "http://h/a?v=2&x=%2F"];
+        let kept = [
+            "http://h/ab",
+            "http://h/ab?utm=1",
+            "http://h/a/",
+            "http://h/a/b?v=1",
+            "http://h/",
+        ];
+        for url in purged.iter().chain(&kept) {
+            put(&store, url, &[], b"x").await;
+        }
+        let (ticket, other_ticket) = (store.fetch_ticket(), store.fetch_ticket());
+        assert_eq!(store.purge_url_any_query("http://h/a", PurgeMode::Hard).removed, 3);
+        for url in purged {
+            assert!(store.find(url, &HeaderMap::new()).is_none(), "{url} purged");
+        }
+        for url in kept {
+            assert!(store.find(url, &HeaderMap::new()).is_some(), "{url} kept");
+        }
+        // A fill of a query variant in flight during the purge is not stored; another path's is.
+        assert!(
+            fill_after(&store, ticket, "http://h/a?late=1", &[], b"old")
+                .await
+                .is_err()
+        );
+        assert!(
+            fill_after(&store, other_ticket, "http://h/ab?late=1", &[], b"x")
+                .await
+                .is_ok()
+        );
+        // Given with a query, the base is its path.
+        put(&store, "http://h/a?utm=1", &[], b"x").await;
+        assert_eq!(store.purge_url_any_query("http://h/a?v=9", PurgeMode::Soft).marked, 1);
     }
 
     #[tokio::test]

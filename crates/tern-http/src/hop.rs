@@ -39,14 +39,54 @@ pub fn strip(headers: &mut HeaderMap) {
 
 /// Appends this hop to `Via` (RFC 9110 section 7.6.3), with the protocol version it received.
 pub fn append_via(headers: &mut HeaderMap, version: http::Version, pseudonym: &str) {
+    if let Some(value) = via_value(version, pseudonym) {
+        headers.append(header::VIA, value);
+    }
+}
+
+fn via_value(version: http::Version, pseudonym: &str) -> Option<HeaderValue> {
     let protocol = match version {
         http::Version::HTTP_10 => "1.0",
         http::Version::HTTP_2 => "2",
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    if let Ok(value) = HeaderValue::try_from(format!("{protocol} {pseudonym}")) {
-        headers.append(header::VIA, value);
+    HeaderValue::try_from(format!("{protocol} {pseudonym}")).ok()
+}
+
+/// One hop's `Via` values, made once for every protocol version instead of formatted per response (what
+/// [`append_via`] appends).
+#[derive(Debug, Clone)]
+pub struct Via {
+    /// For HTTP/1.0, 1.1, 2 and 3, in that order.
+    values: [Option<HeaderValue>; 4],
+}
+
+impl Via {
+    /// The values for `pseudonym`.
+    pub fn new(pseudonym: &str) -> Self {
+        let versions = [
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ];
+        Via {
+            values: versions.map(|version| via_value(version, pseudonym)),
+        }
+    }
+
+    /// Appends this hop to `Via`, with the protocol version it received.
+    pub fn append(&self, headers: &mut HeaderMap, version: http::Version) {
+        let index = match version {
+            http::Version::HTTP_10 => 0,
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        if let Some(value) = &self.values[index] {
+            headers.append(header::VIA, value.clone());
+        }
     }
 }
 
@@ -59,6 +99,32 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     };
     if let Ok(value) = HeaderValue::try_from(joined) {
         headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod via_tests {
+    use super::*;
+
+    #[test]
+    fn the_made_values_are_those_append_via_writes() {
+        let via = Via::new("edge-1");
+        for version in [
+            http::Version::HTTP_09,
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            let mut made = HeaderMap::new();
+            via.append(&mut made, version);
+            let mut formatted = HeaderMap::new();
+            append_via(&mut formatted, version, "edge-1");
+            assert_eq!(made, formatted, "{version:?}");
+        }
+        let mut headers = HeaderMap::new();
+        via.append(&mut headers, http::Version::HTTP_2);
+        assert_eq!(headers[header::VIA], "2 edge-1");
     }
 }
 

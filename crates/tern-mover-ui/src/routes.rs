@@ -619,7 +619,9 @@ impl MoverUi {
         if !plain_name(group) {
             return Err((
                 StatusCode::BAD_REQUEST,
-                format!("`{group}` is not a plain group name (letters, digits, `-`, `_`, `.`)"),
+                format!(
+                    "`{group}` is not a plain group name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`"
+                ),
             ));
         }
         let nodes: Vec<String> = form.all("node").map(str::to_string).collect();

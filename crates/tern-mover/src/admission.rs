@@ -1,6 +1,7 @@
 //! Admission of jobs (seed 004: the CCM takes jobs from the operator): a job is checked before it is put on
 //! the schedule — its description, its staging directory, its site, checkpoint and group, the key files of
-//! the caches it names — and one due now
+//! the caches it names, its numbers (due at most a year ahead, a period between a second and a year, retries
+//! and their delay bounded: [`crate::schedule::validate`]) — and one due now
 //! whose conflict policy is `refuse` is refused at once when it conflicts with a running job. A job that has
 //! not started can be cancelled.
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use tern_wire::mover::{JobKind, JobState, Target};
 
 use crate::ccm::{Mover, now_ms};
-use crate::schedule::{Claim, ConflictPolicy, Decision, JobSpec, decide, validate};
+use crate::schedule::{Claim, ConflictPolicy, Decision, JobSpec, decide, validate, validate_due};
 use crate::store_thread::StoreError;
 
 /// Why a job was not accepted, or not cancelled.
@@ -47,6 +48,7 @@ impl Mover {
     /// returns its id.
     pub async fn submit(&self, spec: JobSpec, due_ms: u64) -> Result<String, SubmitError> {
         validate(&spec).map_err(SubmitError::Invalid)?;
+        validate_due(due_ms, now_ms()).map_err(SubmitError::Invalid)?;
         if let Some(caches) = &spec.caches {
             crate::freshness::check_files(caches)
                 .await
@@ -57,7 +59,7 @@ impl Mover {
             && !Path::new(staging).is_dir()
         {
             return Err(SubmitError::Invalid(format!(
-                "staging directory {staging} does not exist (on the mover's machine)"
+                "staging directory {staging} is missing or not a directory (on the mover's machine)"
             )));
         }
         let asked = spec.clone();

@@ -170,8 +170,9 @@ impl Handler for Api {
             warn!(method = %request.method(), path = request.uri().path(), "api request without the api token refused");
             return error(
                 StatusCode::UNAUTHORIZED,
-                "this mover needs its API token: set TERN_API_TOKEN_FILE to the --api-token file \
-                 (Authorization: Bearer <token>)",
+                "this mover needs its API token and the request had none or another: send the token of its \
+                 --api-token key file (tern: set TERN_API_TOKEN_FILE to that file; others: Authorization: \
+                 Bearer <token>)",
             );
         }
         let (parts, body) = request.into_parts();
@@ -318,7 +319,9 @@ async fn override_leader(mover: &Mover, segment: &str, body: &[u8]) -> Answer {
     {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
-            format!("`{node}` is not a plain node name"),
+            format!(
+                "`{node}` is not a plain node name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`"
+            ),
         ));
     }
     match mover.override_leader(segment, request.leader, now_ms()).await {
@@ -342,7 +345,9 @@ async fn set_group(mover: &Mover, group: &str, body: &[u8]) -> Answer {
     if !plain_name(group) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
-            format!("`{group}` is not a plain group name"),
+            format!(
+                "`{group}` is not a plain group name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`"
+            ),
         ));
     }
     let request: GroupRequest = parse(body, "a group is {\"nodes\": [names]}")?;

@@ -23,7 +23,9 @@ use tern_wire::mover::NodeState;
 use tracing::warn;
 
 use crate::ccm::{Mover, now_ms};
+use crate::fault::{Fault, reached};
 use crate::metrics::MoverMetrics;
+use crate::store::Decision;
 use crate::store_thread::StoreThread;
 
 /// A node an assignment is sent to.
@@ -119,6 +121,11 @@ pub struct Shipment {
     /// ([`crate::freshness`]); `None` when readers see nothing new (a catch-up brings nodes to the
     /// version the others serve).
     pub changed: Option<crate::freshness::Changed>,
+    /// The job's decision to commit, recorded durably once the quorum is met and before the first commit
+    /// message leaves (write-ahead: a mover that stops after it finishes the job's record at its next
+    /// start, [`crate::recovery`]); `None` for a delivery that leaves the mover's record as it is (a
+    /// catch-up).
+    pub decision: Option<Decision>,
 }
 
 /// Why a shipment was not committed anywhere.
@@ -147,7 +154,9 @@ impl std::fmt::Display for NotCommitted {
                 targets,
             } => write!(
                 f,
-                "{prepared} of {targets} nodes prepared, {needed} needed; nothing was switched"
+                "{prepared} of {targets} nodes prepared, {needed} needed; nothing was switched: start the nodes \
+                 that did not prepare, forget a retired one (`tern nodes --remove NAME`), or lower the quorum \
+                 (`tern mover --quorum N`)"
             ),
         }
     }
@@ -219,7 +228,22 @@ where
             },
         };
     }
+    if let Some(decision) = &shipment.decision {
+        let decision = decision.clone();
+        if let Err(error) = store.call(move |store| store.decide(&decision, now_ms())).await {
+            return Delivered::Held {
+                prepared: prepared_names(),
+                reason: NotCommitted::NotReady(format!(
+                    "the decision to commit could not be recorded ({error}); check the mover's data disk"
+                )),
+            };
+        }
+        reached(Fault::AfterCommitDecision);
+    }
     let outcomes = transport.commit(job, shipment.commit.clone(), &prepared).await;
+    if shipment.decision.is_some() {
+        reached(Fault::AfterCommit);
+    }
     let switched = record(store, metrics, job, &prepared, outcomes, NodeState::Committed).await;
     let committed: Vec<String> = prepared
         .into_iter()
@@ -331,6 +355,7 @@ impl Mover {
             commit: Bytes::from(commit),
             version: Some(version),
             changed: None,
+            decision: None,
         })
     }
 
@@ -471,6 +496,7 @@ mod tests {
             commit: Bytes::from_static(b"commit"),
             version,
             changed: None,
+            decision: None,
         }
     }
 
@@ -537,7 +563,8 @@ mod tests {
         assert_eq!(prepared, ["n0", "n1"]);
         assert_eq!(
             reason.to_string(),
-            "2 of 3 nodes prepared, 3 needed; nothing was switched"
+            "2 of 3 nodes prepared, 3 needed; nothing was switched: start the nodes that did not prepare, \
+             forget a retired one (`tern nodes --remove NAME`), or lower the quorum (`tern mover --quorum N`)"
         );
         assert!(transport.sent("commit").is_empty(), "no commit was sent");
         assert_eq!(bench.versions().await, [1, 1, 1], "no version recorded");

@@ -470,13 +470,14 @@ impl Caches for SyncCaches {
             let chunks = list
                 .purge
                 .chunks(PURGE_CHUNK)
+                // The commit's URLs are files': purged with any query their links carry.
                 .map(|urls| PurgeRequest {
-                    urls: urls.to_vec(),
-                    prefetch: Vec::new(),
+                    files: urls.to_vec(),
+                    ..PurgeRequest::default()
                 })
                 .chain(list.prefetch.chunks(PURGE_CHUNK).map(|urls| PurgeRequest {
-                    urls: Vec::new(),
                     prefetch: urls.to_vec(),
+                    ..PurgeRequest::default()
                 }));
             let mut receipt: Option<(Incarnation, u64)> = None;
             for chunk in chunks {
@@ -598,7 +599,9 @@ async fn apply_to_edge(
         let mut purge = Request::builder()
             .method(Method::from_bytes(b"PURGE").map_err(|e| e.to_string())?)
             .uri(&target)
-            .header(http::header::HOST, &host);
+            .header(http::header::HOST, &host)
+            // A file's URL: every query variant of it is stale too.
+            .header(tern_wire::sync::PURGE_SCOPE_HEADER, tern_wire::sync::PURGE_ANY_QUERY);
         if let Some(token) = token {
             purge = purge.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }

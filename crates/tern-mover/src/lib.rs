@@ -14,6 +14,8 @@
 //!   over HTTP; [`segments`]: the segments and group leaders the CCM knows, and a job's targets grouped by
 //!   them; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core, and
 //!   [`tree_delivery`]: the transport that drives it over HTTP (the GLs' reports, the mover as the root);
+//! - [`recovery`]: at start, finishing the record of jobs that decided to commit before the mover stopped
+//!   (the write-ahead [`store::Decision`]); [`fault`]: fault points for tests of it;
 //! - [`registration`]: nodes registering, and catching up a node that is behind;
 //! - [`rotation`]: the load-balancer interface (HAProxy's runtime API): stale nodes out of the rotation;
 //! - [`freshness`]: after a commit, the changed paths as URLs to the site's caches (the sync service, or the
@@ -30,11 +32,13 @@ pub mod ccm;
 pub mod checkpoint;
 pub mod delivery;
 pub mod dispatch;
+pub mod fault;
 pub mod freshness;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
 pub mod publish;
+pub mod recovery;
 pub mod registration;
 pub mod remove;
 pub mod rollback;

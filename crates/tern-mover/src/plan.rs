@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use tern_tree::{Change, Entry, Kind, ROOT, Snapshot, TreeChange, changes, check_link, scan};
+use tern_tree::{Change, Entry, Kind, ROOT, Snapshot, TreeChange, changes, check_link_in, scan};
 use tern_wire::assignment::{AssignmentKind, Builder, Command, Metadata, Packer, Piece};
 
 use crate::rules::CompiledRules;
@@ -121,13 +121,15 @@ pub enum PlanError {
     /// Entries of the staging tree that cannot be carried, each with the reason.
     #[error(
         "staging tree {staging}: {} cannot be published: {}; exclude them with a rule (`tern publish --exclude PATTERN`) or change them",
-        count(problems.len()),
+        count(*total),
         problems.join("; ")
     )]
     Refused {
         /// The staging tree.
         staging: String,
-        /// One message per entry, naming it.
+        /// How many entries cannot be carried.
+        total: usize,
+        /// One message per entry, naming it, for the first [`REFUSALS_NAMED`] of them (then how many more).
         problems: Vec<String>,
     },
     /// The assignment could not be built.
@@ -200,8 +202,10 @@ pub fn plan_site(
         let path = path.display().to_string();
         move |source: std::io::Error| PlanError::Io { what, path, source }
     };
-    // The shadow snapshot was scanned from the previous staging tree: a file with the same size and
-    // modification time keeps its hash, so an unchanged tree is not read again.
+    // The shadow snapshot was scanned from the previous staging tree: a file of the same staging directory
+    // with the same size, mtime, change time and inode keeps its hash, so an unchanged tree is not read
+    // again; any other (a rewrite with the mtime set back, another staging directory, a record without
+    // stat data, an empty snapshot for a restore or a full copy) is read (`tern_tree::scan`).
     let scanned = scan(staging, shadow_snapshot).map_err(io("staging tree", staging))?;
     let (mut staged, mut unsupported) = (scanned.snapshot, scanned.unsupported);
     if let Some(rules) = rules {
@@ -296,7 +300,7 @@ fn refuse_what_cannot_be_carried(
     let mut problems: Vec<String> = unsupported.iter().map(ToString::to_string).collect();
     for (path, entry) in staged.iter().filter(|(_, entry)| entry.is_link()) {
         let target = entry.target.as_deref().unwrap_or_default();
-        if let Err(reason) = check_link(path, target) {
+        if let Err(reason) = check_link_in(path, target, staged) {
             problems.push(format!("symbolic link `{path}`: {reason}"));
         }
     }
@@ -310,6 +314,7 @@ fn refuse_what_cannot_be_carried(
     }
     Err(PlanError::Refused {
         staging: staging.display().to_string(),
+        total,
         problems,
     })
 }

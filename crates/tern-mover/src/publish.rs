@@ -1,8 +1,9 @@
 //! The publish and restore jobs (seed 004: a publication from the staging server, and a restore from a
 //! checkpoint). The staging tree is planned against the shadow copy ([`crate::plan`](mod@crate::plan)) into one assignment
 //! carrying the difference, which is delivered in two phases ([`crate::delivery::carry`]); meanwhile the
-//! next shadow copy is built, and once the nodes have committed it becomes the shadow copy, the assignment
-//! is kept as the new version's snapshot, and the site's record moves to the new version. What the commit
+//! next shadow copy is built and the assignment kept as the new version's snapshot; the decision to commit
+//! is recorded before any node is told to commit ([`crate::recovery`]), and once the nodes have committed
+//! the next shadow copy becomes the shadow copy and the site's record moves to the new version. What the commit
 //! changed goes to the site's caches, when it names any ([`crate::freshness`]).
 //!
 //! A publish of a tree that has not changed since the published version (a re-run of a deploy script) is
@@ -24,7 +25,7 @@ use crate::freshness::Changed;
 use crate::plan::{Plan, Publication, plan_site};
 use crate::rules::{CompiledRules, Rules};
 use crate::schedule::Target;
-use crate::store::{Site, SnapshotRecord};
+use crate::store::{DecidedSite, Decision, Finish, Site, SnapshotRecord};
 use crate::versions::unpack_tree;
 
 /// How a publish ended well.
@@ -48,7 +49,7 @@ impl Mover {
     pub(crate) async fn run_publish(self: &Arc<Self>, job: &Job, nodes: &[String]) -> Result<Published, String> {
         let staging = job.spec.staging.clone().ok_or("a publish needs a staging directory")?;
         if !Path::new(&staging).is_dir() {
-            return Err(format!("staging directory {staging} does not exist"));
+            return Err(format!("staging directory {staging} is missing or not a directory"));
         }
         let rules = job.spec.rules.clone();
         self.publish_tree(job, nodes, PathBuf::from(staging), false, rules)
@@ -116,13 +117,18 @@ impl Mover {
         let planned = {
             let lock = self.shadow_lock(name);
             let _guard = lock.lock().await;
-            let base = if restore { Snapshot::new() } else { published.clone() };
+            let mut base = if restore { Snapshot::new() } else { published.clone() };
+            if job.spec.checksum {
+                tern_tree::forget_stats(&mut base); // every staging file is read (`--checksum`)
+            }
             self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
                 .await?
         };
         if planned.stats.is_unchanged() && !restore && site.sequence != 0 {
-            // Rules or a target given with this publish still become the site's, as after a new version.
+            // Rules or a target given with this publish still become the site's, as after a new version;
+            // the snapshot, equal to the published one, has the scan's fresher stat data (files hashed again).
             site.rules = rules;
+            site.snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
             if let Some(target) = &job.spec.target
                 && !matches!(target, Target::Node(_))
             {
@@ -141,84 +147,79 @@ impl Mover {
             .call(move |store| store.reserve_version(&reserved, next))
             .await
             .map_err(|e| format!("cannot record version {next} before delivering it: {e}"))?;
+        // The site's record once the nodes commit, decided before the first commit leaves.
+        let mut decided = site.clone();
+        decided.previous = site.sequence;
+        decided.sequence = next;
+        decided.high = next;
+        decided.rules = rules;
+        if let Some(target) = &job.spec.target
+            && !matches!(target, Target::Node(_))
+        {
+            decided.target = target.clone();
+        }
+        decided.snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
+        // The snapshot of this version: with it, a node one or a few versions behind is brought up to date
+        // with the deltas rather than a full copy. A first publish has no base a node could hold (a node
+        // without the site gets a full copy), so it is not kept.
+        let keep_snapshot = !restore && site.sequence != 0;
+        let snapshot = keep_snapshot.then(|| SnapshotRecord {
+            sequence: next,
+            base: site.sequence,
+            job: id.to_string(),
+            bytes: assignment.len() as u64,
+            created_ms: now_ms(),
+        });
         let mut shipment = self.shipment(id, name, next, Some(assignment.clone()))?;
         shipment.changed = Some(Changed::between(&published, &planned.snapshot));
-        // The next shadow copy is built while the nodes prepare (only this job changes the site's version,
+        shipment.decision = Some(Decision {
+            job: id.to_string(),
+            site: name.to_string(),
+            version: next,
+            finish: Finish::Publish {
+                site: DecidedSite::of(&decided),
+                snapshot,
+            },
+        });
+        // The next shadow copy and the snapshot are written while the nodes prepare, so that the decision
+        // to commit finds everything its record needs on disk (only this job changes the site's version,
         // and the shadow copy it links from changes only under the lock, after the commit).
-        let (dir, snapshot, from) = (site_dir.clone(), planned.snapshot.clone(), staging.clone());
-        let staged = tokio::task::spawn_blocking(move || dir.stage_next(&from, &published, &snapshot));
+        let (dir, snapshot, from, bytes) = (
+            site_dir.clone(),
+            planned.snapshot.clone(),
+            staging.clone(),
+            assignment.clone(),
+        );
+        let staged = tokio::task::spawn_blocking(move || {
+            dir.stage_next(&from, &published, &snapshot)?;
+            if keep_snapshot && let Err(error) = dir.save_snapshot(next, &bytes) {
+                warn!(version = next, %error, "snapshot not kept");
+            }
+            Ok::<_, std::io::Error>(())
+        });
         let ready = async move {
             staged
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| format!("shadow copy: {e}")))
         };
-        let committed = match self
+        let delivered = self
             .ship(&shipment, nodes, Quorum::from_policy(self.config.quorum), ready)
-            .await
-        {
+            .await;
+        let committed = match delivered {
             Delivered::Committed { committed } => committed,
             Delivered::Held { reason, .. } => {
                 let dir = site_dir.clone();
-                let _ = tokio::task::spawn_blocking(move || dir.discard_next()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    dir.discard_next();
+                    dir.drop_snapshot(next);
+                })
+                .await;
                 return Err(reason.to_string());
             }
         };
-        {
-            let lock = self.shadow_lock(name);
-            let _guard = lock.lock().await;
-            let dir = site_dir.clone();
-            let superseded = tokio::task::spawn_blocking(move || dir.promote_next())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("shadow copy: {e}"))?;
-            // The tree before the previous one is deleted after the job, not before it reports.
-            tokio::task::spawn_blocking(move || {
-                for tree in superseded {
-                    let _ = remove_tree(&tree);
-                }
-            });
-            let mut kept = None;
-            if !restore && site.sequence != 0 {
-                // The snapshot of this version: with it, a node one or a few versions behind is brought up
-                // to date with the deltas rather than a full copy. A first publish has no base a node could
-                // hold (a node without the site gets a full copy), so it is not kept.
-                let (dir, bytes) = (site_dir.clone(), assignment.clone());
-                let saved = tokio::task::spawn_blocking(move || dir.save_snapshot(next, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match saved {
-                    Ok(()) => {
-                        kept = Some(SnapshotRecord {
-                            sequence: next,
-                            base: site.sequence,
-                            job: id.to_string(),
-                            bytes: assignment.len() as u64,
-                            created_ms: now_ms(),
-                        })
-                    }
-                    Err(error) => warn!(site = %name, version = next, %error, "snapshot not kept"),
-                }
-            }
-            site.previous = site.sequence;
-            site.sequence = next;
-            site.high = next;
-            site.rules = rules;
-            if let Some(target) = &job.spec.target
-                && !matches!(target, Target::Node(_))
-            {
-                site.target = target.clone();
-            }
-            site.snapshot = serde_json::to_string(&planned.snapshot).map_err(|e| e.to_string())?;
-            self.store
-                .call(move |store| {
-                    if let Some(record) = &kept {
-                        store.add_snapshot(&site.name, record)?;
-                    }
-                    store.save_site(&site)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+        if let Some(decision) = shipment.decision {
+            self.finish_decided(decision).await?;
         }
         if committed.len() < nodes.len() {
             return Err(format!(

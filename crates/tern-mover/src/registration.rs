@@ -42,7 +42,7 @@ pub const SYNCHRONISE_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     /// The node's name is not plain (HTTP 400).
-    #[error("`{0}` is not a plain node name")]
+    #[error("`{0}` is not a plain node name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`")]
     Name(String),
     /// The database failed (HTTP 500).
     #[error(transparent)]
@@ -62,6 +62,9 @@ pub struct HostedSite {
     pub current: u64,
     /// Whether a job for the site is due now (it brings the node along, or would conflict with a catch-up).
     pub busy: bool,
+    /// Whether the node holds a version above the published one that the mover never committed (its
+    /// record is behind the node: restored from a backup, or written by another mover).
+    pub unknown: bool,
 }
 
 /// Whether a registering node is sent a catch-up of a site.
@@ -77,6 +80,10 @@ pub enum CatchUp {
     Busy,
     /// It was sent one less than [`SYNCHRONISE_BACKOFF`] ago.
     BackingOff,
+    /// It holds a version the mover never committed, above the published one: it is not overwritten
+    /// without the operator asking (a `synchronise` or `replicate` job for it), as the mover's record may
+    /// be the one that is behind.
+    Unknown,
 }
 
 /// Decides, at `now_ms`, whether a node is sent a catch-up of `site`; `last_sent_ms` is when it was last
@@ -95,6 +102,9 @@ pub fn catch_up(site: &HostedSite, last_sent_ms: Option<u64>, now_ms: u64, backo
     let recently = last_sent_ms.is_some_and(|sent| now_ms >= sent && now_ms - sent < backoff_ms);
     if recently {
         return CatchUp::BackingOff;
+    }
+    if site.unknown {
+        return CatchUp::Unknown;
     }
     CatchUp::Due
 }
@@ -120,12 +130,15 @@ impl Mover {
             .store
             .call(move |store| {
                 store.register(&node, &versions)?;
+                store.confirm_commits(&node.name, &versions)?;
                 let pending = store.pending_jobs()?;
                 let mut hosted = Vec::new();
                 for site in store.sites()? {
+                    let held = store.node_version(&node.name, &site.name)?;
                     hosted.push(HostedSite {
                         hosts: store.target_nodes(&site.target)?.contains(&node.name),
-                        held: store.node_version(&node.name, &site.name)?,
+                        held,
+                        unknown: held > site.sequence && !store.committed_version(&site.name, held)?,
                         current: site.sequence,
                         busy: pending
                             .iter()
@@ -140,8 +153,21 @@ impl Mover {
         for site in hosted {
             let key = (name.clone(), site.site.clone());
             let last_sent = self.sent_catch_ups().get(&key).copied();
-            if catch_up(&site, last_sent, now_ms, SYNCHRONISE_BACKOFF) != CatchUp::Due {
-                continue;
+            match catch_up(&site, last_sent, now_ms, SYNCHRONISE_BACKOFF) {
+                CatchUp::Due => {}
+                CatchUp::Unknown => {
+                    // Noted once per back-off, like a catch-up, not on every registration.
+                    self.sent_catch_ups().insert(key, now_ms);
+                    warn!(node = %name, site = %site.site, held = site.held, version = site.current,
+                          "node holds a version this mover never committed; not overwritten");
+                    let message = format!(
+                        "node {name} holds version {} of {}, above the published version {} and never committed by this mover: it is left as it is; submit a synchronise or replicate job for it to replace it with version {}",
+                        site.held, site.site, site.current, site.current
+                    );
+                    let _ = self.store.call(move |store| store.note(None, &message, now_ms)).await;
+                    continue;
+                }
+                _ => continue,
             }
             let mut spec = JobSpec::new(JobKind::Synchronise, &site.site);
             spec.target = Some(Target::Node(name.clone()));
@@ -513,6 +539,7 @@ mod tests {
             held,
             current,
             busy,
+            unknown: false,
         }
     }
 
@@ -539,6 +566,15 @@ mod tests {
             CatchUp::Current
         );
         assert_eq!(catch_up(&site(true, 2, 3, true), None, 1_000, backoff), CatchUp::Busy);
+        let unknown = HostedSite {
+            unknown: true,
+            ..site(true, 7, 6, false)
+        };
+        assert_eq!(
+            catch_up(&unknown, None, 1_000, backoff),
+            CatchUp::Unknown,
+            "a version the mover never committed is not overwritten by itself"
+        );
         let behind = site(true, 2, 3, false);
         assert_eq!(catch_up(&behind, Some(1_000), 60_999, backoff), CatchUp::BackingOff);
         assert_eq!(catch_up(&behind, Some(1_000), 61_000, backoff), CatchUp::Due);

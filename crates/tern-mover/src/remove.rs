@@ -1,6 +1,8 @@
 //! The remove job (seed 004): the site is taken off its nodes, and once every node has removed it the mover
 //! stops hosting it. The mover's copies are kept aside under `DATA/removed/` for the operator to delete.
-//! Everything the site served is purged from its caches ([`crate::freshness`]).
+//! Everything the site served is purged from its caches ([`crate::freshness`]). The decision to remove is
+//! recorded before the remove leaves ([`crate::recovery`]): a mover that stops after it forgets the site at
+//! its next start, rather than sending the site back to nodes that removed it.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use tern_wire::assignment::{AssignmentKind, Builder};
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum, Shipment, always_ready};
 use crate::freshness::Changed;
+use crate::store::{Decision, Finish};
 
 impl Mover {
     /// Removes site `name` from `nodes` and stops hosting it.
@@ -38,37 +41,30 @@ impl Mover {
             commit: Bytes::from(assignment),
             version: None,
             changed: Some(Changed::all_gone(&served)),
+            decision: Some(Decision {
+                job: job.to_string(),
+                site: name.to_string(),
+                version: 0,
+                finish: Finish::Remove,
+            }),
         };
         let done = match self.ship(&shipment, nodes, Quorum::All, always_ready()).await {
             Delivered::Committed { committed } => committed,
             Delivered::Held { reason, .. } => return Err(reason.to_string()),
         };
         if done.len() < nodes.len() {
+            let abandoned = job.to_string();
+            let _ = self.store.call(move |store| store.abandon_decision(&abandoned)).await;
             return Err(format!(
                 "removed from {} of {} nodes; the site is still hosted (run the remove again)",
                 done.len(),
                 nodes.len()
             ));
         }
-        let lock = self.shadow_lock(name);
-        let _guard = lock.lock().await;
-        let (removed, site_dir, now) = (self.config.data.join("removed"), self.site_dir(name), now_ms());
-        let aside = removed.join(format!("{name}-{now}"));
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&removed)?;
-            if site_dir.path().exists() {
-                std::fs::rename(site_dir.path(), aside)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let forgotten = name.to_string();
-        self.store
-            .call(move |store| store.forget_site(&forgotten, now))
-            .await
-            .map_err(|e| e.to_string())?;
+        // The mover's copies go aside under `DATA/removed/` and the site is forgotten.
+        if let Some(decision) = shipment.decision {
+            self.finish_decided(decision).await?;
+        }
         Ok(())
     }
 }

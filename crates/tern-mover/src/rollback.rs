@@ -1,6 +1,9 @@
 //! The rollback job (seed 004: commit and rollback; the nodes' temp/live/backup switch-over): every node
 //! switches back to the version it kept as `backup`, and the mover swaps its shadow copy with the previous
-//! tree. The versions swap too, so rolling back twice returns to where it started. What the switch changed
+//! tree. A rollback goes to the version before the live one in the publish history (7 → 6); a second one
+//! would go to the version before that (5), which neither the nodes nor the mover keep, so it is refused
+//! with what to do instead — it never switches forward again to the version just rolled back from (that
+//! is a publish or a restore of it). What the switch changed
 //! for readers — every path that differs between the two trees — goes to the site's caches
 //! ([`crate::freshness`]).
 
@@ -13,6 +16,7 @@ use tern_wire::assignment::{AssignmentKind, Builder, Command};
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum, Shipment, always_ready};
 use crate::freshness::Changed;
+use crate::store::{DecidedSite, Decision, Finish, Site};
 
 impl Mover {
     /// Rolls site `name` back to its previous version on `nodes`.
@@ -23,12 +27,15 @@ impl Mover {
             .call(move |store| store.site(&wanted))
             .await
             .map_err(|e| e.to_string())?;
-        let Some(mut site) = site else {
+        let Some(site) = site else {
             return Err(format!("site {name} was never published"));
         };
         let site_dir = self.site_dir(name);
         if site.previous == 0 || !site_dir.previous().is_dir() {
             return Err(format!("site {name} has no previous version to roll back to"));
+        }
+        if site.previous > site.sequence {
+            return Err(self.rolled_back_already(&site).await);
         }
         // The tree switched back to, for the caches (what differs from the published tree is purged) and as
         // the site's snapshot afterwards; hashes of files unchanged since the published tree are reused.
@@ -39,11 +46,21 @@ impl Mover {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("the previous version on the mover: {e}"))?
             .snapshot;
+        let dir = site_dir.clone();
+        let inode = tokio::task::spawn_blocking(move || dir.previous_inode())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the previous version on the mover: {e}"))?;
         let mut builder = Builder::new(job, AssignmentKind::Rollback, name, site.previous, None, now_ms());
         builder.command(Command::Rollback);
         let assignment = builder
             .finish(&self.signing, self.config.policy.encryption.as_ref())
             .map_err(|e| e.to_string())?;
+        // The versions swap: the one rolled back from stays `previous`, above the live one, which is how a
+        // second rollback knows it would go forward again.
+        let mut decided = site.clone();
+        (decided.sequence, decided.previous) = (site.previous, site.sequence);
+        decided.snapshot = serde_json::to_string(&previous).map_err(|e| e.to_string())?;
         // The rollback assignment switches by itself: no phase one.
         let shipment = Shipment {
             job: job.to_string(),
@@ -52,27 +69,23 @@ impl Mover {
             commit: Bytes::from(assignment),
             version: Some(site.previous),
             changed: Some(Changed::between(&published, &previous)),
+            decision: Some(Decision {
+                job: job.to_string(),
+                site: name.to_string(),
+                version: site.previous,
+                finish: Finish::Rollback {
+                    site: DecidedSite::of(&decided),
+                    inode,
+                },
+            }),
         };
         let done = match self.ship(&shipment, nodes, Quorum::All, always_ready()).await {
             Delivered::Committed { committed } => committed,
             Delivered::Held { reason, .. } => return Err(reason.to_string()),
         };
-        let lock = self.shadow_lock(name);
-        let _guard = lock.lock().await;
-        let dir = site_dir.clone();
-        let snapshot = tokio::task::spawn_blocking(move || -> std::io::Result<Snapshot> {
-            dir.swap_previous()?;
-            Ok(tern_tree::scan(&dir.shadow(), &previous)?.snapshot)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        (site.sequence, site.previous) = (site.previous, site.sequence);
-        site.snapshot = serde_json::to_string(&snapshot).map_err(|e| e.to_string())?;
-        self.store
-            .call(move |store| store.save_site(&site))
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Some(decision) = shipment.decision {
+            self.finish_decided(decision).await?;
+        }
         if done.len() < nodes.len() {
             return Err(format!(
                 "rolled back on {} of {} nodes; the others are brought to the rolled-back version when they register again",
@@ -81,5 +94,38 @@ impl Mover {
             ));
         }
         Ok(())
+    }
+
+    /// Why a site whose live version is itself a rollback is not rolled back again: the version before
+    /// it is not kept (only the one just rolled back from is); names a checkpoint that holds it, if any.
+    async fn rolled_back_already(&self, site: &Site) -> String {
+        let (name, live) = (site.name.clone(), site.sequence);
+        let found = self
+            .store
+            .call(move |store| {
+                let before = store
+                    .snapshots(&name)?
+                    .into_iter()
+                    .find(|s| s.sequence == live)
+                    .map(|s| s.base);
+                let checkpoint = store
+                    .checkpoints(&name)?
+                    .into_iter()
+                    .filter(|c| before.is_some_and(|b| b == c.version))
+                    .map(|c| c.number)
+                    .next_back();
+                Ok((before, checkpoint))
+            })
+            .await;
+        let (before, checkpoint) = found.unwrap_or((None, None));
+        let wanted = before.map_or("the version before it".to_string(), |v| format!("v{v}"));
+        let instead = match checkpoint {
+            Some(number) => format!("restore checkpoint {number}, which holds {wanted}"),
+            None => "publish the wanted content again, or restore a checkpoint".to_string(),
+        };
+        format!(
+            "site {} is at v{live}, rolled back from v{}; rolling back again would go to {wanted}, which the mover does not keep: {instead}",
+            site.name, site.previous
+        )
     }
 }

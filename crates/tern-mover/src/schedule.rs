@@ -18,18 +18,43 @@ pub use tern_wire::mover::{ConflictPolicy, JobKind, JobSpec, Target};
 
 use crate::rules::CompiledRules;
 
+/// The furthest ahead a job may be due: a year (366 days). A later time is a typo or an overflow, not a
+/// plan, and the schedule would hold it for ever.
+pub const MAX_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+/// The longest period of a repeating job: a year (366 days).
+pub const MAX_EVERY_S: u64 = 366 * 24 * 3600;
+/// The most tries again after a failure.
+pub const MAX_RETRIES: u32 = 100;
+/// The longest wait before a try again: a day.
+pub const MAX_RETRY_DELAY_S: u64 = 24 * 3600;
+
+/// Checks, at `now_ms`, when a job is asked to be due (`at_ms` of the job API; 0 or a past time: now): at
+/// most [`MAX_AHEAD_MS`] ahead.
+pub fn validate_due(due_ms: u64, now_ms: u64) -> Result<(), String> {
+    let latest = now_ms.saturating_add(MAX_AHEAD_MS);
+    if due_ms > latest {
+        return Err(format!(
+            "at_ms {due_ms} is more than a year ahead: give a time (ms since the epoch) up to {latest}, or none for now"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks what can be checked of a job before it runs: a plain site name (and group or node name), a
-/// staging directory for a publish, a checkpoint for a restore, a period of at least a second, valid rules.
+/// staging directory for a publish, a checkpoint for a restore, a period between a second and a year,
+/// retries and their delay within their bounds ([`MAX_RETRIES`], [`MAX_RETRY_DELAY_S`]), valid rules.
 pub fn validate(spec: &JobSpec) -> Result<(), String> {
     if !plain_name(&spec.site) {
         return Err(format!(
-            "`{}` is not a plain site name (letters, digits, `-`, `_`, `.`)",
+            "`{}` is not a plain site name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`",
             spec.site
         ));
     }
     match &spec.target {
         Some(Target::Group(name) | Target::Node(name)) if !plain_name(name) => {
-            return Err(format!("`{name}` is not a plain group or node name"));
+            return Err(format!(
+                "`{name}` is not a plain group or node name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`"
+            ));
         }
         _ => {}
     }
@@ -39,8 +64,21 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
     if spec.kind == JobKind::Restore && spec.checkpoint.is_none() {
         return Err("a restore names a checkpoint".into());
     }
-    if spec.every_s == Some(0) {
-        return Err("a repeating job repeats every 1 second or more".into());
+    if let Some(every_s) = spec.every_s
+        && !(1..=MAX_EVERY_S).contains(&every_s)
+    {
+        return Err(format!(
+            "every_s {every_s} is out of range: a repeating job repeats every 1 to {MAX_EVERY_S} seconds (a year)"
+        ));
+    }
+    if spec.retries > MAX_RETRIES {
+        return Err(format!("retries {} is out of range: 0 to {MAX_RETRIES}", spec.retries));
+    }
+    if spec.retry_delay_s > MAX_RETRY_DELAY_S {
+        return Err(format!(
+            "retry_delay_s {} is out of range: 0 to {MAX_RETRY_DELAY_S} seconds (a day)",
+            spec.retry_delay_s
+        ));
     }
     if let Some(rules) = &spec.rules {
         CompiledRules::new(rules).map_err(|e| e.to_string())?;
@@ -238,6 +276,27 @@ mod tests {
         assert!(validate(&spec).is_err(), "publish without staging");
         spec.staging = Some("/tmp".into());
         assert!(validate(&spec).is_ok());
+        let mut repeating = spec.clone();
+        repeating.every_s = Some(u64::MAX);
+        let refused = validate(&repeating).expect_err("a period beyond a year");
+        assert!(refused.contains("1 to 31622400 seconds"), "{refused}");
+        repeating.every_s = Some(MAX_EVERY_S);
+        assert!(validate(&repeating).is_ok(), "a yearly job");
+        let mut retried = spec.clone();
+        retried.retry_delay_s = u64::MAX;
+        assert!(validate(&retried).is_err(), "a retry delay beyond a day");
+        retried.retry_delay_s = 0;
+        retried.retries = u32::MAX;
+        assert!(validate(&retried).is_err(), "more than {MAX_RETRIES} retries");
+        let now = 1_700_000_000_000;
+        assert!(validate_due(0, now).is_ok(), "now");
+        assert!(validate_due(now + MAX_AHEAD_MS, now).is_ok(), "a year ahead");
+        let refused = validate_due(u64::MAX, now).expect_err("18446744073709551615");
+        assert!(refused.contains("more than a year ahead"), "{refused}");
+        assert!(
+            validate_due(u64::MAX, u64::MAX).is_ok(),
+            "no overflow at the end of time"
+        );
         spec.site = "../etc".into();
         assert!(validate(&spec).is_err());
         let mut spec = JobSpec::new(JobKind::Synchronise, "www");

@@ -86,7 +86,8 @@ fn distribution(
 }
 
 /// Starts the mover: its API, its admin listener and its scheduler. Jobs a previous run left running are
-/// tried again where their policy allows, and failed otherwise.
+/// finished when they had decided to commit ([`crate::recovery`]); the others are tried again where their
+/// policy allows, and failed otherwise.
 pub async fn start(config: MoverConfig) -> Result<Running<Arc<Mover>>, StartError> {
     start_with_admin(config, |mover| mover).await
 }
@@ -106,6 +107,14 @@ pub async fn start_with_admin(
         std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
         let signing = crate::keys::load_or_create(&data).map_err(|e| e.to_string())?;
         let store = Store::open(&data.join("mover.db")).map_err(|e| e.to_string())?;
+        // Jobs that decided to commit are finished first: their nodes may have switched.
+        let rolled_forward = crate::recovery::roll_forward(&store, &data, now_ms())?;
+        if rolled_forward > 0 {
+            warn!(
+                rolled_forward,
+                "jobs that had decided to commit when the mover stopped were finished"
+            );
+        }
         let (resumed, failed) = store.recover_interrupted(now_ms()).map_err(|e| e.to_string())?;
         Ok((signing, store, resumed, failed))
     })

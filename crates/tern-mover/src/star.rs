@@ -1,7 +1,8 @@
 //! The star (seed 004: the simplest distribution tree, the CCM at its centre): the mover sends every node
 //! its own copy of each assignment over HTTP(S), `POST NODE/assignments`, all nodes at once. A node answers
 //! 200 with an [`tern_wire::mover::AssignmentAnswer`] when it applied the assignment, or an error status
-//! with an [`tern_wire::mover::ErrorAnswer`]; only the status decides.
+//! with an [`tern_wire::mover::ErrorAnswer`]; only the status decides. A node's bytes count what left the
+//! mover for it: nothing when no connection was made.
 
 use std::time::Duration;
 
@@ -37,13 +38,16 @@ impl StarDelivery {
                 tokio::spawn(async move { send(&client, &url, body, timeout).await }),
             ));
         }
-        let bytes = assignment.len() as u64;
+        let length = assignment.len() as u64;
         let mut outcomes = Vec::with_capacity(tasks.len());
         for (node, task) in tasks {
-            let result = match task.await {
-                Ok(result) => result,
-                Err(error) => Err(format!("delivery task of job {job} ended: {error}")),
+            let (sent, result) = match task.await {
+                Ok(Sent::Nothing(error)) => (false, Err(error)),
+                Ok(Sent::Body(result)) => (true, result),
+                Err(error) => (false, Err(format!("delivery task of job {job} ended: {error}"))),
             };
+            // Only what left the mover counts: a node that refused the connection was sent nothing.
+            let bytes = if sent { length } else { 0 };
             outcomes.push(NodeOutcome { node, bytes, result });
         }
         outcomes
@@ -60,22 +64,45 @@ impl Delivery for StarDelivery {
     }
 }
 
+/// How far one assignment got to one node.
+enum Sent {
+    /// No connection was made (refused, no route, TLS handshake failed): nothing was sent; why.
+    Nothing(String),
+    /// The connection was made and the body handed to it (in part, at least, when no answer came); how the
+    /// node took it.
+    Body(Result<(), String>),
+}
+
 /// One assignment to one node.
-async fn send(client: &HttpsClient<Full<Bytes>>, url: &str, body: Bytes, timeout: Duration) -> Result<(), String> {
-    let request = Request::post(format!("{}/assignments", url.trim_end_matches('/')))
+async fn send(client: &HttpsClient<Full<Bytes>>, url: &str, body: Bytes, timeout: Duration) -> Sent {
+    let request = match Request::post(format!("{}/assignments", url.trim_end_matches('/')))
         .header("content-type", "application/octet-stream")
         .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(timeout, client.request(request))
-        .await
-        .map_err(|_| "node did not answer in time".to_string())?
-        .map_err(|e| {
-            let reason = match std::error::Error::source(&e) {
+    {
+        Ok(request) => request,
+        Err(error) => return Sent::Nothing(error.to_string()),
+    };
+    let response = match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => return Sent::Body(Err("node did not answer in time".to_string())),
+        Ok(Err(error)) => {
+            let reason = match std::error::Error::source(&error) {
                 Some(cause) => tern_http::tls::error_reason(cause),
-                None => e.to_string(),
+                None => error.to_string(),
             };
-            format!("node unreachable: {reason}")
-        })?;
+            let message = format!("node unreachable: {reason}");
+            return if error.is_connect() {
+                Sent::Nothing(message)
+            } else {
+                Sent::Body(Err(message))
+            };
+        }
+        Ok(Ok(response)) => response,
+    };
+    Sent::Body(answer(response).await)
+}
+
+/// How a node took an assignment, from its answer: only the status decides.
+async fn answer(response: http::Response<hyper::body::Incoming>) -> Result<(), String> {
     let status = response.status();
     let text = response
         .into_body()

@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tern_wire::mover::{
     Checkpoint, FreshState, HistoryEntry, JobFreshness, JobState, NodeState, SiteCaches, UnknownValue,
 };
@@ -75,7 +75,7 @@ impl Site {
 }
 
 /// A snapshot: the assignment that made a version from the one before (kept until the next checkpoint).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotRecord {
     /// The version it made.
     pub sequence: u64,
@@ -88,6 +88,95 @@ pub struct SnapshotRecord {
     /// When.
     pub created_ms: u64,
 }
+
+/// A job's decision to commit, written ahead: recorded before the first commit message of the job leaves,
+/// with everything needed to finish the job's record. Once the nodes may have switched, the mover's record
+/// must follow them: a mover that stops after the decision finishes the record at its next start
+/// ([`crate::recovery`]) rather than failing the job and "synchronising" the nodes back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Decision {
+    /// The job.
+    pub job: String,
+    /// Its site.
+    pub site: String,
+    /// The version the nodes hold once they committed (0: a remove, which leaves none).
+    pub version: u64,
+    /// What finishing the record does.
+    pub finish: Finish,
+}
+
+/// What finishing a decided job's record does, by kind of job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Finish {
+    /// A publish or a restore: `shadow-next` (built before the decision) becomes the shadow copy, the
+    /// snapshot (written before the decision) is recorded, and the site's record becomes `site`.
+    Publish {
+        /// The site's record after the commit.
+        site: DecidedSite,
+        /// The snapshot of the version, when it was kept.
+        snapshot: Option<SnapshotRecord>,
+    },
+    /// A rollback: the shadow copy and the previous tree swap, and the site's record becomes `site`.
+    Rollback {
+        /// The site's record after the commit.
+        site: DecidedSite,
+        /// The inode of the tree switched to (the previous tree at the decision): it tells a swap already
+        /// done from one still to do, as a rename keeps it.
+        inode: u64,
+    },
+    /// A remove: the mover's copies go aside and the site is forgotten.
+    Remove,
+}
+
+/// A site's record as a decision carries it (the [`Site`] fields, with its published tree).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecidedSite {
+    /// The published version after the commit.
+    pub sequence: u64,
+    /// The version kept for rollback.
+    pub previous: u64,
+    /// The highest version issued.
+    pub high: u64,
+    /// Where it is hosted.
+    pub target: Target,
+    /// Its rules.
+    pub rules: Rules,
+    /// The published tree (a `tern_tree::Snapshot` as JSON).
+    pub snapshot: String,
+}
+
+impl DecidedSite {
+    /// The record of `site` as decided.
+    pub fn of(site: &Site) -> DecidedSite {
+        DecidedSite {
+            sequence: site.sequence,
+            previous: site.previous,
+            high: site.high,
+            target: site.target.clone(),
+            rules: site.rules.clone(),
+            snapshot: site.snapshot.clone(),
+        }
+    }
+
+    /// The site's record, named `name`.
+    pub fn to_site(&self, name: &str) -> Site {
+        Site {
+            name: name.to_string(),
+            sequence: self.sequence,
+            previous: self.previous,
+            high: self.high,
+            target: self.target.clone(),
+            rules: self.rules.clone(),
+            snapshot: self.snapshot.clone(),
+        }
+    }
+}
+
+/// A decision not yet finished: the job is still committing.
+const COMMITTING: &str = "committing";
+/// A decision whose record is finished.
+const FINISHED: &str = "finished";
 
 /// A job's commit whose hand-over to its site's caches had not ended: see [`Store::pending_freshness`].
 #[derive(Debug, Clone)]
@@ -159,7 +248,9 @@ impl Store {
              CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, view TEXT NOT NULL, reported_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS site_caches (site TEXT PRIMARY KEY, caches TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS job_freshness (job TEXT PRIMARY KEY, site TEXT NOT NULL, since_ms INTEGER NOT NULL,
-                 state TEXT NOT NULL, view TEXT NOT NULL, work TEXT NOT NULL, caches TEXT NOT NULL);",
+                 state TEXT NOT NULL, view TEXT NOT NULL, work TEXT NOT NULL, caches TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS decisions (job TEXT PRIMARY KEY, site TEXT NOT NULL, version INTEGER NOT NULL,
+                 state TEXT NOT NULL, finish TEXT NOT NULL, decided_ms INTEGER NOT NULL);",
         )?;
         for (table, column, definition) in ADDED_COLUMNS {
             let present: bool = connection.query_row(
@@ -900,6 +991,107 @@ impl Store {
             }
         }
         Ok(pending)
+    }
+
+    /// Records a job's decision to commit (see [`Decision`]), durably, before any commit message leaves.
+    pub fn decide(&self, decision: &Decision, now_ms: u64) -> StoreResult<()> {
+        let finish =
+            serde_json::to_string(decision).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        self.connection.execute(
+            "INSERT OR REPLACE INTO decisions (job, site, version, state, finish, decided_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                decision.job,
+                decision.site,
+                decision.version as i64,
+                COMMITTING,
+                finish,
+                now_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Finishes a decided job's record in one transaction: the snapshot (if kept) is recorded, the site's
+    /// record saved (or, for `None`, the site forgotten) and the decision marked finished.
+    pub fn finish_decision(
+        &self,
+        job: &str,
+        site_name: &str,
+        site: Option<&Site>,
+        snapshot: Option<&SnapshotRecord>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let transaction = self.connection.unchecked_transaction()?;
+        if let Some(record) = snapshot {
+            self.add_snapshot(site_name, record)?;
+        }
+        match site {
+            Some(site) => self.save_site(site)?,
+            None => self.forget_site(site_name, now_ms)?,
+        }
+        self.connection
+            .execute("UPDATE decisions SET state = ?2 WHERE job = ?1", params![job, FINISHED])?;
+        transaction.commit()
+    }
+
+    /// Drops a decision whose job keeps the record as it was (a remove that did not reach every node: the
+    /// site stays hosted, and the remove is run again).
+    pub fn abandon_decision(&self, job: &str) -> StoreResult<()> {
+        self.connection
+            .execute("DELETE FROM decisions WHERE job = ?1", params![job])?;
+        Ok(())
+    }
+
+    /// Decisions whose record was not finished (the mover stopped after deciding), oldest first. One that
+    /// cannot be read is left out with a warning.
+    pub fn unfinished_decisions(&self) -> StoreResult<Vec<Decision>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT job, finish FROM decisions WHERE state = ?1 ORDER BY decided_ms, job")?;
+        let rows = statement.query_map(params![COMMITTING], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut decisions = Vec::new();
+        for row in rows {
+            let (job, text) = row?;
+            match serde_json::from_str(&text) {
+                Ok(decision) => decisions.push(decision),
+                Err(error) => warn!(%job, %error, "commit decision unreadable; left out"),
+            }
+        }
+        Ok(decisions)
+    }
+
+    /// Whether the mover committed `version` of `site` (a decision, or a snapshot that made it): a version a
+    /// node may hold although the site has moved on (a rollback the node missed).
+    pub fn committed_version(&self, site: &str, version: u64) -> StoreResult<bool> {
+        self.connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE site = ?1 AND version = ?2)
+                 OR EXISTS (SELECT 1 FROM snapshots WHERE site = ?1 AND sequence = ?2)",
+            params![site, version as i64],
+            |row| row.get(0),
+        )
+    }
+
+    /// A node registered holding `versions`: where a decided job committed one of them and the node's row in
+    /// that job still says prepared (the mover stopped before it recorded the node's answer to the commit),
+    /// the row says committed.
+    pub fn confirm_commits(&self, node: &str, versions: &[(String, u64)]) -> StoreResult<()> {
+        for (site, version) in versions {
+            self.connection.execute(
+                "UPDATE job_nodes SET state = ?4, error = NULL WHERE node = ?1 AND state = ?5
+                     AND job IN (SELECT job FROM decisions WHERE site = ?2 AND version = ?3 AND state = ?6)",
+                params![
+                    node,
+                    site,
+                    *version as i64,
+                    NodeState::Committed.as_str(),
+                    NodeState::Prepared.as_str(),
+                    FINISHED
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     /// Adds an entry to the history log.

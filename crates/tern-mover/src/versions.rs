@@ -144,6 +144,50 @@ impl SiteDir {
         std::fs::rename(&swap, &previous)
     }
 
+    /// The inode of the previous tree: a rollback's decision names the tree it switches to by it.
+    pub fn previous_inode(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(self.previous())?.ino())
+    }
+
+    /// Makes the tree with inode `inode` the shadow copy and the other the previous tree, however far a
+    /// swap had gone before the mover stopped: nothing to do when the shadow copy is that tree already; an
+    /// interrupted swap (`shadow-swap` present) is completed; otherwise the two swap.
+    pub fn swap_previous_to(&self, inode: u64) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (shadow, previous) = (self.shadow(), self.previous());
+        let swap = self.0.join("shadow-swap");
+        let inode_of = |path: &Path| std::fs::symlink_metadata(path).map(|m| m.ino()).ok();
+        if inode_of(&shadow) == Some(inode) {
+            if swap.exists() && !previous.exists() {
+                std::fs::rename(&swap, &previous)?;
+            }
+            return Ok(());
+        }
+        if swap.exists() {
+            if inode_of(&previous) == Some(inode) && !shadow.exists() {
+                std::fs::rename(&previous, &shadow)?;
+                return std::fs::rename(&swap, &previous);
+            }
+        } else if inode_of(&previous) == Some(inode) {
+            return self.swap_previous();
+        }
+        Err(io::Error::other(format!(
+            "the trees in {} are not those the rollback decided on (no tree with inode {inode}); publish again or restore a checkpoint",
+            self.0.display()
+        )))
+    }
+
+    /// Whether `shadow-next` (the tree a publish builds) is there.
+    pub fn has_next(&self) -> bool {
+        self.next().is_dir()
+    }
+
+    /// Deletes the snapshot of version `sequence` (a publish that was not committed).
+    pub fn drop_snapshot(&self, sequence: u64) {
+        let _ = std::fs::remove_file(self.snapshot(sequence));
+    }
+
     /// Keeps the assignment that made version `sequence`.
     pub fn save_snapshot(&self, sequence: u64, assignment: &[u8]) -> io::Result<()> {
         let path = self.snapshot(sequence);

@@ -32,9 +32,13 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::interpreter::Interpreter;
-use crate::mctp::applied::AppliedLog;
+use crate::mctp::applied::{self, AppliedLog};
 use crate::mctp::driver::DataChannel;
 use crate::spool::{FillError, Spool};
+
+/// The directory under the node's root for what it keeps across restarts (the record of applied
+/// assignments); unlike `.spool`, it is not emptied at start.
+pub const STATE_DIR: &str = ".state";
 
 /// Settings of the node agent.
 #[derive(Debug, Clone)]
@@ -85,9 +89,10 @@ pub struct NodeAgent {
     /// The segment's multicast data channel (local distribution), with a cluster key and
     /// [`ForwardSettings::data_channel`].
     pub(crate) data_channel: Option<Arc<DataChannel>>,
-    /// The assignments applied, by signed hash: a copy that arrives again (by the data channel and the
-    /// unicast path both) is answered from it instead of being applied twice.
-    pub(crate) applied: AppliedLog,
+    /// The assignments applied, by signed hash, kept in `ROOT/.state` across restarts: a copy that arrives
+    /// again (by the data channel and the unicast path both, or after a restart) is answered from it
+    /// instead of being applied twice; the data channel answers "complete" from it too.
+    pub(crate) applied: Arc<AppliedLog>,
     /// Stops the agent, and every transfer it leads.
     pub(crate) shutdown: CancellationToken,
 }
@@ -167,11 +172,12 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         .clone()
         .map(|key| Forwarder::new(key, config.tree.clone(), client_tls.client()));
     let shutdown = CancellationToken::new();
+    let applied = Arc::new(AppliedLog::open(&config.root.join(STATE_DIR), applied::REMEMBERED)?);
     let (data_channel, received) = match (&config.tree.data_channel, &config.cluster_key) {
         (Some(settings), Some(key)) => {
             let spool_dir = config.root.join(".spool").join("mctp");
             let (channel, received) =
-                crate::mctp::driver::start(settings.clone(), key.clone(), &config.name, &spool_dir)
+                crate::mctp::driver::start(settings.clone(), key.clone(), &config.name, &spool_dir, applied.clone())
                     .map_err(std::io::Error::other)?;
             (Some(Arc::new(channel)), Some(received))
         }
@@ -188,7 +194,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         spool,
         forwarder,
         data_channel,
-        applied: AppliedLog::default(),
+        applied,
         shutdown: shutdown.clone(),
     });
     let limits = ServerLimits::default();
@@ -401,7 +407,7 @@ impl Handler for NodeApi {
                 match outcome {
                     Ok(Ok(application)) => {
                         if application.again {
-                            debug!(%client, id = %application.id, "assignment applied already; answered from memory");
+                            debug!(%client, id = %application.id, "assignment applied already; answered from the record");
                         } else if application.applied.live.is_some() {
                             tidy_after_switch(agent.clone(), application.site);
                         }

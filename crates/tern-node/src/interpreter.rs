@@ -260,6 +260,8 @@ impl Interpreter {
         let mut unpacker = Unpacker::new();
         let mut applied = Applied::default();
         let mut directories = Directories::default();
+        // Links made by this assignment: checked against the finished tree before it can go live.
+        let mut links: Vec<(usize, &str, &str)> = Vec::new();
         for (index, command) in assignment.commands.iter().enumerate() {
             match command {
                 Command::Mkdir { path, mode, mtime_ns } => {
@@ -349,6 +351,7 @@ impl Interpreter {
                         .before_writing_beside(&target)
                         .map_err(io(index, "symlink"))?;
                     place_link(&target, link_target, *mtime_ns).map_err(io(index, "symlink"))?;
+                    links.push((index, path, link_target));
                 }
                 Command::SetMetadata { path, mode, mtime_ns } => {
                     // The empty path is the root itself.
@@ -384,6 +387,7 @@ impl Interpreter {
                 }
                 Command::Commit => {
                     directories.finish().map_err(io(index, "commit"))?;
+                    links_stay_inside(&temp, &links)?;
                     let name = format!("{}-{}", assignment.header.sequence, sanitize(&assignment.header.id));
                     let version = site_dir.join("versions").join(&name);
                     remove_tree(&version).map_err(io(index, "commit"))?;
@@ -408,9 +412,31 @@ impl Interpreter {
         }
         let last = assignment.commands.len();
         directories.finish().map_err(io(last, "finish"))?;
+        if has_content && !commits {
+            // Prepared for a later commit (with a commit, the tree was checked before it went live).
+            links_stay_inside(&temp, &links)?;
+        }
         info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
         Ok(applied)
     }
+}
+
+/// Every link in `links` (command index, path, target) resolves inside `tree`: each name its target climbs
+/// back out of with `..` is a real directory there, not a link (`tern_tree::check_link_with`; the text rule
+/// alone cannot see that `self/..` leaves the root when `self` links to `.`). Checked once the tree is
+/// complete, since a link may come before the directories its target names.
+fn links_stay_inside(tree: &Path, links: &[(usize, &str, &str)]) -> Result<(), ApplyError> {
+    for &(index, path, target) in links {
+        let is_dir = |relative: &str| {
+            std::fs::symlink_metadata(tree.join(relative)).is_ok_and(|metadata| metadata.file_type().is_dir())
+        };
+        tern_tree::check_link_with(path, target, is_dir).map_err(|reason| ApplyError::Link {
+            index,
+            path: path.to_string(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 fn checked(

@@ -31,14 +31,17 @@
 //!   rebuilt ones; answers "complete" at once when it already holds the
 //!   assignment (by hash); a member that joins late drops frames before the announcement it hears and
 //!   later passes fill them. Once the assignment is applied it sends its *apply report* at a random
-//!   multiple of an interval (no "report implosion"), and again when the GL asks.
+//!   multiple of an interval (no "report implosion"), and again when the GL asks. Asked by name for the
+//!   apply report of a session it does not follow (never heard of, or lost in a restart), it answers
+//!   "applied" when its spool's record ([`applied`]) says so and "not received" otherwise, so that the
+//!   GL stops waiting for it.
 //! - [`Collector`] (the GL's *report collection*): re-requests missing apply reports by unicast, or, when
 //!   more than a configurable share is missing, by one multicast request listing the members that
 //!   reported or those that did not, whichever is shorter; repeats up to a maximum, then outputs its
 //!   *assignment status report*.
 
 mod addresses;
-pub(crate) mod applied;
+pub mod applied;
 pub mod bitmap;
 mod collect;
 mod config;
@@ -54,6 +57,7 @@ mod stamp;
 mod tests;
 
 pub use addresses::MemberAddresses;
+pub use applied::AppliedLog;
 pub use collect::{AssignmentStatusReport, CollectInput, Collector, addressees};
 pub use config::{CollectConfig, ConfigError, Identity, ReceiverConfig, SenderConfig};
 pub use receiver::{Receiver, ReceiverInput, Sink, Spool};

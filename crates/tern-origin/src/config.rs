@@ -21,6 +21,10 @@ pub struct OriginConfig {
     pub rules: Vec<CacheRule>,
     /// File served for a directory.
     pub index: String,
+    /// Serve hidden files and directories (a path segment starting with `.`, such as `.git/` or
+    /// `.htaccess`). Off by default: a published tree may be a checkout or carry server configuration
+    /// that was never meant for readers; `.well-known/` (RFC 8615) is served either way.
+    pub serve_hidden: bool,
     /// PEM certificate chain: with `tls_key`, the listener and the admin listener serve HTTPS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -51,6 +55,7 @@ impl Default for OriginConfig {
             cache_control: None,
             rules: Vec::new(),
             index: "index.html".into(),
+            serve_hidden: false,
             tls_cert: None,
             tls_key: None,
             tls_dir: None,

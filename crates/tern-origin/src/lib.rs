@@ -25,7 +25,7 @@ use tern_http::{Body, date};
 use tracing::{debug, info};
 
 pub use config::{CacheRule, OriginConfig};
-use resolve::{Resolved, resolve};
+use resolve::{Hidden, Resolved, resolve};
 
 /// Why the origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,12 @@ impl StaticOrigin {
         let Ok(root) = tokio::fs::canonicalize(&self.root).await else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "the site root is not available");
         };
-        let resolved = match resolve(&root, path, &self.config.index).await {
+        let hidden = if self.config.serve_hidden {
+            Hidden::Serve
+        } else {
+            Hidden::Refuse
+        };
+        let resolved = match resolve(&root, path, &self.config.index, hidden).await {
             Ok(resolved) => resolved,
             Err(refusal) => return text(refusal.status(), refusal.message()),
         };

@@ -1,7 +1,10 @@
 //! Mapping a request path to a file under the root, refusing anything that would leave it: `..` segments,
-//! encoded separators, NUL bytes, and symbolic links that point outside the root.
+//! encoded separators, NUL bytes, and symbolic links that point outside the root; and, unless asked to
+//! serve them, hidden files (a segment starting with `.`, as nginx configurations refuse with
+//! `location ~ /\.(?!well-known)`), checked on the decoded path and again on the file it resolves to, so
+//! no spelling (`%2e`, `%2F`, `/./`) or symbolic link reaches `.git/`.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use http::StatusCode;
 
@@ -46,17 +49,62 @@ impl Refusal {
     }
 }
 
+/// Whether hidden files are served (`tern serve --serve-hidden`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hidden {
+    /// A path with a segment starting with `.` is answered 404, except under `/.well-known/`.
+    Refuse,
+    /// Hidden files are served like any other.
+    Serve,
+}
+
+/// The one hidden directory served by default: RFC 8615's well-known locations (ACME challenges,
+/// `security.txt`, app links), at the root of the site only.
+const WELL_KNOWN: &str = ".well-known";
+
+/// Whether the path made of `segments` (decoded, without empty and `.` segments) names a hidden file or
+/// lies in a hidden directory.
+fn is_hidden<'a>(mut segments: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut first = true;
+    segments.any(|segment| {
+        let well_known = first && segment == WELL_KNOWN.as_bytes();
+        first = false;
+        segment.starts_with(b".") && !well_known
+    })
+}
+
+/// Whether `path`, a canonical path under `root`, is hidden below it (a symbolic link with a visible
+/// name may point into `.git/`).
+fn is_hidden_below(root: &Path, path: &Path) -> bool {
+    let Ok(below) = path.strip_prefix(root) else {
+        return true;
+    };
+    is_hidden(below.components().filter_map(|component| match component {
+        Component::Normal(name) => Some(name.as_encoded_bytes()),
+        _ => None,
+    }))
+}
+
 /// Resolves `request_path` under `root` (which must be canonical).
-pub async fn resolve(root: &Path, request_path: &str, index: &str) -> Result<Resolved, Refusal> {
+pub async fn resolve(root: &Path, request_path: &str, index: &str, hidden: Hidden) -> Result<Resolved, Refusal> {
     let decoded = percent_decode(request_path).ok_or(Refusal::BadPath)?;
     let mut relative = PathBuf::new();
+    let mut segments = Vec::new();
     for segment in decoded.split('/') {
         match segment {
             "" | "." => continue,
             ".." => return Err(Refusal::BadPath),
             s if s.contains('\\') || s.contains('\0') => return Err(Refusal::BadPath),
-            s => relative.push(s),
+            s => {
+                relative.push(s);
+                segments.push(s.as_bytes());
+            }
         }
+    }
+    let refuse_hidden = hidden == Hidden::Refuse;
+    // Checked on the decoded segments, before the file system is touched: `/%2egit/config` is `.git`.
+    if refuse_hidden && is_hidden(segments.into_iter()) {
+        return Err(Refusal::NotFound);
     }
     let candidate = root.join(&relative);
     let canonical = tokio::fs::canonicalize(&candidate)
@@ -64,6 +112,9 @@ pub async fn resolve(root: &Path, request_path: &str, index: &str) -> Result<Res
         .map_err(|_| Refusal::NotFound)?;
     if !canonical.starts_with(root) {
         // A symbolic link pointing out of the root.
+        return Err(Refusal::NotFound);
+    }
+    if refuse_hidden && is_hidden_below(root, &canonical) {
         return Err(Refusal::NotFound);
     }
     let metadata = tokio::fs::metadata(&canonical).await.map_err(|_| Refusal::NotFound)?;
@@ -74,7 +125,7 @@ pub async fn resolve(root: &Path, request_path: &str, index: &str) -> Result<Res
         let index_path = tokio::fs::canonicalize(canonical.join(index))
             .await
             .map_err(|_| Refusal::NotFound)?;
-        if !index_path.starts_with(root) {
+        if !index_path.starts_with(root) || (refuse_hidden && is_hidden_below(root, &index_path)) {
             return Err(Refusal::NotFound);
         }
         let metadata = tokio::fs::metadata(&index_path).await.map_err(|_| Refusal::NotFound)?;
@@ -130,36 +181,106 @@ mod tests {
         std::os::unix::fs::symlink(outer.path().join("secret"), root.join("link")).expect("symlink");
         let root = std::fs::canonicalize(&root).expect("canonical");
         assert!(matches!(
-            resolve(&root, "/ok.txt", "index.html").await,
+            resolve(&root, "/ok.txt", "index.html", Hidden::Refuse).await,
             Ok(Resolved::File { .. })
         ));
         assert_eq!(
-            resolve(&root, "/../secret", "index.html").await.err(),
+            resolve(&root, "/../secret", "index.html", Hidden::Refuse).await.err(),
             Some(Refusal::BadPath)
         );
         assert_eq!(
-            resolve(&root, "/%2e%2e/secret", "index.html").await.err(),
+            resolve(&root, "/%2e%2e/secret", "index.html", Hidden::Refuse)
+                .await
+                .err(),
             Some(Refusal::BadPath)
         );
-        assert_eq!(resolve(&root, "/%zz", "index.html").await.err(), Some(Refusal::BadPath));
         assert_eq!(
-            resolve(&root, "/a%00b", "index.html").await.err(),
+            resolve(&root, "/%zz", "index.html", Hidden::Refuse).await.err(),
+            Some(Refusal::BadPath)
+        );
+        assert_eq!(
+            resolve(&root, "/a%00b", "index.html", Hidden::Refuse).await.err(),
             Some(Refusal::BadPath)
         );
         #[cfg(unix)]
         assert_eq!(
-            resolve(&root, "/link", "index.html").await.err(),
+            resolve(&root, "/link", "index.html", Hidden::Refuse).await.err(),
             Some(Refusal::NotFound)
         );
         assert_eq!(
-            resolve(&root, "/", "index.html").await.err(),
+            resolve(&root, "/", "index.html", Hidden::Refuse).await.err(),
             Some(Refusal::NotFound),
             "no index file"
         );
         std::fs::create_dir(root.join("sub")).expect("mkdir");
         assert!(matches!(
-            resolve(&root, "/sub", "index.html").await,
+            resolve(&root, "/sub", "index.html", Hidden::Refuse).await,
             Ok(Resolved::DirectoryWithoutSlash)
         ));
+    }
+
+    #[tokio::test]
+    async fn hidden_files_are_refused_in_every_spelling_unless_served() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("site");
+        for (path, text) in [
+            (".git/config", "[core]"),
+            (".htaccess", "Deny from all"),
+            ("sub/.env", "KEY=1"),
+            (".well-known/acme-challenge/x", "token"),
+            ("sub/.well-known/x", "nested"),
+            ("page.html", "page"),
+        ] {
+            let file = root.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(file, text).expect("write");
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(".git/config", root.join("config")).expect("symlink");
+        let root = std::fs::canonicalize(&root).expect("canonical");
+        for path in [
+            "/.git/config",
+            "/.git/",
+            "/.git",
+            "/%2egit/config",
+            "/%2Egit%2Fconfig",
+            "/./.git/config",
+            "//.git/config",
+            "/sub/../.git/config",
+            "/.htaccess",
+            "/sub/.env",
+            "/sub/.well-known/x",
+            "/config",
+        ] {
+            let refused = resolve(&root, path, "index.html", Hidden::Refuse).await;
+            let expected = if path.contains("..") {
+                Refusal::BadPath
+            } else {
+                Refusal::NotFound
+            };
+            assert_eq!(refused.err(), Some(expected), "{path}");
+        }
+        for path in [
+            "/.well-known/acme-challenge/x",
+            "/%2ewell-known/acme-challenge/x",
+            "/page.html",
+        ] {
+            assert!(
+                matches!(
+                    resolve(&root, path, "index.html", Hidden::Refuse).await,
+                    Ok(Resolved::File { .. })
+                ),
+                "{path}"
+            );
+        }
+        for path in ["/.git/config", "/%2Egit%2Fconfig", "/.htaccess", "/sub/.env", "/config"] {
+            assert!(
+                matches!(
+                    resolve(&root, path, "index.html", Hidden::Serve).await,
+                    Ok(Resolved::File { .. })
+                ),
+                "{path} with hidden files served"
+            );
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! deletes the previous contents and demands the new contents"): one worker per cache reads the master's
 //! log in order and sends plain HTTP, `PURGE` and then, for created or modified content, a prefetch `GET`,
 //! so the cache holds the new bytes before any user asks. Because the commands are standard HTTP, the same
-//! worker drives tern edges, Varnish, Squid or nginx with a purge module.
+//! worker drives tern edges, Varnish, Squid or nginx with a purge module. A file's change is purged with
+//! `Tern-Purge-Scope: any-query`, which a tern edge applies to the URL with any query (links carry
+//! `?utm_source=` or `?v=`); other caches ignore the field and purge the exact URL.
 //!
 //! A cache that does not answer keeps its commands: the worker retries with backoff until the change is
 //! older than the longest freshness lifetime the site uses (after that the cache's copy has expired anyway).
@@ -26,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tern_wire::sync::{ChangeKind, Incarnation, LOG_HEADER, SEQ_HEADER};
+use tern_wire::sync::{ChangeKind, Incarnation, LOG_HEADER, PURGE_ANY_QUERY, PURGE_SCOPE_HEADER, SEQ_HEADER};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -68,6 +70,27 @@ struct Position {
     /// The log `next` counts in (none in a file from before log incarnations).
     #[serde(default)]
     log: Option<Incarnation>,
+}
+
+/// One HTTP command to a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// `PURGE` of the exact URL (an operator's purge).
+    Purge,
+    /// `PURGE` of the URL with any query ([`PURGE_SCOPE_HEADER`]: a file's URL). A cache that does not
+    /// know the field purges the exact URL.
+    PurgeAnyQuery,
+    /// The prefetch `GET` of the plain URL.
+    Prefetch,
+}
+
+impl Command {
+    fn method(self) -> &'static str {
+        match self {
+            Command::Purge | Command::PurgeAnyQuery => "PURGE",
+            Command::Prefetch => "GET",
+        }
+    }
 }
 
 /// Settings shared by the workers.
@@ -237,7 +260,14 @@ impl CacheWorker {
         let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let target = format!("{}{}", self.base, path);
-        let purge = self.command("PURGE", &target, &authority, record, false).await;
+        // A file's change makes every query variant of its URL stale (`/?utm=1` shows the same page as `/`):
+        // those are purged with it, and only the plain URL is fetched again. An operator's purge means the
+        // exact URL.
+        let scope = match record.kind {
+            ChangeKind::Created | ChangeKind::Modified | ChangeKind::Deleted => Command::PurgeAnyQuery,
+            ChangeKind::Purged => Command::Purge,
+        };
+        let purge = self.command(scope, &target, &authority, record).await;
         self.count("purge", purge.is_ok());
         match purge {
             // A cache that does not hold the object answers 404 (Varnish does): nothing to remove is fine.
@@ -248,7 +278,7 @@ impl CacheWorker {
         if matches!(record.kind, ChangeKind::Deleted | ChangeKind::Purged) {
             return Ok(());
         }
-        let prefetch = self.command("GET", &target, &authority, record, true).await;
+        let prefetch = self.command(Command::Prefetch, &target, &authority, record).await;
         self.count("prefetch", prefetch.as_ref().is_ok_and(|s| !s.is_server_error()));
         match prefetch {
             Ok(status) if !status.is_server_error() => Ok(()),
@@ -259,12 +289,12 @@ impl CacheWorker {
 
     async fn command(
         &self,
-        method: &str,
+        command: Command,
         target: &str,
         host: &str,
         record: &Record,
-        prefetch: bool,
     ) -> Result<http::StatusCode, String> {
+        let method = command.method();
         let mut request = Request::builder()
             .method(method)
             .uri(target)
@@ -274,7 +304,10 @@ impl CacheWorker {
         if !log_id.is_unknown() {
             request = request.header(LOG_HEADER, log_id.as_str());
         }
-        if prefetch {
+        if command == Command::PurgeAnyQuery {
+            request = request.header(PURGE_SCOPE_HEADER, PURGE_ANY_QUERY);
+        }
+        if command == Command::Prefetch {
             // No credentials on the prefetch: a shared cache must not store a response to a request that
             // carries Authorization (RFC 9111 section 3.5), and the prefetch exists to be stored.
             request = request.header("tern-prefetch", "1");

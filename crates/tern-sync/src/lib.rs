@@ -259,14 +259,15 @@ impl AdminRoutes for SyncAdmin {
 const MAX_CATCH_UP: usize = 100_000;
 
 impl SyncAdmin {
-    /// `POST /purge {"urls": [...], "prefetch": [...]}` ([`PurgeRequest`]): purge URLs on every cache of
-    /// their site, and fetch the `prefetch` ones again. Needs the agents' key token. Answers
+    /// `POST /purge {"urls": [...], "files": [...], "prefetch": [...]}` ([`PurgeRequest`]): purge URLs on
+    /// every cache of their site (`urls` exactly; `files` and `prefetch`, the URLs of changed files, with
+    /// any query), and fetch the `prefetch` ones again. Needs the agents' key token. Answers
     /// [`PurgeRecorded`]; `GET /applied?through=N` then tells when every cache has applied them.
     async fn purge(&self, request: &tern_admin::AdminRequest) -> http::Response<tern_http::Body> {
         if request.method != http::Method::POST {
             return tern_admin::json_error(
                 http::StatusCode::METHOD_NOT_ALLOWED,
-                "use POST /purge with {\"urls\": [...], \"prefetch\": [...]}",
+                "use POST /purge with {\"urls\": [...], \"files\": [...], \"prefetch\": [...]}",
             );
         }
         let token = request
@@ -285,13 +286,14 @@ impl SyncAdmin {
             Err(error) => {
                 return tern_admin::json_error(
                     http::StatusCode::BAD_REQUEST,
-                    format!("body must be {{\"urls\": [...], \"prefetch\": [...]}}: {error}"),
+                    format!("body must be {{\"urls\": [...], \"files\": [...], \"prefetch\": [...]}}: {error}"),
                 );
             }
         };
         let master = self.service.master.clone();
-        let count = purge.urls.len() + purge.prefetch.len();
-        match tokio::task::spawn_blocking(move || master.purge_and_prefetch(&purge.urls, &purge.prefetch)).await {
+        let count = purge.urls.len() + purge.files.len() + purge.prefetch.len();
+        let recorded = move || master.record_purges(&purge.urls, &purge.files, &purge.prefetch);
+        match tokio::task::spawn_blocking(recorded).await {
             Ok(Ok(through)) => {
                 let answer = PurgeRecorded {
                     recorded: count,

@@ -349,6 +349,15 @@ impl Master {
     /// mover's changed files, after a commit). Each URL must belong to a configured site; nothing is
     /// recorded otherwise. Returns the log position of the last record.
     pub fn purge_and_prefetch(&self, urls: &[String], prefetch: &[String]) -> Result<u64, Reject> {
+        self.record_purges(urls, &[], prefetch)
+    }
+
+    /// Records an operator's purge of `urls` (the exact URLs: [`ChangeKind::Purged`]), a purge of the
+    /// URLs of files that changed or are gone (`files`, recorded as [`ChangeKind::Deleted`]: purged with
+    /// any query, not fetched again) and of `prefetch` (changed files: [`ChangeKind::Modified`], purged
+    /// with any query and fetched again). Each URL must belong to a configured site; nothing is recorded
+    /// otherwise. Returns the log position of the last record.
+    pub fn record_purges(&self, urls: &[String], files: &[String], prefetch: &[String]) -> Result<u64, Reject> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -356,8 +365,9 @@ impl Master {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let mut appended = Vec::new();
         let purged = urls.iter().map(|url| (url, ChangeKind::Purged));
+        let gone = files.iter().map(|url| (url, ChangeKind::Deleted));
         let refetched = prefetch.iter().map(|url| (url, ChangeKind::Modified));
-        for (url, kind) in purged.chain(refetched) {
+        for (url, kind) in purged.chain(gone).chain(refetched) {
             let Some(site) = self.sites.iter().find(|site| check_url(url, site).is_ok()) else {
                 return Err(Reject {
                     reason: "host".into(),

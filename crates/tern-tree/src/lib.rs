@@ -11,8 +11,18 @@
 //! be read — is listed in [`Scan::unsupported`] with the reason, never dropped silently; the caller
 //! decides (the mover refuses to plan, the agent warns).
 //!
-//! Hashes are reused when a file's size and time are unchanged, so a rescan of an unchanged tree reads no
-//! file contents.
+//! A rescan reuses a file's hash without reading it only when the file is provably the one hashed before,
+//! the way git's index decides a file is clean: a scan records, beside each hash, how it found the file
+//! ([`Stat`]: change time, inode, device), and the next scan of the SAME root (the same directory, by device
+//! and inode) reuses the hash only if size, modification time and that record all agree. The change time
+//! is what makes this sound: the kernel sets it on every write and `chmod`, and nothing (`touch -d`,
+//! `cp -p`, a build that pins mtimes with `SOURCE_DATE_EPOCH`) can set it back, so a file rewritten with
+//! the same size and its old mtime is read again. A file whose mtime or change time is within
+//! [`RACY_NS`] of the scan's start ("racily clean": a write in the same timestamp tick as the scan could
+//! follow it unseen) gets no record, so the next scan reads it again; a snapshot written before records
+//! were kept, or scanned from another tree, is simply hashed once. The record is where a copy was seen,
+//! not what it holds: it takes no part in comparing entries (a node's copy has other inodes and change
+//! times), and [`forget_stats`] drops it to have every file read (`tern publish --checksum`).
 
 use std::collections::BTreeMap;
 
@@ -27,10 +37,10 @@ mod scan;
 
 pub use diff::{Change, ChangeKind, Difference, TreeChange, changes, differences};
 pub use exclude::{EDITOR_TEMPORARIES, Excludes};
-pub use link::{LinkError, check_link};
+pub use link::{LinkError, check_link, check_link_in, check_link_with};
 pub use metadata::{copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};
 pub use parallel::{map_parallel, map_parallel_with};
-pub use scan::{Scan, Unsupported, UnsupportedKind, scan, scan_excluding};
+pub use scan::{RACY_NS, Scan, Unsupported, UnsupportedKind, scan, scan_excluding};
 
 /// The path of the root in a [`Snapshot`].
 pub const ROOT: &str = "";
@@ -66,7 +76,9 @@ impl Kind {
 /// What a snapshot knows about one path. Serialised compactly (a file's `kind` and the empty fields are left
 /// out), and a snapshot written before directories, links and modes were kept still reads: its entries are
 /// files with mode 0, which differs from any real mode, so the next publish sets every mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Two entries are equal when kind, size, time, mode, hash and target agree: [`Entry::stat`] is left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// File, directory or link.
     #[serde(default, skip_serializing_if = "Kind::is_file")]
@@ -85,6 +97,85 @@ pub struct Entry {
     /// A link's target, as stored in the link (relative or absolute, not resolved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// How the scan found this file (the root: which directory was scanned), for the next scan's quick
+    /// check; none when the file was racily clean, or for entries not made by a scan. Not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<Stat>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        // Listed field by field, so that a field added later is a decision here. `stat` says where this copy
+        // was seen, not what it is: staging and every node hold the same file under other inodes.
+        let Entry {
+            kind,
+            len,
+            mtime_ns,
+            mode,
+            hash,
+            target,
+            stat: _,
+        } = self;
+        *kind == other.kind
+            && *len == other.len
+            && *mtime_ns == other.mtime_ns
+            && *mode == other.mode
+            && *hash == other.hash
+            && *target == other.target
+    }
+}
+
+impl Eq for Entry {}
+
+/// How a scan found a file on disk, beside the hash it computed: git's index "stat data". The next scan of
+/// the same root reuses the hash only if the file still has this change time, inode and device (and its
+/// size and modification time). For the root entry it identifies the directory scanned, so a record made
+/// from another staging tree is never trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    /// Status change time (`st_ctime`), nanoseconds since the epoch: the kernel sets it on every change of
+    /// content or metadata, and it cannot be set back.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+}
+
+impl Stat {
+    /// The record of `metadata` (none where the platform has no change time and inode).
+    pub fn of(metadata: &std::fs::Metadata) -> Option<Stat> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Some(Stat {
+                ctime_ns: metadata
+                    .ctime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(metadata.ctime_nsec()),
+                ino: metadata.ino(),
+                dev: metadata.dev(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = metadata;
+            None
+        }
+    }
+
+    /// Whether two records are of the same inode on the same device (the root's identity).
+    pub fn same_inode(&self, other: &Stat) -> bool {
+        self.ino == other.ino && self.dev == other.dev
+    }
+}
+
+/// Drops every [`Stat`] record of `snapshot`, so that a scan against it reads and hashes every file
+/// (`tern publish --checksum`, like `rsync -c`); comparisons with it are unchanged.
+pub fn forget_stats(snapshot: &mut Snapshot) {
+    for entry in snapshot.values_mut() {
+        entry.stat = None;
+    }
 }
 
 impl Entry {
@@ -97,6 +188,7 @@ impl Entry {
             mode,
             hash: hash.to_string(),
             target: None,
+            stat: None,
         }
     }
 
@@ -109,6 +201,7 @@ impl Entry {
             mode,
             hash: String::new(),
             target: None,
+            stat: None,
         }
     }
 
@@ -121,6 +214,7 @@ impl Entry {
             mode: 0o777,
             hash: String::new(),
             target: Some(target.to_string()),
+            stat: None,
         }
     }
 

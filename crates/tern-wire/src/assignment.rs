@@ -186,8 +186,8 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime_ns: Option<i64>,
     },
-    /// Create or replace a symbolic link. The target must stay inside the site root (relative, its `..`s
-    /// first, never above the root: `tern_tree::check_link`).
+    /// Create or replace a symbolic link. The target must stay inside the site root (relative, and never
+    /// above the root resolved lexically from the link's directory: `tern_tree::check_link`).
     Symlink {
         /// Path of the link.
         path: String,

@@ -281,6 +281,10 @@ pub struct JobSpec {
     /// The caches in front of the site's nodes (publish, restore); they become the site's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caches: Option<SiteCaches>,
+    /// Read and hash every staging file (publish), like `rsync -c`, instead of reusing the hashes of files
+    /// whose size, times and inode are unchanged since the last publish from the same directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
 }
 
 impl JobSpec {
@@ -298,6 +302,7 @@ impl JobSpec {
             retry_delay_s: DEFAULT_RETRY_DELAY_S,
             rules: None,
             caches: None,
+            checksum: false,
         }
     }
 
@@ -357,6 +362,9 @@ pub struct JobRequest {
     /// keeps them fresh after every commit. One without a sync service or edges turns that off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caches: Option<SiteCaches>,
+    /// Read and hash every staging file (publish, `tern publish --checksum`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
 }
 
 /// Why a [`JobRequest`] does not make a job.
@@ -385,6 +393,7 @@ impl JobRequest {
             include: None,
             exclude: None,
             caches: None,
+            checksum: false,
         }
     }
 
@@ -410,6 +419,7 @@ impl JobRequest {
             });
         }
         spec.caches = self.caches;
+        spec.checksum = self.checksum;
         Ok((spec, self.at_ms.unwrap_or(0)))
     }
 }

@@ -28,6 +28,13 @@ pub const KIND_REJECT: u8 = 3;
 pub const SEQ_HEADER: &str = "tern-sync-seq";
 /// Header of the cacher's commands carrying the change log's incarnation (`Tern-Sync-Log`).
 pub const LOG_HEADER: &str = "tern-sync-log";
+/// Header of a `PURGE` naming what it covers beyond the exact URL (`Tern-Purge-Scope`); without it a purge
+/// covers the exact URL (every `Vary` variant). Caches that do not know it purge the exact URL.
+pub const PURGE_SCOPE_HEADER: &str = "tern-purge-scope";
+/// [`PURGE_SCOPE_HEADER`]'s value for the URL's path with any query (`/a`, `/a?utm=1`, never `/ab`): how a
+/// changed file is purged, since links to it carry queries (`?utm_source=`, `?v=`) that are cache objects
+/// of their own.
+pub const PURGE_ANY_QUERY: &str = "any-query";
 /// Longest incarnation accepted from outside.
 pub const MAX_INCARNATION_LEN: usize = 64;
 
@@ -200,9 +207,14 @@ pub struct LoggedChange {
 pub struct PurgeRequest {
     /// URLs purged.
     pub urls: Vec<String>,
-    /// URLs purged and then fetched again (the cacher's prefetch `GET`).
+    /// URLs purged and then fetched again (the cacher's prefetch `GET`); as content changed, each with
+    /// any query.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefetch: Vec<String>,
+    /// URLs of content that changed or is gone (the content mover's removed files, and other spellings of
+    /// changed ones): purged with any query, not fetched again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// The sync service's answer to a [`PurgeRequest`]: the purges are in its change log, through position

@@ -45,39 +45,55 @@ enum Command {
     /// Cache-Status), collapses concurrent misses into one origin request, and purges by URL (`PURGE`),
     /// prefix or surrogate key (`POST /purge` on the admin listener).
     Edge(EdgeArgs),
-    /// Run the registry of cache communities (seed 002's cache server): communities, their masters and
-    /// epochs.
+    /// Run the registry of cache communities: which edges form each community and which of them leads it.
     ///
-    /// Edges started with `--community NAME --registry URL` ask it for their community, and masters
-    /// record themselves in it; a master with an older epoch is refused. Its state is kept in --data, so
-    /// a restart loses nothing.
+    /// Edges started with `--community NAME --registry URL` ask it for their community, and the edge that
+    /// leads a community (its master) records itself there with the number of its term; a master from an
+    /// older term is refused, so two edges cannot both lead. Its state is kept in --data, so a restart loses
+    /// nothing.
+    // The registry is seed 002's cache server.
     Registry(RegistryArgs),
     /// Serve a directory as a static origin (ETag, Last-Modified, conditional GET, ranges, Cache-Control).
     Serve(ServeArgs),
-    /// Watch an origin directory and report every change to the sync service (the CP agent).
+    /// Watch a site's directory on the origin server and report every changed file to the sync service,
+    /// which refreshes it on the edge caches.
     ///
     /// Uses file-system notifications for speed and a periodic full rescan as the authority. Changes not
-    /// yet acknowledged are kept on disk and resent, across restarts of either side.
+    /// yet acknowledged are kept on disk and resent, across restarts of either side. Hidden files and
+    /// directories (`.htaccess`, `.well-known/`) are reported like any other.
+    // The agent is seed 001's CP agent.
+    // The list is `tern_tree::EDITOR_TEMPORARIES` (tern-tree is not a dependency of this crate): keep them
+    // equal.
+    #[command(
+        after_help = "Never reported: the temporaries editors write beside a file while saving it, \
+                            matched by name: .*.swp .*.swo .*.swx 4913 *~ .#* #*# .~lock.*# *.kate-swp \
+                            .goutputstream-* .*.tmp"
+    )]
     Agent(AgentArgs),
     /// Keep caches fresh: receive agents' changes, check them, and send PURGE + prefetch GET to every cache.
     ///
     /// Works with tern edges and with any cache that accepts PURGE (Varnish, Squid, nginx with a purge
     /// module).
     Sync(SyncArgs),
-    /// Serve dynamic pages to edges as deltas against a base (differential caching, seed 000).
+    /// Serve dynamic pages to edges as differences against an earlier copy they hold (differential caching).
     ///
     /// Runs in front of a dynamic origin, next to it. For pages of a class (--class NAME=PATTERN) it
-    /// answers an edge that names a base it holds with a dcz delta (RFC 9842) and the page's digest, derives
-    /// bases from credential-free responses only, re-derives them when the deltas grow, and announces each
-    /// new base so edges fetch it before they use it. Start edges with `tern edge --origin URL --delta`.
+    /// answers an edge that holds a reference copy of the page (a base) with only the difference (a dcz
+    /// delta, RFC 9842) and the page's digest. It takes bases only from responses to requests without
+    /// cookies or credentials, makes new ones when the differences grow, and announces each new base so
+    /// edges fetch it before they use it. Start edges with `tern edge --origin URL --delta`.
+    // Differential caching is seed 000.
     Delta(DeltaArgs),
-    /// Run the content mover (CCM): plans assignments from a staging tree and delivers them to nodes.
+    /// Run the content mover: publishes staging directories to the web servers that host the sites.
     ///
-    /// On first start it creates its signing key in --data and writes the public half to DATA/mover.pub,
-    /// which every node needs (`tern node --key`).
+    /// For each publish it compares the staging directory with the published version, sends every server
+    /// (`tern node`) what changed, and switches them to the new version together; it keeps the versions,
+    /// checkpoints and a history, and runs scheduled jobs. On first start it creates its signing key in
+    /// --data and writes the public half to DATA/mover.pub, which every node needs (`tern node --key`).
+    // The mover is seed 004's CCM.
     Mover(MoverArgs),
-    /// Run the agent on a backend server: registers with the mover, applies assignments, switches sites
-    /// atomically (DIR/<site>/live).
+    /// Run on each web server that hosts sites: registers with the content mover, receives what changed,
+    /// and switches each site to a new version at once (ROOT/<site>/live).
     Node(NodeArgs),
     /// Publish a staging directory to the nodes and wait until it is committed.
     Publish(PublishArgs),
@@ -106,7 +122,7 @@ struct EdgeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Origin base URL, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     origin: Option<String>,
     /// Directory of the disk cache; without it the cache is in memory only and lost on restart.
     #[arg(long)]
@@ -129,7 +145,7 @@ struct EdgeArgs {
     purge_allow: Vec<IpNet>,
     /// Admin URL of the sync service; with --cache-dir the edge catches up with it at start-up, so content
     /// that changed while it was down is never served.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     sync_url: Option<String>,
     /// Path prefix under which responses that set cookies may be stored (repeatable, e.g. /shop/). By
     /// default a response with Set-Cookie is never stored, so no user's cookie reaches another.
@@ -170,7 +186,7 @@ struct EdgeArgs {
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on")]
     delta: Option<tern_edge::delta::DeltaMode>,
     /// Join (or create) the cache community NAME: the site's edges divide the content between them and
-    /// the origin sees each object once (seeds 002, 003). Needs --cluster-key and --peer-listen.
+    /// the origin sees each object once. Needs --cluster-key and --peer-listen.
     #[arg(long, value_name = "NAME", requires_all = ["cluster_key", "peer_listen"])]
     community: Option<String>,
     /// The cluster key file shared by the community's edges and its registry.
@@ -184,7 +200,7 @@ struct EdgeArgs {
     #[arg(long, value_name = "NAME")]
     peer_name: Option<String>,
     /// The registry's URL (`tern registry`), e.g. http://10.0.0.5:7300.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
     registry: Option<String>,
     /// Find the community with a multicast probe on GROUP:PORT (e.g. 239.255.42.1:7401) when there is
     /// no registry or it does not answer.
@@ -234,7 +250,7 @@ struct DeltaArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// The dynamic origin's base URL, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     origin: Option<String>,
     /// A page class, NAME=PATTERN (repeatable), e.g. news=/news/* ; `*` matches any run of characters.
     #[arg(long = "class", value_name = "NAME=PATTERN")]
@@ -294,6 +310,11 @@ struct ServeArgs {
     /// Cache-Control sent with every file, e.g. "public, max-age=60".
     #[arg(long)]
     cache_control: Option<String>,
+    /// Serve hidden files and directories too (a path segment starting with "."; `serve_hidden = true` in
+    /// the config file). By default they answer 404, so a published `.git/`, `.htaccess` or `.env` is never
+    /// served; `/.well-known/` is served either way.
+    #[arg(long)]
+    serve_hidden: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -310,16 +331,16 @@ struct AgentArgs {
     #[arg(long)]
     site: Option<String>,
     /// URL the directory is served under, e.g. http://www.example.com.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     base_url: Option<String>,
-    /// The sync service's agent listener, e.g. 10.0.0.2:7070.
-    #[arg(long)]
+    /// The sync service's agent listener, HOST:PORT (not a URL: it is not HTTP), e.g. 10.0.0.2:7070.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_address)]
     sync: Option<SocketAddr>,
     /// Agent key file (from `tern keygen`), shared with the sync service's --key.
     #[arg(long)]
     key: Option<PathBuf>,
     /// Where the agent keeps its state [default: `.tern-agent` beside DIR, i.e. DIR/../.tern-agent made
-    /// absolute]. Losing it makes the agent report every file again, under a new incarnation.
+    /// absolute]. Losing it makes the agent report every file again, as a new agent.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// This agent's name [default: the site name].
@@ -355,7 +376,7 @@ struct SyncArgs {
     #[arg(long = "site")]
     sites: Vec<String>,
     /// A cache's base URL, e.g. http://10.0.0.7:8080 (repeatable).
-    #[arg(long = "cache")]
+    #[arg(long = "cache", value_parser = parse_url)]
     caches: Vec<String>,
     /// The caches' purge key file (the edges' --purge-key).
     #[arg(long)]
@@ -376,7 +397,7 @@ struct MoverArgs {
     /// API address [default: 127.0.0.1:7000].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Data directory (database, keys, shadow copies) [default: /var/lib/tern/mover as root, else
+    /// Data directory (database, keys, a copy of each site's published version) [default: /var/lib/tern/mover as root, else
     /// $XDG_STATE_HOME/tern/mover or ~/.local/state/tern/mover].
     #[arg(long)]
     data: Option<PathBuf>,
@@ -395,12 +416,12 @@ struct MoverArgs {
     admin_token: Option<PathBuf>,
     /// Key file (`tern keygen FILE`) whose token every client of the API on --listen must present
     /// (`Authorization: Bearer`): `tern publish`, `rollback`, `checkpoint` and `jobs` read it from the file
-    /// named by the environment variable TERN_API_TOKEN_FILE. Nodes need no token (their registration and
-    /// the tree's messages are checked otherwise). Without it anyone who reaches --listen can submit jobs:
+    /// named by the environment variable TERN_API_TOKEN_FILE. Nodes need no token (their requests are
+    /// checked otherwise). Without it anyone who reaches --listen can submit jobs:
     /// keep it on loopback or a trusted network.
     #[arg(long, value_name = "FILE")]
     api_token: Option<PathBuf>,
-    /// Encrypt every assignment (XChaCha20-Poly1305) with this key file (`tern keygen`); nodes need the
+    /// Encrypt everything sent to the nodes (XChaCha20-Poly1305) with this key file (`tern keygen`); nodes need the
     /// same file as their --encryption-key.
     #[arg(long)]
     encryption_key: Option<PathBuf>,
@@ -412,8 +433,8 @@ struct MoverArgs {
     /// The HAProxy backend whose servers are the nodes.
     #[arg(long, default_value = "tern", requires = "haproxy")]
     haproxy_backend: String,
-    /// How assignments reach nodes: `tree` (store and forward through the segments' group leaders, so the
-    /// mover sends about one copy; nodes outside led segments get theirs directly; needs the cluster key),
+    /// How changes reach the nodes: `tree` (relayed by each network segment's group leader, so the mover
+    /// sends about one copy; nodes outside led segments get theirs directly; needs the cluster key),
     /// `star` (the mover sends every node its own copy), or `auto`: the tree when any target is in a
     /// segment with a group leader.
     #[arg(long, default_value = "auto", value_name = "auto|tree|star")]
@@ -423,7 +444,7 @@ struct MoverArgs {
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     delivery_timeout: humantime::Duration,
     /// The cluster key file (`tern keygen`) every node of the fleet also has: it authenticates the group
-    /// leaders' segment reports (`POST /api/segments/report`) and the store-and-forward tree.
+    /// leaders' reports about their segments (`POST /api/segments/report`) and what the leaders relay.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
     #[command(flatten)]
@@ -436,8 +457,8 @@ struct MoverArgs {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// The mover's API, e.g. http://10.0.0.1:7000 or https://mover.example:7000.
-    #[arg(long)]
+    /// The content mover's URL, e.g. http://10.0.0.1:7000 or https://mover.example:7000.
+    #[arg(long, value_parser = parse_url)]
     mover: String,
     /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
     #[arg(long, value_name = "FILE")]
@@ -453,17 +474,17 @@ struct NodeArgs {
     /// The mover's public key file (DATA/mover.pub on the mover).
     #[arg(long)]
     key: PathBuf,
-    /// Address to take assignments on [default: 127.0.0.1:7100].
+    /// Address the mover sends this node its changes on [default: 127.0.0.1:7100].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// URL the mover should use to reach this node [default: http://LISTEN, or https://LISTEN with
     /// --tls-cert].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     advertise: Option<String>,
     /// Content group this node belongs to (repeat for several); `tern publish --group G` targets a group.
     #[arg(long = "group")]
     groups: Vec<String>,
-    /// Key file that decrypts assignments, when the mover encrypts them (its --encryption-key).
+    /// Key file that decrypts what the mover sends, when it encrypts it (its --encryption-key).
     #[arg(long)]
     encryption_key: Option<PathBuf>,
     /// How long a version that stopped being live stays on disk, for readers that resolved `live` just
@@ -489,12 +510,12 @@ struct DataChannelArgs {
     /// members report losses).
     #[arg(long, value_name = "MBIT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), requires = "data_channel")]
     data_rate: u64,
-    /// Members report applying an assignment at a random multiple (1 to 10) of this interval, so that
+    /// Members report applying a change at a random multiple (1 to 10) of this interval, so that
     /// their reports do not all arrive at once.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, requires = "data_channel")]
     data_report_interval: std::time::Duration,
-    /// Longest random delay of a member's status report (its NACK list) after each pass; the seed's is
-    /// about a second. Shorter repairs faster; longer spreads the reports of a large segment.
+    /// Longest random delay before a member reports the packets it missed, after each pass (about a second
+    /// is usual). Shorter repairs faster; longer spreads the reports of a large segment.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, requires = "data_channel")]
     data_report_delay: std::time::Duration,
     /// TEST KNOB, not for production: drop each datagram received on the data channel with this
@@ -518,7 +539,7 @@ struct SegmentArgs {
     #[arg(long, value_name = "GROUP:PORT", requires = "segment")]
     control_channel: Option<std::net::SocketAddrV4>,
     /// The cluster key file (`tern keygen`; the mover's --cluster-key): control messages, registrations,
-    /// reports and the store-and-forward tree carry its tag, so a machine without it can neither vote nor
+    /// reports and relayed changes carry its tag, so a machine without it can neither vote nor
     /// lead.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
@@ -536,31 +557,31 @@ struct SegmentArgs {
     /// the group uses].
     #[arg(long, value_name = "ADDR", requires = "segment")]
     multicast_interface: Option<std::net::Ipv4Addr>,
-    /// Where the segment is: a time zone such as Europe/London, or a place name; the mover sorts the
-    /// tree's group leaders by it.
+    /// Where the segment is: a time zone such as Europe/London, or a place name; the mover orders the
+    /// group leaders it relays through by it.
     #[arg(long, value_name = "TZ", requires = "segment")]
     location: Option<String>,
     /// UDP address this node takes registrations on when it leads [default: an ephemeral port on
     /// --multicast-interface, or on every interface].
     #[arg(long, value_name = "ADDR", requires = "segment")]
     registration_listen: Option<SocketAddr>,
-    /// Run the election's and the registration's timers N times faster than the seed's values (1, the
-    /// default: LA every 1.5 s, claims after 5 to 16 s, votes of 10 to 15 s, a leader settled within
-    /// 75.5 s of a crash). For labs, tests and demos on a quiet LAN; every member of a segment uses the
-    /// same N.
+    /// Run the leader election's and the registration's timers N times faster than normal (1, the default:
+    /// the leader announces itself every 1.5 s, nodes claim the lead after 5 to 16 s, votes take 10 to 15
+    /// s, a new leader is settled within 75.5 s of a crash). For labs, tests and demos on a quiet LAN;
+    /// every member of a segment uses the same N.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100), requires = "segment")]
     discovery_speed: u32,
 }
 
 #[derive(Args, Debug)]
 struct PublishArgs {
-    /// The mover's API.
+    /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
     #[arg(long)]
     mover: String,
     /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Hosted site.
+    /// The site's name on the mover.
     #[arg(long)]
     site: String,
     /// Staging directory to publish.
@@ -579,6 +600,10 @@ struct PublishArgs {
     /// Drop the site's kept include and exclude rules: this publish, and the later ones, take every file.
     #[arg(long, conflicts_with_all = ["include", "exclude"])]
     clear_rules: bool,
+    /// Read and hash every staging file, like `rsync -c` [default: a file's hash is reused when its size,
+    /// mtime, change time and inode are those the last publish from the same directory saw].
+    #[arg(long)]
+    checksum: bool,
     #[command(flatten)]
     caches: CacheOptions,
     #[command(flatten)]
@@ -592,17 +617,17 @@ struct PublishArgs {
 struct CacheOptions {
     /// The site's public base URL, e.g. https://www.example.com: the changed paths are purged as URLs
     /// under it (needs --sync-url or --edge).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
     public_url: Option<String>,
     /// The sync service's admin URL (`tern sync --admin`): it purges the changed URLs on every cache it
     /// drives and fetches them again.
-    #[arg(long, value_name = "URL", requires_all = ["public_url", "sync_key"], conflicts_with = "edges")]
+    #[arg(long, value_name = "URL", value_parser = parse_url, requires_all = ["public_url", "sync_key"], conflicts_with = "edges")]
     sync_url: Option<String>,
     /// The sync service's key file (its --key).
     #[arg(long, value_name = "FILE", requires = "sync_url")]
     sync_key: Option<PathBuf>,
     /// An edge the mover purges itself, by base URL (repeatable), instead of through a sync service.
-    #[arg(long = "edge", value_name = "URL", requires = "public_url")]
+    #[arg(long = "edge", value_name = "URL", value_parser = parse_url, requires = "public_url")]
     edges: Vec<String>,
     /// The edges' purge key file (their --purge-key).
     #[arg(long, value_name = "FILE")]
@@ -702,13 +727,13 @@ struct JobOptions {
 
 #[derive(Args, Debug)]
 struct RollbackArgs {
-    /// The mover's API.
+    /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
     #[arg(long)]
     mover: String,
     /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Hosted site.
+    /// The site's name on the mover.
     #[arg(long)]
     site: String,
     #[command(flatten)]
@@ -721,37 +746,37 @@ struct RollbackArgs {
 enum CheckpointCommand {
     /// Checkpoint the site's published version.
     Create {
-        /// The mover's API.
+        /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
         #[arg(long)]
         mover: String,
         /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
-        /// Hosted site.
+        /// The site's name on the mover.
         #[arg(long)]
         site: String,
     },
     /// List the site's checkpoints.
     List {
-        /// The mover's API.
+        /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
         #[arg(long)]
         mover: String,
         /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
-        /// Hosted site.
+        /// The site's name on the mover.
         #[arg(long)]
         site: String,
     },
     /// Publish checkpoint N to every node again, and wait.
     Restore {
-        /// The mover's API.
+        /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
         #[arg(long)]
         mover: String,
         /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
-        /// Hosted site.
+        /// The site's name on the mover.
         #[arg(long)]
         site: String,
         /// Checkpoint number.
@@ -761,7 +786,7 @@ enum CheckpointCommand {
 
 #[derive(Args, Debug)]
 struct NodesArgs {
-    /// The mover's API.
+    /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
     #[arg(long)]
     mover: String,
     /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
@@ -775,7 +800,7 @@ struct NodesArgs {
 
 #[derive(Args, Debug)]
 struct JobsArgs {
-    /// The mover's API.
+    /// The content mover's URL (its --listen), e.g. http://10.0.0.1:7000.
     #[arg(long)]
     mover: String,
     /// CA certificate (PEM) that alone vouches for an https:// --mover [default: the system's roots].
@@ -865,6 +890,44 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address (10.0.0.1)"))
 }
 
+/// The value of a URL flag (`--mover`, `--origin`, `--registry`, `--sync-url`, ...): `http://` or
+/// `https://` and a host. A bare HOST:PORT is refused rather than read as http: whether the other side
+/// speaks TLS is the operator's to say, and the error shows the URL they probably mean.
+pub(crate) fn parse_url(text: &str) -> Result<String, String> {
+    let example = "http://127.0.0.1:7000";
+    let Some((scheme, rest)) = text.split_once("://") else {
+        let meant = if text.is_empty() {
+            example.to_string()
+        } else {
+            format!("http://{text}")
+        };
+        return Err(format!("needs a URL with http:// or https://, like {meant}"));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!(
+            "`{scheme}://` is not served: use http:// or https://, like {example}"
+        ));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("names no host: give one, like {example}"));
+    }
+    text.parse::<http::Uri>()
+        .map_err(|error| format!("is not a valid URL ({error}), like {example}"))?;
+    Ok(text.to_string())
+}
+
+/// The value of an address flag that is not HTTP (`tern agent --sync`): HOST:PORT. A URL given instead is
+/// named as such, since the plain parser's "invalid socket address syntax" does not say what is wrong.
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Some((_, rest)) = text.split_once("://") {
+        let address = rest.trim_end_matches('/');
+        return Err(format!("takes HOST:PORT, not a URL: give {address}"));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("`{text}` is not an address HOST:PORT with an IP address, like 10.0.0.2:7070"))
+}
+
 /// Logs to stderr, or to `file` when given.
 fn init_logging(filter: &str, file: Option<std::fs::File>) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
@@ -910,6 +973,12 @@ async fn run(command: Command) -> Result<()> {
         Command::Publish(args) => {
             let staging = std::fs::canonicalize(&args.staging)
                 .with_context(|| format!("staging directory {}", args.staging.display()))?;
+            if !staging.is_dir() {
+                anyhow::bail!(
+                    "--staging {}: is a file, not a directory; give the directory to publish",
+                    args.staging.display()
+                );
+            }
             let mut request = JobRequest::new(JobKind::Publish, &args.site);
             request.staging = Some(staging.display().to_string());
             if !args.include.is_empty() || !args.exclude.is_empty() || args.clear_rules {
@@ -917,6 +986,7 @@ async fn run(command: Command) -> Result<()> {
                 request.exclude = Some(args.exclude);
             }
             request.caches = args.caches.caches()?;
+            request.checksum = args.checksum;
             let wait = args.job.apply(&mut request)?;
             let fresh = args.fresh.wait()?;
             mover_client::run_job_fresh(&args.mover, args.ca.as_deref(), request, wait, fresh).await
@@ -1128,6 +1198,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(cache_control) = args.cache_control {
         config.cache_control = Some(cache_control);
+    }
+    if args.serve_hidden {
+        config.serve_hidden = true;
     }
     if args.tls.tls_cert.is_some() || args.tls.tls_dir.is_some() {
         config.tls_cert = args.tls.tls_cert;

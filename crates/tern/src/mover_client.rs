@@ -4,14 +4,16 @@
 //! vouches for it (else the system's roots do).
 
 use std::io::Write;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tern_http::tls::{ClientTls, HttpsClient};
-use tern_wire::mover::{FreshState, Job, JobCreated, JobRequest, JobState, NodeState};
+use tern_wire::mover::{
+    Checkpoint, FreshState, HistoryEntry, Job, JobCreated, JobKind, JobRequest, JobState, NodeState,
+};
 
 type HttpClient = HttpsClient<Full<Bytes>>;
 
@@ -21,15 +23,22 @@ fn client(ca: Option<&Path>) -> Result<HttpClient> {
     Ok(tls.client())
 }
 
+/// The mover's base URL as `--mover` gives it, checked by the parser of every URL flag, without a trailing
+/// slash. Checked before any path is added, so that an error quotes what the user typed.
+fn base(mover: &str) -> Result<String> {
+    let url = crate::parse_url(mover).map_err(|why| anyhow!("--mover {mover}: {why}"))?;
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 /// The mover's API token, from the key file named by `TERN_API_TOKEN_FILE` (the mover's `--api-token`),
-/// if that variable is set.
-fn api_token() -> Result<Option<String>> {
+/// with that file's path, if that variable is set.
+fn api_token() -> Result<Option<(PathBuf, String)>> {
     let Some(path) = std::env::var_os("TERN_API_TOKEN_FILE") else {
         return Ok(None);
     };
-    let key = tern_wire::SecretKey::load(std::path::Path::new(&path))
-        .with_context(|| format!("TERN_API_TOKEN_FILE={}", std::path::Path::new(&path).display()))?;
-    Ok(Some(key.token()))
+    let path = PathBuf::from(path);
+    let key = tern_wire::SecretKey::load(&path).with_context(|| format!("TERN_API_TOKEN_FILE={}", path.display()))?;
+    Ok(Some((path, key.token())))
 }
 
 async fn call(
@@ -38,14 +47,12 @@ async fn call(
     url: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("--mover must be the mover's URL, such as http://10.0.0.1:7000 (with http:// or https://), not {url}");
-    }
     let mut request = http::Request::builder()
         .method(method)
         .uri(url)
         .header("content-type", "application/json");
-    if let Some(token) = api_token()? {
+    let token = api_token()?;
+    if let Some((_, token)) = &token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
     let request = request.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
@@ -54,6 +61,20 @@ async fn call(
         .await
         .with_context(|| format!("cannot reach the mover at {url}"))?;
     let status = response.status();
+    // The mover's own answer cannot tell a missing token from a wrong one; the client knows which it sent.
+    if status == http::StatusCode::UNAUTHORIZED {
+        match &token {
+            None => bail!(
+                "the mover needs its API token and none was given: set TERN_API_TOKEN_FILE to (a copy of) the \
+                 mover's --api-token key file"
+            ),
+            Some((path, _)) => bail!(
+                "the mover refused the API token (401): check that TERN_API_TOKEN_FILE ({}) points at the \
+                 mover's --api-token key file",
+                path.display()
+            ),
+        }
+    }
     let bytes = response.into_body().collect().await?.to_bytes();
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))?;
@@ -85,8 +106,8 @@ pub async fn run_job_fresh(
     wait: bool,
     fresh: Option<Duration>,
 ) -> Result<()> {
+    let base = &base(mover)?;
     let client = client(ca)?;
-    let base = mover.trim_end_matches('/');
     let url = format!("{base}/api/jobs");
     let created = call(&client, "POST", &url, Some(serde_json::to_value(&request)?)).await?;
     let JobCreated { id } = serde_json::from_value(created).context("the mover did not return a job id")?;
@@ -94,8 +115,9 @@ pub async fn run_job_fresh(
     if !wait {
         let job = job(&client, base, &id).await?;
         println!(
-            "  {} — due at {} ms since the epoch; follow it with `tern jobs --mover {mover}`",
-            job.state, job.due_ms
+            "  {} — due at {}; follow it with `tern jobs --mover {mover}`",
+            job.state,
+            when(job.due_ms, now_ms())
         );
         return Ok(());
     }
@@ -105,9 +127,17 @@ pub async fn run_job_fresh(
     loop {
         let job = job(&client, base, &id).await?;
         let finished = job.finished();
-        // Per-node status: one line each time a node's state changes.
+        // Per-node status: one line each time a node's state changes. A node that is waiting, or committed
+        // without being sent anything, waits for the end of the job: when the whole publish was unchanged,
+        // one line says so instead.
         let mut lines = Vec::new();
         for node in &job.nodes {
+            let sent_nothing = matches!(node.state, NodeState::Pending | NodeState::Committed)
+                && node.bytes == 0
+                && node.error.is_none();
+            if sent_nothing && !finished {
+                continue;
+            }
             if seen.get(&node.node) != Some(&node.state) {
                 let error = node.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default();
                 lines.push(format!(
@@ -125,6 +155,18 @@ pub async fn run_job_fresh(
             .filter(|n| matches!(n.state, NodeState::Committed | NodeState::Failed))
             .count();
         let sent: u64 = job.nodes.iter().map(|n| n.bytes).sum();
+        if finished && let Some(unchanged) = unchanged_publish(&client, base, &job).await? {
+            if terminal {
+                print!("\r\x1b[2K");
+            }
+            println!("  {unchanged}");
+            // Nodes that do not hold the published version say which they hold (the mover's note).
+            for node in job.nodes.iter().filter(|node| node.state != NodeState::Committed) {
+                let note = node.error.as_deref().unwrap_or("not at the published version");
+                println!("  {:16} {:10} — {note}", node.node, node.state);
+            }
+            return Ok(());
+        }
         let bar = progress_bar(job.state, done, job.nodes.len(), sent, job.error.as_deref());
         if terminal {
             // Clear the bar, print the node lines above it, draw it again.
@@ -162,6 +204,22 @@ pub async fn run_job_fresh(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// When `job` is a committed publish that found nothing to send, what the mover's history says of it
+/// (`nothing changed since version N of SITE: ...`). The job's nodes alone cannot tell it from a publish whose
+/// nodes already held every file.
+async fn unchanged_publish(client: &HttpClient, base: &str, job: &Job) -> Result<Option<String>> {
+    let sent: u64 = job.nodes.iter().map(|n| n.bytes).sum();
+    if job.state != JobState::Committed || job.spec.kind != JobKind::Publish || sent > 0 {
+        return Ok(None);
+    }
+    let history = call(client, "GET", &format!("{base}/api/history?limit=100"), None).await?;
+    let history: Vec<HistoryEntry> = serde_json::from_value(history).context("unexpected answer from the mover")?;
+    Ok(history
+        .into_iter()
+        .find(|entry| entry.job.as_deref() == Some(job.id.as_str()) && entry.message.starts_with("nothing changed"))
+        .map(|entry| entry.message))
 }
 
 /// Waits until the caches in front of the site have acknowledged job `id`'s commit, at most `timeout`.
@@ -229,6 +287,39 @@ fn progress_bar(state: JobState, done: usize, total: usize, sent: u64, note: Opt
     )
 }
 
+/// Now, in milliseconds since the epoch (the unit of the mover's times).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A time of the mover's (`ms` since the epoch) as an operator reads it: RFC 3339 in UTC, and how far it is
+/// from `now_ms`, e.g. `2026-12-01T14:03:55Z (in 15 s)`.
+pub(crate) fn when(ms: u64, now_ms: u64) -> String {
+    let stamp = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms));
+    format!("{stamp} ({})", relative(ms, now_ms))
+}
+
+/// How far `ms` is from `now_ms`, rounded to the second, in the largest unit that keeps it readable.
+fn relative(ms: u64, now_ms: u64) -> String {
+    let ahead = ms > now_ms;
+    let seconds = (ms.abs_diff(now_ms) + 500) / 1000;
+    let amount = match seconds {
+        0 => return "now".to_string(),
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    };
+    if ahead {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -240,8 +331,8 @@ fn human_bytes(bytes: u64) -> String {
 
 /// Lists the registered nodes, or removes one (`remove`).
 pub async fn nodes(mover: &str, ca: Option<&Path>, remove: Option<&str>) -> Result<()> {
+    let base = base(mover)?;
     let client = client(ca)?;
-    let base = mover.trim_end_matches('/');
     if let Some(name) = remove {
         call(&client, "DELETE", &format!("{base}/api/nodes/{name}"), None).await?;
         println!("node {name} removed: no job targets it any more (if it still runs, it registers again)");
@@ -271,7 +362,7 @@ pub async fn nodes(mover: &str, ca: Option<&Path>, remove: Option<&str>) -> Resu
 /// Cancels a job that has not started.
 pub async fn cancel_job(mover: &str, ca: Option<&Path>, id: &str) -> Result<()> {
     let client = client(ca)?;
-    let url = format!("{}/api/jobs/{id}/cancel", mover.trim_end_matches('/'));
+    let url = format!("{}/api/jobs/{id}/cancel", base(mover)?);
     call(&client, "POST", &url, None).await?;
     println!("job {id} cancelled");
     Ok(())
@@ -280,14 +371,9 @@ pub async fn cancel_job(mover: &str, ca: Option<&Path>, id: &str) -> Result<()> 
 /// Lists recent jobs.
 pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
     let client = client(ca)?;
-    let jobs = call(
-        &client,
-        "GET",
-        &format!("{}/api/jobs", mover.trim_end_matches('/')),
-        None,
-    )
-    .await?;
+    let jobs = call(&client, "GET", &format!("{}/api/jobs", base(mover)?), None).await?;
     let jobs: Vec<Job> = serde_json::from_value(jobs).context("unexpected answer from the mover")?;
+    let now = now_ms();
     for job in jobs {
         let edges = job
             .freshness
@@ -299,8 +385,12 @@ pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
                 _ => format!("edges {}; ", f.state),
             })
             .unwrap_or_default();
+        let due = match job.state {
+            JobState::Scheduled | JobState::Queued => format!("due {}; ", when(job.due_ms, now)),
+            _ => String::new(),
+        };
         println!(
-            "{:40} {:12} {:10} {:10} {}{edges}{}",
+            "{:40} {:12} {:10} {:10} {due}{}{edges}{}",
             job.id,
             job.spec.kind,
             job.spec.site,
@@ -315,7 +405,7 @@ pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
 /// Creates a checkpoint.
 pub async fn create_checkpoint(mover: &str, ca: Option<&Path>, site: &str) -> Result<()> {
     let client = client(ca)?;
-    let url = format!("{}/api/checkpoints", mover.trim_end_matches('/'));
+    let url = format!("{}/api/checkpoints", base(mover)?);
     let created = call(&client, "POST", &url, Some(serde_json::json!({ "site": site }))).await?;
     println!("checkpoint {} of {site}", created["number"]);
     Ok(())
@@ -324,17 +414,34 @@ pub async fn create_checkpoint(mover: &str, ca: Option<&Path>, site: &str) -> Re
 /// Lists checkpoints.
 pub async fn list_checkpoints(mover: &str, ca: Option<&Path>, site: &str) -> Result<()> {
     let client = client(ca)?;
-    let url = format!("{}/api/checkpoints?site={site}", mover.trim_end_matches('/'));
-    for checkpoint in call(&client, "GET", &url, None)
-        .await?
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    let url = format!("{}/api/checkpoints?site={site}", base(mover)?);
+    let checkpoints: Vec<Checkpoint> = serde_json::from_value(call(&client, "GET", &url, None).await?)
+        .with_context(|| format!("unexpected answer from {url}"))?;
+    let now = now_ms();
+    for checkpoint in checkpoints {
         println!(
-            "{:>4}  version {:>6}  {:>12} bytes  created {} ms",
-            checkpoint["number"], checkpoint["version"], checkpoint["bytes"], checkpoint["created_ms"]
+            "{:>4}  version {:>6}  {:>10}  created {}",
+            checkpoint.number,
+            checkpoint.version,
+            human_bytes(checkpoint.bytes),
+            when(checkpoint.created_ms, now)
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc_with_how_far_they_are() {
+        // 2026-12-01T14:03:55Z.
+        let at = 1_796_133_835_000;
+        assert_eq!(when(at, at - 15_000), "2026-12-01T14:03:55Z (in 15 s)");
+        assert_eq!(when(at, at + 3 * 60_000 + 400), "2026-12-01T14:03:55Z (3 min ago)");
+        assert_eq!(relative(at, at + 300), "now");
+        assert_eq!(relative(at + 5 * 3_600_000, at), "in 5 h");
+        assert_eq!(relative(at, at + 3 * 86_400_000), "3 days ago");
+    }
 }

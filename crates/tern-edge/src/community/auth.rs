@@ -1,13 +1,20 @@
 //! Authentication of peer requests (`--peer-listen`): each request carries, in the `tern-community-token`
-//! field, `v2 SENT_AT_MS MAC` where MAC is lowercase hex of HMAC-SHA256 under the community's peer key
-//! (itself HMAC-SHA256 of the cluster key over a label and the community's name) over the method, the
-//! request target, the send time and the SHA-256 of the body. Only a holder of the cluster key can make
-//! one; one seen on the wire authorises nothing but the same request within the freshness window, and a
-//! purge relay (a POST) is accepted once ([`PeerAuth::verify`]'s replay memory). Peers' clocks must agree
-//! within the window (NTP), as they must for the community messages' own stamps.
+//! field, `v3 SENDER SENT_AT_MS NONCE MAC` where SENDER is the hex of the sending member's name, NONCE is
+//! the sender's run id and a counter of its tokens (hex, `RUN-COUNT`), and MAC is lowercase hex of
+//! HMAC-SHA256 under the community's peer key (itself HMAC-SHA256 of the cluster key over a label and the
+//! community's name) over the sender, the nonce, the method, the request target, the send time and the
+//! SHA-256 of the body. Only a holder of the cluster key can make one; one seen on the wire authorises
+//! nothing but the same request within the freshness window, and a purge relay (a POST) is accepted once
+//! ([`PeerAuth::verify`]'s replay memory). Because the sender and a nonce it never repeats are signed, two
+//! members relaying the same purge in the same millisecond (the sync service purges every edge at once,
+//! and each relays to the others) make different tokens, and one member never makes the same token twice:
+//! only a copy of a token is a replay. Peers' clocks must agree within the window (NTP), as they must for
+//! the community messages' own stamps.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -20,13 +27,19 @@ pub const FRESHNESS_WINDOW: Duration = Duration::from_secs(30);
 /// Most purge relays remembered against replay (one window's worth on a busy community).
 const MAX_REMEMBERED: usize = 100_000;
 /// The token's version prefix.
-const VERSION: &str = "v2";
+const VERSION: &str = "v3";
+/// Longest sender name accepted, bytes (the community's own limit on member names).
+const MAX_SENDER_LEN: usize = 64;
+/// Longest nonce accepted: two u64 in hex and the dash.
+const MAX_NONCE_LEN: usize = 33;
 
 /// Why a peer request's token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PeerAuthError {
-    /// No token, or not of the form `v2 SENT_AT_MS MAC`.
-    #[error("peer requests need the community's token (`v2 SENT_AT_MS MAC`)")]
+    /// No token, or not of the form `v3 SENDER SENT_AT_MS NONCE MAC`.
+    #[error(
+        "peer requests need the community's token (`v3 SENDER SENT_AT_MS NONCE MAC`): is every member the same tern version?"
+    )]
     Missing,
     /// The MAC does not match: another cluster key or community, or a changed request.
     #[error("the peer token does not match this request: another cluster key or community")]
@@ -51,31 +64,51 @@ impl PeerAuthError {
     }
 }
 
-/// Signs and verifies peer requests of one community.
+/// Signs and verifies peer requests of one community, as one member.
 pub struct PeerAuth {
     key: [u8; 32],
+    /// This member's name, signed into its tokens.
+    sender: String,
+    /// This run's id: a restarted member does not repeat the nonces of its previous run.
+    run: u64,
+    /// Tokens made in this run.
+    count: AtomicU64,
     /// MACs of purge relays accepted, with their send times, for the replay check.
     seen: Mutex<HashMap<[u8; 32], u64>>,
 }
 
 impl PeerAuth {
-    /// The authenticator of `community` under the cluster key.
-    pub fn new(cluster_key: &SecretKey, community: &str) -> PeerAuth {
+    /// The authenticator of member `sender` of `community` under the cluster key.
+    pub fn new(cluster_key: &SecretKey, community: &str, sender: &str) -> PeerAuth {
         let mut mac = hmac(cluster_key.as_bytes());
-        mac.update(b"tern community peer v2\0");
+        mac.update(b"tern community peer v3\0");
         mac.update(community.as_bytes());
         PeerAuth {
             key: mac.finalize().into_bytes().into(),
+            sender: sender.to_string(),
+            run: run_id(),
+            count: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
         }
     }
 
     /// The token for a request with `method`, `target` (path and query) and `body`, sent at `now_ms`
-    /// (milliseconds since the Unix epoch).
+    /// (milliseconds since the Unix epoch). Each call makes a new nonce.
     pub fn sign(&self, method: &str, target: &str, body: &[u8], now_ms: u64) -> String {
+        let count = self.count.fetch_add(1, Ordering::Relaxed);
+        let nonce = format!("{:x}-{count:x}", self.run);
+        let signed = Signed {
+            sender: self.sender.as_bytes(),
+            nonce: &nonce,
+            method,
+            target,
+            body,
+            sent_ms: now_ms,
+        };
         format!(
-            "{VERSION} {now_ms} {}",
-            hex::encode(self.mac(method, target, body, now_ms))
+            "{VERSION} {} {now_ms} {nonce} {}",
+            hex::encode(&self.sender),
+            hex::encode(self.mac(&signed))
         )
     }
 
@@ -93,17 +126,39 @@ impl PeerAuth {
             .and_then(|token| std::str::from_utf8(token).ok())
             .ok_or(PeerAuthError::Missing)?;
         let mut fields = text.split(' ');
-        let (Some(VERSION), Some(sent), Some(presented), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(VERSION), Some(sender), Some(sent), Some(nonce), Some(presented), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             return Err(PeerAuthError::Missing);
         };
+        let sender = hex::decode(sender)
+            .ok()
+            .filter(|name| !name.is_empty() && name.len() <= MAX_SENDER_LEN)
+            .ok_or(PeerAuthError::Missing)?;
+        let nonce_valid = !nonce.is_empty()
+            && nonce.len() <= MAX_NONCE_LEN
+            && nonce.bytes().all(|byte| byte.is_ascii_hexdigit() || byte == b'-');
+        if !nonce_valid {
+            return Err(PeerAuthError::Missing);
+        }
         let sent_ms: u64 = sent.parse().map_err(|_| PeerAuthError::Missing)?;
         let presented: [u8; 32] = hex::decode(presented)
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(PeerAuthError::Missing)?;
-        let expected = self.mac(method, target, body, sent_ms);
+        let expected = self.mac(&Signed {
+            sender: &sender,
+            nonce,
+            method,
+            target,
+            body,
+            sent_ms,
+        });
         if !bool::from(expected.ct_eq(&presented)) {
             return Err(PeerAuthError::BadMac);
         }
@@ -112,6 +167,7 @@ impl PeerAuth {
             return Err(PeerAuthError::Stale);
         }
         if method == "POST" {
+            // Keyed by the MAC, which covers sender and nonce: equal only for a copy of one token.
             let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if seen.len() >= MAX_REMEMBERED {
                 seen.retain(|_, at| at.abs_diff(now_ms) <= window);
@@ -127,16 +183,43 @@ impl PeerAuth {
         Ok(())
     }
 
-    fn mac(&self, method: &str, target: &str, body: &[u8], sent_ms: u64) -> [u8; 32] {
+    fn mac(&self, signed: &Signed<'_>) -> [u8; 32] {
         let mut mac = hmac(&self.key);
-        mac.update(method.as_bytes());
-        mac.update(b"\0");
-        mac.update(target.as_bytes());
-        mac.update(b"\0");
-        mac.update(&sent_ms.to_be_bytes());
-        mac.update(&Sha256::digest(body));
+        // Each variable-length field with its length first, so no two field lists sign the same bytes.
+        for field in [
+            signed.sender,
+            signed.nonce.as_bytes(),
+            signed.method.as_bytes(),
+            signed.target.as_bytes(),
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
+        }
+        mac.update(&signed.sent_ms.to_be_bytes());
+        mac.update(&Sha256::digest(signed.body));
         mac.finalize().into_bytes().into()
     }
+}
+
+/// What a token signs.
+struct Signed<'a> {
+    sender: &'a [u8],
+    nonce: &'a str,
+    method: &'a str,
+    target: &'a str,
+    body: &'a [u8],
+    sent_ms: u64,
+}
+
+/// A run id unlikely to repeat: the standard library's per-process random hash keys over the clock.
+fn run_id() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 fn hmac(key: &[u8]) -> Hmac<Sha256> {
@@ -155,8 +238,12 @@ pub fn unix_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn member(key: &str, community: &str, name: &str) -> PeerAuth {
+        PeerAuth::new(&SecretKey::parse(&key.repeat(32)).expect("key"), community, name)
+    }
+
     fn auth(key: &str, community: &str) -> PeerAuth {
-        PeerAuth::new(&SecretKey::parse(&key.repeat(32)).expect("key"), community)
+        member(key, community, "edge-a")
     }
 
     #[test]
@@ -211,20 +298,80 @@ mod tests {
         );
     }
 
+    /// The sync service purges every edge at once and each relays to the others: relays of one purge by
+    /// different members in one millisecond, or by one member twice, are not replays.
+    #[test]
+    fn relays_of_one_purge_at_one_time_by_two_senders_are_both_accepted() {
+        let (a, b, receiver) = (
+            member("11", "site", "edge-a"),
+            member("11", "site", "edge-b"),
+            member("11", "site", "edge-c"),
+        );
+        let now = 1_800_000_000_000;
+        let body = br#"{"urls":["http://h/a"]}"#;
+        let from_a = a.sign("POST", "/purge", body, now);
+        let from_b = b.sign("POST", "/purge", body, now);
+        assert_ne!(from_a, from_b);
+        assert_eq!(
+            receiver.verify(Some(from_a.as_bytes()), "POST", "/purge", body, now),
+            Ok(())
+        );
+        assert_eq!(
+            receiver.verify(Some(from_b.as_bytes()), "POST", "/purge", body, now),
+            Ok(())
+        );
+        let again_from_a = a.sign("POST", "/purge", body, now);
+        assert_eq!(
+            receiver.verify(Some(again_from_a.as_bytes()), "POST", "/purge", body, now),
+            Ok(()),
+            "one sender's second purge of the same URL in the same millisecond is new"
+        );
+        for token in [&from_a, &from_b, &again_from_a] {
+            assert_eq!(
+                receiver.verify(Some(token.as_bytes()), "POST", "/purge", body, now + 2),
+                Err(PeerAuthError::Replayed)
+            );
+        }
+        // A member restarted within the window starts a new run of nonces.
+        let a_restarted = member("11", "site", "edge-a");
+        let after_restart = a_restarted.sign("POST", "/purge", body, now);
+        assert_eq!(
+            receiver.verify(Some(after_restart.as_bytes()), "POST", "/purge", body, now),
+            Ok(())
+        );
+        // The sender is signed: a token's sender cannot be swapped for another's.
+        let forged = from_a.replacen(&hex::encode("edge-a"), &hex::encode("edge-b"), 1);
+        assert_eq!(
+            member("11", "site", "edge-d").verify(Some(forged.as_bytes()), "POST", "/purge", body, now),
+            Err(PeerAuthError::BadMac)
+        );
+    }
+
     #[test]
     fn malformed_tokens_are_refused_without_panicking() {
         let site = auth("11", "site");
-        for token in [
-            &b""[..],
-            b"v2",
-            b"v2 1",
-            b"v2 x 00",
-            b"v1 1 00",
-            b"v2 1 zz",
-            b"v2 1 00 extra",
-            b"\xff\xfe",
-            &[b'0'; 64],
-        ] {
+        let mac = "00".repeat(32);
+        let long_sender = hex::encode([b'a'; 65]);
+        let tokens: Vec<Vec<u8>> = [
+            String::new(),
+            "v3".into(),
+            "v3 6161 1".into(),
+            "v3 6161 1 0-0".into(),
+            format!("v2 1 {mac}"),
+            format!("v3 6161 x 0-0 {mac}"),
+            format!("v3 zz 1 0-0 {mac}"),
+            format!("v3  1 0-0 {mac}"),
+            format!("v3 {long_sender} 1 0-0 {mac}"),
+            format!("v3 6161 1 nonce {mac}"),
+            format!("v3 6161 1 {} {mac}", "0".repeat(40)),
+            "v3 6161 1 0-0 zz".into(),
+            format!("v3 6161 1 0-0 {mac} extra"),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .chain([b"\xff\xfe".to_vec(), vec![b'0'; 64]])
+        .collect();
+        for token in &tokens {
             assert_eq!(
                 site.verify(Some(token), "GET", "/", b"", 1),
                 Err(PeerAuthError::Missing),

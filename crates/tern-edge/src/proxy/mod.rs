@@ -73,6 +73,8 @@ const CLIENT_PRECONDITIONS: [http::HeaderName; 6] = [
 /// One edge cache.
 pub struct Edge {
     pub(crate) name: String,
+    /// This edge's `Via` values (made from `name` once).
+    pub(crate) via: tern_http::hop::Via,
     pub(crate) store: Arc<Store>,
     pub(crate) upstream: Arc<dyn Upstream>,
     /// Differential caching (seed 000), unless off.

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{ClientRequest, Edge};
 use crate::community::RelaySummary;
-use crate::purge::{PurgeRequest, requested_mode};
+use crate::purge::{PurgeRequest, requested_any_query, requested_mode};
 
 impl Edge {
     /// `PURGE <url>` on the main listener.
@@ -22,7 +22,14 @@ impl Edge {
             return tern_admin::json_error(StatusCode::FORBIDDEN, refusal.message());
         }
         let mode = requested_mode(&request.headers);
-        let count = self.store.purge_url(primary, mode);
+        let any_query = requested_any_query(&request.headers);
+        // The primary key's query starts at its first `?` (a host has none): what is left is the path's key.
+        let base = primary.split_once('?').map_or(primary.as_str(), |(path, _)| path);
+        let count = if any_query {
+            self.store.purge_url_any_query(base, mode)
+        } else {
+            self.store.purge_url(primary, mode)
+        };
         // The sync service's purges carry their change-log position, for catching up after a restart.
         if let Some(seq) = request
             .headers
@@ -37,17 +44,25 @@ impl Edge {
                 .and_then(|v| v.to_str().ok());
             self.sync_mark.note(log, seq);
         }
-        self.count_purge("url", count);
-        let relayed = self
-            .relay_purge(&PurgeRequest {
+        self.count_purge(if any_query { "url-any-query" } else { "url" }, count);
+        let relayed_purge = if any_query {
+            PurgeRequest {
+                urls_any_query: vec![base.to_string()],
+                soft: mode == PurgeMode::Soft,
+                ..PurgeRequest::default()
+            }
+        } else {
+            PurgeRequest {
                 urls: vec![primary.clone()],
                 soft: mode == PurgeMode::Soft,
                 ..PurgeRequest::default()
-            })
-            .await;
+            }
+        };
+        let relayed = self.relay_purge(&relayed_purge).await;
         info!(
             client = %request.client,
             url = %primary,
+            any_query,
             removed = count.removed,
             marked = count.marked,
             relayed = relayed.map(|r| r.applied),
@@ -66,6 +81,11 @@ impl Edge {
         for key in &resolved.urls {
             let count = self.store.purge_url(key, resolved.mode);
             self.count_purge("url", count);
+            total += count;
+        }
+        for key in &resolved.urls_any_query {
+            let count = self.store.purge_url_any_query(key, resolved.mode);
+            self.count_purge("url-any-query", count);
             total += count;
         }
         for key in &resolved.prefixes {

@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use tern_http::conditional::{self, Precondition, Validators};
 use tern_http::range::{self, RangeOutcome};
-use tern_http::{Body, date, hop};
+use tern_http::{Body, date};
 use tern_http_cache::BodySource;
 
 use super::{ClientRequest, Edge, Source};
@@ -25,45 +25,58 @@ impl Edge {
         age: Option<u64>,
         cache_status: CacheStatus,
     ) -> Response<Body> {
-        headers.remove("surrogate-key");
+        headers.remove(&SURROGATE_KEY);
         if let Some(age) = age {
             headers.insert(header::AGE, HeaderValue::from(age));
         }
         append_cache_status(&mut headers, &cache_status, &self.name);
-        hop::append_via(&mut headers, source.received(), &self.name);
+        self.via.append(&mut headers, source.received());
         let mut out_status = status;
         let mut slice: Option<(u64, u64)> = None;
         let mut send_body = request.method != Method::HEAD;
         if status == StatusCode::OK {
-            let last_modified = headers.get(header::LAST_MODIFIED).and_then(date::parse);
-            let etag = headers
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let validators = Validators {
-                etag: etag.as_deref(),
-                last_modified,
+            // Without preconditions or a range (most requests) both answers below are "go on": the
+            // validators are not even read.
+            let asks = super::CLIENT_PRECONDITIONS
+                .iter()
+                .any(|name| request.headers.contains_key(name));
+            let etag_value = if asks { headers.get(header::ETAG).cloned() } else { None };
+            let etag = etag_value.as_ref().and_then(|v| v.to_str().ok());
+            let last_modified = if asks {
+                headers.get(header::LAST_MODIFIED).and_then(date::parse)
+            } else {
+                None
             };
-            match conditional::evaluate(&request.method, &request.headers, validators) {
-                Precondition::NotModified => {
-                    let mut kept = HeaderMap::new();
-                    for name in conditional::NOT_MODIFIED_FIELDS.iter().chain(&[
-                        header::AGE,
-                        HeaderName::from_static("cache-status"),
-                        header::VIA,
-                    ]) {
-                        for value in headers.get_all(name) {
-                            kept.append(name.clone(), value.clone());
+            if asks {
+                let validators = Validators { etag, last_modified };
+                match conditional::evaluate(&request.method, &request.headers, validators) {
+                    Precondition::NotModified => {
+                        let mut kept = HeaderMap::new();
+                        for name in conditional::NOT_MODIFIED_FIELDS.iter().chain(&[
+                            header::AGE,
+                            HeaderName::from_static("cache-status"),
+                            header::VIA,
+                        ]) {
+                            for value in headers.get_all(name) {
+                                kept.append(name.clone(), value.clone());
+                            }
                         }
+                        return bodiless(StatusCode::NOT_MODIFIED, kept);
                     }
-                    return bodiless(StatusCode::NOT_MODIFIED, kept);
+                    Precondition::Failed => {
+                        return bodiless(StatusCode::PRECONDITION_FAILED, headers_for_error(headers));
+                    }
+                    Precondition::Proceed => {}
                 }
-                Precondition::Failed => return bodiless(StatusCode::PRECONDITION_FAILED, headers_for_error(headers)),
-                Precondition::Proceed => {}
             }
             if let Some(length) = length {
                 headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                match range::select(&request.headers, length, etag.as_deref(), last_modified) {
+                let outcome = if asks {
+                    range::select(&request.headers, length, etag, last_modified)
+                } else {
+                    RangeOutcome::Full
+                };
+                match outcome {
                     RangeOutcome::Full => {}
                     RangeOutcome::Partial { start, end } => {
                         out_status = StatusCode::PARTIAL_CONTENT;
@@ -87,7 +100,11 @@ impl Edge {
         };
         match body_len {
             Some(len) if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                // A stored response usually carries the right length already; a new value is one
+                // allocation per response.
+                if !states_length(headers.get(header::CONTENT_LENGTH), len) {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
             }
             _ => {
                 headers.remove(header::CONTENT_LENGTH);
@@ -134,6 +151,44 @@ impl Edge {
         append_cache_status(headers, &cache_status, &self.name);
         response
     }
+}
+
+/// Stored fields an edge never sends to clients.
+const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+
+/// Fields the edge adds to a stored response: `Age`, `Cache-Status`, `Via`, `Accept-Ranges`, and room for
+/// `Content-Length` and `Content-Range`.
+const ADDED_FIELDS: usize = 6;
+
+/// The stored fields of a response, with room for those the edge adds, so that adding them does not grow
+/// (reallocate and rehash) the map; `Surrogate-Key` left out.
+pub(super) fn stored_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.len() + ADDED_FIELDS);
+    for (name, value) in stored {
+        if name != SURROGATE_KEY {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// Whether `value` is exactly the decimal `length` (no parse, no allocation).
+fn states_length(value: Option<&HeaderValue>, length: u64) -> bool {
+    let Some(value) = value else {
+        return false;
+    };
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = length;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    value.as_bytes() == &digits[start..]
 }
 
 fn bodiless(status: StatusCode, headers: HeaderMap) -> Response<Body> {

@@ -31,7 +31,7 @@ impl Edge {
         Some(self.respond(
             request,
             object.meta.status,
-            object.meta.headers.clone(),
+            super::respond::stored_headers(&object.meta.headers),
             Some(object.meta.body_len),
             Source::Stored(body),
             Some(age),

@@ -3,7 +3,8 @@
 //! spaces and non-ASCII letters and a zero-byte file, and every node's `live` is then staging exactly —
 //! content, kind, mode, modification time and link target — by `rsync -a --dry-run --itemize-changes` (which
 //! reports nothing to do) and by comparing snapshots. A `chmod` alone is published; an unchanged tree
-//! publishes as a success without a version; a link out of the root is refused by name.
+//! publishes as a success without a version; a link out of the root is refused by name; a rewrite that keeps
+//! the size and the mtime, and another staging directory matching them, are published.
 
 use std::path::Path;
 use std::process::Command as Process;
@@ -203,4 +204,56 @@ async fn a_link_out_of_the_site_is_refused_by_name_unless_a_rule_excludes_it() {
         assert_eq!(std::fs::read(live.join("index.html")).expect("read"), b"home");
         assert!(std::fs::symlink_metadata(live.join("passwords")).is_err());
     }
+}
+
+/// Issue 10's trial: a content change that keeps the size and the mtime (a build pinning mtimes with
+/// SOURCE_DATE_EPOCH or Nix's mtime 1, `cp -p`, two writes in one timestamp tick) was never published: the
+/// scan reused the old hash, the publish said "committed 0 B" and the nodes kept the old file. Nor is a
+/// file of another staging directory that happens to match a published one's size and mtime.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_keeps_the_size_and_the_mtime_is_published() {
+    const EPOCH_1: i64 = 1_000_000_000; // `touch -d @1`
+    let fleet = Fleet::new(3, None).await;
+    let staging = fleet.area.path().join("staging");
+    write(&staging, "index.html", b"version 1.2.3\n");
+    write(&staging, "about.html", b"about us");
+    for path in ["index.html", "about.html", ""] {
+        set_mtime(&staging.join(path), EPOCH_1).expect("touch -d @1");
+    }
+    // Past the racily clean window, so that the first publish records how it found every file and the
+    // second trusts every record that still holds: the quick check itself is under test, not the window.
+    tokio::time::sleep(std::time::Duration::from_nanos(tern_tree::RACY_NS as u64 + 500_000_000)).await;
+    let job = fleet.run("publish", Some(&staging)).await;
+    assert_eq!(job["state"], "committed", "{job}");
+    assert_faithful(&fleet, &staging, "first publish");
+
+    write(&staging, "index.html", b"version 1.2.4\n");
+    for path in ["index.html", ""] {
+        set_mtime(&staging.join(path), EPOCH_1).expect("touch -d @1");
+    }
+    let job = fleet.run("publish", Some(&staging)).await;
+    assert_eq!(job["state"], "committed", "{job}");
+    assert_eq!(site_version(&fleet).await.0, 2, "a new version: {job}");
+    for index in 0..3 {
+        let live = fleet.node_root(index).join("www/live");
+        assert_eq!(
+            std::fs::read(live.join("index.html")).expect("read"),
+            b"version 1.2.4\n",
+            "node {index}"
+        );
+    }
+    assert_faithful(&fleet, &staging, "after a rewrite with the mtime set back");
+
+    // Another staging directory for the same site: same names, sizes and mtimes, other bytes.
+    let other = fleet.area.path().join("other");
+    write(&other, "index.html", b"version 1.2.5\n");
+    write(&other, "about.html", b"ABOUT US");
+    for path in ["index.html", "about.html", ""] {
+        set_mtime(&other.join(path), EPOCH_1).expect("touch -d @1");
+    }
+    let job = fleet.run("publish", Some(&other)).await;
+    assert_eq!(job["state"], "committed", "{job}");
+    assert_eq!(site_version(&fleet).await.0, 3, "a new version: {job}");
+    assert_faithful(&fleet, &other, "after publishing another staging directory");
 }

@@ -312,3 +312,92 @@ fn what_cannot_be_carried_stops_the_plan_by_name_unless_a_rule_excludes_it() {
     assert_eq!(planned.stats.created, 1);
     assert!(!planned.snapshot.contains_key("run"));
 }
+
+/// Publishing `/etc` said `21 entries cannot be published: …20 named… and 571 more`: the count is the
+/// real total, and the names stop at 20.
+#[cfg(unix)]
+#[test]
+fn a_refusal_counts_every_entry_it_cannot_carry_and_names_the_first_twenty() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("index.html"), "home").expect("write");
+    for n in 0..25 {
+        std::os::unix::fs::symlink(format!("/etc/conf{n:02}"), staging.join(format!("link{n:02}"))).expect("symlink");
+    }
+    let refused = plan(
+        &staging,
+        &area.path().join("shadow"),
+        &Snapshot::new(),
+        &publication(1, "p1"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect_err("refused");
+    let message = refused.to_string();
+    assert!(message.contains(": 25 entries cannot be published: "), "{message}");
+    assert!(
+        message.contains("symbolic link `link19`: its target `/etc/conf19` is absolute"),
+        "{message}"
+    );
+    assert!(!message.contains("`link20`"), "only 20 are named: {message}");
+    assert!(message.contains("; and 5 more;"), "{message}");
+    match refused {
+        tern_mover::plan::PlanError::Refused { total, problems, .. } => {
+            assert_eq!((total, problems.len()), (25, 21), "20 named, then how many more")
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// A link whose target climbs back after a name but stays inside the root (`bin/../index.html`) is
+/// published as rsync copies it; one that leaves the root, or climbs out of a link, is refused by name.
+#[cfg(unix)]
+#[test]
+fn a_link_that_climbs_after_a_name_is_published_while_it_stays_inside_the_root() {
+    use std::os::unix::fs::symlink;
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    std::fs::create_dir_all(staging.join("bin")).expect("mkdir");
+    std::fs::write(staging.join("index.html"), "home").expect("write");
+    symlink("bin/../index.html", staging.join("home.html")).expect("symlink");
+    symlink("../bin/../index.html", staging.join("bin/up.html")).expect("symlink");
+    let attempt = || {
+        plan(
+            &staging,
+            &area.path().join("shadow"),
+            &Snapshot::new(),
+            &publication(1, "p1"),
+            &PlanPolicy::default(),
+            &key(),
+        )
+    };
+    let planned = attempt().expect("inside the root");
+    assert_eq!(planned.stats.links, 2);
+    assert_eq!(
+        planned.snapshot["home.html"].target.as_deref(),
+        Some("bin/../index.html")
+    );
+    let node = Interpreter::new(area.path().join("node"));
+    deliver(&node, &planned.assignment, 1);
+    let live = node.live("www").expect("live");
+    assert_eq!(
+        std::fs::read_link(live.join("home.html")).expect("link"),
+        Path::new("bin/../index.html")
+    );
+    assert_eq!(std::fs::read(live.join("home.html")).expect("follows"), b"home");
+
+    symlink("bin/../../outside", staging.join("out")).expect("symlink");
+    symlink(".", staging.join("self")).expect("symlink");
+    symlink("self/../secret", staging.join("escape")).expect("symlink");
+    let message = attempt().expect_err("refused").to_string();
+    assert!(message.contains("2 entries cannot be published"), "{message}");
+    assert!(
+        message.contains("symbolic link `out`: its target `bin/../../outside` points outside the site root"),
+        "{message}"
+    );
+    assert!(
+        message.contains("symbolic link `escape`: its target `self/../secret` climbs with `..` out of `self`"),
+        "{message}"
+    );
+}

@@ -168,6 +168,8 @@ mod tests {
     use tern_wire::mctp;
 
     use super::*;
+    use crate::interpreter::Interpreter;
+    use crate::mctp::applied::{AppliedLog, REMEMBERED};
     use crate::mctp::driver::{self, DataChannelSettings};
     use crate::spool::Spool;
 
@@ -236,8 +238,16 @@ mod tests {
         let key = SecretKey::parse(&"4e".repeat(32)).expect("key");
         let stop = Arc::new(AtomicBool::new(false));
         let sniffer = sniff(settings(port).group, stop.clone());
-        let (leader, _) = driver::start(settings(port), key.clone(), "gl", &area.path().join("gl")).expect("gl");
-        let (member, mut received) = driver::start(settings(port), key, "m1", &area.path().join("m1")).expect("member");
+        let (leader, _) = driver::start(
+            settings(port),
+            key.clone(),
+            "gl",
+            &area.path().join("gl"),
+            Arc::default(),
+        )
+        .expect("gl");
+        let (member, mut received) =
+            driver::start(settings(port), key, "m1", &area.path().join("m1"), Arc::default()).expect("member");
         let member = Arc::new(member);
         let applier = {
             let member = member.clone();
@@ -283,5 +293,62 @@ mod tests {
             seen.iter().any(contains),
             "the sniffer sees plaintext when there is some"
         );
+    }
+
+    /// Follow-up 2 of the MCTP review: an assignment the member applied by the unicast path (`POST
+    /// /assignments`, through the node's record of applied assignments) is answered "complete" when the
+    /// data channel announces it later: the member receives and applies nothing, and its apply report
+    /// says applied. Before, the data channel knew only the assignments it had brought itself, and the
+    /// member received the whole assignment again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_assignment_applied_over_http_is_answered_complete_on_the_data_channel() {
+        let port = 41_000 + (std::process::id() % 20_000) as u16 + 2;
+        let signing = SigningKey::from_bytes(&[5; 32]);
+        let mut builder = Builder::new("v1", AssignmentKind::Publish, "www", 1, None, 0);
+        builder
+            .create("index.html", None, &MARKER.repeat(4_000), false)
+            .expect("create");
+        builder.command(Command::Commit);
+        let bytes = builder.finish(&signing, None).expect("finish");
+        let area = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&area.path().join("spool")).expect("spool");
+        let entry = spool.scratch(Some(bytes.len() as u64));
+        std::fs::write(entry.path(), &bytes).expect("spool file");
+        let mut check = StreamCheck::new(&Limits::default());
+        check.push(&bytes).expect("push");
+        let checked = check.finish(&signing.verifying_key()).expect("verifies");
+
+        // The member applied it from `POST /assignments`.
+        let record = Arc::new(AppliedLog::open(&area.path().join("m1-state"), REMEMBERED).expect("record"));
+        let interpreter = Interpreter::new(area.path().join("m1-root"));
+        let by_http = record
+            .apply(&interpreter, &entry, &checked, None, &Limits::default())
+            .expect("applied over HTTP");
+        assert!(!by_http.again);
+
+        let key = SecretKey::parse(&"4e".repeat(32)).expect("key");
+        let (leader, _) = driver::start(
+            settings(port),
+            key.clone(),
+            "gl",
+            &area.path().join("gl"),
+            Arc::default(),
+        )
+        .expect("gl");
+        let (member, mut received) =
+            driver::start(settings(port), key, "m1", &area.path().join("m1"), record.clone()).expect("member");
+        let distributed = tokio::time::timeout(
+            Duration::from_secs(60),
+            distribute(&leader, "www-000001", &entry, &checked, vec!["m1".into()], |_| {}),
+        )
+        .await
+        .expect("in time")
+        .expect("distributed");
+        assert_eq!(distributed.applied, vec!["m1".to_string()]);
+        assert!(distributed.fallback.is_empty(), "{distributed:?}");
+        assert!(received.try_recv().is_err(), "the member received the assignment again");
+        assert_eq!(member.metrics().received.get(), 0);
+        leader.stop();
+        member.stop();
     }
 }

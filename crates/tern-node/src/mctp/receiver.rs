@@ -11,8 +11,8 @@ use std::time::Instant;
 use std::time::Duration;
 
 use tern_wire::mctp::{
-    self, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, MctpBody, ReportRequest, Status, StatusReport,
-    Wanted,
+    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, MctpBody, ReportRequest, Status,
+    StatusReport, Wanted,
 };
 use tracing::{debug, warn};
 
@@ -39,6 +39,12 @@ pub trait Sink: Send {
 pub trait Spool: Send {
     /// Whether it already holds the assignment with this signed hash (hex).
     fn holds(&self, hash: &str) -> bool;
+    /// Whether it applied the assignment with this Content Assignment ID, by whatever path (asked when
+    /// the GL wants the apply report of a session this member does not follow: never heard of, or
+    /// forgotten in a restart). Without such a record, nothing was applied.
+    fn applied(&self, _assignment: u64) -> bool {
+        false
+    }
     /// A sink for the announced assignment.
     fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>>;
 }
@@ -88,6 +94,13 @@ struct MemberSession {
     applied: Option<ApplyReport>,
 }
 
+/// The answer to a request for the apply report of a session the member does not follow, due at `at`.
+struct UnheardAnswer {
+    leader: SocketAddr,
+    report: ApplyReport,
+    at: Instant,
+}
+
 /// A member's MCTP receiver core.
 pub struct Receiver {
     config: ReceiverConfig,
@@ -95,6 +108,9 @@ pub struct Receiver {
     rng: SplitMix64,
     spool: Box<dyn Spool>,
     sessions: BTreeMap<u64, MemberSession>,
+    /// Answers due to requests for the apply reports of sessions not followed (at most
+    /// [`ReceiverConfig::max_sessions`]).
+    unheard: BTreeMap<u64, UnheardAnswer>,
     decoder: BlockDecoder,
     /// Bytes of parity frames held, all sessions together.
     parity_bytes: usize,
@@ -130,6 +146,7 @@ impl Receiver {
             rng,
             spool,
             sessions: BTreeMap::new(),
+            unheard: BTreeMap::new(),
             decoder: BlockDecoder::new(),
             parity_bytes: 0,
             counters: Counters::default(),
@@ -156,6 +173,7 @@ impl Receiver {
 
     /// Stops following a session (after its assignment was applied and reported, or abandoned).
     pub fn forget(&mut self, assignment: u64) {
+        self.unheard.remove(&assignment);
         if let Some(MemberSession {
             reception: Reception::Receiving(receiving),
             ..
@@ -226,6 +244,8 @@ impl Receiver {
         };
         let already_held = matches!(reception, Reception::Complete);
         let pass = announcement.pass;
+        // Followed from now on: the session answers for itself.
+        self.unheard.remove(&assignment);
         self.sessions.insert(
             assignment,
             MemberSession {
@@ -466,8 +486,7 @@ impl Receiver {
             return;
         }
         let Some(session) = self.sessions.get_mut(&request.assignment) else {
-            // Not announced to this member yet: the next pass's announcement brings it in.
-            self.counters.refuse("unannounced");
+            self.answer_unheard(request, leader, now, out);
             return;
         };
         session.leader = leader;
@@ -489,6 +508,49 @@ impl Receiver {
             timer: Timer {
                 assignment: request.assignment,
                 kind,
+            },
+            at,
+        });
+    }
+
+    /// A request for a session this member does not follow. A status request waits for the next pass's
+    /// announcement, which brings the member in. An apply report request that names this member is
+    /// answered, after the usual random delay: "applied" when its spool's record says so (it applied the
+    /// assignment by another path, or before a restart), otherwise "not received" — the GL then stops
+    /// waiting for it and the unicast path catches it up at once. A request that does not name it (every
+    /// member, or all but those that reported) stays unanswered: a node that never heard of the session
+    /// cannot tell whether it is one of its members, and every bystander answering would be an implosion.
+    fn answer_unheard(&mut self, request: ReportRequest, leader: SocketAddr, now: Instant, out: &mut Vec<Output>) {
+        let named = matches!(&request.addressees, Addressees::Missing(_));
+        if request.wanted != Wanted::Apply || !named {
+            self.counters.refuse("unannounced");
+            return;
+        }
+        let assignment = request.assignment;
+        if self.unheard.contains_key(&assignment) {
+            return;
+        }
+        if self.unheard.len() >= self.config.max_sessions {
+            self.counters.refuse("too-many-sessions");
+            return;
+        }
+        let applied = self.spool.applied(assignment);
+        let detail = if applied {
+            "applied already (the session was not followed)".to_string()
+        } else {
+            "not received: this member never heard of the session".to_string()
+        };
+        let at = now + self.rng.duration_below(self.config.report_delay);
+        let report = ApplyReport {
+            assignment,
+            applied,
+            detail,
+        };
+        self.unheard.insert(assignment, UnheardAnswer { leader, report, at });
+        out.push(Output::SetTimer {
+            timer: Timer {
+                assignment,
+                kind: TimerKind::ApplyReport,
             },
             at,
         });
@@ -521,6 +583,7 @@ impl Receiver {
 
     fn on_timer(&mut self, timer: Timer, now: Instant, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.get_mut(&timer.assignment) else {
+            self.send_unheard(timer, now, out);
             return;
         };
         let due = session.timers.get(&timer.kind).copied();
@@ -542,6 +605,25 @@ impl Receiver {
             }
             _ => {}
         }
+    }
+
+    /// Sends the answer due for a session not followed.
+    fn send_unheard(&mut self, timer: Timer, now: Instant, out: &mut Vec<Output>) {
+        if timer.kind != TimerKind::ApplyReport {
+            return;
+        }
+        let due = self.unheard.get(&timer.assignment).map(|answer| answer.at);
+        if due.is_none_or(|at| now < at) {
+            return;
+        }
+        let Some(answer) = self.unheard.remove(&timer.assignment) else {
+            return;
+        };
+        let datagram = self.stamper.encode(MctpBody::ApplyReport(answer.report), now);
+        out.push(Output::ToLeader {
+            address: answer.leader,
+            datagram,
+        });
     }
 
     fn send_status(&mut self, assignment: u64, now: Instant, out: &mut Vec<Output>) {

@@ -104,6 +104,11 @@ impl Spool for MemSpool {
         self.held.iter().any(|held| held == hash)
     }
 
+    fn applied(&self, assignment: u64) -> bool {
+        // The segment runs one assignment, [`ASSIGNMENT`]: a member holding any hash applied it.
+        assignment == ASSIGNMENT && !self.held.is_empty()
+    }
+
     fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>> {
         Ok(Box::new(MemSink {
             assignment: announcement.assignment,

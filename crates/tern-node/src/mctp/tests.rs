@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::frame;
 use tern_wire::mctp::{
-    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, KIND_APPLY_REPORT, KIND_STATUS_REPORT,
-    MctpBody, MctpMessage, Status, StatusReport, Wanted,
+    self, Addressees, Announcement, ApplyReport, BlockNack, DataFrame, FrameId, KIND_APPLY_REPORT, KIND_REPORT_REQUEST,
+    KIND_STATUS_REPORT, MctpBody, MctpMessage, ReportRequest, Status, StatusReport, Wanted,
 };
 
 use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
@@ -518,6 +518,122 @@ fn a_member_never_heard_gets_the_unicast_report_request_at_its_registered_addres
     segment.run_for(Duration::from_secs(60));
     assert!(segment.unsent > 0);
     assert_eq!(segment.collections[0].missing, vec![member_name(2)]);
+}
+
+/// A segment of three members whose member 3 hears nothing of the session (every datagram to it is
+/// lost but the GL's report requests), holding the assignment already (`held`) or not; run to the end.
+fn segment_with_a_member_that_never_heard(held: bool) -> Segment {
+    let mut segment = new_segment(3);
+    if held {
+        segment.hold(3, &hash_of(&bytes()));
+    }
+    segment.drop_rule = Box::new(|to, bytes| to == 3 && frame::peek_kind(bytes) != Some(KIND_REPORT_REQUEST));
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(120));
+    segment
+}
+
+/// A member asked (by name) for the apply report of a session it never heard of answers "not received"
+/// instead of staying silent: report collection ends after the first request, naming it failed (the
+/// unicast path catches it up at once), instead of asking it again up to the maximum and then calling
+/// its report missing.
+#[test]
+fn a_member_that_never_heard_of_the_session_answers_not_received() {
+    let segment = segment_with_a_member_that_never_heard(false);
+    assert_eq!(segment.sessions[0].silent, vec![member_name(3)]);
+    let [collection] = segment.collections.as_slice() else {
+        panic!("one collection: {:?}", segment.collections);
+    };
+    assert_eq!(collection.applied, vec![member_name(1), member_name(2)]);
+    let [(member, detail)] = collection.failed.as_slice() else {
+        panic!("member 3 failed: {collection:?}");
+    };
+    assert_eq!(member, &member_name(3));
+    assert!(detail.contains("never heard"), "{detail}");
+    assert!(collection.missing.is_empty(), "{collection:?}");
+    assert_eq!(collection.requests, 1, "answered at the first request");
+    assert_eq!(segment.applies[3], 0, "nothing applied");
+}
+
+/// The same member, having applied the assignment by another path (the unicast path, or before a
+/// restart), answers "applied" from its record.
+#[test]
+fn a_member_that_applied_it_another_way_answers_applied_to_a_session_it_never_heard() {
+    let segment = segment_with_a_member_that_never_heard(true);
+    let [collection] = segment.collections.as_slice() else {
+        panic!("one collection: {:?}", segment.collections);
+    };
+    assert_eq!(collection.applied, (1..=3).map(member_name).collect::<Vec<_>>());
+    assert!(
+        collection.failed.is_empty() && collection.missing.is_empty(),
+        "{collection:?}"
+    );
+    assert_eq!(collection.requests, 1);
+    assert_eq!(segment.applies[3], 0, "answered from the record, nothing applied");
+}
+
+/// A request that does not name the member (every member, or all but those that reported) is not
+/// answered for a session it does not follow: it cannot tell whether it is a member, and every
+/// bystander answering would be a report implosion. Nor is a status request.
+#[test]
+fn a_request_that_does_not_name_the_member_is_not_answered_for_an_unknown_session() {
+    let now = Instant::now();
+    let mut member = Receiver::new(
+        ReceiverConfig::new(identity("m1", 1)),
+        Box::new(NoSpool),
+        1,
+        now,
+        UNIX_MS,
+    )
+    .expect("receiver");
+    let request = |seq: u64, wanted: Wanted, addressees: Addressees| {
+        let message = MctpMessage {
+            segment: "rack-1".into(),
+            sender: "gl".into(),
+            address: identity("gl", 0).address,
+            incarnation: 1,
+            seq,
+            sent_at_ms: UNIX_MS,
+            body: MctpBody::ReportRequest(ReportRequest {
+                assignment: ASSIGNMENT,
+                wanted,
+                addressees,
+            }),
+        };
+        mctp::encode(&key(), &message)
+    };
+    let silent = [
+        request(1, Wanted::Apply, Addressees::All),
+        request(2, Wanted::Apply, Addressees::Received(vec!["m2".into()])),
+        request(
+            3,
+            Wanted::Status {
+                pass: 1,
+                spread_ms: 100,
+            },
+            Addressees::Missing(vec!["m1".into()]),
+        ),
+    ];
+    for datagram in &silent {
+        assert!(member.handle(ReceiverInput::Datagram(datagram), now).is_empty());
+    }
+    assert_eq!(member.counters().refused("unannounced"), 3);
+
+    let named = request(4, Wanted::Apply, Addressees::Missing(vec!["m1".into()]));
+    let out = member.handle(ReceiverInput::Datagram(&named), now);
+    let [Output::SetTimer { timer, at }] = out.as_slice() else {
+        panic!("one timer: {out:?}");
+    };
+    let out = member.handle(ReceiverInput::Timer(*timer), *at);
+    let [Output::ToLeader { address, datagram }] = out.as_slice() else {
+        panic!("one answer: {out:?}");
+    };
+    assert_eq!(*address, identity("gl", 0).address);
+    let answer = mctp::decode(&key(), datagram, &Default::default()).expect("decodes");
+    let MctpBody::ApplyReport(report) = &answer.message().body else {
+        panic!("an apply report: {answer:?}");
+    };
+    assert_eq!((report.assignment, report.applied), (ASSIGNMENT, false));
 }
 
 fn apply_report(index: usize, seq: u64) -> Vec<u8> {

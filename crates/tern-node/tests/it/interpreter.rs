@@ -485,6 +485,42 @@ fn links_that_would_leave_the_site_are_refused() {
     assert!(!area.path().join("root/www/live/out").exists());
 }
 
+/// The text of a target is not enough: with `self -> .`, `self/../etc` stays inside by its text but the
+/// kernel climbs out of the root through the link. A `..` after a real directory is fine.
+#[cfg(unix)]
+#[test]
+fn a_link_that_climbs_back_through_a_link_is_refused_and_through_a_directory_is_made() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(area.path().join("root"));
+    publish_v1(&interpreter);
+    let link = |builder: &mut Builder, path: &str, target: &str| {
+        builder.command(Command::Symlink {
+            path: path.into(),
+            target: target.into(),
+            mtime_ns: None,
+        })
+    };
+    let mut builder = Builder::new("climb", AssignmentKind::Publish, "www", 2, None, 0);
+    link(&mut builder, "escape", "self/../etc");
+    link(&mut builder, "self", ".");
+    builder.command(Command::Commit);
+    let refused = interpreter.apply(&sealed(builder)).expect_err("escape");
+    assert!(
+        matches!(&refused, ApplyError::Link { path, .. } if path == "escape"),
+        "{refused}"
+    );
+    assert!(!area.path().join("root/www/live/escape").exists());
+
+    let mut builder = Builder::new("inside", AssignmentKind::Publish, "www", 2, None, 0);
+    link(&mut builder, "home", "docs/../index.html");
+    builder.command(Command::Commit);
+    interpreter
+        .apply(&sealed(builder))
+        .expect("a link through a real directory");
+    let home = std::fs::read_link(area.path().join("root/www/live/home")).expect("link");
+    assert_eq!(home.to_str(), Some("docs/../index.html"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_the_same_validators_for_the_same_file() {
     use tern_wire::assignment::{Metadata, Packer};

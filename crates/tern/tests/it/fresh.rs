@@ -297,6 +297,20 @@ async fn every_edge_serves_a_commit_within_a_second_and_the_nodes_see_one_prefet
     let warm: Vec<(&str, usize)> = pages.iter().map(|page| (*page, 1)).collect();
     assert_eq!(warm.len(), 7);
     assert_seen(&proxies, &warm, "warming up");
+    // Links with a query are objects of their own, cached for the hour too.
+    let queried = [
+        "/?utm=1",
+        "/index.html?v=1",
+        "/docs/?x=1",
+        "/docs/index.html?v=1",
+        "/old.html?v=1",
+    ];
+    for edge in &edges {
+        for page in queried {
+            assert_eq!(get(*edge, page).await.0, 200, "{page}");
+        }
+    }
+    proxies.iter().for_each(|proxy| drop(proxy.take()));
 
     // Version 2 names the sync service; the publish waits until the edges acknowledged it.
     write(&staging, "index.html", b"home v2");
@@ -355,6 +369,23 @@ async fn every_edge_serves_a_commit_within_a_second_and_the_nodes_see_one_prefet
     for edge in &edges {
         assert_eq!(get(*edge, "/old.html").await.0, 404, "what is gone is purged");
     }
+    // A changed (or removed) file's URL is purged with any query: no edge serves version 1 under a link
+    // with `?utm=` or `?v=`.
+    for edge in &edges {
+        for (page, body) in [
+            ("/?utm=1", &b"home v2"[..]),
+            ("/index.html?v=1", b"home v2"),
+            ("/docs/?x=1", b"docs v2"),
+            ("/docs/index.html?v=1", b"docs v2"),
+        ] {
+            assert_eq!(&get(*edge, page).await.1[..], body, "{page} on {edge}");
+        }
+        assert_eq!(
+            get(*edge, "/old.html?v=1").await.0,
+            404,
+            "a removed file's query variant"
+        );
+    }
     proxies.iter().for_each(|proxy| drop(proxy.take()));
 
     // A rollback purges what it switched back, and the edges serve version 1 again.
@@ -404,6 +435,10 @@ async fn every_edge_serves_a_commit_within_a_second_and_the_nodes_see_one_prefet
     proxies.iter().for_each(|proxy| drop(proxy.take()));
 
     // The edges named directly: the mover purges and prefetches them itself.
+    for edge in &edges {
+        assert_eq!(&get(*edge, "/page.html?utm=1").await.1[..], b"page v1");
+    }
+    proxies.iter().for_each(|proxy| drop(proxy.take()));
     write(&staging, "page.html", b"page v3");
     let edge_key = path("purge.key");
     let mut direct = strings(&["--public-url", &format!("http://{HOST}"), "--edge-key", &edge_key]);
@@ -428,4 +463,11 @@ async fn every_edge_serves_a_commit_within_a_second_and_the_nodes_see_one_prefet
         &[("/page.html", 1), ("/", 1), ("/docs", 0), ("/css/site.css", 0)],
         "after a publish to the edges directly",
     );
+    for edge in &edges {
+        assert_eq!(
+            &get(*edge, "/page.html?utm=1").await.1[..],
+            b"page v3",
+            "a query variant, purged directly"
+        );
+    }
 }

@@ -144,3 +144,51 @@ async fn stale_if_error_when_the_origin_process_dies() {
         String::from_utf8_lossy(&body)
     );
 }
+
+/// A published tree that is a git checkout, or carries server configuration, must not serve it: every
+/// spelling of a hidden path answers 404, `.well-known/` is served, and `--serve-hidden` serves them all.
+#[tokio::test]
+async fn hidden_files_are_not_served_unless_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    write(&site, "index.html", b"home");
+    write(&site, ".git/config", b"[remote \"origin\"]");
+    write(&site, ".htaccess", b"Deny from all");
+    write(&site, "app/.env", b"SECRET=1");
+    write(&site, ".well-known/acme-challenge/token", b"challenge");
+    let start = |extra: &[&str]| {
+        let addr = free_addr();
+        let listen = addr.to_string();
+        let mut args = vec!["serve", site.to_str().expect("utf-8"), "--listen", &listen];
+        args.extend_from_slice(extra);
+        (spawn(&args, addr), format!("http://{addr}"))
+    };
+    let (_origin, base) = start(&[]);
+    for path in [
+        "/.git/config",
+        "/%2egit/config",
+        "/%2Egit%2Fconfig",
+        "/./.git/config",
+        "//.git/config",
+        "/.git/",
+        "/.htaccess",
+        "/%2ehtaccess",
+        "/app/.env",
+    ] {
+        let (status, _, body) = get(&format!("{base}{path}"), &[], "GET").await;
+        assert_eq!(status, 404, "{path} must not be served");
+        assert!(!body.windows(6).any(|w| w == b"remote" || w == b"SECRET"), "{path}");
+    }
+    let (status, _, body) = get(&format!("{base}/.well-known/acme-challenge/token"), &[], "GET").await;
+    assert_eq!((status, &body[..]), (200, &b"challenge"[..]));
+    assert_eq!(get(&format!("{base}/"), &[], "GET").await.0, 200);
+
+    let (_open, base) = start(&["--serve-hidden"]);
+    for (path, expected) in [
+        ("/.git/config", &b"[remote \"origin\"]"[..]),
+        ("/.htaccess", b"Deny from all"),
+    ] {
+        let (status, _, body) = get(&format!("{base}{path}"), &[], "GET").await;
+        assert_eq!((status, &body[..]), (200, expected), "{path} with --serve-hidden");
+    }
+}

@@ -47,6 +47,12 @@ async fn agent_and_sync_processes_keep_an_edge_fresh() {
     let url = format!("http://{edge_addr}/page.html");
     let fetch = || async { send(&client(), "GET", &url, &[("host", "www.test")]).await };
     assert_eq!(&fetch().await.body[..], b"before");
+    // Links with a query are cache objects of their own (for the hour the origin allows).
+    let queried = |query: &str| format!("http://{edge_addr}/page.html?{query}");
+    for query in ["utm=1", "v=2"] {
+        let got = send(&client(), "GET", &queried(query), &[("host", "www.test")]).await;
+        assert_eq!(&got.body[..], b"before");
+    }
     let agent_admin = free_addr();
     let _agent = spawn(
         &[
@@ -81,5 +87,10 @@ async fn agent_and_sync_processes_keep_an_edge_fresh() {
             got.body
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The file's change purged its URL with any query: the variants are fresh as soon as the plain URL is.
+    for query in ["utm=1", "v=2"] {
+        let got = send(&client(), "GET", &queried(query), &[("host", "www.test")]).await;
+        assert_eq!(&got.body[..], b"after the change", "?{query}");
     }
 }

@@ -160,8 +160,7 @@ impl Driver {
                 assignment,
                 applied,
                 detail,
-                hash,
-            } => self.on_applied(assignment, applied, detail, hash, now, outputs),
+            } => self.on_applied(assignment, applied, detail, now, outputs),
             Command::Registered { members } => self.addresses.registered(members),
         }
     }

@@ -1,9 +1,11 @@
 //! The member's side of the driver (seed `004_1419c51402506f7e.txt`, "local distribution"): the spool
 //! file each session is received into ([`FileSpool`], written through [`FileSink`]), what arrives on the
 //! data channel (with the `--data-loss` test knob), the hand-off of a complete assignment to the node
-//! ([`Received`]) and its answer for the apply report, and forgetting old sessions.
+//! ([`Received`]) and its answer for the apply report, and forgetting old sessions. What the member
+//! holds already is the node's record of applied assignments ([`AppliedLog`]), whichever path applied
+//! them (the data channel, `POST /assignments`, before a restart).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -15,22 +17,31 @@ use tracing::warn;
 
 use super::Received;
 use super::event_loop::{Core, Driver};
-use crate::mctp::{Output, ReceiverInput, Sink, Spool};
+use crate::mctp::{AppliedLog, Output, ReceiverInput, Sink, Spool};
 use crate::spool::{Entry, Spool as NodeSpool};
 
 /// Bytes a member's sink gathers before it writes them (frames arrive mostly in order).
 const SINK_BUFFER: usize = 256 << 10;
-/// Hashes of assignments recently applied that a member remembers (it answers "complete" to them).
-const HELD_HASHES: usize = 64;
 
 /// Spool entries being received, by assignment, with their announced size.
 type Receiving = HashMap<u64, (Arc<Entry>, u64)>;
 
-/// What the member's spool and the driver share: the entries being received, the hashes held.
-#[derive(Clone, Default)]
+/// What the member's spool and the driver share: the entries being received, and the node's record of
+/// the assignments it applied.
+#[derive(Clone)]
 pub(super) struct SpoolShared {
     entries: Arc<Mutex<Receiving>>,
-    held: Arc<Mutex<VecDeque<String>>>,
+    applied: Arc<AppliedLog>,
+}
+
+impl SpoolShared {
+    /// Shares `applied`, the node's record (an announced assignment in it is answered "complete").
+    pub(super) fn new(applied: Arc<AppliedLog>) -> Self {
+        SpoolShared {
+            entries: Arc::default(),
+            applied,
+        }
+    }
 }
 
 /// The member's [`Spool`]: each session is received into a spool entry of the node's data channel spool.
@@ -41,8 +52,11 @@ pub(super) struct FileSpool {
 
 impl Spool for FileSpool {
     fn holds(&self, hash: &str) -> bool {
-        let held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.iter().any(|known| known == hash)
+        self.shared.applied.holds(hash)
+    }
+
+    fn applied(&self, assignment: u64) -> bool {
+        self.shared.applied.holds_assignment(assignment)
     }
 
     fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>> {
@@ -107,24 +121,16 @@ impl Sink for FileSink {
 }
 
 impl Driver {
-    /// The node's answer for a [`Received`] assignment: remembered when applied (a later announcement of
-    /// it is answered "complete"), and given to the receiver for the apply report.
+    /// The node's answer for a [`Received`] assignment, for the apply report (the node recorded it in
+    /// its [`AppliedLog`] when applied, so a later announcement of it is answered "complete").
     pub(super) fn on_applied(
         &mut self,
         assignment: u64,
         applied: bool,
         detail: String,
-        hash: String,
         now: Instant,
         outputs: &mut Vec<(Core, Output)>,
     ) {
-        if applied {
-            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-            held.push_back(hash);
-            while held.len() > HELD_HASHES {
-                held.pop_front();
-            }
-        }
         let input = ReceiverInput::Applied {
             assignment,
             applied,

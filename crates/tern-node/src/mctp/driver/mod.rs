@@ -54,8 +54,8 @@ pub use leader::FileSource;
 pub use metrics::{HowLabel, MctpMetrics, ReasonLabel};
 
 use super::{
-    AssignmentStatusReport, CollectConfig, Collector, ConfigError, Identity, MemberAddresses, Receiver, ReceiverConfig,
-    Sender, SenderConfig, SessionReport, SessionStart,
+    AppliedLog, AssignmentStatusReport, CollectConfig, Collector, ConfigError, Identity, MemberAddresses, Receiver,
+    ReceiverConfig, Sender, SenderConfig, SessionReport, SessionStart,
 };
 use crate::clock::{random_seed, unix_ms};
 use crate::election::rng::SplitMix64;
@@ -209,7 +209,6 @@ enum Command {
         assignment: u64,
         applied: bool,
         detail: String,
-        hash: String,
     },
     Registered {
         members: Vec<(String, SocketAddr)>,
@@ -285,7 +284,6 @@ impl DataChannel {
             assignment: received.assignment,
             applied,
             detail,
-            hash: received.hash.clone(),
         };
         let _ = self.commands.send(command).await;
     }
@@ -322,13 +320,15 @@ pub fn assignment_id(hash_hex: &str) -> u64 {
 }
 
 /// Starts the data channel of node `name` with the cluster `key`; members' spool files go to
-/// `spool_dir`. Returns the channel and the queue of assignments received, for the node to verify and
-/// apply.
+/// `spool_dir`; `applied` is the node's record of the assignments it applied (an announcement of one of
+/// them is answered "complete", a report request for one is answered "applied"). Returns the channel and
+/// the queue of assignments received, for the node to verify and apply.
 pub fn start(
     settings: DataChannelSettings,
     key: SecretKey,
     name: &str,
     spool_dir: &Path,
+    applied: Arc<AppliedLog>,
 ) -> Result<(DataChannel, mpsc::Receiver<Received>), DataChannelError> {
     let group = *settings.group.ip();
     if !group.is_multicast() {
@@ -391,7 +391,7 @@ pub fn start(
         ..CollectConfig::new(identity)
     };
     let node_spool = Arc::new(NodeSpool::open(spool_dir).map_err(fail)?);
-    let shared = SpoolShared::default();
+    let shared = SpoolShared::new(applied);
     let spool = FileSpool {
         spool: node_spool,
         shared: shared.clone(),
@@ -503,12 +503,24 @@ mod tests {
         let hash = blake3::hash(&payload).to_hex().to_string();
         let source = area.path().join("assignment");
         std::fs::write(&source, &payload).expect("write");
-        let (leader, _) =
-            start(settings(port, 0.0, 1), key(), "gl", &area.path().join("gl")).expect("the leader's channel");
+        let (leader, _) = start(
+            settings(port, 0.0, 1),
+            key(),
+            "gl",
+            &area.path().join("gl"),
+            Arc::default(),
+        )
+        .expect("the leader's channel");
         let mut members = Vec::new();
         for index in 1..=3u64 {
             let name = format!("m{index}");
-            let started = start(settings(port, 0.05, index), key(), &name, &area.path().join(&name));
+            let started = start(
+                settings(port, 0.05, index),
+                key(),
+                &name,
+                &area.path().join(&name),
+                Arc::default(),
+            );
             members.push((name, started.expect("a member's channel")));
         }
         let names: Vec<String> = members.iter().map(|(name, _)| name.clone()).collect();

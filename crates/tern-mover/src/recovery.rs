@@ -1,0 +1,165 @@
+//! Finishing a decided job's record (seed 004: the CCM's commit, made durable). A job that changes the
+//! mover's record — publish, restore, rollback, remove — writes its [`Decision`] to the database before
+//! the first commit message leaves ([`crate::delivery::Shipment::decision`]); from then on the nodes may
+//! have switched, so the mover's record follows them whatever happens to the mover.
+//!
+//! The job finishes its record itself ([`finish_on_disk`], then [`crate::store::Store::finish_decision`]).
+//! A mover that stopped between the decision and that (a crash, `kill -9`, a power cut after the database
+//! write) finds the decision unfinished at its next start and rolls the job forward ([`roll_forward`]): the
+//! shadow copy becomes the decided tree, the snapshot is recorded when it was written, the site's record
+//! takes the decided version, and the job ends committed. Nodes that had not committed are brought up to
+//! date by the normal catch-up when they register — with the snapshot's delta, not a full copy — and a
+//! node that did commit but whose answer was not recorded shows committed once it registers holding the
+//! version ([`crate::store::Store::confirm_commits`]). A job that had not reached its decision switched
+//! nothing anywhere, and is rolled back as before (tried again or failed, `Store::recover_interrupted`).
+
+use std::path::{Path, PathBuf};
+
+use tern_tree::remove_tree;
+use tern_wire::mover::JobState;
+use tracing::{info, warn};
+
+use crate::store::{Decision, Finish, Site, SnapshotRecord, Store};
+use crate::versions::SiteDir;
+
+/// What finishing a decision on disk leaves for the database to record.
+#[derive(Debug)]
+pub struct Finished {
+    /// The site's record after the commit (`None`: the site is forgotten, a remove).
+    pub site: Option<Site>,
+    /// The snapshot of the version, when it is on disk.
+    pub snapshot: Option<SnapshotRecord>,
+    /// Trees superseded by the new shadow copy, to delete off the job's path.
+    pub superseded: Vec<PathBuf>,
+}
+
+/// Does the filesystem part of finishing `decision` under the mover's data directory `data`; safe to
+/// repeat (a step already done is not done again).
+pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io::Result<Finished> {
+    let site_dir = SiteDir::new(data, &decision.site);
+    match &decision.finish {
+        Finish::Publish { site, snapshot } => {
+            // `shadow-next` was complete before the decision; if it is gone, it was promoted already.
+            let superseded = if site_dir.has_next() {
+                site_dir.promote_next()?
+            } else {
+                Vec::new()
+            };
+            // The snapshot was written before the decision, unless writing it failed (then it is not kept:
+            // nodes behind get a full copy instead of the delta).
+            let snapshot = snapshot
+                .clone()
+                .filter(|record| site_dir.load_snapshot(record.sequence).is_ok());
+            Ok(Finished {
+                site: Some(site.to_site(&decision.site)),
+                snapshot,
+                superseded,
+            })
+        }
+        Finish::Rollback { site, inode } => {
+            site_dir.swap_previous_to(*inode)?;
+            Ok(Finished {
+                site: Some(site.to_site(&decision.site)),
+                snapshot: None,
+                superseded: Vec::new(),
+            })
+        }
+        Finish::Remove => {
+            // The mover's copies are kept aside for the operator to delete.
+            let removed = data.join("removed");
+            std::fs::create_dir_all(&removed)?;
+            if site_dir.path().exists() {
+                std::fs::rename(site_dir.path(), removed.join(format!("{}-{now_ms}", decision.site)))?;
+            }
+            Ok(Finished {
+                site: None,
+                snapshot: None,
+                superseded: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Rolls forward every job that decided to commit before the mover stopped (run at start, before
+/// interrupted jobs are tried again or failed, on a blocking thread). Returns how many.
+pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, String> {
+    let decisions = store.unfinished_decisions().map_err(|e| e.to_string())?;
+    let mut finished = 0;
+    for decision in decisions {
+        let job = decision.job.clone();
+        let on_disk = match finish_on_disk(data, &decision, now_ms) {
+            Ok(on_disk) => on_disk,
+            Err(error) => {
+                // The record stays behind the nodes; the decision stays, so the next start tries again.
+                warn!(%job, site = %decision.site, %error, "decided job not finished; the next start tries again");
+                let message = format!(
+                    "the mover stopped after deciding to commit, and cannot finish the record ({error}); fix the cause and restart the mover"
+                );
+                store.note(Some(&job), &message, now_ms).map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        store
+            .finish_decision(
+                &job,
+                &decision.site,
+                on_disk.site.as_ref(),
+                on_disk.snapshot.as_ref(),
+                now_ms,
+            )
+            .map_err(|e| e.to_string())?;
+        for tree in on_disk.superseded {
+            let _ = remove_tree(&tree);
+        }
+        let outcome = match decision.finish {
+            Finish::Remove => format!(
+                "the mover stopped after deciding to remove {}; finished at its start (a node that did not remove it: run the remove again)",
+                decision.site
+            ),
+            _ => format!(
+                "the mover stopped after deciding to commit version {} of {}; finished at its start (nodes that did not commit are brought up to date when they register)",
+                decision.version, decision.site
+            ),
+        };
+        store.note(Some(&job), &outcome, now_ms).map_err(|e| e.to_string())?;
+        store
+            .set_job_state(&job, JobState::Committed, None, now_ms)
+            .map_err(|e| e.to_string())?;
+        info!(%job, site = %decision.site, version = decision.version, "decided job rolled forward");
+        finished += 1;
+    }
+    Ok(finished)
+}
+
+impl crate::ccm::Mover {
+    /// Finishes a decided job's record once its commit went out (the path every decided job takes when the
+    /// mover does not stop): under the site's lock, the disk first, then the database in one transaction.
+    /// An error leaves the decision unfinished, so the next start finishes it.
+    pub(crate) async fn finish_decided(&self, decision: Decision) -> Result<(), String> {
+        let lock = self.shadow_lock(&decision.site);
+        let _guard = lock.lock().await;
+        let (data, now) = (self.config.data.clone(), crate::ccm::now_ms());
+        let (job, site) = (decision.job.clone(), decision.site.clone());
+        let on_disk = tokio::task::spawn_blocking(move || finish_on_disk(&data, &decision, now))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the nodes committed, but the mover's copy was not updated ({e}); restart the mover to finish the record"))?;
+        let (record, snapshot) = (on_disk.site, on_disk.snapshot);
+        self.store
+            .call(move |store| store.finish_decision(&job, &site, record.as_ref(), snapshot.as_ref(), now))
+            .await
+            .map_err(|e| {
+                format!(
+                    "the nodes committed, but the mover's record was not updated ({e}); restart the mover to finish it"
+                )
+            })?;
+        // The tree before the previous one is deleted after the job, not before it reports.
+        let superseded = on_disk.superseded;
+        tokio::task::spawn_blocking(move || {
+            for tree in superseded {
+                let _ = remove_tree(&tree);
+            }
+        });
+        Ok(())
+    }
+}
