@@ -1,9 +1,9 @@
 //! Admission of jobs (seed 004: the CCM takes jobs from the operator): a job is checked before it is put on
 //! the schedule — its description, its staging directory, its site, checkpoint and group, the key files of
-//! the caches it names, its numbers (due at most a year ahead, a period between a second and a year, retries
-//! and their delay bounded: [`crate::schedule::validate`]) — and one due now
-//! whose conflict policy is `refuse` is refused at once when it conflicts with a running job. A job that has
-//! not started can be cancelled.
+//! the caches it names, its numbers (due at most a year ahead and not in the past, a period between a
+//! second and a year, retries and their delay bounded: [`crate::schedule::validate`],
+//! [`crate::schedule::validate_due`]) — and one due now whose conflict policy is `refuse` is refused at
+//! once when it conflicts with a running job. A job that has not started can be cancelled.
 
 use std::path::Path;
 
@@ -44,8 +44,8 @@ enum Cancelled {
 }
 
 impl Mover {
-    /// Accepts a job due at `due_ms` (ms since the epoch; now or earlier: as soon as it does not conflict);
-    /// returns its id.
+    /// Accepts a job due at `due_ms` (ms since the epoch; 0, or up to a minute ago: as soon as it does not
+    /// conflict; earlier is refused); returns its id.
     pub async fn submit(&self, spec: JobSpec, due_ms: u64) -> Result<String, SubmitError> {
         validate(&spec).map_err(SubmitError::Invalid)?;
         validate_due(due_ms, now_ms()).map_err(SubmitError::Invalid)?;

@@ -367,10 +367,10 @@ async fn site(mover: &Mover, name: &str) -> Answer {
         .store
         .call(move |store| {
             let Some(site) = store.site(&wanted)? else {
-                return Ok(None);
+                return Ok(Err(store.is_removed(&wanted)?));
             };
             let caches = store.site_caches(&wanted)?;
-            Ok(Some((
+            Ok(Ok((
                 site,
                 store.snapshots(&wanted)?,
                 store.checkpoints(&wanted)?,
@@ -379,8 +379,15 @@ async fn site(mover: &Mover, name: &str) -> Answer {
         })
         .await
         .map_err(store_error)?;
-    let Some((site, snapshots, checkpoints, caches)) = read else {
-        return Err(refuse(StatusCode::NOT_FOUND, format!("no site {name}")));
+    let (site, snapshots, checkpoints, caches) = match read {
+        Ok(found) => found,
+        Err(true) => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("site {name} was removed (a new publish of it keeps its caches and numbers its versions on)"),
+            ));
+        }
+        Err(false) => return Err(refuse(StatusCode::NOT_FOUND, format!("no site {name}"))),
     };
     Ok(json(
         StatusCode::OK,

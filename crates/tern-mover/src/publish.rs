@@ -91,9 +91,10 @@ impl Mover {
         let (id, name) = (job.id.as_str(), job.spec.site.as_str());
         self.adopt_caches(job).await?;
         let wanted = name.to_string();
+        // A removed site's tombstone is read too: its versions go on above the highest it issued.
         let site = self
             .store
-            .call(move |store| store.site(&wanted))
+            .call(move |store| store.site_record(&wanted))
             .await
             .map_err(|e| e.to_string())?;
         let mut site = site.unwrap_or_else(|| Site {

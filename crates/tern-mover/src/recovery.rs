@@ -25,7 +25,7 @@ use crate::versions::SiteDir;
 /// What finishing a decision on disk leaves for the database to record.
 #[derive(Debug)]
 pub struct Finished {
-    /// The site's record after the commit (`None`: the site is forgotten, a remove).
+    /// The site's record after the commit (`None`: a remove, the record becomes a tombstone).
     pub site: Option<Site>,
     /// The snapshot of the version, when it is on disk.
     pub snapshot: Option<SnapshotRecord>,

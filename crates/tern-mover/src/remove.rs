@@ -1,8 +1,11 @@
 //! The remove job (seed 004): the site is taken off its nodes, and once every node has removed it the mover
-//! stops hosting it. The mover's copies are kept aside under `DATA/removed/` for the operator to delete.
-//! Everything the site served is purged from its caches ([`crate::freshness`]). The decision to remove is
-//! recorded before the remove leaves ([`crate::recovery`]): a mover that stops after it forgets the site at
-//! its next start, rather than sending the site back to nodes that removed it.
+//! stops hosting it. Its record becomes a tombstone ([`crate::store::Store::forget_site`]) that keeps the
+//! highest version it issued and its caches, so a later publish of the name numbers its versions on and
+//! tells the same caches (unless it names others). The mover's copies are kept aside under
+//! `DATA/removed/` for the operator to delete. Everything the site served is purged from its caches
+//! ([`crate::freshness`]). The decision to remove is recorded before the remove leaves
+//! ([`crate::recovery`]): a mover that stops after it finishes the remove at its next start, rather than
+//! sending the site back to nodes that removed it.
 
 use std::sync::Arc;
 
@@ -61,7 +64,7 @@ impl Mover {
                 nodes.len()
             ));
         }
-        // The mover's copies go aside under `DATA/removed/` and the site is forgotten.
+        // The mover's copies go aside under `DATA/removed/` and the site's record becomes a tombstone.
         if let Some(decision) = shipment.decision {
             self.finish_decided(decision).await?;
         }

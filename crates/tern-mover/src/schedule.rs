@@ -28,16 +28,61 @@ pub const MAX_RETRIES: u32 = 100;
 /// The longest wait before a try again: a day.
 pub const MAX_RETRY_DELAY_S: u64 = 24 * 3600;
 
-/// Checks, at `now_ms`, when a job is asked to be due (`at_ms` of the job API; 0 or a past time: now): at
-/// most [`MAX_AHEAD_MS`] ahead.
+/// How far in the past a start time may be and still mean "now": a minute, for the clocks of the client
+/// and of the mover and for the time the request takes (the command line refuses `--at` earlier too).
+pub const MAX_BEHIND_MS: u64 = 60 * 1000;
+
+/// Checks, at `now_ms`, when a job is asked to be due (`at_ms` of the job API; 0: now): at most
+/// [`MAX_AHEAD_MS`] ahead and at most [`MAX_BEHIND_MS`] behind (a time in the past is a mistake, not a
+/// wish to start at once).
 pub fn validate_due(due_ms: u64, now_ms: u64) -> Result<(), String> {
     let latest = now_ms.saturating_add(MAX_AHEAD_MS);
     if due_ms > latest {
         return Err(format!(
-            "at_ms {due_ms} is more than a year ahead: give a time (ms since the epoch) up to {latest}, or none for now"
+            "the start time {} is more than a year ahead: give a time up to {}, or none to start now",
+            rfc3339(due_ms),
+            rfc3339(latest)
+        ));
+    }
+    if due_ms != 0 && due_ms.saturating_add(MAX_BEHIND_MS) < now_ms {
+        return Err(format!(
+            "the start time {} is in the past (it is now {}): give a later time, or none to start now",
+            rfc3339(due_ms),
+            rfc3339(now_ms)
         ));
     }
     Ok(())
+}
+
+/// Days from 1970-01-01 to 0000-03-01 in the proleptic Gregorian calendar (H. Hinnant's civil algorithms).
+const EPOCH_SHIFT: i64 = 719_468;
+/// Days in a 400-year era.
+const ERA_DAYS: i64 = 146_097;
+
+/// A time (ms since the epoch) in RFC 3339, UTC, to the second: `2026-12-01T02:00:00Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let of_day = seconds % 86_400;
+    // At most 2.2e11 days: no overflow below.
+    let z = (seconds / 86_400) as i64 + EPOCH_SHIFT;
+    let era = z.div_euclid(ERA_DAYS);
+    let day_of_era = z.rem_euclid(ERA_DAYS);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
 }
 
 /// Checks what can be checked of a job before it runs: a plain site name (and group or node name), a
@@ -68,15 +113,18 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
         && !(1..=MAX_EVERY_S).contains(&every_s)
     {
         return Err(format!(
-            "every_s {every_s} is out of range: a repeating job repeats every 1 to {MAX_EVERY_S} seconds (a year)"
+            "the repeat period must be from 1 s to 366 days (1 to {MAX_EVERY_S} seconds), not {every_s} seconds"
         ));
     }
     if spec.retries > MAX_RETRIES {
-        return Err(format!("retries {} is out of range: 0 to {MAX_RETRIES}", spec.retries));
+        return Err(format!(
+            "the number of retries must be from 0 to {MAX_RETRIES}, not {}",
+            spec.retries
+        ));
     }
     if spec.retry_delay_s > MAX_RETRY_DELAY_S {
         return Err(format!(
-            "retry_delay_s {} is out of range: 0 to {MAX_RETRY_DELAY_S} seconds (a day)",
+            "the retry delay must be from 0 s to a day (0 to {MAX_RETRY_DELAY_S} seconds), not {} seconds",
             spec.retry_delay_s
         ));
     }
@@ -279,12 +327,20 @@ mod tests {
         let mut repeating = spec.clone();
         repeating.every_s = Some(u64::MAX);
         let refused = validate(&repeating).expect_err("a period beyond a year");
+        assert!(
+            refused.starts_with("the repeat period must be from 1 s to 366 days"),
+            "{refused}"
+        );
         assert!(refused.contains("1 to 31622400 seconds"), "{refused}");
         repeating.every_s = Some(MAX_EVERY_S);
         assert!(validate(&repeating).is_ok(), "a yearly job");
         let mut retried = spec.clone();
         retried.retry_delay_s = u64::MAX;
-        assert!(validate(&retried).is_err(), "a retry delay beyond a day");
+        let refused = validate(&retried).expect_err("a retry delay beyond a day");
+        assert!(
+            refused.starts_with("the retry delay must be from 0 s to a day"),
+            "{refused}"
+        );
         retried.retry_delay_s = 0;
         retried.retries = u32::MAX;
         assert!(validate(&retried).is_err(), "more than {MAX_RETRIES} retries");
@@ -293,6 +349,20 @@ mod tests {
         assert!(validate_due(now + MAX_AHEAD_MS, now).is_ok(), "a year ahead");
         let refused = validate_due(u64::MAX, now).expect_err("18446744073709551615");
         assert!(refused.contains("more than a year ahead"), "{refused}");
+        let refused = validate_due(33_324_134_400_000, now).expect_err("the year 3026");
+        assert_eq!(
+            refused,
+            "the start time 3026-01-01T00:00:00Z is more than a year ahead: give a time up to \
+             2024-11-14T22:13:20Z, or none to start now"
+        );
+        assert!(validate_due(now - MAX_BEHIND_MS, now).is_ok(), "a minute ago: now");
+        let refused = validate_due(946_684_800_000, now).expect_err("2000-01-01");
+        assert_eq!(
+            refused,
+            "the start time 2000-01-01T00:00:00Z is in the past (it is now 2023-11-14T22:13:20Z): give a \
+             later time, or none to start now"
+        );
+        assert!(!refused.contains("at_ms"), "{refused}");
         assert!(
             validate_due(u64::MAX, u64::MAX).is_ok(),
             "no overflow at the end of time"
@@ -305,6 +375,15 @@ mod tests {
         spec.every_s = None;
         spec.target = Some(Target::Group("../x".into()));
         assert!(validate(&spec).is_err());
+    }
+
+    #[test]
+    fn times_are_written_in_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_999), "2000-02-29T00:00:00Z", "a leap day");
+        assert_eq!(rfc3339(1_764_551_585_123), "2025-12-01T01:13:05Z");
+        assert_eq!(rfc3339(33_324_134_400_000), "3026-01-01T00:00:00Z");
+        assert!(rfc3339(u64::MAX).ends_with('Z'), "no overflow");
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub enum Finish {
         /// done from one still to do, as a rename keeps it.
         inode: u64,
     },
-    /// A remove: the mover's copies go aside and the site is forgotten.
+    /// A remove: the mover's copies go aside and the site's record becomes a tombstone
+    /// ([`Store::forget_site`]: not hosted, its highest version and caches kept).
     Remove,
 }
 
@@ -217,6 +218,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("sites", "high", "INTEGER NOT NULL DEFAULT 0"),
     ("sites", "target", "TEXT NOT NULL DEFAULT '\"all\"'"),
     ("sites", "rules", "TEXT NOT NULL DEFAULT '{}'"),
+    ("sites", "removed", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "cpus", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "spec", "TEXT"),
     ("jobs", "due_ms", "INTEGER NOT NULL DEFAULT 0"),
@@ -266,12 +268,33 @@ impl Store {
         Ok(Store { connection })
     }
 
-    /// A hosted site.
+    /// A hosted site (not a removed one: see [`Store::site_record`]).
     pub fn site(&self, name: &str) -> StoreResult<Option<Site>> {
+        self.read_site(name, true)
+    }
+
+    /// A site's record, hosted or removed. A removed site keeps a tombstone ([`Store::forget_site`]): no
+    /// version, content, rules or target, but its highest version issued (`high`), so that a later publish
+    /// of the name numbers above every version the removed one issued; its caches stay too.
+    pub fn site_record(&self, name: &str) -> StoreResult<Option<Site>> {
+        self.read_site(name, false)
+    }
+
+    /// Whether `name` is a removed site's tombstone.
+    pub fn is_removed(&self, name: &str) -> StoreResult<bool> {
+        self.connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sites WHERE name = ?1 AND removed <> 0)",
+            params![name],
+            |row| row.get(0),
+        )
+    }
+
+    fn read_site(&self, name: &str, hosted_only: bool) -> StoreResult<Option<Site>> {
         self.connection
             .query_row(
-                "SELECT name, sequence, previous, high, target, rules, snapshot FROM sites WHERE name = ?1",
-                params![name],
+                "SELECT name, sequence, previous, high, target, rules, snapshot FROM sites
+                 WHERE name = ?1 AND (removed = 0 OR NOT ?2)",
+                params![name, hosted_only],
                 |row| {
                     Ok(Site {
                         name: row.get(0)?,
@@ -287,22 +310,25 @@ impl Store {
             .optional()
     }
 
-    /// Every hosted site.
+    /// Every hosted site (removed sites' tombstones are not).
     pub fn sites(&self) -> StoreResult<Vec<Site>> {
         let names: Vec<String> = {
-            let mut statement = self.connection.prepare("SELECT name FROM sites ORDER BY name")?;
+            let mut statement = self
+                .connection
+                .prepare("SELECT name FROM sites WHERE removed = 0 ORDER BY name")?;
             let rows = statement.query_map([], |row| row.get(0))?;
             rows.collect::<StoreResult<_>>()?
         };
         Ok(names.iter().filter_map(|n| self.site(n).ok().flatten()).collect())
     }
 
-    /// Records a site's state (its new version, target, rules and published tree).
+    /// Records a site's state (its new version, target, rules and published tree): the site is hosted
+    /// (again, for a removed one).
     pub fn save_site(&self, site: &Site) -> StoreResult<()> {
         self.connection.execute(
-            "INSERT INTO sites (name, sequence, previous, high, target, rules, snapshot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO sites (name, sequence, previous, high, target, rules, snapshot, removed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
              ON CONFLICT(name) DO UPDATE SET sequence = excluded.sequence, previous = excluded.previous, high = MAX(high, excluded.high),
-                 target = excluded.target, rules = excluded.rules, snapshot = excluded.snapshot",
+                 target = excluded.target, rules = excluded.rules, snapshot = excluded.snapshot, removed = 0",
             params![
                 site.name,
                 site.sequence as i64,
@@ -342,16 +368,28 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a site (after a remove job): its record, the versions nodes held and its snapshots.
+    /// Stops hosting a site (after a remove job): the versions nodes held, its snapshots and checkpoints
+    /// (the mover's copies went aside) are forgotten, and its record becomes a tombstone — no version,
+    /// content, rules or target, not among [`Store::sites`] nor found by [`Store::site`] — that keeps its
+    /// highest version issued and its caches ([`Store::site_caches`]): a later publish of the name numbers
+    /// above every version issued before (a version number names one content) and tells the same caches.
+    /// Safe to repeat.
     pub fn forget_site(&self, name: &str, now_ms: u64) -> StoreResult<()> {
-        self.connection
-            .execute("DELETE FROM sites WHERE name = ?1", params![name])?;
+        self.connection.execute(
+            "UPDATE sites SET removed = 1, high = MAX(high, sequence), sequence = 0, previous = 0,
+                 target = ?2, rules = ?3, snapshot = '' WHERE name = ?1",
+            params![
+                name,
+                serde_json::to_string(&Target::All).unwrap_or_default(),
+                serde_json::to_string(&Rules::default()).unwrap_or_default()
+            ],
+        )?;
         self.connection
             .execute("DELETE FROM node_versions WHERE site = ?1", params![name])?;
         self.connection
             .execute("DELETE FROM snapshots WHERE site = ?1", params![name])?;
         self.connection
-            .execute("DELETE FROM site_caches WHERE site = ?1", params![name])?;
+            .execute("DELETE FROM checkpoints WHERE site = ?1", params![name])?;
         self.log(None, &format!("site {name} removed"), now_ms)
     }
 
@@ -1012,7 +1050,7 @@ impl Store {
     }
 
     /// Finishes a decided job's record in one transaction: the snapshot (if kept) is recorded, the site's
-    /// record saved (or, for `None`, the site forgotten) and the decision marked finished.
+    /// record saved (or, for `None`, left as a removed site's tombstone, [`Store::forget_site`]) and the decision marked finished.
     pub fn finish_decision(
         &self,
         job: &str,
@@ -1137,6 +1175,70 @@ mod tests {
         // A site without a record has nothing to reserve.
         reopened.reserve_version("new", 1).expect("reserve");
         assert!(reopened.site("new").expect("read").is_none());
+    }
+
+    #[test]
+    fn a_removed_site_is_a_tombstone_that_keeps_its_high_water_mark_and_caches() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let site = Site {
+            name: "www".into(),
+            sequence: 2,
+            previous: 1,
+            high: 2,
+            target: Target::Group("eu".into()),
+            rules: Rules::default(),
+            snapshot: "{}".into(),
+        };
+        store.save_site(&site).expect("save");
+        let caches = SiteCaches {
+            public_url: "https://www.example.com".into(),
+            edges: vec!["http://edge:8080".into()],
+            ..SiteCaches::default()
+        };
+        store.set_site_caches("www", &caches, 1).expect("caches");
+        store.add_checkpoint("www", 1, 2, 10, 1).expect("checkpoint");
+        store.forget_site("www", 2).expect("remove");
+        store
+            .forget_site("www", 3)
+            .expect("a second remove (recovery) changes nothing");
+        assert!(store.site("www").expect("read").is_none(), "not hosted");
+        assert!(store.sites().expect("sites").is_empty(), "not listed");
+        assert!(store.is_removed("www").expect("removed"));
+        let tombstone = store.site_record("www").expect("read").expect("tombstone");
+        assert_eq!(
+            (
+                tombstone.sequence,
+                tombstone.next_version(),
+                tombstone.target,
+                tombstone.snapshot.as_str()
+            ),
+            (0, 3, Target::All, "")
+        );
+        assert_eq!(store.site_caches("www").expect("caches"), Some(caches));
+        assert!(store.checkpoints("www").expect("checkpoints").is_empty());
+        assert!(
+            store
+                .job_nodes(&JobSpec::new(JobKind::Publish, "www"))
+                .expect("nodes")
+                .is_empty()
+        );
+        // A publish of the name again: it reserves above the old versions, and is hosted once saved.
+        store.reserve_version("www", 3).expect("reserve");
+        assert!(
+            store.site("www").expect("read").is_none(),
+            "still not hosted while delivering"
+        );
+        let again = Site {
+            sequence: 3,
+            high: 3,
+            target: Target::All,
+            ..tombstone
+        };
+        store.save_site(&again).expect("save");
+        assert_eq!(store.site("www").expect("read").map(|s| s.sequence), Some(3));
+        assert_eq!(store.sites().expect("sites").len(), 1);
+        assert!(!store.is_removed("www").expect("removed"));
     }
 
     #[test]

@@ -137,7 +137,9 @@ pub async fn resolve(root: &Path, request_path: &str, index: &str, hidden: Hidde
             metadata,
         });
     }
-    if !metadata.is_file() {
+    // A file asked for as a directory (`/page.html/`, `/page.html%2F`, `/page.html/.`) is not there, as
+    // nginx answers: served, the spelling would be cached apart from the file and no purge would cover it.
+    if !metadata.is_file() || decoded.ends_with('/') || decoded.ends_with("/.") {
         return Err(Refusal::NotFound);
     }
     Ok(Resolved::File {
@@ -217,6 +219,48 @@ mod tests {
             resolve(&root, "/sub", "index.html", Hidden::Refuse).await,
             Ok(Resolved::DirectoryWithoutSlash)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_file_with_a_trailing_slash_is_not_found() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("site");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::fs::write(root.join("style.css"), "css").expect("write");
+        std::fs::write(root.join("sub/index.html"), "index").expect("write");
+        std::fs::write(root.join(".env"), "KEY=1").expect("write");
+        let root = std::fs::canonicalize(&root).expect("canonical");
+        for path in [
+            "/style.css/",
+            "/style.css//",
+            "/style.css%2F",
+            "/style.css/.",
+            "/sub/index.html/",
+        ] {
+            assert_eq!(
+                resolve(&root, path, "index.html", Hidden::Refuse).await.err(),
+                Some(Refusal::NotFound),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            resolve(&root, "/.env/", "index.html", Hidden::Serve).await.err(),
+            Some(Refusal::NotFound),
+            "/.env/ with hidden files served"
+        );
+        assert!(matches!(
+            resolve(&root, "/.env", "index.html", Hidden::Serve).await,
+            Ok(Resolved::File { .. })
+        ));
+        for path in ["/style.css", "/sub/index.html", "/sub/"] {
+            assert!(
+                matches!(
+                    resolve(&root, path, "index.html", Hidden::Refuse).await,
+                    Ok(Resolved::File { .. })
+                ),
+                "{path}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -781,6 +781,8 @@ enum CheckpointCommand {
         site: String,
         /// Checkpoint number.
         number: u64,
+        #[command(flatten)]
+        fresh: FreshOptions,
     },
 }
 
@@ -1015,10 +1017,12 @@ async fn run(command: Command) -> Result<()> {
             ca,
             site,
             number,
+            fresh,
         }) => {
             let mut request = JobRequest::new(JobKind::Restore, &site);
             request.checkpoint = Some(number);
-            mover_client::run_job(&mover, ca.as_deref(), request, true).await
+            let fresh = fresh.wait()?;
+            mover_client::run_job_fresh(&mover, ca.as_deref(), request, true, fresh).await
         }
         Command::Sync(args) => run_sync(args).await,
         Command::Delta(args) => run_delta(args).await,
@@ -1641,6 +1645,16 @@ fn load_key(path: &std::path::Path) -> Result<tern_wire::SecretKey> {
     })
 }
 
+/// A job period in whole seconds, as the mover keeps it: a fraction of a second is refused rather than
+/// rounded (`--every 0s` or `1ms` read as "every second" would publish every second). The mover checks
+/// the range.
+fn whole_seconds(flag: &str, given: &str, period: std::time::Duration) -> Result<u64> {
+    if period.subsec_nanos() != 0 {
+        anyhow::bail!("{flag} {given}: give whole seconds (such as 30s, 5m or 1day)");
+    }
+    Ok(period.as_secs())
+}
+
 impl JobOptions {
     /// Adds these options to a job request; returns whether the client should wait for the job.
     fn apply(&self, request: &mut JobRequest) -> Result<bool> {
@@ -1651,7 +1665,7 @@ impl JobOptions {
         if let Some(every) = &self.every {
             let period = humantime::parse_duration(every)
                 .with_context(|| format!("--every {every}: a duration such as 30m, 1h or 1day"))?;
-            request.every_s = Some(period.as_secs().max(1));
+            request.every_s = Some(whole_seconds("--every", every, period)?);
         }
         let Ok(on_conflict) = self.on_conflict.parse::<ConflictPolicy>() else {
             anyhow::bail!("--on-conflict {}: use queue or refuse", self.on_conflict);
@@ -1660,7 +1674,7 @@ impl JobOptions {
         request.retries = Some(self.retries);
         let delay = humantime::parse_duration(&self.retry_delay)
             .with_context(|| format!("--retry-delay {}: a duration such as 30s or 5m", self.retry_delay))?;
-        request.retry_delay_s = Some(delay.as_secs());
+        request.retry_delay_s = Some(whole_seconds("--retry-delay", &self.retry_delay, delay)?);
         Ok(!(self.no_wait && (self.at.is_some() || self.every.is_some())))
     }
 }

@@ -92,13 +92,9 @@ async fn job(client: &HttpClient, base: &str, id: &str) -> Result<Job> {
 }
 
 /// Submits a job and, when `wait`, follows it: a progress bar (nodes finished, bytes sent) and a line for
-/// each node whose state changes. Fails unless the job committed.
-pub async fn run_job(mover: &str, ca: Option<&Path>, request: JobRequest, wait: bool) -> Result<()> {
-    run_job_fresh(mover, ca, request, wait, None).await
-}
-
-/// [`run_job`]; with `fresh`, once the job committed, also waits (at most that long) until every cache in
-/// front of the site has acknowledged the commit, and fails when they have not.
+/// each node whose state changes. Fails unless the job committed. With `fresh`, once the job committed, also
+/// waits (at most that long) until every cache in front of the site has acknowledged the commit, and fails
+/// when they have not.
 pub async fn run_job_fresh(
     mover: &str,
     ca: Option<&Path>,

@@ -384,6 +384,23 @@ fn a_staging_file_is_named_a_file() {
     assert!(stderr.contains("is a file, not a directory"), "{stderr}");
 }
 
+/// A period of a fraction of a second is refused, not rounded to "every second" (nor to 0).
+#[test]
+fn a_job_period_in_fractions_of_a_second_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (flag, value) in [("--every", "1ms"), ("--every", "1500ms"), ("--retry-delay", "10ms")] {
+        let output = tern()
+            .args(["publish", "--mover", "http://127.0.0.1:1", "--site", "www", "--staging"])
+            .arg(dir.path())
+            .args([flag, value, "--no-wait"])
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("give whole seconds"), "{flag} {value}: {stderr}");
+    }
+}
+
 /// The client's messages against a real mover with an API token and one node: token errors, a name over the
 /// limit, an unchanged publish, and times.
 #[test]
@@ -488,6 +505,18 @@ fn the_mover_client_says_what_happened_in_plain_words() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("due at 20") && stdout.contains("Z (in 1"), "{stdout}");
     assert!(!stdout.contains(" ms"), "{stdout}");
+    let mut far = publish.to_vec();
+    far.extend(["--at", "3026-01-01T00:00:00Z", "--no-wait"]);
+    let (ok, _, stderr) = with_token(&far);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the start time 3026-01-01T00:00:00Z is more than a year ahead: give a time up to 20"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("at_ms") && !stderr.contains("since the epoch"),
+        "{stderr}"
+    );
     let (ok, stdout, stderr) = with_token(&["jobs", "--mover", &mover_url]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("due 20") && stdout.contains("(in 1"), "{stdout}");

@@ -76,6 +76,15 @@ async fn static_origin_semantics() {
     );
 
     assert_eq!(get(&format!("{base}/nope"), &[], "GET").await.0, 404);
+    // A file asked for as a directory is not there (nginx): edges would cache that spelling apart.
+    for path in [
+        "/index.html/",
+        "/docs/index.html/",
+        "/static/app.js/",
+        "/static/app.js%2F",
+    ] {
+        assert_eq!(get(&format!("{base}{path}"), &[], "GET").await.0, 404, "{path}");
+    }
     assert_eq!(get(&format!("{base}/%2e%2e/secret.txt"), &[], "GET").await.0, 400);
     assert_eq!(get(&format!("{base}/"), &[], "POST").await.0, 405);
 }
@@ -190,5 +199,10 @@ async fn hidden_files_are_not_served_unless_asked_for() {
     ] {
         let (status, _, body) = get(&format!("{base}{path}"), &[], "GET").await;
         assert_eq!((status, &body[..]), (200, expected), "{path} with --serve-hidden");
+    }
+    for path in ["/index.html/", "/app/.env/", "/.htaccess/"] {
+        let (status, _, body) = get(&format!("{base}{path}"), &[], "GET").await;
+        assert_eq!(status, 404, "{path} with --serve-hidden");
+        assert!(!body.windows(6).any(|w| w == b"SECRET"), "{path}");
     }
 }
