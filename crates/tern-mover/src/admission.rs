@@ -31,6 +31,8 @@ pub enum SubmitError {
 /// What the database says about a job being submitted.
 struct Facts {
     site_known: bool,
+    /// The site was hosted once and removed (its tombstone is kept).
+    site_removed: bool,
     group_empty: bool,
     nodes: std::collections::BTreeSet<String>,
 }
@@ -72,11 +74,18 @@ impl Mover {
                 };
                 Ok(Facts {
                     site_known: store.site(&asked.site)?.is_some(),
+                    site_removed: store.is_removed(&asked.site)?,
                     group_empty,
                     nodes: store.job_nodes(&asked)?,
                 })
             })
             .await?;
+        if !facts.site_known && facts.site_removed && spec.kind != JobKind::Publish {
+            return Err(SubmitError::Invalid(format!(
+                "site {} was removed: nothing of it is kept to roll back, restore or synchronise; publish it again",
+                spec.site
+            )));
+        }
         if !facts.site_known && spec.kind != JobKind::Publish {
             return Err(SubmitError::Invalid(format!(
                 "site {} was never published; publish it first",

@@ -105,6 +105,15 @@ async fn a_site_published_again_after_a_remove_numbers_on_and_keeps_its_caches()
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     let status = fleet.api("GET", "/api/status", None).await;
     assert!(!status.to_string().contains("\"www\""), "{status}");
+    // Nothing of it is kept to roll back to, and the refusal says it was removed (not "never published").
+    let refused = fleet
+        .api(
+            "POST",
+            "/api/jobs",
+            Some(serde_json::json!({ "kind": "rollback", "site": "www" })),
+        )
+        .await;
+    assert!(refused.to_string().contains("was removed"), "{refused}");
     for index in 0..2 {
         assert!(
             !fleet.node_root(index).join("www").exists(),
