@@ -30,7 +30,7 @@ pub enum LinkError {
     Absolute(String),
     /// A `..` climbs back out of a name that is not a directory of the tree (a link, or nothing).
     #[error(
-        "its target `{target}` climbs with `..` out of `{through}`, which is not a directory of the site (a symbolic link, or missing), so where it lands cannot be told; point the link at the place itself"
+        "its target `{target}` climbs with `..` out of `{through}`, which is not a directory of the site (a file, a symbolic link, or missing), so where it lands cannot be told; point the link at the place itself"
     )]
     ClimbsOutOfLink {
         /// The target.

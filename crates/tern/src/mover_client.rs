@@ -235,8 +235,9 @@ async fn wait_fresh(client: &HttpClient, base: &str, id: &str, timeout: Duration
                     .fresh_ms
                     .unwrap_or(freshness.since_ms)
                     .saturating_sub(freshness.since_ms);
+                let urls = if freshness.purged == 1 { "URL" } else { "URLs" };
                 println!(
-                    "  edges fresh {after} ms after the commit: {} URLs purged, {} fetched again, through {}",
+                    "  edges fresh {after} ms after the commit: {} {urls} purged, {} fetched again, through {}",
                     freshness.purged, freshness.prefetched, freshness.via
                 );
                 return Ok(());

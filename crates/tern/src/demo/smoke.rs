@@ -344,8 +344,9 @@ impl Smoke<'_> {
             .fresh_ms
             .unwrap_or(freshness.since_ms)
             .saturating_sub(freshness.since_ms);
+        let urls = if freshness.purged == 1 { "URL" } else { "URLs" };
         println!(
-            "tern {what}: every edge served the committed page {} ms after the commit (the sync service acknowledged after {acknowledged} ms; {} URLs purged, {} prefetched)",
+            "tern {what}: every edge served the committed page {} ms after the commit (the sync service acknowledged after {acknowledged} ms; {} {urls} purged, {} prefetched)",
             served_after.as_millis(),
             freshness.purged,
             freshness.prefetched
