@@ -392,7 +392,10 @@ pub async fn list_jobs(mover: &str, ca: Option<&Path>) -> Result<()> {
             job.spec.kind,
             job.spec.site,
             job.state,
-            job.spec.every_s.map(|s| format!("every {s} s; ")).unwrap_or_default(),
+            job.spec
+                .every_s
+                .map(|s| format!("every {}; ", humantime::format_duration(Duration::from_secs(s))))
+                .unwrap_or_default(),
             job.error.as_deref().unwrap_or("")
         );
     }
