@@ -204,7 +204,8 @@ async fn serve_connection<H, S>(
 }
 
 /// What one connection did, for its slow-header guard: request heads received (a service call each),
-/// response bytes written, and requests being served. Only the connection's own task touches it.
+/// response bytes written, and requests being served. Touched by the connection's task and, on HTTP/2,
+/// by its streams' tasks (hence atomics).
 #[derive(Debug, Default)]
 struct Activity {
     /// Request heads received plus bytes written: it moves whenever the client or the server progress.

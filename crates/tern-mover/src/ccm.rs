@@ -65,6 +65,30 @@ pub struct MoverConfig {
     pub tree: crate::tree_delivery::TreeSettings,
 }
 
+impl MoverConfig {
+    /// A mover on `listen` keeping its state in `data`, with the defaults of `tern mover`: no admin
+    /// listener, every node in the quorum, 10 minutes per delivery, 5 checkpoints kept, no load balancer,
+    /// plain HTTP, no cluster key (deliveries by the star), no API token. Change fields with struct update
+    /// syntax.
+    pub fn new(listen: SocketAddr, data: impl Into<PathBuf>) -> MoverConfig {
+        MoverConfig {
+            listen,
+            admin: None,
+            data: data.into(),
+            policy: PlanPolicy::default(),
+            quorum: None,
+            delivery_timeout: Duration::from_secs(600),
+            checkpoints_kept: 5,
+            load_balancer: None,
+            tls: None,
+            ca: None,
+            cluster_key: None,
+            api_token: None,
+            tree: Default::default(),
+        }
+    }
+}
+
 /// The mover's clock: milliseconds since the Unix epoch. Decisions take this as a parameter (`now_ms`)
 /// rather than reading the clock themselves.
 pub(crate) fn now_ms() -> u64 {

@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tern_mover::PlanPolicy;
 use tern_mover::fault::{FAULT_EXIT_STATUS, FAULT_VARIABLE, Fault};
 use tern_mover::service::{MoverConfig, start};
 
@@ -21,19 +20,10 @@ const FILES: usize = 2000;
 
 fn config(data: &Path, listen: std::net::SocketAddr) -> MoverConfig {
     MoverConfig {
-        api_token: None,
-        listen,
-        data: data.to_path_buf(),
-        policy: PlanPolicy::default(),
-        admin: None,
         quorum: Some(2),
         delivery_timeout: Duration::from_secs(10),
         checkpoints_kept: 3,
-        load_balancer: None,
-        tls: None,
-        ca: None,
-        cluster_key: None,
-        tree: Default::default(),
+        ..MoverConfig::new(listen, data)
     }
 }
 

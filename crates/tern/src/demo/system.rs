@@ -276,19 +276,10 @@ fn absolute(path: &Path) -> Result<String> {
 
 async fn start_mover(paths: &Paths, admin_key: SecretKey, fixed: bool) -> Result<MoverRunning> {
     let config = |fixed: bool| tern_mover::MoverConfig {
-        api_token: None,
-        listen: loopback(fixed, MOVER_PORT),
-        data: paths.base.join("mover"),
-        policy: tern_mover::PlanPolicy::default(),
         admin: Some(loopback(fixed, MOVER_ADMIN_PORT)),
-        quorum: None,
         delivery_timeout: Duration::from_secs(60),
         checkpoints_kept: 3,
-        load_balancer: None,
-        tls: None,
-        ca: None,
-        cluster_key: None,
-        tree: Default::default(),
+        ..tern_mover::MoverConfig::new(loopback(fixed, MOVER_PORT), paths.base.join("mover"))
     };
     fixed_or_any(fixed, |fixed| {
         tern_mover_ui::start(config(fixed), Some(admin_key.clone()))
