@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::ccm::{Mover, now_ms};
-use crate::schedule::{AfterFailure, Claim, Decision, after_failure, decide, next_run};
+use crate::schedule::{AfterFailure, Claim, Decision, after_failure, decide};
 
 /// Longest the scheduler sleeps between looks at the schedule.
 pub const SCHEDULER_TICK: Duration = Duration::from_millis(500);
@@ -183,26 +183,22 @@ impl Mover {
     /// Ends `job` in `state` (committed, failed or refused), counts it, and schedules a repeating job's
     /// next run.
     async fn end(&self, job: &Job, state: JobState, error: Option<&str>, now: u64) {
-        let (id, reason) = (job.id.clone(), error.map(str::to_string));
-        let _ = self
+        let (ended, reason) = (job.clone(), error.map(str::to_string));
+        let next_id = self.new_job_id(job.spec.kind, now);
+        let created = next_id.clone();
+        let scheduled = self
             .store
-            .call(move |store| store.set_job_state(&id, state, reason.as_deref(), now))
+            .call(move |store| store.end_job(&ended, state, reason.as_deref(), &created, now))
             .await;
         self.metrics.job(job.spec.kind, state.as_str());
-        let Some(next) = next_run(job.due_ms, job.spec.every_s, now) else {
-            return;
-        };
-        let id = self.new_job_id(job.spec.kind, now);
-        let (created, spec) = (id.clone(), job.spec.clone());
-        match self
-            .store
-            .call(move |store| store.create_job(&created, &spec, next, now))
-            .await
-        {
-            Ok(()) => {
-                info!(job = %id, after = %job.id, in_s = next.saturating_sub(now) / 1000, "next run of a repeating job scheduled")
+        match scheduled {
+            Ok(Some(next)) => {
+                info!(job = %next_id, after = %job.id, in_s = next.saturating_sub(now) / 1000, "next run of a repeating job scheduled")
             }
-            Err(error) => warn!(job = %job.id, %error, "cannot schedule the next run of a repeating job"),
+            Ok(None) => {}
+            Err(error) => {
+                warn!(job = %job.id, %error, "cannot end the job or schedule the next run of a repeating job")
+            }
         }
     }
 }

@@ -34,10 +34,12 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<SigningKey> {
         options.mode(0o600);
     }
     use std::io::Write;
-    options
-        .open(&private)?
-        .write_all(format!("# tern mover signing key: keep it private\n{}\n", hex::encode(seed)).as_bytes())?;
+    let mut file = options.open(&private)?;
+    file.write_all(format!("# tern mover signing key: keep it private\n{}\n", hex::encode(seed)).as_bytes())?;
+    // Nodes are given the public half from now on: the key must survive a power cut.
+    file.sync_all()?;
     write_public(&public, &key.verifying_key())?;
+    tern_tree::sync_directory(dir)?;
     Ok(key)
 }
 

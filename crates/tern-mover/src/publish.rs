@@ -196,6 +196,9 @@ impl Mover {
             if keep_snapshot && let Err(error) = dir.save_snapshot(next, &bytes) {
                 warn!(version = next, %error, "snapshot not kept");
             }
+            // On disk before the decision to commit is recorded: a mover that loses power after it rolls
+            // the job forward from this tree and snapshot.
+            tern_tree::sync_file_system(dir.path())?;
             Ok::<_, std::io::Error>(())
         });
         let ready = async move {

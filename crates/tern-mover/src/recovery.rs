@@ -45,6 +45,8 @@ pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io:
             } else {
                 Vec::new()
             };
+            // The renames are durable before the record says the job finished (below, by the caller).
+            tern_tree::sync_directory(site_dir.path())?;
             // The snapshot was written before the decision, unless writing it failed (then it is not kept:
             // nodes behind get a full copy instead of the delta).
             let snapshot = snapshot
@@ -58,6 +60,7 @@ pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io:
         }
         Finish::Rollback { site, inode } => {
             site_dir.swap_previous_to(*inode)?;
+            tern_tree::sync_directory(site_dir.path())?;
             Ok(Finished {
                 site: Some(site.to_site(&decision.site)),
                 snapshot: None,
@@ -70,6 +73,10 @@ pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io:
             std::fs::create_dir_all(&removed)?;
             if site_dir.path().exists() {
                 std::fs::rename(site_dir.path(), removed.join(format!("{}-{now_ms}", decision.site)))?;
+                tern_tree::sync_directory(&removed)?;
+                if let Some(sites) = site_dir.path().parent() {
+                    tern_tree::sync_directory(sites)?;
+                }
             }
             Ok(Finished {
                 site: None,
@@ -122,9 +129,18 @@ pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, St
             ),
         };
         store.note(Some(&job), &outcome, now_ms).map_err(|e| e.to_string())?;
-        store
-            .set_job_state(&job, JobState::Committed, None, now_ms)
-            .map_err(|e| e.to_string())?;
+        match store.job(&job).map_err(|e| e.to_string())? {
+            // A repeating job's next run is scheduled as when a run ends without a restart.
+            Some(record) => {
+                let next_id = crate::store::restart_job_id(&record, now_ms);
+                store
+                    .end_job(&record, JobState::Committed, None, &next_id, now_ms)
+                    .map_err(|e| e.to_string())?;
+            }
+            None => store
+                .set_job_state(&job, JobState::Committed, None, now_ms)
+                .map_err(|e| e.to_string())?,
+        }
         info!(%job, site = %decision.site, version = decision.version, "decided job rolled forward");
         finished += 1;
     }
@@ -161,5 +177,76 @@ impl crate::ccm::Mover {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tern_wire::mover::{JobKind, JobSpec};
+
+    use super::*;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    #[test]
+    fn a_repeating_job_ended_by_a_restart_keeps_repeating() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let repeating = |kind, site: &str| {
+            let mut spec = JobSpec::new(kind, site);
+            spec.every_s = Some(3600);
+            spec
+        };
+        // Two hourly jobs were running when the mover stopped: one had decided to commit (it is rolled
+        // forward), the other had not and has no retries left (it fails).
+        let (decided, undecided) = (
+            repeating(JobKind::Remove, "www"),
+            repeating(JobKind::Synchronise, "blog"),
+        );
+        store.create_job("remove-1", &decided, 1_000, 1_000).expect("create");
+        store
+            .create_job("synchronise-1", &undecided, 1_000, 1_000)
+            .expect("create");
+        for id in ["remove-1", "synchronise-1"] {
+            store.start_job(id, &BTreeSet::new(), 1_000).expect("start");
+        }
+        let decision = Decision {
+            job: "remove-1".into(),
+            site: "www".into(),
+            version: 0,
+            finish: Finish::Remove,
+        };
+        store.decide(&decision, 1_500).expect("decide");
+
+        let now = 2 * HOUR_MS + 5_000;
+        assert_eq!(roll_forward(&store, area.path(), now).expect("roll forward"), 1);
+        assert_eq!(store.recover_interrupted(now).expect("recover"), (0, 1));
+
+        let ended = |id: &str| store.job(id).expect("read").expect("job").state;
+        assert_eq!(ended("remove-1"), JobState::Committed);
+        assert_eq!(ended("synchronise-1"), JobState::Failed);
+        // Each has its next run on the schedule, at the next hour of its own due time after now.
+        let mut next: Vec<(String, JobKind, u64, JobState)> = store
+            .pending_jobs()
+            .expect("pending")
+            .into_iter()
+            .map(|job| (job.spec.site.clone(), job.spec.kind, job.due_ms, job.state))
+            .collect();
+        next.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            next,
+            vec![
+                (
+                    "blog".into(),
+                    JobKind::Synchronise,
+                    1_000 + 3 * HOUR_MS,
+                    JobState::Scheduled
+                ),
+                ("www".into(), JobKind::Remove, 1_000 + 3 * HOUR_MS, JobState::Scheduled),
+            ],
+            "pending: {next:?}"
+        );
     }
 }

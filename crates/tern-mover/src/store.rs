@@ -593,6 +593,28 @@ impl Store {
         )
     }
 
+    /// Ends `job` in `state` (committed, failed or refused) and, when it repeats (`--every`), schedules its
+    /// next run as a new job `next_id`, due at [`crate::schedule::next_run`] of its due time, in one
+    /// transaction: a repeating job goes on repeating whatever ended this run, the run itself or a restart
+    /// of the mover that finished or failed it. Returns the next run's due time (ms since the epoch).
+    pub fn end_job(
+        &self,
+        job: &Job,
+        state: JobState,
+        error: Option<&str>,
+        next_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<u64>> {
+        let transaction = self.connection.unchecked_transaction()?;
+        self.set_job_state(&job.id, state, error, now_ms)?;
+        let next = crate::schedule::next_run(job.due_ms, job.spec.every_s, now_ms);
+        if let Some(due_ms) = next {
+            self.create_job(next_id, &job.spec, due_ms, now_ms)?;
+        }
+        transaction.commit()?;
+        Ok(next)
+    }
+
     /// Puts a failed try back on the schedule, due at `due_ms`.
     pub fn retry_job(&self, id: &str, error: &str, due_ms: u64, now_ms: u64) -> StoreResult<()> {
         self.connection.execute(
@@ -752,10 +774,12 @@ impl Store {
                 self.retry_job(&job.id, "the mover restarted during the job", now_ms, now_ms)?;
                 resumed += 1;
             } else {
-                self.set_job_state(
-                    &job.id,
+                // A repeating job's next run is scheduled all the same.
+                self.end_job(
+                    &job,
                     JobState::Failed,
                     Some("the mover restarted during the job; submit it again"),
+                    &restart_job_id(&job, now_ms),
                     now_ms,
                 )?;
                 failed += 1;
@@ -1144,6 +1168,13 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// The id of the next run of a repeating job scheduled while the mover starts (finishing or failing a run
+/// it left behind), before the mover's own job numbering runs: `<kind>-<now_ms>-after-<that run's id>`,
+/// unique since each run is ended once.
+pub fn restart_job_id(job: &Job, now_ms: u64) -> String {
+    format!("{}-{now_ms}-after-{}", job.spec.kind, job.id)
 }
 
 #[cfg(test)]

@@ -225,9 +225,13 @@ impl SiteDir {
     pub fn create_checkpoint(&self, number: u64) -> io::Result<u64> {
         let building = self.0.join("checkpoints").join(".new");
         let bytes = pack_tree(&self.shadow(), &building)?;
+        // A checkpoint is what the operator restores after losing everything else: whole on disk before
+        // it is recorded.
+        tern_tree::sync_file_system(&building)?;
         let target = self.checkpoint(number);
         remove_tree(&target)?;
         std::fs::rename(&building, target)?;
+        tern_tree::sync_directory(&self.0.join("checkpoints"))?;
         Ok(bytes)
     }
 }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tern_tree::remove_tree;
+use tern_tree::{remove_tree, sync_directory, sync_file_system};
 use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef};
 use tracing::info;
 
@@ -222,6 +222,8 @@ impl Interpreter {
             if site_dir.exists() {
                 let trash = self.root.join(unique(&format!(".removed-{}-", assignment.header.site)));
                 std::fs::rename(&site_dir, &trash).map_err(io(0, "remove"))?;
+                // Gone for good before it is reported gone: a power cut must not bring it back to be served.
+                sync_directory(&self.root).map_err(io(0, "remove"))?;
                 remove_tree(&trash).map_err(io(0, "remove"))?;
             }
             info!(site = %assignment.header.site, id = %assignment.header.id, "site removed");
@@ -388,6 +390,9 @@ impl Interpreter {
                 Command::Commit => {
                     directories.finish().map_err(io(index, "commit"))?;
                     links_stay_inside(&temp, &links)?;
+                    // The tree is on disk before `live` can point at it (a no-op flush when a prepare
+                    // flushed it already); the switch itself is flushed before the answer, below.
+                    sync_file_system(&temp).map_err(io(index, "commit"))?;
                     let name = format!("{}-{}", assignment.header.sequence, sanitize(&assignment.header.id));
                     let version = site_dir.join("versions").join(&name);
                     remove_tree(&version).map_err(io(index, "commit"))?;
@@ -416,6 +421,9 @@ impl Interpreter {
             // Prepared for a later commit (with a commit, the tree was checked before it went live).
             links_stay_inside(&temp, &links)?;
         }
+        // What the node answers next ("prepared", "committed", "rolled back") is a promise the mover acts
+        // on: it holds after a power cut (`tern_tree::durable` says why one flush of the file system).
+        sync_file_system(&site_dir).map_err(io(last, "sync"))?;
         info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
         Ok(applied)
     }

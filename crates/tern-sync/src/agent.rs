@@ -17,7 +17,7 @@
 //! acknowledgements of its own incarnation.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -456,24 +456,15 @@ fn state_path(config: &AgentConfig) -> PathBuf {
     config.state_dir.join(format!("agent-{}.json", config.name))
 }
 
-/// Writes the state atomically (temp file, fsync, rename), so a crash leaves the old or the new state.
+/// Writes the state durably (temp file, fsync, rename, fsync of the directory), so a crash leaves the old
+/// or the new state.
 fn persist(config: &AgentConfig, state: &AgentState) -> std::io::Result<()> {
     // The directory may have been removed while the agent runs; the state it holds must not be lost.
     std::fs::create_dir_all(&config.state_dir)?;
-    write_atomically(
+    tern_tree::write_durably(
         &state_path(config),
         &serde_json::to_vec(state).map_err(std::io::Error::other)?,
     )
-}
-
-/// Writes `bytes` to `path` through a temp file and rename, with the data synced first.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&temp, path)
 }
 
 /// The agent's admin routes: `/status` with its figures, `/metrics` with the same as gauges.
@@ -545,6 +536,8 @@ fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn config(dir: &Path) -> AgentConfig {

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod diff;
+mod durable;
 mod exclude;
 mod link;
 mod metadata;
@@ -36,6 +37,7 @@ mod parallel;
 mod scan;
 
 pub use diff::{Change, ChangeKind, Difference, TreeChange, changes, differences};
+pub use durable::{sync_directory, sync_file_system, write_durably};
 pub use exclude::{EDITOR_TEMPORARIES, Excludes};
 pub use link::{LinkError, check_link, check_link_in, check_link_with};
 pub use metadata::{copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};

@@ -78,10 +78,13 @@ impl SecretKey {
             },
         })?;
         let text = format!("# tern secret key: keep it private\n{}\n", hex::encode(key.0));
-        file.write_all(text.as_bytes()).map_err(|source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // Synced: the operator copies this key to every node next, so a power cut must not empty it.
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| KeyError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(key)
     }
 

@@ -420,7 +420,13 @@ impl JobRequest {
         }
         spec.caches = self.caches;
         spec.checksum = self.checksum;
-        Ok((spec, self.at_ms.unwrap_or(0)))
+        // A due time of 0 means "now"; a time asked for at the epoch itself is a time long past, and
+        // stays one (1 ms later), so that the mover refuses it instead of starting the job at once.
+        let due_ms = match self.at_ms {
+            None => 0,
+            Some(at_ms) => at_ms.max(1),
+        };
+        Ok((spec, due_ms))
     }
 }
 
@@ -758,6 +764,10 @@ mod tests {
         both.group = Some("eu".into());
         both.node = Some("n1".into());
         assert_eq!(both.into_spec(), Err(JobRequestError::GroupAndNode));
+        // A time asked for at the epoch (a date field left at 1970-01-01) is not "now".
+        let mut epoch = JobRequest::new(JobKind::Synchronise, "www");
+        epoch.at_ms = Some(0);
+        assert_eq!(epoch.into_spec().expect("spec").1, 1);
     }
 
     #[test]

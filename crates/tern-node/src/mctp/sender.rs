@@ -682,16 +682,20 @@ impl Session {
             self.buffer[..shard.len()].copy_from_slice(shard);
             return Ok(());
         }
+        // The block's frames are contiguous in the assignment: one read for all of them.
         let (first, count) = self.announcement.block_span(block);
-        let mut frames = Vec::with_capacity(count as usize);
-        for sequence in first..first + count {
-            let len = self.announcement.frame_len(sequence).unwrap_or(0);
-            let mut frame = vec![0; len];
-            self.source
-                .read_at(self.announcement.frame_offset(sequence), &mut frame)?;
-            frames.push(frame);
+        let lens: Vec<usize> = (first..first + count)
+            .map(|sequence| self.announcement.frame_len(sequence).unwrap_or(0))
+            .collect();
+        let mut bytes = vec![0; lens.iter().sum()];
+        self.source.read_at(self.announcement.frame_offset(first), &mut bytes)?;
+        let mut sources: Vec<&[u8]> = Vec::with_capacity(lens.len());
+        let mut rest = bytes.as_slice();
+        for len in lens {
+            let (frame, after) = rest.split_at(len);
+            sources.push(frame);
+            rest = after;
         }
-        let sources: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let parity_len = self.announcement.parity_len();
         // Only the numbers this pass sends of the block (parity frame `n` does not depend on how many
         // are made): up to the last, or all of them when the numbers wrap around.
