@@ -38,6 +38,9 @@ pub struct Resource {
     pub generated_len: Option<u64>,
     /// Declare this Content-Length but close after sending `body` (a truncated response).
     pub truncate_to: Option<u64>,
+    /// The first this many requests for the path get `body`'s full length in the head, then half of it
+    /// and a closed connection (a server dying mid-body); later ones get `body` whole.
+    pub cut_first: usize,
 }
 
 impl Resource {
@@ -51,6 +54,7 @@ impl Resource {
             honor_validators: true,
             generated_len: None,
             truncate_to: None,
+            cut_first: 0,
         }
     }
 }
@@ -193,11 +197,15 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
         .map(|p| p.to_string())
         .unwrap_or_default();
     state.count.fetch_add(1, Ordering::SeqCst);
-    state.seen.lock().expect("lock").push(Seen {
-        method: request.method().to_string(),
-        path: path.clone(),
-        headers: request.headers().clone(),
-    });
+    let seen_for_path = {
+        let mut seen = state.seen.lock().expect("lock");
+        seen.push(Seen {
+            method: request.method().to_string(),
+            path: path.clone(),
+            headers: request.headers().clone(),
+        });
+        seen.iter().filter(|s| s.path == path).count()
+    };
     let resource = state.resources.lock().expect("lock").get(&path).cloned();
     let Some(resource) = resource else {
         let mut response = Response::new(tern_http::full("not here"));
@@ -241,6 +249,18 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
             }
         });
         return builder.header("content-length", len).body(body).expect("response");
+    }
+    if seen_for_path <= resource.cut_first {
+        let (sender, body) = tern_http::channel(4, None);
+        let half = resource.body.slice(..resource.body.len() / 2);
+        tokio::spawn(async move {
+            let _ = sender.send(Ok(half)).await;
+            let _ = sender.send(Err("origin dies mid-body".into())).await;
+        });
+        return builder
+            .header("content-length", resource.body.len())
+            .body(body)
+            .expect("response");
     }
     if let Some(declared) = resource.truncate_to {
         let (sender, body) = tern_http::channel(4, None);

@@ -178,19 +178,9 @@ mod tests {
     /// A mover with no node, its API on a free port and no admin listener (the UI is called directly).
     async fn mover(area: &std::path::Path) -> Running<Arc<Mover>> {
         tern_mover::service::start(MoverConfig {
-            api_token: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: None,
-            data: area.join("mover"),
-            policy: Default::default(),
-            quorum: None,
             delivery_timeout: Duration::from_secs(5),
             checkpoints_kept: 2,
-            load_balancer: None,
-            tls: None,
-            ca: None,
-            cluster_key: None,
-            tree: Default::default(),
+            ..MoverConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), area.join("mover"))
         })
         .await
         .expect("mover")

@@ -6,6 +6,7 @@
 //! live      -> versions/<sequence>-<id>     symbolic link: what is served
 //! backup    -> versions/<sequence>-<id>     symbolic link: the previous version, for rollback
 //! temp/                                      the tree being prepared (the seed's temp)
+//! temp.prepared                              the version `temp` holds, once whole (a commit must name it)
 //! next-<version>/                            a hard-linked copy of live, made while idle (below)
 //! versions/                                  committed trees: live, backup, and those superseded
 //!                                            less than a grace period ago
@@ -99,6 +100,19 @@ pub enum ApplyError {
     /// Nothing to roll back to.
     #[error("no backup version to roll back to")]
     NoBackup,
+    /// A commit-only assignment named a version other than the one `temp` holds whole, or none is
+    /// prepared: a commit never switches to a tree it was not meant for (a prepare that failed or was
+    /// overtaken, a node that missed the prepare). Nothing was switched.
+    #[error(
+        "commit of version {asked} refused: {}; the mover brings this node up to date",
+        prepared.map_or("no version is prepared".to_string(), |version| format!("the version prepared is {version}"))
+    )]
+    NotPrepared {
+        /// The version `temp` holds, if a prepare finished.
+        prepared: Option<u64>,
+        /// The version the commit names.
+        asked: u64,
+    },
     /// A file-system operation failed.
     #[error("command {index} ({op}): {source}")]
     Io {
@@ -238,12 +252,15 @@ impl Interpreter {
             .iter()
             .any(|c| !matches!(c, Command::Commit | Command::Rollback));
         let commits = assignment.commands.iter().any(|c| matches!(c, Command::Commit));
-        if commits && !has_content && !temp.is_dir() {
-            return Err(ApplyError::Io {
-                index: 0,
-                op: "commit",
-                source: std::io::Error::other("no prepared version to commit"),
-            });
+        let prepared_marker = site_dir.join(PREPARED);
+        if commits && !has_content {
+            let prepared = read_prepared(&prepared_marker).filter(|_| temp.is_dir());
+            if prepared != Some(assignment.header.sequence) {
+                return Err(ApplyError::NotPrepared {
+                    prepared,
+                    asked: assignment.header.sequence,
+                });
+            }
         }
         // A full copy starts from nothing; everything else from the live tree, which `copy` commands also
         // take content from.
@@ -257,6 +274,8 @@ impl Interpreter {
             self.live(&assignment.header.site)
         };
         if has_content {
+            // Whatever `temp` held is replaced: until this prepare is whole, no version is prepared.
+            remove_marker(&prepared_marker).map_err(io(0, "prepare"))?;
             prepare_temp(&site_dir, &temp, base.as_deref()).map_err(io(0, "prepare"))?;
         }
         let mut unpacker = Unpacker::new();
@@ -404,6 +423,7 @@ impl Interpreter {
                         tern_tree::set_mtime(&version, root_time).map_err(io(index, "commit"))?;
                     }
                     switch(&site_dir, &format!("versions/{name}")).map_err(io(index, "commit"))?;
+                    remove_marker(&prepared_marker).map_err(io(index, "commit"))?;
                     applied.live = Some(name);
                 }
                 Command::Rollback => {
@@ -420,6 +440,8 @@ impl Interpreter {
         if has_content && !commits {
             // Prepared for a later commit (with a commit, the tree was checked before it went live).
             links_stay_inside(&temp, &links)?;
+            std::fs::write(&prepared_marker, format!("{}\n", assignment.header.sequence))
+                .map_err(io(last, "prepare"))?;
         }
         // What the node answers next ("prepared", "committed", "rolled back") is a promise the mover acts
         // on: it holds after a power cut (`tern_tree::durable` says why one flush of the file system).
@@ -549,6 +571,23 @@ fn prepare_temp(site_dir: &Path, temp: &Path, live: Option<&Path>) -> std::io::R
         link_tree(live, temp)?;
     }
     Ok(())
+}
+
+/// The file in a site directory naming the version `temp` holds whole (written when a prepare finishes,
+/// removed when one starts and at the commit).
+const PREPARED: &str = "temp.prepared";
+
+/// The version a prepared-version file names (`None`: no file, or not a version number).
+fn read_prepared(marker: &Path) -> Option<u64> {
+    std::fs::read_to_string(marker).ok()?.trim().parse().ok()
+}
+
+/// Removes the prepared-version file, if any.
+fn remove_marker(marker: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(marker) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// Where the stamps of superseded versions are, in a site directory.

@@ -23,6 +23,13 @@ use super::{
 };
 use crate::upstream::{Upstream, UpstreamFuture};
 
+/// Peer bodies of at most this many bytes (by `Content-Length`) are received whole before this edge
+/// answers its client: a peer that dies or stalls mid-body then costs a try at the next owner, a holder or
+/// the origin, not a cut response (the master's death must cost no request). Larger bodies stream, so that
+/// neither the first bytes of a large object are held back nor memory grows with it (at most this much per
+/// miss in flight; misses of one object are coalesced); one cut mid-body fails that response.
+pub const PEER_BUFFER_LIMIT: u64 = 1 << 20;
+
 /// Whom a peer request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ask {
@@ -132,18 +139,45 @@ impl CommunityUpstream {
             metrics.count("error-status");
             return None;
         }
-        metrics.count(match ask {
-            Ask::Owner => "ok",
-            Ask::Holder => "holder-ok",
-        });
         let idle = self.idle_body_timeout;
         let bytes = metrics.peer_bytes.clone();
-        Some(response.map(|body| {
+        let response = response.map(|body| {
             let body = tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle);
             tern_http::with_data_counter(body, move |len| {
                 bytes.inc_by(len as u64);
             })
-        }))
+        });
+        let length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<u64>().ok());
+        // HEAD and 304 answers carry a length but no body.
+        let bodiless = parts.method == Method::HEAD || response.status() == StatusCode::NOT_MODIFIED;
+        let response = match length {
+            Some(length) if length <= PEER_BUFFER_LIMIT && !bodiless => {
+                let (head, body) = response.into_parts();
+                match body.collect().await.map(|collected| collected.to_bytes()) {
+                    Ok(whole) if whole.len() as u64 == length => Response::from_parts(head, tern_http::full(whole)),
+                    Ok(cut) => {
+                        metrics.count("body-cut");
+                        debug!(%peer, expected = length, received = cut.len(), "peer body shorter than its length; skipped");
+                        return None;
+                    }
+                    Err(error) => {
+                        metrics.count("body-cut");
+                        debug!(%peer, %error, "peer body failed; skipped");
+                        return None;
+                    }
+                }
+            }
+            _ => response,
+        };
+        metrics.count(match ask {
+            Ask::Owner => "ok",
+            Ask::Holder => "holder-ok",
+        });
+        Some(response)
     }
 
     /// Asks the master's directory (seed 003) for peers holding a copy of `key`, other than this edge and

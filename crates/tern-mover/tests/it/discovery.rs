@@ -19,7 +19,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::server::Running;
-use tern_mover::PlanPolicy;
 use tern_mover::service::{Mover, MoverConfig, start};
 use tern_node::agent::{NodeAgent, NodeConfig};
 use tern_node::discovery::{self, Discovery, DiscoveryConfig, agent_profile};
@@ -85,19 +84,10 @@ impl Fleet {
         let key = SecretKey::generate().expect("key");
         let mover_addr = free_addr();
         let mover = start(MoverConfig {
-            api_token: None,
-            listen: mover_addr,
-            data: area.path().join("mover"),
-            policy: PlanPolicy::default(),
-            admin: None,
-            quorum: None,
             delivery_timeout: Duration::from_secs(10),
             checkpoints_kept: 3,
-            load_balancer: None,
-            tls: None,
-            ca: None,
             cluster_key: Some(key.clone()),
-            tree: Default::default(),
+            ..MoverConfig::new(mover_addr, area.path().join("mover"))
         })
         .await
         .expect("mover");

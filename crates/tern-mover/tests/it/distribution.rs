@@ -21,7 +21,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve};
-use tern_mover::PlanPolicy;
 use tern_mover::segments::{Segment, SegmentLeader};
 use tern_mover::service::{Mover, MoverConfig, start};
 use tern_mover::tree_delivery::{TreeRecord, TreeSettings};
@@ -97,19 +96,12 @@ impl TreeFleet {
         let key = SecretKey::generate().expect("key");
         let mover_addr = free_addr();
         let mover = start(MoverConfig {
-            api_token: None,
-            listen: mover_addr,
-            data: area.path().join("mover"),
-            policy: PlanPolicy::default(),
-            admin: None,
             quorum,
             delivery_timeout: Duration::from_secs(30),
             checkpoints_kept: 3,
-            load_balancer: None,
-            tls: None,
-            ca: None,
             cluster_key: Some(key.clone()),
             tree: settings,
+            ..MoverConfig::new(mover_addr, area.path().join("mover"))
         })
         .await
         .expect("mover");

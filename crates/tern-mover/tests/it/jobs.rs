@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tern_http::server::Running;
 use tern_mover::service::{Mover, MoverConfig, start};
-use tern_mover::{JobKind, JobSpec, PlanPolicy};
+use tern_mover::{JobKind, JobSpec};
 use tern_node::agent::{NodeAgent, NodeConfig};
 
 pub(crate) fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -68,19 +68,11 @@ impl Fleet {
     pub(crate) async fn start_mover(&mut self, quorum: Option<usize>) {
         self.mover = Some(
             start(MoverConfig {
-                api_token: None,
-                listen: self.mover_addr,
-                data: self.area.path().join("mover"),
-                policy: PlanPolicy::default(),
-                admin: None,
                 quorum,
                 delivery_timeout: Duration::from_secs(10),
                 checkpoints_kept: 3,
                 load_balancer: self.load_balancer.clone(),
-                tls: None,
-                ca: None,
-                cluster_key: None,
-                tree: Default::default(),
+                ..MoverConfig::new(self.mover_addr, self.area.path().join("mover"))
             })
             .await
             .expect("mover"),

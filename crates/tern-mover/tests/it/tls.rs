@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tern_http::testsuite::TestCa;
 use tern_http::tls::{CertSource, ClientTls, HttpsClient, TlsConfig};
-use tern_mover::PlanPolicy;
 use tern_mover::service::{MoverConfig, start};
 use tern_node::agent::NodeConfig;
 
@@ -44,19 +43,11 @@ async fn a_publish_goes_over_https_from_client_to_mover_to_node() {
     };
     let mover_addr = free_addr();
     let mover = start(MoverConfig {
-        api_token: None,
-        listen: mover_addr,
-        data: area.path().join("mover"),
-        policy: PlanPolicy::default(),
-        admin: None,
-        quorum: None,
         delivery_timeout: Duration::from_secs(10),
         checkpoints_kept: 3,
-        load_balancer: None,
         tls: tls(),
         ca: Some(ca_file.clone()),
-        cluster_key: None,
-        tree: Default::default(),
+        ..MoverConfig::new(mover_addr, area.path().join("mover"))
     })
     .await
     .expect("mover starts with TLS");

@@ -217,6 +217,53 @@ fn two_phase_content_then_commit() {
     );
 }
 
+#[test]
+fn a_commit_switches_only_to_the_version_it_names() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    publish_v1(&interpreter);
+    let live = root.path().join("www/live");
+    let commit = |sequence: u64| {
+        let mut builder = Builder::new("job", AssignmentKind::Publish, "www", sequence, None, 0);
+        builder.command(Command::Commit);
+        interpreter.apply(&sealed(builder))
+    };
+    // Version 2 is prepared (a publish that then failed for want of a quorum); the node misses the
+    // prepare of version 3 and gets only its commit: it must not put version 2's tree live as 3.
+    let mut content = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    content
+        .create("index.html", None, b"<h1>version two</h1>", false)
+        .expect("create");
+    interpreter.apply(&sealed(content)).expect("prepared");
+    match commit(3) {
+        Err(ApplyError::NotPrepared { prepared, asked }) => assert_eq!((prepared, asked), (Some(2), 3)),
+        other => panic!("a commit of another version: {other:?}"),
+    }
+    assert_eq!(tree(&live)["index.html"], b"<h1>version one</h1>", "nothing switched");
+
+    // A prepare that fails halfway leaves no version prepared, not the one before it.
+    let mut broken = Builder::new("v4", AssignmentKind::Publish, "www", 4, None, 0);
+    broken.create("a.html", None, b"a", false).expect("create");
+    broken
+        .patch("index.html", b"not what the node holds", b"x")
+        .expect("patch");
+    assert!(interpreter.apply(&sealed(broken)).is_err());
+    match commit(2) {
+        Err(ApplyError::NotPrepared { prepared, asked }) => assert_eq!((prepared, asked), (None, 2)),
+        other => panic!("a commit after a failed prepare: {other:?}"),
+    }
+
+    // Prepared again, the commit that names it switches, once.
+    let mut content = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    content
+        .create("index.html", None, b"<h1>version two</h1>", false)
+        .expect("create");
+    interpreter.apply(&sealed(content)).expect("prepared");
+    commit(2).expect("committed");
+    assert_eq!(tree(&live)["index.html"], b"<h1>version two</h1>");
+    assert!(matches!(commit(2), Err(ApplyError::NotPrepared { prepared: None, .. })));
+}
+
 /// The entries of a site directory whose names start with `prefix`.
 fn entries(site: &Path, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(site)

@@ -501,6 +501,38 @@ async fn a_joining_owner_takes_its_portion_from_the_holders_the_directory_names(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_fails_mid_body_costs_the_client_nothing() {
+    let site = site(8).await;
+    let client = client();
+    // Object 7 is one of the larger ones (200 KB): the owner streams it on to the others.
+    let (_, others) = owner_of(&site, 7).await;
+    let path = "/obj/7";
+    let at = site.members[others[0]].listen;
+    let purged = send(&client, "PURGE", &format!("http://{at}{path}"), &[("host", HOST)]).await;
+    assert_eq!(purged.status, http::StatusCode::OK);
+
+    // The owner's next fetch dies halfway through the body (as when the owner itself dies mid-transfer:
+    // the member asking it sees its body cut); the member goes to the origin and the client never knows.
+    let before = site.origin.count_for(path);
+    let mut resource = Resource::ok(body_of(7), &[("cache-control", "max-age=3600")]);
+    resource.cut_first = before + 1;
+    site.origin.set(path, resource);
+    let member = &site.members[others[1]];
+    let body = get(&client, member.listen, 7).await.expect("the whole object");
+    assert!(body == body_of(7), "{} bytes, not the object", body.len());
+    assert_eq!(
+        metric(member.admin, "tern_community_peer_requests_total{outcome=\"body-cut\"}").await,
+        1.0,
+        "the cut body was seen and counted"
+    );
+    assert_eq!(
+        site.origin.count_for(path),
+        before + 2,
+        "one request from the owner, cut, and one from the member that fell back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_at_any_member_reaches_the_owner_and_a_prefetch_costs_one_origin_request() {
     let site = site(4).await;
     let client = client();
