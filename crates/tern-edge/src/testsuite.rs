@@ -38,8 +38,8 @@ pub struct Resource {
     pub generated_len: Option<u64>,
     /// Declare this Content-Length but close after sending `body` (a truncated response).
     pub truncate_to: Option<u64>,
-    /// The first this many requests for the path get `body`'s full length in the head, then half of it
-    /// and a closed connection (a server dying mid-body); later ones get `body` whole.
+    /// The first this many requests for the path get `body`'s full length in the head, then half of it,
+    /// and 200 ms later a closed connection (a server dying mid-body); later ones get `body` whole.
     pub cut_first: usize,
 }
 
@@ -255,6 +255,8 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
         let half = resource.body.slice(..resource.body.len() / 2);
         tokio::spawn(async move {
             let _ = sender.send(Ok(half)).await;
+            // Long enough for a proxy in between to have passed the head and the first half on.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let _ = sender.send(Err("origin dies mid-body".into())).await;
         });
         return builder
