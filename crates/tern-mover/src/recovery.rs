@@ -224,9 +224,18 @@ mod tests {
         assert_eq!(roll_forward(&store, area.path(), now).expect("roll forward"), 1);
         assert_eq!(store.recover_interrupted(now).expect("recover"), (0, 1));
 
-        let ended = |id: &str| store.job(id).expect("read").expect("job").state;
-        assert_eq!(ended("remove-1"), JobState::Committed);
-        assert_eq!(ended("synchronise-1"), JobState::Failed);
+        let ended = |id: &str| store.job(id).expect("read").expect("job");
+        assert_eq!(ended("remove-1").state, JobState::Committed);
+        let failed = ended("synchronise-1");
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(
+            failed
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("next run is on the schedule")),
+            "{:?}",
+            failed.error
+        );
         // Each has its next run on the schedule, at the next hour of its own due time after now.
         let mut next: Vec<(String, JobKind, u64, JobState)> = store
             .pending_jobs()

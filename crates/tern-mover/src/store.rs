@@ -775,10 +775,15 @@ impl Store {
                 resumed += 1;
             } else {
                 // A repeating job's next run is scheduled all the same.
+                let reason = if job.spec.every_s.is_some() {
+                    "the mover restarted during the job; its next run is on the schedule"
+                } else {
+                    "the mover restarted during the job; submit it again"
+                };
                 self.end_job(
                     &job,
                     JobState::Failed,
-                    Some("the mover restarted during the job; submit it again"),
+                    Some(reason),
                     &restart_job_id(&job, now_ms),
                     now_ms,
                 )?;
