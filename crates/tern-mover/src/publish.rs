@@ -91,17 +91,18 @@ impl Mover {
         let (id, name) = (job.id.as_str(), job.spec.site.as_str());
         self.adopt_caches(job).await?;
         let wanted = name.to_string();
-        // A removed site's tombstone is read too: its versions go on above the highest it issued.
-        let site = self
+        // A removed site's tombstone is read too: its versions go on above the highest it issued; so do a
+        // new site's, above a first publish that failed.
+        let (site, issued) = self
             .store
-            .call(move |store| store.site_record(&wanted))
+            .call(move |store| Ok((store.site_record(&wanted)?, store.issued_high(&wanted)?)))
             .await
             .map_err(|e| e.to_string())?;
         let mut site = site.unwrap_or_else(|| Site {
             name: name.to_string(),
             sequence: 0,
             previous: 0,
-            high: 0,
+            high: issued,
             target: Target::All,
             rules: Rules::default(),
             snapshot: String::new(),

@@ -92,7 +92,7 @@ pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io:
 pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, String> {
     let decisions = store.unfinished_decisions().map_err(|e| e.to_string())?;
     let mut finished = 0;
-    for decision in decisions {
+    for (n, decision) in decisions.into_iter().enumerate() {
         let job = decision.job.clone();
         let on_disk = match finish_on_disk(data, &decision, now_ms) {
             Ok(on_disk) => on_disk,
@@ -132,13 +132,14 @@ pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, St
         match store.job(&job).map_err(|e| e.to_string())? {
             // A repeating job's next run is scheduled as when a run ends without a restart.
             Some(record) => {
-                let next_id = crate::store::restart_job_id(&record, now_ms);
+                let next_id = crate::store::restart_job_id(&record, now_ms, "rolled", n);
+                // The job's message says how it ended: its nodes' commits were not all answered.
                 store
-                    .end_job(&record, JobState::Committed, None, &next_id, now_ms)
+                    .end_job(&record, JobState::Committed, Some(&outcome), &next_id, now_ms)
                     .map_err(|e| e.to_string())?;
             }
             None => store
-                .set_job_state(&job, JobState::Committed, None, now_ms)
+                .set_job_state(&job, JobState::Committed, Some(&outcome), now_ms)
                 .map_err(|e| e.to_string())?,
         }
         info!(%job, site = %decision.site, version = decision.version, "decided job rolled forward");

@@ -32,7 +32,7 @@ pub const MAX_RETRY_DELAY_S: u64 = 24 * 3600;
 /// and of the mover and for the time the request takes (the command line refuses `--at` earlier too).
 pub const MAX_BEHIND_MS: u64 = 60 * 1000;
 
-/// Checks, at `now_ms`, when a job is asked to be due (`at_ms` of the job API; 0: now): at most
+/// Checks, at `now_ms`, when a job is asked to be due (from `at_ms` of the job API; 0: now, which no `at_ms` gives): at most
 /// [`MAX_AHEAD_MS`] ahead and at most [`MAX_BEHIND_MS`] behind (a time in the past is a mistake, not a
 /// wish to start at once).
 pub fn validate_due(due_ms: u64, now_ms: u64) -> Result<(), String> {

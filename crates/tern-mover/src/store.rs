@@ -249,6 +249,7 @@ impl Store {
                  job TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (site, sequence));
              CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, view TEXT NOT NULL, reported_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS site_caches (site TEXT PRIMARY KEY, caches TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS issued (site TEXT PRIMARY KEY, high INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS job_freshness (job TEXT PRIMARY KEY, site TEXT NOT NULL, since_ms INTEGER NOT NULL,
                  state TEXT NOT NULL, view TEXT NOT NULL, work TEXT NOT NULL, caches TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS decisions (job TEXT PRIMARY KEY, site TEXT NOT NULL, version INTEGER NOT NULL,
@@ -356,16 +357,34 @@ impl Store {
         Ok(known)
     }
 
-    /// Records that `version` of site `name` is issued before any node may commit it, so that a mover that
-    /// crashes between a node's commit and [`Store::save_site`] never issues that number again for other
-    /// content (a version number names one content). A site without a record yet (its first publish) has
-    /// nothing to update: its first version is 1 however often it is tried.
+    /// Records that `version` of site `name` is issued before any node may prepare it, so that the number
+    /// is never issued again for other content (a version number names one content; a node commits only
+    /// the version it prepared): not after a mover that crashes between a node's commit and
+    /// [`Store::save_site`], and not after a publish that failed, also a site's first, which has no record
+    /// yet (its number is kept in [`Store::issued_high`]).
     pub fn reserve_version(&self, name: &str, version: u64) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE sites SET high = MAX(high, ?2) WHERE name = ?1",
             params![name, version as i64],
         )?;
+        self.connection.execute(
+            "INSERT INTO issued (site, high) VALUES (?1, ?2)
+                 ON CONFLICT (site) DO UPDATE SET high = MAX(high, excluded.high)",
+            params![name, version as i64],
+        )?;
         Ok(())
+    }
+
+    /// The highest version ever issued for site `name` (0: none), whether or not it has a record: a site's
+    /// first publish numbers above a first publish of the name that failed.
+    pub fn issued_high(&self, name: &str) -> StoreResult<u64> {
+        let high: Option<i64> = self
+            .connection
+            .query_row("SELECT high FROM issued WHERE site = ?1", params![name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(high.unwrap_or(0).max(0) as u64)
     }
 
     /// Stops hosting a site (after a remove job): the versions nodes held, its snapshots and checkpoints
@@ -769,7 +788,7 @@ impl Store {
             .filter(|job| job.state == JobState::Running)
             .collect();
         let (mut resumed, mut failed) = (0, 0);
-        for job in running {
+        for (n, job) in running.into_iter().enumerate() {
             if may_try_again(job.attempt, job.spec.retries) {
                 self.retry_job(&job.id, "the mover restarted during the job", now_ms, now_ms)?;
                 resumed += 1;
@@ -784,7 +803,7 @@ impl Store {
                     &job,
                     JobState::Failed,
                     Some(reason),
-                    &restart_job_id(&job, now_ms),
+                    &restart_job_id(&job, now_ms, "restarted", n),
                     now_ms,
                 )?;
                 failed += 1;
@@ -1176,10 +1195,10 @@ impl Store {
 }
 
 /// The id of the next run of a repeating job scheduled while the mover starts (finishing or failing a run
-/// it left behind), before the mover's own job numbering runs: `<kind>-<now_ms>-after-<that run's id>`,
-/// unique since each run is ended once.
-pub fn restart_job_id(job: &Job, now_ms: u64) -> String {
-    format!("{}-{now_ms}-after-{}", job.spec.kind, job.id)
+/// it left behind), before the mover's own job numbering runs: `<kind>-<now_ms>-<step><n>`, `step` naming
+/// the part of the start (`rolled`, `restarted`) and `n` counting within it, so unique.
+pub fn restart_job_id(job: &Job, now_ms: u64, step: &str, n: usize) -> String {
+    format!("{}-{now_ms}-{step}{n}", job.spec.kind)
 }
 
 #[cfg(test)]
@@ -1208,9 +1227,11 @@ mod tests {
         // A save from a copy read before the reservation does not lower it.
         reopened.save_site(&site).expect("save");
         assert_eq!(reopened.site("www").expect("read").expect("site").next_version(), 8);
-        // A site without a record has nothing to reserve.
+        // A site without a record (a first publish that then failed) keeps its number all the same.
         reopened.reserve_version("new", 1).expect("reserve");
         assert!(reopened.site("new").expect("read").is_none());
+        assert_eq!(reopened.issued_high("new").expect("issued"), 1);
+        assert_eq!(reopened.issued_high("never").expect("issued"), 0);
     }
 
     #[test]

@@ -1687,8 +1687,18 @@ fn parse_time(text: &str) -> Result<u64> {
             now + humantime::parse_duration(duration)
                 .with_context(|| format!("--at {text}: after `+`, a duration such as 30m or 2h"))?
         }
-        None => humantime::parse_rfc3339_weak(text)
-            .with_context(|| format!("--at {text}: an RFC 3339 time (2026-12-01T02:00:00Z, UTC) or +DURATION"))?,
+        None => {
+            // The parser takes no year before the epoch; such a time is in the past all the same.
+            if text
+                .get(..4)
+                .and_then(|year| year.parse::<u32>().ok())
+                .is_some_and(|year| year < 1970)
+            {
+                anyhow::bail!("--at {text} is in the past");
+            }
+            humantime::parse_rfc3339_weak(text)
+                .with_context(|| format!("--at {text}: an RFC 3339 time (2026-12-01T02:00:00Z, UTC) or +DURATION"))?
+        }
     };
     if at + std::time::Duration::from_secs(60) < now {
         anyhow::bail!("--at {text} is in the past");
