@@ -472,3 +472,28 @@ async fn restoring_a_checkpoint_brings_back_that_version_exactly() {
         .await;
     assert!(missing["error"].as_str().unwrap_or("").contains("checkpoint"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_publish_that_failed_does_not_give_its_version_number_to_the_next() {
+    let mut fleet = Fleet::new(2, None).await;
+    let staging = fleet.area.path().join("staging");
+    write_site(&staging, 20, "first");
+    // Node1 is down: node0 prepares version 1 and the job fails for want of a quorum.
+    fleet.nodes[1].take().expect("node1").shutdown().await;
+    let job = fleet.run("publish", Some(&staging)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let prepared = std::fs::read_to_string(fleet.node_root(0).join("www/temp.prepared")).expect("prepared");
+    assert_eq!(prepared.trim(), "1");
+
+    // The next publish of other content takes the next number: a version names one content.
+    fleet.nodes[1] = Some(fleet.start_node(1).await);
+    fleet.wait_registered(2).await;
+    write_site(&staging, 20, "second");
+    let job = fleet.run("publish", Some(&staging)).await;
+    assert_eq!(job["state"], "committed", "{job}");
+    let site = fleet.api("GET", "/api/sites/www", None).await;
+    assert_eq!(site["site"]["sequence"], 2, "{site}");
+    for index in 0..2 {
+        assert_eq!(fleet.live(index), tree(&staging), "node {index}");
+    }
+}
