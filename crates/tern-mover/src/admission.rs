@@ -41,7 +41,8 @@ struct Facts {
 enum Cancelled {
     Done,
     NoSuchJob,
-    Running,
+    /// Running; whether it repeats (its next run is scheduled when it ends).
+    Running(bool),
     Ended(JobState),
 }
 
@@ -142,7 +143,7 @@ impl Mover {
                         store.set_job_state(&job, JobState::Cancelled, Some("cancelled by the operator"), now)?;
                         Cancelled::Done
                     }
-                    JobState::Running => Cancelled::Running,
+                    JobState::Running => Cancelled::Running(current.spec.every_s.is_some()),
                     ended => Cancelled::Ended(ended),
                 })
             })
@@ -150,8 +151,12 @@ impl Mover {
         match outcome {
             Cancelled::Done => Ok(()),
             Cancelled::NoSuchJob => Err(SubmitError::Invalid(format!("no job {id}"))),
-            Cancelled::Running => Err(SubmitError::Conflict(format!(
+            Cancelled::Running(false) => Err(SubmitError::Conflict(format!(
                 "job {id} is running; it commits or fails within the delivery timeout"
+            ))),
+            Cancelled::Running(true) => Err(SubmitError::Conflict(format!(
+                "job {id} is running; it commits or fails within the delivery timeout, then its next run is \
+                 scheduled: cancel that run (`tern jobs` lists it) to end the series"
             ))),
             Cancelled::Ended(state) => Err(SubmitError::Conflict(format!("job {id} has already ended ({state})"))),
         }
