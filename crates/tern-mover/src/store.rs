@@ -806,6 +806,17 @@ impl Store {
                     &restart_job_id(&job, now_ms, "restarted", n),
                     now_ms,
                 )?;
+                // Its nodes that had not switched failed with it (a prepared tree is never committed now).
+                self.connection.execute(
+                    "UPDATE job_nodes SET state = ?2, error = ?3 WHERE job = ?1 AND state IN (?4, ?5)",
+                    params![
+                        job.id,
+                        NodeState::Failed.as_str(),
+                        "the mover restarted during the job",
+                        NodeState::Pending.as_str(),
+                        NodeState::Prepared.as_str()
+                    ],
+                )?;
                 failed += 1;
             }
         }

@@ -268,6 +268,7 @@ async fn a_job_interrupted_by_a_mover_restart_resumes_or_fails_cleanly() {
     let job = fleet.wait_job("stuck").await;
     assert_eq!(job["state"], "failed", "no job stays running forever: {job}");
     assert!(job["error"].as_str().unwrap_or("").contains("restarted"));
+    assert_eq!(job["nodes"][0]["state"], "failed", "its node failed with it: {job}");
     let job = fleet.wait_job("resumable").await;
     assert_eq!(job["state"], "committed", "the job resumed after the restart: {job}");
     assert_eq!(job["attempt"], 2);
