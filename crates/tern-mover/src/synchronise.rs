@@ -68,7 +68,27 @@ impl Mover {
                 Some(versions) if self.deliver_chain(job, name, node, &site_dir, &versions).await => {
                     current.push(node.clone())
                 }
-                _ => whole.push(node.clone()),
+                Some(_) => {
+                    // The history says why the node gets a full copy (its refusal, e.g. a commit of a
+                    // version it did not prepare, would otherwise be only in the logs).
+                    let (id, failed) = (job.to_string(), node.clone());
+                    let _ = self
+                        .store
+                        .call(move |store| {
+                            let why = store
+                                .job(&id)?
+                                .and_then(|job| job.nodes.into_iter().find(|n| n.node == failed))
+                                .and_then(|n| n.error)
+                                .unwrap_or_else(|| "no answer".to_string());
+                            let message = format!(
+                                "{failed} did not take the deltas from version {held} ({why}); a full copy follows"
+                            );
+                            store.note(Some(&id), &message, crate::ccm::now_ms())
+                        })
+                        .await;
+                    whole.push(node.clone());
+                }
+                None => whole.push(node.clone()),
             }
         }
         if !whole.is_empty() {

@@ -498,3 +498,83 @@ async fn a_first_publish_that_failed_does_not_give_its_version_number_to_the_nex
         assert_eq!(fleet.live(index), tree(&staging), "node {index}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_take_the_deltas_gets_a_full_copy_and_the_history_says_why() {
+    let mut fleet = Fleet::new(2, Some(1)).await;
+    let staging = fleet.area.path().join("staging");
+    // Lines that do not compress, so that a small change goes as a delta (a patch), not as a new file.
+    let mut seed = 7u64;
+    let page: String = (0..600)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            format!("{seed:016x} {:016x}\n", seed.rotate_left(17))
+        })
+        .collect();
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("page.html"), format!("version one\n{page}")).expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+
+    // Node1 misses version 2 (a small change: a delta), and its copy of the page is changed behind the
+    // mover's back while it is down, so the delta does not apply there.
+    fleet.nodes[1].take().expect("node1").shutdown().await;
+    std::fs::write(staging.join("page.html"), format!("version two\n{page}")).expect("write");
+    let job = fleet.run("publish", Some(&staging)).await;
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("1 of 2"),
+        "node0 committed: {job}"
+    );
+    let live = fleet.node_root(1).join("www/live/page.html");
+    let linked = std::fs::read(&live).expect("node1's page");
+    std::fs::remove_file(&live).expect("unlink");
+    std::fs::write(&live, [b"edited by hand\n".as_slice(), &linked].concat()).expect("edit");
+    // The node's ready-made next tree (linked from live before the edit) goes too, so the next prepare
+    // starts from the edited live tree.
+    for entry in std::fs::read_dir(fleet.node_root(1).join("www"))
+        .expect("site dir")
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with("next-") {
+            std::fs::remove_dir_all(entry.path()).expect("remove next");
+        }
+    }
+
+    fleet.nodes[1] = Some(fleet.start_node(1).await);
+    let expected = tree(&staging);
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if fleet.live(1) == expected {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "node1 was not brought up to date");
+    let catch_up = fleet
+        .api("GET", "/api/jobs", None)
+        .await
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|job| job["kind"] == "synchronise")
+        .cloned()
+        .expect("a catch-up job");
+    let catch_up = fleet.wait_job(catch_up["id"].as_str().expect("id")).await;
+    assert_eq!(catch_up["state"], "committed", "{catch_up}");
+    let history = fleet.api("GET", "/api/history?limit=50", None).await;
+    let said = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|entry| entry["message"].as_str())
+        .find(|message| message.contains("did not take the deltas"))
+        .map(str::to_string);
+    let said = said.unwrap_or_else(|| panic!("the history says why a full copy went: {history}"));
+    assert!(
+        said.starts_with("node1 did not take the deltas from version 1 ("),
+        "{said}"
+    );
+    assert!(said.contains("not the version the patch was made for"), "{said}");
+}
