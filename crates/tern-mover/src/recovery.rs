@@ -132,7 +132,7 @@ pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, St
         match store.job(&job).map_err(|e| e.to_string())? {
             // A repeating job's next run is scheduled as when a run ends without a restart.
             Some(record) => {
-                let next_id = crate::store::restart_job_id(&record, now_ms, "rolled", n);
+                let next_id = crate::store::restart_job_id(record.spec.kind, now_ms, "rolled", n);
                 // The job's message says how it ended: its nodes' commits were not all answered.
                 store
                     .end_job(&record, JobState::Committed, Some(&outcome), &next_id, now_ms)

@@ -803,7 +803,7 @@ impl Store {
                     &job,
                     JobState::Failed,
                     Some(reason),
-                    &restart_job_id(&job, now_ms, "restarted", n),
+                    &restart_job_id(job.spec.kind, now_ms, "restarted", n),
                     now_ms,
                 )?;
                 // Its nodes that had not switched failed with it (a prepared tree is never committed now).
@@ -1208,8 +1208,8 @@ impl Store {
 /// The id of the next run of a repeating job scheduled while the mover starts (finishing or failing a run
 /// it left behind), before the mover's own job numbering runs: `<kind>-<now_ms>-<step><n>`, `step` naming
 /// the part of the start (`rolled`, `restarted`) and `n` counting within it, so unique.
-pub fn restart_job_id(job: &Job, now_ms: u64, step: &str, n: usize) -> String {
-    format!("{}-{now_ms}-{step}{n}", job.spec.kind)
+pub fn restart_job_id(kind: JobKind, now_ms: u64, step: &str, n: usize) -> String {
+    format!("{kind}-{now_ms}-{step}{n}")
 }
 
 #[cfg(test)]

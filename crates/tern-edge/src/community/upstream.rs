@@ -159,14 +159,11 @@ impl CommunityUpstream {
                 let (head, body) = response.into_parts();
                 match body.collect().await.map(|collected| collected.to_bytes()) {
                     Ok(whole) if whole.len() as u64 == length => Response::from_parts(head, tern_http::full(whole)),
-                    Ok(cut) => {
+                    cut => {
                         metrics.count("body-cut");
-                        debug!(%peer, expected = length, received = cut.len(), "peer body shorter than its length; skipped");
-                        return None;
-                    }
-                    Err(error) => {
-                        metrics.count("body-cut");
-                        debug!(%peer, %error, "peer body failed; skipped");
+                        let received = cut.as_ref().map_or(0, |bytes| bytes.len());
+                        let error = cut.err().map(|error| error.to_string()).unwrap_or_default();
+                        debug!(%peer, expected = length, received, %error, "peer body cut short; skipped");
                         return None;
                     }
                 }

@@ -183,21 +183,11 @@ impl RecordFile {
     }
 }
 
-/// Writes `lines` to `path` atomically; returns the file opened for appending.
+/// Writes `lines` to `path` durably (`tern_tree::write_durably`: a new file synced, renamed over it, the
+/// directory synced); returns the file opened for appending.
 fn rewrite(path: &Path, lines: &VecDeque<String>) -> io::Result<File> {
-    let fresh = path.with_extension("new");
-    {
-        let mut file = File::create(&fresh)?;
-        for line in lines {
-            file.write_all(line.as_bytes())?;
-        }
-        file.sync_all()?;
-    }
-    std::fs::rename(&fresh, path)?;
-    // The rename itself is durable once the directory is synced.
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
+    let contents: String = lines.iter().map(String::as_str).collect();
+    tern_tree::write_durably(path, contents.as_bytes())?;
     OpenOptions::new().append(true).open(path)
 }
 
