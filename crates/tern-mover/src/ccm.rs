@@ -142,6 +142,10 @@ pub struct Mover {
     /// When (ms since the epoch) a node was last sent a catch-up for a site: see
     /// [`crate::registration::catch_up`].
     pub(crate) last_synchronise: Mutex<HashMap<(String, String), u64>>,
+    /// What each node said at its last registration it holds prepared and whole, by node, then site
+    /// (version): a catch-up sends that version's commit alone. Not kept across restarts: nodes
+    /// register again within their registration period.
+    pub(crate) prepared: Mutex<HashMap<String, std::collections::BTreeMap<String, u64>>>,
     pub(crate) metrics: MoverMetrics,
     started: Instant,
     /// The last status document computed, for [`tern_admin::AdminRoutes::status`].
@@ -176,6 +180,7 @@ impl Mover {
             wake: Notify::new(),
             next_job: AtomicU64::new(0),
             last_synchronise: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             metrics,
             started: Instant::now(),
             last_status: Mutex::new(serde_json::json!({ "role": "mover" })),

@@ -116,6 +116,9 @@ impl Mover {
 
     /// Marks `job` running on `nodes` and runs its try in a task of its own.
     async fn start(self: &Arc<Self>, job: Job, nodes: BTreeSet<String>, now: u64) {
+        // Stamped now, not at the tick's start: a job whose claim this one waited for may have released it
+        // (stamping its finish) during the tick, and a start never precedes that finish.
+        let now = now.max(now_ms());
         let (id, held) = (job.id.clone(), nodes.clone());
         if let Err(error) = self.store.call(move |store| store.start_job(&id, &held, now)).await {
             warn!(job = %job.id, %error, "cannot start the job");

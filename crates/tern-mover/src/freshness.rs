@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use tern_http::tls::{ClientTls, HttpsClient};
 use tern_tree::Snapshot;
 use tern_wire::SecretKey;
-use tern_wire::mover::{CacheFreshness, DEFAULT_CONFIRM_WITHIN_S, FreshState, Job, JobFreshness, JobKind, SiteCaches};
+use tern_wire::mover::{
+    CacheFreshness, DEFAULT_CONFIRM_WITHIN_S, ErrorAnswer, FreshState, Job, JobFreshness, JobKind, SiteCaches,
+};
 use tern_wire::sync::{Applied, Incarnation, PurgeRecorded, PurgeRequest};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -400,13 +402,6 @@ async fn exchange(
         .map_err(|_| format!("no answer within {} s", timeout.as_secs_f64()))?
 }
 
-/// The error of an `{"error": ...}` body, or the body.
-fn reason(body: &[u8]) -> String {
-    serde_json::from_slice::<tern_wire::mover::ErrorAnswer>(body)
-        .map(|answer| answer.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string())
-}
-
 /// The sync service (seed 001's listener, master and cacher): `POST /purge` records the URLs in its change
 /// log, its cacher purges them on every cache and fetches the changed ones again, and `GET /applied` tells
 /// how far each cache is.
@@ -446,7 +441,7 @@ impl SyncCaches {
             )),
             status => Err(format!(
                 "the sync service at {url} refused the purge ({status}): {}",
-                reason(&body)
+                ErrorAnswer::reason_in(&body)
             )),
         }
     }
@@ -511,7 +506,7 @@ impl Caches for SyncCaches {
             if status != StatusCode::OK {
                 return Err(format!(
                     "the sync service at {url} answered {status}: {} (is it older than this mover?)",
-                    reason(&body)
+                    ErrorAnswer::reason_in(&body)
                 ));
             }
             let applied: Applied =
@@ -617,7 +612,12 @@ async fn apply_to_edge(
                     "edge {edge} refused PURGE ({status}): give --edge-key the edges' --purge-key file"
                 ));
             }
-            status => return Err(format!("edge {edge}: PURGE {url} answered {status}: {}", reason(&body))),
+            status => {
+                return Err(format!(
+                    "edge {edge}: PURGE {url} answered {status}: {}",
+                    ErrorAnswer::reason_in(&body)
+                ));
+            }
         }
         if !prefetch {
             continue;

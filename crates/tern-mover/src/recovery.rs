@@ -8,7 +8,8 @@
 //! write) finds the decision unfinished at its next start and rolls the job forward ([`roll_forward`]): the
 //! shadow copy becomes the decided tree, the snapshot is recorded when it was written, the site's record
 //! takes the decided version, and the job ends committed. Nodes that had not committed are brought up to
-//! date by the normal catch-up when they register — with the snapshot's delta, not a full copy — and a
+//! date by the normal catch-up when they register — with the commit alone when they registered the version
+//! as prepared, else with the snapshot's delta, not a full copy ([`crate::synchronise`]) — and a
 //! node that did commit but whose answer was not recorded shows committed once it registers holding the
 //! version ([`crate::store::Store::confirm_commits`]). A job that had not reached its decision switched
 //! nothing anywhere, and is rolled back as before (tried again or failed, `Store::recover_interrupted`).

@@ -126,6 +126,11 @@ impl Mover {
         };
         let versions: Vec<(String, u64)> = registration.versions.into_iter().collect();
         let name = node.name.clone();
+        // Before a catch-up below can read it.
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), registration.prepared);
         let hosted = self
             .store
             .call(move |store| {
@@ -394,6 +399,7 @@ impl Mover {
                 cpus: member.profile.cpus,
                 groups: member.profile.groups,
                 versions: member.profile.versions,
+                prepared: member.profile.prepared,
             };
             // A member new to the segment is registered, and caught up on the sites it hosts.
             if let Err(error) = self.register(registration, now_ms).await {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use tern_http::tls::HttpsClient;
+use tern_wire::mover::ErrorAnswer;
 
 use crate::delivery::{Delivery, NodeOutcome, PhaseFuture, Recipient};
 
@@ -104,15 +105,14 @@ async fn send(client: &HttpsClient<Full<Bytes>>, url: &str, body: Bytes, timeout
 /// How a node took an assignment, from its answer: only the status decides.
 async fn answer(response: http::Response<hyper::body::Incoming>) -> Result<(), String> {
     let status = response.status();
-    let text = response
-        .into_body()
+    let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
         .collect()
         .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string())
+        .map(|b| b.to_bytes())
         .unwrap_or_default();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("node refused ({status}): {}", text.trim()))
+        Err(format!("node refused ({status}): {}", ErrorAnswer::reason_in(&body)))
     }
 }

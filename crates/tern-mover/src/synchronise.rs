@@ -1,7 +1,9 @@
 //! The synchronise and replicate jobs (seed 004: a node that missed assignments is brought up to date; a
 //! replicate sends a full copy). A node whose version is the base of a chain of snapshots gets those deltas,
-//! one version after the other, each prepared and committed on its own; any other node (or every one, for a
-//! replicate) gets a full copy of the published version, planned from the shadow copy against nothing.
+//! one version after the other, each prepared and committed on its own; a node that registered a version on
+//! that line as prepared (its temporary tree holds it whole: the mover stopped between prepare and commit)
+//! is sent that version's commit alone first; any other node (or every one, for a replicate) gets a full
+//! copy of the published version, planned from the shadow copy against nothing.
 
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ impl Mover {
             return Err(format!("site {name} was never published"));
         };
         let site_dir = self.site_dir(name);
+        let registered_prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut whole = Vec::new();
         let mut current = Vec::new();
         for (node, held) in nodes.iter().zip(held) {
@@ -59,10 +62,22 @@ impl Mover {
                 current.push(node.clone());
                 continue;
             }
-            let versions = if full {
-                None
-            } else {
-                chain(&snapshots, held, site.sequence)
+            // A node that holds a version on the way prepared (a publish whose commit never came) is
+            // sent that version's commit alone, then the deltas after it.
+            let prepared = registered_prepared
+                .get(node)
+                .and_then(|sites| sites.get(name))
+                .copied()
+                .filter(|_| !full)
+                .and_then(|prepared| {
+                    after_prepared(&snapshots, held, prepared, site.sequence).map(|rest| (prepared, rest))
+                });
+            let (from, versions) = match prepared {
+                Some((prepared, rest)) if self.commit_prepared(job, name, node, &site_dir, prepared).await => {
+                    (prepared, Some(rest))
+                }
+                _ if full => (held, None),
+                _ => (held, chain(&snapshots, held, site.sequence)),
             };
             match versions {
                 Some(versions) if self.deliver_chain(job, name, node, &site_dir, &versions).await => {
@@ -81,7 +96,7 @@ impl Mover {
                                 .and_then(|n| n.error)
                                 .unwrap_or_else(|| "no answer".to_string());
                             let message = format!(
-                                "{failed} did not take the deltas from version {held} ({why}); a full copy follows"
+                                "{failed} did not take the deltas from version {from} ({why}); a full copy follows"
                             );
                             store.note(Some(&id), &message, crate::ccm::now_ms())
                         })
@@ -120,7 +135,7 @@ impl Mover {
     }
 
     /// Delivers the snapshots of `versions` (in order) to one node, each followed by its commit; whether
-    /// the node holds the last one.
+    /// the node holds the last one (`true` for none).
     async fn deliver_chain(
         self: &Arc<Self>,
         job: &str,
@@ -129,41 +144,109 @@ impl Mover {
         site_dir: &SiteDir,
         versions: &[u64],
     ) -> bool {
-        let node_list = [node.to_string()];
         for &version in versions {
-            let dir = site_dir.clone();
-            let (mover_key, encryption) = (self.signing.verifying_key(), self.config.policy.encryption);
-            // What the snapshot changed goes to the caches again once this node has it: while the node was
-            // behind, the edges in front of it may have fetched (and kept) its old content. Reading the
-            // snapshot's commands (verify, decrypt, parse) is CPU work: off the runtime with the load.
-            let loaded = tokio::task::spawn_blocking(move || {
-                let assignment = dir.load_snapshot(version)?;
-                let changed = tern_wire::assignment::decode(
-                    &assignment,
-                    &mover_key,
-                    encryption.as_ref(),
-                    &tern_wire::assignment::Limits::default(),
-                )
-                .map(|decoded| Changed::of_commands(&decoded.commands))
-                .ok()
-                .filter(|changed| !changed.is_empty());
-                Ok::<_, std::io::Error>((assignment, changed))
-            })
-            .await;
-            let Ok(Ok((assignment, changed))) = loaded else {
+            let Some((assignment, changed)) = self.load_step(site_dir, version).await else {
                 return false;
             };
             let Ok(mut shipment) = self.shipment(job, name, version, Some(Bytes::from(assignment))) else {
                 return false;
             };
             shipment.changed = changed;
-            match self.ship(&shipment, &node_list, Quorum::All, always_ready()).await {
-                Delivered::Committed { committed } if !committed.is_empty() => {}
-                _ => return false,
+            if !self.ship_to(&shipment, node).await {
+                return false;
             }
         }
         true
     }
+
+    /// Sends one node the commit alone of `version`, which it registered as prepared; whether it switched.
+    /// A node whose temporary tree changed since it registered refuses (the refusal is in the history),
+    /// and the caller goes on as if it held nothing prepared.
+    async fn commit_prepared(
+        self: &Arc<Self>,
+        job: &str,
+        name: &str,
+        node: &str,
+        site_dir: &SiteDir,
+        version: u64,
+    ) -> bool {
+        let Ok(mut shipment) = self.shipment(job, name, version, None) else {
+            return false;
+        };
+        // The snapshot is read only for what the version changed (the caches'); without it the commit
+        // still goes.
+        shipment.changed = self.load_step(site_dir, version).await.and_then(|(_, changed)| changed);
+        if self.ship_to(&shipment, node).await {
+            return true;
+        }
+        let (id, refused) = (job.to_string(), node.to_string());
+        let _ = self
+            .store
+            .call(move |store| {
+                let why = store
+                    .job(&id)?
+                    .and_then(|job| job.nodes.into_iter().find(|n| n.node == refused))
+                    .and_then(|n| n.error)
+                    .unwrap_or_else(|| "no answer".to_string());
+                let message = format!(
+                    "{refused} did not commit version {version}, which it registered as prepared ({why}); its content follows"
+                );
+                store.note(Some(&id), &message, crate::ccm::now_ms())
+            })
+            .await;
+        false
+    }
+
+    /// Ships `shipment` to one node and commits it there; whether the node switched.
+    async fn ship_to(self: &Arc<Self>, shipment: &crate::delivery::Shipment, node: &str) -> bool {
+        let node_list = [node.to_string()];
+        matches!(
+            self.ship(shipment, &node_list, Quorum::All, always_ready()).await,
+            Delivered::Committed { committed } if !committed.is_empty()
+        )
+    }
+
+    /// The snapshot of `version` (a signed assignment) and what it changes for readers; `None` when it
+    /// cannot be read. What the snapshot changed goes to the caches again once a node that was behind has
+    /// it: meanwhile the edges in front of it may have fetched (and kept) its old content. Reading the
+    /// snapshot's commands (verify, decrypt, parse) is CPU work: off the runtime with the load.
+    async fn load_step(&self, site_dir: &SiteDir, version: u64) -> Option<(Vec<u8>, Option<Changed>)> {
+        let dir = site_dir.clone();
+        let (mover_key, encryption) = (self.signing.verifying_key(), self.config.policy.encryption);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let assignment = dir.load_snapshot(version)?;
+            let changed = tern_wire::assignment::decode(
+                &assignment,
+                &mover_key,
+                encryption.as_ref(),
+                &tern_wire::assignment::Limits::default(),
+            )
+            .map(|decoded| Changed::of_commands(&decoded.commands))
+            .ok()
+            .filter(|changed| !changed.is_empty());
+            Ok::<_, std::io::Error>((assignment, changed))
+        })
+        .await;
+        match loaded {
+            Ok(Ok(step)) => Some(step),
+            _ => None,
+        }
+    }
+}
+
+/// The versions to apply after a node commits the version it holds `prepared` (registered as such) to
+/// reach `target`, when that version is on the way: the target itself (none after it), or a version
+/// whose snapshots link up to the target — which proves the mover committed it, so the prepared tree is
+/// that version's content (version numbers are never issued twice). `None`: the prepared version is of
+/// no use (the one held, a publish that was never committed, or off the line).
+fn after_prepared(snapshots: &[SnapshotRecord], held: u64, prepared: u64, target: u64) -> Option<Vec<u64>> {
+    if prepared == 0 || prepared == held {
+        return None;
+    }
+    if prepared == target {
+        return Some(Vec::new());
+    }
+    chain(snapshots, prepared, target)
 }
 
 /// The versions to apply, in order, to go from `held` to `target` through snapshots whose bases link up;
@@ -209,5 +292,30 @@ mod tests {
         assert_eq!(chain(&snapshots, 3, 4), None, "3 is off the line that leads to 4");
         assert_eq!(chain(&snapshots, 0, 4), None, "a node with nothing gets a full copy");
         assert_eq!(chain(&[record(4, 2)], 1, 4), None, "2 was dropped by a checkpoint");
+    }
+
+    #[test]
+    fn a_prepared_version_is_used_only_when_it_is_on_the_way_to_the_target() {
+        // 1 -> 2 -> 3 -> 5 (4 was issued to a publish that never committed).
+        let snapshots = [record(2, 1), record(3, 2), record(5, 3)];
+        assert_eq!(
+            after_prepared(&snapshots, 2, 5, 5),
+            Some(vec![]),
+            "the target: its commit alone"
+        );
+        assert_eq!(
+            after_prepared(&snapshots, 1, 3, 5),
+            Some(vec![5]),
+            "then the delta after it"
+        );
+        assert_eq!(
+            after_prepared(&snapshots, 0, 3, 5),
+            Some(vec![5]),
+            "also with nothing live"
+        );
+        assert_eq!(after_prepared(&snapshots, 3, 4, 5), None, "4 was never committed");
+        assert_eq!(after_prepared(&snapshots, 3, 3, 5), None, "it holds 3 live already");
+        assert_eq!(after_prepared(&snapshots, 2, 0, 5), None);
+        assert_eq!(after_prepared(&snapshots, 2, 6, 5), None, "above the target: of no use");
     }
 }

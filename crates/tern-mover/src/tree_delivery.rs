@@ -39,6 +39,7 @@ use serde::Serialize;
 use tern_http::Body;
 use tern_http::tls::HttpsClient;
 use tern_wire::SecretKey;
+use tern_wire::mover::ErrorAnswer;
 use tern_wire::tree::{
     self, Envelope, Holding, HoldingReport, Member, NextAnswer, NextRequest, NonceGuard, Notification, Phase,
     SignedNotification, StatusReport, TreeError, TreeLimits, TreeMessage, fetch_token_matches,
@@ -1043,15 +1044,15 @@ impl TreeDelivery {
                     .map_err(|_| "no answer in time".to_string())?
                     .map_err(|e| format!("unreachable: {}", tern_http::tls::error_reason(&e)))?;
                 let status = response.status();
-                let text = Limited::new(response.into_body(), 4096)
+                let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
                     .collect()
                     .await
-                    .map(|body| String::from_utf8_lossy(&body.to_bytes()).to_string())
+                    .map(|body| body.to_bytes())
                     .unwrap_or_default();
                 if status.is_success() {
                     Ok(())
                 } else {
-                    Err(format!("refused ({status}): {}", text.trim()))
+                    Err(format!("refused ({status}): {}", ErrorAnswer::reason_in(&body)))
                 }
             }
             .await;

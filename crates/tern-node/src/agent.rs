@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve_with};
@@ -140,6 +140,7 @@ impl NodeAgent {
             name: self.config.name.clone(),
             url: self.url(bound),
             versions: self.versions(),
+            prepared: self.interpreter.prepared(),
             free_disk: free_disk(&self.config.root),
             cpus: cpus(),
             groups: self.config.groups.clone(),
@@ -250,8 +251,12 @@ async fn register_loop(
                 .await
                 .map_err(|e| tern_http::tls::error_reason(&e))?;
             let status = response.status();
-            let _ = response.into_body().collect().await;
-            anyhow_like(status)
+            let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
+            refused(status, &body)
         };
         match tokio::time::timeout(Duration::from_secs(10), outcome).await {
             Ok(Ok(())) => debug!(mover = %agent.config.mover, "registered"),
@@ -278,11 +283,12 @@ fn free_disk(root: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn anyhow_like(status: StatusCode) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// The mover's answer to a registration: an error with the mover's reason unless it took it.
+fn refused(status: StatusCode, body: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("mover answered {status}").into())
+        Err(format!("mover answered {status}: {}", ErrorAnswer::reason_in(body)).into())
     }
 }
 

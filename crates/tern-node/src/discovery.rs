@@ -258,6 +258,7 @@ pub fn agent_profile(agent: Arc<NodeAgent>, bound: SocketAddr) -> ProfileSource 
             cpus: registration.cpus,
             groups: registration.groups,
             versions: registration.versions,
+            prepared: registration.prepared,
             data_channel: agent.data_channel.as_ref().map(|channel| channel.address()),
         }
     })

@@ -47,9 +47,6 @@ use crate::spool::{self, End, Entry};
 /// Longest a GL waits before asking the mover again, whatever the mover said.
 const MAX_ASK_AGAIN: Duration = Duration::from_secs(10);
 
-/// Largest error text read from an answer that is not a tree message.
-const MAX_ERROR_BODY: usize = 4096;
-
 /// How a node takes part in distribution trees.
 #[derive(Debug, Clone)]
 pub struct ForwardSettings {
@@ -257,10 +254,7 @@ impl Forwarder {
             match self.exchange(&agent.config.name, &url, message.clone()).await {
                 Ok((status, _)) if status.is_success() => return Ok(()),
                 Ok((status, body)) => {
-                    return Err(format!(
-                        "mover refused ({status}): {}",
-                        String::from_utf8_lossy(&body).trim()
-                    ));
+                    return Err(format!("mover refused ({status}): {}", ErrorAnswer::reason_in(&body)));
                 }
                 Err(reason) => last = reason,
             }
@@ -277,10 +271,9 @@ impl Forwarder {
             .await
             .map_err(|reason| (false, reason))?;
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).to_string();
             return Err((
                 status.is_client_error(),
-                format!("mover refused ({status}): {}", text.trim()),
+                format!("mover refused ({status}): {}", ErrorAnswer::reason_in(&body)),
             ));
         }
         let answer = tree::decode(&self.key, &body, &self.settings.limits)
@@ -558,12 +551,15 @@ async fn fetch_into(agent: &NodeAgent, notification: &Notification, entry: &Entr
         .map_err(|e| format!("source {url} unreachable: {}", tern_http::tls::error_reason(&e)))?;
     let status = response.status();
     if !status.is_success() {
-        let text = Limited::new(response.into_body(), MAX_ERROR_BODY)
+        let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
             .collect()
             .await
-            .map(|body| String::from_utf8_lossy(&body.to_bytes()).to_string())
+            .map(|body| body.to_bytes())
             .unwrap_or_default();
-        return Err(format!("source {url} answered {status}: {}", text.trim()));
+        return Err(format!(
+            "source {url} answered {status}: {}",
+            ErrorAnswer::reason_in(&body)
+        ));
     }
     let checked = spool::fill(
         entry,
@@ -651,7 +647,7 @@ async fn serve_next(agent: &NodeAgent, forwarder: &Forwarder, entry: &Entry, nex
             debug!(%transfer, %target, upload = ?ended, "served the next group leader");
         }
         Ok((status, body)) => warn!(
-            %transfer, %target, %status, answer = %String::from_utf8_lossy(&body).trim(),
+            %transfer, %target, %status, answer = %ErrorAnswer::reason_in(&body),
             "the next group leader refused the notification; the mover gives up on it in time"
         ),
         Err(reason) => warn!(
@@ -801,15 +797,15 @@ async fn post_assignment(agent: &NodeAgent, url: &str, entry: &Entry, checked: &
             .await
             .map_err(|e| format!("node unreachable: {}", tern_http::tls::error_reason(&e)))?;
         let status = response.status();
-        let text = Limited::new(response.into_body(), MAX_ERROR_BODY)
+        let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
             .collect()
             .await
-            .map(|body| String::from_utf8_lossy(&body.to_bytes()).to_string())
+            .map(|body| body.to_bytes())
             .unwrap_or_default();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("node refused ({status}): {}", text.trim()))
+            Err(format!("node refused ({status}): {}", ErrorAnswer::reason_in(&body)))
         }
     };
     tokio::select! {

@@ -29,7 +29,7 @@
 //! versions and links the next temp tree from the new live one, so the next publish starts from a ready
 //! tree instead of linking thousands of files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -223,6 +223,28 @@ impl Interpreter {
         std::fs::read_link(&link)
             .ok()
             .map(|target| link.parent().map(|p| p.join(&target)).unwrap_or(target))
+    }
+
+    /// The version each site's `temp` holds whole, waiting for its commit (`temp.prepared`), by site name;
+    /// what a node registers as prepared, so the mover's catch-up sends the commit alone. Sites without a
+    /// whole prepared tree are left out. Blocking (reads the root).
+    pub fn prepared(&self) -> BTreeMap<String, u64> {
+        let mut prepared = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return prepared;
+        };
+        for entry in entries.flatten() {
+            let Some(site) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(site_dir) = self.site_dir(&site) else {
+                continue;
+            };
+            if let Some(version) = read_prepared(&site_dir.join(PREPARED)).filter(|_| site_dir.join("temp").is_dir()) {
+                prepared.insert(site, version);
+            }
+        }
+        prepared
     }
 
     /// Applies `assignment` (already verified by `tern_wire::assignment::decode`). Blocking.

@@ -622,6 +622,11 @@ pub struct Registration {
     /// The version (sequence) of each site it holds live.
     #[serde(default)]
     pub versions: BTreeMap<String, u64>,
+    /// The version (sequence) of each site it holds prepared and whole in its temporary tree, waiting for
+    /// a commit (a publish whose commit never came, e.g. the mover stopped after deciding): the mover's
+    /// catch-up sends that version's commit alone instead of its content again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prepared: BTreeMap<String, u64>,
 }
 
 /// The mover's answer to a [`Registration`].
@@ -651,6 +656,30 @@ pub struct AssignmentAnswer {
 pub struct ErrorAnswer {
     /// Why, in lowercase words.
     pub error: String,
+}
+
+impl ErrorAnswer {
+    /// The most of a refusal's body worth reading (bytes): a reason is one line.
+    pub const MAX_BODY: usize = 4096;
+
+    /// The reason a refusal's `body` gives, for a log line or a job's error: its `error` when it is an
+    /// [`ErrorAnswer`], else the body as text; on one line (runs of white space become one space), at
+    /// most [`ErrorAnswer::MAX_BODY`] bytes.
+    pub fn reason_in(body: &[u8]) -> String {
+        let text = match serde_json::from_slice::<ErrorAnswer>(body) {
+            Ok(answer) => answer.error,
+            Err(_) => String::from_utf8_lossy(&body[..body.len().min(Self::MAX_BODY)]).into_owned(),
+        };
+        let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.len() > Self::MAX_BODY {
+            let mut end = Self::MAX_BODY;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        line
+    }
 }
 
 /// `POST /api/checkpoints`: make a checkpoint of a site's published version now.
@@ -723,6 +752,21 @@ mod tests {
         );
         let error = serde_json::from_str::<JobState>("\"paused\"").expect_err("unknown");
         assert!(error.to_string().contains("unknown job state `paused`"), "{error}");
+    }
+
+    #[test]
+    fn a_refusal_gives_its_reason_on_one_bounded_line() {
+        let answer = b"{\n  \"error\": \"commit of version 2 refused: no version is prepared\"\n}";
+        assert_eq!(
+            ErrorAnswer::reason_in(answer),
+            "commit of version 2 refused: no version is prepared"
+        );
+        assert_eq!(ErrorAnswer::reason_in(b"  bad\r\ngateway \n"), "bad gateway");
+        assert_eq!(ErrorAnswer::reason_in(b""), "");
+        let long = "é".repeat(ErrorAnswer::MAX_BODY);
+        let reason = ErrorAnswer::reason_in(format!("{{\"error\": \"{long}\"}}").as_bytes());
+        assert!(reason.len() <= ErrorAnswer::MAX_BODY && reason.chars().all(|c| c == 'é'));
+        assert!(ErrorAnswer::reason_in(&[0xff; 10_000]).len() <= ErrorAnswer::MAX_BODY);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Profile {
     /// The version (sequence) of each site it holds live.
     #[serde(default)]
     pub versions: BTreeMap<String, u64>,
+    /// The version of each site it holds prepared and whole, waiting for a commit (as
+    /// [`crate::mover::Registration::prepared`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prepared: BTreeMap<String, u64>,
     /// Where its data channel (local distribution, seed 004) takes the GL's unicast report requests, when
     /// it has one: the GL reaches there a member it never heard on the data channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,10 +444,11 @@ fn check_profile(profile: &Profile, limits: &SegmentLimits) -> Result<(), Contro
     }
     check_count("groups", profile.groups.len(), limits.max_entries)?;
     check_count("sites", profile.versions.len(), limits.max_entries)?;
+    check_count("prepared sites", profile.prepared.len(), limits.max_entries)?;
     for group in &profile.groups {
         check_name("group", group)?;
     }
-    for site in profile.versions.keys() {
+    for site in profile.versions.keys().chain(profile.prepared.keys()) {
         check_name("site", site)?;
     }
     Ok(())
@@ -537,6 +542,7 @@ mod tests {
             cpus: 8,
             groups: vec!["web".into()],
             versions: BTreeMap::from([("www".into(), 3)]),
+            prepared: BTreeMap::from([("www".into(), 4)]),
             data_channel: Some("10.0.0.2:40123".parse().expect("address")),
         }
     }
@@ -671,6 +677,15 @@ mod tests {
         let bytes = encode(&key(), &message(SegmentBody::Registration(registration(bad_site))));
         assert_eq!(
             decode(&key(), &bytes, &limits).expect_err("bad site").reason(),
+            "malformed"
+        );
+        let bad_prepared = Profile {
+            prepared: BTreeMap::from([("../x".into(), 2)]),
+            ..profile()
+        };
+        let bytes = encode(&key(), &message(SegmentBody::Registration(registration(bad_prepared))));
+        assert_eq!(
+            decode(&key(), &bytes, &limits).expect_err("bad prepared site").reason(),
             "malformed"
         );
 

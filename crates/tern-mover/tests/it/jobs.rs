@@ -578,3 +578,47 @@ async fn a_node_that_cannot_take_the_deltas_gets_a_full_copy_and_the_history_say
     );
     assert!(said.contains("not the version the patch was made for"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_no_longer_holds_what_it_registered_as_prepared_gets_the_content() {
+    let fleet = Fleet::new(1, None).await;
+    let staging = fleet.area.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("index.html"), "version one").expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+    std::fs::write(staging.join("index.html"), "version two").expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+
+    // A registration that says version 1 is live and version 2 prepared, from a node whose address is
+    // node0's: node0 holds version 2 live and nothing prepared (as a node whose prepared tree went between
+    // its registration and the commit), so it refuses the commit alone, and the content must follow.
+    let nodes = fleet.api("GET", "/api/nodes", None).await;
+    let url = nodes[0]["url"].as_str().expect("node0's url").to_string();
+    let registration = serde_json::json!({
+        "name": "ghost", "url": url, "versions": { "www": 1 }, "prepared": { "www": 2 },
+    });
+    let registered = fleet.api("POST", "/api/nodes/register", Some(registration)).await;
+    let id = registered["synchronising"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("a catch-up for the node behind: {registered}"))
+        .to_string();
+    let catch_up = fleet.wait_job(&id).await;
+    assert_eq!(catch_up["state"], "committed", "{catch_up}");
+    assert_eq!(fleet.live(0), tree(&staging), "the content went, and version 2 is live");
+    let history = fleet.api("GET", "/api/history?limit=50", None).await;
+    let said = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|entry| entry["message"].as_str())
+        .find(|message| message.contains("registered as prepared"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("the history says why the content went: {history}"));
+    assert!(
+        said.starts_with(
+            "ghost did not commit version 2, which it registered as prepared (node refused (400 Bad Request): \
+             commit of version 2 refused: no version is prepared;"
+        ),
+        "{said}"
+    );
+}

@@ -387,8 +387,10 @@ async fn send_report(
         .await
         .map_err(|_| format!("no answer within {:?}", mover.timeout))??;
     if status != StatusCode::OK {
-        let reason = String::from_utf8_lossy(&bytes);
-        return Err(format!("mover answered {status}: {}", reason.trim()));
+        return Err(format!(
+            "mover answered {status}: {}",
+            tern_wire::mover::ErrorAnswer::reason_in(&bytes)
+        ));
     }
     let limits = SegmentLimits {
         max_len: MAX_ANSWER,

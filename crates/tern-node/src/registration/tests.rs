@@ -33,6 +33,7 @@ fn core(name: &str, index: u8, seed: u64, epoch: Instant) -> Registration {
         cpus: 4,
         groups: vec!["web".into()],
         versions: [("www".to_string(), 3)].into(),
+        prepared: Default::default(),
         data_channel: None,
     };
     core.handle(Input::Profile(profile), epoch);
