@@ -284,10 +284,13 @@ impl Handler for Api {
 }
 
 async fn register(mover: &Mover, body: &[u8]) -> Answer {
-    let registration: Registration = parse(
-        body,
-        "a registration is {\"name\", \"url\", \"free_disk\", \"cpus\", \"groups\", \"versions\"}",
-    )?;
+    let registration: Registration = match mover.trees.open_registration(body)? {
+        Some(tagged) => tagged,
+        None => parse(
+            body,
+            "a registration is {\"name\", \"url\", \"free_disk\", \"cpus\", \"groups\", \"versions\", \"prepared\"}",
+        )?,
+    };
     match mover.register(registration, now_ms()).await {
         Ok(registered) => Ok(json(StatusCode::OK, registered)),
         Err(e @ RegisterError::Name(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),

@@ -253,6 +253,7 @@ impl Mover {
     pub async fn remove_node(&self, name: &str) -> Result<bool, String> {
         let node = name.to_string();
         let now = now_ms();
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.store
             .call(move |store| {
                 let known = store.forget_node(&node)?;

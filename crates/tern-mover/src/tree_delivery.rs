@@ -39,7 +39,7 @@ use serde::Serialize;
 use tern_http::Body;
 use tern_http::tls::HttpsClient;
 use tern_wire::SecretKey;
-use tern_wire::mover::ErrorAnswer;
+use tern_wire::mover::{ErrorAnswer, Registration};
 use tern_wire::tree::{
     self, Envelope, Holding, HoldingReport, Member, NextAnswer, NextRequest, NonceGuard, Notification, Phase,
     SignedNotification, StatusReport, TreeError, TreeLimits, TreeMessage, fetch_token_matches,
@@ -459,6 +459,14 @@ enum Refused {
     WrongMessage(&'static str),
     #[error("fetch of transfer {transfer} for {requester} without a valid tern-tree-token (the cluster key's)")]
     BadFetchToken { transfer: String, requester: String },
+    #[error(
+        "this mover takes only registrations tagged with the cluster key: start the node with --cluster-key FILE (the mover's key file)"
+    )]
+    Untagged,
+    #[error(
+        "this mover has no cluster key, and the node tags its registration with one: start the mover with --cluster-key FILE (the nodes' key file)"
+    )]
+    NoKeyToRegister,
 }
 
 impl Refused {
@@ -471,12 +479,16 @@ impl Refused {
             Refused::Tree(_) => "out-of-turn",
             Refused::WrongMessage(_) => "malformed",
             Refused::BadFetchToken { .. } => "bad-token",
+            Refused::Untagged => "untagged",
+            Refused::NoKeyToRegister => "no-key",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
             Refused::NoKey | Refused::UnknownTransfer(_) => StatusCode::NOT_FOUND,
+            Refused::Untagged => StatusCode::UNAUTHORIZED,
+            Refused::NoKeyToRegister => StatusCode::BAD_REQUEST,
             Refused::Message(TreeError::Malformed(_) | TreeError::Truncated | TreeError::TrailingBytes(_))
             | Refused::WrongMessage(_) => StatusCode::BAD_REQUEST,
             Refused::Message(TreeError::Oversized { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -610,6 +622,7 @@ impl TreeHub {
             TreeMessage::Holding { report } => &report.leader,
             TreeMessage::Next { request } => &request.leader,
             TreeMessage::Status { report } => &report.leader,
+            TreeMessage::Register { registration } => &registration.name,
             other => return Err(Refused::WrongMessage(other.name())),
         };
         if *leader != envelope.sender {
@@ -675,6 +688,30 @@ impl TreeHub {
             .header("content-type", "application/octet-stream")
             .body(body)
             .unwrap_or_else(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    /// The registration in `body` (`POST /api/nodes/register`), or the refusal to answer (counted with the
+    /// tree's refusals, `tern_mover_tree_refused_total`). A mover with a cluster key takes only a
+    /// registration tagged with it ([`TreeMessage::Register`], fresh, not a replay, sent by the node it
+    /// registers), so a machine without the key can neither offer itself as a node nor take over a node's
+    /// name and its deliveries; a mover without one takes the plain JSON [`Registration`], for which this
+    /// answers `Ok(None)` (the caller parses it).
+    pub fn open_registration(&self, body: &[u8]) -> Result<Option<Registration>, Box<Response<Body>>> {
+        let tagged = tern_wire::frame::peek_kind(body).is_some();
+        let refused = match (tagged, self.key.is_some()) {
+            (false, false) => return Ok(None),
+            (false, true) => Refused::Untagged,
+            (true, false) => Refused::NoKeyToRegister,
+            (true, true) => match self.open(body) {
+                Ok(Envelope {
+                    message: TreeMessage::Register { registration },
+                    ..
+                }) => return Ok(Some(registration)),
+                Ok(other) => Refused::WrongMessage(other.message.name()),
+                Err(refused) => refused,
+            },
+        };
+        Err(Box::new(self.refuse(refused)))
     }
 
     /// `POST /api/tree/holding`: a GL is receiving, holds, or could not obtain the assignment.

@@ -242,9 +242,9 @@ async fn register_loop(
         let reader = agent.clone();
         let registration = tokio::task::spawn_blocking(move || reader.registration(bound)).await;
         let outcome = async {
-            let body = serde_json::to_vec(&registration?)?;
+            let (body, content_type) = registration_body(registration?, agent.config.cluster_key.as_ref())?;
             let request = Request::post(&url)
-                .header("content-type", "application/json")
+                .header("content-type", content_type)
                 .body(Full::new(Bytes::from(body)))?;
             let response = client
                 .request(request)
@@ -281,6 +281,21 @@ fn free_disk(root: &std::path::Path) -> u64 {
     rustix::fs::statvfs(root)
         .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
         .unwrap_or(0)
+}
+
+/// The body of a registration and its content type: with a cluster key, one tagged tree message sent
+/// now (the only form a mover with the key takes: `tern_wire::tree`), else the plain JSON.
+fn registration_body(
+    registration: Registration,
+    key: Option<&SecretKey>,
+) -> Result<(Vec<u8>, &'static str), serde_json::Error> {
+    let Some(key) = key else {
+        return Ok((serde_json::to_vec(&registration)?, "application/json"));
+    };
+    let sender = registration.name.clone();
+    let message = tern_wire::tree::TreeMessage::Register { registration };
+    let envelope = tern_wire::tree::Envelope::new(&sender, message, crate::clock::unix_ms());
+    Ok((tern_wire::tree::encode(key, &envelope), "application/octet-stream"))
 }
 
 /// The mover's answer to a registration: an error with the mover's reason unless it took it.

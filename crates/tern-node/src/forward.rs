@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::agent::NodeAgent;
+use crate::clock::unix_ms;
 use crate::spool::{self, End, Entry};
 
 /// Longest a GL waits before asking the mover again, whatever the mover said.
@@ -115,14 +116,6 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// The node's clock: milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn json(status: StatusCode, value: impl Serialize) -> Response<Body> {
     match serde_json::to_value(value) {
         Ok(value) => tern_admin::json(status, &value),
@@ -190,7 +183,7 @@ impl Forwarder {
         self.guard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check(&envelope, now_ms())?;
+            .check(&envelope, unix_ms())?;
         let TreeMessage::Notify { notification } = envelope.message else {
             return Err(TreeError::Malformed(format!(
                 "a {} message where a notification was expected",
@@ -217,7 +210,7 @@ impl Forwarder {
 
     /// Sends `message` from `me` to `url`; returns the answer's status and body (bounded).
     async fn exchange(&self, me: &str, url: &str, message: TreeMessage) -> Result<(StatusCode, Bytes), String> {
-        let bytes = tree::encode(&self.key, &Envelope::new(me, message, now_ms()));
+        let bytes = tree::encode(&self.key, &Envelope::new(me, message, unix_ms()));
         let request = Request::post(url)
             .header("content-type", "application/octet-stream")
             .body(tern_http::full(bytes))
@@ -281,7 +274,7 @@ impl Forwarder {
                 self.guard
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .check(&envelope, now_ms())?;
+                    .check(&envelope, unix_ms())?;
                 Ok(envelope)
             })
             .map_err(|error| {

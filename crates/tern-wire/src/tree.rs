@@ -12,6 +12,10 @@
 //! notification to the next GL as the seed says, and cannot change its source or its list of members; a
 //! node refuses a notification naming a source that is neither the mover nor one of the job's leaders
 //! ([`Notification::source_allowed`]). Every field is bounded ([`TreeLimits`], the `MAX_*` constants).
+//!
+//! A node's registration with the mover ([`crate::mover::Registration`]) travels in the same envelope
+//! ([`TreeMessage::Register`]) when the mover and the nodes share a cluster key, so that a machine
+//! without the key cannot offer itself as a node, nor take over a node's name and its deliveries.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -43,6 +47,8 @@ pub const MAX_URL_LEN: usize = 1024;
 pub const MAX_MEMBERS: usize = 4096;
 /// Most leaders one notification lists.
 pub const MAX_LEADERS: usize = 4096;
+/// Most content groups, and most sites, one registration lists.
+pub const MAX_REGISTERED: usize = 4096;
 /// Longest failure reason, in bytes ([`reason`] shortens longer ones).
 pub const MAX_REASON_LEN: usize = 512;
 
@@ -310,6 +316,11 @@ pub enum TreeMessage {
         /// The report.
         report: StatusReport,
     },
+    /// Node → mover: its registration (`POST /api/nodes/register`); the sender is the node it registers.
+    Register {
+        /// The registration.
+        registration: crate::mover::Registration,
+    },
 }
 
 impl TreeMessage {
@@ -321,6 +332,7 @@ impl TreeMessage {
             TreeMessage::Next { .. } => "next",
             TreeMessage::Answer { .. } => "answer",
             TreeMessage::Status { .. } => "status",
+            TreeMessage::Register { .. } => "register",
         }
     }
 
@@ -355,6 +367,26 @@ impl TreeMessage {
                 for failure in &report.failed {
                     check_name("member", &failure.node)?;
                     check_reason(&failure.reason)?;
+                }
+                Ok(())
+            }
+            TreeMessage::Register { registration } => {
+                check_name("node", &registration.name)?;
+                check_url("node url", &registration.url)?;
+                let lists = [
+                    registration.groups.len(),
+                    registration.versions.len(),
+                    registration.prepared.len(),
+                ];
+                if lists.into_iter().any(|len| len > MAX_REGISTERED) {
+                    return Err(TreeError::Malformed(format!(
+                        "more than {MAX_REGISTERED} groups or sites"
+                    )));
+                }
+                let names = registration.groups.iter();
+                let sites = registration.versions.keys().chain(registration.prepared.keys());
+                for name in names.chain(sites) {
+                    check_name("group or site", name)?;
                 }
                 Ok(())
             }
@@ -787,7 +819,22 @@ mod tests {
                     }],
                 },
             },
+            TreeMessage::Register {
+                registration: registration(),
+            },
         ]
+    }
+
+    fn registration() -> crate::mover::Registration {
+        crate::mover::Registration {
+            name: "n1".into(),
+            url: "https://10.0.1.2:7100".into(),
+            free_disk: 1 << 30,
+            cpus: 4,
+            groups: vec!["web".into()],
+            versions: [("www".to_string(), 3)].into(),
+            prepared: [("www".to_string(), 4)].into(),
+        }
     }
 
     #[test]
@@ -894,6 +941,26 @@ mod tests {
         let mut no_scheme = notification();
         no_scheme.target_url = "file:///etc".into();
         assert!(no_scheme.validate().is_err());
+
+        let register = |registration| Envelope::new("n1", TreeMessage::Register { registration }, 5_000);
+        let bad_url = crate::mover::Registration {
+            url: "file:///etc".into(),
+            ..registration()
+        };
+        let many_sites = crate::mover::Registration {
+            prepared: (0..=MAX_REGISTERED).map(|n| (format!("s{n}"), 1)).collect(),
+            ..registration()
+        };
+        let bad_group = crate::mover::Registration {
+            groups: vec!["a\nb".into()],
+            ..registration()
+        };
+        for bad in [bad_url, many_sites, bad_group] {
+            assert!(matches!(
+                decode(&key(), &encode(&key(), &register(bad)), &limits),
+                Err(TreeError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

@@ -443,8 +443,10 @@ struct MoverArgs {
     /// that job (and is caught up later), e.g. 30s or 10m. A hung node holds a job this long.
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     delivery_timeout: humantime::Duration,
-    /// The cluster key file (`tern keygen`) every node of the fleet also has: it authenticates the group
-    /// leaders' reports about their segments (`POST /api/segments/report`) and what the leaders relay.
+    /// The cluster key file (`tern keygen`) every node of the fleet also has: it authenticates the nodes'
+    /// registrations (with it, a registration without the key's tag is refused, so no other machine can
+    /// join as a node or take over a node's name), the group leaders' reports about their segments
+    /// (`POST /api/segments/report`) and what the leaders relay.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
     #[command(flatten)]
@@ -538,9 +540,9 @@ struct SegmentArgs {
     /// 239.192.0.1:7200.
     #[arg(long, value_name = "GROUP:PORT", requires = "segment")]
     control_channel: Option<std::net::SocketAddrV4>,
-    /// The cluster key file (`tern keygen`; the mover's --cluster-key): control messages, registrations,
-    /// reports and relayed changes carry its tag, so a machine without it can neither vote nor
-    /// lead.
+    /// The cluster key file (`tern keygen`; the mover's --cluster-key): control messages, registrations
+    /// (also the node's own with the mover), reports and relayed changes carry its tag, so a machine
+    /// without it can neither vote nor lead, nor register as a node.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
     /// This node's claim to lead, 0 to 255 (higher is stronger); CPU, free disk, members known and uptime

@@ -390,8 +390,23 @@ async fn a_leader_stopped_mid_publish_is_replaced_and_the_job_commits_on_every_o
         ServerLimits::default(),
         gate_stop.clone(),
     ));
-    let registration = serde_json::json!({ "name": "b-gate", "url": format!("http://{gate_addr}") });
-    fleet.api("POST", "/api/nodes/register", Some(registration)).await;
+    // Registered as the nodes do with a cluster key: tagged with it.
+    let registration = tern_wire::mover::Registration {
+        name: "b-gate".into(),
+        url: format!("http://{gate_addr}"),
+        free_disk: 0,
+        cpus: 1,
+        groups: Vec::new(),
+        versions: Default::default(),
+        prepared: Default::default(),
+    };
+    let tagged = tree::encode(
+        &fleet.key,
+        &Envelope::new("b-gate", TreeMessage::Register { registration }, now_ms()),
+    );
+    let url = format!("http://{}/api/nodes/register", fleet.mover_addr);
+    let (status, answer) = fleet.post(&url, tagged).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     fleet.wait_registered(10).await;
     for (segment, cpu, names) in SEGMENTS {
         let mut members: Vec<&str> = names.to_vec();

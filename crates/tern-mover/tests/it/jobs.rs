@@ -29,6 +29,8 @@ pub(crate) struct Fleet {
     pub(crate) client: Client<HttpConnector, Full<Bytes>>,
     /// The load balancer the mover is told about when it (re)starts.
     pub(crate) load_balancer: Option<tern_mover::rotation::LoadBalancer>,
+    /// The cluster key of the mover and the nodes, if any.
+    pub(crate) cluster_key: Option<tern_wire::SecretKey>,
 }
 
 /// A port for a server started later ([`tern_http::testsuite::free_addr`]: outside the ephemeral range).
@@ -41,10 +43,25 @@ impl Fleet {
         Fleet::with_load_balancer(nodes, quorum, None).await
     }
 
+    /// A fleet whose mover and nodes share a cluster key.
+    pub(crate) async fn keyed(nodes: usize) -> Fleet {
+        let key = tern_wire::SecretKey::generate().expect("key");
+        Fleet::build(nodes, None, None, Some(key)).await
+    }
+
     pub(crate) async fn with_load_balancer(
         nodes: usize,
         quorum: Option<usize>,
         load_balancer: Option<tern_mover::rotation::LoadBalancer>,
+    ) -> Fleet {
+        Fleet::build(nodes, quorum, load_balancer, None).await
+    }
+
+    async fn build(
+        nodes: usize,
+        quorum: Option<usize>,
+        load_balancer: Option<tern_mover::rotation::LoadBalancer>,
+        cluster_key: Option<tern_wire::SecretKey>,
     ) -> Fleet {
         let area = tempfile::tempdir().expect("tempdir");
         let mut fleet = Fleet {
@@ -55,6 +72,7 @@ impl Fleet {
             node_addrs: (0..nodes).map(|_| free_addr()).collect(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             load_balancer,
+            cluster_key,
         };
         fleet.start_mover(quorum).await;
         for index in 0..nodes {
@@ -72,6 +90,7 @@ impl Fleet {
                 delivery_timeout: Duration::from_secs(10),
                 checkpoints_kept: 3,
                 load_balancer: self.load_balancer.clone(),
+                cluster_key: self.cluster_key.clone(),
                 ..MoverConfig::new(self.mover_addr, self.area.path().join("mover"))
             })
             .await
@@ -95,7 +114,7 @@ impl Fleet {
             superseded_grace: tern_node::interpreter::SUPERSEDED_GRACE,
             tls: None,
             ca: None,
-            cluster_key: None,
+            cluster_key: self.cluster_key.clone(),
             tree: Default::default(),
         })
         .await
@@ -108,6 +127,17 @@ impl Fleet {
 
     pub(crate) fn live(&self, index: usize) -> BTreeMap<String, Vec<u8>> {
         tree(&self.node_root(index).join("www/live"))
+    }
+
+    /// POSTs `body` as it is to `path`; the status and the JSON answer.
+    pub(crate) async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (http::StatusCode, serde_json::Value) {
+        let request = http::Request::post(format!("http://{}{path}", self.mover_addr))
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let response = self.client.request(request).await.expect("mover answers");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("json"))
     }
 
     pub(crate) async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {

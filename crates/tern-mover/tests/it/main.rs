@@ -9,6 +9,7 @@ mod faithful;
 mod jobs;
 mod planning;
 mod recovery;
+mod registration;
 mod removal;
 mod rollbacks;
 mod rotation;

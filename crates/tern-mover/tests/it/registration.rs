@@ -1,0 +1,104 @@
+//! Who may register as a node. With a cluster key, the mover takes only registrations tagged with it, so
+//! a machine that merely reaches the mover's port can neither offer itself as a node (and be sent the
+//! sites' content) nor take over a node's name (and its deliveries); the nodes tag theirs by themselves.
+
+use http::StatusCode;
+use tern_wire::SecretKey;
+use tern_wire::mover::Registration;
+use tern_wire::tree::{Envelope, TreeMessage, encode};
+
+use crate::jobs::Fleet;
+
+fn registration(name: &str, url: &str) -> Registration {
+    Registration {
+        name: name.into(),
+        url: url.into(),
+        free_disk: 0,
+        cpus: 1,
+        groups: Vec::new(),
+        versions: Default::default(),
+        prepared: Default::default(),
+    }
+}
+
+fn tagged(key: &SecretKey, sender: &str, registration: Registration) -> Vec<u8> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    encode(
+        key,
+        &Envelope::new(sender, TreeMessage::Register { registration }, now_ms),
+    )
+}
+
+async fn node_urls(fleet: &Fleet) -> Vec<(String, String)> {
+    let nodes = fleet.api("GET", "/api/nodes", None).await;
+    nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or("").into(),
+                n["url"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_with_a_cluster_key_takes_only_registrations_tagged_with_it() {
+    // The node agent registers tagged by itself (`Fleet::keyed` waits for it).
+    let fleet = Fleet::keyed(1).await;
+    let key = fleet.cluster_key.clone().expect("key");
+    let before = node_urls(&fleet).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let rogue = "http://192.0.2.1:7100";
+
+    let plain = serde_json::to_vec(&registration("node0", rogue)).expect("json");
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", plain).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("--cluster-key")),
+        "{answer}"
+    );
+
+    let other_key = SecretKey::generate().expect("key");
+    let forged = tagged(&other_key, "node0", registration("node0", rogue));
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", forged).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a wrong key: {answer}");
+
+    let impersonating = tagged(&key, "node9", registration("node0", rogue));
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", impersonating).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a sender registering another name: {answer}"
+    );
+
+    assert_eq!(node_urls(&fleet).await, before, "node0's deliveries still go to node0");
+
+    let good = tagged(&key, "node1", registration("node1", "http://127.0.0.1:9"));
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", good.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", good).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a replay: {answer}");
+    assert_eq!(node_urls(&fleet).await.len(), 2);
+
+    // A mover without a key says what to do with a tagged registration; it takes plain ones.
+    let plain_fleet = Fleet::new(0, None).await;
+    let (status, answer) = plain_fleet
+        .post_bytes(
+            "/api/nodes/register",
+            tagged(&key, "node1", registration("node1", rogue)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("start the mover with --cluster-key")),
+        "{answer}"
+    );
+}
