@@ -680,7 +680,7 @@ mod tests {
             "malformed"
         );
         let bad_prepared = Profile {
-            prepared: BTreeMap::from([("../x".into(), 2)]),
+            prepared: BTreeMap::from([("a\nb".into(), 2)]),
             ..profile()
         };
         let bytes = encode(&key(), &message(SegmentBody::Registration(registration(bad_prepared))));
