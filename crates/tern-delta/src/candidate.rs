@@ -1,6 +1,12 @@
 //! Which responses may feed a base. Seed 000 keeps personalised content out of what mirrors hold; here that
 //! is a rule on every exchange before its body may enter a base: anything a request's credentials or a
 //! response's own headers mark as one user's is refused, with a typed reason (counted by the encoder).
+//!
+//! A base is announced to every visitor of its class (`Link`) and cached for a year, so what may enter one
+//! is narrower than what a cache may store under its own URL: besides `Cookie` and `Authorization`, a
+//! request carrying any other credential field ([`DEFAULT_CREDENTIAL_FIELDS`], and those a class adds) is
+//! refused, and so is a request whose target has a query (reset and unsubscribe links, signed URLs and
+//! search pages carry capabilities there, and the page may echo them) unless the class allows it.
 
 use http::{HeaderMap, StatusCode, header};
 use tern_http_cache::Directives;
@@ -14,6 +20,11 @@ pub enum NotCandidate {
     Cookie,
     /// The request carried `Authorization` (or `Proxy-Authorization`).
     Authorization,
+    /// The request carried another credential field ([`ClassPolicy::credential_fields`]: `X-Api-Key`, ...).
+    CredentialField,
+    /// The request target has a query, and the class does not allow bases from such pages
+    /// ([`ClassPolicy::base_from_query`]).
+    Query,
     /// The response sets a cookie: it starts a session, and may carry its secrets (a CSRF token).
     SetsCookie,
     /// `Cache-Control: private` and the class does not allow it.
@@ -32,9 +43,11 @@ pub enum NotCandidate {
 
 impl NotCandidate {
     /// Every reason, in a fixed order (for counters).
-    pub const ALL: [NotCandidate; 9] = [
+    pub const ALL: [NotCandidate; 11] = [
         NotCandidate::Cookie,
         NotCandidate::Authorization,
+        NotCandidate::CredentialField,
+        NotCandidate::Query,
         NotCandidate::SetsCookie,
         NotCandidate::Private,
         NotCandidate::NoStore,
@@ -49,6 +62,8 @@ impl NotCandidate {
         match self {
             NotCandidate::Cookie => "cookie",
             NotCandidate::Authorization => "authorization",
+            NotCandidate::CredentialField => "credential_field",
+            NotCandidate::Query => "query",
             NotCandidate::SetsCookie => "set_cookie",
             NotCandidate::Private => "private",
             NotCandidate::NoStore => "no_store",
@@ -68,6 +83,8 @@ impl NotCandidate {
 /// One request and its response as the origin-side encoder saw them; `body` is the identity-coded page.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
+    /// The request target: path and query (`/news/search?q=x`).
+    pub target: &'a str,
     /// Request header fields.
     pub request: &'a HeaderMap,
     /// Response status.
@@ -87,6 +104,12 @@ pub fn check(exchange: &Exchange<'_>, policy: &ClassPolicy) -> Result<(), NotCan
     }
     if request.contains_key(header::AUTHORIZATION) || request.contains_key(header::PROXY_AUTHORIZATION) {
         return Err(NotCandidate::Authorization);
+    }
+    if carries_credential_field(request, policy) {
+        return Err(NotCandidate::CredentialField);
+    }
+    if exchange.target.contains('?') && !policy.base_from_query {
+        return Err(NotCandidate::Query);
     }
     if response.contains_key(header::SET_COOKIE) {
         return Err(NotCandidate::SetsCookie);
@@ -111,6 +134,26 @@ pub fn check(exchange: &Exchange<'_>, policy: &ClassPolicy) -> Result<(), NotCan
         return Err(NotCandidate::TooLarge);
     }
     Ok(())
+}
+
+/// Request fields that carry credentials besides `Cookie` and `Authorization`, in the spellings APIs and
+/// frameworks use; a class adds its own ([`ClassPolicy::credential_fields`]).
+pub const DEFAULT_CREDENTIAL_FIELDS: [&str; 8] = [
+    "x-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-session-id",
+    "x-session-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+    "x-amz-security-token",
+];
+
+/// Whether `request` carries a credential field of [`DEFAULT_CREDENTIAL_FIELDS`] or of the class's own
+/// list ([`ClassPolicy::credential_fields`]).
+pub fn carries_credential_field(request: &HeaderMap, policy: &ClassPolicy) -> bool {
+    DEFAULT_CREDENTIAL_FIELDS.iter().any(|name| request.contains_key(*name))
+        || policy.credential_fields.iter().any(|name| request.contains_key(name))
 }
 
 /// Whether `Content-Encoding` names any coding other than `identity`.
@@ -148,6 +191,7 @@ mod tests {
         let (request, response) = (to_map(request), to_map(response));
         check(
             &Exchange {
+                target: "/news/home",
                 request: &request,
                 status: StatusCode::from_u16(status).expect("status"),
                 response: &response,
@@ -196,6 +240,45 @@ mod tests {
     }
 
     #[test]
+    fn other_credential_fields_and_queries_keep_a_page_out_of_bases() {
+        let policy = ClassPolicy::default();
+        for field in DEFAULT_CREDENTIAL_FIELDS {
+            assert_eq!(
+                exchange_check(&[(field, "alice-live-key")], 200, &[], &policy),
+                Err(NotCandidate::CredentialField),
+                "{field}"
+            );
+        }
+        assert_eq!(
+            exchange_check(&[("x-tenant-secret", "s")], 200, &[], &policy),
+            Ok(()),
+            "not a credential unless the class says so"
+        );
+        let own = ClassPolicy {
+            credential_fields: vec![http::header::HeaderName::from_static("x-tenant-secret")],
+            ..ClassPolicy::default()
+        };
+        assert_eq!(
+            exchange_check(&[("x-tenant-secret", "s")], 200, &[], &own),
+            Err(NotCandidate::CredentialField)
+        );
+        let empty = HeaderMap::new();
+        let reset = Exchange {
+            target: "/news/search?reset_token=VICTIM-TOKEN",
+            request: &empty,
+            status: StatusCode::OK,
+            response: &empty,
+            body: b"<html>results for reset_token=VICTIM-TOKEN</html>",
+        };
+        assert_eq!(check(&reset, &policy), Err(NotCandidate::Query));
+        let allowed = ClassPolicy {
+            base_from_query: true,
+            ..ClassPolicy::default()
+        };
+        assert_eq!(check(&reset, &allowed), Ok(()));
+    }
+
+    #[test]
     fn private_only_when_the_class_says_so_and_never_with_credentials() {
         let policy = ClassPolicy {
             private_may_feed_base: true,
@@ -224,6 +307,7 @@ mod tests {
         assert_eq!(exchange_check(&[], 200, &[], &tiny), Err(NotCandidate::TooLarge));
         let empty = HeaderMap::new();
         let exchange = Exchange {
+            target: "/news/home",
             request: &empty,
             status: StatusCode::OK,
             response: &empty,

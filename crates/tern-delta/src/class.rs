@@ -32,9 +32,9 @@ pub enum ClassError {
     /// character or is special in URL Pattern syntax (`: ( ) { } ? + \ #`).
     #[error("invalid class pattern {0:?}")]
     Pattern(String),
-    /// A ratio outside (0, 1], or a zero window.
-    #[error("invalid re-derivation rule")]
-    Rule,
+    /// A policy value out of its range: which field, and what it must be.
+    #[error("{0}")]
+    Rule(String),
 }
 
 /// A path pattern: literal characters and `*` wildcards (see the module header).
@@ -130,6 +130,13 @@ pub struct ClassPolicy {
     pub max_base: usize,
     /// When the base is re-derived.
     pub rederive: RederiveRule,
+    /// Request fields that carry credentials on this site besides `Cookie`, `Authorization` and
+    /// [`crate::candidate::DEFAULT_CREDENTIAL_FIELDS`]: a request with one never feeds a base, nor gets a
+    /// browser delta.
+    pub credential_fields: Vec<http::HeaderName>,
+    /// Whether a page reached by a URL with a query may feed a base (default no: a query may carry a
+    /// capability, a reset or unsubscribe token or a signature, and the page may echo it).
+    pub base_from_query: bool,
 }
 
 impl Default for ClassPolicy {
@@ -141,6 +148,8 @@ impl Default for ClassPolicy {
             samples: 8,
             max_base: 8 << 20,
             rederive: RederiveRule::default(),
+            credential_fields: Vec::new(),
+            base_from_query: false,
         }
     }
 }
@@ -181,8 +190,19 @@ impl Class {
     /// The same class with `policy`, checked.
     pub fn with_policy(mut self, policy: ClassPolicy) -> Result<Self, ClassError> {
         let rule = &policy.rederive;
-        if !(rule.ratio > 0.0 && rule.ratio <= 1.0) || rule.window == 0 || policy.samples == 0 {
-            return Err(ClassError::Rule);
+        let problem = if !(rule.ratio > 0.0 && rule.ratio <= 1.0) {
+            Some(format!("ratio is {}; it must be above 0 and at most 1", rule.ratio))
+        } else if rule.window == 0 {
+            Some("window must be at least 1 (deltas the mean is taken over)".to_string())
+        } else if policy.samples == 0 {
+            Some("samples must be at least 1 (clean responses kept for the base)".to_string())
+        } else if policy.max_base == 0 {
+            Some("max_base must be above 0 bytes".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ClassError::Rule(format!("class {}: {problem}", self.name)));
         }
         self.policy = policy;
         Ok(self)
@@ -281,7 +301,7 @@ mod tests {
             },
             ..ClassPolicy::default()
         };
-        assert_eq!(class.with_policy(bad_rule), Err(ClassError::Rule));
+        assert!(matches!(class.with_policy(bad_rule), Err(ClassError::Rule(problem)) if problem.contains("ratio")));
     }
 
     #[test]

@@ -336,6 +336,7 @@ mod tests {
     fn clean(encoder: &mut Encoder, body: &[u8]) -> Result<(), NotCandidate> {
         let empty = HeaderMap::new();
         encoder.offer(&Exchange {
+            target: "/news/home",
             request: &empty,
             status: StatusCode::OK,
             response: &empty,
@@ -546,6 +547,7 @@ mod tests {
         let empty = HeaderMap::new();
         let personal = b"<html>Hello Alice, account 12345678</html>";
         let refused = encoder.offer(&Exchange {
+            target: "/news/home",
             request: &request,
             status: StatusCode::OK,
             response: &empty,

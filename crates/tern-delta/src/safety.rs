@@ -4,12 +4,14 @@
 //! Those attacks need a secret and attacker-chosen input compressed together, and the compressed size
 //! visible to the attacker, over many requests the attacker triggers from the victim's browser. The rule:
 //!
-//! 1. **Secrets never in a base.** A base is derived only from responses to requests without `Cookie` or
-//!    `Authorization`, never from a response that sets a cookie or is `no-store`, and not from a `private`
-//!    one unless the class says so ([`crate::candidate::check`]). A base is public: anyone can fetch it at
-//!    its well-known path, so what a size reveals about it is nothing.
-//! 2. **Only credential-free exchanges are delta-encoded for browsers.** A request with `Cookie` or
-//!    `Authorization`, and a response that sets a cookie, is `private` or `no-store`, or varies on `Cookie`,
+//! 1. **Secrets never in a base.** A base is derived only from responses to requests without `Cookie`,
+//!    `Authorization` or another credential field (`X-Api-Key` and the like), and without a query (which
+//!    may carry a capability), never from a response that sets a cookie or is `no-store`, and not from a
+//!    `private` one unless the class says so ([`crate::candidate::check`]). A base is public: anyone can
+//!    fetch it at its well-known path, so what a size reveals about it is nothing.
+//! 2. **Only credential-free exchanges are delta-encoded for browsers.** A request with `Cookie`,
+//!    `Authorization` or another credential field, and a response that sets a cookie, is `private` or
+//!    `no-store`, or varies on `Cookie`,
 //!    `Authorization` or `*`, is sent plain. What remains is content any anonymous client gets for that URL:
 //!    there is no secret of the victim's in it for a size to reveal.
 //! 3. **Responses that reflect request input** (search pages echoing the query) are therefore safe too:
@@ -37,7 +39,8 @@ pub enum NoBrowserDelta {
     ClassDisabled,
     /// The request does not offer `dcz` in `Accept-Encoding` or names no dictionary.
     NotOffered,
-    /// The request carries `Cookie` or `Authorization`.
+    /// The request carries `Cookie`, `Authorization` or another credential field
+    /// ([`crate::candidate::DEFAULT_CREDENTIAL_FIELDS`], the class's own).
     Credentials,
     /// A cross-site request whose response the requesting context could not read (RFC 9842 section 9.3.3).
     CrossSite,
@@ -68,7 +71,7 @@ pub fn browser_delta(
     if !accepts_dcz(request) || !request.contains_key(AVAILABLE_DICTIONARY) {
         return Err(NoBrowserDelta::NotOffered);
     }
-    if request.contains_key(header::COOKIE) || request.contains_key(header::AUTHORIZATION) {
+    if carries_credentials(class, request) {
         return Err(NoBrowserDelta::Credentials);
     }
     if !same_origin_or_readable(request, response) {
@@ -91,7 +94,7 @@ pub fn shareable_page(
     if !class.policy.browser_deltas {
         return Err(NoBrowserDelta::ClassDisabled);
     }
-    if request.contains_key(header::COOKIE) || request.contains_key(header::AUTHORIZATION) {
+    if carries_credentials(class, request) {
         return Err(NoBrowserDelta::Credentials);
     }
     if status != StatusCode::OK {
@@ -111,6 +114,15 @@ pub fn shareable_page(
         return Err(NoBrowserDelta::AlreadyEncoded);
     }
     Ok(())
+}
+
+/// Whether `request` carries `Cookie`, `Authorization` or another credential field of the class
+/// ([`crate::candidate::carries_credential_field`]).
+fn carries_credentials(class: &Class, request: &HeaderMap) -> bool {
+    request.contains_key(header::COOKIE)
+        || request.contains_key(header::AUTHORIZATION)
+        || request.contains_key(header::PROXY_AUTHORIZATION)
+        || crate::candidate::carries_credential_field(request, &class.policy)
 }
 
 /// Whether `Accept-Encoding` lists `dcz` with a non-zero weight (`*` does not count: RFC 9842 section 6.1

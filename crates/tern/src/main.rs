@@ -1355,9 +1355,16 @@ async fn run_delta(args: DeltaArgs) -> Result<()> {
     if let Some(ca) = args.origin_ca {
         config.origin_ca = Some(ca);
     }
+    let mut named_here = std::collections::BTreeSet::new();
     for definition in &args.classes {
         let class = tern_delta::role::ClassConfig::parse(definition)
             .with_context(|| format!("--class {definition}: give NAME=PATTERN, for example news=/news/*"))?;
+        if !named_here.insert(class.name.clone()) {
+            anyhow::bail!(
+                "--class {definition}: a class {} was given twice; give each class its own name",
+                class.name
+            );
+        }
         // A class on the command line replaces one of the same name from the file.
         config.classes.retain(|existing| existing.name != class.name);
         config.classes.push(class);

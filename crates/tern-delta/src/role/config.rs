@@ -105,9 +105,44 @@ impl DeltaConfig {
         }
     }
 
-    /// The classes, checked.
-    pub fn classes(&self) -> Result<Vec<Class>, ClassError> {
-        self.classes.iter().map(ClassConfig::class).collect()
+    /// The classes, checked, with every bound of the role: an error names the field or the class and
+    /// what it must be. Two classes may not share a name or a pattern (one of them could never be used).
+    pub fn classes(&self) -> Result<Vec<Class>, String> {
+        let positive = [
+            ("max_page", self.max_page as u64),
+            ("max_base_bytes", self.max_base_bytes as u64),
+            ("expire_every_secs", self.expire_every_secs),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("first_byte_timeout_ms", self.first_byte_timeout_ms),
+            ("idle_body_timeout_ms", self.idle_body_timeout_ms),
+            ("max_header_bytes", self.max_header_bytes as u64),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("[delta] {field} must be above 0"));
+        }
+        let mut classes: Vec<Class> = Vec::with_capacity(self.classes.len());
+        for config in &self.classes {
+            let class = config.class().map_err(|error| match error {
+                ClassError::Rule(problem) => problem,
+                other => format!("{other} (give classes as --class NAME=/path/* or [[delta.classes]] tables)"),
+            })?;
+            if classes.iter().any(|known| known.name == class.name) {
+                return Err(format!(
+                    "two classes are named {}: give each class its own name",
+                    class.name
+                ));
+            }
+            if let Some(known) = classes.iter().find(|known| known.pattern == class.pattern) {
+                return Err(format!(
+                    "classes {} and {} have the same pattern {}: only one of them could ever be used",
+                    known.name,
+                    class.name,
+                    class.pattern.as_str()
+                ));
+            }
+            classes.push(class);
+        }
+        Ok(classes)
     }
 }
 
@@ -134,6 +169,12 @@ pub struct ClassConfig {
     pub private_may_feed_base: bool,
     /// Whether browsers that hold the base get `dcz` responses (the edge decides per response too).
     pub browser_deltas: bool,
+    /// Request fields that carry credentials on this site, besides `Cookie`, `Authorization` and the
+    /// usual ones (`X-Api-Key`, `X-Auth-Token`, ...: `tern_delta::candidate::DEFAULT_CREDENTIAL_FIELDS`).
+    pub credential_fields: Vec<String>,
+    /// Whether a page reached by a URL with a query may feed the base (default no: a query may carry a
+    /// reset or unsubscribe token or a signature, and a base is announced to every visitor).
+    pub base_from_query: bool,
 }
 
 impl Default for ClassConfig {
@@ -149,6 +190,8 @@ impl Default for ClassConfig {
             max_base: policy.max_base,
             private_may_feed_base: policy.private_may_feed_base,
             browser_deltas: policy.browser_deltas,
+            credential_fields: Vec::new(),
+            base_from_query: policy.base_from_query,
         }
     }
 }
@@ -166,7 +209,21 @@ impl ClassConfig {
 
     /// The class with its policy, checked.
     pub fn class(&self) -> Result<Class, ClassError> {
+        let credential_fields = self
+            .credential_fields
+            .iter()
+            .map(|name| {
+                http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                    ClassError::Rule(format!(
+                        "class {}: credential_fields: {name:?} is not a field name",
+                        self.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let policy = ClassPolicy {
+            credential_fields,
+            base_from_query: self.base_from_query,
             private_may_feed_base: self.private_may_feed_base,
             browser_deltas: self.browser_deltas,
             samples: self.samples,
@@ -200,7 +257,67 @@ mod tests {
         };
         let class = table.class().expect("valid");
         assert_eq!(class.policy.rederive.window, 4);
-        assert!(ClassConfig { ratio: 2.0, ..table }.class().is_err());
+        assert!(
+            ClassConfig {
+                ratio: 2.0,
+                ..table.clone()
+            }
+            .class()
+            .is_err()
+        );
         assert!(ClassConfig::parse("no pattern").is_err());
+        let own = ClassConfig {
+            credential_fields: vec!["X-Tenant-Key".into()],
+            base_from_query: true,
+            ..table.clone()
+        };
+        let class = own.class().expect("valid");
+        assert_eq!(
+            class.policy.credential_fields,
+            [http::HeaderName::from_static("x-tenant-key")]
+        );
+        assert!(class.policy.base_from_query);
+        let bad_field = ClassConfig {
+            credential_fields: vec!["not a name".into()],
+            ..table
+        };
+        assert!(bad_field.class().is_err());
+    }
+
+    #[test]
+    fn bounds_of_zero_and_clashing_classes_are_refused_by_name() {
+        let news = ClassConfig::parse("news=/news/*").expect("valid");
+        let config = |classes: Vec<ClassConfig>| DeltaConfig {
+            classes,
+            ..DeltaConfig::default()
+        };
+        assert_eq!(config(vec![news.clone()]).classes().map(|c| c.len()), Ok(1));
+        let same_name = ClassConfig::parse("news=/account/*").expect("valid");
+        let error = config(vec![news.clone(), same_name]).classes().expect_err("same name");
+        assert!(error.contains("two classes are named news"), "{error}");
+        let same_pattern = ClassConfig::parse("other=/news/*").expect("valid");
+        let error = config(vec![news.clone(), same_pattern])
+            .classes()
+            .expect_err("same pattern");
+        assert!(error.contains("same pattern /news/*"), "{error}");
+        for field in ["first_byte_timeout_ms", "connect_timeout_ms", "max_page"] {
+            let mut zero = config(vec![news.clone()]);
+            match field {
+                "first_byte_timeout_ms" => zero.first_byte_timeout_ms = 0,
+                "connect_timeout_ms" => zero.connect_timeout_ms = 0,
+                _ => zero.max_page = 0,
+            }
+            let error = zero.classes().expect_err("zero");
+            assert_eq!(error, format!("[delta] {field} must be above 0"));
+        }
+        let no_base = ClassConfig {
+            max_base: 0,
+            ..news.clone()
+        };
+        let error = config(vec![no_base]).classes().expect_err("zero base");
+        assert!(error.contains("class news: max_base"), "{error}");
+        let no_window = ClassConfig { window: 0, ..news };
+        let error = config(vec![no_window]).classes().expect_err("zero window");
+        assert!(error.contains("class news: window"), "{error}");
     }
 }

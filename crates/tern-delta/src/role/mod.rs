@@ -101,9 +101,7 @@ pub async fn start(config: DeltaConfig) -> Result<RunningDelta, StartError> {
             "no origin: give --origin URL (the dynamic origin, for example http://127.0.0.1:9000)".into(),
         ));
     }
-    let classes = config
-        .classes()
-        .map_err(|error| StartError::Config(format!("{error}: give classes as --class NAME=/path/*")))?;
+    let classes = config.classes().map_err(StartError::Config)?;
     if classes.is_empty() {
         return Err(StartError::Config(
             "no page classes: give at least one --class NAME=PATTERN (for example --class news=/news/*)".into(),

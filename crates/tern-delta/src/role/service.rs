@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tern_http::server::Handler;
 use tern_http::{Body, hop};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::body::{Bounded, chain, read_bounded};
 use super::{ClassState, DeltaRole};
@@ -69,8 +69,9 @@ impl DeltaRole {
             match fields::available_dictionary(&parts.headers) {
                 Ok(named) => named,
                 Err(error) => {
+                    // Counted, not logged as a warning: any client that reaches this listener can send it.
                     self.counters.count(&self.counters.bad_fields);
-                    warn!(%error, "unusable available-dictionary from the edge; answering the whole page");
+                    debug!(%error, "unusable available-dictionary from the edge; answering the whole page");
                     None
                 }
             }
@@ -114,8 +115,13 @@ impl DeltaRole {
         let role = self.clone();
         let class_name = class.to_string();
         let request_headers = parts.headers;
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str())
+            .to_string();
         let encoded = tokio::task::spawn_blocking(move || {
-            let outcome = role.encode(&class_name, &request_headers, &response_parts, &page, named);
+            let outcome = role.encode(&class_name, &target, &request_headers, &response_parts, &page, named);
             (outcome, response_parts, page)
         })
         .await;
@@ -171,6 +177,7 @@ impl DeltaRole {
     fn encode(
         &self,
         class: &str,
+        target: &str,
         request: &HeaderMap,
         response: &http::response::Parts,
         page: &Bytes,
@@ -187,6 +194,7 @@ impl DeltaRole {
                     .is_none_or(|last| now.saturating_duration_since(last) >= offer_every);
             if offer_due {
                 let exchange = Exchange {
+                    target,
                     request,
                     status: response.status,
                     response: &response.headers,

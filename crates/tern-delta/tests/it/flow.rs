@@ -80,6 +80,7 @@ fn request(
     let response = HeaderMap::new();
     let encoder = origin.encoders.get_mut(&class).expect("encoder");
     let _ = encoder.offer(&Exchange {
+        target: "/news/home",
         request: &request,
         status: StatusCode::OK,
         response: &response,
