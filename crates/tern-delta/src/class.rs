@@ -244,6 +244,13 @@ impl Classes {
         best
     }
 
+    /// Removes the class named `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|class| class.name != name);
+        self.0.len() != before
+    }
+
     /// The class named `name`.
     pub fn get(&self, name: &str) -> Option<&Class> {
         self.0.iter().find(|class| class.name == name)

@@ -191,6 +191,23 @@ impl Holder {
         Ok(())
     }
 
+    /// Forgets class `name` and its current base: `tern delta` answered a page of it whole without
+    /// announcing any base of it (its classes changed, or it lost the base), so naming that base again
+    /// would only cost whole pages. The class is learned again from the next base `tern delta` announces
+    /// for it. Returns whether the class was known.
+    pub fn withdraw(&mut self, name: &str) -> bool {
+        if let Some(current) = self.store.current(name).map(Base::id) {
+            self.store.remove(&current);
+        }
+        self.ratios.remove(name);
+        self.classes.remove(name)
+    }
+
+    /// The class of the held base `id`, if held.
+    pub fn class_of_base(&self, id: &BaseId) -> Option<&str> {
+        self.store.get(id).map(Base::class)
+    }
+
     /// Drops `id` (evicted from the edge's cache, or purged): its class has no current base until the
     /// next one is learned. Returns whether it was held.
     pub fn forget(&mut self, id: &BaseId) -> bool {
@@ -317,6 +334,27 @@ mod tests {
         let status = holder.status(now);
         assert_eq!(status.len(), 1);
         assert!(status[0].recent_ratio.is_some_and(|ratio| ratio < 0.1));
+    }
+
+    #[test]
+    fn a_withdrawn_class_is_named_no_more_and_learned_again_from_its_next_base() {
+        let now = Instant::now();
+        let mut holder = Holder::new(HolderConfig::default());
+        let (home, all) = (page(0), page(1));
+        let (home_id, all_id) = (BaseId::of(&home), BaseId::of(&all));
+        holder
+            .learn(home_id, home, &field("home", "/news/h*"), now)
+            .expect("learns");
+        holder
+            .learn(all_id, all, &field("news", "/news/*"), now)
+            .expect("learns");
+        assert_eq!(holder.name_for("/news/home", now), Some(("home".into(), home_id)));
+        assert_eq!(holder.class_of_base(&all_id), Some("news"));
+        assert!(holder.withdraw("home"));
+        assert!(!holder.holds(&home_id));
+        assert_eq!(holder.name_for("/news/home", now), Some(("news".into(), all_id)));
+        assert_eq!(holder.status(now).len(), 1);
+        assert!(!holder.withdraw("home"), "already gone");
     }
 
     #[test]

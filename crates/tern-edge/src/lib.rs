@@ -127,6 +127,9 @@ pub async fn start_with(
     if config.cache_size == 0 {
         return Err(StartError::Config("--cache-size must be more than zero".into()));
     }
+    if config.delta.mode != delta::DeltaMode::Off {
+        config.delta.check().map_err(StartError::Config)?;
+    }
     let store_config = StoreConfig {
         dir: config.cache_dir.clone(),
         capacity: config.cache_size,
@@ -288,6 +291,7 @@ pub async fn start_with(
         listen = %running.listen,
         admin = ?running.admin,
         upstream = %edge.upstream.describe(),
+        delta = ?config.delta.mode,
         objects = stats.objects,
         cache_dir = ?config.cache_dir,
         cache_size = config.cache_size,

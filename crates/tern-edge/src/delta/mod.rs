@@ -30,7 +30,15 @@ use tern_delta::{DczEncoder, Holder, HolderConfig, Limits, StoreConfig};
 use tracing::info;
 
 pub use metrics::DeltaCollector;
-pub use upstream::DeltaUpstream;
+pub use upstream::{BASE_AUTHORITY, DeltaUpstream, RETRY_FAILED_BASE, RETRY_REFUSED_BASE};
+
+/// The cache key the edge keeps the base at `target` under (`/.well-known/...` of a base, query ignored),
+/// or `None` when `target` is not a base's path.
+pub fn base_key(target: &str, key_config: &tern_http_cache::KeyConfig) -> Option<String> {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    tern_delta::BaseId::from_well_known_path(path)?;
+    Some(tern_http_cache::primary_key("http", BASE_AUTHORITY, path, key_config))
+}
 
 use crate::clock::Clock;
 
@@ -64,6 +72,11 @@ impl std::str::FromStr for DeltaMode {
         }
     }
 }
+
+/// Smallest `max_window_log` zstd takes (`ZSTD_WINDOWLOG_MIN`).
+pub const MIN_WINDOW_LOG: u32 = 10;
+/// Largest `max_window_log` zstd takes on 64-bit machines (`ZSTD_WINDOWLOG_MAX_64`).
+pub const MAX_WINDOW_LOG: u32 = 31;
 
 /// Settings of differential caching at the edge (the `[edge.delta]` table).
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +134,33 @@ impl Default for DeltaSettings {
 }
 
 impl DeltaSettings {
+    /// Checks the bounds: an error names the `[edge.delta]` field and its range. A bound of zero, or a
+    /// window zstd cannot open, would make every delta fail and every page cost two upstream requests.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_delta", self.max_delta),
+            ("max_page", self.max_page),
+            ("max_base", self.max_base),
+            ("max_base_bytes", self.max_base_bytes),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("[edge.delta] {field} must be above 0"));
+        }
+        if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&self.max_window_log) {
+            return Err(format!(
+                "[edge.delta] max_window_log must be from {MIN_WINDOW_LOG} to {MAX_WINDOW_LOG} (a window of 2^N bytes), not {}",
+                self.max_window_log
+            ));
+        }
+        if self.max_base > self.max_base_bytes {
+            return Err(format!(
+                "[edge.delta] max_base ({}) is larger than max_base_bytes ({}): no base that large could be held",
+                self.max_base, self.max_base_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// The holder's bounds.
     pub fn holder(&self) -> HolderConfig {
         HolderConfig {
@@ -218,5 +258,49 @@ impl EdgeDelta {
     /// recent delta ratio, bases held.
     pub fn status(&self) -> serde_json::Value {
         metrics::status(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_that_would_fail_every_delta_are_refused_by_name() {
+        assert_eq!(DeltaSettings::default().check(), Ok(()));
+        let window = DeltaSettings {
+            max_window_log: 100,
+            ..DeltaSettings::default()
+        };
+        assert!(
+            window
+                .check()
+                .is_err_and(|e| e.contains("max_window_log must be from 10 to 31"))
+        );
+        for field in ["max_delta", "max_page", "max_base"] {
+            let mut zero = DeltaSettings::default();
+            match field {
+                "max_delta" => zero.max_delta = 0,
+                "max_page" => zero.max_page = 0,
+                _ => zero.max_base = 0,
+            }
+            assert_eq!(zero.check(), Err(format!("[edge.delta] {field} must be above 0")));
+        }
+        let held = DeltaSettings {
+            max_base: 2 << 20,
+            max_base_bytes: 1 << 20,
+            ..DeltaSettings::default()
+        };
+        assert!(held.check().is_err_and(|e| e.contains("larger than max_base_bytes")));
+    }
+
+    #[test]
+    fn a_base_is_keyed_under_its_own_authority_whatever_the_host() {
+        let config = tern_http_cache::KeyConfig::default();
+        let id = tern_delta::BaseId::of(b"base");
+        let key = base_key(&id.well_known_path(), &config).expect("a base path");
+        assert!(key.contains(BASE_AUTHORITY), "{key}");
+        assert_eq!(base_key(&format!("{}?x=1", id.well_known_path()), &config), Some(key));
+        assert_eq!(base_key("/news/home", &config), None);
     }
 }

@@ -8,10 +8,17 @@
 //! `tern delta` no longer holds the one named), it fetches the announced base before answering, so the
 //! next page is a delta; when the page came as a delta, the base it holds still works and the new one is
 //! fetched in the background.
+//!
+//! Bases are kept in the cache under one authority of their own ([`BASE_AUTHORITY`]), whatever `Host` the
+//! page's request named: a client that sends other `Host` values cannot make the edge drop its base or
+//! store copies of it. A base that could not be taken is not fetched again for a while
+//! ([`RETRY_REFUSED_BASE`], [`RETRY_FAILED_BASE`]): a base over the edge's bounds would otherwise cross the
+//! long link with every page. A class whose named base `tern delta` answers with a whole page and no base
+//! of that class is withdrawn ([`tern_delta::Holder::withdraw`]): its classes changed, or it lost the base.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
@@ -23,15 +30,24 @@ use tern_delta::fields::{
 use tern_delta::{BaseId, DczDecoder, DecodeError, Limits};
 use tern_http::Body;
 use tern_http_cache::policy::{self, UpstreamExchange};
-use tern_http_cache::{
-    BodySource, Directives, KeyConfig, Meta, ObjectId, ResponseDecision, Store, primary_key, vary_values,
-};
+use tern_http_cache::{BodySource, Directives, KeyConfig, Meta, ObjectId, ResponseDecision, Store, vary_values};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::body::{Bounded, chain, read_bounded};
 use super::{EDGE_FIELD, EdgeDelta};
 use crate::upstream::{Upstream, UpstreamError, UpstreamFuture};
+
+/// The authority under which the edge keeps the bases it names in its cache (`.invalid`, RFC 2606: no real
+/// site has it). Bases are public and the same for every host the edge serves.
+pub const BASE_AUTHORITY: &str = "bases.tern-delta.invalid";
+
+/// How long a base refused for its size, or that the cache did not store, is not fetched again.
+pub const RETRY_REFUSED_BASE: Duration = Duration::from_secs(600);
+
+/// How long a base whose fetch failed otherwise (upstream unreachable, an error status, a bad body) is not
+/// fetched again.
+pub const RETRY_FAILED_BASE: Duration = Duration::from_secs(30);
 
 /// The differential-caching client in front of the real upstream (`tern delta`).
 pub struct DeltaUpstream {
@@ -45,6 +61,8 @@ struct Inner {
     key_config: KeyConfig,
     /// Base fetches under way, each awaited by whoever needs its outcome.
     fetching: Mutex<HashMap<BaseId, watch::Receiver<bool>>>,
+    /// Bases whose fetch failed, with when they may be tried again.
+    failed: Mutex<HashMap<BaseId, Instant>>,
 }
 
 /// Why a base was not taken.
@@ -54,8 +72,12 @@ enum BaseFetchError {
     Upstream(#[from] UpstreamError),
     #[error("upstream answered {0} for the base")]
     Status(StatusCode),
-    #[error("base body failed or exceeds the limit")]
+    #[error("the base's body failed on its way in")]
     Body,
+    #[error(
+        "the base is over this edge's limit of {limit} bytes: raise [edge.delta] max_base (and max_delta for a base sent as a delta) to at least tern delta's class max_base"
+    )]
+    TooLarge { limit: usize },
     #[error("the base came as a delta against a base this edge does not hold")]
     NoOlder,
     #[error("the base's delta does not decode: {0}")]
@@ -64,8 +86,23 @@ enum BaseFetchError {
     Field(tern_delta::FieldError),
     #[error(transparent)]
     Learn(#[from] tern_delta::LearnError),
-    #[error("the edge's cache did not store the base")]
-    NotStored,
+    #[error(
+        "the edge's cache did not store the base ({0} bytes): give the edge a --cache-size (and --memory-size without --cache-dir) well above its bases"
+    )]
+    NotStored(usize),
+}
+
+impl BaseFetchError {
+    /// How long the base is not fetched again after this.
+    fn retry_after(&self) -> Duration {
+        match self {
+            BaseFetchError::TooLarge { .. } | BaseFetchError::NotStored(_) => RETRY_REFUSED_BASE,
+            BaseFetchError::Learn(tern_delta::LearnError::Base(tern_delta::BaseError::TooLarge { .. })) => {
+                RETRY_REFUSED_BASE
+            }
+            _ => RETRY_FAILED_BASE,
+        }
+    }
 }
 
 impl DeltaUpstream {
@@ -78,6 +115,7 @@ impl DeltaUpstream {
                 store,
                 key_config,
                 fetching: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -145,7 +183,7 @@ impl Inner {
         let host = host_of(request.headers());
         if !delta.is_active() {
             let response = self.upstream.fetch(request).await?;
-            return Ok(self.take_announcements(response, &host, None).await);
+            return Ok(self.take_announcements(response, &host, None).await.0);
         }
         strip_client_dictionaries(request.headers_mut());
         request.headers_mut().insert(EDGE_FIELD, HeaderValue::from_static("?1"));
@@ -153,9 +191,9 @@ impl Inner {
         let is_page = request.method() == Method::GET && BaseId::from_well_known_path(&path).is_none();
         if !is_page {
             let response = self.upstream.fetch(request).await?;
-            return Ok(self.take_announcements(response, &host, None).await);
+            return Ok(self.take_announcements(response, &host, None).await.0);
         }
-        let named = self.name_for(&path, host_text(&host));
+        let named = self.name_for(&path);
         let again = (request.uri().clone(), request.headers().clone());
         if let Some(id) = named {
             let headers = request.headers_mut();
@@ -165,9 +203,18 @@ impl Inner {
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DCZ));
         }
         let response = self.upstream.fetch(request).await?;
-        let response = self.take_announcements(response, &host, named).await;
+        let (response, announced) = self.take_announcements(response, &host, named).await;
         if !is_dcz(response.headers()) {
-            let reason = if named.is_some() { "upstream_whole" } else { "no_base" };
+            let reason = match named {
+                Some(id) => {
+                    self.withdraw_if_stale(id, &announced);
+                    Some("upstream_whole")
+                }
+                // A page of a class (tern delta announced its base) that came whole for want of a base
+                // here; a page outside every class is no fallback and is not counted.
+                None if !announced.is_empty() => Some("no_base"),
+                None => None,
+            };
             return self.whole_page(response, reason).await;
         }
         let failure = match self.rebuild(response).await {
@@ -181,22 +228,38 @@ impl Inner {
         *retry.uri_mut() = uri;
         *retry.headers_mut() = headers;
         let response = self.upstream.fetch(retry).await?;
-        let response = self.take_announcements(response, &host, None).await;
+        let (response, _) = self.take_announcements(response, &host, None).await;
         if is_dcz(response.headers()) {
             return Err(UpstreamError::Failed {
                 upstream: self.upstream.describe(),
                 reason: "the upstream sent a delta when asked for the whole page".into(),
             });
         }
-        self.whole_page(response, failure.failure().label()).await
+        self.whole_page(response, Some(failure.failure().label())).await
     }
 
-    /// The base to name for a page at `path` of `host`: its class's current base, if the edge's cache
-    /// still holds it (an evicted or purged base is forgotten, and the page comes whole).
-    fn name_for(&self, path: &str, host: &str) -> Option<BaseId> {
+    /// Withdraws the class of `named` when `tern delta` answered its page whole and `announced` no base
+    /// of that class (every announced base is held by now, or was refused): the edge's idea of the class
+    /// is stale, and naming its base again would only cost whole pages.
+    fn withdraw_if_stale(&self, named: BaseId, announced: &[BaseId]) {
+        let withdrawn = self.delta.with_holder(|holder| {
+            let class = holder.class_of_base(&named)?.to_string();
+            let still_announced = announced
+                .iter()
+                .any(|id| *id == named || holder.class_of_base(id).is_none_or(|other| other == class));
+            (!still_announced && holder.withdraw(&class)).then_some(class)
+        });
+        if let Some(class) = withdrawn {
+            info!(%class, base = %named, "tern delta answered the class's page whole and announces no base of it: the class is withdrawn here until tern delta announces one");
+        }
+    }
+
+    /// The base to name for a page at `path`: its class's current base, if the edge's cache still holds
+    /// it (an evicted or purged base is forgotten, and the page comes whole).
+    fn name_for(&self, path: &str) -> Option<BaseId> {
         let now = self.delta.now();
         let (_, id) = self.delta.with_holder(|holder| holder.name_for(path, now))?;
-        let key = primary_key("http", host, &id.well_known_path(), &self.key_config);
+        let key = super::base_key(&id.well_known_path(), &self.key_config)?;
         if self.store.find(&key, &HeaderMap::new()).is_some() {
             return Some(id);
         }
@@ -208,23 +271,27 @@ impl Inner {
 
     /// Takes the base announcements off `response` (they are re-added for browsers with the base the edge
     /// holds), makes a held one current, and fetches one not held: before answering when this page came
-    /// whole, in the background when it came as a delta against `named`.
+    /// whole, in the background when it came as a delta against `named`. Returns the response and the
+    /// bases it announced.
     async fn take_announcements(
         self: &Arc<Self>,
         mut response: Response<Body>,
         host: &HeaderValue,
         named: Option<BaseId>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Vec<BaseId>) {
         let announced = fields::announced_bases(response.headers());
         if announced.is_empty() || self.delta.settings.mode == super::DeltaMode::Off {
-            return response;
+            return (response, announced);
         }
         fields::remove_announcements(response.headers_mut());
         self.delta.activate();
         let came_whole = !is_dcz(response.headers());
-        for id in announced {
+        for &id in &announced {
             let now = self.delta.now();
             if self.delta.with_holder(|holder| holder.announce(&id, now)) {
+                continue;
+            }
+            if self.failed_recently(&id) {
                 continue;
             }
             let waiter = self.fetch_base(id, host_text(host).to_string(), named);
@@ -239,7 +306,15 @@ impl Inner {
                 }
             }
         }
-        response
+        (response, announced)
+    }
+
+    /// Whether base `id` failed to be taken lately (then it is not fetched again until its time is up).
+    fn failed_recently(&self, id: &BaseId) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        failed.retain(|_, until| *until > now);
+        failed.contains_key(id)
     }
 
     /// Starts fetching base `id` unless that is under way; the receiver turns true when it is over.
@@ -261,7 +336,13 @@ impl Inner {
                 }
                 Err(error) => {
                     counters.count(&counters.base_fetch_failures);
-                    warn!(base = %id, %error, "base not taken; its class keeps its base or gets whole pages");
+                    let retry = error.retry_after();
+                    inner
+                        .failed
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(id, Instant::now() + retry);
+                    warn!(base = %id, %error, retry_in_s = retry.as_secs(), "base not taken; its class keeps the base it has or gets whole pages, and this base is not fetched again before then");
                 }
             }
             inner
@@ -279,7 +360,7 @@ impl Inner {
     /// Returns where it came from.
     async fn take_base(&self, id: BaseId, host: &str, older: Option<BaseId>) -> Result<&'static str, BaseFetchError> {
         let path = id.well_known_path();
-        let key = primary_key("http", host, &path, &self.key_config);
+        let key = super::base_key(&path, &self.key_config).ok_or(BaseFetchError::Body)?;
         if let Some(hit) = self.store.find(&key, &HeaderMap::new()) {
             let bytes = match self.store.body(&hit).await {
                 Ok(BodySource::Memory(bytes)) => bytes,
@@ -326,8 +407,10 @@ impl Inner {
         let settings = &self.delta.settings;
         let coded = is_dcz(&parts.headers);
         let bound = if coded { settings.max_delta } else { settings.max_base };
-        let Bounded::Whole(received) = read_bounded(body, bound).await else {
-            return Err(BaseFetchError::Body);
+        let received = match read_bounded(body, bound).await {
+            Bounded::Whole(received) => received,
+            Bounded::Over { .. } => return Err(BaseFetchError::TooLarge { limit: bound }),
+            Bounded::Failed(_) => return Err(BaseFetchError::Body),
         };
         self.delta.counters.add(&self.delta.counters.base_bytes, received.len());
         let bytes = if coded {
@@ -396,7 +479,7 @@ impl Inner {
             now: response_time,
         };
         let ResponseDecision::Store(storing) = policy::decide_storing(&exchange, self.store.policy()) else {
-            return Err(BaseFetchError::NotStored);
+            return Err(BaseFetchError::NotStored(bytes.len()));
         };
         let vary = vary_values(&headers, &request);
         let meta = Meta {
@@ -423,9 +506,10 @@ impl Inner {
             )
             .await;
         fill.write(&bytes).await;
+        let len = bytes.len();
         fill.finish(true).await.map_err(|error| {
             debug!(%error, "base not stored");
-            BaseFetchError::NotStored
+            BaseFetchError::NotStored(len)
         })?;
         Ok(())
     }
@@ -476,14 +560,17 @@ impl Inner {
     }
 
     /// A page that came whole: checked against its `Repr-Digest` when it has one and fits the page bound
-    /// (a mismatch is a 502, never the page), counted with `reason`.
+    /// (a mismatch is a 502, never the page), counted as a full-page fallback with `reason` (a page outside
+    /// every class has none).
     async fn whole_page(
         &self,
         response: Response<Body>,
-        reason: &'static str,
+        reason: Option<&'static str>,
     ) -> Result<Response<Body>, UpstreamError> {
         let counters = &self.delta.counters;
-        if response.status() == StatusCode::OK {
+        if let Some(reason) = reason
+            && response.status() == StatusCode::OK
+        {
             counters.full_page(reason);
         }
         let (parts, body) = response.into_parts();

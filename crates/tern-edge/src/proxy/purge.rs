@@ -25,11 +25,16 @@ impl Edge {
         let any_query = requested_any_query(&request.headers);
         // The primary key's query starts at its first `?` (a host has none): what is left is the path's key.
         let base = primary.split_once('?').map_or(primary.as_str(), |(path, _)| path);
-        let count = if any_query {
+        let mut count = if any_query {
             self.store.purge_url_any_query(base, mode)
         } else {
             self.store.purge_url(primary, mode)
         };
+        // A differential-caching base is kept under an authority of its own, whatever the host: a purge of
+        // its path under any host drops it (its class then gets whole pages until it is fetched again).
+        if let Some(key) = crate::delta::base_key(&request.target, &self.key_config) {
+            count += self.store.purge_url(&key, mode);
+        }
         // The sync service's purges carry their change-log position, for catching up after a restart.
         if let Some(seq) = request
             .headers

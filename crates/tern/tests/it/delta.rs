@@ -73,7 +73,17 @@ impl Handler for OriginHandler {
         let minute = number(headers, "x-minute");
         let path = request.uri().path();
         let (body, cache_control) = if path.starts_with("/news/") {
-            (state.news.page(minute), "max-age=0")
+            // What a search or reset page does: it echoes its query, and an API's page names its key.
+            let mut page = state.news.page(minute);
+            if let Some(query) = request.uri().query() {
+                page.extend_from_slice(format!("<p>results for {query}</p>").as_bytes());
+            }
+            if let Some(key) = text(headers, "x-api-key") {
+                page.extend_from_slice(format!("<p>key owner {key}</p>").as_bytes());
+            }
+            (page, "max-age=0")
+        } else if path.starts_with("/static/") {
+            (b"body { color: black }".to_vec(), "max-age=0")
         } else if path.starts_with("/account/") {
             match user_of(headers) {
                 Some(n) => (state.accounts.page(Some(&state.accounts.user(n)), minute), "private"),
@@ -204,7 +214,8 @@ impl Relay {
 /// Origin, `tern delta`, relay, edge.
 struct Stack {
     origin: DynamicOrigin,
-    _delta: Running,
+    /// `tern delta` (`None` only while it restarts).
+    delta: Option<Running>,
     delta_addr: SocketAddr,
     delta_admin: SocketAddr,
     relay: Relay,
@@ -249,10 +260,14 @@ impl Stack {
     }
 
     async fn with_ratio(news: News, news_ratio: f64, edge_extra: &[&str]) -> Self {
+        Self::with_config(news, &delta_config(news_ratio), edge_extra).await
+    }
+
+    async fn with_config(news: News, delta_config: &str, edge_extra: &[&str]) -> Self {
         let origin = DynamicOrigin::start(news).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("delta.toml");
-        std::fs::write(&config, delta_config(news_ratio)).expect("write config");
+        std::fs::write(&config, delta_config).expect("write config");
         let (delta_addr, delta_admin) = (free_addr(), free_addr());
         let delta = spawn(
             &[
@@ -288,7 +303,7 @@ impl Stack {
         edge_args.extend(edge_extra.iter().map(ToString::to_string));
         let mut stack = Stack {
             origin,
-            _delta: delta,
+            delta: Some(delta),
             delta_addr,
             delta_admin,
             relay,
@@ -311,6 +326,27 @@ impl Stack {
     fn restart_edge(&mut self) {
         self.edge = None;
         self.start_edge();
+    }
+
+    /// Stops `tern delta` and starts it again on the same addresses with `config` (its bases are gone).
+    fn restart_delta(&mut self, config: &str) {
+        let path = self._dir.path().join("delta.toml");
+        std::fs::write(&path, config).expect("write config");
+        self.delta = None;
+        self.delta = Some(spawn(
+            &[
+                "delta",
+                "--listen",
+                &self.delta_addr.to_string(),
+                "--admin",
+                &self.delta_admin.to_string(),
+                "--origin",
+                &format!("http://{}", self.origin.addr),
+                "--config",
+                path.to_str().expect("utf-8"),
+            ],
+            self.delta_addr,
+        ));
     }
 
     /// GETs `path` at `minute` from the edge with `extra` fields; checks the page is exactly what the
@@ -1048,4 +1084,144 @@ async fn bad_deltas_and_bases_never_give_a_wrong_page() {
     );
     assert_eq!(metric(&text, "tern_edge_delta_pages_refused_total"), 1.0);
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_host_names_cost_no_base_and_no_whole_page() {
+    let stack = Stack::start(News::new(11), &[]).await;
+    for minute in 0..3 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let sent = metric(&stack.delta_metrics().await, "tern_delta_base_bytes_sent_total");
+    let deltas = metric(
+        &stack.edge_metrics().await,
+        "tern_edge_delta_pages_total{from=\"delta\"}",
+    );
+    // A client (or an attacker) naming other hosts for the same pages: the base is the edge's, not a host's.
+    for n in 0..10u64 {
+        let host = format!("h{n}.attacker.example");
+        stack.page("/news/home", 3 + n, &[("host", host.as_str())]).await;
+    }
+    let metrics = stack.edge_metrics().await;
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_bases_evicted_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_pages_total{from=\"delta\"}"),
+        deltas + 10.0,
+        "every page a delta: {metrics}"
+    );
+    // A base change of the news of those minutes goes as a delta of about a kilobyte; a whole base per
+    // host (what a base kept under the request's host cost) would be 10 times the first one.
+    let again = metric(&stack.delta_metrics().await, "tern_delta_base_bytes_sent_total") - sent;
+    assert!(again < 10_000.0, "{again} bytes of bases after the first {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_in_a_query_or_an_api_key_never_reach_a_base() {
+    let stack = Stack::start(News::new(12), &[]).await;
+    // The first responses tern delta sees carry a reset token in the query and an API key's owner.
+    stack.page("/news/search?reset_token=VICTIM-RESET-TOKEN", 0, &[]).await;
+    stack
+        .page("/news/home", 1, &[("x-api-key", "alice-live-key-123")])
+        .await;
+    for minute in 2..5 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let base = stack.delta_base("news").await.expect("a base from a clean page");
+    let got = send(
+        &client(),
+        "GET",
+        &format!("http://{}{}", stack.delta_addr, base.well_known_path()),
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&got.body);
+    assert!(
+        !text.contains("VICTIM-RESET-TOKEN"),
+        "a query's capability is in the base"
+    );
+    assert!(
+        !text.contains("alice-live-key-123"),
+        "an API key's owner is in the base"
+    );
+    let metrics = stack.delta_metrics().await;
+    for reason in ["query", "credential_field"] {
+        assert!(
+            metric(
+                &metrics,
+                &format!("tern_delta_base_refusals_total{{class=\"news\",reason=\"{reason}\"}}")
+            ) >= 1.0,
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_tern_delta_no_longer_has_is_withdrawn_at_the_edge() {
+    let with_home = format!(
+        "{}\n[[delta.classes]]\nname = \"home\"\npattern = \"/news/h*\"\n",
+        delta_config(0.02)
+    );
+    let mut stack = Stack::with_config(News::new(13), &with_home, &[]).await;
+    for minute in 0..3 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    assert!(
+        stack.edge_base("home").await.is_some(),
+        "the edge learned the class home"
+    );
+    // tern delta restarted without the class (and without its bases).
+    stack.restart_delta(&delta_config(0.02));
+    let deltas = |metrics: &str| metric(metrics, "tern_edge_delta_pages_total{from=\"delta\"}");
+    let before = deltas(&stack.edge_metrics().await);
+    for minute in 3..9 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let metrics = stack.edge_metrics().await;
+    assert!(
+        deltas(&metrics) >= before + 3.0,
+        "pages are deltas again within a few pages: {metrics}"
+    );
+    let status = stack.edge_status().await;
+    assert_eq!(
+        class_field(&status, "home", "name"),
+        serde_json::Value::Null,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_the_edge_refuses_crosses_the_link_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edge.toml");
+    // News pages are over 100 KB: their base is over this edge's bound.
+    std::fs::write(&config, "[edge.delta]\nmax_base = 16384\n").expect("config");
+    let stack = Stack::start(News::new(14), &["--config", config.to_str().expect("utf-8")]).await;
+    for minute in 0..6 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let page = stack.page("/news/home", 6, &[]).await.body.len() as f64;
+    let sent = metric(&stack.delta_metrics().await, "tern_delta_base_bytes_sent_total");
+    assert!(sent < 2.0 * page, "the base went {sent} bytes for pages of {page}");
+    let metrics = stack.edge_metrics().await;
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_base_fetch_failures_total"),
+        1.0,
+        "{metrics}"
+    );
+    // A page outside every class is no full-page fallback.
+    let no_base = metric(&metrics, "tern_edge_delta_full_pages_total{reason=\"no_base\"}");
+    for minute in 0..3 {
+        stack.page("/static/site.css", minute, &[]).await;
+    }
+    let metrics = stack.edge_metrics().await;
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_full_pages_total{reason=\"no_base\"}"),
+        no_base,
+        "{metrics}"
+    );
 }
