@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tern_http::server::{Handler, Running, ServerLimits, serve_with};
@@ -85,14 +84,9 @@ struct AdminHandler {
 impl Handler for AdminHandler {
     async fn call(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return json_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("admin request body over {MAX_ADMIN_BODY} bytes or cut off"),
-                );
-            }
+        let body = match tern_http::collect_within(body, MAX_ADMIN_BODY, tern_http::REQUEST_BODY_DEADLINE).await {
+            Ok(body) => body,
+            Err(error) => return json_error(error.status(), format!("admin {error}")),
         };
         let request = AdminRequest {
             method: parts.method,

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -250,9 +249,13 @@ impl Handler for RegistryHandler {
         if request.method() != Method::POST {
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
         }
-        let limited = Limited::new(request.into_body(), community::DEFAULT_MAX_BODY);
-        let body = match limited.collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let read = tern_http::collect_within(
+            request.into_body(),
+            community::DEFAULT_MAX_BODY,
+            tern_http::REQUEST_BODY_DEADLINE,
+        );
+        let body = match read.await {
+            Ok(body) => body,
             Err(error) => {
                 self.service
                     .oversized

@@ -50,6 +50,11 @@ pub const TOKEN_FIELD: &str = "tern-community-token";
 /// The hop marker: set on a request an owner received from a peer (its value names the sender). A request
 /// carrying it goes to the origin, never to another peer.
 pub const HOP_FIELD: &str = "tern-community-hop";
+
+/// The response field by which a member's peer listener says it refused a request's token (its value is
+/// the reason: `stale`, `bad-mac`, ...): the requester then goes on without it (to a holder or the
+/// origin), so a client never gets a peer's refusal as its answer.
+pub const REFUSED_FIELD: &str = "tern-community-refused";
 /// Set by a requester on a prefetch it passes to the owner (unless `keep = always`): the owner fetches the
 /// object into its own cache and answers `204 No Content`, so the body does not cross the peer link for a
 /// copy nobody keeps.

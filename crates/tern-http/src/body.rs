@@ -26,6 +26,63 @@ pub fn empty() -> Body {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
+/// How long a request body read whole before it is acted on may take, from its first byte to its last
+/// ([`collect_within`]): a client that stops sending holds its buffer no longer than this.
+pub const REQUEST_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a request body was not read whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectError {
+    /// It is over the limit (by `Content-Length` or by what arrived).
+    #[error("request body over {limit} bytes")]
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// It did not arrive whole within the deadline.
+    #[error("request body not received whole within {} s", .deadline.as_secs())]
+    Stalled {
+        /// The deadline.
+        deadline: std::time::Duration,
+    },
+    /// The connection failed while it arrived.
+    #[error("request body cut off: {0}")]
+    Failed(String),
+}
+
+impl CollectError {
+    /// The status to answer: 413, 408 or 400.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            CollectError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            CollectError::Stalled { .. } => http::StatusCode::REQUEST_TIMEOUT,
+            CollectError::Failed(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Reads a request `body` whole, at most `limit` bytes within `deadline`: how every listener reads a body
+/// it must hold in full before it can check it (a signed purge, a registration, an API call). A body
+/// announced over the limit is refused before any of it is read; one that stalls is dropped at the
+/// deadline, so a client that sends `Content-Length: 1000001` and stops one byte short holds nothing for
+/// long.
+pub async fn collect_within<B>(body: B, limit: usize, deadline: std::time::Duration) -> Result<Bytes, CollectError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(CollectError::TooLarge { limit });
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(deadline, limited.collect()).await {
+        Err(_) => Err(CollectError::Stalled { deadline }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge { limit }),
+        Ok(Err(error)) => Err(CollectError::Failed(error.to_string())),
+    }
+}
+
 /// Producer half of a [`channel`] body.
 pub type ChannelSender = mpsc::Sender<Result<Bytes, BoxError>>;
 
@@ -252,6 +309,28 @@ impl http_body::Body for Slice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_is_read_whole_within_its_limit_and_deadline() {
+        let deadline = std::time::Duration::from_secs(10);
+        let whole = Full::new(Bytes::from_static(b"purge"));
+        assert_eq!(
+            collect_within(whole, 5, deadline).await,
+            Ok(Bytes::from_static(b"purge"))
+        );
+        let over = Full::new(Bytes::from_static(b"purge!"));
+        assert_eq!(
+            collect_within(over, 5, deadline).await,
+            Err(CollectError::TooLarge { limit: 5 })
+        );
+        // A body that sends its first bytes and then nothing more.
+        let (tx, stalled) = channel(1, Some(10));
+        tx.send(Ok(Bytes::from_static(b"12345"))).await.expect("send");
+        let got = collect_within(stalled, 1 << 20, deadline).await;
+        assert_eq!(got, Err(CollectError::Stalled { deadline }));
+        assert_eq!(got.expect_err("stalled").status(), http::StatusCode::REQUEST_TIMEOUT);
+        drop(tx);
+    }
 
     #[tokio::test]
     async fn channel_body_streams_chunks_in_order() {

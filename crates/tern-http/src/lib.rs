@@ -20,5 +20,6 @@ pub mod testsuite;
 pub mod tls;
 
 pub use body::{
-    Body, BoxError, ChannelSender, channel, empty, file_range, full, slice, with_data_counter, with_idle_timeout,
+    Body, BoxError, ChannelSender, CollectError, REQUEST_BODY_DEADLINE, channel, collect_within, empty, file_range,
+    full, slice, with_data_counter, with_idle_timeout,
 };

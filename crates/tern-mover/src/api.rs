@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -176,13 +175,13 @@ impl Handler for Api {
             );
         }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
+        let body = match tern_http::collect_within(body, MAX_REQUEST_BODY, tern_http::REQUEST_BODY_DEADLINE).await {
+            Ok(body) => body,
+            Err(refused) => {
                 if parts.uri.path() == SEGMENT_REPORT {
                     self.mover.segment_intake().count_refusal("oversized");
                 }
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB");
+                return error(refused.status(), refused.to_string());
             }
         };
         let path = parts.uri.path();

@@ -298,14 +298,11 @@ pub(crate) async fn accept(agent: &Arc<NodeAgent>, request: Request<Incoming>) -
         );
     };
     let limit = forwarder.settings.limits.max_message;
-    let bytes = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
+    let bytes = match tern_http::collect_within(request.into_body(), limit, tern_http::REQUEST_BODY_DEADLINE).await {
+        Ok(body) => body,
+        Err(error) => {
             forwarder.count_refusal("oversized");
-            return refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("tree message over {limit} bytes"),
-            );
+            return refusal(error.status(), format!("tree message: {error}"));
         }
     };
     let notification = match forwarder.check(&bytes, &agent.config.mover_key, &agent.config.name) {

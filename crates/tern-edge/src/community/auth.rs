@@ -1,15 +1,16 @@
 //! Authentication of peer requests (`--peer-listen`): each request carries, in the `tern-community-token`
-//! field, `v3 SENDER SENT_AT_MS NONCE MAC` where SENDER is the hex of the sending member's name, NONCE is
+//! field, `v4 SENDER SENT_AT_MS NONCE MAC` where SENDER is the hex of the sending member's name, NONCE is
 //! the sender's run id and a counter of its tokens (hex, `RUN-COUNT`), and MAC is lowercase hex of
 //! HMAC-SHA256 under the community's peer key (itself HMAC-SHA256 of the cluster key over a label and the
-//! community's name) over the sender, the nonce, the method, the request target, the send time and the
-//! SHA-256 of the body. Only a holder of the cluster key can make one; one seen on the wire authorises
+//! community's name) over the sender, the nonce, the method, the request's host (`Host`; empty for a purge
+//! relay, whose body names the URLs), the request target, the send time and the SHA-256 of the body. Only a holder of the cluster key can make one; one seen on the wire authorises
 //! nothing but the same request within the freshness window, and a purge relay (a POST) is accepted once
 //! ([`PeerAuth::verify`]'s replay memory). Because the sender and a nonce it never repeats are signed, two
 //! members relaying the same purge in the same millisecond (the sync service purges every edge at once,
 //! and each relays to the others) make different tokens, and one member never makes the same token twice:
-//! only a copy of a token is a replay. Peers' clocks must agree within the window (NTP), as they must for
-//! the community messages' own stamps.
+//! only a copy of a token is a replay. Peers' clocks must agree within the window (NTP): the same window
+//! as the community messages' own stamps ([`tern_wire::control::DEFAULT_FRESHNESS`]), so an edge whose
+//! clock lets it join is never refused by its peers for its clock.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -22,12 +23,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tern_wire::SecretKey;
 
-/// How far a request's send time may be from the receiver's clock.
-pub const FRESHNESS_WINDOW: Duration = Duration::from_secs(30);
+/// How far a request's send time may be from the receiver's clock: the community messages' window.
+pub const FRESHNESS_WINDOW: Duration = tern_wire::control::DEFAULT_FRESHNESS;
 /// Most purge relays remembered against replay (one window's worth on a busy community).
 const MAX_REMEMBERED: usize = 100_000;
 /// The token's version prefix.
-const VERSION: &str = "v3";
+const VERSION: &str = "v4";
 /// Longest sender name accepted, bytes (the community's own limit on member names).
 const MAX_SENDER_LEN: usize = 64;
 /// Longest nonce accepted: two u64 in hex and the dash.
@@ -36,16 +37,16 @@ const MAX_NONCE_LEN: usize = 33;
 /// Why a peer request's token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PeerAuthError {
-    /// No token, or not of the form `v3 SENDER SENT_AT_MS NONCE MAC`.
+    /// No token, or not of the form `v4 SENDER SENT_AT_MS NONCE MAC`.
     #[error(
-        "peer requests need the community's token (`v3 SENDER SENT_AT_MS NONCE MAC`): is every member the same tern version?"
+        "peer requests need the community's token (`v4 SENDER SENT_AT_MS NONCE MAC`): is every member the same tern version?"
     )]
     Missing,
     /// The MAC does not match: another cluster key or community, or a changed request.
     #[error("the peer token does not match this request: another cluster key or community")]
     BadMac,
     /// The send time is outside the window.
-    #[error("the peer token's time is more than 30 s from this edge's clock: check both clocks (NTP)")]
+    #[error("the peer token's time is more than 60 s from this edge's clock: check both clocks (NTP)")]
     Stale,
     /// A purge relay seen before.
     #[error("this purge relay was seen before (a replay)")]
@@ -81,7 +82,7 @@ impl PeerAuth {
     /// The authenticator of member `sender` of `community` under the cluster key.
     pub fn new(cluster_key: &SecretKey, community: &str, sender: &str) -> PeerAuth {
         let mut mac = hmac(cluster_key.as_bytes());
-        mac.update(b"tern community peer v3\0");
+        mac.update(b"tern community peer v4\0");
         mac.update(community.as_bytes());
         PeerAuth {
             key: mac.finalize().into_bytes().into(),
@@ -92,15 +93,17 @@ impl PeerAuth {
         }
     }
 
-    /// The token for a request with `method`, `target` (path and query) and `body`, sent at `now_ms`
-    /// (milliseconds since the Unix epoch). Each call makes a new nonce.
-    pub fn sign(&self, method: &str, target: &str, body: &[u8], now_ms: u64) -> String {
+    /// The token for a request with `method`, `host` (its `Host`; empty for a purge relay), `target` (path
+    /// and query) and `body`, sent at `now_ms` (milliseconds since the Unix epoch). Each call makes a new
+    /// nonce.
+    pub fn sign(&self, method: &str, host: &str, target: &str, body: &[u8], now_ms: u64) -> String {
         let count = self.count.fetch_add(1, Ordering::Relaxed);
         let nonce = format!("{:x}-{count:x}", self.run);
         let signed = Signed {
             sender: self.sender.as_bytes(),
             nonce: &nonce,
             method,
+            host,
             target,
             body,
             sent_ms: now_ms,
@@ -118,6 +121,7 @@ impl PeerAuth {
         &self,
         token: Option<&[u8]>,
         method: &str,
+        host: &str,
         target: &str,
         body: &[u8],
         now_ms: u64,
@@ -155,6 +159,7 @@ impl PeerAuth {
             sender: &sender,
             nonce,
             method,
+            host,
             target,
             body,
             sent_ms,
@@ -190,6 +195,7 @@ impl PeerAuth {
             signed.sender,
             signed.nonce.as_bytes(),
             signed.method.as_bytes(),
+            signed.host.as_bytes(),
             signed.target.as_bytes(),
         ] {
             mac.update(&(field.len() as u64).to_be_bytes());
@@ -206,6 +212,7 @@ struct Signed<'a> {
     sender: &'a [u8],
     nonce: &'a str,
     method: &'a str,
+    host: &'a str,
     target: &'a str,
     body: &'a [u8],
     sent_ms: u64,
@@ -250,27 +257,38 @@ mod tests {
     fn a_token_authorises_its_own_request_only() {
         let site = auth("11", "site");
         let now = 1_800_000_000_000;
-        let token = site.sign("GET", "/a", b"", now);
-        assert_eq!(site.verify(Some(token.as_bytes()), "GET", "/a", b"", now + 5), Ok(()));
+        let token = site.sign("GET", "www.test", "/a", b"", now);
+        assert_eq!(
+            site.verify(Some(token.as_bytes()), "GET", "www.test", "/a", b"", now + 5),
+            Ok(())
+        );
         // Replaying a GET within the window is harmless and allowed.
-        assert_eq!(site.verify(Some(token.as_bytes()), "GET", "/a", b"", now + 6), Ok(()));
-        for (method, target) in [("GET", "/b"), ("HEAD", "/a")] {
+        assert_eq!(
+            site.verify(Some(token.as_bytes()), "GET", "www.test", "/a", b"", now + 6),
+            Ok(())
+        );
+        for (method, host, target) in [
+            ("GET", "www.test", "/b"),
+            ("HEAD", "www.test", "/a"),
+            ("GET", "evil.test", "/a"),
+        ] {
             assert_eq!(
-                site.verify(Some(token.as_bytes()), method, target, b"", now),
-                Err(PeerAuthError::BadMac)
+                site.verify(Some(token.as_bytes()), method, host, target, b"", now),
+                Err(PeerAuthError::BadMac),
+                "{method} {host}{target}"
             );
         }
         assert_eq!(
-            auth("22", "site").verify(Some(token.as_bytes()), "GET", "/a", b"", now),
+            auth("22", "site").verify(Some(token.as_bytes()), "GET", "www.test", "/a", b"", now),
             Err(PeerAuthError::BadMac)
         );
         assert_eq!(
-            auth("11", "other").verify(Some(token.as_bytes()), "GET", "/a", b"", now),
+            auth("11", "other").verify(Some(token.as_bytes()), "GET", "www.test", "/a", b"", now),
             Err(PeerAuthError::BadMac)
         );
         let late = now + FRESHNESS_WINDOW.as_millis() as u64 + 1;
         assert_eq!(
-            site.verify(Some(token.as_bytes()), "GET", "/a", b"", late),
+            site.verify(Some(token.as_bytes()), "GET", "www.test", "/a", b"", late),
             Err(PeerAuthError::Stale)
         );
     }
@@ -280,20 +298,24 @@ mod tests {
         let site = auth("11", "site");
         let now = 1_800_000_000_000;
         let body = br#"{"urls":["http://h/a"]}"#;
-        let token = site.sign("POST", "/purge", body, now);
+        let token = site.sign("POST", "www.test", "/purge", body, now);
         assert_eq!(
             site.verify(
                 Some(token.as_bytes()),
                 "POST",
+                "www.test",
                 "/purge",
                 br#"{"prefixes":["http://h/"]}"#,
                 now
             ),
             Err(PeerAuthError::BadMac)
         );
-        assert_eq!(site.verify(Some(token.as_bytes()), "POST", "/purge", body, now), Ok(()));
         assert_eq!(
-            site.verify(Some(token.as_bytes()), "POST", "/purge", body, now + 1),
+            site.verify(Some(token.as_bytes()), "POST", "www.test", "/purge", body, now),
+            Ok(())
+        );
+        assert_eq!(
+            site.verify(Some(token.as_bytes()), "POST", "www.test", "/purge", body, now + 1),
             Err(PeerAuthError::Replayed)
         );
     }
@@ -309,40 +331,40 @@ mod tests {
         );
         let now = 1_800_000_000_000;
         let body = br#"{"urls":["http://h/a"]}"#;
-        let from_a = a.sign("POST", "/purge", body, now);
-        let from_b = b.sign("POST", "/purge", body, now);
+        let from_a = a.sign("POST", "www.test", "/purge", body, now);
+        let from_b = b.sign("POST", "www.test", "/purge", body, now);
         assert_ne!(from_a, from_b);
         assert_eq!(
-            receiver.verify(Some(from_a.as_bytes()), "POST", "/purge", body, now),
+            receiver.verify(Some(from_a.as_bytes()), "POST", "www.test", "/purge", body, now),
             Ok(())
         );
         assert_eq!(
-            receiver.verify(Some(from_b.as_bytes()), "POST", "/purge", body, now),
+            receiver.verify(Some(from_b.as_bytes()), "POST", "www.test", "/purge", body, now),
             Ok(())
         );
-        let again_from_a = a.sign("POST", "/purge", body, now);
+        let again_from_a = a.sign("POST", "www.test", "/purge", body, now);
         assert_eq!(
-            receiver.verify(Some(again_from_a.as_bytes()), "POST", "/purge", body, now),
+            receiver.verify(Some(again_from_a.as_bytes()), "POST", "www.test", "/purge", body, now),
             Ok(()),
             "one sender's second purge of the same URL in the same millisecond is new"
         );
         for token in [&from_a, &from_b, &again_from_a] {
             assert_eq!(
-                receiver.verify(Some(token.as_bytes()), "POST", "/purge", body, now + 2),
+                receiver.verify(Some(token.as_bytes()), "POST", "www.test", "/purge", body, now + 2),
                 Err(PeerAuthError::Replayed)
             );
         }
         // A member restarted within the window starts a new run of nonces.
         let a_restarted = member("11", "site", "edge-a");
-        let after_restart = a_restarted.sign("POST", "/purge", body, now);
+        let after_restart = a_restarted.sign("POST", "www.test", "/purge", body, now);
         assert_eq!(
-            receiver.verify(Some(after_restart.as_bytes()), "POST", "/purge", body, now),
+            receiver.verify(Some(after_restart.as_bytes()), "POST", "www.test", "/purge", body, now),
             Ok(())
         );
         // The sender is signed: a token's sender cannot be swapped for another's.
         let forged = from_a.replacen(&hex::encode("edge-a"), &hex::encode("edge-b"), 1);
         assert_eq!(
-            member("11", "site", "edge-d").verify(Some(forged.as_bytes()), "POST", "/purge", body, now),
+            member("11", "site", "edge-d").verify(Some(forged.as_bytes()), "POST", "www.test", "/purge", body, now),
             Err(PeerAuthError::BadMac)
         );
     }
@@ -354,18 +376,18 @@ mod tests {
         let long_sender = hex::encode([b'a'; 65]);
         let tokens: Vec<Vec<u8>> = [
             String::new(),
-            "v3".into(),
-            "v3 6161 1".into(),
-            "v3 6161 1 0-0".into(),
+            "v4".into(),
+            "v4 6161 1".into(),
+            "v4 6161 1 0-0".into(),
             format!("v2 1 {mac}"),
-            format!("v3 6161 x 0-0 {mac}"),
-            format!("v3 zz 1 0-0 {mac}"),
-            format!("v3  1 0-0 {mac}"),
-            format!("v3 {long_sender} 1 0-0 {mac}"),
-            format!("v3 6161 1 nonce {mac}"),
-            format!("v3 6161 1 {} {mac}", "0".repeat(40)),
-            "v3 6161 1 0-0 zz".into(),
-            format!("v3 6161 1 0-0 {mac} extra"),
+            format!("v4 6161 x 0-0 {mac}"),
+            format!("v4 zz 1 0-0 {mac}"),
+            format!("v4  1 0-0 {mac}"),
+            format!("v4 {long_sender} 1 0-0 {mac}"),
+            format!("v4 6161 1 nonce {mac}"),
+            format!("v4 6161 1 {} {mac}", "0".repeat(40)),
+            "v4 6161 1 0-0 zz".into(),
+            format!("v4 6161 1 0-0 {mac} extra"),
         ]
         .into_iter()
         .map(String::into_bytes)
@@ -373,12 +395,15 @@ mod tests {
         .collect();
         for token in &tokens {
             assert_eq!(
-                site.verify(Some(token), "GET", "/", b"", 1),
+                site.verify(Some(token), "GET", "www.test", "/", b"", 1),
                 Err(PeerAuthError::Missing),
                 "{:?}",
                 String::from_utf8_lossy(token)
             );
         }
-        assert_eq!(site.verify(None, "GET", "/", b"", 1), Err(PeerAuthError::Missing));
+        assert_eq!(
+            site.verify(None, "GET", "www.test", "/", b"", 1),
+            Err(PeerAuthError::Missing)
+        );
     }
 }

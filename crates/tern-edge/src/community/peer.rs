@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tern_http::Body;
 use tern_http::server::Handler;
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::auth::{PeerAuthError, unix_ms};
-use super::{EdgeCommunity, HOP_FIELD, PREFETCH_FIELD, PeerOutcome, PeerServed, TOKEN_FIELD};
+use super::{EdgeCommunity, HOP_FIELD, PREFETCH_FIELD, PeerOutcome, PeerServed, REFUSED_FIELD, TOKEN_FIELD};
 use crate::proxy::Edge;
 use crate::purge::PurgeRequest;
 
@@ -51,7 +51,8 @@ impl EdgeCommunity {
         };
         let mut relays = JoinSet::new();
         for peer in snapshot.peers.iter().filter(|peer| peer.name != snapshot.me.name) {
-            let token = self.auth.sign("POST", PEER_PURGE_PATH, &body, unix_ms());
+            // A relay's host is not signed (empty): its body names the URLs it purges.
+            let token = self.auth.sign("POST", "", PEER_PURGE_PATH, &body, unix_ms());
             let request = Request::post(format!("http://{}{PEER_PURGE_PATH}", peer.http))
                 .header(TOKEN_FIELD, token)
                 .header(HOP_FIELD, &snapshot.me.name)
@@ -110,6 +111,17 @@ const REFUSAL_WARN_INTERVAL_MS: u64 = 30_000;
 /// When the last one was logged, in milliseconds since the Unix epoch.
 static LAST_REFUSAL_WARNING_MS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether a warning whose last one was logged at `last` (ms since the Unix epoch) is due again (at most
+/// one every [`REFUSAL_WARN_INTERVAL_MS`]); if so, `last` becomes now.
+pub(crate) fn warning_due(last: &AtomicU64) -> bool {
+    let now_ms = unix_ms();
+    let last_ms = last.load(Ordering::Relaxed);
+    now_ms.saturating_sub(last_ms) >= REFUSAL_WARN_INTERVAL_MS
+        && last
+            .compare_exchange(last_ms, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 impl PeerHandler {
     /// A purge relayed by another member: authenticated with its body, applied here only.
     async fn relayed_purge(&self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
@@ -117,14 +129,15 @@ impl PeerHandler {
             .headers()
             .get(TOKEN_FIELD)
             .map(|value| value.as_bytes().to_vec());
-        let body = match Limited::new(request.into_body(), MAX_PURGE_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => return tern_admin::json_error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        let read = tern_http::collect_within(request.into_body(), MAX_PURGE_BODY, tern_http::REQUEST_BODY_DEADLINE);
+        let body = match read.await {
+            Ok(body) => body,
+            Err(error) => return tern_admin::json_error(error.status(), error.to_string()),
         };
         let verified = self
             .community
             .auth
-            .verify(token.as_deref(), "POST", PEER_PURGE_PATH, &body, unix_ms());
+            .verify(token.as_deref(), "POST", "", PEER_PURGE_PATH, &body, unix_ms());
         if let Err(error) = verified {
             return self.refuse(client, error);
         }
@@ -180,19 +193,16 @@ impl PeerHandler {
     /// [`REFUSAL_WARN_INTERVAL_MS`], the rest at debug level).
     fn refuse(&self, client: SocketAddr, error: PeerAuthError) -> Response<Body> {
         self.community.metrics.count("refused");
-        let now_ms = unix_ms();
-        let last_ms = LAST_REFUSAL_WARNING_MS.load(Ordering::Relaxed);
-        let due = now_ms.saturating_sub(last_ms) >= REFUSAL_WARN_INTERVAL_MS;
-        if due
-            && LAST_REFUSAL_WARNING_MS
-                .compare_exchange(last_ms, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(%client, reason = error.reason(), "peer request refused: wrong cluster key or a forged token? (repeats counted in /metrics)");
+        if warning_due(&LAST_REFUSAL_WARNING_MS) {
+            warn!(%client, reason = error.reason(), "peer request refused: {error} (repeats counted in /metrics)");
         } else {
             debug!(%client, reason = error.reason(), "peer request refused");
         }
-        tern_admin::json_error(StatusCode::FORBIDDEN, error.to_string())
+        let mut refusal = tern_admin::json_error(StatusCode::FORBIDDEN, error.to_string());
+        refusal
+            .headers_mut()
+            .insert(REFUSED_FIELD, HeaderValue::from_static(error.reason()));
+        refusal
     }
 }
 
@@ -204,10 +214,15 @@ impl Handler for PeerHandler {
         }
         let target = request.uri().path_and_query().map_or("/", |target| target.as_str());
         let token = request.headers().get(TOKEN_FIELD).map(|value| value.as_bytes());
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
         let verified = self
             .community
             .auth
-            .verify(token, request.method().as_str(), target, b"", unix_ms());
+            .verify(token, request.method().as_str(), host, target, b"", unix_ms());
         if let Err(error) = verified {
             return self.refuse(client, error);
         }

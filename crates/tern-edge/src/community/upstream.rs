@@ -16,12 +16,16 @@ use http_body_util::BodyExt;
 use tern_community::driver::Snapshot;
 use tern_http::Body;
 use tern_http_cache::{KeyConfig, primary_key};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
-    EdgeCommunity, HOP_FIELD, KeepPolicy, LocationOutcome, PREFETCH_FIELD, PeerServed, SYNC_PREFETCH_FIELD, TOKEN_FIELD,
+    EdgeCommunity, HOP_FIELD, KeepPolicy, LocationOutcome, PREFETCH_FIELD, PeerServed, REFUSED_FIELD,
+    SYNC_PREFETCH_FIELD, TOKEN_FIELD,
 };
 use crate::upstream::{Upstream, UpstreamFuture};
+
+/// When this edge last warned that a peer refused its token (ms since the Unix epoch).
+static LAST_PEER_REFUSAL_WARNING_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Peer bodies of at most this many bytes (by `Content-Length`) are received whole before this edge
 /// answers its client: a peer that dies or stalls mid-body then costs a try at the next owner, a holder or
@@ -82,9 +86,14 @@ impl CommunityUpstream {
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
         let headers = request.headers_mut();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
         let token = community
             .auth
-            .sign(parts.method.as_str(), target, b"", super::auth::unix_ms());
+            .sign(parts.method.as_str(), host, target, b"", super::auth::unix_ms());
         if let Ok(token) = HeaderValue::from_str(&token) {
             headers.insert(TOKEN_FIELD, token);
         }
@@ -125,6 +134,17 @@ impl CommunityUpstream {
             }
             Ok(Ok(response)) => response,
         };
+        // A peer that refused this edge's token (a clock off by more than the window, another key after a
+        // restart) is skipped like a dead one: its refusal is not the client's answer.
+        if let Some(reason) = response.headers().get(REFUSED_FIELD) {
+            metrics.count("refused-by-peer");
+            if super::peer::warning_due(&LAST_PEER_REFUSAL_WARNING_MS) {
+                warn!(%peer, reason = ?reason, "a peer refused this edge's token and was skipped: check both clocks (NTP) and cluster keys (repeats counted in /metrics)");
+            } else {
+                debug!(%peer, reason = ?reason, "the peer refused this edge's token; skipped");
+            }
+            return None;
+        }
         // A holder without a usable copy answers only-if-cached with 504.
         if ask == Ask::Holder && response.status() == StatusCode::GATEWAY_TIMEOUT {
             metrics.count("holder-miss");

@@ -779,3 +779,37 @@ async fn with_two_replicas_the_origin_still_sees_each_object_once() {
         "the owners serve their prefetched copies"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_refuses_the_token_costs_the_client_nothing() {
+    const OBJECTS: usize = 40;
+    let mut site = site(OBJECTS).await;
+    // Member 3 restarts at once with another cluster key (same addresses): until the master drops it,
+    // it is still listed as an owner, and it refuses every peer's token.
+    let other_key = site._dir.path().join("other.key");
+    tern_wire::SecretKey::write_new(&other_key).expect("key");
+    let member = &mut site.members[3];
+    member.kill();
+    let key_arg = member
+        .args
+        .iter()
+        .position(|arg| arg == "--cluster-key")
+        .expect("the key argument")
+        + 1;
+    member.args[key_arg] = other_key.to_str().expect("utf-8 path").to_string();
+    member.restart();
+    let client = client();
+    let asked = site.members[1].listen;
+    for index in 0..OBJECTS {
+        let body = get(&client, asked, index)
+            .await
+            .unwrap_or_else(|error| panic!("/obj/{index}: a peer's refusal reached the client: {error}"));
+        assert!(body == body_of(index), "/obj/{index}: not the origin's bytes");
+    }
+    let refused = metric(
+        site.members[1].admin,
+        "tern_community_peer_requests_total{outcome=\"refused-by-peer\"}",
+    )
+    .await;
+    println!("peers that refused the token were skipped {refused} times");
+}
