@@ -19,6 +19,21 @@ pub enum FillOutcome {
     Stored,
     /// Nothing was stored; waiters go upstream themselves.
     Released,
+    /// A purge matched the response while it was fetched, so it was not stored: waiters look up again and
+    /// share one fetch begun after the purge (the one the first of them, or a later request, leads),
+    /// instead of each going upstream.
+    Purged,
+}
+
+impl FillOutcome {
+    /// The outcome of a fill whose store answered `stored`.
+    pub fn of<T>(stored: &Result<T, tern_http_cache::StoreError>) -> FillOutcome {
+        match stored {
+            Ok(_) => FillOutcome::Stored,
+            Err(tern_http_cache::StoreError::Purged) => FillOutcome::Purged,
+            Err(_) => FillOutcome::Released,
+        }
+    }
 }
 
 /// The set of fills in flight, by primary key.

@@ -295,18 +295,14 @@ impl Edge {
                 }
             };
             fill.write(&bytes).await;
-            let stored = fill.finish(true).await.is_ok();
-            if stored {
+            let finished = fill.finish(true).await;
+            if finished.is_ok() {
                 self.metrics.stored.inc();
             } else {
                 self.metrics.fills_abandoned.inc();
             }
             if let Some(leader) = leader {
-                leader.finish(if stored {
-                    FillOutcome::Stored
-                } else {
-                    FillOutcome::Released
-                });
+                leader.finish(FillOutcome::of(&finished));
             }
             self.metrics.request("miss");
             let source = Source::Stored(BodySource::Memory(bytes));
@@ -317,7 +313,7 @@ impl Edge {
                 length,
                 source,
                 Some(age),
-                status.with_stored(stored),
+                status.with_stored(finished.is_ok()),
             );
         }
         let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
@@ -445,11 +441,7 @@ async fn tee(
         }
     }
     if let Some(leader) = leader {
-        leader.finish(if stored.is_ok() {
-            FillOutcome::Stored
-        } else {
-            FillOutcome::Released
-        });
+        leader.finish(FillOutcome::of(&stored));
     }
     if client_open {
         if complete {

@@ -111,6 +111,8 @@ impl Edge {
                     self.metrics.coalesced.inc();
                     match follower.wait().await {
                         FillOutcome::Stored => collapsed = true,
+                        // Looked up again: this request joins the fetch begun after the purge, or leads it.
+                        FillOutcome::Purged => {}
                         FillOutcome::Released => {
                             let miss = Miss {
                                 hit,

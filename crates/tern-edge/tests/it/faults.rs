@@ -115,6 +115,36 @@ async fn a_purge_during_a_slow_miss_is_not_lost() {
 }
 
 #[tokio::test]
+async fn waiters_of_a_miss_a_purge_overtook_share_one_fetch_after_it() {
+    let setup = Setup::with(purgeable).await;
+    let mut slow = Resource::ok("old", &[("cache-control", "max-age=3600")]);
+    slow.delay = Duration::from_millis(600);
+    setup.origin.set("/hot", slow);
+    // Twenty clients wait on one slow miss...
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, url) = (setup.client.clone(), setup.url("/hot"));
+        waiting.spawn(async move { send(&client, "GET", &url, &[]).await });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...when the origin changes and its purge arrives.
+    let mut changed = Resource::ok("new", &[("cache-control", "max-age=3600")]);
+    changed.delay = Duration::from_millis(300);
+    setup.origin.set("/hot", changed);
+    let purged = send(&setup.client, "PURGE", &setup.url("/hot"), &[]).await;
+    assert_eq!(purged.status, 200);
+    while let Some(got) = waiting.join_next().await {
+        let got = got.expect("join");
+        assert_eq!(got.status, 200);
+        assert!(&got.body[..] == b"old" || &got.body[..] == b"new", "{:?}", got.body);
+    }
+    // The fetch the purge overtook, and one more after it for all the others: not one per client.
+    assert_eq!(setup.origin.count_for("/hot"), 2);
+    let after = setup.get("/hot").await;
+    assert_eq!(&after.body[..], b"new");
+}
+
+#[tokio::test]
 async fn a_purge_by_surrogate_key_during_a_miss_keeps_the_old_body_out() {
     let setup = Setup::with(purgeable).await;
     let mut slow = Resource::ok(
