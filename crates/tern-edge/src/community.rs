@@ -93,7 +93,10 @@ pub struct CommunitySettings {
     pub master_priority: u8,
     /// Connect timeout to a peer, milliseconds; a peer slower than this is skipped.
     pub peer_connect_timeout_ms: u64,
-    /// Time to a peer's response head, milliseconds; a peer slower than this is skipped.
+    /// Time to a peer's response head, milliseconds; a peer slower than this is skipped. A peer is also
+    /// given up as soon as the master drops it from the community (a dead or hung member), so this can be
+    /// as long as the origin's own first-byte timeout: an owner waiting on a slow origin is waited for,
+    /// and the origin still sees each object once.
     pub peer_first_byte_timeout_ms: u64,
     /// Time to the master's answer to a location request, milliseconds; without an answer in time the
     /// edge goes to the origin.
@@ -118,7 +121,7 @@ impl Default for CommunitySettings {
             replicas: 1,
             master_priority: tern_community::DEFAULT_PRIORITY,
             peer_connect_timeout_ms: 300,
-            peer_first_byte_timeout_ms: 10_000,
+            peer_first_byte_timeout_ms: 35_000,
             peer_location_timeout_ms: 100,
             keep: KeepPolicy::Never,
             hot_window_secs: keep::DEFAULT_HOT_WINDOW_SECS,
@@ -257,6 +260,23 @@ impl CommunityMetrics {
         self.peers.set(clamp(snapshot.peers.len() as u64));
         self.term.set(clamp(snapshot.epoch.map_or(0, |epoch| epoch.term)));
         self.is_master.set(i64::from(snapshot.role == Role::Master));
+    }
+}
+
+/// Resolves once the peer serving at `http` is no longer in the community's view (the master dropped it:
+/// dead, hung, or gone); never while it is listed.
+pub(crate) async fn until_left(
+    mut view: tokio::sync::watch::Receiver<Arc<tern_community::driver::Snapshot>>,
+    http: SocketAddr,
+) {
+    loop {
+        if !view.borrow_and_update().peers.iter().any(|peer| peer.http == http) {
+            return;
+        }
+        if view.changed().await.is_err() {
+            // The driver stopped: the view never changes again.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

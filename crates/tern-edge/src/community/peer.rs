@@ -64,8 +64,16 @@ impl EdgeCommunity {
             let client = self.client.clone();
             let timeout = self.first_byte_timeout;
             let (name, address) = (peer.name.clone(), peer.http);
+            let left = super::until_left(self.handle.watch(), address);
             relays.spawn(async move {
-                let answer = tokio::time::timeout(timeout, client.request(request)).await;
+                // A member the master drops meanwhile (dead or hung) is not waited for.
+                let answer = tokio::select! {
+                    answer = tokio::time::timeout(timeout, client.request(request)) => answer,
+                    () = left => {
+                        warn!(peer = %name, %address, "purge not relayed: the member left the community meanwhile");
+                        return false;
+                    }
+                };
                 let applied = matches!(&answer, Ok(Ok(response)) if response.status().is_success());
                 if !applied {
                     let why = match answer {

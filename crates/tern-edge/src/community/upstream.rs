@@ -115,7 +115,15 @@ impl CommunityUpstream {
             }
             Ask::Owner => {}
         }
-        let sent = tokio::time::timeout(community.first_byte_timeout, community.client.request(request)).await;
+        let asked = tokio::time::timeout(community.first_byte_timeout, community.client.request(request));
+        let sent = tokio::select! {
+            sent = asked => sent,
+            () = super::until_left(community.handle.watch(), peer) => {
+                metrics.count("peer-left");
+                debug!(%peer, "peer left the community while it was asked; skipped");
+                return None;
+            }
+        };
         let response = match sent {
             Err(_) => {
                 metrics.count("timeout");

@@ -813,3 +813,41 @@ async fn an_owner_that_refuses_the_token_costs_the_client_nothing() {
     .await;
     println!("peers that refused the token were skipped {refused} times");
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a member's process.
+fn signal(member: &Member, signal: &str) {
+    let pid = member.process.as_ref().expect("running").0.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_owner_is_given_up_once_the_master_drops_it() {
+    let site = site(20).await;
+    let (master, _) = site.converged(Duration::from_secs(15), None).await;
+    let mut found = None;
+    for index in 0..20 {
+        let (owner, others) = owner_of(&site, index).await;
+        if site.members[owner].peer.to_string() != master {
+            found = Some((index, owner, others));
+            break;
+        }
+    }
+    let (index, owner, others) = found.expect("an object owned by a member that is not the master");
+    // The owner hangs (a paused VM, a long stall): alive to TCP, silent to everyone.
+    signal(&site.members[owner], "-STOP");
+    let started = Instant::now();
+    let body = get(&client(), site.members[others[0]].listen, index).await;
+    let waited = started.elapsed();
+    signal(&site.members[owner], "-CONT");
+    let body = body.unwrap_or_else(|error| panic!("/obj/{index}: {error}"));
+    assert!(body == body_of(index), "/obj/{index}: not the origin's bytes");
+    // Given up when the master dropped it (about 2 s), not after the 35 s first-byte timeout.
+    assert!(
+        waited < Duration::from_secs(10),
+        "the client waited {waited:?} for a hung owner"
+    );
+}
