@@ -37,6 +37,9 @@ fn registry_address() -> SocketAddr {
 type Filter = Box<dyn Fn(usize, usize, &CommunityMessage) -> bool>;
 
 /// Peers and a registry on an instant, lossless network (unless told otherwise), on a fake clock.
+/// A paused peer: its core, its timers, the datagrams its socket kept (sender, bytes).
+type Paused = (Community, Vec<(TimerKind, Instant)>, Vec<(SocketAddr, Vec<u8>)>);
+
 struct Cluster {
     start: Instant,
     now: Instant,
@@ -53,6 +56,9 @@ struct Cluster {
     cut: BTreeSet<(usize, usize)>,
     /// Messages to lose, besides cut links.
     lose: Option<Filter>,
+    /// Peers paused (a stopped process, a frozen VM), with their timers as they were and the datagrams
+    /// that arrived meanwhile.
+    paused: BTreeMap<usize, Paused>,
 }
 
 impl Cluster {
@@ -89,6 +95,38 @@ impl Cluster {
             events: Vec::new(),
             cut: BTreeSet::new(),
             lose: None,
+            paused: BTreeMap::new(),
+        }
+    }
+
+    /// Freezes peer `index`: it runs nothing until [`Cluster::resume`]; what the others send it meanwhile
+    /// waits in its socket.
+    fn pause(&mut self, index: usize) {
+        let core = self.nodes[index].take().expect("alive");
+        let timers = self
+            .timers
+            .iter()
+            .filter(|((node, _), _)| *node == index)
+            .map(|((_, kind), at)| (*kind, *at))
+            .collect();
+        self.timers.retain(|(node, _), _| *node != index);
+        self.paused.insert(index, (core, timers, Vec::new()));
+    }
+
+    /// Thaws peer `index`: it reads what its socket kept, then its timers, all overdue, fire at once.
+    fn resume(&mut self, index: usize) {
+        let (core, timers, queued) = self.paused.remove(&index).expect("paused");
+        self.nodes[index] = Some(core);
+        for (from, bytes) in queued {
+            let now = self.now;
+            let out = self.nodes[index]
+                .as_mut()
+                .expect("resumed")
+                .handle(Input::Datagram { bytes: &bytes, from }, now);
+            self.apply(index, out);
+        }
+        for (kind, at) in timers {
+            self.timers.insert((index, kind), at);
         }
     }
 
@@ -188,6 +226,11 @@ impl Cluster {
             } else {
                 address(from)
             };
+            if let Some((_, _, queued)) = self.paused.get_mut(&to) {
+                // A stopped process's socket keeps what arrives (up to its buffer): read on resume.
+                queued.push((from_address, bytes));
+                continue;
+            }
             let Some(core) = self.nodes[to].as_mut() else {
                 continue;
             };
@@ -546,6 +589,34 @@ fn master_silence_holds_an_election_that_the_highest_priority_wins() {
         .expect("the winner's list");
     assert_eq!(first_list.2.epoch, epoch);
     assert!(cluster.now > crashed_at);
+}
+
+#[test]
+fn a_member_paused_past_the_silence_rejoins_its_master_instead_of_deposing_it() {
+    // Each member in turn stops (SIGSTOP, a paused VM) for a while: the master drops it meanwhile.
+    for paused in 1..4 {
+        for seconds in [3, 10, 11, 15, 25] {
+            let mut cluster = formed(&[("a", 200), ("b", 100), ("c", 150), ("d", 50)]);
+            let (master, before) = cluster.agreed().expect("formed");
+            assert_eq!(master, "a");
+            cluster.pause(paused);
+            cluster.run_for(Duration::from_secs(seconds));
+            let elections_before = cluster.events_of(paused).len();
+            cluster.resume(paused);
+            cluster.run_for(Duration::from_secs(5));
+            let case = format!("peer {paused} paused {seconds} s");
+            let (master, after) = cluster.agreed().unwrap_or_else(|| panic!("{case}: no one community"));
+            assert_eq!(master, "a", "{case}: the healthy master stays master");
+            assert_eq!(after.term, before.term, "{case}: no election took a new term");
+            assert_eq!(cluster.listed(0), ["a", "b", "c", "d"], "{case}: it rejoined");
+            let events = cluster.events_of(paused);
+            let held: Vec<&&Event> = events[elections_before..]
+                .iter()
+                .filter(|event| matches!(event, Event::ElectionHeld { .. }))
+                .collect();
+            assert!(held.is_empty(), "{case}: it held an election on waking: {held:?}");
+        }
+    }
 }
 
 #[test]
