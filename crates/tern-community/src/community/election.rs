@@ -26,9 +26,24 @@ impl Community {
         if self.role != Role::Member {
             return;
         }
-        let due = self.last_heard_master + self.config.timers.master_silence;
+        let silence = self.config.timers.master_silence;
+        let due = self.last_heard_master + silence;
         if now < due {
             self.arm(TimerKind::MasterSilence, due, out);
+            return;
+        }
+        // A timer this late means this peer itself stood still (a stopped process, a frozen VM, a long
+        // stall): the silence was its own, and the master is probably fine. It asks the master and waits
+        // one more period, rather than deposing a healthy master when it wakes (the master has likely
+        // dropped it meanwhile, and says so: it then joins again).
+        let late = now.saturating_duration_since(due);
+        if late > silence {
+            info!(peer = %self.me.name, late_ms = late.as_millis() as u64, "this peer was not running for a while; asking its master before holding any election");
+            self.last_heard_master = now;
+            if let Some(master) = self.view.as_ref().map(|view| view.master.clone()) {
+                self.ping(&master, now, out);
+            }
+            self.arm(TimerKind::MasterSilence, now + silence, out);
             return;
         }
         self.hold_election(now, out);

@@ -113,10 +113,27 @@ impl Cluster {
         self.paused.insert(index, (core, timers, Vec::new()));
     }
 
-    /// Thaws peer `index`: it reads what its socket kept, then its timers, all overdue, fire at once.
-    fn resume(&mut self, index: usize) {
+    /// Thaws peer `index`: its timers, all overdue, fire at once, before (`timers_first`) or after it
+    /// reads what its socket kept (its driver may see either first).
+    fn resume(&mut self, index: usize, timers_first: bool) {
         let (core, timers, queued) = self.paused.remove(&index).expect("paused");
         self.nodes[index] = Some(core);
+        if timers_first {
+            let mut due = timers.clone();
+            due.sort_by_key(|(kind, at)| (*at, *kind));
+            for (kind, _) in due {
+                let now = self.now;
+                let out = self.nodes[index]
+                    .as_mut()
+                    .expect("resumed")
+                    .handle(Input::Timer(kind), now);
+                self.apply(index, out);
+            }
+        } else {
+            for (kind, at) in timers {
+                self.timers.insert((index, kind), at);
+            }
+        }
         for (from, bytes) in queued {
             let now = self.now;
             let out = self.nodes[index]
@@ -125,9 +142,7 @@ impl Cluster {
                 .handle(Input::Datagram { bytes: &bytes, from }, now);
             self.apply(index, out);
         }
-        for (kind, at) in timers {
-            self.timers.insert((index, kind), at);
-        }
+        self.settle_messages();
     }
 
     fn unix_ms(&self) -> u64 {
@@ -594,17 +609,22 @@ fn master_silence_holds_an_election_that_the_highest_priority_wins() {
 #[test]
 fn a_member_paused_past_the_silence_rejoins_its_master_instead_of_deposing_it() {
     // Each member in turn stops (SIGSTOP, a paused VM) for a while: the master drops it meanwhile.
-    for paused in 1..4 {
-        for seconds in [3, 10, 11, 15, 25] {
+    for (paused, seconds, timers_first) in (1..4).flat_map(|paused| {
+        [3, 10, 11, 15, 25]
+            .map(|seconds| [(paused, seconds, true), (paused, seconds, false)])
+            .into_iter()
+            .flatten()
+    }) {
+        {
             let mut cluster = formed(&[("a", 200), ("b", 100), ("c", 150), ("d", 50)]);
             let (master, before) = cluster.agreed().expect("formed");
             assert_eq!(master, "a");
             cluster.pause(paused);
             cluster.run_for(Duration::from_secs(seconds));
             let elections_before = cluster.events_of(paused).len();
-            cluster.resume(paused);
+            cluster.resume(paused, timers_first);
             cluster.run_for(Duration::from_secs(5));
-            let case = format!("peer {paused} paused {seconds} s");
+            let case = format!("peer {paused} paused {seconds} s, timers first: {timers_first}");
             let (master, after) = cluster.agreed().unwrap_or_else(|| panic!("{case}: no one community"));
             assert_eq!(master, "a", "{case}: the healthy master stays master");
             assert_eq!(after.term, before.term, "{case}: no election took a new term");
