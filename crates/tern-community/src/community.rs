@@ -177,6 +177,8 @@ pub struct Community {
     leaving: Option<Leaving>,
     registry_claim: RegistryClaim,
     registry_acknowledged: bool,
+    /// Whether this run warned that the registry refused to record the community (full).
+    registry_full_warned: bool,
     /// The master the last [`Event::MasterChanged`] named.
     announced_master: Option<Peer>,
     counters: Counters,
@@ -221,6 +223,7 @@ impl Community {
             leaving: None,
             registry_claim: RegistryClaim::Add,
             registry_acknowledged: false,
+            registry_full_warned: false,
             announced_master: None,
             counters: Counters::default(),
         })

@@ -16,6 +16,7 @@ use tern_wire::community::{
     RegistryAnswer, Verified,
 };
 use tern_wire::control::{ControlError, ReplayGuard};
+use tracing::{info, warn};
 
 use crate::clock::SplitMix64;
 use crate::counters::Refusals;
@@ -131,7 +132,15 @@ pub struct Registry {
     /// Unix epoch). Kept in memory only: after a restart a community shows no claim until its master's next
     /// periodic refresh, which is what an operator looking for a silent master wants to see.
     last_claim_ms: BTreeMap<String, u64>,
+    /// When this run handled its first request (ms since the Unix epoch): a community not claimed since
+    /// counts as last claimed then.
+    started_ms: Option<u64>,
 }
+
+/// A community whose master has not claimed it for this long (milliseconds) is forgotten when the
+/// registry is full and a new community needs its place: a master refreshes its claim every few seconds,
+/// so an hour of silence means the community is gone (or its name was a mistake).
+pub const FORGET_SILENT_COMMUNITY_MS: u64 = 60 * 60 * 1000;
 
 impl Registry {
     /// A registry with `state` (empty, or as persisted). `seed` gives its process run's random id.
@@ -144,7 +153,26 @@ impl Registry {
             seq: 0,
             counters: RegistryCounters::default(),
             last_claim_ms: BTreeMap::new(),
+            started_ms: None,
         }
+    }
+
+    /// Forgets the community claimed least recently, if its last claim (or this run's start, for one not
+    /// claimed since) is older than [`FORGET_SILENT_COMMUNITY_MS`]; returns its name.
+    fn forget_silent_community(&mut self, now_ms: u64) -> Option<String> {
+        let started = self.started_ms.unwrap_or(now_ms);
+        let (name, last) = self
+            .state
+            .communities
+            .keys()
+            .map(|name| (name.clone(), self.last_claim_ms.get(name).copied().unwrap_or(started)))
+            .min_by_key(|(_, last)| *last)?;
+        if now_ms.saturating_sub(last) < FORGET_SILENT_COMMUNITY_MS {
+            return None;
+        }
+        self.state.communities.remove(&name);
+        self.last_claim_ms.remove(&name);
+        Some(name)
     }
 
     /// The communities.
@@ -178,6 +206,7 @@ impl Registry {
 
     /// Handles one authenticated request.
     pub fn handle(&mut self, verified: &Verified, now_ms: u64) -> Result<RegistryReply, ControlError> {
+        self.started_ms.get_or_insert(now_ms);
         let message = verified.message();
         if let Err(error) = self.guard.check_stamp(&message.stamp(), now_ms) {
             self.counters.refused.count(&error);
@@ -219,8 +248,23 @@ impl Registry {
     fn on_claim(&mut self, message: &CommunityMessage, master: &Peer, now_ms: u64) -> RegistryReply {
         let record = self.state.communities.get(&message.community);
         let mut admission = admit(record, master, message.epoch);
-        if admission == Admission::New && self.state.communities.len() >= self.config.limits.max_communities {
+        let full = self.state.communities.len() >= self.config.limits.max_communities;
+        let mut forgotten = None;
+        if admission == Admission::New && full {
+            forgotten = self.forget_silent_community(now_ms);
+            if let Some(name) = &forgotten {
+                info!(community = %name, "registry full: forgot the community silent the longest (over an hour)");
+            }
+        }
+        let record = self.state.communities.get(&message.community);
+        if admission == Admission::New && full && forgotten.is_none() {
             self.counters.full += 1;
+            warn!(
+                community = %message.community,
+                master = %master.name,
+                limit = self.config.limits.max_communities,
+                "registry full: a new community is not recorded (its edges form communities of their own); every recorded one claimed within the hour"
+            );
             admission = Admission::Stale;
         } else {
             match admission {
@@ -309,6 +353,10 @@ mod tests {
 
     impl Sender {
         fn claim(&mut self, community: &str, master: &Peer, term: u64, replace: bool) -> Vec<u8> {
+            self.claim_at(community, master, term, replace, NOW_MS)
+        }
+
+        fn claim_at(&mut self, community: &str, master: &Peer, term: u64, replace: bool, sent_at_ms: u64) -> Vec<u8> {
             self.seq += 1;
             let claim = MasterClaim { master: master.clone() };
             let body = if replace {
@@ -323,7 +371,7 @@ mod tests {
                 epoch: Epoch::first_of(term),
                 incarnation: master.incarnation,
                 seq: self.seq,
-                sent_at_ms: NOW_MS,
+                sent_at_ms,
                 body,
             };
             community::encode(&key(), &message)
@@ -422,6 +470,38 @@ mod tests {
             ),
             Admission::Stale
         );
+    }
+
+    #[test]
+    fn a_full_registry_forgets_the_community_silent_for_over_an_hour_to_take_a_new_one() {
+        let mut config = RegistryConfig::new("10.0.0.9:7300".parse().expect("address"), key());
+        config.limits.max_communities = 2;
+        let mut registry = Registry::new(config, RegistryState::default(), 1);
+        let (a, b, c) = (peer("a", 1), peer("b", 2), peer("c", 3));
+        let (mut from_a, mut from_b, mut from_c) = (Sender { seq: 0 }, Sender { seq: 0 }, Sender { seq: 0 });
+        for (sender, master, community) in [(&mut from_a, &a, "typo"), (&mut from_b, &b, "www")] {
+            let out = registry
+                .handle_bytes(&sender.claim_at(community, master, 1, false, NOW_MS), NOW_MS)
+                .expect("valid");
+            assert!(answer(&out).accepted);
+        }
+        // Ten minutes on, both were claimed recently enough: the new one is refused (and counted).
+        let soon = NOW_MS + 10 * 60 * 1000;
+        let out = registry
+            .handle_bytes(&from_c.claim_at("shop", &c, 1, false, soon), soon)
+            .expect("valid");
+        assert!(!answer(&out).accepted);
+        assert_eq!(registry.counters().full, 1);
+        // www's master keeps claiming; "typo" was never claimed again.
+        let later = NOW_MS + 61 * 60 * 1000;
+        let refresh = from_b.claim_at("www", &b, 1, false, later - 1000);
+        assert!(answer(&registry.handle_bytes(&refresh, later - 1000).expect("valid")).accepted);
+        let out = registry
+            .handle_bytes(&from_c.claim_at("shop", &c, 1, false, later), later)
+            .expect("valid");
+        assert!(answer(&out).accepted, "the silent community made room");
+        let names: Vec<&String> = registry.state().communities.keys().collect();
+        assert_eq!(names, ["shop", "www"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tern_wire::community::{
     CommunityBody, CommunityMessage, CommunityRecord, Deny, DenyReason, Epoch, MasterClaim, NominateMaster, Peer,
     PeerPingAnswer, RegistryAnswer, Wakeup,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Community, Joining, Leaving, Phase, RegistryClaim, Round};
 use crate::event::{Event, Output, Role, TimerKind};
@@ -321,6 +321,12 @@ impl Community {
             return;
         }
         let Some(record) = &answer.record else {
+            // Refused with no record of the community: the registry is full (it says so in its log and
+            // counts it as `full`). Edges started later for this community will not find this one.
+            if !self.registry_full_warned {
+                self.registry_full_warned = true;
+                warn!(peer = %self.me.name, community = %self.config.community, "the registry refused to record this community (it is full): edges started later will not find it through the registry; see the registry's log");
+            }
             return;
         };
         self.highest_term = self.highest_term.max(record.epoch.term);
