@@ -135,6 +135,8 @@ pub struct Encoder {
     prepared: Vec<PreparedBase>,
     samples: Samples,
     ratios: RatioWindow,
+    /// Pages in a row whose delta against the current base was no smaller than the page.
+    unlike_in_a_row: usize,
     last_change: Option<Instant>,
     counters: EncoderCounters,
 }
@@ -147,6 +149,7 @@ impl Encoder {
             prepared: Vec::new(),
             samples: Samples::new(class.policy.samples),
             ratios: RatioWindow::new(class.policy.rederive.window),
+            unlike_in_a_row: 0,
             last_change: None,
             counters: EncoderCounters::default(),
             class,
@@ -218,11 +221,21 @@ impl Encoder {
             return Err(Fallback::OtherClass);
         }
         let body = self.encode_against(&base, page).map_err(|_| Fallback::EncodeFailed)?;
-        if store.current(&self.class.name).map(|current| current.id()) == Some(named) {
-            self.ratios.record(named, body.len(), page.len());
-        }
+        let against_current = store.current(&self.class.name).map(|current| current.id()) == Some(named);
         if body.len() >= page.len() {
+            // A page with nothing in common with the base (a binary file under the class's pattern) is an
+            // outlier, not drift: it counts towards a new base only when the class's pages keep coming
+            // like that for a whole window (then the class really changed), so a stray one cannot make
+            // the class re-derive its base again and again.
+            self.unlike_in_a_row = self.unlike_in_a_row.saturating_add(1);
+            if against_current && self.unlike_in_a_row >= self.class.policy.rederive.window {
+                self.ratios.record(named, body.len(), page.len());
+            }
             return Err(Fallback::NotSmaller);
+        }
+        self.unlike_in_a_row = 0;
+        if against_current {
+            self.ratios.record(named, body.len(), page.len());
         }
         Ok((body, named))
     }
@@ -400,6 +413,54 @@ mod tests {
         );
         assert_eq!(counters.sent_bytes, (first.len() + body.len()) as u64);
         assert!(encoder.recent_ratio(&store).is_some_and(|ratio| ratio < 0.05));
+    }
+
+    #[test]
+    fn a_stray_page_unlike_the_base_is_no_drift_but_a_class_of_such_pages_is() {
+        let now = Instant::now();
+        let mut store = BaseStore::new(StoreConfig::default());
+        let rule = RederiveRule {
+            window: 4,
+            min_interval: Duration::ZERO,
+            ..RederiveRule::default()
+        };
+        let mut encoder = Encoder::new(news_class(rule), EncoderConfig::default());
+        let base = Base::new("news", page(0..200), 1 << 20).expect("valid");
+        let id = base.id();
+        store.insert_current(base, now).expect("fits");
+        let mut state = 7u64;
+        let mut binary = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        };
+        // News pages with a binary file among them, one in three.
+        for n in 0..13u32 {
+            let stray = binary(20_000);
+            let page = if n % 3 == 2 { stray } else { page(n..200 + n) };
+            clean(&mut encoder, &page).expect("clean");
+            let _ = encoder.encode(&page, Some(id), &mut store, now);
+            assert_eq!(encoder.decision(&store, now), Decision::Keep, "page {n}");
+        }
+        // The class's pages all turn unlike the base: after a window of them, that is drift.
+        for n in 0..4 {
+            let unlike = binary(20_000);
+            clean(&mut encoder, &unlike).expect("clean");
+            let _ = encoder.encode(&unlike, Some(id), &mut store, now);
+            if n < 3 {
+                assert_eq!(encoder.decision(&store, now), Decision::Keep, "unlike page {n}");
+            }
+        }
+        assert!(
+            matches!(encoder.decision(&store, now), Decision::Derive(_)),
+            "{:?}",
+            encoder.decision(&store, now)
+        );
     }
 
     #[test]
