@@ -93,10 +93,11 @@ impl CommunityConfig {
                 return Err(ConfigError::bad_name(field, name));
             }
         }
-        if self.weight == 0 {
-            // A share of 0 owns nothing: every edge would keep its own copy of what it asked for.
+        if self.weight == 0 || self.weight > MAX_WEIGHT {
+            // A share of 0 owns nothing: every edge would keep its own copy of what it asked for; one in
+            // the billions would own everything.
             return Err(ConfigError::Bounds(
-                "weight must be at least 1 (a share of the content relative to the others', default 100)",
+                "weight must be 1 to 1000000 (a share of the content relative to the others', default 100)",
             ));
         }
         if self.allocation.replicas == 0 || self.allocation.replicas > MAX_REPLICAS {
@@ -161,6 +162,9 @@ impl ConfigError {
         }
     }
 }
+
+/// Largest `--weight`: ten thousand times the default share.
+pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// The community's timers. The defaults fail a dead master over in about 2 s: its silence is noticed
 /// after [`master_silence`](Timers::master_silence) (1.5 s), the election collects candidacies for

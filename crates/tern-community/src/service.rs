@@ -23,7 +23,7 @@ use tern_http::server::{Handler, Running, ServerLimits};
 use tern_wire::SecretKey;
 use tern_wire::community;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::driver::{REGISTRY_PATH, unix_ms};
 use crate::registry::{Registry, RegistryConfig, RegistryState};
@@ -85,6 +85,8 @@ pub struct Service {
     /// The last state written, for `/status` without taking the lock.
     shown: std::sync::Mutex<Shown>,
     persist_failures: std::sync::atomic::AtomicU64,
+    /// When a refused request was last logged as a warning (ms since the Unix epoch).
+    last_refusal_warning_ms: std::sync::atomic::AtomicU64,
     /// Request bodies over the size limit (413), refused before the state machine sees them.
     oversized: std::sync::atomic::AtomicU64,
 }
@@ -96,7 +98,7 @@ impl Service {
     }
 
     /// Handles one request body; the encoded answer, or the refusal's status and reason.
-    async fn handle(&self, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> {
+    async fn handle(&self, body: &[u8], client: std::net::SocketAddr) -> Result<Vec<u8>, (StatusCode, String)> {
         let mut registry = self.registry.lock().await;
         let reply = match registry.handle_bytes(body, unix_ms()) {
             Ok(reply) => reply,
@@ -107,7 +109,16 @@ impl Service {
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                warn!(reason = error.reason(), %error, "registry request refused");
+                // A wrongly keyed edge asks every second: one warning every 30 s, the rest counted.
+                let now_ms = unix_ms();
+                let last = self.last_refusal_warning_ms.load(std::sync::atomic::Ordering::Relaxed);
+                if now_ms.saturating_sub(last) >= 30_000 {
+                    self.last_refusal_warning_ms
+                        .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+                    warn!(%client, reason = error.reason(), %error, "registry request refused (repeats counted in /metrics)");
+                } else {
+                    debug!(%client, reason = error.reason(), "registry request refused");
+                }
                 return Err((status, error.to_string()));
             }
         };
@@ -204,6 +215,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningRegistry, ServiceErro
         key: config.key.clone(),
         state_file,
         persist_failures: std::sync::atomic::AtomicU64::new(0),
+        last_refusal_warning_ms: std::sync::atomic::AtomicU64::new(0),
         oversized: std::sync::atomic::AtomicU64::new(0),
     });
     let handler = Arc::new(RegistryHandler {
@@ -269,7 +281,7 @@ impl Handler for RegistryHandler {
                 return json_error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string());
             }
         };
-        match self.service.handle(&body).await {
+        match self.service.handle(&body, client).await {
             Ok(answer) => {
                 let mut response = Response::new(tern_http::full(answer));
                 response.headers_mut().insert(

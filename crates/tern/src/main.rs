@@ -199,15 +199,16 @@ struct EdgeArgs {
     /// This edge's name in the community [default: its --peer-listen address].
     #[arg(long, value_name = "NAME")]
     peer_name: Option<String>,
-    /// The registry's URL (`tern registry`), e.g. http://10.0.0.5:7300.
-    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    /// The registry's URL (`tern registry`), e.g. http://10.0.0.5:7300. Plain HTTP only: the registry's
+    /// messages carry the cluster key's tag instead.
+    #[arg(long, value_name = "URL", value_parser = parse_registry_url)]
     registry: Option<String>,
     /// Find the community with a multicast probe on GROUP:PORT (e.g. 239.255.42.1:7401) when there is
     /// no registry or it does not answer.
     #[arg(long, value_name = "GROUP:PORT")]
     discover: Option<std::net::SocketAddrV4>,
-    /// This edge's share of the content relative to the others', at least 1 [default: 100].
-    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..))]
+    /// This edge's share of the content relative to the others', 1 to 1000000 [default: 100].
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     weight: Option<u32>,
     /// Owners of each object (1 to 8) [default: 1].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u8).range(1..=8))]
@@ -919,6 +920,21 @@ pub(crate) fn parse_url(text: &str) -> Result<String, String> {
     text.parse::<http::Uri>()
         .map_err(|error| format!("is not a valid URL ({error}), like {example}"))?;
     Ok(text.to_string())
+}
+
+/// The value of `--registry`: an `http://` URL (the registry speaks plain HTTP; its messages are
+/// authenticated by the cluster key's tag), with the registry's own default port in the example.
+fn parse_registry_url(text: &str) -> Result<String, String> {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        let meant = if text.is_empty() { "10.0.0.5:7300" } else { text };
+        return Err(format!("needs an http:// URL, like http://{meant}"));
+    };
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(format!(
+            "the registry speaks plain HTTP (its messages carry the cluster key's tag): use http://{rest}"
+        ));
+    }
+    parse_url(text).map_err(|error| error.replace("127.0.0.1:7000", "10.0.0.5:7300"))
 }
 
 /// The value of an address flag that is not HTTP (`tern agent --sync`): HOST:PORT. A URL given instead is

@@ -128,22 +128,27 @@ fn community_flags_without_a_community_are_refused() {
 }
 
 #[test]
-fn a_weight_of_zero_is_refused() {
-    let output = tern()
-        .args([
-            "edge",
-            "--origin",
-            "http://127.0.0.1:1",
-            "--community",
-            "site",
-            "--weight",
-            "0",
-        ])
-        .output()
-        .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--weight"), "{stderr}");
+fn a_weight_of_zero_or_of_billions_is_refused() {
+    for weight in ["0", "4294967295"] {
+        let output = tern()
+            .args([
+                "edge",
+                "--origin",
+                "http://127.0.0.1:1",
+                "--community",
+                "site",
+                "--weight",
+                weight,
+            ])
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "--weight {weight}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--weight") && stderr.contains("1..=1000000"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
