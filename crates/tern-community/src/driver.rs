@@ -865,7 +865,7 @@ impl Driver {
         };
         let hint = match reason {
             community::DenyReason::NameClash => {
-                "another live peer of the community has this name: give each edge its own --peer-name"
+                "another live peer of the community has this name: give each edge its own --peer-name (just after a crash and restart it is this edge's previous run, which the master drops within a few seconds; this edge then joins by itself)"
             }
             community::DenyReason::Full => "the community has as many peers as its master admits",
             community::DenyReason::BadTag => "the master does not share this edge's cluster key: wrong --cluster-key?",

@@ -68,7 +68,12 @@ pub type RunningDelta = Running<Arc<DeltaRole>>;
 struct ClassState {
     encoder: Encoder,
     last_offer: Option<Instant>,
+    /// Whether this run warned that the class has no base because every candidate was refused.
+    warned_no_base: bool,
 }
+
+/// Responses of a class without a base refused as candidates before `tern delta` says so in its log.
+const REFUSALS_BEFORE_WARNING: u64 = 50;
 
 /// The role: classes, their encoders, the bases, the origin.
 pub struct DeltaRole {
@@ -131,6 +136,7 @@ pub async fn start(config: DeltaConfig) -> Result<RunningDelta, StartError> {
             let state = ClassState {
                 encoder: Encoder::new(class.clone(), config.encoder()),
                 last_offer: None,
+                warned_no_base: false,
             };
             (class.name.clone(), Mutex::new(state))
         })

@@ -202,6 +202,22 @@ impl DeltaRole {
                 };
                 if state.encoder.offer(&exchange).is_ok() {
                     state.last_offer = Some(now);
+                } else if !has_base && !state.warned_no_base {
+                    let refused = &state.encoder.counters().refused;
+                    let total: u64 = refused.iter().map(|(_, n)| n).sum();
+                    if total >= super::REFUSALS_BEFORE_WARNING {
+                        state.warned_no_base = true;
+                        let reasons: Vec<String> = refused
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(reason, n)| format!("{reason} {n}"))
+                            .collect();
+                        warn!(
+                            class,
+                            refused = %reasons.join(", "),
+                            "the class has no base: every response so far was refused as a base candidate (a request with credentials or a query, a private or cookie-setting response, ...); its pages go whole until one is not. For pages that are all private, set private_may_feed_base for the class"
+                        );
+                    }
                 }
             }
             let encoded = state.encoder.encode(page, named, &mut store, now);
