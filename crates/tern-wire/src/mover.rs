@@ -677,6 +677,8 @@ impl ErrorAnswer {
                 end -= 1;
             }
             line.truncate(end);
+            let kept = line.trim_end().len();
+            line.truncate(kept);
         }
         line
     }
