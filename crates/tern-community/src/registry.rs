@@ -135,6 +135,8 @@ pub struct Registry {
     /// When this run handled its first request (ms since the Unix epoch): a community not claimed since
     /// counts as last claimed then.
     started_ms: Option<u64>,
+    /// When the last "registry full" warning was logged (ms since the Unix epoch): one a minute.
+    last_full_warning_ms: Option<u64>,
 }
 
 /// A community whose master has not claimed it for this long (milliseconds) is forgotten when the
@@ -154,6 +156,7 @@ impl Registry {
             counters: RegistryCounters::default(),
             last_claim_ms: BTreeMap::new(),
             started_ms: None,
+            last_full_warning_ms: None,
         }
     }
 
@@ -259,12 +262,18 @@ impl Registry {
         let record = self.state.communities.get(&message.community);
         if admission == Admission::New && full && forgotten.is_none() {
             self.counters.full += 1;
-            warn!(
-                community = %message.community,
-                master = %master.name,
-                limit = self.config.limits.max_communities,
-                "registry full: a new community is not recorded (its edges form communities of their own); every recorded one claimed within the hour"
-            );
+            if self
+                .last_full_warning_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= 60_000)
+            {
+                self.last_full_warning_ms = Some(now_ms);
+                warn!(
+                    community = %message.community,
+                    master = %master.name,
+                    limit = self.config.limits.max_communities,
+                    "registry full: a new community is not recorded (its edges form communities of their own); every recorded one claimed within the hour (repeats counted as `full`)"
+                );
+            }
             admission = Admission::Stale;
         } else {
             match admission {

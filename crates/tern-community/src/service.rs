@@ -204,7 +204,16 @@ pub async fn start(config: ServiceConfig) -> Result<RunningRegistry, ServiceErro
     let communities = state.communities.len();
     // The listener is bound first so that the address answers carry is the real one (port 0 included).
     let (listener, bound) = tern_admin::bind_listener(config.listen).await?;
-    let registry = Registry::new(RegistryConfig::new(bound, config.key.clone()), state, seed());
+    let registry_config = RegistryConfig::new(bound, config.key.clone());
+    if communities > registry_config.limits.max_communities {
+        warn!(
+            path = %state_file.display(),
+            communities,
+            limit = registry_config.limits.max_communities,
+            "the registry's state holds more communities than it records: all are kept, new ones are refused until those silent for an hour are forgotten"
+        );
+    }
+    let registry = Registry::new(registry_config, state, seed());
     let service = Arc::new(Service {
         shown: std::sync::Mutex::new((
             registry.state().clone(),

@@ -39,6 +39,11 @@ pub const DCZ: &str = "dcz";
 /// encodes only for requests that carry it; an edge removes it from every client's request and sets it
 /// on its own, so a client can never make `tern delta` send a delta that an edge would take for a page.
 pub const TERN_DELTA_EDGE: &str = "tern-delta-edge";
+/// The response field (value `?1`) by which `tern delta` tells an edge that the base it named is not one
+/// it holds for the page's class, or that the page is in no class of its own: the edge's idea of that
+/// class is stale (`tern delta`'s classes changed, or it lost its bases), and the edge withdraws it. A
+/// whole page for any other reason (a 404, a page a delta would not shrink) carries no such field.
+pub const BASE_UNKNOWN: &str = "tern-delta-base-unknown";
 /// `Vary` of a response that may be `dcz`-coded for a browser (RFC 9842 section 6.2).
 pub const VARY_DCZ: &str = "accept-encoding, available-dictionary";
 /// Longest `Dictionary-ID` and `Use-As-Dictionary: id`, in characters (RFC 9842 section 2.1.3).

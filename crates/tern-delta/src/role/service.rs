@@ -19,8 +19,8 @@ use crate::base::{Base, BaseId};
 use crate::candidate::{self, Exchange};
 use crate::encoder::{BaseChange, Encoded};
 use crate::fields::{
-    self, AVAILABLE_DICTIONARY, DCZ, DICTIONARY_ID, REPR_DIGEST, ReprDigest, TERN_DELTA_EDGE, UNENCODED_DIGEST,
-    USE_AS_DICTIONARY, UseAsDictionary, VARY_DCZ,
+    self, AVAILABLE_DICTIONARY, BASE_UNKNOWN, DCZ, DICTIONARY_ID, REPR_DIGEST, ReprDigest, TERN_DELTA_EDGE,
+    UNENCODED_DIGEST, USE_AS_DICTIONARY, UseAsDictionary, VARY_DCZ,
 };
 use crate::metrics::Fallback;
 use crate::safety::accepts_dcz;
@@ -59,7 +59,15 @@ impl DeltaRole {
             return self.page(&class, request).await;
         }
         self.counters.count(&self.counters.passed);
-        self.pass(request).await
+        // An edge that names a base for a page outside every class learned a class this role no longer has.
+        let named_a_base = from_edge(request.headers()) && request.headers().contains_key(AVAILABLE_DICTIONARY);
+        let mut response = self.pass(request).await;
+        if named_a_base {
+            response
+                .headers_mut()
+                .insert(BASE_UNKNOWN, HeaderValue::from_static("?1"));
+        }
+        response
     }
 
     /// A page of `class`: fetched whole, offered, encoded against the base the edge names.
@@ -153,7 +161,10 @@ impl DeltaRole {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 Bytes::from(body)
             }
-            Encoded::Full { digest, .. } => {
+            Encoded::Full { digest, reason } => {
+                if matches!(reason, Fallback::UnknownBase | Fallback::OtherClass) {
+                    headers.insert(BASE_UNKNOWN, HeaderValue::from_static("?1"));
+                }
                 insert_digest(headers, REPR_DIGEST, &digest);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(page.len()));
                 page

@@ -222,10 +222,18 @@ impl Handler for PeerHandler {
         }
         let target = request.uri().path_and_query().map_or("/", |target| target.as_str());
         let token = request.headers().get(TOKEN_FIELD).map(|value| value.as_bytes());
+        // The host the edge will key and fetch on: an absolute-form target's authority before `Host`
+        // (RFC 9112 section 3.2.2), as the edge itself takes it.
         let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|host| host.to_str().ok())
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|host| host.to_str().ok())
+            })
             .unwrap_or_default();
         let verified = self
             .community

@@ -13,8 +13,9 @@
 //! page's request named: a client that sends other `Host` values cannot make the edge drop its base or
 //! store copies of it. A base that could not be taken is not fetched again for a while
 //! ([`RETRY_REFUSED_BASE`], [`RETRY_FAILED_BASE`]): a base over the edge's bounds would otherwise cross the
-//! long link with every page. A class whose named base `tern delta` answers with a whole page and no base
-//! of that class is withdrawn ([`tern_delta::Holder::withdraw`]): its classes changed, or it lost the base.
+//! long link with every page. A class whose named base `tern delta` says it does not hold
+//! ([`tern_delta::fields::BASE_UNKNOWN`]), announcing no base of that class, is withdrawn
+//! ([`tern_delta::Holder::withdraw`]): its classes changed, or it lost the base.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use tern_delta::fields::{
-    self, AVAILABLE_DICTIONARY, DCZ, DICTIONARY_ID, REPR_DIGEST, ReprDigest, UNENCODED_DIGEST, USE_AS_DICTIONARY,
-    UseAsDictionary,
+    self, AVAILABLE_DICTIONARY, BASE_UNKNOWN, DCZ, DICTIONARY_ID, REPR_DIGEST, ReprDigest, UNENCODED_DIGEST,
+    USE_AS_DICTIONARY, UseAsDictionary,
 };
 use tern_delta::{BaseId, DczDecoder, DecodeError, Limits};
 use tern_http::Body;
@@ -202,12 +203,16 @@ impl Inner {
             }
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DCZ));
         }
-        let response = self.upstream.fetch(request).await?;
+        let mut response = self.upstream.fetch(request).await?;
+        // tern delta's word that the base named is none it holds for the page's class: never passed on.
+        let base_unknown = response.headers_mut().remove(BASE_UNKNOWN).is_some();
         let (response, announced) = self.take_announcements(response, &host, named).await;
         if !is_dcz(response.headers()) {
             let reason = match named {
                 Some(id) => {
-                    self.withdraw_if_stale(id, &announced);
+                    if base_unknown {
+                        self.withdraw_if_stale(id, &announced);
+                    }
                     Some("upstream_whole")
                 }
                 // A page of a class (tern delta announced its base) that came whole for want of a base
@@ -238,9 +243,11 @@ impl Inner {
         self.whole_page(response, Some(failure.failure().label())).await
     }
 
-    /// Withdraws the class of `named` when `tern delta` answered its page whole and `announced` no base
-    /// of that class (every announced base is held by now, or was refused): the edge's idea of the class
-    /// is stale, and naming its base again would only cost whole pages.
+    /// Withdraws the class of `named` when `tern delta` answered its page whole saying it holds no such
+    /// base for the page's class ([`BASE_UNKNOWN`]) and `announced` no base of that class (every announced
+    /// base is held by now, or was refused): the edge's idea of the class is stale, and naming its base
+    /// again would only cost whole pages. A page that came whole for another reason (a 404, a page a delta
+    /// would not shrink) leaves the class as it is.
     fn withdraw_if_stale(&self, named: BaseId, announced: &[BaseId]) {
         let withdrawn = self.delta.with_holder(|holder| {
             let class = holder.class_of_base(&named)?.to_string();

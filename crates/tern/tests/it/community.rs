@@ -851,3 +851,34 @@ async fn a_hung_owner_is_given_up_once_the_master_drops_it() {
         "the client waited {waited:?} for a hung owner"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_token_for_one_host_fetches_nothing_for_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = site(4).await;
+    let key = tern_wire::SecretKey::load(&site.key).expect("cluster key");
+    let auth = tern_edge::community::PeerAuth::new(&key, "site", "an-onlooker");
+    let now_ms = u64::try_from(unix_ms()).expect("ms");
+    let peer = site.members[1].peer;
+    // A token seen on the wire for site.test, replayed in an absolute-form request for another host
+    // (which the edge would key and fetch on), and as an ordinary request with another Host.
+    let attempts = [
+        ("GET http://evil.test/obj/3 HTTP/1.1", HOST),
+        ("GET /obj/3 HTTP/1.1", "evil.test"),
+    ];
+    for (line, host) in attempts {
+        let token = auth.sign("GET", HOST, "/obj/3", b"", now_ms);
+        let mut stream = tokio::net::TcpStream::connect(peer).await.expect("connect");
+        let request = format!("{line}\r\nhost: {host}\r\ntern-community-token: {token}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{line} (host {host}): {answer}");
+    }
+    assert_eq!(
+        site.origin.count_for("/obj/3"),
+        0,
+        "nothing was fetched for another host"
+    );
+}

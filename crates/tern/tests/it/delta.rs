@@ -72,7 +72,11 @@ impl Handler for OriginHandler {
         let headers = request.headers();
         let minute = number(headers, "x-minute");
         let path = request.uri().path();
-        let (body, cache_control) = if path.starts_with("/news/") {
+        let (body, cache_control) = if path == "/news/missing" {
+            let mut response = Response::new(tern_http::full("no such story"));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            return response;
+        } else if path.starts_with("/news/") {
             // What a search or reset page does: it echoes its query, and an API's page names its key.
             let mut page = state.news.page(minute);
             if let Some(query) = request.uri().query() {
@@ -1224,4 +1228,35 @@ async fn a_base_the_edge_refuses_crosses_the_link_once() {
         no_base,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_page_that_comes_whole_for_its_own_reasons_keeps_the_base() {
+    let stack = Stack::start(News::new(15), &[]).await;
+    for minute in 0..3 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let metrics = stack.edge_metrics().await;
+    let deltas = metric(&metrics, "tern_edge_delta_pages_total{from=\"delta\"}");
+    let no_base = metric(&metrics, "tern_edge_delta_full_pages_total{reason=\"no_base\"}");
+    // A scanner's 404s inside the class: tern delta answers them whole, and the class keeps its base.
+    for _ in 0..5 {
+        let missing = stack.fetch("/news/missing", 3, &[]).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    }
+    for minute in 3..6 {
+        stack.page("/news/home", minute, &[]).await;
+    }
+    let metrics = stack.edge_metrics().await;
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_pages_total{from=\"delta\"}"),
+        deltas + 3.0,
+        "every page after the 404s a delta: {metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "tern_edge_delta_full_pages_total{reason=\"no_base\"}"),
+        no_base,
+        "{metrics}"
+    );
+    assert!(stack.edge_base("news").await.is_some(), "the class is still here");
 }
