@@ -83,7 +83,9 @@ pub enum DriverError {
     #[error("{0} is not an IPv4 multicast group")]
     NotMulticast(Ipv4Addr),
     /// The registry URL is not an `http://` URL.
-    #[error("registry `{0}` is not an http:// URL: the registry speaks plain HTTP (its messages carry the cluster key's tag)")]
+    #[error(
+        "registry `{0}` is not an http:// URL: the registry speaks plain HTTP (its messages carry the cluster key's tag)"
+    )]
     Registry(String),
 }
 

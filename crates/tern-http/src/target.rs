@@ -77,7 +77,10 @@ fn normalize_encodings(target: &str) -> Cow<'_, str> {
             && let (Some(high), Some(low)) = (hex(bytes.get(at + 1)), hex(bytes.get(at + 2)))
         {
             let decoded = high << 4 | low;
-            if is_unreserved(decoded) {
+            // A decoded hex digit right after a malformed `%` (or `%` and one hex digit) would make a
+            // valid encoding the next pass reads differently (`%a%30` -> `%a0`): it stays encoded, so
+            // the normal form is the normal form of itself.
+            if is_unreserved(decoded) && !(decoded.is_ascii_hexdigit() && ends_in_open_escape(&out)) {
                 out.push(decoded as char);
             } else {
                 out.push('%');
@@ -100,6 +103,16 @@ fn normalize_encodings(target: &str) -> Cow<'_, str> {
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Whether `out` ends in a `%` that begins no complete encoding: a `%` last, or a `%` and one hex digit.
+fn ends_in_open_escape(out: &str) -> bool {
+    let bytes = out.as_bytes();
+    match bytes {
+        [.., b'%'] => true,
+        [.., b'%', digit] => digit.is_ascii_hexdigit(),
+        _ => false,
+    }
+}
 
 fn hex(byte: Option<&u8>) -> Option<u8> {
     let byte = *byte?;
@@ -167,6 +180,10 @@ mod tests {
         assert_eq!(normalize("/a%2Bb"), "/a%2Bb");
         assert_eq!(normalize("/100%"), "/100%");
         assert_eq!(normalize("/%zz%4"), "/%zz%4");
+        // A decoded hex digit after a malformed `%` would complete an encoding: it stays encoded.
+        assert_eq!(normalize("/%a%30"), "/%a%30");
+        assert_eq!(normalize("/%%41%42"), "/%%41B");
+        assert_eq!(normalize("/%%41%67"), "/%%41g");
         assert!(matches!(normalize("/plain/path?x=1"), Cow::Borrowed(_)));
     }
 
