@@ -11,7 +11,9 @@ use tern_http_cache::{Directives, Freshness, PolicyConfig};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = tern_http::target::normalize(text);
+        // The cache key's normal form must be its own normal form (one object, one purge, per URL).
+        let once = tern_http::target::normalize(text).into_owned();
+        assert_eq!(tern_http::target::normalize(&once), once.as_str());
         let _ = tern_http::date::parse_str(text, SystemTime::now());
         let _ = tern_http_cache::structured::dictionary(text);
     }
