@@ -229,7 +229,7 @@ impl Agent {
     fn watch(&self, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
         let handler = move |result: notify::Result<notify::Event>| {
-            if result.is_ok() {
+            if result.is_ok_and(|event| changes_content(&event.kind)) {
                 let _ = events.try_send(());
             }
         };
@@ -540,6 +540,18 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn reads_are_no_change_but_writes_are() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+    }
+
     fn config(dir: &Path) -> AgentConfig {
         AgentConfig {
             dir: dir.join("site"),
@@ -660,5 +672,17 @@ mod tests {
         assert!(agent.take_ack(&own));
         assert!(pending(&agent).is_empty());
         assert_eq!(agent.stats().acked_through, 100);
+    }
+}
+
+/// Whether a file-system event can change what the site serves. Reads do not: an open, a read or a close
+/// after reading (the agent's own scans, the origin serving its files) would otherwise start a rescan
+/// that reads every file again, and so on without end.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
