@@ -545,9 +545,13 @@ mod tests {
         use notify::EventKind;
         use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
         assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
-        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
         assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
-        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
         assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
     }

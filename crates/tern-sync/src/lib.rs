@@ -177,6 +177,7 @@ pub async fn start_with(
     let listener_settings = listener::ListenerSettings {
         key: config.key.clone(),
         max_frame: config.max_frame,
+        frame_deadline: listener::FRAME_DEADLINE,
     };
     tasks.push(tokio::spawn(listener::serve(
         listener,

@@ -18,8 +18,16 @@ use tracing::{debug, info, warn};
 use crate::master::Master;
 use crate::metrics::{ReasonLabel, SyncMetrics};
 
-/// How long an agent connection may stay silent.
+/// How long an agent connection may stay silent between two frames.
 const IDLE: Duration = Duration::from_secs(300);
+
+/// How long a frame may take to arrive whole once begun, and a new connection to begin its first: a client
+/// that connects and sends nothing, or half a frame, holds its connection no longer than this.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Agent connections served at once; more are closed as they come (with a warning at most every 30 s),
+/// so no client can take the file descriptors the listener and the admin listener need.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Settings of the listener.
 #[derive(Clone)]
@@ -28,6 +36,9 @@ pub struct ListenerSettings {
     pub key: SecretKey,
     /// Largest frame payload accepted.
     pub max_frame: usize,
+    /// How long a frame may take to arrive whole once begun, and a new connection to begin its first
+    /// ([`FRAME_DEADLINE`] by default).
+    pub frame_deadline: Duration,
 }
 
 /// Accepts agent connections until `shutdown`.
@@ -38,6 +49,8 @@ pub async fn serve(
     metrics: Arc<SyncMetrics>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -50,6 +63,15 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.frame_rejected("too-many-connections");
+            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                last_warning = Some(std::time::Instant::now());
+                warn!(%peer, limit = MAX_CONNECTIONS, "agent connection refused: as many are open as the listener serves (repeats counted in /metrics)");
+            }
+            drop(stream);
+            continue;
+        };
         let settings = settings.clone();
         let master = master.clone();
         let metrics = metrics.clone();
@@ -59,6 +81,7 @@ pub async fn serve(
                 _ = shutdown.cancelled() => {}
                 _ = connection(stream, peer, settings, master, metrics) => {}
             }
+            drop(slot);
         });
     }
 }
@@ -73,7 +96,12 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(settings.key.clone(), settings.max_frame);
     let mut buffer = vec![0u8; 16 * 1024];
+    let mut frames = 0u64;
     loop {
+        // The first frame, and the rest of a frame begun, must come within the frame deadline; between
+        // frames an agent may stay silent longer.
+        let begun = frames == 0 || decoder.buffered() > 0;
+        let mut deadline = tokio::time::Instant::now() + if begun { settings.frame_deadline } else { IDLE };
         let frame = loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => break frame,
@@ -85,19 +113,24 @@ async fn connection(
                     return;
                 }
             }
-            let read = match tokio::time::timeout(IDLE, stream.read(&mut buffer)).await {
+            let read = match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
                 Ok(Ok(0)) | Err(_) => {
                     if decoder.buffered() > 0 {
                         metrics.frame_rejected("truncated");
-                        debug!(%peer, bytes = decoder.buffered(), "connection closed mid-frame");
+                        debug!(%peer, bytes = decoder.buffered(), "connection closed mid-frame (or the frame was not whole in time)");
                     }
                     return;
                 }
                 Ok(Ok(read)) => read,
                 Ok(Err(_)) => return,
             };
+            if decoder.buffered() == 0 {
+                // A frame begins: it has the frame deadline to arrive whole.
+                deadline = deadline.min(tokio::time::Instant::now() + settings.frame_deadline);
+            }
             decoder.push(&buffer[..read]);
         };
+        frames += 1;
         let batch = match SyncMessage::decode(&frame) {
             Ok(SyncMessage::Changes(batch)) => batch,
             Ok(_) => {
@@ -167,4 +200,38 @@ async fn reject(stream: &mut TcpStream, key: &SecretKey, reason: &str, message: 
     });
     let _ = stream.write_all(&answer.encode(key)).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_half_a_frame_is_closed_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Arc::new(Master::open(dir.path(), Vec::new()).expect("master"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let settings = ListenerSettings {
+            key: SecretKey::parse(&"ab".repeat(32)).expect("key"),
+            max_frame: 1 << 20,
+            frame_deadline: Duration::from_millis(300),
+        };
+        let metrics = Arc::new(SyncMetrics::new());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, settings, master, metrics.clone(), shutdown.clone()));
+        for sent in [&b""[..], b"TRN"] {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(sent).await.expect("write");
+            let started = std::time::Instant::now();
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "{sent:?}: the connection was held past the deadline");
+            assert!(
+                started.elapsed() >= Duration::from_millis(250),
+                "{sent:?}: closed before the deadline"
+            );
+        }
+        shutdown.cancel();
+    }
 }
