@@ -534,6 +534,18 @@ fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
     }
 }
 
+/// Whether a file-system event can change what the site serves. Reads do not: an open, a read or a close
+/// after reading (the agent's own scans, the origin serving its files) would otherwise start a rescan
+/// that reads every file again, and so on without end.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -676,17 +688,5 @@ mod tests {
         assert!(agent.take_ack(&own));
         assert!(pending(&agent).is_empty());
         assert_eq!(agent.stats().acked_through, 100);
-    }
-}
-
-/// Whether a file-system event can change what the site serves. Reads do not: an open, a read or a close
-/// after reading (the agent's own scans, the origin serving its files) would otherwise start a rescan
-/// that reads every file again, and so on without end.
-fn changes_content(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    match kind {
-        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        notify::EventKind::Access(_) => false,
-        _ => true,
     }
 }
