@@ -321,6 +321,8 @@ impl Agent {
 
     async fn send_loop(self: &Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // When a key mismatch was last logged as a warning: once every 30 s, the rest in `/status`.
+        let mut last_warning: Option<std::time::Instant> = None;
         let mut connection: Option<(TcpStream, FrameDecoder)> = None;
         loop {
             let (incarnation, batch): (Incarnation, Vec<Change>) = {
@@ -377,6 +379,22 @@ impl Agent {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     }
                 }
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    // An answer that is not a frame under our key: the sync service has another key.
+                    let error = format!(
+                        "the sync service's answer does not open with this agent's key ({error}): give --key the sync service's --key file"
+                    );
+                    if last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(30)) {
+                        last_warning = Some(std::time::Instant::now());
+                        warn!("{error}");
+                    }
+                    self.note_error(error);
+                    connection = None;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
                 Ok(Ok(SyncMessage::Ack(_) | SyncMessage::Changes(_))) | Ok(Err(_)) | Err(_) => {
                     debug!("connection to the sync service lost; resending");
                     connection = None;
@@ -407,6 +425,16 @@ impl Agent {
             return false;
         }
         self.acknowledge(ack.through);
+        if !ack.refused.is_empty() {
+            let reasons: Vec<String> = ack.refused.iter().map(|(reason, n)| format!("{reason}: {n}")).collect();
+            let error = format!(
+                "the sync service refused {} changes ({}): no cache hears of them; `host` means --base-url names a host the sync service's --site does not (fix it, then delete this agent's state file so every file is reported again)",
+                ack.refused.values().sum::<u64>(),
+                reasons.join(", ")
+            );
+            warn!("{error}");
+            self.note_error(error);
+        }
         true
     }
 
@@ -674,6 +702,7 @@ mod tests {
             agent: "origin-1".into(),
             incarnation: Incarnation::generate().expect("random"),
             through: 100,
+            refused: Default::default(),
         };
         assert!(!agent.take_ack(&foreign));
         assert_eq!(

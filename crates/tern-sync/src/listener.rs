@@ -159,14 +159,20 @@ async fn connection(
         let answer = match outcome {
             Ok(Ok(accepted)) => {
                 metrics.changes_recorded.inc_by(accepted.recorded as u64);
+                let mut refused = std::collections::BTreeMap::<String, u64>::new();
                 for (seq, reason) in &accepted.refused {
-                    warn!(%agent, %site, seq, reason, "change refused by the master");
+                    debug!(%agent, %site, seq, reason, "change refused by the master");
                     metrics
                         .changes_rejected
                         .get_or_create(&ReasonLabel {
                             reason: reason.to_string(),
                         })
                         .inc();
+                    *refused.entry(reason.to_string()).or_default() += 1;
+                }
+                if !refused.is_empty() {
+                    // One line a batch, not one a change (a wrong --base-url refuses every change).
+                    warn!(%agent, %site, ?refused, "changes refused by the master; the agent is told");
                 }
                 if accepted.recorded > 0 {
                     info!(%agent, %site, recorded = accepted.recorded, through = accepted.through, "changes recorded");
@@ -175,6 +181,7 @@ async fn connection(
                     agent,
                     incarnation,
                     through: accepted.through,
+                    refused,
                 })
             }
             Ok(Err(rejection)) => {

@@ -161,6 +161,10 @@ pub struct Ack {
     pub incarnation: Incarnation,
     /// Highest sequence number recorded.
     pub through: u64,
+    /// Changes of the batch the master refused (acknowledged, never recorded), by reason (`host`: the URL
+    /// names a host the sync service does not serve for the site, ...): the agent says so.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// The listener refused a frame or batch.
