@@ -269,7 +269,10 @@ impl Agent {
         };
         self.report_unsupported(&scanned.unsupported);
         let after = scanned.snapshot;
-        let found = differences(&previous, &after);
+        let mut found = differences(&previous, &after);
+        // The same changes under the names of the links to them, and those of links that now point
+        // elsewhere (the "current" link of a deploy).
+        found.extend(crate::aliases::through_links(&previous, &after, &found));
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -5,6 +5,7 @@
 //! moment the origin changes.
 
 pub mod agent;
+pub mod aliases;
 pub mod cacher;
 pub mod listener;
 pub mod master;
