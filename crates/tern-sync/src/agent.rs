@@ -207,8 +207,11 @@ impl Agent {
                         _ = shutdown.cancelled() => break,
                         _ = interval.tick() => {}
                         Some(()) = triggered.recv() => {
-                            // Let a burst of writes settle into one scan.
-                            tokio::time::sleep(agent.config.debounce).await;
+                            // Let a burst of writes settle into one scan (a stop ends the wait).
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(agent.config.debounce) => {}
+                            }
                             while triggered.try_recv().is_ok() {}
                         }
                     }

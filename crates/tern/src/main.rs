@@ -347,12 +347,12 @@ struct AgentArgs {
     /// This agent's name [default: the site name].
     #[arg(long)]
     name: Option<String>,
-    /// Full rescan interval in seconds [default: 30].
-    #[arg(long)]
+    /// Full rescan interval in seconds, 1 to 86400 [default: 30].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     rescan_secs: Option<u64>,
-    /// Quiet time after a file-system event before scanning, in milliseconds (bursts become one scan)
-    /// [default: 10].
-    #[arg(long)]
+    /// Quiet time after a file-system event before scanning, in milliseconds (bursts become one scan), 0 to
+    /// 60000 [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     debounce_ms: Option<u64>,
     /// Admin listener address for /metrics and /status.
     #[arg(long)]
@@ -1268,7 +1268,9 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         sync,
         key,
         state_dir,
-        rescan_interval: std::time::Duration::from_secs(args.rescan_secs.or(file.rescan_secs).unwrap_or(30).max(1)),
+        rescan_interval: std::time::Duration::from_secs(
+            args.rescan_secs.or(file.rescan_secs).unwrap_or(30).clamp(1, 86_400),
+        ),
         debounce: std::time::Duration::from_millis(args.debounce_ms.unwrap_or(10)),
         max_batch: 1000,
         index: "index.html".into(),
