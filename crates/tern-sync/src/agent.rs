@@ -138,7 +138,9 @@ impl Agent {
         let mut state: AgentState = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
                 path: path.clone(),
-                reason: format!("damaged: {e}"),
+                reason: format!(
+                    "damaged ({e}): move it aside and start again; the agent then reports every file once, and the sync service purges and prefetches them"
+                ),
             })?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => AgentState {
                 next_seq: 1,

@@ -24,7 +24,7 @@ use tern_wire::SecretKey;
 use tern_wire::sync::{Applied, CacheApplied, CatchUp, Incarnation, LoggedChange, PurgeRecorded, PurgeRequest};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use agent::{Agent, AgentConfig};
 pub use cacher::{CacheConfig, CacheProgress};
@@ -162,6 +162,11 @@ pub async fn start_with(
         addr: config.listen,
         source,
     })?;
+    if config.cache_key.is_none() && !config.caches.is_empty() {
+        warn!(
+            "no --cache-key: PURGE goes to the caches without a token, and an edge started with --purge-key refuses it (403, retried with back-off); give the edges' purge key file"
+        );
+    }
     let settings = CacherSettings {
         token: config.cache_key.as_ref().map(SecretKey::token),
         max_retry_age: config.max_retry_age,
