@@ -657,7 +657,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hidden_files_are_content_and_editor_temporaries_and_directories_are_not_sent() {
+    async fn hidden_files_and_links_to_files_are_content_and_editor_temporaries_and_directories_are_not_sent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let site = dir.path().join("site");
         std::fs::create_dir_all(site.join(".well-known/acme-challenge")).expect("site");
@@ -675,11 +675,13 @@ mod tests {
             let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
             state.pending.iter().map(|change| change.url.clone()).collect()
         };
+        // The link is reported under its own name: an origin that follows links serves the file there too.
         assert_eq!(
             urls,
             [
                 "http://www.example.com/.htaccess",
-                "http://www.example.com/.well-known/acme-challenge/x"
+                "http://www.example.com/.well-known/acme-challenge/x",
+                "http://www.example.com/link"
             ]
         );
     }
