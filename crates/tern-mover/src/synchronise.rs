@@ -86,21 +86,10 @@ impl Mover {
                 Some(_) => {
                     // The history says why the node gets a full copy (its refusal, e.g. a commit of a
                     // version it did not prepare, would otherwise be only in the logs).
-                    let (id, failed) = (job.to_string(), node.clone());
-                    let _ = self
-                        .store
-                        .call(move |store| {
-                            let why = store
-                                .job(&id)?
-                                .and_then(|job| job.nodes.into_iter().find(|n| n.node == failed))
-                                .and_then(|n| n.error)
-                                .unwrap_or_else(|| "no answer".to_string());
-                            let message = format!(
-                                "{failed} did not take the deltas from version {from} ({why}); a full copy follows"
-                            );
-                            store.note(Some(&id), &message, crate::ccm::now_ms())
-                        })
-                        .await;
+                    self.note_refusal(job, node, move |node, why| {
+                        format!("{node} did not take the deltas from version {from} ({why}); a full copy follows")
+                    })
+                    .await;
                     whole.push(node.clone());
                 }
                 None => whole.push(node.clone()),
@@ -179,6 +168,18 @@ impl Mover {
         if self.ship_to(&shipment, node).await {
             return true;
         }
+        self.note_refusal(job, node, move |node, why| {
+            format!(
+                "{node} did not commit version {version}, which it registered as prepared ({why}); its content follows"
+            )
+        })
+        .await;
+        false
+    }
+
+    /// Notes in job `job`'s history why `node` did not take what it was sent: `say(node, why)`, where `why`
+    /// is the error recorded for the node in the job ("no answer" without one).
+    async fn note_refusal(&self, job: &str, node: &str, say: impl FnOnce(&str, &str) -> String + Send + 'static) {
         let (id, refused) = (job.to_string(), node.to_string());
         let _ = self
             .store
@@ -188,13 +189,9 @@ impl Mover {
                     .and_then(|job| job.nodes.into_iter().find(|n| n.node == refused))
                     .and_then(|n| n.error)
                     .unwrap_or_else(|| "no answer".to_string());
-                let message = format!(
-                    "{refused} did not commit version {version}, which it registered as prepared ({why}); its content follows"
-                );
-                store.note(Some(&id), &message, crate::ccm::now_ms())
+                store.note(Some(&id), &say(&refused, &why), crate::ccm::now_ms())
             })
             .await;
-        false
     }
 
     /// Ships `shipment` to one node and commits it there; whether the node switched.

@@ -129,6 +129,19 @@ impl Fleet {
         tree(&self.node_root(index).join("www/live"))
     }
 
+    /// The newest line of the mover's history containing `text`; panics, showing the history, without one.
+    pub(crate) async fn history_line(&self, text: &str) -> String {
+        let history = self.api("GET", "/api/history?limit=50", None).await;
+        history
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|entry| entry["message"].as_str())
+            .find(|message| message.contains(text))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no history line with {text:?}: {history}"))
+    }
+
     /// POSTs `body` as it is to `path`; the status and the JSON answer.
     pub(crate) async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (http::StatusCode, serde_json::Value) {
         let request = http::Request::post(format!("http://{}{path}", self.mover_addr))
@@ -593,15 +606,7 @@ async fn a_node_that_cannot_take_the_deltas_gets_a_full_copy_and_the_history_say
         .expect("a catch-up job");
     let catch_up = fleet.wait_job(catch_up["id"].as_str().expect("id")).await;
     assert_eq!(catch_up["state"], "committed", "{catch_up}");
-    let history = fleet.api("GET", "/api/history?limit=50", None).await;
-    let said = history
-        .as_array()
-        .expect("history")
-        .iter()
-        .filter_map(|entry| entry["message"].as_str())
-        .find(|message| message.contains("did not take the deltas"))
-        .map(str::to_string);
-    let said = said.unwrap_or_else(|| panic!("the history says why a full copy went: {history}"));
+    let said = fleet.history_line("did not take the deltas").await;
     assert!(
         said.starts_with("node1 did not take the deltas from version 1 ("),
         "{said}"
@@ -635,15 +640,7 @@ async fn a_node_that_no_longer_holds_what_it_registered_as_prepared_gets_the_con
     let catch_up = fleet.wait_job(&id).await;
     assert_eq!(catch_up["state"], "committed", "{catch_up}");
     assert_eq!(fleet.live(0), tree(&staging), "the content went, and version 2 is live");
-    let history = fleet.api("GET", "/api/history?limit=50", None).await;
-    let said = history
-        .as_array()
-        .expect("history")
-        .iter()
-        .filter_map(|entry| entry["message"].as_str())
-        .find(|message| message.contains("registered as prepared"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("the history says why the content went: {history}"));
+    let said = fleet.history_line("registered as prepared").await;
     assert!(
         said.starts_with(
             "ghost did not commit version 2, which it registered as prepared (node refused (400 Bad Request): \
