@@ -209,7 +209,8 @@ pub struct LoggedChange {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
-    /// URLs purged.
+    /// URLs purged (exactly: a query is part of the URL).
+    #[serde(default)]
     pub urls: Vec<String>,
     /// URLs purged and then fetched again (the cacher's prefetch `GET`); as content changed, each with
     /// any query.
