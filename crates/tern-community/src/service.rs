@@ -85,8 +85,8 @@ pub struct Service {
     /// The last state written, for `/status` without taking the lock.
     shown: std::sync::Mutex<Shown>,
     persist_failures: std::sync::atomic::AtomicU64,
-    /// When a refused request was last logged as a warning (ms since the Unix epoch).
-    last_refusal_warning_ms: std::sync::atomic::AtomicU64,
+    /// When refused requests are logged as warnings (a new reason at once, a lasting one every 30 s).
+    refusal_warnings: std::sync::Mutex<crate::Throttle<&'static str>>,
     /// Request bodies over the size limit (413), refused before the state machine sees them.
     oversized: std::sync::atomic::AtomicU64,
 }
@@ -110,11 +110,12 @@ impl Service {
                     StatusCode::BAD_REQUEST
                 };
                 // A wrongly keyed edge asks every second: one warning every 30 s, the rest counted.
-                let now_ms = unix_ms();
-                let last = self.last_refusal_warning_ms.load(std::sync::atomic::Ordering::Relaxed);
-                if now_ms.saturating_sub(last) >= 30_000 {
-                    self.last_refusal_warning_ms
-                        .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+                let due = self
+                    .refusal_warnings
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .check(error.reason(), std::time::Instant::now());
+                if due.is_some() {
                     warn!(%client, reason = error.reason(), %error, "registry request refused (repeats counted in /metrics)");
                 } else {
                     debug!(%client, reason = error.reason(), "registry request refused");
@@ -224,7 +225,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningRegistry, ServiceErro
         key: config.key.clone(),
         state_file,
         persist_failures: std::sync::atomic::AtomicU64::new(0),
-        last_refusal_warning_ms: std::sync::atomic::AtomicU64::new(0),
+        refusal_warnings: std::sync::Mutex::new(crate::Throttle::new(crate::throttle::DEFAULT_WARN_INTERVAL)),
         oversized: std::sync::atomic::AtomicU64::new(0),
     });
     let handler = Arc::new(RegistryHandler {

@@ -203,11 +203,6 @@ impl Holder {
         self.classes.remove(name)
     }
 
-    /// The class of the held base `id`, if held.
-    pub fn class_of_base(&self, id: &BaseId) -> Option<&str> {
-        self.store.get(id).map(Base::class)
-    }
-
     /// Drops `id` (evicted from the edge's cache, or purged): its class has no current base until the
     /// next one is learned. Returns whether it was held.
     pub fn forget(&mut self, id: &BaseId) -> bool {
@@ -349,7 +344,7 @@ mod tests {
             .learn(all_id, all, &field("news", "/news/*"), now)
             .expect("learns");
         assert_eq!(holder.name_for("/news/home", now), Some(("home".into(), home_id)));
-        assert_eq!(holder.class_of_base(&all_id), Some("news"));
+        assert_eq!(holder.base(&all_id).map(Base::class), Some("news"));
         assert!(holder.withdraw("home"));
         assert!(!holder.holds(&home_id));
         assert_eq!(holder.name_for("/news/home", now), Some(("news".into(), all_id)));

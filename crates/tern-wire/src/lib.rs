@@ -17,3 +17,16 @@ pub mod sync;
 pub mod tree;
 
 pub use key::{KeyError, SecretKey};
+
+/// `text` cut to at most `max` bytes, at a character boundary: how a reason read from the network is kept
+/// to a bounded size ([`tree::reason`], [`mover::ErrorAnswer::reason_in`]).
+pub fn cut_at(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

@@ -670,17 +670,8 @@ impl ErrorAnswer {
             Ok(answer) => answer.error,
             Err(_) => String::from_utf8_lossy(&body[..body.len().min(Self::MAX_BODY)]).into_owned(),
         };
-        let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if line.len() > Self::MAX_BODY {
-            let mut end = Self::MAX_BODY;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.truncate(end);
-            let kept = line.trim_end().len();
-            line.truncate(kept);
-        }
-        line
+        let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        crate::cut_at(&line, Self::MAX_BODY).trim_end().to_string()
     }
 }
 

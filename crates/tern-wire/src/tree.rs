@@ -547,14 +547,7 @@ pub fn decode(key: &SecretKey, bytes: &[u8], limits: &TreeLimits) -> Result<Enve
 
 /// `text` cut to at most [`MAX_REASON_LEN`] bytes (at a character boundary), for a failure reason.
 pub fn reason(text: &str) -> String {
-    if text.len() <= MAX_REASON_LEN {
-        return text.to_string();
-    }
-    let mut end = MAX_REASON_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
+    crate::cut_at(text, MAX_REASON_LEN).to_string()
 }
 
 /// The request header that carries a [`fetch_token`] when a GL obtains an assignment copy from its source

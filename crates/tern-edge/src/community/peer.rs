@@ -222,23 +222,12 @@ impl Handler for PeerHandler {
         }
         let target = request.uri().path_and_query().map_or("/", |target| target.as_str());
         let token = request.headers().get(TOKEN_FIELD).map(|value| value.as_bytes());
-        // The host the edge will key and fetch on: an absolute-form target's authority before `Host`
-        // (RFC 9112 section 3.2.2), as the edge itself takes it.
-        let host = request
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|host| host.to_str().ok())
-            })
-            .unwrap_or_default();
+        // The host the edge will key and fetch on (an absolute-form target's authority before `Host`).
+        let host = crate::proxy::target_host(request.uri(), request.headers()).unwrap_or_default();
         let verified = self
             .community
             .auth
-            .verify(token, request.method().as_str(), host, target, b"", unix_ms());
+            .verify(token, request.method().as_str(), &host, target, b"", unix_ms());
         if let Err(error) = verified {
             return self.refuse(client, error);
         }

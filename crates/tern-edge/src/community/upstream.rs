@@ -88,20 +88,15 @@ impl CommunityUpstream {
         let headers = request.headers_mut();
         // The host this edge keyed the request on (an absolute-form target's authority before `Host`),
         // sent as `Host` with the origin-form target, and signed.
-        let host = parts
-            .uri
-            .authority()
-            .map(|authority| authority.as_str())
-            .or_else(|| parts.headers.get(header::HOST).and_then(|host| host.to_str().ok()))
-            .unwrap_or_default();
-        if let Ok(value) = HeaderValue::from_str(host)
+        let host = crate::proxy::target_host(&parts.uri, &parts.headers).unwrap_or_default();
+        if let Ok(value) = HeaderValue::from_str(&host)
             && !host.is_empty()
         {
             headers.insert(header::HOST, value);
         }
         let token = community
             .auth
-            .sign(parts.method.as_str(), host, target, b"", super::auth::unix_ms());
+            .sign(parts.method.as_str(), &host, target, b"", super::auth::unix_ms());
         if let Ok(token) = HeaderValue::from_str(&token) {
             headers.insert(TOKEN_FIELD, token);
         }

@@ -250,10 +250,11 @@ impl Inner {
     /// would not shrink) leaves the class as it is.
     fn withdraw_if_stale(&self, named: BaseId, announced: &[BaseId]) {
         let withdrawn = self.delta.with_holder(|holder| {
-            let class = holder.class_of_base(&named)?.to_string();
+            let class_of = |id: &BaseId| holder.base(id).map(tern_delta::Base::class);
+            let class = class_of(&named)?.to_string();
             let still_announced = announced
                 .iter()
-                .any(|id| *id == named || holder.class_of_base(id).is_none_or(|other| other == class));
+                .any(|id| *id == named || class_of(id).is_none_or(|other| other == class));
             (!still_announced && holder.withdraw(&class)).then_some(class)
         });
         if let Some(class) = withdrawn {
