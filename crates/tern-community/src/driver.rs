@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::throttle::{DEFAULT_WARN_INTERVAL, Throttle};
+use tern_admin::throttle::{DEFAULT_WARN_INTERVAL, Throttle};
 use crate::{Allocation, Community, CommunityConfig, ConfigError, Counters, Event, Input, Output, Role, TimerKind};
 
 /// The HTTP path the registry answers community messages on (`POST`, the encoded message as the body).

@@ -28,7 +28,6 @@ pub mod rank;
 pub mod registry;
 #[cfg(feature = "driver")]
 pub mod service;
-pub mod throttle;
 
 pub use allocation::{Allocation, AllocationConfig};
 pub use clock::WallClock;
@@ -38,4 +37,3 @@ pub use counters::{Counters, Refusals};
 pub use directory::{Directory, DirectoryLimits};
 pub use event::{Event, Input, Output, Role, TimerKind};
 pub use registry::{Registry, RegistryConfig, RegistryReply, RegistryState};
-pub use throttle::Throttle;

@@ -152,6 +152,73 @@ impl Default for EdgeConfig {
     }
 }
 
+/// Smallest `max_header_bytes`: the HTTP/1.1 parser reads a request head in a buffer of at least this
+/// many bytes, so a smaller value would not be what the edge enforces.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// Smallest `max_uri_bytes` accepted: below it ordinary pages and assets get 414.
+pub const MIN_URI_BYTES: usize = 256;
+
+impl EdgeConfig {
+    /// Refuses settings that cannot work or would not do what they say, naming the setting (the config
+    /// file's key): sizes and limits that would refuse every request, zero timeouts (every connection
+    /// would fail), a CA for a scheme that uses none, a cookie path that is not a path.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.heuristic_fraction.is_finite() && (0.0..=1.0).contains(&self.heuristic_fraction)) {
+            return Err(format!(
+                "heuristic_fraction must be between 0 and 1 (RFC 9111 suggests 0.1), not {}",
+                self.heuristic_fraction
+            ));
+        }
+        if self.cache_size == 0 {
+            return Err("--cache-size (cache_size) must be more than zero".into());
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(format!(
+                "max_header_bytes = {}: at least {MIN_HEADER_BYTES} (the HTTP/1.1 parser reads heads in buffers that large; the default is 65536)",
+                self.max_header_bytes
+            ));
+        }
+        if self.max_header_fields == 0 {
+            return Err("max_header_fields = 0 would refuse every request (the default is 100)".into());
+        }
+        if self.max_uri_bytes < MIN_URI_BYTES {
+            return Err(format!(
+                "max_uri_bytes = {}: at least {MIN_URI_BYTES}, or ordinary URLs get 414 (RFC 9112 section 3 recommends 8000; the default is 8192)",
+                self.max_uri_bytes
+            ));
+        }
+        for (name, value) in [
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.first_byte_timeout_ms", self.upstream.first_byte_timeout_ms),
+            ("upstream.idle_body_timeout_ms", self.upstream.idle_body_timeout_ms),
+        ] {
+            if value < 10 {
+                return Err(format!(
+                    "{name} = {value}: at least 10 milliseconds, or every connection fails"
+                ));
+            }
+        }
+        let https = |url: &str| url.trim().to_ascii_lowercase().starts_with("https://");
+        if self.origin_ca.is_some() && !self.origin.is_empty() && !https(&self.origin) {
+            return Err(format!(
+                "--origin-ca (origin_ca) vouches for an https:// origin; the origin {} is plain HTTP",
+                self.origin
+            ));
+        }
+        if self.sync_ca.is_some() && !self.sync_url.as_deref().is_some_and(https) {
+            return Err("--sync-ca (sync_ca) vouches for an https:// --sync-url; give one, or leave the CA out".into());
+        }
+        if let Some(path) = self.store_set_cookie_paths.iter().find(|path| !path.starts_with('/')) {
+            return Err(format!(
+                "store_set_cookie_paths: {path:?} is not a path prefix (they start with /); as given it matches nothing"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
@@ -225,5 +292,33 @@ mod tests {
         assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_byte_size("1kb"), Ok(1024));
         assert!(parse_byte_size("lots").is_err());
+    }
+
+    #[test]
+    fn settings_that_would_refuse_every_request_are_refused_by_name() {
+        let base = || EdgeConfig {
+            origin: "http://127.0.0.1:9000".into(),
+            ..EdgeConfig::default()
+        };
+        assert_eq!(base().check(), Ok(()));
+        let refused = |change: fn(&mut EdgeConfig), named: &str| {
+            let mut config = base();
+            change(&mut config);
+            let error = config.check().expect_err(named);
+            assert!(error.contains(named), "{named}: {error}");
+        };
+        refused(|c| c.max_uri_bytes = 0, "max_uri_bytes");
+        refused(|c| c.max_header_bytes = 0, "max_header_bytes");
+        refused(|c| c.max_header_fields = 0, "max_header_fields");
+        refused(|c| c.tls_handshake_timeout_ms = 0, "tls_handshake_timeout_ms");
+        refused(|c| c.upstream.connect_timeout_ms = 0, "upstream.connect_timeout_ms");
+        refused(|c| c.origin_ca = Some("ca.pem".into()), "origin_ca");
+        refused(|c| c.sync_ca = Some("ca.pem".into()), "sync_ca");
+        refused(|c| c.store_set_cookie_paths = vec!["account".into()], "store_set_cookie_paths");
+        refused(|c| c.cache_size = 0, "cache_size");
+        let mut https = base();
+        https.origin = "https://origin.example".into();
+        https.origin_ca = Some("ca.pem".into());
+        assert_eq!(https.check(), Ok(()));
     }
 }

@@ -92,6 +92,7 @@ pub async fn start_with(
     upstream: Arc<dyn Upstream>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningEdge, StartError> {
+    config.check().map_err(StartError::Config)?;
     let purge_key = match &config.purge_key {
         Some(path) => Some(SecretKey::load(path)?),
         None => None,
@@ -118,15 +119,6 @@ pub async fn start_with(
         honor_request_directives: config.honor_request_cache_control,
         store_set_cookie_paths: config.store_set_cookie_paths.clone(),
     };
-    if !(config.heuristic_fraction.is_finite() && (0.0..=1.0).contains(&config.heuristic_fraction)) {
-        return Err(StartError::Config(format!(
-            "heuristic_fraction must be between 0 and 1 (RFC 9111 suggests 0.1), not {}",
-            config.heuristic_fraction
-        )));
-    }
-    if config.cache_size == 0 {
-        return Err(StartError::Config("--cache-size must be more than zero".into()));
-    }
     if config.delta.mode != delta::DeltaMode::Off {
         config.delta.check().map_err(StartError::Config)?;
     }
@@ -218,6 +210,7 @@ pub async fn start_with(
     };
     let handler = Arc::new(EdgeHandler {
         edge: edge.clone(),
+        scheme: "http",
         redirect_https: match (&https, config.redirect_https) {
             (Some((_, bound)), true) => Some(bound.port()),
             _ => None,
@@ -250,6 +243,7 @@ pub async fn start_with(
     if let (Some((listener, bound)), Some(certs)) = (https, &certs) {
         let handler = Arc::new(EdgeHandler {
             edge: edge.clone(),
+            scheme: "https",
             redirect_https: None,
         });
         running.spawn(serve_with(
@@ -341,6 +335,8 @@ fn tls_config(config: &EdgeConfig) -> Result<Option<TlsConfig>, StartError> {
 
 struct EdgeHandler {
     edge: Arc<Edge>,
+    /// The scheme of the listener: `"http"` or `"https"` (told to the origin as `X-Forwarded-Proto`).
+    scheme: &'static str,
     /// On the plain listener with `redirect_https`: the HTTPS port to send clients to.
     redirect_https: Option<u16>,
 }
@@ -363,6 +359,7 @@ impl Handler for EdgeHandler {
             }
         });
         community::strip_client_fields(request.headers_mut());
+        tern_http::hop::own_forwarding(request.headers_mut(), self.scheme);
         self.edge.handle(request, client).await
     }
 }

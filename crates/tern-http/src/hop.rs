@@ -1,5 +1,5 @@
 //! Hop-by-hop fields (RFC 9110 section 7.6.1) and the proxy fields an intermediary adds (`Via`,
-//! `X-Forwarded-For`).
+//! `X-Forwarded-For`, `X-Forwarded-Proto`).
 
 use std::net::IpAddr;
 
@@ -90,6 +90,40 @@ impl Via {
     }
 }
 
+/// `X-Forwarded-Proto`: the scheme the client used to reach the first proxy (a de facto standard; RFC 7239
+/// gives it as `Forwarded: proto=`).
+pub const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether `name` is a field by which a proxy in front of the origin tells it about the client's request
+/// (its scheme, host, port, or a path to serve instead): `Forwarded` (RFC 7239) and the `X-Forwarded-*`,
+/// `X-Original-URL`, `X-Rewrite-URL`, `X-Host`, `Front-End-Https` and `X-Url-Scheme` conventions.
+/// `X-Forwarded-For` is not one of them: it is appended to, never trusted for content.
+fn is_forwarding_field(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    (name.starts_with("x-forwarded-") && name != "x-forwarded-for")
+        || matches!(
+            name,
+            "forwarded" | "x-original-url" | "x-rewrite-url" | "x-host" | "front-end-https" | "x-url-scheme"
+        )
+}
+
+/// Makes the forwarding fields of a request received from a client the edge's own: any the client sent is
+/// removed (they are unkeyed input: an origin that trusts them would answer with the client's scheme or
+/// host, and the cache would give that answer to everyone), and `X-Forwarded-Proto` is set to `scheme`,
+/// the scheme of the listener the request came in on (`"http"` or `"https"`), so that an origin that
+/// redirects plain HTTP to HTTPS sees HTTPS clients as such. An origin whose answer depends on the scheme
+/// says `Vary: X-Forwarded-Proto`, which the cache keys on like any other `Vary`.
+pub fn own_forwarding(headers: &mut HeaderMap, scheme: &'static str) {
+    // One pass over the names first: most requests carry none of them, and removing by name is a lookup each.
+    if headers.keys().any(is_forwarding_field) {
+        let names: Vec<HeaderName> = headers.keys().filter(|name| is_forwarding_field(name)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    headers.insert(FORWARDED_PROTO, HeaderValue::from_static(scheme));
+}
+
 /// Appends the client address to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let name = HeaderName::from_static("x-forwarded-for");
@@ -142,6 +176,26 @@ mod tests {
         strip(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn a_clients_forwarding_fields_give_way_to_the_listeners_scheme() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        headers.insert("x-forwarded-port", HeaderValue::from_static("80"));
+        headers.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=http;host=evil.example"));
+        headers.insert("x-original-url", HeaderValue::from_static("/admin"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        own_forwarding(&mut headers, "https");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        for gone in ["x-forwarded-host", "x-forwarded-port", "forwarded", "x-original-url"] {
+            assert!(!headers.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1", "appended to later, not dropped");
+        assert_eq!(headers["accept"], "*/*");
+        assert_eq!(headers.len(), 3);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 pub fn load_or_create(dir: &Path) -> std::io::Result<SigningKey> {
     let private = dir.join("mover.key");
     let public = dir.join("mover.pub");
-    if let Ok(text) = std::fs::read_to_string(&private) {
+    if let Ok(text) = tern_wire::read_setting_text(&private) {
         let line = text
             .lines()
             .map(str::trim)
@@ -56,7 +56,7 @@ fn write_public(path: &Path, key: &VerifyingKey) -> std::io::Result<()> {
 
 /// Reads a `mover.pub` file.
 pub fn load_public(path: &Path) -> std::io::Result<VerifyingKey> {
-    let text = std::fs::read_to_string(path)?;
+    let text = tern_wire::read_setting_text(path)?;
     let line = text
         .lines()
         .map(str::trim)

@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginConfig {
-    /// Directory served.
+    /// Directory served; none given (empty) is refused at start, rather than serving the working directory.
     pub root: PathBuf,
     /// Address of the HTTP listener.
     pub listen: SocketAddr,
@@ -49,7 +49,7 @@ pub struct CacheRule {
 impl Default for OriginConfig {
     fn default() -> Self {
         OriginConfig {
-            root: PathBuf::from("."),
+            root: PathBuf::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             admin: None,
             cache_control: None,
@@ -64,11 +64,84 @@ impl Default for OriginConfig {
 }
 
 impl OriginConfig {
+    /// Refuses settings that cannot work, naming the setting: no root, an empty or nested `index`, a rule
+    /// whose prefix is not a path (it would never match) or that is given twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.root.as_os_str().is_empty() {
+            return Err(
+                "no directory to serve: give it as `tern serve DIR` or as `root = \"DIR\"` in the config's [serve] table"
+                    .into(),
+            );
+        }
+        if self.index.is_empty() || self.index.contains('/') || self.index.starts_with('.') {
+            return Err(format!(
+                "index = {:?}: the name of the file served for a directory (index.html), without a slash",
+                self.index
+            ));
+        }
+        for (n, rule) in self.rules.iter().enumerate() {
+            if !rule.prefix.starts_with('/') {
+                return Err(format!(
+                    "[[serve.rules]] prefix = {:?}: a URL path prefix starts with / (\"/{}\"); as given it matches nothing",
+                    rule.prefix, rule.prefix
+                ));
+            }
+            if self.rules[..n].iter().any(|earlier| earlier.prefix == rule.prefix) {
+                return Err(format!(
+                    "[[serve.rules]] prefix = {:?} is given twice: one rule per prefix",
+                    rule.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The rule with the longest prefix matching `path`.
     pub fn rule_for(&self, path: &str) -> Option<&CacheRule> {
         self.rules
             .iter()
             .filter(|rule| path.starts_with(&rule.prefix))
             .max_by_key(|rule| rule.prefix.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooted() -> OriginConfig {
+        OriginConfig {
+            root: PathBuf::from("/srv/site"),
+            ..OriginConfig::default()
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        assert!(rooted().check().is_ok());
+        let no_root = OriginConfig::default().check().expect_err("no root");
+        assert!(no_root.contains("no directory to serve"), "{no_root}");
+        let rule = |prefix: &str| CacheRule {
+            prefix: prefix.into(),
+            cache_control: Some("max-age=60".into()),
+            surrogate_key: None,
+        };
+        let relative = OriginConfig {
+            rules: vec![rule("static")],
+            ..rooted()
+        };
+        assert!(relative.check().expect_err("relative prefix").contains("\"/static\""));
+        let twice = OriginConfig {
+            rules: vec![rule("/a/"), rule("/a/")],
+            ..rooted()
+        };
+        assert!(twice.check().expect_err("twice").contains("given twice"));
+        for index in ["", "a/index.html", ".index"] {
+            let config = OriginConfig {
+                index: index.into(),
+                ..rooted()
+            };
+            assert!(config.check().expect_err(index).contains("index ="), "{index}");
+        }
     }
 }

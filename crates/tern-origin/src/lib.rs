@@ -22,10 +22,10 @@ use tern_http::conditional::{self, Precondition, Validators};
 use tern_http::range::{self, RangeOutcome};
 use tern_http::server::{Handler, ServerLimits};
 use tern_http::{Body, date};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use config::{CacheRule, OriginConfig};
-use resolve::{Hidden, Resolved, resolve};
+use resolve::{Hidden, Refusal, Resolved, resolve};
 
 /// Why the origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,9 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// A setting that cannot work.
+    #[error("{0}")]
+    Config(String),
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] tern_admin::BindError),
@@ -66,10 +69,13 @@ struct StaticOrigin {
     root: PathBuf,
     config: OriginConfig,
     metrics: OriginMetrics,
+    /// Warnings about files this server may not read.
+    permission_warnings: std::sync::Mutex<tern_admin::Throttle<()>>,
 }
 
 /// Starts serving `config.root`.
 pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
+    config.check().map_err(StartError::Config)?;
     let root = std::fs::canonicalize(&config.root).map_err(|e| {
         // A node's `live` link appears with the site's first publish: say so rather than "not found".
         let reason = if e.kind() == std::io::ErrorKind::NotFound && config.root.ends_with("live") {
@@ -103,6 +109,7 @@ pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
             requests,
             bytes,
         },
+        permission_warnings: std::sync::Mutex::new(tern_admin::Throttle::default()),
     });
 
     let tls =
@@ -148,6 +155,18 @@ impl Handler for StaticOrigin {
 }
 
 impl StaticOrigin {
+    /// The answer to a refused path; a path the server's user may not read is also a warning (at most one
+    /// every 30 s, with the number left out), for that is the operator's to fix.
+    fn refused(&self, refusal: Refusal, path: &str) -> Response<Body> {
+        if refusal == Refusal::Forbidden {
+            let mut warnings = self.permission_warnings.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(suppressed) = warnings.check((), std::time::Instant::now()) {
+                warn!(%path, root = %self.root.display(), suppressed, "answered 403: this server's user may not read the file or a directory on its way; fix its permissions");
+            }
+        }
+        text(refusal.status(), refusal.message())
+    }
+
     async fn answer(&self, request: &Request<Incoming>) -> Response<Body> {
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
@@ -169,12 +188,13 @@ impl StaticOrigin {
         };
         let resolved = match resolve(&root, path, &self.config.index, hidden).await {
             Ok(resolved) => resolved,
-            Err(refusal) => return text(refusal.status(), refusal.message()),
+            Err(refusal) => return self.refused(refusal, path),
         };
         let (file_path, metadata) = match resolved {
             Resolved::File { path, metadata } => (path, metadata),
             Resolved::DirectoryWithoutSlash => {
-                let mut location = format!("{path}/");
+                // One leading slash: `//name` in a Location is another host's (an open redirect).
+                let mut location = format!("/{}/", path.trim_start_matches('/'));
                 if let Some(query) = request.uri().query() {
                     location = format!("{location}?{query}");
                 }
@@ -184,6 +204,12 @@ impl StaticOrigin {
                 }
                 return response;
             }
+        };
+        // Opened before anything is answered, for HEAD too: a file the server may not read is a 403 (and a
+        // warning for the operator) whatever the method.
+        let file = match tokio::fs::File::open(&file_path).await {
+            Ok(file) => file,
+            Err(error) => return self.refused(Refusal::of(&error), path),
         };
         let length = metadata.len();
         let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
@@ -248,10 +274,6 @@ impl StaticOrigin {
         if method == Method::HEAD {
             return with_headers(status, headers, tern_http::empty());
         }
-        let file = match tokio::fs::File::open(&file_path).await {
-            Ok(file) => file,
-            Err(_) => return text(StatusCode::NOT_FOUND, "no such file"),
-        };
         self.metrics.bytes.inc_by(count);
         with_headers(status, headers, tern_http::file_range(file, start, count))
     }

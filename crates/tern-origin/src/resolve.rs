@@ -29,6 +29,20 @@ pub enum Refusal {
     BadPath,
     /// Nothing there (or nothing served there).
     NotFound,
+    /// There, but the server's user may not read it (file system permissions): the operator's to fix.
+    Forbidden,
+}
+
+impl Refusal {
+    /// The refusal for a failed file system call: `Forbidden` for a permission error (a file or a
+    /// directory on the way the server's user may not read), `NotFound` for the rest.
+    pub fn of(error: &std::io::Error) -> Refusal {
+        if error.kind() == std::io::ErrorKind::PermissionDenied {
+            Refusal::Forbidden
+        } else {
+            Refusal::NotFound
+        }
+    }
 }
 
 impl Refusal {
@@ -37,6 +51,7 @@ impl Refusal {
         match self {
             Refusal::BadPath => StatusCode::BAD_REQUEST,
             Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -45,6 +60,7 @@ impl Refusal {
         match self {
             Refusal::BadPath => "malformed path",
             Refusal::NotFound => "no such file",
+            Refusal::Forbidden => "this server may not read that file",
         }
     }
 }
@@ -109,7 +125,7 @@ pub async fn resolve(root: &Path, request_path: &str, index: &str, hidden: Hidde
     let candidate = root.join(&relative);
     let canonical = tokio::fs::canonicalize(&candidate)
         .await
-        .map_err(|_| Refusal::NotFound)?;
+        .map_err(|error| Refusal::of(&error))?;
     if !canonical.starts_with(root) {
         // A symbolic link pointing out of the root.
         return Err(Refusal::NotFound);
@@ -117,18 +133,22 @@ pub async fn resolve(root: &Path, request_path: &str, index: &str, hidden: Hidde
     if refuse_hidden && is_hidden_below(root, &canonical) {
         return Err(Refusal::NotFound);
     }
-    let metadata = tokio::fs::metadata(&canonical).await.map_err(|_| Refusal::NotFound)?;
+    let metadata = tokio::fs::metadata(&canonical)
+        .await
+        .map_err(|error| Refusal::of(&error))?;
     if metadata.is_dir() {
         if !request_path.ends_with('/') {
             return Ok(Resolved::DirectoryWithoutSlash);
         }
         let index_path = tokio::fs::canonicalize(canonical.join(index))
             .await
-            .map_err(|_| Refusal::NotFound)?;
+            .map_err(|error| Refusal::of(&error))?;
         if !index_path.starts_with(root) || (refuse_hidden && is_hidden_below(root, &index_path)) {
             return Err(Refusal::NotFound);
         }
-        let metadata = tokio::fs::metadata(&index_path).await.map_err(|_| Refusal::NotFound)?;
+        let metadata = tokio::fs::metadata(&index_path)
+            .await
+            .map_err(|error| Refusal::of(&error))?;
         if !metadata.is_file() {
             return Err(Refusal::NotFound);
         }

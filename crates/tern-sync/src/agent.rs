@@ -329,8 +329,8 @@ impl Agent {
 
     async fn send_loop(self: &Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        // When a key mismatch was last logged as a warning: once every 30 s, the rest in `/status`.
-        let mut last_warning: Option<std::time::Instant> = None;
+        // A key mismatch is logged as a warning once every 30 s, the rest in `/status`.
+        let mut key_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
         let mut connection: Option<(TcpStream, FrameDecoder)> = None;
         loop {
             let (incarnation, batch): (Incarnation, Vec<Change>) = {
@@ -392,9 +392,8 @@ impl Agent {
                     let error = format!(
                         "the sync service's answer does not open with this agent's key ({error}): give --key the sync service's --key file"
                     );
-                    if last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(30)) {
-                        last_warning = Some(std::time::Instant::now());
-                        warn!("{error}");
+                    if let Some(suppressed) = key_warnings.check((), std::time::Instant::now()) {
+                        warn!(suppressed, "{error}");
                     }
                     self.note_error(error);
                     connection = None;

@@ -50,7 +50,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut last_warning: Option<std::time::Instant> = None;
+    let mut full_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -65,9 +65,8 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.frame_rejected("too-many-connections");
-            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
-                last_warning = Some(std::time::Instant::now());
-                warn!(%peer, limit = MAX_CONNECTIONS, "agent connection refused: as many are open as the listener serves (repeats counted in /metrics)");
+            if let Some(suppressed) = full_warnings.check((), std::time::Instant::now()) {
+                warn!(%peer, limit = MAX_CONNECTIONS, suppressed, "agent connection refused: as many are open as the listener serves (repeats counted in /metrics)");
             }
             drop(stream);
             continue;

@@ -90,7 +90,7 @@ impl SecretKey {
 
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = crate::read_setting_text(path).map_err(|source| KeyError::Io {
             path: path.to_path_buf(),
             source,
         })?;

@@ -78,6 +78,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                     eprintln!("tern demo stopped; its log is kept as {}", kept.display());
                 }
                 let _ = std::fs::remove_dir_all(&base);
+            } else if !smoke {
+                eprintln!("tern demo stopped; everything it wrote stays in {}", base.display());
             }
             Ok(())
         }
@@ -128,7 +130,7 @@ async fn guide_and_wait(system: &System, delta_demo: &delta::DeltaDemo, temporar
         println!("\nPress Ctrl-C to stop.");
     }
     let stop = CancellationToken::new();
-    crate::stop_on_signal(stop.clone());
+    crate::stop_on_signal(stop.clone(), crate::Hangup::Stop);
     stop.cancelled().await;
     Ok(())
 }

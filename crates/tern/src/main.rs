@@ -1163,7 +1163,7 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     if memory_only {
         info!("no --cache-dir: caching in memory only; the cache is lost on restart");
     }
-    stop_on_signal(edge.shutdown_token());
+    stop_on_signal(edge.shutdown_token(), Hangup::Reload);
     edge.wait().await;
     info!("edge stopped");
     Ok(())
@@ -1198,7 +1198,7 @@ async fn run_registry(args: RegistryArgs) -> Result<()> {
     let registry = tern_community::service::start(config)
         .await
         .context("tern registry did not start")?;
-    stop_on_signal(registry.shutdown_token());
+    stop_on_signal(registry.shutdown_token(), Hangup::Reload);
     registry.wait().await;
     info!("registry stopped");
     Ok(())
@@ -1230,7 +1230,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         config.tls_dir = args.tls.tls_dir;
     }
     let origin = tern_origin::start(config).await.context("origin did not start")?;
-    stop_on_signal(origin.shutdown_token());
+    stop_on_signal(origin.shutdown_token(), Hangup::Reload);
     origin.wait().await;
     info!("origin stopped");
     Ok(())
@@ -1277,7 +1277,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     };
     let agent = tern_sync::Agent::new(config).context("agent did not start")?;
     let stop = tokio_util::sync::CancellationToken::new();
-    stop_on_signal(stop.clone());
+    stop_on_signal(stop.clone(), Hangup::Reload);
     if let Some(addr) = args.admin.or(file.admin) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -1395,7 +1395,7 @@ async fn run_delta(args: DeltaArgs) -> Result<()> {
     let delta = tern_delta::role::start(config)
         .await
         .context("tern delta did not start")?;
-    stop_on_signal(delta.shutdown_token());
+    stop_on_signal(delta.shutdown_token(), Hangup::Reload);
     delta.wait().await;
     info!("tern delta stopped");
     Ok(())
@@ -1451,7 +1451,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
     let sync = tern_sync::start_with(config, certs)
         .await
         .context("sync service did not start")?;
-    stop_on_signal(sync.shutdown_token());
+    stop_on_signal(sync.shutdown_token(), Hangup::Reload);
     sync.wait().await;
     info!("sync service stopped");
     Ok(())
@@ -1497,7 +1497,7 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
         .await
         .context("mover did not start")?;
     info!(public_key = %public.display(), "give nodes this public key file (tern node --key)");
-    stop_on_signal(mover.shutdown_token());
+    stop_on_signal(mover.shutdown_token(), Hangup::Reload);
     mover.wait().await;
     Ok(())
 }
@@ -1550,7 +1550,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         }
         _ => None,
     };
-    stop_on_signal(node.shutdown_token());
+    stop_on_signal(node.shutdown_token(), Hangup::Reload);
     node.wait().await;
     if let Some(discovery) = discovery {
         discovery.stop().await;
@@ -1736,20 +1736,41 @@ fn parse_time(text: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub(crate) fn stop_on_signal(token: CancellationToken) {
+/// What a role does on SIGHUP, which also comes when the terminal it was started from closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hangup {
+    /// Go on running: a role given certificates reads them again (its certificate store listens for the
+    /// signal itself); other settings take a restart. Without this, SIGHUP's default action would end the
+    /// process at once, without a log line or a clean shutdown.
+    Reload,
+    /// Stop as on Ctrl-C (the demo: its terminal closed, so its files are removed as on Ctrl-C).
+    Stop,
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM, and on SIGHUP when `hangup` is [`Hangup::Stop`]; a
+/// [`Hangup::Reload`] role logs the SIGHUP and goes on.
+pub(crate) fn stop_on_signal(token: CancellationToken, hangup: Hangup) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            let (Ok(mut terminate), Ok(mut hangups)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+            else {
                 let _ = tokio::signal::ctrl_c().await;
                 token.cancel();
                 return;
             };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
+                    _ = hangups.recv() => match hangup {
+                        Hangup::Stop => break,
+                        Hangup::Reload => info!(
+                            "SIGHUP: certificates given with --tls-* are read again; other settings take a restart (stop with SIGTERM or Ctrl-C)"
+                        ),
+                    },
+                }
             }
         }
         #[cfg(not(unix))]

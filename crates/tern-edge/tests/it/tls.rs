@@ -159,6 +159,64 @@ async fn https_negotiates_http2_and_shares_the_cache_with_plain_http() {
 }
 
 #[tokio::test]
+async fn the_origin_hears_the_listeners_scheme_and_never_a_clients_forwarding_fields() {
+    let certs = Certs::new();
+    let setup = Setup::with(|config| certs.apply(config)).await;
+    // An origin that redirects plain HTTP to HTTPS by `X-Forwarded-Proto` says so with `Vary`.
+    setup.origin.set(
+        "/page",
+        Resource::ok(
+            "scheme-dependent",
+            &[("cache-control", "max-age=60"), ("vary", "x-forwarded-proto")],
+        ),
+    );
+    let https = setup.edge.tls.expect("HTTPS listener");
+    let authority = format!("localhost:{}", https.port());
+
+    // A client on plain HTTP claims HTTPS and another host: neither reaches the origin.
+    let spoofed = setup
+        .get_with(
+            "/page",
+            &[
+                ("host", authority.as_str()),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+                ("x-original-url", "/admin"),
+            ],
+        )
+        .await;
+    assert_eq!(spoofed.status, StatusCode::OK);
+    let seen = setup.origin.seen();
+    let first = seen.last().expect("the origin was asked");
+    assert_eq!(first.headers["x-forwarded-proto"], "http");
+    for field in ["x-forwarded-host", "forwarded", "x-original-url"] {
+        assert!(!first.headers.contains_key(field), "the client's {field} reached the origin");
+    }
+
+    // An HTTPS client is told to the origin as such, and does not get the plain-HTTP answer.
+    let stream = connect(https, "localhost", &certs.ca_file, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(connection);
+    let (status, _) = h1_get(&mut sender, &authority, "/page").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(setup.origin.count_for("/page"), 2, "one fetch per scheme the origin varies on");
+    let seen = setup.origin.seen();
+    assert_eq!(seen.last().expect("second fetch").headers["x-forwarded-proto"], "https");
+
+    // Each scheme now hits its own answer.
+    let (status, _) = h1_get(&mut sender, &authority, "/page").await;
+    assert_eq!(status, StatusCode::OK);
+    let plain = setup.get_with("/page", &[("host", authority.as_str())]).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(setup.origin.count_for("/page"), 2);
+}
+
+#[tokio::test]
 async fn curl_gets_http2_over_tls() {
     let certs = Certs::new();
     let setup = Setup::with(|config| certs.apply(config)).await;
@@ -482,7 +540,7 @@ async fn tls_settings_that_cannot_work_stop_the_start_with_a_reason() {
     bad_key.tls_key = Some(wrong_key);
     let error = tern_edge::start(bad_key).await.err().expect("refused");
     assert!(
-        error.to_string().contains("does not belong to the certificate"),
+        error.to_string().contains("does not belong to the first certificate"),
         "{error}"
     );
 

@@ -67,7 +67,7 @@ pub enum TlsError {
     },
     /// A certificate file holds no usable PEM certificate.
     #[error(
-        "{path} holds no usable PEM certificate ({reason}); give a file with -----BEGIN CERTIFICATE----- blocks, the server's own certificate first"
+        "{path} holds no usable PEM certificate ({reason}); give a file with -----BEGIN CERTIFICATE----- blocks"
     )]
     Certificate {
         /// The file.
@@ -87,13 +87,16 @@ pub enum TlsError {
     },
     /// The key is not the one the certificate was issued for.
     #[error(
-        "the key in {key} does not belong to the certificate in {cert}; give the key the certificate was issued for"
+        "the key in {key} does not belong to the first certificate in {cert}; give the key the certificate was issued for{hint}"
     )]
     Mismatch {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
+        /// More on what is wrong, when known (the chain's certificates in the wrong order), starting with
+        /// `"; "`; else empty.
+        hint: String,
     },
     /// A certificate directory has a certificate without its key, or no pair at all.
     #[error("{dir}: {reason}")]
@@ -183,10 +186,28 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    tern_wire::read_setting_file(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// What is wrong with a PEM file, in words (rustls-pki-types shows the lines it quotes as byte arrays).
+fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a block has no `{}` line: the file is cut short or damaged",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a malformed BEGIN line: `{}`",
+            tern_wire::cut_at(String::from_utf8_lossy(line).trim(), 80)
+        ),
+        Error::Base64Decode(_) => "the text between a BEGIN and its END line is not valid base64: damaged, or not a PEM block".into(),
+        Error::NoItemsFound => "no PEM block found".into(),
+        other => other.to_string(),
+    }
 }
 
 /// Reads a PEM certificate chain.
@@ -198,7 +219,7 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     };
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| certificate_error(e.to_string()))?;
+        .map_err(|e| certificate_error(pem_reason(&e)))?;
     if chain.is_empty() {
         return Err(certificate_error("no CERTIFICATE block found".into()));
     }
@@ -208,11 +229,23 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
+    // An encrypted key (`ENCRYPTED PRIVATE KEY`, or an OpenSSL `Proc-Type: 4,ENCRYPTED` header) would
+    // need a passphrase at every start and reload; say so rather than "no key found".
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError::Key {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it is encrypted with a passphrase, which tern does not ask for; decrypt it once with `openssl pkey -in {0} -out {0}.plain` and give that file, readable by tern's user only",
+                path.display()
+            ),
+        });
+    }
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Key {
         path: path.to_path_buf(),
         reason: match e {
             rustls_pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY block found".into(),
-            other => other.to_string(),
+            other => pem_reason(&other),
         },
     })
 }
@@ -303,7 +336,47 @@ mod tests {
         let error =
             CertStore::load(TlsConfig::new(CertSource::Pair { cert, key: other_key })).expect_err("mismatched key");
         assert!(matches!(error, TlsError::Mismatch { .. }), "{error}");
-        assert!(error.to_string().contains("does not belong to the certificate"));
+        assert!(error.to_string().contains("does not belong to the first certificate"));
+    }
+
+    #[test]
+    fn a_chain_in_the_wrong_order_an_encrypted_key_and_a_cut_file_are_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::testsuite::TestCa::new("order test CA");
+        let leaf = ca.issue(&["a.example"]);
+        let (cert, key) = leaf.write(dir.path(), "site");
+        // The CA's certificate pasted before the server's own.
+        std::fs::write(&cert, format!("{}{}", ca.pem(), leaf.cert_pem)).expect("write");
+        let message = CertStore::load(TlsConfig::new(CertSource::Pair {
+            cert: cert.clone(),
+            key: key.clone(),
+        }))
+        .expect_err("wrong order")
+        .to_string();
+        assert!(message.contains("certificate 2 of the file"), "{message}");
+        assert!(message.contains("comes first"), "{message}");
+
+        let encrypted = dir.path().join("encrypted.key");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let message = load_key(&encrypted).expect_err("encrypted").to_string();
+        assert!(message.contains("encrypted with a passphrase") && message.contains("openssl pkey"), "{message}");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let message = load_key(&encrypted).expect_err("traditional encrypted").to_string();
+        assert!(message.contains("encrypted with a passphrase"), "{message}");
+
+        let pem = leaf.cert_pem.clone();
+        std::fs::write(&cert, &pem[..pem.len() / 2]).expect("write");
+        let message = load_certificates(&cert).expect_err("cut short").to_string();
+        assert!(message.contains("cut short"), "{message}");
+        assert!(!message.contains("[45"), "no byte arrays: {message}");
     }
 
     #[test]

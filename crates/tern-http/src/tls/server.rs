@@ -25,10 +25,11 @@ fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair
         None => Vec::new(),
     };
     let key = load_key(key_path)?;
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|error| match error {
+    let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|error| match error {
         rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
             cert: cert_path.to_path_buf(),
             key: key_path.to_path_buf(),
+            hint: chain_order_hint(&chain, &key),
         },
         other => TlsError::Key {
             path: key_path.to_path_buf(),
@@ -41,6 +42,25 @@ fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair
         names,
         key: Arc::new(certified),
     })
+}
+
+/// When the key belongs to a later certificate of the chain than the first (an intermediate or the
+/// server's own certificate pasted after the CA's), says which one and that it must come first; else empty.
+fn chain_order_hint(chain: &[CertificateDer<'static>], key: &PrivateKeyDer<'static>) -> String {
+    let provider = provider();
+    let Ok(signing) = provider.key_provider.load_private_key(key.clone_key()) else {
+        return String::new();
+    };
+    for (index, certificate) in chain.iter().enumerate().skip(1) {
+        let candidate = CertifiedKey::new(vec![certificate.clone()], signing.clone());
+        if candidate.keys_match().is_ok() {
+            return format!(
+                "; it belongs to certificate {} of the file: the server's own certificate comes first, then its issuers",
+                index + 1
+            );
+        }
+    }
+    String::new()
 }
 
 /// A certificate pair found in a `--tls-dir`: its name and files.

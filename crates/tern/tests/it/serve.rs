@@ -70,6 +70,11 @@ async fn static_origin_semantics() {
     let (status, headers, _) = get(&format!("{base}/docs"), &[], "GET").await;
     assert_eq!(status, 301);
     assert_eq!(headers["location"], "/docs/");
+    // Two leading slashes name this site's directory, and the redirect stays on this host (`//docs/` in a
+    // Location is host `docs`).
+    let (status, headers, _) = get(&format!("{base}//docs"), &[], "GET").await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "/docs/");
     assert_eq!(
         get(&format!("{base}/docs/"), &[], "GET").await.2,
         Bytes::from_static(b"docs")
