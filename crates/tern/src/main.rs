@@ -858,6 +858,26 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if matches!(
+        cli.command,
+        Command::Edge(_)
+            | Command::Registry(_)
+            | Command::Serve(_)
+            | Command::Demo(_)
+            | Command::Agent(_)
+            | Command::Mover(_)
+            | Command::Node(_)
+            | Command::Sync(_)
+            | Command::Delta(_)
+    ) {
+        // From the first moment, not once the role has started: SIGHUP's default action ends the process
+        // with no log line and no clean shutdown ([`stop_on_signal`] says what each role does with it).
+        #[cfg(unix)]
+        {
+            let _context = runtime.enter();
+            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        }
+    }
     match runtime.block_on(run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -480,6 +480,38 @@ mod tests {
         assert!(store.describe().contains("a.example"), "{}", store.describe());
     }
 
+    #[tokio::test]
+    async fn in_a_directory_one_broken_pair_keeps_its_certificate_and_holds_back_no_other() {
+        let ca = TestCa::new("tern test CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("mkdir");
+        let a1 = ca.issue(&["a.example"]);
+        a1.write(&certs, "a");
+        let b1 = ca.issue(&["b.example"]);
+        b1.write(&certs, "b");
+        let store = CertStore::load(TlsConfig::new(CertSource::Dir(certs.clone()))).expect("load");
+        let addr = handshake_server(&store).await;
+        let trust = ClientTls::new(Some(&ca.write(&dir.path().join("ca.pem")))).expect("trust");
+
+        // a's key is replaced by another's, b is renewed, and a new certificate c comes without its key.
+        std::fs::write(certs.join("a.key"), ca.issue(&["a.example"]).key_pem).expect("write");
+        let b2 = ca.issue(&["b.example"]);
+        b2.write(&certs, "b");
+        std::fs::write(certs.join("c.crt"), ca.issue(&["c.example"]).cert_pem).expect("write");
+        let problems = store.reload().expect("the good pairs reload");
+        let named: Vec<&str> = problems.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(named, ["a", "c"], "{problems:?}");
+        assert!(problems[0].1.to_string().contains("a.key"), "{}", problems[0].1);
+        assert!(problems[1].1.to_string().contains("no key beside it"), "{}", problems[1].1);
+        assert_eq!(presented(addr, "a.example", &trust).await.expect("a kept"), der_of(&a1));
+        assert_eq!(presented(addr, "b.example", &trust).await.expect("b renewed"), der_of(&b2));
+
+        // At start, the same directory is refused, naming the bad file.
+        let error = CertStore::load(TlsConfig::new(CertSource::Dir(certs))).expect_err("bad pair at start");
+        assert!(error.to_string().contains("a.key") || error.to_string().contains("c.crt"), "{error}");
+    }
+
     #[cfg(unix)]
     #[tokio::test]
     async fn sighup_reloads_the_certificates() {

@@ -4,7 +4,7 @@
 use super::*;
 
 /// One loaded certificate with its key and the DNS names it is valid for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct LoadedPair {
     name: String,
     cert_path: PathBuf,
@@ -71,9 +71,10 @@ struct PairFiles {
     key: PathBuf,
 }
 
-/// The pairs of `dir`, sorted by name. A certificate without its key is an error (a copy in progress or a
-/// mistake), not something to skip silently.
-fn scan_dir(dir: &Path) -> Result<Vec<PairFiles>, TlsError> {
+/// The pairs of `dir`, sorted by name, and the certificates found without their key (a copy in progress
+/// or a mistake: not something to skip silently), each with its pair's name. A directory that cannot be
+/// read is an error.
+fn scan_dir(dir: &Path) -> Result<(Vec<PairFiles>, Vec<(String, TlsError)>), TlsError> {
     let dir_error = |reason: String| TlsError::Directory {
         dir: dir.to_path_buf(),
         reason,
@@ -83,6 +84,7 @@ fn scan_dir(dir: &Path) -> Result<Vec<PairFiles>, TlsError> {
         source,
     })?;
     let mut pairs = Vec::new();
+    let mut keyless = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| TlsError::Read {
             path: dir.to_path_buf(),
@@ -95,53 +97,33 @@ fn scan_dir(dir: &Path) -> Result<Vec<PairFiles>, TlsError> {
         if file_name.starts_with('.') {
             continue;
         }
-        if path.is_dir() {
+        let (name, cert, key) = if path.is_dir() {
             let cert = path.join(SUBDIR_CERT);
-            let key = path.join(SUBDIR_KEY);
-            match (cert.is_file(), key.is_file()) {
-                (true, true) => pairs.push(PairFiles {
-                    name: file_name,
-                    cert,
-                    key,
-                }),
-                (true, false) => {
-                    return Err(dir_error(format!(
-                        "{} has no key beside it ({})",
-                        cert.display(),
-                        key.display()
-                    )));
-                }
-                _ => {}
+            if !cert.is_file() {
+                continue;
             }
+            (file_name, cert, path.join(SUBDIR_KEY))
         } else if let Some(name) = file_name.strip_suffix(".crt") {
-            let key = dir.join(format!("{name}.key"));
-            if !key.is_file() {
-                return Err(dir_error(format!(
-                    "{} has no key beside it ({})",
-                    path.display(),
-                    key.display()
-                )));
-            }
-            pairs.push(PairFiles {
-                name: name.to_string(),
-                cert: path,
-                key,
-            });
+            (name.to_string(), path.clone(), dir.join(format!("{name}.key")))
+        } else {
+            continue;
+        };
+        if key.is_file() {
+            pairs.push(PairFiles { name, cert, key });
+        } else {
+            let error = dir_error(format!("{} has no key beside it ({})", cert.display(), key.display()));
+            keyless.push((name, error));
         }
     }
-    if pairs.is_empty() {
-        return Err(dir_error(
-            "no certificate pairs: put NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem, in it"
-                .into(),
-        ));
-    }
     pairs.sort();
-    Ok(pairs)
+    Ok((pairs, keyless))
 }
 
 /// The certificates one generation of a store serves.
 #[derive(Debug)]
 struct CertSet {
+    /// The pairs it was built from, sorted by name (a reload keeps one whose files turned bad).
+    pairs: Vec<LoadedPair>,
     default: Arc<CertifiedKey>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the part after `*.`.
@@ -172,6 +154,7 @@ impl CertSet {
             described.push(format!("{} [{}]", pair.cert_path.display(), names));
         }
         Some(CertSet {
+            pairs,
             default,
             exact,
             wildcard,
@@ -230,12 +213,14 @@ fn stamps(source: &CertSource) -> Vec<FileStamp> {
     match source {
         CertSource::Pair { cert, key } => vec![stamp(cert), stamp(key)],
         CertSource::Dir(dir) => match scan_dir(dir) {
-            Ok(pairs) => pairs
+            // A certificate without its key is a state of its own: reload (and log why it is left out)
+            // when it appears, and again when its key does.
+            Ok((pairs, keyless)) => pairs
                 .iter()
                 .flat_map(|pair| [stamp(&pair.cert), stamp(&pair.key)])
+                .chain(keyless.iter().map(|(name, _)| (dir.join(format!("<{name} without its key>")), None)))
                 .collect(),
-            // An unreadable or half-filled directory is a state of its own: reload (and log why it is
-            // refused) when it enters it, and again when it leaves it.
+            // An unreadable directory is a state of its own too.
             Err(error) => vec![(dir.join(format!("<{error}>")), None)],
         },
     }
@@ -255,7 +240,7 @@ impl CertStore {
     /// Loads the certificates of `config`; an error names the file and what is wrong with it.
     pub fn load(config: TlsConfig) -> Result<Arc<CertStore>, TlsError> {
         let loaded = stamps(&config.source);
-        let set = Self::read_set(&config.source)?;
+        let (set, _) = Self::read_set(&config.source, None)?;
         let resolver = Arc::new(Resolver {
             current: RwLock::new(Arc::new(set)),
         });
@@ -272,15 +257,54 @@ impl CertStore {
         }))
     }
 
-    fn read_set(source: &CertSource) -> Result<CertSet, TlsError> {
-        let pairs = match source {
-            CertSource::Pair { cert, key } => vec![load_pair(DEFAULT_PAIR, cert, key)?],
-            CertSource::Dir(dir) => scan_dir(dir)?
-                .iter()
-                .map(|files| load_pair(&files.name, &files.cert, &files.key))
-                .collect::<Result<Vec<_>, _>>()?,
+    /// Reads the certificates of `source`. At the first load (`previous` is `None`) any bad file is an
+    /// error. On a reload of a directory, a pair whose files are bad (a certificate without its key, a key
+    /// that does not match, a half-written file) keeps the certificate it had in `previous`, or is left
+    /// out if it is new, so that one site's broken renewal does not hold back every other site's; those
+    /// pairs come back as the second value, each with its error.
+    fn read_set(source: &CertSource, previous: Option<&CertSet>) -> Result<(CertSet, Vec<(String, TlsError)>), TlsError> {
+        let no_pairs = |dir: &Path| TlsError::Directory {
+            dir: dir.to_path_buf(),
+            reason: "no certificate pairs: put NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem, in it"
+                .into(),
         };
-        CertSet::build(pairs).ok_or_else(|| TlsError::Settings("no certificate to serve".into()))
+        let (pairs, problems) = match source {
+            CertSource::Pair { cert, key } => (vec![load_pair(DEFAULT_PAIR, cert, key)?], Vec::new()),
+            CertSource::Dir(dir) => {
+                let (files, mut problems) = scan_dir(dir)?;
+                if files.is_empty() && problems.is_empty() {
+                    return Err(no_pairs(dir));
+                }
+                let mut pairs = Vec::new();
+                for files in &files {
+                    match load_pair(&files.name, &files.cert, &files.key) {
+                        Ok(pair) => pairs.push(pair),
+                        Err(error) => problems.push((files.name.clone(), error)),
+                    }
+                }
+                problems.sort_by(|a, b| a.0.cmp(&b.0));
+                let Some(previous) = previous else {
+                    if let Some((_, error)) = problems.into_iter().next() {
+                        return Err(error);
+                    }
+                    return CertSet::build(pairs)
+                        .map(|set| (set, Vec::new()))
+                        .ok_or_else(|| no_pairs(dir));
+                };
+                for (name, _) in &problems {
+                    if let Some(kept) = previous.pairs.iter().find(|pair| &pair.name == name) {
+                        pairs.push(kept.clone());
+                    }
+                }
+                pairs.sort_by(|a, b| a.name.cmp(&b.name));
+                if pairs.is_empty() {
+                    return Err(problems.into_iter().next().map_or_else(|| no_pairs(dir), |(_, error)| error));
+                }
+                (pairs, problems)
+            }
+        };
+        let set = CertSet::build(pairs).ok_or_else(|| TlsError::Settings("no certificate to serve".into()))?;
+        Ok((set, problems))
     }
 
     /// The settings it was loaded with.
@@ -301,12 +325,15 @@ impl CertStore {
         }
     }
 
-    /// Reads the files again and, when they are all good, serves them to new connections; on an error the
-    /// certificates served before stay. Blocking: call it off the async runtime.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let set = Self::read_set(&self.config.source)?;
+    /// Reads the files again and serves what is good to new connections. A single pair that is bad is an
+    /// error and the certificates served before stay. In a directory, each pair is taken on its own: the
+    /// answer lists the pairs whose files are bad (each keeps its previous certificate, or is left out if
+    /// it is new) with why, and the others are served anew. Blocking: call it off the async runtime.
+    pub fn reload(&self) -> Result<Vec<(String, TlsError)>, TlsError> {
+        let previous = self.resolver.set();
+        let (set, problems) = Self::read_set(&self.config.source, Some(&previous))?;
         *self.resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-        Ok(())
+        Ok(problems)
     }
 
     /// Reloads on `SIGHUP` and whenever a file changes (checked every [`TlsConfig::reload_poll`]) until
@@ -358,7 +385,12 @@ impl CertStore {
                 let worker = store.clone();
                 let outcome = tokio::task::spawn_blocking(move || worker.reload()).await;
                 match outcome {
-                    Ok(Ok(())) => info!(cause, certificates = %store.describe(), "certificates reloaded"),
+                    Ok(Ok(problems)) => {
+                        for (pair, error) in &problems {
+                            warn!(cause, pair = %pair, %error, "certificate pair not reloaded: it keeps its previous certificate (left out if it is new) until its files are fixed");
+                        }
+                        info!(cause, certificates = %store.describe(), "certificates reloaded")
+                    }
                     Ok(Err(error)) => warn!(
                         cause,
                         %error,

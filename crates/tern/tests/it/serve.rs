@@ -95,6 +95,29 @@ async fn static_origin_semantics() {
 }
 
 #[tokio::test]
+async fn sighup_without_certificates_stops_neither_serve_nor_the_edge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    write(&site, "page.html", b"still here");
+    let (mut origin, origin_addr) = spawn_origin(&site, &[]);
+    let (mut edge, edge_addr) = spawn_edge(origin_addr, &[]);
+    for running in [&origin, &edge] {
+        let hangup = std::process::Command::new("kill")
+            .args(["-HUP", &running.0.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hangup.success());
+    }
+    // SIGHUP's default action would have ended both at once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (name, running) in [("serve", &mut origin), ("edge", &mut edge)] {
+        assert!(running.0.try_wait().expect("status").is_none(), "{name} ended on SIGHUP");
+    }
+    let (status, _, body) = get(&format!("http://{edge_addr}/page.html"), &[], "GET").await;
+    assert_eq!((status, &body[..]), (200, &b"still here"[..]));
+}
+
+#[tokio::test]
 async fn edge_in_front_of_serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site");
