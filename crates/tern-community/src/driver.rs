@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use tern_admin::throttle::{DEFAULT_WARN_INTERVAL, Throttle};
 use crate::{Allocation, Community, CommunityConfig, ConfigError, Counters, Event, Input, Output, Role, TimerKind};
+use tern_admin::throttle::{DEFAULT_WARN_INTERVAL, Throttle};
 
 /// The HTTP path the registry answers community messages on (`POST`, the encoded message as the body).
 pub const REGISTRY_PATH: &str = "/community";

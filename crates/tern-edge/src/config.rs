@@ -314,7 +314,10 @@ mod tests {
         refused(|c| c.upstream.connect_timeout_ms = 0, "upstream.connect_timeout_ms");
         refused(|c| c.origin_ca = Some("ca.pem".into()), "origin_ca");
         refused(|c| c.sync_ca = Some("ca.pem".into()), "sync_ca");
-        refused(|c| c.store_set_cookie_paths = vec!["account".into()], "store_set_cookie_paths");
+        refused(
+            |c| c.store_set_cookie_paths = vec!["account".into()],
+            "store_set_cookie_paths",
+        );
         refused(|c| c.cache_size = 0, "cache_size");
         let mut https = base();
         https.origin = "https://origin.example".into();

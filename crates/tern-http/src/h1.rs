@@ -162,6 +162,13 @@ struct Parsed {
 }
 
 fn parse_one(buffer: &BytesMut, limits: &Limits) -> Result<Option<Parsed>, H1Error> {
+    // A TLS record (an alert, 0x15, or a handshake, 0x16, with version 3.x) where a status line belongs:
+    // the server speaks HTTPS.
+    if let [0x15 | 0x16, 0x03, ..] = buffer[..] {
+        return Err(H1Error::Malformed(
+            "the server answered with TLS: it speaks HTTPS, so use an https:// URL",
+        ));
+    }
     let mut inline: [MaybeUninit<httparse::Header<'_>>; INLINE_FIELDS] =
         [const { MaybeUninit::uninit() }; INLINE_FIELDS];
     let mut response = httparse::Response::new(&mut []);
@@ -632,6 +639,9 @@ mod tests {
         ] {
             assert!(head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        // A TLS alert where the status line belongs says the server speaks HTTPS.
+        let alert = head(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]).expect_err("a TLS alert");
+        assert!(alert.to_string().contains("https://"), "{alert}");
     }
 
     #[test]

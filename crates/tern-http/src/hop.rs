@@ -116,7 +116,11 @@ fn is_forwarding_field(name: &HeaderName) -> bool {
 pub fn own_forwarding(headers: &mut HeaderMap, scheme: &'static str) {
     // One pass over the names first: most requests carry none of them, and removing by name is a lookup each.
     if headers.keys().any(is_forwarding_field) {
-        let names: Vec<HeaderName> = headers.keys().filter(|name| is_forwarding_field(name)).cloned().collect();
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| is_forwarding_field(name))
+            .cloned()
+            .collect();
         for name in names {
             headers.remove(name);
         }
@@ -184,7 +188,10 @@ mod tests {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         headers.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         headers.insert("x-forwarded-port", HeaderValue::from_static("80"));
-        headers.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=http;host=evil.example"));
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4;proto=http;host=evil.example"),
+        );
         headers.insert("x-original-url", HeaderValue::from_static("/admin"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert("accept", HeaderValue::from_static("*/*"));

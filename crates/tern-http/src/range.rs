@@ -27,7 +27,10 @@ pub enum RangeOutcome {
 /// allows (a server may ignore Range) and which avoids multipart bodies that few clients want. A Range
 /// field that does not parse is ignored likewise.
 pub fn select(request: &HeaderMap, length: u64, etag: Option<&str>, last_modified: Option<SystemTime>) -> RangeOutcome {
-    let Some(range) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+    let mut fields = request.get_all(header::RANGE).iter();
+    let (Some(range), None) = (fields.next().and_then(|v| v.to_str().ok()), fields.next()) else {
+        // No Range, or several field lines: together one list of ranges (RFC 9110 section 5.3), answered
+        // whole like any other list.
         return RangeOutcome::Full;
     };
     if let Some(if_range) = request.get(header::IF_RANGE)
@@ -35,7 +38,12 @@ pub fn select(request: &HeaderMap, length: u64, etag: Option<&str>, last_modifie
     {
         return RangeOutcome::Full;
     }
-    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+    // The unit is case-insensitive (RFC 9110 section 14.1).
+    let Some(spec) = range
+        .trim()
+        .split_once('=')
+        .and_then(|(unit, spec)| unit.trim().eq_ignore_ascii_case("bytes").then_some(spec))
+    else {
         return RangeOutcome::Full;
     };
     if spec.contains(',') {
@@ -47,7 +55,7 @@ pub fn select(request: &HeaderMap, length: u64, etag: Option<&str>, last_modifie
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
         // Suffix range: the last N bytes.
-        let Ok(suffix) = last.parse::<u64>() else {
+        let Some(suffix) = position(last) else {
             return RangeOutcome::Full;
         };
         if suffix == 0 || length == 0 {
@@ -56,14 +64,14 @@ pub fn select(request: &HeaderMap, length: u64, etag: Option<&str>, last_modifie
         let start = length.saturating_sub(suffix);
         return RangeOutcome::Partial { start, end: length - 1 };
     }
-    let Ok(start) = first.parse::<u64>() else {
+    let Some(start) = position(first) else {
         return RangeOutcome::Full;
     };
     let end = if last.is_empty() {
         u64::MAX
     } else {
-        match last.parse::<u64>() {
-            Ok(end) if end >= start => end,
+        match position(last) {
+            Some(end) if end >= start => end,
             _ => return RangeOutcome::Full,
         }
     };
@@ -74,6 +82,16 @@ pub fn select(request: &HeaderMap, length: u64, etag: Option<&str>, last_modifie
         start,
         end: end.min(length - 1),
     }
+}
+
+/// A byte position or suffix length (RFC 9110 section 14.1.1: `1*DIGIT`): one past `u64::MAX` means
+/// "beyond any representation", so it is `u64::MAX` (a first position past the end is then unsatisfiable,
+/// a last one or a suffix reaches the end, as for any other large number); `None` when not digits.
+fn position(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// `If-Range` holds when its strong entity tag matches, or its date equals `Last-Modified` exactly.
@@ -137,6 +155,31 @@ mod tests {
         assert_eq!(select(&range("items=0-1"), 100, None, None), RangeOutcome::Full);
         assert_eq!(select(&range("bytes=0-1,5-6"), 100, None, None), RangeOutcome::Full);
         assert_eq!(select(&range("bytes=abc"), 100, None, None), RangeOutcome::Full);
+        // Numbers past u64 behave as other numbers past the end; the unit is case-insensitive.
+        assert_eq!(
+            select(&range("bytes=18446744073709551616-"), 100, None, None),
+            RangeOutcome::Unsatisfiable
+        );
+        assert_eq!(
+            select(&range("bytes=0-99999999999999999999999"), 100, None, None),
+            RangeOutcome::Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            select(&range("bytes=-99999999999999999999999"), 100, None, None),
+            RangeOutcome::Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            select(&range("BYTES=0-1"), 100, None, None),
+            RangeOutcome::Partial { start: 0, end: 1 }
+        );
+        assert_eq!(select(&range("bytes=+1-2"), 100, None, None), RangeOutcome::Full);
+        let mut two = range("bytes=0-1");
+        two.append(header::RANGE, HeaderValue::from_static("bytes=5-6"));
+        assert_eq!(
+            select(&two, 100, None, None),
+            RangeOutcome::Full,
+            "two field lines are a list"
+        );
     }
 
     #[test]

@@ -125,6 +125,21 @@ pub async fn serve_with<H: Handler>(
                 serve_connection(&builder, stream, handler, client, guard, stop).await;
                 return;
             };
+            // A client speaking plain HTTP to the HTTPS port gets a plain answer that says so, not a TLS
+            // alert its HTTP parser reports as "invalid HTTP version" (nginx answers the same way).
+            let mut first = [0u8; 1];
+            let peeked = tokio::select! {
+                peeked = tokio::time::timeout(acceptor.handshake_timeout(), stream.peek(&mut first)) => peeked,
+                _ = stop.cancelled() => return,
+            };
+            match peeked {
+                Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+                    plain_http_on_https(stream, client).await;
+                    return;
+                }
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
             let handshake = tokio::select! {
                 handshake = acceptor.accept(stream) => handshake,
                 _ = stop.cancelled() => return,
@@ -138,6 +153,39 @@ pub async fn serve_with<H: Handler>(
     connections.cancel();
     tracker.close();
     let _ = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
+}
+
+/// Answers a plain-HTTP request that came to an HTTPS listener (its first byte is a method's letter, where a
+/// TLS handshake starts with 0x16) with `400 Bad Request` saying to use `https://`, then closes. The request
+/// head is read first (up to 16 KiB, for at most a second), so that closing does not reset the connection
+/// before the client has read the answer.
+async fn plain_http_on_https(mut stream: tokio::net::TcpStream, client: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = vec![0u8; 16 * 1024];
+    let mut read = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while read < head.len() {
+            match stream.read(&mut head[read..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+            if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    debug!(%client, "plain HTTP on the HTTPS listener: answered 400");
+    let body = "this port speaks HTTPS: use an https:// URL\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection until it ends, `stop`, or the

@@ -77,7 +77,10 @@ mod setting_file_tests {
         std::fs::write(&file, "some text\n").expect("write");
         assert_eq!(read_setting_text(&file).expect("read"), "some text\n");
         std::fs::write(&file, [0xff, 0xfe]).expect("write");
-        assert_eq!(read_setting_text(&file).expect_err("binary").kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_setting_text(&file).expect_err("binary").kind(),
+            std::io::ErrorKind::InvalidData
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

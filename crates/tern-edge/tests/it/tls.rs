@@ -191,7 +191,10 @@ async fn the_origin_hears_the_listeners_scheme_and_never_a_clients_forwarding_fi
     let first = seen.last().expect("the origin was asked");
     assert_eq!(first.headers["x-forwarded-proto"], "http");
     for field in ["x-forwarded-host", "forwarded", "x-original-url"] {
-        assert!(!first.headers.contains_key(field), "the client's {field} reached the origin");
+        assert!(
+            !first.headers.contains_key(field),
+            "the client's {field} reached the origin"
+        );
     }
 
     // An HTTPS client is told to the origin as such, and does not get the plain-HTTP answer.
@@ -204,7 +207,11 @@ async fn the_origin_hears_the_listeners_scheme_and_never_a_clients_forwarding_fi
     tokio::spawn(connection);
     let (status, _) = h1_get(&mut sender, &authority, "/page").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(setup.origin.count_for("/page"), 2, "one fetch per scheme the origin varies on");
+    assert_eq!(
+        setup.origin.count_for("/page"),
+        2,
+        "one fetch per scheme the origin varies on"
+    );
     let seen = setup.origin.seen();
     assert_eq!(seen.last().expect("second fetch").headers["x-forwarded-proto"], "https");
 
@@ -214,6 +221,30 @@ async fn the_origin_hears_the_listeners_scheme_and_never_a_clients_forwarding_fi
     let plain = setup.get_with("/page", &[("host", authority.as_str())]).await;
     assert_eq!(plain.status, StatusCode::OK);
     assert_eq!(setup.origin.count_for("/page"), 2);
+}
+
+#[tokio::test]
+async fn plain_http_to_the_https_port_is_told_to_use_https() {
+    let certs = Certs::new();
+    let setup = Setup::with(|config| certs.apply(config)).await;
+    let https = setup.edge.tls.expect("HTTPS listener");
+    let got = send(
+        &tern_edge::testsuite::client(),
+        "GET",
+        &format!("http://{https}/page"),
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(&got.body).contains("https://"),
+        "{:?}",
+        got.body
+    );
+    // The port still speaks TLS to the next client.
+    connect(https, "localhost", &certs.ca_file, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake after the plain request");
 }
 
 #[tokio::test]

@@ -66,9 +66,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// A certificate file holds no usable PEM certificate.
-    #[error(
-        "{path} holds no usable PEM certificate ({reason}); give a file with -----BEGIN CERTIFICATE----- blocks"
-    )]
+    #[error("{path} holds no usable PEM certificate ({reason}); give a file with -----BEGIN CERTIFICATE----- blocks")]
     Certificate {
         /// The file.
         path: PathBuf,
@@ -204,7 +202,9 @@ fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
             "a malformed BEGIN line: `{}`",
             tern_wire::cut_at(String::from_utf8_lossy(line).trim(), 80)
         ),
-        Error::Base64Decode(_) => "the text between a BEGIN and its END line is not valid base64: damaged, or not a PEM block".into(),
+        Error::Base64Decode(_) => {
+            "the text between a BEGIN and its END line is not valid base64: damaged, or not a PEM block".into()
+        }
         Error::NoItemsFound => "no PEM block found".into(),
         other => other.to_string(),
     }
@@ -363,7 +363,10 @@ mod tests {
         )
         .expect("write");
         let message = load_key(&encrypted).expect_err("encrypted").to_string();
-        assert!(message.contains("encrypted with a passphrase") && message.contains("openssl pkey"), "{message}");
+        assert!(
+            message.contains("encrypted with a passphrase") && message.contains("openssl pkey"),
+            "{message}"
+        );
         std::fs::write(
             &encrypted,
             "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
@@ -503,13 +506,23 @@ mod tests {
         let named: Vec<&str> = problems.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(named, ["a", "c"], "{problems:?}");
         assert!(problems[0].1.to_string().contains("a.key"), "{}", problems[0].1);
-        assert!(problems[1].1.to_string().contains("no key beside it"), "{}", problems[1].1);
+        assert!(
+            problems[1].1.to_string().contains("no key beside it"),
+            "{}",
+            problems[1].1
+        );
         assert_eq!(presented(addr, "a.example", &trust).await.expect("a kept"), der_of(&a1));
-        assert_eq!(presented(addr, "b.example", &trust).await.expect("b renewed"), der_of(&b2));
+        assert_eq!(
+            presented(addr, "b.example", &trust).await.expect("b renewed"),
+            der_of(&b2)
+        );
 
         // At start, the same directory is refused, naming the bad file.
         let error = CertStore::load(TlsConfig::new(CertSource::Dir(certs))).expect_err("bad pair at start");
-        assert!(error.to_string().contains("a.key") || error.to_string().contains("c.crt"), "{error}");
+        assert!(
+            error.to_string().contains("a.key") || error.to_string().contains("c.crt"),
+            "{error}"
+        );
     }
 
     #[cfg(unix)]

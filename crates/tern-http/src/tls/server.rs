@@ -25,17 +25,18 @@ fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair
         None => Vec::new(),
     };
     let key = load_key(key_path)?;
-    let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|error| match error {
-        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-            hint: chain_order_hint(&chain, &key),
-        },
-        other => TlsError::Key {
-            path: key_path.to_path_buf(),
-            reason: other.to_string(),
-        },
-    })?;
+    let certified =
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|error| match error {
+            rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
+                hint: chain_order_hint(&chain, &key),
+            },
+            other => TlsError::Key {
+                path: key_path.to_path_buf(),
+                reason: other.to_string(),
+            },
+        })?;
     Ok(LoadedPair {
         name: name.to_string(),
         cert_path: cert_path.to_path_buf(),
@@ -218,7 +219,11 @@ fn stamps(source: &CertSource) -> Vec<FileStamp> {
             Ok((pairs, keyless)) => pairs
                 .iter()
                 .flat_map(|pair| [stamp(&pair.cert), stamp(&pair.key)])
-                .chain(keyless.iter().map(|(name, _)| (dir.join(format!("<{name} without its key>")), None)))
+                .chain(
+                    keyless
+                        .iter()
+                        .map(|(name, _)| (dir.join(format!("<{name} without its key>")), None)),
+                )
                 .collect(),
             // An unreadable directory is a state of its own too.
             Err(error) => vec![(dir.join(format!("<{error}>")), None)],
@@ -262,11 +267,15 @@ impl CertStore {
     /// that does not match, a half-written file) keeps the certificate it had in `previous`, or is left
     /// out if it is new, so that one site's broken renewal does not hold back every other site's; those
     /// pairs come back as the second value, each with its error.
-    fn read_set(source: &CertSource, previous: Option<&CertSet>) -> Result<(CertSet, Vec<(String, TlsError)>), TlsError> {
+    fn read_set(
+        source: &CertSource,
+        previous: Option<&CertSet>,
+    ) -> Result<(CertSet, Vec<(String, TlsError)>), TlsError> {
         let no_pairs = |dir: &Path| TlsError::Directory {
             dir: dir.to_path_buf(),
-            reason: "no certificate pairs: put NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem, in it"
-                .into(),
+            reason:
+                "no certificate pairs: put NAME.crt with NAME.key, or NAME/fullchain.pem with NAME/privkey.pem, in it"
+                    .into(),
         };
         let (pairs, problems) = match source {
             CertSource::Pair { cert, key } => (vec![load_pair(DEFAULT_PAIR, cert, key)?], Vec::new()),
@@ -298,7 +307,10 @@ impl CertStore {
                 }
                 pairs.sort_by(|a, b| a.name.cmp(&b.name));
                 if pairs.is_empty() {
-                    return Err(problems.into_iter().next().map_or_else(|| no_pairs(dir), |(_, error)| error));
+                    return Err(problems
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| no_pairs(dir), |(_, error)| error));
                 }
                 (pairs, problems)
             }
@@ -433,6 +445,11 @@ pub enum HandshakeError {
 }
 
 impl TlsAcceptor {
+    /// Longest a client may take to complete the handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// Runs the server side of the handshake on `stream`.
     pub async fn accept<IO>(&self, stream: IO) -> Result<tokio_rustls::server::TlsStream<IO>, HandshakeError>
     where

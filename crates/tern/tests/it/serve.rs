@@ -111,7 +111,10 @@ async fn sighup_without_certificates_stops_neither_serve_nor_the_edge() {
     // SIGHUP's default action would have ended both at once.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for (name, running) in [("serve", &mut origin), ("edge", &mut edge)] {
-        assert!(running.0.try_wait().expect("status").is_none(), "{name} ended on SIGHUP");
+        assert!(
+            running.0.try_wait().expect("status").is_none(),
+            "{name} ended on SIGHUP"
+        );
     }
     let (status, _, body) = get(&format!("http://{edge_addr}/page.html"), &[], "GET").await;
     assert_eq!((status, &body[..]), (200, &b"still here"[..]));
