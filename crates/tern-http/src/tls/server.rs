@@ -72,10 +72,13 @@ struct PairFiles {
     key: PathBuf,
 }
 
+/// Pairs of a certificate directory that cannot be served, each with its pair's name and why.
+pub type PairProblems = Vec<(String, TlsError)>;
+
 /// The pairs of `dir`, sorted by name, and the certificates found without their key (a copy in progress
 /// or a mistake: not something to skip silently), each with its pair's name. A directory that cannot be
 /// read is an error.
-fn scan_dir(dir: &Path) -> Result<(Vec<PairFiles>, Vec<(String, TlsError)>), TlsError> {
+fn scan_dir(dir: &Path) -> Result<(Vec<PairFiles>, PairProblems), TlsError> {
     let dir_error = |reason: String| TlsError::Directory {
         dir: dir.to_path_buf(),
         reason,
@@ -267,10 +270,7 @@ impl CertStore {
     /// that does not match, a half-written file) keeps the certificate it had in `previous`, or is left
     /// out if it is new, so that one site's broken renewal does not hold back every other site's; those
     /// pairs come back as the second value, each with its error.
-    fn read_set(
-        source: &CertSource,
-        previous: Option<&CertSet>,
-    ) -> Result<(CertSet, Vec<(String, TlsError)>), TlsError> {
+    fn read_set(source: &CertSource, previous: Option<&CertSet>) -> Result<(CertSet, PairProblems), TlsError> {
         let no_pairs = |dir: &Path| TlsError::Directory {
             dir: dir.to_path_buf(),
             reason:
@@ -341,7 +341,7 @@ impl CertStore {
     /// error and the certificates served before stay. In a directory, each pair is taken on its own: the
     /// answer lists the pairs whose files are bad (each keeps its previous certificate, or is left out if
     /// it is new) with why, and the others are served anew. Blocking: call it off the async runtime.
-    pub fn reload(&self) -> Result<Vec<(String, TlsError)>, TlsError> {
+    pub fn reload(&self) -> Result<PairProblems, TlsError> {
         let previous = self.resolver.set();
         let (set, problems) = Self::read_set(&self.config.source, Some(&previous))?;
         *self.resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);

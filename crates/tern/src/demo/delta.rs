@@ -113,8 +113,13 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// Binds `port` on loopback, or any free port when it is taken (or when `fixed` is false).
 async fn bind(port: u16, fixed: bool) -> Result<tokio::net::TcpListener> {
-    if fixed && let Ok(listener) = tokio::net::TcpListener::bind(loopback(port)).await {
-        return Ok(listener);
+    if fixed {
+        match tokio::net::TcpListener::bind(loopback(port)).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) => {
+                tracing::info!(port, %error, "a memorable port is taken: a free one is used (the guide shows it)")
+            }
+        }
     }
     Ok(tokio::net::TcpListener::bind(loopback(0)).await?)
 }

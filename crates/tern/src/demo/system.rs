@@ -131,8 +131,11 @@ async fn fixed_or_any<T, E, Fut>(fixed: bool, start: impl Fn(bool) -> Fut) -> Re
 where
     Fut: Future<Output = Result<T, E>>,
 {
-    if fixed && let Ok(running) = start(true).await {
-        return Ok(running);
+    if fixed {
+        match start(true).await {
+            Ok(running) => return Ok(running),
+            Err(_) => tracing::info!("a memorable port is taken: this role runs on free ports (the guide shows them)"),
+        }
     }
     start(false).await
 }
