@@ -292,7 +292,13 @@ async fn register(mover: &Mover, body: &[u8]) -> Answer {
     };
     match mover.register(registration, now_ms()).await {
         Ok(registered) => Ok(json(StatusCode::OK, registered)),
-        Err(e @ RegisterError::Name(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ (RegisterError::Name(_) | RegisterError::Instance(_))) => {
+            Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(e @ RegisterError::Taken { .. }) => {
+            warn!(error = %e, "registration refused");
+            Err(refuse(StatusCode::CONFLICT, e.to_string()))
+        }
         Err(RegisterError::Store(e)) => Err(store_error(e)),
     }
 }

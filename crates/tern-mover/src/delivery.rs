@@ -471,6 +471,7 @@ mod tests {
                 free_disk: 0,
                 cpus: 1,
                 groups: Vec::new(),
+                instance: String::new(),
             };
             store.register(&node, &[("www".into(), 1)]).expect("register");
         }

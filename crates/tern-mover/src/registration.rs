@@ -44,6 +44,21 @@ pub enum RegisterError {
     /// The node's name is not plain (HTTP 400).
     #[error("`{0}` is not a plain node name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`")]
     Name(String),
+    /// Another machine holds the name: a node with another instance id registered under it (HTTP 409).
+    #[error(
+        "node name {name} is held by another node (instance {holder}, at {url}); give this node a name of its own with --name, or, if it replaces that machine, remove the old record first: tern nodes --remove {name}"
+    )]
+    Taken {
+        /// The name.
+        name: String,
+        /// The first hex digits of the instance id that holds it.
+        holder: String,
+        /// Where the holder takes assignments.
+        url: String,
+    },
+    /// The instance id is not 32 lowercase hex digits (HTTP 400).
+    #[error("instance {0:?} is not a node instance id (32 lowercase hex digits)")]
+    Instance(String),
     /// The database failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -116,6 +131,11 @@ impl Mover {
         if !plain_name(&registration.name) {
             return Err(RegisterError::Name(registration.name));
         }
+        if !tern_wire::mover::valid_instance(&registration.instance) {
+            return Err(RegisterError::Instance(
+                tern_wire::cut_at(&registration.instance, 64).to_string(),
+            ));
+        }
         let node = Node {
             name: registration.name,
             url: registration.url,
@@ -123,6 +143,7 @@ impl Mover {
             free_disk: registration.free_disk,
             cpus: registration.cpus,
             groups: registration.groups.into_iter().filter(|g| plain_name(g)).collect(),
+            instance: registration.instance,
         };
         let versions: Vec<(String, u64)> = registration.versions.into_iter().collect();
         let name = node.name.clone();
@@ -134,6 +155,18 @@ impl Mover {
         let hosted = self
             .store
             .call(move |store| {
+                // One machine per name: job states and versions are recorded by name, so a second
+                // machine under it would be reported as the first (committed while the first is down).
+                if let Some((holder, url)) = store.node_holder(&node.name)?
+                    && !holder.is_empty()
+                    && holder != node.instance
+                {
+                    return Ok(Err(RegisterError::Taken {
+                        name: node.name.clone(),
+                        holder: holder[..8.min(holder.len())].to_string(),
+                        url,
+                    }));
+                }
                 store.register(&node, &versions)?;
                 store.confirm_commits(&node.name, &versions)?;
                 let pending = store.pending_jobs()?;
@@ -151,9 +184,9 @@ impl Mover {
                         site: site.name,
                     });
                 }
-                Ok(hosted)
+                Ok(Ok(hosted))
             })
-            .await?;
+            .await??;
         let mut started = Vec::new();
         for site in hosted {
             let key = (name.clone(), site.site.clone());
@@ -356,6 +389,7 @@ impl Mover {
             .check_stamp(&message.stamp(), now_ms)?;
         let stored = self.segments.view(&message.segment);
         admit_report(stored.as_ref(), &message, report, now_ms, SUPERSEDE_AFTER)?;
+        let report = &self.without_other_machines(&message.segment, report).await?;
         let (view, appeared) = merge_report(stored.as_ref(), &message, report, now_ms);
         let changed_leader = stored.as_ref().is_none_or(|before| before.leader != view.leader);
         let departed: Vec<String> = stored
@@ -400,6 +434,7 @@ impl Mover {
                 groups: member.profile.groups,
                 versions: member.profile.versions,
                 prepared: member.profile.prepared,
+                instance: member.profile.instance,
             };
             // A member new to the segment is registered, and caught up on the sites it hosts.
             if let Err(error) = self.register(registration, now_ms).await {
@@ -407,6 +442,46 @@ impl Mover {
             }
         }
         Ok(answer)
+    }
+
+    /// `report` without the members whose name another machine holds (a node with another instance id
+    /// registered under it, [`RegisterError::Taken`]): listed in a segment, such a member would be
+    /// delivered to and reported committed as the node that holds the name. Each is warned about.
+    async fn without_other_machines(
+        &self,
+        segment: &str,
+        report: &segment::SegmentReport,
+    ) -> Result<segment::SegmentReport, StoreError> {
+        let names: Vec<(String, String)> = report
+            .members
+            .iter()
+            .map(|member| (member.name.clone(), member.profile.instance.clone()))
+            .collect();
+        let taken: Vec<(String, String)> = self
+            .store
+            .call(move |store| {
+                let mut taken = Vec::new();
+                for (name, instance) in names {
+                    if let Some((holder, url)) = store.node_holder(&name)?
+                        && !holder.is_empty()
+                        && holder != instance
+                    {
+                        taken.push((name, url));
+                    }
+                }
+                Ok(taken)
+            })
+            .await?;
+        let mut report = report.clone();
+        report.members.retain(|member| {
+            let Some((_, url)) = taken.iter().find(|(name, _)| *name == member.name) else {
+                return true;
+            };
+            warn!(%segment, node = %member.name, holder = %url, member = %member.profile.url,
+                  "a segment lists a member under a name another machine holds; left out of the segment: give it a name of its own with --name");
+            false
+        });
+        Ok(report)
     }
 
     fn answer(

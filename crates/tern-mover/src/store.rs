@@ -44,6 +44,8 @@ pub struct Node {
     pub cpus: u32,
     /// Content groups it belongs to.
     pub groups: Vec<String>,
+    /// Its instance id ([`tern_wire::mover::Registration::instance`]; empty from a node that predates it).
+    pub instance: String,
 }
 
 /// A hosted site.
@@ -220,6 +222,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("sites", "rules", "TEXT NOT NULL DEFAULT '{}'"),
     ("sites", "removed", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "cpus", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "instance", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "spec", "TEXT"),
     ("jobs", "due_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "attempt", "INTEGER NOT NULL DEFAULT 0"),
@@ -416,15 +419,17 @@ impl Store {
     /// groups it declared before; memberships set through the API stay).
     pub fn register(&self, node: &Node, versions: &[(String, u64)]) -> StoreResult<()> {
         self.connection.execute(
-            "INSERT INTO nodes (name, url, last_seen_ms, free_disk, cpus) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO nodes (name, url, last_seen_ms, free_disk, cpus, instance) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET url = excluded.url, last_seen_ms = excluded.last_seen_ms,
-                 free_disk = excluded.free_disk, cpus = excluded.cpus",
+                 free_disk = excluded.free_disk, cpus = excluded.cpus,
+                 instance = CASE WHEN excluded.instance = '' THEN nodes.instance ELSE excluded.instance END",
             params![
                 node.name,
                 node.url,
                 node.last_seen_ms as i64,
                 node.free_disk as i64,
-                node.cpus as i64
+                node.cpus as i64,
+                node.instance
             ],
         )?;
         self.connection.execute(
@@ -526,7 +531,7 @@ impl Store {
         let groups = self.groups()?;
         let mut statement = self
             .connection
-            .prepare("SELECT name, url, last_seen_ms, free_disk, cpus FROM nodes ORDER BY name")?;
+            .prepare("SELECT name, url, last_seen_ms, free_disk, cpus, instance FROM nodes ORDER BY name")?;
         let rows = statement.query_map([], |row| {
             let name: String = row.get(0)?;
             Ok(Node {
@@ -540,9 +545,21 @@ impl Store {
                 last_seen_ms: row.get::<_, i64>(2)? as u64,
                 free_disk: row.get::<_, i64>(3)? as u64,
                 cpus: row.get::<_, i64>(4)? as u32,
+                instance: row.get(5)?,
             })
         })?;
         rows.collect()
+    }
+
+    /// The instance id and URL the node registered as `name` last had, if it is registered.
+    pub fn node_holder(&self, name: &str) -> StoreResult<Option<(String, String)>> {
+        self.connection
+            .query_row(
+                "SELECT instance, url FROM nodes WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
     }
 
     /// Creates a job, due at `due_ms` (state `scheduled`).

@@ -95,6 +95,43 @@ pub struct NodeAgent {
     pub(crate) applied: Arc<AppliedLog>,
     /// Stops the agent, and every transfer it leads.
     pub(crate) shutdown: CancellationToken,
+    /// This node's instance id (`ROOT/.state/instance`), sent with every registration.
+    pub(crate) instance: String,
+}
+
+/// The file in `ROOT/.state` that keeps the node's instance id.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// The instance id kept in `state` ([`INSTANCE_FILE`]), made and written there at the first start. A file
+/// that does not hold one is an error naming it (rather than a new id, which would make the mover take
+/// this node for another machine).
+fn load_or_create_instance(state: &std::path::Path) -> std::io::Result<String> {
+    let path = state.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let instance = text.trim().to_string();
+            if instance.is_empty() || !tern_wire::mover::valid_instance(&instance) {
+                return Err(std::io::Error::other(format!(
+                    "{} does not hold this node's instance id (32 hex digits); delete it to make a new one, then remove the node's old record at the mover (`tern nodes --remove NAME`)",
+                    path.display()
+                )));
+            }
+            Ok(instance)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(state)?;
+            let instance = tern_wire::mover::new_instance();
+            let temporary = state.join(format!("{INSTANCE_FILE}.new"));
+            std::fs::write(&temporary, format!("{instance}\n"))?;
+            std::fs::File::open(&temporary)?.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            Ok(instance)
+        }
+        Err(error) => Err(std::io::Error::new(
+            error.kind(),
+            format!("{}: {error}", path.display()),
+        )),
+    }
 }
 
 impl NodeAgent {
@@ -144,6 +181,7 @@ impl NodeAgent {
             free_disk: free_disk(&self.config.root),
             cpus: cpus(),
             groups: self.config.groups.clone(),
+            instance: self.instance.clone(),
         }
     }
 
@@ -174,6 +212,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         .map(|key| Forwarder::new(key, config.tree.clone(), client_tls.client()));
     let shutdown = CancellationToken::new();
     let applied = Arc::new(AppliedLog::open(&config.root.join(STATE_DIR), applied::REMEMBERED)?);
+    let instance = load_or_create_instance(&config.root.join(STATE_DIR))?;
     let (data_channel, received) = match (&config.tree.data_channel, &config.cluster_key) {
         (Some(settings), Some(key)) => {
             let spool_dir = config.root.join(".spool").join("mctp");
@@ -197,6 +236,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         data_channel,
         applied,
         shutdown: shutdown.clone(),
+        instance,
     });
     let limits = ServerLimits::default();
     let mut tasks = vec![tokio::spawn(serve_with(

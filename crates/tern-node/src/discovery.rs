@@ -260,6 +260,7 @@ pub fn agent_profile(agent: Arc<NodeAgent>, bound: SocketAddr) -> ProfileSource 
             versions: registration.versions,
             prepared: registration.prepared,
             data_channel: agent.data_channel.as_ref().map(|channel| channel.address()),
+            instance: registration.instance,
         }
     })
 }

@@ -627,6 +627,39 @@ pub struct Registration {
     /// catch-up sends that version's commit alone instead of its content again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prepared: BTreeMap<String, u64>,
+    /// The node's instance: a random id ([`INSTANCE_LEN`] hex digits) it made at its first start and keeps
+    /// in its root, so that two machines given one name are told apart (the mover refuses the second
+    /// while the first holds the name). Empty from a node that predates it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+}
+
+/// Length of a node's instance id, in hex digits (128 random bits).
+pub const INSTANCE_LEN: usize = 32;
+
+/// A new random node instance id ([`INSTANCE_LEN`] lowercase hex digits).
+pub fn new_instance() -> String {
+    let mut bytes = [0u8; INSTANCE_LEN / 2];
+    // The system's random source; if it fails (no entropy at boot), the time and process id still make
+    // two machines' ids differ.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(bytes)
+}
+
+/// Whether `instance` is a node instance id as [`Registration::instance`] carries: empty (an older node) or
+/// [`INSTANCE_LEN`] lowercase hex digits.
+pub fn valid_instance(instance: &str) -> bool {
+    instance.is_empty()
+        || (instance.len() == INSTANCE_LEN
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// The mover's answer to a [`Registration`].

@@ -82,6 +82,9 @@ pub struct Profile {
     /// it has one: the GL reaches there a member it never heard on the data channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_channel: Option<SocketAddr>,
+    /// Its instance id (as [`crate::mover::Registration::instance`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 /// A member's registration (claim 38 (B); claim 42's identification: name and address are in the
@@ -442,6 +445,9 @@ fn check_profile(profile: &Profile, limits: &SegmentLimits) -> Result<(), Contro
     if profile.url.is_empty() {
         return Err(malformed("a member's url must not be empty"));
     }
+    if !crate::mover::valid_instance(&profile.instance) {
+        return Err(malformed("a member's instance must be 32 lowercase hex digits"));
+    }
     check_count("groups", profile.groups.len(), limits.max_entries)?;
     check_count("sites", profile.versions.len(), limits.max_entries)?;
     check_count("prepared sites", profile.prepared.len(), limits.max_entries)?;
@@ -544,6 +550,7 @@ mod tests {
             versions: BTreeMap::from([("www".into(), 3)]),
             prepared: BTreeMap::from([("www".into(), 4)]),
             data_channel: Some("10.0.0.2:40123".parse().expect("address")),
+            instance: String::new(),
         }
     }
 

@@ -827,6 +827,7 @@ mod tests {
             groups: vec!["web".into()],
             versions: [("www".to_string(), 3)].into(),
             prepared: [("www".to_string(), 4)].into(),
+            instance: String::new(),
         }
     }
 

@@ -399,6 +399,7 @@ async fn a_leader_stopped_mid_publish_is_replaced_and_the_job_commits_on_every_o
         groups: Vec::new(),
         versions: Default::default(),
         prepared: Default::default(),
+        instance: String::new(),
     };
     let tagged = tree::encode(
         &fleet.key,

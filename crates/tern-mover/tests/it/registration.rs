@@ -18,6 +18,7 @@ fn registration(name: &str, url: &str) -> Registration {
         groups: Vec::new(),
         versions: Default::default(),
         prepared: Default::default(),
+        instance: String::new(),
     }
 }
 
@@ -100,5 +101,59 @@ async fn a_mover_with_a_cluster_key_takes_only_registrations_tagged_with_it() {
             .as_str()
             .is_some_and(|e| e.contains("start the mover with --cluster-key")),
         "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_removed() {
+    // node0 is a real node agent: it registered with the instance id it keeps in its root.
+    let fleet = Fleet::new(1, None).await;
+    let before = node_urls(&fleet).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let other = "http://192.0.2.7:7100";
+
+    for instance in [tern_wire::mover::new_instance(), String::new()] {
+        let mut second = registration("node0", other);
+        second.instance = instance.clone();
+        let body = serde_json::to_vec(&second).expect("json");
+        let (status, answer) = fleet.post_bytes("/api/nodes/register", body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "instance {instance:?}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("tern nodes --remove node0")),
+            "{answer}"
+        );
+    }
+    assert_eq!(node_urls(&fleet).await, before, "node0's deliveries still go to node0");
+
+    let mut malformed = registration("node1", other);
+    malformed.instance = "not hex".into();
+    let (status, answer) = fleet
+        .post_bytes("/api/nodes/register", serde_json::to_vec(&malformed).expect("json"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    // A retired machine (registered by hand here, so that no running agent registers it again): its
+    // replacement is refused until the operator removes the old record, then takes the name.
+    let register = |url: &str, instance: &str| {
+        let mut node = registration("node5", url);
+        node.instance = instance.into();
+        serde_json::to_vec(&node).expect("json")
+    };
+    let (old, new) = (tern_wire::mover::new_instance(), tern_wire::mover::new_instance());
+    let (status, answer) = fleet
+        .post_bytes("/api/nodes/register", register("http://192.0.2.8:7100", &old))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", register(other, &new)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    fleet.api("DELETE", "/api/nodes/node5", None).await;
+    let (status, answer) = fleet.post_bytes("/api/nodes/register", register(other, &new)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        node_urls(&fleet)
+            .await
+            .contains(&("node5".to_string(), other.to_string()))
     );
 }

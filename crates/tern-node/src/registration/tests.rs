@@ -35,6 +35,7 @@ fn core(name: &str, index: u8, seed: u64, epoch: Instant) -> Registration {
         versions: [("www".to_string(), 3)].into(),
         prepared: Default::default(),
         data_channel: None,
+        instance: String::new(),
     };
     core.handle(Input::Profile(profile), epoch);
     core
