@@ -82,9 +82,17 @@ pub struct SenderConfig {
     pub stall_passes: u32,
     /// Share of members that must be complete for a quorum (0 to 1, rounded up).
     pub quorum: f64,
+    /// The session's announcement is sent again after every this many frames of a pass (the seed lets it
+    /// ride on the periodic LA messages): a member that lost the first one, a single datagram, misses at
+    /// most this many frames of the pass rather than all of them.
+    pub reannounce_frames: u32,
     /// Bounds on what it accepts.
     pub limits: MctpLimits,
 }
+
+/// Frames of a pass between two copies of its announcement: about 360 KB at the default frame size, a
+/// thirtieth of a second at 100 Mbit/s.
+pub const DEFAULT_REANNOUNCE_FRAMES: u32 = 256;
 
 impl SenderConfig {
     /// The defaults: 100 Mbit/s down to 1 Mbit/s, frames of [`DEFAULT_FRAME_DATA`] bytes in blocks of
@@ -109,6 +117,7 @@ impl SenderConfig {
             request_copies: 2,
             stall_passes: 10,
             quorum: 0.5,
+            reannounce_frames: DEFAULT_REANNOUNCE_FRAMES,
             limits: MctpLimits::default(),
         }
     }
@@ -128,8 +137,10 @@ impl SenderConfig {
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
             return Err(invalid("the quorum is a share between 0 and 1"));
         }
-        if self.burst_frames == 0 || self.stall_passes == 0 || self.request_copies == 0 {
-            return Err(invalid("burst frames, stall passes and request copies are at least 1"));
+        if self.burst_frames == 0 || self.stall_passes == 0 || self.request_copies == 0 || self.reannounce_frames == 0 {
+            return Err(invalid(
+                "burst frames, stall passes, request copies and frames between announcements are at least 1",
+            ));
         }
         if self.block_frames == 0 || self.block_frames > MAX_BLOCK_FRAMES {
             return Err(invalid(format!("frames per block must be 1 to {MAX_BLOCK_FRAMES}")));

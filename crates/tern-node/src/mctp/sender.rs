@@ -391,6 +391,11 @@ impl Sender {
                 session.frames_repaired += 1;
                 self.counters.frames_repaired += 1;
             }
+            if session.frames_this_pass % u64::from(self.config.reannounce_frames) == 0 {
+                // Again, for a member that lost it (the frames it drops until then are repaired).
+                let body = MctpBody::Announcement(session.announcement.clone());
+                out.push(Output::Multicast(self.stamper.encode(body, now)));
+            }
         }
     }
 

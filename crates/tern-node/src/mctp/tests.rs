@@ -178,6 +178,47 @@ fn pass_one_is_paced_by_the_token_bucket() {
 }
 
 #[test]
+fn a_member_that_missed_the_announcement_takes_the_pass_from_its_next_copy() {
+    // Announced again every 8 frames: the member that joins after the first copy (a lost announcement
+    // looks the same to it) drops only the frames before the next copy, not the whole pass.
+    let mut segment = Segment::new(
+        2,
+        SenderConfig {
+            reannounce_frames: 8,
+            ..sender_config()
+        },
+        ReceiverConfig::new,
+        CollectConfig::new(identity("gl", 0)),
+        3,
+    );
+    let start = segment.now;
+    segment.join_at(2, start + Duration::from_millis(150));
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(60));
+
+    let late = segment.members[2].as_ref().expect("joined");
+    let dropped = late.counters().refused("unannounced");
+    assert!(
+        dropped > 0 && dropped <= 16,
+        "dropped {dropped} frames before a copy of the announcement"
+    );
+    assert_eq!(segment.spooled(2), Some(bytes));
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(session.outcome, Outcome::Complete);
+    assert_eq!(
+        session.passes, 2,
+        "pass 2 repairs what it dropped; no pass is lost to the announcement"
+    );
+    // It joined half-way through pass 1 and kept what came after the next copy (the test below, with
+    // one announcement per pass, rebuilds every frame).
+    let rebuilt = late.counters().frames_rebuilt;
+    assert!(rebuilt < FRAMES as u64, "rebuilt {rebuilt} of {FRAMES}");
+}
+
+#[test]
 fn a_member_that_joins_late_is_filled_by_later_passes() {
     let mut segment = new_segment(2);
     let start = segment.now;
