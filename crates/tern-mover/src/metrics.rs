@@ -84,7 +84,7 @@ impl MoverMetrics {
         let tree_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "tree_refused",
-            "Tree messages from group leaders and node registrations refused, by reason",
+            "Tree messages and segment reports from group leaders, and node registrations, refused, by reason",
             tree_refused.clone(),
         );
         let nodes = Gauge::default();

@@ -305,6 +305,8 @@ pub struct SegmentIntake {
     seq: AtomicU64,
     accepted: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refusals are logged once per reason every 30 s (a leader with the wrong key sends every second).
+    warnings: Mutex<tern_admin::Throttle<&'static str>>,
 }
 
 impl Default for SegmentIntake {
@@ -322,6 +324,7 @@ impl Default for SegmentIntake {
             seq: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(tern_admin::Throttle::default()),
         }
     }
 }
@@ -368,8 +371,26 @@ impl Mover {
                 self.segment_intake.accepted.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) => {
-                self.segment_intake.count_refusal(error.reason());
-                warn!(reason = error.reason(), %error, "segment report refused");
+                let reason = error.reason();
+                self.segment_intake.count_refusal(reason);
+                self.metrics
+                    .tree_refused
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: reason.into() })
+                    .inc();
+                let due = self
+                    .segment_intake
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .check(reason, std::time::Instant::now());
+                if let Some(suppressed) = due {
+                    let hint = if reason == "bad-tag" {
+                        "; the leader's --cluster-key is not this mover's: give both the same key file"
+                    } else {
+                        ""
+                    };
+                    warn!(reason, %error, suppressed, "segment report refused{hint}");
+                }
             }
         }
         outcome

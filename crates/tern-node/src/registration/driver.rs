@@ -303,6 +303,10 @@ async fn run(
     }
 }
 
+/// Failed segment reports are logged at most every 30 s: a leader retries every second.
+static REPORT_WARNINGS: std::sync::Mutex<tern_admin::Throttle<()>> =
+    std::sync::Mutex::new(tern_admin::Throttle::new(tern_admin::throttle::DEFAULT_WARN_INTERVAL));
+
 /// What carrying out an output needs.
 struct Carry<'a> {
     node: &'a str,
@@ -341,7 +345,14 @@ async fn carry_out(output: Output, carry: &Carry<'_>) {
                 let answered = match send_report(&mover, &key, &message, body).await {
                     Ok(answer) => Answered::Taken(answer),
                     Err(reason) => {
-                        warn!(%node, mover = %mover.url, %reason, "segment report not taken; sending it again later");
+                        let due = REPORT_WARNINGS
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .check((), std::time::Instant::now());
+                        if let Some(suppressed) = due {
+                            warn!(%node, mover = %mover.url, %reason, suppressed,
+                                  "segment report not taken; sending it again later (a 401 or 403: this node's --cluster-key is not the mover's)");
+                        }
                         Answered::Failed { seq }
                     }
                 };
