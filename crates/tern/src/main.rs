@@ -1489,8 +1489,22 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
             ..Default::default()
         },
         admin: args.admin,
-        quorum: args.quorum,
-        delivery_timeout: args.delivery_timeout.into(),
+        quorum: match args.quorum {
+            Some(0) => anyhow::bail!(
+                "--quorum 0 would commit a publish no node has prepared: give 1 or more, or leave it out for all"
+            ),
+            quorum => quorum,
+        },
+        delivery_timeout: {
+            let timeout: std::time::Duration = args.delivery_timeout.into();
+            if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(86_400) {
+                anyhow::bail!(
+                    "--delivery-timeout {}: from 1s to 24h (the longest a node may take to prepare or commit)",
+                    args.delivery_timeout
+                );
+            }
+            timeout
+        },
         checkpoints_kept: args.checkpoints_kept.unwrap_or(5),
         load_balancer: args.haproxy.as_deref().map(|api| tern_mover::rotation::LoadBalancer {
             api: tern_mover::rotation::RuntimeApi::parse(api),
@@ -1546,7 +1560,14 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         limits: Default::default(),
         register_interval: std::time::Duration::from_secs(10),
         groups: args.groups,
-        superseded_grace: args.superseded_grace,
+        superseded_grace: if args.superseded_grace > std::time::Duration::from_secs(7 * 86_400) {
+            anyhow::bail!(
+                "--superseded-grace {}: at most 7 days (every version published meanwhile stays on disk that long)",
+                humantime::format_duration(args.superseded_grace)
+            );
+        } else {
+            args.superseded_grace
+        },
         tls: args.tls.config()?,
         ca: args.ca,
         cluster_key: cluster_key.clone(),
@@ -1586,6 +1607,27 @@ fn data_channel_settings(args: &NodeArgs) -> Result<Option<tern_node::mctp::driv
     if !(0.0..1.0).contains(&args.data.data_loss) {
         anyhow::bail!("--data-loss {}: a probability from 0 to below 1", args.data.data_loss);
     }
+    if group.port() == 0 {
+        anyhow::bail!("--data-channel {group}: give the port every node of the segment listens on (not 0)");
+    }
+    if args.segment.control_channel == Some(group) {
+        anyhow::bail!(
+            "--data-channel {group} is the control channel too: give each its own group or port (frames would be read as control messages)"
+        );
+    }
+    // Members report a change's result within 10 multiples of the interval, and the leader waits for
+    // the reports after each pass: minutes of either would hold every publish as long.
+    let bounded = |flag: &str, value: std::time::Duration, least: u64, most: u64| {
+        if value < std::time::Duration::from_millis(least) || value > std::time::Duration::from_secs(most) {
+            anyhow::bail!(
+                "{flag} {}: from {least} ms to {most} s",
+                humantime::format_duration(value)
+            );
+        }
+        Ok(())
+    };
+    bounded("--data-report-interval", args.data.data_report_interval, 10, 60)?;
+    bounded("--data-report-delay", args.data.data_report_delay, 10, 60)?;
     let segment = args.segment.segment.as_deref().unwrap_or("lan");
     let mut settings = tern_node::mctp::driver::DataChannelSettings::new(group, segment);
     settings.interface = args
@@ -1630,6 +1672,9 @@ async fn start_discovery(
     let Some(group) = args.control_channel else {
         anyhow::bail!("--segment needs --control-channel GROUP:PORT (an IPv4 multicast group, e.g. 239.192.0.1:7200)");
     };
+    if group.port() == 0 {
+        anyhow::bail!("--control-channel {group}: give the port every node of the segment listens on (not 0)");
+    }
     let interface = args.multicast_interface.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     // The real address is the registration socket's; the discovery sets it once bound.
     let unbound = SocketAddr::from((interface, 0));

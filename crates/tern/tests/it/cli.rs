@@ -526,3 +526,84 @@ fn the_mover_client_says_what_happened_in_plain_words() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("due 20") && stdout.contains("(in 1"), "{stdout}");
 }
+
+#[test]
+fn node_and_mover_values_that_would_stall_or_never_commit_are_refused_by_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("cluster.key");
+    assert!(tern().arg("keygen").arg(&key).status().expect("keygen").success());
+    // A mover's public key (the Ed25519 base point, a valid key).
+    let public = dir.path().join("mover.pub");
+    std::fs::write(
+        &public,
+        "5866666666666666666666666666666666666666666666666666666666666666\n",
+    )
+    .expect("write");
+    let root = dir.path().join("root");
+    let (root, key, public) = (
+        root.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        public.to_str().expect("utf-8"),
+    );
+    let node = |extra: &[&str]| {
+        let mut args = vec![
+            "node",
+            "--mover",
+            "http://127.0.0.1:1",
+            "--root",
+            root,
+            "--name",
+            "n1",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-key",
+            key,
+            "--key",
+            public,
+        ];
+        args.extend_from_slice(extra);
+        tern().args(&args).output().expect("run")
+    };
+    for (extra, named) in [
+        (
+            &["--data-channel", "239.192.9.9:7300", "--data-report-interval", "1h"][..],
+            "--data-report-interval",
+        ),
+        (
+            &["--data-channel", "239.192.9.9:7300", "--data-report-delay", "0s"][..],
+            "--data-report-delay",
+        ),
+        (&["--data-channel", "239.192.9.9:0"][..], "--data-channel"),
+        (&["--superseded-grace", "1000d"][..], "--superseded-grace"),
+        (
+            &[
+                "--segment",
+                "s",
+                "--control-channel",
+                "239.192.9.9:7300",
+                "--data-channel",
+                "239.192.9.9:7300",
+            ][..],
+            "is the control channel too",
+        ),
+    ] {
+        let output = node(extra);
+        assert!(!output.status.success(), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(named), "{extra:?}: {stderr}");
+    }
+    let data = dir.path().join("mover");
+    let data = data.to_str().expect("utf-8");
+    for (extra, named) in [
+        (&["--quorum", "0"][..], "--quorum 0"),
+        (&["--delivery-timeout", "0s"][..], "--delivery-timeout"),
+        (&["--delivery-timeout", "100000000d"][..], "--delivery-timeout"),
+    ] {
+        let mut args = vec!["mover", "--data", data, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let output = tern().args(&args).output().expect("run");
+        assert!(!output.status.success(), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(named), "{extra:?}: {stderr}");
+    }
+}
