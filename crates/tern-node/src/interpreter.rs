@@ -36,14 +36,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tern_tree::{remove_tree, sync_directory, sync_file_system};
-use tern_wire::assignment::{Assignment, AssignmentKind, Command, Compression, DataRef};
+use tern_wire::assignment::{Assignment, AssignmentKind, Command, DataRef};
 use tracing::info;
 
 use crate::paths::{PathError, resolve};
 
 mod entries;
 
-use entries::{CopyError, Directories, copy_from, link_tree, make_symlink, place_link, set_metadata, write_new};
+use entries::{
+    CopyError, Directories, copy_from, link_tree, make_symlink, place_link, set_metadata, write_new, write_new_with,
+};
 
 /// Why an assignment could not be applied. The live site is untouched in every case.
 #[derive(Debug, thiserror::Error)]
@@ -320,11 +322,20 @@ impl Interpreter {
                     data,
                 } => {
                     let target = checked(&temp, path, false, index, "create")?;
-                    let content = unpacker.content(assignment, data).map_err(|_| mismatch(index, path))?;
                     directories
                         .before_writing_beside(&target)
                         .map_err(io(index, "create"))?;
-                    write_new(&target, content, *mode, *mtime_ns).map_err(io(index, "create"))?;
+                    // Unpacked in a stream from the spool into the file: a file of any size costs no
+                    // more memory than a small one.
+                    write_new_with(&target, *mode, *mtime_ns, |file| assignment.unpack_to(data, file)).map_err(
+                        |error| {
+                            if error.kind() == std::io::ErrorKind::InvalidData {
+                                mismatch(index, path)
+                            } else {
+                                io(index, "create")(error)
+                            }
+                        },
+                    )?;
                 }
                 Command::Patch {
                     path,
@@ -527,22 +538,6 @@ impl Unpacker {
             zstd: tern_wire::assignment::Unpacker::new(),
             buffer: Vec::new(),
             stored: Vec::new(),
-        }
-    }
-
-    /// The content of a create command. Stored bytes are the content itself, covered by the assignment's
-    /// signed hash; decompressed bytes are checked against their declared size and hash, since they are
-    /// what a decoder made of the signed bytes.
-    fn content<'a>(&'a mut self, assignment: &'a Assignment, data: &DataRef) -> std::io::Result<&'a [u8]> {
-        let stored = assignment.stored(data, &mut self.stored)?;
-        match data.compression {
-            Compression::None if stored.len() as u64 == data.size => Ok(stored),
-            Compression::None => Err(std::io::Error::other("stored size differs")),
-            Compression::Zstd => {
-                self.zstd.decompress(stored, data.size, &mut self.buffer)?;
-                verify(&self.buffer, data)?;
-                Ok(&self.buffer)
-            }
         }
     }
 

@@ -832,12 +832,104 @@ impl Assignment {
         }
     }
 
+    /// Writes the file content of a create command's `data` to `out` as it is unpacked, without holding it
+    /// (memory stays bounded whatever the file's size: the stored bytes are read from the spool in chunks
+    /// and a zstd frame is decoded in a stream). The content is checked on the way against its declared
+    /// size (more is refused at once) and at the end against its blake3 hash: an error of kind
+    /// `InvalidData` then, after which what `out` received must be thrown away; other errors are
+    /// `out`'s or the spool's.
+    pub fn unpack_to(&self, data: &DataRef, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let stored: Box<dyn std::io::Read + '_> = match &self.data {
+            DataSection::Memory { buffer, range } => {
+                let start = range.start + data.offset as usize;
+                Box::new(&buffer[start..start + data.len as usize])
+            }
+            DataSection::File { file, offset, .. } => {
+                let at = offset.saturating_add(data.offset);
+                Box::new(Section {
+                    file,
+                    at,
+                    end: at.saturating_add(data.len),
+                })
+            }
+        };
+        let mut checked = CheckedWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            size: data.size,
+        };
+        match data.compression {
+            Compression::None => {
+                let mut stored = stored;
+                std::io::copy(&mut stored, &mut checked)?;
+            }
+            Compression::Zstd => {
+                let mut decoder = zstd::stream::read::Decoder::new(stored)?.single_frame();
+                // Whatever window the mover's compressor chose (up to zstd's largest).
+                decoder.window_log_max(31)?;
+                std::io::copy(&mut decoder, &mut checked)?;
+            }
+        }
+        if checked.written != data.size || checked.hasher.finalize().to_hex().as_str() != data.hash {
+            return Err(invalid("content differs from its declared size and hash"));
+        }
+        Ok(())
+    }
+
     /// Bytes of the data section.
     pub fn data_len(&self) -> u64 {
         match &self.data {
             DataSection::Memory { range, .. } => range.len() as u64,
             DataSection::File { len, .. } => *len,
         }
+    }
+}
+
+/// `end - at` bytes of a file from `at`, read in place (positioned reads: the file's cursor is not used).
+struct Section<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.at);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = read_at(self.file, &mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Passes content on to `out`, hashing and counting it, and refuses any byte past the declared `size`.
+struct CheckedWriter<'a> {
+    out: &'a mut dyn std::io::Write,
+    hasher: blake3::Hasher,
+    written: u64,
+    size: u64,
+}
+
+impl std::io::Write for CheckedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.size {
+            return Err(invalid("decoded content is larger than its declared size"));
+        }
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -1097,6 +1189,21 @@ fn decrypt_stream(
 }
 
 /// Reads exactly `buffer.len()` bytes of `file` at `offset`.
+/// One positioned read of up to `buffer.len()` bytes at `offset`.
+fn read_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_at(file, buffer, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek};
+        let mut handle = file;
+        handle.seek(std::io::SeekFrom::Start(offset))?;
+        handle.read(buffer)
+    }
+}
+
 fn read_exact_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
     #[cfg(unix)]
     {
@@ -1246,6 +1353,50 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_create_unpacks_in_a_stream_from_the_spool_and_a_wrong_size_or_hash_is_refused() {
+        let signing = SigningKey::from_bytes(&[9; 32]);
+        // 3 MB compressible and 300 KB incompressible: a zstd frame and a stored file, each read from the
+        // spool in chunks.
+        let compressible = b"tern streams ".repeat(240_000);
+        let random: Vec<u8> = (0..300_000u32)
+            .map(|n| (n.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut builder = Builder::new("u", AssignmentKind::Publish, "www", 1, None, 1);
+        builder.create("big.txt", None, &compressible, true).expect("create");
+        builder.create("noise.bin", None, &random, true).expect("create");
+        let bytes = builder.finish(&signing, None).expect("finish");
+        for assignment in [
+            spooled(&bytes, 64 * 1024, &signing.verifying_key(), None).expect("spooled"),
+            decode(&bytes, &signing.verifying_key(), None, &Limits::default()).expect("in memory"),
+        ] {
+            let datas: Vec<DataRef> = assignment
+                .commands
+                .iter()
+                .filter_map(|command| match command {
+                    Command::Create { data, .. } => Some(data.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(datas[0].compression, Compression::Zstd);
+            for (data, expected) in datas.iter().zip([&compressible, &random]) {
+                let mut out = Vec::new();
+                assignment.unpack_to(data, &mut out).expect("unpacks");
+                assert_eq!(&out, expected);
+                let mut short = data.clone();
+                short.size -= 1;
+                let error = assignment
+                    .unpack_to(&short, &mut Vec::new())
+                    .expect_err("larger than declared");
+                assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+                let mut other = data.clone();
+                other.hash = blake3::hash(b"something else").to_hex().to_string();
+                let error = assignment.unpack_to(&other, &mut Vec::new()).expect_err("another hash");
+                assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+            }
+        }
     }
 
     #[test]

@@ -99,24 +99,40 @@ impl Directories {
 /// directly (never following a link there); an existing file, which may share its inode with the live tree,
 /// is replaced by a new file renamed over it. The mode and time are set before the file gets its name.
 pub(super) fn write_new(target: &Path, content: &[u8], mode: Option<u32>, mtime: Option<i64>) -> io::Result<()> {
+    write_new_with(target, mode, mtime, |file| file.write_all(content))
+}
+
+/// [`write_new`] with the content written by `fill` (a stream, never whole in memory). A `fill` that fails
+/// leaves what it wrote in the temporary tree, which the failed assignment does not make live.
+pub(super) fn write_new_with(
+    target: &Path,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+    mut fill: impl FnMut(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
     let parent = target.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    match create_file(target, content, mode, mtime) {
+    match create_file(target, &mut fill, mode, mtime) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(parent)?;
-            create_file(target, content, mode, mtime)
+            create_file(target, &mut fill, mode, mtime)
         }
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
             let temp = parent.join(unique(".tern-new-"));
-            create_file(&temp, content, mode, mtime)?;
+            create_file(&temp, &mut fill, mode, mtime)?;
             std::fs::rename(&temp, target)
         }
         other => other,
     }
 }
 
-/// Creates a file that must not exist yet (`O_EXCL`: a symbolic link at the name is refused, not followed).
-fn create_file(path: &Path, content: &[u8], mode: Option<u32>, mtime: Option<i64>) -> io::Result<()> {
-    use std::io::Write;
+/// Creates a file that must not exist yet (`O_EXCL`: a symbolic link at the name is refused, not followed),
+/// its content written by `fill`.
+fn create_file(
+    path: &Path,
+    fill: &mut impl FnMut(&mut dyn io::Write) -> io::Result<()>,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+) -> io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -126,7 +142,12 @@ fn create_file(path: &Path, content: &[u8], mode: Option<u32>, mtime: Option<i64
         options.mode(mode.unwrap_or(0o644) & 0o7777);
     }
     let mut file = options.open(path)?;
-    file.write_all(content)?;
+    // Buffered: a stream from the spool arrives in small writes.
+    {
+        let mut buffered = std::io::BufWriter::with_capacity(256 * 1024, &mut file);
+        fill(&mut buffered)?;
+        io::Write::flush(&mut buffered)?;
+    }
     drop(file);
     if let Some(mode) = mode {
         set_mode(path, mode)?;
