@@ -142,16 +142,21 @@ impl Segments {
             .cloned()
     }
 
-    /// Divides `targets` by segment: each segment with a leader is one group, in segment-name order; targets
-    /// in no segment, or in one without a leader, are served directly.
-    pub fn group(&self, targets: &[Recipient]) -> Grouping {
+    /// Divides `targets` by segment at `now_ms`: each segment with a leader is one group, in segment-name
+    /// order; targets in no segment, in one without a leader, or in one whose leader has not reported for
+    /// [`SUPERSEDE_AFTER`] (it refreshes its report every 10 s: it is gone, or its segment elected no one
+    /// and nobody reports) are served directly, rather than through a leader that would be waited for.
+    pub fn group(&self, targets: &[Recipient], now_ms: u64) -> Grouping {
         let segments = self.segments.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let silent_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut groups: BTreeMap<String, SegmentGroup> = BTreeMap::new();
         let mut direct = Vec::new();
         for target in targets {
-            let home = segments
-                .values()
-                .find(|segment| segment.leader.is_some() && segment.members.contains(&target.name));
+            let home = segments.values().find(|segment| {
+                segment.leader.is_some()
+                    && segment.reported_ms.saturating_add(silent_ms) > now_ms
+                    && segment.members.contains(&target.name)
+            });
             match home.and_then(|segment| segment.leader.as_ref().map(|leader| (segment, leader))) {
                 Some((segment, leader)) => {
                     groups
@@ -348,13 +353,20 @@ mod tests {
             members: vec!["l1".into()],
             reported_ms: 1,
         });
-        let grouping = segments.group(&[recipient("b2"), recipient("l1"), recipient("x"), recipient("b1")]);
+        let targets = [recipient("b2"), recipient("l1"), recipient("x"), recipient("b1")];
+        let grouping = segments.group(&targets, 1_000);
         assert_eq!(grouping.groups.len(), 1);
         let boston = &grouping.groups[0];
         assert_eq!(boston.leader.name, "b1");
         assert_eq!(boston.members, vec![recipient("b2"), recipient("b1")]);
         assert_eq!(grouping.direct, vec![recipient("l1"), recipient("x")]);
         assert_eq!(segments.segment_of("b2").map(|s| s.name), Some("boston".to_string()));
+        // A leader silent for SUPERSEDE_AFTER is gone (or its segment elected no one): the mover serves
+        // its members itself rather than waiting for it.
+        let later = 1 + SUPERSEDE_AFTER.as_millis() as u64;
+        let grouping = segments.group(&targets, later);
+        assert!(grouping.groups.is_empty(), "{grouping:?}");
+        assert_eq!(grouping.direct.len(), 4);
     }
 
     fn member(name: &str, cpus: u32) -> Member {

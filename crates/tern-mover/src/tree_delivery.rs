@@ -893,7 +893,7 @@ impl TreeDelivery {
     /// One phase: the tree for the led segments' targets, the star for the others, at once; one outcome
     /// per node, in the order of `nodes`.
     async fn deliver(&self, job: &str, phase: Phase, assignment: Bytes, nodes: &[Recipient]) -> Vec<NodeOutcome> {
-        let grouping = self.segments.group(nodes);
+        let grouping = self.segments.group(nodes, crate::ccm::now_ms());
         let use_tree = self.hub.enabled() && self.settings.mode != DeliveryMode::Star && !grouping.groups.is_empty();
         let (tree_outcomes, mover_bytes) = if use_tree {
             let star = self.star_phase(job, phase, assignment.clone(), &grouping.direct);
@@ -1172,7 +1172,7 @@ mod tests {
                 cpu: 4,
             }),
             members: members.iter().map(|m| m.to_string()).collect(),
-            reported_ms: 0,
+            reported_ms: crate::ccm::now_ms(),
         });
     }
 
