@@ -215,7 +215,10 @@ async fn run(
         key: &key,
         answers: &answers_tx,
     };
-    info!(%node, registration = ?socket.local_addr().ok(), "segment registration started");
+    match socket.local_addr() {
+        Ok(registration) => info!(%node, %registration, "segment registration started"),
+        Err(_) => info!(%node, "segment registration started"),
+    }
     // The profile first, so that no registration or report goes out without this node's URL.
     let reader = profile.clone();
     if let Ok(first_profile) = tokio::task::spawn_blocking(move || reader()).await {
