@@ -385,15 +385,19 @@ mod tls_tests {
             .expect("HTTPS admin answer");
         assert_eq!(status.status(), StatusCode::OK);
 
-        // The listener is HTTPS only: plain HTTP gets no answer.
+        // The listener is HTTPS only: plain HTTP is not served, only told to use https://.
         let plain = client
             .get(
                 format!("http://127.0.0.1:{}/index.html", origin.listen.port())
                     .parse()
                     .expect("url"),
             )
-            .await;
-        assert!(plain.is_err(), "plain HTTP must not be served on an HTTPS listener");
+            .await
+            .expect("a plain answer");
+        assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+        let body = plain.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("https://"), "{body:?}");
+        assert!(!String::from_utf8_lossy(&body).contains("hello"), "the file is not served");
         origin.shutdown().await;
     }
 }
