@@ -397,7 +397,10 @@ mod tls_tests {
         assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
         let body = plain.into_body().collect().await.expect("body").to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("https://"), "{body:?}");
-        assert!(!String::from_utf8_lossy(&body).contains("hello"), "the file is not served");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("hello"),
+            "the file is not served"
+        );
         origin.shutdown().await;
     }
 }

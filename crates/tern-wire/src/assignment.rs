@@ -1188,7 +1188,6 @@ fn decrypt_stream(
         .map_err(|_| AssignmentError::Decrypt("wrong key"))
 }
 
-/// Reads exactly `buffer.len()` bytes of `file` at `offset`.
 /// One positioned read of up to `buffer.len()` bytes at `offset`.
 fn read_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
     #[cfg(unix)]
@@ -1204,18 +1203,18 @@ fn read_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Res
     }
 }
 
+/// Reads exactly `buffer.len()` bytes of `file` at `offset`.
 fn read_exact_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+    let mut done = 0;
+    while done < buffer.len() {
+        match read_at(file, &mut buffer[done..], offset.saturating_add(done as u64)) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            Ok(n) => done += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
     }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek};
-        let mut handle = file;
-        handle.seek(std::io::SeekFrom::Start(offset))?;
-        handle.read_exact(buffer)
-    }
+    Ok(())
 }
 
 /// Generates a new ed25519 signing key.

@@ -181,22 +181,10 @@ fn pass_one_is_paced_by_the_token_bucket() {
 fn a_member_that_missed_the_announcement_takes_the_pass_from_its_next_copy() {
     // Announced again every 8 frames: the member that joins after the first copy (a lost announcement
     // looks the same to it) drops only the frames before the next copy, not the whole pass.
-    let mut segment = Segment::new(
-        2,
-        SenderConfig {
-            reannounce_frames: 8,
-            ..sender_config()
-        },
-        ReceiverConfig::new,
-        CollectConfig::new(identity("gl", 0)),
-        3,
-    );
-    let start = segment.now;
-    segment.join_at(2, start + Duration::from_millis(150));
-    let bytes = bytes();
-    segment.start(bytes.clone());
-    segment.run_for(Duration::from_secs(60));
-
+    let (segment, bytes) = with_a_late_member(SenderConfig {
+        reannounce_frames: 8,
+        ..sender_config()
+    });
     let late = segment.members[2].as_ref().expect("joined");
     let dropped = late.counters().refused("unannounced");
     assert!(
@@ -218,15 +206,21 @@ fn a_member_that_missed_the_announcement_takes_the_pass_from_its_next_copy() {
     assert!(rebuilt < FRAMES as u64, "rebuilt {rebuilt} of {FRAMES}");
 }
 
-#[test]
-fn a_member_that_joins_late_is_filled_by_later_passes() {
-    let mut segment = new_segment(2);
+/// A segment of two members and one that joins 150 ms into pass 1, having run one session to its end;
+/// the assignment's bytes.
+fn with_a_late_member(config: SenderConfig) -> (Segment, Vec<u8>) {
+    let mut segment = Segment::new(2, config, ReceiverConfig::new, CollectConfig::new(identity("gl", 0)), 3);
     let start = segment.now;
     segment.join_at(2, start + Duration::from_millis(150));
     let bytes = bytes();
     segment.start(bytes.clone());
     segment.run_for(Duration::from_secs(60));
+    (segment, bytes)
+}
 
+#[test]
+fn a_member_that_joins_late_is_filled_by_later_passes() {
+    let (segment, bytes) = with_a_late_member(sender_config());
     let late = segment.members[2].as_ref().expect("joined");
     let dropped = late.counters().refused("unannounced");
     assert!(dropped > 0, "frames before the announcement dropped");
