@@ -173,6 +173,14 @@ impl EdgeConfig {
         if self.cache_size == 0 {
             return Err("--cache-size (cache_size) must be more than zero".into());
         }
+        // The name goes into `Via` (a received-by pseudonym) and `Cache-Status` (a token, RFC 9211).
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(token) {
+            return Err(format!(
+                "name = {:?}: 1 to 64 letters, digits or !#$%&'*+-.^_`|~ (it goes into Via and Cache-Status)",
+                tern_wire::cut_at(&self.name, 80)
+            ));
+        }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             return Err(format!(
                 "max_header_bytes = {}: at least {MIN_HEADER_BYTES} (the HTTP/1.1 parser reads heads in buffers that large; the default is 65536)",
@@ -319,6 +327,8 @@ mod tests {
             "store_set_cookie_paths",
         );
         refused(|c| c.cache_size = 0, "cache_size");
+        refused(|c| c.name = "a\nb".into(), "name");
+        refused(|c| c.name = "edge one".into(), "name");
         let mut https = base();
         https.origin = "https://origin.example".into();
         https.origin_ca = Some("ca.pem".into());

@@ -94,17 +94,38 @@ impl Via {
 /// gives it as `Forwarded: proto=`).
 pub const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Whether `name` is a field by which a proxy in front of the origin tells it about the client's request
-/// (its scheme, host, port, or a path to serve instead): `Forwarded` (RFC 7239) and the `X-Forwarded-*`,
-/// `X-Original-URL`, `X-Rewrite-URL`, `X-Host`, `Front-End-Https` and `X-Url-Scheme` conventions.
-/// `X-Forwarded-For` is not one of them: it is appended to, never trusted for content.
+/// Whether `name` is a field by which a proxy in front of the origin tells it about the client or its
+/// request (its scheme, host, port, address, or a path to serve instead): `Forwarded` (RFC 7239), the
+/// `X-Forwarded-*` conventions, `X-Original-URL`, `X-Rewrite-URL`, `X-Host`, `X-Original-Host`,
+/// `Front-End-Https`, `X-Url-Scheme`, and the client-address fields `X-Real-IP`, `True-Client-IP`,
+/// `X-Client-IP` and `X-Cluster-Client-IP`. An underscore counts as a hyphen: CGI-style origins (PHP,
+/// WSGI) read `X_Forwarded_Host` as `X-Forwarded-Host`. `X-Forwarded-For` itself is not one of them: the
+/// edge appends to it, and an origin never takes content from it.
 fn is_forwarding_field(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    (name.starts_with("x-forwarded-") && name != "x-forwarded-for")
-        || matches!(
-            name,
-            "forwarded" | "x-original-url" | "x-rewrite-url" | "x-host" | "front-end-https" | "x-url-scheme"
-        )
+    const PREFIX: &[u8] = b"x-forwarded-";
+    const NAMES: [&[u8]; 11] = [
+        b"forwarded",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-host",
+        b"x-original-host",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+    ];
+    // Names are lowercase already; `_` and `-` compare equal.
+    let same = |a: u8, b: u8| a == b || (a == b'_' && b == b'-');
+    let equal =
+        |name: &[u8], wanted: &[u8]| name.len() == wanted.len() && name.iter().zip(wanted).all(|(&a, &b)| same(a, b));
+    let name = name.as_str().as_bytes();
+    if name.len() > PREFIX.len() && name.iter().zip(PREFIX).all(|(&a, &b)| same(a, b)) {
+        // `X-Forwarded-For` as the edge writes it is kept (appended to); `X_Forwarded_For` is not ours.
+        return name != b"x-forwarded-for";
+    }
+    NAMES.iter().any(|wanted| equal(name, wanted))
 }
 
 /// Makes the forwarding fields of a request received from a client the edge's own: any the client sent is
@@ -193,11 +214,22 @@ mod tests {
             HeaderValue::from_static("for=1.2.3.4;proto=http;host=evil.example"),
         );
         headers.insert("x-original-url", HeaderValue::from_static("/admin"));
+        headers.insert("x_forwarded_host", HeaderValue::from_static("evil.example"));
+        headers.insert("x_forwarded_for", HeaderValue::from_static("1.2.3.4"));
+        headers.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         own_forwarding(&mut headers, "https");
         assert_eq!(headers["x-forwarded-proto"], "https");
-        for gone in ["x-forwarded-host", "x-forwarded-port", "forwarded", "x-original-url"] {
+        for gone in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "forwarded",
+            "x-original-url",
+            "x_forwarded_host",
+            "x_forwarded_for",
+            "x-real-ip",
+        ] {
             assert!(!headers.contains_key(gone), "{gone} kept");
         }
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1", "appended to later, not dropped");

@@ -242,6 +242,17 @@ pub enum ReportError {
     /// Its tag was good, but another leader's report takes precedence, or it is a replay.
     #[error(transparent)]
     Refused(#[from] ReportRefusal),
+    /// The leader that sent it runs under a name another machine holds (another instance id registered
+    /// under it): it is not taken as the segment's leader.
+    #[error(
+        "segment report from {leader} refused: that name is held by another node (at {url}); give this node a name of its own with --name"
+    )]
+    NameTaken {
+        /// The leader's name.
+        leader: String,
+        /// Where the name's holder takes assignments.
+        url: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -255,6 +266,7 @@ impl ReportError {
             ReportError::Frame(error) => error.reason(),
             ReportError::NotAReport => "malformed",
             ReportError::Refused(refusal) => refusal.reason(),
+            ReportError::NameTaken { .. } => "name-taken",
             ReportError::Store(_) => "store",
         }
     }
@@ -266,7 +278,7 @@ impl ReportError {
             "no-key" => StatusCode::FORBIDDEN,
             "bad-tag" => StatusCode::UNAUTHORIZED,
             "oversized" => StatusCode::PAYLOAD_TOO_LARGE,
-            "stale" | "replayed" | "superseded" => StatusCode::CONFLICT,
+            "stale" | "replayed" | "superseded" | "name-taken" => StatusCode::CONFLICT,
             "store" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -410,7 +422,9 @@ impl Mover {
             .check_stamp(&message.stamp(), now_ms)?;
         let stored = self.segments.view(&message.segment);
         admit_report(stored.as_ref(), &message, report, now_ms, SUPERSEDE_AFTER)?;
-        let report = &self.without_other_machines(&message.segment, report).await?;
+        let report = &self
+            .without_other_machines(&message.segment, &message.sender, report)
+            .await?;
         let (view, appeared) = merge_report(stored.as_ref(), &message, report, now_ms);
         let changed_leader = stored.as_ref().is_none_or(|before| before.leader != view.leader);
         let departed: Vec<String> = stored
@@ -467,12 +481,14 @@ impl Mover {
 
     /// `report` without the members whose name another machine holds (a node with another instance id
     /// registered under it, [`RegisterError::Taken`]): listed in a segment, such a member would be
-    /// delivered to and reported committed as the node that holds the name. Each is warned about.
+    /// delivered to and reported committed as the node that holds the name. Each is warned about (once a
+    /// minute per segment). A report whose `leader` is such a member is refused whole.
     async fn without_other_machines(
         &self,
         segment: &str,
+        leader: &str,
         report: &segment::SegmentReport,
-    ) -> Result<segment::SegmentReport, StoreError> {
+    ) -> Result<segment::SegmentReport, ReportError> {
         let names: Vec<(String, String)> = report
             .members
             .iter()
@@ -493,13 +509,22 @@ impl Mover {
                 Ok(taken)
             })
             .await?;
+        if let Some((_, url)) = taken.iter().find(|(name, _)| name == leader) {
+            return Err(ReportError::NameTaken {
+                leader: leader.to_string(),
+                url: url.clone(),
+            });
+        }
         let mut report = report.clone();
+        let mut warnings = self.segment_intake.warnings.lock().unwrap_or_else(|p| p.into_inner());
         report.members.retain(|member| {
             let Some((_, url)) = taken.iter().find(|(name, _)| *name == member.name) else {
                 return true;
             };
-            warn!(%segment, node = %member.name, holder = %url, member = %member.profile.url,
-                  "a segment lists a member under a name another machine holds; left out of the segment: give it a name of its own with --name");
+            if let Some(suppressed) = warnings.check("member-name-taken", std::time::Instant::now()) {
+                warn!(%segment, node = %member.name, holder = %url, member = %member.profile.url, suppressed,
+                      "a segment lists a member under a name another machine holds; left out of the segment: give it a name of its own with --name");
+            }
             false
         });
         Ok(report)

@@ -107,7 +107,7 @@ pub const INSTANCE_FILE: &str = "instance";
 /// this node for another machine).
 fn load_or_create_instance(state: &std::path::Path) -> std::io::Result<String> {
     let path = state.join(INSTANCE_FILE);
-    match std::fs::read_to_string(&path) {
+    match tern_wire::read_setting_text(&path) {
         Ok(text) => {
             let instance = text.trim().to_string();
             if instance.is_empty() || !tern_wire::mover::valid_instance(&instance) {

@@ -27,6 +27,15 @@ pub const MAX_SETTING_FILE: u64 = 16 << 20;
 /// an error of kind `InvalidData` that says so, not a read until memory runs out.
 pub fn read_setting_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    // A FIFO would block the open until a writer comes (a reload, and the shutdown waiting for it, stuck
+    // for good), a device would never end: only a regular file (or a link to one) is read.
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO, socket or device): give the file itself",
+        ));
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_SETTING_FILE + 1)
@@ -69,10 +78,27 @@ mod setting_file_tests {
     #[test]
     fn a_setting_file_that_never_ends_is_refused_not_read_until_memory_runs_out() {
         let error = read_setting_file(std::path::Path::new("/dev/zero")).expect_err("/dev/zero is endless");
-        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
-        assert!(error.to_string().contains("16 MiB"), "{error}");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
         let dir = std::env::temp_dir().join(format!("tern-wire-setting-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
+        // A FIFO is refused before it is opened (an open would wait for a writer).
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let error = read_setting_file(&fifo).expect_err("a FIFO");
+            assert!(error.to_string().contains("not a regular file"), "{error}");
+        }
+        let big = dir.join("big");
+        std::fs::File::create(&big)
+            .and_then(|file| file.set_len(MAX_SETTING_FILE + 1))
+            .expect("sparse file");
+        let error = read_setting_file(&big).expect_err("over the limit");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("16 MiB"), "{error}");
         let file = dir.join("key");
         std::fs::write(&file, "some text\n").expect("write");
         assert_eq!(read_setting_text(&file).expect("read"), "some text\n");

@@ -1832,7 +1832,7 @@ pub(crate) fn stop_on_signal(token: CancellationToken, hangup: Hangup) {
                     _ = hangups.recv() => match hangup {
                         Hangup::Stop => break,
                         Hangup::Reload => info!(
-                            "SIGHUP: certificates given with --tls-* are read again; other settings take a restart (stop with SIGTERM or Ctrl-C)"
+                            "SIGHUP: going on (certificates given with --tls-*, if any, are read again; other settings take a restart; stop with SIGTERM or Ctrl-C)"
                         ),
                     },
                 }
@@ -1842,7 +1842,7 @@ pub(crate) fn stop_on_signal(token: CancellationToken, hangup: Hangup) {
         let _ = tokio::signal::ctrl_c().await;
         // Cancelled before anything is logged: nothing the log does can keep the process running.
         token.cancel();
-        info!("stopping");
+        info!("stopping (signal)");
     });
 }
 

@@ -76,8 +76,17 @@ async fn call(
         }
     }
     let bytes = response.into_body().collect().await?.to_bytes();
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))?;
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        // Not the mover's JSON: say what came (an HTTPS listener's "use an https:// URL", a proxy's page).
+        Err(error) => bail!(
+            "unexpected answer from {url} ({status}): {}",
+            match String::from_utf8_lossy(&bytes).trim() {
+                "" => format!("an empty body ({error})"),
+                text => tern_wire::cut_at(text, 300).to_string(),
+            }
+        ),
+    };
     if !status.is_success() {
         bail!("{}", value["error"].as_str().unwrap_or("the mover refused the request"));
     }

@@ -195,8 +195,11 @@ fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
     use rustls_pki_types::pem::Error;
     match error {
         Error::MissingSectionEnd { end_marker } => format!(
-            "a block has no `{}` line: the file is cut short or damaged",
-            String::from_utf8_lossy(end_marker).trim()
+            "a block has no `-----END {}-----` line: the file is cut short or damaged",
+            String::from_utf8_lossy(end_marker)
+                .trim()
+                .trim_start_matches("-----END ")
+                .trim_end_matches("-----")
         ),
         Error::IllegalSectionStart { line } => format!(
             "a malformed BEGIN line: `{}`",

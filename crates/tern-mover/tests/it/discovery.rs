@@ -393,6 +393,62 @@ async fn a_segment_elects_one_leader_reports_its_members_and_loses_a_stopped_one
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "a replayed report is refused");
+
+    // A second machine under a node's name (another instance id) is neither taken as a segment's leader
+    // nor listed as a member of one.
+    let impostor = Member {
+        name: "n1".into(),
+        address: "127.0.0.1:9".parse().expect("address"),
+        incarnation: 11,
+        profile: Profile {
+            url: "http://127.0.0.1:9".into(),
+            instance: tern_wire::mover::new_instance(),
+            ..Profile::default()
+        },
+    };
+    let report_of = |segment: &str, sender: &str, incarnation: u64, members: Vec<Member>| SegmentMessage {
+        segment: segment.into(),
+        sender: sender.into(),
+        incarnation,
+        body: SegmentBody::SegmentReport(SegmentReport {
+            kind: ReportKind::Segment,
+            location: "UTC".into(),
+            members,
+            appeared: vec![],
+            departed: vec![],
+        }),
+        ..newcomer.clone()
+    };
+    let as_leader = report_of("annex2", "n1", 11, vec![impostor.clone()]);
+    let (status, answer) = fleet
+        .request(
+            "POST",
+            "/api/segments/report",
+            Bytes::from(segment::encode(&fleet.key, &as_leader)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&answer));
+    let ghost = Member {
+        name: "ghost3".into(),
+        incarnation: 12,
+        ..impostor.clone()
+    };
+    let as_member = report_of("annex3", "ghost3", 12, vec![ghost, impostor]);
+    let (status, answer) = fleet
+        .request(
+            "POST",
+            "/api/segments/report",
+            Bytes::from(segment::encode(&fleet.key, &as_member)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
+    let annex3 = fleet.mover.role.segments().view("annex3").expect("annex3 recorded");
+    let listed: Vec<&str> = annex3.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(listed, ["ghost3"], "n1's name stays with n1");
+    assert_eq!(
+        fleet.mover.role.segments().segment_of("n1").map(|s| s.name),
+        Some(SEGMENT.to_string())
+    );
     let jobs = fleet.api("GET", "/api/jobs?limit=50", None).await;
     let caught_up = jobs.as_array().is_some_and(|jobs| {
         jobs.iter()
