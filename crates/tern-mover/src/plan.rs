@@ -454,13 +454,15 @@ fn pack(
     } else {
         None
     };
+    let size = content.len() as u64;
     let piece = match old {
         Some(old) => packer
             .changed(path, metadata, &old, &content, compress)
             .map_err(io("delta", &source))?,
+        // The content itself becomes the piece when it is stored as it is (no second copy of a large file).
         None => packer
-            .whole(path, metadata, &content, compress)
+            .whole_owned(path, metadata, std::borrow::Cow::Owned(content), compress)
             .map_err(io("compression", &source))?,
     };
-    Ok((content.len() as u64, piece))
+    Ok((size, piece))
 }

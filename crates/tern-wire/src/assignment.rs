@@ -369,14 +369,28 @@ impl Packer {
 
     /// A whole file, compressed when `compress` says so and it helps.
     pub fn whole(&mut self, path: &str, metadata: Metadata, content: &[u8], compress: bool) -> std::io::Result<Piece> {
+        self.whole_owned(path, metadata, std::borrow::Cow::Borrowed(content), compress)
+    }
+
+    /// [`Packer::whole`] taking the content: when it is stored as it is, it becomes the piece's bytes
+    /// without a copy (a large incompressible file is held once, not twice).
+    pub fn whole_owned(
+        &mut self,
+        path: &str,
+        metadata: Metadata,
+        content: std::borrow::Cow<'_, [u8]>,
+        compress: bool,
+    ) -> std::io::Result<Piece> {
+        let size = content.len() as u64;
+        let hash = blake3::hash(&content).to_hex().to_string();
         let packed = if compress {
-            Some(self.compressor.compress(content)?)
+            Some(self.compressor.compress(&content)?)
         } else {
             None
         };
         let (stored, compression) = match packed {
             Some(packed) if packed.len() < content.len() => (packed, Compression::Zstd),
-            _ => (content.to_vec(), Compression::None),
+            _ => (content.into_owned(), Compression::None),
         };
         Ok(Piece {
             path: path.to_string(),
@@ -384,8 +398,8 @@ impl Packer {
             base_hash: None,
             stored,
             compression,
-            size: content.len() as u64,
-            hash: blake3::hash(content).to_hex().to_string(),
+            size,
+            hash,
         })
     }
 
