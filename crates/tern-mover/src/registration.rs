@@ -163,7 +163,7 @@ impl Mover {
                 {
                     return Ok(Err(RegisterError::Taken {
                         name: node.name.clone(),
-                        holder: holder[..8.min(holder.len())].to_string(),
+                        holder: tern_wire::cut_at(&holder, 8).to_string(),
                         url,
                     }));
                 }
