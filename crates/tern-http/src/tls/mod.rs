@@ -486,6 +486,34 @@ mod tests {
         assert!(store.describe().contains("a.example"), "{}", store.describe());
     }
 
+    #[test]
+    fn an_expired_or_expiring_certificate_is_named_as_such_and_served_all_the_same() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        assert_eq!(validity_problem(now - day, now + 60 * day, now), None);
+        let expired = validity_problem(now - 90 * day, now - day, now).expect("expired");
+        assert!(
+            expired.starts_with("expired on") && expired.contains("GMT"),
+            "{expired}"
+        );
+        let early = validity_problem(now + day, now + 90 * day, now).expect("not yet valid");
+        assert!(early.contains("not valid before") && early.contains("clock"), "{early}");
+        let soon = validity_problem(now - day, now + 3 * day + 5, now).expect("expiring");
+        assert!(soon.contains("in 3 days"), "{soon}");
+
+        // The dates come from the certificate itself; an expired one still loads.
+        let ca = TestCa::new("tern test CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = ca.issue_expired(&["old.example"]).write(dir.path(), "old");
+        let chain = load_certificates(&cert).expect("PEM");
+        let (not_before, not_after) = server::validity(&chain[0]).expect("dates");
+        assert!(
+            not_before < not_after && not_after < server::unix_now(),
+            "{not_before} {not_after}"
+        );
+        assert!(CertStore::load(TlsConfig::new(CertSource::Pair { cert, key })).is_ok());
+    }
+
     #[tokio::test]
     async fn in_a_directory_one_broken_pair_keeps_its_certificate_and_holds_back_no_other() {
         let ca = TestCa::new("tern test CA");

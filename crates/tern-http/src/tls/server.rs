@@ -10,10 +10,55 @@ struct LoadedPair {
     cert_path: PathBuf,
     names: Vec<String>,
     key: Arc<CertifiedKey>,
+    /// The certificate's validity, seconds since the Unix epoch (`None` when its dates do not parse).
+    valid: Option<(i64, i64)>,
+}
+
+/// A certificate that expires within this many days is warned about at every load and reload.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The validity (not before, not after; seconds since the Unix epoch) of a DER certificate.
+pub(super) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let validity = certificate.validity();
+    Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
+}
+
+/// Now, in seconds since the Unix epoch.
+pub(super) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What is wrong with a certificate valid from `not_before` to `not_after` at `now` (seconds since the
+/// Unix epoch), for a warning: expired, not valid yet, or expiring within [`EXPIRY_WARNING_DAYS`]; `None`
+/// when nothing is.
+pub fn validity_problem(not_before: i64, not_after: i64, now: i64) -> Option<String> {
+    let date = |secs: i64| {
+        let at = if secs >= 0 {
+            std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            std::time::UNIX_EPOCH
+        };
+        crate::date::format(at).to_str().unwrap_or("?").to_string()
+    };
+    if now > not_after {
+        return Some(format!("expired on {}: clients refuse it; renew it", date(not_after)));
+    }
+    if now < not_before {
+        return Some(format!(
+            "not valid before {}: clients refuse it until then (check this machine's clock)",
+            date(not_before)
+        ));
+    }
+    let days = (not_after - now) / 86_400;
+    (days < EXPIRY_WARNING_DAYS).then(|| format!("expires on {} (in {days} days): renew it", date(not_after)))
 }
 
 fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsError> {
     let chain = load_certificates(cert_path)?;
+    let valid = chain.first().and_then(validity);
     let names = match chain.first().map(webpki::EndEntityCert::try_from) {
         Some(Ok(end_entity)) => end_entity.valid_dns_names().map(str::to_ascii_lowercase).collect(),
         Some(Err(error)) => {
@@ -42,6 +87,7 @@ fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair
         cert_path: cert_path.to_path_buf(),
         names,
         key: Arc::new(certified),
+        valid,
     })
 }
 
@@ -166,6 +212,18 @@ impl CertSet {
         })
     }
 
+    /// Warns about each certificate that is expired, not valid yet or expiring soon at `now` (seconds since
+    /// the Unix epoch; [`validity_problem`]). It is served all the same: the operator's to renew.
+    fn warn_validity(&self, now: i64) {
+        for pair in &self.pairs {
+            if let Some((not_before, not_after)) = pair.valid
+                && let Some(problem) = validity_problem(not_before, not_after, now)
+            {
+                warn!(certificate = %pair.cert_path.display(), "certificate {problem}");
+            }
+        }
+    }
+
     fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         let Some(name) = server_name else {
             return self.default.clone();
@@ -249,6 +307,7 @@ impl CertStore {
     pub fn load(config: TlsConfig) -> Result<Arc<CertStore>, TlsError> {
         let loaded = stamps(&config.source);
         let (set, _) = Self::read_set(&config.source, None)?;
+        set.warn_validity(unix_now());
         let resolver = Arc::new(Resolver {
             current: RwLock::new(Arc::new(set)),
         });
@@ -344,6 +403,7 @@ impl CertStore {
     pub fn reload(&self) -> Result<PairProblems, TlsError> {
         let previous = self.resolver.set();
         let (set, problems) = Self::read_set(&self.config.source, Some(&previous))?;
+        set.warn_validity(unix_now());
         *self.resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Ok(problems)
     }
