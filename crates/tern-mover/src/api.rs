@@ -282,6 +282,10 @@ impl Handler for Api {
     }
 }
 
+/// Registrations refused because another machine holds the name are logged at most every 30 s.
+static TAKEN_WARNINGS: std::sync::Mutex<tern_admin::Throttle<()>> =
+    std::sync::Mutex::new(tern_admin::Throttle::new(tern_admin::throttle::DEFAULT_WARN_INTERVAL));
+
 async fn register(mover: &Mover, body: &[u8]) -> Answer {
     let registration: Registration = match mover.trees.open_registration(body)? {
         Some(tagged) => tagged,
@@ -296,7 +300,14 @@ async fn register(mover: &Mover, body: &[u8]) -> Answer {
             Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
         }
         Err(e @ RegisterError::Taken { .. }) => {
-            warn!(error = %e, "registration refused");
+            // The refused node tries again every 10 s: one line every 30 s says it.
+            let due = TAKEN_WARNINGS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check((), std::time::Instant::now());
+            if let Some(suppressed) = due {
+                warn!(error = %e, suppressed, "registration refused");
+            }
             Err(refuse(StatusCode::CONFLICT, e.to_string()))
         }
         Err(RegisterError::Store(e)) => Err(store_error(e)),
