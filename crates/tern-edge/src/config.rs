@@ -154,7 +154,7 @@ impl Default for EdgeConfig {
 
 /// Smallest `max_header_bytes`: the HTTP/1.1 parser reads a request head in a buffer of at least this
 /// many bytes, so a smaller value would not be what the edge enforces.
-pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+pub const MIN_HEADER_BYTES: usize = tern_http::server::MIN_HEAD_BUFFER;
 
 /// Smallest `max_uri_bytes` accepted: below it ordinary pages and assets get 414.
 pub const MIN_URI_BYTES: usize = 256;

@@ -82,6 +82,10 @@ pub async fn serve<H: Handler>(
     serve_with(listener, handler, limits, None, shutdown).await;
 }
 
+/// Smallest buffer the HTTP/1.1 parser reads a request head into (hyper's floor): a `max_header_bytes`
+/// below it is not what a server enforces.
+pub const MIN_HEAD_BUFFER: usize = 8 * 1024;
+
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then drains connections; with `tls`,
 /// every connection is HTTPS (a client that does not complete the handshake in time is closed).
 pub async fn serve_with<H: Handler>(
@@ -94,7 +98,7 @@ pub async fn serve_with<H: Handler>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
         .max_headers(limits.max_header_fields);
     builder.http2().max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
