@@ -21,7 +21,7 @@ use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use tern_tree::{Change, Entry, Kind, ROOT, Snapshot, TreeChange, changes, check_link_in, scan};
-use tern_wire::assignment::{AssignmentKind, Builder, Command, Metadata, Packer, Piece};
+use tern_wire::assignment::{AssignmentKind, Builder, Command, Metadata, Packer, Piece, STREAM_FROM};
 
 use crate::rules::CompiledRules;
 
@@ -247,36 +247,61 @@ pub fn plan_site(
             steps.push(step);
         }
     }
-    let to_pack: Vec<(&str, &Entry, bool)> = steps
-        .iter()
-        .filter_map(|step| match step {
-            Step::Pack { path, entry, modified } => Some((path.as_str(), *entry, *modified)),
-            _ => None,
-        })
-        .collect();
-    let mut pieces = pack_all(&to_pack, staging, shadow, policy)?.into_iter();
-    for step in steps {
-        match step {
-            Step::Command(command) => {
-                match &command {
-                    Command::Mkdir { .. } => stats.directories += 1,
-                    Command::Symlink { .. } => stats.links += 1,
-                    Command::Copy { .. } => stats.copied += 1,
-                    _ => stats.metadata += 1,
-                }
-                builder.command(command);
+    // The data section goes to a scratch file beside the shadow copy (on the mover's data disk, not a
+    // temp file system in memory), and files are packed a batch at a time: a plan holds the assignment
+    // once, whatever the site's size.
+    let scratch_dir = shadow
+        .parent()
+        .filter(|dir| dir.is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let scratch = Scratch(&scratch_dir);
+    builder
+        .spool_to(scratch.file()?)
+        .map_err(io("scratch file in", &scratch_dir))?;
+    let mut steps = steps.into_iter().peekable();
+    while steps.peek().is_some() {
+        let mut held = 0u64;
+        let mut batch = Vec::new();
+        while let Some(step) = steps.next_if(|_| held < BATCH_BYTES) {
+            if let Step::Pack { entry, .. } = &step
+                && entry.len < STREAM_FROM
+            {
+                held += entry.len;
             }
-            Step::Pack { .. } => {
-                let Some((content_len, piece)) = pieces.next() else {
-                    break;
-                };
-                stats.content_bytes += content_len;
-                if piece.is_delta() {
-                    stats.patched += 1;
-                } else {
-                    stats.created += 1;
+            batch.push(step);
+        }
+        let to_pack: Vec<(&str, &Entry, bool)> = batch
+            .iter()
+            .filter_map(|step| match step {
+                Step::Pack { path, entry, modified } => Some((path.as_str(), *entry, *modified)),
+                _ => None,
+            })
+            .collect();
+        let mut pieces = pack_all(&to_pack, staging, shadow, policy, scratch)?.into_iter();
+        for step in batch {
+            match step {
+                Step::Command(command) => {
+                    match &command {
+                        Command::Mkdir { .. } => stats.directories += 1,
+                        Command::Symlink { .. } => stats.links += 1,
+                        Command::Copy { .. } => stats.copied += 1,
+                        _ => stats.metadata += 1,
+                    }
+                    builder.command(command);
                 }
-                builder.add(piece);
+                Step::Pack { .. } => {
+                    let Some(piece) = pieces.next() else {
+                        break;
+                    };
+                    stats.content_bytes += piece.size();
+                    if piece.is_delta() {
+                        stats.patched += 1;
+                    } else {
+                        stats.created += 1;
+                    }
+                    builder.add(piece).map_err(io("scratch file in", &scratch_dir))?;
+                }
             }
         }
     }
@@ -405,17 +430,42 @@ fn step<'a>(
     Some(step)
 }
 
+/// Bytes of files packed in memory at a time: the rest of the plan waits, so a plan's memory is bounded
+/// whatever the site's size. Files of [`STREAM_FROM`] bytes or more are packed in a stream through scratch
+/// files and do not count.
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// Changed files larger than this are sent whole (compressed in a stream) rather than as a delta: a delta
+/// holds the old version in memory (zstd's reference), and its match window reaches 1 GiB at most.
+pub const DELTA_MAX_SIZE: u64 = 1 << 30;
+
+/// Where a plan's scratch files go: unnamed temporary files in one directory (`O_TMPFILE`), which vanish
+/// with the process whatever happens to it.
+#[derive(Debug, Clone, Copy)]
+struct Scratch<'a>(&'a Path);
+
+impl Scratch<'_> {
+    fn file(self) -> Result<std::fs::File, PlanError> {
+        tempfile::tempfile_in(self.0).map_err(|source| PlanError::Io {
+            what: "scratch file in",
+            path: self.0.display().to_string(),
+            source,
+        })
+    }
+}
+
 /// Packs the new and changed files (reads each, compresses it or makes its delta against the shadow
 /// version) on one thread per core: packing is most of a plan's time, and the files are independent.
-/// Returns each file's size and piece, in the order given.
+/// Returns each file's piece, in the order given.
 fn pack_all(
     files: &[(&str, &Entry, bool)],
     staging: &Path,
     shadow: &Path,
     policy: &PlanPolicy,
-) -> Result<Vec<(u64, Piece)>, PlanError> {
+    scratch: Scratch<'_>,
+) -> Result<Vec<Piece>, PlanError> {
     tern_tree::map_parallel_with(files, Packer::new, |packer, (path, entry, modified)| match packer {
-        Ok(packer) => pack(packer, path, entry, *modified, staging, shadow, policy),
+        Ok(packer) => pack(packer, path, entry, *modified, staging, shadow, policy, scratch),
         Err(error) => Err(PlanError::Io {
             what: "compression",
             path: path.to_string(),
@@ -428,7 +478,9 @@ fn pack_all(
 
 /// Packs one new or changed file: whole, or as a delta against its shadow version when that is smaller.
 /// The mode and time are the scanned ones, so the plan describes one consistent snapshot; content changed
-/// since the scan is caught when the shadow copy is built (the hash is checked there).
+/// since the scan is caught when the shadow copy is built (the hash is checked there). A file of
+/// [`STREAM_FROM`] bytes or more is packed in a stream into a scratch file of its own.
+#[allow(clippy::too_many_arguments)]
 fn pack(
     packer: &mut Packer,
     path: &str,
@@ -437,32 +489,47 @@ fn pack(
     staging: &Path,
     shadow: &Path,
     policy: &PlanPolicy,
-) -> Result<(u64, Piece), PlanError> {
+    scratch: Scratch<'_>,
+) -> Result<Piece, PlanError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source: std::io::Error| PlanError::Io { what, path, source }
     };
     let source = staging.join(path);
-    let content = std::fs::read(&source).map_err(io("staging file", &source))?;
     let metadata = Metadata {
         mode: Some(entry.mode),
         mtime_ns: Some(entry.mtime_ns),
     };
     let compress = policy.compress(path);
-    let old = if modified && content.len() as u64 >= policy.delta_min_size {
+    let wants_delta = modified && entry.len >= policy.delta_min_size;
+    if entry.len >= STREAM_FROM {
+        let old_path = shadow.join(path);
+        let old = if wants_delta
+            && std::fs::metadata(&old_path).is_ok_and(|old| old.is_file() && old.len() <= DELTA_MAX_SIZE)
+        {
+            std::fs::read(&old_path).ok()
+        } else {
+            None
+        };
+        let piece = match old {
+            Some(old) => packer.delta_file(path, metadata, &old, &source, compress, scratch.file()?),
+            None => packer.whole_file(path, metadata, &source, compress, scratch.file()?),
+        };
+        return piece.map_err(io("staging file", &source));
+    }
+    let content = std::fs::read(&source).map_err(io("staging file", &source))?;
+    let old = if wants_delta {
         std::fs::read(shadow.join(path)).ok()
     } else {
         None
     };
-    let size = content.len() as u64;
-    let piece = match old {
+    match old {
         Some(old) => packer
             .changed(path, metadata, &old, &content, compress)
-            .map_err(io("delta", &source))?,
+            .map_err(io("delta", &source)),
         // The content itself becomes the piece when it is stored as it is (no second copy of a large file).
         None => packer
             .whole_owned(path, metadata, std::borrow::Cow::Owned(content), compress)
-            .map_err(io("compression", &source))?,
-    };
-    Ok((size, piece))
+            .map_err(io("compression", &source)),
+    }
 }

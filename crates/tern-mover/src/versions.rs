@@ -87,13 +87,11 @@ impl SiteDir {
                     if unchanged && std::fs::hard_link(shadow.join(path), &target).is_ok() {
                         continue;
                     }
-                    let content = std::fs::read(staging.join(path))?;
-                    if blake3::hash(&content).to_hex().as_str() != entry.hash {
+                    if copy_hashed(&staging.join(path), &target)? != entry.hash {
                         return Err(io::Error::other(format!(
                             "staging file {path} changed while it was being published; publish again"
                         )));
                     }
-                    std::fs::write(&target, content)?;
                     set_mode(&target, entry.mode)?;
                     set_mtime(&target, entry.mtime_ns)?;
                 }
@@ -262,12 +260,15 @@ pub fn pack_tree(from: &Path, to: &Path) -> io::Result<u64> {
         if kind.is_dir() {
             written += pack_tree(&entry.path(), &to.join(&name))?;
         } else if kind.is_file() {
-            let packed = zstd::bulk::compress(&std::fs::read(entry.path())?, 9)?;
-            written += packed.len() as u64;
             let mut target = name.clone();
             target.push(".zst");
             let target = to.join(target);
-            std::fs::write(&target, packed)?;
+            // In a stream: a checkpoint of a site with large files holds a buffer of each, not the file.
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&target)?);
+            zstd::stream::copy_encode(std::fs::File::open(entry.path())?, &mut out, 9)?;
+            std::io::Write::flush(&mut out)?;
+            drop(out);
+            written += std::fs::metadata(&target)?.len();
             tern_tree::copy_metadata(&entry.path(), &target)?;
         } else if kind.is_symlink() {
             let mut target = name.clone();
@@ -307,6 +308,28 @@ pub fn unpack_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     tern_tree::copy_metadata(from, to)
+}
+
+/// Copies `from` to a new file `to` in a stream (memory holds a buffer, not the file) and returns the blake3
+/// hash (hex) of what was copied.
+fn copy_hashed(from: &Path, to: &Path) -> io::Result<String> {
+    use std::io::Write;
+    let mut source = std::fs::File::open(from)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let count = match io::Read::read(&mut source, &mut buffer) {
+            Ok(0) => break,
+            Ok(count) => count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..count]);
+        out.write_all(&buffer[..count])?;
+    }
+    out.flush()?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 #[cfg(test)]

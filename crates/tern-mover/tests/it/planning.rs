@@ -196,6 +196,65 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
+fn files_past_the_stream_size_are_packed_in_a_stream_and_arrive_byte_exact() {
+    let area = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (area.path().join("v1"), area.path().join("v2"));
+    let stream_from = tern_wire::assignment::STREAM_FROM as usize;
+    let random = noise(stream_from + 4096, 21);
+    let text = b"<tr><td>a row of a large generated table</td></tr>\n".repeat(stream_from / 40);
+    for dir in [&first, &second] {
+        std::fs::create_dir_all(dir.join("d")).expect("mkdir");
+        std::fs::write(dir.join("d/small.html"), b"<p>small</p>").expect("write");
+    }
+    std::fs::write(first.join("random.bin"), &random).expect("write");
+    std::fs::write(first.join("d/table.html"), &text).expect("write");
+    let mut edited = random.clone();
+    edited[stream_from / 2..stream_from / 2 + 100].copy_from_slice(&[0x42; 100]);
+    std::fs::write(second.join("random.bin"), &edited).expect("write");
+    let rewritten = b"<tr><td>another table altogether, longer rows</td><td>2</td></tr>\n".repeat(stream_from / 50);
+    std::fs::write(second.join("d/table.html"), &rewritten).expect("write");
+
+    let node = Interpreter::new(area.path().join("node"));
+    let shadow = area.path().join("shadow");
+    std::fs::create_dir_all(&shadow).expect("mkdir");
+    let whole = plan(
+        &first,
+        &shadow,
+        &Snapshot::new(),
+        &publication(1, "first"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert_eq!(whole.stats.created, 3);
+    // The random file is carried as it is, the table compressed.
+    assert!(whole.stats.assignment_bytes < (random.len() + text.len() / 10) as u64);
+    deliver(&node, &whole.assignment, 1);
+    assert_eq!(tree(&node.live("www").expect("live")), tree(&first));
+
+    copy_tree(&first, &shadow);
+    let shadow_snapshot = scan(&shadow, &Snapshot::new()).expect("scan").snapshot;
+    let changed = plan(
+        &second,
+        &shadow,
+        &shadow_snapshot,
+        &publication(2, "second"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert_eq!(changed.stats.patched + changed.stats.created, 2, "{:?}", changed.stats);
+    assert!(
+        changed.stats.assignment_bytes < 100_000 + rewritten.len() as u64 / 10,
+        "100 bytes of a {} MiB file changed and a table rewritten: {} bytes",
+        stream_from >> 20,
+        changed.stats.assignment_bytes
+    );
+    deliver(&node, &changed.assignment, 2);
+    assert_eq!(tree(&node.live("www").expect("live")), tree(&second));
+}
+
+#[test]
 fn a_renamed_large_file_costs_a_few_hundred_bytes() {
     let area = tempfile::tempdir().expect("tempdir");
     let staging = area.path().join("staging");

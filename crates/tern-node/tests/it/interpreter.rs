@@ -584,7 +584,9 @@ async fn three_nodes_serve_the_same_validators_for_the_same_file() {
             mode: Some(0o644),
             mtime_ns: Some(T + 7),
         };
-        content.add(packer.whole(path, metadata, body.as_bytes(), true).expect("pack"));
+        content
+            .add(packer.whole(path, metadata, body.as_bytes(), true).expect("pack"))
+            .expect("add");
     }
     content.command(Command::Commit);
     let bytes = content.finish(&signing(), None).expect("finish");
