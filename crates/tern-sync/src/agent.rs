@@ -134,6 +134,19 @@ impl Agent {
             path: config.state_dir.clone(),
             reason: e.to_string(),
         })?;
+        // A state directory inside the watched one would report its own state file as a change on every
+        // save, for ever, and the origin would serve it.
+        if let (Ok(dir), Ok(state_dir)) = (config.dir.canonicalize(), config.state_dir.canonicalize())
+            && state_dir.starts_with(&dir)
+        {
+            return Err(AgentError::State {
+                path: config.state_dir.clone(),
+                reason: format!(
+                    "it is inside the watched directory {}: every save of the agent's state would be reported as a change, and the origin would serve it; give --state-dir a directory outside it (the default is .tern-agent beside it)",
+                    config.dir.display()
+                ),
+            });
+        }
         let path = state_path(&config);
         let mut state: AgentState = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
@@ -331,6 +344,9 @@ impl Agent {
         let mut backoff = Duration::from_millis(100);
         // A key mismatch is logged as a warning once every 30 s, the rest in `/status`.
         let mut key_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
+        // So is a sync service that cannot be reached: changes wait, and the log says why.
+        let mut reach_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
+        let mut lost_in_a_row = 0u32;
         let mut connection: Option<(TcpStream, FrameDecoder)> = None;
         loop {
             let (incarnation, batch): (Incarnation, Vec<Change>) = {
@@ -352,7 +368,15 @@ impl Agent {
                         backoff = Duration::from_millis(100);
                     }
                     Err(error) => {
-                        self.note_error(format!("cannot reach sync service {}: {error}", self.config.sync));
+                        let error = format!(
+                            "cannot reach the sync service at {}: {error}; {} changes wait and are sent once it answers",
+                            self.config.sync,
+                            self.stats().pending
+                        );
+                        if let Some(suppressed) = reach_warnings.check((), std::time::Instant::now()) {
+                            warn!(suppressed, "{error}");
+                        }
+                        self.note_error(error);
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -377,7 +401,7 @@ impl Agent {
             )
             .await;
             match answer {
-                Ok(Ok(SyncMessage::Ack(ack))) if self.take_ack(&ack) => {}
+                Ok(Ok(SyncMessage::Ack(ack))) if self.take_ack(&ack) => lost_in_a_row = 0,
                 Ok(Ok(SyncMessage::Reject(reject))) => {
                     warn!(reason = %reject.reason, message = %reject.message, "sync service rejected our changes");
                     self.note_error(format!("rejected: {} ({})", reject.message, reject.reason));
@@ -403,7 +427,22 @@ impl Agent {
                     }
                 }
                 Ok(Ok(SyncMessage::Ack(_) | SyncMessage::Changes(_))) | Ok(Err(_)) | Err(_) => {
-                    debug!("connection to the sync service lost; resending");
+                    let error = match &answer {
+                        Err(_) => format!("the sync service at {} did not answer within 10 s", self.config.sync),
+                        Ok(Err(error)) => {
+                            format!("connection to the sync service at {} lost: {error}", self.config.sync)
+                        }
+                        Ok(Ok(_)) => format!("the sync service at {} answered out of turn", self.config.sync),
+                    };
+                    // A kept connection the sync service closed while idle fails once, and the resend
+                    // on a new one goes through: only a second failure in a row is worth a warning.
+                    lost_in_a_row += 1;
+                    if lost_in_a_row < 2 {
+                        debug!("{error}; resending");
+                    } else if let Some(suppressed) = reach_warnings.check((), std::time::Instant::now()) {
+                        warn!(suppressed, "{error}; resending");
+                    }
+                    self.note_error(error);
                     connection = None;
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -435,7 +474,7 @@ impl Agent {
         if !ack.refused.is_empty() {
             let reasons: Vec<String> = ack.refused.iter().map(|(reason, n)| format!("{reason}: {n}")).collect();
             let error = format!(
-                "the sync service refused {} changes ({}): no cache hears of them; `host` means --base-url names a host the sync service's --site does not (fix it, then delete this agent's state file so every file is reported again)",
+                "the sync service refused {} changes ({}): no cache hears of them; `host` means --base-url names a host the sync service's --site does not (fix it, then delete this agent's state file so every file is reported again); `too-long` means a file's URL is over 8192 bytes, which caches refuse (shorten its path)",
                 ack.refused.values().sum::<u64>(),
                 reasons.join(", ")
             );
@@ -617,6 +656,17 @@ mod tests {
             max_batch: 100,
             index: "index.html".into(),
         }
+    }
+
+    #[test]
+    fn a_state_directory_inside_the_watched_one_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut inside = config(dir.path());
+        std::fs::create_dir_all(&inside.dir).expect("mkdir");
+        inside.state_dir = inside.dir.join(".state");
+        let error = Agent::new(inside).err().expect("refused").to_string();
+        assert!(error.contains("inside the watched directory"), "{error}");
+        assert!(Agent::new(config(dir.path())).is_ok(), "beside it is fine");
     }
 
     fn pending(agent: &Agent) -> Vec<u64> {

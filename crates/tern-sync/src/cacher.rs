@@ -8,6 +8,8 @@
 //!
 //! A cache that does not answer keeps its commands: the worker retries with backoff until the change is
 //! older than the longest freshness lifetime the site uses (after that the cache's copy has expired anyway).
+//! A command the cache refuses as a request (`400`, `413`, `414`, `431`: no retry can succeed) is logged,
+//! counted and skipped, so it never holds back the changes after it.
 //! Its position in the log is kept on disk, so a restart resumes where it stopped. Within a backlog, only
 //! the last change of each URL is sent.
 //!
@@ -93,6 +95,25 @@ impl Command {
     }
 }
 
+/// Why a command to a cache failed.
+#[derive(Debug)]
+enum Failure {
+    /// Worth retrying: the cache is down, busy, or refuses every command (a wrong purge key) until the
+    /// operator mends it.
+    Transient(String),
+    /// This change's command can never succeed on this cache (the cache says the request itself is
+    /// wrong): retrying would hold back every later change.
+    Refused(String),
+}
+
+/// Whether a cache's answer to a purge refuses the request itself, whatever is retried: a malformed
+/// request (`400`), a target or header section over the cache's limits (`413`, `414`, `431`). Answers that
+/// refuse every command alike (`401`, `403`, `405`, `501`, `5xx`) are the cache's state or configuration,
+/// and are retried until it is mended.
+fn refuses_for_good(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 414 | 431)
+}
+
 /// Settings shared by the workers.
 #[derive(Debug, Clone)]
 pub struct CacherSettings {
@@ -100,7 +121,8 @@ pub struct CacherSettings {
     pub token: Option<String>,
     /// Changes older than this are given up on for a cache that keeps failing.
     pub max_retry_age: Duration,
-    /// Timeout of one HTTP command.
+    /// How long a cache may take to answer a command's head, and may then stall while sending its body
+    /// (a prefetch of a large file goes on as long as bytes arrive).
     pub request_timeout: Duration,
     /// Where positions are kept.
     pub data_dir: PathBuf,
@@ -230,13 +252,19 @@ impl CacheWorker {
         }
     }
 
-    /// Applies one record, retrying; `false` when shutting down.
+    /// Applies one record, retrying; `false` when shutting down. A change the cache refuses for good is
+    /// skipped (logged and counted): retrying it would hold back every later change for this cache.
     async fn deliver(&self, record: &Record, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.apply(record).await {
                 Ok(()) => return true,
-                Err(error) => {
+                Err(Failure::Refused(error)) => {
+                    warn!(cache = %self.cache.url, url = %record.url, %error, "the cache refuses this change for good (a request it cannot take, whatever is retried); skipped, and its later changes go on");
+                    self.metrics.changes_refused.inc();
+                    return true;
+                }
+                Err(Failure::Transient(error)) => {
                     let age_ms = now_ms().saturating_sub(record.recorded_ms);
                     if Duration::from_millis(age_ms) > self.settings.max_retry_age {
                         warn!(cache = %self.cache.url, url = %record.url, %error, "giving up on a change older than the retry limit");
@@ -244,7 +272,8 @@ impl CacheWorker {
                         return true;
                     }
                     debug!(cache = %self.cache.url, url = %record.url, %error, "command failed; retrying");
-                    self.report(record.log_seq, &self.master.records_from(record.log_seq), Some(error));
+                    let failure = format!("{error} ({})", record.url);
+                    self.report(record.log_seq, &self.master.records_from(record.log_seq), Some(failure));
                     tokio::select! {
                         _ = shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(backoff) => {}
@@ -255,8 +284,11 @@ impl CacheWorker {
         }
     }
 
-    async fn apply(&self, record: &Record) -> Result<(), String> {
-        let uri: Uri = record.url.parse().map_err(|e| format!("bad URL {}: {e}", record.url))?;
+    async fn apply(&self, record: &Record) -> Result<(), Failure> {
+        let uri: Uri = record
+            .url
+            .parse()
+            .map_err(|e| Failure::Refused(format!("bad URL {}: {e}", record.url)))?;
         let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let target = format!("{}{}", self.base, path);
@@ -272,8 +304,9 @@ impl CacheWorker {
         match purge {
             // A cache that does not hold the object answers 404 (Varnish does): nothing to remove is fine.
             Ok(status) if status.is_success() || status == http::StatusCode::NOT_FOUND => {}
-            Ok(status) => return Err(format!("PURGE answered {status}")),
-            Err(error) => return Err(error),
+            Ok(status) if refuses_for_good(status) => return Err(Failure::Refused(format!("PURGE answered {status}"))),
+            Ok(status) => return Err(Failure::Transient(format!("PURGE answered {status}"))),
+            Err(error) => return Err(Failure::Transient(error)),
         }
         if matches!(record.kind, ChangeKind::Deleted | ChangeKind::Purged) {
             return Ok(());
@@ -282,11 +315,14 @@ impl CacheWorker {
         self.count("prefetch", prefetch.as_ref().is_ok_and(|s| !s.is_server_error()));
         match prefetch {
             Ok(status) if !status.is_server_error() => Ok(()),
-            Ok(status) => Err(format!("prefetch answered {status}")),
-            Err(error) => Err(error),
+            Ok(status) => Err(Failure::Transient(format!("prefetch answered {status}"))),
+            Err(error) => Err(Failure::Transient(error)),
         }
     }
 
+    /// Sends one command. The answer's head must come within the request timeout, and then its body is
+    /// read through (so the cache completes and stores a prefetch) and dropped as it comes, a chunk at a
+    /// time: the body may be any size, and may take any time as long as it never stalls for the timeout.
     async fn command(
         &self,
         command: Command,
@@ -315,9 +351,10 @@ impl CacheWorker {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(self.settings.request_timeout, self.client.request(request))
+        let timeout = self.settings.request_timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
-            .map_err(|_| format!("{method} timed out"))?
+            .map_err(|_| format!("{method} had no answer within {} ms", timeout.as_millis()))?
             .map_err(|e| {
                 format!(
                     "{method} failed: {}",
@@ -327,11 +364,20 @@ impl CacheWorker {
                 )
             })?;
         let status = response.status();
-        // Read the body through, so the cache completes (and stores) the prefetch.
-        tokio::time::timeout(self.settings.request_timeout, response.into_body().collect())
-            .await
-            .map_err(|_| format!("{method} body timed out"))?
-            .map_err(|e| format!("{method} body failed: {e}"))?;
+        let mut body = response.into_body();
+        loop {
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(format!(
+                        "{method} body stalled for {} ms (the cache sent nothing)",
+                        timeout.as_millis()
+                    ));
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(_frame))) => {}
+                Ok(Some(Err(error))) => return Err(format!("{method} body failed: {error}")),
+            }
+        }
         Ok(status)
     }
 
@@ -404,6 +450,10 @@ mod tests {
     }
 
     fn worker(dir: &std::path::Path, master: Arc<Master>) -> CacheWorker {
+        worker_for(CACHE, dir, master)
+    }
+
+    fn worker_for(url: &str, dir: &std::path::Path, master: Arc<Master>) -> CacheWorker {
         let settings = CacherSettings {
             token: None,
             max_retry_age: Duration::from_secs(60),
@@ -411,7 +461,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
         };
         let cache = CacheConfig {
-            url: CACHE.into(),
+            url: url.into(),
             sites: vec![],
         };
         CacheWorker::new(cache, settings, master, Arc::new(SyncMetrics::new()))
@@ -461,6 +511,126 @@ mod tests {
             fresh.load_position(),
             1,
             "position 3 of the old log is not waited for in the new one"
+        );
+    }
+
+    /// A cache on loopback that records each request's method and path: a `PURGE` of `/2` is refused
+    /// with `414`; a `GET` of `/3` answers 3 MiB in 30 pieces 50 ms apart (longer in all than the 1 s
+    /// timeout, never stalled that long); a `GET` of `/stall` sends a piece and then nothing for 3 s.
+    async fn fake_cache() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                    let mut words = line.split(' ');
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    log.lock().expect("log").push(format!("{method} {path}"));
+                    let piece = vec![b'x'; 100 << 10];
+                    match (method, path) {
+                        ("PURGE", "/2") => {
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                                )
+                                .await;
+                        }
+                        ("GET", "/3") => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                30 * piece.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            for _ in 0..30 {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                if stream.write_all(&piece).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        ("GET", "/stall") => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                2 * piece.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(&piece).await;
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        _ => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_change_the_cache_refuses_is_skipped_and_a_long_prefetch_that_never_stalls_completes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, seen) = fake_cache().await;
+        let master = master_with(dir.path(), 3);
+        let worker = worker_for(&url, dir.path(), master);
+        let (progress, metrics) = (worker.progress(), worker.metrics.clone());
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while progress.lock().expect("progress").applied_through < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck: {:?}",
+                progress.lock().expect("progress")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        let _ = running.await;
+        assert_eq!(
+            *seen.lock().expect("seen"),
+            ["PURGE /1", "GET /1", "PURGE /2", "PURGE /3", "GET /3"],
+            "the refused purge of /2 is sent once, and the 1.5 s prefetch of /3 once"
+        );
+        assert_eq!(metrics.changes_refused.get(), 1);
+        assert_eq!(metrics.changes_given_up.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_prefetch_whose_body_stalls_fails_naming_the_stall() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, _) = fake_cache().await;
+        let master = master_with(dir.path(), 1);
+        let worker = worker_for(&url, dir.path(), master.clone());
+        let record = master.records_from(1)[0].clone();
+        let target = format!("{url}/stall");
+        let started = std::time::Instant::now();
+        let error = worker
+            .command(Command::Prefetch, &target, "www.example.com", &record)
+            .await
+            .expect_err("stalls");
+        assert!(error.contains("stalled"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "given up after the 1 s stall, not the 3 s"
         );
     }
 }

@@ -368,6 +368,13 @@ impl Master {
         let gone = files.iter().map(|url| (url, ChangeKind::Deleted));
         let refetched = prefetch.iter().map(|url| (url, ChangeKind::Modified));
         for (url, kind) in purged.chain(gone).chain(refetched) {
+            if let Some((reason, explanation)) = url_problem(url) {
+                let shown: String = url.chars().take(200).collect();
+                return Err(Reject {
+                    reason: reason.into(),
+                    message: format!("`{shown}` {explanation}: no cache can be sent a command for it"),
+                });
+            }
             let Some(site) = self.sites.iter().find(|site| check_url(url, site).is_ok()) else {
                 return Err(Reject {
                     reason: "host".into(),
@@ -441,14 +448,41 @@ fn internal(error: &str) -> Reject {
     }
 }
 
-/// A URL is accepted when it is http(s) and its host is one of the site's.
+/// The longest URL a change may carry: an edge refuses longer request targets by default (`414`, its
+/// `max_uri_bytes`), and a command every cache refuses would be retried in vain.
+pub const MAX_URL_BYTES: usize = 8192;
+
+/// What makes `url` one no cache can be sent a command for, whatever its site: `(reason, explanation)`.
+fn url_problem(url: &str) -> Option<(&'static str, &'static str)> {
+    if url.len() > MAX_URL_BYTES {
+        return Some((
+            "too-long",
+            "is longer than 8192 bytes, which caches refuse as a request target",
+        ));
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Some(("malformed-url", "is not a URL"));
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Some(("scheme", "is not an http:// or https:// URL"));
+    }
+    match uri.authority() {
+        None => Some(("malformed-url", "has no host")),
+        // `Host` cannot carry user information (RFC 9110 section 4.2.4), so a command would be refused.
+        Some(authority) if authority.as_str().contains('@') => Some(("userinfo", "carries user:password@")),
+        Some(_) => None,
+    }
+}
+
+/// A URL is accepted when it is one a cache can be sent ([`url_problem`]) and its host is one of the
+/// site's.
 fn check_url(url: &str, site: &SiteConfig) -> Result<(), &'static str> {
+    if let Some((reason, _)) = url_problem(url) {
+        return Err(reason);
+    }
     let Ok(uri) = url.parse::<http::Uri>() else {
         return Err("malformed-url");
     };
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err("scheme");
-    }
     let Some(host) = uri.host() else {
         return Err("malformed-url");
     };
@@ -665,6 +699,16 @@ mod tests {
         );
         let refused = master.purge_and_prefetch(&[], &["http://elsewhere.example/x".into()]);
         assert_eq!(refused.err().map(|r| r.reason), Some("host".to_string()));
+        // URLs no cache can be sent a command for (it would refuse it, and hold back the changes after it).
+        let long = format!("http://www.example.com/{}", "a".repeat(MAX_URL_BYTES));
+        for (url, reason) in [
+            ("http://user:pw@www.example.com/x".to_string(), "userinfo"),
+            (long, "too-long"),
+            ("ftp://www.example.com/x".to_string(), "scheme"),
+        ] {
+            let refused = master.purge_and_prefetch(&[], &[url]);
+            assert_eq!(refused.err().map(|r| r.reason), Some(reason.to_string()));
+        }
         assert_eq!(master.len(), 2, "a refused purge records nothing");
     }
 

@@ -47,6 +47,8 @@ pub struct SyncMetrics {
     pub commands: Family<CommandLabel, Counter>,
     /// Changes given up on after the retry limit.
     pub changes_given_up: Counter,
+    /// Changes a cache refused for good (`400`, `413`, `414`, `431` to the purge): skipped, not retried.
+    pub changes_refused: Counter,
     /// Changes not yet applied, per cache.
     pub lag_changes: Family<CacheLabel, Gauge>,
     /// Age of the oldest change not yet applied, per cache, milliseconds.
@@ -89,6 +91,12 @@ impl SyncMetrics {
             "Changes given up on for a failing cache after the retry limit",
             changes_given_up.clone(),
         );
+        let changes_refused = Counter::default();
+        registry.register(
+            "changes_refused",
+            "Changes a cache refused for good (400, 413, 414 or 431 to the purge), skipped rather than retried",
+            changes_refused.clone(),
+        );
         let lag_changes = Family::<CacheLabel, Gauge>::default();
         registry.register(
             "cache_lag_changes",
@@ -109,6 +117,7 @@ impl SyncMetrics {
             frames_rejected,
             commands,
             changes_given_up,
+            changes_refused,
             lag_changes,
             lag_ms,
         }

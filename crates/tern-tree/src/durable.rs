@@ -69,7 +69,38 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&temporary);
     }
     written?;
+    remove_stale_temporaries(parent, name);
     sync_directory(parent)
+}
+
+/// Removes the temporary files that earlier writes of `name` in `dir` left behind when their process was
+/// killed between creating and renaming them (`.NAME.PID.tmp` of a process that is gone). Only on Linux,
+/// where `/proc` tells which processes live; elsewhere they stay (and are harmless).
+fn remove_stale_temporaries(dir: &Path, name: &std::ffi::OsStr) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Some(name) = name.to_str() else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +121,24 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("state")]);
         sync_file_system(dir.path()).expect("syncfs");
         sync_directory(dir.path()).expect("fsync");
+    }
+
+    #[test]
+    fn a_temporary_left_by_a_killed_writer_goes_with_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        // A process killed between creating and renaming its temporary (pid 0 never names a process
+        // in /proc), and one of a live process (ours, as if written concurrently), which stays.
+        let stale = dir.path().join(".state.0.tmp");
+        let live = dir.path().join(format!(".state.{}.tmp.other", std::process::id()));
+        std::fs::write(&stale, b"half").expect("write");
+        std::fs::write(&live, b"not ours to judge").expect("write");
+        write_durably(&path, b"new").expect("written");
+        assert!(
+            !stale.exists() || !Path::new("/proc/self").exists(),
+            "the stale temporary is removed"
+        );
+        assert!(live.exists(), "a file that is not a temporary of this name stays");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct SyncFile {
     pub caches: Vec<tern_sync::CacheConfig>,
     /// How long commands to a failing cache are retried, seconds (the sites' longest freshness lifetime).
     pub max_retry_secs: Option<u64>,
+    /// How long a cache may take to answer a command's head, or stall in a prefetch's body, milliseconds.
+    pub command_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {

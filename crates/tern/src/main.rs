@@ -389,6 +389,15 @@ struct SyncArgs {
     /// Admin listener address for /metrics and /status.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// How long commands to a cache that keeps failing are retried before a change is given up on,
+    /// seconds [default: 86400; give the sites' longest freshness lifetime: after it the cache's copy
+    /// has expired anyway]. A change a cache refuses as a request (400, 413, 414, 431) is skipped at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    max_retry_secs: Option<u64>,
+    /// How long a cache may take to answer a command's head, and may stall while sending a prefetch's
+    /// body, milliseconds [default: 10000]. A large prefetch goes on as long as bytes arrive.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    command_timeout_ms: Option<u64>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -1423,6 +1432,15 @@ async fn run_delta(args: DeltaArgs) -> Result<()> {
 
 async fn run_sync(args: SyncArgs) -> Result<()> {
     let file = FileConfig::load(args.config.as_deref())?.sync.unwrap_or_default();
+    if file
+        .max_retry_secs
+        .is_some_and(|secs| !(1..=30 * 24 * 3600).contains(&secs))
+    {
+        anyhow::bail!("[sync] max_retry_secs must be 1 to 2592000 (30 days)");
+    }
+    if file.command_timeout_ms.is_some_and(|ms| !(100..=600_000).contains(&ms)) {
+        anyhow::bail!("[sync] command_timeout_ms must be 100 to 600000 (10 minutes)");
+    }
     let key_path = args
         .key
         .or(file.key)
@@ -1461,8 +1479,10 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
         sites,
         caches,
         max_frame: tern_wire::frame::DEFAULT_MAX_PAYLOAD,
-        max_retry_age: std::time::Duration::from_secs(file.max_retry_secs.unwrap_or(24 * 3600)),
-        request_timeout: std::time::Duration::from_secs(10),
+        max_retry_age: std::time::Duration::from_secs(args.max_retry_secs.or(file.max_retry_secs).unwrap_or(24 * 3600)),
+        request_timeout: std::time::Duration::from_millis(
+            args.command_timeout_ms.or(file.command_timeout_ms).unwrap_or(10_000),
+        ),
     };
     let certs = match args.tls.config()? {
         Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
