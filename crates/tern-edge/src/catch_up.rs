@@ -188,7 +188,12 @@ pub async fn catch_up(
                 );
                 return count;
             }
-            Err(error) if started.elapsed() + backoff < deadline => {
+            Err(mut error) if started.elapsed() + backoff < deadline => {
+                if error.contains("certificate") {
+                    error.push_str(
+                        " (give --sync-ca the CA file that signed the sync service's certificate, or that certificate itself)",
+                    );
+                }
                 warn!(%error, sync = sync_url, "cannot reach the sync service yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

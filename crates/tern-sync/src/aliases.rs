@@ -90,8 +90,9 @@ fn links(snapshot: &Snapshot) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The root-relative path a link at `link` with `target` points to; `None` for an absolute target or one
-/// that leaves the root.
+/// The root-relative path a link at `link` with `target` points to (`""`: the root itself, as `ln -s .`
+/// at the top or `ln -s ..` one level down make); `None` for an absolute target or one that leaves the
+/// root.
 fn resolve(link: &str, target: &str) -> Option<String> {
     if target.starts_with('/') {
         return None;
@@ -107,24 +108,30 @@ fn resolve(link: &str, target: &str) -> Option<String> {
             name => parts.push(name),
         }
     }
-    (!parts.is_empty()).then(|| parts.join("/"))
+    Some(parts.join("/"))
 }
 
-/// `path` seen through `link` when it is `target` or under it.
+/// `path` seen through `link` when it is `target` or under it (everything is under the root, `""`).
 fn under(path: &str, target: &str, link: &str) -> Option<String> {
     if path == target {
         return Some(link.to_string());
     }
-    let rest = path.strip_prefix(target)?.strip_prefix('/')?;
+    let rest = if target.is_empty() {
+        path
+    } else {
+        path.strip_prefix(target)?.strip_prefix('/')?
+    };
     Some(format!("{link}/{rest}"))
 }
 
-/// The regular files of `snapshot` at `target` or under it.
+/// The regular files of `snapshot` at `target` or under it (every file, for the root `""`).
 fn files_under<'a>(snapshot: &'a Snapshot, target: &'a str) -> impl Iterator<Item = &'a String> + 'a {
     let prefix = format!("{target}/");
     snapshot
         .iter()
-        .filter(move |(path, entry)| entry.is_file() && (path.as_str() == target || path.starts_with(&prefix)))
+        .filter(move |(path, entry)| {
+            entry.is_file() && (target.is_empty() || path.as_str() == target || path.starts_with(&prefix))
+        })
         .map(|(path, _)| path)
 }
 
@@ -182,6 +189,36 @@ mod tests {
                 ("alias.txt", ChangeKind::Modified),
                 ("mirror/a.html", ChangeKind::Modified)
             ]
+        );
+    }
+
+    #[test]
+    fn a_link_to_the_root_or_to_the_directory_above_carries_every_change_under_its_name() {
+        let before: Snapshot = [
+            ("real/g.txt".to_string(), file("1")),
+            ("self".to_string(), link(".")),
+            ("real/up".to_string(), link("..")),
+            ("real/deep/up2".to_string(), link("../..")),
+        ]
+        .into();
+        let mut after = before.clone();
+        after.insert("real/g.txt".into(), file("2"));
+        let found = differences(&before, &after);
+        assert_eq!(
+            paths(&through_links(&before, &after, &found)),
+            [
+                ("real/deep/up2/real/g.txt", ChangeKind::Modified),
+                ("real/up/real/g.txt", ChangeKind::Modified),
+                ("self/real/g.txt", ChangeKind::Modified),
+            ]
+        );
+        // A new link to the root makes every file appear under its name.
+        let mut linked = after.clone();
+        linked.insert("mirror".into(), link("."));
+        let appeared = through_links(&after, &linked, &differences(&after, &linked));
+        assert!(
+            paths(&appeared).contains(&("mirror/real/g.txt", ChangeKind::Created)),
+            "{appeared:?}"
         );
     }
 

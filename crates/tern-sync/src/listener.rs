@@ -133,6 +133,7 @@ async fn connection(
         let batch = match SyncMessage::decode(&frame) {
             Ok(SyncMessage::Changes(batch)) => batch,
             Ok(_) => {
+                warn!(%peer, "rejected frame: an agent sent something other than a change batch");
                 metrics.frame_rejected("unexpected");
                 reject(
                     &mut stream,
@@ -144,6 +145,7 @@ async fn connection(
                 return;
             }
             Err(error) => {
+                warn!(%peer, %error, "rejected frame: its tag is right but its message does not parse (another tern release?)");
                 metrics.frame_rejected("malformed");
                 reject(&mut stream, &settings.key, "malformed", &error.to_string()).await;
                 return;
@@ -174,7 +176,7 @@ async fn connection(
                     warn!(%agent, %site, ?refused, "changes refused by the master; the agent is told");
                 }
                 if accepted.recorded > 0 {
-                    info!(%agent, %site, recorded = accepted.recorded, through = accepted.through, "changes recorded");
+                    info!(%agent, %site, recorded = accepted.recorded, agent_through = accepted.through, log_length = master.len(), "changes recorded");
                 }
                 SyncMessage::Ack(Ack {
                     agent,

@@ -979,7 +979,12 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
 
 /// Logs to stderr, or to `file` when given.
 fn init_logging(filter: &str, file: Option<std::fs::File>) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    // The file-watch library logs routine events (a watch removed with its directory) at info: only its
+    // warnings are the operator's business, unless the filter names it.
+    if !filter.contains("notify") {
+        filter.push_str(",notify=warn");
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: a log file or journal gets plain text.
