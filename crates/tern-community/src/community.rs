@@ -47,7 +47,7 @@ use tern_wire::community::{
 };
 use tern_wire::control::{ControlError, ReplayGuard};
 use tern_wire::frame::{self, FrameError};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::allocation::{Allocation, allocate};
 use crate::clock::{SplitMix64, WallClock};
@@ -388,6 +388,12 @@ impl Community {
             return;
         }
         self.timers.remove(&kind);
+        // A timer this late means this peer itself stood still (a stopped process, a frozen VM, a long
+        // stall): every silence it measured across that time is its own, not its peers'.
+        let late = now.saturating_duration_since(at);
+        if late > self.config.timers.stall_threshold() {
+            self.on_resumed(late, now, out);
+        }
         match kind {
             TimerKind::Discovery => self.on_discovery_timer(now, out),
             TimerKind::JoinRetry => self.on_join_retry(now, out),
@@ -397,6 +403,34 @@ impl Community {
             TimerKind::Announce => self.announce(now, out),
             TimerKind::Election => self.on_election_timer(now, out),
             TimerKind::Leave => self.on_leave_timer(now, out),
+        }
+    }
+
+    /// This peer did not run for `late` (its timers fired that late): the silences it measured over that
+    /// time say nothing about its peers, who went on without it. A member starts its master's silence
+    /// afresh and pings it at once, rather than deposing a healthy master when it wakes (the master has
+    /// likely dropped it meanwhile, and says so: it then joins again); a master gives every member one
+    /// more silence period, rather than dropping them all for pings that queued while it stood still.
+    fn on_resumed(&mut self, late: std::time::Duration, now: Instant, out: &mut Vec<Output>) {
+        match self.role {
+            Role::Member => {
+                if now.saturating_duration_since(self.last_heard_master) <= late {
+                    return; // heard since waking: not silent
+                }
+                info!(peer = %self.me.name, late_ms = late.as_millis() as u64, "this peer was not running for a while; asking its master before holding any election");
+                self.last_heard_master = now;
+                if let Some(master) = self.view.as_ref().map(|view| view.master.clone()) {
+                    self.ping(&master, now, out);
+                }
+                self.arm(TimerKind::MasterSilence, now + self.config.timers.master_silence, out);
+            }
+            Role::Master => {
+                info!(peer = %self.me.name, late_ms = late.as_millis() as u64, "this master was not running for a while; its members get one more silence period");
+                for heard in self.members_heard.values_mut() {
+                    *heard = (*heard).max(now);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -418,6 +452,9 @@ impl Community {
             return;
         }
         self.role = to;
+        if to == Role::Member && matches!(from, Role::Discovering | Role::Joining | Role::Master | Role::Left) {
+            self.counters.joined += 1;
+        }
         // Each role keeps its own timers only.
         let kept: &[TimerKind] = match to {
             Role::Discovering => &[TimerKind::Discovery],

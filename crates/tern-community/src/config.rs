@@ -233,6 +233,14 @@ impl Timers {
             .saturating_add(self.ping_interval.saturating_mul(2))
     }
 
+    /// How late a timer must fire for this peer to take it that it stood still itself (a stopped process,
+    /// a frozen VM) and measure no silence across that time: two ping intervals (500 ms by default), far
+    /// beyond a busy scheduler's delay and well inside the silence thresholds, so that a stall too short
+    /// to be noticed is also too short to look like a silent peer.
+    pub fn stall_threshold(&self) -> Duration {
+        self.ping_interval.saturating_mul(2)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.ping_interval.is_zero() || self.election.is_zero() || self.join_retry.is_zero() {
             return Err(ConfigError::Timers("ping, election and join retry must be positive"));

@@ -79,4 +79,8 @@ pub struct Counters {
     pub location_requests: u64,
     /// As master: holding registrations and deregistrations applied.
     pub holdings: u64,
+    /// Times this peer became a member after looking for its community (a start, a return after being
+    /// cut off or dropped) or after being master (two parts of a split community merging): each may
+    /// follow purges it missed. A member that follows a newly elected master is not counted.
+    pub joined: u64,
 }

@@ -132,7 +132,7 @@ impl Default for CommunitySettings {
 /// Label: how a peer request ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerOutcome {
-    /// Requester side: `ok`, `connect`, `timeout`, `failed`, `body-cut`, `error-status`, `origin-fallback`,
+    /// Requester side: `ok`, `connect`, `timeout`, `failed`, `body-cut`, `left-mid-body`, `error-status`, `origin-fallback`,
     /// `holder-ok`, `holder-miss` (a holder named by the directory had no copy left); owner side: `served`,
     /// `prefetched`, `refused`.
     pub outcome: &'static str,
@@ -186,7 +186,7 @@ impl CommunityMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "tern_community_peer_requests",
-            "Peer requests by outcome (requester: ok, connect, timeout, failed, body-cut, error-status, origin-fallback, holder-ok, holder-miss; owner: served, prefetched, refused)",
+            "Peer requests by outcome (requester: ok, connect, timeout, failed, body-cut, left-mid-body, error-status, origin-fallback, holder-ok, holder-miss; owner: served, prefetched, refused)",
             self.peer_requests.clone(),
         );
         registry.register(

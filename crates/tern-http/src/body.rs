@@ -249,6 +249,51 @@ impl http_body::Body for IdleTimeout {
     }
 }
 
+/// Fails `body` with the reason `abort` resolves to, as soon as it resolves while the body is still
+/// being read (a peer the community dropped mid-body: no more bytes will come, whatever the idle
+/// timeout says). The frames before it pass as they come.
+pub fn with_abort(body: Body, abort: impl Future<Output = String> + Send + Sync + 'static) -> Body {
+    Abortable {
+        inner: body,
+        abort: Some(Box::pin(abort)),
+    }
+    .boxed()
+}
+
+struct Abortable {
+    inner: Body,
+    abort: Option<Pin<Box<dyn Future<Output = String> + Send + Sync>>>,
+}
+
+impl http_body::Body for Abortable {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if frame.is_none() {
+                self.abort = None; // the body is whole: nothing left to abort
+            }
+            return Poll::Ready(frame);
+        }
+        if let Some(abort) = self.abort.as_mut()
+            && let Poll::Ready(reason) = abort.as_mut().poll(cx)
+        {
+            self.abort = None;
+            return Poll::Ready(Some(Err(reason.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The bytes `start..start + len` of a body (for a range served from a stream).
 pub fn slice(body: Body, start: u64, len: u64) -> Body {
     Slice {
@@ -330,6 +375,27 @@ mod tests {
         assert_eq!(got, Err(CollectError::Stalled { deadline }));
         assert_eq!(got.expect_err("stalled").status(), http::StatusCode::REQUEST_TIMEOUT);
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_body_fails_with_the_reason_once_its_frames_stop_and_a_whole_one_is_untouched() {
+        // The sender stalls after one chunk; the abort (a peer dropped from the community) fires then.
+        let (tx, body) = channel(2, Some(10));
+        tx.send(Ok(Bytes::from_static(b"first"))).await.expect("send");
+        let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+        let mut body = with_abort(body, async move {
+            let _ = fired.await;
+            "peer left mid-body".to_string()
+        });
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"first"));
+        fire.send(()).expect("fire");
+        let cut = body.frame().await.expect("an error").expect_err("cut");
+        assert_eq!(cut.to_string(), "peer left mid-body");
+        drop(tx);
+
+        let whole = with_abort(full(Bytes::from_static(b"all of it")), std::future::pending());
+        assert_eq!(&whole.collect().await.expect("whole").to_bytes()[..], b"all of it");
     }
 
     #[tokio::test]

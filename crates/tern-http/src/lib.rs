@@ -21,5 +21,5 @@ pub mod tls;
 
 pub use body::{
     Body, BoxError, ChannelSender, CollectError, REQUEST_BODY_DEADLINE, channel, collect_within, empty, file_range,
-    full, slice, with_data_counter, with_idle_timeout,
+    full, slice, with_abort, with_data_counter, with_idle_timeout,
 };

@@ -32,20 +32,8 @@ impl Community {
             self.arm(TimerKind::MasterSilence, due, out);
             return;
         }
-        // A timer this late means this peer itself stood still (a stopped process, a frozen VM, a long
-        // stall): the silence was its own, and the master is probably fine. It asks the master and waits
-        // one more period, rather than deposing a healthy master when it wakes (the master has likely
-        // dropped it meanwhile, and says so: it then joins again).
-        let late = now.saturating_duration_since(due);
-        if late > silence {
-            info!(peer = %self.me.name, late_ms = late.as_millis() as u64, "this peer was not running for a while; asking its master before holding any election");
-            self.last_heard_master = now;
-            if let Some(master) = self.view.as_ref().map(|view| view.master.clone()) {
-                self.ping(&master, now, out);
-            }
-            self.arm(TimerKind::MasterSilence, now + silence, out);
-            return;
-        }
+        // (A peer that stood still past the threshold has already started the silence afresh:
+        // `Community::on_resumed`.)
         self.hold_election(now, out);
     }
 

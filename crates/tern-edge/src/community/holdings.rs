@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_community::Role;
 use tern_http_cache::Store;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -47,7 +46,9 @@ pub(super) fn spawn(store: &Arc<Store>, community: &Arc<EdgeCommunity>, clock: A
     tokio::spawn(async move {
         let mut snapshots = community.handle.watch();
         let mut master = None;
-        let mut role = Role::Discovering;
+        // Counted by the core, not read from role changes here: the snapshots this task sees are the
+        // latest ones, so a quick member → electing → discovering → member passes unseen.
+        let mut joined = community.handle.snapshot().counters.joined;
         loop {
             tokio::select! {
                 first = received.recv() => {
@@ -59,15 +60,15 @@ pub(super) fn spawn(store: &Arc<Store>, community: &Arc<EdgeCommunity>, clock: A
                     if changed.is_err() {
                         break;
                     }
-                    let (now, now_role) = {
+                    let (now, now_joined) = {
                         let snapshot = snapshots.borrow_and_update();
                         let master = snapshot.master.as_ref().map(|peer| (peer.name.clone(), peer.incarnation));
-                        (master, snapshot.role)
+                        (master, snapshot.counters.joined)
                     };
-                    if rejoined(role, now_role) {
+                    if now_joined > joined {
                         validate_held(&store, clock.as_ref(), "this edge joined its community again");
                     }
-                    role = now_role;
+                    joined = now_joined;
                     if now.is_some() && now != master {
                         master = now;
                         let keys = store.urls(REREGISTER_MAX);
@@ -127,14 +128,6 @@ fn tell(community: &EdgeCommunity, batch: HashMap<String, bool>) {
     }
 }
 
-/// Whether the move from role `before` to `after` is a (re)join that may follow missed purges: becoming a
-/// member after looking for the community (a start, or a return after being cut off), or a master stepping
-/// down to join another (two parts of a split community merging). A member that follows a newly elected
-/// master stayed in the community throughout.
-fn rejoined(before: Role, after: Role) -> bool {
-    after == Role::Member && matches!(before, Role::Discovering | Role::Joining | Role::Master | Role::Left)
-}
-
 /// Has every object `store` holds now validated before use, and says so when there are any.
 fn validate_held(store: &Store, clock: &dyn Clock, why: &str) {
     let held = store.stats().objects;
@@ -145,24 +138,5 @@ fn validate_held(store: &Store, clock: &dyn Clock, why: &str) {
             reason = why,
             "stored objects are validated before use: purges may have been missed"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_return_to_the_community_is_a_rejoin() {
-        assert!(rejoined(Role::Discovering, Role::Member));
-        assert!(rejoined(Role::Joining, Role::Member));
-        assert!(rejoined(Role::Master, Role::Member), "a split-off master merging back");
-        assert!(
-            !rejoined(Role::Electing, Role::Member),
-            "a new master elected: never away"
-        );
-        assert!(!rejoined(Role::Member, Role::Member));
-        assert!(!rejoined(Role::Joining, Role::Master));
-        assert!(!rejoined(Role::Member, Role::Electing));
     }
 }

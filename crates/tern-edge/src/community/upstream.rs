@@ -172,8 +172,19 @@ impl CommunityUpstream {
         }
         let idle = self.idle_body_timeout;
         let bytes = metrics.peer_bytes.clone();
+        // A peer the master drops while it sends the body (dead, hung, stopped) sends no more: the body is
+        // cut then, not after the idle timeout (30 s by default), and said so.
+        let left = super::until_left(community.handle.watch(), peer);
+        let cut_metrics = community.metrics.clone();
+        let abort = async move {
+            left.await;
+            cut_metrics.count("left-mid-body");
+            warn!(%peer, "the peer serving a response left the community mid-body (dead or hung): the response is cut");
+            format!("peer {peer} left the community mid-body")
+        };
         let response = response.map(|body| {
             let body = tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle);
+            let body = tern_http::with_abort(body, abort);
             tern_http::with_data_counter(body, move |len| {
                 bytes.inc_by(len as u64);
             })
