@@ -1146,9 +1146,10 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     }
     if config.community.is_none() && !community_flags.is_empty() {
         anyhow::bail!(
-            "{} only apply to a cache community: add --community NAME (or an [edge.community] table in the config \
+            "{} {} only to a cache community: add --community NAME (or an [edge.community] table in the config \
              file)",
-            community_flags.join(", ")
+            community_flags.join(", "),
+            if community_flags.len() == 1 { "applies" } else { "apply" }
         );
     }
     if let Some(community) = config.community.as_mut() {
