@@ -296,9 +296,9 @@ async fn register(mover: &Mover, body: &[u8]) -> Answer {
     };
     match mover.register(registration, now_ms()).await {
         Ok(registered) => Ok(json(StatusCode::OK, registered)),
-        Err(e @ (RegisterError::Name(_) | RegisterError::Instance(_))) => {
-            Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
-        }
+        Err(
+            e @ (RegisterError::Name(_) | RegisterError::Instance(_) | RegisterError::Url(_) | RegisterError::Group(_)),
+        ) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
         Err(e @ RegisterError::Taken { .. }) => {
             // The refused node tries again every 10 s: one line every 30 s says it.
             let due = TAKEN_WARNINGS

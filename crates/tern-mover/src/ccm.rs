@@ -141,7 +141,7 @@ pub struct Mover {
     next_job: AtomicU64,
     /// When (ms since the epoch) a node was last sent a catch-up for a site: see
     /// [`crate::registration::catch_up`].
-    pub(crate) last_synchronise: Mutex<HashMap<(String, String), u64>>,
+    pub(crate) last_synchronise: Mutex<HashMap<(String, String), crate::registration::CatchUpsSent>>,
     /// What each node said at its last registration it holds prepared and whole, by node, then site
     /// (version): a catch-up sends that version's commit alone. Not kept across restarts: nodes
     /// register again within their registration period.

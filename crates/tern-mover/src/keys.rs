@@ -54,9 +54,16 @@ fn write_public(path: &Path, key: &VerifyingKey) -> std::io::Result<()> {
     )
 }
 
-/// Reads a `mover.pub` file.
+/// Reads a `mover.pub` file. A secret key file (`tern keygen`'s, 64 hex digits as well) is refused by its
+/// header: taken as the mover's key, every assignment would fail its signature check.
 pub fn load_public(path: &Path) -> std::io::Result<VerifyingKey> {
     let text = tern_wire::read_setting_text(path)?;
+    if text.lines().any(|line| line.starts_with("# tern secret key")) {
+        return Err(std::io::Error::other(format!(
+            "{} is a secret key (from `tern keygen`), not the mover's public key: give --key the file DATA/mover.pub from the mover's data directory",
+            path.display()
+        )));
+    }
     let line = text
         .lines()
         .map(str::trim)
@@ -71,4 +78,25 @@ pub fn load_public(path: &Path) -> std::io::Result<VerifyingKey> {
     })?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|_| std::io::Error::other(format!("{} holds an invalid key", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_key_file_is_refused_as_the_movers_public_key_naming_the_right_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("api.key");
+        tern_wire::SecretKey::write_new(&secret).expect("write");
+        let error = load_public(&secret).expect_err("refused").to_string();
+        assert!(
+            error.contains("is a secret key") && error.contains("mover.pub"),
+            "{error}"
+        );
+        let public = dir.path().join("mover.pub");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        write_public(&public, &key.verifying_key()).expect("write");
+        assert_eq!(load_public(&public).expect("loads"), key.verifying_key());
+    }
 }

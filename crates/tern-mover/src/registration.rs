@@ -35,8 +35,31 @@ use crate::store_thread::StoreError;
 pub const CCM_NAME: &str = "ccm";
 
 /// Least time between two catch-up jobs for the same node and site: a node that keeps failing is retried
-/// at most this often, not on every registration.
+/// at most this often, not on every registration. Each further catch-up while the node stays behind
+/// doubles it, up to [`SYNCHRONISE_BACKOFF_MAX`] ([`synchronise_backoff`]).
 pub const SYNCHRONISE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The longest wait between two catch-ups of a node that stays behind (a full disk, a wrong key): an
+/// hour, so that it still catches up within one once mended, without a full copy a minute meanwhile.
+pub const SYNCHRONISE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// Catch-ups sent for one node and site since it last held the published version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpsSent {
+    /// When the last one was sent (ms since the epoch).
+    pub last_ms: u64,
+    /// How many were sent in a row while the node stayed behind.
+    pub count: u32,
+}
+
+/// The wait after `sent` catch-ups in a row that left the node behind: [`SYNCHRONISE_BACKOFF`], doubled
+/// for each one after the first, at most [`SYNCHRONISE_BACKOFF_MAX`].
+pub fn synchronise_backoff(sent: u32) -> Duration {
+    let doublings = sent.saturating_sub(1).min(16);
+    SYNCHRONISE_BACKOFF
+        .saturating_mul(1u32 << doublings)
+        .min(SYNCHRONISE_BACKOFF_MAX)
+}
 
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +79,17 @@ pub enum RegisterError {
         /// Where the holder takes assignments.
         url: String,
     },
+    /// The address is not an `http://` or `https://` URL with a host (HTTP 400): every delivery to it
+    /// would fail.
+    #[error(
+        "node address {0:?} is not an http:// or https:// URL with a host and port (tern node --listen, or --advertise)"
+    )]
+    Url(String),
+    /// A content group's name is not plain (HTTP 400): the node would not host that group's sites.
+    #[error(
+        "content group {0:?} is not a plain name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`"
+    )]
+    Group(String),
     /// The instance id is not 32 lowercase hex digits (HTTP 400).
     #[error("instance {0:?} is not a node instance id (32 lowercase hex digits)")]
     Instance(String),
@@ -124,6 +158,21 @@ pub fn catch_up(site: &HostedSite, last_sent_ms: Option<u64>, now_ms: u64, backo
     CatchUp::Due
 }
 
+/// Whether `url` is where a node can take assignments: `http://` or `https://`, a host, nothing after the
+/// path but a path (no user information, query or fragment).
+fn node_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|host| !host.is_empty())
+        && !uri
+            .authority()
+            .is_some_and(|authority| authority.as_str().contains('@'))
+        && uri.query().is_none()
+        && url.len() <= 2048
+}
+
 impl Mover {
     /// Registers a node at `now_ms`; a node that is behind on a site it hosts (it was down, or a delivery
     /// failed) is brought up to date by itself.
@@ -136,13 +185,21 @@ impl Mover {
                 tern_wire::cut_at(&registration.instance, 64).to_string(),
             ));
         }
+        if !node_url(&registration.url) {
+            return Err(RegisterError::Url(
+                tern_wire::cut_at(&registration.url, 200).to_string(),
+            ));
+        }
+        if let Some(group) = registration.groups.iter().find(|group| !plain_name(group)) {
+            return Err(RegisterError::Group(tern_wire::cut_at(group, 200).to_string()));
+        }
         let node = Node {
             name: registration.name,
             url: registration.url,
             last_seen_ms: now_ms,
             free_disk: registration.free_disk,
             cpus: registration.cpus,
-            groups: registration.groups.into_iter().filter(|g| plain_name(g)).collect(),
+            groups: registration.groups,
             instance: registration.instance,
         };
         let versions: Vec<(String, u64)> = registration.versions.into_iter().collect();
@@ -190,12 +247,24 @@ impl Mover {
         let mut started = Vec::new();
         for site in hosted {
             let key = (name.clone(), site.site.clone());
-            let last_sent = self.sent_catch_ups().get(&key).copied();
-            match catch_up(&site, last_sent, now_ms, SYNCHRONISE_BACKOFF) {
+            let sent = self.sent_catch_ups().get(&key).copied();
+            let backoff = synchronise_backoff(sent.map_or(0, |sent| sent.count));
+            match catch_up(&site, sent.map(|sent| sent.last_ms), now_ms, backoff) {
                 CatchUp::Due => {}
+                CatchUp::Current => {
+                    // Caught up: the next time it falls behind starts with the shortest wait again.
+                    self.sent_catch_ups().remove(&key);
+                    continue;
+                }
                 CatchUp::Unknown => {
                     // Noted once per back-off, like a catch-up, not on every registration.
-                    self.sent_catch_ups().insert(key, now_ms);
+                    self.sent_catch_ups().insert(
+                        key,
+                        CatchUpsSent {
+                            last_ms: now_ms,
+                            count: 1,
+                        },
+                    );
                     warn!(node = %name, site = %site.site, held = site.held, version = site.current,
                           "node holds a version this mover never committed; not overwritten");
                     let message = format!(
@@ -210,8 +279,17 @@ impl Mover {
             let mut spec = JobSpec::new(JobKind::Synchronise, &site.site);
             spec.target = Some(Target::Node(name.clone()));
             if let Ok(id) = self.submit(spec, now_ms).await {
-                self.sent_catch_ups().insert(key, now_ms);
-                info!(node = %name, site = %site.site, held = site.held, version = site.current, job = %id, "node is behind; synchronising it");
+                let count = sent.map_or(0, |sent| sent.count).saturating_add(1);
+                self.sent_catch_ups()
+                    .insert(key, CatchUpsSent { last_ms: now_ms, count });
+                let next = synchronise_backoff(count);
+                if count > 1 {
+                    warn!(node = %name, site = %site.site, held = site.held, version = site.current, job = %id, tries = count,
+                          next_in_secs = next.as_secs(),
+                          "node is still behind after earlier catch-ups (see their jobs for why: a full disk, another mover's key); synchronising it again, and waiting longer each time");
+                } else {
+                    info!(node = %name, site = %site.site, held = site.held, version = site.current, job = %id, "node is behind; synchronising it");
+                }
                 started.push(id);
             }
         }
@@ -221,7 +299,7 @@ impl Mover {
         })
     }
 
-    fn sent_catch_ups(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
+    fn sent_catch_ups(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), CatchUpsSent>> {
         self.last_synchronise.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -668,6 +746,13 @@ mod tests {
             busy,
             unknown: false,
         }
+    }
+
+    #[test]
+    fn a_node_that_stays_behind_waits_twice_as_long_each_time_up_to_an_hour() {
+        let waits: Vec<u64> = (0..9).map(|sent| synchronise_backoff(sent).as_secs()).collect();
+        assert_eq!(waits, [60, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(synchronise_backoff(u32::MAX), SYNCHRONISE_BACKOFF_MAX);
     }
 
     #[test]

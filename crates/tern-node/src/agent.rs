@@ -382,6 +382,7 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
+        warn!(declared, limit, "assignment refused: over this node's limit");
         return Err(too_large());
     }
     let entry = agent.spool.scratch(declared);
@@ -394,11 +395,22 @@ async fn receive(
         &agent.shutdown,
     )
     .await;
+    // Every refusal is logged here too: the mover's log is not the only place an operator looks, and a
+    // node refusing everything (a wrong --key, a full disk) must say so itself.
     match filled {
         Ok(checked) => Ok((entry, checked)),
-        Err(FillError::Refused(AssignmentError::TooLarge(_))) => Err(too_large()),
-        Err(error @ FillError::Disk(_)) => Err(refusal(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
-        Err(error) => Err(refusal(StatusCode::BAD_REQUEST, error.to_string())),
+        Err(FillError::Refused(AssignmentError::TooLarge(_))) => {
+            warn!(limit, "assignment refused: over this node's limit");
+            Err(too_large())
+        }
+        Err(error @ FillError::Disk(_)) => {
+            warn!(%error, "assignment not received: this node's disk refused it");
+            Err(refusal(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))
+        }
+        Err(error) => {
+            warn!(%error, "assignment refused");
+            Err(refusal(StatusCode::BAD_REQUEST, error.to_string()))
+        }
     }
 }
 
