@@ -264,10 +264,10 @@ pub fn plan_site(
         let mut held = 0u64;
         let mut batch = Vec::new();
         while let Some(step) = steps.next_if(|_| held < BATCH_BYTES) {
-            if let Step::Pack { entry, .. } = &step
-                && entry.len < STREAM_FROM
-            {
-                held += entry.len;
+            // A file packed in a stream holds a scratch file (an open descriptor, its packed bytes on
+            // disk) until it is added: it counts as [`STREAM_FROM`], so a batch has a few of them at most.
+            if let Step::Pack { entry, .. } = &step {
+                held += entry.len.min(STREAM_FROM);
             }
             batch.push(step);
         }
@@ -430,9 +430,9 @@ fn step<'a>(
     Some(step)
 }
 
-/// Bytes of files packed in memory at a time: the rest of the plan waits, so a plan's memory is bounded
-/// whatever the site's size. Files of [`STREAM_FROM`] bytes or more are packed in a stream through scratch
-/// files and do not count.
+/// Bytes of files packed at a time: the rest of the plan waits, so a plan's memory is bounded whatever
+/// the site's size. Files of [`STREAM_FROM`] bytes or more are packed in a stream through scratch files and
+/// count as that much each.
 const BATCH_BYTES: u64 = 64 << 20;
 
 /// Changed files larger than this are sent whole (compressed in a stream) rather than as a delta: a delta

@@ -130,6 +130,7 @@ impl Agent {
                 reason: "not a directory".into(),
             });
         }
+        let existed = config.state_dir.exists();
         std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::State {
             path: config.state_dir.clone(),
             reason: e.to_string(),
@@ -139,6 +140,9 @@ impl Agent {
         if let (Ok(dir), Ok(state_dir)) = (config.dir.canonicalize(), config.state_dir.canonicalize())
             && state_dir.starts_with(&dir)
         {
+            if !existed {
+                let _ = std::fs::remove_dir(&config.state_dir); // made just now: not left in the site
+            }
             return Err(AgentError::State {
                 path: config.state_dir.clone(),
                 reason: format!(
@@ -664,8 +668,13 @@ mod tests {
         let mut inside = config(dir.path());
         std::fs::create_dir_all(&inside.dir).expect("mkdir");
         inside.state_dir = inside.dir.join(".state");
+        let inside_dir = inside.state_dir.clone();
         let error = Agent::new(inside).err().expect("refused").to_string();
         assert!(error.contains("inside the watched directory"), "{error}");
+        assert!(
+            !inside_dir.exists(),
+            "the refused state directory is not left in the site"
+        );
         assert!(Agent::new(config(dir.path())).is_ok(), "beside it is fine");
     }
 
