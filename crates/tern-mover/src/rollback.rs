@@ -1,6 +1,8 @@
 //! The rollback job (seed 004: commit and rollback; the nodes' temp/live/backup switch-over): every node
 //! switches back to the version it kept as `backup`, and the mover swaps its shadow copy with the previous
-//! tree. A rollback goes to the version before the live one in the publish history (7 → 6); a second one
+//! tree. It runs in two phases, as a publish does: every node first checks that its backup is the version
+//! rolled back to (`CheckBackup`), and no node switches unless the quorum can (a node brought up to date
+//! by a full copy keeps no backup). A rollback goes to the version before the live one in the publish history (7 → 6); a second one
 //! would go to the version before that (5), which neither the nodes nor the mover keep, so it is refused
 //! with what to do instead — it never switches forward again to the version just rolled back from (that
 //! is a publish or a restore of it). What the switch changed
@@ -51,21 +53,27 @@ impl Mover {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("the previous version on the mover: {e}"))?;
-        let mut builder = Builder::new(job, AssignmentKind::Rollback, name, site.previous, None, now_ms());
-        builder.command(Command::Rollback);
-        let assignment = builder
-            .finish(&self.signing, self.config.policy.encryption.as_ref())
-            .map_err(|e| e.to_string())?;
+        let encryption = self.config.policy.encryption;
+        let signed = |command: Command| {
+            let mut builder = Builder::new(job, AssignmentKind::Rollback, name, site.previous, None, now_ms());
+            builder.command(command);
+            builder
+                .finish(&self.signing, encryption.as_ref())
+                .map_err(|e| e.to_string())
+        };
+        // Two phases, as a publish: every node first checks that its backup is the version rolled back to
+        // (a node brought up to date by a full copy has none), and none switches unless the quorum can.
+        let check = signed(Command::CheckBackup)?;
+        let assignment = signed(Command::Rollback)?;
         // The versions swap: the one rolled back from stays `previous`, above the live one, which is how a
         // second rollback knows it would go forward again.
         let mut decided = site.clone();
         (decided.sequence, decided.previous) = (site.previous, site.sequence);
         decided.snapshot = serde_json::to_string(&previous).map_err(|e| e.to_string())?;
-        // The rollback assignment switches by itself: no phase one.
         let shipment = Shipment {
             job: job.to_string(),
             site: name.to_string(),
-            content: None,
+            content: Some(Bytes::from(check)),
             commit: Bytes::from(assignment),
             version: Some(site.previous),
             changed: Some(Changed::between(&published, &previous)),
@@ -79,9 +87,22 @@ impl Mover {
                 },
             }),
         };
-        let done = match self.ship(&shipment, nodes, Quorum::All, always_ready()).await {
+        let done = match self
+            .ship(
+                &shipment,
+                nodes,
+                Quorum::from_policy(self.config.quorum),
+                always_ready(),
+            )
+            .await
+        {
             Delivered::Committed { committed } => committed,
-            Delivered::Held { reason, .. } => return Err(reason.to_string()),
+            Delivered::Held { reason, .. } => {
+                return Err(format!(
+                    "{reason}. A node whose backup is not v{} (brought up to date by a full copy) cannot roll back: publish the content of v{} again, or restore a checkpoint of it",
+                    site.previous, site.previous
+                ));
+            }
         };
         if let Some(decision) = shipment.decision {
             self.finish_decided(decision).await?;

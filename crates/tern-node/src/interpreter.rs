@@ -102,6 +102,15 @@ pub enum ApplyError {
     /// Nothing to roll back to.
     #[error("no backup version to roll back to")]
     NoBackup,
+    /// The backup is another version than the one the rollback goes to (the node was brought up to date
+    /// by a full copy, or missed a publish): switching to it would serve a version the others do not.
+    #[error("the backup here is {held}, not version {wanted}, which the rollback goes to")]
+    OtherBackup {
+        /// The version the rollback goes to.
+        wanted: u64,
+        /// What the backup holds (`versions/NAME`).
+        held: String,
+    },
     /// A commit-only assignment named a version other than the one `temp` holds whole, or none is
     /// prepared: a commit never switches to a tree it was not meant for (a prepare that failed or was
     /// overtaken, a node that missed the prepare). Nothing was switched.
@@ -274,7 +283,7 @@ impl Interpreter {
         let has_content = assignment
             .commands
             .iter()
-            .any(|c| !matches!(c, Command::Commit | Command::Rollback));
+            .any(|c| !matches!(c, Command::Commit | Command::Rollback | Command::CheckBackup));
         let commits = assignment.commands.iter().any(|c| matches!(c, Command::Commit));
         let prepared_marker = site_dir.join(PREPARED);
         if commits && !has_content {
@@ -460,10 +469,12 @@ impl Interpreter {
                     applied.live = Some(name);
                 }
                 Command::Rollback => {
-                    let backup = std::fs::read_link(site_dir.join("backup")).map_err(|_| ApplyError::NoBackup)?;
-                    let target = backup.to_string_lossy().to_string();
+                    let target = backup_of(&site_dir, assignment.header.sequence)?;
                     switch(&site_dir, &target).map_err(io(index, "rollback"))?;
                     applied.live = Some(target);
+                }
+                Command::CheckBackup => {
+                    backup_of(&site_dir, assignment.header.sequence)?;
                 }
             }
             applied.commands += 1;
@@ -482,6 +493,20 @@ impl Interpreter {
         info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
         Ok(applied)
     }
+}
+
+/// The target of the site's `backup` link (`versions/SEQUENCE-ID`), when it is version `wanted`.
+fn backup_of(site_dir: &Path, wanted: u64) -> Result<String, ApplyError> {
+    let backup = std::fs::read_link(site_dir.join("backup")).map_err(|_| ApplyError::NoBackup)?;
+    let target = backup.to_string_lossy().to_string();
+    let sequence = target
+        .strip_prefix("versions/")
+        .and_then(|name| name.split('-').next())
+        .and_then(|number| number.parse::<u64>().ok());
+    if sequence != Some(wanted) {
+        return Err(ApplyError::OtherBackup { wanted, held: target });
+    }
+    Ok(target)
 }
 
 /// Every link in `links` (command index, path, target) resolves inside `tree`: each name its target climbs

@@ -52,7 +52,7 @@ fn child(root: &Path) {
     interpreter.apply(&sealed(commit)).expect("committed");
     mark(root, "committed");
 
-    let mut rollback = Builder::new("r", AssignmentKind::Rollback, "www", 3, None, 0);
+    let mut rollback = Builder::new("r", AssignmentKind::Rollback, "www", 1, None, 0);
     rollback.command(Command::Rollback);
     mark(root, "rollback");
     interpreter.apply(&sealed(rollback)).expect("rolled back");

@@ -87,7 +87,22 @@ fn publish_patch_commit_and_rollback() {
         );
     }
 
-    let mut rollback = Builder::new("r1", AssignmentKind::Rollback, "www", 3, None, 0);
+    // A rollback names the version it goes to: the backup must be that one (phase one checks it, phase two
+    // checks it again), or nothing switches.
+    for command in [Command::CheckBackup, Command::Rollback] {
+        let mut elsewhere = Builder::new("r0", AssignmentKind::Rollback, "www", 3, None, 0);
+        elsewhere.command(command.clone());
+        let refused = interpreter
+            .apply(&sealed(elsewhere))
+            .expect_err("the backup is v1, not v3");
+        assert!(refused.to_string().contains("not version 3"), "{refused}");
+        assert_ne!(tree(&live), first, "{command:?} of another version switched nothing");
+    }
+    let mut check = Builder::new("r1", AssignmentKind::Rollback, "www", 1, None, 0);
+    check.command(Command::CheckBackup);
+    interpreter.apply(&sealed(check)).expect("the backup is v1");
+    assert_ne!(tree(&live), first, "a check switches nothing");
+    let mut rollback = Builder::new("r1", AssignmentKind::Rollback, "www", 1, None, 0);
     rollback.command(Command::Rollback);
     interpreter.apply(&sealed(rollback)).expect("rolls back");
     assert_eq!(tree(&live), first, "rollback restores the previous version exactly");

@@ -236,8 +236,12 @@ pub enum Command {
     },
     /// Make the prepared tree the live site (atomically), keeping the previous one as backup.
     Commit,
-    /// Make the backup the live site again.
+    /// Make the backup the live site again. The node switches only when its backup is the version the
+    /// header names (`header.sequence`).
     Rollback,
+    /// Check, changing nothing, that the node's backup is the version the header names: phase one of a
+    /// rollback, so that no node switches back unless every node can (seed 004's two-phase commit).
+    CheckBackup,
 }
 
 /// A verified, decrypted assignment.
