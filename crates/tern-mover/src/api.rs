@@ -192,8 +192,11 @@ impl Handler for Api {
             (&Method::DELETE, _) if path.starts_with("/api/nodes/") => {
                 let name = &path["/api/nodes/".len()..];
                 match mover.remove_node(name).await {
-                    Ok(true) => Ok(json(StatusCode::OK, serde_json::json!({ "removed": name }))),
-                    Ok(false) => Err(refuse(StatusCode::NOT_FOUND, format!("no node {name}"))),
+                    Ok(Some(groups)) => Ok(json(
+                        StatusCode::OK,
+                        serde_json::json!({ "removed": name, "left_groups": groups }),
+                    )),
+                    Ok(None) => Err(refuse(StatusCode::NOT_FOUND, format!("no node {name}"))),
                     Err(error) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, error)),
                 }
             }

@@ -248,22 +248,33 @@ impl Mover {
     }
 
     /// Forgets node `name` (a retired server): no job targets it from now on, and a quorum of "all" no
-    /// longer waits for it; written to the history log. Whether it was known. Stop the node first: a
-    /// running node registers again.
-    pub async fn remove_node(&self, name: &str) -> Result<bool, String> {
+    /// longer waits for it; written to the history log and the log. `None` when it was not known; else
+    /// the content groups the operator had put it in, which it leaves ([`crate::store::Store::forget_node`]).
+    /// Stop the node first: a running node registers again.
+    pub async fn remove_node(&self, name: &str) -> Result<Option<Vec<String>>, String> {
         let node = name.to_string();
         let now = now_ms();
         self.prepared.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.store
+        let forgotten = self
+            .store
             .call(move |store| {
-                let known = store.forget_node(&node)?;
-                if known {
-                    store.note(None, &format!("node {node} removed by the operator"), now)?;
+                let forgotten = store.forget_node(&node)?;
+                if let Some(groups) = &forgotten {
+                    let left = if groups.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; it left the content groups {}", groups.join(", "))
+                    };
+                    store.note(None, &format!("node {node} removed by the operator{left}"), now)?;
                 }
-                Ok(known)
+                Ok(forgotten)
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(groups) = &forgotten {
+            tracing::info!(node = %name, ?groups, "node removed by the operator");
+        }
+        Ok(forgotten)
     }
 
     /// A job's current view.

@@ -347,8 +347,19 @@ impl Store {
     }
 
     /// Forgets a node: its record, the versions it held and its group memberships, so that no job targets
-    /// it any more (a retired server). Whether it was known. A node that is still running registers again.
-    pub fn forget_node(&self, name: &str) -> StoreResult<bool> {
+    /// it any more (a retired server). `None` when it was not known; else the content groups the operator
+    /// had put it in (`PUT /api/groups/NAME`), which a replacement under the same name does not rejoin by
+    /// registering (those it registers with, `--group`, it does). A node that is still running registers
+    /// again.
+    pub fn forget_node(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
+        let groups = {
+            let mut statement = self
+                .connection
+                .prepare("SELECT grp FROM memberships WHERE node = ?1 AND source = 'api' ORDER BY grp")?;
+            statement
+                .query_map(params![name], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let known = self
             .connection
             .execute("DELETE FROM nodes WHERE name = ?1", params![name])?
@@ -357,7 +368,7 @@ impl Store {
             .execute("DELETE FROM node_versions WHERE node = ?1", params![name])?;
         self.connection
             .execute("DELETE FROM memberships WHERE node = ?1", params![name])?;
-        Ok(known)
+        Ok(known.then_some(groups))
     }
 
     /// Records that `version` of site `name` is issued before any node may prepare it, so that the number

@@ -340,8 +340,20 @@ pub async fn nodes(mover: &str, ca: Option<&Path>, remove: Option<&str>) -> Resu
     let base = base(mover)?;
     let client = client(ca)?;
     if let Some(name) = remove {
-        call(&client, "DELETE", &format!("{base}/api/nodes/{name}"), None).await?;
+        let answer = call(&client, "DELETE", &format!("{base}/api/nodes/{name}"), None).await?;
         println!("node {name} removed: no job targets it any more (if it still runs, it registers again)");
+        let left: Vec<&str> = answer["left_groups"]
+            .as_array()
+            .map(|groups| groups.iter().filter_map(|g| g.as_str()).collect())
+            .unwrap_or_default();
+        if !left.is_empty() {
+            println!(
+                "it left the content groups {} that were set with the API: a replacement under the same name \
+                 rejoins only the groups it registers with (tern node --group); put it back with \
+                 PUT /api/groups/NAME",
+                left.join(", ")
+            );
+        }
         return Ok(());
     }
     let nodes = call(&client, "GET", &format!("{base}/api/nodes"), None).await?;

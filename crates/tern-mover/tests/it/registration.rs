@@ -127,6 +127,21 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
     }
     assert_eq!(node_urls(&fleet).await, before, "node0's deliveries still go to node0");
 
+    // An address no delivery can use, or a group name that is not plain, is refused, not taken.
+    for (url, groups) in [
+        ("javascript:alert(1)//<b>", vec![]),
+        ("http://user:pw@192.0.2.8:7100", vec![]),
+        ("192.0.2.8:7100", vec![]),
+        ("http://192.0.2.8:7100", vec!["<img src=x>".to_string()]),
+    ] {
+        let mut bad = registration("node9", url);
+        bad.groups = groups;
+        let (status, answer) = fleet
+            .post_bytes("/api/nodes/register", serde_json::to_vec(&bad).expect("json"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {answer}");
+    }
+    assert!(!node_urls(&fleet).await.iter().any(|(name, _)| name == "node9"));
     let mut malformed = registration("node1", other);
     malformed.instance = "not hex".into();
     let (status, answer) = fleet
@@ -148,7 +163,12 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
     assert_eq!(status, StatusCode::OK, "{answer}");
     let (status, answer) = fleet.post_bytes("/api/nodes/register", register(other, &new)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    fleet.api("DELETE", "/api/nodes/node5", None).await;
+    // The operator had put it in a content group: removing it says so (a replacement does not rejoin it).
+    fleet
+        .api("PUT", "/api/groups/g1", Some(serde_json::json!({ "nodes": ["node5"] })))
+        .await;
+    let removed = fleet.api("DELETE", "/api/nodes/node5", None).await;
+    assert_eq!(removed["left_groups"], serde_json::json!(["g1"]), "{removed}");
     let (status, answer) = fleet.post_bytes("/api/nodes/register", register(other, &new)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(
