@@ -16,6 +16,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
@@ -51,6 +52,15 @@ pub struct NodeOutcome {
 /// A boxed future of the outcomes of one phase.
 pub type PhaseFuture<'a> = Pin<Box<dyn Future<Output = Vec<NodeOutcome>> + Send + 'a>>;
 
+/// Where a transport tells each node's outcome of phase one as soon as it is known
+/// ([`Delivery::prepare_reporting`]).
+pub type EarlyOutcomes = tokio::sync::mpsc::UnboundedSender<NodeOutcome>;
+
+/// How long [`carry`] still waits for the other nodes once a quorum smaller than the targets has
+/// prepared, at least: then it commits on the nodes that prepared (a hung node would otherwise hold the
+/// publish for the whole delivery timeout). It waits as long again as the quorum took, when that is more.
+pub const QUORUM_GRACE: Duration = Duration::from_secs(5);
+
 /// The transport of assignments: how one assignment reaches a set of nodes (seed 004's transport service).
 /// Implementations answer with one [`NodeOutcome`] per recipient, in the order given; a recipient left out
 /// of the answer counts as failed. Neither phase decides anything: the quorum and the records are
@@ -59,6 +69,20 @@ pub trait Delivery: Send + Sync {
     /// Phase one: sends the content assignment of `job` to every one of `nodes`; each applies it into a
     /// temporary tree.
     fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a>;
+
+    /// [`Delivery::prepare`], telling each node's outcome to `early` as soon as it is known, as well as in
+    /// the answer: the job shows it at once, and [`carry`] may commit on a quorum without waiting for a
+    /// hung node. By default the outcomes come with the answer only.
+    fn prepare_reporting<'a>(
+        &'a self,
+        job: &'a str,
+        content: Bytes,
+        nodes: &'a [Recipient],
+        early: EarlyOutcomes,
+    ) -> PhaseFuture<'a> {
+        drop(early);
+        self.prepare(job, content, nodes)
+    }
 
     /// Phase two: sends the assignment that switches (a commit; or a rollback or remove, which switch by
     /// themselves) to every one of `nodes`.
@@ -202,8 +226,17 @@ where
     let job = shipment.job.as_str();
     let prepared = match &shipment.content {
         Some(content) => {
-            let outcomes = transport.prepare(job, content.clone(), &recipients).await;
-            let applied = record(store, metrics, job, &recipients, outcomes, NodeState::Prepared).await;
+            let applied = prepare_phase(
+                transport,
+                store,
+                metrics,
+                job,
+                content,
+                &recipients,
+                quorum,
+                nodes.len(),
+            )
+            .await;
             recipients
                 .into_iter()
                 .filter(|recipient| applied.contains(&recipient.name))
@@ -265,6 +298,79 @@ where
         }
     }
     Delivered::Committed { committed }
+}
+
+/// Phase one: sends `content` to `recipients`, recording each node's outcome as it arrives; returns the
+/// nodes that prepared. Once a quorum smaller than the targets has prepared, the others get
+/// [`QUORUM_GRACE`] (or as long again as the quorum took) and are then recorded as failed: a hung node
+/// does not hold the commit for the whole delivery timeout.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_phase(
+    transport: &dyn Delivery,
+    store: &StoreThread,
+    metrics: &MoverMetrics,
+    job: &str,
+    content: &Bytes,
+    recipients: &[Recipient],
+    quorum: Quorum,
+    targets: usize,
+) -> BTreeSet<String> {
+    let (early, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let phase = transport.prepare_reporting(job, content.clone(), recipients, early);
+    tokio::pin!(phase);
+    let needed = quorum.needed(targets);
+    let may_leave_early = quorum != Quorum::All && needed < recipients.len();
+    let started = tokio::time::Instant::now();
+    let mut recorded: BTreeSet<String> = BTreeSet::new();
+    let mut applied: BTreeSet<String> = BTreeSet::new();
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    let last = loop {
+        let grace = async {
+            match grace_until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            outcomes = &mut phase => break Some(outcomes),
+            Some(outcome) = arrivals.recv() => {
+                let Some(recipient) = recipients.iter().find(|r| r.name == outcome.node) else { continue };
+                if !recorded.insert(outcome.node.clone()) {
+                    continue;
+                }
+                applied.extend(record(store, metrics, job, std::slice::from_ref(recipient), vec![outcome], NodeState::Prepared).await);
+                if may_leave_early && grace_until.is_none() && applied.len() >= needed {
+                    let grace = QUORUM_GRACE.max(started.elapsed());
+                    grace_until = Some(tokio::time::Instant::now() + grace);
+                }
+            }
+            () = grace => break None,
+        }
+    };
+    let outcomes: Vec<NodeOutcome> = match last {
+        Some(outcomes) => outcomes.into_iter().filter(|o| !recorded.contains(&o.node)).collect(),
+        None => {
+            let waited = started.elapsed().as_secs();
+            recipients
+                .iter()
+                .filter(|r| !recorded.contains(&r.name))
+                .map(|r| NodeOutcome {
+                    node: r.name.clone(),
+                    bytes: 0,
+                    result: Err(format!(
+                        "not prepared {waited} s into the delivery, when the quorum ({needed} of {targets}) had been for a while: committed without it (it is caught up when it registers again)"
+                    )),
+                })
+                .collect()
+        }
+    };
+    let rest: Vec<Recipient> = recipients
+        .iter()
+        .filter(|r| !recorded.contains(&r.name))
+        .cloned()
+        .collect();
+    applied.extend(record(store, metrics, job, &rest, outcomes, NodeState::Prepared).await);
+    applied
 }
 
 /// The registered nodes among `nodes`, in that order, with their addresses.
@@ -517,7 +623,7 @@ mod tests {
 
         async fn carry(
             &self,
-            transport: &Recorder,
+            transport: &dyn Delivery,
             shipment: &Shipment,
             quorum: Quorum,
             ready: Result<(), String>,
@@ -609,6 +715,87 @@ mod tests {
         let states: Vec<NodeState> = bench.states().await.into_iter().map(|(_, s, _)| s).collect();
         assert_eq!(states, [NodeState::Committed, NodeState::Failed, NodeState::Failed]);
         assert_eq!(bench.states().await[0].2, 13, "bytes of both phases");
+    }
+
+    /// A transport whose `hung` node never answers phase one; the others answer at once, each reported
+    /// as it comes.
+    struct Hung {
+        hung: String,
+        inner: Recorder,
+    }
+
+    impl Delivery for Hung {
+        fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+            self.inner.prepare(job, content, nodes)
+        }
+
+        fn prepare_reporting<'a>(
+            &'a self,
+            _job: &'a str,
+            content: Bytes,
+            nodes: &'a [Recipient],
+            early: EarlyOutcomes,
+        ) -> PhaseFuture<'a> {
+            Box::pin(async move {
+                let answered: Vec<Recipient> = nodes.iter().filter(|n| n.name != self.hung).cloned().collect();
+                for outcome in self
+                    .inner
+                    .phase("prepare", &self.inner.fail_prepare, &content, &answered)
+                {
+                    let _ = early.send(outcome);
+                }
+                std::future::pending().await
+            })
+        }
+
+        fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+            self.inner.commit(job, commit, nodes)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_node_does_not_hold_the_commit_once_a_smaller_quorum_prepared() {
+        let bench = bench(3).await;
+        let transport = Hung {
+            hung: "n2".into(),
+            inner: Recorder::default(),
+        };
+        let started = tokio::time::Instant::now();
+        let shipment = shipment(true, Some(2));
+        let carried = bench.carry(&transport, &shipment, Quorum::AtLeast(2), Ok(()));
+        let delivered = tokio::time::timeout(QUORUM_GRACE * 4, carried)
+            .await
+            .expect("committed without waiting for the hung node");
+        assert_eq!(
+            delivered,
+            Delivered::Committed {
+                committed: vec!["n0".into(), "n1".into()]
+            }
+        );
+        assert!(
+            started.elapsed() <= QUORUM_GRACE + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let states: Vec<NodeState> = bench.states().await.into_iter().map(|(_, s, _)| s).collect();
+        assert_eq!(states, [NodeState::Committed, NodeState::Committed, NodeState::Failed]);
+        assert_eq!(transport.inner.sent("commit"), ["n0", "n1"]);
+    }
+
+    #[tokio::test]
+    async fn with_every_node_needed_a_hung_node_is_waited_for() {
+        let bench = bench(2).await;
+        let transport = Hung {
+            hung: "n1".into(),
+            inner: Recorder::default(),
+        };
+        let shipment = shipment(true, Some(2));
+        let carried = bench.carry(&transport, &shipment, Quorum::All, Ok(()));
+        let waited = tokio::time::timeout(Duration::from_secs(1), carried).await;
+        assert!(
+            waited.is_err(),
+            "quorum all: the commit waits for the last node (until the transport's timeout)"
+        );
     }
 
     #[tokio::test]

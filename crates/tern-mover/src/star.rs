@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use tern_http::tls::HttpsClient;
 use tern_wire::mover::ErrorAnswer;
 
-use crate::delivery::{Delivery, NodeOutcome, PhaseFuture, Recipient};
+use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
 
 /// The star over HTTP: one request per node and assignment, each bounded by a timeout.
 #[derive(Clone)]
@@ -28,28 +28,49 @@ impl StarDelivery {
         StarDelivery { client, timeout }
     }
 
-    /// Sends `assignment` to every node at once; the outcomes come back in the order of `nodes`.
-    async fn send_all(&self, job: &str, assignment: Bytes, nodes: &[Recipient]) -> Vec<NodeOutcome> {
+    /// Sends `assignment` to every node at once; the outcomes come back in the order of `nodes`, and each
+    /// goes to `early` (when given) as soon as it is known.
+    async fn send_all(
+        &self,
+        job: &str,
+        assignment: Bytes,
+        nodes: &[Recipient],
+        early: Option<EarlyOutcomes>,
+    ) -> Vec<NodeOutcome> {
+        let length = assignment.len() as u64;
         let mut tasks = Vec::with_capacity(nodes.len());
         for node in nodes {
             let (client, body, url, timeout) =
                 (self.client.clone(), assignment.clone(), node.url.clone(), self.timeout);
+            let (name, early) = (node.name.clone(), early.clone());
             tasks.push((
                 node.name.clone(),
-                tokio::spawn(async move { send(&client, &url, body, timeout).await }),
+                tokio::spawn(async move {
+                    let (sent, result) = match send(&client, &url, body, timeout).await {
+                        Sent::Nothing(error) => (false, Err(error)),
+                        Sent::Body(result) => (true, result),
+                    };
+                    // Only what left the mover counts: a node that refused the connection was sent nothing.
+                    let bytes = if sent { length } else { 0 };
+                    let outcome = NodeOutcome {
+                        node: name,
+                        bytes,
+                        result,
+                    };
+                    if let Some(early) = early {
+                        let _ = early.send(outcome.clone());
+                    }
+                    outcome
+                }),
             ));
         }
-        let length = assignment.len() as u64;
         let mut outcomes = Vec::with_capacity(tasks.len());
         for (node, task) in tasks {
-            let (sent, result) = match task.await {
-                Ok(Sent::Nothing(error)) => (false, Err(error)),
-                Ok(Sent::Body(result)) => (true, result),
-                Err(error) => (false, Err(format!("delivery task of job {job} ended: {error}"))),
-            };
-            // Only what left the mover counts: a node that refused the connection was sent nothing.
-            let bytes = if sent { length } else { 0 };
-            outcomes.push(NodeOutcome { node, bytes, result });
+            outcomes.push(task.await.unwrap_or_else(|error| NodeOutcome {
+                node,
+                bytes: 0,
+                result: Err(format!("delivery task of job {job} ended: {error}")),
+            }));
         }
         outcomes
     }
@@ -57,11 +78,21 @@ impl StarDelivery {
 
 impl Delivery for StarDelivery {
     fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.send_all(job, content, nodes))
+        Box::pin(self.send_all(job, content, nodes, None))
+    }
+
+    fn prepare_reporting<'a>(
+        &'a self,
+        job: &'a str,
+        content: Bytes,
+        nodes: &'a [Recipient],
+        early: EarlyOutcomes,
+    ) -> PhaseFuture<'a> {
+        Box::pin(self.send_all(job, content, nodes, Some(early)))
     }
 
     fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.send_all(job, commit, nodes))
+        Box::pin(self.send_all(job, commit, nodes, None))
     }
 }
 

@@ -48,7 +48,7 @@ use tokio::sync::Notify as Wake;
 use tracing::{debug, info, warn};
 
 use crate::ccm::now_ms;
-use crate::delivery::{Delivery, NodeOutcome, PhaseFuture, Recipient};
+use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
 use crate::metrics::{MoverMetrics, ReasonLabel};
 use crate::segments::{SegmentGroup, Segments};
 use crate::star::StarDelivery;
@@ -892,18 +892,25 @@ impl TreeDelivery {
 
     /// One phase: the tree for the led segments' targets, the star for the others, at once; one outcome
     /// per node, in the order of `nodes`.
-    async fn deliver(&self, job: &str, phase: Phase, assignment: Bytes, nodes: &[Recipient]) -> Vec<NodeOutcome> {
+    async fn deliver(
+        &self,
+        job: &str,
+        phase: Phase,
+        assignment: Bytes,
+        nodes: &[Recipient],
+        early: Option<EarlyOutcomes>,
+    ) -> Vec<NodeOutcome> {
         let grouping = self.segments.group(nodes, crate::ccm::now_ms());
         let use_tree = self.hub.enabled() && self.settings.mode != DeliveryMode::Star && !grouping.groups.is_empty();
         let (tree_outcomes, mover_bytes) = if use_tree {
-            let star = self.star_phase(job, phase, assignment.clone(), &grouping.direct);
+            let star = self.star_phase(job, phase, assignment.clone(), &grouping.direct, early);
             let tree = self.run_tree(job, phase, assignment.clone(), grouping.groups);
             let (mut star, (tree, tree_bytes)) = tokio::join!(star, tree);
             let star_bytes: u64 = star.iter().map(|outcome| outcome.bytes).sum();
             star.extend(tree);
             (star, star_bytes + tree_bytes)
         } else {
-            let star = self.star_phase(job, phase, assignment.clone(), nodes).await;
+            let star = self.star_phase(job, phase, assignment.clone(), nodes, early).await;
             let bytes = star.iter().map(|outcome| outcome.bytes).sum();
             (star, bytes)
         };
@@ -915,13 +922,21 @@ impl TreeDelivery {
         nodes.iter().filter_map(|node| by_node.remove(&node.name)).collect()
     }
 
-    async fn star_phase(&self, job: &str, phase: Phase, assignment: Bytes, nodes: &[Recipient]) -> Vec<NodeOutcome> {
+    async fn star_phase(
+        &self,
+        job: &str,
+        phase: Phase,
+        assignment: Bytes,
+        nodes: &[Recipient],
+        early: Option<EarlyOutcomes>,
+    ) -> Vec<NodeOutcome> {
         if nodes.is_empty() {
             return Vec::new();
         }
-        match phase {
-            Phase::Prepare => self.star.prepare(job, assignment, nodes).await,
-            Phase::Commit => self.star.commit(job, assignment, nodes).await,
+        match (phase, early) {
+            (Phase::Prepare, Some(early)) => self.star.prepare_reporting(job, assignment, nodes, early).await,
+            (Phase::Prepare, None) => self.star.prepare(job, assignment, nodes).await,
+            (Phase::Commit, _) => self.star.commit(job, assignment, nodes).await,
         }
     }
 
@@ -947,6 +962,10 @@ impl TreeDelivery {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(transfer.clone(), run.clone());
+        let finish = FinishOnDrop {
+            hub: &self.hub,
+            transfer: transfer.clone(),
+        };
         let mut direct_tasks = tokio::task::JoinSet::new();
         loop {
             let (outbox, direct) = {
@@ -1024,7 +1043,7 @@ impl TreeDelivery {
             %transfer, mover_bytes = record.mover_bytes, seconds = started.elapsed().as_secs_f64(),
             edges = ?record.edges, "distribution tree finished"
         );
-        self.hub.finish(&transfer);
+        drop(finish);
         (outcomes, mover_bytes.load(Ordering::Relaxed) + direct_bytes)
     }
 
@@ -1102,11 +1121,36 @@ impl TreeDelivery {
 
 impl Delivery for TreeDelivery {
     fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.deliver(job, Phase::Prepare, content, nodes))
+        Box::pin(self.deliver(job, Phase::Prepare, content, nodes, None))
+    }
+
+    /// The nodes the star serves report as they answer; a tree's members when their leader's status
+    /// report comes, with the answer.
+    fn prepare_reporting<'a>(
+        &'a self,
+        job: &'a str,
+        content: Bytes,
+        nodes: &'a [Recipient],
+        early: EarlyOutcomes,
+    ) -> PhaseFuture<'a> {
+        Box::pin(self.deliver(job, Phase::Prepare, content, nodes, Some(early)))
     }
 
     fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.deliver(job, Phase::Commit, commit, nodes))
+        Box::pin(self.deliver(job, Phase::Commit, commit, nodes, None))
+    }
+}
+
+/// Ends a tree's run in the hub when [`TreeDelivery::run_tree`] ends, also when its caller stops waiting
+/// (a quorum committed without the slowest nodes): the run and its assignment are not kept for ever.
+struct FinishOnDrop<'a> {
+    hub: &'a TreeHub,
+    transfer: String,
+}
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.hub.finish(&self.transfer);
     }
 }
 
