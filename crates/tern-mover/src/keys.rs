@@ -64,6 +64,18 @@ pub fn load_public(path: &Path) -> std::io::Result<VerifyingKey> {
             path.display()
         )));
     }
+    // The header is what tells a public key from 64 hex digits of anything else (a secret key's last line
+    // would pass as a key, and every assignment would then fail its signature check).
+    if !text
+        .lines()
+        .any(|line| line.starts_with(tern_wire::key::PUBLIC_KEY_HEADER))
+    {
+        return Err(std::io::Error::other(format!(
+            "{} is not the mover's public key file (it starts with `{}`): give --key the file DATA/mover.pub from the mover's data directory, whole",
+            path.display(),
+            tern_wire::key::PUBLIC_KEY_HEADER
+        )));
+    }
     let line = text
         .lines()
         .map(str::trim)
@@ -94,6 +106,12 @@ mod tests {
             error.contains("is a secret key") && error.contains("mover.pub"),
             "{error}"
         );
+        // Its hex line alone is refused too: it could pass for a point of the curve.
+        let bare = dir.path().join("bare");
+        let text = std::fs::read_to_string(&secret).expect("read");
+        std::fs::write(&bare, text.lines().last().expect("hex")).expect("write");
+        let error = load_public(&bare).expect_err("refused").to_string();
+        assert!(error.contains("not the mover's public key file"), "{error}");
         let public = dir.path().join("mover.pub");
         let key = SigningKey::from_bytes(&[3; 32]);
         write_public(&public, &key.verifying_key()).expect("write");

@@ -159,8 +159,15 @@ pub fn catch_up(site: &HostedSite, last_sent_ms: Option<u64>, now_ms: u64, backo
 }
 
 /// Whether `url` is where a node can take assignments: `http://` or `https://`, a host, nothing after the
-/// path but a path (no user information, query or fragment).
+/// path but a path (no user information, query or fragment), printable ASCII without `<>"'` (it is shown
+/// in listings and the admin UI).
 fn node_url(url: &str) -> bool {
+    if !url
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'<' | b'>' | b'"' | b'\'' | b'`'))
+    {
+        return false;
+    }
     let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };

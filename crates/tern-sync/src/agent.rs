@@ -17,7 +17,7 @@
 //! acknowledgements of its own incarnation.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,19 +130,12 @@ impl Agent {
                 reason: "not a directory".into(),
             });
         }
-        let existed = config.state_dir.exists();
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::State {
-            path: config.state_dir.clone(),
-            reason: e.to_string(),
-        })?;
         // A state directory inside the watched one would report its own state file as a change on every
-        // save, for ever, and the origin would serve it.
-        if let (Ok(dir), Ok(state_dir)) = (config.dir.canonicalize(), config.state_dir.canonicalize())
+        // save, for ever, and the origin would serve it. Checked before anything is made (through the
+        // nearest directory that exists, links resolved), so a refusal leaves nothing in the site.
+        if let (Ok(dir), Some(state_dir)) = (config.dir.canonicalize(), resolved(&config.state_dir))
             && state_dir.starts_with(&dir)
         {
-            if !existed {
-                let _ = std::fs::remove_dir(&config.state_dir); // made just now: not left in the site
-            }
             return Err(AgentError::State {
                 path: config.state_dir.clone(),
                 reason: format!(
@@ -151,6 +144,10 @@ impl Agent {
                 ),
             });
         }
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::State {
+            path: config.state_dir.clone(),
+            reason: e.to_string(),
+        })?;
         let path = state_path(&config);
         let mut state: AgentState = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
@@ -530,6 +527,21 @@ async fn exchange(stream: &mut TcpStream, decoder: &mut FrameDecoder, frame: &[u
     }
 }
 
+/// `path` made absolute with links resolved, through its nearest ancestor that exists (the rest of it
+/// need not exist yet); `None` when not even the root can be resolved.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    loop {
+        if let Ok(found) = at.canonicalize() {
+            return Some(rest.iter().rev().fold(found, |whole, part| whole.join(part)));
+        }
+        rest.push(at.file_name()?.to_os_string());
+        at = at.parent()?;
+    }
+}
+
 fn state_path(config: &AgentConfig) -> PathBuf {
     config.state_dir.join(format!("agent-{}.json", config.name))
 }
@@ -667,8 +679,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut inside = config(dir.path());
         std::fs::create_dir_all(&inside.dir).expect("mkdir");
-        inside.state_dir = inside.dir.join(".state");
-        let inside_dir = inside.state_dir.clone();
+        inside.state_dir = inside.dir.join(".state/deeper/still");
+        let inside_dir = inside.dir.join(".state");
         let error = Agent::new(inside).err().expect("refused").to_string();
         assert!(error.contains("inside the watched directory"), "{error}");
         assert!(
