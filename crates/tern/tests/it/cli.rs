@@ -536,7 +536,7 @@ fn node_and_mover_values_that_would_stall_or_never_commit_are_refused_by_flag() 
     let public = dir.path().join("mover.pub");
     std::fs::write(
         &public,
-        "5866666666666666666666666666666666666666666666666666666666666666\n",
+        "# tern mover public key: give it to nodes (--key)\n5866666666666666666666666666666666666666666666666666666666666666\n",
     )
     .expect("write");
     let root = dir.path().join("root");
