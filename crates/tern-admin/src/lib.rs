@@ -62,6 +62,16 @@ pub trait AdminRoutes: Send + Sync + 'static {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` field value: the scheme is matched without regard to
+/// case (RFC 9110 section 11.1: `bearer` and `BEARER` are `Bearer`), and blanks around the token are
+/// dropped. `None` for another scheme or no token.
+pub fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?.trim_start();
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -252,4 +262,20 @@ pub async fn launch<H: Handler, R>(
 /// Binds `addr`, returning the listener and the address it got (`:0` picks a free port).
 pub async fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_other_schemes_are_not() {
+        let token = |text: &'static str| bearer_token(&http::HeaderValue::from_static(text)).map(str::to_string);
+        for spelled in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc  "] {
+            assert_eq!(token(spelled).as_deref(), Some("abc"), "{spelled:?}");
+        }
+        for other in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(token(other), None, "{other:?}");
+        }
+    }
 }

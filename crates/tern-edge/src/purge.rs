@@ -77,10 +77,7 @@ impl PurgeAuth {
         let Some(key) = &self.key else {
             return false;
         };
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let bearer = headers.get(header::AUTHORIZATION).and_then(tern_admin::bearer_token);
         let explicit = headers.get("x-purge-key").and_then(|v| v.to_str().ok());
         bearer.or(explicit).is_some_and(|token| key.matches_token(token))
     }

@@ -116,13 +116,7 @@ fn for_nodes(path: &str) -> bool {
 
 /// The token of an `Authorization: Bearer TOKEN` field.
 fn bearer<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    tern_admin::bearer_token(request.headers().get(http::header::AUTHORIZATION)?)
 }
 
 /// Why a state-changing request looks like it was sent by a web page, if it does: its `Origin` or

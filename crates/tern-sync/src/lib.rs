@@ -280,8 +280,7 @@ impl SyncAdmin {
         let token = request
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(tern_admin::bearer_token);
         if !token.is_some_and(|t| self.key.matches_token(t)) {
             return tern_admin::json_error(
                 http::StatusCode::FORBIDDEN,
