@@ -301,6 +301,11 @@ impl Agent {
             let mut count = 0;
             for difference in &found {
                 for url in urls_for(&self.config.base_url, &difference.path, &self.config.index) {
+                    if url.len() > crate::master::MAX_URL_BYTES {
+                        // The sync service would refuse it (`too-long`), without a name to show.
+                        warn!(path = %difference.path, bytes = url.len(), "left out: this file's URL is over 8192 bytes, which caches refuse as a request target; shorten its path");
+                        continue;
+                    }
                     let seq = state.next_seq;
                     state.next_seq += 1;
                     state.pending.push(Change {
@@ -672,6 +677,24 @@ mod tests {
             max_batch: 100,
             index: "index.html".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_file_whose_url_no_cache_would_take_is_left_out_by_name_and_the_others_are_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        // 14 directories of 100 `é` (200 bytes each on disk, 600 characters each once percent-encoded).
+        let deep = (0..14).fold(site.clone(), |path, _| path.join("é".repeat(100)));
+        std::fs::create_dir_all(&deep).expect("deep directories");
+        std::fs::write(deep.join("f.txt"), "deep").expect("write");
+        std::fs::write(site.join("page.html"), "page").expect("write");
+        let agent = Agent::new(config(dir.path())).expect("agent");
+        agent.scan_once().await;
+        let urls: Vec<String> = {
+            let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.pending.iter().map(|change| change.url.clone()).collect()
+        };
+        assert_eq!(urls, ["http://www.example.com/page.html"]);
     }
 
     #[test]
