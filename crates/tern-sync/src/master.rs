@@ -368,14 +368,14 @@ impl Master {
         let gone = files.iter().map(|url| (url, ChangeKind::Deleted));
         let refetched = prefetch.iter().map(|url| (url, ChangeKind::Modified));
         for (url, kind) in purged.chain(gone).chain(refetched) {
-            if let Some((reason, explanation)) = url_problem(url) {
+            let uri = cache_url(url).map_err(|(reason, explanation)| {
                 let shown: String = url.chars().take(200).collect();
-                return Err(Reject {
+                Reject {
                     reason: reason.into(),
                     message: format!("`{shown}` {explanation}: no cache can be sent a command for it"),
-                });
-            }
-            let Some(site) = self.sites.iter().find(|site| check_url(url, site).is_ok()) else {
+                }
+            })?;
+            let Some(site) = self.sites.iter().find(|site| site_has(&uri, site)) else {
                 return Err(Reject {
                     reason: "host".into(),
                     message: format!(
@@ -452,44 +452,42 @@ fn internal(error: &str) -> Reject {
 /// `max_uri_bytes`), and a command every cache refuses would be retried in vain.
 pub const MAX_URL_BYTES: usize = 8192;
 
-/// What makes `url` one no cache can be sent a command for, whatever its site: `(reason, explanation)`.
-fn url_problem(url: &str) -> Option<(&'static str, &'static str)> {
+/// `url` parsed, when a cache can be sent a command for it whatever its site; else why not: `(reason,
+/// explanation)`.
+fn cache_url(url: &str) -> Result<http::Uri, (&'static str, &'static str)> {
     if url.len() > MAX_URL_BYTES {
-        return Some((
+        return Err((
             "too-long",
             "is longer than 8192 bytes, which caches refuse as a request target",
         ));
     }
     let Ok(uri) = url.parse::<http::Uri>() else {
-        return Some(("malformed-url", "is not a URL"));
+        return Err(("malformed-url", "is not a URL"));
     };
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Some(("scheme", "is not an http:// or https:// URL"));
+        return Err(("scheme", "is not an http:// or https:// URL"));
     }
     match uri.authority() {
-        None => Some(("malformed-url", "has no host")),
+        None => Err(("malformed-url", "has no host")),
         // `Host` cannot carry user information (RFC 9110 section 4.2.4), so a command would be refused.
-        Some(authority) if authority.as_str().contains('@') => Some(("userinfo", "carries user:password@")),
-        Some(_) => None,
+        Some(authority) if authority.as_str().contains('@') => Err(("userinfo", "carries user:password@")),
+        Some(_) => Ok(uri),
     }
 }
 
-/// A URL is accepted when it is one a cache can be sent ([`url_problem`]) and its host is one of the
+/// Whether `uri`'s host (or host and port) is one of the site's.
+fn site_has(uri: &http::Uri, site: &SiteConfig) -> bool {
+    let (host, authority) = (uri.host().unwrap_or(""), uri.authority().map_or("", |a| a.as_str()));
+    site.hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(authority))
+}
+
+/// A URL is accepted when it is one a cache can be sent ([`cache_url`]) and its host is one of the
 /// site's.
 fn check_url(url: &str, site: &SiteConfig) -> Result<(), &'static str> {
-    if let Some((reason, _)) = url_problem(url) {
-        return Err(reason);
-    }
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return Err("malformed-url");
-    };
-    let Some(host) = uri.host() else {
-        return Err("malformed-url");
-    };
-    if !site.hosts.iter().any(|allowed| {
-        allowed.eq_ignore_ascii_case(host)
-            || allowed.eq_ignore_ascii_case(uri.authority().map(|a| a.as_str()).unwrap_or(""))
-    }) {
+    let uri = cache_url(url).map_err(|(reason, _)| reason)?;
+    if !site_has(&uri, site) {
         return Err("host");
     }
     Ok(())

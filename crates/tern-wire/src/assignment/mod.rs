@@ -104,6 +104,18 @@ pub struct Header {
     pub created_ms: u64,
 }
 
+impl Header {
+    /// The encryption's nonce, 24 bytes from [`Header::nonce`]'s hex; [`AssignmentError::Decrypt`] when it
+    /// is missing or not 24 bytes.
+    pub fn nonce_bytes(&self) -> Result<[u8; 24], AssignmentError> {
+        self.nonce
+            .as_deref()
+            .and_then(|n| hex::decode(n).ok())
+            .and_then(|n| <[u8; 24]>::try_from(n).ok())
+            .ok_or(AssignmentError::Decrypt("missing nonce"))
+    }
+}
+
 /// Where a command's bytes are in the data section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -475,12 +487,7 @@ pub fn decode_owned(
         (false, _) => {}
         (true, None) => return Err(AssignmentError::Decrypt("encrypted and this node has no key")),
         (true, Some(key)) => {
-            let nonce = header
-                .nonce
-                .as_deref()
-                .and_then(|n| hex::decode(n).ok())
-                .filter(|n| n.len() == 24);
-            let nonce = nonce.ok_or(AssignmentError::Decrypt("missing nonce"))?;
+            let nonce = header.nonce_bytes()?;
             if signed_end - body_at < TAG_LEN {
                 return Err(AssignmentError::Sizes("encrypted body too short"));
             }

@@ -172,12 +172,7 @@ pub fn open_spooled(
         (false, _) => (spool, body_at, body_len),
         (true, None) => return Err(AssignmentError::Decrypt("encrypted and this node has no key")),
         (true, Some(key)) => {
-            let nonce = header
-                .nonce
-                .as_deref()
-                .and_then(|n| hex::decode(n).ok())
-                .and_then(|n| <[u8; 24]>::try_from(n).ok())
-                .ok_or(AssignmentError::Decrypt("missing nonce"))?;
+            let nonce = header.nonce_bytes()?;
             if body_len < TAG_LEN as u64 {
                 return Err(AssignmentError::Sizes("encrypted body too short"));
             }
