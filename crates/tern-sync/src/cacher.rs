@@ -1,7 +1,8 @@
 //! The cacher (seed 001, "the cache unit converts the variation information into commands; the cache server
 //! deletes the previous contents and demands the new contents"): one worker per cache reads the master's
 //! log in order and sends plain HTTP, `PURGE` and then, for created or modified content, a prefetch `GET`,
-//! so the cache holds the new bytes before any user asks. Because the commands are standard HTTP, the same
+//! so the cache holds the new bytes before any user asks. Changes of different URLs go to a cache side by
+//! side ([`CacherSettings::commands_in_flight`]); a URL's own commands go one after the other. Because the commands are standard HTTP, the same
 //! worker drives tern edges, Varnish, Squid or nginx with a purge module. A file's change is purged with
 //! `Tern-Purge-Scope: any-query`, which a tern edge applies to the URL with any query (links carry
 //! `?utm_source=` or `?v=`); other caches ignore the field and purge the exact URL.
@@ -19,11 +20,13 @@
 //! were not) starts the worker from the new log's beginning.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -114,6 +117,11 @@ fn refuses_for_good(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 413 | 414 | 431)
 }
 
+/// Changes applied to one cache at a time unless configured ([`CacherSettings::commands_in_flight`]): enough
+/// to hide each command's round trip and the cache's work on it, few enough that a burst of changes takes
+/// little of an edge that serves users.
+pub const DEFAULT_COMMANDS_IN_FLIGHT: usize = 8;
+
 /// Settings shared by the workers.
 #[derive(Debug, Clone)]
 pub struct CacherSettings {
@@ -126,6 +134,10 @@ pub struct CacherSettings {
     pub request_timeout: Duration,
     /// Where positions are kept.
     pub data_dir: PathBuf,
+    /// Changes applied to one cache at a time (at least 1; [`DEFAULT_COMMANDS_IN_FLIGHT`]). Each is a purge
+    /// and a prefetch of its own URL: within a backlog only a URL's last change is sent, so two changes in
+    /// flight never name the same URL.
+    pub commands_in_flight: usize,
 }
 
 /// One cache's worker.
@@ -136,8 +148,65 @@ pub struct CacheWorker {
     metrics: Arc<SyncMetrics>,
     client: Client<HttpConnector, Empty<Bytes>>,
     progress: Arc<Mutex<CacheProgress>>,
+    /// The last failure logged (without its URL), so a cache that keeps failing the same way for every
+    /// change in flight is logged once.
+    logged_failure: Mutex<Option<String>>,
     position_path: PathBuf,
     base: String,
+}
+
+/// How a change ended for a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// The cache applied it.
+    Applied,
+    /// Refused by the cache for good, or older than the retry limit: skipped.
+    GivenUp,
+}
+
+/// A change's URL on the cache, and the `Host` it is asked for.
+struct Target {
+    url: String,
+    host: String,
+}
+
+/// Whose purge goes next, within one backlog: purges go to a cache one after the other, in log order, while
+/// prefetches (the cache's real work: a fetch from the origin and a store) go side by side. So every purge's
+/// `Tern-Sync-Seq` is a position the cache has applied through, every earlier purge answered: an edge keeps the
+/// highest one it saw and, after a restart, catches up only on the changes after it (`tern_edge::catch_up`).
+struct PurgeTurn(tokio::sync::watch::Sender<usize>);
+
+/// Holds the turn of one backlog index; passes it on when dropped.
+struct TurnHeld<'a> {
+    turn: &'a PurgeTurn,
+    index: usize,
+}
+
+impl Drop for TurnHeld<'_> {
+    fn drop(&mut self) {
+        self.turn.0.send_replace(self.index + 1);
+    }
+}
+
+impl PurgeTurn {
+    fn new() -> Self {
+        PurgeTurn(tokio::sync::watch::Sender::new(0))
+    }
+
+    /// Waits for the turn of backlog index `index`; `None` when shutting down.
+    async fn wait(&self, index: usize, shutdown: &CancellationToken) -> Option<TurnHeld<'_>> {
+        let mut turn = self.0.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            reached = turn.wait_for(|at| *at == index) => reached.ok().map(|_| TurnHeld { turn: self, index }),
+        }
+    }
+
+    /// Passes the turn of an index that sends no purge (a change of another site, or one a later change of
+    /// the same URL supersedes); `false` when shutting down.
+    async fn pass(&self, index: usize, shutdown: &CancellationToken) -> bool {
+        self.wait(index, shutdown).await.is_some()
+    }
 }
 
 impl CacheWorker {
@@ -161,6 +230,7 @@ impl CacheWorker {
             metrics,
             client,
             progress,
+            logged_failure: Mutex::new(None),
             position_path,
             base,
         }
@@ -225,9 +295,10 @@ impl CacheWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut next = self.load_position();
         let mut length = self.master.subscribe();
+        let in_flight = self.settings.commands_in_flight.max(1);
         loop {
             let backlog = self.master.records_from(next);
-            self.report(next, &backlog, None);
+            self.report(next, &backlog);
             if backlog.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -239,43 +310,97 @@ impl CacheWorker {
             for record in &backlog {
                 last_for_url.insert(record.url.as_str(), record.log_seq);
             }
-            for record in &backlog {
+            // Up to `in_flight` changes at once, finished in log order so that the saved position never passes
+            // a change still on its way; their purges go one after the other ([`PurgeTurn`]).
+            let turn = PurgeTurn::new();
+            let (worker, turn, shutdown, backlog_ref, last_for_url) =
+                (&self, &turn, &shutdown, &backlog, &last_for_url);
+            // By index: a closure over `&Record` items is not `Send` for every lifetime the runtime needs.
+            let deliveries = (0..backlog.len()).map(move |index| {
+                let record = &backlog_ref[index];
                 let wanted =
-                    self.serves(&record.site) && last_for_url.get(record.url.as_str()) == Some(&record.log_seq);
-                if wanted && !self.deliver(record, &shutdown).await {
+                    worker.serves(&record.site) && last_for_url.get(record.url.as_str()) == Some(&record.log_seq);
+                async move {
+                    let delivered = if wanted {
+                        worker.deliver(record, index, turn, shutdown).await
+                    } else {
+                        turn.pass(index, shutdown).await
+                    };
+                    (index, delivered)
+                }
+            });
+            let mut completed = futures_util::stream::iter(deliveries).buffered(in_flight);
+            let end = backlog.last().map_or(next, |record| record.log_seq + 1);
+            while let Some((index, delivered)) = completed.next().await {
+                if !delivered {
                     return;
                 }
-                next = record.log_seq + 1;
+                next = backlog[index].log_seq + 1;
                 self.save_position(next);
-                self.report(next, &self.master.records_from(next), None);
+                // What is left: the rest of this backlog and whatever the log gained meanwhile.
+                let mut left = backlog[index + 1..].to_vec();
+                left.extend(self.master.records_from(end));
+                self.report(next, &left);
             }
         }
     }
 
-    /// Applies one record, retrying; `false` when shutting down. A change the cache refuses for good is
-    /// skipped (logged and counted): retrying it would hold back every later change for this cache.
-    async fn deliver(&self, record: &Record, shutdown: &CancellationToken) -> bool {
+    /// Applies the backlog's record number `index`: its purge in its turn, then its prefetch beside the
+    /// later changes' commands, each retried; `false` when shutting down. A change the cache refuses for good
+    /// is skipped (logged and counted): retrying it would hold back every later change for this cache.
+    async fn deliver(&self, record: &Record, index: usize, turn: &PurgeTurn, shutdown: &CancellationToken) -> bool {
+        let Some(turn_held) = turn.wait(index, shutdown).await else {
+            return false;
+        };
+        let target = match self.target(record) {
+            Ok(target) => target,
+            Err(error) => {
+                self.skip(record, &error);
+                return true;
+            }
+        };
+        // A file's change makes every query variant of its URL stale (`/?utm=1` shows the same page as `/`):
+        // those are purged with it, and only the plain URL is fetched again. An operator's purge means the
+        // exact URL.
+        let scope = match record.kind {
+            ChangeKind::Created | ChangeKind::Modified | ChangeKind::Deleted => Command::PurgeAnyQuery,
+            ChangeKind::Purged => Command::Purge,
+        };
+        let purged = self
+            .retrying(record, shutdown, || self.purge(scope, &target, record))
+            .await;
+        drop(turn_held);
+        if purged != Some(Delivered::Applied) || matches!(record.kind, ChangeKind::Deleted | ChangeKind::Purged) {
+            return purged.is_some();
+        }
+        self.retrying(record, shutdown, || self.prefetch(&target, record))
+            .await
+            .is_some()
+    }
+
+    /// Runs `attempt` until it succeeds, is refused for good, or the change is older than the retry limit;
+    /// `None` when shutting down.
+    async fn retrying<F, Fut>(&self, record: &Record, shutdown: &CancellationToken, attempt: F) -> Option<Delivered>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), Failure>>,
+    {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.apply(record).await {
-                Ok(()) => return true,
-                Err(Failure::Refused(error)) => {
-                    warn!(cache = %self.cache.url, url = %record.url, %error, "the cache refuses this change for good (a request it cannot take, whatever is retried); skipped, and its later changes go on");
-                    self.metrics.changes_refused.inc();
-                    return true;
-                }
+            match attempt().await {
+                Ok(()) => return Some(Delivered::Applied),
+                Err(Failure::Refused(error)) => return Some(self.skip(record, &error)),
                 Err(Failure::Transient(error)) => {
                     let age_ms = now_ms().saturating_sub(record.recorded_ms);
                     if Duration::from_millis(age_ms) > self.settings.max_retry_age {
                         warn!(cache = %self.cache.url, url = %record.url, %error, "giving up on a change older than the retry limit");
                         self.metrics.changes_given_up.inc();
-                        return true;
+                        return Some(Delivered::GivenUp);
                     }
                     debug!(cache = %self.cache.url, url = %record.url, %error, "command failed; retrying");
-                    let failure = format!("{error} ({})", record.url);
-                    self.report(record.log_seq, &self.master.records_from(record.log_seq), Some(failure));
+                    self.note_failure(&error, &record.url);
                     tokio::select! {
-                        _ = shutdown.cancelled() => return false,
+                        _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -284,34 +409,39 @@ impl CacheWorker {
         }
     }
 
-    async fn apply(&self, record: &Record) -> Result<(), Failure> {
-        let uri: Uri = record
-            .url
-            .parse()
-            .map_err(|e| Failure::Refused(format!("bad URL {}: {e}", record.url)))?;
-        let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+    fn skip(&self, record: &Record, error: &str) -> Delivered {
+        warn!(cache = %self.cache.url, url = %record.url, %error, "the cache refuses this change for good (a request it cannot take, whatever is retried); skipped, and its later changes go on");
+        self.metrics.changes_refused.inc();
+        Delivered::GivenUp
+    }
+
+    /// The cache's URL for `record`'s: the cache's base with the record's path and query.
+    fn target(&self, record: &Record) -> Result<Target, String> {
+        let uri: Uri = record.url.parse().map_err(|e| format!("bad URL {}: {e}", record.url))?;
+        let host = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let target = format!("{}{}", self.base, path);
-        // A file's change makes every query variant of its URL stale (`/?utm=1` shows the same page as `/`):
-        // those are purged with it, and only the plain URL is fetched again. An operator's purge means the
-        // exact URL.
-        let scope = match record.kind {
-            ChangeKind::Created | ChangeKind::Modified | ChangeKind::Deleted => Command::PurgeAnyQuery,
-            ChangeKind::Purged => Command::Purge,
-        };
-        let purge = self.command(scope, &target, &authority, record).await;
+        Ok(Target {
+            url: format!("{}{}", self.base, path),
+            host,
+        })
+    }
+
+    async fn purge(&self, scope: Command, target: &Target, record: &Record) -> Result<(), Failure> {
+        let purge = self.command(scope, &target.url, &target.host, record.log_seq).await;
         self.count("purge", purge.is_ok());
         match purge {
             // A cache that does not hold the object answers 404 (Varnish does): nothing to remove is fine.
-            Ok(status) if status.is_success() || status == http::StatusCode::NOT_FOUND => {}
-            Ok(status) if refuses_for_good(status) => return Err(Failure::Refused(format!("PURGE answered {status}"))),
-            Ok(status) => return Err(Failure::Transient(format!("PURGE answered {status}"))),
-            Err(error) => return Err(Failure::Transient(error)),
+            Ok(status) if status.is_success() || status == http::StatusCode::NOT_FOUND => Ok(()),
+            Ok(status) if refuses_for_good(status) => Err(Failure::Refused(format!("PURGE answered {status}"))),
+            Ok(status) => Err(Failure::Transient(format!("PURGE answered {status}"))),
+            Err(error) => Err(Failure::Transient(error)),
         }
-        if matches!(record.kind, ChangeKind::Deleted | ChangeKind::Purged) {
-            return Ok(());
-        }
-        let prefetch = self.command(Command::Prefetch, &target, &authority, record).await;
+    }
+
+    async fn prefetch(&self, target: &Target, record: &Record) -> Result<(), Failure> {
+        let prefetch = self
+            .command(Command::Prefetch, &target.url, &target.host, record.log_seq)
+            .await;
         self.count("prefetch", prefetch.as_ref().is_ok_and(|s| !s.is_server_error()));
         match prefetch {
             Ok(status) if !status.is_server_error() => Ok(()),
@@ -320,22 +450,24 @@ impl CacheWorker {
         }
     }
 
-    /// Sends one command. The answer's head must come within the request timeout, and then its body is
-    /// read through (so the cache completes and stores a prefetch) and dropped as it comes, a chunk at a
-    /// time: the body may be any size, and may take any time as long as it never stalls for the timeout.
+    /// Sends one command carrying `position`, the change's log position: every earlier change's purge was
+    /// answered before this one is sent ([`PurgeTurn`]), so it is what the cache has applied through. The
+    /// answer's head must come within the request timeout, and then its body is read through (so the cache completes and stores a
+    /// prefetch) and dropped as it comes, a chunk at a time: the body may be any size, and may take any
+    /// time as long as it never stalls for the timeout.
     async fn command(
         &self,
         command: Command,
         target: &str,
         host: &str,
-        record: &Record,
+        position: u64,
     ) -> Result<http::StatusCode, String> {
         let method = command.method();
         let mut request = Request::builder()
             .method(method)
             .uri(target)
             .header(header::HOST, host)
-            .header(SEQ_HEADER, record.log_seq.to_string());
+            .header(SEQ_HEADER, position.to_string());
         let log_id = self.master.log_id();
         if !log_id.is_unknown() {
             request = request.header(LOG_HEADER, log_id.as_str());
@@ -386,7 +518,9 @@ impl CacheWorker {
         self.progress.lock().unwrap_or_else(|p| p.into_inner()).commands += 1;
     }
 
-    fn report(&self, next: u64, backlog: &[Arc<Record>], error: Option<String>) {
+    /// Records where the worker stands: applied through `next - 1`, with `backlog` still to apply. An empty
+    /// backlog clears the last failure.
+    fn report(&self, next: u64, backlog: &[Arc<Record>]) {
         let wanted: Vec<&Arc<Record>> = backlog.iter().filter(|r| self.serves(&r.site)).collect();
         let lag_seconds = wanted
             .first()
@@ -396,17 +530,24 @@ impl CacheWorker {
         progress.applied_through = next.saturating_sub(1);
         progress.lag_changes = wanted.len() as u64;
         progress.lag_seconds = lag_seconds;
-        // Each new failure is logged once (a cache that keeps failing the same way is retried quietly):
-        // /status shows it too, but an operator waiting on `--wait-fresh` reads the log.
-        if let Some(failure) = &error
-            && progress.last_error.as_ref() != Some(failure)
-        {
-            warn!(cache = %self.cache.url, error = %failure, "cache command failed; retrying with back-off");
-        }
-        if error.is_some() || wanted.is_empty() {
-            progress.last_error = error;
+        if wanted.is_empty() {
+            progress.last_error = None;
+            *self.logged_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.metrics.set_lag(&self.cache.url, progress.lag_changes, lag_seconds);
+    }
+
+    /// Shows a failed command in `/status` (with its URL), and logs each new kind of failure once: a cache
+    /// that keeps failing the same way, for every change in flight, is retried quietly. /status shows it
+    /// too, but an operator waiting on `--wait-fresh` reads the log.
+    fn note_failure(&self, error: &str, url: &str) {
+        let mut logged = self.logged_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.as_deref() != Some(error) {
+            warn!(cache = %self.cache.url, %error, %url, "cache command failed; retrying with back-off");
+            *logged = Some(error.to_string());
+        }
+        drop(logged);
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(format!("{error} ({url})"));
     }
 }
 
@@ -459,6 +600,7 @@ mod tests {
             max_retry_age: Duration::from_secs(60),
             request_timeout: Duration::from_secs(1),
             data_dir: dir.to_path_buf(),
+            commands_in_flight: 1,
         };
         let cache = CacheConfig {
             url: url.into(),
@@ -614,6 +756,121 @@ mod tests {
         assert_eq!(metrics.changes_given_up.get(), 0);
     }
 
+    /// What a cache saw of the commands sent to it side by side.
+    #[derive(Default)]
+    struct Overlap {
+        in_flight: usize,
+        most_in_flight: usize,
+        /// Positions whose purge was answered.
+        answered: std::collections::BTreeSet<u64>,
+        /// Purges whose `Tern-Sync-Seq` claimed a position whose purge was not answered yet.
+        claims_too_far: Vec<String>,
+        purges: usize,
+    }
+
+    /// A cache on loopback that answers every command after `delay`, recording how many were in flight at
+    /// once and whether each purge's `Tern-Sync-Seq` claims only purges it had answered (paths are the
+    /// positions: `/1`, `/2`, ...).
+    async fn slow_cache(delay: Duration) -> (String, Arc<Mutex<Overlap>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Overlap::default()));
+        let state = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        let text = String::from_utf8_lossy(&head).to_string();
+                        let mut words = text.lines().next().unwrap_or("").split(' ');
+                        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                        let own: u64 = path.trim_start_matches('/').parse().expect("a position");
+                        let claim: u64 = text
+                            .lines()
+                            .find_map(|line| line.strip_prefix("tern-sync-seq: "))
+                            .and_then(|value| value.trim().parse().ok())
+                            .expect("Tern-Sync-Seq");
+                        {
+                            let mut state = state.lock().expect("state");
+                            state.in_flight += 1;
+                            state.most_in_flight = state.most_in_flight.max(state.in_flight);
+                            if method == "PURGE" {
+                                state.purges += 1;
+                                let unanswered: Vec<u64> = (1..=claim)
+                                    .filter(|p| *p != own && !state.answered.contains(p))
+                                    .collect();
+                                if claim > own || !unanswered.is_empty() {
+                                    state
+                                        .claims_too_far
+                                        .push(format!("PURGE /{own} claimed {claim}; unanswered: {unanswered:?}"));
+                                }
+                            }
+                        }
+                        tokio::time::sleep(delay).await;
+                        {
+                            let mut state = state.lock().expect("state");
+                            state.in_flight -= 1;
+                            if method == "PURGE" {
+                                state.answered.insert(own);
+                            }
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn changes_go_to_a_cache_side_by_side_and_no_purge_claims_one_still_on_its_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, seen) = slow_cache(Duration::from_millis(30)).await;
+        let master = master_with(dir.path(), 40);
+        let mut worker = worker_for(&url, dir.path(), master);
+        worker.settings.commands_in_flight = 4;
+        let progress = worker.progress();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while progress.lock().expect("progress").applied_through < 40 {
+            assert!(tokio::time::Instant::now() < deadline, "stuck");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        let _ = running.await;
+        let seen = seen.lock().expect("seen");
+        assert_eq!(seen.purges, 40);
+        assert_eq!(seen.answered.len(), 40);
+        assert!(
+            (2..=4).contains(&seen.most_in_flight),
+            "up to 4 commands at once, and more than one: {}",
+            seen.most_in_flight
+        );
+        assert!(seen.claims_too_far.is_empty(), "{:?}", seen.claims_too_far);
+        let saved: Position = serde_json::from_slice(
+            &std::fs::read(
+                dir.path()
+                    .join(format!("cache-{}.pos", &blake3::hash(url.as_bytes()).to_hex()[..16])),
+            )
+            .expect("position file"),
+        )
+        .expect("position");
+        assert_eq!(saved.next, 41, "every change's position saved");
+    }
+
     #[tokio::test]
     async fn a_prefetch_whose_body_stalls_fails_naming_the_stall() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -624,7 +881,7 @@ mod tests {
         let target = format!("{url}/stall");
         let started = std::time::Instant::now();
         let error = worker
-            .command(Command::Prefetch, &target, "www.example.com", &record)
+            .command(Command::Prefetch, &target, "www.example.com", record.log_seq)
             .await
             .expect_err("stalls");
         assert!(error.contains("stalled"), "{error}");

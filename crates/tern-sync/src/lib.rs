@@ -56,6 +56,8 @@ pub struct SyncConfig {
     pub max_retry_age: Duration,
     /// Timeout of one command to a cache.
     pub request_timeout: Duration,
+    /// Changes applied to one cache at a time ([`cacher::DEFAULT_COMMANDS_IN_FLIGHT`]).
+    pub commands_in_flight: usize,
 }
 
 /// Why the service could not start.
@@ -171,6 +173,7 @@ pub async fn start_with(
         token: config.cache_key.as_ref().map(SecretKey::token),
         max_retry_age: config.max_retry_age,
         request_timeout: config.request_timeout,
+        commands_in_flight: config.commands_in_flight,
         data_dir: config.data_dir.clone(),
     };
     let mut tasks = Vec::new();

@@ -68,6 +68,8 @@ pub struct SyncFile {
     pub max_retry_secs: Option<u64>,
     /// How long a cache may take to answer a command's head, or stall in a prefetch's body, milliseconds.
     pub command_timeout_ms: Option<u64>,
+    /// Changes applied to each cache at a time.
+    pub commands_in_flight: Option<u16>,
 }
 
 impl FileConfig {

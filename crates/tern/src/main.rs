@@ -398,6 +398,10 @@ struct SyncArgs {
     /// body, milliseconds [default: 10000]. A large prefetch goes on as long as bytes arrive.
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     command_timeout_ms: Option<u64>,
+    /// Changes applied to each cache at a time (a purge and a prefetch of its own URL each) [default: 8].
+    /// More shortens a large publish's way to the caches; 1 sends one command at a time.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    commands_in_flight: Option<u16>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -1447,6 +1451,9 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
     if file.command_timeout_ms.is_some_and(|ms| !(100..=600_000).contains(&ms)) {
         anyhow::bail!("[sync] command_timeout_ms must be 100 to 600000 (10 minutes)");
     }
+    if file.commands_in_flight.is_some_and(|n| !(1..=256).contains(&n)) {
+        anyhow::bail!("[sync] commands_in_flight must be 1 to 256");
+    }
     let key_path = args
         .key
         .or(file.key)
@@ -1489,6 +1496,10 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
         request_timeout: std::time::Duration::from_millis(
             args.command_timeout_ms.or(file.command_timeout_ms).unwrap_or(10_000),
         ),
+        commands_in_flight: args
+            .commands_in_flight
+            .or(file.commands_in_flight)
+            .map_or(tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT, usize::from),
     };
     let certs = match args.tls.config()? {
         Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),

@@ -121,6 +121,7 @@ impl World {
             max_frame: 1 << 20,
             max_retry_age: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(5),
+            commands_in_flight: tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT,
         };
         self.sync = Some(tern_sync::start(config).await.expect("sync starts"));
     }
