@@ -154,33 +154,71 @@ impl PurgeRequest {
             ..ResolvedPurge::default()
         };
         for url in &self.urls {
-            let key = normalize_url(url, key_config).ok_or_else(|| format!("`{url}` is not an absolute http URL"))?;
+            let key = normalize_url(url, key_config).map_err(|why| format!("`{url}` {why}"))?;
             resolved.urls.push(key);
         }
         // The query dropped in the key's own normalisation, so `/a` and `/%61` name one path.
         let without_query = KeyConfig { include_query: false };
         for url in &self.urls_any_query {
-            let key =
-                normalize_url(url, &without_query).ok_or_else(|| format!("`{url}` is not an absolute http URL"))?;
+            let key = normalize_url(url, &without_query).map_err(|why| format!("`{url}` {why}"))?;
             resolved.urls_any_query.push(key);
         }
         for prefix in &self.prefixes {
             let key = normalize_url(prefix, &KeyConfig { include_query: true })
-                .ok_or_else(|| format!("`{prefix}` is not an absolute http URL prefix"))?;
+                .map_err(|why| format!("`{prefix}` (a prefix) {why}"))?;
             resolved.prefixes.push(key);
         }
         Ok(resolved)
     }
 }
 
-/// Turns `http://Host/path` into a primary key; `None` unless it is an absolute http(s) URL.
-fn normalize_url(url: &str, key_config: &KeyConfig) -> Option<String> {
-    let uri: http::Uri = url.parse().ok()?;
-    let scheme = uri.scheme_str()?;
+/// Turns `http://Host/path` into a primary key; else what keeps it from naming an object: not an absolute
+/// http(s) URL, a port over 65535, or a `%` that is not a percent-encoding (RFC 3986 section 2.1).
+fn normalize_url(url: &str, key_config: &KeyConfig) -> Result<String, &'static str> {
+    const NOT_A_URL: &str = "is not an absolute http URL";
+    let uri: http::Uri = url.parse().map_err(|_| NOT_A_URL)?;
+    let scheme = uri.scheme_str().ok_or(NOT_A_URL)?;
     if scheme != "http" && scheme != "https" {
-        return None;
+        return Err(NOT_A_URL);
     }
-    let host = uri.authority()?.as_str();
+    let host = uri.authority().ok_or(NOT_A_URL)?.as_str();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Some(primary_key(scheme, host, path, key_config))
+    // Either names no object this edge could hold: refused, rather than answered "0 removed".
+    if !tern_http::target::port_is_valid(host) {
+        return Err("has a port that is not a number from 0 to 65535");
+    }
+    if !tern_http::target::escapes_are_valid(path) {
+        return Err("has a % not followed by two hexadecimal digits (write a literal % as %25)");
+    }
+    Ok(primary_key(scheme, host, path, key_config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_naming_no_object_an_edge_could_hold_is_refused_with_the_reason() {
+        let config = KeyConfig { include_query: true };
+        for (url, why) in [
+            ("/relative", "is not an absolute http URL"),
+            ("ftp://h/x", "is not an absolute http URL"),
+            ("http://h:99999/x", "port"),
+            ("http://h/%zz", "%"),
+            ("http://h/100%", "%"),
+        ] {
+            let purge = PurgeRequest {
+                urls: vec![url.to_string()],
+                ..PurgeRequest::default()
+            };
+            let error = purge.resolve(&config).expect_err(url);
+            assert!(error.contains(url) && error.contains(why), "{url}: {error}");
+        }
+        let purge = PurgeRequest {
+            urls_any_query: vec!["http://h:8080/%7ex%2f".into()],
+            ..PurgeRequest::default()
+        };
+        let resolved = purge.resolve(&config).expect("a port and well-formed escapes");
+        assert_eq!(resolved.urls_any_query.len(), 1);
+    }
 }

@@ -108,19 +108,11 @@ impl Origin {
     /// `ca` when given (only by it: a private CA pins trust), else by one of the system's roots. The TLS
     /// server name (SNI) is the origin's host; ALPN offers `http/1.1`.
     pub fn with_ca(base: &str, config: UpstreamConfig, ca: Option<&Path>) -> Result<Self, String> {
-        let uri: Uri = base.parse().map_err(|e| format!("origin `{base}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("origin `{base}` needs a scheme (http:// or https://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("origin `{base}`: give an http:// or https:// URL"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("origin `{base}` has no host"))?;
-        let base_path = uri.path().trim_end_matches('/').to_string();
+        let tern_http::target::OriginBase {
+            scheme,
+            authority,
+            path: base_path,
+        } = tern_http::target::origin_base(base)?;
         let tls = ClientTls::new(ca).map_err(|e| format!("--origin-ca: {e}"))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout()));

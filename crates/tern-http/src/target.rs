@@ -17,6 +17,70 @@ pub fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether `authority`'s port, when it has one, is a number from 0 to 65535. RFC 3986 section 3.2.3 allows
+/// any digits, but a TCP port has 16 bits, and `http::Uri` takes any digits and then shows no port at all (so
+/// `host:99999` would quietly mean port 80). An empty port (`host:`) is the scheme's default.
+pub fn port_is_valid(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        // The colon of an IPv6 literal's address, not of a port.
+        Some((_, port)) if port.contains(']') => true,
+        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => true,
+    }
+}
+
+/// Whether every `%` in `text` starts a percent-encoded octet, `%` and two hexadecimal digits (RFC 3986
+/// section 2.1). [`normalize`] keeps other `%`s as they are; an origin refuses them, so a URL that has one
+/// names nothing a cache can hold.
+pub fn escapes_are_valid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(at, &byte)| {
+        byte != b'%'
+            || bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
+/// An origin's base URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginBase {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and port.
+    pub authority: http::uri::Authority,
+    /// The path every request's path is put under, without a trailing `/` (empty for the root).
+    pub path: String,
+}
+
+/// Reads an origin's base URL (`--origin`, `origin =` in a config file): `http://` or `https://`, a host,
+/// a port from 0 to 65535 if any ([`port_is_valid`]: otherwise `http::Uri` would quietly mean the default
+/// port), and an optional path. The error names the URL and what to mend.
+pub fn origin_base(base: &str) -> Result<OriginBase, String> {
+    let uri: http::Uri = base.parse().map_err(|e| format!("origin `{base}` is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("origin `{base}` needs a scheme (http:// or https://)"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(format!("origin `{base}`: give an http:// or https:// URL"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("origin `{base}` has no host"))?;
+    if !port_is_valid(authority.as_str()) {
+        return Err(format!(
+            "origin `{base}` has a port that is not a number from 0 to 65535"
+        ));
+    }
+    Ok(OriginBase {
+        scheme,
+        authority,
+        path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
 /// The normal form of a request target (`/path?query`, or any part of a URI): borrowed when it already is.
 /// Malformed percent-encodings (`%4`, `%zz`) are kept as they are.
 pub fn normalize(target: &str) -> Cow<'_, str> {
@@ -152,6 +216,40 @@ mod tests {
         assert_eq!(normalize("/a%2Fb"), "/a%2Fb");
         assert_eq!(normalize("/%41%62c?q=%7e%20"), "/Abc?q=~%20");
         assert_eq!(normalize("/caf%c3%a9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn ports_over_16_bits_and_stray_percent_signs_are_told() {
+        for good in ["h", "h:", "h:0", "h:65535", "[::1]", "[::1]:8080", "u@h:80"] {
+            assert!(port_is_valid(good), "{good}");
+        }
+        for bad in ["h:65536", "h:99999", "[::1]:70000", "h:8o", "h:-1"] {
+            assert!(!port_is_valid(bad), "{bad}");
+        }
+        for good in ["/", "/a%2Fb", "/%e2%82%AC?q=%20", "/100%25"] {
+            assert!(escapes_are_valid(good), "{good}");
+        }
+        for bad in ["/%zz", "/100%", "/a?b=%2", "/%%41", "/%g0"] {
+            assert!(!escapes_are_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_origin_url_is_taken_apart_or_refused_naming_why() {
+        let base = origin_base("https://origin.example:8443/shop/").expect("an origin");
+        assert_eq!(base.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(base.authority.as_str(), "origin.example:8443");
+        assert_eq!(base.path, "/shop");
+        assert_eq!(origin_base("http://[::1]").expect("IPv6").path, "");
+        for (base, told) in [
+            ("origin.example", "needs a scheme"),
+            ("ftp://origin.example", "http:// or https://"),
+            ("http://origin.example:99999", "port"),
+            ("http://origin.example:8o", "port"),
+        ] {
+            let error = origin_base(base).expect_err(base);
+            assert!(error.contains(base) && error.contains(told), "{base}: {error}");
+        }
     }
 
     #[test]

@@ -173,9 +173,10 @@ fn node_url(url: &str) -> bool {
     };
     matches!(uri.scheme_str(), Some("http" | "https"))
         && uri.host().is_some_and(|host| !host.is_empty())
-        && !uri
-            .authority()
-            .is_some_and(|authority| authority.as_str().contains('@'))
+        && uri.authority().is_some_and(|authority| {
+            !authority.as_str().contains('@') && tern_http::target::port_is_valid(authority.as_str())
+        })
+        && tern_http::target::escapes_are_valid(uri.path())
         && uri.query().is_none()
         && url.len() <= 2048
 }

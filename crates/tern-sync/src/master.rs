@@ -471,6 +471,13 @@ fn cache_url(url: &str) -> Result<http::Uri, (&'static str, &'static str)> {
         None => Err(("malformed-url", "has no host")),
         // `Host` cannot carry user information (RFC 9110 section 4.2.4), so a command would be refused.
         Some(authority) if authority.as_str().contains('@') => Err(("userinfo", "carries user:password@")),
+        Some(authority) if !tern_http::target::port_is_valid(authority.as_str()) => {
+            Err(("malformed-url", "has a port that is not a number from 0 to 65535"))
+        }
+        Some(_) if !tern_http::target::escapes_are_valid(uri.path_and_query().map_or("", |p| p.as_str())) => Err((
+            "malformed-url",
+            "has a % not followed by two hexadecimal digits (RFC 3986 section 2.1); write a literal % as %25",
+        )),
         Some(_) => Ok(uri),
     }
 }
@@ -703,11 +710,19 @@ mod tests {
             ("http://user:pw@www.example.com/x".to_string(), "userinfo"),
             (long, "too-long"),
             ("ftp://www.example.com/x".to_string(), "scheme"),
+            ("http://www.example.com:99999/x".to_string(), "malformed-url"),
+            ("http://[::1]:70000/x".to_string(), "malformed-url"),
+            ("http://www.example.com/%zz".to_string(), "malformed-url"),
+            ("http://www.example.com/a?b=%2".to_string(), "malformed-url"),
+            ("http://www.example.com/100%".to_string(), "malformed-url"),
         ] {
-            let refused = master.purge_and_prefetch(&[], &[url]);
-            assert_eq!(refused.err().map(|r| r.reason), Some(reason.to_string()));
+            let refused = master.purge_and_prefetch(&[], std::slice::from_ref(&url));
+            assert_eq!(refused.err().map(|r| r.reason), Some(reason.to_string()), "{url}");
         }
         assert_eq!(master.len(), 2, "a refused purge records nothing");
+        master
+            .purge_and_prefetch(&[], &["http://www.example.com:8080/100%25%e2%82%ac".into()])
+            .expect("well-formed escapes (either case) and a port are taken");
     }
 
     #[test]

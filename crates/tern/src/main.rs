@@ -950,6 +950,11 @@ pub(crate) fn parse_url(text: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("names no host: give one, like {example}"));
     }
+    if !tern_http::target::port_is_valid(host) {
+        return Err(format!(
+            "has a port that is not a number from 0 to 65535, like {example}"
+        ));
+    }
     text.parse::<http::Uri>()
         .map_err(|error| format!("is not a valid URL ({error}), like {example}"))?;
     Ok(text.to_string())
@@ -1917,5 +1922,29 @@ mod default_dir_tests {
             cwd.parent().unwrap_or(&cwd).join(".tern-agent"),
             "not inside the watched directory"
         );
+    }
+}
+
+#[cfg(test)]
+mod url_flag_tests {
+    use super::*;
+
+    #[test]
+    fn a_url_flag_names_what_is_wrong() {
+        assert_eq!(
+            parse_url("http://10.0.0.2:7000/").as_deref(),
+            Ok("http://10.0.0.2:7000/")
+        );
+        assert_eq!(parse_url("https://[::1]:443").as_deref(), Ok("https://[::1]:443"));
+        for (text, told) in [
+            ("10.0.0.2:7000", "http://10.0.0.2:7000"),
+            ("ftp://h", "not served"),
+            ("http:///x", "no host"),
+            ("http://h:99999", "port"),
+            ("http://[::1]:70000/", "port"),
+        ] {
+            let error = parse_url(text).expect_err(text);
+            assert!(error.contains(told), "{text}: {error}");
+        }
     }
 }

@@ -60,18 +60,11 @@ impl Origin {
         first_byte_timeout: Duration,
         idle_body_timeout: Duration,
     ) -> Result<Self, String> {
-        let uri: Uri = base.parse().map_err(|e| format!("origin `{base}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("origin `{base}` needs a scheme (http:// or https://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("origin `{base}`: give an http:// or https:// URL"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("origin `{base}` has no host"))?;
+        let tern_http::target::OriginBase {
+            scheme,
+            authority,
+            path: base_path,
+        } = tern_http::target::origin_base(base)?;
         let tls = ClientTls::new(ca).map_err(|e| format!("--origin-ca: {e}"))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -83,7 +76,7 @@ impl Origin {
             client,
             scheme,
             authority,
-            base_path: uri.path().trim_end_matches('/').to_string(),
+            base_path,
             first_byte_timeout,
             idle_body_timeout,
         })

@@ -131,6 +131,8 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
     for (url, groups) in [
         ("javascript:alert(1)//<b>", vec![]),
         ("http://user:pw@192.0.2.8:7100", vec![]),
+        ("http://192.0.2.8:99999", vec![]),
+        ("http://192.0.2.8:7100/a%zz", vec![]),
         ("192.0.2.8:7100", vec![]),
         ("http://192.0.2.8:7100#<img>", vec![]),
         ("http://192.0.2.8:7100", vec!["<img src=x>".to_string()]),
