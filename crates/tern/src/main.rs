@@ -1202,10 +1202,20 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
             "neither --registry nor --discover: this edge forms its community alone and other edges cannot find it"
         );
     }
-    let memory_only = config.cache_dir.is_none();
+    // URLs from the config file (the flags' own were checked as they were parsed).
+    if let Some(url) = &config.sync_url {
+        parse_url(url).map_err(|why| anyhow::anyhow!("sync_url `{url}` {why}"))?;
+    }
+    if let Some(url) = config.community.as_ref().and_then(|c| c.registry.as_ref()) {
+        parse_registry_url(url).map_err(|why| anyhow::anyhow!("[edge.community] registry `{url}` {why}"))?;
+    }
+    let memory_only = config.cache_dir.is_none().then_some(config.max_memory_object);
     let edge = tern_edge::start(config).await.context("edge did not start")?;
-    if memory_only {
-        info!("no --cache-dir: caching in memory only; the cache is lost on restart");
+    if let Some(largest) = memory_only {
+        info!(
+            largest_stored_bytes = largest,
+            "no --cache-dir: caching in memory only; the cache is lost on restart, and responses over max_memory_object are served but not stored (counted in tern_edge_fills_abandoned_total)"
+        );
     }
     stop_on_signal(edge.shutdown_token(), Hangup::Reload);
     edge.wait().await;

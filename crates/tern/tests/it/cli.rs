@@ -36,6 +36,25 @@ fn bad_config_is_reported() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cache_szie"), "{stderr}");
+
+    // URLs in the file are checked as the flags' are: a port over 65535 would quietly mean port 80.
+    for (table, told) in [
+        ("[edge]\norigin = \"http://127.0.0.1:99999\"\n", "port"),
+        (
+            "[edge]\norigin = \"http://127.0.0.1:1\"\nsync_url = \"127.0.0.1:7071\"\n",
+            "sync_url",
+        ),
+        (
+            "[edge]\norigin = \"http://127.0.0.1:1\"\nsync_url = \"http://127.0.0.1:70710\"\n",
+            "port",
+        ),
+    ] {
+        std::fs::write(&config, table).expect("write");
+        let output = tern().args(["edge", "--config"]).arg(&config).output().expect("run");
+        assert!(!output.status.success(), "{table}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(told), "{table}: {stderr}");
+    }
 }
 
 #[test]
