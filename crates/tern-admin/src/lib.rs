@@ -60,6 +60,12 @@ pub trait AdminRoutes: Send + Sync + 'static {
     fn route<'a>(&'a self, _request: &'a AdminRequest) -> Option<ResponseFuture<'a>> {
         None
     }
+
+    /// The paths [`route`](AdminRoutes::route) serves, listed at `GET /` after `/status` and `/metrics` so
+    /// an operator finds them (`/ui/`, `/purge`...).
+    fn endpoints(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` field value: the scheme is matched without regard to
@@ -134,10 +140,11 @@ impl Handler for AdminHandler {
                 }
                 json(StatusCode::OK, &status)
             }
-            (&Method::GET, "/") => json(
-                StatusCode::OK,
-                &serde_json::json!({ "endpoints": ["/status", "/metrics"] }),
-            ),
+            (&Method::GET, "/") => {
+                let mut endpoints = vec!["/status", "/metrics"];
+                endpoints.extend(self.routes.endpoints());
+                json(StatusCode::OK, &serde_json::json!({ "endpoints": endpoints }))
+            }
             _ => json_error(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {} {}", request.method, request.path),
@@ -277,5 +284,52 @@ mod tests {
         for other in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
             assert_eq!(token(other), None, "{other:?}");
         }
+    }
+
+    /// A role that serves `/purge` besides the common endpoints.
+    struct PurgingRole(Registry);
+
+    impl AdminRoutes for PurgingRole {
+        fn status(&self) -> serde_json::Value {
+            serde_json::json!({ "role": "test" })
+        }
+
+        fn registry(&self) -> &Registry {
+            &self.0
+        }
+
+        fn route<'a>(&'a self, request: &'a AdminRequest) -> Option<ResponseFuture<'a>> {
+            (request.path == "/purge")
+                .then(|| Box::pin(async { json(StatusCode::OK, &serde_json::json!({})) }) as ResponseFuture<'a>)
+        }
+
+        fn endpoints(&self) -> Vec<&'static str> {
+            vec!["/purge"]
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_lists_the_roles_own_endpoints() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(serve_admin(
+            listener,
+            Arc::new(PurgingRole(Registry::default())),
+            shutdown.clone(),
+        ));
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let index: serde_json::Value = serde_json::from_str(body).expect(&answer);
+        assert_eq!(index["endpoints"], serde_json::json!(["/status", "/metrics", "/purge"]));
+        shutdown.cancel();
+        let _ = serving.await;
     }
 }

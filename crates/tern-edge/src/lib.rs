@@ -449,6 +449,10 @@ impl AdminRoutes for EdgeAdmin {
             self.admin_purge(request).await
         }))
     }
+
+    fn endpoints(&self) -> Vec<&'static str> {
+        vec!["/purge"]
+    }
 }
 
 impl EdgeAdmin {

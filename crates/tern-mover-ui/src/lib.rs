@@ -135,6 +135,14 @@ impl AdminRoutes for MoverUi {
         }
         AdminRoutes::route(&*self.mover, request)
     }
+
+    fn endpoints(&self) -> Vec<&'static str> {
+        let mut endpoints = AdminRoutes::endpoints(&*self.mover);
+        if self.settings.token.is_some() {
+            endpoints.push("/ui/");
+        }
+        endpoints
+    }
 }
 
 /// Starts the mover (as [`tern_mover::service::start`]) with the UI on its admin listener, logged in with

@@ -304,10 +304,13 @@ impl Mover {
     /// Sets the members of a content group the operator manages (the nodes' own declarations stay), at
     /// `now_ms`.
     pub async fn set_group(&self, group: &str, nodes: Vec<String>, now_ms: u64) -> Result<(), StoreError> {
-        let group = group.to_string();
+        let name = group.to_string();
+        let members = nodes.clone();
         self.store
-            .call(move |store| store.set_group(&group, &nodes, now_ms))
-            .await
+            .call(move |store| store.set_group(&name, &members, now_ms))
+            .await?;
+        tracing::info!(%group, ?nodes, "content group set by the operator");
+        Ok(())
     }
 
     /// The last `limit` entries of the history log, newest first.

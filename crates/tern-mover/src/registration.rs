@@ -161,6 +161,41 @@ pub fn catch_up(site: &HostedSite, last_sent_ms: Option<u64>, now_ms: u64, backo
 /// Whether `url` is where a node can take assignments: `http://` or `https://`, a host, nothing after the
 /// path but a path (no user information, query or fragment), printable ASCII without `<>"'` (it is shown
 /// in listings and the admin UI).
+/// What a registration changes that an operator should read in the log (a node re-registers every few
+/// seconds; only news is logged).
+#[derive(Debug, PartialEq, Eq)]
+enum RegistrationNews {
+    /// Nothing: the registration renews the node's.
+    Same,
+    /// A node the mover did not know.
+    New { url: String, groups: Vec<String> },
+    /// A known node's address or declared content groups, `(from, to)`.
+    Changed {
+        url: Option<(String, String)>,
+        groups: Option<(Vec<String>, Vec<String>)>,
+    },
+}
+
+/// The news of `node`'s registration, given the address it had (`None`: not registered) and the groups it
+/// declared before (sorted).
+fn registration_news(url_before: Option<&str>, groups_before: &[String], node: &Node) -> RegistrationNews {
+    let mut groups: Vec<String> = node.groups.clone();
+    groups.sort();
+    groups.dedup();
+    let Some(url_before) = url_before else {
+        return RegistrationNews::New {
+            url: node.url.clone(),
+            groups,
+        };
+    };
+    let url = (url_before != node.url).then(|| (url_before.to_string(), node.url.clone()));
+    let groups = (groups_before != groups.as_slice()).then(|| (groups_before.to_vec(), groups));
+    if url.is_none() && groups.is_none() {
+        return RegistrationNews::Same;
+    }
+    RegistrationNews::Changed { url, groups }
+}
+
 fn node_url(url: &str) -> bool {
     if !url
         .bytes()
@@ -222,16 +257,19 @@ impl Mover {
             .call(move |store| {
                 // One machine per name: job states and versions are recorded by name, so a second
                 // machine under it would be reported as the first (committed while the first is down).
-                if let Some((holder, url)) = store.node_holder(&node.name)?
+                let before = store.node_holder(&node.name)?;
+                if let Some((holder, url)) = &before
                     && !holder.is_empty()
-                    && holder != node.instance
+                    && *holder != node.instance
                 {
                     return Ok(Err(RegisterError::Taken {
                         name: node.name.clone(),
-                        holder: tern_wire::cut_at(&holder, 8).to_string(),
-                        url,
+                        holder: tern_wire::cut_at(holder, 8).to_string(),
+                        url: url.clone(),
                     }));
                 }
+                let groups_before = store.declared_groups(&node.name)?;
+                let news = registration_news(before.as_ref().map(|(_, url)| url.as_str()), &groups_before, &node);
                 store.register(&node, &versions)?;
                 store.confirm_commits(&node.name, &versions)?;
                 let pending = store.pending_jobs()?;
@@ -249,9 +287,22 @@ impl Mover {
                         site: site.name,
                     });
                 }
-                Ok(Ok(hosted))
+                Ok(Ok((hosted, news)))
             })
             .await??;
+        let (hosted, news) = hosted;
+        match news {
+            RegistrationNews::Same => {}
+            RegistrationNews::New { url, groups } => info!(node = %name, %url, ?groups, "node registered"),
+            RegistrationNews::Changed { url, groups } => {
+                if let Some((from, to)) = url {
+                    info!(node = %name, %from, %to, "node's address changed; deliveries go to the new one");
+                }
+                if let Some((from, to)) = groups {
+                    info!(node = %name, ?from, ?to, "node's content groups changed");
+                }
+            }
+        }
         let mut started = Vec::new();
         for site in hosted {
             let key = (name.clone(), site.site.clone());
@@ -754,6 +805,40 @@ mod tests {
             busy,
             unknown: false,
         }
+    }
+
+    #[test]
+    fn only_a_new_node_or_a_changed_address_or_group_is_news() {
+        let node = |url: &str, groups: &[&str]| Node {
+            name: "n1".into(),
+            url: url.into(),
+            last_seen_ms: 0,
+            free_disk: 0,
+            cpus: 1,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            instance: "i".into(),
+        };
+        let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (a, b) = ("http://10.0.0.1:7100", "http://10.0.0.2:7100");
+        assert_eq!(
+            registration_news(None, &[], &node(a, &["web", "api", "web"])),
+            RegistrationNews::New {
+                url: a.into(),
+                groups: strings(&["api", "web"])
+            }
+        );
+        assert_eq!(
+            registration_news(Some(a), &strings(&["api", "web"]), &node(a, &["web", "api"])),
+            RegistrationNews::Same,
+            "a renewal in another order is no news"
+        );
+        assert_eq!(
+            registration_news(Some(a), &strings(&["web"]), &node(b, &[])),
+            RegistrationNews::Changed {
+                url: Some((a.into(), b.into())),
+                groups: Some((strings(&["web"]), vec![]))
+            }
+        );
     }
 
     #[test]

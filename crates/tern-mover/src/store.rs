@@ -562,6 +562,15 @@ impl Store {
         rows.collect()
     }
 
+    /// The content groups the node registered as `name` declared itself (not those the API gave it), sorted.
+    pub fn declared_groups(&self, name: &str) -> StoreResult<Vec<String>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT grp FROM memberships WHERE node = ?1 AND source = 'node' ORDER BY grp")?;
+        let rows = statement.query_map(params![name], |row| row.get::<_, String>(0))?;
+        rows.collect()
+    }
+
     /// The instance id and URL the node registered as `name` last had, if it is registered.
     pub fn node_holder(&self, name: &str) -> StoreResult<Option<(String, String)>> {
         self.connection

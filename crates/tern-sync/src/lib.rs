@@ -263,6 +263,10 @@ impl AdminRoutes for SyncAdmin {
             _ => None,
         }
     }
+
+    fn endpoints(&self) -> Vec<&'static str> {
+        vec!["/changes", "/purge", "/applied"]
+    }
 }
 
 /// Most changes returned by one `/changes` answer; an edge further behind purges everything.
