@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod dir_lock;
 mod mover_client;
 
 use std::net::SocketAddr;
@@ -1209,6 +1210,10 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     if let Some(url) = config.community.as_ref().and_then(|c| c.registry.as_ref()) {
         parse_registry_url(url).map_err(|why| anyhow::anyhow!("[edge.community] registry `{url}` {why}"))?;
     }
+    let _lock = match &config.cache_dir {
+        Some(dir) => Some(dir_lock::lock(dir, "edge cache")?),
+        None => None,
+    };
     let memory_only = config.cache_dir.is_none().then_some(config.max_memory_object);
     let edge = tern_edge::start(config).await.context("edge did not start")?;
     if let Some(largest) = memory_only {
@@ -1249,6 +1254,7 @@ async fn run_registry(args: RegistryArgs) -> Result<()> {
         key: tern_wire::SecretKey::load(&args.cluster_key)?,
         data: args.data.unwrap_or_else(|| default_state_dir("registry")),
     };
+    let _lock = dir_lock::lock(&config.data, "registry")?;
     let registry = tern_community::service::start(config)
         .await
         .context("tern registry did not start")?;
@@ -1329,7 +1335,9 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         max_batch: 1000,
         index: "index.html".into(),
     };
+    let state_dir = config.state_dir.clone();
     let agent = tern_sync::Agent::new(config).context("agent did not start")?;
+    let _lock = dir_lock::lock(&state_dir, "agent")?;
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone(), Hangup::Reload);
     if let Some(addr) = args.admin.or(file.admin) {
@@ -1520,6 +1528,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
         Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
         None => None,
     };
+    let _lock = dir_lock::lock(&config.data_dir, "sync")?;
     let sync = tern_sync::start_with(config, certs)
         .await
         .context("sync service did not start")?;
@@ -1579,6 +1588,7 @@ async fn run_mover(args: MoverArgs) -> Result<()> {
     }
     let public = config.data.join("mover.pub");
     let admin_token = args.admin_token.as_deref().map(load_key).transpose()?;
+    let _lock = dir_lock::lock(&config.data, "mover")?;
     let mover = tern_mover_ui::start(config, admin_token)
         .await
         .context("mover did not start")?;
@@ -1592,6 +1602,8 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
     let cluster_key = args.segment.cluster_key.as_deref().map(load_key).transpose()?;
     let data_channel = data_channel_settings(&args)?;
+    // The root holds the sites; the node's own records are in ROOT/.state.
+    let _lock = dir_lock::lock(&args.root.join(tern_node::agent::STATE_DIR), "node")?;
     let (mover, ca, root, name) = (
         args.mover.clone(),
         args.ca.clone(),

@@ -222,6 +222,68 @@ fn an_os_error_is_said_once() {
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
 
+#[test]
+fn a_second_process_on_a_state_directory_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("agent.key");
+    assert!(
+        tern()
+            .arg("keygen")
+            .arg(&key)
+            .output()
+            .expect("keygen")
+            .status
+            .success()
+    );
+    let data = dir.path().join("sync");
+    let sync = |listen: &str| {
+        let mut command = tern();
+        command
+            .args([
+                "sync",
+                "--listen",
+                listen,
+                "--site",
+                "www=www.example.com",
+                "--cache",
+                "http://127.0.0.1:1",
+                "--key",
+            ])
+            .arg(&key)
+            .arg("--data")
+            .arg(&data);
+        command
+    };
+    let first = sync(&crate::free_addr().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let first = crate::Running(first);
+    let lock = data.join("tern.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("pid")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first sync service took no lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log_before = std::fs::read(data.join("changes.log")).unwrap_or_default();
+    let second = sync(&crate::free_addr().to_string()).output().expect("run");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use") && stderr.contains(&format!("pid {}", first.0.id())),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("changes.log")).unwrap_or_default(),
+        log_before,
+        "the refused process wrote nothing"
+    );
+}
+
 /// An edge whose log pipe was closed (`tern edge | head -1`) still stops on SIGTERM.
 #[cfg(unix)]
 #[test]
