@@ -134,6 +134,8 @@ pub struct CacherSettings {
     pub request_timeout: Duration,
     /// Where positions are kept.
     pub data_dir: PathBuf,
+    /// Whom `https://` caches are verified against (the system's roots, or the `--cache-ca` file).
+    pub tls: tern_http::tls::ClientTls,
     /// Changes applied to one cache at a time (at least 1; [`DEFAULT_COMMANDS_IN_FLIGHT`]). Each is a purge
     /// and a prefetch of its own URL: within a backlog only a URL's last change is sent, so two changes in
     /// flight never name the same URL.
@@ -146,7 +148,7 @@ pub struct CacheWorker {
     settings: CacherSettings,
     master: Arc<Master>,
     metrics: Arc<SyncMetrics>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: tern_http::tls::HttpsClient<Empty<Bytes>>,
     progress: Arc<Mutex<CacheProgress>>,
     /// The last failure logged (without its URL), so a cache that keeps failing the same way for every
     /// change in flight is logged once.
@@ -217,7 +219,7 @@ impl CacheWorker {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new()).build(settings.tls.connector(connector));
         let base = cache.url.trim_end_matches('/').to_string();
         let progress = Arc::new(Mutex::new(CacheProgress {
             url: cache.url.clone(),
@@ -442,8 +444,25 @@ impl CacheWorker {
         let prefetch = self
             .command(Command::Prefetch, &target.url, &target.host, record.log_seq)
             .await;
-        self.count("prefetch", prefetch.as_ref().is_ok_and(|s| !s.is_server_error()));
+        self.count(
+            "prefetch",
+            prefetch
+                .as_ref()
+                .is_ok_and(|s| !s.is_server_error() && !s.is_redirection()),
+        );
         match prefetch {
+            // The cache sends its users elsewhere (an edge with `redirect_https` answers plain HTTP with
+            // 308): the prefetch stored nothing, and no retry will. The purge did its part; the object is
+            // fetched on the first user request.
+            Ok(status) if status.is_redirection() => {
+                self.note_failure(
+                    &format!(
+                        "prefetch answered {status}, a redirect: nothing was stored (an edge with redirect_https? give the sync service its https:// URL, with --cache-ca for a private CA)"
+                    ),
+                    &record.url,
+                );
+                Ok(())
+            }
             Ok(status) if !status.is_server_error() => Ok(()),
             Ok(status) => Err(Failure::Transient(format!("prefetch answered {status}"))),
             Err(error) => Err(Failure::Transient(error)),
@@ -600,6 +619,7 @@ mod tests {
             max_retry_age: Duration::from_secs(60),
             request_timeout: Duration::from_secs(1),
             data_dir: dir.to_path_buf(),
+            tls: tern_http::tls::ClientTls::new(None).expect("system roots"),
             commands_in_flight: 1,
         };
         let cache = CacheConfig {

@@ -58,6 +58,8 @@ pub struct SyncConfig {
     pub request_timeout: Duration,
     /// Changes applied to one cache at a time ([`cacher::DEFAULT_COMMANDS_IN_FLIGHT`]).
     pub commands_in_flight: usize,
+    /// The CA file `https://` caches are verified against (`--cache-ca`); `None`: the system's roots.
+    pub cache_ca: Option<PathBuf>,
 }
 
 /// Why the service could not start.
@@ -135,13 +137,21 @@ pub async fn start_with(
         ));
     }
     for cache in &config.caches {
-        if !cache.url.starts_with("http://") {
+        let secure = cache.url.starts_with("https://");
+        if !secure && !cache.url.starts_with("http://") {
             return Err(StartError::Config(format!(
-                "cache `{}`: give its base URL as http://HOST:PORT",
+                "cache `{}`: give its base URL as http://HOST:PORT or https://HOST:PORT",
                 cache.url
             )));
         }
+        // The purge token is the key to every cache's purge: in clear, anyone on the path can purge them
+        // all and send the load to the origin.
+        if !secure && config.cache_key.is_some() && !cache_on_loopback(&cache.url) {
+            warn!(cache = %cache.url, "the purge token goes to this cache over plain HTTP, readable on the network: give its https:// URL (with --cache-ca for a private CA)");
+        }
     }
+    let tls = tern_http::tls::ClientTls::new(config.cache_ca.as_deref())
+        .map_err(|error| StartError::Config(format!("--cache-ca: {error}")))?;
     let data_dir = config.data_dir.clone();
     let sites = config.sites.clone();
     let master = tokio::task::spawn_blocking(move || Master::open(&data_dir, sites))
@@ -174,6 +184,7 @@ pub async fn start_with(
         max_retry_age: config.max_retry_age,
         request_timeout: config.request_timeout,
         commands_in_flight: config.commands_in_flight,
+        tls,
         data_dir: config.data_dir.clone(),
     };
     let mut tasks = Vec::new();
@@ -266,6 +277,20 @@ impl AdminRoutes for SyncAdmin {
 
     fn endpoints(&self) -> Vec<&'static str> {
         vec!["/changes", "/purge", "/applied"]
+    }
+}
+
+/// Whether a cache's base URL names this machine (`localhost`, `127.x`, `[::1]`), where nothing on the
+/// network reads its traffic.
+fn cache_on_loopback(url: &str) -> bool {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+    match host.as_deref() {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 

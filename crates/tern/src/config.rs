@@ -70,6 +70,8 @@ pub struct SyncFile {
     pub command_timeout_ms: Option<u64>,
     /// Changes applied to each cache at a time.
     pub commands_in_flight: Option<u16>,
+    /// The CA file https:// caches are verified against.
+    pub cache_ca: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {

@@ -377,7 +377,8 @@ struct SyncArgs {
     /// A site as NAME=HOST[,HOST...] (repeatable).
     #[arg(long = "site")]
     sites: Vec<String>,
-    /// A cache's base URL, e.g. http://10.0.0.7:8080 (repeatable).
+    /// A cache's base URL, e.g. https://10.0.0.7:8443 or http://127.0.0.1:8080 (repeatable). The purge
+    /// token goes with every PURGE: use https:// wherever it crosses a network.
     #[arg(long = "cache", value_parser = parse_url)]
     caches: Vec<String>,
     /// The caches' purge key file (the edges' --purge-key).
@@ -403,6 +404,11 @@ struct SyncArgs {
     /// More shortens a large publish's way to the caches; 1 sends one command at a time.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     commands_in_flight: Option<u16>,
+    /// PEM file of the CA (or the certificate itself) that https:// caches are verified against [default:
+    /// the system's CA certificates]. Give caches as https:// URLs wherever the purge token crosses a
+    /// network.
+    #[arg(long, value_name = "FILE")]
+    cache_ca: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -1523,6 +1529,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
             .commands_in_flight
             .or(file.commands_in_flight)
             .map_or(tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT, usize::from),
+        cache_ca: args.cache_ca.or(file.cache_ca),
     };
     let certs = match args.tls.config()? {
         Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod flow;
+mod https;
 mod restart;
 mod spellings;
 mod varnish;
@@ -122,6 +123,7 @@ impl World {
             max_retry_age: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(5),
             commands_in_flight: tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT,
+            cache_ca: None,
         };
         self.sync = Some(tern_sync::start(config).await.expect("sync starts"));
     }

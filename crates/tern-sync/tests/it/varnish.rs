@@ -113,6 +113,7 @@ async fn a_varnish_instance_is_kept_fresh_by_the_same_sync_service() {
         max_retry_age: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(5),
         commands_in_flight: tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT,
+        cache_ca: None,
     })
     .await
     .expect("sync");

@@ -444,6 +444,7 @@ async fn start_sync(paths: &Paths, key: SecretKey, edges: &[RunningEdge], fixed:
         max_retry_age: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(5),
         commands_in_flight: tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT,
+        cache_ca: None,
     };
     fixed_or_any(fixed, |fixed| tern_sync::start(config(fixed)))
         .await
