@@ -16,7 +16,6 @@
 //! takes as a new stream rather than a replay of numbers it has already seen; and the agent trusts only
 //! acknowledgements of its own incarnation.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,8 +45,9 @@ pub struct AgentConfig {
     pub name: String,
     /// URL the directory is served under, e.g. `http://www.example.com`.
     pub base_url: String,
-    /// The sync service's listener.
-    pub sync: SocketAddr,
+    /// The sync service's listener, `HOST:PORT`: an IP address, or a name looked up at every connection
+    /// (so a sync service moved to another address under its name is found).
+    pub sync: String,
     /// The agent key shared with the sync service.
     pub key: SecretKey,
     /// Where the agent keeps its state (snapshot, pending changes).
@@ -348,6 +348,8 @@ impl Agent {
 
     async fn send_loop(self: &Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // Whether the last connection attempt failed: its end is logged, as its start was.
+        let mut unreachable = false;
         // A key mismatch is logged as a warning once every 30 s, the rest in `/status`.
         let mut key_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
         // So is a sync service that cannot be reached: changes wait, and the log says why.
@@ -367,13 +369,18 @@ impl Agent {
                 }
             }
             if connection.is_none() {
-                match TcpStream::connect(self.config.sync).await {
+                match TcpStream::connect(self.config.sync.as_str()).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
+                        if unreachable {
+                            info!(sync = %self.config.sync, pending = self.stats().pending, "reached the sync service again");
+                            unreachable = false;
+                        }
                         connection = Some((stream, FrameDecoder::new(self.config.key.clone(), DEFAULT_MAX_PAYLOAD)));
                         backoff = Duration::from_millis(100);
                     }
                     Err(error) => {
+                        unreachable = true;
                         let error = format!(
                             "cannot reach the sync service at {}: {error}; {} changes wait and are sent once it answers",
                             self.config.sync,
@@ -669,7 +676,7 @@ mod tests {
             site: "www".into(),
             name: "origin-1".into(),
             base_url: "http://www.example.com".into(),
-            sync: SocketAddr::from(([127, 0, 0, 1], 9)),
+            sync: "127.0.0.1:9".into(),
             key: SecretKey::generate().expect("key"),
             state_dir: dir.join("state"),
             rescan_interval: Duration::from_secs(3600),

@@ -34,16 +34,24 @@ pub struct AgentFile {
     pub name: Option<String>,
     /// URL the directory is served under.
     pub base_url: Option<String>,
-    /// The sync service's listener.
-    pub sync: Option<std::net::SocketAddr>,
+    /// The sync service's listener, HOST:PORT.
+    pub sync: Option<String>,
     /// Agent key file.
     pub key: Option<std::path::PathBuf>,
     /// State directory.
     pub state_dir: Option<std::path::PathBuf>,
     /// Full rescan interval, seconds.
     pub rescan_secs: Option<u64>,
+    /// How long a burst of file events is gathered before it is read, milliseconds.
+    pub debounce_ms: Option<u64>,
     /// Admin listener.
     pub admin: Option<std::net::SocketAddr>,
+    /// The admin listener's certificate chain (with `tls_key`), or a directory of them (`tls_dir`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Certificates chosen by name (SNI), instead of `tls_cert`.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// The `[sync]` table.
@@ -72,6 +80,12 @@ pub struct SyncFile {
     pub commands_in_flight: Option<u16>,
     /// The CA file https:// caches are verified against.
     pub cache_ca: Option<std::path::PathBuf>,
+    /// The admin listener's certificate chain (with `tls_key`), or a directory of them (`tls_dir`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Certificates chosen by name (SNI), instead of `tls_cert`.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {
@@ -152,6 +166,41 @@ clases = []
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn sync_and_agent_tables_hold_their_tls_and_every_other_setting() {
+        let text = r#"
+            [sync]
+            key = "/etc/tern/agent.key"
+            cache_key = "/etc/tern/purge.key"
+            cache_ca = "/etc/tern/ca.pem"
+            commands_in_flight = 16
+            tls_cert = "/etc/tern/sync.crt"
+            tls_key = "/etc/tern/sync.key"
+            [[sync.sites]]
+            name = "www"
+            hosts = ["www.example.com"]
+            [[sync.caches]]
+            url = "https://edge1.example.net:443"
+
+            [agent]
+            dir = "/srv/www"
+            site = "www"
+            base_url = "https://www.example.com"
+            sync = "sync.example.net:7070"
+            key = "/etc/tern/agent.key"
+            debounce_ms = 50
+            tls_dir = "/etc/letsencrypt/live"
+        "#;
+        let config: FileConfig = toml::from_str(text).expect("parses");
+        let sync = config.sync.expect("sync");
+        assert_eq!(sync.tls_key.as_deref(), Some(Path::new("/etc/tern/sync.key")));
+        assert_eq!(sync.commands_in_flight, Some(16));
+        let agent = config.agent.expect("agent");
+        assert_eq!(agent.sync.as_deref(), Some("sync.example.net:7070"));
+        assert_eq!(agent.debounce_ms, Some(50));
+        assert!(agent.tls_dir.is_some());
     }
 
     #[test]

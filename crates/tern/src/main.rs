@@ -20,8 +20,9 @@ use crate::config::FileConfig;
 /// tern: a self-hosted content delivery network.
 ///
 /// One binary, several roles. Start with `tern demo` to see them working together as one system, then
-/// run each role on its own machine. Every role runs without a config file for the simple case and
-/// takes `--config FILE` (TOML) for the rest; flags given on the command line win over the file.
+/// run each role on its own machine. Every role runs from flags alone; `edge`, `serve`, `agent`, `sync`
+/// and `delta` also take `--config FILE` (TOML, a table per role), where flags given on the command line
+/// win over the file. `mover`, `node` and `registry` take flags only.
 #[derive(Parser, Debug)]
 #[command(name = "tern", version, propagate_version = true)]
 struct Cli {
@@ -294,6 +295,20 @@ impl TlsArgs {
             self.tls_dir.clone(),
         )?)
     }
+
+    /// The flags' TLS settings, or else those of the role's table in the config file (`tls_cert`,
+    /// `tls_key`, `tls_dir`): flags given replace the file's, whichever form either has.
+    fn config_or_file(
+        &self,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        dir: Option<PathBuf>,
+    ) -> Result<Option<tern_http::tls::TlsConfig>> {
+        if self.tls_cert.is_some() || self.tls_dir.is_some() {
+            return self.config();
+        }
+        Ok(tern_http::tls::TlsConfig::from_flags(cert, key, dir)?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -335,9 +350,10 @@ struct AgentArgs {
     /// URL the directory is served under, e.g. http://www.example.com.
     #[arg(long, value_parser = parse_url)]
     base_url: Option<String>,
-    /// The sync service's agent listener, HOST:PORT (not a URL: it is not HTTP), e.g. 10.0.0.2:7070.
+    /// The sync service's agent listener, HOST:PORT (not a URL: it is not HTTP), e.g. 10.0.0.2:7070 or
+    /// sync.example.net:7070 (a name is looked up at every connection).
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_address)]
-    sync: Option<SocketAddr>,
+    sync: Option<String>,
     /// Agent key file (from `tern keygen`), shared with the sync service's --key.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -984,13 +1000,36 @@ fn parse_registry_url(text: &str) -> Result<String, String> {
 
 /// The value of an address flag that is not HTTP (`tern agent --sync`): HOST:PORT. A URL given instead is
 /// named as such, since the plain parser's "invalid socket address syntax" does not say what is wrong.
-fn parse_address(text: &str) -> Result<SocketAddr, String> {
+fn parse_address(text: &str) -> Result<String, String> {
     if let Some((_, rest)) = text.split_once("://") {
         let address = rest.trim_end_matches('/');
         return Err(format!("takes HOST:PORT, not a URL: give {address}"));
     }
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("`{text}` is not an address HOST:PORT with an IP address, like 10.0.0.2:7070"))
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    let example = "like sync.example.net:7070 or 10.0.0.2:7070";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` has no port: give HOST:PORT, {example}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{text}`: the port is not a number from 0 to 65535; give HOST:PORT, {example}"
+        ));
+    }
+    // A name (looked up at every connection) or an IPv6 address in brackets; nothing else belongs there.
+    let name = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let plain_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'))
+        && (name.contains(':') == host.starts_with('['));
+    if !plain_name {
+        return Err(format!(
+            "`{text}` is not HOST:PORT with a host name or IP address, {example}"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// Logs to stderr, or to `file` when given.
@@ -1309,14 +1348,25 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         .or(file.dir)
         .context("give the directory to watch: --dir DIR")?;
     let site = args.site.or(file.site).context("give the site name: --site NAME")?;
-    let base_url = args
-        .base_url
-        .or(file.base_url)
-        .context("give the URL the directory is served under: --base-url URL")?;
-    let sync = args
-        .sync
-        .or(file.sync)
-        .context("give the sync service's address: --sync HOST:PORT")?;
+    let base_url = match args.base_url {
+        Some(url) => url,
+        None => {
+            let url = file
+                .base_url
+                .context("give the URL the directory is served under: --base-url URL")?;
+            parse_url(&url).map_err(|why| anyhow::anyhow!("[agent] base_url `{url}` {why}"))?
+        }
+    };
+    let sync = match args.sync {
+        Some(address) => address,
+        None => {
+            let address = file.sync.context("give the sync service's address: --sync HOST:PORT")?;
+            parse_address(&address).map_err(|why| anyhow::anyhow!("[agent] sync {why}"))?
+        }
+    };
+    if file.debounce_ms.is_some_and(|ms| ms > 60_000) {
+        anyhow::bail!("[agent] debounce_ms must be 0 to 60000");
+    }
     let key_path = args
         .key
         .or(file.key)
@@ -1337,7 +1387,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         rescan_interval: std::time::Duration::from_secs(
             args.rescan_secs.or(file.rescan_secs).unwrap_or(30).clamp(1, 86_400),
         ),
-        debounce: std::time::Duration::from_millis(args.debounce_ms.unwrap_or(10)),
+        debounce: std::time::Duration::from_millis(args.debounce_ms.or(file.debounce_ms).unwrap_or(10)),
         max_batch: 1000,
         index: "index.html".into(),
     };
@@ -1352,7 +1402,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let routes: std::sync::Arc<dyn tern_admin::AdminRoutes> =
             std::sync::Arc::new(tern_sync::agent::AgentAdmin::new(agent.clone()));
-        let certs = match args.tls.config()? {
+        let certs = match args.tls.config_or_file(file.tls_cert, file.tls_key, file.tls_dir)? {
             Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
             None => None,
         };
@@ -1531,7 +1581,7 @@ async fn run_sync(args: SyncArgs) -> Result<()> {
             .map_or(tern_sync::cacher::DEFAULT_COMMANDS_IN_FLIGHT, usize::from),
         cache_ca: args.cache_ca.or(file.cache_ca),
     };
-    let certs = match args.tls.config()? {
+    let certs = match args.tls.config_or_file(file.tls_cert, file.tls_key, file.tls_dir)? {
         Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
         None => None,
     };
@@ -1957,6 +2007,24 @@ mod default_dir_tests {
 #[cfg(test)]
 mod url_flag_tests {
     use super::*;
+
+    #[test]
+    fn an_address_flag_takes_a_name_or_an_ip_address_and_a_port() {
+        for good in ["10.0.0.2:7070", "[::1]:7070", "sync.example.net:7070", "localhost:1"] {
+            assert_eq!(parse_address(good).as_deref(), Ok(good));
+        }
+        for (bad, told) in [
+            ("http://10.0.0.2:7070/", "not a URL: give 10.0.0.2:7070"),
+            ("sync.example.net", "no port"),
+            ("sync.example.net:99999", "port"),
+            (":7070", "host name"),
+            ("::1:7070", "host name"),
+            ("sync example:7070", "host name"),
+        ] {
+            let error = parse_address(bad).expect_err(bad);
+            assert!(error.contains(told), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn a_url_flag_names_what_is_wrong() {

@@ -162,13 +162,13 @@ impl TlsConfig {
             (Some(cert), Some(key), None) => Ok(Some(TlsConfig::new(CertSource::Pair { cert, key }))),
             (None, None, Some(dir)) => Ok(Some(TlsConfig::new(CertSource::Dir(dir)))),
             (Some(_), None, None) => Err(TlsError::Settings(
-                "--tls-cert needs --tls-key (the PEM private key of the certificate)".into(),
+                "--tls-cert (`tls_cert` in a config file) needs --tls-key (`tls_key`): the PEM private key of the certificate".into(),
             )),
             (None, Some(_), None) => Err(TlsError::Settings(
-                "--tls-key needs --tls-cert (the PEM certificate chain of the key)".into(),
+                "--tls-key (`tls_key` in a config file) needs --tls-cert (`tls_cert`): the PEM certificate chain of the key".into(),
             )),
             (_, _, Some(_)) => Err(TlsError::Settings(
-                "give either --tls-cert with --tls-key (one certificate) or --tls-dir (several, chosen by name), not both"
+                "give either --tls-cert with --tls-key (one certificate) or --tls-dir (several, chosen by name), not both (`tls_cert`, `tls_key`, `tls_dir` in a config file)"
                     .into(),
             )),
         }

@@ -183,7 +183,8 @@ pub fn agent_config(dir: &Path, sync: SocketAddr, key: &SecretKey) -> AgentConfi
         site: "www".into(),
         name: "origin-1".into(),
         base_url: format!("http://{HOST}"),
-        sync,
+        // By name: the agent looks it up at every connection.
+        sync: format!("localhost:{}", sync.port()),
         key: key.clone(),
         state_dir: dir.join("agent"),
         rescan_interval: Duration::from_secs(2),
