@@ -158,6 +158,8 @@ pub const MIN_HEADER_BYTES: usize = tern_http::server::MIN_HEAD_BUFFER;
 
 /// Smallest `max_uri_bytes` accepted: below it ordinary pages and assets get 414.
 pub const MIN_URI_BYTES: usize = 256;
+/// The smallest `cache_size` taken: below it an edge would hold next to nothing (a typo of `1K` for `1G`).
+pub const MIN_CACHE_SIZE: u64 = 1 << 20;
 
 impl EdgeConfig {
     /// Refuses settings that cannot work or would not do what they say, naming the setting (the config
@@ -170,8 +172,17 @@ impl EdgeConfig {
                 self.heuristic_fraction
             ));
         }
-        if self.cache_size == 0 {
-            return Err("--cache-size (cache_size) must be more than zero".into());
+        if self.cache_size < MIN_CACHE_SIZE {
+            return Err(format!(
+                "--cache-size (cache_size) {}: at least 1M, or the edge stores next to nothing (the default is 1G)",
+                self.cache_size
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.tls_reload_poll_ms) {
+            return Err(format!(
+                "tls_reload_poll_ms = {}: 100 to 3600000 (how often certificate files are checked; the default is 5000)",
+                self.tls_reload_poll_ms
+            ));
         }
         // The name goes into `Via` (a received-by pseudonym) and `Cache-Status` (a token, RFC 9211).
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -327,6 +338,8 @@ mod tests {
             "store_set_cookie_paths",
         );
         refused(|c| c.cache_size = 0, "cache_size");
+        refused(|c| c.cache_size = 1 << 10, "cache_size");
+        refused(|c| c.tls_reload_poll_ms = 0, "tls_reload_poll_ms");
         refused(|c| c.name = "a\nb".into(), "name");
         refused(|c| c.name = "edge one".into(), "name");
         let mut https = base();

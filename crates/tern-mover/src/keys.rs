@@ -10,6 +10,7 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<SigningKey> {
     let private = dir.join("mover.key");
     let public = dir.join("mover.pub");
     if let Ok(text) = tern_wire::read_setting_text(&private) {
+        tern_wire::key::warn_if_world_readable(&private);
         let line = text
             .lines()
             .map(str::trim)

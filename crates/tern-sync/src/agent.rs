@@ -569,11 +569,12 @@ fn persist(config: &AgentConfig, state: &AgentState) -> std::io::Result<()> {
     )
 }
 
-/// The agent's admin routes: `/status` with its figures, `/metrics` with the same as gauges.
+/// The agent's admin routes: `/status` with its figures, `/metrics` with the same (the changes detected as
+/// a counter, `tern_agent_changes_detected_total`; the others as gauges).
 pub struct AgentAdmin {
     agent: Arc<Agent>,
     registry: prometheus_client::registry::Registry,
-    detected: prometheus_client::metrics::gauge::Gauge,
+    detected: prometheus_client::metrics::counter::Counter,
     pending: prometheus_client::metrics::gauge::Gauge,
     acked: prometheus_client::metrics::gauge::Gauge,
 }
@@ -582,7 +583,7 @@ impl AgentAdmin {
     /// Admin routes for `agent`.
     pub fn new(agent: Arc<Agent>) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix("tern_agent");
-        let detected = prometheus_client::metrics::gauge::Gauge::default();
+        let detected = prometheus_client::metrics::counter::Counter::default();
         registry.register("changes_detected", "Changes detected since start", detected.clone());
         let pending = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
@@ -622,7 +623,11 @@ impl tern_admin::AdminRoutes for AgentAdmin {
 
     fn refresh_metrics(&self) {
         let stats = self.agent.stats();
-        self.detected.set(stats.detected as i64);
+        // A counter only goes up: it is brought to the agent's own count.
+        let counted = self.detected.get();
+        if stats.detected > counted {
+            self.detected.inc_by(stats.detected - counted);
+        }
         self.pending.set(stats.pending as i64);
         self.acked.set(stats.acked_through as i64);
     }

@@ -100,7 +100,9 @@ impl SecretKey {
         if public {
             return Err(KeyError::PublicKey(path.to_path_buf()));
         }
-        Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.to_path_buf()))
+        let key = Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.to_path_buf()))?;
+        warn_if_world_readable(path);
+        Ok(key)
     }
 
     /// Parses the text of a key file.
@@ -134,9 +136,53 @@ impl SecretKey {
     }
 }
 
+/// The permission bits of the file at `path` when every user of the machine may read it; `None` when not
+/// (or off Unix, or when it cannot be read).
+pub fn world_readable(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o004 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Logs a warning when a secret key file can be read by every user of the machine (`tern keygen` writes
+/// them `0600`; a copy made with `cp` or an editor may be `0644`). It is still used: refusing would stop a
+/// running service at its next restart over a mode bit.
+pub fn warn_if_world_readable(path: &Path) {
+    if let Some(mode) = world_readable(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:03o}"),
+            "this secret key file can be read by every user of the machine: chmod 600 it"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_every_user_can_read_is_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        SecretKey::write_new(&path).expect("write");
+        assert_eq!(world_readable(&path), None, "keygen writes 0600");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert_eq!(world_readable(&path), None, "a group of the service's may read it");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(world_readable(&path), Some(0o644));
+        SecretKey::load(&path).expect("still used, with a warning");
+    }
 
     #[test]
     fn write_load_and_refuse_overwrite() {

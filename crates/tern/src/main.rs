@@ -1071,6 +1071,13 @@ async fn run(command: Command) -> Result<()> {
         Command::Registry(args) => run_registry(args).await,
         Command::Serve(args) => run_serve(args).await,
         Command::Keygen(args) => {
+            if args.file.is_dir() {
+                anyhow::bail!(
+                    "{} is a directory: give the path of the key file to write, like {}",
+                    args.file.display(),
+                    args.file.join("purge.key").display()
+                );
+            }
             tern_wire::SecretKey::write_new(&args.file)?;
             println!("wrote a new key to {}", args.file.display());
             Ok(())

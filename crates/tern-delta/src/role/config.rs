@@ -120,6 +120,13 @@ impl DeltaConfig {
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("[delta] {field} must be above 0"));
         }
+        // zstd would clamp anything else; levels past 19 take tens of megabytes and milliseconds a page.
+        if !(1..=19).contains(&self.level) {
+            return Err(format!(
+                "[delta] level = {}: 1 to 19 (the measured default is {DEFAULT_LEVEL})",
+                self.level
+            ));
+        }
         let mut classes: Vec<Class> = Vec::with_capacity(self.classes.len());
         for config in &self.classes {
             let class = config.class().map_err(|error| match error {
@@ -316,8 +323,17 @@ mod tests {
         };
         let error = config(vec![no_base]).classes().expect_err("zero base");
         assert!(error.contains("class news: max_base"), "{error}");
-        let no_window = ClassConfig { window: 0, ..news };
+        let no_window = ClassConfig {
+            window: 0,
+            ..news.clone()
+        };
         let error = config(vec![no_window]).classes().expect_err("zero window");
         assert!(error.contains("class news: window"), "{error}");
+        for level in [-5, 0, 20, 99] {
+            let mut odd = config(vec![news.clone()]);
+            odd.level = level;
+            let error = odd.classes().expect_err("level");
+            assert!(error.contains("level"), "{level}: {error}");
+        }
     }
 }
