@@ -279,9 +279,20 @@ impl Handler for Api {
     }
 }
 
-/// Registrations refused because another machine holds the name are logged at most every 30 s.
-static TAKEN_WARNINGS: std::sync::Mutex<tern_admin::Throttle<()>> =
+/// Registrations refused for the node's setup (another machine holds the name, the node cannot open this
+/// mover's assignments) are logged at most every 30 s: the refused node tries again every 10 s.
+static REFUSAL_WARNINGS: std::sync::Mutex<tern_admin::Throttle<()>> =
     std::sync::Mutex::new(tern_admin::Throttle::new(tern_admin::throttle::DEFAULT_WARN_INTERVAL));
+
+fn warn_refused(error: &RegisterError) {
+    let due = REFUSAL_WARNINGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check((), std::time::Instant::now());
+    if let Some(suppressed) = due {
+        warn!(%error, suppressed, "registration refused");
+    }
+}
 
 async fn register(mover: &Mover, body: &[u8]) -> Answer {
     let registration: Registration = match mover.trees.open_registration(body)? {
@@ -296,15 +307,12 @@ async fn register(mover: &Mover, body: &[u8]) -> Answer {
         Err(
             e @ (RegisterError::Name(_) | RegisterError::Instance(_) | RegisterError::Url(_) | RegisterError::Group(_)),
         ) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ RegisterError::Encryption { .. }) => {
+            warn_refused(&e);
+            Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
+        }
         Err(e @ RegisterError::Taken { .. }) => {
-            // The refused node tries again every 10 s: one line every 30 s says it.
-            let due = TAKEN_WARNINGS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .check((), std::time::Instant::now());
-            if let Some(suppressed) = due {
-                warn!(error = %e, suppressed, "registration refused");
-            }
+            warn_refused(&e);
             Err(refuse(StatusCode::CONFLICT, e.to_string()))
         }
         Err(RegisterError::Store(e)) => Err(store_error(e)),

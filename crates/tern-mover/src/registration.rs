@@ -93,6 +93,17 @@ pub enum RegisterError {
     /// The instance id is not 32 lowercase hex digits (HTTP 400).
     #[error("instance {0:?} is not a node instance id (32 lowercase hex digits)")]
     Instance(String),
+    /// This mover encrypts assignments and the node holds no key, or another one (HTTP 400): it could open
+    /// none of them, and a publish waiting for it would fail.
+    #[error(
+        "node {name} {why}: this mover encrypts every assignment, so the node could open none; start it with --encryption-key FILE, the mover's own key file"
+    )]
+    Encryption {
+        /// The node.
+        name: String,
+        /// What is wrong with its key.
+        why: &'static str,
+    },
     /// The database failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -235,6 +246,19 @@ impl Mover {
         }
         if let Some(group) = registration.groups.iter().find(|group| !plain_name(group)) {
             return Err(RegisterError::Group(tern_wire::cut_at(group, 200).to_string()));
+        }
+        if let Some(key) = &self.config.policy.encryption {
+            let why = match registration.encryption_key_id.as_deref() {
+                None => Some("has no encryption key"),
+                Some(id) if id != tern_wire::mover::encryption_key_id(key) => Some("holds another encryption key"),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Err(RegisterError::Encryption {
+                    name: registration.name,
+                    why,
+                });
+            }
         }
         let node = Node {
             name: registration.name,
@@ -607,6 +631,7 @@ impl Mover {
                 versions: member.profile.versions,
                 prepared: member.profile.prepared,
                 instance: member.profile.instance,
+                encryption_key_id: member.profile.encryption_key_id,
             };
             // A member new to the segment is registered, and caught up on the sites it hosts.
             if let Err(error) = self.register(registration, now_ms).await {

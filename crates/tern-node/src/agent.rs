@@ -182,6 +182,11 @@ impl NodeAgent {
             cpus: cpus(),
             groups: self.config.groups.clone(),
             instance: self.instance.clone(),
+            encryption_key_id: self
+                .config
+                .decryption_key
+                .as_ref()
+                .map(tern_wire::mover::encryption_key_id),
         }
     }
 

@@ -261,6 +261,7 @@ pub fn agent_profile(agent: Arc<NodeAgent>, bound: SocketAddr) -> ProfileSource 
             prepared: registration.prepared,
             data_channel: agent.data_channel.as_ref().map(|channel| channel.address()),
             instance: registration.instance,
+            encryption_key_id: registration.encryption_key_id,
         }
     })
 }

@@ -632,6 +632,26 @@ pub struct Registration {
     /// while the first holds the name). Empty from a node that predates it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// The id of the key it opens encrypted assignments with ([`encryption_key_id`]); `None` without one.
+    /// A mover that encrypts refuses a node whose key is not its own: every delivery to it would fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_id: Option<String>,
+}
+
+/// The public id of an assignment encryption key: 16 hex digits of a hash derived from it (BLAKE3's key
+/// derivation, its own context), so that a node and the mover can tell whether they hold one key without
+/// either sending it.
+pub fn encryption_key_id(key: &[u8; 32]) -> String {
+    let derived = blake3::derive_key("tern 2026 assignment encryption key id", key);
+    hex::encode(&derived[..ENCRYPTION_KEY_ID_LEN / 2])
+}
+
+/// Length of an [`encryption_key_id`], in hex digits.
+pub const ENCRYPTION_KEY_ID_LEN: usize = 16;
+
+/// Whether `id` has the shape of an [`encryption_key_id`] ([`ENCRYPTION_KEY_ID_LEN`] lowercase hex digits).
+pub fn valid_encryption_key_id(id: &str) -> bool {
+    id.len() == ENCRYPTION_KEY_ID_LEN && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Length of a node's instance id, in hex digits (128 random bits).

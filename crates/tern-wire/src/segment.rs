@@ -85,6 +85,9 @@ pub struct Profile {
     /// Its instance id (as [`crate::mover::Registration::instance`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// The id of its assignment encryption key (as [`crate::mover::Registration::encryption_key_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_id: Option<String>,
 }
 
 /// A member's registration (claim 38 (B); claim 42's identification: name and address are in the
@@ -448,6 +451,15 @@ fn check_profile(profile: &Profile, limits: &SegmentLimits) -> Result<(), Contro
     if !crate::mover::valid_instance(&profile.instance) {
         return Err(malformed("a member's instance must be 32 lowercase hex digits"));
     }
+    if !profile
+        .encryption_key_id
+        .as_deref()
+        .is_none_or(crate::mover::valid_encryption_key_id)
+    {
+        return Err(malformed(
+            "a member's encryption key id must be 16 lowercase hex digits",
+        ));
+    }
     check_count("groups", profile.groups.len(), limits.max_entries)?;
     check_count("sites", profile.versions.len(), limits.max_entries)?;
     check_count("prepared sites", profile.prepared.len(), limits.max_entries)?;
@@ -551,6 +563,7 @@ mod tests {
             prepared: BTreeMap::from([("www".into(), 4)]),
             data_channel: Some("10.0.0.2:40123".parse().expect("address")),
             instance: String::new(),
+            encryption_key_id: None,
         }
     }
 
@@ -695,6 +708,24 @@ mod tests {
             decode(&key(), &bytes, &limits).expect_err("bad prepared site").reason(),
             "malformed"
         );
+        let bad_key_id = Profile {
+            encryption_key_id: Some("not an id".into()),
+            ..profile()
+        };
+        let bytes = encode(&key(), &message(SegmentBody::Registration(registration(bad_key_id))));
+        assert_eq!(
+            decode(&key(), &bytes, &limits).expect_err("bad key id").reason(),
+            "malformed"
+        );
+        let key_id = crate::mover::encryption_key_id(&[7; 32]);
+        assert!(crate::mover::valid_encryption_key_id(&key_id), "{key_id}");
+        assert_ne!(key_id, crate::mover::encryption_key_id(&[8; 32]));
+        let good_key_id = Profile {
+            encryption_key_id: Some(key_id),
+            ..profile()
+        };
+        let bytes = encode(&key(), &message(SegmentBody::Registration(registration(good_key_id))));
+        assert!(decode(&key(), &bytes, &limits).is_ok());
 
         let leaderless = SegmentReport {
             kind: ReportKind::Segment,

@@ -828,6 +828,7 @@ mod tests {
             versions: [("www".to_string(), 3)].into(),
             prepared: [("www".to_string(), 4)].into(),
             instance: String::new(),
+            encryption_key_id: None,
         }
     }
 

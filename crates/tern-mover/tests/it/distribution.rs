@@ -400,6 +400,7 @@ async fn a_leader_stopped_mid_publish_is_replaced_and_the_job_commits_on_every_o
         versions: Default::default(),
         prepared: Default::default(),
         instance: String::new(),
+        encryption_key_id: None,
     };
     let tagged = tree::encode(
         &fleet.key,

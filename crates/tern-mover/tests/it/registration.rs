@@ -19,6 +19,7 @@ fn registration(name: &str, url: &str) -> Registration {
         versions: Default::default(),
         prepared: Default::default(),
         instance: String::new(),
+        encryption_key_id: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn core(name: &str, index: u8, seed: u64, epoch: Instant) -> Registration {
         prepared: Default::default(),
         data_channel: None,
         instance: String::new(),
+        encryption_key_id: None,
     };
     core.handle(Input::Profile(profile), epoch);
     core

@@ -64,6 +64,38 @@ async fn publish_and_rollback_through_the_command_line() {
     }
     wait_for_nodes(&mover_url, 2).await;
 
+    // A node that could open none of this mover's assignments (no key, another key) is refused at
+    // registration, naming the flag, instead of failing every publish later.
+    let other_key = tern_wire::SecretKey::generate().expect("key");
+    for key_id in [None, Some(tern_wire::mover::encryption_key_id(other_key.as_bytes()))] {
+        let registration = tern_wire::mover::Registration {
+            name: "node9".into(),
+            url: "http://127.0.0.1:9".into(),
+            free_disk: 0,
+            cpus: 1,
+            groups: Vec::new(),
+            versions: Default::default(),
+            prepared: Default::default(),
+            instance: String::new(),
+            encryption_key_id: key_id,
+        };
+        let request = http::Request::post(format!("{mover_url}/api/nodes/register"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(&registration).expect("json"),
+            )))
+            .expect("request");
+        let answer = client().request(request).await.expect("an answer");
+        assert_eq!(answer.status(), http::StatusCode::BAD_REQUEST);
+        let body = http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("--encryption-key"), "{text}");
+    }
+    assert_eq!(node_count(&mover_url, &[]).await, Some(2), "node9 was not registered");
+
     let staging = dir.path().join("staging");
     write(&staging, "index.html", b"first version");
     write(&staging, "css/site.css", b"body {}");
