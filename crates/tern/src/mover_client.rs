@@ -93,6 +93,17 @@ async fn call(
     Ok(value)
 }
 
+/// How long a job being followed is waited for while the mover does not answer.
+const FOLLOW_UNREACHABLE: Duration = Duration::from_secs(60);
+
+/// Whether `error` is the mover not answering (no connection, a connection lost mid-answer), as opposed
+/// to an answer that refuses.
+fn unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<hyper_util::client::legacy::Error>() || cause.is::<hyper::Error>())
+}
+
 /// Reads a job as the mover shows it.
 async fn job(client: &HttpClient, base: &str, id: &str) -> Result<Job> {
     let url = format!("{base}/api/jobs/{id}");
@@ -129,8 +140,33 @@ pub async fn run_job_fresh(
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut seen: std::collections::HashMap<String, NodeState> = std::collections::HashMap::new();
     let mut last_bar = String::new();
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let job = job(&client, base, &id).await?;
+        // The job runs in the mover, not here: a mover that stops answering for a while (restarted, a
+        // network blip) is waited for, and the job's own state then says how it ended.
+        let job = match job(&client, base, &id).await {
+            Ok(job) => {
+                if unreachable_since.take().is_some() {
+                    println!("  the mover answers again");
+                }
+                job
+            }
+            Err(error) if unreachable(&error) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    println!("  lost the mover ({error:#}); still following job {id}");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() >= FOLLOW_UNREACHABLE {
+                    bail!(
+                        "the mover at {base} has not answered for {} s; job {id} may still run or have ended: see `tern jobs --mover {mover}`",
+                        FOLLOW_UNREACHABLE.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let finished = job.finished();
         // Per-node status: one line each time a node's state changes. A node that is waiting, or committed
         // without being sent anything, waits for the end of the job: when the whole publish was unchanged,
@@ -454,6 +490,19 @@ pub async fn list_checkpoints(mover: &str, ca: Option<&Path>, site: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_mover_that_does_not_answer_is_told_from_one_that_refuses() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = closed.local_addr().expect("address");
+        drop(closed);
+        let client = client(None).expect("client");
+        let error = job(&client, &format!("http://{address}"), "1")
+            .await
+            .expect_err("nothing listens");
+        assert!(unreachable(&error), "{error:#}");
+        assert!(!unreachable(&anyhow::anyhow!("job 1 not found")));
+    }
 
     #[test]
     fn times_read_as_utc_with_how_far_they_are() {
