@@ -24,7 +24,7 @@ use tern_http::Body;
 use tern_http::server::{Handler, Running, ServerLimits, serve_with};
 use tern_http::tls::{CertStore, ClientTls, HttpsClient, TlsConfig};
 use tern_wire::SecretKey;
-use tern_wire::assignment::{AssignmentError, Limits};
+use tern_wire::assignment::{AssignmentError, Checked, Limits};
 use tern_wire::mover::{AssignmentAnswer, ErrorAnswer, Registration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,9 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::interpreter::Interpreter;
-use crate::mctp::applied::{self, AppliedLog};
+use crate::mctp::applied::{self, Application, AppliedLog};
 use crate::mctp::driver::DataChannel;
-use crate::spool::{FillError, Spool};
+use crate::spool::{Entry, FillError, Spool};
 
 /// The directory under the node's root for what it keeps across restarts (the record of applied
 /// assignments); unlike `.spool`, it is not emptied at start.
@@ -97,6 +97,8 @@ pub struct NodeAgent {
     pub(crate) shutdown: CancellationToken,
     /// This node's instance id (`ROOT/.state/instance`), sent with every registration.
     pub(crate) instance: String,
+    /// Its own metrics.
+    pub(crate) metrics: crate::metrics::NodeMetrics,
 }
 
 /// The file in `ROOT/.state` that keeps the node's instance id.
@@ -168,6 +170,24 @@ impl NodeAgent {
     /// Tree messages this node refused, by reason (empty without a cluster key).
     pub fn tree_refused(&self) -> BTreeMap<String, u64> {
         self.forwarder.as_ref().map(Forwarder::refused).unwrap_or_default()
+    }
+
+    /// Applies an assignment received (from the mover, or from its group leader), counting the outcome.
+    /// Blocking.
+    pub(crate) fn apply_received(&self, entry: &Entry, checked: &Checked) -> Result<Application, String> {
+        let outcome = self.applied.apply(
+            &self.interpreter,
+            entry,
+            checked,
+            self.config.decryption_key.as_ref(),
+            &self.config.limits,
+        );
+        self.metrics.assignment(match &outcome {
+            Ok(application) if application.again => "again",
+            Ok(_) => "applied",
+            Err(_) => "refused",
+        });
+        outcome
     }
 
     /// What this node tells the mover when it registers, listening on `bound` (also what it registers with
@@ -242,6 +262,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         applied,
         shutdown: shutdown.clone(),
         instance,
+        metrics: crate::metrics::NodeMetrics::default(),
     });
     let limits = ServerLimits::default();
     let mut tasks = vec![tokio::spawn(serve_with(
@@ -282,19 +303,28 @@ async fn register_loop(
     shutdown: CancellationToken,
 ) {
     let url = format!("{}/api/nodes/register", agent.config.mover.trim_end_matches('/'));
+    let mut failures: tern_admin::Throttle<()> = tern_admin::Throttle::default();
     loop {
         // Reading the sites' versions and the free disk touches the file system: off the async threads.
         let reader = agent.clone();
         let registration = tokio::task::spawn_blocking(move || reader.registration(bound)).await;
         let outcome = async {
-            let (body, content_type) = registration_body(registration?, agent.config.cluster_key.as_ref())?;
+            let failed = |error: String| RegistrationError::Failed(error);
+            let registration = registration.map_err(|e| failed(e.to_string()))?;
+            agent
+                .metrics
+                .free_disk
+                .set(i64::try_from(registration.free_disk).unwrap_or(i64::MAX));
+            let (body, content_type) = registration_body(registration, agent.config.cluster_key.as_ref())
+                .map_err(|e| failed(e.to_string()))?;
             let request = Request::post(&url)
                 .header("content-type", content_type)
-                .body(Full::new(Bytes::from(body)))?;
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| failed(e.to_string()))?;
             let response = client
                 .request(request)
                 .await
-                .map_err(|e| tern_http::tls::error_reason(&e))?;
+                .map_err(|e| failed(tern_http::tls::error_reason(&e)))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
                 .collect()
@@ -303,10 +333,31 @@ async fn register_loop(
                 .unwrap_or_default();
             refused(status, &body)
         };
-        match tokio::time::timeout(Duration::from_secs(10), outcome).await {
-            Ok(Ok(())) => debug!(mover = %agent.config.mover, "registered"),
-            Ok(Err(error)) => warn!(%error, mover = %agent.config.mover, "registration failed; retrying"),
-            Err(_) => warn!(mover = %agent.config.mover, "registration timed out; retrying"),
+        let outcome = tokio::time::timeout(Duration::from_secs(10), outcome).await;
+        let failure = match outcome {
+            Ok(Ok(())) => {
+                debug!(mover = %agent.config.mover, "registered");
+                agent.metrics.registration("ok");
+                None
+            }
+            Ok(Err(RegistrationError::Refused(error))) => {
+                agent.metrics.registration("refused");
+                Some(error)
+            }
+            Ok(Err(RegistrationError::Failed(error))) => {
+                agent.metrics.registration("failed");
+                Some(error)
+            }
+            Err(_) => {
+                agent.metrics.registration("failed");
+                Some("no answer within 10 s".to_string())
+            }
+        };
+        // Every 10 s the same failure would fill the log: once every 30 s, with how many were left out.
+        if let Some(error) = failure
+            && let Some(suppressed) = failures.check((), std::time::Instant::now())
+        {
+            warn!(%error, mover = %agent.config.mover, suppressed, "registration failed; retrying");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -343,12 +394,23 @@ fn registration_body(
     Ok((tern_wire::tree::encode(key, &envelope), "application/octet-stream"))
 }
 
+/// Why a registration did not go through.
+enum RegistrationError {
+    /// The mover answered no, with its reason.
+    Refused(String),
+    /// No answer: the mover is down or unreachable, or the request could not be made.
+    Failed(String),
+}
+
 /// The mover's answer to a registration: an error with the mover's reason unless it took it.
-fn refused(status: StatusCode, body: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn refused(status: StatusCode, body: &[u8]) -> Result<(), RegistrationError> {
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("mover answered {status}: {}", ErrorAnswer::reason_in(body)).into())
+        Err(RegistrationError::Refused(format!(
+            "mover answered {status}: {}",
+            ErrorAnswer::reason_in(body)
+        )))
     }
 }
 
@@ -444,14 +506,15 @@ pub(crate) fn tidy_after_switch(agent: Arc<NodeAgent>, site: String) {
     });
 }
 
-/// `GET /metrics`: the node's Prometheus metrics (local distribution's, with a data channel).
+/// `GET /metrics`: the node's Prometheus metrics, and local distribution's with a data channel.
 fn metrics(agent: &NodeAgent) -> Response<Body> {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut text = String::new();
-    let encoded = match agent.data_channel.as_ref() {
-        Some(channel) => prometheus_client::encoding::text::encode(&mut text, &channel.metrics().registry),
-        None => prometheus_client::encoding::text::encode(&mut text, &prometheus_client::registry::Registry::default()),
-    };
-    if encoded.is_err() {
+    let mut encoded = encode_registry(&mut text, &agent.metrics.registry);
+    if let Some(channel) = agent.data_channel.as_ref() {
+        encoded = encoded.and_then(|()| encode_registry(&mut text, &channel.metrics().registry));
+    }
+    if encoded.and_then(|()| encode_eof(&mut text)).is_err() {
         return refusal(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed".into());
     }
     let mut response = Response::new(tern_http::full(text));
@@ -472,16 +535,7 @@ impl Handler for NodeApi {
                     Err(response) => return response,
                 };
                 let worker = agent.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    worker.applied.apply(
-                        &worker.interpreter,
-                        &entry,
-                        &checked,
-                        worker.config.decryption_key.as_ref(),
-                        &worker.config.limits,
-                    )
-                })
-                .await;
+                let outcome = tokio::task::spawn_blocking(move || worker.apply_received(&entry, &checked)).await;
                 match outcome {
                     Ok(Ok(application)) => {
                         if application.again {

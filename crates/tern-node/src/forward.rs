@@ -665,14 +665,7 @@ async fn deliver(
         tasks.spawn(async move {
             let applied = tokio::task::spawn_blocking(move || {
                 worker
-                    .applied
-                    .apply(
-                        &worker.interpreter,
-                        &entry,
-                        &checked,
-                        worker.config.decryption_key.as_ref(),
-                        &worker.config.limits,
-                    )
+                    .apply_received(&entry, &checked)
                     .map(|application| (worker, application))
             })
             .await;

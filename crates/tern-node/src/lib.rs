@@ -14,6 +14,7 @@ pub mod election;
 pub mod forward;
 pub mod interpreter;
 pub mod mctp;
+pub mod metrics;
 pub mod paths;
 pub mod registration;
 pub mod spool;

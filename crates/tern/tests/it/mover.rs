@@ -60,7 +60,13 @@ async fn publish_and_rollback_through_the_command_line() {
             "--group",
             if n == 0 { "eu" } else { "us" },
         ];
-        nodes.push(spawn_node(&mover_url, &path(&name), &name, &path("mover/mover.pub"), &extra).0);
+        nodes.push(spawn_node(
+            &mover_url,
+            &path(&name),
+            &name,
+            &path("mover/mover.pub"),
+            &extra,
+        ));
     }
     wait_for_nodes(&mover_url, 2).await;
 
@@ -122,6 +128,19 @@ async fn publish_and_rollback_through_the_command_line() {
         assert_eq!(std::fs::read(live.join("index.html")).expect("read"), b"second version");
         assert_eq!(std::fs::read(live.join("css/site.css")).expect("read"), b"body {}");
     }
+    // Each node counts what it was sent and its registrations (prepare and commit of two publishes).
+    let metrics = send(&client(), "GET", &format!("http://{}/metrics", nodes[0].1), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let value = |line_start: &str| {
+        text.lines()
+            .find(|line| line.starts_with(line_start))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("tern_node_assignments_total{outcome=\"applied\"}") >= 4, "{text}");
+    assert!(value("tern_node_registrations_total{outcome=\"ok\"}") >= 1, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
     // A re-run of an unchanged publish succeeds and makes no version.
     let again = tern()
         .args(["publish", "--mover", &mover_url, "--site", "www", "--staging"])
