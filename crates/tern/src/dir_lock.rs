@@ -22,11 +22,18 @@ pub struct DirLock {
     _file: Option<File>,
 }
 
-/// Takes `dir` (created if missing) for this process, running `role` (`sync`, `edge cache`...). Errors when
-/// another process holds it, naming its pid and role, and when the directory cannot be created or the
-/// lock file opened. A filesystem without locks (some network filesystems) is logged and let through.
+/// Takes `dir` (created if missing, readable by this user only: it holds logs, positions, databases) for
+/// this process, running `role` (`sync`, `edge cache`...). Errors when another process holds it, naming its
+/// pid and role, and when the directory cannot be created or the lock file opened. A filesystem without
+/// locks (some network filesystems) is logged and let through.
 pub fn lock(dir: &Path, role: &str) -> Result<DirLock> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the {role} directory {}", dir.display()))?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the {role} directory {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -78,6 +85,16 @@ mod tests {
         let state = dir.path().join("sync");
         let first = lock(&state, "sync").expect("first");
         assert!(state.is_dir(), "created");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&state).expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "only its owner may read a new state directory: {mode:o}"
+            );
+        }
         let error = lock(&state, "sync").expect_err("second").to_string();
         assert!(
             error.contains(&format!("pid {}", std::process::id())) && error.contains("in use"),

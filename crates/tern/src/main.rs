@@ -1666,7 +1666,9 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
     let cluster_key = args.segment.cluster_key.as_deref().map(load_key).transpose()?;
     let data_channel = data_channel_settings(&args)?;
-    // The root holds the sites; the node's own records are in ROOT/.state.
+    // The root holds the sites, which the web server reads: made with the usual permissions, and only the
+    // node's own records (ROOT/.state) are private to it.
+    std::fs::create_dir_all(&args.root).with_context(|| format!("cannot create the root {}", args.root.display()))?;
     let _lock = dir_lock::lock(&args.root.join(tern_node::agent::STATE_DIR), "node")?;
     let (mover, ca, root, name) = (
         args.mover.clone(),
