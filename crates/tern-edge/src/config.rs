@@ -178,9 +178,9 @@ impl EdgeConfig {
                 self.cache_size
             ));
         }
-        if !(100..=3_600_000).contains(&self.tls_reload_poll_ms) {
+        if !(10..=3_600_000).contains(&self.tls_reload_poll_ms) {
             return Err(format!(
-                "tls_reload_poll_ms = {}: 100 to 3600000 (how often certificate files are checked; the default is 5000)",
+                "tls_reload_poll_ms = {}: 10 to 3600000 (how often certificate files are checked; the default is 5000)",
                 self.tls_reload_poll_ms
             ));
         }

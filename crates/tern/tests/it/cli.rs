@@ -261,8 +261,12 @@ fn a_second_process_on_a_state_directory_is_refused_naming_the_first() {
         .expect("spawn");
     let first = crate::Running(first);
     let lock = data.join("tern.lock");
+    let log = data.join("changes.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("pid")) {
+    // Until the first holds the lock and has written its change log's header.
+    while !(std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("pid"))
+        && std::fs::metadata(&log).is_ok_and(|m| m.len() > 0))
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the first sync service took no lock"
