@@ -24,13 +24,22 @@ impl Mover {
         let _guard = lock.lock().await;
         // Numbered after the newest, read under the lock.
         let wanted = name.to_string();
-        let number = self
+        let newest = self
             .store
             .call(move |store| store.checkpoints(&wanted))
             .await
             .map_err(|e| e.to_string())?
-            .last()
-            .map_or(1, |newest| newest.number + 1);
+            .pop();
+        // The published version is in a checkpoint already (a scheduled checkpoint job while nothing was
+        // published): that one is the answer, rather than another full copy of the same files that would
+        // push an older version out of the kept ones.
+        if let Some(newest) = &newest
+            && newest.version == site.sequence
+        {
+            info!(site = %name, number = newest.number, version = site.sequence, "checkpoint not made: the newest already holds the published version");
+            return Ok(newest.number);
+        }
+        let number = newest.map_or(1, |newest| newest.number + 1);
         let site_dir = self.site_dir(name);
         let dir = site_dir.clone();
         let bytes = tokio::task::spawn_blocking(move || dir.create_checkpoint(number))

@@ -499,14 +499,33 @@ async fn restoring_a_checkpoint_brings_back_that_version_exactly() {
         );
     }
 
+    // A checkpoint of the version the newest one holds is that one, not another copy.
+    let again = fleet
+        .api("POST", "/api/checkpoints", Some(serde_json::json!({ "site": "www" })))
+        .await;
+    let repeat = fleet
+        .api("POST", "/api/checkpoints", Some(serde_json::json!({ "site": "www" })))
+        .await;
+    assert_eq!(repeat["number"], again["number"], "{again} {repeat}");
+
     // Only the configured number of checkpoints is kept.
-    for _ in 0..4 {
+    for round in 0..3 {
+        write_site(&staging, 20, &format!("round {round}"));
+        assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
         fleet
             .api("POST", "/api/checkpoints", Some(serde_json::json!({ "site": "www" })))
             .await;
     }
     let list = fleet.api("GET", "/api/checkpoints?site=www", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let versions: Vec<u64> = list
+        .as_array()
+        .map(|all| all.iter().filter_map(|c| c["version"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "one checkpoint per version: {list}"
+    );
     let missing = fleet
         .api(
             "POST",
