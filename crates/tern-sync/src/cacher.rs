@@ -676,11 +676,26 @@ mod tests {
         );
     }
 
+    /// A request head read a byte at a time (nothing past it: the next request's bytes stay unread);
+    /// `None` when the connection closes first.
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            head.push(byte[0]);
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
     /// A cache on loopback that records each request's method and path: a `PURGE` of `/2` is refused
     /// with `414`; a `GET` of `/3` answers 3 MiB in 30 pieces 50 ms apart (longer in all than the 1 s
     /// timeout, never stalled that long); a `GET` of `/stall` sends a piece and then nothing for 3 s.
     async fn fake_cache() -> (String, Arc<Mutex<Vec<String>>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -692,15 +707,10 @@ mod tests {
                 };
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
+                    let line = head.lines().next().unwrap_or("").to_string();
                     let mut words = line.split(' ');
                     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                     log.lock().expect("log").push(format!("{method} {path}"));
@@ -792,7 +802,7 @@ mod tests {
     /// once and whether each purge's `Tern-Sync-Seq` claims only purges it had answered (paths are the
     /// positions: `/1`, `/2`, ...).
     async fn slow_cache(delay: Duration) -> (String, Arc<Mutex<Overlap>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = Arc::new(Mutex::new(Overlap::default()));
@@ -802,15 +812,9 @@ mod tests {
                 let state = state.clone();
                 tokio::spawn(async move {
                     loop {
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            head.push(byte[0]);
-                        }
-                        let text = String::from_utf8_lossy(&head).to_string();
+                        let Some(text) = read_head(&mut stream).await else {
+                            return;
+                        };
                         let mut words = text.lines().next().unwrap_or("").split(' ');
                         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                         let own: u64 = path.trim_start_matches('/').parse().expect("a position");

@@ -604,7 +604,7 @@ pub struct JobNode {
 
 /// A node's registration (seed 004: registration with the CCM), sent at start and then periodically.
 /// Only `name` and `url` are required.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     /// The node's name (letters, digits, `-`, `_`, `.`).
     pub name: String,

@@ -77,13 +77,8 @@ async fn publish_and_rollback_through_the_command_line() {
         let registration = tern_wire::mover::Registration {
             name: "node9".into(),
             url: "http://127.0.0.1:9".into(),
-            free_disk: 0,
-            cpus: 1,
-            groups: Vec::new(),
-            versions: Default::default(),
-            prepared: Default::default(),
-            instance: String::new(),
             encryption_key_id: key_id,
+            ..Default::default()
         };
         let request = http::Request::post(format!("{mover_url}/api/nodes/register"))
             .header("content-type", "application/json")
