@@ -69,9 +69,18 @@ pub fn origin_base(base: &str) -> Result<OriginBase, String> {
         .authority()
         .cloned()
         .ok_or_else(|| format!("origin `{base}` has no host"))?;
-    if !port_is_valid(authority.as_str()) {
+    if authority.as_str().contains('@') {
+        // tern sends no credentials to origins, and a password in a URL ends up in logs.
+        return Err("the origin URL carries user:password@, which tern does not send: leave it out".into());
+    }
+    if !port_is_valid(authority.as_str()) || authority.as_str().ends_with(':') {
         return Err(format!(
             "origin `{base}` has a port that is not a number from 0 to 65535"
+        ));
+    }
+    if !escapes_are_valid(uri.path()) {
+        return Err(format!(
+            "origin `{base}` has a % not followed by two hexadecimal digits in its path (write a literal % as %25)"
         ));
     }
     Ok(OriginBase {
@@ -241,11 +250,15 @@ mod tests {
         assert_eq!(base.authority.as_str(), "origin.example:8443");
         assert_eq!(base.path, "/shop");
         assert_eq!(origin_base("http://[::1]").expect("IPv6").path, "");
+        let error = origin_base("http://user:secret@origin.example").expect_err("userinfo");
+        assert!(error.contains("user:password@") && !error.contains("secret"), "{error}");
         for (base, told) in [
             ("origin.example", "needs a scheme"),
             ("ftp://origin.example", "http:// or https://"),
             ("http://origin.example:99999", "port"),
             ("http://origin.example:8o", "port"),
+            ("http://origin.example:/", "port"),
+            ("http://origin.example/a%zz", "%"),
         ] {
             let error = origin_base(base).expect_err(base);
             assert!(error.contains(base) && error.contains(told), "{base}: {error}");

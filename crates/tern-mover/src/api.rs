@@ -280,15 +280,28 @@ impl Handler for Api {
 }
 
 /// Registrations refused for the node's setup (another machine holds the name, the node cannot open this
-/// mover's assignments) are logged at most every 30 s: the refused node tries again every 10 s.
-static REFUSAL_WARNINGS: std::sync::Mutex<tern_admin::Throttle<()>> =
-    std::sync::Mutex::new(tern_admin::Throttle::new(tern_admin::throttle::DEFAULT_WARN_INTERVAL));
+/// mover's assignments) are logged at most every 30 s per node name: a refused node tries again every
+/// 10 s, and one node's refusals must not hide another's.
+static REFUSAL_WARNINGS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, tern_admin::Throttle<String>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Names kept in [`REFUSAL_WARNINGS`] before it starts afresh (names come from the network).
+const REFUSAL_NAMES: usize = 1024;
 
 fn warn_refused(error: &RegisterError) {
-    let due = REFUSAL_WARNINGS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .check((), std::time::Instant::now());
+    let name = match error {
+        RegisterError::Taken { name, .. } | RegisterError::Encryption { name, .. } => name.as_str(),
+        _ => "",
+    };
+    let mut throttles = REFUSAL_WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+    if throttles.len() >= REFUSAL_NAMES && !throttles.contains_key(name) {
+        throttles.clear();
+    }
+    let due = throttles
+        .entry(name.to_string())
+        .or_default()
+        .check(error.to_string(), std::time::Instant::now());
     if let Some(suppressed) = due {
         warn!(%error, suppressed, "registration refused");
     }

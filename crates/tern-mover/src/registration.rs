@@ -82,7 +82,7 @@ pub enum RegisterError {
     /// The address is not an `http://` or `https://` URL with a host (HTTP 400): every delivery to it
     /// would fail.
     #[error(
-        "node address {0:?} is not an http:// or https:// URL with a host and port (tern node --listen, or --advertise)"
+        "node address {0:?} is not an http:// or https:// URL with a host and port, and no user:password@, query, fragment or malformed % escape (tern node --listen, or --advertise)"
     )]
     Url(String),
     /// A content group's name is not plain (HTTP 400): the node would not host that group's sites.

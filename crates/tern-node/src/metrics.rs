@@ -47,6 +47,14 @@ impl Default for NodeMetrics {
             "Bytes free for the hosted sites, as last registered",
             free_disk.clone(),
         );
+        // Every outcome from the start, at zero: a rate over a series that appears late misses its first
+        // increase.
+        for outcome in ["applied", "again", "refused"] {
+            let _ = assignments.get_or_create(&OutcomeLabel { outcome });
+        }
+        for outcome in ["ok", "refused", "failed"] {
+            let _ = registrations.get_or_create(&OutcomeLabel { outcome });
+        }
         NodeMetrics {
             registry,
             assignments,

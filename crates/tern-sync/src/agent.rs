@@ -144,7 +144,7 @@ impl Agent {
                 ),
             });
         }
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::State {
+        tern_tree::create_private_dir(&config.state_dir).map_err(|e| AgentError::State {
             path: config.state_dir.clone(),
             reason: e.to_string(),
         })?;
@@ -562,7 +562,7 @@ fn state_path(config: &AgentConfig) -> PathBuf {
 /// or the new state.
 fn persist(config: &AgentConfig, state: &AgentState) -> std::io::Result<()> {
     // The directory may have been removed while the agent runs; the state it holds must not be lost.
-    std::fs::create_dir_all(&config.state_dir)?;
+    tern_tree::create_private_dir(&config.state_dir)?;
     tern_tree::write_durably(
         &state_path(config),
         &serde_json::to_vec(state).map_err(std::io::Error::other)?,
@@ -723,6 +723,15 @@ mod tests {
             "the refused state directory is not left in the site"
         );
         assert!(Agent::new(config(dir.path())).is_ok(), "beside it is fine");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&config(dir.path()).state_dir)
+                .expect("state directory")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the agent's state is its own: {mode:o}");
+        }
     }
 
     fn pending(agent: &Agent) -> Vec<u64> {

@@ -400,7 +400,8 @@ impl CacheWorker {
                         return Some(Delivered::GivenUp);
                     }
                     debug!(cache = %self.cache.url, url = %record.url, %error, "command failed; retrying");
-                    self.note_failure(&error, &record.url);
+                    self.note_failure(&error, &record.url, true);
+                    self.refresh_lag();
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(backoff) => {}
@@ -460,6 +461,7 @@ impl CacheWorker {
                         "prefetch answered {status}, a redirect: nothing was stored (an edge with redirect_https? give the sync service its https:// URL, with --cache-ca for a private CA)"
                     ),
                     &record.url,
+                    false,
                 );
                 Ok(())
             }
@@ -540,29 +542,49 @@ impl CacheWorker {
     /// Records where the worker stands: applied through `next - 1`, with `backlog` still to apply. An empty
     /// backlog clears the last failure.
     fn report(&self, next: u64, backlog: &[Arc<Record>]) {
-        let wanted: Vec<&Arc<Record>> = backlog.iter().filter(|r| self.serves(&r.site)).collect();
-        let lag_seconds = wanted
-            .first()
-            .map(|r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0)
-            .unwrap_or(0.0);
+        let (lag_changes, lag_seconds) = self.lag(backlog);
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         progress.applied_through = next.saturating_sub(1);
-        progress.lag_changes = wanted.len() as u64;
+        progress.lag_changes = lag_changes;
         progress.lag_seconds = lag_seconds;
-        if wanted.is_empty() {
+        if lag_changes == 0 {
             progress.last_error = None;
             *self.logged_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
-        self.metrics.set_lag(&self.cache.url, progress.lag_changes, lag_seconds);
+        self.metrics.set_lag(&self.cache.url, lag_changes, lag_seconds);
+    }
+
+    /// The changes of `backlog` this cache is sent, and the age in seconds of the oldest.
+    fn lag(&self, backlog: &[Arc<Record>]) -> (u64, f64) {
+        let mut wanted = backlog.iter().filter(|r| self.serves(&r.site));
+        let oldest = wanted.next();
+        let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
+        (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
+    }
+
+    /// Brings the lag up to date while commands are being retried: it grows with the changes the log gains
+    /// and with the age of the oldest, so alerts on it fire while a cache is failing.
+    fn refresh_lag(&self) {
+        let next = self.progress.lock().unwrap_or_else(|p| p.into_inner()).applied_through + 1;
+        let (lag_changes, lag_seconds) = self.lag(&self.master.records_from(next));
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.lag_changes = lag_changes;
+        progress.lag_seconds = lag_seconds;
+        self.metrics.set_lag(&self.cache.url, lag_changes, lag_seconds);
     }
 
     /// Shows a failed command in `/status` (with its URL), and logs each new kind of failure once: a cache
-    /// that keeps failing the same way, for every change in flight, is retried quietly. /status shows it
-    /// too, but an operator waiting on `--wait-fresh` reads the log.
-    fn note_failure(&self, error: &str, url: &str) {
+    /// that keeps failing the same way, for every change in flight, is logged once. /status shows it too,
+    /// but an operator waiting on `--wait-fresh` reads the log. `retried`: whether the command is tried
+    /// again.
+    fn note_failure(&self, error: &str, url: &str, retried: bool) {
         let mut logged = self.logged_failure.lock().unwrap_or_else(|p| p.into_inner());
         if logged.as_deref() != Some(error) {
-            warn!(cache = %self.cache.url, %error, %url, "cache command failed; retrying with back-off");
+            if retried {
+                warn!(cache = %self.cache.url, %error, %url, "cache command failed; retrying with back-off");
+            } else {
+                warn!(cache = %self.cache.url, %error, %url, "cache command failed; not retried");
+            }
             *logged = Some(error.to_string());
         }
         drop(logged);
@@ -893,6 +915,51 @@ mod tests {
         )
         .expect("position");
         assert_eq!(saved.next, 41, "every change's position saved");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lag_of_a_failing_cache_grows_with_the_log_and_with_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = master_with(dir.path(), 3);
+        let worker = worker(dir.path(), master.clone());
+        let progress = worker.progress();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let wait_for = |what: &'static str, done: &dyn Fn(&CacheProgress) -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let now = progress.lock().expect("progress").clone();
+                if done(&now) {
+                    return now;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: {now:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let failing = tokio::task::block_in_place(|| wait_for("failing", &|p| p.last_error.is_some()));
+        assert_eq!((failing.applied_through, failing.lag_changes), (0, 3));
+        // More changes while the cache is down: the lag counts them, and its age goes on growing.
+        let batch = ChangeBatch {
+            site: "www".into(),
+            agent: "b".into(),
+            incarnation: Incarnation::generate().expect("random"),
+            changes: (1..=5)
+                .map(|seq| Change {
+                    seq,
+                    url: format!("http://www.example.com/more/{seq}"),
+                    kind: ChangeKind::Modified,
+                    etag: None,
+                    at_ms: 0,
+                })
+                .collect(),
+        };
+        master.accept(&batch).expect("accepted");
+        let grown = tokio::task::block_in_place(|| {
+            wait_for("grown", &|p| p.lag_changes == 8 && p.lag_seconds > failing.lag_seconds)
+        });
+        assert_eq!(grown.applied_through, 0);
+        shutdown.cancel();
+        let _ = running.await;
     }
 
     #[tokio::test]

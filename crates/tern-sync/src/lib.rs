@@ -144,11 +144,22 @@ pub async fn start_with(
                 cache.url
             )));
         }
+        // Commands go to the cache's own paths (`PURGE /page.html` with the site's Host): a path in the
+        // cache's URL would be put before every one, and the cache would purge keys it does not hold.
+        if !cache_url_has_no_path(&cache.url) {
+            return Err(StartError::Config(format!(
+                "cache `{}`: give its base URL without a path or query (http://HOST:PORT): the cache keys objects by the site's own paths",
+                cache.url
+            )));
+        }
         // The purge token is the key to every cache's purge: in clear, anyone on the path can purge them
         // all and send the load to the origin.
         if !secure && config.cache_key.is_some() && !cache_on_loopback(&cache.url) {
             warn!(cache = %cache.url, "the purge token goes to this cache over plain HTTP, readable on the network: give its https:// URL (with --cache-ca for a private CA)");
         }
+    }
+    if config.cache_ca.is_some() && !config.caches.iter().any(|cache| cache.url.starts_with("https://")) {
+        warn!("--cache-ca is given but every cache is http://: the CA is not used (give the caches' https:// URLs)");
     }
     let tls = tern_http::tls::ClientTls::new(config.cache_ca.as_deref())
         .map_err(|error| StartError::Config(format!("--cache-ca: {error}")))?;
@@ -278,6 +289,15 @@ impl AdminRoutes for SyncAdmin {
     fn endpoints(&self) -> Vec<&'static str> {
         vec!["/changes", "/purge", "/applied"]
     }
+}
+
+/// Whether a cache's base URL is only a scheme, host and port (a trailing `/` allowed).
+fn cache_url_has_no_path(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|uri| {
+        uri.query().is_none()
+            && matches!(uri.path(), "" | "/")
+            && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+    }) && !url.contains('#')
 }
 
 /// Whether a cache's base URL names this machine (`localhost`, `127.x`, `[::1]`), where nothing on the
@@ -428,6 +448,46 @@ impl SyncAdmin {
         match serde_json::to_value(&answer) {
             Ok(body) => tern_admin::json(http::StatusCode::OK, &body),
             Err(error) => tern_admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_is_named_by_its_scheme_host_and_port_alone() {
+        for good in ["http://10.0.0.7:8080", "https://edge.example.net/", "http://[::1]:8080"] {
+            assert!(cache_url_has_no_path(good), "{good}");
+        }
+        for bad in [
+            "http://10.0.0.7:8080/cdn",
+            "http://10.0.0.7:8080/%zz",
+            "http://10.0.0.7:8080/?a=1",
+            "http://user:pw@10.0.0.7:8080",
+            "http://10.0.0.7:8080/#top",
+        ] {
+            assert!(!cache_url_has_no_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for near in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "https://[::1]:443",
+            "http://127.9.9.9",
+        ] {
+            assert!(cache_on_loopback(near), "{near}");
+        }
+        for far in [
+            "http://10.0.0.7:8080",
+            "http://edge.example.net",
+            "http://[2001:db8::1]",
+        ] {
+            assert!(!cache_on_loopback(far), "{far}");
         }
     }
 }

@@ -42,6 +42,17 @@ pub fn sync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and the directories above it that are missing, readable by this user only (`0700` on
+/// Unix): a role's state (logs, positions, databases) is nobody else's business. Directories that exist
+/// keep their mode.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Writes `contents` to `path` durably: to a temporary file beside it, flushed, renamed over `path`, and
 /// the directory flushed, so that a crash leaves the old file or the new one, never a partial one.
 ///

@@ -37,7 +37,7 @@ mod parallel;
 mod scan;
 
 pub use diff::{Change, ChangeKind, Difference, TreeChange, changes, differences};
-pub use durable::{sync_directory, sync_file_system, write_durably};
+pub use durable::{create_private_dir, sync_directory, sync_file_system, write_durably};
 pub use exclude::{EDITOR_TEMPORARIES, Excludes};
 pub use link::{LinkError, check_link, check_link_in, check_link_with};
 pub use metadata::{copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};

@@ -27,12 +27,7 @@ pub struct DirLock {
 /// pid and role, and when the directory cannot be created or the lock file opened. A filesystem without
 /// locks (some network filesystems) is logged and let through.
 pub fn lock(dir: &Path, role: &str) -> Result<DirLock> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
+    tern_tree::create_private_dir(dir)
         .with_context(|| format!("cannot create the {role} directory {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()

@@ -973,9 +973,20 @@ pub(crate) fn parse_url(text: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("names no host: give one, like {example}"));
     }
-    if !tern_http::target::port_is_valid(host) {
+    if host.contains('@') {
+        return Err(format!(
+            "carries user:password@, which tern does not send (and which would end up in logs): leave it out, like {example}"
+        ));
+    }
+    if !tern_http::target::port_is_valid(host) || host.ends_with(':') {
         return Err(format!(
             "has a port that is not a number from 0 to 65535, like {example}"
+        ));
+    }
+    let path = &rest[host.len()..];
+    if !tern_http::target::escapes_are_valid(path) {
+        return Err(format!(
+            "has a % not followed by two hexadecimal digits (write a literal % as %25), like {example}"
         ));
     }
     text.parse::<http::Uri>()
@@ -1398,18 +1409,24 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         max_batch: 1000,
         index: "index.html".into(),
     };
+    // Checked whether or not there is an admin listener to serve them on.
+    let tls = args.tls.config_or_file(file.tls_cert, file.tls_key, file.tls_dir)?;
+    let admin = args.admin.or(file.admin);
+    if tls.is_some() && admin.is_none() {
+        anyhow::bail!("TLS settings are for the agent's admin listener: give --admin ADDR too, or leave them out");
+    }
     let state_dir = config.state_dir.clone();
     let agent = tern_sync::Agent::new(config).context("agent did not start")?;
     let _lock = dir_lock::lock(&state_dir, "agent")?;
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone(), Hangup::Reload);
-    if let Some(addr) = args.admin.or(file.admin) {
+    if let Some(addr) = admin {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let routes: std::sync::Arc<dyn tern_admin::AdminRoutes> =
             std::sync::Arc::new(tern_sync::agent::AgentAdmin::new(agent.clone()));
-        let certs = match args.tls.config_or_file(file.tls_cert, file.tls_key, file.tls_dir)? {
+        let certs = match tls {
             Some(tls) => Some(tern_http::tls::CertStore::load(tls)?),
             None => None,
         };
@@ -2048,6 +2065,9 @@ mod url_flag_tests {
             ("http:///x", "no host"),
             ("http://h:99999", "port"),
             ("http://[::1]:70000/", "port"),
+            ("http://h:/", "port"),
+            ("http://h/a%zz", "%"),
+            ("http://u:secret@h/", "user:password@"),
         ] {
             let error = parse_url(text).expect_err(text);
             assert!(error.contains(told), "{text}: {error}");
