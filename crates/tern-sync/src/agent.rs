@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub rescan_interval: Duration,
     /// Quiet time after a file-system event before scanning (bursts become one scan).
     pub debounce: Duration,
+    /// How long an idle agent waits before it sends a heartbeat ([`HEARTBEAT`] by default).
+    pub heartbeat: Duration,
     /// Most changes in one batch.
     pub max_batch: usize,
     /// Index file name (its directory URL changes with it).
@@ -86,7 +88,15 @@ pub struct AgentStats {
     pub scans: u64,
     /// Last error talking to the sync service.
     pub last_error: Option<String>,
+    /// When the sync service last acknowledged a batch (a heartbeat too), milliseconds since the Unix
+    /// epoch; 0 before the first.
+    pub last_ack_ms: u64,
 }
+
+/// How long an idle agent waits before it sends an empty batch, which the sync service acknowledges like
+/// any other: so a sync service that is down, or has another key, shows in the agent's `/status`, its log
+/// and `tern_agent_sync_ack_age_seconds` while nothing changes, not only at the next change.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// A running agent.
 pub struct Agent {
@@ -292,10 +302,7 @@ impl Agent {
         // The same changes under the names of the links to them, and those of links that now point
         // elsewhere (the "current" link of a deploy).
         found.extend(crate::aliases::through_links(&previous, &after, &found));
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_ms();
         let (count, pending) = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let mut count = 0;
@@ -366,6 +373,8 @@ impl Agent {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.wake_sender.notified() => continue,
+                    // Nothing changed for a while: the empty batch goes as a heartbeat.
+                    _ = tokio::time::sleep(self.config.heartbeat) => {}
                 }
             }
             if connection.is_none() {
@@ -500,8 +509,12 @@ impl Agent {
     fn acknowledge(&self, through: u64) {
         let pending = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let before = state.pending.len();
             state.pending.retain(|change| change.seq > through);
-            if let Err(error) = persist(&self.config, &state) {
+            // A heartbeat's acknowledgement drops nothing: the state on disk is still right.
+            if state.pending.len() != before
+                && let Err(error) = persist(&self.config, &state)
+            {
                 warn!(%error, "cannot save agent state");
             }
             state.pending.len()
@@ -510,6 +523,7 @@ impl Agent {
         stats.acked_through = stats.acked_through.max(through);
         stats.pending = pending;
         stats.last_error = None;
+        stats.last_ack_ms = unix_ms();
     }
 
     fn note_error(&self, error: String) {
@@ -577,6 +591,7 @@ pub struct AgentAdmin {
     detected: prometheus_client::metrics::counter::Counter,
     pending: prometheus_client::metrics::gauge::Gauge,
     acked: prometheus_client::metrics::gauge::Gauge,
+    ack_age: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl AgentAdmin {
@@ -593,12 +608,19 @@ impl AgentAdmin {
         );
         let acked = prometheus_client::metrics::gauge::Gauge::default();
         registry.register("acked_through", "Highest sequence number acknowledged", acked.clone());
+        let ack_age = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "sync_ack_age_seconds",
+            "Seconds since the sync service last acknowledged a batch or heartbeat (-1 before the first); above twice the 30 s heartbeat, the sync service is not reached",
+            ack_age.clone(),
+        );
         AgentAdmin {
             agent,
             registry,
             detected,
             pending,
             acked,
+            ack_age,
         }
     }
 }
@@ -630,7 +652,19 @@ impl tern_admin::AdminRoutes for AgentAdmin {
         }
         self.pending.set(stats.pending as i64);
         self.acked.set(stats.acked_through as i64);
+        self.ack_age.set(match stats.last_ack_ms {
+            0 => -1,
+            at => i64::try_from(unix_ms().saturating_sub(at) / 1000).unwrap_or(i64::MAX),
+        });
     }
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
@@ -686,6 +720,7 @@ mod tests {
             state_dir: dir.join("state"),
             rescan_interval: Duration::from_secs(3600),
             debounce: Duration::from_millis(1),
+            heartbeat: HEARTBEAT,
             max_batch: 100,
             index: "index.html".into(),
         }

@@ -1406,6 +1406,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             args.rescan_secs.or(file.rescan_secs).unwrap_or(30).clamp(1, 86_400),
         ),
         debounce: std::time::Duration::from_millis(args.debounce_ms.or(file.debounce_ms).unwrap_or(10)),
+        heartbeat: tern_sync::agent::HEARTBEAT,
         max_batch: 1000,
         index: "index.html".into(),
     };

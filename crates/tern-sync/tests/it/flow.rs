@@ -165,3 +165,35 @@ async fn an_api_purge_reaches_every_edge_and_needs_the_key() {
         assert_eq!(&got.body[..], b"cached");
     }
 }
+
+/// An idle agent's heartbeats: a sync service that goes away shows in the agent's state while nothing
+/// changes, and its return clears it.
+#[tokio::test]
+async fn an_idle_agent_notices_the_sync_service_go_and_come_back() {
+    let mut world = World::new(1).await;
+    let agent = world.agent.clone();
+    let until = |what: &'static str, done: fn(&tern_sync::agent::AgentStats, u64) -> bool, since: u64| {
+        let agent = agent.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !done(&agent.stats(), since) {
+                assert!(tokio::time::Instant::now() < deadline, "{what}: {:?}", agent.stats());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("a heartbeat acknowledged", |stats, _| stats.last_ack_ms > 0, 0).await;
+    assert_eq!(agent.stats().pending, 0, "idle: nothing to send but heartbeats");
+
+    world.sync.take().expect("running").shutdown().await;
+    until("the idle agent notices", |stats, _| stats.last_error.is_some(), 0).await;
+
+    world.start_sync().await;
+    let before = agent.stats().last_ack_ms;
+    until(
+        "the return noticed",
+        |stats, before| stats.last_error.is_none() && stats.last_ack_ms > before,
+        before,
+    )
+    .await;
+}

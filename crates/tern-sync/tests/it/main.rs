@@ -189,6 +189,7 @@ pub fn agent_config(dir: &Path, sync: SocketAddr, key: &SecretKey) -> AgentConfi
         state_dir: dir.join("agent"),
         rescan_interval: Duration::from_secs(2),
         debounce: Duration::from_millis(20),
+        heartbeat: Duration::from_millis(200),
         max_batch: 500,
         index: "index.html".into(),
     }
