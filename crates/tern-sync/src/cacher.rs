@@ -2,8 +2,9 @@
 //! deletes the previous contents and demands the new contents"): one worker per cache reads the master's
 //! log in order and sends plain HTTP, `PURGE` and then, for created or modified content, a prefetch `GET`,
 //! so the cache holds the new bytes before any user asks. Changes of different URLs go to a cache side by
-//! side ([`CacherSettings::commands_in_flight`]); a URL's own commands go one after the other. Because the commands are standard HTTP, the same
-//! worker drives tern edges, Varnish, Squid or nginx with a purge module. A file's change is purged with
+//! side ([`CacherSettings::commands_in_flight`]); a URL's own commands go one after the other. Because the
+//! commands are standard HTTP, the same worker drives tern edges, Varnish, Squid or nginx with a purge
+//! module. A file's change is purged with
 //! `Tern-Purge-Scope: any-query`, which a tern edge applies to the URL with any query (links carry
 //! `?utm_source=` or `?v=`); other caches ignore the field and purge the exact URL.
 //!
@@ -300,7 +301,7 @@ impl CacheWorker {
         let in_flight = self.settings.commands_in_flight.max(1);
         loop {
             let backlog = self.master.records_from(next);
-            self.report(next, &backlog);
+            self.report(next, &backlog, &[]);
             if backlog.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -340,9 +341,7 @@ impl CacheWorker {
                 next = backlog[index].log_seq + 1;
                 self.save_position(next);
                 // What is left: the rest of this backlog and whatever the log gained meanwhile.
-                let mut left = backlog[index + 1..].to_vec();
-                left.extend(self.master.records_from(end));
-                self.report(next, &left);
+                self.report(next, &backlog[index + 1..], &self.master.records_from(end));
             }
         }
     }
@@ -539,10 +538,10 @@ impl CacheWorker {
         self.progress.lock().unwrap_or_else(|p| p.into_inner()).commands += 1;
     }
 
-    /// Records where the worker stands: applied through `next - 1`, with `backlog` still to apply. An empty
-    /// backlog clears the last failure.
-    fn report(&self, next: u64, backlog: &[Arc<Record>]) {
-        let (lag_changes, lag_seconds) = self.lag(backlog);
+    /// Records where the worker stands: applied through `next - 1`, with `left` and then `more` still to
+    /// apply. Nothing left clears the last failure.
+    fn report(&self, next: u64, left: &[Arc<Record>], more: &[Arc<Record>]) {
+        let (lag_changes, lag_seconds) = self.lag(left.iter().chain(more));
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         progress.applied_through = next.saturating_sub(1);
         progress.lag_changes = lag_changes;
@@ -555,8 +554,8 @@ impl CacheWorker {
     }
 
     /// The changes of `backlog` this cache is sent, and the age in seconds of the oldest.
-    fn lag(&self, backlog: &[Arc<Record>]) -> (u64, f64) {
-        let mut wanted = backlog.iter().filter(|r| self.serves(&r.site));
+    fn lag<'a>(&self, backlog: impl Iterator<Item = &'a Arc<Record>>) -> (u64, f64) {
+        let mut wanted = backlog.filter(|r| self.serves(&r.site));
         let oldest = wanted.next();
         let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
         (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
@@ -566,7 +565,7 @@ impl CacheWorker {
     /// and with the age of the oldest, so alerts on it fire while a cache is failing.
     fn refresh_lag(&self) {
         let next = self.progress.lock().unwrap_or_else(|p| p.into_inner()).applied_through + 1;
-        let (lag_changes, lag_seconds) = self.lag(&self.master.records_from(next));
+        let (lag_changes, lag_seconds) = self.lag(self.master.records_from(next).iter());
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         progress.lag_changes = lag_changes;
         progress.lag_seconds = lag_seconds;
