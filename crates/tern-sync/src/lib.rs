@@ -148,7 +148,7 @@ pub async fn start_with(
         // cache's URL would be put before every one, and the cache would purge keys it does not hold.
         if !cache_url_has_no_path(&cache.url) {
             return Err(StartError::Config(format!(
-                "cache `{}`: give its base URL without a path or query (http://HOST:PORT): the cache keys objects by the site's own paths",
+                "cache `{}`: give its base URL as http(s)://HOST:PORT, a port up to 65535 and no path, query or user:password@ (the cache keys objects by the site's own paths)",
                 cache.url
             )));
         }
@@ -291,12 +291,14 @@ impl AdminRoutes for SyncAdmin {
     }
 }
 
-/// Whether a cache's base URL is only a scheme, host and port (a trailing `/` allowed).
+/// Whether a cache's base URL is only a scheme, host and a port that is one (a trailing `/` allowed).
 fn cache_url_has_no_path(url: &str) -> bool {
     url.parse::<http::Uri>().is_ok_and(|uri| {
         uri.query().is_none()
             && matches!(uri.path(), "" | "/")
-            && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+            && uri.authority().is_some_and(|a| {
+                !a.as_str().contains('@') && !a.as_str().ends_with(':') && tern_http::target::port_is_valid(a.as_str())
+            })
     }) && !url.contains('#')
 }
 
@@ -467,6 +469,8 @@ mod tests {
             "http://10.0.0.7:8080/?a=1",
             "http://user:pw@10.0.0.7:8080",
             "http://10.0.0.7:8080/#top",
+            "http://10.0.0.7:99999",
+            "http://10.0.0.7:",
         ] {
             assert!(!cache_url_has_no_path(bad), "{bad}");
         }
