@@ -355,8 +355,9 @@ impl Agent {
 
     async fn send_loop(self: &Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        // Whether the last connection attempt failed: its end is logged, as its start was.
-        let mut unreachable = false;
+        // Whether the sync service has not acknowledged since a failure (unreachable, another key, a
+        // rejection): its end is logged, as its start was.
+        let mut failing = false;
         // A key mismatch is logged as a warning once every 30 s, the rest in `/status`.
         let mut key_warnings: tern_admin::Throttle<()> = tern_admin::Throttle::default();
         // So is a sync service that cannot be reached: changes wait, and the log says why.
@@ -381,15 +382,11 @@ impl Agent {
                 match TcpStream::connect(self.config.sync.as_str()).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        if unreachable {
-                            info!(sync = %self.config.sync, pending = self.stats().pending, "reached the sync service again");
-                            unreachable = false;
-                        }
                         connection = Some((stream, FrameDecoder::new(self.config.key.clone(), DEFAULT_MAX_PAYLOAD)));
                         backoff = Duration::from_millis(100);
                     }
                     Err(error) => {
-                        unreachable = true;
+                        failing = true;
                         let error = format!(
                             "cannot reach the sync service at {}: {error}; {} changes wait and are sent once it answers",
                             self.config.sync,
@@ -423,8 +420,14 @@ impl Agent {
             )
             .await;
             match answer {
-                Ok(Ok(SyncMessage::Ack(ack))) if self.take_ack(&ack) => lost_in_a_row = 0,
+                Ok(Ok(SyncMessage::Ack(ack))) if self.take_ack(&ack) => {
+                    lost_in_a_row = 0;
+                    if std::mem::take(&mut failing) {
+                        info!(sync = %self.config.sync, pending = self.stats().pending, "the sync service acknowledges our changes again");
+                    }
+                }
                 Ok(Ok(SyncMessage::Reject(reject))) => {
+                    failing = true;
                     warn!(reason = %reject.reason, message = %reject.message, "sync service rejected our changes");
                     self.note_error(format!("rejected: {} ({})", reject.message, reject.reason));
                     connection = None;
@@ -434,6 +437,7 @@ impl Agent {
                     }
                 }
                 Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    failing = true;
                     // An answer that is not a frame under our key: the sync service has another key.
                     let error = format!(
                         "the sync service's answer does not open with this agent's key ({error}): give --key the sync service's --key file"
@@ -459,6 +463,7 @@ impl Agent {
                     // A kept connection the sync service closed while idle fails once, and the resend
                     // on a new one goes through: only a second failure in a row is worth a warning.
                     lost_in_a_row += 1;
+                    failing |= lost_in_a_row >= 2;
                     if lost_in_a_row < 2 {
                         debug!("{error}; resending");
                     } else if let Some(suppressed) = reach_warnings.check((), std::time::Instant::now()) {

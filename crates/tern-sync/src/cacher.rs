@@ -67,6 +67,23 @@ pub struct CacheProgress {
     pub last_error: Option<String>,
     /// Commands sent.
     pub commands: u64,
+    /// The sites it serves (empty: all), for reading its lag from the log.
+    #[serde(skip)]
+    pub sites: Vec<String>,
+}
+
+impl CacheProgress {
+    /// This cache's lag as of now, read from `master`: the changes after its position for the sites it
+    /// serves, and the age in seconds of the oldest (what `/status` and `/metrics` show, so they move
+    /// between the worker's own reports).
+    pub fn lag_now(&self, master: &Master) -> (u64, f64) {
+        let serves = |site: &str| self.sites.is_empty() || self.sites.iter().any(|s| s == site);
+        let backlog = master.records_from(self.applied_through + 1);
+        let mut wanted = backlog.iter().filter(|r| serves(&r.site));
+        let oldest = wanted.next();
+        let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
+        (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -224,6 +241,7 @@ impl CacheWorker {
         let base = cache.url.trim_end_matches('/').to_string();
         let progress = Arc::new(Mutex::new(CacheProgress {
             url: cache.url.clone(),
+            sites: cache.sites.clone(),
             ..CacheProgress::default()
         }));
         CacheWorker {
@@ -914,6 +932,24 @@ mod tests {
         )
         .expect("position");
         assert_eq!(saved.next, 41, "every change's position saved");
+    }
+
+    #[test]
+    fn a_caches_lag_is_read_from_the_log_as_of_now_for_its_own_sites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = master_with(dir.path(), 5);
+        let mut progress = CacheProgress {
+            applied_through: 2,
+            ..CacheProgress::default()
+        };
+        let (changes, seconds) = progress.lag_now(&master);
+        assert_eq!(changes, 3);
+        assert!(seconds >= 0.0);
+        progress.sites = vec!["static".into()];
+        assert_eq!(progress.lag_now(&master), (0, 0.0), "no change of its site waits");
+        progress.sites = vec!["www".into()];
+        progress.applied_through = 5;
+        assert_eq!(progress.lag_now(&master), (0, 0.0), "applied through the end");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,14 +104,20 @@ impl SyncService {
     pub fn progress(&self) -> Vec<CacheProgress> {
         self.progress
             .iter()
-            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|p| {
+                let mut progress = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                (progress.lag_changes, progress.lag_seconds) = progress.lag_now(&self.master);
+                progress
+            })
             .collect()
     }
 
     /// Whether every cache has applied the whole log.
     pub fn caught_up(&self) -> bool {
         let length = self.master.len();
-        self.progress().iter().all(|p| p.applied_through >= length)
+        self.progress
+            .iter()
+            .all(|p| p.lock().unwrap_or_else(|e| e.into_inner()).applied_through >= length)
     }
 }
 
@@ -271,6 +277,15 @@ impl AdminRoutes for SyncAdmin {
 
     fn registry(&self) -> &Registry {
         &self.service.metrics.registry
+    }
+
+    /// Each cache's lag as of the scrape.
+    fn refresh_metrics(&self) {
+        for progress in self.service.progress() {
+            self.service
+                .metrics
+                .set_lag(&progress.url, progress.lag_changes, progress.lag_seconds);
+        }
     }
 
     fn route<'a>(&'a self, request: &'a tern_admin::AdminRequest) -> Option<tern_admin::ResponseFuture<'a>> {
