@@ -67,22 +67,16 @@ pub const QUORUM_GRACE: Duration = Duration::from_secs(5);
 /// [`carry`]'s.
 pub trait Delivery: Send + Sync {
     /// Phase one: sends the content assignment of `job` to every one of `nodes`; each applies it into a
-    /// temporary tree.
-    fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a>;
-
-    /// [`Delivery::prepare`], telling each node's outcome to `early` as soon as it is known, as well as in
-    /// the answer: the job shows it at once, and [`carry`] may commit on a quorum without waiting for a
-    /// hung node. By default the outcomes come with the answer only.
-    fn prepare_reporting<'a>(
+    /// temporary tree. With `early`, each node's outcome is also told there as soon as it is known (a
+    /// tree's members when their leader's status report comes): the job shows it at once, and [`carry`]
+    /// may commit on a quorum without waiting for a hung node.
+    fn prepare<'a>(
         &'a self,
         job: &'a str,
         content: Bytes,
         nodes: &'a [Recipient],
-        early: EarlyOutcomes,
-    ) -> PhaseFuture<'a> {
-        drop(early);
-        self.prepare(job, content, nodes)
-    }
+        early: Option<EarlyOutcomes>,
+    ) -> PhaseFuture<'a>;
 
     /// Phase two: sends the assignment that switches (a commit; or a rollback or remove, which switch by
     /// themselves) to every one of `nodes`.
@@ -316,7 +310,7 @@ async fn prepare_phase(
     targets: usize,
 ) -> BTreeSet<String> {
     let (early, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
-    let phase = transport.prepare_reporting(job, content.clone(), recipients, early);
+    let phase = transport.prepare(job, content.clone(), recipients, Some(early));
     tokio::pin!(phase);
     let needed = quorum.needed(targets);
     let may_leave_early = quorum != Quorum::All && needed < recipients.len();
@@ -548,7 +542,13 @@ mod tests {
     }
 
     impl Delivery for Recorder {
-        fn prepare<'a>(&'a self, _job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+        fn prepare<'a>(
+            &'a self,
+            _job: &'a str,
+            content: Bytes,
+            nodes: &'a [Recipient],
+            _early: Option<EarlyOutcomes>,
+        ) -> PhaseFuture<'a> {
             Box::pin(async move { self.phase("prepare", &self.fail_prepare, &content, nodes) })
         }
 
@@ -725,16 +725,12 @@ mod tests {
     }
 
     impl Delivery for Hung {
-        fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-            self.inner.prepare(job, content, nodes)
-        }
-
-        fn prepare_reporting<'a>(
+        fn prepare<'a>(
             &'a self,
             _job: &'a str,
             content: Bytes,
             nodes: &'a [Recipient],
-            early: EarlyOutcomes,
+            early: Option<EarlyOutcomes>,
         ) -> PhaseFuture<'a> {
             Box::pin(async move {
                 let answered: Vec<Recipient> = nodes.iter().filter(|n| n.name != self.hung).cloned().collect();
@@ -742,7 +738,9 @@ mod tests {
                     .inner
                     .phase("prepare", &self.inner.fail_prepare, &content, &answered)
                 {
-                    let _ = early.send(outcome);
+                    if let Some(early) = &early {
+                        let _ = early.send(outcome);
+                    }
                 }
                 std::future::pending().await
             })
@@ -848,7 +846,13 @@ mod tests {
         let bench = bench(2).await;
         struct Silent;
         impl Delivery for Silent {
-            fn prepare<'a>(&'a self, _: &'a str, _: Bytes, _: &'a [Recipient]) -> PhaseFuture<'a> {
+            fn prepare<'a>(
+                &'a self,
+                _: &'a str,
+                _: Bytes,
+                _: &'a [Recipient],
+                _: Option<EarlyOutcomes>,
+            ) -> PhaseFuture<'a> {
                 Box::pin(async { Vec::new() })
             }
             fn commit<'a>(&'a self, _: &'a str, _: Bytes, _: &'a [Recipient]) -> PhaseFuture<'a> {

@@ -77,18 +77,14 @@ impl StarDelivery {
 }
 
 impl Delivery for StarDelivery {
-    fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.send_all(job, content, nodes, None))
-    }
-
-    fn prepare_reporting<'a>(
+    fn prepare<'a>(
         &'a self,
         job: &'a str,
         content: Bytes,
         nodes: &'a [Recipient],
-        early: EarlyOutcomes,
+        early: Option<EarlyOutcomes>,
     ) -> PhaseFuture<'a> {
-        Box::pin(self.send_all(job, content, nodes, Some(early)))
+        Box::pin(self.send_all(job, content, nodes, early))
     }
 
     fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {

@@ -933,10 +933,9 @@ impl TreeDelivery {
         if nodes.is_empty() {
             return Vec::new();
         }
-        match (phase, early) {
-            (Phase::Prepare, Some(early)) => self.star.prepare_reporting(job, assignment, nodes, early).await,
-            (Phase::Prepare, None) => self.star.prepare(job, assignment, nodes).await,
-            (Phase::Commit, _) => self.star.commit(job, assignment, nodes).await,
+        match phase {
+            Phase::Prepare => self.star.prepare(job, assignment, nodes, early).await,
+            Phase::Commit => self.star.commit(job, assignment, nodes).await,
         }
     }
 
@@ -995,7 +994,7 @@ impl TreeDelivery {
                 let star = self.star.clone();
                 direct_tasks.spawn(async move {
                     let outcomes = match phase {
-                        Phase::Prepare => star.prepare(&job, assignment, &star_members).await,
+                        Phase::Prepare => star.prepare(&job, assignment, &star_members, None).await,
                         Phase::Commit => star.commit(&job, assignment, &star_members).await,
                     };
                     (segment, outcomes)
@@ -1120,20 +1119,16 @@ impl TreeDelivery {
 }
 
 impl Delivery for TreeDelivery {
-    fn prepare<'a>(&'a self, job: &'a str, content: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
-        Box::pin(self.deliver(job, Phase::Prepare, content, nodes, None))
-    }
-
     /// The nodes the star serves report as they answer; a tree's members when their leader's status
     /// report comes, with the answer.
-    fn prepare_reporting<'a>(
+    fn prepare<'a>(
         &'a self,
         job: &'a str,
         content: Bytes,
         nodes: &'a [Recipient],
-        early: EarlyOutcomes,
+        early: Option<EarlyOutcomes>,
     ) -> PhaseFuture<'a> {
-        Box::pin(self.deliver(job, Phase::Prepare, content, nodes, Some(early)))
+        Box::pin(self.deliver(job, Phase::Prepare, content, nodes, early))
     }
 
     fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
