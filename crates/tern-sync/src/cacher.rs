@@ -77,13 +77,16 @@ impl CacheProgress {
     /// serves, and the age in seconds of the oldest (what `/status` and `/metrics` show, so they move
     /// between the worker's own reports).
     pub fn lag_now(&self, master: &Master) -> (u64, f64) {
-        let serves = |site: &str| self.sites.is_empty() || self.sites.iter().any(|s| s == site);
-        let backlog = master.records_from(self.applied_through + 1);
-        let mut wanted = backlog.iter().filter(|r| serves(&r.site));
-        let oldest = wanted.next();
-        let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
-        (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
+        lag_over(&self.sites, master.records_from(self.applied_through + 1).iter())
     }
+}
+
+/// The changes of `backlog` for a cache serving `sites` (empty: all), and the age in seconds of the oldest.
+fn lag_over<'a>(sites: &[String], backlog: impl Iterator<Item = &'a Arc<Record>>) -> (u64, f64) {
+    let mut wanted = backlog.filter(|r| sites.is_empty() || sites.iter().any(|s| *s == r.site));
+    let oldest = wanted.next();
+    let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
+    (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -573,10 +576,7 @@ impl CacheWorker {
 
     /// The changes of `backlog` this cache is sent, and the age in seconds of the oldest.
     fn lag<'a>(&self, backlog: impl Iterator<Item = &'a Arc<Record>>) -> (u64, f64) {
-        let mut wanted = backlog.filter(|r| self.serves(&r.site));
-        let oldest = wanted.next();
-        let lag_seconds = oldest.map_or(0.0, |r| now_ms().saturating_sub(r.recorded_ms) as f64 / 1000.0);
-        (u64::from(oldest.is_some()) + wanted.count() as u64, lag_seconds)
+        lag_over(&self.cache.sites, backlog)
     }
 
     /// Brings the lag up to date while commands are being retried: it grows with the changes the log gains
