@@ -10,7 +10,7 @@
 //!
 //! [`Delivery`] is only the transport — how one assignment reaches a set of nodes. The star over HTTP
 //! ([`crate::star::StarDelivery`], the mover sends every node its own copy) is one; the store-and-forward
-//! tree over group leaders (seed 004, Figs. 6 and 7) will be another. Everything else — the quorum, the
+//! tree over group leaders (seed 004, Figs. 6 and 7, [`crate::tree_delivery::TreeDelivery`]) is another. Everything else — the quorum, the
 //! per-node states of the job, the versions — is here, written once.
 
 use std::collections::{BTreeSet, HashMap};
@@ -18,7 +18,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
 use tern_wire::mover::NodeState;
 use tracing::warn;
@@ -26,6 +25,7 @@ use tracing::warn;
 use crate::ccm::{Mover, now_ms};
 use crate::fault::{Fault, reached};
 use crate::metrics::MoverMetrics;
+use crate::payload::Payload;
 use crate::store::Decision;
 use crate::store_thread::StoreThread;
 
@@ -53,7 +53,7 @@ pub struct NodeOutcome {
 pub type PhaseFuture<'a> = Pin<Box<dyn Future<Output = Vec<NodeOutcome>> + Send + 'a>>;
 
 /// Where a transport tells each node's outcome of phase one as soon as it is known
-/// ([`Delivery::prepare_reporting`]).
+/// ([`Delivery::prepare`] with `early`).
 pub type EarlyOutcomes = tokio::sync::mpsc::UnboundedSender<NodeOutcome>;
 
 /// How long [`carry`] still waits for the other nodes once a quorum smaller than the targets has
@@ -73,14 +73,14 @@ pub trait Delivery: Send + Sync {
     fn prepare<'a>(
         &'a self,
         job: &'a str,
-        content: Bytes,
+        content: Payload,
         nodes: &'a [Recipient],
         early: Option<EarlyOutcomes>,
     ) -> PhaseFuture<'a>;
 
     /// Phase two: sends the assignment that switches (a commit; or a rollback or remove, which switch by
     /// themselves) to every one of `nodes`.
-    fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a>;
+    fn commit<'a>(&'a self, job: &'a str, commit: Payload, nodes: &'a [Recipient]) -> PhaseFuture<'a>;
 }
 
 /// How many of a delivery's target nodes must have prepared before any of them is sent the commit (seed
@@ -129,9 +129,9 @@ pub struct Shipment {
     pub site: String,
     /// Phase one's content assignment; `None` when the commit assignment switches by itself (rollback,
     /// remove).
-    pub content: Option<Bytes>,
+    pub content: Option<Payload>,
     /// Phase two's assignment: a commit, a rollback or a remove.
-    pub commit: Bytes,
+    pub commit: Payload,
     /// The version of the site a node holds once it committed, recorded for each; `None` when the
     /// assignment removes the site (nothing to record).
     pub version: Option<u64>,
@@ -304,7 +304,7 @@ async fn prepare_phase(
     store: &StoreThread,
     metrics: &MoverMetrics,
     job: &str,
-    content: &Bytes,
+    content: &Payload,
     recipients: &[Recipient],
     quorum: Quorum,
     targets: usize,
@@ -441,7 +441,7 @@ impl Mover {
         job: &str,
         site: &str,
         version: u64,
-        content: Option<Bytes>,
+        content: Option<Payload>,
     ) -> Result<Shipment, String> {
         let mut builder = Builder::new(job, AssignmentKind::Publish, site, version, None, now_ms());
         builder.command(Command::Commit);
@@ -452,7 +452,7 @@ impl Mover {
             job: job.to_string(),
             site: site.to_string(),
             content,
-            commit: Bytes::from(commit),
+            commit: Payload::memory(commit),
             version: Some(version),
             changed: None,
             decision: None,
@@ -511,7 +511,7 @@ mod tests {
             &self,
             phase: &'static str,
             fail: &BTreeSet<String>,
-            body: &Bytes,
+            body: &Payload,
             nodes: &[Recipient],
         ) -> Vec<NodeOutcome> {
             let mut sent = self.sent.lock().expect("sent");
@@ -521,7 +521,7 @@ mod tests {
                     sent.push((phase, node.name.clone()));
                     NodeOutcome {
                         node: node.name.clone(),
-                        bytes: body.len() as u64,
+                        bytes: body.len(),
                         result: if fail.contains(&node.name) {
                             Err("node refused".into())
                         } else {
@@ -545,14 +545,14 @@ mod tests {
         fn prepare<'a>(
             &'a self,
             _job: &'a str,
-            content: Bytes,
+            content: Payload,
             nodes: &'a [Recipient],
             _early: Option<EarlyOutcomes>,
         ) -> PhaseFuture<'a> {
             Box::pin(async move { self.phase("prepare", &self.fail_prepare, &content, nodes) })
         }
 
-        fn commit<'a>(&'a self, _job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+        fn commit<'a>(&'a self, _job: &'a str, commit: Payload, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
             Box::pin(async move { self.phase("commit", &self.fail_commit, &commit, nodes) })
         }
     }
@@ -599,8 +599,8 @@ mod tests {
         Shipment {
             job: "j".into(),
             site: "www".into(),
-            content: content.then(|| Bytes::from_static(b"content")),
-            commit: Bytes::from_static(b"commit"),
+            content: content.then(|| Payload::memory(&b"content"[..])),
+            commit: Payload::memory(&b"commit"[..]),
             version,
             changed: None,
             decision: None,
@@ -728,7 +728,7 @@ mod tests {
         fn prepare<'a>(
             &'a self,
             _job: &'a str,
-            content: Bytes,
+            content: Payload,
             nodes: &'a [Recipient],
             early: Option<EarlyOutcomes>,
         ) -> PhaseFuture<'a> {
@@ -746,7 +746,7 @@ mod tests {
             })
         }
 
-        fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+        fn commit<'a>(&'a self, job: &'a str, commit: Payload, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
             self.inner.commit(job, commit, nodes)
         }
     }
@@ -849,13 +849,13 @@ mod tests {
             fn prepare<'a>(
                 &'a self,
                 _: &'a str,
-                _: Bytes,
+                _: Payload,
                 _: &'a [Recipient],
                 _: Option<EarlyOutcomes>,
             ) -> PhaseFuture<'a> {
                 Box::pin(async { Vec::new() })
             }
-            fn commit<'a>(&'a self, _: &'a str, _: Bytes, _: &'a [Recipient]) -> PhaseFuture<'a> {
+            fn commit<'a>(&'a self, _: &'a str, _: Payload, _: &'a [Recipient]) -> PhaseFuture<'a> {
                 Box::pin(async { Vec::new() })
             }
         }

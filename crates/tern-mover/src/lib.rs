@@ -10,7 +10,8 @@
 //! - the job bodies: [`publish`] (publish, restore), [`synchronise`] (synchronise, replicate), [`rollback`],
 //!   [`remove`], [`checkpoint`];
 //! - [`delivery`]: the two-phase delivery every job body goes through (prepare, quorum, commit, record), and
-//!   its transport seam [`delivery::Delivery`]; [`star`]: the transport that sends every node its own copy
+//!   its transport seam [`delivery::Delivery`], which carries a [`payload::Payload`] (an assignment in a
+//!   file, read a chunk at a time); [`star`]: the transport that sends every node its own copy
 //!   over HTTP; [`segments`]: the segments and group leaders the CCM knows, and a job's targets grouped by
 //!   them; [`tree`]: the store-and-forward tree over group leaders (Figs. 6 and 7), the CCM's core, and
 //!   [`tree_delivery`]: the transport that drives it over HTTP (the GLs' reports, the mover as the root);
@@ -36,6 +37,7 @@ pub mod fault;
 pub mod freshness;
 pub mod keys;
 pub mod metrics;
+pub mod payload;
 pub mod plan;
 pub mod publish;
 pub mod recovery;

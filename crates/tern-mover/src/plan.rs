@@ -23,6 +23,7 @@ use ed25519_dalek::SigningKey;
 use tern_tree::{Change, Entry, Kind, ROOT, Snapshot, TreeChange, changes, check_link_in, scan};
 use tern_wire::assignment::{AssignmentKind, Builder, Command, Metadata, Packer, Piece, STREAM_FROM};
 
+use crate::payload::Payload;
 use crate::rules::CompiledRules;
 
 /// Files at least this large whose content the node holds at another path go as a `copy` command (about
@@ -97,8 +98,8 @@ impl PlanStats {
 /// A planned assignment.
 #[derive(Debug)]
 pub struct Plan {
-    /// The signed assignment.
-    pub assignment: Vec<u8>,
+    /// The signed assignment, in an unnamed scratch file beside the shadow copy.
+    pub assignment: Payload,
     /// What it carries.
     pub stats: PlanStats,
     /// The staging tree it was planned from (the next shadow snapshot).
@@ -306,8 +307,11 @@ pub fn plan_site(
         }
     }
     stats.commands = builder.commands();
-    let assignment = builder.finish(signing, policy.encryption.as_ref())?;
-    stats.assignment_bytes = assignment.len() as u64;
+    // The encoded assignment goes to a scratch file too, in a stream: the mover sends it from there.
+    let file = scratch.file()?;
+    let encoded = builder.finish_to_file(&file, signing, policy.encryption.as_ref())?;
+    let assignment = Payload::file(file, encoded.len, encoded.hash_hex());
+    stats.assignment_bytes = encoded.len;
     Ok(Plan {
         assignment,
         stats,

@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tern_tree::{Snapshot, remove_tree};
 use tern_wire::assignment::AssignmentKind;
 use tern_wire::mover::{Job, NodeState};
@@ -143,7 +142,7 @@ impl Mover {
               copied = planned.stats.copied, removed = planned.stats.removed, directories = planned.stats.directories,
               links = planned.stats.links, metadata = planned.stats.metadata, bytes = planned.stats.assignment_bytes,
               "publish planned");
-        let assignment = Bytes::from(planned.assignment);
+        let assignment = planned.assignment.clone();
         let reserved = name.to_string();
         self.store
             .call(move |store| store.reserve_version(&reserved, next))
@@ -169,7 +168,7 @@ impl Mover {
             sequence: next,
             base: site.sequence,
             job: id.to_string(),
-            bytes: assignment.len() as u64,
+            bytes: assignment.len(),
             created_ms: now_ms(),
         });
         let mut shipment = self.shipment(id, name, next, Some(assignment.clone()))?;

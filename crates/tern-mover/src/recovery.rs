@@ -52,7 +52,7 @@ pub fn finish_on_disk(data: &Path, decision: &Decision, now_ms: u64) -> std::io:
             // nodes behind get a full copy instead of the delta).
             let snapshot = snapshot
                 .clone()
-                .filter(|record| site_dir.load_snapshot(record.sequence).is_ok());
+                .filter(|record| site_dir.open_snapshot(record.sequence).is_ok());
             Ok(Finished {
                 site: Some(site.to_site(&decision.site)),
                 snapshot,

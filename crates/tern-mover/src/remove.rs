@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder};
 
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum, Shipment, always_ready};
 use crate::freshness::Changed;
+use crate::payload::Payload;
 use crate::store::{Decision, Finish};
 
 impl Mover {
@@ -41,7 +41,7 @@ impl Mover {
             job: job.to_string(),
             site: name.to_string(),
             content: None,
-            commit: Bytes::from(assignment),
+            commit: Payload::memory(assignment),
             version: None,
             changed: Some(Changed::all_gone(&served)),
             decision: Some(Decision {

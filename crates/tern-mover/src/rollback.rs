@@ -11,13 +11,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tern_tree::Snapshot;
 use tern_wire::assignment::{AssignmentKind, Builder, Command};
 
 use crate::ccm::{Mover, now_ms};
 use crate::delivery::{Delivered, Quorum, Shipment, always_ready};
 use crate::freshness::Changed;
+use crate::payload::Payload;
 use crate::store::{DecidedSite, Decision, Finish, Site};
 
 impl Mover {
@@ -73,8 +73,8 @@ impl Mover {
         let shipment = Shipment {
             job: job.to_string(),
             site: name.to_string(),
-            content: Some(Bytes::from(check)),
-            commit: Bytes::from(assignment),
+            content: Some(Payload::memory(check)),
+            commit: Payload::memory(assignment),
             version: Some(site.previous),
             changed: Some(Changed::between(&published, &previous)),
             decision: Some(Decision {

@@ -6,38 +6,38 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use tern_http::tls::HttpsClient;
 use tern_wire::mover::ErrorAnswer;
 
 use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
+use crate::payload::Payload;
 
 /// The star over HTTP: one request per node and assignment, each bounded by a timeout.
 #[derive(Clone)]
 pub struct StarDelivery {
-    client: HttpsClient<Full<Bytes>>,
+    client: HttpsClient<tern_http::Body>,
     timeout: Duration,
 }
 
 impl StarDelivery {
     /// A star sending with `client`; a node whose answer has not begun within `timeout` (the request sent
     /// and the status back) has failed.
-    pub fn new(client: HttpsClient<Full<Bytes>>, timeout: Duration) -> StarDelivery {
+    pub fn new(client: HttpsClient<tern_http::Body>, timeout: Duration) -> StarDelivery {
         StarDelivery { client, timeout }
     }
 
-    /// Sends `assignment` to every node at once; the outcomes come back in the order of `nodes`, and each
-    /// goes to `early` (when given) as soon as it is known.
+    /// Sends `assignment` to every node at once, each request reading it a chunk at a time; the outcomes
+    /// come back in the order of `nodes`, and each goes to `early` (when given) as soon as it is known.
     async fn send_all(
         &self,
         job: &str,
-        assignment: Bytes,
+        assignment: Payload,
         nodes: &[Recipient],
         early: Option<EarlyOutcomes>,
     ) -> Vec<NodeOutcome> {
-        let length = assignment.len() as u64;
+        let length = assignment.len();
         let mut tasks = Vec::with_capacity(nodes.len());
         for node in nodes {
             let (client, body, url, timeout) =
@@ -80,14 +80,14 @@ impl Delivery for StarDelivery {
     fn prepare<'a>(
         &'a self,
         job: &'a str,
-        content: Bytes,
+        content: Payload,
         nodes: &'a [Recipient],
         early: Option<EarlyOutcomes>,
     ) -> PhaseFuture<'a> {
         Box::pin(self.send_all(job, content, nodes, early))
     }
 
-    fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+    fn commit<'a>(&'a self, job: &'a str, commit: Payload, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
         Box::pin(self.send_all(job, commit, nodes, None))
     }
 }
@@ -102,10 +102,10 @@ enum Sent {
 }
 
 /// One assignment to one node.
-async fn send(client: &HttpsClient<Full<Bytes>>, url: &str, body: Bytes, timeout: Duration) -> Sent {
+async fn send(client: &HttpsClient<tern_http::Body>, url: &str, body: Payload, timeout: Duration) -> Sent {
     let request = match Request::post(format!("{}/assignments", url.trim_end_matches('/')))
         .header("content-type", "application/octet-stream")
-        .body(Full::new(body))
+        .body(body.body())
     {
         Ok(request) => request,
         Err(error) => return Sent::Nothing(error.to_string()),

@@ -7,14 +7,15 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tern_tree::Snapshot;
 use tern_wire::assignment::AssignmentKind;
 use tern_wire::mover::NodeState;
+use tracing::warn;
 
 use crate::ccm::Mover;
 use crate::delivery::{Delivered, Quorum, always_ready};
 use crate::freshness::Changed;
+use crate::payload::Payload;
 use crate::rules::Rules;
 use crate::store::SnapshotRecord;
 use crate::versions::SiteDir;
@@ -110,7 +111,7 @@ impl Mover {
                 )
                 .await?
             };
-            let shipment = self.shipment(job, name, site.sequence, Some(Bytes::from(full_copy.assignment)))?;
+            let shipment = self.shipment(job, name, site.sequence, Some(full_copy.assignment))?;
             if let Delivered::Committed { committed } =
                 self.ship(&shipment, &whole, Quorum::EachNode, always_ready()).await
             {
@@ -137,7 +138,7 @@ impl Mover {
             let Some((assignment, changed)) = self.load_step(site_dir, version).await else {
                 return false;
             };
-            let Ok(mut shipment) = self.shipment(job, name, version, Some(Bytes::from(assignment))) else {
+            let Ok(mut shipment) = self.shipment(job, name, version, Some(assignment)) else {
                 return false;
             };
             shipment.changed = changed;
@@ -207,26 +208,34 @@ impl Mover {
     /// cannot be read. What the snapshot changed goes to the caches again once a node that was behind has
     /// it: meanwhile the edges in front of it may have fetched (and kept) its old content. Reading the
     /// snapshot's commands (verify, decrypt, parse) is CPU work: off the runtime with the load.
-    async fn load_step(&self, site_dir: &SiteDir, version: u64) -> Option<(Vec<u8>, Option<Changed>)> {
+    async fn load_step(&self, site_dir: &SiteDir, version: u64) -> Option<(Payload, Option<Changed>)> {
         let dir = site_dir.clone();
         let (mover_key, encryption) = (self.signing.verifying_key(), self.config.policy.encryption);
         let loaded = tokio::task::spawn_blocking(move || {
-            let assignment = dir.load_snapshot(version)?;
-            let changed = tern_wire::assignment::decode(
-                &assignment,
-                &mover_key,
-                encryption.as_ref(),
-                &tern_wire::assignment::Limits::default(),
-            )
-            .map(|decoded| Changed::of_commands(&decoded.commands))
+            let (file, len) = dir.open_snapshot(version).map_err(|e| e.to_string())?;
+            // Checked as a node checks it (a snapshot damaged on disk is not sent), and its commands read
+            // without the data section, which stays in the file.
+            let limits = tern_wire::assignment::Limits::default();
+            let checked =
+                tern_wire::assignment::check_file(&file, len, &mover_key, &limits).map_err(|e| e.to_string())?;
+            let scratch_dir = dir.path().to_path_buf();
+            let reader = file.try_clone().map_err(|e| e.to_string())?;
+            let changed = tern_wire::assignment::open_spooled(reader, &checked, encryption.as_ref(), &limits, || {
+                tempfile::tempfile_in(&scratch_dir)
+            })
+            .map(|opened| Changed::of_commands(&opened.commands))
             .ok()
             .filter(|changed| !changed.is_empty());
-            Ok::<_, std::io::Error>((assignment, changed))
+            Ok::<_, String>((Payload::file(file, len, checked.hash_hex()), changed))
         })
         .await;
         match loaded {
             Ok(Ok(step)) => Some(step),
-            _ => None,
+            Ok(Err(error)) => {
+                warn!(version, %error, "snapshot not usable; the node gets a full copy");
+                None
+            }
+            Err(_) => None,
         }
     }
 }

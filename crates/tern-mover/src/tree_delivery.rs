@@ -50,15 +50,13 @@ use tracing::{debug, info, warn};
 use crate::ccm::now_ms;
 use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
 use crate::metrics::{MoverMetrics, ReasonLabel};
+use crate::payload::Payload;
 use crate::segments::{SegmentGroup, Segments};
 use crate::star::StarDelivery;
 use crate::tree::{DistributionTree, Leader, LeaderState, Next, Notify, Source, TreeConfig, sort_leaders};
 
 /// The sender name the mover signs its tree messages with.
 pub const MOVER_SENDER: &str = "mover";
-
-/// Bytes of the assignment sent at a time when the mover serves it.
-const SERVE_CHUNK: usize = 64 << 10;
 
 /// How assignments reach nodes (`tern mover --delivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,7 +190,7 @@ struct Run {
     transfer: String,
     job: String,
     phase: Phase,
-    assignment: Bytes,
+    assignment: Payload,
     hash: String,
     core: DistributionTree,
     /// By segment name.
@@ -220,7 +218,7 @@ impl Run {
         transfer: &str,
         job: &str,
         phase: Phase,
-        assignment: Bytes,
+        assignment: Payload,
         groups: Vec<SegmentGroup>,
         settings: &TreeSettings,
     ) -> Run {
@@ -237,7 +235,7 @@ impl Run {
             transfer: transfer.to_string(),
             job: job.to_string(),
             phase,
-            hash: tern_wire::assignment::trailer_hash(&assignment).unwrap_or_else(|| "0".repeat(64)),
+            hash: assignment.hash().map(str::to_string).unwrap_or_else(|| "0".repeat(64)),
             assignment,
             core: DistributionTree::new(leaders, config),
             groups: BTreeMap::new(),
@@ -292,7 +290,7 @@ impl Run {
             source,
             target: target.to_string(),
             target_url: target_url.clone(),
-            size: self.assignment.len() as u64,
+            size: self.assignment.len(),
             hash: self.hash.clone(),
             leaders: self.core.states().keys().cloned().collect(),
             members: group
@@ -401,7 +399,7 @@ impl Run {
             transfer: self.transfer.clone(),
             job: self.job.clone(),
             phase: self.phase.as_str(),
-            size: self.assignment.len() as u64,
+            size: self.assignment.len(),
             mover_bytes: self.mover_bytes.load(Ordering::Relaxed),
             edges: self
                 .core
@@ -668,20 +666,11 @@ impl TreeHub {
             let run = run.lock().unwrap_or_else(|p| p.into_inner());
             (run.assignment.clone(), run.mover_bytes.clone())
         };
-        let (sender, body) = tern_http::channel(2, Some(assignment.len() as u64));
         let total = self.bytes_sent.clone();
-        tokio::spawn(async move {
-            let mut at = 0;
-            while at < assignment.len() {
-                let end = (at + SERVE_CHUNK).min(assignment.len());
-                if sender.send(Ok(assignment.slice(at..end))).await.is_err() {
-                    return;
-                }
-                // Counted once handed to the connection: a copy cut short counts what was sent.
-                counter.fetch_add((end - at) as u64, Ordering::Relaxed);
-                total.inc_by((end - at) as u64);
-                at = end;
-            }
+        // Counted as each chunk is handed to the connection: a copy cut short counts what was sent.
+        let body = tern_http::with_data_counter(assignment.body(), move |sent| {
+            counter.fetch_add(sent as u64, Ordering::Relaxed);
+            total.inc_by(sent as u64);
         });
         Response::builder()
             .status(StatusCode::OK)
@@ -896,7 +885,7 @@ impl TreeDelivery {
         &self,
         job: &str,
         phase: Phase,
-        assignment: Bytes,
+        assignment: Payload,
         nodes: &[Recipient],
         early: Option<EarlyOutcomes>,
     ) -> Vec<NodeOutcome> {
@@ -926,7 +915,7 @@ impl TreeDelivery {
         &self,
         job: &str,
         phase: Phase,
-        assignment: Bytes,
+        assignment: Payload,
         nodes: &[Recipient],
         early: Option<EarlyOutcomes>,
     ) -> Vec<NodeOutcome> {
@@ -944,7 +933,7 @@ impl TreeDelivery {
         &self,
         job: &str,
         phase: Phase,
-        assignment: Bytes,
+        assignment: Payload,
         groups: Vec<SegmentGroup>,
     ) -> (Vec<NodeOutcome>, u64) {
         let number = self.hub.next_transfer.fetch_add(1, Ordering::Relaxed);
@@ -1124,14 +1113,14 @@ impl Delivery for TreeDelivery {
     fn prepare<'a>(
         &'a self,
         job: &'a str,
-        content: Bytes,
+        content: Payload,
         nodes: &'a [Recipient],
         early: Option<EarlyOutcomes>,
     ) -> PhaseFuture<'a> {
         Box::pin(self.deliver(job, Phase::Prepare, content, nodes, early))
     }
 
-    fn commit<'a>(&'a self, job: &'a str, commit: Bytes, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
+    fn commit<'a>(&'a self, job: &'a str, commit: Payload, nodes: &'a [Recipient]) -> PhaseFuture<'a> {
         Box::pin(self.deliver(job, Phase::Commit, commit, nodes, None))
     }
 }
@@ -1230,7 +1219,7 @@ mod tests {
             "j.prepare.1",
             "j",
             Phase::Prepare,
-            Bytes::from_static(b"assignment"),
+            Payload::memory(&b"assignment"[..]),
             vec![group("a", "a0", &["a0", "a1"]), group("b", "b0", &["b0", "b1"])],
             &settings(),
         )

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use tern_tree::{Kind, ROOT, Snapshot, remove_tree, set_mode, set_mtime};
 
+use crate::payload::Payload;
+
 /// The prefix of trees moved aside by [`SiteDir::promote_next`], to be deleted.
 const SUPERSEDED: &str = "superseded-";
 
@@ -186,20 +188,24 @@ impl SiteDir {
         let _ = std::fs::remove_file(self.snapshot(sequence));
     }
 
-    /// Keeps the assignment that made version `sequence`.
-    pub fn save_snapshot(&self, sequence: u64, assignment: &[u8]) -> io::Result<()> {
+    /// Keeps the assignment that made version `sequence` (copied a chunk at a time, on disk before it
+    /// gets its name).
+    pub fn save_snapshot(&self, sequence: u64, assignment: &Payload) -> io::Result<()> {
         let path = self.snapshot(sequence);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let temp = path.with_extension("asg.tmp");
-        std::fs::write(&temp, assignment)?;
+        assignment.write_to(&temp)?;
         std::fs::rename(&temp, &path)
     }
 
-    /// The assignment that made version `sequence`.
-    pub fn load_snapshot(&self, sequence: u64) -> io::Result<Vec<u8>> {
-        std::fs::read(self.snapshot(sequence))
+    /// The assignment that made version `sequence`, opened, and its length: read from the file as it is
+    /// sent (an open snapshot stays readable when a later commit deletes it).
+    pub fn open_snapshot(&self, sequence: u64) -> io::Result<(std::fs::File, u64)> {
+        let file = std::fs::File::open(self.snapshot(sequence))?;
+        let len = file.metadata()?.len();
+        Ok((file, len))
     }
 
     /// Deletes the snapshots of versions up to `sequence`.

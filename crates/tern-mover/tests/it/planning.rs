@@ -25,8 +25,9 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Applies an assignment (plus the second-phase commit) on a node root.
-fn deliver(node: &Interpreter, assignment: &[u8], sequence: u64) {
-    let verified = decode(assignment, &key().verifying_key(), None, &Limits::default()).expect("verifies");
+fn deliver(node: &Interpreter, assignment: &tern_mover::payload::Payload, sequence: u64) {
+    let assignment = assignment.to_vec().expect("the planned assignment reads back");
+    let verified = decode(&assignment, &key().verifying_key(), None, &Limits::default()).expect("verifies");
     node.apply(&verified).expect("content applies");
     let mut commit = Builder::new(
         &format!("commit-{sequence}"),

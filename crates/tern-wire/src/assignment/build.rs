@@ -55,17 +55,6 @@ impl Stored {
             }
         }
     }
-
-    /// Fills `out` (exactly [`Stored::len`] bytes) with the bytes.
-    fn copy_into(&self, out: &mut [u8]) -> std::io::Result<()> {
-        match self {
-            Stored::Memory(bytes) => {
-                out.copy_from_slice(bytes);
-                Ok(())
-            }
-            Stored::File { file, .. } => read_exact_at(file, out, 0),
-        }
-    }
 }
 
 impl Piece {
@@ -434,13 +423,36 @@ impl Builder {
         self.commands.len()
     }
 
-    /// Encodes and signs; encrypts the body with `encryption_key` when given. The data is copied once,
-    /// into the encoded assignment (from memory, or read from the spool), and encrypted where it lies.
+    /// Encodes and signs into memory; encrypts the body with `encryption_key` when given. For small
+    /// assignments (a commit, a removal, tests): a content assignment of any size goes to a file
+    /// ([`Builder::finish_to_file`]).
     pub fn finish(self, signing: &SigningKey, encryption_key: Option<&[u8; 32]>) -> Result<Vec<u8>, AssignmentError> {
         let layout = self.layout(encryption_key)?;
-        let mut out = vec![0u8; layout.total];
-        self.encode_into(layout, &mut out, signing, encryption_key)?;
+        let total = usize::try_from(layout.total).map_err(|_| AssignmentError::TooLarge(layout.total))?;
+        let mut out = Vec::with_capacity(total);
+        self.encode_to(layout, &mut out, signing, encryption_key)?;
         Ok(out)
+    }
+
+    /// Encodes and signs into `file` (emptied first), in a stream: memory holds buffers, not the
+    /// assignment, whatever its size (the data section is read from the spool, encrypted and hashed a
+    /// chunk at a time). The file holds exactly what [`Builder::finish`] would return.
+    pub fn finish_to_file(
+        self,
+        file: &std::fs::File,
+        signing: &SigningKey,
+        encryption_key: Option<&[u8; 32]>,
+    ) -> Result<Encoded, AssignmentError> {
+        use std::io::{Seek, Write};
+        let spool_error = |e: std::io::Error| AssignmentError::Spool(e.to_string());
+        let layout = self.layout(encryption_key)?;
+        let mut handle = file;
+        handle.set_len(0).map_err(spool_error)?;
+        handle.rewind().map_err(spool_error)?;
+        let mut out = std::io::BufWriter::with_capacity(STREAM_CHUNK, handle);
+        let encoded = self.encode_to(layout, &mut out, signing, encryption_key)?;
+        out.flush().map_err(spool_error)?;
+        Ok(encoded)
     }
 
     /// The encoded header and commands, the nonce, and the sizes they give.
@@ -459,8 +471,9 @@ impl Builder {
         let header = serde_json::to_vec(&header).map_err(|e| AssignmentError::Malformed("header", e.to_string()))?;
         let plain_len = 4 + commands.len() as u64 + self.data_len;
         let body_len = plain_len + if encryption_key.is_some() { TAG_LEN as u64 } else { 0 };
-        let total = usize::try_from(FIXED as u64 + header.len() as u64 + body_len)
-            .map_err(|_| AssignmentError::TooLarge(body_len))?;
+        let total = (FIXED as u64 + header.len() as u64)
+            .checked_add(body_len)
+            .ok_or(AssignmentError::TooLarge(body_len))?;
         Ok(Layout {
             header,
             commands,
@@ -470,14 +483,16 @@ impl Builder {
         })
     }
 
-    /// Writes the assignment into `out`, which is exactly `layout.total` bytes.
-    fn encode_into(
+    /// Writes the assignment to `out` in a stream: the fixed parts and header, the body (commands and
+    /// data, encrypted as they pass when a key is given, then the tag), the hash of all that, the
+    /// signature of the hash and the end marker.
+    fn encode_to(
         self,
         layout: Layout,
-        out: &mut [u8],
+        out: &mut impl std::io::Write,
         signing: &SigningKey,
         encryption_key: Option<&[u8; 32]>,
-    ) -> Result<(), AssignmentError> {
+    ) -> Result<Encoded, AssignmentError> {
         let spool_error = |e: std::io::Error| AssignmentError::Spool(e.to_string());
         let Layout {
             header,
@@ -486,52 +501,69 @@ impl Builder {
             body_len,
             total,
         } = layout;
-        debug_assert_eq!(out.len(), total);
-        let mut at = 0;
+        let mut sealer = Sealer::new(out, encryption_key.map(|key| (key, &nonce)));
         for part in [
             MAGIC.as_slice(),
             &(header.len() as u32).to_be_bytes(),
             &header,
             &body_len.to_be_bytes(),
-            &(commands.len() as u32).to_be_bytes(),
-            &commands,
         ] {
-            out[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
+            sealer.plain(part).map_err(spool_error)?;
         }
-        let data_at = at;
-        let body_at = data_at - 4 - commands.len();
-        let data_end = data_at + self.data_len as usize;
+        sealer
+            .body(&(commands.len() as u32).to_be_bytes())
+            .map_err(spool_error)?;
+        sealer.body(&commands).map_err(spool_error)?;
         match self.data {
             Data::Memory(pieces) => {
-                let mut at = data_at;
                 for piece in pieces {
-                    let len = piece.len() as usize;
-                    piece.copy_into(&mut out[at..at + len]).map_err(spool_error)?;
-                    at += len;
+                    piece.write_to(&mut sealer).map_err(spool_error)?;
                 }
             }
             Data::Spool(spool) => {
                 let file = spool.into_inner().map_err(|e| spool_error(e.into_error()))?;
-                read_exact_at(&file, &mut out[data_at..data_end], 0).map_err(spool_error)?;
+                let copied = std::io::copy(
+                    &mut Section {
+                        file: &file,
+                        at: 0,
+                        end: self.data_len,
+                    },
+                    &mut sealer,
+                )
+                .map_err(spool_error)?;
+                if copied != self.data_len {
+                    return Err(spool_error(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+                }
             }
         }
-        let mut end = data_end;
-        if let Some(key) = encryption_key {
-            let cipher = XChaCha20Poly1305::new(key.into());
-            let tag = cipher
-                .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut out[body_at..data_end])
-                .map_err(|_| AssignmentError::Decrypt("encryption failed"))?;
-            out[end..end + TAG_LEN].copy_from_slice(&tag);
-            end += TAG_LEN;
-        }
-        let hash = blake3::hash(&out[..end]);
-        out[end..end + HASH_LEN].copy_from_slice(hash.as_bytes());
-        end += HASH_LEN;
-        out[end..end + SIGNATURE_LEN].copy_from_slice(&signing.sign(hash.as_bytes()).to_bytes());
-        end += SIGNATURE_LEN;
-        out[end..end + END.len()].copy_from_slice(END);
-        Ok(())
+        let (out, hash, written) = sealer.finish().map_err(spool_error)?;
+        let mut trailer = Vec::with_capacity(HASH_LEN + SIGNATURE_LEN + END.len());
+        trailer.extend_from_slice(hash.as_bytes());
+        trailer.extend_from_slice(&signing.sign(hash.as_bytes()).to_bytes());
+        trailer.extend_from_slice(END);
+        out.write_all(&trailer).map_err(spool_error)?;
+        let len = written + trailer.len() as u64;
+        debug_assert_eq!(len, total);
+        Ok(Encoded {
+            len,
+            hash: *hash.as_bytes(),
+        })
+    }
+}
+
+/// What [`Builder::finish_to_file`] wrote: its length and signed hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// Bytes of the whole assignment.
+    pub len: u64,
+    /// The signed blake3 hash (the one [`trailer_hash`] reads back).
+    pub hash: [u8; HASH_LEN],
+}
+
+impl Encoded {
+    /// The signed hash, hex: the assignment's identity end to end.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
     }
 }
 
@@ -541,7 +573,110 @@ struct Layout {
     commands: Vec<u8>,
     nonce: [u8; 24],
     body_len: u64,
-    total: usize,
+    total: u64,
+}
+
+/// Bytes of the body encrypted at a time: a multiple of Poly1305's 16-byte block, so that only the last
+/// piece is padded (as `chacha20poly1305` pads the whole ciphertext once).
+const SEAL_CHUNK: usize = 64 << 10;
+
+/// Passes an assignment on to `out` as it is encoded, hashing everything before the trailer, and
+/// encrypting the body with XChaCha20-Poly1305 when given a key: the same bytes as
+/// `XChaCha20Poly1305::encrypt_in_place_detached` (no associated data) over the whole body, a chunk at a
+/// time (the receiver's `decrypt_stream` is the inverse).
+struct Sealer<'a, W: std::io::Write> {
+    out: &'a mut W,
+    hasher: blake3::Hasher,
+    written: u64,
+    cipher: Option<(chacha20::XChaCha20, poly1305::Poly1305)>,
+    /// Body bytes not yet encrypted (fewer than [`SEAL_CHUNK`]).
+    pending: Vec<u8>,
+    body_len: u64,
+}
+
+impl<'a, W: std::io::Write> Sealer<'a, W> {
+    fn new(out: &'a mut W, key: Option<(&[u8; 32], &[u8; 24])>) -> Self {
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        use poly1305::universal_hash::KeyInit as _;
+        let cipher = key.map(|(key, nonce)| {
+            let mut cipher = chacha20::XChaCha20::new(key.into(), nonce.into());
+            // The Poly1305 key is the first 32 bytes of the keystream; the body's starts at block 1.
+            let mut mac_key = [0u8; 32];
+            cipher.apply_keystream(&mut mac_key);
+            cipher.seek(64u64);
+            (cipher, poly1305::Poly1305::new(&mac_key.into()))
+        });
+        Sealer {
+            out,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            cipher,
+            pending: Vec::with_capacity(SEAL_CHUNK),
+            body_len: 0,
+        }
+    }
+
+    /// Bytes outside the body: hashed and written as they are.
+    fn plain(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
+    /// Body bytes: buffered, then encrypted (when a key is given), hashed and written a chunk at a time.
+    fn body(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        self.body_len += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = (SEAL_CHUNK - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.pending.len() == SEAL_CHUNK {
+                self.seal_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_pending(&mut self) -> std::io::Result<()> {
+        use chacha20::cipher::StreamCipher;
+        use poly1305::universal_hash::UniversalHash;
+        let mut pending = std::mem::take(&mut self.pending);
+        if let Some((cipher, mac)) = &mut self.cipher {
+            cipher.apply_keystream(&mut pending);
+            mac.update_padded(&pending);
+        }
+        self.plain(&pending)?;
+        pending.clear();
+        self.pending = pending;
+        Ok(())
+    }
+
+    /// Ends the body (the tag follows it when encrypted); returns the writer, the hash of everything
+    /// written and its length.
+    fn finish(mut self) -> std::io::Result<(&'a mut W, blake3::Hash, u64)> {
+        use poly1305::universal_hash::UniversalHash;
+        self.seal_pending()?;
+        if let Some((_, mac)) = self.cipher.take() {
+            let mut mac = mac;
+            let mut lengths = poly1305::Block::default();
+            lengths[8..].copy_from_slice(&self.body_len.to_le_bytes());
+            mac.update(&[lengths]);
+            let tag = mac.finalize();
+            self.plain(&tag)?;
+        }
+        Ok((self.out, self.hasher.finalize(), self.written))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Sealer<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.body(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// zstd level of deltas. Measured with `tern-lab bench mover` (1,000 changed files, 2% of a 500 MB site):
@@ -655,7 +790,16 @@ mod tests {
             ("random".to_string(), random.clone()),
             ("edited".to_string(), edited.clone()),
         ];
-        for (spooled, encryption) in [(false, None), (true, None), (true, Some(&key))] {
+        // The body is longer than a sealing chunk and not a multiple of one, so the streamed encryption's
+        // chunking and its padded last piece are what the in-memory decoder's AEAD checks.
+        for (spooled, to_file, encryption) in [
+            (false, false, None),
+            (true, false, None),
+            (true, false, Some(&key)),
+            (true, true, None),
+            (true, true, Some(&key)),
+            (false, true, Some(&key)),
+        ] {
             let mut builder = Builder::new("a1", AssignmentKind::Publish, "www", 1, None, 0);
             if spooled {
                 builder.spool_to(scratch()).expect("spool");
@@ -663,13 +807,27 @@ mod tests {
             for piece in pack(&mut packer) {
                 builder.add(piece).expect("add");
             }
-            let bytes = builder.finish(&signing(), encryption).expect("finish");
+            let bytes = if to_file {
+                let file = scratch();
+                let encoded = builder.finish_to_file(&file, &signing(), encryption).expect("finish");
+                let checked = check_file(&file, encoded.len, &signing().verifying_key(), &Limits::default())
+                    .expect("the file checks");
+                assert_eq!(checked.hash_hex(), encoded.hash_hex());
+                let mut bytes = Vec::new();
+                std::io::Seek::rewind(&mut &file).expect("rewind");
+                std::io::Read::read_to_end(&mut &file, &mut bytes).expect("read");
+                assert_eq!(bytes.len() as u64, encoded.len);
+                assert_eq!(trailer_hash(&bytes), Some(encoded.hash_hex()));
+                bytes
+            } else {
+                builder.finish(&signing(), encryption).expect("finish")
+            };
             let assignment =
                 decode(&bytes, &signing().verifying_key(), encryption, &Limits::default()).expect("verifies");
             assert_eq!(
                 contents(&assignment, &random),
                 expected,
-                "spooled {spooled}, encrypted {encryption:?}"
+                "spooled {spooled}, to a file {to_file}, encrypted {encryption:?}"
             );
         }
     }
@@ -717,5 +875,30 @@ mod tests {
             .collect();
         assert_eq!(decoded[0], decoded[1]);
         assert_eq!(decoded[1][1], ("b".to_string(), b"second file".to_vec()));
+    }
+
+    #[test]
+    fn an_assignment_written_to_a_file_is_the_one_finish_returns() {
+        let build = || {
+            let mut builder = Builder::new("a1", AssignmentKind::Publish, "www", 3, None, 17);
+            builder.create("a", Some(0o644), &noise(100_000, 1), true).expect("a");
+            builder.command(Command::Remove { path: "old".into() });
+            builder
+        };
+        let memory = build().finish(&signing(), None).expect("finish");
+        let file = tempfile::tempfile().expect("file");
+        // A file holding something longer is emptied first.
+        std::fs::File::set_len(&file, 1 << 20).expect("grow");
+        let encoded = build().finish_to_file(&file, &signing(), None).expect("finish");
+        let mut written = Vec::new();
+        std::io::Seek::rewind(&mut &file).expect("rewind");
+        std::io::Read::read_to_end(&mut &file, &mut written).expect("read");
+        assert!(
+            written == memory,
+            "{} bytes written, {} returned",
+            written.len(),
+            memory.len()
+        );
+        assert_eq!(encoded.len, memory.len() as u64);
     }
 }

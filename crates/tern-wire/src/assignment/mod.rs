@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 mod build;
 mod spooled;
 
-pub use build::{Builder, Packer, Piece, STREAM_FROM, delta};
-pub use spooled::{Checked, StreamCheck, open_spooled, trailer_hash};
+pub use build::{Builder, Encoded, Packer, Piece, STREAM_FROM, delta};
+pub use spooled::{Checked, StreamCheck, check_file, open_spooled, trailer_hash};
 use spooled::{read_at, read_exact_at};
 
 /// The version of the format this code writes and reads (the last byte of the magic).

@@ -124,6 +124,26 @@ impl StreamCheck {
     }
 }
 
+/// [`StreamCheck`] over the first `len` bytes of `file` (an assignment the caller kept, such as a mover's
+/// snapshot), read a chunk at a time: the same checks as for an assignment arriving over the network.
+pub fn check_file(
+    file: &std::fs::File,
+    len: u64,
+    mover: &VerifyingKey,
+    limits: &Limits,
+) -> Result<Checked, AssignmentError> {
+    let mut check = StreamCheck::new(limits);
+    let mut buffer = vec![0u8; DECRYPT_CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let count = (len - at).min(DECRYPT_CHUNK as u64) as usize;
+        read_exact_at(file, &mut buffer[..count], at).map_err(|e| AssignmentError::Spool(e.to_string()))?;
+        check.push(&buffer[..count])?;
+        at += count as u64;
+    }
+    check.finish(mover)
+}
+
 /// The signed hash (hex) in an encoded assignment's trailer, without checking anything: what a mover
 /// names in a notification, so that whoever fetches the assignment can tell it got the right one.
 pub fn trailer_hash(bytes: &[u8]) -> Option<String> {
