@@ -487,6 +487,19 @@ mod tests {
     }
 
     #[test]
+    fn the_log_of_what_was_loaded_names_ip_addresses_too() {
+        let ca = TestCa::new("tern test CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = ca.issue(&["a.example", "127.0.0.1", "::1"]).write(dir.path(), "site");
+        let store = CertStore::load(TlsConfig::new(CertSource::Pair { cert, key })).expect("load");
+        let described = store.describe();
+        assert!(described.contains("[a.example,127.0.0.1,::1]"), "{described}");
+        let (cert, key) = ca.issue(&["10.0.0.7"]).write(dir.path(), "by-address");
+        let store = CertStore::load(TlsConfig::new(CertSource::Pair { cert, key })).expect("load");
+        assert!(store.describe().ends_with("[10.0.0.7]"), "{}", store.describe());
+    }
+
+    #[test]
     fn an_expired_or_expiring_certificate_is_named_as_such_and_served_all_the_same() {
         let day = 86_400;
         let now = 1_800_000_000;

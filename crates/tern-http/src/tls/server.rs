@@ -9,6 +9,9 @@ struct LoadedPair {
     name: String,
     cert_path: PathBuf,
     names: Vec<String>,
+    /// The IP addresses among its subject alternative names (for the log: clients that connect by
+    /// address check them; SNI never names one).
+    addresses: Vec<String>,
     key: Arc<CertifiedKey>,
     /// The certificate's validity, seconds since the Unix epoch (`None` when its dates do not parse).
     valid: Option<(i64, i64)>,
@@ -22,6 +25,35 @@ pub(super) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let validity = certificate.validity();
     Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
+}
+
+/// The IP addresses among a DER certificate's subject alternative names, written as usual (none when it
+/// does not parse or has none).
+pub(super) fn ip_addresses(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = certificate.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Now, in seconds since the Unix epoch.
@@ -59,6 +91,7 @@ pub fn validity_problem(not_before: i64, not_after: i64, now: i64) -> Option<Str
 fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsError> {
     let chain = load_certificates(cert_path)?;
     let valid = chain.first().and_then(validity);
+    let addresses = chain.first().map(ip_addresses).unwrap_or_default();
     let names = match chain.first().map(webpki::EndEntityCert::try_from) {
         Some(Ok(end_entity)) => end_entity.valid_dns_names().map(str::to_ascii_lowercase).collect(),
         Some(Err(error)) => {
@@ -86,6 +119,7 @@ fn load_pair(name: &str, cert_path: &Path, key_path: &Path) -> Result<LoadedPair
         name: name.to_string(),
         cert_path: cert_path.to_path_buf(),
         names,
+        addresses,
         key: Arc::new(certified),
         valid,
     })
@@ -196,10 +230,11 @@ impl CertSet {
                     None => exact.entry(name.clone()).or_insert_with(|| pair.key.clone()),
                 };
             }
-            let names = if pair.names.is_empty() {
-                "no DNS names".to_string()
+            let listed: Vec<&str> = pair.names.iter().chain(&pair.addresses).map(String::as_str).collect();
+            let names = if listed.is_empty() {
+                "no DNS names or IP addresses".to_string()
             } else {
-                pair.names.join(",")
+                listed.join(",")
             };
             described.push(format!("{} [{}]", pair.cert_path.display(), names));
         }
