@@ -1,6 +1,8 @@
 //! Request coalescing: concurrent misses for one primary key make one upstream request. The first becomes
 //! the leader; the others wait on a channel and are woken (not polled) when the leader knows the outcome:
-//! stored (look it up again, it is a hit) or released (the response was not cacheable; go upstream).
+//! stored (look it up again, it is a hit), released (the response was not cacheable; go upstream), or
+//! failed (the origin did not answer, or its body failed: answer the same error at once, rather than each
+//! waiter asking a sick origin again and waiting as long).
 //!
 //! A fill remembers the store's purge generation at which its fetch began. A request that arrives after a
 //! purge which may have matched the key does not wait for a fetch that began before it (it would get the
@@ -12,8 +14,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+/// Why a leader's fetch failed upstream, as its waiters answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    /// 502 or 504.
+    pub status: http::StatusCode,
+    /// What happened, for the error body.
+    pub reason: Arc<str>,
+}
+
 /// What the leader's fetch came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillOutcome {
     /// The response is in the store.
     Stored,
@@ -23,6 +34,10 @@ pub enum FillOutcome {
     /// share one fetch begun after the purge (the one the first of them, or a later request, leads),
     /// instead of each going upstream.
     Purged,
+    /// The origin failed: no response head (refused, timed out, malformed), or a body that ended short,
+    /// stalled or broke before anything was stored. Waiters answer this error (or serve a stale copy where
+    /// `stale-if-error` allows) without going upstream.
+    Failed(UpstreamFailure),
 }
 
 impl FillOutcome {
@@ -144,7 +159,7 @@ impl Follower {
     /// Waits for the leader's outcome.
     pub async fn wait(mut self) -> FillOutcome {
         match self.receiver.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.unwrap_or(FillOutcome::Released),
+            Ok(outcome) => outcome.clone().unwrap_or(FillOutcome::Released),
             Err(_) => FillOutcome::Released,
         }
     }
@@ -201,5 +216,31 @@ mod tests {
         new.finish(FillOutcome::Stored);
         assert_eq!(follower.wait().await, FillOutcome::Stored);
         assert!(coalescer.is_empty());
+    }
+
+    #[tokio::test]
+    async fn followers_share_the_leaders_failure() {
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(leader) = coalescer.join("k", 0, |_| false) else {
+            panic!("first must lead")
+        };
+        let followers: Vec<_> = (0..3)
+            .map(|_| match coalescer.join("k", 0, |_| false) {
+                Role::Follower(follower) => tokio::spawn(follower.wait()),
+                Role::Leader(_) => panic!("the others follow"),
+            })
+            .collect();
+        let failure = UpstreamFailure {
+            status: http::StatusCode::GATEWAY_TIMEOUT,
+            reason: "origin sent no response within 30s".into(),
+        };
+        leader.finish(FillOutcome::Failed(failure.clone()));
+        for follower in followers {
+            assert_eq!(follower.await.expect("join"), FillOutcome::Failed(failure.clone()));
+        }
+        assert!(
+            matches!(coalescer.join("k", 0, |_| false), Role::Leader(_)),
+            "the next request tries again"
+        );
     }
 }

@@ -311,7 +311,8 @@ impl http_body::Body for H1Body {
                         this.connection = None;
                         return Poll::Ready(None);
                     }
-                    return this.fail("the origin closed the connection before the body's end".into());
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(tern_http::BodyEndedEarly.into())));
                 }
                 Poll::Ready(Ok(_)) => {
                     if let Some(sleep) = this.idle.as_mut() {
@@ -325,7 +326,8 @@ impl http_body::Body for H1Body {
                     let timeout = this.pool.settings.idle_body_timeout;
                     let sleep = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                     if sleep.as_mut().poll(cx).is_ready() {
-                        return this.fail(format!("the origin sent nothing for {timeout:?} mid-body"));
+                        this.connection = None;
+                        return Poll::Ready(Some(Err(tern_http::BodyStalled { idle: timeout }.into())));
                     }
                     return Poll::Pending;
                 }

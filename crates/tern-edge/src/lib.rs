@@ -195,6 +195,7 @@ pub async fn start_with(
         purge_auth: PurgeAuth::new(purge_key, config.purge_allow.clone()),
         key_config,
         max_uri_bytes: config.max_uri_bytes,
+        small_body_deadline: config.upstream.idle_body_timeout(),
         sync_mark,
         clock,
     });

@@ -22,6 +22,80 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Why an upstream response body failed after its head was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// It ended (the connection closed) before the length its head announced.
+    Short {
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// It went silent for longer than allowed, or a small body read whole did not arrive in time.
+    Stalled(String),
+    /// The connection failed or the framing was bad (a reset, an invalid chunk size).
+    Error(String),
+    /// It went on past the length its head announced.
+    TooLong {
+        /// Bytes announced.
+        expected: u64,
+    },
+}
+
+impl BodyFailure {
+    /// The failure of a body whose stream gave `error` after `received` bytes of the `expected` its head
+    /// announced (if it did): a stall, a connection closed before the end (short), or another error.
+    pub fn of_error(error: &tern_http::BoxError, received: u64, expected: Option<u64>) -> BodyFailure {
+        let error: &(dyn std::error::Error + 'static) = error.as_ref();
+        if tern_http::BodyStalled::is_cause_of(error) {
+            return BodyFailure::Stalled(error.to_string());
+        }
+        let ended_early = error.is::<tern_http::BodyEndedEarly>()
+            || error
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message);
+        match expected {
+            Some(expected) if ended_early => BodyFailure::Short { received, expected },
+            _ => BodyFailure::Error(error.to_string()),
+        }
+    }
+
+    /// The metric label: `short`, `stalled`, `error`, `too-long`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BodyFailure::Short { .. } => "short",
+            BodyFailure::Stalled(_) => "stalled",
+            BodyFailure::Error(_) => "error",
+            BodyFailure::TooLong { .. } => "too-long",
+        }
+    }
+
+    /// What a gateway answers when nothing of the response was sent yet: 504 for a stall (a timeout),
+    /// 502 otherwise (RFC 9110 sections 15.6.3 and 15.6.5).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BodyFailure::Stalled(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyFailure::Short { received, expected } => {
+                write!(f, "the origin's body ended after {received} of its {expected} bytes")
+            }
+            BodyFailure::Stalled(reason) => write!(f, "the origin's body stalled: {reason}"),
+            BodyFailure::Error(reason) => write!(f, "the origin's body failed: {reason}"),
+            BodyFailure::TooLong { expected } => {
+                write!(f, "the origin's body went on past its {expected} bytes")
+            }
+        }
+    }
+}
+
 /// Label: the kind of purge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PurgeLabel {
@@ -45,6 +119,8 @@ pub struct EdgeMetrics {
     pub stored: Counter,
     /// Fills abandoned (too large, cut off, write failure).
     pub fills_abandoned: Counter,
+    /// Upstream bodies that failed after their head, by why ([`BodyFailure::label`]).
+    pub upstream_bodies_failed: Family<OutcomeLabel, Counter>,
     /// Purge requests by kind.
     pub purges: Family<PurgeLabel, Counter>,
     /// Objects removed or marked by purges.
@@ -95,6 +171,14 @@ impl EdgeMetrics {
             "Cache fills abandoned (too large, cut off, write failed)",
             fills_abandoned.clone(),
         );
+        let upstream_bodies_failed = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "upstream_bodies_failed",
+            "Upstream response bodies that failed after their head: short (ended before their length), \
+             stalled (silent too long, or a small body not whole in time), error (reset, bad framing), \
+             too-long (past their length)",
+            upstream_bodies_failed.clone(),
+        );
         let purges = Family::<PurgeLabel, Counter>::default();
         registry.register("purges", "Purge requests by kind", purges.clone());
         let purged_objects = Counter::default();
@@ -135,6 +219,7 @@ impl EdgeMetrics {
             coalesced,
             stored,
             fills_abandoned,
+            upstream_bodies_failed,
             purges,
             purged_objects,
             objects,
@@ -154,6 +239,15 @@ impl EdgeMetrics {
     /// Counts an upstream exchange.
     pub fn upstream(&self, outcome: &'static str) {
         self.upstream_requests.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts an upstream body that failed after its head.
+    pub fn body_failed(&self, failure: &BodyFailure) {
+        self.upstream_bodies_failed
+            .get_or_create(&OutcomeLabel {
+                outcome: failure.label(),
+            })
+            .inc();
     }
 
     /// Copies the store's figures into the gauges.

@@ -41,6 +41,8 @@ pub struct Resource {
     /// The first this many requests for the path get `body`'s full length in the head, then half of it,
     /// and 200 ms later a closed connection (a server dying mid-body); later ones get `body` whole.
     pub cut_first: usize,
+    /// Send `body` one byte at a time with this gap between bytes (an origin that trickles).
+    pub trickle: Option<Duration>,
 }
 
 impl Resource {
@@ -55,6 +57,7 @@ impl Resource {
             generated_len: None,
             truncate_to: None,
             cut_first: 0,
+            trickle: None,
         }
     }
 }
@@ -258,6 +261,22 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
             // Long enough for a proxy in between to have passed the head and the first half on.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let _ = sender.send(Err("origin dies mid-body".into())).await;
+        });
+        return builder
+            .header("content-length", resource.body.len())
+            .body(body)
+            .expect("response");
+    }
+    if let Some(gap) = resource.trickle {
+        let (sender, body) = tern_http::channel(1, None);
+        let sent = resource.body.clone();
+        tokio::spawn(async move {
+            for at in 0..sent.len() {
+                if sender.send(Ok(sent.slice(at..at + 1))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
         });
         return builder
             .header("content-length", resource.body.len())

@@ -163,6 +163,49 @@ pub fn file_range(mut file: tokio::fs::File, start: u64, count: u64) -> Body {
     body
 }
 
+/// The error of a body whose sender went silent mid-body for longer than allowed ([`with_idle_timeout`],
+/// and the edge's origin client): a timeout, which a gateway answers with 504 rather than 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyStalled {
+    /// How long the body was silent.
+    pub idle: std::time::Duration,
+}
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream sent nothing for {} ms mid-body", self.idle.as_millis())
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl BodyStalled {
+    /// Whether `error` (or one of its causes) is a stall.
+    pub fn is_cause_of(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if error.is::<BodyStalled>() {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+}
+
+/// The error of a body whose sender closed the connection before the length it announced (the edge's
+/// origin client): a short body, told apart from a reset or bad framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyEndedEarly;
+
+impl std::fmt::Display for BodyEndedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the sender closed the connection before the body's end")
+    }
+}
+
+impl std::error::Error for BodyEndedEarly {}
+
 /// Fails a body that produces no frame for `idle`: an upstream that stalls mid-body must not hold a
 /// client (or a cache fill) forever.
 pub fn with_idle_timeout(body: Body, idle: std::time::Duration) -> Body {
@@ -230,11 +273,7 @@ impl http_body::Body for IdleTimeout {
                 Poll::Ready(frame)
             }
             Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                    "upstream sent nothing for {} ms mid-body",
-                    self.idle.as_millis()
-                )
-                .into()))),
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled { idle: self.idle }.into()))),
                 Poll::Pending => Poll::Pending,
             },
         }

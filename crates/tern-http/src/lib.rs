@@ -20,6 +20,6 @@ pub mod testsuite;
 pub mod tls;
 
 pub use body::{
-    Body, BoxError, ChannelSender, CollectError, REQUEST_BODY_DEADLINE, channel, collect_within, empty, file_range,
-    full, slice, with_abort, with_data_counter, with_idle_timeout,
+    Body, BodyEndedEarly, BodyStalled, BoxError, ChannelSender, CollectError, REQUEST_BODY_DEADLINE, channel,
+    collect_within, empty, file_range, full, slice, with_abort, with_data_counter, with_idle_timeout,
 };

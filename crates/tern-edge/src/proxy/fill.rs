@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use tern_http::{Body, ChannelSender, date, hop};
 use tern_http_cache::policy::{self, Storing, UpstreamExchange};
@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use super::{CLIENT_PRECONDITIONS, ClientRequest, Edge, Source, content_length};
 use crate::cache_status::{CacheStatus, Forward};
-use crate::coalesce::{FillOutcome, Leader};
-use crate::metrics::EdgeMetrics;
+use crate::coalesce::{FillOutcome, Leader, UpstreamFailure};
+use crate::metrics::{BodyFailure, EdgeMetrics};
 
 /// Chunks buffered between an upstream body and a client (bounds memory per transfer).
 const STREAM_CHUNKS: usize = 16;
@@ -69,7 +69,14 @@ impl Edge {
                     directives,
                     ..
                 } = miss;
-                drop(leader);
+                // The waiters answer this failure too (or serve their stale copy), rather than each asking
+                // an origin that just failed and waiting as long.
+                if let Some(leader) = leader {
+                    leader.finish(FillOutcome::Failed(UpstreamFailure {
+                        status: error.status(),
+                        reason: error.to_string().into(),
+                    }));
+                }
                 if let Some(hit) = &hit
                     && hit.object.freshness.may_serve_on_error(response_time, &directives)
                 {
@@ -282,14 +289,24 @@ impl Edge {
             .with_ttl(freshness.ttl_seconds(response_time));
         if let Some(small) = length.filter(|len| *len <= INLINE_BODY_LIMIT) {
             // A small body is read here, stored, then answered from memory: no copying task, no channel.
-            let bytes = match body.collect().await.map(|collected| collected.to_bytes()) {
-                Ok(bytes) if bytes.len() as u64 == small => bytes,
-                Ok(_) | Err(_) => {
+            // It must arrive whole within the body's idle timeout: an origin that sends a byte now and then
+            // would otherwise hold the client, who has nothing yet, for as long as it likes.
+            let bytes = match read_small(body, small, self.small_body_deadline).await {
+                Ok(bytes) => bytes,
+                Err(failure) => {
+                    warn!(url = %request.primary, %failure, "origin response not stored");
+                    self.metrics.body_failed(&failure);
                     self.metrics.fills_abandoned.inc();
                     self.metrics.request("error");
+                    if let Some(leader) = leader {
+                        leader.finish(FillOutcome::Failed(UpstreamFailure {
+                            status: failure.status(),
+                            reason: failure.to_string().into(),
+                        }));
+                    }
                     return self.error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream body ended early or failed",
+                        failure.status(),
+                        &failure.to_string(),
                         CacheStatus::forward(forward).with_forward_status(upstream_status),
                     );
                 }
@@ -317,7 +334,8 @@ impl Edge {
             );
         }
         let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
-        tokio::spawn(tee(body, fill, sender, length, leader, self.metrics.clone()));
+        let url = request.primary.clone();
+        tokio::spawn(tee(body, fill, sender, length, leader, self.metrics.clone(), url));
         self.metrics.request("miss");
         // Whether a streamed body will be stored is known only at its end, after this field was sent:
         // `stored` is left out rather than promised (RFC 9211 section 2.7 says it reports what happened).
@@ -387,10 +405,47 @@ fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
     keys
 }
 
+/// Reads a small body (`expected` bytes, announced by its head) whole within `deadline`.
+async fn read_small(mut body: Body, expected: u64, deadline: std::time::Duration) -> Result<Bytes, BodyFailure> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
+    let mut received = 0u64;
+    loop {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => {
+                return Err(BodyFailure::Stalled(format!(
+                    "{received} of its {expected} bytes arrived in {} ms",
+                    deadline.as_millis()
+                )));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(error))) => return Err(BodyFailure::of_error(&error, received, Some(expected))),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len() as u64;
+                    if received > expected {
+                        return Err(BodyFailure::TooLong { expected });
+                    }
+                    chunks.push(data);
+                }
+            }
+        }
+    }
+    if received < expected {
+        return Err(BodyFailure::Short { received, expected });
+    }
+    // One chunk (the usual case) is passed on as it is; several are joined once.
+    Ok(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
 /// Copies an upstream body to the client and into the store. The last chunk is held back until the object
 /// is stored, so a client that has read a whole response finds it in the cache on its next request. A
-/// client that goes away does not stop the fill; an upstream that fails or ends short stores nothing and
-/// the client's body is cut with an error, never passed off as complete.
+/// client that goes away does not stop the fill; an upstream that fails or ends short stores nothing, is
+/// logged and counted, its waiters answer the failure, and the client's body is cut with an error, never
+/// passed off as complete.
 async fn tee(
     mut body: Body,
     mut fill: Fill,
@@ -398,24 +453,26 @@ async fn tee(
     expected: Option<u64>,
     leader: Option<Leader>,
     metrics: Arc<EdgeMetrics>,
+    url: String,
 ) {
     let mut received = 0u64;
     let mut client_open = true;
     let mut held: Option<Bytes> = None;
-    let complete = loop {
+    // `Err(None)`: the client went away and the fill could not go on without it.
+    let ended: Result<(), Option<BodyFailure>> = loop {
         match body.frame().await {
-            None => break expected.is_none_or(|expected| expected == received),
-            Some(Err(error)) => {
-                debug!(%error, "upstream body failed mid-transfer");
-                break false;
-            }
+            None => match expected {
+                Some(expected) if expected != received => break Err(Some(BodyFailure::Short { received, expected })),
+                _ => break Ok(()),
+            },
+            Some(Err(error)) => break Err(Some(BodyFailure::of_error(&error, received, expected))),
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
                 received += data.len() as u64;
-                if expected.is_some_and(|expected| received > expected) {
-                    break false;
+                if let Some(expected) = expected.filter(|expected| received > *expected) {
+                    break Err(Some(BodyFailure::TooLong { expected }));
                 }
                 fill.write(&data).await;
                 if let Some(previous) = held.replace(data)
@@ -425,11 +482,12 @@ async fn tee(
                     client_open = false;
                 }
                 if !client_open && !fill.is_viable() {
-                    break false;
+                    break Err(None);
                 }
             }
         }
     };
+    let complete = ended.is_ok();
     let stored = fill.finish(complete).await;
     match &stored {
         Ok(_) => {
@@ -440,8 +498,19 @@ async fn tee(
             debug!(%error, "fill not stored");
         }
     }
+    let failure = ended.err().flatten();
+    if let Some(failure) = &failure {
+        warn!(%url, %failure, received, "origin body failed mid-transfer: the response is cut and not stored");
+        metrics.body_failed(failure);
+    }
     if let Some(leader) = leader {
-        leader.finish(FillOutcome::of(&stored));
+        leader.finish(match &failure {
+            Some(failure) => FillOutcome::Failed(UpstreamFailure {
+                status: failure.status(),
+                reason: failure.to_string().into(),
+            }),
+            None => FillOutcome::of(&stored),
+        });
     }
     if client_open {
         if complete {
@@ -449,9 +518,11 @@ async fn tee(
                 let _ = sender.send(Ok(last)).await;
             }
         } else {
-            let _ = sender
-                .send(Err("upstream body ended early or failed; response cut".into()))
-                .await;
+            let reason = failure.map_or_else(
+                || "the response could not be completed; cut".to_string(),
+                |failure| format!("{failure}; response cut"),
+            );
+            let _ = sender.send(Err(reason.into())).await;
         }
     }
 }

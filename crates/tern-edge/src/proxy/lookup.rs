@@ -113,6 +113,11 @@ impl Edge {
                         FillOutcome::Stored => collapsed = true,
                         // Looked up again: this request joins the fetch begun after the purge, or leads it.
                         FillOutcome::Purged => {}
+                        FillOutcome::Failed(failure) => {
+                            return self
+                                .answer_failure(&request, hit.as_ref(), &directives, forward, &failure)
+                                .await;
+                        }
                         FillOutcome::Released => {
                             let miss = Miss {
                                 hit,
@@ -135,6 +140,37 @@ impl Edge {
             directives,
         };
         self.fetch(&request, miss).await
+    }
+
+    /// A request that waited for a fetch that failed upstream: its stale copy where `stale-if-error` allows
+    /// (RFC 5861 section 4), else the leader's error, at once.
+    async fn answer_failure(
+        self: &Arc<Self>,
+        request: &ClientRequest,
+        hit: Option<&Hit>,
+        directives: &Directives,
+        forward: Forward,
+        failure: &crate::coalesce::UpstreamFailure,
+    ) -> Response<Body> {
+        let now = self.clock.now();
+        if let Some(hit) = hit
+            && hit.object.freshness.may_serve_on_error(now, directives)
+        {
+            let status = CacheStatus::forward(Forward::Stale)
+                .with_ttl(hit.object.freshness.ttl_seconds(now))
+                .with_collapsed()
+                .with_detail("stale-if-error");
+            if let Some(response) = self.serve_stored(request, hit, status, now).await {
+                self.metrics.request("stale");
+                return response;
+            }
+        }
+        self.metrics.request("error");
+        self.error(
+            failure.status,
+            &failure.reason,
+            CacheStatus::forward(forward).with_collapsed(),
+        )
     }
 
     /// Runs a coalesced fetch on its own task, so that the client who happened to lead it can go away

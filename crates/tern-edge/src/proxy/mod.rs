@@ -86,6 +86,9 @@ pub struct Edge {
     pub(crate) purge_auth: PurgeAuth,
     pub(crate) key_config: KeyConfig,
     pub(crate) max_uri_bytes: usize,
+    /// How long a small upstream body (read whole before answering) may take to arrive: the body's idle
+    /// timeout, as a deadline for the whole of it.
+    pub(crate) small_body_deadline: std::time::Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sync_mark: Arc<crate::catch_up::SyncMark>,
 }

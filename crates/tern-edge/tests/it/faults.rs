@@ -1,6 +1,8 @@
 //! The faults issue 9 found with real-world inputs, each with the input that showed it: an absurd `Age`, a
 //! purge during a slow miss, two spellings of one URL, a response that sets a cookie, a client that aborts
-//! a coalesced miss, and the smaller ones (414, `Via`, `Expect`, `Cache-Status; stored`).
+//! a coalesced miss, and the smaller ones (414, `Via`, `Expect`, `Cache-Status; stored`); and those a trial
+//! with a hostile origin found: waiters of a failed fetch asking the origin again, a body that trickles,
+//! body failures that left no trace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -502,4 +504,92 @@ async fn heads_with_many_fields_are_served() {
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.header("x-f199"), "v");
     assert_eq!(setup.origin.count_for("/many2"), 1);
+}
+
+/// Sends `count` GETs for `path` at once, each on its own connection.
+async fn at_once(setup: &Setup, path: &str, count: usize) -> Vec<tern_edge::testsuite::Got> {
+    let requests: Vec<_> = (0..count)
+        .map(|_| {
+            let (client, url) = (client(), setup.url(path));
+            tokio::spawn(async move { send(&client, "GET", &url, &[]).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for request in requests {
+        got.push(request.await.expect("join"));
+    }
+    got
+}
+
+async fn metrics(setup: &Setup) -> String {
+    String::from_utf8_lossy(&send(&setup.client, "GET", &setup.admin_url("/metrics"), &[]).await.body).into_owned()
+}
+
+#[tokio::test]
+async fn waiters_of_a_fetch_that_times_out_answer_its_error_and_the_origin_is_asked_once() {
+    let setup = Setup::with(|config| config.upstream.first_byte_timeout_ms = 400).await;
+    let mut late = Resource::ok("late", &[("cache-control", "max-age=60")]);
+    late.delay = Duration::from_secs(3);
+    setup.origin.set("/sick", late);
+    let got = at_once(&setup, "/sick", 4).await;
+    for response in &got {
+        assert_eq!(response.status, 504, "{:?}", response.body);
+    }
+    let collapsed = got
+        .iter()
+        .filter(|response| response.header("cache-status").contains("collapsed"))
+        .count();
+    assert_eq!(collapsed, 3, "the waiters answered the leader's failure");
+    assert_eq!(
+        setup.origin.count_for("/sick"),
+        1,
+        "a sick origin is asked once, not once more per waiter"
+    );
+    // The next request tries again.
+    assert_eq!(setup.get("/sick").await.status, 504);
+    assert_eq!(setup.origin.count_for("/sick"), 2);
+}
+
+#[tokio::test]
+async fn waiters_of_a_body_that_ends_short_share_the_failure_and_it_is_counted() {
+    let setup = Setup::new().await;
+    let mut short = Resource::ok("only part", &[("cache-control", "max-age=60")]);
+    short.truncate_to = Some(100);
+    short.delay = Duration::from_millis(300);
+    setup.origin.set("/short", short);
+    for response in at_once(&setup, "/short", 3).await {
+        assert_eq!(response.status, 502);
+        assert!(
+            String::from_utf8_lossy(&response.body).contains("of its 100 bytes"),
+            "the error says what happened: {:?}",
+            response.body
+        );
+    }
+    assert_eq!(setup.origin.count_for("/short"), 1);
+    let text = metrics(&setup).await;
+    assert!(
+        text.contains("tern_edge_upstream_bodies_failed_total{outcome=\"short\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_small_body_that_trickles_is_given_up_after_the_idle_timeout_with_504() {
+    let setup = Setup::with(|config| config.upstream.idle_body_timeout_ms = 600).await;
+    // Each byte comes well within the idle timeout, but the whole would take 8 s.
+    let mut trickle = Resource::ok("twenty bytes of body", &[("cache-control", "max-age=60")]);
+    trickle.trickle = Some(Duration::from_millis(400));
+    setup.origin.set("/trickle", trickle);
+    let got = setup.get("/trickle").await;
+    assert_eq!(got.status, 504);
+    assert!(
+        String::from_utf8_lossy(&got.body).contains("of its 20 bytes arrived in 600 ms"),
+        "{:?}",
+        got.body
+    );
+    let text = metrics(&setup).await;
+    assert!(
+        text.contains("tern_edge_upstream_bodies_failed_total{outcome=\"stalled\"} 1"),
+        "{text}"
+    );
 }
