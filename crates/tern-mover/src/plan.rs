@@ -86,6 +86,10 @@ pub struct PlanStats {
     pub content_bytes: u64,
     /// Bytes of the assignment.
     pub assignment_bytes: u64,
+    /// Staged entries whose set-user-ID or set-group-ID bit was not carried ([`tern_tree::CARRIED_MODE`]).
+    pub setid_cleared: usize,
+    /// The first of them, for the warning.
+    pub setid_first: Option<String>,
 }
 
 impl PlanStats {
@@ -214,6 +218,15 @@ pub fn plan_site(
         rules.filter_unsupported(&mut unsupported);
     }
     refuse_what_cannot_be_carried(staging, &staged, &unsupported)?;
+    let mut stats = PlanStats::default();
+    // Set-user-ID and set-group-ID bits stay in staging: nodes never get them (counted, for a warning).
+    for (path, entry) in staged.iter_mut() {
+        if entry.kind != Kind::Link && entry.mode & !tern_tree::CARRIED_MODE & 0o7777 != 0 {
+            entry.mode &= tern_tree::CARRIED_MODE;
+            stats.setid_cleared += 1;
+            stats.setid_first.get_or_insert_with(|| path.clone());
+        }
+    }
     let mut builder = Builder::new(
         publication.id,
         kind,
@@ -222,7 +235,6 @@ pub fn plan_site(
         None,
         publication.created_ms,
     );
-    let mut stats = PlanStats::default();
     let found = changes(shadow_snapshot, &staged);
     let sources = copy_sources(shadow_snapshot);
     let mut steps = Vec::with_capacity(found.len());

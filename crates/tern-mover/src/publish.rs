@@ -125,6 +125,11 @@ impl Mover {
             self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
                 .await?
         };
+        if planned.stats.setid_cleared > 0 {
+            warn!(job = %id, site = %name, entries = planned.stats.setid_cleared,
+                  first = planned.stats.setid_first.as_deref().unwrap_or(""),
+                  "set-user-ID and set-group-ID bits in staging are not carried to the nodes; clear them there");
+        }
         if planned.stats.is_unchanged() && !restore && site.sequence != 0 {
             // Rules or a target given with this publish still become the site's, as after a new version;
             // the snapshot, equal to the published one, has the scan's fresher stat data (files hashed again).

@@ -42,6 +42,7 @@ use tracing::info;
 use crate::paths::{PathError, resolve};
 
 mod entries;
+mod mark;
 
 use entries::{
     CopyError, Directories, copy_from, link_tree, make_symlink, place_link, set_metadata, write_new, write_new_with,
@@ -123,6 +124,23 @@ pub enum ApplyError {
         prepared: Option<u64>,
         /// The version the commit names.
         asked: u64,
+    },
+    /// The assignment is for an older version than one this node held (a replayed assignment, captured on
+    /// its way to this or another node), or is a rollback issued before the switch it would undo.
+    #[error(
+        "{what} of site {site} refused: this node held version {held} (issued at {switched_ms} ms) already. \
+         A replayed assignment, or a mover whose records went back; to accept it anyway, delete \
+         ROOT/.state/marks/{site}"
+    )]
+    Stale {
+        /// The site.
+        site: String,
+        /// What was refused: `version N`, or `a rollback issued at T ms`.
+        what: String,
+        /// The highest version held.
+        held: u64,
+        /// When the last switch applied was issued.
+        switched_ms: u64,
     },
     /// A file-system operation failed.
     #[error("command {index} ({op}): {source}")]
@@ -264,6 +282,17 @@ impl Interpreter {
         let lock = self.site_lock(&assignment.header.site);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let io = |index: usize, op: &'static str| move |source: std::io::Error| ApplyError::Io { index, op, source };
+        let site = assignment.header.site.as_str();
+        let mut held = mark::read(&self.root, site, &site_dir);
+        let stale = |what: String| ApplyError::Stale {
+            site: site.to_string(),
+            what,
+            held: held.high,
+            switched_ms: held.switched_ms,
+        };
+        if assignment.header.kind == AssignmentKind::Remove && assignment.header.sequence < held.high {
+            return Err(stale(format!("version {}", assignment.header.sequence)));
+        }
         if assignment.header.kind == AssignmentKind::Remove {
             // The site goes at once (one rename out of the root), then its files are deleted.
             if site_dir.exists() {
@@ -273,10 +302,13 @@ impl Interpreter {
                 sync_directory(&self.root).map_err(io(0, "remove"))?;
                 remove_tree(&trash).map_err(io(0, "remove"))?;
             }
+            // Kept after the site is gone: an old publish replayed later must not bring it back.
+            held.high = held.high.max(assignment.header.sequence);
+            mark::write(&self.root, site, held).map_err(io(0, "remove"))?;
+            sync_directory(&self.root).map_err(io(0, "remove"))?;
             info!(site = %assignment.header.site, id = %assignment.header.id, "site removed");
             return Ok(Applied::default());
         }
-        std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let temp = site_dir.join("temp");
         // An assignment with content commands prepares a fresh temp tree; a commit-only assignment (the
         // second phase, sent once every node has reported its content applied) uses the tree prepared before.
@@ -285,6 +317,17 @@ impl Interpreter {
             .iter()
             .any(|c| !matches!(c, Command::Commit | Command::Rollback | Command::CheckBackup));
         let commits = assignment.commands.iter().any(|c| matches!(c, Command::Commit));
+        let rolls_back = assignment.commands.iter().any(|c| matches!(c, Command::Rollback));
+        if (has_content || commits) && assignment.header.sequence < held.high {
+            return Err(stale(format!("version {}", assignment.header.sequence)));
+        }
+        if rolls_back && assignment.header.created_ms < held.switched_ms {
+            return Err(stale(format!(
+                "a rollback issued at {} ms",
+                assignment.header.created_ms
+            )));
+        }
+        std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let prepared_marker = site_dir.join(PREPARED);
         if commits && !has_content {
             let prepared = read_prepared(&prepared_marker).filter(|_| temp.is_dir());
@@ -481,6 +524,11 @@ impl Interpreter {
         }
         let last = assignment.commands.len();
         directories.finish().map_err(io(last, "finish"))?;
+        if commits || rolls_back {
+            held.high = held.high.max(assignment.header.sequence);
+            held.switched_ms = held.switched_ms.max(assignment.header.created_ms);
+            mark::write(&self.root, site, held).map_err(io(last, "mark"))?;
+        }
         if has_content && !commits {
             // Prepared for a later commit (with a commit, the tree was checked before it went live).
             links_stay_inside(&temp, &links)?;

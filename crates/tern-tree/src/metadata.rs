@@ -49,13 +49,18 @@ pub fn file_mode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| mode_bits(&m))
 }
 
-/// Sets the permission bits of `path` (`0o7777`), following a link (set a link's target, never a link:
-/// links have no mode of their own on Linux).
+/// The permission bits a tree carries from staging to the nodes: everything but set-user-ID and
+/// set-group-ID (`0o6000`). A web tree has no use for them, and whoever can write to a staging area must
+/// not be able to plant privileged programs on every server (a node usually runs as root).
+pub const CARRIED_MODE: u32 = 0o1777;
+
+/// Sets the permission bits of `path` ([`CARRIED_MODE`]: never set-user-ID or set-group-ID), following a
+/// link (set a link's target, never a link: links have no mode of their own on Linux).
 pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & CARRIED_MODE))
     }
     #[cfg(not(unix))]
     {

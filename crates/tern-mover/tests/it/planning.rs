@@ -461,3 +461,48 @@ fn a_link_that_climbs_after_a_name_is_published_while_it_stays_inside_the_root()
         "{message}"
     );
 }
+
+#[test]
+fn set_user_and_group_id_bits_never_reach_a_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let area = tempfile::tempdir().expect("tempdir");
+    let staging = area.path().join("staging");
+    let shadow = area.path().join("shadow");
+    std::fs::create_dir_all(staging.join("bin")).expect("mkdir");
+    std::fs::create_dir_all(&shadow).expect("mkdir");
+    std::fs::write(staging.join("bin/tool"), "#!/bin/sh\n").expect("write");
+    std::fs::write(staging.join("index.html"), "home").expect("write");
+    std::fs::set_permissions(staging.join("bin/tool"), std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    std::fs::set_permissions(staging.join("bin"), std::fs::Permissions::from_mode(0o2775)).expect("chmod");
+    let planned = plan(
+        &staging,
+        &shadow,
+        &Snapshot::new(),
+        &publication(1, "p1"),
+        &PlanPolicy::default(),
+        &key(),
+    )
+    .expect("plan");
+    assert_eq!(planned.stats.setid_cleared, 2);
+    assert_eq!(planned.stats.setid_first.as_deref(), Some("bin"));
+    let node = Interpreter::new(area.path().join("node"));
+    deliver(&node, &planned.assignment, 1);
+    let live = node.live("www").expect("live");
+    let mode = |path: &str| std::fs::metadata(live.join(path)).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode("bin/tool"), 0o755);
+    assert_eq!(mode("bin"), 0o775);
+    // An assignment that carries the bits anyway (another mover release) does not set them either.
+    let mut builder = Builder::new("p2", AssignmentKind::Publish, "www", 2, None, 0);
+    builder.create("bin/other", Some(0o6755), b"x", false).expect("create");
+    builder.command(Command::Commit);
+    let bytes = builder.finish(&key(), None).expect("finish");
+    node.apply(&decode(&bytes, &key().verifying_key(), None, &Limits::default()).expect("verifies"))
+        .expect("applies");
+    let live = node.live("www").expect("live");
+    let other = std::fs::metadata(live.join("bin/other"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(other, 0o755);
+}

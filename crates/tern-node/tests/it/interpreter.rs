@@ -641,3 +641,88 @@ async fn three_nodes_serve_the_same_validators_for_the_same_file() {
         );
     }
 }
+
+/// A one-file publish of `version`, committed, issued at `created_ms`.
+fn publish_one(interpreter: &Interpreter, version: u64, created_ms: u64, body: &[u8]) -> Result<(), ApplyError> {
+    let mut builder = Builder::new(
+        &format!("p{version}"),
+        AssignmentKind::Publish,
+        "www",
+        version,
+        None,
+        created_ms,
+    );
+    builder.create("index.html", Some(0o644), body, false).expect("create");
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).map(|_| ())
+}
+
+#[test]
+fn a_replayed_assignment_of_an_older_version_is_refused_also_after_a_removal() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    let live = root.path().join("www/live");
+    publish_one(&interpreter, 7, 1_000, b"seven").expect("7");
+    publish_one(&interpreter, 8, 2_000, b"eight").expect("8");
+    // The full copy of 7, captured on its way to another node and sent here again: refused, live unchanged.
+    let mut replay = Builder::new("s7", AssignmentKind::Replicate, "www", 7, None, 1_500);
+    replay
+        .create("index.html", Some(0o644), b"seven", false)
+        .expect("create");
+    let error = interpreter
+        .apply(&sealed(replay))
+        .expect_err("an older version is refused");
+    assert!(matches!(error, ApplyError::Stale { held: 8, .. }), "{error}");
+    assert!(error.to_string().contains("ROOT/.state/marks/www"), "{error}");
+    let mut commit = Builder::new("c7", AssignmentKind::Publish, "www", 7, None, 1_600);
+    commit.command(Command::Commit);
+    assert!(matches!(
+        interpreter.apply(&sealed(commit)),
+        Err(ApplyError::Stale { .. })
+    ));
+    assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"eight");
+    // The same version again is taken (a forced full copy of the current version).
+    let mut again = Builder::new("s8", AssignmentKind::Replicate, "www", 8, None, 3_000);
+    again
+        .create("index.html", Some(0o644), b"eight", false)
+        .expect("create");
+    again.command(Command::Commit);
+    interpreter.apply(&sealed(again)).expect("the version held, again");
+
+    // Removed, the site does not come back with an old publish; a newer one brings it back.
+    let remove = Builder::new("rm", AssignmentKind::Remove, "www", 9, None, 4_000);
+    interpreter.apply(&sealed(remove)).expect("removed");
+    assert!(!root.path().join("www").exists());
+    assert!(matches!(
+        publish_one(&interpreter, 8, 5_000, b"eight"),
+        Err(ApplyError::Stale { held: 9, .. })
+    ));
+    assert!(!root.path().join("www").exists(), "nothing of the refused one is left");
+    publish_one(&interpreter, 10, 6_000, b"ten").expect("a newer version");
+    assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"ten");
+}
+
+#[test]
+fn a_rollback_issued_before_the_switch_it_would_undo_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    let live = root.path().join("www/live");
+    publish_one(&interpreter, 1, 1_000, b"one").expect("1");
+    publish_one(&interpreter, 2, 2_000, b"two").expect("2");
+    let rollback_to_1 = |created_ms| {
+        let mut rollback = Builder::new("r1", AssignmentKind::Rollback, "www", 1, None, created_ms);
+        rollback.command(Command::Rollback);
+        sealed(rollback)
+    };
+    interpreter.apply(&rollback_to_1(3_000)).expect("rolls back");
+    assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"one");
+    // Version 3 goes live with 1 as its backup; the old rollback, replayed, would switch back to 1.
+    publish_one(&interpreter, 3, 4_000, b"three").expect("3");
+    assert!(matches!(
+        interpreter.apply(&rollback_to_1(3_000)),
+        Err(ApplyError::Stale { .. })
+    ));
+    assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"three");
+    interpreter.apply(&rollback_to_1(5_000)).expect("a rollback issued now");
+    assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"one");
+}
