@@ -156,6 +156,10 @@ pub async fn start(config: MoverConfig, token: Option<SecretKey>) -> Result<Runn
 /// Starts the mover with the UI configured by `settings`.
 pub async fn start_with(config: MoverConfig, settings: UiSettings) -> Result<Running<Arc<Mover>>, StartError> {
     let has_token = settings.token.is_some();
+    if let Some(token) = &settings.token {
+        // Never sent to a cache as its key, whatever file a job names.
+        tern_mover::freshness::hold_as_own(token.as_bytes());
+    }
     let scheme = if settings.secure { "https" } else { "http" };
     let running = tern_mover::service::start_with_admin(config, move |mover| {
         Arc::new(MoverUi::new(mover, settings)) as Arc<dyn AdminRoutes>

@@ -59,11 +59,13 @@ impl Mover {
         }
         if let Some(staging) = &spec.staging
             && spec.kind == JobKind::Publish
-            && !Path::new(staging).is_dir()
         {
-            return Err(SubmitError::Invalid(format!(
-                "staging directory {staging} is missing or not a directory (on the mover's machine)"
-            )));
+            if !Path::new(staging).is_dir() {
+                return Err(SubmitError::Invalid(format!(
+                    "staging directory {staging} is missing or not a directory (on the mover's machine)"
+                )));
+            }
+            overlaps_data(Path::new(staging), &self.config.data).map_err(SubmitError::Invalid)?;
         }
         let asked = spec.clone();
         let facts = self
@@ -161,4 +163,21 @@ impl Mover {
             Cancelled::Ended(state) => Err(SubmitError::Conflict(format!("job {id} has already ended ({state})"))),
         }
     }
+}
+
+/// Refuses a staging directory inside the mover's data directory or holding it: publishing it would send
+/// the mover's keys and database to every node.
+fn overlaps_data(staging: &Path, data: &Path) -> Result<(), String> {
+    let (Ok(staging), Ok(data)) = (staging.canonicalize(), data.canonicalize()) else {
+        return Ok(());
+    };
+    if staging.starts_with(&data) || data.starts_with(&staging) {
+        return Err(format!(
+            "staging directory {} overlaps the mover's data directory {} (its keys and database would be \
+             published): stage the site elsewhere",
+            staging.display(),
+            data.display()
+        ));
+    }
+    Ok(())
 }

@@ -160,6 +160,13 @@ impl Mover {
         store: StoreThread,
         delivery: Arc<dyn Delivery>,
     ) -> Mover {
+        crate::freshness::hold_as_own(&signing.to_bytes());
+        for secret in [&config.cluster_key, &config.api_token].into_iter().flatten() {
+            crate::freshness::hold_as_own(secret.as_bytes());
+        }
+        if let Some(key) = &config.policy.encryption {
+            crate::freshness::hold_as_own(key);
+        }
         let metrics = MoverMetrics::new();
         let trees = Arc::new(crate::tree_delivery::TreeHub::new(
             None,

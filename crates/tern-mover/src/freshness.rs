@@ -237,11 +237,36 @@ fn base_url(what: &str, text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// Reads a key file on the mover's machine: its token.
+/// The tokens of the secrets this process holds as its own (the mover's signing seed, the cluster key,
+/// the API and admin tokens, the encryption key): a cache's key file is a path on the mover's machine,
+/// named by whoever submits a job, and must never make the mover send one of them to a URL of the
+/// submitter's choosing.
+static OWN_SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `secret` (32 bytes) as one of this process's own: a key file holding it is refused as a
+/// cache's key.
+pub fn hold_as_own(secret: &[u8; 32]) {
+    let token = hex::encode(secret);
+    let mut own = OWN_SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+    if !own.contains(&token) {
+        own.push(token);
+    }
+}
+
+/// Reads a key file on the mover's machine: its token. A file holding one of the mover's own secrets
+/// ([`hold_as_own`]) is refused.
 fn load_token(path: &str) -> Result<String, String> {
-    SecretKey::load(Path::new(path))
+    let token = SecretKey::load(Path::new(path))
         .map(|key| key.token())
-        .map_err(|e| format!("key file {path} on the mover's machine: {e} (write one with `tern keygen FILE`)"))
+        .map_err(|e| format!("key file {path} on the mover's machine: {e} (write one with `tern keygen FILE`)"))?;
+    if OWN_SECRETS.lock().unwrap_or_else(|p| p.into_inner()).contains(&token) {
+        return Err(format!(
+            "key file {path} holds one of the mover's own secrets (its signing key, cluster key, API or admin \
+             token, or encryption key), which is never sent to a cache: give the sync service's --key file or \
+             the edges' --purge-key file"
+        ));
+    }
+    Ok(token)
 }
 
 /// How a hand-over retries and waits.
@@ -1172,6 +1197,42 @@ mod tests {
         };
         let error = check_files(&missing).await.expect_err("no key file");
         assert!(error.contains("tern keygen"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_key_file_holding_one_of_the_movers_own_secrets_is_never_sent() {
+        let area = tempfile::tempdir().expect("tempdir");
+        // The mover's signing key file has a key file's shape: named as an edge's key by a job, its secret
+        // would go to any URL the job names.
+        let signing = crate::keys::load_or_create(area.path()).expect("signing key");
+        hold_as_own(&signing.to_bytes());
+        let caches = SiteCaches {
+            public_url: "http://www.test".into(),
+            edges: vec!["http://127.0.0.1:9".into()],
+            edge_key: Some(area.path().join("mover.key").display().to_string()),
+            ..SiteCaches::default()
+        };
+        let error = check_files(&caches).await.expect_err("refused");
+        assert!(error.contains("one of the mover's own secrets"), "{error}");
+        // And at the hand-over too (a site's caches recorded before this check).
+        let list = PurgeList::new(
+            "http://www.test",
+            &Changed::all_gone(&snapshot(&[("a", file("a"))])),
+            INDEX,
+        );
+        let error = EdgeCaches::new(&caches, Duration::from_secs(1))
+            .hand_over(&list)
+            .await
+            .expect_err("refused");
+        assert!(error.contains("one of the mover's own secrets"), "{error}");
+        // A cache's own key is taken.
+        let edge_key = area.path().join("purge.key");
+        SecretKey::write_new(&edge_key).expect("key");
+        let theirs = SiteCaches {
+            edge_key: Some(edge_key.display().to_string()),
+            ..caches
+        };
+        assert_eq!(check_files(&theirs).await, Ok(()));
     }
 
     #[test]

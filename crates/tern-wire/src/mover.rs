@@ -455,6 +455,8 @@ pub const DEFAULT_CONFIRM_WITHIN_S: u64 = 600;
 /// The changed paths go as URLs under `public_url` either to the sync service, which purges them on every
 /// cache it drives and fetches the changed ones again, or straight to `edges`. Key and CA files are paths on
 /// the mover's machine, like a staging directory: no secret travels in a job or is kept in the database.
+/// A key file holding one of the mover's own secrets (its signing key, cluster key, API or admin token,
+/// encryption key) is refused: a job must not make the mover send them anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteCaches {

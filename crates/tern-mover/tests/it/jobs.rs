@@ -668,3 +668,20 @@ async fn a_node_that_no_longer_holds_what_it_registered_as_prepared_gets_the_con
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn a_staging_directory_overlapping_the_movers_data_is_refused() {
+    let fleet = Fleet::new(1, None).await;
+    for staging in [fleet.area.path().join("mover"), fleet.area.path().to_path_buf()] {
+        let body = serde_json::json!({ "kind": "publish", "site": "www", "staging": staging.display().to_string() });
+        let (status, answer) = fleet.post_bytes("/api/jobs", body.to_string().into_bytes()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("overlaps the mover's data directory"),
+            "{answer}"
+        );
+    }
+}
