@@ -69,13 +69,11 @@ pub enum RegisterError {
     Name(String),
     /// Another machine holds the name: a node with another instance id registered under it (HTTP 409).
     #[error(
-        "node name {name} is held by another node (instance {holder}, at {url}); give this node a name of its own with --name, or, if it replaces that machine, remove the old record first: tern nodes --remove {name}"
+        "node name {name} is held by another machine (another instance id, at {url}); give this node a name of its own with --name, or, if it replaces that machine, remove the old record first: tern nodes --remove {name}"
     )]
     Taken {
         /// The name.
         name: String,
-        /// The first hex digits of the instance id that holds it.
-        holder: String,
         /// Where the holder takes assignments.
         url: String,
     },
@@ -288,7 +286,6 @@ impl Mover {
                 {
                     return Ok(Err(RegisterError::Taken {
                         name: node.name.clone(),
-                        holder: tern_wire::cut_at(holder, 8).to_string(),
                         url: url.clone(),
                     }));
                 }

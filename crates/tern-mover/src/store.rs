@@ -45,6 +45,9 @@ pub struct Node {
     /// Content groups it belongs to.
     pub groups: Vec<String>,
     /// Its instance id ([`tern_wire::mover::Registration::instance`]; empty from a node that predates it).
+    /// Never shown (`/status`, the API): without a cluster key it is what proves a registration comes
+    /// from the machine that holds the name.
+    #[serde(skip_serializing)]
     pub instance: String,
 }
 

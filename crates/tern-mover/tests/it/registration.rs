@@ -112,6 +112,8 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
     let before = node_urls(&fleet).await;
     assert_eq!(before.len(), 1, "{before:?}");
     let other = "http://192.0.2.7:7100";
+    let held = std::fs::read_to_string(fleet.node_root(0).join(".state/instance")).expect("instance");
+    let held = held.trim();
 
     for instance in [tern_wire::mover::new_instance(), String::new()] {
         let mut second = registration("node0", other);
@@ -120,6 +122,10 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
         let (status, answer) = fleet.post_bytes("/api/nodes/register", body).await;
         assert_eq!(status, StatusCode::CONFLICT, "instance {instance:?}: {answer}");
         assert!(
+            !answer.to_string().contains(&held[..8]),
+            "the refusal shows no part of it: {answer}"
+        );
+        assert!(
             answer["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("tern nodes --remove node0")),
@@ -127,6 +133,14 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
         );
     }
     assert_eq!(node_urls(&fleet).await, before, "node0's deliveries still go to node0");
+    // Without a cluster key the instance id is what proves a registration is node0's: it is shown nowhere.
+    let shown = [
+        fleet.api("GET", "/api/nodes", None).await.to_string(),
+        fleet.api("GET", "/status", None).await.to_string(),
+    ];
+    for text in shown {
+        assert!(!text.contains(&held[..8]) && !text.contains("\"instance\""), "{text}");
+    }
 
     // An address no delivery can use, or a group name that is not plain, is refused, not taken.
     for (url, groups) in [
