@@ -149,6 +149,42 @@ pub fn roll_forward(store: &Store, data: &Path, now_ms: u64) -> Result<usize, St
     Ok(finished)
 }
 
+/// At the mover's start, after [`roll_forward`]: deletes what interrupted jobs left in every site's
+/// directory ([`SiteDir::remove_leftovers`]), except in sites with a decision still unfinished (the next
+/// start finishes it from those files). Returns the entries deleted.
+pub fn remove_leftovers(store: &Store, data: &Path) -> Result<usize, String> {
+    let Ok(entries) = std::fs::read_dir(data.join("sites")) else {
+        return Ok(0);
+    };
+    let unfinished: std::collections::BTreeSet<String> = store
+        .unfinished_decisions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|decision| decision.site)
+        .collect();
+    let mut count = 0;
+    for entry in entries.flatten() {
+        let Some(site) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if unfinished.contains(&site) || !entry.path().is_dir() {
+            continue;
+        }
+        let kept = store
+            .snapshots(&site)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|record| record.sequence)
+            .collect();
+        let removed = SiteDir::new(data, &site).remove_leftovers(&kept);
+        if !removed.is_empty() {
+            info!(%site, removed = %removed.join(", "), "left behind by jobs the mover's stop interrupted; deleted");
+            count += removed.len();
+        }
+    }
+    Ok(count)
+}
+
 impl crate::ccm::Mover {
     /// Finishes a decided job's record once its commit went out (the path every decided job takes when the
     /// mover does not stop): under the site's lock, the disk first, then the database in one transaction.
@@ -259,5 +295,85 @@ mod tests {
             ],
             "pending: {next:?}"
         );
+    }
+
+    #[test]
+    fn a_job_whose_record_was_finished_before_the_stop_ends_committed_and_is_not_run_again() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let mut spec = JobSpec::new(JobKind::Remove, "www");
+        spec.retries = 3;
+        store.create_job("remove-1", &spec, 1_000, 1_000).expect("create");
+        store.start_job("remove-1", &BTreeSet::new(), 1_000).expect("start");
+        let decision = Decision {
+            job: "remove-1".into(),
+            site: "www".into(),
+            version: 0,
+            finish: Finish::Remove,
+        };
+        store.decide(&decision, 1_500).expect("decide");
+        // The job finished its record (the path of every job the mover does not stop), then the mover
+        // was killed before the job was marked committed.
+        store
+            .finish_decision("remove-1", "www", None, None, 1_600)
+            .expect("finish");
+        assert_eq!(roll_forward(&store, area.path(), 2_000).expect("roll forward"), 0);
+        assert_eq!(store.recover_interrupted(2_000).expect("recover"), (0, 0));
+        let job = store.job("remove-1").expect("read").expect("job");
+        assert_eq!(job.state, JobState::Committed, "not failed, and not tried again");
+    }
+
+    #[test]
+    fn what_interrupted_jobs_left_is_deleted_at_start_but_not_where_a_decision_waits() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let record = |sequence| SnapshotRecord {
+            sequence,
+            base: sequence - 1,
+            job: format!("j{sequence}"),
+            bytes: 1,
+            created_ms: 0,
+        };
+        store.add_snapshot("www", &record(3)).expect("record");
+        for site in ["www", "blog"] {
+            let dir = area.path().join("sites").join(site);
+            std::fs::create_dir_all(dir.join("snapshots")).expect("mkdir");
+            for name in ["3.asg", "5.asg", "6.asg.tmp"] {
+                std::fs::write(dir.join("snapshots").join(name), "x").expect("write");
+            }
+            for tree in [
+                "superseded-17/a",
+                "shadow-next/b",
+                "shadow/index.html",
+                "checkpoints/.new/c",
+            ] {
+                let path = dir.join(tree);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(path, "x").expect("write");
+            }
+        }
+        // blog's publish decided to commit and could not finish: its files are what the next start needs.
+        let decision = Decision {
+            job: "blog-publish".into(),
+            site: "blog".into(),
+            version: 6,
+            finish: Finish::Remove,
+        };
+        store.decide(&decision, 1).expect("decide");
+        assert_eq!(remove_leftovers(&store, area.path()).expect("tidy"), 5);
+        let www = area.path().join("sites/www");
+        assert!(www.join("snapshots/3.asg").exists(), "a recorded snapshot stays");
+        assert!(www.join("shadow/index.html").exists(), "the shadow copy stays");
+        for gone in [
+            "snapshots/5.asg",
+            "snapshots/6.asg.tmp",
+            "superseded-17",
+            "shadow-next",
+            "checkpoints/.new",
+        ] {
+            assert!(!www.join(gone).exists(), "{gone}");
+        }
+        let blog = area.path().join("sites/blog");
+        assert!(blog.join("shadow-next/b").exists() && blog.join("snapshots/5.asg").exists());
     }
 }

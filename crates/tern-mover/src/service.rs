@@ -116,6 +116,7 @@ pub async fn start_with_admin(
             );
         }
         let (resumed, failed) = store.recover_interrupted(now_ms()).map_err(|e| e.to_string())?;
+        crate::recovery::remove_leftovers(&store, &data)?;
         Ok((signing, store, resumed, failed))
     })
     .await

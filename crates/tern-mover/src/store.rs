@@ -829,6 +829,25 @@ impl Store {
             .collect();
         let (mut resumed, mut failed) = (0, 0);
         for (n, job) in running.into_iter().enumerate() {
+            // Its record was finished (the nodes switched, the site took the version) but the mover stopped
+            // before the job was marked committed: it is, and running it again would publish twice.
+            let recorded: bool = self.connection.query_row(
+                "SELECT EXISTS(SELECT 1 FROM decisions WHERE job = ?1 AND state = ?2)",
+                params![job.id, FINISHED],
+                |row| row.get(0),
+            )?;
+            if recorded {
+                let message = "the mover stopped after recording the commit; the job is committed (a node that did not answer is brought up to date when it registers)";
+                self.log(Some(&job.id), message, now_ms)?;
+                self.end_job(
+                    &job,
+                    JobState::Committed,
+                    Some(message),
+                    &restart_job_id(job.spec.kind, now_ms, "recorded", n),
+                    now_ms,
+                )?;
+                continue;
+            }
             if may_try_again(job.attempt, job.spec.retries) {
                 self.retry_job(&job.id, "the mover restarted during the job", now_ms, now_ms)?;
                 resumed += 1;

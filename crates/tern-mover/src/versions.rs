@@ -225,6 +225,44 @@ impl SiteDir {
         }
     }
 
+    /// Deletes what interrupted jobs left behind (at the mover's start, with no job running and no
+    /// decision of this site unfinished): snapshots of versions that were never committed (every one not in
+    /// `kept`) and half-written ones, trees superseded by a promotion (`superseded-*`), the tree of a
+    /// publish that never committed (`shadow-next`) and a half-packed checkpoint. Returns the entries
+    /// deleted, by name.
+    pub fn remove_leftovers(&self, kept: &std::collections::BTreeSet<u64>) -> Vec<String> {
+        let mut removed = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.0.join("snapshots")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let recorded = name
+                    .strip_suffix(".asg")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| kept.contains(&n));
+                if !recorded && std::fs::remove_file(entry.path()).is_ok() {
+                    removed.push(format!("snapshots/{name}"));
+                }
+            }
+        }
+        let mut trees: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(SUPERSEDED))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        trees.push(self.next());
+        trees.push(self.0.join("checkpoints").join(".new"));
+        for tree in trees {
+            if tree.exists() && remove_tree(&tree).is_ok() {
+                removed.push(tree.strip_prefix(&self.0).unwrap_or(&tree).display().to_string());
+            }
+        }
+        removed
+    }
+
     /// Packs the shadow copy as checkpoint `number`; returns its bytes.
     pub fn create_checkpoint(&self, number: u64) -> io::Result<u64> {
         let building = self.0.join("checkpoints").join(".new");
