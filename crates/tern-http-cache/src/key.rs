@@ -20,7 +20,8 @@ impl Default for KeyConfig {
 }
 
 /// Builds the primary key `scheme://host/path?query` in normal form (RFC 3986 section 6.2.2): host
-/// lowercased, default port dropped, percent-encodings upper-cased and unreserved characters decoded
+/// lowercased, default port dropped, the trailing dot of a fully qualified name dropped (`example.com.`
+/// is `example.com`, RFC 1034 section 3.1), percent-encodings upper-cased and unreserved characters decoded
 /// ([`tern_http::target::normalize`]), so every equivalent spelling of a URL names one object.
 pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyConfig) -> String {
     let host = host.trim();
@@ -38,6 +39,19 @@ pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyC
             &host[..cut]
         }
         _ => host,
+    };
+    let (name, port) = match host.rfind(':') {
+        // A port after the name (an IPv6 literal ends with `]` before its port).
+        Some(at) if !host[at..].contains(']') && !host[..at].contains(':') => host.split_at(at),
+        _ => (host, ""),
+    };
+    let trimmed = name.trim_end_matches('.');
+    let dotless;
+    let host = if trimmed.len() < name.len() && !trimmed.is_empty() {
+        dotless = format!("{trimmed}{port}");
+        dotless.as_str()
+    } else {
+        host
     };
     let path = if config.include_query {
         path_and_query
@@ -241,6 +255,24 @@ mod tests {
             IdHashing::default().hash_one(id),
             "another seed, another hash"
         );
+    }
+
+    #[test]
+    fn a_fully_qualified_host_name_is_the_same_host() {
+        let config = KeyConfig::default();
+        let key = |host: &str| primary_key("http", host, "/a", &config);
+        for spelling in [
+            "www.example.com.",
+            "WWW.Example.COM.",
+            "www.example.com.:80",
+            "www.example.com:80",
+        ] {
+            assert_eq!(key(spelling), "http://www.example.com/a", "{spelling}");
+        }
+        assert_eq!(key("www.example.com.:8080"), "http://www.example.com:8080/a");
+        assert_eq!(key("[::1]:8080"), "http://[::1]:8080/a");
+        assert_eq!(key("[::1]"), "http://[::1]/a");
+        assert_eq!(key("."), "http://./a", "nothing but a dot stays as it is");
     }
 
     #[test]

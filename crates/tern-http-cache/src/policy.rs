@@ -180,8 +180,9 @@ fn storable_with(
     {
         return Err(NotStorable::Authorization);
     }
-    if response.contains_key(header::SET_COOKIE)
-        && !directives.withholds("set-cookie")
+    if COOKIE_FIELDS
+        .iter()
+        .any(|name| response.contains_key(*name) && !directives.withholds(name))
         && !config
             .store_set_cookie_paths
             .iter()
@@ -236,6 +237,10 @@ impl ResponseFacts {
     }
 }
 
+/// The fields that set cookies: `Set-Cookie` (RFC 6265) and the obsolete `Set-Cookie2` (RFC 2965), which
+/// some servers still send. A response carrying either is this client's, not everyone's.
+const COOKIE_FIELDS: [&str; 2] = ["set-cookie", "set-cookie2"];
+
 /// The fields of a `304` that may update a stored response (RFC 9111 section 4.3.4), and the ones that go to
 /// this response's client only: `Set-Cookie` (unless [`PolicyConfig::store_set_cookie_paths`] names the
 /// path) and whatever a qualified `no-cache` or `private` in the 304 withholds. Without this, a cookie set
@@ -253,8 +258,10 @@ pub fn refresh_fields(not_modified: &HeaderMap, path: &str, config: &PolicyConfi
     let mut names: Vec<HeaderName> = withheld
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
-    if !cookies_allowed || directives.withholds("set-cookie") {
-        names.push(header::SET_COOKIE);
+    for name in COOKIE_FIELDS {
+        if !cookies_allowed || directives.withholds(name) {
+            names.push(HeaderName::from_static(name));
+        }
     }
     for name in names {
         for value in not_modified.get_all(&name) {
@@ -565,6 +572,35 @@ pub fn decide_response(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -
     decide_storing(exchange, config)
 }
 
+/// Whether a `304` selects the stored response whose fields are `stored` for update (RFC 9111 section
+/// 4.3.4): a strong entity tag in the 304 must be the stored one (strong comparison, RFC 9110 section
+/// 8.8.3.2), a weak one must match it weakly; a 304 without an entity tag but with `Last-Modified` must
+/// carry the stored date; a 304 with no validator selects the stored response. A 304 that selects nothing
+/// must update nothing: the origin says another representation is current.
+pub fn selects_for_update(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let text = |fields: &HeaderMap, name: header::HeaderName| {
+        fields
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.trim().to_string())
+    };
+    if let Some(new) = text(not_modified, header::ETAG) {
+        let Some(old) = text(stored, header::ETAG) else {
+            return false;
+        };
+        let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_string();
+        return if new.starts_with("W/") {
+            opaque(&new) == opaque(&old)
+        } else {
+            !old.starts_with("W/") && new == old
+        };
+    }
+    match text(not_modified, header::LAST_MODIFIED) {
+        Some(new) => text(stored, header::LAST_MODIFIED).is_some_and(|old| old == new),
+        None => true,
+    }
+}
+
 /// Whether to store a response, leaving aside validation and serving stale: the fallback of
 /// [`ResponseDecision::ServeStale`] when the stored response turns out to be unusable.
 pub fn decide_storing(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) -> ResponseDecision {
@@ -750,6 +786,15 @@ mod tests {
         };
         let config = PolicyConfig::default();
         assert_eq!(check(&cookie, &config), Err(NotStorable::SetCookie));
+        let obsolete = [
+            ("cache-control", "public, max-age=60"),
+            ("set-cookie2", "session=alice; Version=1"),
+        ];
+        assert_eq!(
+            check(&obsolete, &config),
+            Err(NotStorable::SetCookie),
+            "Set-Cookie2 too"
+        );
         let qualified = [
             ("cache-control", "max-age=60, no-cache=\"Set-Cookie\""),
             ("set-cookie", "session=alice"),
@@ -1107,5 +1152,33 @@ mod tests {
             let _ = f.staleness(now);
             let _ = storable(&Method::GET, "/", &request, StatusCode::OK, &headers, &config);
         }
+    }
+
+    #[test]
+    fn a_304_updates_only_the_stored_response_its_validators_select() {
+        let stored = response(&[("etag", "\"a\""), ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")]);
+        let weak = response(&[("etag", "W/\"a\"")]);
+        let selects = |stored: &HeaderMap, pairs: &[(&str, &str)]| selects_for_update(stored, &response(pairs));
+        assert!(selects(&stored, &[("etag", "\"a\"")]));
+        assert!(
+            !selects(&stored, &[("etag", "\"b\"")]),
+            "another strong tag: another representation"
+        );
+        assert!(
+            !selects(&weak, &[("etag", "\"a\"")]),
+            "a strong tag never matches a weak one strongly"
+        );
+        assert!(selects(&weak, &[("etag", "W/\"a\"")]));
+        assert!(selects(&stored, &[("etag", "W/\"a\"")]), "weak comparison");
+        assert!(
+            !selects(&response(&[]), &[("etag", "\"a\"")]),
+            "nothing stored to match"
+        );
+        assert!(selects(&stored, &[("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")]));
+        assert!(!selects(&stored, &[("last-modified", "Wed, 02 Dec 2026 10:00:00 GMT")]));
+        assert!(
+            selects(&stored, &[("cache-control", "max-age=60")]),
+            "no validator: the one stored"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use tern_http::{Body, ChannelSender, date, hop};
 use tern_http_cache::policy::{self, Storing, UpstreamExchange};
@@ -133,6 +133,36 @@ impl Edge {
         if served_by_owner && matches!(decision, ResponseDecision::Store(_)) {
             // The community's owner keeps the copy (`keep = never`): one copy per object among the peers.
             return self.pass_unstored(request, miss, received, "community-owner");
+        }
+        if received.parts.status == StatusCode::NOT_MODIFIED && miss.hit.is_none() {
+            // The edge sent no validator (a client's are not forwarded on the caching path): a 304 has nothing
+            // to refer to, and passed on it would tell the client to use a copy it may not have.
+            warn!(url = %request.primary, "the origin answered 304 to a request without validators");
+            if let Some(leader) = miss.leader {
+                leader.finish(FillOutcome::Failed(UpstreamFailure {
+                    status: StatusCode::BAD_GATEWAY,
+                    reason: "the origin answered 304 Not Modified to a request without validators".into(),
+                }));
+            }
+            self.metrics.request("error");
+            return self.error(
+                StatusCode::BAD_GATEWAY,
+                "the origin answered 304 Not Modified to a request without validators",
+                CacheStatus::forward(miss.forward).with_forward_status(304),
+            );
+        }
+        if decision == ResponseDecision::Refresh
+            && let Some(hit) = &miss.hit
+            && !policy::selects_for_update(&hit.object.meta.headers, &received.parts.headers)
+        {
+            // A 304 whose validator is not the stored one's: another representation is current, and the
+            // stored one must not take this response's fields (RFC 9111 section 4.3.4). Fetched whole.
+            warn!(url = %request.primary, etag = ?received.parts.headers.get(header::ETAG),
+                  stored = ?hit.object.meta.headers.get(header::ETAG),
+                  "the origin's 304 names another representation than the stored one; fetching it whole");
+            self.store.remove_if_current(&hit.object);
+            let whole = Miss { hit: None, ..miss };
+            return Box::pin(self.fetch(request, whole)).await;
         }
         match decision {
             ResponseDecision::Refresh | ResponseDecision::ServeStale => match miss.hit {

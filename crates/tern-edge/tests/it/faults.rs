@@ -593,3 +593,39 @@ async fn a_small_body_that_trickles_is_given_up_after_the_idle_timeout_with_504(
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_304_naming_another_representation_updates_nothing_stored() {
+    let setup = Setup::new().await;
+    setup.origin.set(
+        "/page",
+        Resource::ok(
+            "version one",
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"a\""),
+                ("content-type", "text/plain"),
+            ],
+        ),
+    );
+    assert_eq!(&setup.get("/page").await.body[..], b"version one");
+    // The origin now answers 304 with another strong tag and other fields, to every request.
+    let mut wrong = Resource::ok("", &[("etag", "\"b\""), ("content-type", "text/evil")]);
+    wrong.status = 304;
+    wrong.honor_validators = false;
+    setup.origin.set("/page", wrong);
+    setup.advance(2);
+    let got = setup.get("/page").await;
+    assert_eq!(got.status, 502, "{:?}", got.body);
+    assert_ne!(got.header("etag"), "\"b\"");
+    // The stored body never goes out under the other tag: a client holding "b" is not told it is current.
+    let conditional = setup.get_with("/page", &[("if-none-match", "\"b\"")]).await;
+    assert_ne!(conditional.status, 304);
+    setup.origin.set(
+        "/page",
+        Resource::ok("version two", &[("cache-control", "max-age=60"), ("etag", "\"b\"")]),
+    );
+    let got = setup.get("/page").await;
+    assert_eq!(&got.body[..], b"version two");
+    assert_eq!(got.header("etag"), "\"b\"");
+}

@@ -33,6 +33,15 @@ async fn malformed_requests_get_400_and_the_edge_keeps_serving() {
     assert!(bad_header.starts_with("HTTP/1.1 400"), "{bad_header}");
     let no_host = raw(&setup, b"GET /ok HTTP/1.1\r\n\r\n").await;
     assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let two_hosts = raw(
+        &setup,
+        b"GET /ok HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    )
+    .await;
+    assert!(
+        two_hosts.starts_with("HTTP/1.1 400"),
+        "RFC 9112 section 3.2: {two_hosts}"
+    );
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
     let too_big = raw(&setup, huge.as_bytes()).await;
     assert!(
