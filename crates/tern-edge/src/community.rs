@@ -59,6 +59,10 @@ pub const REFUSED_FIELD: &str = "tern-community-refused";
 /// object into its own cache and answers `204 No Content`, so the body does not cross the peer link for a
 /// copy nobody keeps.
 pub const PREFETCH_FIELD: &str = "tern-community-prefetch";
+/// Set by an owner's peer listener on a `502` or `504` it answers because its own fetch from the origin
+/// failed (not because it is broken or shutting down): the requester answers that failure rather than
+/// asking the origin itself, so that a sick origin is asked once per object by the whole community.
+pub const ORIGIN_FAILED_FIELD: &str = "tern-community-origin-failed";
 /// The sync service's prefetch field (`tern-prefetch: 1`), see `tern_sync`'s cacher.
 pub(crate) const SYNC_PREFETCH_FIELD: &str = "tern-prefetch";
 /// Set by the community upstream on a response an owner served (a response extension, so that nothing an
@@ -186,7 +190,7 @@ impl CommunityMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "tern_community_peer_requests",
-            "Peer requests by outcome (requester: ok, connect, timeout, failed, body-cut, left-mid-body, error-status, origin-fallback, holder-ok, holder-miss; owner: served, prefetched, refused)",
+            "Peer requests by outcome (requester: ok, connect, timeout, failed, body-cut, left-mid-body, error-status, owner-origin-failed, origin-fallback, holder-ok, holder-miss; owner: served, prefetched, refused)",
             self.peer_requests.clone(),
         );
         registry.register(

@@ -18,7 +18,7 @@ pub struct ResultLabel {
 /// Label: how an upstream exchange ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `ok`, `connect`, `timeout`, `failed`.
+    /// `ok`, `connect`, `timeout`, `failed`, `relayed` (a community owner's origin failed).
     pub outcome: &'static str,
 }
 
@@ -85,12 +85,12 @@ impl std::fmt::Display for BodyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyFailure::Short { received, expected } => {
-                write!(f, "the origin's body ended after {received} of its {expected} bytes")
+                write!(f, "the upstream body ended after {received} of its {expected} bytes")
             }
-            BodyFailure::Stalled(reason) => write!(f, "the origin's body stalled: {reason}"),
-            BodyFailure::Error(reason) => write!(f, "the origin's body failed: {reason}"),
+            BodyFailure::Stalled(reason) => write!(f, "the upstream body stalled: {reason}"),
+            BodyFailure::Error(reason) => write!(f, "the upstream body failed: {reason}"),
             BodyFailure::TooLong { expected } => {
-                write!(f, "the origin's body went on past its {expected} bytes")
+                write!(f, "the upstream body went on past its {expected} bytes")
             }
         }
     }

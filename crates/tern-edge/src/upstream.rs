@@ -52,6 +52,17 @@ pub enum UpstreamError {
         /// What happened.
         reason: String,
     },
+    /// A community's owner could not fetch from the origin itself and said so: its failure is this
+    /// request's too (the origin is not asked again).
+    #[error("{peer} could not fetch from the origin: {reason}")]
+    Relayed {
+        /// The owner.
+        peer: String,
+        /// Its status: 502 or 504.
+        status: http::StatusCode,
+        /// Its error message.
+        reason: String,
+    },
 }
 
 impl UpstreamError {
@@ -59,6 +70,7 @@ impl UpstreamError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Relayed { status, .. } => *status,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }

@@ -249,7 +249,13 @@ impl Handler for PeerHandler {
             return self.prefetch(request, client).await;
         }
         metrics.count("served");
-        self.edge.handle(request, client).await
+        let mut response = self.edge.handle(request, client).await;
+        if response.extensions().get::<crate::proxy::OriginFailed>().is_some() {
+            response
+                .headers_mut()
+                .insert(super::ORIGIN_FAILED_FIELD, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -22,7 +22,7 @@ use super::{
     EdgeCommunity, HOP_FIELD, KeepPolicy, LocationOutcome, PREFETCH_FIELD, PeerServed, REFUSED_FIELD,
     SYNC_PREFETCH_FIELD, TOKEN_FIELD,
 };
-use crate::upstream::{Upstream, UpstreamFuture};
+use crate::upstream::{Upstream, UpstreamError, UpstreamFuture};
 
 /// When this edge last warned that a peer refused its token (ms since the Unix epoch).
 static LAST_PEER_REFUSAL_WARNING_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -68,7 +68,8 @@ impl CommunityUpstream {
         }
     }
 
-    /// One attempt at `peer`; `None` when it did not serve (counted by outcome).
+    /// One attempt at `peer`; `Ok(None)` when it did not serve (counted by outcome), `Err` when it is an
+    /// owner whose own fetch from the origin failed ([`super::ORIGIN_FAILED_FIELD`]).
     async fn ask_peer(
         &self,
         peer: SocketAddr,
@@ -76,11 +77,13 @@ impl CommunityUpstream {
         me: &str,
         ask: Ask,
         owns: bool,
-    ) -> Option<Response<Body>> {
+    ) -> Result<Option<Response<Body>>, UpstreamError> {
         let community = &self.community;
         let metrics = &community.metrics;
         let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = format!("http://{peer}{target}").parse().ok()?;
+        let Ok(uri) = format!("http://{peer}{target}").parse::<Uri>() else {
+            return Ok(None);
+        };
         let mut request = Request::new(tern_http::empty());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -124,24 +127,24 @@ impl CommunityUpstream {
             () = super::until_left(community.handle.watch(), peer) => {
                 metrics.count("peer-left");
                 debug!(%peer, "peer left the community while it was asked; skipped");
-                return None;
+                return Ok(None);
             }
         };
         let response = match sent {
             Err(_) => {
                 metrics.count("timeout");
                 debug!(%peer, "peer sent no response in time; skipped");
-                return None;
+                return Ok(None);
             }
             Ok(Err(error)) if error.is_connect() => {
                 metrics.count("connect");
                 debug!(%peer, %error, "peer unreachable; skipped");
-                return None;
+                return Ok(None);
             }
             Ok(Err(error)) => {
                 metrics.count("failed");
                 debug!(%peer, %error, "peer request failed; skipped");
-                return None;
+                return Ok(None);
             }
             Ok(Ok(response)) => response,
         };
@@ -154,21 +157,40 @@ impl CommunityUpstream {
             } else {
                 debug!(%peer, reason = ?reason, "the peer refused this edge's token; skipped");
             }
-            return None;
+            return Ok(None);
         }
         // A holder without a usable copy answers only-if-cached with 504.
         if ask == Ask::Holder && response.status() == StatusCode::GATEWAY_TIMEOUT {
             metrics.count("holder-miss");
-            return None;
+            return Ok(None);
         }
-        // A peer's own failure (its origin fetch failed, it is shutting down) is not the client's answer:
-        // this edge goes on (to a holder, or the origin) itself.
+        // An owner whose own fetch from the origin failed says so: the origin is not asked again, by this
+        // edge or by the requests waiting for this one.
+        if ask == Ask::Owner
+            && response.headers().contains_key(super::ORIGIN_FAILED_FIELD)
+            && matches!(response.status(), StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+        {
+            metrics.count("owner-origin-failed");
+            let status = response.status();
+            let reason = http_body_util::Limited::new(response.into_body(), 4096)
+                .collect()
+                .await
+                .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(UpstreamError::Relayed {
+                peer: format!("owner {peer}"),
+                status,
+                reason,
+            });
+        }
+        // A peer's other failures (it is shutting down, broken) are not the client's answer: this edge goes
+        // on (to a holder, or the origin) itself.
         if matches!(
             response.status(),
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
         ) {
             metrics.count("error-status");
-            return None;
+            return Ok(None);
         }
         let idle = self.idle_body_timeout;
         let bytes = metrics.peer_bytes.clone();
@@ -182,8 +204,17 @@ impl CommunityUpstream {
             warn!(%peer, "the peer serving a response left the community mid-body (dead or hung): the response is cut");
             format!("peer {peer} left the community mid-body")
         };
+        let failed_metrics = community.metrics.clone();
         let response = response.map(|body| {
             let body = tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle);
+            // A peer killed mid-body (its connection reset) is said and counted, as one that left is.
+            let body = body
+                .map_err(move |error| -> tern_http::BoxError {
+                    failed_metrics.count("body-cut");
+                    warn!(%peer, %error, "a peer's body failed mid-transfer: a response over the peer buffer is cut, a smaller one is fetched elsewhere");
+                    format!("peer {peer}: {error}").into()
+                })
+                .boxed();
             let body = tern_http::with_abort(body, abort);
             tern_http::with_data_counter(body, move |len| {
                 bytes.inc_by(len as u64);
@@ -202,11 +233,14 @@ impl CommunityUpstream {
                 match body.collect().await.map(|collected| collected.to_bytes()) {
                     Ok(whole) if whole.len() as u64 == length => Response::from_parts(head, tern_http::full(whole)),
                     cut => {
-                        metrics.count("body-cut");
+                        // Counted by the body itself (above) when it failed; here when it ended short.
+                        if cut.is_ok() {
+                            metrics.count("body-cut");
+                        }
                         let received = cut.as_ref().map_or(0, |bytes| bytes.len());
                         let error = cut.err().map(|error| error.to_string()).unwrap_or_default();
                         debug!(%peer, expected = length, received, %error, "peer body cut short; skipped");
-                        return None;
+                        return Ok(None);
                     }
                 }
             }
@@ -216,7 +250,7 @@ impl CommunityUpstream {
             Ask::Owner => "ok",
             Ask::Holder => "holder-ok",
         });
-        Some(response)
+        Ok(Some(response))
     }
 
     /// Asks the master's directory (seed 003) for peers holding a copy of `key`, other than this edge and
@@ -254,7 +288,8 @@ impl CommunityUpstream {
         }
         count("holder");
         for holder in holders {
-            if let Some(response) = self
+            // A holder answers from its cache only: it never reports an origin failure.
+            if let Ok(Some(response)) = self
                 .ask_peer(holder.http, parts, &snapshot.me.name, Ask::Holder, true)
                 .await
             {
@@ -304,7 +339,7 @@ impl Upstream for CommunityUpstream {
                     for (name, http) in owners {
                         tried.push(name);
                         if let Some(mut response) =
-                            self.ask_peer(http, &parts, &snapshot.me.name, Ask::Owner, owns).await
+                            self.ask_peer(http, &parts, &snapshot.me.name, Ask::Owner, owns).await?
                         {
                             if pass_unstored() {
                                 response.extensions_mut().insert(PeerServed);

@@ -90,7 +90,7 @@ impl Edge {
                 }
                 warn!(url = %request.primary, %error, "upstream failed");
                 self.metrics.request("error");
-                return self.error(error.status(), &error.to_string(), CacheStatus::forward(forward));
+                return self.origin_error(error.status(), &error.to_string(), CacheStatus::forward(forward));
             }
         };
         let (mut parts, body) = response.into_parts();
@@ -145,7 +145,7 @@ impl Edge {
                 }));
             }
             self.metrics.request("error");
-            return self.error(
+            return self.origin_error(
                 StatusCode::BAD_GATEWAY,
                 "the origin answered 304 Not Modified to a request without validators",
                 CacheStatus::forward(miss.forward).with_forward_status(304),
@@ -223,7 +223,7 @@ impl Edge {
             }
             Err(error) => {
                 self.count_upstream_error(&error);
-                self.error(error.status(), &error.to_string(), CacheStatus::forward(forward))
+                self.origin_error(error.status(), &error.to_string(), CacheStatus::forward(forward))
             }
         }
     }
@@ -324,7 +324,7 @@ impl Edge {
             let bytes = match read_small(body, small, self.small_body_deadline).await {
                 Ok(bytes) => bytes,
                 Err(failure) => {
-                    warn!(url = %request.primary, %failure, "origin response not stored");
+                    warn!(url = %request.primary, %failure, "upstream response not stored");
                     self.metrics.body_failed(&failure);
                     self.metrics.fills_abandoned.inc();
                     self.metrics.request("error");
@@ -334,7 +334,7 @@ impl Edge {
                             reason: failure.to_string().into(),
                         }));
                     }
-                    return self.error(
+                    return self.origin_error(
                         failure.status(),
                         &failure.to_string(),
                         CacheStatus::forward(forward).with_forward_status(upstream_status),
@@ -530,7 +530,7 @@ async fn tee(
     }
     let failure = ended.err().flatten();
     if let Some(failure) = &failure {
-        warn!(%url, %failure, received, "origin body failed mid-transfer: the response is cut and not stored");
+        warn!(%url, %failure, received, "upstream body failed mid-transfer: the response is cut and not stored");
         metrics.body_failed(failure);
     }
     if let Some(leader) = leader {

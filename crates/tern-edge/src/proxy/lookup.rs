@@ -166,7 +166,7 @@ impl Edge {
             }
         }
         self.metrics.request("error");
-        self.error(
+        self.origin_error(
             failure.status,
             &failure.reason,
             CacheStatus::forward(forward).with_collapsed(),

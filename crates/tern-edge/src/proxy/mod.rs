@@ -20,6 +20,7 @@ mod purge;
 
 pub(crate) use purge::purge_answer;
 mod respond;
+pub use respond::OriginFailed;
 mod serve;
 
 use std::net::SocketAddr;
@@ -213,6 +214,7 @@ impl Edge {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Failed { .. } => "failed",
+            UpstreamError::Relayed { .. } => "relayed",
         });
     }
 }

@@ -135,6 +135,14 @@ impl Edge {
     }
 
     /// A plain-text error response that says what went wrong.
+    /// [`Edge::error`] for a failure of the origin (no answer, a failed body, a coalesced fetch that
+    /// failed): marked [`OriginFailed`], so that a community's peer listener can say so to the requester.
+    pub(super) fn origin_error(&self, status: StatusCode, message: &str, cache_status: CacheStatus) -> Response<Body> {
+        let mut response = self.error(status, message, cache_status);
+        response.extensions_mut().insert(OriginFailed);
+        response
+    }
+
     pub(super) fn error(&self, status: StatusCode, message: &str, cache_status: CacheStatus) -> Response<Body> {
         let mut response = Response::new(tern_http::full(format!(
             "{} {}: {message}\n",
@@ -152,6 +160,11 @@ impl Edge {
         response
     }
 }
+
+/// Marks an error response the edge made because the origin failed (a response extension: nothing an
+/// origin or a client sends can set it).
+#[derive(Debug, Clone, Copy)]
+pub struct OriginFailed;
 
 /// Stored fields an edge never sends to clients.
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");

@@ -882,3 +882,39 @@ async fn a_peer_token_for_one_host_fetches_nothing_for_another() {
         "nothing was fetched for another host"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_origin_fails_is_answered_without_asking_the_origin_again() {
+    let site = site(2).await;
+    let client = client();
+    // The origin announces more than it sends: every fetch of it fails.
+    let mut broken = Resource::ok("part", &[("cache-control", "max-age=3600")]);
+    broken.truncate_to = Some(100);
+    site.origin.set("/broken", broken);
+    let mut relayed = 0.0;
+    for (at, member) in site.members.iter().enumerate() {
+        let got = send(
+            &client,
+            "GET",
+            &format!("http://{}/broken", member.listen),
+            &[("host", HOST)],
+        )
+        .await;
+        assert_eq!(got.status, http::StatusCode::BAD_GATEWAY, "member {at}");
+        assert!(
+            got.headers.get("tern-community-origin-failed").is_none(),
+            "the peers' field stays between them"
+        );
+        relayed += metric(
+            member.admin,
+            "tern_community_peer_requests_total{outcome=\"owner-origin-failed\"}",
+        )
+        .await;
+    }
+    assert_eq!(
+        site.origin.count_for("/broken"),
+        site.members.len(),
+        "one origin request per client request: the owner's; the member that asked it does not try again"
+    );
+    assert_eq!(relayed, (site.members.len() - 1) as f64);
+}
