@@ -154,6 +154,21 @@ fn is_dcz(headers: &HeaderMap) -> bool {
         .is_some_and(|coding| coding.trim().eq_ignore_ascii_case(DCZ))
 }
 
+/// Whether `headers` name a content coding other than `identity` (RFC 9110 section 8.4).
+fn is_coded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        || headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|value| value.to_str().is_err())
+}
+
 /// Removes what a client said about its own dictionaries: the edge names its own bases upstream.
 fn strip_client_dictionaries(headers: &mut HeaderMap) {
     headers.remove(AVAILABLE_DICTIONARY);
@@ -189,7 +204,13 @@ impl Inner {
         strip_client_dictionaries(request.headers_mut());
         request.headers_mut().insert(EDGE_FIELD, HeaderValue::from_static("?1"));
         let path = request.uri().path().to_string();
-        let is_page = request.method() == Method::GET && BaseId::from_well_known_path(&path).is_none();
+        let base = BaseId::from_well_known_path(&path);
+        if let Some(id) = base
+            && request.method() == Method::GET
+        {
+            return self.base_for_client(id, request, &host).await;
+        }
+        let is_page = request.method() == Method::GET && base.is_none();
         if !is_page {
             let response = self.upstream.fetch(request).await?;
             return Ok(self.take_announcements(response, &host, None).await.0);
@@ -207,6 +228,14 @@ impl Inner {
         // tern delta's word that the base named is none it holds for the page's class: never passed on.
         let base_unknown = response.headers_mut().remove(BASE_UNKNOWN).is_some();
         let (response, announced) = self.take_announcements(response, &host, named).await;
+        if named.is_some() && !is_dcz(response.headers()) && is_coded(response.headers()) {
+            // Asked for `dcz` alone, the upstream answered in another coding (gzip, br, a list): the client
+            // may not decode it, and the edge does not. Asked again for the page itself.
+            warn!(url = %path, coding = ?response.headers().get(header::CONTENT_ENCODING),
+                  "the upstream answered a delta request in a coding not asked for; fetching the whole page");
+            let response = self.fetch_identity(again, &host).await?;
+            return self.whole_page(response, Some("upstream_whole")).await;
+        }
         if !is_dcz(response.headers()) {
             let reason = match named {
                 Some(id) => {
@@ -227,20 +256,83 @@ impl Inner {
             Err(failure) => failure,
         };
         warn!(url = %path, %failure, "delta unusable; fetching the whole page");
-        let (uri, mut headers) = again;
+        let response = self.fetch_identity(again, &host).await?;
+        self.whole_page(response, Some(failure.failure().label())).await
+    }
+
+    /// A base asked for at its well-known path (a browser following the edge's `Link`, or anyone): fetched
+    /// without a coding and served only when its bytes hash to the name in the path, like every base the
+    /// edge takes itself; a tampered one is never passed on under that name.
+    async fn base_for_client(
+        self: &Arc<Self>,
+        id: BaseId,
+        mut request: Request<Body>,
+        host: &HeaderValue,
+    ) -> Result<Response<Body>, UpstreamError> {
+        request
+            .headers_mut()
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let response = self.upstream.fetch(request).await?;
+        let (response, _) = self.take_announcements(response, host, None).await;
+        if response.status() != StatusCode::OK {
+            return Ok(response);
+        }
+        let refuse = |reason: String| UpstreamError::Failed {
+            upstream: self.upstream.describe(),
+            reason,
+        };
+        if is_coded(response.headers()) {
+            return Err(refuse(format!("base {id} came in a coding it was not asked for")));
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = match read_bounded(body, self.delta.settings.max_base).await {
+            Bounded::Whole(bytes) => bytes,
+            Bounded::Over { .. } => {
+                return Err(refuse(format!(
+                    "base {id} is over max_base ({} bytes)",
+                    self.delta.settings.max_base
+                )));
+            }
+            Bounded::Failed(error) => return Err(refuse(format!("base {id} body failed: {error}"))),
+        };
+        let checked = bytes.clone();
+        let matches = tokio::task::spawn_blocking(move || BaseId::of(&checked) == id)
+            .await
+            .unwrap_or(false);
+        if !matches {
+            let counters = &self.delta.counters;
+            counters.count(&counters.pages_refused);
+            warn!(base = %id, "the upstream's base does not hash to its name: not served");
+            return Err(refuse(format!(
+                "the base served as {id} does not hash to that name; not served"
+            )));
+        }
+        Ok(Response::from_parts(parts, tern_http::full(bytes)))
+    }
+
+    /// The whole page, asked for with `Accept-Encoding: identity`: an answer in any coding (a delta, gzip)
+    /// is refused, since the edge would pass bytes the client may not decode.
+    async fn fetch_identity(
+        self: &Arc<Self>,
+        (uri, mut headers): (http::Uri, HeaderMap),
+        host: &HeaderValue,
+    ) -> Result<Response<Body>, UpstreamError> {
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let mut retry = Request::new(tern_http::empty());
         *retry.uri_mut() = uri;
         *retry.headers_mut() = headers;
         let response = self.upstream.fetch(retry).await?;
-        let (response, _) = self.take_announcements(response, &host, None).await;
-        if is_dcz(response.headers()) {
+        let (response, _) = self.take_announcements(response, host, None).await;
+        if is_coded(response.headers()) {
             return Err(UpstreamError::Failed {
                 upstream: self.upstream.describe(),
-                reason: "the upstream sent a delta when asked for the whole page".into(),
+                reason: format!(
+                    "the upstream answered {:?} when asked for the whole page without a coding",
+                    response.headers().get(header::CONTENT_ENCODING)
+                ),
             });
         }
-        self.whole_page(response, Some(failure.failure().label())).await
+        Ok(response)
     }
 
     /// Withdraws the class of `named` when `tern delta` answered its page whole saying it holds no such

@@ -867,6 +867,10 @@ enum Fault {
     UnknownBase,
     Oversized,
     WrongWholePage,
+    /// A delta request answered in a coding not asked for (`gzip`).
+    WrongCoding,
+    /// Every base served with bytes that do not hash to its name.
+    TamperedBase,
 }
 
 /// A fake `tern delta` that announces one base per class and answers deltas with the fault set.
@@ -902,7 +906,12 @@ impl Handler for FakeHandler {
                 *response.status_mut() = StatusCode::NOT_FOUND;
                 return response;
             };
-            let mut response = Response::new(tern_http::full(base.bytes().clone()));
+            let bytes = if *fake.fault.lock().expect("lock") == Fault::TamperedBase {
+                bytes::Bytes::from_static(b"<p>not the base its name says</p>")
+            } else {
+                base.bytes().clone()
+            };
+            let mut response = Response::new(tern_http::full(bytes));
             let field = UseAsDictionary::for_class(&class).format().expect("field");
             response
                 .headers_mut()
@@ -928,7 +937,8 @@ impl Handler for FakeHandler {
         } else if named == Some(base.id()) {
             let delta = dcz::encode(base, &page, 3).expect("encodes");
             match fault {
-                Fault::None | Fault::WrongWholePage => (delta, true, ReprDigest::of(&page)),
+                Fault::None | Fault::WrongWholePage | Fault::TamperedBase => (delta, true, ReprDigest::of(&page)),
+                Fault::WrongCoding => (page.clone(), false, ReprDigest::of(&page)),
                 Fault::DigestMismatch => (delta, true, ReprDigest::of(b"some other page")),
                 Fault::Truncated => (delta[..delta.len() - 3].to_vec(), true, ReprDigest::of(&page)),
                 Fault::UnknownBase => {
@@ -951,6 +961,9 @@ impl Handler for FakeHandler {
         };
         let mut response = Response::new(tern_http::full(body));
         let out = response.headers_mut();
+        if fault == Fault::WrongCoding && named.is_some() {
+            out.insert(header::CONTENT_ENCODING, "gzip".parse().expect("v"));
+        }
         out.insert(header::CACHE_CONTROL, "no-cache".parse().expect("v"));
         out.insert(header::LINK, link.parse().expect("v"));
         if coded {
@@ -1087,6 +1100,26 @@ async fn bad_deltas_and_bases_never_give_a_wrong_page() {
         "{text}"
     );
     assert_eq!(metric(&text, "tern_edge_delta_pages_refused_total"), 1.0);
+    // A delta request answered in another coding: the page is fetched without one, and no client gets
+    // bytes in a coding it did not ask for.
+    *fake.fault.lock().expect("lock") = Fault::WrongCoding;
+    let before = fake.pages.load(Ordering::SeqCst);
+    let got = get("/news/a", 30).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(&got.body[..], &fake.page(30)[..]);
+    assert!(got.headers.get(header::CONTENT_ENCODING).is_none(), "{:?}", got.headers);
+    assert_eq!(fake.pages.load(Ordering::SeqCst), before + 2);
+    // A base whose bytes do not hash to its name is not served under it (to a browser following the Link).
+    *fake.fault.lock().expect("lock") = Fault::TamperedBase;
+    let tampered = send(
+        &client(),
+        "GET",
+        &format!("http://{edge_addr}{}", fake.big.id().well_known_path()),
+        &[],
+    )
+    .await;
+    assert_eq!(tampered.status, StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(&tampered.body).contains("not the base"));
     stop.cancel();
 }
 
