@@ -353,6 +353,7 @@ mod tests {
             capacity: 0,
             started_at_ms: 0,
             incarnation,
+            origin: String::new(),
         }
     }
 
