@@ -216,7 +216,6 @@ mod tests {
             capacity: 0,
             started_at_ms: 0,
             incarnation: 1,
-            origin: String::new(),
         }
     }
 

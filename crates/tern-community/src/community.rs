@@ -199,7 +199,6 @@ impl Community {
             capacity: config.capacity,
             started_at_ms: unix_ms,
             incarnation,
-            origin: config.origin.clone(),
         };
         Ok(Community {
             guard: ReplayGuard::new(config.limits.replay()),

@@ -20,9 +20,6 @@ pub const DEFAULT_PRIORITY: u8 = 128;
 /// Settings of one peer's community core.
 #[derive(Debug, Clone)]
 pub struct CommunityConfig {
-    /// A digest of the origin this peer fetches from ([`origin_digest`]); a master admits only newcomers
-    /// with its own (empty: not compared).
-    pub origin: String,
     /// The community's name (`--community`).
     pub community: String,
     /// This peer's name, unique in the community.
@@ -57,13 +54,6 @@ pub struct CommunityConfig {
     pub limits: CommunityLimits,
 }
 
-/// The digest of an origin URL that peers compare ([`tern_wire::community::Peer::origin`]): the first 16
-/// bytes of its blake3, hex. The URL is compared as given (scheme, host, port and path), lowercased.
-pub fn origin_digest(origin: &str) -> String {
-    let normal = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    blake3::hash(normal.as_bytes()).to_hex()[..32].to_string()
-}
-
 impl CommunityConfig {
     /// Settings with defaults for everything but the identity and the key; no registry, no discovery
     /// group (a lone peer creates its community at once).
@@ -75,7 +65,6 @@ impl CommunityConfig {
         key: SecretKey,
     ) -> Self {
         CommunityConfig {
-            origin: String::new(),
             community: community.into(),
             name: name.into(),
             address,

@@ -871,9 +871,6 @@ impl Driver {
             }
             community::DenyReason::Full => "the community has as many peers as its master admits",
             community::DenyReason::BadTag => "the master does not share this edge's cluster key: wrong --cluster-key?",
-            community::DenyReason::OtherOrigin => {
-                "the master fetches from another origin (compare --origin on both edges): the members of a community must front one site"
-            }
             _ => "the master turned this edge away",
         };
         warn!(

@@ -32,7 +32,7 @@ pub mod service;
 pub use allocation::{Allocation, AllocationConfig};
 pub use clock::WallClock;
 pub use community::Community;
-pub use config::{CommunityConfig, ConfigError, DEFAULT_PRIORITY, DEFAULT_WEIGHT, Timers, origin_digest, shown_value};
+pub use config::{CommunityConfig, ConfigError, DEFAULT_PRIORITY, DEFAULT_WEIGHT, Timers, shown_value};
 pub use counters::{Counters, Refusals};
 pub use directory::{Directory, DirectoryLimits};
 pub use event::{Event, Input, Output, Role, TimerKind};

@@ -54,7 +54,6 @@ mod tests {
             capacity: 1000,
             started_at_ms: 5000,
             incarnation: 1,
-            origin: String::new(),
         }
     }
 

@@ -353,7 +353,6 @@ mod tests {
             capacity: 0,
             started_at_ms: 0,
             incarnation,
-            origin: String::new(),
         }
     }
 

@@ -355,12 +355,10 @@ impl EdgeCommunity {
 /// Starts the community part of an edge: binds the peer port (TCP for peer requests, UDP for community
 /// messages, one port number), starts the driver, tells the master's directory what `store` holds from
 /// now on, and has what `store` holds validated before use whenever this edge (re)joins, since it may
-/// have missed purges while it was away ([`holdings`]). `origin` is the edge's `--origin`: a master admits
-/// only members fronting the same one. Returns the community and the TCP listener to serve peer requests
-/// on.
+/// have missed purges while it was away ([`holdings`]). Returns the community and the TCP listener to
+/// serve peer requests on.
 pub async fn start(
     settings: &CommunitySettings,
-    origin: &str,
     capacity: u64,
     store: &Arc<Store>,
     clock: Arc<dyn crate::clock::Clock>,
@@ -381,8 +379,6 @@ pub async fn start(
     config.priority = settings.master_priority;
     config.capacity = capacity;
     config.allocation.replicas = settings.replicas;
-    // A master admits only members that front the same origin.
-    config.origin = tern_community::origin_digest(origin);
     let links = tern_community::driver::Links {
         registry: settings.registry.clone(),
         discover: settings.discover,

@@ -169,8 +169,7 @@ pub async fn start_with(
     let (community, upstream) = match &config.community {
         None => (None, upstream),
         Some(settings) => {
-            let (community, listener) =
-                community::start(settings, &config.origin, config.cache_size, &store, clock.clone()).await?;
+            let (community, listener) = community::start(settings, config.cache_size, &store, clock.clone()).await?;
             community.metrics.register(&mut metrics.registry);
             let wrapped: Arc<dyn Upstream> = Arc::new(community::CommunityUpstream::new(
                 upstream,

@@ -160,14 +160,7 @@ pub struct Peer {
     pub started_at_ms: u64,
     /// Random id of its process run; a restarted peer has another.
     pub incarnation: u64,
-    /// A digest of the origin it fetches from (32 hex digits; empty: not told): the members of one
-    /// community must front one site, or each would serve the others its own origin's content.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub origin: String,
 }
-
-/// Hex digits of a [`Peer::origin`] digest.
-pub const ORIGIN_DIGEST_LEN: usize = 32;
 
 /// How the allocation table divides content into portions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -282,8 +275,6 @@ pub enum DenyReason {
     StaleEpoch,
     /// The master is leaving; `master` names its nominee.
     Leaving,
-    /// The newcomer fetches from another origin than the master ([`Peer::origin`]).
-    OtherOrigin,
 }
 
 impl DenyReason {
@@ -296,7 +287,6 @@ impl DenyReason {
             DenyReason::NotMaster => "not-master",
             DenyReason::StaleEpoch => "stale-epoch",
             DenyReason::Leaving => "leaving",
-            DenyReason::OtherOrigin => "other-origin",
         }
     }
 }
@@ -963,14 +953,7 @@ fn check_host(host: &str, may_be_empty: bool) -> Result<(), ControlError> {
 }
 
 fn check_peer(peer: &Peer) -> Result<(), ControlError> {
-    check_name("peer", &peer.name)?;
-    let digest = peer.origin.len() == ORIGIN_DIGEST_LEN && peer.origin.bytes().all(|b| b.is_ascii_hexdigit());
-    if !peer.origin.is_empty() && !digest {
-        return Err(malformed(format!(
-            "a peer's origin digest must be {ORIGIN_DIGEST_LEN} hex digits"
-        )));
-    }
-    Ok(())
+    check_name("peer", &peer.name)
 }
 
 fn check_record(record: &CommunityRecord) -> Result<(), ControlError> {
@@ -1029,7 +1012,6 @@ mod tests {
             capacity: 1 << 30,
             started_at_ms: 1_700_000_000_000,
             incarnation,
-            origin: String::new(),
         }
     }
 
@@ -1183,7 +1165,6 @@ mod tests {
                 capacity: u64::MAX,
                 started_at_ms: u64::MAX,
                 incarnation: u64::MAX,
-                origin: "f".repeat(ORIGIN_DIGEST_LEN),
             })
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));

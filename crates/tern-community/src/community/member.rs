@@ -153,7 +153,7 @@ impl Community {
                         self.discover(now, out);
                     }
                 },
-                DenyReason::Full | DenyReason::NameClash | DenyReason::BadTag | DenyReason::OtherOrigin => {
+                DenyReason::Full | DenyReason::NameClash | DenyReason::BadTag => {
                     self.counters.denied += 1;
                     out.push(Output::Event(Event::Denied(deny.reason)));
                     self.back_off(now, out);

@@ -90,16 +90,6 @@ impl Community {
         let Some(view) = &self.view else {
             return;
         };
-        if !newcomer.origin.is_empty() && !self.me.origin.is_empty() && newcomer.origin != self.me.origin {
-            warn!(
-                master = %self.me.name,
-                community = %self.config.community,
-                newcomer = %newcomer.name,
-                address = %message.address,
-                "join denied: the newcomer fetches from another origin than this master (compare both edges' --origin): members of a community must front one site"
-            );
-            return self.deny(message, DenyReason::OtherOrigin, now, out);
-        }
         let existing = view.list.peer(&newcomer.name).cloned();
         let mut peers = view.others(&newcomer.name);
         match existing {
@@ -157,10 +147,7 @@ impl Community {
 
     /// Denies `message`'s request, naming the master this peer knows.
     pub(super) fn deny(&mut self, message: &CommunityMessage, reason: DenyReason, now: Instant, out: &mut Vec<Output>) {
-        if matches!(
-            reason,
-            DenyReason::Full | DenyReason::NameClash | DenyReason::BadTag | DenyReason::OtherOrigin
-        ) {
+        if matches!(reason, DenyReason::Full | DenyReason::NameClash | DenyReason::BadTag) {
             self.counters.joins_denied += 1;
             info!(
                 master = %self.me.name,
