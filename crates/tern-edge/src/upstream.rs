@@ -66,6 +66,35 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// What a client is told: what went wrong, without the origin's address or the operating system's
+    /// words (the edge's log has them, with the URL).
+    pub fn public_reason(&self) -> String {
+        match self {
+            UpstreamError::Connect { reason, .. } => {
+                if reason.contains("certificate") {
+                    // The TLS verdict (expired, not valid for the name) is what to fix, and no secret.
+                    return format!("cannot connect to the origin: {reason}");
+                }
+                let why = if reason.contains("refused") {
+                    " (connection refused)"
+                } else if reason.contains("timed out") || reason.contains("timeout") {
+                    " (connect timed out)"
+                } else {
+                    ""
+                };
+                format!("cannot connect to the origin{why}")
+            }
+            UpstreamError::Timeout { timeout, .. } => {
+                format!("the origin sent no response within {} ms", timeout.as_millis())
+            }
+            // What was wrong with the response (a malformed head, conflicting lengths): no address in it.
+            UpstreamError::Failed { reason, .. } => format!("the origin's response was refused: {reason}"),
+            UpstreamError::Relayed { reason, .. } => {
+                format!("the origin failed (seen by the community's owner): {reason}")
+            }
+        }
+    }
+
     /// 504 for a timeout, 502 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {

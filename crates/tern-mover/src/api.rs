@@ -388,6 +388,15 @@ async fn set_group(mover: &Mover, group: &str, body: &[u8]) -> Answer {
         ));
     }
     let request: GroupRequest = parse(body, "a group is {\"nodes\": [names]}")?;
+    if let Some(bad) = request.nodes.iter().find(|node| !plain_name(node)) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a plain node name: 1 to 128 letters, digits, `-`, `_` or `.`, not starting with `.`",
+                tern_wire::cut_at(bad, 130)
+            ),
+        ));
+    }
     mover
         .set_group(group, request.nodes.clone(), now_ms())
         .await

@@ -74,7 +74,7 @@ impl Edge {
                 if let Some(leader) = leader {
                     leader.finish(FillOutcome::Failed(UpstreamFailure {
                         status: error.status(),
-                        reason: error.to_string().into(),
+                        reason: error.public_reason().into(),
                     }));
                 }
                 if let Some(hit) = &hit
@@ -90,7 +90,7 @@ impl Edge {
                 }
                 warn!(url = %request.primary, %error, "upstream failed");
                 self.metrics.request("error");
-                return self.origin_error(error.status(), &error.to_string(), CacheStatus::forward(forward));
+                return self.origin_error(error.status(), &error.public_reason(), CacheStatus::forward(forward));
             }
         };
         let (mut parts, body) = response.into_parts();
@@ -223,7 +223,7 @@ impl Edge {
             }
             Err(error) => {
                 self.count_upstream_error(&error);
-                self.origin_error(error.status(), &error.to_string(), CacheStatus::forward(forward))
+                self.origin_error(error.status(), &error.public_reason(), CacheStatus::forward(forward))
             }
         }
     }

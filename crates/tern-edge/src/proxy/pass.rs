@@ -34,8 +34,9 @@ impl Edge {
             }
             Err(error) => {
                 self.count_upstream_error(&error);
+                tracing::warn!(url = %request.primary, method = %request.method, %error, "upstream failed");
                 self.metrics.request("error");
-                return self.error(error.status(), &error.to_string(), CacheStatus::forward(forward));
+                return self.origin_error(error.status(), &error.public_reason(), CacheStatus::forward(forward));
             }
         };
         let (mut parts, body) = response.into_parts();

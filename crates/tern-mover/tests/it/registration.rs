@@ -185,6 +185,19 @@ async fn a_second_machine_under_a_nodes_name_is_refused_until_the_old_record_is_
     fleet
         .api("PUT", "/api/groups/g1", Some(serde_json::json!({ "nodes": ["node5"] })))
         .await;
+    let refused = fleet
+        .api(
+            "PUT",
+            "/api/groups/g2",
+            Some(serde_json::json!({ "nodes": ["node5", "../x"] })),
+        )
+        .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a plain node name")),
+        "a group lists only plain node names: {refused}"
+    );
     let removed = fleet.api("DELETE", "/api/nodes/node5", None).await;
     assert_eq!(removed["left_groups"], serde_json::json!(["g1"]), "{removed}");
     let (status, answer) = fleet.post_bytes("/api/nodes/register", register(other, &new)).await;
