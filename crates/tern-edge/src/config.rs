@@ -219,6 +219,41 @@ impl EdgeConfig {
                 ));
             }
         }
+        if let Some(community) = &self.community {
+            for (name, value) in [
+                ("community.peer_connect_timeout_ms", community.peer_connect_timeout_ms),
+                (
+                    "community.peer_first_byte_timeout_ms",
+                    community.peer_first_byte_timeout_ms,
+                ),
+                ("community.peer_location_timeout_ms", community.peer_location_timeout_ms),
+            ] {
+                if value < 10 {
+                    return Err(format!(
+                        "{name} = {value}: at least 10 milliseconds, or every peer is skipped"
+                    ));
+                }
+            }
+            if community.hot_window_secs == 0 {
+                return Err(
+                    "community.hot_window_secs = 0: at least 1 second (how long a second request keeps a copy hot)"
+                        .into(),
+                );
+            }
+        }
+        // Port 0 (any free port, as tests ask) is never a clash.
+        let clash = self.listen.port() != 0
+            && (self.admin == Some(self.listen)
+                || self
+                    .community
+                    .as_ref()
+                    .is_some_and(|community| community.peer_listen == self.listen));
+        if clash {
+            return Err(format!(
+                "{} is given twice (--listen and --admin or --peer-listen): each listener needs its own port",
+                self.listen
+            ));
+        }
         let https = |url: &str| url.trim().to_ascii_lowercase().starts_with("https://");
         if self.origin_ca.is_some() && !self.origin.is_empty() && !https(&self.origin) {
             return Err(format!(
@@ -333,6 +368,25 @@ mod tests {
         refused(|c| c.upstream.connect_timeout_ms = 0, "upstream.connect_timeout_ms");
         refused(|c| c.origin_ca = Some("ca.pem".into()), "origin_ca");
         refused(|c| c.sync_ca = Some("ca.pem".into()), "sync_ca");
+        refused(|c| c.admin = Some(c.listen), "given twice");
+        refused(
+            |c| {
+                c.community = Some(crate::community::CommunitySettings {
+                    peer_connect_timeout_ms: 0,
+                    ..Default::default()
+                })
+            },
+            "community.peer_connect_timeout_ms",
+        );
+        refused(
+            |c| {
+                c.community = Some(crate::community::CommunitySettings {
+                    hot_window_secs: 0,
+                    ..Default::default()
+                })
+            },
+            "community.hot_window_secs",
+        );
         refused(
             |c| c.store_set_cookie_paths = vec!["account".into()],
             "store_set_cookie_paths",
