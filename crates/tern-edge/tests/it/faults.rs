@@ -629,3 +629,37 @@ async fn a_304_naming_another_representation_updates_nothing_stored() {
     assert_eq!(&got.body[..], b"version two");
     assert_eq!(got.header("etag"), "\"b\"");
 }
+
+#[tokio::test]
+async fn a_fully_qualified_host_name_is_one_object_and_the_origin_sees_its_own_name() {
+    let setup = Setup::with(purgeable).await;
+    setup
+        .origin
+        .set("/dot", Resource::ok("one", &[("cache-control", "max-age=60")]));
+    let first = setup.get_with("/dot", &[("host", "www.example.com.")]).await;
+    assert_eq!(&first.body[..], b"one");
+    let seen = setup.origin.seen();
+    let host = seen.last().expect("a request").headers.get("host").cloned();
+    assert_eq!(host.as_ref().and_then(|h| h.to_str().ok()), Some("www.example.com"));
+    let plain = setup.get_with("/dot", &[("host", "www.example.com")]).await;
+    assert!(
+        plain.header("cache-status").contains("hit"),
+        "{}",
+        plain.header("cache-status")
+    );
+    // Purged under one spelling, gone under the other.
+    let purged = send(
+        &setup.client,
+        "PURGE",
+        &setup.url("/dot"),
+        &[("host", "www.example.com")],
+    )
+    .await;
+    assert_eq!(purged.status, 200);
+    let again = setup.get_with("/dot", &[("host", "www.example.com.")]).await;
+    assert!(
+        !again.header("cache-status").contains("hit"),
+        "{}",
+        again.header("cache-status")
+    );
+}
