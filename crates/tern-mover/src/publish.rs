@@ -126,9 +126,19 @@ impl Mover {
                 .await?
         };
         if planned.stats.setid_cleared > 0 {
-            warn!(job = %id, site = %name, entries = planned.stats.setid_cleared,
-                  first = planned.stats.setid_first.as_deref().unwrap_or(""),
-                  "set-user-ID and set-group-ID bits in staging are not carried to the nodes; clear them there");
+            let message = format!(
+                "{} staged entries have set-user-ID or set-group-ID bits, which are not carried to the nodes \
+                 (the first: {}); clear them in staging",
+                planned.stats.setid_cleared,
+                planned.stats.setid_first.as_deref().unwrap_or("")
+            );
+            warn!(job = %id, site = %name, "{message}");
+            // In the job's history too, where `tern jobs` and the admin UI show it.
+            let job_id = id.to_string();
+            let _ = self
+                .store
+                .call(move |store| store.note(Some(&job_id), &message, now_ms()))
+                .await;
         }
         if planned.stats.is_unchanged() && !restore && site.sequence != 0 {
             // Rules or a target given with this publish still become the site's, as after a new version;

@@ -254,7 +254,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         _ => (None, None),
     };
     let agent = Arc::new(NodeAgent {
-        interpreter: Interpreter::new(&config.root),
+        interpreter: Interpreter::new(&config.root).refusing_switches_older_than(crate::interpreter::MAX_SWITCH_AGE),
         config,
         spool,
         forwarder,

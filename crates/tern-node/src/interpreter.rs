@@ -142,6 +142,22 @@ pub enum ApplyError {
         /// When the last switch applied was issued.
         switched_ms: u64,
     },
+    /// A commit or rollback issued too long ago: switches are built by the mover when it sends them, so an
+    /// old one is a replayed capture (or the mover's and this node's clocks are far apart).
+    #[error(
+        "{what} of site {site} refused: it was issued {age_s} s ago, and a node takes switches issued within \
+         {limit_s} s (a replayed assignment; if it is not, check the clocks of the mover and this node)"
+    )]
+    Expired {
+        /// The site.
+        site: String,
+        /// `a commit of version N` or `a rollback to version N`.
+        what: String,
+        /// Its age, seconds.
+        age_s: u64,
+        /// The limit, seconds.
+        limit_s: u64,
+    },
     /// A file-system operation failed.
     #[error("command {index} ({op}): {source}")]
     Io {
@@ -167,6 +183,9 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Interpreter {
     root: PathBuf,
+    /// The oldest a commit or rollback may be (by its `created_ms`), if limited
+    /// ([`Interpreter::refusing_switches_older_than`]).
+    max_switch_age: Option<Duration>,
     /// One lock per site: an assignment and the tidying after a switch never work on a site at once.
     sites: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -182,6 +201,9 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// How old a commit or rollback a node's agent takes at most ([`Interpreter::refusing_switches_older_than`]).
+pub const MAX_SWITCH_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// The prefix of a ready copy of a live version, `next-<version directory name>`.
 const NEXT: &str = "next-";
 /// The prefix of superseded versions waiting to be deleted.
@@ -196,8 +218,18 @@ impl Interpreter {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Interpreter {
             root: root.into(),
+            max_switch_age: None,
             sites: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Refuses commits and rollbacks issued more than `age` ago (by the system clock): a node that never
+    /// held a site has no version mark, so this bounds how long a captured switch can be replayed to it.
+    /// The mover builds each switch when it sends it; [`MAX_SWITCH_AGE`] leaves room for slow prepares and
+    /// clocks apart.
+    pub fn refusing_switches_older_than(mut self, age: Duration) -> Self {
+        self.max_switch_age = Some(age);
+        self
     }
 
     fn site_lock(&self, site: &str) -> Arc<Mutex<()>> {
@@ -326,6 +358,23 @@ impl Interpreter {
                 "a rollback issued at {} ms",
                 assignment.header.created_ms
             )));
+        }
+        if let Some(limit) = self.max_switch_age
+            && (commits || rolls_back)
+        {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64);
+            let age_ms = now_ms.saturating_sub(assignment.header.created_ms);
+            if age_ms > limit.as_millis() as u64 {
+                let kind = if commits { "a commit" } else { "a rollback" };
+                return Err(ApplyError::Expired {
+                    site: site.to_string(),
+                    what: format!("{kind} of version {}", assignment.header.sequence),
+                    age_s: age_ms / 1000,
+                    limit_s: limit.as_secs(),
+                });
+            }
         }
         std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let prepared_marker = site_dir.join(PREPARED);

@@ -726,3 +726,19 @@ fn a_rollback_issued_before_the_switch_it_would_undo_is_refused() {
     interpreter.apply(&rollback_to_1(5_000)).expect("a rollback issued now");
     assert_eq!(std::fs::read(live.join("index.html")).expect("live"), b"one");
 }
+
+#[test]
+fn a_node_that_never_held_the_site_refuses_a_switch_issued_long_ago() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path()).refusing_switches_older_than(std::time::Duration::from_secs(3600));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // A publish captured two hours ago, replayed to a node that has no mark for the site.
+    let error = publish_one(&interpreter, 1, now_ms - 2 * 3_600_000, b"old").expect_err("too old");
+    assert!(matches!(error, ApplyError::Expired { .. }), "{error}");
+    assert!(error.to_string().contains("check the clocks"), "{error}");
+    assert!(interpreter.live("www").is_none(), "nothing went live");
+    publish_one(&interpreter, 1, now_ms - 60_000, b"recent").expect("a switch issued a minute ago");
+}
