@@ -139,7 +139,7 @@ impl H1Client {
         if connection.stream.write_all(head).await.is_err() {
             return Err(Attempt::Stale);
         }
-        quick_ack(&connection.stream);
+        tern_http::quick_ack::quick_ack(&connection.stream);
         let parsed = loop {
             match h1::parse_response_head(&mut connection.buffer, is_head, &limits) {
                 Ok(Some(parsed)) => break parsed,
@@ -158,7 +158,7 @@ impl H1Client {
                         "the origin closed the connection in the middle of the response head".into(),
                     )));
                 }
-                Ok(_) => quick_ack(&connection.stream),
+                Ok(_) => tern_http::quick_ack::quick_ack(&connection.stream),
                 Err(error) if nothing_yet && is_reset(&error) => return Err(Attempt::Stale),
                 Err(error) => return Err(Attempt::Failed(ExchangeError::Failed(error.to_string()))),
             }
@@ -356,26 +356,10 @@ fn poll_read(stream: &TcpStream, buffer: &mut BytesMut, cx: &mut Context<'_>) ->
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
             result => {
                 if matches!(result, Ok(read) if read > 0) {
-                    quick_ack(stream);
+                    tern_http::quick_ack::quick_ack(stream);
                 }
                 return Poll::Ready(result);
             }
         }
-    }
-}
-
-/// Has the kernel acknowledge what the origin sends at once (`TCP_QUICKACK`, Linux). An origin that writes
-/// a response in several small writes with Nagle's algorithm on (Python's `http.server`, many frameworks)
-/// sends each after the previous one is acknowledged; on a kept-alive connection the kernel delays that
-/// acknowledgement by up to 40 ms, which made every miss through such an origin take 43 ms instead of 2.
-/// The mode is not permanent (the kernel leaves it after a while), hence a call after each write and read.
-fn quick_ack(stream: &TcpStream) {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = stream;
     }
 }

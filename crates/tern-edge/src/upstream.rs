@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use http::{Request, Response, Uri, header};
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -126,10 +125,10 @@ pub struct Origin {
     /// Set once the origin sent a response `h1` does not decode; its requests then all go to hyper.
     h1_unsupported: AtomicBool,
     /// Parses response heads of up to 100 fields in place (hyper's inline capacity).
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: tern_http::tls::HttpsClient<Body>,
     /// Parses response heads of up to [`ORIGIN_MAX_HEADER_FIELDS`]; used for a request whose response
     /// was too wide for `client`, and for every request once the origin has sent such a response.
-    wide: Client<HttpsConnector<HttpConnector>, Body>,
+    wide: tern_http::tls::HttpsClient<Body>,
     /// Set once the origin sent a head too wide for `client`.
     sends_wide_heads: AtomicBool,
     scheme: http::uri::Scheme,

@@ -12,6 +12,7 @@ pub mod etag;
 pub mod h1;
 pub mod hop;
 pub mod list;
+pub mod quick_ack;
 pub mod range;
 pub mod server;
 pub mod target;

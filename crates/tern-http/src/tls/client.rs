@@ -39,7 +39,7 @@ impl std::fmt::Debug for ClientTls {
 }
 
 /// An HTTP client that speaks `http://` and `https://` URLs.
-pub type HttpsClient<B> = Client<hyper_rustls::HttpsConnector<HttpConnector>, B>;
+pub type HttpsClient<B> = Client<hyper_rustls::HttpsConnector<crate::quick_ack::QuickAckConnector>, B>;
 
 impl ClientTls {
     /// Trust the system's roots, or — when `ca` is given — only the CA certificates in that PEM file (a
@@ -94,14 +94,18 @@ impl ClientTls {
     }
 
     /// Wraps `http` so that `https://` URLs get TLS (SNI from the URL's host, ALPN `http/1.1`) and
-    /// `http://` URLs stay plain. `http` must not enforce the `http` scheme (it is set here).
-    pub fn connector(&self, mut http: HttpConnector) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    /// `http://` URLs stay plain, every connection acknowledging at once ([`crate::quick_ack`]). `http` must not
+    /// enforce the `http` scheme (it is set here).
+    pub fn connector(
+        &self,
+        mut http: HttpConnector,
+    ) -> hyper_rustls::HttpsConnector<crate::quick_ack::QuickAckConnector> {
         http.enforce_http(false);
         hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*self.config).clone())
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http)
+            .wrap_connector(crate::quick_ack::QuickAckConnector(http))
     }
 
     /// An HTTP/1.1 client with pooled connections for `http://` and `https://` URLs.
