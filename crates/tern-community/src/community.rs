@@ -179,6 +179,9 @@ pub struct Community {
     registry_acknowledged: bool,
     /// Whether this run warned that the registry refused to record the community (full).
     registry_full_warned: bool,
+    /// Whether this run warned that the master's table divides content otherwise than this peer's own
+    /// settings (`--replicas`, host portions); reset when they agree again.
+    table_differs_warned: bool,
     /// The master the last [`Event::MasterChanged`] named.
     announced_master: Option<Peer>,
     counters: Counters,
@@ -224,6 +227,7 @@ impl Community {
             registry_claim: RegistryClaim::Add,
             registry_acknowledged: false,
             registry_full_warned: false,
+            table_differs_warned: false,
             announced_master: None,
             counters: Counters::default(),
         })

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::time::Instant;
 
 use tern_wire::community::{self, CommunityBody, CommunityMessage, Deny, DenyReason, Epoch, Peer, PeerList};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Community, Joining, Phase, View};
 use crate::event::{Event, Output, Role, TimerKind};
@@ -106,6 +106,23 @@ impl Community {
             .is_none_or(|current| current.epoch != view.epoch || !same_peer(&current.master, &view.master));
         let master = view.master.clone();
         let epoch = view.epoch;
+        let own = &self.config.allocation;
+        let table = &view.list.table;
+        let differs = table.replicas != own.replicas || table.portioning != own.portioning;
+        if differs && !self.table_differs_warned {
+            // The master's table is the community's: this peer's own settings apply only while it leads.
+            warn!(
+                peer = %self.me.name,
+                community = %self.config.community,
+                master = %master.name,
+                master_replicas = table.replicas,
+                own_replicas = own.replicas,
+                master_portioning = ?table.portioning,
+                own_portioning = ?own.portioning,
+                "the master divides content otherwise than this edge's settings (--replicas, host portions); the master's table applies: give every member the same settings"
+            );
+        }
+        self.table_differs_warned = differs;
         if self.role == Role::Master || self.role == Role::Leaving {
             self.directory.clear();
             self.members_heard.clear();
