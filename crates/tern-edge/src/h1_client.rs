@@ -139,10 +139,12 @@ impl H1Client {
         if connection.stream.write_all(head).await.is_err() {
             return Err(Attempt::Stale);
         }
-        tern_http::quick_ack::quick_ack(&connection.stream);
         let parsed = loop {
             match h1::parse_response_head(&mut connection.buffer, is_head, &limits) {
                 Ok(Some(parsed)) => break parsed,
+                // Part of the head came and the rest waits: have what came acknowledged at once, in case
+                // the origin holds the rest until it is (Nagle's algorithm; see `tern_http::quick_ack`).
+                Ok(None) if !connection.buffer.is_empty() => tern_http::quick_ack::quick_ack(&connection.stream),
                 Ok(None) => {}
                 Err(error @ H1Error::UnsupportedCoding(_)) => {
                     return Err(Attempt::Failed(ExchangeError::Unsupported(error)));
@@ -158,7 +160,7 @@ impl H1Client {
                         "the origin closed the connection in the middle of the response head".into(),
                     )));
                 }
-                Ok(_) => tern_http::quick_ack::quick_ack(&connection.stream),
+                Ok(_) => {}
                 Err(error) if nothing_yet && is_reset(&error) => return Err(Attempt::Stale),
                 Err(error) => return Err(Attempt::Failed(ExchangeError::Failed(error.to_string()))),
             }
@@ -179,6 +181,7 @@ impl H1Client {
             keep_alive: parsed.keep_alive,
             pool: self.pool.clone(),
             idle: None,
+            acked: false,
         };
         *response.body_mut() = http_body_util::BodyExt::boxed(body);
         Ok(response)
@@ -265,6 +268,9 @@ struct H1Body {
     pool: Arc<Pool>,
     /// Armed only when a read has to wait: a body that arrives with its head costs no timer.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Whether what came was acknowledged at once since the last read ([`tern_http::quick_ack`]): done
+    /// only when a read has to wait, so a body that arrives with its head costs no system call.
+    acked: bool,
 }
 
 impl H1Body {
@@ -316,6 +322,7 @@ impl http_body::Body for H1Body {
                     return Poll::Ready(Some(Err(tern_http::BodyEndedEarly.into())));
                 }
                 Poll::Ready(Ok(_)) => {
+                    this.acked = false;
                     if let Some(sleep) = this.idle.as_mut() {
                         sleep
                             .as_mut()
@@ -324,6 +331,11 @@ impl http_body::Body for H1Body {
                 }
                 Poll::Ready(Err(error)) => return this.fail(format!("reading the origin's body: {error}")),
                 Poll::Pending => {
+                    if !this.acked {
+                        // The origin may hold the rest until what it sent is acknowledged.
+                        tern_http::quick_ack::quick_ack(&connection.stream);
+                        this.acked = true;
+                    }
                     let timeout = this.pool.settings.idle_body_timeout;
                     let sleep = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                     if sleep.as_mut().poll(cx).is_ready() {
@@ -354,12 +366,7 @@ fn poll_read(stream: &TcpStream, buffer: &mut BytesMut, cx: &mut Context<'_>) ->
         ready!(stream.poll_read_ready(cx))?;
         match stream.try_read_buf(buffer) {
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-            result => {
-                if matches!(result, Ok(read) if read > 0) {
-                    tern_http::quick_ack::quick_ack(stream);
-                }
-                return Poll::Ready(result);
-            }
+            result => return Poll::Ready(result),
         }
     }
 }
