@@ -76,23 +76,13 @@ impl Payload {
     /// thread.
     pub async fn read(&self, offset: u64, count: usize) -> std::io::Result<Bytes> {
         let end = offset.saturating_add(count as u64).min(self.0.len);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
         match &self.0.bytes {
-            Stored::Memory(bytes) => Ok(bytes.slice(offset as usize..end as usize)),
+            Stored::Memory(_) => self.0.read(offset, end),
             Stored::File(_) => {
                 let held = self.0.clone();
-                tokio::task::spawn_blocking(move || {
-                    let Stored::File(file) = &held.bytes else {
-                        unreachable!("matched a file above")
-                    };
-                    let mut buffer = vec![0u8; (end - offset) as usize];
-                    read_exact_at(file, &mut buffer, offset)?;
-                    Ok(Bytes::from(buffer))
-                })
-                .await
-                .map_err(std::io::Error::other)?
+                tokio::task::spawn_blocking(move || held.read(offset, end))
+                    .await
+                    .map_err(std::io::Error::other)?
             }
         }
     }
@@ -161,6 +151,23 @@ impl Payload {
                 let mut buffer = vec![0u8; len];
                 read_exact_at(file, &mut buffer, 0)?;
                 Ok(buffer)
+            }
+        }
+    }
+}
+
+impl Held {
+    /// Bytes `offset..end` (none when `offset` is not below `end`); a file is read where it is (blocking).
+    fn read(&self, offset: u64, end: u64) -> std::io::Result<Bytes> {
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        match &self.bytes {
+            Stored::Memory(bytes) => Ok(bytes.slice(offset as usize..end as usize)),
+            Stored::File(file) => {
+                let mut buffer = vec![0u8; (end - offset) as usize];
+                read_exact_at(file, &mut buffer, offset)?;
+                Ok(Bytes::from(buffer))
             }
         }
     }

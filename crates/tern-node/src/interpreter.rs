@@ -337,7 +337,6 @@ impl Interpreter {
             // Kept after the site is gone: an old publish replayed later must not bring it back.
             held.high = held.high.max(assignment.header.sequence);
             mark::write(&self.root, site, held).map_err(io(0, "remove"))?;
-            sync_directory(&self.root).map_err(io(0, "remove"))?;
             info!(site = %assignment.header.site, id = %assignment.header.id, "site removed");
             return Ok(Applied::default());
         }

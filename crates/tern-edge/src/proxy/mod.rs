@@ -144,8 +144,10 @@ impl Edge {
         }
         // One spelling of a fully qualified name, keyed on and forwarded (`www.example.com.` is the origin's
         // `www.example.com`).
-        let host = target_host(&parts.uri, &parts.headers).unwrap_or_default();
-        let host = tern_http_cache::without_trailing_dot(&host).into_owned();
+        let mut host = target_host(&parts.uri, &parts.headers).unwrap_or_default();
+        if let std::borrow::Cow::Owned(dotless) = tern_http_cache::without_trailing_dot(&host) {
+            host = dotless;
+        }
         let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let target = tern_http::target::normalize(target).into_owned();
         let primary = primary_key("http", &host, &target, &self.key_config);

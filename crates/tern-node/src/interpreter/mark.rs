@@ -39,15 +39,14 @@ pub(super) fn read(root: &Path, site: &str, site_dir: &Path) -> Mark {
     mark
 }
 
-/// Keeps the site's mark (written whole, then renamed into place; flushed with the site's next sync).
+/// Keeps the site's mark, durably ([`tern_tree::write_durably`]): a node that loses power after a switch
+/// or a removal still refuses what is older.
 pub(super) fn write(root: &Path, site: &str, mark: Mark) -> io::Result<()> {
     let target = path(root, site);
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let temp = target.with_extension("tmp");
-    std::fs::write(&temp, format!("{} {}\n", mark.high, mark.switched_ms))?;
-    std::fs::rename(&temp, &target)
+    tern_tree::write_durably(&target, format!("{} {}\n", mark.high, mark.switched_ms).as_bytes())
 }
 
 /// The version the site's `live` link names (`versions/<sequence>-<id>`).
