@@ -4,6 +4,9 @@
 //! failed (the origin did not answer, or its body failed: answer the same error at once, rather than each
 //! waiter asking a sick origin again and waiting as long).
 //!
+//! A fill whose body is streamed (see [`crate::shared_fill`]) also publishes its response while it is
+//! still arriving: waiters are served from it at once instead of waiting for the end of the body.
+//!
 //! A fill remembers the store's purge generation at which its fetch began. A request that arrives after a
 //! purge which may have matched the key does not wait for a fetch that began before it (it would get the
 //! content the purge removed): it leads a new fetch, and the old one finishes for its own waiters only.
@@ -13,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+
+use crate::shared_fill::StreamedResponse;
 
 /// Why a leader's fetch failed upstream, as its waiters answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +63,29 @@ pub struct Coalescer {
     next_id: AtomicU64,
 }
 
+/// Where a fill stands, as its waiters see it.
+#[derive(Debug, Clone)]
+enum Progress {
+    /// Fetching: no response yet.
+    Fetching,
+    /// The response is being stored while its body streams in; waiters may read it as it arrives.
+    Streaming(Arc<StreamedResponse>),
+    /// Done.
+    Done(FillOutcome),
+}
+
+/// What a waiter learns first: the outcome, or a response it may read while it streams in.
+#[derive(Debug)]
+pub enum Joined {
+    /// The fill's response is streaming in; [`Follower::outcome`] waits for the end of the fill.
+    Streaming(Arc<StreamedResponse>),
+    /// The fill is done.
+    Done(FillOutcome),
+}
+
 #[derive(Debug)]
 struct InFlight {
-    receiver: watch::Receiver<Option<FillOutcome>>,
+    receiver: watch::Receiver<Progress>,
     /// The store's purge generation when the fetch began.
     generation: u64,
     /// Tells this fill from a newer one that replaced it under the same key.
@@ -88,7 +113,7 @@ impl Coalescer {
                 receiver: fill.receiver.clone(),
             });
         }
-        let (sender, receiver) = watch::channel(None);
+        let (sender, receiver) = watch::channel(Progress::Fetching);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         inflight.insert(
             key.to_string(),
@@ -121,11 +146,19 @@ impl Coalescer {
 pub struct Leader {
     key: String,
     id: u64,
-    sender: Option<watch::Sender<Option<FillOutcome>>>,
+    sender: Option<watch::Sender<Progress>>,
     coalescer: Arc<Coalescer>,
 }
 
 impl Leader {
+    /// Publishes the response whose body is now streaming in: waiters, and requests that join from now
+    /// on, read it as it arrives. [`Leader::finish`] still reports the end of the fill.
+    pub fn streaming(&self, response: Arc<StreamedResponse>) {
+        if let Some(sender) = &self.sender {
+            sender.send_replace(Progress::Streaming(response));
+        }
+    }
+
     /// Reports the outcome and wakes the waiters.
     pub fn finish(mut self, outcome: FillOutcome) {
         self.complete(outcome);
@@ -139,7 +172,7 @@ impl Leader {
                 inflight.remove(&self.key);
             }
             drop(inflight);
-            sender.send_replace(Some(outcome));
+            sender.send_replace(Progress::Done(outcome));
         }
     }
 }
@@ -152,15 +185,36 @@ impl Drop for Leader {
 
 /// A request waiting for a leader.
 pub struct Follower {
-    receiver: watch::Receiver<Option<FillOutcome>>,
+    receiver: watch::Receiver<Progress>,
 }
 
 impl Follower {
-    /// Waits for the leader's outcome.
-    pub async fn wait(mut self) -> FillOutcome {
-        match self.receiver.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().unwrap_or(FillOutcome::Released),
-            Err(_) => FillOutcome::Released,
+    /// Waits for the leader's outcome, or for a response streaming in, whichever comes first.
+    pub async fn wait(&mut self) -> Joined {
+        match self
+            .receiver
+            .wait_for(|progress| !matches!(progress, Progress::Fetching))
+            .await
+        {
+            Ok(progress) => match &*progress {
+                Progress::Streaming(response) => Joined::Streaming(response.clone()),
+                Progress::Done(outcome) => Joined::Done(outcome.clone()),
+                Progress::Fetching => Joined::Done(FillOutcome::Released),
+            },
+            Err(_) => Joined::Done(FillOutcome::Released),
+        }
+    }
+
+    /// Waits for the end of the fill, up to `limit`; `None` when it is still going on then.
+    pub async fn outcome(&mut self, limit: std::time::Duration) -> Option<FillOutcome> {
+        let done = self.receiver.wait_for(|progress| matches!(progress, Progress::Done(_)));
+        match tokio::time::timeout(limit, done).await {
+            Err(_) => None,
+            Ok(Ok(progress)) => match &*progress {
+                Progress::Done(outcome) => Some(outcome.clone()),
+                _ => Some(FillOutcome::Released),
+            },
+            Ok(Err(_)) => Some(FillOutcome::Released),
         }
     }
 }
@@ -168,6 +222,14 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The outcome a follower learns (these fills stream nothing).
+    async fn done(mut follower: Follower) -> FillOutcome {
+        match follower.wait().await {
+            Joined::Done(outcome) => outcome,
+            Joined::Streaming(_) => panic!("nothing streams here"),
+        }
+    }
 
     #[tokio::test]
     async fn followers_are_woken_with_the_outcome() {
@@ -178,7 +240,7 @@ mod tests {
         let Role::Follower(follower) = coalescer.join("k", 0, |_| false) else {
             panic!("second must follow")
         };
-        let waiting = tokio::spawn(follower.wait());
+        let waiting = tokio::spawn(done(follower));
         leader.finish(FillOutcome::Stored);
         assert_eq!(waiting.await.expect("join"), FillOutcome::Stored);
         assert!(coalescer.is_empty());
@@ -194,7 +256,7 @@ mod tests {
             panic!("second must follow")
         };
         drop(leader);
-        assert_eq!(follower.wait().await, FillOutcome::Released);
+        assert_eq!(done(follower).await, FillOutcome::Released);
         assert!(matches!(coalescer.join("k", 0, |_| false), Role::Leader(_)));
     }
 
@@ -214,7 +276,7 @@ mod tests {
         old.finish(FillOutcome::Released);
         assert_eq!(coalescer.len(), 1, "the old fill does not remove the new one");
         new.finish(FillOutcome::Stored);
-        assert_eq!(follower.wait().await, FillOutcome::Stored);
+        assert_eq!(done(follower).await, FillOutcome::Stored);
         assert!(coalescer.is_empty());
     }
 
@@ -226,7 +288,7 @@ mod tests {
         };
         let followers: Vec<_> = (0..3)
             .map(|_| match coalescer.join("k", 0, |_| false) {
-                Role::Follower(follower) => tokio::spawn(follower.wait()),
+                Role::Follower(follower) => tokio::spawn(done(follower)),
                 Role::Leader(_) => panic!("the others follow"),
             })
             .collect();
@@ -242,5 +304,58 @@ mod tests {
             matches!(coalescer.join("k", 0, |_| false), Role::Leader(_)),
             "the next request tries again"
         );
+    }
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+    use crate::shared_fill::SharedBody;
+
+    fn response() -> Arc<StreamedResponse> {
+        Arc::new(StreamedResponse {
+            vary: Default::default(),
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            length: None,
+            freshness: tern_http_cache::Freshness::of(
+                http::StatusCode::OK,
+                &http::HeaderMap::new(),
+                std::time::SystemTime::UNIX_EPOCH,
+                std::time::SystemTime::UNIX_EPOCH,
+                &tern_http_cache::PolicyConfig::default(),
+            ),
+            received: http::Version::HTTP_11,
+            body: SharedBody::new(1 << 20),
+        })
+    }
+
+    #[tokio::test]
+    async fn waiters_and_later_joiners_see_the_streaming_response_then_the_outcome() {
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(leader) = coalescer.join("k", 0, |_| false) else {
+            panic!("first must lead")
+        };
+        let Role::Follower(mut early) = coalescer.join("k", 0, |_| false) else {
+            panic!("second must follow")
+        };
+        let streamed = response();
+        leader.streaming(streamed.clone());
+        assert!(matches!(early.wait().await, Joined::Streaming(r) if Arc::ptr_eq(&r, &streamed)));
+        let Role::Follower(mut late) = coalescer.join("k", 0, |_| false) else {
+            panic!("a request during the stream joins it")
+        };
+        assert!(matches!(late.wait().await, Joined::Streaming(_)));
+        assert_eq!(
+            late.outcome(std::time::Duration::from_millis(10)).await,
+            None,
+            "the fill is still going on"
+        );
+        leader.finish(FillOutcome::Stored);
+        assert_eq!(
+            late.outcome(std::time::Duration::from_secs(5)).await,
+            Some(FillOutcome::Stored)
+        );
+        assert!(coalescer.is_empty());
     }
 }

@@ -106,6 +106,10 @@ pub struct UpstreamConfig {
     pub first_byte_timeout_ms: u64,
     /// Longest silence mid-body, milliseconds (the transfer is cut and nothing is stored).
     pub idle_body_timeout_ms: u64,
+    /// How long a request that joined another's fetch too late to be served from its first byte (its body
+    /// had passed `max_memory_object`, the bytes kept for joining requests) waits for the object to be
+    /// stored, milliseconds; then it fetches for itself. Like nginx's `proxy_cache_lock_timeout`.
+    pub coalesce_wait_ms: u64,
     /// Idle keep-alive connections kept per origin.
     pub max_idle_connections: usize,
     /// Send the origin's own authority as `Host` instead of the client's.
@@ -279,6 +283,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 3_000,
             first_byte_timeout_ms: 30_000,
             idle_body_timeout_ms: 30_000,
+            coalesce_wait_ms: 5_000,
             max_idle_connections: 256,
             rewrite_host: false,
         }
@@ -297,6 +302,10 @@ impl UpstreamConfig {
     /// Longest silence mid-body.
     pub fn idle_body_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_body_timeout_ms)
+    }
+    /// How long a late joiner waits for another's fetch ([`UpstreamConfig::coalesce_wait_ms`]).
+    pub fn coalesce_wait(&self) -> Duration {
+        Duration::from_millis(self.coalesce_wait_ms)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod h1_client;
 pub mod metrics;
 pub mod proxy;
 pub mod purge;
+pub mod shared_fill;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 pub mod upstream;
@@ -196,6 +197,8 @@ pub async fn start_with(
         key_config,
         max_uri_bytes: config.max_uri_bytes,
         small_body_deadline: config.upstream.idle_body_timeout(),
+        shared_window: config.max_memory_object,
+        coalesce_wait: config.upstream.coalesce_wait(),
         sync_mark,
         clock,
     });

@@ -115,6 +115,11 @@ pub struct EdgeMetrics {
     pub upstream_requests: Family<OutcomeLabel, Counter>,
     /// Requests that waited for another's fetch.
     pub coalesced: Counter,
+    /// What became of requests that joined a fetch whose body was streaming in (read-while-write):
+    /// `streamed` (served from it as it arrived), `fell-behind` (cut: their client read far more slowly
+    /// than the origin sent), `wait-expired` (joined too late to read from the first byte, and went
+    /// upstream themselves after `coalesce_wait_ms`).
+    pub coalesced_streams: Family<OutcomeLabel, Counter>,
     /// Objects written to the store.
     pub stored: Counter,
     /// Fills abandoned (too large, cut off, write failure).
@@ -162,6 +167,14 @@ impl EdgeMetrics {
             "coalesced",
             "Requests that waited for another request's upstream fetch",
             coalesced.clone(),
+        );
+        let coalesced_streams = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "coalesced_streams",
+            "Requests that joined a fetch whose body was streaming in: streamed (served as it arrived), \
+             fell-behind (cut: read far more slowly than the origin sent), wait-expired (joined past the first \
+             bytes kept, and went upstream after coalesce_wait_ms)",
+            coalesced_streams.clone(),
         );
         let stored = Counter::default();
         registry.register("stored_objects", "Objects written to the cache", stored.clone());
@@ -217,6 +230,7 @@ impl EdgeMetrics {
             response_seconds,
             upstream_requests,
             coalesced,
+            coalesced_streams,
             stored,
             fills_abandoned,
             upstream_bodies_failed,
@@ -229,6 +243,11 @@ impl EdgeMetrics {
             disk_evictions,
             corrupt_dropped,
         }
+    }
+
+    /// Counts what became of a request that joined a streaming fetch (see [`EdgeMetrics::coalesced_streams`]).
+    pub fn coalesced_stream(&self, outcome: &'static str) {
+        self.coalesced_streams.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts a request by result.

@@ -43,6 +43,13 @@ pub struct Resource {
     pub cut_first: usize,
     /// Send `body` one byte at a time with this gap between bytes (an origin that trickles).
     pub trickle: Option<Duration>,
+    /// For the first request of the path: send the first half of `body`, wait until this is notified, then
+    /// send the rest (a body still arriving while other requests join it). Later requests get it whole.
+    pub hold_midway: Option<Arc<tokio::sync::Notify>>,
+    /// With `hold_midway`: after the notification, fail the body instead of sending the rest.
+    pub fail_after_hold: bool,
+    /// Send the body without `Content-Length` (chunked).
+    pub chunked: bool,
 }
 
 impl Resource {
@@ -58,6 +65,9 @@ impl Resource {
             truncate_to: None,
             cut_first: 0,
             trickle: None,
+            hold_midway: None,
+            fail_after_hold: false,
+            chunked: false,
         }
     }
 }
@@ -282,6 +292,36 @@ async fn answer(state: &OriginState, request: Request<Incoming>) -> Response<Bod
             .header("content-length", resource.body.len())
             .body(body)
             .expect("response");
+    }
+    if let Some(hold) = resource.hold_midway.clone().filter(|_| seen_for_path == 1) {
+        let (sender, body) = tern_http::channel(1, None);
+        let sent = resource.body.clone();
+        let fail = resource.fail_after_hold;
+        tokio::spawn(async move {
+            let half = sent.len() / 2;
+            if sender.send(Ok(sent.slice(..half))).await.is_err() {
+                return;
+            }
+            hold.notified().await;
+            let rest = if fail {
+                Err("origin fails mid-body".into())
+            } else {
+                Ok(sent.slice(half..))
+            };
+            let _ = sender.send(rest).await;
+        });
+        if !resource.chunked {
+            builder = builder.header("content-length", resource.body.len());
+        }
+        return builder.body(body).expect("response");
+    }
+    if resource.chunked {
+        let (sender, body) = tern_http::channel(1, None);
+        let sent = resource.body.clone();
+        tokio::spawn(async move {
+            let _ = sender.send(Ok(sent)).await;
+        });
+        return builder.body(body).expect("response");
     }
     if let Some(declared) = resource.truncate_to {
         let (sender, body) = tern_http::channel(4, None);

@@ -19,9 +19,10 @@ use super::{CLIENT_PRECONDITIONS, ClientRequest, Edge, Source, content_length};
 use crate::cache_status::{CacheStatus, Forward};
 use crate::coalesce::{FillOutcome, Leader, UpstreamFailure};
 use crate::metrics::{BodyFailure, EdgeMetrics};
+use crate::shared_fill::{StreamedResponse, Writer};
 
 /// Chunks buffered between an upstream body and a client (bounds memory per transfer).
-const STREAM_CHUNKS: usize = 16;
+pub(super) const STREAM_CHUNKS: usize = 16;
 /// Bodies up to this size with a known length are read whole before answering (cheaper than streaming).
 const INLINE_BODY_LIMIT: u64 = 64 * 1024;
 
@@ -364,8 +365,31 @@ impl Edge {
             );
         }
         let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
+        // Requests that join this fill from now on read its body as it arrives (read-while-write).
+        let shared = leader.as_ref().map(|leader| {
+            let shared = crate::shared_fill::SharedBody::new(self.shared_window);
+            leader.streaming(Arc::new(StreamedResponse {
+                vary: vary_values(&parts.headers, &request.headers),
+                status: parts.status,
+                headers: storing.stored_fields(&parts.headers),
+                length,
+                freshness,
+                received: parts.version,
+                body: shared.clone(),
+            }));
+            Writer(shared)
+        });
         let url = request.primary.clone();
-        tokio::spawn(tee(body, fill, sender, length, leader, self.metrics.clone(), url));
+        let copy = Tee {
+            fill,
+            sender,
+            shared,
+            expected: length,
+            leader,
+            metrics: self.metrics.clone(),
+            url,
+        };
+        tokio::spawn(copy.run(body));
         self.metrics.request("miss");
         // Whether a streamed body will be stored is known only at its end, after this field was sent:
         // `stored` is left out rather than promised (RFC 9211 section 2.7 says it reports what happened).
@@ -471,88 +495,125 @@ async fn read_small(mut body: Body, expected: u64, deadline: std::time::Duration
     })
 }
 
-/// Copies an upstream body to the client and into the store. The last chunk is held back until the object
-/// is stored, so a client that has read a whole response finds it in the cache on its next request. A
-/// client that goes away does not stop the fill; an upstream that fails or ends short stores nothing, is
-/// logged and counted, its waiters answer the failure, and the client's body is cut with an error, never
-/// passed off as complete.
-async fn tee(
-    mut body: Body,
-    mut fill: Fill,
+/// Copies an upstream body to the client, into the store, and to the requests that joined the fill
+/// ([`crate::shared_fill`]).
+struct Tee {
+    fill: Fill,
     sender: ChannelSender,
+    /// Set when other requests may join the fill.
+    shared: Option<Writer>,
     expected: Option<u64>,
     leader: Option<Leader>,
     metrics: Arc<EdgeMetrics>,
     url: String,
-) {
-    let mut received = 0u64;
-    let mut client_open = true;
-    let mut held: Option<Bytes> = None;
-    // `Err(None)`: the client went away and the fill could not go on without it.
-    let ended: Result<(), Option<BodyFailure>> = loop {
-        match body.frame().await {
-            None => match expected {
-                Some(expected) if expected != received => break Err(Some(BodyFailure::Short { received, expected })),
-                _ => break Ok(()),
-            },
-            Some(Err(error)) => break Err(Some(BodyFailure::of_error(&error, received, expected))),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                received += data.len() as u64;
-                if let Some(expected) = expected.filter(|expected| received > *expected) {
-                    break Err(Some(BodyFailure::TooLong { expected }));
-                }
-                fill.write(&data).await;
-                if let Some(previous) = held.replace(data)
-                    && client_open
-                    && sender.send(Ok(previous)).await.is_err()
-                {
-                    client_open = false;
-                }
-                if !client_open && !fill.is_viable() {
-                    break Err(None);
+}
+
+impl Tee {
+    /// Copies the body. The last chunk is held back until the object is stored, so a client that has read
+    /// a whole response finds it in the cache on its next request. A client that goes away does not stop
+    /// the fill (nor the copy for those who joined it); an upstream that fails or ends short stores
+    /// nothing, is logged and counted, its waiters answer the failure, and every client's body is cut
+    /// with an error, never passed off as complete.
+    async fn run(self, mut body: Body) {
+        let Tee {
+            mut fill,
+            sender,
+            shared,
+            expected,
+            leader,
+            metrics,
+            url,
+        } = self;
+        let mut received = 0u64;
+        let mut client_open = true;
+        let mut held: Option<Bytes> = None;
+        // `Err(None)`: the client went away and the fill could not go on without it.
+        let ended: Result<(), Option<BodyFailure>> = loop {
+            match body.frame().await {
+                None => match expected {
+                    Some(expected) if expected != received => {
+                        break Err(Some(BodyFailure::Short { received, expected }));
+                    }
+                    _ => break Ok(()),
+                },
+                Some(Err(error)) => break Err(Some(BodyFailure::of_error(&error, received, expected))),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    received += data.len() as u64;
+                    if let Some(expected) = expected.filter(|expected| received > *expected) {
+                        break Err(Some(BodyFailure::TooLong { expected }));
+                    }
+                    fill.write(&data).await;
+                    if let Some(previous) = held.replace(data) {
+                        if let Some(shared) = &shared {
+                            shared.0.push(previous.clone());
+                        }
+                        if client_open && sender.send(Ok(previous)).await.is_err() {
+                            client_open = false;
+                        }
+                    }
+                    let followed = shared.as_ref().is_some_and(|shared| shared.0.has_readers());
+                    if !client_open && !fill.is_viable() && !followed {
+                        break Err(None);
+                    }
                 }
             }
-        }
-    };
-    let complete = ended.is_ok();
-    let stored = fill.finish(complete).await;
-    match &stored {
-        Ok(_) => {
-            metrics.stored.inc();
-        }
-        Err(error) => {
-            metrics.fills_abandoned.inc();
-            debug!(%error, "fill not stored");
-        }
-    }
-    let failure = ended.err().flatten();
-    if let Some(failure) = &failure {
-        warn!(%url, %failure, received, "upstream body failed mid-transfer: the response is cut and not stored");
-        metrics.body_failed(failure);
-    }
-    if let Some(leader) = leader {
-        leader.finish(match &failure {
-            Some(failure) => FillOutcome::Failed(UpstreamFailure {
-                status: failure.status(),
-                reason: failure.to_string().into(),
-            }),
-            None => FillOutcome::of(&stored),
-        });
-    }
-    if client_open {
-        if complete {
-            if let Some(last) = held {
-                let _ = sender.send(Ok(last)).await;
+        };
+        let complete = ended.is_ok();
+        let stored = fill.finish(complete).await;
+        match &stored {
+            Ok(_) => {
+                metrics.stored.inc();
             }
-        } else {
-            let reason = failure.map_or_else(
+            Err(error) => {
+                metrics.fills_abandoned.inc();
+                debug!(%error, "fill not stored");
+            }
+        }
+        let failure = ended.err().flatten();
+        if let Some(failure) = &failure {
+            warn!(%url, %failure, received, "upstream body failed mid-transfer: the response is cut and not stored");
+            metrics.body_failed(failure);
+        }
+        let reason = (!complete).then(|| {
+            failure.as_ref().map_or_else(
                 || "the response could not be completed; cut".to_string(),
                 |failure| format!("{failure}; response cut"),
-            );
-            let _ = sender.send(Err(reason.into())).await;
+            )
+        });
+        if let Some(shared) = &shared {
+            match &reason {
+                None => {
+                    if let Some(last) = &held {
+                        shared.0.push(last.clone());
+                    }
+                    shared.0.end(Ok(()));
+                }
+                Some(reason) => shared.0.end(Err(reason.as_str().into())),
+            }
+        }
+        if let Some(leader) = leader {
+            leader.finish(match &failure {
+                Some(failure) => FillOutcome::Failed(UpstreamFailure {
+                    status: failure.status(),
+                    reason: failure.to_string().into(),
+                }),
+                None => FillOutcome::of(&stored),
+            });
+        }
+        if client_open {
+            match reason {
+                None => {
+                    if let Some(last) = held {
+                        let _ = sender.send(Ok(last)).await;
+                    }
+                }
+                Some(reason) => {
+                    let _ = sender.send(Err(reason.into())).await;
+                }
+            }
         }
     }
 }

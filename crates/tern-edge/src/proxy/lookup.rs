@@ -1,6 +1,8 @@
 //! Lookup: find the stored variant a request selects, decide how it may be used (RFC 9111 section 4, RFC
-//! 5861), and coalesce misses so that concurrent requests for one key make one upstream request. A request
-//! after a purge never waits for a fetch that began before it ([`crate::coalesce`]).
+//! 5861), and coalesce misses so that concurrent requests for one key make one upstream request: a request
+//! that joins a fetch is served from its body as it streams in where it can ([`super::follow`]), else when
+//! it is stored. A request after a purge never waits for a fetch that began before it
+//! ([`crate::coalesce`]).
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use tracing::warn;
 use super::fill::Miss;
 use super::{ClientRequest, Edge};
 use crate::cache_status::{CacheStatus, Forward};
-use crate::coalesce::{FillOutcome, Role};
+use crate::coalesce::{FillOutcome, Joined, Role};
 
 /// Lookups a request makes after waiting for another's fill before it goes upstream on its own.
 const MAX_COALESCED_ROUNDS: usize = 3;
@@ -106,10 +108,27 @@ impl Edge {
                     };
                     return self.lead(request, miss).await;
                 }
-                Role::Follower(follower) => {
+                Role::Follower(mut follower) => {
                     drop(ticket);
                     self.metrics.coalesced.inc();
-                    match follower.wait().await {
+                    let outcome = match follower.wait().await {
+                        Joined::Done(outcome) => outcome,
+                        Joined::Streaming(streamed) => {
+                            if let Some(response) = self.follow(&request, &streamed, forward) {
+                                return response;
+                            }
+                            // Joined too late to read from the first byte (or another variant, or a response
+                            // that must be validated first): wait for the stored object, for a while.
+                            match follower.outcome(self.coalesce_wait).await {
+                                Some(outcome) => outcome,
+                                None => {
+                                    self.metrics.coalesced_stream("wait-expired");
+                                    FillOutcome::Released
+                                }
+                            }
+                        }
+                    };
+                    match outcome {
                         FillOutcome::Stored => collapsed = true,
                         // Looked up again: this request joins the fetch begun after the purge, or leads it.
                         FillOutcome::Purged => {}

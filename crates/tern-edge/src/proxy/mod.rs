@@ -4,6 +4,7 @@
 //! - [`serve`]: answer from the store;
 //! - [`fill`]: go upstream for a miss or a validation, act on the policy's [`ResponseDecision`] (refresh,
 //!   serve stale, store while streaming, or pass), and tee the body into the store;
+//! - [`follow`]: serve a request that joined a fill from its body as it streams in (read-while-write);
 //! - [`pass`]: methods the cache does not serve, and the invalidation after unsafe ones (section 4.4);
 //! - [`respond`]: shape the client's response (its own preconditions and ranges, `Age`, `Cache-Status`,
 //!   `Via`);
@@ -14,6 +15,7 @@
 //! [`ResponseDecision`]: tern_http_cache::ResponseDecision
 
 mod fill;
+mod follow;
 mod lookup;
 mod pass;
 mod purge;
@@ -90,6 +92,11 @@ pub struct Edge {
     /// How long a small upstream body (read whole before answering) may take to arrive: the body's idle
     /// timeout, as a deadline for the whole of it.
     pub(crate) small_body_deadline: std::time::Duration,
+    /// Bytes of a streamed fill kept for requests that join it (`max_memory_object`; see
+    /// [`crate::shared_fill`]).
+    pub(crate) shared_window: u64,
+    /// How long a request that joined a streamed fill too late waits for it to be stored.
+    pub(crate) coalesce_wait: std::time::Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sync_mark: Arc<crate::catch_up::SyncMark>,
 }

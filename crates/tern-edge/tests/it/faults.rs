@@ -521,10 +521,6 @@ async fn at_once(setup: &Setup, path: &str, count: usize) -> Vec<tern_edge::test
     got
 }
 
-async fn metrics(setup: &Setup) -> String {
-    String::from_utf8_lossy(&send(&setup.client, "GET", &setup.admin_url("/metrics"), &[]).await.body).into_owned()
-}
-
 #[tokio::test]
 async fn waiters_of_a_fetch_that_times_out_answer_its_error_and_the_origin_is_asked_once() {
     let setup = Setup::with(|config| config.upstream.first_byte_timeout_ms = 400).await;
@@ -566,7 +562,7 @@ async fn waiters_of_a_body_that_ends_short_share_the_failure_and_it_is_counted()
         );
     }
     assert_eq!(setup.origin.count_for("/short"), 1);
-    let text = metrics(&setup).await;
+    let text = crate::metrics_text(&setup).await;
     assert!(
         text.contains("tern_edge_upstream_bodies_failed_total{outcome=\"short\"} 1"),
         "{text}"
@@ -587,7 +583,7 @@ async fn a_small_body_that_trickles_is_given_up_after_the_idle_timeout_with_504(
         "{:?}",
         got.body
     );
-    let text = metrics(&setup).await;
+    let text = crate::metrics_text(&setup).await;
     assert!(
         text.contains("tern_edge_upstream_bodies_failed_total{outcome=\"stalled\"} 1"),
         "{text}"

@@ -5,6 +5,7 @@ mod caching;
 mod faults;
 mod origin_link;
 mod purging;
+mod read_while_write;
 mod robustness;
 mod storage;
 mod tls;
@@ -75,6 +76,11 @@ impl Setup {
     pub fn advance(&self, seconds: u64) {
         self.clock.advance(Duration::from_secs(seconds));
     }
+}
+
+/// The edge's `/metrics` text.
+pub async fn metrics_text(setup: &Setup) -> String {
+    String::from_utf8_lossy(&send(&setup.client, "GET", &setup.admin_url("/metrics"), &[]).await.body).into_owned()
 }
 
 /// Waits (bounded) until `check` holds; for effects of background tasks.

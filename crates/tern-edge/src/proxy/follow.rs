@@ -1,0 +1,76 @@
+//! Following a fill: a request that joined a fetch whose body is streaming in is served from that body as it
+//! arrives (read-while-write, [`crate::shared_fill`]), with the head the cache stores, its own
+//! preconditions and ranges, and `Cache-Status: ...; collapsed`.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+use tern_http::{Body, ChannelSender};
+use tern_http_cache::key::vary_matches;
+
+use super::{ClientRequest, Edge, Source};
+use crate::cache_status::{CacheStatus, Forward};
+use crate::metrics::EdgeMetrics;
+use crate::shared_fill::{FELL_BEHIND, Reader, StreamedResponse};
+
+impl Edge {
+    /// Serves `request` from a response streaming in; `None` when it cannot be: the response selects
+    /// another variant (`Vary`), must be validated before any use (`no-cache`, or not fresh), or its first
+    /// bytes are no longer kept (the request joined too late).
+    pub(super) fn follow(
+        &self,
+        request: &ClientRequest,
+        streamed: &StreamedResponse,
+        forward: Forward,
+    ) -> Option<Response<Body>> {
+        let now = self.clock.now();
+        let freshness = &streamed.freshness;
+        if !vary_matches(&streamed.vary, &request.headers) || freshness.no_cache || !freshness.is_fresh(now) {
+            return None;
+        }
+        let body = if request.method == Method::HEAD {
+            tern_http::empty()
+        } else {
+            let reader = streamed.body.attach()?;
+            let (sender, body) = tern_http::channel(super::fill::STREAM_CHUNKS, streamed.length);
+            tokio::spawn(copy(reader, sender, self.metrics.clone()));
+            body
+        };
+        self.metrics.coalesced_stream("streamed");
+        self.metrics.request("hit");
+        let status = CacheStatus::forward(forward)
+            .with_forward_status(streamed.status.as_u16())
+            .with_collapsed()
+            .with_ttl(freshness.ttl_seconds(now));
+        Some(self.respond(
+            request,
+            streamed.status,
+            super::respond::stored_headers(&streamed.headers),
+            streamed.length,
+            Source::Stream(body, streamed.received),
+            Some(freshness.age_seconds(now)),
+            status,
+        ))
+    }
+}
+
+/// Copies the shared body to one client until it ends, fails, or the client goes away (which detaches the
+/// reader, so the bytes are not kept for it).
+async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc<EdgeMetrics>) {
+    while let Some(item) = reader.next().await {
+        match item {
+            Ok(chunk) => {
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            Err(reason) => {
+                if reason.as_ref() == FELL_BEHIND {
+                    metrics.coalesced_stream("fell-behind");
+                }
+                let _ = sender.send(Err(reason.to_string().into())).await;
+                return;
+            }
+        }
+    }
+}

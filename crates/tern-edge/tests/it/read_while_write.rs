@@ -1,0 +1,203 @@
+//! Read-while-write: a request that joins a miss whose body is still streaming in is served from that body
+//! as it arrives (not when the whole of it is stored), the origin sees one request, a joiner too late to
+//! read from the first byte fetches for itself after `coalesce_wait_ms`, and a body that fails upstream is
+//! cut for every client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tern_edge::testsuite::Resource;
+
+use crate::Setup;
+
+/// A body of `len` bytes that tells its halves apart.
+fn pattern(len: usize) -> Bytes {
+    (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+/// A response whose body is read chunk by chunk.
+struct Streaming {
+    head: http::response::Parts,
+    body: hyper::body::Incoming,
+    read: Vec<u8>,
+}
+
+impl Streaming {
+    async fn get(setup: &Setup, path: &str) -> Streaming {
+        let client = tern_edge::testsuite::client();
+        let request = http::Request::get(setup.url(path))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+            .await
+            .expect("the head arrives while the origin holds the rest of the body")
+            .expect("response");
+        let (head, body) = response.into_parts();
+        Streaming {
+            head,
+            body,
+            read: Vec::new(),
+        }
+    }
+
+    /// Reads until at least `len` bytes have arrived.
+    async fn read_at_least(&mut self, len: usize) {
+        while self.read.len() < len {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("bytes arrive while the origin holds the rest of the body")
+                .expect("not the end yet")
+                .expect("no error");
+            if let Ok(data) = frame.into_data() {
+                self.read.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Reads to the end: the whole body, or the error that cut it.
+    async fn finish(mut self) -> Result<Vec<u8>, String> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("the body ends")
+            {
+                None => return Ok(self.read),
+                Some(Err(error)) => return Err(error.to_string()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.read.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn header(&self, name: &str) -> String {
+        self.head
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_joins_a_streaming_miss_reads_it_as_it_arrives() {
+    let setup = Setup::new().await;
+    for (path, chunked) in [("/video", false), ("/feed", true)] {
+        let body = pattern(400_000);
+        let hold = Arc::new(tokio::sync::Notify::new());
+        let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
+        resource.hold_midway = Some(hold.clone());
+        resource.chunked = chunked;
+        setup.origin.set(path, resource);
+
+        let mut leader = Streaming::get(&setup, path).await;
+        leader.read_at_least(100_000).await;
+        // The origin holds the second half: the joining request must get its head and the first half now.
+        let mut follower = Streaming::get(&setup, path).await;
+        follower.read_at_least(150_000).await;
+        assert!(
+            follower.header("cache-status").contains("collapsed"),
+            "{path}: {}",
+            follower.header("cache-status")
+        );
+        assert_eq!(follower.head.status, 200);
+        hold.notify_one();
+        assert_eq!(leader.finish().await.expect("whole"), body, "{path}");
+        assert_eq!(follower.finish().await.expect("whole"), body, "{path}");
+        assert_eq!(setup.origin.count_for(path), 1, "{path}: one origin request for both");
+        assert!(setup.get(path).await.header("cache-status").contains("hit"), "{path}");
+    }
+    let metrics = crate::metrics_text(&setup).await;
+    assert!(
+        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"streamed\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_joins_past_the_kept_bytes_fetches_for_itself_after_the_wait() {
+    let setup = Setup::with(|config| {
+        config.max_memory_object = 100_000;
+        config.upstream.coalesce_wait_ms = 200;
+    })
+    .await;
+    let body = pattern(400_000);
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
+    resource.hold_midway = Some(hold.clone());
+    setup.origin.set("/big", resource);
+
+    let mut leader = Streaming::get(&setup, "/big").await;
+    // More than the 100 000 bytes kept for joiners has gone by: the first bytes are no longer kept.
+    leader.read_at_least(120_000).await;
+    let late = setup.get("/big").await;
+    assert_eq!(late.status, 200);
+    assert_eq!(late.body, body, "the late joiner got the whole body from its own fetch");
+    assert_eq!(setup.origin.count_for("/big"), 2);
+    hold.notify_one();
+    assert_eq!(leader.finish().await.expect("whole"), body);
+    let metrics = crate::metrics_text(&setup).await;
+    assert!(
+        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"wait-expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
+    let setup = Setup::new().await;
+    let body = pattern(400_000);
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
+    resource.hold_midway = Some(hold.clone());
+    resource.fail_after_hold = true;
+    setup.origin.set("/breaks", resource);
+
+    let mut leader = Streaming::get(&setup, "/breaks").await;
+    leader.read_at_least(100_000).await;
+    let mut follower = Streaming::get(&setup, "/breaks").await;
+    follower.read_at_least(100_000).await;
+    hold.notify_one();
+    assert!(leader.finish().await.is_err(), "the leader's body is cut");
+    assert!(
+        follower.finish().await.is_err(),
+        "the joined body is cut, never passed off as whole"
+    );
+    let next = setup.get("/breaks").await;
+    assert_eq!(next.body, body, "nothing was stored: the next request fetches it whole");
+    assert_eq!(setup.origin.count_for("/breaks"), 2);
+}
+
+#[tokio::test]
+async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() {
+    let setup = Setup::with(|config| config.upstream.coalesce_wait_ms = 100).await;
+    let body = pattern(400_000);
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let mut resource = Resource::ok(
+        body.clone(),
+        &[("cache-control", "max-age=600"), ("vary", "accept-language")],
+    );
+    resource.hold_midway = Some(hold.clone());
+    setup.origin.set("/page", resource);
+
+    let mut leader = Streaming::get(&setup, "/page").await;
+    leader.read_at_least(100_000).await;
+    let other = setup.get_with("/page", &[("accept-language", "de")]).await;
+    assert!(
+        !other.header("cache-status").contains("collapsed"),
+        "{}",
+        other.header("cache-status")
+    );
+    assert_eq!(
+        setup.origin.count_for("/page"),
+        2,
+        "the other variant was fetched for itself"
+    );
+    hold.notify_one();
+    assert_eq!(leader.finish().await.expect("whole"), body);
+}
