@@ -105,12 +105,27 @@ impl Coalescer {
     /// in flight)` says a purge may have matched the key since that fill began. `generation` is the caller's
     /// own purge generation (its [`tern_http_cache::FetchTicket`]), recorded if it leads.
     pub fn join(self: &Arc<Self>, key: &str, generation: u64, purged_since: impl FnOnce(u64) -> bool) -> Role {
+        self.join_unless(key, generation, purged_since, None)
+    }
+
+    /// [`Coalescer::join`], but a caller that gave up waiting for fill `given_up` ([`Follower::fill_id`])
+    /// leads a new fill if that one is still in flight: requests that arrive from then on join the new fill
+    /// (and read it from its first byte) rather than each going upstream on its own.
+    pub fn join_unless(
+        self: &Arc<Self>,
+        key: &str,
+        generation: u64,
+        purged_since: impl FnOnce(u64) -> bool,
+        given_up: Option<u64>,
+    ) -> Role {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fill) = inflight.get(key)
+            && given_up != Some(fill.id)
             && !purged_since(fill.generation)
         {
             return Role::Follower(Follower {
                 receiver: fill.receiver.clone(),
+                id: fill.id,
             });
         }
         let (sender, receiver) = watch::channel(Progress::Fetching);
@@ -186,9 +201,16 @@ impl Drop for Leader {
 /// A request waiting for a leader.
 pub struct Follower {
     receiver: watch::Receiver<Progress>,
+    /// The fill it waits for.
+    id: u64,
 }
 
 impl Follower {
+    /// Names the fill this request waits for (for [`Coalescer::join_unless`]).
+    pub fn fill_id(&self) -> u64 {
+        self.id
+    }
+
     /// Waits for the leader's outcome, or for a response streaming in, whichever comes first.
     pub async fn wait(&mut self) -> Joined {
         match self
@@ -326,7 +348,7 @@ mod streaming_tests {
                 &tern_http_cache::PolicyConfig::default(),
             ),
             received: http::Version::HTTP_11,
-            body: SharedBody::new(1 << 20),
+            body: SharedBody::new(1 << 20, None),
         })
     }
 
@@ -356,6 +378,28 @@ mod streaming_tests {
             late.outcome(std::time::Duration::from_secs(5)).await,
             Some(FillOutcome::Stored)
         );
+        assert!(coalescer.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gave_up_on_a_fill_leads_a_new_one_which_later_requests_join() {
+        let coalescer = Arc::new(Coalescer::default());
+        let Role::Leader(first) = coalescer.join("k", 0, |_| false) else {
+            panic!("first must lead")
+        };
+        let Role::Follower(waiter) = coalescer.join("k", 0, |_| false) else {
+            panic!("second must follow")
+        };
+        let Role::Leader(second) = coalescer.join_unless("k", 0, |_| false, Some(waiter.fill_id())) else {
+            panic!("it gave up on the first fill: it leads a new one")
+        };
+        let Role::Follower(later) = coalescer.join_unless("k", 0, |_| false, Some(waiter.fill_id())) else {
+            panic!("the new fill is not the one given up on: join it")
+        };
+        assert_ne!(later.fill_id(), waiter.fill_id());
+        first.finish(FillOutcome::Stored);
+        assert_eq!(coalescer.len(), 1, "the first fill does not remove the second");
+        second.finish(FillOutcome::Stored);
         assert!(coalescer.is_empty());
     }
 }

@@ -108,7 +108,8 @@ pub struct UpstreamConfig {
     pub idle_body_timeout_ms: u64,
     /// How long a request that joined another's fetch too late to be served from its first byte (its body
     /// had passed `max_memory_object`, the bytes kept for joining requests) waits for the object to be
-    /// stored, milliseconds; then it fetches for itself. Like nginx's `proxy_cache_lock_timeout`.
+    /// stored, milliseconds; then it leads a new fetch, which the requests arriving after it join. Like
+    /// nginx's `proxy_cache_lock_timeout`.
     pub coalesce_wait_ms: u64,
     /// Idle keep-alive connections kept per origin.
     pub max_idle_connections: usize,

@@ -117,8 +117,8 @@ pub struct EdgeMetrics {
     pub coalesced: Counter,
     /// What became of requests that joined a fetch whose body was streaming in (read-while-write):
     /// `streamed` (served from it as it arrived), `fell-behind` (cut: their client read far more slowly
-    /// than the origin sent), `wait-expired` (joined too late to read from the first byte, and went
-    /// upstream themselves after `coalesce_wait_ms`).
+    /// than the origin sent), `wait-expired` (joined too late to read from the first byte, and led a new
+    /// fetch after `coalesce_wait_ms`).
     pub coalesced_streams: Family<OutcomeLabel, Counter>,
     /// Objects written to the store.
     pub stored: Counter,
@@ -173,7 +173,7 @@ impl EdgeMetrics {
             "coalesced_streams",
             "Requests that joined a fetch whose body was streaming in: streamed (served as it arrived), \
              fell-behind (cut: read far more slowly than the origin sent), wait-expired (joined past the first \
-             bytes kept, and went upstream after coalesce_wait_ms)",
+             bytes kept, and led a new fetch after coalesce_wait_ms)",
             coalesced_streams.clone(),
         );
         let stored = Counter::default();

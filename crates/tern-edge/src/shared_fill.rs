@@ -10,20 +10,27 @@
 //!
 //! - while no more than the window has arrived, every chunk is kept, and a request may still join from the
 //!   first byte ([`SharedBody::attach`]);
-//! - past it, no request joins any more (it waits for the stored object, or goes upstream itself after
-//!   `coalesce_wait_ms`), and chunks every attached reader has read are dropped;
-//! - a reader that falls more than the window behind the upstream is cut with an error rather than making
-//!   the edge hold the body for it (its client reads far slower than the origin sends).
+//! - past it, no request joins any more (it waits for the stored object, or after `coalesce_wait_ms` leads
+//!   a new fetch that later requests join), and only about a window of the latest bytes stays in memory;
+//! - a reader that falls further behind reads from the cache's file being written (the disk tier's temp
+//!   file: every chunk is in it before it is pushed here), at its own pace. Without a disk tier (or once
+//!   writing the file failed) there is nothing to read it from: a reader more than a window behind is cut
+//!   with an error rather than making the edge hold the body for it.
 //!
 //! A body that fails upstream (short, stalled, broken) ends every reader with the same error, so no client
-//! takes a cut body for a whole one. The core is synchronous and takes no clock; [`Reader::next`] waits
-//! on a `watch` channel the writer bumps.
+//! takes a cut body for a whole one. The state is synchronous and takes no clock; [`Reader::next`] waits
+//! on a `watch` channel the writer bumps, and reads the file on the blocking pool.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+/// Most bytes one read from the file hands on.
+const FILE_READ: u64 = 256 * 1024;
 
 /// A streamed fill as the requests that join it see it: the response head as it is stored, and its body
 /// as it arrives.
@@ -49,45 +56,69 @@ pub struct StreamedResponse {
 /// How a shared body ended for its readers: whole, or cut with the reason each reader's client is given.
 pub type Ending = Result<(), Arc<str>>;
 
+/// The file the body is also written to, from which readers that fell behind read.
+#[derive(Debug)]
+struct Spill {
+    file: Arc<File>,
+    /// Offset of the body's first byte in the file.
+    offset: u64,
+}
+
 /// The bytes of one streamed fill, shared by the requests that joined it.
 #[derive(Debug)]
 pub struct SharedBody {
     state: Mutex<State>,
     /// Bumped on every chunk and at the end: readers wait on it.
     progress: watch::Sender<u64>,
-    /// Bytes kept for readers (see the module's comment).
+    /// Bytes kept in memory for readers (see the module's comment).
     window: u64,
+    spill: Option<Spill>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Kept chunks; `chunks[0]` is chunk number `first`.
+    /// Kept chunks; `chunks[0]` starts at byte `first`.
     chunks: VecDeque<Bytes>,
     first: u64,
-    /// Chunks and bytes pushed so far.
+    /// Bytes pushed so far.
     pushed: u64,
-    pushed_bytes: u64,
     /// Bytes held in `chunks`.
-    kept_bytes: u64,
-    /// Whether every chunk from the first is still kept (a new reader may start).
+    kept: u64,
+    /// Bytes `[0, on_disk)` can be read from the file.
+    on_disk: u64,
+    /// Whether every byte from the first is still kept (a new reader may start).
     open: bool,
     ended: Option<Ending>,
-    /// Attached readers: the next chunk number each reads and the bytes it has read.
+    /// Attached readers by id.
     readers: HashMap<u64, Cursor>,
     next_reader: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
-    next: u64,
-    read_bytes: u64,
-    /// Fell more than the window behind and was cut.
+    /// The next byte it reads.
+    at: u64,
+    /// Fell more than the window behind with no file to read from, and was cut.
     cut: bool,
 }
 
+/// What a reader can do now.
+enum Step {
+    Chunk(Bytes),
+    /// Read `[at, at + len)` from the file.
+    FromFile {
+        at: u64,
+        len: u64,
+    },
+    End,
+    Failed(Arc<str>),
+    Wait,
+}
+
 impl SharedBody {
-    /// A body that keeps up to `window` bytes for readers.
-    pub fn new(window: u64) -> Arc<SharedBody> {
+    /// A body that keeps up to `window` bytes in memory for readers; `spill` is the file the body is also
+    /// written to and the offset of its first byte there ([`tern_http_cache::Fill::open_written`]).
+    pub fn new(window: u64, spill: Option<(File, u64)>) -> Arc<SharedBody> {
         Arc::new(SharedBody {
             state: Mutex::new(State {
                 open: true,
@@ -95,6 +126,10 @@ impl SharedBody {
             }),
             progress: watch::channel(0).0,
             window,
+            spill: spill.map(|(file, offset)| Spill {
+                file: Arc::new(file),
+                offset,
+            }),
         })
     }
 
@@ -102,8 +137,8 @@ impl SharedBody {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a reader at the first byte; `None` once more than the window has arrived (the first bytes are
-    /// gone) or the body ended in failure.
+    /// Starts a reader at the first byte; `None` once more than the window has arrived (the first bytes may
+    /// be gone from memory) or the body ended in failure.
     pub fn attach(self: &Arc<Self>) -> Option<Reader> {
         let mut state = self.lock();
         if !state.open || matches!(state.ended, Some(Err(_))) {
@@ -111,14 +146,7 @@ impl SharedBody {
         }
         let id = state.next_reader;
         state.next_reader += 1;
-        state.readers.insert(
-            id,
-            Cursor {
-                next: 0,
-                read_bytes: 0,
-                cut: false,
-            },
-        );
+        state.readers.insert(id, Cursor { at: 0, cut: false });
         drop(state);
         Some(Reader {
             body: self.clone(),
@@ -133,36 +161,29 @@ impl SharedBody {
         self.lock().readers.values().any(|cursor| !cursor.cut)
     }
 
-    /// Bytes held for readers now.
+    /// Bytes held in memory for readers now.
     pub fn kept_bytes(&self) -> u64 {
-        self.lock().kept_bytes
+        self.lock().kept
     }
 
-    /// Appends the next chunk of the body; returns how many readers were cut for falling more than the
-    /// window behind.
-    pub fn push(&self, chunk: Bytes) -> usize {
+    /// Appends the next chunk of the body. `on_disk`: every byte pushed so far, this chunk included, is in
+    /// the file (the fill still writes to it). Returns how many readers were cut for falling more than the
+    /// window behind with no file to read from.
+    pub fn push(&self, chunk: Bytes, on_disk: bool) -> usize {
         let mut state = self.lock();
         if state.ended.is_some() {
             return 0;
         }
-        state.pushed += 1;
-        state.pushed_bytes += chunk.len() as u64;
-        state.kept_bytes += chunk.len() as u64;
+        state.pushed += chunk.len() as u64;
+        state.kept += chunk.len() as u64;
         state.chunks.push_back(chunk);
-        if state.pushed_bytes > self.window {
+        if on_disk && self.spill.is_some() {
+            state.on_disk = state.pushed;
+        }
+        if state.pushed > self.window {
             state.open = false;
         }
-        let mut cut = 0;
-        if !state.open {
-            let (pushed_bytes, window) = (state.pushed_bytes, self.window);
-            for cursor in state.readers.values_mut() {
-                if !cursor.cut && pushed_bytes - cursor.read_bytes > window {
-                    cursor.cut = true;
-                    cut += 1;
-                }
-            }
-            state.drop_read_chunks();
-        }
+        let cut = if state.open { 0 } else { state.trim(self.window) };
         drop(state);
         self.progress.send_modify(|n| *n += 1);
         cut
@@ -177,7 +198,7 @@ impl SharedBody {
         if ending.is_err() {
             // Nothing more is read; the readers learn the reason at their next read.
             state.chunks.clear();
-            state.kept_bytes = 0;
+            state.kept = 0;
         }
         state.ended = Some(ending);
         drop(state);
@@ -188,27 +209,87 @@ impl SharedBody {
         let mut state = self.lock();
         state.readers.remove(&id);
         if !state.open {
-            state.drop_read_chunks();
+            state.trim(self.window);
         }
     }
 }
 
 impl State {
-    /// Drops the chunks every attached reader has read (all of them when none is attached).
-    fn drop_read_chunks(&mut self) {
-        let oldest = self
+    /// Lets go of the bytes no reader needs from memory: those every reader has read, and, past the window,
+    /// those the file holds. A reader that the rest would strand (more than a window behind, with no file
+    /// for what it has not read) is cut. Returns how many were cut.
+    fn trim(&mut self, window: u64) -> usize {
+        let mut cut = 0;
+        let (pushed, on_disk) = (self.pushed, self.on_disk);
+        for cursor in self.readers.values_mut() {
+            if !cursor.cut && cursor.at >= on_disk && cursor.at < pushed.saturating_sub(window) {
+                // More than a window behind the head, and the file does not hold its next bytes.
+                cursor.cut = true;
+                cut += 1;
+            }
+        }
+        let slowest = self
             .readers
             .values()
             .filter(|cursor| !cursor.cut)
-            .map(|cursor| cursor.next)
+            .map(|cursor| cursor.at)
             .min()
-            .unwrap_or(self.pushed);
-        while self.first < oldest {
-            let Some(chunk) = self.chunks.pop_front() else {
+            .unwrap_or(pushed);
+        while let Some(front) = self.chunks.front() {
+            let end = self.first + front.len() as u64;
+            let read_by_all = end <= slowest;
+            let in_file_and_over_window = end <= on_disk && self.kept > window;
+            if !(read_by_all || in_file_and_over_window) {
                 break;
-            };
-            self.kept_bytes -= chunk.len() as u64;
-            self.first += 1;
+            }
+            self.kept -= front.len() as u64;
+            self.first = end;
+            self.chunks.pop_front();
+        }
+        cut
+    }
+
+    /// What reader `id` can do now.
+    fn step(&mut self, id: u64) -> Step {
+        let Some(cursor) = self.readers.get(&id).copied() else {
+            return Step::Failed("the shared transfer stopped".into());
+        };
+        if cursor.cut {
+            return Step::Failed(FELL_BEHIND.into());
+        }
+        if let Some(Err(reason)) = &self.ended {
+            return Step::Failed(reason.clone());
+        }
+        if cursor.at < self.first {
+            // Let go of from memory: it is in the file (a chunk leaves memory before every reader read it
+            // only when it is).
+            let len = self.first.min(self.on_disk).saturating_sub(cursor.at).min(FILE_READ);
+            if len == 0 {
+                return Step::Failed(FELL_BEHIND.into());
+            }
+            return Step::FromFile { at: cursor.at, len };
+        }
+        if cursor.at < self.pushed {
+            let mut start = self.first;
+            for chunk in &self.chunks {
+                let end = start + chunk.len() as u64;
+                if cursor.at < end {
+                    let piece = chunk.slice((cursor.at - start) as usize..);
+                    self.advance(id, end);
+                    return Step::Chunk(piece);
+                }
+                start = end;
+            }
+        }
+        match &self.ended {
+            Some(Ok(())) if cursor.at >= self.pushed => Step::End,
+            _ => Step::Wait,
+        }
+    }
+
+    fn advance(&mut self, id: u64, to: u64) {
+        if let Some(cursor) = self.readers.get_mut(&id) {
+            cursor.at = to;
         }
     }
 }
@@ -227,44 +308,50 @@ pub const FELL_BEHIND: &str =
 
 impl Reader {
     /// The next chunk; `None` at the end of a whole body, `Some(Err(reason))` when it was cut (upstream, or
-    /// because this reader fell behind).
+    /// because this reader fell behind with no file to read from).
     pub async fn next(&mut self) -> Option<Result<Bytes, Arc<str>>> {
         loop {
             self.progress.borrow_and_update();
-            if let Some(step) = self.step() {
-                return step;
-            }
-            if self.progress.changed().await.is_err() {
-                return Some(Err("the shared transfer stopped".into()));
+            let step = {
+                let mut state = self.body.lock();
+                let step = state.step(self.id);
+                if matches!(step, Step::Chunk(_)) && !state.open {
+                    state.trim(self.body.window);
+                }
+                step
+            };
+            match step {
+                Step::Chunk(chunk) => return Some(Ok(chunk)),
+                Step::FromFile { at, len } => return Some(self.read_file(at, len).await),
+                Step::End => return None,
+                Step::Failed(reason) => return Some(Err(reason)),
+                Step::Wait => {
+                    if self.progress.changed().await.is_err() {
+                        return Some(Err("the shared transfer stopped".into()));
+                    }
+                }
             }
         }
     }
 
-    /// What can be read now without waiting; `None` when nothing can.
-    fn step(&mut self) -> Option<Option<Result<Bytes, Arc<str>>>> {
-        let mut state = self.body.lock();
-        let cursor = *state.readers.get(&self.id)?;
-        if cursor.cut {
-            return Some(Some(Err(FELL_BEHIND.into())));
-        }
-        if let Some(Err(reason)) = &state.ended {
-            return Some(Some(Err(reason.clone())));
-        }
-        if cursor.next < state.pushed {
-            // Kept: a reader's chunks are dropped only once it has read them, or when it is cut.
-            let chunk = state.chunks.get((cursor.next - state.first) as usize)?.clone();
-            if let Some(cursor) = state.readers.get_mut(&self.id) {
-                cursor.next += 1;
-                cursor.read_bytes += chunk.len() as u64;
+    /// Reads `[at, at + len)` of the body from the file and moves past it.
+    async fn read_file(&mut self, at: u64, len: u64) -> Result<Bytes, Arc<str>> {
+        let Some(spill) = &self.body.spill else {
+            return Err(FELL_BEHIND.into());
+        };
+        let (file, offset) = (spill.file.clone(), spill.offset);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset + at).map(|()| buf)
+        })
+        .await;
+        match read {
+            Ok(Ok(buf)) => {
+                self.body.lock().advance(self.id, at + len);
+                Ok(Bytes::from(buf))
             }
-            if !state.open {
-                state.drop_read_chunks();
-            }
-            return Some(Some(Ok(chunk)));
-        }
-        match &state.ended {
-            Some(Ok(())) => Some(None),
-            _ => None,
+            Ok(Err(error)) => Err(format!("reading the body from the cache's file failed: {error}; cut").into()),
+            Err(error) => Err(format!("reading the body from the cache's file failed: {error}; cut").into()),
         }
     }
 }
@@ -289,79 +376,90 @@ impl Drop for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn chunk(byte: u8, len: usize) -> Bytes {
         Bytes::from(vec![byte; len])
     }
 
-    /// Reads what is there now, without waiting.
+    /// Reads what is in memory now, without waiting (and without reading the file).
     fn ready(reader: &mut Reader) -> Vec<Result<Bytes, Arc<str>>> {
         let mut out = Vec::new();
-        while let Some(Some(item)) = reader.step() {
-            let stop = item.is_err();
-            out.push(item);
-            if stop {
-                break;
+        loop {
+            let step = reader.body.lock().step(reader.id);
+            match step {
+                Step::Chunk(chunk) => out.push(Ok(chunk)),
+                Step::Failed(reason) => {
+                    out.push(Err(reason));
+                    break;
+                }
+                Step::FromFile { .. } | Step::End | Step::Wait => break,
             }
         }
         out
     }
 
+    /// Reads to the end.
+    async fn read_all(reader: &mut Reader) -> Result<Vec<u8>, Arc<str>> {
+        let mut got = Vec::new();
+        while let Some(item) = reader.next().await {
+            got.extend_from_slice(&item?);
+        }
+        Ok(got)
+    }
+
     #[tokio::test]
     async fn a_reader_gets_every_chunk_in_order_and_the_end() {
-        let body = SharedBody::new(1000);
-        body.push(chunk(b'a', 10));
+        let body = SharedBody::new(1000, None);
+        body.push(chunk(b'a', 10), false);
         let mut reader = body.attach().expect("open");
         let writer = {
             let body = body.clone();
             tokio::spawn(async move {
                 tokio::task::yield_now().await;
-                body.push(chunk(b'b', 10));
+                body.push(chunk(b'b', 10), false);
                 body.end(Ok(()));
             })
         };
-        let mut got = Vec::new();
-        while let Some(item) = reader.next().await {
-            got.extend_from_slice(&item.expect("whole"));
-        }
+        let got = read_all(&mut reader).await.expect("whole");
         writer.await.expect("join");
         assert_eq!(got, [vec![b'a'; 10], vec![b'b'; 10]].concat());
     }
 
     #[test]
     fn no_reader_joins_once_the_first_bytes_are_past_the_window() {
-        let body = SharedBody::new(100);
-        body.push(chunk(b'a', 60));
+        let body = SharedBody::new(100, None);
+        body.push(chunk(b'a', 60), false);
         assert!(
             body.attach().is_some(),
             "within the window a reader starts at the first byte"
         );
-        body.push(chunk(b'b', 60));
+        body.push(chunk(b'b', 60), false);
         assert!(body.attach().is_none(), "past it the first bytes may be gone");
     }
 
     #[test]
     fn chunks_every_reader_has_read_are_dropped_past_the_window() {
-        let body = SharedBody::new(100);
+        let body = SharedBody::new(100, None);
         let mut fast = body.attach().expect("open");
         for _ in 0..10 {
-            body.push(chunk(b'x', 50));
+            body.push(chunk(b'x', 50), false);
             assert_eq!(ready(&mut fast).len(), 1);
         }
         assert!(body.kept_bytes() <= 100, "kept {} bytes", body.kept_bytes());
         drop(fast);
-        body.push(chunk(b'x', 50));
+        body.push(chunk(b'x', 50), false);
         assert_eq!(body.kept_bytes(), 0, "nobody reads: nothing is kept");
     }
 
     #[test]
-    fn a_reader_that_falls_a_window_behind_is_cut_and_the_others_go_on() {
-        let body = SharedBody::new(100);
+    fn without_a_file_a_reader_that_falls_a_window_behind_is_cut_and_the_others_go_on() {
+        let body = SharedBody::new(100, None);
         let mut slow = body.attach().expect("open");
         let mut fast = body.attach().expect("open");
         let mut cut = 0;
         for _ in 0..5 {
-            cut += body.push(chunk(b'x', 50));
+            cut += body.push(chunk(b'x', 50), false);
             assert_eq!(ready(&mut fast).len(), 1);
         }
         assert_eq!(cut, 1, "the slow reader is cut once");
@@ -369,18 +467,57 @@ mod tests {
         assert_eq!(slow_got.len(), 1);
         assert_eq!(slow_got[0].as_ref().expect_err("cut").as_ref(), FELL_BEHIND);
         assert!(body.kept_bytes() <= 100, "the slow reader's backlog is let go");
-        body.push(chunk(b'y', 50));
+        body.push(chunk(b'y', 50), false);
         assert_eq!(ready(&mut fast).len(), 1, "the fast reader goes on");
         assert!(body.has_readers());
         drop(fast);
         assert!(!body.has_readers(), "a cut reader does not keep the transfer going");
     }
 
+    #[tokio::test]
+    async fn with_the_file_a_reader_far_behind_reads_it_from_there_and_memory_stays_a_window() {
+        // The fill writes every chunk to its file before it is pushed; here the test writes them.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fill");
+        let mut file = File::create(&path).expect("create");
+        file.write_all(b"HEAD").expect("head");
+        let body = SharedBody::new(100, Some((File::open(&path).expect("open"), 4)));
+        let mut slow = body.attach().expect("open");
+        let mut fast = body.attach().expect("open");
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            let piece = chunk(i, 50);
+            file.write_all(&piece).expect("write");
+            expected.extend_from_slice(&piece);
+            assert_eq!(
+                body.push(piece, true),
+                0,
+                "nobody is cut: the file holds what they need"
+            );
+            assert_eq!(ready(&mut fast).len(), 1);
+            assert!(
+                body.kept_bytes() <= 150,
+                "memory holds about a window: {}",
+                body.kept_bytes()
+            );
+        }
+        body.end(Ok(()));
+        assert_eq!(
+            read_all(&mut slow).await.expect("whole"),
+            expected,
+            "read from the file, then memory"
+        );
+        assert!(
+            read_all(&mut fast).await.expect("whole").is_empty(),
+            "the fast reader was at the end"
+        );
+    }
+
     #[test]
     fn a_failed_body_ends_every_reader_with_its_reason() {
-        let body = SharedBody::new(1000);
+        let body = SharedBody::new(1000, None);
         let mut reader = body.attach().expect("open");
-        body.push(chunk(b'a', 10));
+        body.push(chunk(b'a', 10), false);
         body.end(Err("the origin's body ended after 10 of 20 bytes".into()));
         let got = ready(&mut reader);
         assert_eq!(got.len(), 1, "no byte of a failed body is handed on after the failure");
@@ -390,25 +527,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_that_stops_without_an_ending_cuts_its_readers() {
-        let body = SharedBody::new(1000);
+        let body = SharedBody::new(1000, None);
         let mut reader = body.attach().expect("open");
         let writer = Writer(body.clone());
-        body.push(chunk(b'a', 10));
+        body.push(chunk(b'a', 10), false);
         drop(writer);
         assert!(reader.next().await.expect("chunk").is_err(), "the partial body is cut");
     }
 
-    #[test]
-    fn a_whole_ending_is_not_overwritten_by_the_writers_drop() {
-        let body = SharedBody::new(1000);
+    #[tokio::test]
+    async fn a_whole_ending_is_not_overwritten_by_the_writers_drop() {
+        let body = SharedBody::new(1000, None);
         let mut reader = body.attach().expect("open");
         let writer = Writer(body.clone());
-        body.push(chunk(b'a', 10));
+        body.push(chunk(b'a', 10), false);
         body.end(Ok(()));
         drop(writer);
-        let got = ready(&mut reader);
-        assert_eq!(got.len(), 1);
-        assert!(got[0].is_ok());
-        assert!(matches!(reader.step(), Some(None)), "then the end");
+        assert_eq!(read_all(&mut reader).await.expect("whole"), vec![b'a'; 10]);
     }
 }

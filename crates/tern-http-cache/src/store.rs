@@ -980,6 +980,23 @@ impl Fill {
         self.failure.is_none()
     }
 
+    /// A read-only handle on the file the body is written to, and the offset of the body's first byte in
+    /// it: requests that read the body while it is written (read-while-write, the edge's
+    /// `shared_fill`) read what they fell behind on from it. `None` without a disk tier or once writing
+    /// to it failed. The handle stays valid when the file is renamed into the store or deleted.
+    pub async fn open_written(&self) -> Option<(std::fs::File, u64)> {
+        self.file.as_ref()?;
+        let file = tokio::fs::File::open(self.temp_path.as_ref()?).await.ok()?;
+        Some((file.into_std().await, disk::HEAD_LEN))
+    }
+
+    /// Whether every chunk written before the last [`Fill::write`] is in the file ([`Fill::open_written`]):
+    /// a write returns once its bytes are handed to the file's writer and the previous write has
+    /// completed, so all but the last chunk are in the file while this holds.
+    pub fn writes_to_disk(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Appends a chunk of the body. Storage problems stop the fill, never the response being served.
     pub async fn write(&mut self, chunk: &Bytes) {
         if self.failure.is_some() {

@@ -366,8 +366,12 @@ impl Edge {
         }
         let (sender, client_body) = tern_http::channel(STREAM_CHUNKS, length);
         // Requests that join this fill from now on read its body as it arrives (read-while-write).
+        let spill = match &leader {
+            Some(_) => fill.open_written().await,
+            None => None,
+        };
         let shared = leader.as_ref().map(|leader| {
-            let shared = crate::shared_fill::SharedBody::new(self.shared_window);
+            let shared = crate::shared_fill::SharedBody::new(self.shared_window, spill);
             leader.streaming(Arc::new(StreamedResponse {
                 vary: vary_values(&parts.headers, &request.headers),
                 status: parts.status,
@@ -548,7 +552,8 @@ impl Tee {
                     fill.write(&data).await;
                     if let Some(previous) = held.replace(data) {
                         if let Some(shared) = &shared {
-                            shared.0.push(previous.clone());
+                            // The write just made has waited for the one before it: `previous` is in the file.
+                            shared.0.push(previous.clone(), fill.writes_to_disk());
                         }
                         if client_open && sender.send(Ok(previous)).await.is_err() {
                             client_open = false;
@@ -587,7 +592,7 @@ impl Tee {
             match &reason {
                 None => {
                     if let Some(last) = &held {
-                        shared.0.push(last.clone());
+                        shared.0.push(last.clone(), stored.is_ok());
                     }
                     shared.0.end(Ok(()));
                 }

@@ -26,6 +26,8 @@ impl Edge {
         let directives = request_directives(&request.headers);
         let primary = request.primary.clone();
         let mut collapsed = false;
+        // The fill this request gave up waiting for (it leads a new one rather than join it again).
+        let mut given_up = None;
         for _ in 0..MAX_COALESCED_ROUNDS {
             let now = self.clock.now();
             let hit = self.store.find(&primary, &request.headers);
@@ -95,9 +97,12 @@ impl Edge {
             // The ticket is taken before joining, so a fill records the purge generation its fetch began at.
             let ticket = self.store.fetch_ticket();
             let store = &self.store;
-            match self.coalescer.join(&primary, ticket.generation(), |since| {
-                store.purged_since(since, &primary)
-            }) {
+            match self.coalescer.join_unless(
+                &primary,
+                ticket.generation(),
+                |since| store.purged_since(since, &primary),
+                given_up,
+            ) {
                 Role::Leader(leader) => {
                     let miss = Miss {
                         hit,
@@ -118,12 +123,15 @@ impl Edge {
                                 return response;
                             }
                             // Joined too late to read from the first byte (or another variant, or a response
-                            // that must be validated first): wait for the stored object, for a while.
+                            // that must be validated first): wait for the stored object, for a while, then
+                            // lead a new fetch that the requests arriving from then on join (one more origin
+                            // request per wait at most, not one per request).
                             match follower.outcome(self.coalesce_wait).await {
                                 Some(outcome) => outcome,
                                 None => {
                                     self.metrics.coalesced_stream("wait-expired");
-                                    FillOutcome::Released
+                                    given_up = Some(follower.fill_id());
+                                    continue;
                                 }
                             }
                         }
