@@ -106,8 +106,9 @@ pub struct UpstreamConfig {
     pub first_byte_timeout_ms: u64,
     /// Longest silence mid-body, milliseconds (the transfer is cut and nothing is stored).
     pub idle_body_timeout_ms: u64,
-    /// How long a request that joined another's fetch too late to be served from its first byte (its body
-    /// had passed `max_memory_object`, the bytes kept for joining requests) waits for the object to be
+    /// How long a request that joined another's fetch too late to be served from its first byte (without a
+    /// disk tier, once its body passed `max_memory_object`, the bytes kept for joining requests; with
+    /// one, it reads them from the file instead) waits for the object to be
     /// stored, milliseconds; then it leads a new fetch, which the requests arriving after it join. Like
     /// nginx's `proxy_cache_lock_timeout`.
     pub coalesce_wait_ms: u64,

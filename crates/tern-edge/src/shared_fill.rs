@@ -8,14 +8,14 @@
 //! The leader's copying task pushes each chunk into a [`SharedBody`] as it passes it to its own client.
 //! Memory is bounded by a window (the edge's `max_memory_object`):
 //!
-//! - while no more than the window has arrived, every chunk is kept, and a request may still join from the
-//!   first byte ([`SharedBody::attach`]);
-//! - past it, no request joins any more (it waits for the stored object, or after `coalesce_wait_ms` leads
-//!   a new fetch that later requests join), and only about a window of the latest bytes stays in memory;
-//! - a reader that falls further behind reads from the cache's file being written (the disk tier's temp
-//!   file: every chunk is in it before it is pushed here), at its own pace. Without a disk tier (or once
-//!   writing the file failed) there is nothing to read it from: a reader more than a window behind is cut
-//!   with an error rather than making the edge hold the body for it.
+//! - with a disk tier, every chunk is in the cache's file being written (the fill's temp file) before it is
+//!   pushed here: a request may join at any time and reads what it missed, or fell behind on, from the
+//!   file at its own pace, and memory holds at most about a window of the latest bytes;
+//! - without one (or once writing the file failed), the first window of bytes is kept so that requests may
+//!   join from the first byte; past it no request joins any more (it waits for the stored object, or after
+//!   `coalesce_wait_ms` leads a new fetch that later requests join), chunks every reader has read are let
+//!   go, and a reader more than a window behind is cut with an error rather than making the edge hold the
+//!   body for it.
 //!
 //! A body that fails upstream (short, stalled, broken) ends every reader with the same error, so no client
 //! takes a cut body for a whole one. The state is synchronous and takes no clock; [`Reader::next`] waits
@@ -86,8 +86,6 @@ struct State {
     kept: u64,
     /// Bytes `[0, on_disk)` can be read from the file.
     on_disk: u64,
-    /// Whether every byte from the first is still kept (a new reader may start).
-    open: bool,
     ended: Option<Ending>,
     /// Attached readers by id.
     readers: HashMap<u64, Cursor>,
@@ -120,10 +118,7 @@ impl SharedBody {
     /// written to and the offset of its first byte there ([`tern_http_cache::Fill::open_written`]).
     pub fn new(window: u64, spill: Option<(File, u64)>) -> Arc<SharedBody> {
         Arc::new(SharedBody {
-            state: Mutex::new(State {
-                open: true,
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
             progress: watch::channel(0).0,
             window,
             spill: spill.map(|(file, offset)| Spill {
@@ -137,11 +132,12 @@ impl SharedBody {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a reader at the first byte; `None` once more than the window has arrived (the first bytes may
-    /// be gone from memory) or the body ended in failure.
+    /// Starts a reader at the first byte; `None` once some of the first bytes are neither in memory nor in
+    /// the file, or the body ended in failure.
     pub fn attach(self: &Arc<Self>) -> Option<Reader> {
         let mut state = self.lock();
-        if !state.open || matches!(state.ended, Some(Err(_))) {
+        let whole = state.first == 0 || state.first <= state.on_disk;
+        if !whole || matches!(state.ended, Some(Err(_))) {
             return None;
         }
         let id = state.next_reader;
@@ -180,10 +176,7 @@ impl SharedBody {
         if on_disk && self.spill.is_some() {
             state.on_disk = state.pushed;
         }
-        if state.pushed > self.window {
-            state.open = false;
-        }
-        let cut = if state.open { 0 } else { state.trim(self.window) };
+        let cut = state.trim(self.window);
         drop(state);
         self.progress.send_modify(|n| *n += 1);
         cut
@@ -208,15 +201,14 @@ impl SharedBody {
     fn detach(&self, id: u64) {
         let mut state = self.lock();
         state.readers.remove(&id);
-        if !state.open {
-            state.trim(self.window);
-        }
+        state.trim(self.window);
     }
 }
 
 impl State {
-    /// Lets go of the bytes no reader needs from memory: those every reader has read, and, past the window,
-    /// those the file holds. A reader that the rest would strand (more than a window behind, with no file
+    /// Lets go of the bytes no reader needs from memory: beyond a window, those the file holds; and those
+    /// every reader has read, unless they are the first window's, kept for requests that may still join
+    /// and not in the file. A reader that the rest would strand (more than a window behind, with no file
     /// for what it has not read) is cut. Returns how many were cut.
     fn trim(&mut self, window: u64) -> usize {
         let mut cut = 0;
@@ -237,7 +229,7 @@ impl State {
             .unwrap_or(pushed);
         while let Some(front) = self.chunks.front() {
             let end = self.first + front.len() as u64;
-            let read_by_all = end <= slowest;
+            let read_by_all = end <= slowest && (end <= on_disk || pushed > window);
             let in_file_and_over_window = end <= on_disk && self.kept > window;
             if !(read_by_all || in_file_and_over_window) {
                 break;
@@ -261,8 +253,8 @@ impl State {
             return Step::Failed(reason.clone());
         }
         if cursor.at < self.first {
-            // Let go of from memory: it is in the file (a chunk leaves memory before every reader read it
-            // only when it is).
+            // Let go of from memory: it is in the file (a chunk leaves memory before a reader read it only
+            // when it is).
             let len = self.first.min(self.on_disk).saturating_sub(cursor.at).min(FILE_READ);
             if len == 0 {
                 return Step::Failed(FELL_BEHIND.into());
@@ -315,7 +307,7 @@ impl Reader {
             let step = {
                 let mut state = self.body.lock();
                 let step = state.step(self.id);
-                if matches!(step, Step::Chunk(_)) && !state.open {
+                if matches!(step, Step::Chunk(_)) {
                     state.trim(self.body.window);
                 }
                 step
@@ -427,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn no_reader_joins_once_the_first_bytes_are_past_the_window() {
+    fn without_a_file_no_reader_joins_once_the_first_bytes_are_past_the_window() {
         let body = SharedBody::new(100, None);
         body.push(chunk(b'a', 60), false);
         assert!(
@@ -501,7 +493,12 @@ mod tests {
                 body.kept_bytes()
             );
         }
+        let mut late = body.attach().expect("with the file, a request may join at any time");
         body.end(Ok(()));
+        assert!(
+            read_all(&mut late).await.expect("whole") == expected,
+            "from the first byte"
+        );
         assert_eq!(
             read_all(&mut slow).await.expect("whole"),
             expected,
@@ -510,6 +507,21 @@ mod tests {
         assert!(
             read_all(&mut fast).await.expect("whole").is_empty(),
             "the fast reader was at the end"
+        );
+    }
+
+    #[test]
+    fn with_the_file_and_no_reader_memory_holds_only_what_is_not_in_it_yet() {
+        let body = SharedBody::new(1 << 20, Some((tempfile::tempfile().expect("file"), 0)));
+        for _ in 0..10 {
+            body.push(chunk(b'x', 1000), true);
+        }
+        assert_eq!(body.kept_bytes(), 0);
+        body.push(chunk(b'x', 1000), false);
+        assert_eq!(
+            body.kept_bytes(),
+            1000,
+            "not in the file: kept for requests that may join"
         );
     }
 

@@ -1,7 +1,8 @@
 //! Read-while-write: a request that joins a miss whose body is still streaming in is served from that body
-//! as it arrives (not when the whole of it is stored), the origin sees one request, joiners too late to
-//! read from the first byte share one new fetch after `coalesce_wait_ms`, and a body that fails upstream is
-//! cut for every client.
+//! as it arrives (not when the whole of it is stored), and the origin sees one request; with a disk tier a
+//! request may join at any time (it reads what it missed from the file), without one a request too late
+//! for the first bytes fetches after `coalesce_wait_ms`; a body that fails upstream is cut for every
+//! client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,14 +121,12 @@ async fn a_request_that_joins_a_streaming_miss_reads_it_as_it_arrives() {
 }
 
 #[tokio::test]
-async fn requests_that_join_past_the_kept_bytes_share_one_new_fetch_after_the_wait() {
+async fn with_a_disk_tier_requests_join_at_any_time_and_read_what_they_missed_from_the_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let setup = Arc::new(
         Setup::with(|config| {
-            // A disk tier, as in production: joiners that fall behind the memory window read the file.
             config.cache_dir = Some(dir.path().to_path_buf());
             config.max_memory_object = 100_000;
-            config.upstream.coalesce_wait_ms = 200;
         })
         .await,
     );
@@ -138,33 +137,52 @@ async fn requests_that_join_past_the_kept_bytes_share_one_new_fetch_after_the_wa
     setup.origin.set("/big", resource);
 
     let mut leader = Streaming::get(&setup, "/big").await;
-    // More than the 100 000 bytes kept for joiners has gone by: the first bytes are no longer kept.
+    // More than the 100 000 bytes kept in memory has gone by: the first bytes are in the file only.
     leader.read_at_least(120_000).await;
-    let late: Vec<_> = (0..5)
-        .map(|_| {
-            let setup = setup.clone();
-            tokio::spawn(async move { setup.get("/big").await })
-        })
-        .collect();
-    for late in late {
-        let got = late.await.expect("join");
-        assert_eq!(got.status, 200);
-        assert!(
-            got.body == body,
-            "a late joiner got {} bytes, not the whole body",
-            got.body.len()
-        );
+    let mut late = Vec::new();
+    for _ in 0..5 {
+        let mut joiner = Streaming::get(&setup, "/big").await;
+        joiner.read_at_least(150_000).await;
+        assert!(joiner.header("cache-status").contains("collapsed"));
+        late.push(joiner);
     }
+    hold.notify_one();
+    for joiner in late {
+        let got = joiner.finish().await.expect("whole");
+        assert!(got == body, "a late joiner got {} bytes, not the whole body", got.len());
+    }
+    assert!(leader.finish().await.expect("whole") == body);
+    assert_eq!(setup.origin.count_for("/big"), 1, "one origin request for all six");
+}
+
+#[tokio::test]
+async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_fetches_after_the_wait() {
+    let setup = Setup::with(|config| {
+        config.max_memory_object = 100_000;
+        config.upstream.coalesce_wait_ms = 200;
+    })
+    .await;
+    let body = pattern(400_000);
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
+    resource.hold_midway = Some(hold.clone());
+    setup.origin.set("/big", resource);
+
+    let mut leader = Streaming::get(&setup, "/big").await;
+    // More than the 100 000 bytes kept for joiners has gone by, and there is no file to read them from.
+    leader.read_at_least(120_000).await;
+    let late = setup.get("/big").await;
+    assert!(late.body == body, "the late request got {} bytes", late.body.len());
     assert_eq!(
         setup.origin.count_for("/big"),
         2,
-        "the late joiners shared one new fetch after the wait, not one each"
+        "it led a fetch of its own after the wait"
     );
     hold.notify_one();
     assert!(leader.finish().await.expect("whole") == body);
     let metrics = crate::metrics_text(&setup).await;
     assert!(
-        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"wait-expired\"}"),
+        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"wait-expired\"} 1"),
         "{metrics}"
     );
 }
