@@ -203,9 +203,18 @@ impl Inner {
         let path = request.uri().path().to_string();
         let base = BaseId::from_well_known_path(&path);
         if let Some(id) = base
-            && request.method() == Method::GET
+            && matches!(*request.method(), Method::GET | Method::HEAD)
         {
-            return self.base_for_client(id, request, &host).await;
+            // A HEAD is checked as a GET: its fields (length, `Use-As-Dictionary`) must not vouch for a base
+            // whose bytes the edge would refuse.
+            let head = request.method() == Method::HEAD;
+            *request.method_mut() = Method::GET;
+            let response = self.base_for_client(id, request, &host).await?;
+            if head {
+                let (parts, _) = response.into_parts();
+                return Ok(Response::from_parts(parts, tern_http::empty()));
+            }
+            return Ok(response);
         }
         let is_page = request.method() == Method::GET && base.is_none();
         if !is_page {

@@ -1120,6 +1120,15 @@ async fn bad_deltas_and_bases_never_give_a_wrong_page() {
     .await;
     assert_eq!(tampered.status, StatusCode::BAD_GATEWAY);
     assert!(!String::from_utf8_lossy(&tampered.body).contains("not the base"));
+    // Nor do its fields vouch for it to a HEAD.
+    let tampered_head = send(
+        &client(),
+        "HEAD",
+        &format!("http://{edge_addr}{}", fake.big.id().well_known_path()),
+        &[],
+    )
+    .await;
+    assert_eq!(tampered_head.status, StatusCode::BAD_GATEWAY);
     stop.cancel();
 }
 
