@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tern_http_cache::{KeyConfig, PurgeMode, primary_key};
 use tern_wire::SecretKey;
-use tern_wire::sync::{PURGE_ANY_QUERY, PURGE_SCOPE_HEADER};
+use tern_wire::sync::{PURGE_ANY_QUERY, PURGE_PREFIX, PURGE_SCOPE_HEADER};
 
 /// Who may purge.
 #[derive(Debug, Clone, Default)]
@@ -85,10 +85,19 @@ impl PurgeAuth {
 
 /// Whether a `PURGE` asks for the URL with any query (`Tern-Purge-Scope: any-query`).
 pub fn requested_any_query(headers: &HeaderMap) -> bool {
+    requested_scope(headers, PURGE_ANY_QUERY)
+}
+
+/// Whether a `PURGE` asks for every URL starting with its URL (`Tern-Purge-Scope: prefix`).
+pub fn requested_prefix(headers: &HeaderMap) -> bool {
+    requested_scope(headers, PURGE_PREFIX)
+}
+
+fn requested_scope(headers: &HeaderMap, scope: &str) -> bool {
     headers
         .get(PURGE_SCOPE_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(PURGE_ANY_QUERY))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(scope))
 }
 
 /// Whether a `PURGE` asks for a soft purge.

@@ -34,7 +34,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tern_wire::sync::{ChangeKind, Incarnation, LOG_HEADER, PURGE_ANY_QUERY, PURGE_SCOPE_HEADER, SEQ_HEADER};
+use tern_wire::sync::{
+    ChangeKind, Incarnation, LOG_HEADER, PURGE_ANY_QUERY, PURGE_PREFIX, PURGE_SCOPE_HEADER, SEQ_HEADER,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -108,12 +110,15 @@ enum Command {
     PurgeAnyQuery,
     /// The prefetch `GET` of the plain URL.
     Prefetch,
+    /// `PURGE` of every URL starting with the URL ([`PURGE_SCOPE_HEADER`]): a host's `/` for a position of
+    /// the change log that was lost.
+    PurgePrefix,
 }
 
 impl Command {
     fn method(self) -> &'static str {
         match self {
-            Command::Purge | Command::PurgeAnyQuery => "PURGE",
+            Command::Purge | Command::PurgeAnyQuery | Command::PurgePrefix => "PURGE",
             Command::Prefetch => "GET",
         }
     }
@@ -342,8 +347,9 @@ impl CacheWorker {
             // By index: a closure over `&Record` items is not `Send` for every lifetime the runtime needs.
             let deliveries = (0..backlog.len()).map(move |index| {
                 let record = &backlog_ref[index];
-                let wanted =
-                    worker.serves(&record.site) && last_for_url.get(record.url.as_str()) == Some(&record.log_seq);
+                // A lost position may have been any site's change: every cache takes it.
+                let wanted = record.lost
+                    || (worker.serves(&record.site) && last_for_url.get(record.url.as_str()) == Some(&record.log_seq));
                 async move {
                     let delivered = if wanted {
                         worker.deliver(record, index, turn, shutdown).await
@@ -367,10 +373,54 @@ impl CacheWorker {
         }
     }
 
+    /// A position whose log line was damaged ([`Record::lost`]) and that this cache had not applied: what
+    /// changed is unknown, so the cache is purged of every site it serves (each host's `/`, by prefix)
+    /// rather than left holding one stale URL for its whole lifetime. `false` when shutting down.
+    async fn deliver_lost(
+        &self,
+        record: &Record,
+        index: usize,
+        turn: &PurgeTurn,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(turn_held) = turn.wait(index, shutdown).await else {
+            return false;
+        };
+        warn!(cache = %self.base, position = record.log_seq,
+              "this cache had not applied a position of the change log whose line is damaged (what changed there is \
+               unknown): purging every site it serves");
+        // Retried for the usual time from now: the stand-in has no time of its own.
+        let attempt = Record {
+            recorded_ms: now_ms(),
+            ..record.clone()
+        };
+        for site in self.master.sites().iter().filter(|site| self.serves(&site.name)) {
+            for host in &site.hosts {
+                let target = Target {
+                    url: format!("{}/", self.base),
+                    host: host.clone(),
+                };
+                let purged = self
+                    .retrying(&attempt, shutdown, || {
+                        self.purge(Command::PurgePrefix, &target, &attempt)
+                    })
+                    .await;
+                if purged.is_none() {
+                    return false;
+                }
+            }
+        }
+        drop(turn_held);
+        true
+    }
+
     /// Applies the backlog's record number `index`: its purge in its turn, then its prefetch beside the
     /// later changes' commands, each retried; `false` when shutting down. A change the cache refuses for good
     /// is skipped (logged and counted): retrying it would hold back every later change for this cache.
     async fn deliver(&self, record: &Record, index: usize, turn: &PurgeTurn, shutdown: &CancellationToken) -> bool {
+        if record.lost {
+            return self.deliver_lost(record, index, turn, shutdown).await;
+        }
         let Some(turn_held) = turn.wait(index, shutdown).await else {
             return false;
         };
@@ -515,6 +565,9 @@ impl CacheWorker {
         }
         if command == Command::PurgeAnyQuery {
             request = request.header(PURGE_SCOPE_HEADER, PURGE_ANY_QUERY);
+        }
+        if command == Command::PurgePrefix {
+            request = request.header(PURGE_SCOPE_HEADER, PURGE_PREFIX);
         }
         if command == Command::Prefetch {
             // No credentials on the prefetch: a shared cache must not store a response to a request that
@@ -752,7 +805,11 @@ mod tests {
                     let line = head.lines().next().unwrap_or("").to_string();
                     let mut words = line.split(' ');
                     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                    log.lock().expect("log").push(format!("{method} {path}"));
+                    let scope = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("tern-purge-scope: prefix"))
+                        .map_or("", |_| " (prefix)");
+                    log.lock().expect("log").push(format!("{method} {path}{scope}"));
                     let piece = vec![b'x'; 100 << 10];
                     match (method, path) {
                         ("PURGE", "/2") => {
@@ -1015,5 +1072,36 @@ mod tests {
             started.elapsed() < Duration::from_secs(3),
             "given up after the 1 s stall, not the 3 s"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lost_position_purges_the_cache_of_every_site_it_serves_and_the_next_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(master_with(dir.path(), 2));
+        // Position 2's line is damaged (it was written; what it said is gone).
+        let path = dir.path().join(crate::master::LOG_FILE);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[2] = "{\"log_seq\":2,garbage";
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        let sites = vec![SiteConfig {
+            name: "www".into(),
+            hosts: vec!["www.example.com".into()],
+        }];
+        let master = Arc::new(Master::open(dir.path(), sites).expect("reopen"));
+        assert!(master.records_from(2)[0].lost);
+        let (url, seen) = fake_cache().await;
+        let worker = worker_for(&url, dir.path(), master);
+        let progress = worker.progress();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while progress.lock().expect("progress").applied_through < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "stuck");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        let _ = running.await;
+        assert_eq!(*seen.lock().expect("seen"), ["PURGE /1", "GET /1", "PURGE / (prefix)"]);
     }
 }

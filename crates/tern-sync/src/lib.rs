@@ -439,9 +439,15 @@ impl SyncAdmin {
         let through = master.len();
         let other_log = !log.is_unknown() && &log != master.log_id();
         let records = master.records_from(since.saturating_add(1));
-        let reset = other_log || since > through || records.len() > MAX_CATCH_UP;
+        let lost = records.iter().any(|record| record.lost);
+        let reset = other_log || since > through || records.len() > MAX_CATCH_UP || lost;
         if other_log || since > through {
             info!(since, edge_log = %log, log = %master.log_id(), "an edge's position belongs to another change log; it resets");
+        } else if lost {
+            warn!(
+                since,
+                "an edge catches up over a lost position of the change log (a damaged line): it resets"
+            );
         }
         let changes = if reset {
             Vec::new()

@@ -62,6 +62,30 @@ pub struct Record {
     pub at_ms: u64,
     /// When the master recorded it (ms since the epoch).
     pub recorded_ms: u64,
+    /// A position whose line in the log was found damaged at start-up: what changed there is unknown
+    /// (every other field is empty). Never written; caches that had not applied it are purged of every
+    /// site they serve, and an edge catching up over it resets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
+}
+
+impl Record {
+    /// The stand-in for position `log_seq`, whose line is damaged.
+    fn lost(log_seq: u64) -> Record {
+        Record {
+            log_seq,
+            site: String::new(),
+            agent: String::new(),
+            incarnation: Incarnation::default(),
+            agent_seq: 0,
+            url: String::new(),
+            kind: ChangeKind::Purged,
+            etag: None,
+            at_ms: 0,
+            recorded_ms: 0,
+            lost: true,
+        }
+    }
 }
 
 /// The log's first line, written when the log is created.
@@ -130,6 +154,9 @@ fn replay(bytes: &[u8], path: &Path) -> Replayed {
         high_water: HashMap::new(),
         latest: HashMap::new(),
     };
+    // A damaged line still held a position: it stands as a lost record, so that positions after it keep
+    // their meaning and are never given to new records (an edge holding one would skip them).
+    let mut damaged: Vec<usize> = Vec::new();
     for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
@@ -140,16 +167,48 @@ fn replay(bytes: &[u8], path: &Path) -> Replayed {
             replayed.log_id = Some(header.log);
             continue;
         }
-        match serde_json::from_slice::<Record>(line) {
-            Ok(record) if record.log_seq == replayed.records.len() as u64 + 1 => {
-                let stream = (record.agent.clone(), record.incarnation.clone());
-                let mark = replayed.high_water.entry(stream).or_insert(0);
-                *mark = (*mark).max(record.agent_seq);
-                replayed.latest.insert(record.agent.clone(), record.incarnation.clone());
-                replayed.records.push(Arc::new(record));
+        let next = replayed.records.len() as u64 + 1;
+        let record = match serde_json::from_slice::<Record>(line) {
+            Ok(record) if record.log_seq > 0 && !record.lost => record,
+            _ => {
+                damaged.push(index + 1);
+                replayed.records.push(Arc::new(Record::lost(next)));
+                continue;
             }
-            _ => warn!(line = index + 1, path = %path.display(), "ignoring a damaged log line"),
+        };
+        if record.log_seq < next {
+            // Its position is taken: by a lost stand-in (one damaged line too many was counted), which it
+            // replaces, or by a record (a duplicate line), which stays.
+            let slot = &mut replayed.records[(record.log_seq - 1) as usize];
+            if !slot.lost {
+                damaged.push(index + 1);
+                continue;
+            }
+            *slot = Arc::new(record.clone());
+        } else {
+            // Positions skipped before it were lost with lines that are gone.
+            for missing in next..record.log_seq {
+                replayed.records.push(Arc::new(Record::lost(missing)));
+            }
+            replayed.records.push(Arc::new(record.clone()));
         }
+        let stream = (record.agent.clone(), record.incarnation.clone());
+        let mark = replayed.high_water.entry(stream).or_insert(0);
+        *mark = (*mark).max(record.agent_seq);
+        replayed.latest.insert(record.agent, record.incarnation);
+    }
+    let lost: Vec<u64> = replayed.records.iter().filter(|r| r.lost).map(|r| r.log_seq).collect();
+    if !damaged.is_empty() || !lost.is_empty() {
+        warn!(
+            path = %path.display(),
+            damaged_lines = damaged.len(),
+            first_damaged_lines = ?&damaged[..damaged.len().min(10)],
+            lost_positions = lost.len(),
+            first_lost_positions = ?&lost[..lost.len().min(10)],
+            "the change log has damaged lines: what changed at their positions is unknown. Caches that had not \
+             applied them are purged of every site they serve, and edges catching up over them drop their \
+             cache; the positions after them keep their meaning"
+        );
     }
     if replayed.log_id.is_none()
         && let Some(first) = bytes.split(|&b| b == b'\n').next()
@@ -325,6 +384,7 @@ impl Master {
                 etag: change.etag.clone(),
                 at_ms: change.at_ms,
                 recorded_ms: now_ms,
+                lost: false,
             };
             appended.push(record);
         }
@@ -394,6 +454,7 @@ impl Master {
                 etag: None,
                 at_ms: now_ms,
                 recorded_ms: now_ms,
+                lost: false,
             });
         }
         self.append(log, appended)
@@ -747,6 +808,50 @@ mod tests {
             urls(&again),
             vec!["http://www.example.com/1", "http://www.example.com/2"],
             "the record written after the torn line is replayed"
+        );
+    }
+
+    #[test]
+    fn a_damaged_line_in_the_middle_loses_its_position_only_and_positions_are_never_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Incarnation::generate().expect("random");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        master.accept(&batch(&agent, numbered(6))).expect("accepted");
+        drop(master);
+        let path = dir.path().join(LOG_FILE);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        // Line 0 is the header; records 2 and 4 are damaged (one overwritten, one gone).
+        lines[2] = "{\"log_seq\":2,\"site\":\"www\",\"ag\u{0}".into();
+        lines.remove(4);
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        let reopened = Master::open(dir.path(), sites()).expect("reopen");
+        let records = reopened.records_from(1);
+        assert_eq!(records.len(), 6, "every position kept");
+        let lost: Vec<u64> = records.iter().filter(|r| r.lost).map(|r| r.log_seq).collect();
+        assert_eq!(lost, vec![2, 4]);
+        for (index, record) in records.iter().enumerate() {
+            assert_eq!(record.log_seq, index as u64 + 1);
+            if !record.lost {
+                assert_eq!(record.url, format!("http://www.example.com/{}", index + 1));
+            }
+        }
+        let accepted = reopened
+            .accept(&batch(&agent, vec![change(7, "http://www.example.com/7")]))
+            .expect("accepted");
+        assert_eq!(accepted.recorded, 1);
+        assert_eq!(
+            reopened.records_from(7)[0].log_seq,
+            7,
+            "a new record takes the next position, never a lost one's"
+        );
+        drop(reopened);
+        let again = Master::open(dir.path(), sites()).expect("reopen");
+        assert_eq!(again.len(), 7, "the same positions on the next start");
+        assert_eq!(
+            again.records_from(1).iter().filter(|r| r.lost).count(),
+            2,
+            "the stand-ins are never written"
         );
     }
 }

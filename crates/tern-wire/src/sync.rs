@@ -35,6 +35,9 @@ pub const PURGE_SCOPE_HEADER: &str = "tern-purge-scope";
 /// changed file is purged, since links to it carry queries (`?utm_source=`, `?v=`) that are cache objects
 /// of their own.
 pub const PURGE_ANY_QUERY: &str = "any-query";
+/// [`PURGE_SCOPE_HEADER`]'s value for every URL that starts with the purge's URL (a host's `/`: all of it):
+/// how the sync service purges a cache of a site when a position of its change log was lost.
+pub const PURGE_PREFIX: &str = "prefix";
 /// Longest incarnation accepted from outside.
 pub const MAX_INCARNATION_LEN: usize = 64;
 

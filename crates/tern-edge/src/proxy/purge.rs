@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{ClientRequest, Edge};
 use crate::community::RelaySummary;
-use crate::purge::{PurgeRequest, requested_any_query, requested_mode};
+use crate::purge::{PurgeRequest, requested_any_query, requested_mode, requested_prefix};
 
 impl Edge {
     /// `PURGE <url>` on the main listener.
@@ -22,6 +22,9 @@ impl Edge {
             return tern_admin::json_error(StatusCode::FORBIDDEN, refusal.message());
         }
         let mode = requested_mode(&request.headers);
+        if requested_prefix(&request.headers) {
+            return self.purge_prefix(request, mode).await;
+        }
         let any_query = requested_any_query(&request.headers);
         // The primary key's query starts at its first `?` (a host has none): what is left is the path's key.
         let base = primary.split_once('?').map_or(primary.as_str(), |(path, _)| path);
@@ -35,20 +38,7 @@ impl Edge {
         if let Some(key) = crate::delta::base_key(&request.target, &self.key_config) {
             count += self.store.purge_url(&key, mode);
         }
-        // The sync service's purges carry their change-log position, for catching up after a restart.
-        if let Some(seq) = request
-            .headers
-            .get("tern-sync-seq")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-        {
-            // With the log it counts in, so a new log's positions are not swallowed by an old log's mark.
-            let log = request
-                .headers
-                .get(tern_wire::sync::LOG_HEADER)
-                .and_then(|v| v.to_str().ok());
-            self.sync_mark.note(log, seq);
-        }
+        self.note_sync_position(&request.headers);
         self.count_purge(if any_query { "url-any-query" } else { "url" }, count);
         let relayed_purge = if any_query {
             PurgeRequest {
@@ -76,6 +66,40 @@ impl Edge {
         );
         self.metrics.request("purge");
         tern_admin::json(StatusCode::OK, &purge_answer(Some(primary), count, relayed))
+    }
+
+    /// `PURGE <url>` with `Tern-Purge-Scope: prefix`: every URL that starts with it (the sync service sends
+    /// a host's `/` when a position of its change log was lost).
+    async fn purge_prefix(&self, request: &ClientRequest, mode: PurgeMode) -> Response<Body> {
+        let prefix = &request.primary;
+        let count = self.store.purge_prefix(prefix, mode);
+        self.note_sync_position(&request.headers);
+        self.count_purge("prefix", count);
+        let relayed = self
+            .relay_purge(&PurgeRequest {
+                prefixes: vec![prefix.clone()],
+                soft: mode == PurgeMode::Soft,
+                ..PurgeRequest::default()
+            })
+            .await;
+        info!(client = %request.client, %prefix, removed = count.removed, marked = count.marked,
+              relayed = relayed.map(|r| r.applied), relay_failed = relayed.map(|r| r.failed), "purged by prefix");
+        self.metrics.request("purge");
+        tern_admin::json(StatusCode::OK, &purge_answer(Some(prefix), count, relayed))
+    }
+
+    /// Notes the change-log position a purge from the sync service carries, for catching up after a
+    /// restart.
+    fn note_sync_position(&self, headers: &http::HeaderMap) {
+        if let Some(seq) = headers
+            .get("tern-sync-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            // With the log it counts in, so a new log's positions are not swallowed by an old log's mark.
+            let log = headers.get(tern_wire::sync::LOG_HEADER).and_then(|v| v.to_str().ok());
+            self.sync_mark.note(log, seq);
+        }
     }
 
     /// Applies `purge` to this edge's store only. Every URL and prefix is checked before anything is

@@ -210,3 +210,40 @@ async fn soft_purge_serves_stale_while_refetching() {
     assert_eq!(&setup.get("/soft").await.body[..], b"newer");
     assert_eq!(setup.origin.count_for("/soft"), 2);
 }
+
+/// The sync service purges a host's `/` by prefix when a position of its change log was lost: everything
+/// of that host goes, nothing of another host.
+#[tokio::test]
+async fn a_purge_with_the_prefix_scope_removes_everything_under_its_url() {
+    let (setup, key, _dir) = keyed().await;
+    for path in ["/a", "/b/c", "/d?x=1"] {
+        setup
+            .origin
+            .set(path, Resource::ok(path, &[("cache-control", "max-age=100")]));
+        setup.get(path).await;
+    }
+    let other = send(&setup.client, "GET", &setup.url("/a"), &[("host", "other.example")]).await;
+    assert_eq!(other.status, 200);
+    let token = format!("Bearer {}", key.token());
+    let purged = send(
+        &setup.client,
+        "PURGE",
+        &setup.url("/"),
+        &[("authorization", &token), ("tern-purge-scope", "prefix")],
+    )
+    .await;
+    assert_eq!(purged.status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&purged.body).expect("json");
+    assert_eq!(answer["removed"], 3, "{answer}");
+    for path in ["/a", "/b/c", "/d?x=1"] {
+        assert!(
+            setup.get(path).await.header("cache-status").contains("fwd=miss"),
+            "{path}"
+        );
+    }
+    let kept = send(&setup.client, "GET", &setup.url("/a"), &[("host", "other.example")]).await;
+    assert!(
+        kept.header("cache-status").contains("hit"),
+        "another host's objects stay"
+    );
+}
