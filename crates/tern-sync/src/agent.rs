@@ -2,8 +2,9 @@
 //! with sequence numbers, keeps the ones not yet acknowledged on disk, and sends them to the listener until
 //! it acknowledges them, across restarts of either side.
 //!
-//! inotify (through `notify`) makes the agent react at once; a periodic full rescan is the authority,
-//! because inotify queues can overflow and some file systems do not report at all.
+//! inotify (through `notify`, one watch per directory: [`crate::watches`]) makes the agent react at once; a
+//! periodic full rescan is the authority, because inotify queues can overflow and some file systems do not
+//! report at all.
 //!
 //! The scan is the content mover's tree model (`tern-tree`): hidden files and folders are content
 //! (`.well-known/`, `.htaccess`); what is left out are the temporaries editors write beside the file being
@@ -222,7 +223,11 @@ impl Agent {
     /// Runs until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let (events, mut triggered) = mpsc::channel::<()>(1);
-        let watcher = self.watch(events);
+        let dir = self.config.dir.clone();
+        let mut watches = tokio::task::spawn_blocking(move || crate::watches::Watches::start(&dir, events))
+            .await
+            .ok()
+            .flatten();
         let scanner = {
             let agent = self.clone();
             let shutdown = shutdown.clone();
@@ -241,6 +246,16 @@ impl Agent {
                             while triggered.try_recv().is_ok() {}
                         }
                     }
+                    // Watched first, scanned then: what is written in a new directory after the scan is
+                    // reported by its watch.
+                    if let Some(mut kept) = watches.take() {
+                        watches = tokio::task::spawn_blocking(move || {
+                            kept.reconcile();
+                            kept
+                        })
+                        .await
+                        .ok();
+                    }
                     agent.scan_once().await;
                 }
             })
@@ -252,28 +267,6 @@ impl Agent {
         };
         let _ = scanner.await;
         let _ = sender.await;
-        drop(watcher);
-    }
-
-    fn watch(&self, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let handler = move |result: notify::Result<notify::Event>| {
-            if result.is_ok_and(|event| changes_content(&event.kind)) {
-                let _ = events.try_send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(error) => {
-                warn!(%error, "no file-system notifications; relying on periodic rescans");
-                return None;
-            }
-        };
-        if let Err(error) = watcher.watch(&self.config.dir, notify::RecursiveMode::Recursive) {
-            warn!(%error, dir = %self.config.dir.display(), "cannot watch; relying on periodic rescans");
-            return None;
-        }
-        Some(watcher)
     }
 
     /// Scans once and records what changed.
@@ -683,7 +676,7 @@ fn wire_kind(kind: tern_tree::ChangeKind) -> ChangeKind {
 /// Whether a file-system event can change what the site serves. Reads do not: an open, a read or a close
 /// after reading (the agent's own scans, the origin serving its files) would otherwise start a rescan
 /// that reads every file again, and so on without end.
-fn changes_content(kind: &notify::EventKind) -> bool {
+pub(crate) fn changes_content(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode};
     match kind {
         notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -881,5 +874,50 @@ mod tests {
         assert!(agent.take_ack(&own));
         assert!(pending(&agent).is_empty());
         assert_eq!(agent.stats().acked_through, 100);
+    }
+
+    /// Waits (bounded) until the agent has detected `count` changes in all.
+    async fn detected(agent: &Agent, count: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while agent.stats().detected < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} changes detected, {count} expected (the periodic rescan is an hour away: only a watch finds them)",
+                agent.stats().detected
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_directory_and_a_swapped_site_root_are_watched_without_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(&site).expect("site");
+        std::fs::write(site.join("a.txt"), "1").expect("write");
+        let agent = Agent::new(config(dir.path())).expect("agent");
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(agent.clone().run(shutdown.clone()));
+        // The first scan reports the file that is there (index.html aliases aside: one URL).
+        detected(&agent, 1).await;
+        let base = agent.stats().detected;
+        // A directory made after the start, then a file in it.
+        std::fs::create_dir(site.join("new")).expect("mkdir");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(site.join("new/b.txt"), "2").expect("write");
+        detected(&agent, base + 1).await;
+        // The deploy swaps the whole root; a change in the new tree is still seen at once.
+        let staged = dir.path().join("site.new");
+        std::fs::create_dir_all(staged.join("new")).expect("staged");
+        std::fs::write(staged.join("a.txt"), "1").expect("write");
+        std::fs::write(staged.join("new/b.txt"), "2").expect("write");
+        std::fs::rename(&site, dir.path().join("site.old")).expect("move old");
+        std::fs::rename(&staged, &site).expect("move new");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let swapped = agent.stats().detected;
+        std::fs::write(site.join("a.txt"), "changed after the swap").expect("write");
+        detected(&agent, swapped + 1).await;
+        shutdown.cancel();
+        let _ = running.await;
     }
 }

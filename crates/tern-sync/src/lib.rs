@@ -11,6 +11,7 @@ pub mod listener;
 pub mod master;
 pub mod metrics;
 pub mod urls;
+pub mod watches;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
