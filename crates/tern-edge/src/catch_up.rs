@@ -189,16 +189,13 @@ pub async fn catch_up(
                 return count;
             }
             Err(mut error) if started.elapsed() + backoff < deadline => {
-                if error.contains("certificate") {
-                    error.push_str(
-                        " (give --sync-ca the CA file that signed the sync service's certificate, or that certificate itself)",
-                    );
-                }
+                error.push_str(hint_for(&error));
                 warn!(%error, sync = sync_url, "cannot reach the sync service yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            Err(error) => {
+            Err(mut error) => {
+                error.push_str(hint_for(&error));
                 warn!(%error, sync = sync_url, "sync service unreachable at start-up: dropping the cache so nothing that changed meanwhile is served");
                 return store.purge_prefix("", PurgeMode::Hard);
             }
@@ -232,6 +229,18 @@ fn key_of(url: &str, key_config: &KeyConfig) -> Option<String> {
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
         key_config,
     ))
+}
+
+/// What to check, for an error reaching the sync service's admin URL.
+fn hint_for(error: &str) -> &'static str {
+    if error.contains("certificate") {
+        " (give --sync-ca the CA file that signed the sync service's certificate, or that certificate itself)"
+    } else if error.contains("invalid HTTP") || error.contains("parse") || error.contains("bad magic") {
+        // The agents' port answers in tern frames, not HTTP.
+        " (that port does not speak HTTP: give --sync-url the sync service's admin URL, its --admin address, not the port agents send to)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]

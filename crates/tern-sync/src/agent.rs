@@ -431,10 +431,20 @@ impl Agent {
                 }
                 Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
                     failing = true;
-                    // An answer that is not a frame under our key: the sync service has another key.
-                    let error = format!(
-                        "the sync service's answer does not open with this agent's key ({error}): give --key the sync service's --key file"
-                    );
+                    let text = error.to_string();
+                    let error = if text.contains("bad magic") {
+                        // Not a tern frame at all: something else answers there (an HTTP server: the sync
+                        // service's admin port, an edge).
+                        format!(
+                            "{} answered with something that is not a tern frame ({text}): give --sync the sync service's agent address (its --listen), not its admin port or another server's",
+                            self.config.sync
+                        )
+                    } else {
+                        // A frame, not under our key: the sync service has another key.
+                        format!(
+                            "the sync service's answer does not open with this agent's key ({text}): give --key the sync service's --key file"
+                        )
+                    };
                     if let Some(suppressed) = key_warnings.check((), std::time::Instant::now()) {
                         warn!(suppressed, "{error}");
                     }

@@ -506,6 +506,13 @@ impl CacheWorker {
             // A cache that does not hold the object answers 404 (Varnish does): nothing to remove is fine.
             Ok(status) if status.is_success() || status == http::StatusCode::NOT_FOUND => Ok(()),
             Ok(status) if refuses_for_good(status) => Err(Failure::Refused(format!("PURGE answered {status}"))),
+            Ok(status) if matches!(status, http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN) => {
+                Err(Failure::Transient(format!(
+                    "PURGE answered {status}: the cache refuses the purge token; give the sync service --cache-key \
+                     the key file the cache was given as --purge-key (or let the sync service's address purge: \
+                     the edge's purge_allow)"
+                )))
+            }
             Ok(status) => Err(Failure::Transient(format!("PURGE answered {status}"))),
             Err(error) => Err(Failure::Transient(error)),
         }

@@ -143,6 +143,34 @@ pub async fn start_with(
             "no caches: give --cache URL (or [[sync.caches]] in the config)".into(),
         ));
     }
+    for site in &config.sites {
+        if site.name.trim().is_empty() || site.hosts.is_empty() {
+            return Err(StartError::Config(format!(
+                "site `{}`: give it as NAME=HOST[,HOST...], e.g. www=www.example.com",
+                site.name
+            )));
+        }
+        for host in &site.hosts {
+            // A host as the agents' URLs carry it (`www.example.com`, `www.example.com:8080`): a scheme or
+            // a path would make every change of the site refused as belonging to no site.
+            if host.parse::<http::uri::Authority>().is_err() || host.contains(['/', '@']) {
+                return Err(StartError::Config(format!(
+                    "site `{}`: `{host}` is not a host name; give the host alone (www.example.com, or \
+                     www.example.com:8080), without http:// or a path",
+                    site.name
+                )));
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for cache in &config.caches {
+        if !seen.insert(cache.url.trim_end_matches('/')) {
+            return Err(StartError::Config(format!(
+                "cache `{}` is given twice: each change would be sent to it twice",
+                cache.url
+            )));
+        }
+    }
     for cache in &config.caches {
         let secure = cache.url.starts_with("https://");
         if !secure && !cache.url.starts_with("http://") {
@@ -515,5 +543,54 @@ mod tests {
         ] {
             assert!(!cache_on_loopback(far), "{far}");
         }
+    }
+
+    fn config_with(sites: Vec<SiteConfig>, caches: &[&str]) -> SyncConfig {
+        SyncConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin: None,
+            key: SecretKey::generate().expect("key"),
+            cache_key: None,
+            data_dir: std::env::temp_dir().join("tern-sync-never-created"),
+            sites,
+            caches: caches
+                .iter()
+                .map(|url| CacheConfig {
+                    url: url.to_string(),
+                    sites: vec![],
+                })
+                .collect(),
+            max_frame: 1 << 20,
+            max_retry_age: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(1),
+            commands_in_flight: 1,
+            cache_ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_site_host_with_a_scheme_or_path_and_a_cache_given_twice_are_refused_at_start() {
+        for host in ["http://www.example.com", "www.example.com/blog", ""] {
+            let site = SiteConfig {
+                name: "www".into(),
+                hosts: vec![host.into()]
+                    .into_iter()
+                    .filter(|h: &String| !h.is_empty())
+                    .collect(),
+            };
+            let Err(error) = start(config_with(vec![site], &["http://127.0.0.1:9"])).await else {
+                panic!("{host:?} must be refused");
+            };
+            let text = error.to_string();
+            assert!(text.contains("site `www`"), "{text}");
+        }
+        let site = SiteConfig {
+            name: "www".into(),
+            hosts: vec!["www.example.com:8080".into()],
+        };
+        let Err(error) = start(config_with(vec![site], &["http://127.0.0.1:9", "http://127.0.0.1:9/"])).await else {
+            panic!("a cache given twice must be refused");
+        };
+        assert!(error.to_string().contains("given twice"), "{error}");
     }
 }
