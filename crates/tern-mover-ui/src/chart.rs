@@ -158,6 +158,7 @@ mod tests {
                     state: NodeState::Committed,
                     bytes: *bytes,
                     error: None,
+                    via: None,
                 })
                 .collect(),
             created_ms: 0,

@@ -699,7 +699,11 @@ pub fn job(layout: Layout, job: &Job, now_ms: u64) -> JobPage {
                     NodeState::Prepared => 1,
                     NodeState::Committed => 2,
                 },
-                bytes: size(node.bytes),
+                // A node its group leader served got nothing from the mover itself: say by whom.
+                bytes: match &node.via {
+                    Some(leader) if node.bytes == 0 => format!("via {leader}"),
+                    _ => size(node.bytes),
+                },
                 error: node.error.clone().unwrap_or_default(),
             })
             .collect(),

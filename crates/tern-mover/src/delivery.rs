@@ -47,6 +47,10 @@ pub struct NodeOutcome {
     pub bytes: u64,
     /// `Ok` when it applied the assignment; else why not, in lowercase words.
     pub result: Result<(), String>,
+    /// Who passed the assignment on to it through the store-and-forward tree (seed 004): its group leader,
+    /// the leader a leader fetched from, or `mover` for a leader that fetched from the mover (the tree's
+    /// bytes count that copy). `bytes` is then what the mover sent it otherwise, usually nothing.
+    pub via: Option<String>,
 }
 
 /// A boxed future of the outcomes of one phase.
@@ -354,6 +358,7 @@ async fn prepare_phase(
                     result: Err(format!(
                         "not prepared {waited} s into the delivery, when the quorum ({needed} of {targets}) had been for a while: committed without it (it is caught up when it registers again)"
                     )),
+                    via: None,
                 })
                 .collect()
         }
@@ -403,6 +408,7 @@ async fn record(
             node: recipient.name.clone(),
             bytes: 0,
             result: Err("the transport gave no outcome for this node".into()),
+            via: None,
         });
     }
     let mut applied = BTreeSet::new();
@@ -423,7 +429,7 @@ async fn record(
                     Ok(()) => (success, None),
                     Err(error) => (NodeState::Failed, Some(error.as_str())),
                 };
-                store.set_job_node(&job, &outcome.node, state, outcome.bytes, error)?;
+                store.set_job_node(&job, &outcome.node, state, outcome.bytes, error, outcome.via.as_deref())?;
             }
             Ok(())
         })
@@ -527,6 +533,7 @@ mod tests {
                         } else {
                             Ok(())
                         },
+                        via: None,
                     }
                 })
                 .collect()

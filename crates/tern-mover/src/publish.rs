@@ -263,12 +263,12 @@ impl Mover {
                 for node in &targets {
                     let held = store.node_version(node, &name)?;
                     if held == sequence {
-                        store.set_job_node(&id, node, NodeState::Committed, 0, None)?;
+                        store.set_job_node(&id, node, NodeState::Committed, 0, None, None)?;
                     } else {
                         let note = format!(
                             "holds version {held}, not {sequence}: an unchanged publish sends nothing; it is brought up to date when it registers again"
                         );
-                        store.set_job_node(&id, node, NodeState::Pending, 0, Some(&note))?;
+                        store.set_job_node(&id, node, NodeState::Pending, 0, Some(&note), None)?;
                     }
                 }
                 let message = format!("nothing changed since version {sequence} of {name}: no new version, no node contacted");

@@ -584,7 +584,11 @@ impl Mover {
             .without_other_machines(&message.segment, &message.sender, report)
             .await?;
         let (view, appeared) = merge_report(stored.as_ref(), &message, report, now_ms);
-        let changed_leader = stored.as_ref().is_none_or(|before| before.leader != view.leader);
+        // Another node, or the same one elected again (a new term, or a restarted process): either is a
+        // take-over the log says.
+        let changed_leader = stored.as_ref().is_none_or(|before| {
+            before.leader != view.leader || before.term != view.term || before.incarnation != view.incarnation
+        });
         let departed: Vec<String> = stored
             .as_ref()
             .map(|before| {

@@ -56,6 +56,7 @@ impl StarDelivery {
                         node: name,
                         bytes,
                         result,
+                        via: None,
                     };
                     if let Some(early) = early {
                         let _ = early.send(outcome.clone());
@@ -70,6 +71,7 @@ impl StarDelivery {
                 node,
                 bytes: 0,
                 result: Err(format!("delivery task of job {job} ended: {error}")),
+                via: None,
             }));
         }
         outcomes

@@ -227,6 +227,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("nodes", "cpus", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "instance", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "spec", "TEXT"),
+    ("job_nodes", "via", "TEXT"),
     ("jobs", "due_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "attempt", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "started_ms", "INTEGER"),
@@ -702,7 +703,8 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a node's state in a job.
+    /// Sets a node's state in a job; `via`, the group leader that passed the assignment on to it, is kept
+    /// once known.
     pub fn set_job_node(
         &self,
         id: &str,
@@ -710,10 +712,12 @@ impl Store {
         state: NodeState,
         bytes: u64,
         error: Option<&str>,
+        via: Option<&str>,
     ) -> StoreResult<()> {
         self.connection.execute(
-            "UPDATE job_nodes SET state = ?3, bytes = bytes + ?4, error = ?5 WHERE job = ?1 AND node = ?2",
-            params![id, node, state.as_str(), bytes as i64, error],
+            "UPDATE job_nodes SET state = ?3, bytes = bytes + ?4, error = ?5, via = COALESCE(?6, via) \
+             WHERE job = ?1 AND node = ?2",
+            params![id, node, state.as_str(), bytes as i64, error, via],
         )?;
         Ok(())
     }
@@ -760,13 +764,14 @@ impl Store {
         };
         let mut statement = self
             .connection
-            .prepare("SELECT node, state, bytes, error FROM job_nodes WHERE job = ?1 ORDER BY node")?;
+            .prepare("SELECT node, state, bytes, error, via FROM job_nodes WHERE job = ?1 ORDER BY node")?;
         let rows = statement.query_map(params![id], |row| {
             Ok(JobNode {
                 node: row.get(0)?,
                 state: word(row, 1)?,
                 bytes: row.get::<_, i64>(2)? as u64,
                 error: row.get(3)?,
+                via: row.get(4)?,
             })
         })?;
         job.nodes = rows.collect::<StoreResult<_>>()?;
@@ -1388,7 +1393,7 @@ mod tests {
         let nodes: BTreeSet<String> = ["n1".to_string()].into();
         store.start_job("j1", &nodes, 10).expect("start");
         store
-            .set_job_node("j1", "n1", NodeState::Prepared, 100, None)
+            .set_job_node("j1", "n1", NodeState::Prepared, 100, None, None)
             .expect("node");
         let job = store.job("j1").expect("read").expect("job");
         assert_eq!(job.state, JobState::Running);

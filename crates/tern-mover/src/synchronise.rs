@@ -58,7 +58,7 @@ impl Mover {
                 let (id, done) = (job.to_string(), node.clone());
                 let _ = self
                     .store
-                    .call(move |store| store.set_job_node(&id, &done, NodeState::Committed, 0, None))
+                    .call(move |store| store.set_job_node(&id, &done, NodeState::Committed, 0, None, None))
                     .await;
                 current.push(node.clone());
                 continue;

@@ -1015,12 +1015,28 @@ impl TreeDelivery {
                             group.leader.name, group.leader.segment
                         ))
                     });
-                    let bytes = run.direct.get(&member.name).copied().unwrap_or(0);
-                    direct_bytes += bytes;
+                    // What the mover sent the node itself, and who passed the assignment on to it: a member's
+                    // leader, or, for a leader, the leader it fetched from, or `mover` (its copy is counted in
+                    // the tree's bytes, not here).
+                    let (bytes, via) = match run.direct.get(&member.name) {
+                        Some(bytes) => {
+                            direct_bytes += *bytes;
+                            (*bytes, None)
+                        }
+                        None if member.name == group.leader.name => {
+                            match run.core.edges().iter().rev().find(|(_, to)| *to == member.name) {
+                                Some((Source::Leader(from), _)) => (0, Some(from.clone())),
+                                Some((Source::Mover, _)) => (0, Some("mover".to_string())),
+                                None => (0, None),
+                            }
+                        }
+                        None => (0, Some(group.leader.name.clone())),
+                    };
                     outcomes.push(NodeOutcome {
                         node: member.name.clone(),
                         bytes,
                         result,
+                        via,
                     });
                 }
             }

@@ -99,6 +99,8 @@ pub struct NodeAgent {
     pub(crate) instance: String,
     /// Its own metrics.
     pub(crate) metrics: crate::metrics::NodeMetrics,
+    /// The segment's election and registration figures, once discovery runs beside the agent.
+    pub(crate) discovery_metrics: std::sync::OnceLock<crate::discovery::DiscoveryMetrics>,
 }
 
 /// The file in `ROOT/.state` that keeps the node's instance id.
@@ -263,6 +265,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<Running<Arc<NodeAgent>
         shutdown: shutdown.clone(),
         instance,
         metrics: crate::metrics::NodeMetrics::default(),
+        discovery_metrics: std::sync::OnceLock::new(),
     });
     let limits = ServerLimits::default();
     let mut tasks = vec![tokio::spawn(serve_with(
@@ -513,6 +516,11 @@ fn metrics(agent: &NodeAgent) -> Response<Body> {
     let mut encoded = encode_registry(&mut text, &agent.metrics.registry);
     if let Some(channel) = agent.data_channel.as_ref() {
         encoded = encoded.and_then(|()| encode_registry(&mut text, &channel.metrics().registry));
+    }
+    if let Some(discovery) = agent.discovery_metrics.get() {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tern_node");
+        registry.register_collector(Box::new(discovery.clone()));
+        encoded = encoded.and_then(|()| encode_registry(&mut text, &registry));
     }
     if encoded.and_then(|()| encode_eof(&mut text)).is_err() {
         return refusal(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed".into());

@@ -305,6 +305,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refused_control_messages_and_the_leader_role_are_on_metrics() {
+        let mut election = election_driver::Status {
+            state: crate::election::State::GlIsMe,
+            counters: crate::election::Counters::default(),
+        };
+        election.counters.refused.bad_tag = 3;
+        election.counters.refused.stale = 2;
+        election.counters.elections_won = 1;
+        let mut registration = registration_driver::Status {
+            role: crate::registration::Role::Leader,
+            listed: true,
+            members: Vec::new(),
+            members_known: 0,
+            counters: crate::registration::Counters::default(),
+        };
+        registration.counters.refused.replayed = 4;
+        let metrics = DiscoveryMetrics {
+            election: watch::channel(election).1,
+            registration: watch::channel(registration).1,
+        };
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tern_node");
+        registry.register_collector(Box::new(metrics));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "tern_node_control_refused_total{what=\"election\",reason=\"bad-tag\"} 3",
+            "tern_node_control_refused_total{what=\"election\",reason=\"stale\"} 2",
+            "tern_node_control_refused_total{what=\"registration\",reason=\"replayed\"} 4",
+            "tern_node_elections_won_total 1",
+            "tern_node_group_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
     fn resources_are_measured_and_saturate() {
         let area = std::env::temp_dir();
         let resources = measure_resources(&area);
@@ -314,5 +350,104 @@ mod tests {
             "the temporary directory's file system has room"
         );
         assert_eq!(measure_resources(Path::new("/no/such/root")).free_disk_mib, 0);
+    }
+}
+
+/// The discovery phase's figures on the node's `/metrics` (`tern_node_control_*`, `tern_node_election*`,
+/// `tern_node_group_leader`, `tern_node_registration_*`), read from the election's and the registration's
+/// status as of the request.
+#[derive(Debug, Clone)]
+pub struct DiscoveryMetrics {
+    election: watch::Receiver<election_driver::Status>,
+    registration: watch::Receiver<registration_driver::Status>,
+}
+
+impl Discovery {
+    /// The figures `/metrics` shows for this discovery phase.
+    pub fn metrics(&self) -> DiscoveryMetrics {
+        DiscoveryMetrics {
+            election: self.election.clone(),
+            registration: self.registration.clone(),
+        }
+    }
+
+    /// Shows this discovery phase's figures on `agent`'s `/metrics`.
+    pub fn share_metrics(&self, agent: &Arc<NodeAgent>) {
+        let _ = agent.discovery_metrics.set(self.metrics());
+    }
+}
+
+impl prometheus_client::collector::Collector for DiscoveryMetrics {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let election = *self.election.borrow();
+        let registration = self.registration.borrow().counters;
+        let refused = |name: &'static str, refusals: &crate::election::Refusals| {
+            [
+                (name, "bad-tag", refusals.bad_tag),
+                (name, "oversized", refusals.oversized),
+                (name, "malformed", refusals.malformed),
+                (name, "stale", refusals.stale),
+                (name, "replayed", refusals.replayed),
+                (name, "other-segment", refusals.other_segment),
+                (name, "duplicate-name", refusals.duplicate_name),
+            ]
+        };
+        let mut metric = encoder.encode_descriptor(
+            "control_refused",
+            "Control-channel messages refused, by what refused them (election, registration) and why: bad-tag \
+             (another --cluster-key, forged or damaged), stale (a clock outside the freshness window), replayed, \
+             oversized, malformed, other-segment, duplicate-name",
+            None,
+            MetricType::Counter,
+        )?;
+        for (what, reason, count) in refused("election", &election.counters.refused)
+            .into_iter()
+            .chain(refused("registration", &registration.refused))
+        {
+            let labels = [("what", what), ("reason", reason)];
+            ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+        }
+        let counters = &election.counters;
+        let mut metric = encoder.encode_descriptor(
+            "election_messages",
+            "Leader Alive (LA) and Leader Claim (LC) messages sent and heard",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, direction, count) in [
+            ("la", "sent", counters.leader_alive_sent),
+            ("la", "heard", counters.leader_alive_heard),
+            ("lc", "sent", counters.leader_claim_sent),
+            ("lc", "heard", counters.leader_claim_heard),
+        ] {
+            let labels = [("kind", kind), ("direction", direction)];
+            ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "elections_won",
+            "Times this node became its segment's group leader",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(counters.elections_won).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "group_leader",
+            "1 while this node leads its segment",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(election.state == crate::election::State::GlIsMe)).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "registration_mover_reports_failed",
+            "Segment reports the mover did not take (the leader's log says why)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(registration.mover_reports_failed).encode(metric)
     }
 }

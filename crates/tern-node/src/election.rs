@@ -32,7 +32,7 @@ mod state;
 mod tests;
 
 pub use config::{ConfigError, DEFAULT_PRIORITY, ElectionConfig, Resources, Timers};
-pub use counters::{Counters, Refusals, WallClock};
+pub use counters::{Counters, RefusalWarnings, Refusals, WallClock};
 pub use event::{Input, Leader, Output, TimerKind};
 pub use state::State;
 
@@ -69,6 +69,7 @@ pub struct Election {
     resources: Resources,
     wall_clock: WallClock,
     counters: Counters,
+    refusal_warnings: counters::RefusalWarnings,
 }
 
 impl Election {
@@ -97,6 +98,7 @@ impl Election {
             resources: Resources::default(),
             wall_clock: WallClock::new(now, unix_ms),
             counters: Counters::default(),
+            refusal_warnings: Default::default(),
         })
     }
 
@@ -120,7 +122,7 @@ impl Election {
         match input {
             Input::Datagram(bytes) => match control::decode(&self.config.key, bytes, &self.config.limits) {
                 Ok(verified) => self.on_message(verified.message(), now, &mut out),
-                Err(error) => self.refuse(&error),
+                Err(error) => self.refuse(&error, now),
             },
             Input::Verified(verified) => self.on_message(verified.message(), now, &mut out),
             Input::Timer(kind) => self.on_timer(kind, now, &mut out),
@@ -226,7 +228,7 @@ impl Election {
             return;
         }
         if let Err(error) = self.guard.check(message, self.wall_ms(now)) {
-            self.refuse(&error);
+            self.refuse(&error, now);
             return;
         }
         self.term = self.term.max(message.term);
@@ -504,9 +506,10 @@ impl Election {
         out.push(Output::Multicast { message, datagram });
     }
 
-    fn refuse(&mut self, error: &ControlError) {
+    fn refuse(&mut self, error: &ControlError, now: Instant) {
         self.counters.refused.count(error);
         debug!(node = %self.config.node, reason = error.reason(), %error, "control message refused");
+        self.refusal_warnings.refused(&self.config.node, "election", error, now);
     }
 
     fn wall_ms(&self, now: Instant) -> u64 {

@@ -93,6 +93,7 @@ pub struct Registration {
     leader_override: Option<Option<String>>,
     timers: BTreeMap<TimerKind, Instant>,
     counters: Counters,
+    refusal_warnings: crate::election::RefusalWarnings,
 }
 
 impl Registration {
@@ -121,6 +122,7 @@ impl Registration {
             leader_override: None,
             timers: BTreeMap::new(),
             counters: Counters::default(),
+            refusal_warnings: Default::default(),
         })
     }
 
@@ -136,7 +138,7 @@ impl Registration {
             Input::Leader(leader) => self.on_leader(leader, now, &mut out),
             Input::Datagram(bytes) => match segment::decode(&self.config.key, bytes, &self.config.limits) {
                 Ok(verified) => self.on_message(verified.message(), now, &mut out),
-                Err(error) => self.refuse(&error),
+                Err(error) => self.refuse(&error, now),
             },
             Input::Verified(verified) => self.on_message(verified.message(), now, &mut out),
             Input::Timer(kind) => self.on_timer(kind, now, &mut out),
@@ -293,7 +295,7 @@ impl Registration {
             return;
         }
         if let Err(error) = self.guard.check_stamp(&message.stamp(), self.wall_ms(now)) {
-            self.refuse(&error);
+            self.refuse(&error, now);
             return;
         }
         match &message.body {
@@ -644,9 +646,11 @@ impl Registration {
         }
     }
 
-    fn refuse(&mut self, error: &ControlError) {
+    fn refuse(&mut self, error: &ControlError, now: Instant) {
         self.counters.refused.count(error);
         debug!(node = %self.config.node, reason = error.reason(), %error, "segment message refused");
+        self.refusal_warnings
+            .refused(&self.config.node, "registration", error, now);
     }
 
     fn wall_ms(&self, now: Instant) -> u64 {

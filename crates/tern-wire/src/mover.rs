@@ -602,6 +602,11 @@ pub struct JobNode {
     /// Why its delivery failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Who passed the assignment on to it through seed 004's store-and-forward tree: its group leader, the
+    /// leader a leader fetched from, or `mover` for a leader that fetched its copy from the mover (counted
+    /// in the tree's figures). `bytes` counts only what the mover sent it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A node's registration (seed 004: registration with the CCM), sent at start and then periodically.
@@ -906,6 +911,7 @@ mod tests {
                 state: NodeState::Prepared,
                 bytes: 10,
                 error: None,
+                via: None,
             }],
             created_ms: 1,
             due_ms: 2,

@@ -1853,6 +1853,7 @@ async fn start_discovery(
         .await
         .with_context(|| format!("segment {segment}: discovery did not start"))?;
     discovery.share_members(&node.role);
+    discovery.share_metrics(&node.role);
     info!(%segment, control_channel = %group, registration = %discovery.address(), "taking part in the segment's election");
     Ok(discovery)
 }

@@ -316,6 +316,21 @@ async fn a_publish_goes_through_the_group_leaders_and_the_mover_sends_one_copy()
         .map(|node| node["state"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(states, ["committed"; 9], "{job}");
+    // Every node's record says who passed the assignment on to it (the mover sent none of them a copy
+    // outside the tree): the first leader fetched from the mover, every other node from a leader.
+    let nodes = job["nodes"].as_array().expect("nodes");
+    let all: Vec<&str> = SEGMENTS
+        .iter()
+        .flat_map(|(_, _, names)| names.iter().copied())
+        .collect();
+    for node in nodes {
+        let via = node["via"].as_str().unwrap_or("");
+        if node["node"] == "a0" {
+            assert_eq!(via, "mover", "{node}");
+        } else {
+            assert!(all.contains(&via) && node["node"] != via, "{node}");
+        }
+    }
 
     let prepare = fleet.tree_of(&id, "prepare");
     let commit = fleet.tree_of(&id, "commit");

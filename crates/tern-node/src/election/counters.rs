@@ -32,6 +32,46 @@ impl Refusals {
     }
 }
 
+/// Warnings about refused control-channel messages: one when the reason changes, then at most one every
+/// 30 s while it lasts, with how many were refused meanwhile. Refusals are also counted (`/metrics`,
+/// `tern_node_control_refused_total`); without a warning, a node with another `--cluster-key` or a clock
+/// far off went unnoticed by the healthy nodes, which simply did not hear it.
+#[derive(Debug, Default)]
+pub struct RefusalWarnings(tern_admin::Throttle<&'static str>);
+
+impl RefusalWarnings {
+    /// Warns about `error`, refused by `node` on its control channel (`what`: `election` or
+    /// `registration`), if one is due at `now`.
+    pub fn refused(
+        &mut self,
+        node: &str,
+        what: &str,
+        error: &tern_wire::control::ControlError,
+        now: std::time::Instant,
+    ) {
+        let Some(suppressed) = self.0.check(error.reason(), now) else {
+            return;
+        };
+        match error {
+            tern_wire::control::ControlError::Stale {
+                sender,
+                sent_at_ms,
+                now_ms,
+            } => {
+                let offset_s = (i128::from(*sent_at_ms) - i128::from(*now_ms)) / 1000;
+                let side = if offset_s > 0 { "ahead of" } else { "behind" };
+                tracing::warn!(%node, %sender, offset_s, suppressed,
+                    "{what} message refused: {sender}'s clock is {} s {side} this node's, outside the freshness window; \
+                     keep the clocks of the segment's nodes in sync (NTP): the one that differs from the others is off",
+                    offset_s.abs());
+            }
+            _ => tracing::warn!(%node, reason = error.reason(), %error, suppressed,
+                "{what} message refused on the control channel: a sender with another --cluster-key, a forged or \
+                 damaged datagram, or a replay"),
+        }
+    }
+}
+
 /// What the core has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {

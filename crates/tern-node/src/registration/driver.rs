@@ -354,7 +354,7 @@ async fn carry_out(output: Output, carry: &Carry<'_>) {
                             .check((), std::time::Instant::now());
                         if let Some(suppressed) = due {
                             warn!(%node, mover = %mover.url, %reason, suppressed,
-                                  "segment report not taken; sending it again later (a 401 or 403: this node's --cluster-key is not the mover's)");
+                                  "segment report not taken; sending it again later{}", report_hint(&reason));
                         }
                         Answered::Failed { seq }
                     }
@@ -368,6 +368,17 @@ async fn carry_out(output: Output, carry: &Carry<'_>) {
                 let _ = overrides.send(leader).await;
             }
         }
+    }
+}
+
+/// What to check, for a segment report the mover did not take.
+fn report_hint(reason: &str) -> &'static str {
+    if reason.contains("401") || reason.contains("403") {
+        " (this node's --cluster-key is not the mover's)"
+    } else if reason.contains("freshness") || reason.contains("stale") {
+        " (this node's clock and the mover's disagree by more than the freshness window: keep them in sync with NTP)"
+    } else {
+        ""
     }
 }
 
