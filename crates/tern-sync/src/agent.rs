@@ -130,11 +130,18 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
+    /// The agent's name would be refused by the sync service.
+    #[error("--name of {0} bytes: give 1 to 255 bytes without control characters (it names this agent in every record)")]
+    Name(usize),
 }
 
 impl Agent {
     /// Loads the agent's state.
     pub fn new(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        let name = &config.name;
+        if name.is_empty() || name.len() > crate::master::MAX_AGENT_NAME || name.chars().any(char::is_control) {
+            return Err(AgentError::Name(name.len()));
+        }
         if !config.dir.is_dir() {
             return Err(AgentError::Dir {
                 path: config.dir.clone(),

@@ -24,6 +24,9 @@ use tern_wire::sync::{ChangeBatch, ChangeKind, Incarnation, Reject};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// Longest agent name the master takes, in bytes (a host name fits several times over).
+pub const MAX_AGENT_NAME: usize = 255;
+
 /// The log's file name in the data directory.
 pub const LOG_FILE: &str = "changes.log";
 
@@ -311,12 +314,23 @@ impl Master {
 
     /// Checks and records a batch (blocking: it syncs the log file).
     pub fn accept(&self, batch: &ChangeBatch) -> Result<Accepted, Reject> {
+        // The name goes into every record and log line: a key holder could otherwise make each of them
+        // half a megabyte, or break the log's lines.
+        if batch.agent.is_empty() || batch.agent.len() > MAX_AGENT_NAME || batch.agent.chars().any(char::is_control) {
+            return Err(Reject {
+                reason: "agent-name".into(),
+                message: format!(
+                    "an agent name of {} bytes: give the agent a --name of 1 to {MAX_AGENT_NAME} bytes without control characters",
+                    batch.agent.len()
+                ),
+            });
+        }
         let Some(site) = self.sites.iter().find(|s| s.name == batch.site) else {
             return Err(Reject {
                 reason: "unknown-site".into(),
                 message: format!(
                     "site `{}` is not configured on the sync service (--site NAME=HOST)",
-                    batch.site
+                    tern_wire::cut_at(&batch.site, 80)
                 ),
             });
         };
@@ -853,5 +867,20 @@ mod tests {
             2,
             "the stand-ins are never written"
         );
+    }
+
+    #[test]
+    fn an_absurd_agent_name_is_refused_and_never_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Incarnation::generate().expect("random");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        for name in ["x".repeat(500 * 1024), "a\nb".to_string(), String::new()] {
+            let mut refused = batch(&agent, numbered(1));
+            refused.agent = name;
+            let reject = master.accept(&refused).expect_err("refused");
+            assert_eq!(reject.reason, "agent-name");
+            assert!(reject.message.len() < 200, "{}", reject.message);
+        }
+        assert_eq!(master.len(), 0);
     }
 }
