@@ -131,7 +131,9 @@ pub enum AgentError {
         reason: String,
     },
     /// The agent's name would be refused by the sync service.
-    #[error("--name of {0} bytes: give 1 to 255 bytes without control characters (it names this agent in every record)")]
+    #[error(
+        "--name of {0} bytes: give 1 to 255 bytes without control characters (it names this agent in every record)"
+    )]
     Name(usize),
 }
 

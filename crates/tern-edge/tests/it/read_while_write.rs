@@ -18,6 +18,18 @@ fn pattern(len: usize) -> Bytes {
     (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
 }
 
+/// Serves a 400 000-byte body at `path` whose first request the origin holds midway until the returned
+/// `Notify` is notified; `adjust` sets the rest of the resource. Returns the body and the hold.
+fn held(setup: &Setup, path: &str, adjust: impl FnOnce(&mut Resource)) -> (Bytes, Arc<tokio::sync::Notify>) {
+    let body = pattern(400_000);
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
+    resource.hold_midway = Some(hold.clone());
+    adjust(&mut resource);
+    setup.origin.set(path, resource);
+    (body, hold)
+}
+
 /// A response whose body is read chunk by chunk.
 struct Streaming {
     head: http::response::Parts,
@@ -89,12 +101,7 @@ impl Streaming {
 async fn a_request_that_joins_a_streaming_miss_reads_it_as_it_arrives() {
     let setup = Setup::new().await;
     for (path, chunked) in [("/video", false), ("/feed", true)] {
-        let body = pattern(400_000);
-        let hold = Arc::new(tokio::sync::Notify::new());
-        let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
-        resource.hold_midway = Some(hold.clone());
-        resource.chunked = chunked;
-        setup.origin.set(path, resource);
+        let (body, hold) = held(&setup, path, |resource| resource.chunked = chunked);
 
         let mut leader = Streaming::get(&setup, path).await;
         leader.read_at_least(100_000).await;
@@ -130,11 +137,7 @@ async fn with_a_disk_tier_requests_join_at_any_time_and_read_what_they_missed_fr
         })
         .await,
     );
-    let body = pattern(400_000);
-    let hold = Arc::new(tokio::sync::Notify::new());
-    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
-    resource.hold_midway = Some(hold.clone());
-    setup.origin.set("/big", resource);
+    let (body, hold) = held(&setup, "/big", |_| {});
 
     let mut leader = Streaming::get(&setup, "/big").await;
     // More than the 100 000 bytes kept in memory has gone by: the first bytes are in the file only.
@@ -162,11 +165,7 @@ async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_fetches_afte
         config.upstream.coalesce_wait_ms = 200;
     })
     .await;
-    let body = pattern(400_000);
-    let hold = Arc::new(tokio::sync::Notify::new());
-    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
-    resource.hold_midway = Some(hold.clone());
-    setup.origin.set("/big", resource);
+    let (body, hold) = held(&setup, "/big", |_| {});
 
     let mut leader = Streaming::get(&setup, "/big").await;
     // More than the 100 000 bytes kept for joiners has gone by, and there is no file to read them from.
@@ -190,12 +189,7 @@ async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_fetches_afte
 #[tokio::test]
 async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
     let setup = Setup::new().await;
-    let body = pattern(400_000);
-    let hold = Arc::new(tokio::sync::Notify::new());
-    let mut resource = Resource::ok(body.clone(), &[("cache-control", "max-age=600")]);
-    resource.hold_midway = Some(hold.clone());
-    resource.fail_after_hold = true;
-    setup.origin.set("/breaks", resource);
+    let (body, hold) = held(&setup, "/breaks", |resource| resource.fail_after_hold = true);
 
     let mut leader = Streaming::get(&setup, "/breaks").await;
     leader.read_at_least(100_000).await;
@@ -218,14 +212,9 @@ async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
 #[tokio::test]
 async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() {
     let setup = Setup::with(|config| config.upstream.coalesce_wait_ms = 100).await;
-    let body = pattern(400_000);
-    let hold = Arc::new(tokio::sync::Notify::new());
-    let mut resource = Resource::ok(
-        body.clone(),
-        &[("cache-control", "max-age=600"), ("vary", "accept-language")],
-    );
-    resource.hold_midway = Some(hold.clone());
-    setup.origin.set("/page", resource);
+    let (body, hold) = held(&setup, "/page", |resource| {
+        resource.headers.push(("vary".into(), "accept-language".into()));
+    });
 
     let mut leader = Streaming::get(&setup, "/page").await;
     leader.read_at_least(100_000).await;
