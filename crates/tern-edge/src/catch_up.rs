@@ -151,9 +151,15 @@ pub async fn catch_up(
     key_config: &KeyConfig,
     deadline: Duration,
     tls: &ClientTls,
+    ports: &[u16],
 ) -> PurgeCount {
     let client: HttpsClient<Empty<Bytes>> = tls.client();
-    let url = changes_url(sync_url, &mark.position());
+    // The ports this edge serves on: the sync service warns when none of its caches is this edge.
+    let ports: Vec<String> = ports.iter().filter(|port| **port != 0).map(u16::to_string).collect();
+    let mut url = changes_url(sync_url, &mark.position());
+    if !ports.is_empty() {
+        url = format!("{url}&ports={}", ports.join(","));
+    }
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {

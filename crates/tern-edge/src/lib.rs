@@ -147,6 +147,10 @@ pub async fn start_with(
             &key_config,
             Duration::from_secs(config.sync_catch_up_secs),
             &sync_tls,
+            &[Some(config.listen.port()), config.tls_listen.map(|addr| addr.port())]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<u16>>(),
         )
         .await;
     }

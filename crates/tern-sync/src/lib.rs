@@ -271,6 +271,7 @@ pub async fn start_with(
         let routes: Arc<dyn AdminRoutes> = Arc::new(SyncAdmin {
             service: service.clone(),
             key: config.key.clone(),
+            unknown_edges: Arc::default(),
         });
         tasks.push(tokio::spawn(tern_admin::serve_admin_with(
             admin_listener,
@@ -289,6 +290,8 @@ pub async fn start_with(
 struct SyncAdmin {
     service: Arc<SyncService>,
     key: SecretKey,
+    /// Edges that caught up here without being one of the caches, as already warned about.
+    unknown_edges: Arc<Mutex<std::collections::HashSet<(std::net::IpAddr, Vec<u16>)>>>,
 }
 
 impl AdminRoutes for SyncAdmin {
@@ -301,6 +304,14 @@ impl AdminRoutes for SyncAdmin {
             "sites": self.service.master.sites(),
             "caches": self.service.progress(),
             "caught_up": self.service.caught_up(),
+            // Edges that caught up here but that no --cache URL names: they get no purges.
+            "edges_not_in_caches": self
+                .unknown_edges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(address, ports)| serde_json::json!({ "address": address.to_string(), "ports": ports }))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -320,7 +331,9 @@ impl AdminRoutes for SyncAdmin {
     fn route<'a>(&'a self, request: &'a tern_admin::AdminRequest) -> Option<tern_admin::ResponseFuture<'a>> {
         match request.path.as_str() {
             "/changes" => Some(Box::pin(async move {
-                self.changes_since(request.query.as_deref().unwrap_or(""))
+                let query = request.query.as_deref().unwrap_or("");
+                self.note_unknown_edge(request.client, query);
+                self.changes_since(query)
             })),
             "/purge" => Some(Box::pin(async move { self.purge(request).await })),
             "/applied" => Some(Box::pin(
@@ -364,6 +377,73 @@ fn cache_on_loopback(url: &str) -> bool {
 const MAX_CATCH_UP: usize = 100_000;
 
 impl SyncAdmin {
+    /// An edge catching up names the ports it serves on (`&ports=8080,8443`): when no cache URL of this
+    /// service resolves to its address with one of them, it gets no purges and serves changed content
+    /// for its whole lifetime, silently. That is warned about, once per edge (in the background: the
+    /// answer does not wait for name resolution).
+    fn note_unknown_edge(&self, client: SocketAddr, query: &str) {
+        let Some(ports) = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("ports="))
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|port| port.parse::<u16>().ok())
+                    .collect::<Vec<u16>>()
+            })
+            .filter(|ports| !ports.is_empty() && ports.len() <= 4)
+        else {
+            return;
+        };
+        let client = client.ip().to_canonical();
+        let key = (client, ports.clone());
+        if self
+            .unknown_edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return;
+        }
+        let urls: Vec<String> = self
+            .service
+            .progress
+            .iter()
+            .map(|progress| progress.lock().unwrap_or_else(|p| p.into_inner()).url.clone())
+            .collect();
+        let warned = self.unknown_edges.clone();
+        tokio::spawn(async move {
+            for url in &urls {
+                let Ok(uri) = url.parse::<http::Uri>() else {
+                    continue;
+                };
+                let (Some(host), port) = (uri.host(), uri.port_u16()) else {
+                    continue;
+                };
+                let port = port.unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                let resolved =
+                    tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+                if let Ok(Ok(addresses)) = resolved
+                    && addresses
+                        .into_iter()
+                        .any(|address| address.ip().to_canonical() == client && ports.contains(&address.port()))
+                {
+                    return;
+                }
+            }
+            if warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((client, ports.clone()))
+            {
+                warn!(edge = %client, ?ports,
+                      "an edge catches up with this sync service but no --cache URL names its address and ports: it \
+                       gets no purges and serves changed content until it expires. Add it (--cache http://ADDRESS:PORT), \
+                       or ignore this if it is a cache under another address");
+            }
+        });
+    }
+
     /// `POST /purge {"urls": [...], "files": [...], "prefetch": [...]}` ([`PurgeRequest`]): purge URLs on
     /// every cache of their site (`urls` exactly; `files` and `prefetch`, the URLs of changed files, with
     /// any query), and fetch the `prefetch` ones again. Needs the agents' key token. Answers

@@ -208,3 +208,41 @@ async fn edges_follow_a_sync_service_started_on_an_empty_data_directory_and_catc
         assert_eq!(&world.get(edge, "/f0.html").await.body[..], b"file 0", "edge {edge}");
     }
 }
+
+/// An edge that catches up with the sync service but is in none of its `--cache` URLs would get no purges
+/// and serve changed content until it expires: the sync service names it (status, and a warning). A cache
+/// it knows is not named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_catches_up_but_is_no_cache_of_the_sync_service_is_named() {
+    let mut world = World::new(1).await;
+    let known = world.edges.remove(0);
+    known.shutdown().await;
+    let back = world.start_edge(0).await;
+    world.edges.insert(0, back);
+    let stranger_dir = tempfile::tempdir().expect("tempdir");
+    let stranger_addr = crate::free_addr();
+    let stranger = tern_edge::start(tern_edge::EdgeConfig {
+        listen: stranger_addr,
+        origin: format!("http://{}", world.origin.listen),
+        cache_dir: Some(stranger_dir.path().to_path_buf()),
+        sync_url: Some(format!("http://{}", world.sync_admin)),
+        ..tern_edge::EdgeConfig::default()
+    })
+    .await
+    .expect("edge starts");
+    let status_url = format!("http://{}/status", world.sync_admin);
+    let mut named = serde_json::Value::Null;
+    for _ in 0..200 {
+        let status = tern_edge::testsuite::send(&tern_edge::testsuite::client(), "GET", &status_url, &[]).await;
+        let status: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+        named = status["edges_not_in_caches"].clone();
+        if named.as_array().is_some_and(|edges| !edges.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let edges = named.as_array().expect("a list");
+    assert_eq!(edges.len(), 1, "only the stranger: {named}");
+    assert_eq!(edges[0]["ports"], serde_json::json!([stranger_addr.port()]), "{named}");
+    stranger.shutdown().await;
+}
