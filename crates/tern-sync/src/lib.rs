@@ -291,8 +291,11 @@ struct SyncAdmin {
     service: Arc<SyncService>,
     key: SecretKey,
     /// Edges that caught up here without being one of the caches, as already warned about.
-    unknown_edges: Arc<Mutex<std::collections::HashSet<(std::net::IpAddr, Vec<u16>)>>>,
+    unknown_edges: Arc<Mutex<UnknownEdges>>,
 }
+
+/// Edges warned about for not being caches: address and the ports they named.
+type UnknownEdges = std::collections::HashSet<(std::net::IpAddr, Vec<u16>)>;
 
 impl AdminRoutes for SyncAdmin {
     fn status(&self) -> serde_json::Value {
