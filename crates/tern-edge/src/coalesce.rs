@@ -146,6 +146,18 @@ impl Coalescer {
         })
     }
 
+    /// The fill in flight for `key` to wait for, without leading one when there is none (`None`), or when
+    /// `purged_since(generation of the fill in flight)` says a purge may have matched it since it began:
+    /// for a request that would rather not start a fetch itself (a HEAD).
+    pub fn follow_existing(&self, key: &str, purged_since: impl FnOnce(u64) -> bool) -> Option<Follower> {
+        let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let fill = inflight.get(key)?;
+        (!purged_since(fill.generation)).then(|| Follower {
+            receiver: fill.receiver.clone(),
+            id: fill.id,
+        })
+    }
+
     /// Number of fills in flight.
     pub fn len(&self) -> usize {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()

@@ -44,6 +44,8 @@ impl Watches {
         let under = root.to_path_buf();
         let handler = move |result: notify::Result<notify::Event>| {
             let Ok(event) = result else {
+                // Events may have been lost (a full queue): a scan finds what they said.
+                let _ = events.try_send(());
                 return;
             };
             // The parent's watch also reports the site's siblings (`site.new` being prepared): only the

@@ -1046,10 +1046,11 @@ fn parse_address(text: &str) -> Result<String, String> {
 /// Logs to stderr, or to `file` when given.
 fn init_logging(filter: &str, file: Option<std::fs::File>) {
     let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
-    // The file-watch library logs routine events (a watch removed with its directory) at info: only its
-    // warnings are the operator's business, unless the filter names it.
+    // The file-watch library logs routine events (a watch removed with its directory) at info, and warns
+    // when a deleted directory's watch is removed twice (by its parent's event and its own): neither is the
+    // operator's business, unless the filter names it. The agent says itself what it cannot watch.
     if !filter.contains("notify") {
-        filter.push_str(",notify=warn");
+        filter.push_str(",notify=error");
     }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

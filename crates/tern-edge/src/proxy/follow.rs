@@ -13,25 +13,34 @@ use crate::cache_status::{CacheStatus, Forward};
 use crate::metrics::EdgeMetrics;
 use crate::shared_fill::{FELL_BEHIND, Reader, StreamedResponse};
 
+/// Why a request that joined a fill is not served from its response as it streams in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotFollowed {
+    /// The response is not one this request may be given: another variant (`Vary`), or one that must be
+    /// validated before any use (`no-cache`, or not fresh). The request goes upstream itself at once.
+    OtherResponse,
+    /// Its first bytes are no longer kept (no disk tier, and more than the window arrived): the request
+    /// waits for the stored object, for a while.
+    TooLate,
+}
+
 impl Edge {
-    /// Serves `request` from a response streaming in; `None` when it cannot be: the response selects
-    /// another variant (`Vary`), must be validated before any use (`no-cache`, or not fresh), or its first
-    /// bytes are no longer kept (the request joined too late).
+    /// Serves `request` from a response streaming in, or says why it cannot be.
     pub(super) fn follow(
         &self,
         request: &ClientRequest,
         streamed: &StreamedResponse,
         forward: Forward,
-    ) -> Option<Response<Body>> {
+    ) -> Result<Response<Body>, NotFollowed> {
         let now = self.clock.now();
         let freshness = &streamed.freshness;
         if !vary_matches(&streamed.vary, &request.headers) || freshness.no_cache || !freshness.is_fresh(now) {
-            return None;
+            return Err(NotFollowed::OtherResponse);
         }
         let body = if request.method == Method::HEAD {
             tern_http::empty()
         } else {
-            let reader = streamed.body.attach()?;
+            let reader = streamed.body.attach().ok_or(NotFollowed::TooLate)?;
             let (sender, body) = tern_http::channel(super::fill::STREAM_CHUNKS, streamed.length);
             tokio::spawn(copy(reader, sender, self.metrics.clone()));
             body
@@ -42,7 +51,7 @@ impl Edge {
             .with_forward_status(streamed.status.as_u16())
             .with_collapsed()
             .with_ttl(freshness.ttl_seconds(now));
-        Some(self.respond(
+        Ok(self.respond(
             request,
             streamed.status,
             super::respond::stored_headers(&streamed.headers),

@@ -13,6 +13,7 @@ use tern_http_cache::{Directives, Hit, Usability};
 use tracing::warn;
 
 use super::fill::Miss;
+use super::follow::NotFollowed;
 use super::{ClientRequest, Edge};
 use crate::cache_status::{CacheStatus, Forward};
 use crate::coalesce::{FillOutcome, Joined, Role};
@@ -91,7 +92,27 @@ impl Edge {
                 );
             }
             if request.method == Method::HEAD && hit.is_none() {
-                // A HEAD miss is passed as it is rather than fetching a whole body nobody asked for.
+                // A HEAD miss is passed as it is rather than fetching a whole body nobody asked for, unless a
+                // fetch for the URL is on its way: its response answers the HEAD too.
+                let store = &self.store;
+                if let Some(mut follower) = self
+                    .coalescer
+                    .follow_existing(&primary, |since| store.purged_since(since, &primary))
+                {
+                    self.metrics.coalesced.inc();
+                    match follower.wait().await {
+                        Joined::Streaming(streamed) => {
+                            if let Ok(response) = self.follow(&request, &streamed, forward) {
+                                return response;
+                            }
+                        }
+                        Joined::Done(FillOutcome::Stored) => {
+                            collapsed = true;
+                            continue;
+                        }
+                        Joined::Done(_) => {}
+                    }
+                }
                 return self.pass(request, tern_http::empty(), forward).await;
             }
             // The ticket is taken before joining, so a fill records the purge generation its fetch began at.
@@ -118,23 +139,22 @@ impl Edge {
                     self.metrics.coalesced.inc();
                     let outcome = match follower.wait().await {
                         Joined::Done(outcome) => outcome,
-                        Joined::Streaming(streamed) => {
-                            if let Some(response) = self.follow(&request, &streamed, forward) {
-                                return response;
-                            }
-                            // Joined too late to read from the first byte (or another variant, or a response
-                            // that must be validated first): wait for the stored object, for a while, then
-                            // lead a new fetch that the requests arriving from then on join (one more origin
-                            // request per wait at most, not one per request).
-                            match follower.outcome(self.coalesce_wait).await {
+                        Joined::Streaming(streamed) => match self.follow(&request, &streamed, forward) {
+                            Ok(response) => return response,
+                            // Another variant, or a response to validate first: nothing to wait for.
+                            Err(NotFollowed::OtherResponse) => FillOutcome::Released,
+                            // Joined too late to read from the first byte: wait for the stored object, for
+                            // a while, then lead a new fetch that the requests arriving from then on join
+                            // (one more origin request per wait at most, not one per request).
+                            Err(NotFollowed::TooLate) => match follower.outcome(self.coalesce_wait).await {
                                 Some(outcome) => outcome,
                                 None => {
                                     self.metrics.coalesced_stream("wait-expired");
                                     given_up = Some(follower.fill_id());
                                     continue;
                                 }
-                            }
-                        }
+                            },
+                        },
                     };
                     match outcome {
                         FillOutcome::Stored => collapsed = true,

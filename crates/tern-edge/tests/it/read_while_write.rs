@@ -2,7 +2,8 @@
 //! as it arrives (not when the whole of it is stored), and the origin sees one request; with a disk tier a
 //! request may join at any time (it reads what it missed from the file), without one a request too late
 //! for the first bytes fetches after `coalesce_wait_ms`; a body that fails upstream is cut for every
-//! client.
+//! client. A HEAD, a range, and a request for another variant that arrive meanwhile are answered from
+//! the streaming response (the first two) or fetched at once (the last).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,14 +212,20 @@ async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
 
 #[tokio::test]
 async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() {
-    let setup = Setup::with(|config| config.upstream.coalesce_wait_ms = 100).await;
+    // A wait far past the test's bounds: the other variant must go upstream at once, not after it.
+    let setup = Setup::with(|config| config.upstream.coalesce_wait_ms = 600_000).await;
     let (body, hold) = held(&setup, "/page", |resource| {
         resource.headers.push(("vary".into(), "accept-language".into()));
     });
 
     let mut leader = Streaming::get(&setup, "/page").await;
     leader.read_at_least(100_000).await;
-    let other = setup.get_with("/page", &[("accept-language", "de")]).await;
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        setup.get_with("/page", &[("accept-language", "de")]),
+    )
+    .await
+    .expect("another variant does not wait for the streaming one");
     assert!(
         !other.header("cache-status").contains("collapsed"),
         "{}",
@@ -231,4 +238,57 @@ async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() 
     );
     hold.notify_one();
     assert!(leader.finish().await.expect("whole") == body);
+}
+
+#[tokio::test]
+async fn a_head_request_during_a_streaming_miss_is_answered_from_it() {
+    let setup = Setup::new().await;
+    let (body, hold) = held(&setup, "/file", |_| {});
+
+    let mut leader = Streaming::get(&setup, "/file").await;
+    leader.read_at_least(100_000).await;
+    let head = tokio::time::timeout(
+        Duration::from_secs(10),
+        tern_edge::testsuite::send(&setup.client, "HEAD", &setup.url("/file"), &[]),
+    )
+    .await
+    .expect("the HEAD is answered while the body still streams in");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), "400000");
+    assert!(
+        head.header("cache-status").contains("collapsed"),
+        "{}",
+        head.header("cache-status")
+    );
+    assert_eq!(setup.origin.count_for("/file"), 1, "the HEAD did not go to the origin");
+    hold.notify_one();
+    assert!(leader.finish().await.expect("whole") == body);
+}
+
+#[tokio::test]
+async fn a_range_request_that_joins_a_streaming_miss_gets_its_range_from_it() {
+    let setup = Setup::new().await;
+    let (body, hold) = held(&setup, "/clip", |_| {});
+
+    let mut leader = Streaming::get(&setup, "/clip").await;
+    leader.read_at_least(100_000).await;
+    // The range lies in the half that has arrived: it is answered while the origin holds the rest.
+    let ranged = tokio::time::timeout(
+        Duration::from_secs(10),
+        setup.get_with("/clip", &[("range", "bytes=1000-1999")]),
+    )
+    .await
+    .expect("the range is answered from the bytes that have arrived");
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.header("content-range"), "bytes 1000-1999/400000");
+    assert!(ranged.body == body.slice(1000..2000));
+    assert!(
+        ranged.header("cache-status").contains("collapsed"),
+        "{}",
+        ranged.header("cache-status")
+    );
+    hold.notify_one();
+    assert!(leader.finish().await.expect("whole") == body);
+    assert_eq!(setup.origin.count_for("/clip"), 1, "one origin request for both");
 }
