@@ -238,19 +238,6 @@ impl Follower {
             Err(_) => Joined::Done(FillOutcome::Released),
         }
     }
-
-    /// Waits for the end of the fill, up to `limit`; `None` when it is still going on then.
-    pub async fn outcome(&mut self, limit: std::time::Duration) -> Option<FillOutcome> {
-        let done = self.receiver.wait_for(|progress| matches!(progress, Progress::Done(_)));
-        match tokio::time::timeout(limit, done).await {
-            Err(_) => None,
-            Ok(Ok(progress)) => match &*progress {
-                Progress::Done(outcome) => Some(outcome.clone()),
-                _ => Some(FillOutcome::Released),
-            },
-            Ok(Err(_)) => Some(FillOutcome::Released),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -380,16 +367,8 @@ mod streaming_tests {
             panic!("a request during the stream joins it")
         };
         assert!(matches!(late.wait().await, Joined::Streaming(_)));
-        assert_eq!(
-            late.outcome(std::time::Duration::from_millis(10)).await,
-            None,
-            "the fill is still going on"
-        );
         leader.finish(FillOutcome::Stored);
-        assert_eq!(
-            late.outcome(std::time::Duration::from_secs(5)).await,
-            Some(FillOutcome::Stored)
-        );
+        assert!(matches!(late.wait().await, Joined::Done(FillOutcome::Stored)));
         assert!(coalescer.is_empty());
     }
 

@@ -106,12 +106,6 @@ pub struct UpstreamConfig {
     pub first_byte_timeout_ms: u64,
     /// Longest silence mid-body, milliseconds (the transfer is cut and nothing is stored).
     pub idle_body_timeout_ms: u64,
-    /// How long a request that joined another's fetch too late to be served from its first byte (without a
-    /// disk tier, once its body passed `max_memory_object`, the bytes kept for joining requests; with
-    /// one, it reads them from the file instead) waits for the object to be
-    /// stored, milliseconds; then it leads a new fetch, which the requests arriving after it join. Like
-    /// nginx's `proxy_cache_lock_timeout`.
-    pub coalesce_wait_ms: u64,
     /// Idle keep-alive connections kept per origin.
     pub max_idle_connections: usize,
     /// Send the origin's own authority as `Host` instead of the client's.
@@ -285,7 +279,6 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 3_000,
             first_byte_timeout_ms: 30_000,
             idle_body_timeout_ms: 30_000,
-            coalesce_wait_ms: 5_000,
             max_idle_connections: 256,
             rewrite_host: false,
         }
@@ -304,10 +297,6 @@ impl UpstreamConfig {
     /// Longest silence mid-body.
     pub fn idle_body_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_body_timeout_ms)
-    }
-    /// How long a late joiner waits for another's fetch ([`UpstreamConfig::coalesce_wait_ms`]).
-    pub fn coalesce_wait(&self) -> Duration {
-        Duration::from_millis(self.coalesce_wait_ms)
     }
 }
 

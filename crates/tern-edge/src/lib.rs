@@ -202,7 +202,6 @@ pub async fn start_with(
         max_uri_bytes: config.max_uri_bytes,
         small_body_deadline: config.upstream.idle_body_timeout(),
         shared_window: config.max_memory_object,
-        coalesce_wait: config.upstream.coalesce_wait(),
         sync_mark,
         clock,
     });

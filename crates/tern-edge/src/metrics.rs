@@ -117,8 +117,9 @@ pub struct EdgeMetrics {
     pub coalesced: Counter,
     /// What became of requests that joined a fetch whose body was streaming in (read-while-write):
     /// `streamed` (served from it as it arrived), `fell-behind` (cut: their client read far more slowly
-    /// than the origin sent), `wait-expired` (joined too late to read from the first byte, and led a new
-    /// fetch after `coalesce_wait_ms`).
+    /// than the origin sent), `other-response` (another variant, or a response to validate first: went
+    /// upstream itself at once), `too-late` (joined past the first bytes kept, without a disk tier: led a
+    /// new fetch at once, which later requests join).
     pub coalesced_streams: Family<OutcomeLabel, Counter>,
     /// Objects written to the store.
     pub stored: Counter,
@@ -172,8 +173,9 @@ impl EdgeMetrics {
         registry.register(
             "coalesced_streams",
             "Requests that joined a fetch whose body was streaming in: streamed (served as it arrived), \
-             fell-behind (cut: read far more slowly than the origin sent), wait-expired (joined past the first \
-             bytes kept, and led a new fetch after coalesce_wait_ms)",
+             fell-behind (cut: read far more slowly than the origin sent), other-response (another variant or a \
+             response to validate: fetched at once), too-late (joined past the first bytes kept, without a disk \
+             tier: led a new fetch at once, which later requests join)",
             coalesced_streams.clone(),
         );
         let stored = Counter::default();

@@ -12,8 +12,8 @@
 //!   pushed here: a request may join at any time and reads what it missed, or fell behind on, from the
 //!   file at its own pace, and memory holds at most about a window of the latest bytes;
 //! - without one (or once writing the file failed), the first window of bytes is kept so that requests may
-//!   join from the first byte; past it no request joins any more (it waits for the stored object, or after
-//!   `coalesce_wait_ms` leads a new fetch that later requests join), chunks every reader has read are let
+//!   join from the first byte; past it no request joins any more (the object is then past what the memory
+//!   tier stores: a request that comes later leads a new fetch, which later requests join), chunks every reader has read are let
 //!   go, and a reader more than a window behind is cut with an error rather than making the edge hold the
 //!   body for it.
 //!

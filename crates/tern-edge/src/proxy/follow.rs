@@ -19,8 +19,8 @@ pub(super) enum NotFollowed {
     /// The response is not one this request may be given: another variant (`Vary`), or one that must be
     /// validated before any use (`no-cache`, or not fresh). The request goes upstream itself at once.
     OtherResponse,
-    /// Its first bytes are no longer kept (no disk tier, and more than the window arrived): the request
-    /// waits for the stored object, for a while.
+    /// Its first bytes are no longer kept (no disk tier, or its file failed, and more than the window
+    /// arrived): the response will not be stored either, and the request leads a fetch of its own.
     TooLate,
 }
 

@@ -142,18 +142,21 @@ impl Edge {
                         Joined::Streaming(streamed) => match self.follow(&request, &streamed, forward) {
                             Ok(response) => return response,
                             // Another variant, or a response to validate first: nothing to wait for.
-                            Err(NotFollowed::OtherResponse) => FillOutcome::Released,
-                            // Joined too late to read from the first byte: wait for the stored object, for
-                            // a while, then lead a new fetch that the requests arriving from then on join
-                            // (one more origin request per wait at most, not one per request).
-                            Err(NotFollowed::TooLate) => match follower.outcome(self.coalesce_wait).await {
-                                Some(outcome) => outcome,
-                                None => {
-                                    self.metrics.coalesced_stream("wait-expired");
-                                    given_up = Some(follower.fill_id());
-                                    continue;
-                                }
-                            },
+                            Err(NotFollowed::OtherResponse) => {
+                                self.metrics.coalesced_stream("other-response");
+                                FillOutcome::Released
+                            }
+                            // Joined too late to read from the first byte: the fill is past the bytes kept
+                            // for joiners, so it is past what the memory tier may store, and there is no
+                            // disk tier (or writing its file failed): nothing will be stored to wait for.
+                            // Lead a new fetch at once, which the requests arriving from then on join from
+                            // its first byte (one more origin request per window of the body, not one per
+                            // request).
+                            Err(NotFollowed::TooLate) => {
+                                self.metrics.coalesced_stream("too-late");
+                                given_up = Some(follower.fill_id());
+                                continue;
+                            }
                         },
                     };
                     match outcome {

@@ -95,8 +95,6 @@ pub struct Edge {
     /// Bytes of a streamed fill kept for requests that join it (`max_memory_object`; see
     /// [`crate::shared_fill`]).
     pub(crate) shared_window: u64,
-    /// How long a request that joined a streamed fill too late waits for it to be stored.
-    pub(crate) coalesce_wait: std::time::Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sync_mark: Arc<crate::catch_up::SyncMark>,
 }

@@ -1,7 +1,7 @@
 //! Read-while-write: a request that joins a miss whose body is still streaming in is served from that body
 //! as it arrives (not when the whole of it is stored), and the origin sees one request; with a disk tier a
 //! request may join at any time (it reads what it missed from the file), without one a request too late
-//! for the first bytes fetches after `coalesce_wait_ms`; a body that fails upstream is cut for every
+//! for the first bytes leads a fetch of its own at once; a body that fails upstream is cut for every
 //! client. A HEAD, a range, and a request for another variant that arrive meanwhile are answered from
 //! the streaming response (the first two) or fetched at once (the last).
 
@@ -160,29 +160,24 @@ async fn with_a_disk_tier_requests_join_at_any_time_and_read_what_they_missed_fr
 }
 
 #[tokio::test]
-async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_fetches_after_the_wait() {
-    let setup = Setup::with(|config| {
-        config.max_memory_object = 100_000;
-        config.upstream.coalesce_wait_ms = 200;
-    })
-    .await;
+async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_leads_a_fetch_at_once() {
+    let setup = Setup::with(|config| config.max_memory_object = 100_000).await;
     let (body, hold) = held(&setup, "/big", |_| {});
 
     let mut leader = Streaming::get(&setup, "/big").await;
-    // More than the 100 000 bytes kept for joiners has gone by, and there is no file to read them from.
+    // More than the 100 000 bytes kept for joiners has gone by, and there is no file to read them from: the
+    // object is past what the memory tier stores, so there is nothing to wait for.
     leader.read_at_least(120_000).await;
-    let late = setup.get("/big").await;
+    let late = tokio::time::timeout(Duration::from_secs(10), setup.get("/big"))
+        .await
+        .expect("the late request does not wait for the held fetch");
     assert!(late.body == body, "the late request got {} bytes", late.body.len());
-    assert_eq!(
-        setup.origin.count_for("/big"),
-        2,
-        "it led a fetch of its own after the wait"
-    );
+    assert_eq!(setup.origin.count_for("/big"), 2, "it led a fetch of its own");
     hold.notify_one();
     assert!(leader.finish().await.expect("whole") == body);
     let metrics = crate::metrics_text(&setup).await;
     assert!(
-        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"wait-expired\"} 1"),
+        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"too-late\"} 1"),
         "{metrics}"
     );
 }
@@ -212,8 +207,7 @@ async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
 
 #[tokio::test]
 async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() {
-    // A wait far past the test's bounds: the other variant must go upstream at once, not after it.
-    let setup = Setup::with(|config| config.upstream.coalesce_wait_ms = 600_000).await;
+    let setup = Setup::new().await;
     let (body, hold) = held(&setup, "/page", |resource| {
         resource.headers.push(("vary".into(), "accept-language".into()));
     });
@@ -235,6 +229,11 @@ async fn a_joining_request_of_another_variant_is_not_served_the_streaming_one() 
         setup.origin.count_for("/page"),
         2,
         "the other variant was fetched for itself"
+    );
+    let metrics = crate::metrics_text(&setup).await;
+    assert!(
+        metrics.contains("tern_edge_coalesced_streams_total{outcome=\"other-response\"} 1"),
+        "{metrics}"
     );
     hold.notify_one();
     assert!(leader.finish().await.expect("whole") == body);
