@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Most bytes one read from the file hands on.
 const FILE_READ: u64 = 256 * 1024;
@@ -70,6 +70,9 @@ pub struct SharedBody {
     state: Mutex<State>,
     /// Bumped on every chunk and at the end: readers wait on it.
     progress: watch::Sender<u64>,
+    /// Notified when a reader moves on or leaves: the writer waits on it for room
+    /// ([`SharedBody::room`]).
+    moved: Notify,
     /// Bytes kept in memory for readers (see the module's comment).
     window: u64,
     spill: Option<Spill>,
@@ -120,6 +123,7 @@ impl SharedBody {
         Arc::new(SharedBody {
             state: Mutex::new(State::default()),
             progress: watch::channel(0).0,
+            moved: Notify::new(),
             window,
             spill: spill.map(|(file, offset)| Spill {
                 file: Arc::new(file),
@@ -162,6 +166,41 @@ impl SharedBody {
         self.lock().kept
     }
 
+    /// Waits until the next chunk may be pushed without leaving every reader behind: at once when the
+    /// file holds every byte pushed (a reader that falls behind reads it from there), when no reader is
+    /// attached, or once the body ended; otherwise until the fastest reader is less than a window behind.
+    /// So without a file the transfer goes at the pace of its fastest client (one client alone holds it
+    /// back as a plain proxy would, rather than being cut), and a slower one is cut once it is a window
+    /// behind; with one, nobody holds the transfer back.
+    pub async fn room(&self) {
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            {
+                let state = self.lock();
+                let fastest = state
+                    .readers
+                    .values()
+                    .filter(|cursor| !cursor.cut)
+                    .map(|cursor| cursor.at)
+                    .max();
+                let roomy = match fastest {
+                    None => true,
+                    Some(at) => {
+                        state.ended.is_some()
+                            || (self.spill.is_some() && state.on_disk >= state.pushed)
+                            || state.pushed.saturating_sub(at) < self.window
+                    }
+                };
+                if roomy {
+                    return;
+                }
+            }
+            moved.await;
+        }
+    }
+
     /// Appends the next chunk of the body. `on_disk`: every byte pushed so far, this chunk included, is in
     /// the file (the fill still writes to it). Returns how many readers were cut for falling more than the
     /// window behind with no file to read from.
@@ -202,6 +241,8 @@ impl SharedBody {
         let mut state = self.lock();
         state.readers.remove(&id);
         state.trim(self.window);
+        drop(state);
+        self.moved.notify_waiters();
     }
 }
 
@@ -209,13 +250,22 @@ impl State {
     /// Lets go of the bytes no reader needs from memory: beyond a window, those the file holds; and those
     /// every reader has read, unless they are the first window's, kept for requests that may still join
     /// and not in the file. A reader that the rest would strand (more than a window behind, with no file
-    /// for what it has not read) is cut. Returns how many were cut.
+    /// for what it has not read, and a faster reader to go on for) is cut; the fastest never is (the
+    /// writer waits for it: [`SharedBody::room`]). Returns how many were cut.
     fn trim(&mut self, window: u64) -> usize {
         let mut cut = 0;
         let (pushed, on_disk) = (self.pushed, self.on_disk);
+        let fastest = self
+            .readers
+            .values()
+            .filter(|cursor| !cursor.cut)
+            .map(|cursor| cursor.at)
+            .max()
+            .unwrap_or(pushed);
         for cursor in self.readers.values_mut() {
-            if !cursor.cut && cursor.at >= on_disk && cursor.at < pushed.saturating_sub(window) {
-                // More than a window behind the head, and the file does not hold its next bytes.
+            if !cursor.cut && cursor.at >= on_disk && cursor.at < pushed.saturating_sub(window) && cursor.at < fastest {
+                // More than a window behind the head, behind another reader, and the file does not hold
+                // its next bytes.
                 cursor.cut = true;
                 cut += 1;
             }
@@ -313,7 +363,10 @@ impl Reader {
                 step
             };
             match step {
-                Step::Chunk(chunk) => return Some(Ok(chunk)),
+                Step::Chunk(chunk) => {
+                    self.body.moved.notify_waiters();
+                    return Some(Ok(chunk));
+                }
                 Step::FromFile { at, len } => return Some(self.read_file(at, len).await),
                 Step::End => return None,
                 Step::Failed(reason) => return Some(Err(reason)),
@@ -340,6 +393,7 @@ impl Reader {
         match read {
             Ok(Ok(buf)) => {
                 self.body.lock().advance(self.id, at + len);
+                self.body.moved.notify_waiters();
                 Ok(Bytes::from(buf))
             }
             Ok(Err(error)) => Err(format!("reading the body from the cache's file failed: {error}; cut").into()),
@@ -398,6 +452,62 @@ mod tests {
             got.extend_from_slice(&item?);
         }
         Ok(got)
+    }
+
+    /// Whether [`SharedBody::room`] returns within a short while.
+    async fn roomy(body: &SharedBody) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(50), body.room())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn without_a_file_the_writer_goes_at_the_pace_of_the_fastest_reader_and_the_slower_are_cut() {
+        let body = SharedBody::new(100, None);
+        assert!(roomy(&body).await, "no reader: nothing to wait for");
+        let mut slow = body.attach().expect("open");
+        body.push(chunk(b'a', 60), false);
+        body.push(chunk(b'b', 60), false);
+        assert!(
+            !roomy(&body).await,
+            "a window ahead of its only reader: the writer waits for it"
+        );
+        assert!(
+            matches!(slow.body.lock().readers.get(&slow.id), Some(cursor) if !cursor.cut),
+            "the only reader is never cut for being slow"
+        );
+        let mut fast = body.attach().expect("the first bytes are still kept");
+        let waiting = tokio::spawn({
+            let body = body.clone();
+            async move { body.room().await }
+        });
+        assert_eq!(fast.next().await.expect("a").expect("a"), chunk(b'a', 60));
+        assert_eq!(fast.next().await.expect("b").expect("b"), chunk(b'b', 60));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("a faster reader makes room")
+            .expect("task");
+        body.push(chunk(b'c', 60), false);
+        assert_eq!(
+            slow.next().await.expect("an answer").expect_err("cut"),
+            FELL_BEHIND.into(),
+            "more than a window behind a faster reader"
+        );
+        assert_eq!(fast.next().await.expect("c").expect("c"), chunk(b'c', 60));
+        drop(fast);
+        assert!(roomy(&body).await, "every reader left: nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn with_the_file_the_writer_never_waits_for_a_reader() {
+        let mut file = tempfile::tempfile().expect("temp file");
+        let body = SharedBody::new(100, Some((file.try_clone().expect("clone"), 0)));
+        let _idle = body.attach().expect("open");
+        for byte in 0..5u8 {
+            file.write_all(&[byte; 60]).expect("write");
+            body.push(chunk(byte, 60), true);
+            assert!(roomy(&body).await, "the file holds what the reader has not read");
+        }
     }
 
     #[tokio::test]

@@ -383,6 +383,16 @@ impl Edge {
             }));
             Writer(shared)
         });
+        // With others able to join, the leader's own client is one more reader of the shared body, so that
+        // a client that reads slowly (or not at all) holds back neither the transfer nor those who joined
+        // ([`crate::shared_fill::SharedBody::room`]); alone, it is sent to directly.
+        let sender = match shared.as_ref().and_then(|shared| shared.0.attach()) {
+            Some(reader) => {
+                tokio::spawn(super::follow::copy(reader, sender, self.metrics.clone()));
+                None
+            }
+            None => Some(sender),
+        };
         let url = request.primary.clone();
         let copy = Tee {
             fill,
@@ -503,7 +513,8 @@ async fn read_small(mut body: Body, expected: u64, deadline: std::time::Duration
 /// ([`crate::shared_fill`]).
 struct Tee {
     fill: Fill,
-    sender: ChannelSender,
+    /// The client's body, when it is not a reader of `shared`.
+    sender: Option<ChannelSender>,
     /// Set when other requests may join the fill.
     shared: Option<Writer>,
     expected: Option<u64>,
@@ -517,7 +528,8 @@ impl Tee {
     /// a whole response finds it in the cache on its next request. A client that goes away does not stop
     /// the fill (nor the copy for those who joined it); an upstream that fails or ends short stores
     /// nothing, is logged and counted, its waiters answer the failure, and every client's body is cut
-    /// with an error, never passed off as complete.
+    /// with an error, never passed off as complete. A shared body is pushed as its readers leave room
+    /// ([`crate::shared_fill::SharedBody::room`]); a client alone is sent to at its own pace.
     async fn run(self, mut body: Body) {
         let Tee {
             mut fill,
@@ -529,7 +541,7 @@ impl Tee {
             url,
         } = self;
         let mut received = 0u64;
-        let mut client_open = true;
+        let mut client_open = sender.is_some();
         let mut held: Option<Bytes> = None;
         // `Err(None)`: the client went away and the fill could not go on without it.
         let ended: Result<(), Option<BodyFailure>> = loop {
@@ -552,10 +564,12 @@ impl Tee {
                     fill.write(&data).await;
                     if let Some(previous) = held.replace(data) {
                         if let Some(shared) = &shared {
+                            shared.0.room().await;
                             // The write just made has waited for the one before it: `previous` is in the file.
-                            shared.0.push(previous.clone(), fill.writes_to_disk());
-                        }
-                        if client_open && sender.send(Ok(previous)).await.is_err() {
+                            shared.0.push(previous, fill.writes_to_disk());
+                        } else if let Some(sender) = sender.as_ref().filter(|_| client_open)
+                            && sender.send(Ok(previous)).await.is_err()
+                        {
                             client_open = false;
                         }
                     }
@@ -608,7 +622,7 @@ impl Tee {
                 None => FillOutcome::of(&stored),
             });
         }
-        if client_open {
+        if let Some(sender) = sender.filter(|_| client_open) {
             match reason {
                 None => {
                     if let Some(last) = held {

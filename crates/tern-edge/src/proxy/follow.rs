@@ -63,9 +63,9 @@ impl Edge {
     }
 }
 
-/// Copies the shared body to one client until it ends, fails, or the client goes away (which detaches the
-/// reader, so the bytes are not kept for it).
-async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc<EdgeMetrics>) {
+/// Copies the shared body to one client (the leader's own, or one that joined) until it ends, fails, or
+/// the client goes away (which detaches the reader, so the bytes are not kept for it).
+pub(super) async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc<EdgeMetrics>) {
     while let Some(item) = reader.next().await {
         match item {
             Ok(chunk) => {

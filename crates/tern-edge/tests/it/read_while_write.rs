@@ -183,6 +183,49 @@ async fn without_a_disk_tier_a_request_too_late_for_the_first_bytes_leads_a_fetc
 }
 
 #[tokio::test]
+async fn a_client_that_does_not_read_holds_back_neither_the_transfer_nor_those_who_joined() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // More than the sockets between the edge and a client can buffer.
+    let body = pattern(32 << 20);
+    for disk in [false, true] {
+        let setup = Setup::with(|config| {
+            if disk {
+                config.cache_dir = Some(dir.path().to_path_buf());
+            } else {
+                // The whole body is kept for joiners: only a client that does not read could hold it back.
+                config.max_memory_object = 64 << 20;
+            }
+        })
+        .await;
+        setup.origin.set(
+            "/large",
+            Resource::ok(body.clone(), &[("cache-control", "max-age=600")]),
+        );
+        let stalled = Streaming::get(&setup, "/large").await;
+        let joined = tokio::time::timeout(Duration::from_secs(30), setup.get("/large"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("disk tier {disk}: the joined request is held back by a client that does not read")
+            });
+        assert!(joined.body == body, "disk tier {disk}: {} bytes", joined.body.len());
+        assert!(
+            joined.header("cache-status").contains("collapsed"),
+            "{}",
+            joined.header("cache-status")
+        );
+        assert_eq!(setup.origin.count_for("/large"), 1, "disk tier {disk}");
+        assert!(
+            setup.get("/large").await.header("cache-status").contains("hit"),
+            "disk tier {disk}: stored while its first client read nothing"
+        );
+        assert!(
+            stalled.finish().await.expect("whole") == body,
+            "disk tier {disk}: the idle client reads it all later"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_streaming_body_that_fails_upstream_is_cut_for_every_client() {
     let setup = Setup::new().await;
     let (body, hold) = held(&setup, "/breaks", |resource| resource.fail_after_hold = true);
