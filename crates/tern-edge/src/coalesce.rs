@@ -158,6 +158,14 @@ impl Coalescer {
         })
     }
 
+    /// Whether a fill for `key` is in flight.
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Number of fills in flight.
     pub fn len(&self) -> usize {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()

@@ -31,7 +31,9 @@ pub struct EdgeConfig {
     pub max_memory_object: u64,
     /// Key file (from `tern keygen`) whose token authorises `PURGE` and admin purges.
     pub purge_key: Option<PathBuf>,
-    /// Client networks allowed to `PURGE` without the key.
+    /// Client networks allowed to `PURGE` without the key: `10.0.0.0/8`, or a bare address for that
+    /// address alone ([`parse_network`]).
+    #[serde(deserialize_with = "networks")]
     pub purge_allow: Vec<IpNet>,
     /// Targeted cache-control fields this edge obeys before `Cache-Control` (RFC 9213), most specific first.
     pub targeted_cache_control: Vec<String>,
@@ -322,6 +324,27 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Parses a network (`10.0.0.0/8`, `fd00::/8`) or a bare address, which means that address alone
+/// (`10.0.0.1` is `10.0.0.1/32`).
+///
+/// # Errors
+/// A message naming the text when it is neither.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(network) = text.parse::<IpNet>() {
+        return Ok(network);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address (10.0.0.1)"))
+}
+
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| parse_network(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -338,6 +361,22 @@ fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purge_networks_take_a_bare_address_as_on_the_command_line() {
+        let config: EdgeConfig =
+            serde_json::from_str(r#"{"purge_allow": ["127.0.0.1", "10.0.0.0/8", "::1"]}"#).expect("parses");
+        let expected: Vec<IpNet> = ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+            .iter()
+            .map(|text| text.parse().expect("network"))
+            .collect();
+        assert_eq!(config.purge_allow, expected);
+        let error = serde_json::from_str::<EdgeConfig>(r#"{"purge_allow": ["localhost"]}"#).expect_err("refused");
+        assert!(
+            error.to_string().contains("`localhost` is neither a network"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn byte_sizes() {

@@ -943,12 +943,7 @@ fn error_report(error: &anyhow::Error) -> String {
 
 /// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, read as `/32` or `/128`).
 fn parse_network(text: &str) -> Result<IpNet, String> {
-    if let Ok(network) = text.parse::<IpNet>() {
-        return Ok(network);
-    }
-    text.parse::<std::net::IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address (10.0.0.1)"))
+    tern_edge::config::parse_network(text)
 }
 
 /// The value of a URL flag (`--mover`, `--origin`, `--registry`, `--sync-url`, ...): `http://` or

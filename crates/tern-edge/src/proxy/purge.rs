@@ -38,6 +38,9 @@ impl Edge {
         if let Some(key) = crate::delta::base_key(&request.target, &self.key_config) {
             count += self.store.purge_url(&key, mode);
         }
+        // A fetch of the URL under way when the purge came stores nothing (or, soft, stores it stale): said
+        // in the answer, where removed and marked would otherwise read as "nothing was done".
+        let in_flight = usize::from(self.coalescer.in_flight(primary));
         self.note_sync_position(&request.headers);
         self.count_purge(if any_query { "url-any-query" } else { "url" }, count);
         let relayed_purge = if any_query {
@@ -60,12 +63,15 @@ impl Edge {
             any_query,
             removed = count.removed,
             marked = count.marked,
+            in_flight,
             relayed = relayed.map(|r| r.applied),
             relay_failed = relayed.map(|r| r.failed),
             "purged"
         );
         self.metrics.request("purge");
-        tern_admin::json(StatusCode::OK, &purge_answer(Some(primary), count, relayed))
+        let mut answer = purge_answer(Some(primary), count, relayed);
+        answer["in_flight"] = serde_json::Value::from(in_flight);
+        tern_admin::json(StatusCode::OK, &answer)
     }
 
     /// `PURGE <url>` with `Tern-Purge-Scope: prefix`: every URL that starts with it (the sync service sends

@@ -90,6 +90,11 @@ async fn a_purge_during_a_slow_miss_is_not_lost() {
         .set("/page", Resource::ok("new", &[("cache-control", "max-age=3600")]));
     let purged = send(&setup.client, "PURGE", &setup.url("/page"), &[]).await;
     assert_eq!(purged.status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&purged.body).expect("json");
+    assert_eq!(
+        answer["in_flight"], 1,
+        "the answer says a fetch under way was covered: {answer}"
+    );
     // ...a request after the purge (the sync service's prefetch, say) must not join the old fetch.
     let after = setup.get("/page").await;
     assert_eq!(
