@@ -111,6 +111,22 @@ pub fn vary_matches(stored: &VaryValues, request: &HeaderMap) -> bool {
         })
 }
 
+/// The variant `request` selects among responses that vary on the fields of `stored`: the request's
+/// normalised value of each, in `stored`'s (sorted) order, as one string. Two requests with the same
+/// string select the same variant (RFC 9111 section 4.1).
+pub fn variant_of(stored: &VaryValues, request: &HeaderMap) -> String {
+    let mut variant = String::new();
+    for (name, _) in stored {
+        if let Ok(header) = HeaderName::from_bytes(name.as_bytes()) {
+            variant.push_str(name);
+            variant.push('=');
+            variant.push_str(&normalized_value(request, &header));
+            variant.push('\n');
+        }
+    }
+    variant
+}
+
 /// Combines all field lines and folds whitespace around list separators, so that `gzip,br` and
 /// `gzip, br` select the same variant (RFC 9111 section 4.1 allows normalizing this way). For the
 /// content-negotiation fields whose members are case-insensitive and ranked by weight rather than by
@@ -245,6 +261,25 @@ impl fmt::Debug for ObjectId {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn requests_that_select_one_variant_name_it_alike() {
+        let mut response = HeaderMap::new();
+        response.insert(http::header::VARY, HeaderValue::from_static("Accept-Language, Cookie"));
+        let request = |language: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::ACCEPT_LANGUAGE, HeaderValue::from_static(language));
+            headers
+        };
+        let stored = vary_values(&response, &request("en"));
+        assert_eq!(
+            variant_of(&stored, &request("de, fr")),
+            variant_of(&stored, &request("FR,de")),
+            "order and case of Accept-Language do not make another variant"
+        );
+        assert_ne!(variant_of(&stored, &request("de")), variant_of(&stored, &request("fr")));
+        assert!(vary_matches(&stored, &request("en")));
+    }
 
     #[test]
     fn id_hashing_uses_every_byte_and_its_seed() {

@@ -16,7 +16,7 @@ pub mod structured;
 
 pub use directives::Directives;
 pub use inflight::{FetchTicket, PurgeScope};
-pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, vary_values, without_trailing_dot};
+pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, variant_of, vary_values, without_trailing_dot};
 pub use meta::Meta;
 pub use policy::{Freshness, NotStorable, PolicyConfig, ResponseDecision, UpstreamExchange, Usability};
 pub use store::{

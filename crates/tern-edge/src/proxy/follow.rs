@@ -16,9 +16,12 @@ use crate::shared_fill::{FELL_BEHIND, Reader, StreamedResponse};
 /// Why a request that joined a fill is not served from its response as it streams in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NotFollowed {
-    /// The response is not one this request may be given: another variant (`Vary`), or one that must be
-    /// validated before any use (`no-cache`, or not fresh). The request goes upstream itself at once.
-    OtherResponse,
+    /// The response is another variant (`Vary`) than the one this request selects: the request goes
+    /// upstream at once, coalesced with the requests for its own variant.
+    OtherVariant,
+    /// The response must be validated before any use (`no-cache`, or not fresh): the request goes
+    /// upstream itself at once.
+    MustValidate,
     /// Its first bytes are no longer kept (no disk tier, or its file failed, and more than the window
     /// arrived): the response will not be stored either, and the request leads a fetch of its own.
     TooLate,
@@ -34,8 +37,11 @@ impl Edge {
     ) -> Result<Response<Body>, NotFollowed> {
         let now = self.clock.now();
         let freshness = &streamed.freshness;
-        if !vary_matches(&streamed.vary, &request.headers) || freshness.no_cache || !freshness.is_fresh(now) {
-            return Err(NotFollowed::OtherResponse);
+        if !vary_matches(&streamed.vary, &request.headers) {
+            return Err(NotFollowed::OtherVariant);
+        }
+        if freshness.no_cache || !freshness.is_fresh(now) {
+            return Err(NotFollowed::MustValidate);
         }
         let body = if request.method == Method::HEAD {
             tern_http::empty()
