@@ -135,6 +135,11 @@ struct EdgeArgs {
     /// Size of the memory tier in front of the disk cache [default: 256M].
     #[arg(long, value_parser = parse_size)]
     memory_size: Option<u64>,
+    /// Largest object kept in memory [default: 8M]. Without --cache-dir, larger objects are passed on
+    /// and not stored; it is also how many of a large miss's first bytes are kept so that requests may
+    /// join it, and how far a client may fall behind the fastest one sharing a fetch before it is cut.
+    #[arg(long, value_parser = parse_size)]
+    max_memory_object: Option<u64>,
     /// Admin listener address for /metrics, /status and POST /purge (keep it private).
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -1168,6 +1173,9 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     }
     if let Some(size) = args.memory_size {
         config.memory_size = size;
+    }
+    if let Some(size) = args.max_memory_object {
+        config.max_memory_object = size;
     }
     if let Some(admin) = args.admin {
         config.admin = Some(admin);
