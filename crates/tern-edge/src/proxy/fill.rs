@@ -388,7 +388,12 @@ impl Edge {
         // ([`crate::shared_fill::SharedBody::room`]); alone, it is sent to directly.
         let sender = match shared.as_ref().and_then(|shared| shared.0.attach()) {
             Some(reader) => {
-                tokio::spawn(super::follow::copy(reader, sender, self.metrics.clone()));
+                tokio::spawn(super::follow::copy(
+                    reader,
+                    sender,
+                    self.metrics.clone(),
+                    request.primary.clone(),
+                ));
                 None
             }
             None => Some(sender),

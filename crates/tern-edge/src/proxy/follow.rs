@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::{Method, Response};
 use tern_http::{Body, ChannelSender};
 use tern_http_cache::key::vary_matches;
+use tracing::info;
 
 use super::{ClientRequest, Edge, Source};
 use crate::cache_status::{CacheStatus, Forward};
@@ -48,7 +49,7 @@ impl Edge {
         } else {
             let reader = streamed.body.attach().ok_or(NotFollowed::TooLate)?;
             let (sender, body) = tern_http::channel(super::fill::STREAM_CHUNKS, streamed.length);
-            tokio::spawn(copy(reader, sender, self.metrics.clone()));
+            tokio::spawn(copy(reader, sender, self.metrics.clone(), request.primary.clone()));
             body
         };
         self.metrics.coalesced_stream("streamed");
@@ -71,7 +72,7 @@ impl Edge {
 
 /// Copies the shared body to one client (the leader's own, or one that joined) until it ends, fails, or
 /// the client goes away (which detaches the reader, so the bytes are not kept for it).
-pub(super) async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc<EdgeMetrics>) {
+pub(super) async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc<EdgeMetrics>, url: String) {
     while let Some(item) = reader.next().await {
         match item {
             Ok(chunk) => {
@@ -82,6 +83,11 @@ pub(super) async fn copy(mut reader: Reader, sender: ChannelSender, metrics: Arc
             Err(reason) => {
                 if reason.as_ref() == FELL_BEHIND {
                     metrics.coalesced_stream("fell-behind");
+                    info!(
+                        %url,
+                        "a client read more slowly than the origin sent and fell max_memory_object behind the \
+                         fastest client sharing the fetch, with no file of it to read from: its response is cut"
+                    );
                 }
                 let _ = sender.send(Err(reason.to_string().into())).await;
                 return;
