@@ -179,13 +179,7 @@ impl SharedBody {
             moved.as_mut().enable();
             {
                 let state = self.lock();
-                let fastest = state
-                    .readers
-                    .values()
-                    .filter(|cursor| !cursor.cut)
-                    .map(|cursor| cursor.at)
-                    .max();
-                let roomy = match fastest {
+                let roomy = match state.positions().max() {
                     None => true,
                     Some(at) => {
                         state.ended.is_some()
@@ -247,6 +241,14 @@ impl SharedBody {
 }
 
 impl State {
+    /// Where the readers that were not cut are: the next byte each reads.
+    fn positions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.readers
+            .values()
+            .filter(|cursor| !cursor.cut)
+            .map(|cursor| cursor.at)
+    }
+
     /// Lets go of the bytes no reader needs from memory: beyond a window, those the file holds; and those
     /// every reader has read, unless they are the first window's, kept for requests that may still join
     /// and not in the file. A reader that the rest would strand (more than a window behind, with no file
@@ -255,13 +257,7 @@ impl State {
     fn trim(&mut self, window: u64) -> usize {
         let mut cut = 0;
         let (pushed, on_disk) = (self.pushed, self.on_disk);
-        let fastest = self
-            .readers
-            .values()
-            .filter(|cursor| !cursor.cut)
-            .map(|cursor| cursor.at)
-            .max()
-            .unwrap_or(pushed);
+        let fastest = self.positions().max().unwrap_or(pushed);
         for cursor in self.readers.values_mut() {
             if !cursor.cut && cursor.at >= on_disk && cursor.at < pushed.saturating_sub(window) && cursor.at < fastest {
                 // More than a window behind the head, behind another reader, and the file does not hold
@@ -270,13 +266,7 @@ impl State {
                 cut += 1;
             }
         }
-        let slowest = self
-            .readers
-            .values()
-            .filter(|cursor| !cursor.cut)
-            .map(|cursor| cursor.at)
-            .min()
-            .unwrap_or(pushed);
+        let slowest = self.positions().min().unwrap_or(pushed);
         while let Some(front) = self.chunks.front() {
             let end = self.first + front.len() as u64;
             let read_by_all = end <= slowest && (end <= on_disk || pushed > window);
