@@ -77,7 +77,7 @@ enum Progress {
 /// What a waiter learns first: the outcome, or a response it may read while it streams in.
 #[derive(Debug)]
 pub enum Joined {
-    /// The fill's response is streaming in; [`Follower::outcome`] waits for the end of the fill.
+    /// The fill's response is streaming in; waiting again ([`Follower::wait`]) gives the fill's outcome.
     Streaming(Arc<StreamedResponse>),
     /// The fill is done.
     Done(FillOutcome),
@@ -90,6 +90,16 @@ struct InFlight {
     generation: u64,
     /// Tells this fill from a newer one that replaced it under the same key.
     id: u64,
+}
+
+impl InFlight {
+    /// A new waiter for this fill.
+    fn follower(&self) -> Follower {
+        Follower {
+            receiver: self.receiver.clone(),
+            id: self.id,
+        }
+    }
 }
 
 /// Whether the caller leads a fill or waits for one.
@@ -123,10 +133,7 @@ impl Coalescer {
             && given_up != Some(fill.id)
             && !purged_since(fill.generation)
         {
-            return Role::Follower(Follower {
-                receiver: fill.receiver.clone(),
-                id: fill.id,
-            });
+            return Role::Follower(fill.follower());
         }
         let (sender, receiver) = watch::channel(Progress::Fetching);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -152,10 +159,7 @@ impl Coalescer {
     pub fn follow_existing(&self, key: &str, purged_since: impl FnOnce(u64) -> bool) -> Option<Follower> {
         let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         let fill = inflight.get(key)?;
-        (!purged_since(fill.generation)).then(|| Follower {
-            receiver: fill.receiver.clone(),
-            id: fill.id,
-        })
+        (!purged_since(fill.generation)).then(|| fill.follower())
     }
 
     /// Whether a fill for `key` is in flight.

@@ -700,9 +700,9 @@ pub fn job(layout: Layout, job: &Job, now_ms: u64) -> JobPage {
                     NodeState::Committed => 2,
                 },
                 // A node its group leader served got nothing from the mover itself: say by whom.
-                bytes: match &node.via {
-                    Some(leader) if node.bytes == 0 => format!("via {leader}"),
-                    _ => size(node.bytes),
+                bytes: match node.served_via() {
+                    Some(leader) => format!("via {leader}"),
+                    None => size(node.bytes),
                 },
                 error: node.error.clone().unwrap_or_default(),
             })

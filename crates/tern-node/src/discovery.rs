@@ -300,59 +300,6 @@ fn route_address(channel: &ControlChannel) -> std::io::Result<IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refused_control_messages_and_the_leader_role_are_on_metrics() {
-        let mut election = election_driver::Status {
-            state: crate::election::State::GlIsMe,
-            counters: crate::election::Counters::default(),
-        };
-        election.counters.refused.bad_tag = 3;
-        election.counters.refused.stale = 2;
-        election.counters.elections_won = 1;
-        let mut registration = registration_driver::Status {
-            role: crate::registration::Role::Leader,
-            listed: true,
-            members: Vec::new(),
-            members_known: 0,
-            counters: crate::registration::Counters::default(),
-        };
-        registration.counters.refused.replayed = 4;
-        let metrics = DiscoveryMetrics {
-            election: watch::channel(election).1,
-            registration: watch::channel(registration).1,
-        };
-        let mut registry = prometheus_client::registry::Registry::with_prefix("tern_node");
-        registry.register_collector(Box::new(metrics));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-        for line in [
-            "tern_node_control_refused_total{what=\"election\",reason=\"bad-tag\"} 3",
-            "tern_node_control_refused_total{what=\"election\",reason=\"stale\"} 2",
-            "tern_node_control_refused_total{what=\"registration\",reason=\"replayed\"} 4",
-            "tern_node_elections_won_total 1",
-            "tern_node_group_leader 1",
-        ] {
-            assert!(text.contains(line), "{line} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn resources_are_measured_and_saturate() {
-        let area = std::env::temp_dir();
-        let resources = measure_resources(&area);
-        assert!(resources.cpu_millis <= 1000 * 4096);
-        assert!(
-            resources.free_disk_mib > 0,
-            "the temporary directory's file system has room"
-        );
-        assert_eq!(measure_resources(Path::new("/no/such/root")).free_disk_mib, 0);
-    }
-}
-
 /// The discovery phase's figures on the node's `/metrics` (`tern_node_control_*`, `tern_node_election*`,
 /// `tern_node_group_leader`, `tern_node_registration_*`), read from the election's and the registration's
 /// status as of the request.
@@ -449,5 +396,58 @@ impl prometheus_client::collector::Collector for DiscoveryMetrics {
             MetricType::Counter,
         )?;
         ConstCounter::new(registration.mover_reports_failed).encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_control_messages_and_the_leader_role_are_on_metrics() {
+        let mut election = election_driver::Status {
+            state: crate::election::State::GlIsMe,
+            counters: crate::election::Counters::default(),
+        };
+        election.counters.refused.bad_tag = 3;
+        election.counters.refused.stale = 2;
+        election.counters.elections_won = 1;
+        let mut registration = registration_driver::Status {
+            role: crate::registration::Role::Leader,
+            listed: true,
+            members: Vec::new(),
+            members_known: 0,
+            counters: crate::registration::Counters::default(),
+        };
+        registration.counters.refused.replayed = 4;
+        let metrics = DiscoveryMetrics {
+            election: watch::channel(election).1,
+            registration: watch::channel(registration).1,
+        };
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tern_node");
+        registry.register_collector(Box::new(metrics));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "tern_node_control_refused_total{what=\"election\",reason=\"bad-tag\"} 3",
+            "tern_node_control_refused_total{what=\"election\",reason=\"stale\"} 2",
+            "tern_node_control_refused_total{what=\"registration\",reason=\"replayed\"} 4",
+            "tern_node_elections_won_total 1",
+            "tern_node_group_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn resources_are_measured_and_saturate() {
+        let area = std::env::temp_dir();
+        let resources = measure_resources(&area);
+        assert!(resources.cpu_millis <= 1000 * 4096);
+        assert!(
+            resources.free_disk_mib > 0,
+            "the temporary directory's file system has room"
+        );
+        assert_eq!(measure_resources(Path::new("/no/such/root")).free_disk_mib, 0);
     }
 }

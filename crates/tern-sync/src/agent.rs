@@ -140,9 +140,8 @@ pub enum AgentError {
 impl Agent {
     /// Loads the agent's state.
     pub fn new(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
-        let name = &config.name;
-        if name.is_empty() || name.len() > crate::master::MAX_AGENT_NAME || name.chars().any(char::is_control) {
-            return Err(AgentError::Name(name.len()));
+        if !crate::master::agent_name_is_valid(&config.name) {
+            return Err(AgentError::Name(config.name.len()));
         }
         if !config.dir.is_dir() {
             return Err(AgentError::Dir {

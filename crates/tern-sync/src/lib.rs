@@ -351,6 +351,13 @@ impl AdminRoutes for SyncAdmin {
     }
 }
 
+/// The value of parameter `name` in a URL query (`since=5&log=x`), undecoded; the first if repeated.
+fn query_parameter<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Whether a cache's base URL is only a scheme, host and a port that is one (a trailing `/` allowed).
 fn cache_url_has_no_path(url: &str) -> bool {
     url.parse::<http::Uri>().is_ok_and(|uri| {
@@ -385,9 +392,7 @@ impl SyncAdmin {
     /// for its whole lifetime, silently. That is warned about, once per edge (in the background: the
     /// answer does not wait for name resolution).
     fn note_unknown_edge(&self, client: SocketAddr, query: &str) {
-        let Some(ports) = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("ports="))
+        let Some(ports) = query_parameter(query, "ports")
             .map(|list| {
                 list.split(',')
                     .filter_map(|port| port.parse::<u16>().ok())
@@ -500,9 +505,7 @@ impl SyncAdmin {
     /// `GET /applied?through=N`: how far each cache has applied the change log, for a caller that recorded
     /// purges through position N (the content mover waits for every cache to reach it).
     fn applied(&self, query: &str) -> http::Response<tern_http::Body> {
-        let through = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("through=")?.parse::<u64>().ok());
+        let through = query_parameter(query, "through").and_then(|n| n.parse::<u64>().ok());
         let Some(through) = through else {
             return tern_admin::json_error(
                 http::StatusCode::BAD_REQUEST,
@@ -533,11 +536,7 @@ impl SyncAdmin {
     /// at start-up. A position of another log (or past this log's end, from an edge that does not know
     /// the log's id) answers `reset`: the edge cannot know what changed, so it drops its cache.
     fn changes_since(&self, query: &str) -> http::Response<tern_http::Body> {
-        let parameter = |name: &str| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-        };
+        let parameter = |name: &str| query_parameter(query, name);
         let Some(since) = parameter("since").and_then(|n| n.parse::<u64>().ok()) else {
             return tern_admin::json_error(
                 http::StatusCode::BAD_REQUEST,

@@ -27,6 +27,12 @@ use tracing::{info, warn};
 /// Longest agent name the master takes, in bytes (a host name fits several times over).
 pub const MAX_AGENT_NAME: usize = 255;
 
+/// Whether `name` may name an agent: 1 to [`MAX_AGENT_NAME`] bytes without control characters (it goes
+/// into every record and log line).
+pub fn agent_name_is_valid(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_AGENT_NAME && !name.chars().any(char::is_control)
+}
+
 /// The log's file name in the data directory.
 pub const LOG_FILE: &str = "changes.log";
 
@@ -316,7 +322,7 @@ impl Master {
     pub fn accept(&self, batch: &ChangeBatch) -> Result<Accepted, Reject> {
         // The name goes into every record and log line: a key holder could otherwise make each of them
         // half a megabyte, or break the log's lines.
-        if batch.agent.is_empty() || batch.agent.len() > MAX_AGENT_NAME || batch.agent.chars().any(char::is_control) {
+        if !agent_name_is_valid(&batch.agent) {
             return Err(Reject {
                 reason: "agent-name".into(),
                 message: format!(

@@ -609,6 +609,14 @@ pub struct JobNode {
     pub via: Option<String>,
 }
 
+impl JobNode {
+    /// Who passed the assignment on to it, when the mover itself sent it nothing: what a listing shows
+    /// in place of its bytes (`via a0`).
+    pub fn served_via(&self) -> Option<&str> {
+        self.via.as_deref().filter(|_| self.bytes == 0)
+    }
+}
+
 /// A node's registration (seed 004: registration with the CCM), sent at start and then periodically.
 /// Only `name` and `url` are required.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -182,9 +182,9 @@ pub async fn run_job_fresh(
             if seen.get(&node.node) != Some(&node.state) {
                 let error = node.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default();
                 // A node its group leader served got nothing from the mover itself: say by whom.
-                let delivered = match &node.via {
-                    Some(leader) if node.bytes == 0 => format!("via {leader}"),
-                    _ => human_bytes(node.bytes),
+                let delivered = match node.served_via() {
+                    Some(leader) => format!("via {leader}"),
+                    None => human_bytes(node.bytes),
                 };
                 lines.push(format!("  {:16} {:10} {:>10}{error}", node.node, node.state, delivered));
                 seen.insert(node.node.clone(), node.state);

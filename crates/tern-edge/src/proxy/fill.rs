@@ -546,7 +546,8 @@ impl Tee {
             url,
         } = self;
         let mut received = 0u64;
-        let mut client_open = sender.is_some();
+        // `None` once the client went away (or when it reads `shared`).
+        let mut sender = sender;
         let mut held: Option<Bytes> = None;
         // `Err(None)`: the client went away and the fill could not go on without it.
         let ended: Result<(), Option<BodyFailure>> = loop {
@@ -572,14 +573,14 @@ impl Tee {
                             shared.0.room().await;
                             // The write just made has waited for the one before it: `previous` is in the file.
                             shared.0.push(previous, fill.writes_to_disk());
-                        } else if let Some(sender) = sender.as_ref().filter(|_| client_open)
-                            && sender.send(Ok(previous)).await.is_err()
+                        } else if let Some(client) = &sender
+                            && client.send(Ok(previous)).await.is_err()
                         {
-                            client_open = false;
+                            sender = None;
                         }
                     }
                     let followed = shared.as_ref().is_some_and(|shared| shared.0.has_readers());
-                    if !client_open && !fill.is_viable() && !followed {
+                    if sender.is_none() && !fill.is_viable() && !followed {
                         break Err(None);
                     }
                 }
@@ -610,8 +611,8 @@ impl Tee {
         if let Some(shared) = &shared {
             match &reason {
                 None => {
-                    if let Some(last) = &held {
-                        shared.0.push(last.clone(), stored.is_ok());
+                    if let Some(last) = held.take() {
+                        shared.0.push(last, stored.is_ok());
                     }
                     shared.0.end(Ok(()));
                 }
@@ -627,7 +628,7 @@ impl Tee {
                 None => FillOutcome::of(&stored),
             });
         }
-        if let Some(sender) = sender.filter(|_| client_open) {
+        if let Some(sender) = sender {
             match reason {
                 None => {
                     if let Some(last) = held {

@@ -29,10 +29,10 @@ impl Edge {
         let mut collapsed = false;
         // The fill this request gave up waiting for (it leads a new one rather than join it again).
         let mut given_up = None;
-        // The coalescing key: the URL's, or, once a fill in flight turned out to be another variant than
-        // this request selects, the URL's with this request's variant, so that the requests for one variant
-        // share one fetch while the other streams.
-        let mut coalesce_key = primary.clone();
+        // Once a fill in flight turned out to be another variant than this request selects: the URL's key
+        // with this request's variant, which it coalesces under instead of the URL's, so that the requests
+        // for one variant share one fetch while the other streams.
+        let mut variant_key: Option<String> = None;
         for _ in 0..MAX_COALESCED_ROUNDS {
             let now = self.clock.now();
             let hit = self.store.find(&primary, &request.headers);
@@ -123,7 +123,7 @@ impl Edge {
             let ticket = self.store.fetch_ticket();
             let store = &self.store;
             match self.coalescer.join_unless(
-                &coalesce_key,
+                variant_key.as_deref().unwrap_or(&primary),
                 ticket.generation(),
                 |since| store.purged_since(since, &primary),
                 given_up,
@@ -146,12 +146,12 @@ impl Edge {
                         Joined::Streaming(streamed) => match self.follow(&request, &streamed, forward) {
                             Ok(response) => return response,
                             // Another variant: join, or lead, the fetch of this request's own.
-                            Err(NotFollowed::OtherVariant) if coalesce_key == primary => {
+                            Err(NotFollowed::OtherVariant) if variant_key.is_none() => {
                                 self.metrics.coalesced_stream("other-response");
-                                coalesce_key = format!(
+                                variant_key = Some(format!(
                                     "{primary}\n{}",
                                     tern_http_cache::variant_of(&streamed.vary, &request.headers)
-                                );
+                                ));
                                 continue;
                             }
                             // A response to validate first (or a variant's fill that is yet another

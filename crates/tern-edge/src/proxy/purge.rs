@@ -98,7 +98,7 @@ impl Edge {
     /// restart.
     fn note_sync_position(&self, headers: &http::HeaderMap) {
         if let Some(seq) = headers
-            .get("tern-sync-seq")
+            .get(tern_wire::sync::SEQ_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
         {
