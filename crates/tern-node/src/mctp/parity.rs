@@ -323,7 +323,7 @@ mod tests {
             let parity_count = 24;
             let parity = encoder.encode(&refs, parity_count, shard_len).expect("encode");
             let lost: Vec<usize> = (0..source_count)
-                .filter(|_| rng.next_u64() % 4 == 0)
+                .filter(|_| rng.next_u64().is_multiple_of(4))
                 .take(parity_count)
                 .collect();
             // Any parity numbers, as many as lost, in any order, some given twice.
