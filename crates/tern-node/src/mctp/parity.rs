@@ -351,4 +351,31 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn frames_out_of_range_empty_or_too_long_are_ignored_or_refused_without_a_panic() {
+        let mut decoder = BlockDecoder::new();
+        let long = vec![7u8; 500];
+        let empty: &[u8] = &[];
+        // Empty and over-long frames, indexes past the block and past the parity numbers.
+        let sources = [(0, empty), (1, &long[..]), (9, &long[..]), (usize::MAX, empty)];
+        let parity = [
+            (0, &long[..]),
+            (0, empty),
+            (300, &long[..]),
+            (usize::MAX, empty),
+            (1, empty),
+        ];
+        let rebuilt = decoder
+            .decode(4, 8, 100, sources, parity)
+            .expect("two lost, two parity frames");
+        assert_eq!(rebuilt.iter().map(|(index, _)| *index).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(rebuilt.iter().all(|(_, shard)| shard.len() == 100));
+        // Nothing usable: a clear error.
+        assert!(decoder.decode(4, 8, 100, [(7, empty)], [(200, empty)]).is_err());
+        // A zero-length shard and a code GF(2^8) cannot make.
+        assert!(decoder.decode(2, 2, 0, [(0, empty)], [(0, empty)]).is_ok());
+        assert!(decoder.decode(200, 100, 10, [(0, empty)], [(0, empty)]).is_err());
+        assert!(decoder.decode(0, 4, 10, [(0, empty)], [(0, empty)]).is_err());
+    }
 }
