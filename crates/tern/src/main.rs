@@ -1780,7 +1780,13 @@ fn data_channel_settings(args: &NodeArgs) -> Result<Option<tern_node::mctp::driv
     };
     bounded("--data-report-interval", args.data.data_report_interval, 10, 60)?;
     bounded("--data-report-delay", args.data.data_report_delay, 10, 60)?;
-    let segment = args.segment.segment.as_deref().unwrap_or("lan");
+    // Sessions on the data channel are the segment's group leader's, sent to the members registered
+    // with it: a node outside any segment would listen and never be sent anything.
+    let Some(segment) = args.segment.segment.as_deref() else {
+        anyhow::bail!(
+            "--data-channel {group} needs --segment NAME and --control-channel GROUP:PORT: the data channel carries the segment's group leader's sessions to the members registered with it"
+        );
+    };
     let mut settings = tern_node::mctp::driver::DataChannelSettings::new(group, segment);
     settings.interface = args
         .segment

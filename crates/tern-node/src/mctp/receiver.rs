@@ -92,6 +92,16 @@ struct MemberSession {
     pass: u16,
     timers: BTreeMap<TimerKind, Instant>,
     applied: Option<ApplyReport>,
+    /// When the member first heard of it.
+    heard: Instant,
+}
+
+impl MemberSession {
+    /// Received and applied (or not) by the node: what is left is answering for it, which the node's
+    /// record of applied assignments does as well once the session is forgotten.
+    fn finished(&self) -> bool {
+        matches!(self.reception, Reception::Complete) && self.applied.is_some()
+    }
 }
 
 /// The answer to a request for the apply report of a session the member does not follow, due at `at`.
@@ -183,6 +193,27 @@ impl Receiver {
         }
     }
 
+    /// Makes room for a new session: forgets the finished session heard of first, preferring one whose
+    /// apply report went already (no timer left). A publish is two sessions (prepare and commit), so
+    /// without this a member refused every session after [`ReceiverConfig::max_sessions`] finished ones
+    /// until the driver's sweep forgot them, ten minutes later. Returns whether one was forgotten.
+    fn forget_oldest_finished(&mut self) -> bool {
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.finished())
+            .min_by_key(|(_, session)| (!session.timers.is_empty(), session.heard))
+            .map(|(assignment, _)| *assignment);
+        match oldest {
+            Some(assignment) => {
+                debug!(assignment, "finished session forgotten to follow a new one");
+                self.forget(assignment);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Handles one input and says what to do.
     pub fn handle(&mut self, input: ReceiverInput<'_>, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
@@ -221,7 +252,7 @@ impl Receiver {
             session.leader = leader;
             return;
         }
-        if self.sessions.len() >= self.config.max_sessions {
+        if self.sessions.len() >= self.config.max_sessions && !self.forget_oldest_finished() {
             self.counters.refuse("too-many-sessions");
             return;
         }
@@ -255,6 +286,7 @@ impl Receiver {
                 pass,
                 timers: BTreeMap::new(),
                 applied: None,
+                heard: now,
             },
         );
         if already_held {

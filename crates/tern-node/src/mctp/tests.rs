@@ -728,6 +728,69 @@ impl Spool for NoSpool {
     }
 }
 
+/// A member that ran for a while: a publish is two sessions, and sessions are swept ten minutes after
+/// they were heard of, so a member refused every session after sixteen finished ones (found by a
+/// trial: every publish after the eighth in ten minutes went by unicast after ten empty passes).
+#[test]
+fn a_member_follows_any_number_of_sessions_one_after_another() {
+    let mut now = Instant::now();
+    let mut member = Receiver::new(
+        ReceiverConfig::new(identity("m1", 1)),
+        Box::new(NoSpool),
+        1,
+        now,
+        UNIX_MS,
+    )
+    .expect("receiver");
+    for assignment in 1..=40u64 {
+        let announcement = Announcement {
+            assignment,
+            size: 50,
+            name: format!("www-{assignment:06}"),
+            rate: 1000,
+            frame_size: 100,
+            frames: 1,
+            hash: format!("{assignment:064x}"),
+            pass: 1,
+            block_frames: 1,
+            parity_frames: 4,
+        };
+        let message = MctpMessage {
+            segment: "rack-1".into(),
+            sender: "gl".into(),
+            address: identity("gl", 0).address,
+            incarnation: 1,
+            seq: assignment,
+            sent_at_ms: UNIX_MS,
+            body: MctpBody::Announcement(announcement),
+        };
+        member.handle(ReceiverInput::Datagram(&mctp::encode(&key(), &message)), now);
+        let frame = mctp::encode_data(&DataFrame {
+            assignment,
+            pass: 1,
+            id: FrameId::Source(0),
+            data: &[7u8; 50],
+        });
+        let out = member.handle(ReceiverInput::Datagram(&frame), now);
+        assert!(
+            out.iter().any(
+                |output| matches!(output, Output::Event(Event::Received { assignment: a, .. }) if *a == assignment)
+            ),
+            "session {assignment} received: {:?}",
+            member.counters().refused
+        );
+        let input = ReceiverInput::Applied {
+            assignment,
+            applied: true,
+            detail: String::new(),
+        };
+        member.handle(input, now);
+        now += Duration::from_secs(1);
+    }
+    assert_eq!(member.counters().refused.get("too-many-sessions"), None);
+    assert!(member.sessions().len() <= ReceiverConfig::new(identity("m1", 1)).max_sessions);
+}
+
 #[test]
 fn frames_and_announcements_that_do_not_fit_are_ignored_and_counted() {
     let now = Instant::now();

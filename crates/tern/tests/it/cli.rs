@@ -659,6 +659,7 @@ fn node_and_mover_values_that_would_stall_or_never_commit_are_refused_by_flag() 
             "--data-report-delay",
         ),
         (&["--data-channel", "239.192.9.9:0"][..], "--data-channel"),
+        (&["--data-channel", "239.192.9.9:7300"][..], "needs --segment"),
         (&["--superseded-grace", "1000d"][..], "--superseded-grace"),
         (
             &[

@@ -32,6 +32,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the cores' counters are published to the metrics (not after every datagram: at tens of
 /// thousands of frames a second that was the loop's largest cost after the kernel's).
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+/// Refusals are logged at most this often (a flood of junk is counted datagram by datagram in
+/// `/metrics`; the log says it happens).
+const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(60);
+/// Refusals that are part of normal operation, not logged: frames heard before their session's
+/// announcement (a member that joins late), and the `--data-loss` test knob's drops.
+const ROUTINE_REFUSALS: [&str; 2] = ["unannounced", "injected-loss"];
 /// Datagrams taken from the data channel in one turn of the loop once it is readable (the socket is
 /// drained without a new `select!` per datagram).
 const DATA_BATCH: usize = 64;
@@ -73,6 +79,8 @@ pub(super) struct Driver {
     pub(super) limits: MctpLimits,
     pub(super) metrics: Arc<MctpMetrics>,
     pub(super) published: [Counters; 3],
+    /// When refusals were last logged, and the counts then (by reason, all cores together).
+    pub(super) refusals_logged: (Instant, BTreeMap<&'static str, u64>),
 }
 
 impl Driver {
@@ -300,5 +308,43 @@ impl Driver {
         self.metrics.publish(sender, self.sender.counters());
         self.metrics.publish(collector, self.collector.counters());
         self.metrics.publish(receiver, self.receiver.counters());
+        self.log_refusals();
+    }
+
+    /// Once a minute at most: the datagrams refused since the last time, by reason, if any but the
+    /// routine ones (a flood of junk or forged messages on the channel shows in the log, not only in
+    /// `/metrics`).
+    fn log_refusals(&mut self) {
+        let (at, logged) = &mut self.refusals_logged;
+        if at.elapsed() < LOG_REFUSALS_EVERY {
+            return;
+        }
+        let mut now: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for counters in [
+            self.sender.counters(),
+            self.collector.counters(),
+            self.receiver.counters(),
+        ] {
+            for (reason, count) in &counters.refused {
+                *now.entry(reason).or_default() += count;
+            }
+        }
+        let added: Vec<String> = now
+            .iter()
+            .filter(|(reason, _)| !ROUTINE_REFUSALS.contains(reason))
+            .filter_map(|(reason, count)| {
+                let added = count.saturating_sub(logged.get(reason).copied().unwrap_or(0));
+                (added > 0).then(|| format!("{reason}: {added}"))
+            })
+            .collect();
+        if !added.is_empty() {
+            warn!(
+                refused = %added.join(", "),
+                seconds = at.elapsed().as_secs(),
+                "datagrams refused on the data channel (malformed, forged, replayed or out of bounds; tern_node_mctp_refused_total has them by reason)"
+            );
+        }
+        *at = Instant::now();
+        *logged = now;
     }
 }

@@ -424,6 +424,7 @@ pub fn start(
         limits,
         metrics: metrics.clone(),
         published: Default::default(),
+        refusals_logged: (Instant::now(), BTreeMap::new()),
     };
     let token = shutdown.clone();
     let thread = std::thread::Builder::new()
