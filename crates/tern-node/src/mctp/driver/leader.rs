@@ -147,8 +147,32 @@ impl Driver {
 
     /// A session ended: report collection is told, its timers go, goodput is counted and the caller of
     /// `lead` gets the report.
-    pub(super) fn on_session_ended(&mut self, report: SessionReport, now: Instant, outputs: &mut Vec<(Core, Output)>) {
+    pub(super) fn on_session_ended(
+        &mut self,
+        mut report: SessionReport,
+        now: Instant,
+        outputs: &mut Vec<(Core, Output)>,
+    ) {
         let assignment = report.assignment;
+        // A silent member is asked for its apply report by unicast before the unicast path sends it the
+        // assignment (it may hold it, every status report of its lost). One this leader never heard and
+        // that never registered with it cannot be asked: it goes to the unicast path at once. (A leader
+        // elected mid-publish is sent the mover's list of the segment's nodes, which still names the
+        // leader it replaces: report collection asked that dead node, to no address, for 13 s.)
+        let unaddressed: Vec<String> = report
+            .silent
+            .iter()
+            .filter(|member| self.addresses.address(member).is_none())
+            .cloned()
+            .collect();
+        if !unaddressed.is_empty() {
+            info!(
+                assignment = format!("{assignment:016x}"),
+                members = ?unaddressed,
+                "silent in the session and unknown to this leader (not registered, never heard): left to the unicast path"
+            );
+            report.silent.retain(|member| !unaddressed.contains(member));
+        }
         let out = self
             .collector
             .handle(CollectInput::SessionEnded { assignment }, now.into_std());

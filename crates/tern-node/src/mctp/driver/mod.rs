@@ -579,4 +579,63 @@ mod tests {
             channel.stop();
         }
     }
+
+    /// A member named by the caller that this leader never heard and that never registered with it
+    /// (the node a newly elected leader replaces, still in the mover's list): the session leaves it to
+    /// the unicast path at once, and report collection, told so, does not ask it, to no address, for
+    /// its whole schedule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_nobody_knows_the_address_of_goes_to_the_unicast_path_at_once() {
+        let port = 40_000 + ((std::process::id() + 7) % 20_000) as u16;
+        let area = tempfile::tempdir().expect("tempdir");
+        let payload = bytes(200_000);
+        let hash = blake3::hash(&payload).to_hex().to_string();
+        let source = area.path().join("assignment");
+        std::fs::write(&source, &payload).expect("write");
+        let (leader, _) = start(
+            settings(port, 0.0, 1),
+            key(),
+            "gl",
+            &area.path().join("gl"),
+            Arc::default(),
+        )
+        .expect("the leader's channel");
+        let (member, mut received) = start(
+            settings(port, 0.0, 2),
+            key(),
+            "m1",
+            &area.path().join("m1"),
+            Arc::default(),
+        )
+        .expect("a member's channel");
+        let assignment = assignment_id(&hash);
+        let start_session = SessionStart {
+            assignment,
+            name: "www-000002".into(),
+            hash: hash.clone(),
+            size: payload.len() as u64,
+            members: vec!["m1".into(), "gone".into()],
+            source: Box::new(FileSource::open(&source).expect("source")),
+        };
+        let bound = Duration::from_secs(60);
+        let led = tokio::time::timeout(bound, leader.lead(start_session))
+            .await
+            .expect("the session ends")
+            .expect("the session runs");
+        assert_eq!(led.session.left_out(), vec!["gone".to_string()], "{:?}", led.session);
+        leader.excuse(assignment, led.session.left_out()).await;
+        let item = tokio::time::timeout(bound, received.recv())
+            .await
+            .expect("received in time")
+            .expect("received");
+        member.applied(&item, Ok(())).await;
+        let report = tokio::time::timeout(bound, led.collected)
+            .await
+            .expect("collection ends")
+            .expect("collected");
+        assert_eq!(report.applied, vec!["m1".to_string()]);
+        assert!(report.missing.is_empty(), "{report:?}");
+        leader.stop();
+        member.stop();
+    }
 }
