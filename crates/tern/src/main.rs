@@ -547,7 +547,7 @@ struct NodeArgs {
 #[derive(Args, Debug)]
 struct DataChannelArgs {
     /// The data channel: an IPv4 multicast group and port every node of the segment listens to, e.g.
-    /// 239.192.0.2:7300. Needs --cluster-key.
+    /// 239.192.0.2:7300. Needs --segment, --control-channel and --cluster-key.
     #[arg(long, value_name = "GROUP:PORT", requires = "cluster_key")]
     data_channel: Option<std::net::SocketAddrV4>,
     /// The group leader's highest sending rate on the data channel, in Mbit/s (it slows down when

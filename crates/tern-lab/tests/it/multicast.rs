@@ -162,6 +162,11 @@ fn one_segment_of_eight_members_gets_a_50_mb_publish_by_multicast_with_2_percent
             metric(name, "tern_node_mctp_frames_rebuilt") > 0.0,
             "{name} rebuilt the frames it lost from parity frames"
         );
+        // However an assignment came, it is counted (the data channel's were not, found by a trial).
+        assert!(
+            metric(name, "tern_node_assignments") >= metric(name, "tern_node_mctp_received"),
+            "{name} counts the assignments it applied from the data channel"
+        );
     }
     assert!(
         (1.0..=1.6).contains(&copies),

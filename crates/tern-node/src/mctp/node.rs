@@ -60,6 +60,28 @@ pub(crate) async fn apply_received(agent: Arc<NodeAgent>, mut received: mpsc::Re
 /// Checks the spooled copy end to end and applies it. Blocking. Returns the site and whether its `live`
 /// version switched.
 fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> Result<(String, bool), String> {
+    let checked = match verify(agent, entry, announced_hash) {
+        Ok(checked) => checked,
+        Err(reason) => {
+            // Counted as the unicast path counts an assignment it refuses.
+            agent.metrics.assignment("refused");
+            return Err(reason);
+        }
+    };
+    // Once only: the unicast path may have brought (or be applying) the same assignment. Counted in
+    // `tern_node_assignments_total` as the unicast path's are.
+    let application = agent.apply_received(entry, &checked)?;
+    if application.again {
+        debug!(site = %application.site, id = %application.id, "the data channel's copy was applied already");
+    }
+    Ok((
+        application.site,
+        !application.again && application.applied.live.is_some(),
+    ))
+}
+
+/// Checks the spooled copy end to end: the mover's signature, and that it is the assignment announced.
+fn verify(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> Result<Checked, String> {
     let mut file = std::fs::File::open(entry.path()).map_err(|e| format!("spool file: {e}"))?;
     let mut check = StreamCheck::new(&agent.config.limits);
     let mut buffer = vec![0u8; VERIFY_CHUNK];
@@ -77,21 +99,7 @@ fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> R
             checked.hash_hex()
         ));
     }
-    // Once only: the unicast path may have brought (or be applying) the same assignment.
-    let application = agent.applied.apply(
-        &agent.interpreter,
-        entry,
-        &checked,
-        agent.config.decryption_key.as_ref(),
-        &agent.config.limits,
-    )?;
-    if application.again {
-        debug!(site = %application.site, id = %application.id, "the data channel's copy was applied already");
-    }
-    Ok((
-        application.site,
-        !application.again && application.applied.live.is_some(),
-    ))
+    Ok(checked)
 }
 
 /// How a data channel session to a notification's members went.

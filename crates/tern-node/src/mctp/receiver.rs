@@ -23,6 +23,10 @@ use super::stamp::Stamper;
 use super::{Counters, Event, Output, Timer, TimerKind};
 use crate::election::rng::SplitMix64;
 
+/// A session heard of this long ago may be forgotten to follow a new one when
+/// [`ReceiverConfig::max_sessions`] are followed and none is finished.
+pub const STALE_SESSION: Duration = Duration::from_secs(60);
+
 /// Where a session's frames are written: a spool file, so memory stays bounded for any size.
 pub trait Sink: Send {
     /// Writes `data` at `offset` of the assignment.
@@ -194,16 +198,26 @@ impl Receiver {
     }
 
     /// Makes room for a new session: forgets the finished session heard of first, preferring one whose
-    /// apply report went already (no timer left). A publish is two sessions (prepare and commit), so
-    /// without this a member refused every session after [`ReceiverConfig::max_sessions`] finished ones
-    /// until the driver's sweep forgot them, ten minutes later. Returns whether one was forgotten.
-    fn forget_oldest_finished(&mut self) -> bool {
-        let oldest = self
+    /// apply report went already (no timer left); without one, the session heard of first if that was
+    /// [`STALE_SESSION`] ago (one this member never completed: heavy loss, a leader that died; the
+    /// unicast path catches it up). A publish is two sessions (prepare and commit), so without this a
+    /// member refused every session after [`ReceiverConfig::max_sessions`] ones until the driver's
+    /// sweep forgot them, ten minutes later. Returns whether one was forgotten.
+    fn forget_oldest_finished(&mut self, now: Instant) -> bool {
+        let finished = self
             .sessions
             .iter()
             .filter(|(_, session)| session.finished())
             .min_by_key(|(_, session)| (!session.timers.is_empty(), session.heard))
             .map(|(assignment, _)| *assignment);
+        let stale = || {
+            self.sessions
+                .iter()
+                .filter(|(_, session)| now.duration_since(session.heard) >= STALE_SESSION)
+                .min_by_key(|(_, session)| session.heard)
+                .map(|(assignment, _)| *assignment)
+        };
+        let oldest = finished.or_else(stale);
         match oldest {
             Some(assignment) => {
                 debug!(assignment, "finished session forgotten to follow a new one");
@@ -252,7 +266,7 @@ impl Receiver {
             session.leader = leader;
             return;
         }
-        if self.sessions.len() >= self.config.max_sessions && !self.forget_oldest_finished() {
+        if self.sessions.len() >= self.config.max_sessions && !self.forget_oldest_finished(now) {
             self.counters.refuse("too-many-sessions");
             return;
         }

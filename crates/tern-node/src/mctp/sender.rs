@@ -2,7 +2,7 @@
 //! parity frames, and end with all members, a quorum, or the problem (see the module header of
 //! [`super`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,16 @@ pub enum SenderInput<'a> {
     Datagram(&'a [u8]),
     /// A timer the core set is due (early or replaced firings are ignored).
     Timer(Timer),
+    /// Members of a session the GL has no address for (never heard, not registered with it): once a
+    /// pass ended without a word from them they are not waited for, and the session ends as soon as the
+    /// others are complete (they are named among its incomplete members, for the unicast path). A
+    /// member that answers is waited for as any other.
+    Unreachable {
+        /// The session's Content Assignment ID.
+        assignment: u64,
+        /// The members.
+        members: Vec<String>,
+    },
 }
 
 /// How a session ended.
@@ -191,6 +201,8 @@ struct Session {
     frames_sent: u64,
     frames_repaired: u64,
     buffer: Vec<u8>,
+    /// Members the GL has no address for ([`SenderInput::Unreachable`]).
+    unreachable: BTreeSet<String>,
 }
 
 /// What the pump sends next.
@@ -253,6 +265,11 @@ impl Sender {
             SenderInput::Start(start) => self.start(start, now, &mut out),
             SenderInput::Datagram(bytes) => self.on_datagram(bytes, now, &mut out),
             SenderInput::Timer(timer) => self.on_timer(timer, now, &mut out),
+            SenderInput::Unreachable { assignment, members } => {
+                if let Some(session) = self.sessions.get_mut(&assignment) {
+                    session.unreachable.extend(members);
+                }
+            }
         }
         out
     }
@@ -304,6 +321,7 @@ impl Sender {
             best_missing: u64::MAX,
             stalled: 0,
             last_loss: None,
+            unreachable: BTreeSet::new(),
             frames_sent: 0,
             frames_repaired: 0,
             buffer: vec![0; (frame_size as usize).next_multiple_of(2)],
@@ -499,10 +517,9 @@ impl Sender {
         }
         // Everyone asked has answered: no need to wait for the rest of the window.
         let pass = session.announcement.pass;
-        let all_answered = session
-            .members
-            .values()
-            .all(|state| state.status == MemberStatus::Complete || state.reported_pass >= pass);
+        let all_answered = session.members.iter().all(|(name, state)| {
+            state.status == MemberStatus::Complete || state.reported_pass >= pass || session.gone(name, state)
+        });
         if session.phase == Phase::Collecting && all_answered {
             debug!(assignment = report.assignment, pass, "every member asked answered");
             session.timers.remove(&TimerKind::ReportWindow);
@@ -543,6 +560,20 @@ impl Sender {
         let (complete, incomplete) = session.split_members();
         if incomplete.is_empty() {
             self.finish(assignment, Outcome::Complete, out);
+            return;
+        }
+        // Only members that cannot be reached and never answered are left: no pass can help them.
+        if incomplete
+            .iter()
+            .all(|name| session.members.get(name).is_some_and(|state| session.gone(name, state)))
+        {
+            let needed = (quorum_share * session.members.len() as f64).ceil() as usize;
+            let outcome = if complete.len() >= needed.max(1) {
+                Outcome::Quorum { incomplete }
+            } else {
+                Outcome::GaveUp { incomplete }
+            };
+            self.finish(assignment, outcome, out);
             return;
         }
         let missing: u64 = session
@@ -627,6 +658,11 @@ impl Sender {
 }
 
 impl Session {
+    /// A member that cannot be reached and said nothing through a whole pass: not waited for.
+    fn gone(&self, name: &str, state: &MemberState) -> bool {
+        state.status == MemberStatus::Unknown && self.announcement.pass >= 1 && self.unreachable.contains(name)
+    }
+
     fn peek_pending(&self) -> Option<Next> {
         match &self.pending {
             Pending::All { next } => (*next < self.announcement.frames).then_some(Next::Source(*next)),

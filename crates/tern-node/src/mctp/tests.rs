@@ -789,6 +789,49 @@ fn a_member_follows_any_number_of_sessions_one_after_another() {
     }
     assert_eq!(member.counters().refused.get("too-many-sessions"), None);
     assert!(member.sessions().len() <= ReceiverConfig::new(identity("m1", 1)).max_sessions);
+
+    // Sessions never completed (heavy loss, a leader that died) make room once they are a minute old.
+    let start = Instant::now();
+    let mut member = Receiver::new(
+        ReceiverConfig::new(identity("m1", 1)),
+        Box::new(NoSpool),
+        1,
+        start,
+        UNIX_MS,
+    )
+    .expect("receiver");
+    let announce = |member: &mut Receiver, assignment: u64, at: Instant| {
+        let announcement = Announcement {
+            assignment,
+            size: 50,
+            name: format!("www-{assignment:06}"),
+            rate: 1000,
+            frame_size: 100,
+            frames: 1,
+            hash: format!("{assignment:064x}"),
+            pass: 1,
+            block_frames: 1,
+            parity_frames: 4,
+        };
+        let message = MctpMessage {
+            segment: "rack-1".into(),
+            sender: "gl".into(),
+            address: identity("gl", 0).address,
+            incarnation: 1,
+            seq: assignment,
+            sent_at_ms: UNIX_MS + at.duration_since(start).as_millis() as u64,
+            body: MctpBody::Announcement(announcement),
+        };
+        member.handle(ReceiverInput::Datagram(&mctp::encode(&key(), &message)), at);
+    };
+    for assignment in 1..=16 {
+        announce(&mut member, assignment, start);
+    }
+    announce(&mut member, 17, start + Duration::from_secs(1));
+    assert_eq!(member.counters().refused.get("too-many-sessions"), Some(&1));
+    assert!(!member.sessions().contains(&17));
+    announce(&mut member, 18, start + super::receiver::STALE_SESSION);
+    assert!(member.sessions().contains(&18), "{:?}", member.counters().refused);
 }
 
 #[test]

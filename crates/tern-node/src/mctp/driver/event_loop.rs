@@ -36,8 +36,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 /// `/metrics`; the log says it happens).
 const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(60);
 /// Refusals that are part of normal operation, not logged: frames heard before their session's
-/// announcement (a member that joins late), and the `--data-loss` test knob's drops.
-const ROUTINE_REFUSALS: [&str; 2] = ["unannounced", "injected-loss"];
+/// announcement (a member that joins late), the `--data-loss` test knob's drops, and a leader's own
+/// multicast heard back.
+const ROUTINE_REFUSALS: [&str; 3] = ["unannounced", "injected-loss", "own-message"];
 /// Datagrams taken from the data channel in one turn of the loop once it is readable (the socket is
 /// drained without a new `select!` per datagram).
 const DATA_BATCH: usize = 64;
@@ -165,7 +166,11 @@ impl Driver {
                     }
                     Err(error) => debug!(%error, "data channel receive failed"),
                 },
-                _ = sweep.tick() => self.sweep(),
+                _ = sweep.tick() => {
+                    self.sweep();
+                    // Also when nothing arrives: the last burst is told within a sweep.
+                    self.log_refusals();
+                }
                 () = std::future::ready(()), if gathering => {
                     gathering = self.gather(&data_direct, &mut data_buffer, &mut outputs);
                     // Lets the runtime look at the sockets and timers without parking.
@@ -341,7 +346,7 @@ impl Driver {
             warn!(
                 refused = %added.join(", "),
                 seconds = at.elapsed().as_secs(),
-                "datagrams refused on the data channel (malformed, forged, replayed or out of bounds; tern_node_mctp_refused_total has them by reason)"
+                "datagrams refused on the data channel (by reason; tern_node_mctp_refused_total has every count)"
             );
         }
         *at = Instant::now();

@@ -106,8 +106,24 @@ impl Driver {
             .collector
             .handle(CollectInput::Start { assignment, members }, now.into_std());
         outputs.extend(out.into_iter().map(|output| (Core::Collector, output)));
+        let unreachable: Vec<String> = start
+            .members
+            .iter()
+            .filter(|member| self.addresses.address(member).is_none())
+            .cloned()
+            .collect();
         let out = self.sender.handle(SenderInput::Start(start), now.into_std());
         outputs.extend(out.into_iter().map(|output| (Core::Sender, output)));
+        if !unreachable.is_empty() {
+            // Not registered with this leader nor heard by it yet: if they stay silent through the
+            // first pass, the session does not wait for them (a member that answers is heard).
+            let input = SenderInput::Unreachable {
+                assignment,
+                members: unreachable,
+            };
+            let out = self.sender.handle(input, now.into_std());
+            outputs.extend(out.into_iter().map(|output| (Core::Sender, output)));
+        }
         if !self.sender.sessions().contains(&assignment)
             && !outputs
                 .iter()

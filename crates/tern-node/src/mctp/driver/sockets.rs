@@ -27,11 +27,11 @@ pub(super) fn bind_data(settings: &DataChannelSettings) -> io::Result<StdUdpSock
     tune_socket(settings, &socket)?;
     // Linux reports twice what it grants (the bookkeeping's share); less than asked means the kernel's
     // cap, and a member that falls that far behind loses frames and waits for the next pass.
-    if let Ok(granted) = socket.recv_buffer_size()
-        && granted < settings.socket_buffer
+    if let Ok(reported) = socket.recv_buffer_size()
+        && reported / 2 < settings.socket_buffer
     {
         tracing::warn!(
-            granted_bytes = granted,
+            granted_bytes = reported / 2,
             asked_bytes = settings.socket_buffer,
             "the data channel's receive buffer is smaller than asked (net.core.rmem_max caps it): a member that falls behind by more loses frames and waits for repairs; raise the cap, e.g. sysctl -w net.core.rmem_max={}",
             settings.socket_buffer
