@@ -563,16 +563,11 @@ impl Sender {
             return;
         }
         // Only members that cannot be reached and never answered are left: no pass can help them.
-        if incomplete
+        let only_gone = incomplete
             .iter()
-            .all(|name| session.members.get(name).is_some_and(|state| session.gone(name, state)))
-        {
-            let needed = (quorum_share * session.members.len() as f64).ceil() as usize;
-            let outcome = if complete.len() >= needed.max(1) {
-                Outcome::Quorum { incomplete }
-            } else {
-                Outcome::GaveUp { incomplete }
-            };
+            .all(|name| session.members.get(name).is_some_and(|state| session.gone(name, state)));
+        if only_gone {
+            let outcome = quorum_outcome(quorum_share, session.members.len(), &complete, incomplete);
             self.finish(assignment, outcome, out);
             return;
         }
@@ -592,12 +587,7 @@ impl Sender {
             session.stalled += 1;
         }
         if session.stalled >= stall_passes || session.announcement.pass == u16::MAX {
-            let needed = (quorum_share * session.members.len() as f64).ceil() as usize;
-            let outcome = if complete.len() >= needed.max(1) {
-                Outcome::Quorum { incomplete }
-            } else {
-                Outcome::GaveUp { incomplete }
-            };
+            let outcome = quorum_outcome(quorum_share, session.members.len(), &complete, incomplete);
             self.finish(assignment, outcome, out);
             return;
         }
@@ -654,6 +644,17 @@ impl Sender {
             final_rate: session.rate,
             silent,
         })));
+    }
+}
+
+/// A session that stops short of every member: a quorum if at least `quorum_share` of the `members`
+/// are complete (and at least one), else the problem the GL reports.
+fn quorum_outcome(quorum_share: f64, members: usize, complete: &[String], incomplete: Vec<String>) -> Outcome {
+    let needed = (quorum_share * members as f64).ceil() as usize;
+    if complete.len() >= needed.max(1) {
+        Outcome::Quorum { incomplete }
+    } else {
+        Outcome::GaveUp { incomplete }
     }
 }
 

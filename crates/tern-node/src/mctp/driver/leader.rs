@@ -106,12 +106,7 @@ impl Driver {
             .collector
             .handle(CollectInput::Start { assignment, members }, now.into_std());
         outputs.extend(out.into_iter().map(|output| (Core::Collector, output)));
-        let unreachable: Vec<String> = start
-            .members
-            .iter()
-            .filter(|member| self.addresses.address(member).is_none())
-            .cloned()
-            .collect();
+        let unreachable = self.unaddressed(&start.members);
         let out = self.sender.handle(SenderInput::Start(start), now.into_std());
         outputs.extend(out.into_iter().map(|output| (Core::Sender, output)));
         if !unreachable.is_empty() {
@@ -132,6 +127,15 @@ impl Driver {
             // Refused by the core (counted there): the caller's channels are dropped.
             self.leading.remove(&assignment);
         }
+    }
+
+    /// The `members` this node has no unicast address for: never heard, not registered with it.
+    fn unaddressed(&self, members: &[String]) -> Vec<String> {
+        members
+            .iter()
+            .filter(|member| self.addresses.address(member).is_none())
+            .cloned()
+            .collect()
     }
 
     /// These members are caught up another way: report collection does not wait for them.
@@ -175,12 +179,7 @@ impl Driver {
         // that never registered with it cannot be asked: it goes to the unicast path at once. (A leader
         // elected mid-publish is sent the mover's list of the segment's nodes, which still names the
         // leader it replaces: report collection asked that dead node, to no address, for 13 s.)
-        let unaddressed: Vec<String> = report
-            .silent
-            .iter()
-            .filter(|member| self.addresses.address(member).is_none())
-            .cloned()
-            .collect();
+        let unaddressed = self.unaddressed(&report.silent);
         if !unaddressed.is_empty() {
             info!(
                 assignment = format!("{assignment:016x}"),
