@@ -190,12 +190,11 @@ pub async fn run_job_fresh(
                 seen.insert(node.node.clone(), node.state);
             }
         }
-        let done = job
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.state, NodeState::Committed | NodeState::Failed))
-            .count();
+        let count = |state: NodeState| job.nodes.iter().filter(|n| n.state == state).count();
+        let (committed, failed) = (count(NodeState::Committed), count(NodeState::Failed));
         let sent: u64 = job.nodes.iter().map(|n| n.bytes).sum();
+        // A node served by its group leader counts no bytes of the mover's: "0 B" read as nothing sent.
+        let via_leaders = job.nodes.iter().any(|n| n.served_via().is_some());
         if finished && let Some(unchanged) = unchanged_publish(&client, base, &job).await? {
             if terminal {
                 print!("\r\x1b[2K");
@@ -208,7 +207,14 @@ pub async fn run_job_fresh(
             }
             return Ok(());
         }
-        let bar = progress_bar(job.state, done, job.nodes.len(), sent, job.error.as_deref());
+        let progress = Progress {
+            committed,
+            failed,
+            total: job.nodes.len(),
+            sent,
+            via_leaders,
+        };
+        let bar = progress_bar(job.state, &progress, job.error.as_deref());
         if terminal {
             // Clear the bar, print the node lines above it, draw it again.
             let mut out = std::io::stdout();
@@ -314,18 +320,46 @@ async fn wait_fresh(client: &HttpClient, base: &str, id: &str, timeout: Duration
     }
 }
 
-fn progress_bar(state: JobState, done: usize, total: usize, sent: u64, note: Option<&str>) -> String {
+/// A job's nodes so far, for the progress bar.
+struct Progress {
+    committed: usize,
+    failed: usize,
+    total: usize,
+    /// Bytes the mover sent to nodes itself.
+    sent: u64,
+    /// Whether group leaders served some nodes (their bytes are not the mover's).
+    via_leaders: bool,
+}
+
+/// `[####------] 3/4 nodes committed, 1 failed  20.7 MB  state`: the bar fills with the nodes committed.
+fn progress_bar(state: JobState, progress: &Progress, note: Option<&str>) -> String {
     const WIDTH: usize = 30;
-    let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
+    let Progress {
+        committed,
+        failed,
+        total,
+        sent,
+        via_leaders,
+    } = *progress;
+    let filled = (committed * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH);
     let note = match (state, note) {
         (JobState::Queued | JobState::Scheduled, Some(note)) => format!(" ({note})"),
         _ => String::new(),
     };
+    let failed = if failed > 0 {
+        format!(", {failed} failed")
+    } else {
+        String::new()
+    };
+    let bytes = match (sent, via_leaders) {
+        (0, true) => "through group leaders".to_string(),
+        (sent, true) => format!("{} from the mover, the rest through group leaders", human_bytes(sent)),
+        (sent, false) => human_bytes(sent),
+    };
     format!(
-        "[{}{}] {done}/{total} nodes  {}  {state}{note}",
+        "[{}{}] {committed}/{total} nodes committed{failed}  {bytes}  {state}{note}",
         "#".repeat(filled),
         "-".repeat(WIDTH - filled),
-        human_bytes(sent)
     )
 }
 
@@ -490,6 +524,29 @@ pub async fn list_checkpoints(mover: &str, ca: Option<&Path>, site: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job committed on 3 of 4 nodes through group leaders read `4/4 nodes  0 B  failed` (a trial).
+    #[test]
+    fn the_progress_bar_counts_committed_nodes_and_says_who_sent_the_bytes() {
+        let progress = |committed, failed, sent, via_leaders| Progress {
+            committed,
+            failed,
+            total: 4,
+            sent,
+            via_leaders,
+        };
+        let bar = progress_bar(JobState::Failed, &progress(3, 1, 0, true), None);
+        assert!(
+            bar.ends_with("] 3/4 nodes committed, 1 failed  through group leaders  failed"),
+            "{bar}"
+        );
+        assert!(
+            bar.starts_with(&format!("[{}{}]", "#".repeat(22), "-".repeat(8))),
+            "{bar}"
+        );
+        let bar = progress_bar(JobState::Committed, &progress(4, 0, 2048, false), None);
+        assert!(bar.ends_with("] 4/4 nodes committed  2.0 KiB  committed"), "{bar}");
+    }
 
     #[tokio::test]
     async fn a_mover_that_does_not_answer_is_told_from_one_that_refuses() {
