@@ -92,7 +92,6 @@ impl BlockEncoder {
 /// cannot differ.
 #[derive(Default)]
 pub struct BlockDecoder {
-    codes: Codes,
     /// Parity rows by (source frames, parity frames): row `n` (`k` bytes from `n * k`) holds the
     /// coefficients of parity frame `n` over the block's source frames.
     rows: HashMap<(usize, usize), Vec<u8>>,
@@ -116,7 +115,8 @@ impl BlockDecoder {
     fn rows(&mut self, source_count: usize, parity_count: usize) -> Result<&[u8], CodingError> {
         let key = (source_count, parity_count);
         if !self.rows.contains_key(&key) {
-            let code = self.codes.get(source_count, parity_count)?;
+            // Made once per block size and not kept: the rows are all the decoder needs of it.
+            let code = ReedSolomon::new(source_count, parity_count)?;
             let units: Vec<Vec<u8>> = (0..source_count)
                 .map(|index| {
                     let mut unit = vec![0u8; source_count];

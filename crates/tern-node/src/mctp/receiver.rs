@@ -220,7 +220,7 @@ impl Receiver {
         let oldest = finished.or_else(stale);
         match oldest {
             Some(assignment) => {
-                debug!(assignment, "finished session forgotten to follow a new one");
+                debug!(assignment, "session forgotten to follow a new one");
                 self.forget(assignment);
                 true
             }

@@ -659,9 +659,10 @@ fn quorum_outcome(quorum_share: f64, members: usize, complete: &[String], incomp
 }
 
 impl Session {
-    /// A member that cannot be reached and said nothing through a whole pass: not waited for.
+    /// A member that cannot be reached and has said nothing: not waited for once a pass ended (the
+    /// callers ask only then: the end of a report window, or a status report while collecting).
     fn gone(&self, name: &str, state: &MemberState) -> bool {
-        state.status == MemberStatus::Unknown && self.announcement.pass >= 1 && self.unreachable.contains(name)
+        state.status == MemberStatus::Unknown && self.unreachable.contains(name)
     }
 
     fn peek_pending(&self) -> Option<Next> {
