@@ -26,9 +26,10 @@
 //!   reports the problem ([`Outcome`] names the members that did not complete).
 //! - [`Receiver`] (a member): keeps a [`bitmap`] of the frames received (any pass, any order,
 //!   duplicates) and writes each frame's data at its offset into a [`Sink`] its [`Spool`] opens, so memory
-//!   stays bounded for any size up to 4 GB; holds parity frames (up to a bound) until a block has as many
-//!   frames as source frames, then reads the block's source frames back from the sink and writes the
-//!   rebuilt ones; answers "complete" at once when it already holds the
+//!   stays bounded for any size up to 4 GB; puts parity frames in the sink too while their block needs
+//!   them; answers "complete" once every block holds as many frames as it has source frames, and hands
+//!   the assignment on with a [`rebuild::RebuildPlan`] that the node carries out as it verifies it
+//!   ([`rebuild`]); answers "complete" at once when it already holds the
 //!   assignment (by hash); a member that joins late drops frames before the announcement it hears and
 //!   later passes fill them. Once the assignment is applied it sends its *apply report* at a random
 //!   multiple of an interval (no "report implosion"), and again when the GL asks. Asked by name for the
@@ -48,6 +49,7 @@ mod config;
 pub mod driver;
 pub(crate) mod node;
 pub mod parity;
+pub mod rebuild;
 mod receiver;
 mod sender;
 #[cfg(test)]
@@ -96,8 +98,9 @@ pub struct Timer {
 pub enum Event {
     /// GL: a session ended.
     SessionEnded(SessionReport),
-    /// Member: every frame arrived and was written; the driver verifies the signed hash and hands the
-    /// assignment to the content interpreter, then gives [`ReceiverInput::Applied`].
+    /// Member: every frame needed arrived and was written; the driver rebuilds the frames of `rebuild`
+    /// as it verifies the signed hash ([`rebuild::rebuild`]), hands the assignment to the content
+    /// interpreter, then gives [`ReceiverInput::Applied`].
     Received {
         /// The Content Assignment ID.
         assignment: u64,
@@ -105,6 +108,8 @@ pub enum Event {
         name: String,
         /// Its signed hash, hex.
         hash: String,
+        /// The lost source frames to rebuild from the parity frames held.
+        rebuild: rebuild::RebuildPlan,
     },
     /// Member: it already held the announced assignment and answered "complete".
     AlreadyHeld {
@@ -169,7 +174,8 @@ pub struct Counters {
     pub multicast_requests: u64,
     /// Member: new source frames received and written.
     pub frames_received: u64,
-    /// Member: source frames rebuilt from parity frames and written.
+    /// Member: lost source frames a complete session hands on to be rebuilt from parity frames (the
+    /// node rebuilds them as it verifies the assignment).
     pub frames_rebuilt: u64,
     /// Member: frames received again.
     pub duplicates: u64,

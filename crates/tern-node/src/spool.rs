@@ -110,6 +110,12 @@ impl Entry {
         self.path.with_extension("plain")
     }
 
+    /// Where a data channel member holds the parity frames it received until it rebuilt the lost frames
+    /// (`crate::mctp::rebuild`); deleted with the entry.
+    pub fn parity_path(&self) -> PathBuf {
+        self.path.with_extension("parity")
+    }
+
     /// How far it is now.
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
@@ -165,9 +171,10 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // Unlinking two files is a metadata operation; a file already gone is fine.
+        // Unlinking files is a metadata operation; a file already gone (or never made) is fine.
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_file(self.plain_path());
+        let _ = std::fs::remove_file(self.parity_path());
     }
 }
 

@@ -1,28 +1,46 @@
 //! Local distribution in the node agent (seed `004_1419c51402506f7e.txt`, "local distribution"): the
-//! member's side — each assignment the data channel received whole is verified (the mover's signature
-//! and the signed hash the GL announced) and handed to the content interpreter exactly as one posted to
+//! member's side — each assignment the data channel received whole has its lost frames rebuilt from the
+//! parity frames held as it is verified (the mover's signature and the signed hash the GL announced;
+//! one read of the spool file does both, [`rebuild`]) and is handed to the content interpreter exactly as one posted to
 //! `POST /assignments` — and the group leader's — one session per assignment for the members of a
 //! notification, whose outcome says who applied it, who failed, and who must be caught up by the unicast
 //! path ([`crate::forward`]).
 
-use std::io::Read;
 use std::sync::Arc;
 
 use tern_wire::assignment::{Checked, StreamCheck};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::driver::{DataChannel, FileSource, Received, assignment_id};
+use super::driver::{DataChannel, FileSource, Received, SpoolRebuild, assignment_id};
+use super::rebuild::{RebuildPlan, rebuild};
 use super::{Outcome, SessionStart};
 use crate::agent::NodeAgent;
 use crate::spool::Entry;
 
-/// Bytes read at a time when verifying a received spool file.
-const VERIFY_CHUNK: usize = 1 << 20;
+/// How much lower than the node's other threads the data channel's apply thread runs (a `nice` value).
+/// Rebuilding, verifying and unpacking a received assignment is background work, CPU-bound for a
+/// second or more with a large one: at normal priority it takes the CPU from the node's serving and from
+/// the data channel's own reading, whose receive buffer then overflows and costs every member a repair
+/// pass (seen in the lab, where members that had finished applying starved those still receiving).
+pub const APPLY_NICENESS: i32 = 10;
 
-/// Takes the assignments the data channel received, verifies and applies each (on the blocking pool),
-/// and tells the channel the result for the apply report; until the agent stops.
+/// An assignment to apply, and where it goes back with its outcome.
+type ApplyWork = (Received, oneshot::Sender<(Received, Result<(String, bool), String>)>);
+
+/// Takes the assignments the data channel received, rebuilds, verifies and applies each, one at a time,
+/// on a thread of lower CPU priority ([`APPLY_NICENESS`]), and tells the channel the result for the
+/// apply report; until the agent stops.
 pub(crate) async fn apply_received(agent: Arc<NodeAgent>, mut received: mpsc::Receiver<Received>) {
+    let (work, queue) = std::sync::mpsc::channel::<ApplyWork>();
+    let worker = agent.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tern-data-apply".into())
+        .spawn(move || apply_thread(&worker, &queue));
+    if let Err(error) = spawned {
+        warn!(%error, "cannot start the data channel's apply thread; received assignments are caught up by unicast");
+        return;
+    }
     loop {
         let item = tokio::select! {
             _ = agent.shutdown.cancelled() => return,
@@ -31,12 +49,16 @@ pub(crate) async fn apply_received(agent: Arc<NodeAgent>, mut received: mpsc::Re
         let Some(item) = item else {
             return;
         };
+        let (answer, applied) = oneshot::channel();
+        if work.send((item, answer)).is_err() {
+            return;
+        }
         let agent = agent.clone();
         tokio::spawn(async move {
-            let (worker, entry, hash) = (agent.clone(), item.entry.clone(), item.hash.clone());
-            let outcome = tokio::task::spawn_blocking(move || verify_and_apply(&worker, &entry, &hash))
-                .await
-                .unwrap_or_else(|error| Err(format!("applying ended: {error}")));
+            // The thread ended (the agent stops): nothing to report.
+            let Ok((item, outcome)) = applied.await else {
+                return;
+            };
             let outcome = match outcome {
                 Ok((site, switched)) => {
                     debug!(transfer = %item.name, %site, "assignment from the data channel applied");
@@ -57,10 +79,31 @@ pub(crate) async fn apply_received(agent: Arc<NodeAgent>, mut received: mpsc::Re
     }
 }
 
-/// Checks the spooled copy end to end and applies it. Blocking. Returns the site and whether its `live`
-/// version switched.
-fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> Result<(String, bool), String> {
-    let checked = match verify(agent, entry, announced_hash) {
+/// The apply thread: lowers its own priority, then applies what comes until the queue closes.
+fn apply_thread(agent: &NodeAgent, queue: &std::sync::mpsc::Receiver<ApplyWork>) {
+    // On Linux a thread id names one thread: only this one is lowered. Failing leaves it as it was.
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), APPLY_NICENESS) {
+        debug!(%error, "the apply thread keeps its priority");
+    }
+    while let Ok((item, answer)) = queue.recv() {
+        // A panic in one apply is that assignment's failure, not the end of the thread.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            verify_and_apply(agent, &item.entry, &item.hash, &item.rebuild)
+        }))
+        .unwrap_or_else(|_| Err("applying it failed unexpectedly (see the log)".to_string()));
+        let _ = answer.send((item, outcome));
+    }
+}
+
+/// Rebuilds the lost frames of the spooled copy, checks it end to end and applies it. Blocking. Returns
+/// the site and whether its `live` version switched.
+fn verify_and_apply(
+    agent: &NodeAgent,
+    entry: &Entry,
+    announced_hash: &str,
+    plan: &RebuildPlan,
+) -> Result<(String, bool), String> {
+    let checked = match verify(agent, entry, announced_hash, plan) {
         Ok(checked) => checked,
         Err(reason) => {
             // Counted as the unicast path counts an assignment it refuses.
@@ -80,18 +123,17 @@ fn verify_and_apply(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> R
     ))
 }
 
-/// Checks the spooled copy end to end: the mover's signature, and that it is the assignment announced.
-fn verify(agent: &NodeAgent, entry: &Entry, announced_hash: &str) -> Result<Checked, String> {
-    let mut file = std::fs::File::open(entry.path()).map_err(|e| format!("spool file: {e}"))?;
+/// Rebuilds the frames of `plan` and checks the spooled copy end to end in one read: the mover's
+/// signature, and that it is the assignment announced. The parity frames are let go of after.
+fn verify(agent: &NodeAgent, entry: &Entry, announced_hash: &str, plan: &RebuildPlan) -> Result<Checked, String> {
+    let mut files = SpoolRebuild::open(entry, plan).map_err(|e| format!("spool file: {e}"))?;
     let mut check = StreamCheck::new(&agent.config.limits);
-    let mut buffer = vec![0u8; VERIFY_CHUNK];
-    loop {
-        let read = file.read(&mut buffer).map_err(|e| format!("spool file: {e}"))?;
-        if read == 0 {
-            break;
-        }
-        check.push(&buffer[..read]).map_err(|e| e.to_string())?;
-    }
+    let walked = rebuild(plan, &mut files, &mut |chunk| {
+        check.push(chunk).map_err(|e| e.to_string())
+    });
+    drop(files);
+    let _ = std::fs::remove_file(entry.parity_path());
+    walked.map_err(|e| e.to_string())?;
     let checked = check.finish(&agent.config.mover_key).map_err(|e| e.to_string())?;
     if checked.hash_hex() != announced_hash {
         return Err(format!(

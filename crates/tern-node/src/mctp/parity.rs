@@ -8,9 +8,9 @@
 //! systematic Vandermonde matrix. So the GL makes only the first numbers a pass needs
 //! ([`BlockEncoder::encode`]), and a member decodes with the code of all of them ([`BlockDecoder`]). The
 //! cost of both is in proportion to the frames repaired (a member that lost one frame of a block of 32
-//! reads 32 frames and computes one), which keeps the members' CPU low on a busy host. A member decodes a
-//! block once it holds `k` of its frames, reading its source frames back from its spool, so that memory
-//! holds one block at a time. Frames shorter than the shard (the assignment's last frame) are padded with
+//! reads 32 frames and computes one), which keeps the members' CPU low on a busy host. A member decodes
+//! after the session, block by block as it reads its spool to verify it ([`super::rebuild`]), so that
+//! memory holds one chunk of blocks at a time. Frames shorter than the shard (the assignment's last frame) are padded with
 //! zeros for coding and cut back to their length after.
 
 use std::collections::HashMap;

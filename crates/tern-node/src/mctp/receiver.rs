@@ -1,7 +1,7 @@
-//! A member's side of local distribution: follow the sessions announced, take frames into a sink, rebuild
-//! blocks from parity frames, answer the GL's status requests with NACK lists (per block, the frames it
-//! still needs), and send the apply report at a random multiple of an interval (see the module header of
-//! [`super`]).
+//! A member's side of local distribution: follow the sessions announced, take frames into a sink (parity
+//! frames too, held for the [`super::rebuild`] after the session), answer the GL's status requests with
+//! NACK lists (per block, the frames it still needs), and send the apply report at a random multiple of an
+//! interval (see the module header of [`super`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::bitmap::Bitmap;
 use super::config::{ConfigError, ReceiverConfig};
-use super::parity::BlockDecoder;
+use super::rebuild::{BlockRebuild, HeldParity, RebuildPlan};
 use super::stamp::Stamper;
 use super::{Counters, Event, Output, Timer, TimerKind};
 use crate::election::rng::SplitMix64;
@@ -31,9 +31,11 @@ pub const STALE_SESSION: Duration = Duration::from_secs(60);
 pub trait Sink: Send {
     /// Writes `data` at `offset` of the assignment.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Reads back bytes written at `offset` (a block's source frames, to rebuild the block).
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// Every frame was written (flush; the driver verifies the signed hash next).
+    /// Keeps a parity frame's data until the rebuild ([`super::rebuild`]); returns the handle the
+    /// rebuild reads it by ([`super::rebuild::RebuildIo::read_parity`]). A block takes parity frames
+    /// only while it needs them, so a session's parity frames are at most its assignment's size.
+    fn hold_parity(&mut self, data: &[u8]) -> io::Result<u64>;
+    /// Every frame needed was written (flush; the driver rebuilds and verifies the signed hash next).
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -74,13 +76,24 @@ pub enum ReceiverInput<'a> {
 
 /// A session's frames so far.
 struct Receiving {
-    /// Source frames received or rebuilt.
+    /// Source frames received.
     received: Bitmap,
-    /// Per block, source frames received or rebuilt.
+    /// Per block, source frames received.
     per_block: Vec<u32>,
-    /// Per block not yet rebuilt, the parity frames held: (parity number, data).
-    parity: BTreeMap<u32, Vec<(u16, Vec<u8>)>>,
+    /// Per block that lacks source frames, the parity frames held (in the sink).
+    parity: BTreeMap<u32, Vec<HeldParity>>,
+    /// Blocks with as many frames (source and parity) as source frames: rebuildable.
+    ready: u32,
     sink: Box<dyn Sink>,
+}
+
+impl Receiving {
+    /// Frames of `block` held, source and parity.
+    fn held(&self, block: u32) -> u32 {
+        let sources = self.per_block.get(block as usize).copied().unwrap_or(0);
+        let parity = self.parity.get(&block).map_or(0, Vec::len) as u32;
+        sources.saturating_add(parity)
+    }
 }
 
 enum Reception {
@@ -125,9 +138,6 @@ pub struct Receiver {
     /// Answers due to requests for the apply reports of sessions not followed (at most
     /// [`ReceiverConfig::max_sessions`]).
     unheard: BTreeMap<u64, UnheardAnswer>,
-    decoder: BlockDecoder,
-    /// Bytes of parity frames held, all sessions together.
-    parity_bytes: usize,
     counters: Counters,
 }
 
@@ -161,8 +171,6 @@ impl Receiver {
             spool,
             sessions: BTreeMap::new(),
             unheard: BTreeMap::new(),
-            decoder: BlockDecoder::new(),
-            parity_bytes: 0,
             counters: Counters::default(),
         })
     }
@@ -172,10 +180,16 @@ impl Receiver {
         &self.counters
     }
 
-    /// Frames still missing in a session it follows (`None`: not followed; 0: complete).
+    /// Frames still needed in a session it follows, source or parity (`None`: not followed; 0:
+    /// complete).
     pub fn missing(&self, assignment: u64) -> Option<u32> {
         self.sessions.get(&assignment).map(|session| match &session.reception {
-            Reception::Receiving(receiving) => receiving.received.len() - receiving.received.count(),
+            Reception::Receiving(receiving) => (0..session.announcement.blocks())
+                .map(|block| {
+                    let (_, source_frames) = session.announcement.block_span(block);
+                    source_frames.saturating_sub(receiving.held(block))
+                })
+                .sum(),
             Reception::Complete => 0,
         })
     }
@@ -188,13 +202,7 @@ impl Receiver {
     /// Stops following a session (after its assignment was applied and reported, or abandoned).
     pub fn forget(&mut self, assignment: u64) {
         self.unheard.remove(&assignment);
-        if let Some(MemberSession {
-            reception: Reception::Receiving(receiving),
-            ..
-        }) = self.sessions.remove(&assignment)
-        {
-            self.parity_bytes = self.parity_bytes.saturating_sub(held_bytes(&receiving));
-        }
+        self.sessions.remove(&assignment);
     }
 
     /// Makes room for a new session: forgets the finished session heard of first, preferring one whose
@@ -278,6 +286,7 @@ impl Receiver {
                     received: Bitmap::new(announcement.frames),
                     per_block: vec![0; announcement.blocks() as usize],
                     parity: BTreeMap::new(),
+                    ready: 0,
                     sink,
                 }),
                 Err(error) => {
@@ -332,11 +341,9 @@ impl Receiver {
             FrameId::Source(sequence) => self.on_source(&frame, sequence),
             FrameId::Parity { block, index } => self.on_parity(&frame, block, index),
         };
-        let Some(block) = block else {
-            return;
-        };
-        self.rebuild(frame.assignment, block);
-        self.finish_if_full(frame.assignment, out);
+        if block.is_some() {
+            self.finish_if_full(frame.assignment, out);
+        }
     }
 
     /// Writes a new source frame; returns its block.
@@ -366,16 +373,24 @@ impl Receiver {
         }
         receiving.received.insert(sequence);
         let block = session.announcement.block_of(sequence);
+        let (_, source_frames) = session.announcement.block_span(block);
+        let was_ready = receiving.held(block) >= source_frames;
         if let Some(count) = receiving.per_block.get_mut(block as usize) {
             *count += 1;
+        }
+        if receiving.per_block.get(block as usize).copied().unwrap_or(0) >= source_frames {
+            // Whole without parity: what was held for it is not needed.
+            receiving.parity.remove(&block);
+        }
+        if !was_ready && receiving.held(block) >= source_frames {
+            receiving.ready += 1;
         }
         self.counters.frames_received += 1;
         Some(block)
     }
 
-    /// Holds a new parity frame of a block not yet whole; returns the block.
+    /// Holds a new parity frame of a block that still needs frames; returns the block.
     fn on_parity(&mut self, frame: &DataFrame<'_>, block: u32, index: u16) -> Option<u32> {
-        let max_parity_bytes = self.config.max_parity_bytes;
         let session = self.sessions.get_mut(&frame.assignment)?;
         let announcement = &session.announcement;
         if block >= announcement.blocks() {
@@ -395,113 +410,36 @@ impl Receiver {
             self.counters.duplicates += 1;
             return None;
         };
-        let whole = receiving.per_block.get(block as usize).copied().unwrap_or(0) >= source_frames;
+        let ready = receiving.held(block) >= source_frames;
         let held_already = receiving
             .parity
             .get(&block)
-            .is_some_and(|held| held.iter().any(|(number, _)| *number == index));
-        if whole || held_already {
+            .is_some_and(|held| held.iter().any(|parity| parity.number == index));
+        if ready || held_already {
             self.counters.duplicates += 1;
             return None;
         }
-        if self.parity_bytes + frame.data.len() > max_parity_bytes {
-            self.counters.refuse("parity-over-budget");
-            return None;
-        }
+        let handle = match receiving.sink.hold_parity(frame.data) {
+            Ok(handle) => handle,
+            Err(error) => {
+                warn!(assignment = frame.assignment, %error, "cannot spool a parity frame");
+                self.counters.refuse("sink-error");
+                return None;
+            }
+        };
         receiving
             .parity
             .entry(block)
             .or_default()
-            .push((index, frame.data.to_vec()));
-        self.parity_bytes += frame.data.len();
+            .push(HeldParity { number: index, handle });
+        if receiving.held(block) >= source_frames {
+            receiving.ready += 1;
+        }
         Some(block)
     }
 
-    /// Rebuilds `block` when its source frames and parity frames held are as many as its source frames:
-    /// its source frames are read back from the sink, the missing ones decoded and written.
-    fn rebuild(&mut self, assignment: u64, block: u32) {
-        let Some(session) = self.sessions.get_mut(&assignment) else {
-            return;
-        };
-        let Reception::Receiving(receiving) = &mut session.reception else {
-            return;
-        };
-        let announcement = &session.announcement;
-        let (first, source_frames) = announcement.block_span(block);
-        let have = receiving.per_block.get(block as usize).copied().unwrap_or(0);
-        let held = receiving.parity.get(&block).map_or(0, Vec::len) as u32;
-        if have >= source_frames {
-            // Whole without parity: what was held for it is no longer needed.
-            if let Some(parity) = receiving.parity.remove(&block) {
-                self.parity_bytes = self.parity_bytes.saturating_sub(parity_len(&parity));
-            }
-            return;
-        }
-        if have + held < source_frames {
-            return;
-        }
-        let parity = receiving.parity.remove(&block).unwrap_or_default();
-        self.parity_bytes = self.parity_bytes.saturating_sub(parity_len(&parity));
-        // The block's bytes in one read (the slots of frames not received are read too, and not used).
-        let block_offset = announcement.frame_offset(first);
-        let block_len = announcement
-            .size
-            .saturating_sub(block_offset)
-            .min(u64::from(source_frames) * u64::from(announcement.frame_size)) as usize;
-        let mut block_bytes = vec![0; block_len];
-        if let Err(error) = receiving.sink.read_at(block_offset, &mut block_bytes) {
-            warn!(assignment, %error, "cannot read a spooled block back");
-            self.counters.refuse("sink-error");
-            return;
-        }
-        let frame_size = announcement.frame_size as usize;
-        let sources = (0..source_frames)
-            .filter(|index| receiving.received.get(first + index))
-            .map(|index| {
-                let start = index as usize * frame_size;
-                let end = (start + frame_size).min(block_bytes.len());
-                (index as usize, &block_bytes[start..end])
-            });
-        let rebuilt = self.decoder.decode(
-            source_frames as usize,
-            announcement.parity_frames as usize,
-            announcement.parity_len(),
-            sources,
-            parity
-                .iter()
-                .map(|(index, data)| (usize::from(*index), data.as_slice())),
-        );
-        let rebuilt = match rebuilt {
-            Ok(rebuilt) => rebuilt,
-            Err(error) => {
-                warn!(assignment, block, %error, "cannot rebuild a block");
-                self.counters.refuse("decode-error");
-                return;
-            }
-        };
-        for (index, shard) in rebuilt {
-            let sequence = first + index as u32;
-            let len = announcement.frame_len(sequence).unwrap_or(0);
-            if receiving.received.get(sequence) || shard.len() < len {
-                continue;
-            }
-            if let Err(error) = receiving
-                .sink
-                .write_at(announcement.frame_offset(sequence), &shard[..len])
-            {
-                warn!(assignment, %error, "cannot spool a rebuilt frame");
-                self.counters.refuse("sink-error");
-                return;
-            }
-            receiving.received.insert(sequence);
-            if let Some(count) = receiving.per_block.get_mut(block as usize) {
-                *count += 1;
-            }
-            self.counters.frames_rebuilt += 1;
-        }
-    }
-
-    /// Every frame is in: the sink is finished and the assignment handed on.
+    /// Every block is whole or holds enough parity frames to be rebuilt: the sink is finished and the
+    /// assignment handed on with its [`RebuildPlan`] (the node rebuilds as it verifies).
     fn finish_if_full(&mut self, assignment: u64, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.get_mut(&assignment) else {
             return;
@@ -509,7 +447,7 @@ impl Receiver {
         let Reception::Receiving(receiving) = &mut session.reception else {
             return;
         };
-        if !receiving.received.is_full() {
+        if receiving.ready < session.announcement.blocks() {
             return;
         }
         if let Err(error) = receiving.sink.finish() {
@@ -517,13 +455,29 @@ impl Receiver {
             self.counters.refuse("sink-error");
             return;
         }
-        self.parity_bytes = self.parity_bytes.saturating_sub(held_bytes(receiving));
+        let announcement = &session.announcement;
+        let blocks: Vec<BlockRebuild> = std::mem::take(&mut receiving.parity)
+            .into_iter()
+            .filter_map(|(block, parity)| {
+                let (first, source_frames) = announcement.block_span(block);
+                let lost: Vec<u32> = (0..source_frames)
+                    .filter(|index| !receiving.received.get(first + index))
+                    .collect();
+                (!lost.is_empty()).then_some(BlockRebuild { block, lost, parity })
+            })
+            .collect();
+        let plan = RebuildPlan {
+            announcement: announcement.clone(),
+            blocks,
+        };
+        self.counters.frames_rebuilt += plan.frames();
         session.reception = Reception::Complete;
-        debug!(assignment, "every frame received");
+        debug!(assignment, rebuild = plan.frames(), "every frame needed received");
         out.push(Output::Event(Event::Received {
             assignment,
             name: session.announcement.name.clone(),
             hash: session.announcement.hash.clone(),
+            rebuild: plan,
         }));
     }
 
@@ -699,11 +653,9 @@ impl Receiver {
 fn nacks(announcement: &Announcement, receiving: &Receiving, max_blocks: usize) -> Status {
     let mut blocks = Vec::new();
     let mut count: u32 = 0;
-    for (block, have) in receiving.per_block.iter().enumerate() {
-        let block = block as u32;
+    for block in 0..announcement.blocks() {
         let (_, source_frames) = announcement.block_span(block);
-        let held = receiving.parity.get(&block).map_or(0, Vec::len) as u32;
-        let missing = source_frames.saturating_sub(have.saturating_add(held));
+        let missing = source_frames.saturating_sub(receiving.held(block));
         if missing == 0 {
             continue;
         }
@@ -713,12 +665,4 @@ fn nacks(announcement: &Announcement, receiving: &Receiving, max_blocks: usize) 
         }
     }
     Status::Missing { blocks, count }
-}
-
-fn parity_len(parity: &[(u16, Vec<u8>)]) -> usize {
-    parity.iter().map(|(_, data)| data.len()).sum()
-}
-
-fn held_bytes(receiving: &Receiving) -> usize {
-    receiving.parity.values().map(|parity| parity_len(parity)).sum()
 }

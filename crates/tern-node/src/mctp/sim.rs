@@ -13,6 +13,7 @@ use tern_wire::SecretKey;
 use tern_wire::frame;
 use tern_wire::mctp::{self, Announcement, FrameId, KIND_APPLY_REPORT};
 
+use super::rebuild::{self, RebuildIo};
 use super::{
     AssignmentStatusReport, CollectConfig, CollectInput, Collector, Event, Identity, MemberAddresses, Output, Receiver,
     ReceiverConfig, ReceiverInput, Sender, SenderConfig, SenderInput, SessionReport, SessionStart, Sink, Spool, Timer,
@@ -53,16 +54,23 @@ pub(super) fn hash_of(bytes: &[u8]) -> String {
 /// Spooled assignments of one member, by assignment id.
 pub(super) type Files = Arc<Mutex<BTreeMap<u64, Vec<u8>>>>;
 
+/// Parity frames a member held, by handle.
+pub(super) type Parity = Arc<Mutex<Vec<Vec<u8>>>>;
+
 struct MemSpool {
     held: Vec<String>,
     files: Files,
     writes: Writes,
+    parity: Parity,
 }
 
+/// A member's spooled copy of one assignment and its parity frames: the core's sink, and what the
+/// rebuild reads and writes (as the driver's spool file and parity file are).
 struct MemSink {
     assignment: u64,
     files: Files,
     writes: Writes,
+    parity: Parity,
 }
 
 /// The offsets a member's sink was written at, in order.
@@ -81,6 +89,27 @@ impl Sink for MemSink {
             .lock()
             .map_err(|_| io::Error::other("poisoned"))?
             .push(offset);
+        Ok(())
+    }
+
+    fn hold_parity(&mut self, data: &[u8]) -> io::Result<u64> {
+        let mut parity = self.parity.lock().map_err(|_| io::Error::other("poisoned"))?;
+        parity.push(data.to_vec());
+        Ok(parity.len() as u64 - 1)
+    }
+}
+
+impl RebuildIo for MemSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        Sink::write_at(self, offset, data)
+    }
+
+    fn read_parity(&mut self, handle: u64, buf: &mut [u8]) -> io::Result<()> {
+        let parity = self.parity.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let held = parity
+            .get(usize::try_from(handle).map_err(io::Error::other)?)
+            .ok_or_else(|| io::Error::other("no such parity frame"))?;
+        buf.copy_from_slice(held);
         Ok(())
     }
 
@@ -114,6 +143,7 @@ impl Spool for MemSpool {
             assignment: announcement.assignment,
             files: self.files.clone(),
             writes: self.writes.clone(),
+            parity: self.parity.clone(),
         }))
     }
 }
@@ -156,8 +186,10 @@ pub(super) struct Segment {
     configs: Vec<ReceiverConfig>,
     held: Vec<Vec<String>>,
     pub(super) files: Vec<Files>,
-    /// Per member, the offsets its sink was written at.
+    /// Per member, the offsets its sink (or its rebuild) was written at.
     pub(super) writes: Vec<Writes>,
+    /// Per member, the parity frames it held.
+    parity: Vec<Parity>,
     loss: f64,
     loss_rng: SplitMix64,
     pub(super) drop_rule: DropRule,
@@ -200,6 +232,7 @@ impl Segment {
             held: vec![Vec::new(); members + 1],
             files: (0..=members).map(|_| Files::default()).collect(),
             writes: (0..=members).map(|_| Writes::default()).collect(),
+            parity: (0..=members).map(|_| Parity::default()).collect(),
             loss: 0.0,
             loss_rng: SplitMix64(seed ^ 2),
             drop_rule: Box::new(|_, _| false),
@@ -238,6 +271,7 @@ impl Segment {
             held: self.held[index].clone(),
             files: self.files[index].clone(),
             writes: self.writes[index].clone(),
+            parity: self.parity[index].clone(),
         };
         let seed = 1000 + index as u64;
         let receiver = Receiver::new(self.configs[index].clone(), Box::new(spool), seed, self.now, UNIX_MS);
@@ -428,11 +462,24 @@ impl Segment {
                     self.apply(0, out);
                 }
             }
-            Event::Received { assignment, .. } => {
+            Event::Received {
+                assignment, rebuild, ..
+            } => {
                 self.applies[from] += 1;
-                // The driver verifies the signed hash; here, the bytes themselves.
-                let spooled = self.files[from].lock().expect("files").get(&assignment).cloned();
-                let applied = spooled.as_deref() == Some(&self.expected[..]);
+                // As the driver does: the rebuild, then the check of the bytes (here, the bytes
+                // themselves rather than the signed hash).
+                let mut sink = MemSink {
+                    assignment,
+                    files: self.files[from].clone(),
+                    writes: self.writes[from].clone(),
+                    parity: self.parity[from].clone(),
+                };
+                let mut handed = Vec::new();
+                let rebuilt = rebuild::rebuild(&rebuild, &mut sink, &mut |chunk| {
+                    handed.extend_from_slice(chunk);
+                    Ok(())
+                });
+                let applied = rebuilt.is_ok() && handed == self.expected;
                 self.applied(from, assignment, applied);
             }
             Event::AlreadyHeld { assignment } => {

@@ -303,7 +303,12 @@ impl Driver {
         match event {
             Event::SessionEnded(report) => self.on_session_ended(report, now, outputs),
             Event::CollectionEnded(report) => self.on_collection_ended(report, now),
-            Event::Received { assignment, name, hash } => self.on_received(assignment, name, hash, now, outputs),
+            Event::Received {
+                assignment,
+                name,
+                hash,
+                rebuild,
+            } => self.on_received(assignment, name, hash, rebuild, now, outputs),
             Event::AlreadyHeld { assignment } => self.on_already_held(assignment, now, outputs),
         }
     }

@@ -1,14 +1,17 @@
 //! The member's side of the driver (seed `004_1419c51402506f7e.txt`, "local distribution"): the spool
-//! file each session is received into ([`FileSpool`], written through [`FileSink`]), what arrives on the
+//! file each session is received into ([`FileSpool`], written through [`FileSink`], parity frames into
+//! the entry's parity file) and the files the rebuild reads and writes ([`SpoolRebuild`]), what arrives on the
 //! data channel (with the `--data-loss` test knob), the hand-off of a complete assignment to the node
 //! ([`Received`]) and its answer for the apply report, and forgetting old sessions. What the member
 //! holds already is the node's record of applied assignments ([`AppliedLog`]), whichever path applied
 //! them (the data channel, `POST /assignments`, before a restart).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tern_wire::mctp::{self, Announcement};
@@ -17,6 +20,7 @@ use tracing::warn;
 
 use super::Received;
 use super::event_loop::{Core, Driver};
+use crate::mctp::rebuild::{RebuildIo, RebuildPlan};
 use crate::mctp::{AppliedLog, Output, ReceiverInput, Sink, Spool};
 use crate::spool::{Entry, Spool as NodeSpool};
 
@@ -68,21 +72,29 @@ impl Spool for FileSpool {
             .truncate(true)
             .open(entry.path())?;
         file.set_len(announcement.size)?;
+        let parity_path = entry.parity_path();
         let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.insert(announcement.assignment, (entry, announcement.size));
         Ok(Box::new(FileSink {
             file,
             buffer: Vec::with_capacity(SINK_BUFFER),
             buffer_offset: 0,
+            parity: ParityFile {
+                path: parity_path,
+                file: None,
+                buffer: Vec::new(),
+                len: 0,
+            },
         }))
     }
 }
 
 /// A spool file written through a buffer of consecutive frames ([`SINK_BUFFER`] bytes at most).
 struct FileSink {
-    file: std::fs::File,
+    file: File,
     buffer: Vec<u8>,
     buffer_offset: u64,
+    parity: ParityFile,
 }
 
 impl FileSink {
@@ -91,6 +103,49 @@ impl FileSink {
             self.file.write_all_at(&self.buffer, self.buffer_offset)?;
             self.buffer.clear();
         }
+        Ok(())
+    }
+}
+
+/// The parity frames a session holds, appended to a file made when the first comes: a parity frame's
+/// handle is its offset there.
+struct ParityFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Frames not yet written, after the `len - buffer.len()` bytes in the file.
+    buffer: Vec<u8>,
+    /// Bytes held, written or not.
+    len: u64,
+}
+
+impl ParityFile {
+    fn hold(&mut self, data: &[u8]) -> io::Result<u64> {
+        let handle = self.len;
+        self.buffer.extend_from_slice(data);
+        self.len += data.len() as u64;
+        if self.buffer.len() >= SINK_BUFFER {
+            self.flush()?;
+        }
+        Ok(handle)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.path)?,
+            ),
+        };
+        let offset = self.len - self.buffer.len() as u64;
+        file.write_all_at(&self.buffer, offset)?;
+        self.buffer.clear();
         Ok(())
     }
 }
@@ -109,14 +164,50 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        // A block being rebuilt may lie partly in the buffer: write it out first (a rebuild is rare).
-        self.flush()?;
-        self.file.read_exact_at(buf, offset)
+    fn hold_parity(&mut self, data: &[u8]) -> io::Result<u64> {
+        self.parity.hold(data)
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.flush()
+        self.flush()?;
+        self.parity.flush()
+    }
+}
+
+/// A received spool entry's files as the rebuild reads and writes them: the assignment, and the parity
+/// file when the session held parity frames.
+pub(crate) struct SpoolRebuild {
+    spool: File,
+    parity: Option<File>,
+}
+
+impl SpoolRebuild {
+    /// Opens the files of `entry` for the rebuild of `plan`.
+    pub(crate) fn open(entry: &Entry, plan: &RebuildPlan) -> io::Result<Self> {
+        let spool = std::fs::OpenOptions::new().read(true).write(true).open(entry.path())?;
+        let parity = if plan.blocks.is_empty() {
+            None
+        } else {
+            Some(File::open(entry.parity_path())?)
+        };
+        Ok(SpoolRebuild { spool, parity })
+    }
+}
+
+impl RebuildIo for SpoolRebuild {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.spool.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.spool.write_all_at(data, offset)
+    }
+
+    fn read_parity(&mut self, handle: u64, buf: &mut [u8]) -> io::Result<()> {
+        match &self.parity {
+            Some(file) => file.read_exact_at(buf, handle),
+            None => Err(io::Error::other("no parity frames were held")),
+        }
     }
 }
 
@@ -184,13 +275,14 @@ impl Driver {
         }
     }
 
-    /// Every frame arrived: the spool entry goes to the node to verify and apply, or, when the node takes
-    /// no more (its queue full or closed), the assignment is reported not applied.
+    /// Every frame needed arrived: the spool entry goes to the node to rebuild, verify and apply, or, when
+    /// the node takes no more (its queue full or closed), the assignment is reported not applied.
     pub(super) fn on_received(
         &mut self,
         assignment: u64,
         name: String,
         hash: String,
+        rebuild: RebuildPlan,
         now: Instant,
         outputs: &mut Vec<(Core, Output)>,
     ) {
@@ -208,6 +300,7 @@ impl Driver {
             hash,
             size,
             entry,
+            rebuild,
         };
         if let Err(error) = self.received.try_send(received) {
             warn!(%error, "the node takes no more received assignments now");

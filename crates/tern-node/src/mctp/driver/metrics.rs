@@ -52,7 +52,8 @@ pub struct MctpMetrics {
     pub received: Counter,
     /// Member: new frames received and written.
     pub frames_received: Counter,
-    /// Member: source frames rebuilt from parity frames.
+    /// Member: lost source frames handed on to be rebuilt from parity frames (as the assignment is
+    /// verified).
     pub frames_rebuilt: Counter,
     /// Member: frames received again.
     pub duplicates: Counter,
@@ -115,7 +116,7 @@ impl MctpMetrics {
         let frames_rebuilt = Counter::default();
         registry.register(
             "frames_rebuilt",
-            "Source frames rebuilt from parity frames (member)",
+            "Lost source frames rebuilt from parity frames (member)",
             frames_rebuilt.clone(),
         );
         let duplicates = Counter::default();

@@ -14,7 +14,7 @@
 //! spool file and write them into the member's with plain positioned reads and writes: that disk work stays
 //! off the node's async threads. The member's spool file is written through a small coalescing buffer
 //! (`member::FileSink`), so memory stays bounded for any assignment size; the complete file is handed to
-//! the node ([`Received`]), which verifies the signed hash and applies it with the content interpreter, and
+//! the node ([`Received`]), which rebuilds the frames lost as it verifies the signed hash, applies it with the content interpreter, and
 //! tells the driver the result ([`DataChannel::applied`]) for the apply report.
 //!
 //! `--data-loss P` ([`DataChannelSettings::loss`]) is a **test knob**: it drops each datagram received on
@@ -51,8 +51,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use leader::FileSource;
+pub(crate) use member::SpoolRebuild;
 pub use metrics::{HowLabel, MctpMetrics, ReasonLabel};
 
+use super::rebuild::RebuildPlan;
 use super::{
     AppliedLog, AssignmentStatusReport, CollectConfig, Collector, ConfigError, Identity, MemberAddresses, Receiver,
     ReceiverConfig, Sender, SenderConfig, SessionReport, SessionStart,
@@ -181,8 +183,10 @@ pub struct Received {
     pub hash: String,
     /// Bytes announced.
     pub size: u64,
-    /// The spool entry its bytes were written to.
+    /// The spool entry its bytes were written to (its parity frames in the entry's parity file).
     pub entry: Arc<Entry>,
+    /// The lost frames to rebuild as it is verified.
+    pub rebuild: RebuildPlan,
 }
 
 /// A session this node leads, as [`DataChannel::lead`] returns it once the distribution ended.
@@ -468,6 +472,7 @@ fn burst_frames(rate: u64, frame_size: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::mctp::Outcome;
+    use crate::mctp::rebuild::rebuild;
 
     fn key() -> SecretKey {
         SecretKey::parse(&"4e".repeat(32)).expect("key")
@@ -550,6 +555,16 @@ mod tests {
                 .expect("received in time")
                 .expect("received");
             assert_eq!(item.hash, hash);
+            // As the node does: the lost frames rebuilt as the spooled copy is read.
+            assert!(item.rebuild.frames() > 0, "{name} lost frames to 5% loss");
+            let mut files = SpoolRebuild::open(&item.entry, &item.rebuild).expect("spool files");
+            let mut read = Vec::new();
+            let walked = rebuild(&item.rebuild, &mut files, &mut |chunk| {
+                read.extend_from_slice(chunk);
+                Ok(())
+            });
+            assert_eq!(walked.expect("rebuilt"), item.rebuild.frames());
+            assert!(read == payload, "{name} read the exact assignment");
             let spooled = std::fs::read(item.entry.path()).expect("spool file");
             assert!(spooled == payload, "{name} spooled the exact assignment");
             channel.applied(&item, Ok(())).await;
