@@ -197,6 +197,7 @@ fn measure_tern(
     fleet.wait_registered(members + 1, Duration::from_secs(120))?;
     let leaders = fleet.wait_leaders(Duration::from_secs(120))?;
     let leader = leaders.get("s1").cloned().context("no leader in s1")?;
+    settle_disk();
     let link_before = fleet.lab.link_bytes(&leader)?;
     let started = Instant::now();
     let id = fleet.submit_publish("www", staging)?;
@@ -294,6 +295,7 @@ fn measure_uftp(
         .collect();
     let mut args = vec!["-R", rate_kbps.as_str(), "-b", "1400", "-B", "8388608", "-x", "0"];
     args.extend(files.iter().map(String::as_str));
+    settle_disk();
     let link_before = lab.link_bytes("leader")?;
     let started = Instant::now();
     let output = lab
@@ -322,6 +324,12 @@ fn measure_uftp(
 }
 
 /// The last line of `log` that mentions `transfer_part` and `message`.
+/// Writes what earlier steps left in the page cache out to disk before a run is timed (the site written
+/// at the start, the trees of the run before), so that its write-back does not land in this run.
+fn settle_disk() {
+    rustix::fs::sync();
+}
+
 fn find_line(log: &str, transfer_part: &str, message: &str) -> Option<String> {
     log.lines()
         .rev()
