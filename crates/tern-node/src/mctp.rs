@@ -116,6 +116,12 @@ pub enum Event {
         /// The Content Assignment ID.
         assignment: u64,
     },
+    /// Member: its spool could not be written, so it declined the session (the GL was told, and sends
+    /// the assignment by unicast): the driver lets the session's spool entry go.
+    Declined {
+        /// The Content Assignment ID.
+        assignment: u64,
+    },
     /// GL: report collection ended.
     CollectionEnded(AssignmentStatusReport),
 }

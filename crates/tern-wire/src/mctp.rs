@@ -203,6 +203,12 @@ pub enum Status {
         /// How many frames it needs in all (the list may be cut short).
         count: u32,
     },
+    /// It cannot take this session (its spool cannot be written: a full or read-only disk) and will not
+    /// complete it: the GL stops repairing for it and leaves it to the unicast path.
+    Declined {
+        /// Why, for the GL's log (at most [`MAX_DETAIL_LEN`] bytes).
+        reason: String,
+    },
 }
 
 /// A member's status report on one session.
@@ -566,8 +572,16 @@ pub fn check_announcement(announcement: &Announcement, limits: &MctpLimits) -> R
 }
 
 fn check_status(report: &StatusReport, limits: &MctpLimits) -> Result<(), ControlError> {
-    let Status::Missing { blocks, count } = &report.status else {
-        return Ok(());
+    let (blocks, count) = match &report.status {
+        Status::Complete => return Ok(()),
+        Status::Declined { reason } if reason.len() > MAX_DETAIL_LEN => {
+            return Err(malformed(format!(
+                "a reason of {} bytes is over the limit of {MAX_DETAIL_LEN}",
+                reason.len()
+            )));
+        }
+        Status::Declined { .. } => return Ok(()),
+        Status::Missing { blocks, count } => (blocks, count),
     };
     if blocks.len() > limits.max_blocks {
         return Err(malformed(format!(
@@ -786,6 +800,13 @@ mod tests {
                 pass: 2,
                 status: Status::Complete,
             }),
+            MctpBody::StatusReport(StatusReport {
+                assignment: 42,
+                pass: 1,
+                status: Status::Declined {
+                    reason: "spool file: No space left on device".into(),
+                },
+            }),
             MctpBody::ReportRequest(ReportRequest {
                 assignment: 42,
                 wanted: Wanted::Status { pass: 1, spread_ms: 40 },
@@ -842,6 +863,19 @@ mod tests {
         let bytes = encode(&key(), &message(MctpBody::StatusReport(absurd)));
         assert_eq!(
             decode(&key(), &bytes, &limits).expect_err("too many").reason(),
+            "malformed"
+        );
+
+        let long_reason = StatusReport {
+            assignment: 42,
+            pass: 1,
+            status: Status::Declined {
+                reason: "x".repeat(MAX_DETAIL_LEN + 1),
+            },
+        };
+        let bytes = encode(&key(), &message(MctpBody::StatusReport(long_reason)));
+        assert_eq!(
+            decode(&key(), &bytes, &limits).expect_err("too long").reason(),
             "malformed"
         );
 

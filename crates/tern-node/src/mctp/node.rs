@@ -68,7 +68,11 @@ pub(crate) async fn apply_received(agent: Arc<NodeAgent>, mut received: mpsc::Re
                     Ok(())
                 }
                 Err(reason) => {
-                    warn!(transfer = %item.name, %reason, "assignment from the data channel refused");
+                    warn!(
+                        transfer = %item.name,
+                        %reason,
+                        "assignment from the data channel refused (damaged or forged frames on the channel, or the node's disk); the leader sends it by unicast"
+                    );
                     Err(reason)
                 }
             };
@@ -103,14 +107,21 @@ fn verify_and_apply(
     announced_hash: &str,
     plan: &RebuildPlan,
 ) -> Result<(String, bool), String> {
+    let metrics = agent.data_channel.as_ref().map(|channel| channel.metrics());
     let checked = match verify(agent, entry, announced_hash, plan) {
         Ok(checked) => checked,
         Err(reason) => {
-            // Counted as the unicast path counts an assignment it refuses.
+            // Counted as the unicast path counts an assignment it refuses, and as the data channel's.
             agent.metrics.assignment("refused");
+            if let Some(metrics) = metrics {
+                metrics.received_refused.inc();
+            }
             return Err(reason);
         }
     };
+    if let Some(metrics) = metrics {
+        metrics.frames_rebuilt.inc_by(plan.frames());
+    }
     // Once only: the unicast path may have brought (or be applying) the same assignment. Counted in
     // `tern_node_assignments_total` as the unicast path's are.
     let application = agent.apply_received(entry, &checked)?;

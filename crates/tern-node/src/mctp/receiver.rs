@@ -99,6 +99,9 @@ impl Receiving {
 enum Reception {
     Receiving(Receiving),
     Complete,
+    /// Its spool could not be written (why): the member answers every status request with this and
+    /// leaves the assignment to the unicast path.
+    Declined(String),
 }
 
 struct MemberSession {
@@ -117,7 +120,11 @@ impl MemberSession {
     /// Received and applied (or not) by the node: what is left is answering for it, which the node's
     /// record of applied assignments does as well once the session is forgotten.
     fn finished(&self) -> bool {
-        matches!(self.reception, Reception::Complete) && self.applied.is_some()
+        match self.reception {
+            Reception::Complete => self.applied.is_some(),
+            Reception::Declined(_) => true,
+            Reception::Receiving(_) => false,
+        }
     }
 }
 
@@ -190,7 +197,7 @@ impl Receiver {
                     source_frames.saturating_sub(receiving.held(block))
                 })
                 .sum(),
-            Reception::Complete => 0,
+            Reception::Complete | Reception::Declined(_) => 0,
         })
     }
 
@@ -240,7 +247,7 @@ impl Receiver {
     pub fn handle(&mut self, input: ReceiverInput<'_>, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
-            ReceiverInput::Datagram(bytes) if mctp::is_data_frame(bytes) => self.on_frame(bytes, &mut out),
+            ReceiverInput::Datagram(bytes) if mctp::is_data_frame(bytes) => self.on_frame(bytes, now, &mut out),
             ReceiverInput::Datagram(bytes) => self.on_control(bytes, now, &mut out),
             ReceiverInput::Timer(timer) => self.on_timer(timer, now, &mut out),
             ReceiverInput::Applied {
@@ -290,13 +297,14 @@ impl Receiver {
                     sink,
                 }),
                 Err(error) => {
-                    warn!(assignment, %error, "cannot spool an announced assignment");
+                    warn!(assignment, %error, "cannot spool an announced assignment; declined, it comes by unicast");
                     self.counters.refuse("spool-error");
-                    return;
+                    Reception::Declined(format!("spool file: {error}"))
                 }
             }
         };
         let already_held = matches!(reception, Reception::Complete);
+        let declined = matches!(reception, Reception::Declined(_));
         let pass = announcement.pass;
         // Followed from now on: the session answers for itself.
         self.unheard.remove(&assignment);
@@ -317,9 +325,29 @@ impl Receiver {
             self.send_status(assignment, now, out);
             out.push(Output::Event(Event::AlreadyHeld { assignment }));
         }
+        if declined {
+            // At once, so that the GL does not repair for it.
+            self.send_status(assignment, now, out);
+            out.push(Output::Event(Event::Declined { assignment }));
+        }
     }
 
-    fn on_frame(&mut self, bytes: &[u8], out: &mut Vec<Output>) {
+    /// The session's spool failed (`error`): the session is declined — the sink is dropped, the GL told
+    /// at once, and the driver lets the spool entry go. One warning per session, however many frames
+    /// come after.
+    fn decline(&mut self, assignment: u64, error: &io::Error, now: Instant, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&assignment) else {
+            return;
+        };
+        warn!(assignment, %error, "cannot spool the session's frames; declined, it comes by unicast");
+        self.counters.refuse("sink-error");
+        session.reception = Reception::Declined(format!("spool file: {error}"));
+        session.timers.remove(&TimerKind::StatusReport);
+        self.send_status(assignment, now, out);
+        out.push(Output::Event(Event::Declined { assignment }));
+    }
+
+    fn on_frame(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<Output>) {
         let frame = match mctp::decode_data(bytes) {
             Ok(frame) => frame,
             Err(error) => {
@@ -337,40 +365,46 @@ impl Receiver {
             self.counters.refuse("pass-outside");
             return;
         }
-        let block = match frame.id {
+        if matches!(session.reception, Reception::Declined(_)) {
+            // Said once, in the warning when it was declined.
+            self.counters.refuse("declined");
+            return;
+        }
+        let taken = match frame.id {
             FrameId::Source(sequence) => self.on_source(&frame, sequence),
             FrameId::Parity { block, index } => self.on_parity(&frame, block, index),
         };
-        if block.is_some() {
-            self.finish_if_full(frame.assignment, out);
+        match taken {
+            Ok(Some(_)) => self.finish_if_full(frame.assignment, now, out),
+            Ok(None) => {}
+            Err(error) => self.decline(frame.assignment, &error, now, out),
         }
     }
 
-    /// Writes a new source frame; returns its block.
-    fn on_source(&mut self, frame: &DataFrame<'_>, sequence: u32) -> Option<u32> {
-        let session = self.sessions.get_mut(&frame.assignment)?;
+    /// Writes a new source frame; returns its block (`None`: refused or held already), or the sink's
+    /// error.
+    fn on_source(&mut self, frame: &DataFrame<'_>, sequence: u32) -> io::Result<Option<u32>> {
+        let Some(session) = self.sessions.get_mut(&frame.assignment) else {
+            return Ok(None);
+        };
         let Some(expected_len) = session.announcement.frame_len(sequence) else {
             self.counters.refuse("sequence-outside");
-            return None;
+            return Ok(None);
         };
         if frame.data.len() != expected_len {
             self.counters.refuse("past-size");
-            return None;
+            return Ok(None);
         }
         let Reception::Receiving(receiving) = &mut session.reception else {
             self.counters.duplicates += 1;
-            return None;
+            return Ok(None);
         };
         if receiving.received.get(sequence) {
             self.counters.duplicates += 1;
-            return None;
+            return Ok(None);
         }
         let offset = session.announcement.frame_offset(sequence);
-        if let Err(error) = receiving.sink.write_at(offset, frame.data) {
-            warn!(assignment = frame.assignment, %error, "cannot spool a frame");
-            self.counters.refuse("sink-error");
-            return None;
-        }
+        receiving.sink.write_at(offset, frame.data)?;
         receiving.received.insert(sequence);
         let block = session.announcement.block_of(sequence);
         let (_, source_frames) = session.announcement.block_span(block);
@@ -386,29 +420,32 @@ impl Receiver {
             receiving.ready += 1;
         }
         self.counters.frames_received += 1;
-        Some(block)
+        Ok(Some(block))
     }
 
-    /// Holds a new parity frame of a block that still needs frames; returns the block.
-    fn on_parity(&mut self, frame: &DataFrame<'_>, block: u32, index: u16) -> Option<u32> {
-        let session = self.sessions.get_mut(&frame.assignment)?;
+    /// Holds a new parity frame of a block that still needs frames; returns the block (`None`: refused or
+    /// not needed), or the sink's error.
+    fn on_parity(&mut self, frame: &DataFrame<'_>, block: u32, index: u16) -> io::Result<Option<u32>> {
+        let Some(session) = self.sessions.get_mut(&frame.assignment) else {
+            return Ok(None);
+        };
         let announcement = &session.announcement;
         if block >= announcement.blocks() {
             self.counters.refuse("block-outside");
-            return None;
+            return Ok(None);
         }
         if u32::from(index) >= announcement.parity_frames {
             self.counters.refuse("parity-outside");
-            return None;
+            return Ok(None);
         }
         if frame.data.len() != announcement.parity_len() {
             self.counters.refuse("past-size");
-            return None;
+            return Ok(None);
         }
         let (_, source_frames) = announcement.block_span(block);
         let Reception::Receiving(receiving) = &mut session.reception else {
             self.counters.duplicates += 1;
-            return None;
+            return Ok(None);
         };
         let ready = receiving.held(block) >= source_frames;
         let held_already = receiving
@@ -417,16 +454,9 @@ impl Receiver {
             .is_some_and(|held| held.iter().any(|parity| parity.number == index));
         if ready || held_already {
             self.counters.duplicates += 1;
-            return None;
+            return Ok(None);
         }
-        let handle = match receiving.sink.hold_parity(frame.data) {
-            Ok(handle) => handle,
-            Err(error) => {
-                warn!(assignment = frame.assignment, %error, "cannot spool a parity frame");
-                self.counters.refuse("sink-error");
-                return None;
-            }
-        };
+        let handle = receiving.sink.hold_parity(frame.data)?;
         receiving
             .parity
             .entry(block)
@@ -435,12 +465,12 @@ impl Receiver {
         if receiving.held(block) >= source_frames {
             receiving.ready += 1;
         }
-        Some(block)
+        Ok(Some(block))
     }
 
     /// Every block is whole or holds enough parity frames to be rebuilt: the sink is finished and the
     /// assignment handed on with its [`RebuildPlan`] (the node rebuilds as it verifies).
-    fn finish_if_full(&mut self, assignment: u64, out: &mut Vec<Output>) {
+    fn finish_if_full(&mut self, assignment: u64, now: Instant, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.get_mut(&assignment) else {
             return;
         };
@@ -451,8 +481,7 @@ impl Receiver {
             return;
         }
         if let Err(error) = receiving.sink.finish() {
-            warn!(assignment, %error, "cannot finish the spooled assignment");
-            self.counters.refuse("sink-error");
+            self.decline(assignment, &error, now, out);
             return;
         }
         let announcement = &session.announcement;
@@ -632,6 +661,7 @@ impl Receiver {
         };
         let status = match &session.reception {
             Reception::Complete => Status::Complete,
+            Reception::Declined(reason) => Status::Declined { reason: reason.clone() },
             Reception::Receiving(receiving) => nacks(&session.announcement, receiving, self.config.limits.max_blocks),
         };
         let report = StatusReport {

@@ -145,6 +145,8 @@ enum MemberStatus {
     /// Its last report: this many frames missing.
     Missing(u32),
     Complete,
+    /// It cannot take the session (its disk): not waited for, left to the unicast path.
+    Declined,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -491,6 +493,17 @@ impl Sender {
         member.reported_pass = member.reported_pass.max(report.pass);
         match report.status {
             Status::Complete => member.status = MemberStatus::Complete,
+            Status::Declined { reason } => {
+                if !matches!(member.status, MemberStatus::Complete | MemberStatus::Declined) {
+                    warn!(
+                        assignment = report.assignment,
+                        member = sender,
+                        %reason,
+                        "a member cannot take the session; it gets the assignment by unicast"
+                    );
+                    member.status = MemberStatus::Declined;
+                }
+            }
             Status::Missing { blocks, count } => {
                 if member.status != MemberStatus::Complete {
                     member.status = MemberStatus::Missing(count.min(session.announcement.frames));
@@ -562,7 +575,8 @@ impl Sender {
             self.finish(assignment, Outcome::Complete, out);
             return;
         }
-        // Only members that cannot be reached and never answered are left: no pass can help them.
+        // Only members that cannot be reached and never answered, or that declined, are left: no pass
+        // can help them.
         let only_gone = incomplete
             .iter()
             .all(|name| session.members.get(name).is_some_and(|state| session.gone(name, state)));
@@ -577,7 +591,7 @@ impl Sender {
             .map(|state| match state.status {
                 MemberStatus::Unknown => u64::from(frames),
                 MemberStatus::Missing(count) => u64::from(count),
-                MemberStatus::Complete => 0,
+                MemberStatus::Complete | MemberStatus::Declined => 0,
             })
             .sum();
         if missing < session.best_missing {
@@ -659,10 +673,12 @@ fn quorum_outcome(quorum_share: f64, members: usize, complete: &[String], incomp
 }
 
 impl Session {
-    /// A member that cannot be reached and has said nothing: not waited for once a pass ended (the
-    /// callers ask only then: the end of a report window, or a status report while collecting).
+    /// A member that cannot be reached and has said nothing, or that declined the session: not waited
+    /// for once a pass ended (the callers ask only then: the end of a report window, or a status report
+    /// while collecting).
     fn gone(&self, name: &str, state: &MemberState) -> bool {
-        state.status == MemberStatus::Unknown && self.unreachable.contains(name)
+        state.status == MemberStatus::Declined
+            || (state.status == MemberStatus::Unknown && self.unreachable.contains(name))
     }
 
     fn peek_pending(&self) -> Option<Next> {

@@ -62,6 +62,9 @@ struct MemSpool {
     files: Files,
     writes: Writes,
     parity: Parity,
+    /// A disk that fills: writes a session's sink takes before it fails (`Some(0)`: the spool cannot
+    /// even be created).
+    disk: Option<usize>,
 }
 
 /// A member's spooled copy of one assignment and its parity frames: the core's sink, and what the
@@ -71,6 +74,21 @@ struct MemSink {
     files: Files,
     writes: Writes,
     parity: Parity,
+    /// Writes left before the disk is full (`None`: no limit).
+    room: Option<usize>,
+}
+
+impl MemSink {
+    fn take_room(&mut self) -> io::Result<()> {
+        match &mut self.room {
+            Some(0) => Err(io::Error::new(io::ErrorKind::StorageFull, "No space left on device")),
+            Some(room) => {
+                *room -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// The offsets a member's sink was written at, in order.
@@ -78,6 +96,7 @@ pub(super) type Writes = Arc<Mutex<Vec<u64>>>;
 
 impl Sink for MemSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.take_room()?;
         let mut files = self.files.lock().map_err(|_| io::Error::other("poisoned"))?;
         let file = files.entry(self.assignment).or_default();
         let start = usize::try_from(offset).map_err(io::Error::other)?;
@@ -93,6 +112,7 @@ impl Sink for MemSink {
     }
 
     fn hold_parity(&mut self, data: &[u8]) -> io::Result<u64> {
+        self.take_room()?;
         let mut parity = self.parity.lock().map_err(|_| io::Error::other("poisoned"))?;
         parity.push(data.to_vec());
         Ok(parity.len() as u64 - 1)
@@ -139,11 +159,18 @@ impl Spool for MemSpool {
     }
 
     fn create(&mut self, announcement: &Announcement) -> io::Result<Box<dyn Sink>> {
+        if self.disk == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                "Read-only file system",
+            ));
+        }
         Ok(Box::new(MemSink {
             assignment: announcement.assignment,
             files: self.files.clone(),
             writes: self.writes.clone(),
             parity: self.parity.clone(),
+            room: self.disk,
         }))
     }
 }
@@ -185,6 +212,8 @@ pub(super) struct Segment {
     pub(super) members: Vec<Option<Receiver>>,
     configs: Vec<ReceiverConfig>,
     held: Vec<Vec<String>>,
+    /// Per member, the writes its disk takes per session (`None`: no limit).
+    disks: Vec<Option<usize>>,
     pub(super) files: Vec<Files>,
     /// Per member, the offsets its sink (or its rebuild) was written at.
     pub(super) writes: Vec<Writes>,
@@ -230,6 +259,7 @@ impl Segment {
                 .map(|index| receiver(identity(&member_name(index), index)))
                 .collect(),
             held: vec![Vec::new(); members + 1],
+            disks: vec![None; members + 1],
             files: (0..=members).map(|_| Files::default()).collect(),
             writes: (0..=members).map(|_| Writes::default()).collect(),
             parity: (0..=members).map(|_| Parity::default()).collect(),
@@ -261,6 +291,14 @@ impl Segment {
         self.join(index);
     }
 
+    /// Member `index`'s disk takes `writes` writes per session, then is full (0: its spool cannot be
+    /// created, as on a read-only disk); it rejoins with that disk.
+    pub(super) fn fill_disk(&mut self, index: usize, writes: usize) {
+        self.disks[index] = Some(writes);
+        self.members[index] = None;
+        self.join(index);
+    }
+
     /// Random loss of every datagram to every node with this probability.
     pub(super) fn set_loss(&mut self, loss: f64) {
         self.loss = loss;
@@ -272,6 +310,7 @@ impl Segment {
             files: self.files[index].clone(),
             writes: self.writes[index].clone(),
             parity: self.parity[index].clone(),
+            disk: self.disks[index],
         };
         let seed = 1000 + index as u64;
         let receiver = Receiver::new(self.configs[index].clone(), Box::new(spool), seed, self.now, UNIX_MS);
@@ -473,6 +512,7 @@ impl Segment {
                     files: self.files[from].clone(),
                     writes: self.writes[from].clone(),
                     parity: self.parity[from].clone(),
+                    room: None,
                 };
                 let mut handed = Vec::new();
                 let rebuilt = rebuild::rebuild(&rebuild, &mut sink, &mut |chunk| {
@@ -486,6 +526,7 @@ impl Segment {
                 self.applies[from] += 1;
                 self.applied(from, assignment, true);
             }
+            Event::Declined { .. } => {}
             Event::CollectionEnded(report) => self.collections.push(report),
         }
     }

@@ -85,6 +85,49 @@ fn pass_one_frame(bytes: &[u8], sequences: &[u32]) -> bool {
     })
 }
 
+/// A member whose disk fills in the middle of pass 1, and one whose spool cannot be created (a read-only
+/// disk): each declines the session in one status report, at once, and warns once; the GL stops
+/// repairing for them and ends the session when the others are complete, with the two left to the
+/// unicast path. (Before: the full member NACKed every pass and logged every frame, and the GL repaired
+/// for it until the ten passes without progress; the read-only one stayed silent.)
+#[test]
+fn a_member_whose_disk_fails_declines_the_session_and_is_left_to_unicast() {
+    let mut segment = new_segment(4);
+    segment.fill_disk(2, 10);
+    segment.fill_disk(3, 0);
+    let bytes = bytes();
+    segment.start(bytes.clone());
+    segment.run_for(Duration::from_secs(30));
+
+    let [session] = segment.sessions.as_slice() else {
+        panic!("{:?}", segment.sessions);
+    };
+    assert_eq!(
+        session.outcome,
+        Outcome::Quorum {
+            incomplete: vec![member_name(2), member_name(3)]
+        }
+    );
+    assert_eq!(session.passes, 1, "no repair pass for members that declined");
+    assert_eq!(session.left_out(), vec![member_name(2), member_name(3)]);
+    assert_eq!(segment.spooled(1), Some(bytes.clone()));
+    assert_eq!(segment.spooled(4), Some(bytes));
+    let declined: Vec<String> = status_reports(&segment)
+        .into_iter()
+        .filter(|(_, report)| matches!(report.status, Status::Declined { .. }))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        declined.contains(&member_name(2)) && declined.contains(&member_name(3)),
+        "{declined:?}"
+    );
+    let full = segment.members[2].as_ref().expect("member");
+    assert_eq!(full.counters().refused("sink-error"), 1, "one failure, one warning");
+    assert!(full.counters().refused("declined") > 0, "later frames are dropped");
+    let read_only = segment.members[3].as_ref().expect("member");
+    assert_eq!(read_only.counters().refused("spool-error"), 1);
+}
+
 /// The acceptance's "frames 7, 19 and 20 lost → exactly those NACKed and resent in pass 2", with parity
 /// repair: the NACK names one frame missing in block 0 and two in block 1, pass 2 carries exactly that
 /// many parity frames of each block, and the member rebuilds exactly frames 7, 19 and 20 from them.

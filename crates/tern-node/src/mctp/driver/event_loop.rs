@@ -9,6 +9,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use quinn_udp::UdpSocketState;
 use tern_wire::SecretKey;
 use tern_wire::mctp::{self, KIND_APPLY_REPORT, KIND_STATUS_REPORT, MctpLimits};
 use tokio::net::UdpSocket;
@@ -17,9 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::datagrams::{self, Batch, Runs};
 use super::leader::Leading;
 use super::member::SpoolShared;
-use super::metrics::MctpMetrics;
+use super::metrics::{MctpMetrics, ReasonLabel};
 use super::{Command, Received};
 use crate::election::rng::SplitMix64;
 use crate::mctp::{
@@ -35,13 +37,18 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 /// Refusals are logged at most this often (a flood of junk is counted datagram by datagram in
 /// `/metrics`; the log says it happens).
 const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(60);
-/// Refusals that are part of normal operation, not logged: frames heard before their session's
-/// announcement (a member that joins late), the `--data-loss` test knob's drops, and a leader's own
-/// multicast heard back.
-const ROUTINE_REFUSALS: [&str; 3] = ["unannounced", "injected-loss", "own-message"];
+/// Refusals that are part of normal operation, or told otherwise, not logged: frames heard before their
+/// session's announcement (a member that joins late), the `--data-loss` test knob's drops, a leader's
+/// own multicast heard back, and frames of a session this member declined (its warning said so).
+const ROUTINE_REFUSALS: [&str; 4] = ["unannounced", "injected-loss", "own-message", "declined"];
 /// Datagrams taken from the data channel in one turn of the loop once it is readable (the socket is
 /// drained without a new `select!` per datagram).
 const DATA_BATCH: usize = 64;
+/// What the driver counts besides the cores' refusals, also summed up in the log: datagrams the kernel
+/// would not send, and requests to members with no known address.
+const DRIVER_REFUSALS: [&str; 2] = ["send-error", "no-member-address"];
+/// Receive buffers of the unicast socket (reports and requests: a few at a time).
+const UNICAST_BUFFERS: usize = 4;
 /// How long a member lets frames gather in its socket's buffer between two reads while a session
 /// streams in (see [`Driver::gather`]).
 const GATHER: Duration = Duration::from_millis(1);
@@ -101,6 +108,15 @@ impl Driver {
                 return;
             }
         };
+        // Batched receives (and receive offload) on both sockets, segmented sends on the unicast one,
+        // which also multicasts ([`datagrams`]).
+        let (data_state, unicast_state) = match (datagrams::state(&data_direct), datagrams::state(&unicast)) {
+            (Ok(data_state), Ok(unicast_state)) => (data_state, unicast_state),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(%error, "the data channel's sockets could not be set up for batches");
+                return;
+            }
+        };
         let (data, unicast) = match (UdpSocket::from_std(data), UdpSocket::from_std(unicast)) {
             (Ok(data), Ok(unicast)) => (data, unicast),
             (Err(error), _) | (_, Err(error)) => {
@@ -108,17 +124,17 @@ impl Driver {
                 return;
             }
         };
-        // One byte more than the largest datagram, so that an oversized one arrives truncated to a length
-        // the cores refuse.
-        let mut data_buffer = vec![0u8; mctp::DEFAULT_MAX_DATAGRAM + 1];
-        let mut unicast_buffer = vec![0u8; mctp::DEFAULT_MAX_DATAGRAM + 1];
+        // Datagrams longer than the largest arrive cut to one byte more, a length the cores refuse.
+        let mut data_batch = Batch::new(quinn_udp::BATCH_SIZE, mctp::DEFAULT_MAX_DATAGRAM);
+        let mut unicast_batch = Batch::new(UNICAST_BUFFERS, mctp::DEFAULT_MAX_DATAGRAM);
+        let mut runs = Runs::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outputs: Vec<(Core, Output)> = Vec::new();
         let mut published = Instant::now();
         let mut gathering = false;
         loop {
-            self.carry_out(&unicast, &mut outputs).await;
+            self.carry_out(&unicast, &unicast_state, &mut runs, &mut outputs).await;
             if published.elapsed() >= PUBLISH_EVERY {
                 self.publish_metrics();
                 published = Instant::now();
@@ -147,32 +163,43 @@ impl Driver {
                         self.on_timer(key, &mut outputs);
                     }
                 }
-                received = unicast.recv_from(&mut unicast_buffer) => match received {
-                    Ok((len, from)) => self.on_unicast(&unicast_buffer[..len], from, &mut outputs),
+                ready = unicast.readable() => match ready.and_then(|()| unicast_batch.try_recv(&unicast_state, &unicast)) {
+                    Ok(_) => {
+                        for (bytes, from) in unicast_batch.datagrams() {
+                            self.on_unicast(bytes, from, &mut outputs);
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(error) => debug!(%error, "unicast receive failed"),
                 },
-                received = data.recv_from(&mut data_buffer), if !gathering => match received {
-                    Ok((len, from)) => {
-                        self.on_data(&data_buffer[..len], from, &mut outputs);
-                        // What else is queued, in the same turn (outputs wait until the batch is in,
-                        // which keeps the member's status report after the frames before it).
-                        for _ in 1..DATA_BATCH {
-                            match data.try_recv_from(&mut data_buffer) {
-                                Ok((len, from)) => self.on_data(&data_buffer[..len], from, &mut outputs),
-                                Err(_) => break,
+                ready = data.readable(), if !gathering => {
+                    // What is queued, in the same turn (outputs wait until the batch is in, which
+                    // keeps the member's status report after the frames before it).
+                    let mut taken = 0;
+                    while ready.is_ok() && taken < DATA_BATCH {
+                        match data_batch.try_recv(&data_state, &data) {
+                            Ok(_) => {
+                                for (bytes, from) in data_batch.datagrams() {
+                                    self.on_data(bytes, from, &mut outputs);
+                                    taken += 1;
+                                }
+                            }
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(error) => {
+                                debug!(%error, "data channel receive failed");
+                                break;
                             }
                         }
-                        gathering = self.leading.is_empty();
                     }
-                    Err(error) => debug!(%error, "data channel receive failed"),
-                },
+                    gathering = taken > 0 && self.leading.is_empty();
+                }
                 _ = sweep.tick() => {
                     self.sweep();
                     // Also when nothing arrives: the last burst is told within a sweep.
                     self.log_refusals();
                 }
                 () = std::future::ready(()), if gathering => {
-                    gathering = self.gather(&data_direct, &mut data_buffer, &mut outputs);
+                    gathering = self.gather(&data_direct, &data_state, &mut data_batch, &mut outputs);
                     // Lets the runtime look at the sockets and timers without parking.
                     tokio::task::yield_now().await;
                 }
@@ -190,14 +217,22 @@ impl Driver {
     /// the socket's wait queue is not woken; the frames wait in the socket's buffer (8 MiB: hundreds of
     /// milliseconds at the link's rate) and are read a millisecond's worth at a time, as a network
     /// card's interrupt moderation does. The first frame after a quiet spell still wakes the member.
-    fn gather(&mut self, socket: &StdUdpSocket, buffer: &mut [u8], outputs: &mut Vec<(Core, Output)>) -> bool {
+    fn gather(
+        &mut self,
+        socket: &StdUdpSocket,
+        state: &UdpSocketState,
+        batch: &mut Batch,
+        outputs: &mut Vec<(Core, Output)>,
+    ) -> bool {
         std::thread::sleep(GATHER);
         let mut taken = 0;
         while taken < GATHER_BATCH {
-            match socket.recv_from(buffer) {
-                Ok((len, from)) => {
-                    self.on_data(&buffer[..len], from, outputs);
-                    taken += 1;
+            match batch.recv(state, socket) {
+                Ok(_) => {
+                    for (bytes, from) in batch.datagrams() {
+                        self.on_data(bytes, from, outputs);
+                        taken += 1;
+                    }
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(error) => {
@@ -260,11 +295,31 @@ impl Driver {
     }
 
     /// Sends what the cores asked for, sets their timers, and handles their events (which may ask for
-    /// more).
-    async fn carry_out(&mut self, socket: &UdpSocket, outputs: &mut Vec<(Core, Output)>) {
+    /// more). The leader's multicasts go in runs of equal datagrams, one call each ([`datagrams`]), in
+    /// the order they were asked for.
+    async fn carry_out(
+        &mut self,
+        socket: &UdpSocket,
+        state: &UdpSocketState,
+        runs: &mut Runs,
+        outputs: &mut Vec<(Core, Output)>,
+    ) {
+        let max_segments = state.max_gso_segments();
         while !outputs.is_empty() {
             let batch = std::mem::take(outputs);
             for (core, output) in batch {
+                if let Output::Multicast(datagram) = &output
+                    && core != Core::Receiver
+                {
+                    if !runs.push(datagram, max_segments) {
+                        self.send_run(socket, state, runs).await;
+                        runs.push(datagram, max_segments);
+                    }
+                    continue;
+                }
+                if !matches!(output, Output::SetTimer { .. }) {
+                    self.send_run(socket, state, runs).await;
+                }
                 match output {
                     Output::Multicast(datagram) => self.send(socket, &datagram, self.group, core).await,
                     Output::ToMember { member, datagram } => match self.addresses.address(&member) {
@@ -282,6 +337,24 @@ impl Driver {
                 }
             }
         }
+        self.send_run(socket, state, runs).await;
+    }
+
+    /// Sends the leader's run of multicast datagrams gathered so far, if any.
+    async fn send_run(&self, socket: &UdpSocket, state: &UdpSocketState, runs: &mut Runs) {
+        if runs.is_empty() {
+            return;
+        }
+        match runs.send(state, socket, self.group).await {
+            Ok(sent) => {
+                self.metrics.sent_bytes.inc_by(sent as u64);
+            }
+            Err(error) => {
+                // Counted, and so told in the once-a-minute summary of refusals.
+                debug!(to = %self.group, %error, "datagrams not sent");
+                self.metrics.refuse("send-error", 1);
+            }
+        }
     }
 
     /// Sends one datagram; only the leader's cores count toward `sent_bytes` (a member's reports are not
@@ -293,7 +366,10 @@ impl Driver {
                     self.metrics.sent_bytes.inc_by(sent as u64);
                 }
             }
-            Err(error) => debug!(%to, %error, "datagram not sent"),
+            Err(error) => {
+                debug!(%to, %error, "datagram not sent");
+                self.metrics.refuse("send-error", 1);
+            }
         }
     }
 
@@ -310,6 +386,7 @@ impl Driver {
                 rebuild,
             } => self.on_received(assignment, name, hash, rebuild, now, outputs),
             Event::AlreadyHeld { assignment } => self.on_already_held(assignment, now, outputs),
+            Event::Declined { assignment } => self.let_go(assignment),
         }
     }
 
@@ -338,6 +415,13 @@ impl Driver {
             for (reason, count) in &counters.refused {
                 *now.entry(reason).or_default() += count;
             }
+        }
+        // What the driver itself refused or could not do (counted in the metrics only).
+        for reason in DRIVER_REFUSALS {
+            let label = ReasonLabel {
+                reason: reason.to_string(),
+            };
+            *now.entry(reason).or_default() += self.metrics.refused.get_or_create(&label).get();
         }
         let added: Vec<String> = now
             .iter()

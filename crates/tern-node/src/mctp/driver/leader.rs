@@ -213,7 +213,7 @@ impl Driver {
                 outcome = ?report.outcome,
                 passes = report.passes,
                 repaired = report.frames_repaired,
-                seconds = elapsed,
+                seconds = format_args!("{elapsed:.3}"),
                 "data channel session ended"
             );
             if let Some(ended) = leading.ended.take() {
@@ -236,7 +236,7 @@ impl Driver {
                 failed = report.failed.len(),
                 missing = report.missing.len(),
                 requests = report.requests,
-                seconds = now.duration_since(leading.started).as_secs_f64(),
+                seconds = format_args!("{:.3}", now.duration_since(leading.started).as_secs_f64()),
                 "data channel report collection ended"
             );
             if let Some(collected) = leading.collected.take() {

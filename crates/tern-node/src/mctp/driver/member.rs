@@ -98,12 +98,15 @@ struct FileSink {
 }
 
 impl FileSink {
+    /// Writes the buffer out; it is emptied even when the write fails (the session is declined then,
+    /// and the buffer must not grow with every frame after).
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.file.write_all_at(&self.buffer, self.buffer_offset)?;
-            self.buffer.clear();
+        if self.buffer.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let written = self.file.write_all_at(&self.buffer, self.buffer_offset);
+        self.buffer.clear();
+        written
     }
 }
 
@@ -120,19 +123,27 @@ struct ParityFile {
 
 impl ParityFile {
     fn hold(&mut self, data: &[u8]) -> io::Result<u64> {
+        if self.buffer.len() + data.len() > SINK_BUFFER {
+            self.flush()?;
+        }
         let handle = self.len;
         self.buffer.extend_from_slice(data);
         self.len += data.len() as u64;
-        if self.buffer.len() >= SINK_BUFFER {
-            self.flush()?;
-        }
         Ok(handle)
     }
 
+    /// Writes the buffer out; it is emptied even when the write fails (as [`FileSink::flush`]).
     fn flush(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        let offset = self.len - self.buffer.len() as u64;
+        let written = self.write_at(offset);
+        self.buffer.clear();
+        written
+    }
+
+    fn write_at(&mut self, offset: u64) -> io::Result<()> {
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(
@@ -143,10 +154,7 @@ impl ParityFile {
                     .open(&self.path)?,
             ),
         };
-        let offset = self.len - self.buffer.len() as u64;
-        file.write_all_at(&self.buffer, offset)?;
-        self.buffer.clear();
-        Ok(())
+        file.write_all_at(&self.buffer, offset)
     }
 }
 
@@ -250,6 +258,8 @@ impl Driver {
             for assignment in self.receiver.sessions() {
                 self.first_heard.entry(assignment).or_insert(now);
             }
+            // An announcement may have made the core forget a session.
+            self.let_go_of_forgotten();
         }
     }
 
@@ -314,6 +324,21 @@ impl Driver {
         }
     }
 
+    /// Lets the spool entry of a session go (its files are deleted once nothing else holds it): the
+    /// member declined the session, or no longer follows it.
+    pub(super) fn let_go(&mut self, assignment: u64) {
+        let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&assignment);
+    }
+
+    /// Lets go of the spool entries of sessions the member core forgot (to follow newer ones): a session
+    /// it never completed would otherwise keep its partial spool file until the sweep.
+    pub(super) fn let_go_of_forgotten(&mut self) {
+        let followed = self.receiver.sessions();
+        let mut entries = self.shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|assignment, _| followed.contains(assignment));
+    }
+
     /// The member held the announced assignment already: it reports it applied.
     pub(super) fn on_already_held(&mut self, assignment: u64, now: Instant, outputs: &mut Vec<(Core, Output)>) {
         let input = ReceiverInput::Applied {
@@ -323,5 +348,32 @@ impl Driver {
         };
         let out = self.receiver.handle(input, now.into_std());
         outputs.extend(out.into_iter().map(|output| (Core::Receiver, output)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parity file that cannot be written (the disk full, its directory gone): the frame that finds the
+    /// buffer full is refused (the member core then declines the session), and the buffer stays within
+    /// its bound instead of growing by each frame after (found by a trial: 8 MB more memory per publish
+    /// on a member with a full disk).
+    #[test]
+    fn a_parity_file_that_cannot_be_written_keeps_its_buffer_bounded() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let mut parity = ParityFile {
+            path: area.path().join("gone").join("x.parity"),
+            file: None,
+            buffer: Vec::new(),
+            len: 0,
+        };
+        let frame = vec![5u8; 1400];
+        let refused = (0..2000).filter(|_| parity.hold(&frame).is_err()).count();
+        let per_buffer = SINK_BUFFER / frame.len();
+        assert!(refused >= 2000 / (per_buffer + 1), "{refused} of 2000 refused");
+        assert!(parity.buffer.len() <= SINK_BUFFER);
+        assert!(parity.flush().is_err());
+        assert!(parity.buffer.is_empty());
     }
 }

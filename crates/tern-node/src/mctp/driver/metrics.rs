@@ -52,9 +52,12 @@ pub struct MctpMetrics {
     pub received: Counter,
     /// Member: new frames received and written.
     pub frames_received: Counter,
-    /// Member: lost source frames handed on to be rebuilt from parity frames (as the assignment is
-    /// verified).
+    /// Member: lost source frames rebuilt from parity frames, in assignments that then passed their
+    /// check (counted by the node after the rebuild and the check).
     pub frames_rebuilt: Counter,
+    /// Member: assignments received complete whose check then failed (damaged or forged frames, or a
+    /// disk fault), taken by unicast instead.
+    pub received_refused: Counter,
     /// Member: frames received again.
     pub duplicates: Counter,
     /// Datagrams refused or ignored, by reason.
@@ -116,8 +119,14 @@ impl MctpMetrics {
         let frames_rebuilt = Counter::default();
         registry.register(
             "frames_rebuilt",
-            "Lost source frames rebuilt from parity frames (member)",
+            "Lost source frames rebuilt from parity frames, in assignments that passed their check (member)",
             frames_rebuilt.clone(),
+        );
+        let received_refused = Counter::default();
+        registry.register(
+            "received_refused",
+            "Assignments received complete that failed their check: damaged or forged frames, or a disk fault (member)",
+            received_refused.clone(),
         );
         let duplicates = Counter::default();
         registry.register("duplicates", "Data frames received again (member)", duplicates.clone());
@@ -138,6 +147,7 @@ impl MctpMetrics {
             received,
             frames_received,
             frames_rebuilt,
+            received_refused,
             duplicates,
             refused,
         }
@@ -164,8 +174,6 @@ impl MctpMetrics {
         }
         self.frames_received
             .inc_by(delta(now.frames_received, last.frames_received));
-        self.frames_rebuilt
-            .inc_by(delta(now.frames_rebuilt, last.frames_rebuilt));
         self.duplicates.inc_by(delta(now.duplicates, last.duplicates));
         for (reason, count) in &now.refused {
             let added = delta(*count, last.refused(reason));

@@ -30,6 +30,7 @@
 //! - `member`: the member's side (receiving into a spool file, the hand-off to the node, apply reports);
 //! - `metrics`: the `/metrics` of local distribution.
 
+mod datagrams;
 mod event_loop;
 mod leader;
 mod member;
