@@ -323,13 +323,13 @@ fn measure_uftp(
     })
 }
 
-/// The last line of `log` that mentions `transfer_part` and `message`.
 /// Writes what earlier steps left in the page cache out to disk before a run is timed (the site written
 /// at the start, the trees of the run before), so that its write-back does not land in this run.
 fn settle_disk() {
     rustix::fs::sync();
 }
 
+/// The last line of `log` that mentions `transfer_part` and `message`.
 fn find_line(log: &str, transfer_part: &str, message: &str) -> Option<String> {
     log.lines()
         .rev()
