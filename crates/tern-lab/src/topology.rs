@@ -535,6 +535,17 @@ impl Lab {
         )
     }
 
+    /// Sets the MTU of `host`'s link, both ends (a path like a tunnel's: WireGuard's is 1420).
+    pub fn set_mtu(&self, host: &str, mtu: u32) -> Result<(), LabError> {
+        let entry = self.host(host);
+        let (Some(link), Some(namespace)) = (&entry.link, &entry.namespace) else {
+            return Err(LabError::Unsupported("MTU"));
+        };
+        let mtu = mtu.to_string();
+        run_checked(Command::new("ip").args(["link", "set", "dev", link, "mtu", mtu.as_str()]))?;
+        ns_exec(namespace, &["ip", "link", "set", "dev", "eth0", "mtu", mtu.as_str()])
+    }
+
     /// Removes a rate limit.
     pub fn unlimit_rate(&self, host: &str) -> Result<(), LabError> {
         let entry = self.host(host);

@@ -90,6 +90,9 @@ pub(super) struct Runs {
     segments: usize,
     /// Whether the run ended with a shorter datagram (nothing may follow it in the same send).
     closed: bool,
+    /// Segmentation is off: a segmented send was refused as too long (a path whose MTU is below a
+    /// frame's datagram: segments cannot be fragmented, single datagrams can).
+    single: bool,
 }
 
 impl Runs {
@@ -99,7 +102,13 @@ impl Runs {
             segment: 0,
             segments: 0,
             closed: false,
+            single: false,
         }
+    }
+
+    /// The most datagrams a run may hold, given what the socket allows.
+    pub(super) fn max_segments(&self, state: &UdpSocketState) -> usize {
+        if self.single { 1 } else { state.max_gso_segments() }
     }
 
     /// Adds `datagram` to the run if it can go in the same send (as long as the run's datagrams, or the
@@ -150,9 +159,28 @@ impl Runs {
             segment_size: (self.segments > 1).then_some(self.segment),
             src_ip: None,
         };
-        let sent = socket
+        let mut sent = socket
             .async_io(Interest::WRITABLE, || state.try_send(socket.into(), &transmit))
             .await;
+        if self.segments > 1
+            && let Err(error) = &sent
+            && error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error())
+        {
+            // Each segment must fit the path's MTU whole; one datagram at a time, IP fragments what
+            // does not (as before segmentation offload). From now on for this socket.
+            tracing::warn!(
+                datagram_bytes = self.segment,
+                "a frame's datagram is longer than the path's MTU: frames go one per call, fragmented by IP (raise the MTU to 1500, or lower the frame size)"
+            );
+            self.single = true;
+            sent = Ok(());
+            for datagram in self.contents.chunks(self.segment.max(1)) {
+                if let Err(error) = socket.send_to(datagram, destination).await {
+                    sent = Err(error);
+                    break;
+                }
+            }
+        }
         let bytes = self.contents.len();
         self.segments = 0;
         sent.map(|()| bytes)

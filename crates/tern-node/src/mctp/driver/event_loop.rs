@@ -304,16 +304,15 @@ impl Driver {
         runs: &mut Runs,
         outputs: &mut Vec<(Core, Output)>,
     ) {
-        let max_segments = state.max_gso_segments();
         while !outputs.is_empty() {
             let batch = std::mem::take(outputs);
             for (core, output) in batch {
                 if let Output::Multicast(datagram) = &output
                     && core != Core::Receiver
                 {
-                    if !runs.push(datagram, max_segments) {
+                    if !runs.push(datagram, runs.max_segments(state)) {
                         self.send_run(socket, state, runs).await;
-                        runs.push(datagram, max_segments);
+                        runs.push(datagram, runs.max_segments(state));
                     }
                     continue;
                 }
