@@ -51,6 +51,9 @@ pub struct SegmentLeader {
     pub url: String,
     /// Its CPU power (for sorting the tree).
     pub cpu: u32,
+    /// Its process's incarnation, from its last report: another one under the same name is the same
+    /// node restarted, which knows nothing of the transfers it was leading.
+    pub incarnation: u64,
 }
 
 /// The target nodes of one segment, with the leader that serves them.
@@ -89,6 +92,7 @@ impl Segment {
             name: member.name.clone(),
             url: member.profile.url.clone(),
             cpu: member.profile.cpus,
+            incarnation: view.incarnation,
         });
         Segment {
             name: view.name.clone(),
@@ -342,6 +346,7 @@ mod tests {
                 name: "b1".into(),
                 url: "http://b1:7000".into(),
                 cpu: 8,
+                incarnation: 1,
             }),
             members: vec!["b1".into(), "b2".into()],
             reported_ms: 1,

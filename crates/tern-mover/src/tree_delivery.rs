@@ -183,6 +183,8 @@ struct Group {
     state: GroupState,
     /// Whether the mover delivered to the members itself (no GL in time).
     by_star: bool,
+    /// The current GL's incarnation, as the segment directory first showed it during the run.
+    incarnation: Option<u64>,
 }
 
 /// One assignment's tree while it runs.
@@ -262,6 +264,7 @@ impl Run {
                     members: group.members,
                     state: GroupState::Tree,
                     by_star: false,
+                    incarnation: None,
                 },
             );
         }
@@ -324,10 +327,14 @@ impl Run {
             if group.state != GroupState::Tree {
                 continue;
             }
-            let replaced = directory
-                .get(name)
-                .and_then(|segment| segment.leader.as_ref())
-                .is_some_and(|leader| leader.name != group.leader.name);
+            let current = directory.get(name).and_then(|segment| segment.leader.as_ref());
+            let replaced = current.is_some_and(|leader| leader.name != group.leader.name);
+            // The same GL, restarted (a new incarnation re-elected under its name): it lost the transfer
+            // it was leading and would never report it.
+            let restarted = current.is_some_and(|leader| {
+                leader.name == group.leader.name
+                    && *group.incarnation.get_or_insert(leader.incarnation) != leader.incarnation
+            });
             let failed = matches!(self.core.states().get(&group.leader.name), Some(LeaderState::Failed(_)));
             if replaced && !failed {
                 // Its segment elected another leader: the old one is gone (or no longer leads).
@@ -335,7 +342,11 @@ impl Run {
                     .core
                     .failed(&group.leader.name, "replaced as its segment's group leader");
             }
-            if replaced || failed {
+            if restarted && !failed {
+                warn!(transfer = %self.transfer, leader = %group.leader.name, "group leader restarted during the transfer; notified again");
+                let _ = self.core.failed(&group.leader.name, "restarted during the transfer");
+            }
+            if replaced || restarted || failed {
                 group.state = GroupState::Waiting(now);
                 *self.given_up.entry(group.leader.name.clone()).or_default() += 1;
             }
@@ -354,8 +365,12 @@ impl Run {
                         .get(leader)
                         .is_some_and(|count| *count <= settings.retries)
             };
+            // The same name under a new incarnation is a restarted GL: alive, and to be notified again.
+            let restarted = |leader: &crate::segments::SegmentLeader| {
+                leader.name == group.leader.name && group.incarnation.is_some_and(|seen| seen != leader.incarnation)
+            };
             match current {
-                Some(leader) if leader.name != group.leader.name || retry(&leader.name) => {
+                Some(leader) if leader.name != group.leader.name || retry(&leader.name) || restarted(&leader) => {
                     info!(transfer = %self.transfer, segment = %name, leader = %leader.name, "segment's group leader added to the running tree");
                     group.leader = Leader {
                         name: leader.name.clone(),
@@ -364,6 +379,7 @@ impl Run {
                         cpu: leader.cpu,
                     };
                     group.leader_url = leader.url.clone();
+                    group.incarnation = Some(leader.incarnation);
                     group.state = GroupState::Tree;
                     self.leaders
                         .insert(leader.name.clone(), (name.clone(), leader.url.clone()));
@@ -1214,6 +1230,7 @@ mod tests {
                 name: leader.to_string(),
                 url: format!("http://{leader}:7100"),
                 cpu: 4,
+                incarnation: 1,
             }),
             members: members.iter().map(|m| m.to_string()).collect(),
             reported_ms: crate::ccm::now_ms(),
@@ -1338,6 +1355,46 @@ mod tests {
         assert!(matches!(run.core.states()["a0"], LeaderState::Failed(_)));
         assert_eq!(run.groups["a"].leader.name, "a1", "added at once");
         assert!(!run.finished());
+    }
+
+    /// A GL killed while it holds the copy and restarted within seconds is re-elected under its name;
+    /// the new process knows nothing of the transfer. Its new incarnation in the segment directory makes
+    /// the run give the old one up and notify it again (found by a trial: the job hung until the delivery
+    /// timeout, and could not be cancelled).
+    #[test]
+    fn a_leader_restarted_under_its_name_is_notified_again() {
+        let segments = Segments::default();
+        let mut run = run(&segments);
+        let now = Instant::now();
+        run.core.start(now);
+        run.core.holding("a0").expect("notified");
+        run.step(now, &segments, &settings());
+        assert_eq!(
+            run.groups["a"].state,
+            GroupState::Tree,
+            "the same incarnation: nothing changes"
+        );
+        segments.update(crate::segments::Segment {
+            name: "a".into(),
+            location: "utc".into(),
+            leader: Some(crate::segments::SegmentLeader {
+                name: "a0".into(),
+                url: "http://a0:7100".into(),
+                cpu: 4,
+                incarnation: 2,
+            }),
+            members: vec!["a0".into(), "a1".into()],
+            reported_ms: crate::ccm::now_ms(),
+        });
+        run.step(now, &segments, &settings());
+        assert_eq!(run.groups["a"].state, GroupState::Tree, "back in the tree at once");
+        assert_eq!(run.groups["a"].incarnation, Some(2));
+        assert_eq!(run.given_up.get("a0"), Some(&1));
+        assert!(
+            !matches!(run.core.states()["a0"], LeaderState::Holding),
+            "the restarted a0 is to obtain the assignment again: {:?}",
+            run.core.states()["a0"]
+        );
     }
 
     #[test]

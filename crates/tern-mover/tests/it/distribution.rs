@@ -176,6 +176,7 @@ impl TreeFleet {
                 name: leader.to_string(),
                 url: self.url(leader),
                 cpu,
+                incarnation: 1,
             }),
             members: members.iter().map(|m| m.to_string()).collect(),
             reported_ms: now_ms(),
