@@ -114,6 +114,8 @@ struct MemberSession {
     applied: Option<ApplyReport>,
     /// When the member first heard of it.
     heard: Instant,
+    /// When its GL last sent anything for it (a frame, an announcement, a request).
+    active: Instant,
 }
 
 impl MemberSession {
@@ -212,6 +214,18 @@ impl Receiver {
         self.sessions.remove(&assignment);
     }
 
+    /// Sessions still being received whose GL has sent nothing for them for `idle` (it died, or gave the
+    /// member up): their partial spool is of no more use, the unicast path brings the assignment.
+    pub fn abandoned(&self, now: Instant, idle: Duration) -> Vec<u64> {
+        self.sessions
+            .iter()
+            .filter(|(_, session)| {
+                matches!(session.reception, Reception::Receiving(_)) && now.duration_since(session.active) >= idle
+            })
+            .map(|(assignment, _)| *assignment)
+            .collect()
+    }
+
     /// Makes room for a new session: forgets the finished session heard of first, preferring one whose
     /// apply report went already (no timer left); without one, the session heard of first if that was
     /// [`STALE_SESSION`] ago (one this member never completed: heavy loss, a leader that died; the
@@ -279,6 +293,7 @@ impl Receiver {
             }
             session.pass = session.pass.max(announcement.pass);
             session.leader = leader;
+            session.active = now;
             return;
         }
         if self.sessions.len() >= self.config.max_sessions && !self.forget_oldest_finished(now) {
@@ -318,6 +333,7 @@ impl Receiver {
                 timers: BTreeMap::new(),
                 applied: None,
                 heard: now,
+                active: now,
             },
         );
         if already_held {
@@ -365,6 +381,7 @@ impl Receiver {
             self.counters.refuse("pass-outside");
             return;
         }
+        session.active = now;
         if matches!(session.reception, Reception::Declined(_)) {
             // Said once, in the warning when it was declined.
             self.counters.refuse("declined");
@@ -519,6 +536,7 @@ impl Receiver {
             return;
         };
         session.leader = leader;
+        session.active = now;
         let (kind, delay_bound) = match request.wanted {
             Wanted::Status { pass, spread_ms } => {
                 session.pass = session.pass.max(pass);

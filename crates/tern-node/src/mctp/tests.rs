@@ -8,6 +8,7 @@ use tern_wire::mctp::{
     KIND_STATUS_REPORT, MctpBody, MctpMessage, ReportRequest, Status, StatusReport, Wanted,
 };
 
+use super::receiver::STALE_SESSION;
 use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
 use super::{
     CollectConfig, CollectInput, Collector, Event, Outcome, Output, Receiver, ReceiverConfig, ReceiverInput,
@@ -805,6 +806,46 @@ fn no_spool_member(now: Instant) -> Receiver {
         UNIX_MS,
     )
     .expect("receiver")
+}
+
+/// A session its GL stopped sending for (the GL died mid-session) is abandoned after [`STALE_SESSION`]
+/// of silence, so the driver lets its partial spool go; one that completed, or that still hears from its
+/// GL, is not (found by a trial: partial spool files of a killed leader's session stayed ten minutes).
+#[test]
+fn a_session_its_leader_left_is_abandoned_after_a_minute_of_silence() {
+    let start = Instant::now();
+    let mut member = no_spool_member(start);
+    announce_one_frame(&mut member, 1, start, start);
+    announce_one_frame(&mut member, 2, start, start);
+    let frame = mctp::encode_data(&DataFrame {
+        assignment: 2,
+        pass: 1,
+        id: FrameId::Source(0),
+        data: &[7u8; 50],
+    });
+    member.handle(ReceiverInput::Datagram(&frame), start);
+    assert_eq!(member.missing(2), Some(0), "session 2 completed");
+    let almost = start + STALE_SESSION - Duration::from_secs(1);
+    assert!(member.abandoned(almost, STALE_SESSION).is_empty());
+    // The GL announces session 1 again late (its next pass): it is alive.
+    announce_one_frame(&mut member, 1001, start, almost);
+    let again = MctpMessage {
+        segment: "rack-1".into(),
+        sender: "gl".into(),
+        address: identity("gl", 0).address,
+        incarnation: 1,
+        seq: 2000,
+        sent_at_ms: UNIX_MS + (almost - start).as_millis() as u64,
+        body: MctpBody::ReportRequest(ReportRequest {
+            assignment: 1,
+            wanted: Wanted::Status { pass: 1, spread_ms: 10 },
+            addressees: Addressees::All,
+        }),
+    };
+    member.handle(ReceiverInput::Datagram(&mctp::encode(&key(), &again)), almost);
+    assert!(member.abandoned(start + STALE_SESSION, STALE_SESSION).is_empty());
+    let silent = almost + STALE_SESSION;
+    assert_eq!(member.abandoned(silent, STALE_SESSION), vec![1, 1001]);
 }
 
 /// A member that ran for a while: a publish is two sessions, and sessions are swept ten minutes after

@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use tern_wire::mctp::{self, Announcement};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Received;
 use super::event_loop::{Core, Driver};
 use crate::mctp::rebuild::{RebuildIo, RebuildPlan};
+use crate::mctp::receiver::STALE_SESSION;
 use crate::mctp::{AppliedLog, Output, ReceiverInput, Sink, Spool};
 use crate::spool::{Entry, Spool as NodeSpool};
 
@@ -266,15 +267,23 @@ impl Driver {
     /// Forgets sessions heard of longer ago than
     /// [`DataChannelSettings::keep_sessions`](super::DataChannelSettings::keep_sessions) (applied and
     /// reported long since, or abandoned by their GL).
+    /// Sessions still being received that their GL left for [`STALE_SESSION`] go sooner: their partial
+    /// spool files are let go of (a leader killed mid-session left them for the whole ten minutes).
     pub(super) fn sweep(&mut self) {
         let now = Instant::now();
         let keep = self.keep_sessions;
-        let old: Vec<u64> = self
+        let mut old: Vec<u64> = self
             .first_heard
             .iter()
             .filter(|(_, heard)| now.duration_since(**heard) > keep)
             .map(|(assignment, _)| *assignment)
             .collect();
+        for assignment in self.receiver.abandoned(now.into_std(), STALE_SESSION) {
+            if !old.contains(&assignment) {
+                debug!(assignment, "session left by its leader: its partial spool is let go of");
+                old.push(assignment);
+            }
+        }
         for assignment in old {
             self.receiver.forget(assignment);
             self.first_heard.remove(&assignment);
