@@ -51,7 +51,7 @@ use crate::ccm::now_ms;
 use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
 use crate::metrics::{MoverMetrics, ReasonLabel};
 use crate::payload::Payload;
-use crate::segments::{SegmentGroup, Segments};
+use crate::segments::{SUPERSEDE_AFTER, SegmentGroup, Segments};
 use crate::star::StarDelivery;
 use crate::tree::{DistributionTree, Leader, LeaderState, Next, Notify, Source, TreeConfig, sort_leaders};
 
@@ -318,6 +318,8 @@ impl Run {
             warn!(transfer = %self.transfer, leader = %name, "group leader did not obtain the assignment in time; given up on");
         }
         self.outbox.extend(notifications);
+        let now_ms = now_ms();
+        let silent_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
         let directory: HashMap<String, crate::segments::Segment> = segments
             .all()
             .into_iter()
@@ -335,7 +337,25 @@ impl Run {
                 leader.name == group.leader.name
                     && *group.incarnation.get_or_insert(leader.incarnation) != leader.incarnation
             });
+            // The same GL, no longer reporting for its segment (it died and no one could take over): the
+            // segment directory would not group a job to it now, and this run does not wait for it either.
+            let silent = current.is_some_and(|leader| leader.name == group.leader.name)
+                && directory
+                    .get(name)
+                    .is_some_and(|segment| segment.reported_ms.saturating_add(silent_ms) <= now_ms);
             let failed = matches!(self.core.states().get(&group.leader.name), Some(LeaderState::Failed(_)));
+            if silent && !restarted && !failed {
+                warn!(
+                    transfer = %self.transfer,
+                    leader = %group.leader.name,
+                    silent_s = SUPERSEDE_AFTER.as_secs(),
+                    "group leader stopped reporting during the transfer; given up on"
+                );
+                let _ = self
+                    .core
+                    .failed(&group.leader.name, "stopped reporting for its segment");
+            }
+            let failed = failed || silent;
             if replaced && !failed {
                 // Its segment elected another leader: the old one is gone (or no longer leads).
                 let _ = self
@@ -1395,6 +1415,41 @@ mod tests {
             "the restarted a0 is to obtain the assignment again: {:?}",
             run.core.states()["a0"]
         );
+    }
+
+    /// A GL that holds the copy and then stops reporting for its segment (killed, and no other node can
+    /// lead) is given up on after [`SUPERSEDE_AFTER`], and after the grace the mover delivers to its
+    /// segment itself (found by a trial: the job waited for it until the delivery timeout, silently, and
+    /// could not be cancelled).
+    #[test]
+    fn a_leader_that_stops_reporting_is_given_up_on_and_its_segment_served_directly() {
+        let segments = Segments::default();
+        let mut run = run(&segments);
+        let now = Instant::now();
+        run.core.start(now);
+        run.core.holding("a0").expect("notified");
+        run.step(now, &segments, &settings());
+        assert_eq!(run.groups["a"].state, GroupState::Tree);
+        segments.update(crate::segments::Segment {
+            name: "a".into(),
+            location: "utc".into(),
+            leader: Some(crate::segments::SegmentLeader {
+                name: "a0".into(),
+                url: "http://a0:7100".into(),
+                cpu: 4,
+                incarnation: 1,
+            }),
+            members: vec!["a0".into(), "a1".into()],
+            reported_ms: crate::ccm::now_ms() - SUPERSEDE_AFTER.as_millis() as u64 - 1,
+        });
+        assert!(
+            run.step(now, &segments, &settings()).is_empty(),
+            "waiting for a new leader first"
+        );
+        assert!(matches!(run.core.states()["a0"], LeaderState::Failed(_)));
+        assert!(matches!(run.groups["a"].state, GroupState::Waiting(_)));
+        let direct = run.step(now + Duration::from_secs(31), &segments, &settings());
+        assert_eq!(direct, ["a"], "the mover serves segment a itself");
     }
 
     #[test]

@@ -312,7 +312,11 @@ impl Receiver {
                     sink,
                 }),
                 Err(error) => {
-                    warn!(assignment, %error, "cannot spool an announced assignment; declined, it comes by unicast");
+                    warn!(
+                        assignment = %format_args!("{assignment:016x}"),
+                        %error,
+                        "cannot spool an announced assignment; declined, it comes by unicast"
+                    );
                     self.counters.refuse("spool-error");
                     Reception::Declined(format!("spool file: {error}"))
                 }
@@ -355,7 +359,11 @@ impl Receiver {
         let Some(session) = self.sessions.get_mut(&assignment) else {
             return;
         };
-        warn!(assignment, %error, "cannot spool the session's frames; declined, it comes by unicast");
+        warn!(
+            assignment = %format_args!("{assignment:016x}"),
+            %error,
+            "cannot spool the session's frames; declined, it comes by unicast"
+        );
         self.counters.refuse("sink-error");
         session.reception = Reception::Declined(format!("spool file: {error}"));
         session.timers.remove(&TimerKind::StatusReport);

@@ -496,7 +496,7 @@ impl Sender {
             Status::Declined { reason } => {
                 if !matches!(member.status, MemberStatus::Complete | MemberStatus::Declined) {
                     warn!(
-                        assignment = report.assignment,
+                        assignment = %format_args!("{:016x}", report.assignment),
                         member = sender,
                         %reason,
                         "a member cannot take the session; it gets the assignment by unicast"

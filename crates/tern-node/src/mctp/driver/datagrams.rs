@@ -169,7 +169,7 @@ impl Runs {
             // Each segment must fit the path's MTU whole; one datagram at a time, IP fragments what
             // does not (as before segmentation offload). From now on for this socket.
             tracing::warn!(
-                datagram_bytes = self.segment,
+                udp_payload_bytes = self.segment,
                 "a frame's datagram is longer than the path's MTU: frames go one per call, fragmented by IP (raise the MTU to 1500, or lower the frame size)"
             );
             self.single = true;
