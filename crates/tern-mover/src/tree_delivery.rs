@@ -1377,6 +1377,22 @@ mod tests {
         assert!(!run.finished());
     }
 
+    /// Segment a's record as a report from its leader a0 (process `incarnation`) at `reported_ms` makes it.
+    fn report_a0(segments: &Segments, incarnation: u64, reported_ms: u64) {
+        segments.update(crate::segments::Segment {
+            name: "a".into(),
+            location: "utc".into(),
+            leader: Some(crate::segments::SegmentLeader {
+                name: "a0".into(),
+                url: "http://a0:7100".into(),
+                cpu: 4,
+                incarnation,
+            }),
+            members: vec!["a0".into(), "a1".into()],
+            reported_ms,
+        });
+    }
+
     /// A GL killed while it holds the copy and restarted within seconds is re-elected under its name;
     /// the new process knows nothing of the transfer. Its new incarnation in the segment directory makes
     /// the run give the old one up and notify it again (found by a trial: the job hung until the delivery
@@ -1394,18 +1410,7 @@ mod tests {
             GroupState::Tree,
             "the same incarnation: nothing changes"
         );
-        segments.update(crate::segments::Segment {
-            name: "a".into(),
-            location: "utc".into(),
-            leader: Some(crate::segments::SegmentLeader {
-                name: "a0".into(),
-                url: "http://a0:7100".into(),
-                cpu: 4,
-                incarnation: 2,
-            }),
-            members: vec!["a0".into(), "a1".into()],
-            reported_ms: crate::ccm::now_ms(),
-        });
+        report_a0(&segments, 2, crate::ccm::now_ms());
         run.step(now, &segments, &settings());
         assert_eq!(run.groups["a"].state, GroupState::Tree, "back in the tree at once");
         assert_eq!(run.groups["a"].incarnation, Some(2));
@@ -1430,18 +1435,11 @@ mod tests {
         run.core.holding("a0").expect("notified");
         run.step(now, &segments, &settings());
         assert_eq!(run.groups["a"].state, GroupState::Tree);
-        segments.update(crate::segments::Segment {
-            name: "a".into(),
-            location: "utc".into(),
-            leader: Some(crate::segments::SegmentLeader {
-                name: "a0".into(),
-                url: "http://a0:7100".into(),
-                cpu: 4,
-                incarnation: 1,
-            }),
-            members: vec!["a0".into(), "a1".into()],
-            reported_ms: crate::ccm::now_ms() - SUPERSEDE_AFTER.as_millis() as u64 - 1,
-        });
+        report_a0(
+            &segments,
+            1,
+            crate::ccm::now_ms() - SUPERSEDE_AFTER.as_millis() as u64 - 1,
+        );
         assert!(
             run.step(now, &segments, &settings()).is_empty(),
             "waiting for a new leader first"
