@@ -154,11 +154,14 @@ impl Mover {
             Cancelled::Done => Ok(()),
             Cancelled::NoSuchJob => Err(SubmitError::Invalid(format!("no job {id}"))),
             Cancelled::Running(false) => Err(SubmitError::Conflict(format!(
-                "job {id} is running; it commits or fails within the delivery timeout"
+                "job {id} is running and cannot be cancelled halfway; it ends by itself: nodes that do not answer fail \
+                 within the delivery timeout, a group leader that stops reporting is given up on after 30 s and its \
+                 segment served directly (the mover's log says what it waits for)"
             ))),
             Cancelled::Running(true) => Err(SubmitError::Conflict(format!(
-                "job {id} is running; it commits or fails within the delivery timeout, then its next run is \
-                 scheduled: cancel that run (`tern jobs` lists it) to end the series"
+                "job {id} is running and cannot be cancelled halfway; it ends by itself (nodes that do not answer \
+                 fail within the delivery timeout), then its next run is scheduled: cancel that run (`tern jobs` \
+                 lists it) to end the series"
             ))),
             Cancelled::Ended(state) => Err(SubmitError::Conflict(format!("job {id} has already ended ({state})"))),
         }
