@@ -187,6 +187,14 @@ struct Group {
     incarnation: Option<u64>,
 }
 
+impl Group {
+    /// Whether the directory's `leader` is this group's GL restarted: its name under another process
+    /// incarnation than the one the run first saw (recorded here on first sight).
+    fn restarted(&mut self, leader: &crate::segments::SegmentLeader) -> bool {
+        leader.name == self.leader.name && *self.incarnation.get_or_insert(leader.incarnation) != leader.incarnation
+    }
+}
+
 /// One assignment's tree while it runs.
 struct Run {
     transfer: String,
@@ -329,20 +337,15 @@ impl Run {
             if group.state != GroupState::Tree {
                 continue;
             }
-            let current = directory.get(name).and_then(|segment| segment.leader.as_ref());
+            let segment = directory.get(name);
+            let current = segment.and_then(|segment| segment.leader.as_ref());
             let replaced = current.is_some_and(|leader| leader.name != group.leader.name);
-            // The same GL, restarted (a new incarnation re-elected under its name): it lost the transfer
-            // it was leading and would never report it.
-            let restarted = current.is_some_and(|leader| {
-                leader.name == group.leader.name
-                    && *group.incarnation.get_or_insert(leader.incarnation) != leader.incarnation
-            });
+            // The same GL, restarted: it lost the transfer it was leading and would never report it.
+            let restarted = current.is_some_and(|leader| group.restarted(leader));
             // The same GL, no longer reporting for its segment (it died and no one could take over): the
             // segment directory would not group a job to it now, and this run does not wait for it either.
             let silent = current.is_some_and(|leader| leader.name == group.leader.name)
-                && directory
-                    .get(name)
-                    .is_some_and(|segment| segment.reported_ms.saturating_add(silent_ms) <= now_ms);
+                && segment.is_some_and(|segment| segment.reported_ms.saturating_add(silent_ms) <= now_ms);
             let failed = matches!(self.core.states().get(&group.leader.name), Some(LeaderState::Failed(_)));
             if silent && !restarted && !failed {
                 warn!(
@@ -385,12 +388,10 @@ impl Run {
                         .get(leader)
                         .is_some_and(|count| *count <= settings.retries)
             };
-            // The same name under a new incarnation is a restarted GL: alive, and to be notified again.
-            let restarted = |leader: &crate::segments::SegmentLeader| {
-                leader.name == group.leader.name && group.incarnation.is_some_and(|seen| seen != leader.incarnation)
-            };
+            // A restarted GL is alive, and to be notified again.
+            let restarted = current.as_ref().is_some_and(|leader| group.restarted(leader));
             match current {
-                Some(leader) if leader.name != group.leader.name || retry(&leader.name) || restarted(&leader) => {
+                Some(leader) if leader.name != group.leader.name || retry(&leader.name) || restarted => {
                     info!(transfer = %self.transfer, segment = %name, leader = %leader.name, "segment's group leader added to the running tree");
                     group.leader = Leader {
                         name: leader.name.clone(),
@@ -1243,6 +1244,11 @@ mod tests {
     }
 
     fn directory(segments: &Segments, segment: &str, leader: &str, members: &[&str]) {
+        report(segments, segment, leader, members, 1, crate::ccm::now_ms());
+    }
+
+    /// The segment's record as a report from `leader` (process `incarnation`) at `reported_ms` makes it.
+    fn report(segments: &Segments, segment: &str, leader: &str, members: &[&str], incarnation: u64, reported_ms: u64) {
         segments.update(crate::segments::Segment {
             name: segment.to_string(),
             location: "utc".to_string(),
@@ -1250,10 +1256,10 @@ mod tests {
                 name: leader.to_string(),
                 url: format!("http://{leader}:7100"),
                 cpu: 4,
-                incarnation: 1,
+                incarnation,
             }),
             members: members.iter().map(|m| m.to_string()).collect(),
-            reported_ms: crate::ccm::now_ms(),
+            reported_ms,
         });
     }
 
@@ -1379,18 +1385,22 @@ mod tests {
 
     /// Segment a's record as a report from its leader a0 (process `incarnation`) at `reported_ms` makes it.
     fn report_a0(segments: &Segments, incarnation: u64, reported_ms: u64) {
-        segments.update(crate::segments::Segment {
-            name: "a".into(),
-            location: "utc".into(),
-            leader: Some(crate::segments::SegmentLeader {
-                name: "a0".into(),
-                url: "http://a0:7100".into(),
-                cpu: 4,
-                incarnation,
-            }),
-            members: vec!["a0".into(), "a1".into()],
-            reported_ms,
-        });
+        report(segments, "a", "a0", &["a0", "a1"], incarnation, reported_ms);
+    }
+
+    /// The run of [`run`] once a0 holds the copy and the run has looked at the directory once.
+    fn a0_holding(segments: &Segments) -> (Run, Instant) {
+        let mut run = run(segments);
+        let now = Instant::now();
+        run.core.start(now);
+        run.core.holding("a0").expect("notified");
+        run.step(now, segments, &settings());
+        assert_eq!(
+            run.groups["a"].state,
+            GroupState::Tree,
+            "the same incarnation: nothing changes"
+        );
+        (run, now)
     }
 
     /// A GL killed while it holds the copy and restarted within seconds is re-elected under its name;
@@ -1400,16 +1410,7 @@ mod tests {
     #[test]
     fn a_leader_restarted_under_its_name_is_notified_again() {
         let segments = Segments::default();
-        let mut run = run(&segments);
-        let now = Instant::now();
-        run.core.start(now);
-        run.core.holding("a0").expect("notified");
-        run.step(now, &segments, &settings());
-        assert_eq!(
-            run.groups["a"].state,
-            GroupState::Tree,
-            "the same incarnation: nothing changes"
-        );
+        let (mut run, now) = a0_holding(&segments);
         report_a0(&segments, 2, crate::ccm::now_ms());
         run.step(now, &segments, &settings());
         assert_eq!(run.groups["a"].state, GroupState::Tree, "back in the tree at once");
@@ -1429,12 +1430,7 @@ mod tests {
     #[test]
     fn a_leader_that_stops_reporting_is_given_up_on_and_its_segment_served_directly() {
         let segments = Segments::default();
-        let mut run = run(&segments);
-        let now = Instant::now();
-        run.core.start(now);
-        run.core.holding("a0").expect("notified");
-        run.step(now, &segments, &settings());
-        assert_eq!(run.groups["a"].state, GroupState::Tree);
+        let (mut run, now) = a0_holding(&segments);
         report_a0(
             &segments,
             1,

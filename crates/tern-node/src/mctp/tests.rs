@@ -12,7 +12,7 @@ use super::receiver::STALE_SESSION;
 use super::sim::{ASSIGNMENT, Segment, UNIX_MS, assignment_bytes, hash_of, identity, key, member_name};
 use super::{
     CollectConfig, CollectInput, Collector, Event, Outcome, Output, Receiver, ReceiverConfig, ReceiverInput,
-    SenderConfig, Sink, Spool, addressees,
+    SenderConfig, SessionReport, Sink, Spool, addressees,
 };
 
 const FRAME: u32 = 100;
@@ -45,6 +45,14 @@ fn new_segment(members: usize) -> Segment {
 fn bytes() -> Vec<u8> {
     // The last frame is shorter.
     assignment_bytes(FRAMES * FRAME as usize - 37, 5)
+}
+
+/// The one session the segment ran.
+fn only_session(segment: &Segment) -> &SessionReport {
+    match segment.sessions.as_slice() {
+        [session] => session,
+        sessions => panic!("one session expected: {sessions:?}"),
+    }
 }
 
 /// Status reports members sent the GL, with the sender's name.
@@ -100,9 +108,7 @@ fn a_member_whose_disk_fails_declines_the_session_and_is_left_to_unicast() {
     segment.start(bytes.clone());
     segment.run_for(Duration::from_secs(30));
 
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(
         session.outcome,
         Outcome::Quorum {
@@ -165,9 +171,7 @@ fn frames_7_19_and_20_lost_are_exactly_those_nacked_and_rebuilt_from_pass_2() {
         (member.counters().frames_received, member.counters().frames_rebuilt),
         (27, 3)
     );
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(session.outcome, Outcome::Complete);
     assert_eq!(
         (session.passes, session.frames_sent, session.frames_repaired),
@@ -236,9 +240,7 @@ fn a_member_that_missed_the_announcement_takes_the_pass_from_its_next_copy() {
         "dropped {dropped} frames before a copy of the announcement"
     );
     assert_eq!(segment.spooled(2), Some(bytes));
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(session.outcome, Outcome::Complete);
     assert_eq!(
         session.passes, 2,
@@ -270,9 +272,7 @@ fn a_member_that_joins_late_is_filled_by_later_passes() {
     assert!(dropped > 0, "frames before the announcement dropped");
     assert_eq!(segment.spooled(1), Some(bytes.clone()));
     assert_eq!(segment.spooled(2), Some(bytes));
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(session.outcome, Outcome::Complete);
     // Pass 2's announcement brings it in, pass 3 repairs what it NACKed: it heard no frame of its
     // session (those before it joined went elsewhere, those after were unannounced), so each block's
@@ -327,9 +327,7 @@ fn a_quorum_ends_a_session_whose_stragglers_make_no_progress() {
     let bytes = bytes();
     segment.start(bytes.clone());
     segment.run_for(Duration::from_secs(60));
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(
         session.outcome,
         Outcome::Quorum {
@@ -348,9 +346,7 @@ fn without_a_quorum_the_leader_gives_up_after_ten_passes_without_progress() {
     segment.drop_rule = Box::new(|to, bytes| to >= 2 && mctp::is_data_frame(bytes));
     segment.start(bytes());
     segment.run_for(Duration::from_secs(60));
-    let [session] = segment.sessions.as_slice() else {
-        panic!("{:?}", segment.sessions);
-    };
+    let session = only_session(&segment);
     assert_eq!(
         session.outcome,
         Outcome::GaveUp {

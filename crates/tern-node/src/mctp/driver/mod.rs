@@ -499,25 +499,61 @@ mod tests {
         (0..len).map(|_| rng.next_u64() as u8).collect()
     }
 
+    /// A leader's channel on `port` (in `area/gl`) and an assignment of `len` bytes in a file it sends
+    /// from.
+    struct Setup {
+        area: tempfile::TempDir,
+        payload: Vec<u8>,
+        hash: String,
+        source: std::path::PathBuf,
+        leader: DataChannel,
+    }
+
+    impl Setup {
+        fn new(port: u16, len: usize) -> Setup {
+            let area = tempfile::tempdir().expect("tempdir");
+            let payload = bytes(len);
+            let hash = blake3::hash(&payload).to_hex().to_string();
+            let source = area.path().join("assignment");
+            std::fs::write(&source, &payload).expect("write");
+            let (leader, _) = start(
+                settings(port, 0.0, 1),
+                key(),
+                "gl",
+                &area.path().join("gl"),
+                Arc::default(),
+            )
+            .expect("the leader's channel");
+            Setup {
+                area,
+                payload,
+                hash,
+                source,
+                leader,
+            }
+        }
+
+        /// The session of this assignment, named `name`, to `members`.
+        fn session(&self, name: &str, members: Vec<String>) -> SessionStart {
+            SessionStart {
+                assignment: assignment_id(&self.hash),
+                name: name.into(),
+                hash: self.hash.clone(),
+                size: self.payload.len() as u64,
+                members,
+                source: Box::new(FileSource::open(&self.source).expect("source")),
+            }
+        }
+    }
+
     /// A GL and three members on the loopback interface's multicast, each member losing 5% of what the
     /// data channel brings: every member spools the exact assignment, the lost frames are repaired, and
     /// report collection names every member as having applied it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_over_loopback_multicast_with_loss_reaches_every_member() {
         let port = 40_000 + (std::process::id() % 20_000) as u16;
-        let area = tempfile::tempdir().expect("tempdir");
-        let payload = bytes(3_000_000);
-        let hash = blake3::hash(&payload).to_hex().to_string();
-        let source = area.path().join("assignment");
-        std::fs::write(&source, &payload).expect("write");
-        let (leader, _) = start(
-            settings(port, 0.0, 1),
-            key(),
-            "gl",
-            &area.path().join("gl"),
-            Arc::default(),
-        )
-        .expect("the leader's channel");
+        let setup = Setup::new(port, 3_000_000);
+        let (area, payload, hash, leader) = (&setup.area, &setup.payload, &setup.hash, &setup.leader);
         let mut members = Vec::new();
         for index in 1..=3u64 {
             let name = format!("m{index}");
@@ -531,14 +567,7 @@ mod tests {
             members.push((name, started.expect("a member's channel")));
         }
         let names: Vec<String> = members.iter().map(|(name, _)| name.clone()).collect();
-        let start_session = SessionStart {
-            assignment: assignment_id(&hash),
-            name: "www-000001".into(),
-            hash: hash.clone(),
-            size: payload.len() as u64,
-            members: names.clone(),
-            source: Box::new(FileSource::open(&source).expect("source")),
-        };
+        let start_session = setup.session("www-000001", names.clone());
         let bound = Duration::from_secs(120);
         let led = tokio::time::timeout(bound, leader.lead(start_session))
             .await
@@ -555,7 +584,7 @@ mod tests {
                 .await
                 .expect("received in time")
                 .expect("received");
-            assert_eq!(item.hash, hash);
+            assert_eq!(&item.hash, hash);
             // As the node does: the lost frames rebuilt as the spooled copy is read.
             assert!(item.rebuild.frames() > 0, "{name} lost frames to 5% loss");
             let mut files = SpoolRebuild::open(&item.entry, &item.rebuild).expect("spool files");
@@ -565,9 +594,9 @@ mod tests {
                 Ok(())
             });
             assert_eq!(walked.expect("rebuilt"), item.rebuild.frames());
-            assert!(read == payload, "{name} read the exact assignment");
+            assert!(read == *payload, "{name} read the exact assignment");
             let spooled = std::fs::read(item.entry.path()).expect("spool file");
-            assert!(spooled == payload, "{name} spooled the exact assignment");
+            assert!(spooled == *payload, "{name} spooled the exact assignment");
             channel.applied(&item, Ok(())).await;
         }
         let report = tokio::time::timeout(bound, led.collected)
@@ -603,19 +632,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_nobody_knows_the_address_of_goes_to_the_unicast_path_at_once() {
         let port = 40_000 + ((std::process::id() + 7) % 20_000) as u16;
-        let area = tempfile::tempdir().expect("tempdir");
-        let payload = bytes(200_000);
-        let hash = blake3::hash(&payload).to_hex().to_string();
-        let source = area.path().join("assignment");
-        std::fs::write(&source, &payload).expect("write");
-        let (leader, _) = start(
-            settings(port, 0.0, 1),
-            key(),
-            "gl",
-            &area.path().join("gl"),
-            Arc::default(),
-        )
-        .expect("the leader's channel");
+        let setup = Setup::new(port, 200_000);
+        let (area, hash, leader) = (&setup.area, &setup.hash, &setup.leader);
         let (member, mut received) = start(
             settings(port, 0.0, 2),
             key(),
@@ -624,15 +642,8 @@ mod tests {
             Arc::default(),
         )
         .expect("a member's channel");
-        let assignment = assignment_id(&hash);
-        let start_session = SessionStart {
-            assignment,
-            name: "www-000002".into(),
-            hash: hash.clone(),
-            size: payload.len() as u64,
-            members: vec!["m1".into(), "gone".into()],
-            source: Box::new(FileSource::open(&source).expect("source")),
-        };
+        let assignment = assignment_id(hash);
+        let start_session = setup.session("www-000002", vec!["m1".into(), "gone".into()]);
         let bound = Duration::from_secs(60);
         let led = tokio::time::timeout(bound, leader.lead(start_session))
             .await
