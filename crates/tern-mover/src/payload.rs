@@ -25,7 +25,16 @@ struct Held {
     len: u64,
     /// The signed blake3 hash in the trailer (hex), when the bytes are an assignment.
     hash: Option<String>,
+    /// A file's chunks read lately, as (offset, bytes), oldest first: the star's senders go through the
+    /// same chunks at about the same time, so one read from the file serves every node near it (a publish
+    /// to N nodes read the file N times, each read into a zeroed buffer). At most [`RECENT_CHUNKS`].
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// Reads from the file so far.
+    file_reads: std::sync::atomic::AtomicU64,
 }
+
+/// A file's chunks kept for senders close behind the first ([`CHUNK`] each: 8 MiB).
+const RECENT_CHUNKS: usize = 32;
 
 #[derive(Debug)]
 enum Stored {
@@ -43,6 +52,8 @@ impl Payload {
             len: bytes.len() as u64,
             hash: tern_wire::assignment::trailer_hash(&bytes),
             bytes: Stored::Memory(bytes),
+            recent: Default::default(),
+            file_reads: Default::default(),
         }))
     }
 
@@ -53,6 +64,8 @@ impl Payload {
             bytes: Stored::File(file),
             len,
             hash: Some(hash),
+            recent: Default::default(),
+            file_reads: Default::default(),
         }))
     }
 
@@ -165,11 +178,39 @@ impl Held {
         match &self.bytes {
             Stored::Memory(bytes) => Ok(bytes.slice(offset as usize..end as usize)),
             Stored::File(file) => {
-                let mut buffer = vec![0u8; (end - offset) as usize];
+                let len = (end - offset) as usize;
+                let kept = |chunks: &std::collections::VecDeque<(u64, Bytes)>| {
+                    chunks
+                        .iter()
+                        .find(|(at, bytes)| *at == offset && bytes.len() == len)
+                        .map(|(_, bytes)| bytes.clone())
+                };
+                if let Some(bytes) = kept(&self.recent()) {
+                    return Ok(bytes);
+                }
+                // Read without the lock (other senders go on meanwhile); two that miss the same chunk at
+                // once both read it, and the first one kept is the one shared.
+                let mut buffer = vec![0u8; len];
                 read_exact_at(file, &mut buffer, offset)?;
-                Ok(Bytes::from(buffer))
+                self.file_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut chunks = self.recent();
+                if let Some(bytes) = kept(&chunks) {
+                    return Ok(bytes);
+                }
+                let bytes = Bytes::from(buffer);
+                if chunks.len() == RECENT_CHUNKS {
+                    chunks.pop_front();
+                }
+                chunks.push_back((offset, bytes.clone()));
+                Ok(bytes)
             }
         }
+    }
+}
+
+impl Held {
+    fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Bytes)>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -233,6 +274,23 @@ mod tests {
         for reader in readers {
             assert!(reader.await.expect("task").expect("streams")[..] == bytes[..]);
         }
+    }
+
+    #[tokio::test]
+    async fn senders_close_together_share_one_read_of_each_chunk() {
+        let (bytes, file, _) = assignment(5 * CHUNK + 9);
+        let chunks = bytes.len().div_ceil(CHUNK) as u64;
+        for _ in 0..8 {
+            assert!(file.body().collect().await.expect("streams").to_bytes()[..] == bytes[..]);
+        }
+        assert_eq!(file.0.file_reads.load(std::sync::atomic::Ordering::Relaxed), chunks);
+        // A sender further behind than the chunks kept reads the file again, and gets the same bytes.
+        let (bytes, file, _) = assignment((RECENT_CHUNKS + 3) * CHUNK);
+        let first = file.body().collect().await.expect("streams").to_bytes();
+        let second = file.body().collect().await.expect("streams").to_bytes();
+        assert!(first[..] == bytes[..] && second[..] == bytes[..]);
+        let reads = file.0.file_reads.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(reads > bytes.len().div_ceil(CHUNK) as u64, "{reads}");
     }
 
     #[test]

@@ -427,15 +427,16 @@ impl Interpreter {
                         .map_err(io(index, "create"))?;
                     // Unpacked in a stream from the spool into the file: a file of any size costs no
                     // more memory than a small one.
-                    write_new_with(&target, *mode, *mtime_ns, |file| assignment.unpack_to(data, file)).map_err(
-                        |error| {
-                            if error.kind() == std::io::ErrorKind::InvalidData {
-                                mismatch(index, path)
-                            } else {
-                                io(index, "create")(error)
-                            }
-                        },
-                    )?;
+                    write_new_with(&target, *mode, *mtime_ns, |file| {
+                        assignment.unpack_to(data, &mut unpacker.zstd, file)
+                    })
+                    .map_err(|error| {
+                        if error.kind() == std::io::ErrorKind::InvalidData {
+                            mismatch(index, path)
+                        } else {
+                            io(index, "create")(error)
+                        }
+                    })?;
                 }
                 Command::Patch {
                     path,

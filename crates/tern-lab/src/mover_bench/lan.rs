@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::machine::{CpuTimes, WorkArea, cpu_seconds_of, load_average, major_faults, settle};
+use super::machine::{
+    CpuTimes, WorkArea, cpu_seconds_of, load_average, major_faults, memory_handed_back, settle, warm_memory,
+};
 use super::{MoverBench, mb, rsync, show, site};
 use crate::topology::{HostProcess, Lab, LabSpec};
 
@@ -52,6 +54,11 @@ struct Transfer {
     major_faults: u64,
     /// tern: from submission to the job's start (scheduling), seconds.
     queued: f64,
+    /// Memory warmed right before it (bytes) and the seconds that took ([`warm_memory`]).
+    warmed: u64,
+    warm_seconds: f64,
+    /// Memory the machine handed back to the hypervisor during it, bytes (`None`: not known here).
+    handed_back: Option<u64>,
 }
 
 /// Runs the one-LAN benchmark.
@@ -111,6 +118,18 @@ pub(super) fn run(options: &MoverBench, tern: &str) -> Result<()> {
                     continue;
                 }
                 let settled = settle().as_secs_f64();
+                // What the step fills: tern a spool and a tree per node (rsync a tree and its temporary
+                // files); a change rewrites one file of ten.
+                let footprint = match step {
+                    "initial" => site_bytes * (2 * nodes as u64 + 1),
+                    _ => site_bytes * nodes as u64 / 5,
+                };
+                let (warmed, warm_seconds) = if options.cold_memory {
+                    (0, 0.0)
+                } else {
+                    warm_memory(&work.path, footprint)
+                };
+                let handed_back_before = memory_handed_back();
                 let load = load_average();
                 let cpu_before = CpuTimes::read();
                 let faults_before = major_faults();
@@ -128,12 +147,18 @@ pub(super) fn run(options: &MoverBench, tern: &str) -> Result<()> {
                 transfer.mover_cpu = cpu_seconds_of("tern", "mover") - mover_before;
                 transfer.nodes_cpu = cpu_seconds_of("tern", "node") - nodes_before;
                 transfer.major_faults = major_faults().saturating_sub(faults_before);
+                transfer.warmed = warmed;
+                transfer.warm_seconds = warm_seconds;
+                transfer.handed_back = handed_back_before
+                    .zip(memory_handed_back())
+                    .map(|(before, after)| after.saturating_sub(before));
                 transfer.round = round;
                 transfer.load = load;
                 transfer.settled = settled;
                 println!(
                     "  {step} {method}: {:.2} s, {} bytes per node; CPU {:.0}% busy, steal {:.1}%, load {:.2} before, \
-                     tern CPU s: mover {:.2}, nodes {:.2}; {} major faults",
+                     tern CPU s: mover {:.2}, nodes {:.2}; {} major faults; memory warmed before: {:.1} GB in \
+                     {:.1} s, handed back during: {}",
                     transfer.seconds,
                     mean(&transfer.per_node),
                     transfer.busy * 100.0,
@@ -141,7 +166,12 @@ pub(super) fn run(options: &MoverBench, tern: &str) -> Result<()> {
                     load,
                     transfer.mover_cpu,
                     transfer.nodes_cpu,
-                    transfer.major_faults
+                    transfer.major_faults,
+                    transfer.warmed as f64 / 1e9,
+                    transfer.warm_seconds,
+                    transfer
+                        .handed_back
+                        .map_or("unknown".to_string(), |bytes| format!("{:.1} GB", bytes as f64 / 1e9)),
                 );
                 let copies: Vec<PathBuf> = names.iter().map(|name| fleet.copy(name, method)).collect();
                 site::check_identical(&staging, &copies)?;
@@ -170,12 +200,12 @@ pub(super) fn run(options: &MoverBench, tern: &str) -> Result<()> {
     std::fs::create_dir_all(&options.out)?;
     std::fs::write(options.out.join("summary.md"), &summary)?;
     let mut csv = String::from(
-        "step,round,method,seconds,source_bytes,node_bytes_mean,node_bytes_max,cpu_busy,cpu_steal,load,settled,mover_cpu_s,nodes_cpu_s,major_faults,queued\n",
+        "step,round,method,seconds,source_bytes,node_bytes_mean,node_bytes_max,cpu_busy,cpu_steal,load,settled,mover_cpu_s,nodes_cpu_s,major_faults,queued,warmed_bytes,warm_s,handed_back_bytes\n",
     );
     for t in &transfers {
         let _ = writeln!(
             csv,
-            "{},{},{},{:.3},{},{},{},{:.3},{:.4},{:.2},{:.1},{:.2},{:.2},{},{:.3}",
+            "{},{},{},{:.3},{},{},{},{:.3},{:.4},{:.2},{:.1},{:.2},{:.2},{},{:.3},{},{:.2},{}",
             t.step,
             t.round,
             t.method,
@@ -190,7 +220,10 @@ pub(super) fn run(options: &MoverBench, tern: &str) -> Result<()> {
             t.mover_cpu,
             t.nodes_cpu,
             t.major_faults,
-            t.queued
+            t.queued,
+            t.warmed,
+            t.warm_seconds,
+            t.handed_back.map_or(String::new(), |bytes| bytes.to_string()),
         );
     }
     std::fs::write(options.out.join("mover.csv"), csv)?;
@@ -375,6 +408,9 @@ impl Transfer {
             nodes_cpu: 0.0,
             major_faults: 0,
             queued: 0.0,
+            warmed: 0,
+            warm_seconds: 0.0,
+            handed_back: None,
         }
     }
 }
@@ -434,6 +470,37 @@ fn summarize(files: usize, nodes: usize, share: f64, rounds: usize, site_bytes: 
         mb(site_bytes as f64),
         share * 100.0,
     );
+    if transfers.iter().all(|t| t.warmed == 0) {
+        let _ = writeln!(
+            text,
+            "Memory not warmed before the measurements (--cold-memory): figures include this VM's hypervisor \
+             faulting back memory it took.\n"
+        );
+    } else {
+        for step in STEPS {
+            let warm: Vec<&Transfer> = transfers.iter().filter(|t| t.step == step).collect();
+            let gb: Vec<f64> = warm.iter().map(|t| t.warmed as f64 / 1e9).collect();
+            let seconds: Vec<f64> = warm.iter().map(|t| t.warm_seconds).collect();
+            let back: Vec<f64> = warm
+                .iter()
+                .filter_map(|t| t.handed_back)
+                .map(|b| b as f64 / 1e9)
+                .collect();
+            let _ = writeln!(
+                text,
+                "{step}: memory warmed right before each measurement: {} GB in {} s; handed back to the \
+                 hypervisor during one: {} GB",
+                show(&gb, 1),
+                show(&seconds, 1),
+                if back.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    show(&back, 2)
+                },
+            );
+        }
+        let _ = writeln!(text);
+    }
     let _ = writeln!(
         text,
         "| step | method | time to all nodes (s) | rounds (s) | bytes leaving the source (MB) | bytes per node (MB) | machine CPU busy | tern CPU, mover / nodes (s) | CPU others took |"

@@ -84,6 +84,11 @@ pub struct MoverBench {
     /// occupy when rsync runs), to measure what memory in use does to the change step on this machine.
     #[arg(long, value_name = "GB", default_value_t = 0)]
     pub ballast_gb: u64,
+    /// One LAN: do not warm the memory a measurement fills before it. This VM hands free memory back to its
+    /// hypervisor, and writing to it again costs ~8x a warm write: without warming, a method's time
+    /// depends on what ran before it (see `machine::warm_memory`).
+    #[arg(long)]
+    pub cold_memory: bool,
     /// The tern binary (default: the release build next to this program).
     #[arg(long)]
     pub tern: Option<PathBuf>,

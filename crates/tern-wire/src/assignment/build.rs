@@ -726,13 +726,14 @@ mod tests {
     /// stream, patches applied to `old`.
     fn contents(assignment: &Assignment, old: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut scratch = Vec::new();
+        let mut unpacker = Unpacker::new();
         assignment
             .commands
             .iter()
             .filter_map(|command| match command {
                 Command::Create { path, data, .. } => {
                     let mut out = Vec::new();
-                    assignment.unpack_to(data, &mut out).expect("unpacks");
+                    assignment.unpack_to(data, &mut unpacker, &mut out).expect("unpacks");
                     Some((path.clone(), out))
                 }
                 Command::Patch { path, data, .. } => {

@@ -383,6 +383,20 @@ impl Unpacker {
         Self::finish(result, out, size)
     }
 
+    /// The context for one streamed frame: any window the mover's compressor chose (up to zstd's largest),
+    /// since a file packed in a stream may be larger than memory. Whatever a frame that failed mid-way left
+    /// in it is discarded first (zstd takes parameters only between frames).
+    fn stream_context(&mut self) -> std::io::Result<&mut zstd::zstd_safe::DCtx<'static>> {
+        let error = |code| invalid(zstd::zstd_safe::get_error_name(code));
+        self.context
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(error)?;
+        self.context
+            .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(31))
+            .map_err(error)?;
+        Ok(&mut self.context)
+    }
+
     fn prepare(out: &mut Vec<u8>, size: u64) -> std::io::Result<()> {
         let size = usize::try_from(size).map_err(|_| invalid("declared size too large"))?;
         out.clear();
@@ -400,6 +414,10 @@ impl Unpacker {
         }
     }
 }
+
+/// Stored bytes read from a spool at a time while a zstd frame is decoded in a stream (zstd's own input
+/// block size).
+const STREAM_READ: usize = 128 << 10;
 
 fn invalid(reason: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_string())
@@ -574,11 +592,16 @@ impl Assignment {
 
     /// Writes the file content of a create command's `data` to `out` as it is unpacked, without holding it
     /// (memory stays bounded whatever the file's size: the stored bytes are read from the spool in chunks
-    /// and a zstd frame is decoded in a stream). The content is checked on the way against its declared
-    /// size (more is refused at once) and at the end against its blake3 hash: an error of kind
-    /// `InvalidData` then, after which what `out` received must be thrown away; other errors are
-    /// `out`'s or the spool's.
-    pub fn unpack_to(&self, data: &DataRef, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// and a zstd frame is decoded in a stream, with `unpacker`'s context: one for a whole assignment of
+    /// any number of files). The content is checked on the way against its declared size (more is refused
+    /// at once) and at the end against its blake3 hash: an error of kind `InvalidData` then, after which
+    /// what `out` received must be thrown away; other errors are `out`'s or the spool's.
+    pub fn unpack_to(
+        &self,
+        data: &DataRef,
+        unpacker: &mut Unpacker,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
         let stored: Box<dyn std::io::Read + '_> = match &self.data {
             DataSection::Memory { buffer, range } => {
                 let start = range.start + data.offset as usize;
@@ -605,9 +628,10 @@ impl Assignment {
                 std::io::copy(&mut stored, &mut checked)?;
             }
             Compression::Zstd => {
-                let mut decoder = zstd::stream::read::Decoder::new(stored)?.single_frame();
-                // Whatever window the mover's compressor chose (up to zstd's largest).
-                decoder.window_log_max(31)?;
+                let stored = std::io::BufReader::with_capacity(STREAM_READ, stored);
+                // The unpacker's context, its session reset: no context made (and the CPU probed) per file.
+                let mut decoder =
+                    zstd::stream::read::Decoder::with_context(stored, unpacker.stream_context()?).single_frame();
                 std::io::copy(&mut decoder, &mut checked)?;
             }
         }
@@ -824,6 +848,8 @@ mod tests {
         builder.create("big.txt", None, &compressible, true).expect("create");
         builder.create("noise.bin", None, &random, true).expect("create");
         let bytes = builder.finish(&signing, None).expect("finish");
+        // One unpacker for every file of both assignments, as a node uses one per assignment.
+        let mut unpacker = Unpacker::new();
         for assignment in [
             spooled(&bytes, 64 * 1024, &signing.verifying_key(), None).expect("spooled"),
             decode(&bytes, &signing.verifying_key(), None, &Limits::default()).expect("in memory"),
@@ -839,18 +865,33 @@ mod tests {
             assert_eq!(datas[0].compression, Compression::Zstd);
             for (data, expected) in datas.iter().zip([&compressible, &random]) {
                 let mut out = Vec::new();
-                assignment.unpack_to(data, &mut out).expect("unpacks");
+                assignment.unpack_to(data, &mut unpacker, &mut out).expect("unpacks");
                 assert_eq!(&out, expected);
                 let mut short = data.clone();
                 short.size -= 1;
                 let error = assignment
-                    .unpack_to(&short, &mut Vec::new())
+                    .unpack_to(&short, &mut unpacker, &mut Vec::new())
                     .expect_err("larger than declared");
                 assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
                 let mut other = data.clone();
                 other.hash = blake3::hash(b"something else").to_hex().to_string();
-                let error = assignment.unpack_to(&other, &mut Vec::new()).expect_err("another hash");
+                let error = assignment
+                    .unpack_to(&other, &mut unpacker, &mut Vec::new())
+                    .expect_err("another hash");
                 assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+                if data.compression == Compression::Zstd {
+                    let mut cut = data.clone();
+                    cut.len -= 16;
+                    assignment
+                        .unpack_to(&cut, &mut unpacker, &mut Vec::new())
+                        .expect_err("a truncated frame");
+                }
+                // The context a failed frame left mid-way serves the next file whole.
+                let mut again = Vec::new();
+                assignment
+                    .unpack_to(data, &mut unpacker, &mut again)
+                    .expect("unpacks again");
+                assert_eq!(&again, expected);
             }
         }
     }
