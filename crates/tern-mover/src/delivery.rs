@@ -56,9 +56,19 @@ pub struct NodeOutcome {
 /// A boxed future of the outcomes of one phase.
 pub type PhaseFuture<'a> = Pin<Box<dyn Future<Output = Vec<NodeOutcome>> + Send + 'a>>;
 
-/// Where a transport tells each node's outcome of phase one as soon as it is known
-/// ([`Delivery::prepare`] with `early`).
-pub type EarlyOutcomes = tokio::sync::mpsc::UnboundedSender<NodeOutcome>;
+/// What a transport tells during phase one, before the phase ends ([`Delivery::prepare`] with `early`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Early {
+    /// A node's outcome, as soon as it is known.
+    Outcome(NodeOutcome),
+    /// What the delivery is waiting for, in words for the operator (a group leader that stopped reporting,
+    /// a segment waiting for a new one), or `None` once it no longer waits for anything in particular: the
+    /// running job's note, shown by `tern publish` and `tern jobs`.
+    Waiting(Option<String>),
+}
+
+/// Where a transport sends what it tells early ([`Early`]).
+pub type EarlyReports = tokio::sync::mpsc::UnboundedSender<Early>;
 
 /// How long [`carry`] still waits for the other nodes once a quorum smaller than the targets has
 /// prepared, at least: then it commits on the nodes that prepared (a hung node would otherwise hold the
@@ -79,7 +89,7 @@ pub trait Delivery: Send + Sync {
         job: &'a str,
         content: Payload,
         nodes: &'a [Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> PhaseFuture<'a>;
 
     /// Phase two: sends the assignment that switches (a commit; or a rollback or remove, which switch by
@@ -331,7 +341,18 @@ async fn prepare_phase(
         };
         tokio::select! {
             outcomes = &mut phase => break Some(outcomes),
-            Some(outcome) = arrivals.recv() => {
+            Some(early) = arrivals.recv() => {
+                let outcome = match early {
+                    Early::Outcome(outcome) => outcome,
+                    Early::Waiting(note) => {
+                        let job = job.to_string();
+                        let noted = store.call(move |store| store.note_running(&job, note.as_deref(), now_ms())).await;
+                        if let Err(error) = noted {
+                            warn!(%error, "a running job's note not recorded");
+                        }
+                        continue;
+                    }
+                };
                 let Some(recipient) = recipients.iter().find(|r| r.name == outcome.node) else { continue };
                 if !recorded.insert(outcome.node.clone()) {
                     continue;
@@ -554,7 +575,7 @@ mod tests {
             _job: &'a str,
             content: Payload,
             nodes: &'a [Recipient],
-            _early: Option<EarlyOutcomes>,
+            _early: Option<EarlyReports>,
         ) -> PhaseFuture<'a> {
             Box::pin(async move { self.phase("prepare", &self.fail_prepare, &content, nodes) })
         }
@@ -737,7 +758,7 @@ mod tests {
             _job: &'a str,
             content: Payload,
             nodes: &'a [Recipient],
-            early: Option<EarlyOutcomes>,
+            early: Option<EarlyReports>,
         ) -> PhaseFuture<'a> {
             Box::pin(async move {
                 let answered: Vec<Recipient> = nodes.iter().filter(|n| n.name != self.hung).cloned().collect();
@@ -746,7 +767,7 @@ mod tests {
                     .phase("prepare", &self.inner.fail_prepare, &content, &answered)
                 {
                     if let Some(early) = &early {
-                        let _ = early.send(outcome);
+                        let _ = early.send(Early::Outcome(outcome));
                     }
                 }
                 std::future::pending().await
@@ -858,7 +879,7 @@ mod tests {
                 _: &'a str,
                 _: Payload,
                 _: &'a [Recipient],
-                _: Option<EarlyOutcomes>,
+                _: Option<EarlyReports>,
             ) -> PhaseFuture<'a> {
                 Box::pin(async { Vec::new() })
             }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use tern_http::tls::HttpsClient;
 use tern_wire::mover::ErrorAnswer;
 
-use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
+use crate::delivery::{Delivery, Early, EarlyReports, NodeOutcome, PhaseFuture, Recipient};
 use crate::payload::Payload;
 
 /// The star over HTTP: one request per node and assignment, each bounded by a timeout.
@@ -35,7 +35,7 @@ impl StarDelivery {
         job: &str,
         assignment: Payload,
         nodes: &[Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> Vec<NodeOutcome> {
         let length = assignment.len();
         let mut tasks = Vec::with_capacity(nodes.len());
@@ -59,7 +59,7 @@ impl StarDelivery {
                         via: None,
                     };
                     if let Some(early) = early {
-                        let _ = early.send(outcome.clone());
+                        let _ = early.send(Early::Outcome(outcome.clone()));
                     }
                     outcome
                 }),
@@ -84,7 +84,7 @@ impl Delivery for StarDelivery {
         job: &'a str,
         content: Payload,
         nodes: &'a [Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> PhaseFuture<'a> {
         Box::pin(self.send_all(job, content, nodes, early))
     }

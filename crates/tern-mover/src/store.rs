@@ -703,6 +703,20 @@ impl Store {
         Ok(())
     }
 
+    /// Notes what a running job waits for (`None`: nothing in particular any more), in the job's `error`
+    /// field as a queued job's reason is; a job that is no longer running is left as it is. A new note goes
+    /// to the history log once.
+    pub fn note_running(&self, id: &str, note: Option<&str>, now_ms: u64) -> StoreResult<()> {
+        let changed = self.connection.execute(
+            "UPDATE jobs SET error = ?2 WHERE id = ?1 AND state = ?3 AND error IS NOT ?2",
+            params![id, note, JobState::Running.as_str()],
+        )?;
+        match note {
+            Some(note) if changed > 0 => self.log(Some(id), &format!("waiting: {note}"), now_ms),
+            _ => Ok(()),
+        }
+    }
+
     /// Sets a node's state in a job; `via`, the group leader that passed the assignment on to it, is kept
     /// once known.
     pub fn set_job_node(
@@ -1381,6 +1395,40 @@ mod tests {
             .map(|state| format!("'{state}'"))
             .collect();
         assert_eq!(pending.join(", "), PENDING_STATES);
+    }
+
+    #[test]
+    fn a_running_job_notes_what_it_waits_for_once_and_an_ended_job_keeps_its_error() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&area.path().join("mover.db")).expect("open");
+        let mut spec = JobSpec::new(JobKind::Publish, "www");
+        spec.staging = Some("/staging".into());
+        store.create_job("j1", &spec, 10, 5).expect("create");
+        store.start_job("j1", &["n1".to_string()].into(), 10).expect("start");
+        let note = "group leader a0 of segment a has not reported for 16 s (given up on at 30 s)";
+        store.note_running("j1", Some(note), 11).expect("note");
+        store.note_running("j1", Some(note), 12).expect("the same note again");
+        let job = store.job("j1").expect("read").expect("job");
+        assert_eq!((job.state, job.error.as_deref()), (JobState::Running, Some(note)));
+        let logged = store.history(10).expect("history");
+        let waits: Vec<&str> = logged
+            .iter()
+            .filter(|entry| entry.message.starts_with("waiting: "))
+            .map(|entry| entry.message.as_str())
+            .collect();
+        assert_eq!(waits, [format!("waiting: {note}")], "logged once");
+        store.note_running("j1", None, 13).expect("cleared");
+        assert_eq!(store.job("j1").expect("read").expect("job").error, None);
+        store
+            .set_job_state("j1", JobState::Failed, Some("no quorum"), 14)
+            .expect("failed");
+        store.note_running("j1", Some(note), 15).expect("too late");
+        let job = store.job("j1").expect("read").expect("job");
+        assert_eq!(
+            job.error.as_deref(),
+            Some("no quorum"),
+            "a note never replaces why a job ended"
+        );
     }
 
     #[test]

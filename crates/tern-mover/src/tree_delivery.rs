@@ -48,7 +48,7 @@ use tokio::sync::Notify as Wake;
 use tracing::{debug, info, warn};
 
 use crate::ccm::now_ms;
-use crate::delivery::{Delivery, EarlyOutcomes, NodeOutcome, PhaseFuture, Recipient};
+use crate::delivery::{Delivery, Early, EarlyReports, NodeOutcome, PhaseFuture, Recipient};
 use crate::metrics::{MoverMetrics, ReasonLabel};
 use crate::payload::Payload;
 use crate::segments::{SUPERSEDE_AFTER, SegmentGroup, Segments};
@@ -171,6 +171,10 @@ enum GroupState {
     /// Its GL's status report (or the direct delivery) came in.
     Reported,
 }
+
+/// How long a group leader's segment reports may stop during a transfer before the running job says so
+/// (a leader refreshes its report every 10 s; it is given up on at [`SUPERSEDE_AFTER`]).
+const QUIET_LEADER: Duration = Duration::from_secs(15);
 
 /// One segment's share of a delivery.
 #[derive(Debug)]
@@ -425,6 +429,45 @@ impl Run {
     /// Whether every segment reported (or was delivered to directly and that ended).
     fn finished(&self) -> bool {
         self.groups.values().all(|group| group.state == GroupState::Reported)
+    }
+
+    /// What the run waits for that the operator should know, in words, or `None`: group leaders whose
+    /// segment reports stopped [`QUIET_LEADER`] ago (given up on at [`SUPERSEDE_AFTER`]) and segments
+    /// waiting for a new group leader (served by the mover itself after `grace`). Without it a publish
+    /// said nothing for the minute and a half a dead leader is waited out (found by a trial).
+    fn waiting(&self, now: Instant, now_ms: u64, segments: &Segments, grace: Duration) -> Option<String> {
+        let reported: HashMap<String, u64> = segments
+            .all()
+            .into_iter()
+            .map(|segment| (segment.name, segment.reported_ms))
+            .collect();
+        let quiet_ms = u64::try_from(QUIET_LEADER.as_millis()).unwrap_or(u64::MAX);
+        let mut notes = Vec::new();
+        for (name, group) in &self.groups {
+            match group.state {
+                GroupState::Tree => {
+                    let Some(reported_ms) = reported.get(name) else {
+                        continue;
+                    };
+                    let silent_ms = now_ms.saturating_sub(*reported_ms);
+                    if silent_ms >= quiet_ms {
+                        notes.push(format!(
+                            "group leader {} of segment {name} has not reported for {} s (given up on at {} s)",
+                            group.leader.name,
+                            silent_ms / 1000,
+                            SUPERSEDE_AFTER.as_secs()
+                        ));
+                    }
+                }
+                GroupState::Waiting(since) => notes.push(format!(
+                    "segment {name} waits for a new group leader ({} s of {} s; then the mover sends to it itself)",
+                    now.saturating_duration_since(since).as_secs(),
+                    grace.as_secs()
+                )),
+                GroupState::Direct | GroupState::Reported => {}
+            }
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
     }
 
     fn record(&self, running: bool) -> TreeRecord {
@@ -924,13 +967,13 @@ impl TreeDelivery {
         phase: Phase,
         assignment: Payload,
         nodes: &[Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> Vec<NodeOutcome> {
         let grouping = self.segments.group(nodes, crate::ccm::now_ms());
         let use_tree = self.hub.enabled() && self.settings.mode != DeliveryMode::Star && !grouping.groups.is_empty();
         let (tree_outcomes, mover_bytes) = if use_tree {
-            let star = self.star_phase(job, phase, assignment.clone(), &grouping.direct, early);
-            let tree = self.run_tree(job, phase, assignment.clone(), grouping.groups);
+            let star = self.star_phase(job, phase, assignment.clone(), &grouping.direct, early.clone());
+            let tree = self.run_tree(job, phase, assignment.clone(), grouping.groups, early);
             let (mut star, (tree, tree_bytes)) = tokio::join!(star, tree);
             let star_bytes: u64 = star.iter().map(|outcome| outcome.bytes).sum();
             star.extend(tree);
@@ -954,7 +997,7 @@ impl TreeDelivery {
         phase: Phase,
         assignment: Payload,
         nodes: &[Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> Vec<NodeOutcome> {
         if nodes.is_empty() {
             return Vec::new();
@@ -966,13 +1009,24 @@ impl TreeDelivery {
     }
 
     /// Runs one tree to its end; returns the outcomes of the groups' members and the bytes the mover sent.
+    /// What it waits for goes to `early` as it changes ([`Early::Waiting`]).
     async fn run_tree(
         &self,
         job: &str,
         phase: Phase,
         assignment: Payload,
         groups: Vec<SegmentGroup>,
+        early: Option<EarlyReports>,
     ) -> (Vec<NodeOutcome>, u64) {
+        let mut told: Option<String> = None;
+        let mut tell = |note: Option<String>| {
+            if note != told
+                && let Some(early) = &early
+            {
+                let _ = early.send(Early::Waiting(note.clone()));
+                told = note;
+            }
+        };
         let number = self.hub.next_transfer.fetch_add(1, Ordering::Relaxed);
         let transfer = format!("{}.{}.{number}", sanitize(job), phase.as_str());
         let mut run = Run::new(&transfer, job, phase, assignment, groups, &self.settings);
@@ -996,6 +1050,7 @@ impl TreeDelivery {
             let (outbox, direct) = {
                 let mut run = run.lock().unwrap_or_else(|p| p.into_inner());
                 let direct = run.step(Instant::now(), &self.segments, &self.settings);
+                tell(run.waiting(Instant::now(), now_ms(), &self.segments, self.settings.leader_grace));
                 let outbox = std::mem::take(&mut run.outbox);
                 let direct: Vec<(String, Vec<Recipient>)> = direct
                     .into_iter()
@@ -1040,6 +1095,7 @@ impl TreeDelivery {
             }
         }
         direct_tasks.abort_all();
+        tell(None);
         let (outcomes, direct_bytes) = {
             let run = run.lock().unwrap_or_else(|p| p.into_inner());
             let mut outcomes = Vec::new();
@@ -1168,7 +1224,7 @@ impl Delivery for TreeDelivery {
         job: &'a str,
         content: Payload,
         nodes: &'a [Recipient],
-        early: Option<EarlyOutcomes>,
+        early: Option<EarlyReports>,
     ) -> PhaseFuture<'a> {
         Box::pin(self.deliver(job, Phase::Prepare, content, nodes, early))
     }
@@ -1431,19 +1487,42 @@ mod tests {
     fn a_leader_that_stops_reporting_is_given_up_on_and_its_segment_served_directly() {
         let segments = Segments::default();
         let (mut run, now) = a0_holding(&segments);
-        report_a0(
-            &segments,
-            1,
-            crate::ccm::now_ms() - SUPERSEDE_AFTER.as_millis() as u64 - 1,
+        let grace = settings().leader_grace;
+        let now_ms = crate::ccm::now_ms();
+        // Reporting: nothing to say. Quiet for a while: the running job says so, before it is given up on.
+        assert_eq!(run.waiting(now, now_ms, &segments, grace), None);
+        report_a0(&segments, 1, now_ms - QUIET_LEADER.as_millis() as u64 - 1_000);
+        assert!(run.step(now, &segments, &settings()).is_empty());
+        assert!(matches!(run.groups["a"].state, GroupState::Tree), "not given up on yet");
+        assert_eq!(
+            run.waiting(now, now_ms, &segments, grace).as_deref(),
+            Some("group leader a0 of segment a has not reported for 16 s (given up on at 30 s)")
         );
+        report_a0(&segments, 1, now_ms - SUPERSEDE_AFTER.as_millis() as u64 - 1);
         assert!(
             run.step(now, &segments, &settings()).is_empty(),
             "waiting for a new leader first"
         );
         assert!(matches!(run.core.states()["a0"], LeaderState::Failed(_)));
         assert!(matches!(run.groups["a"].state, GroupState::Waiting(_)));
+        let note = run.waiting(now + Duration::from_secs(2), now_ms, &segments, grace);
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                format!(
+                    "segment a waits for a new group leader (2 s of {} s; then the mover sends to it itself)",
+                    grace.as_secs()
+                )
+                .as_str()
+            )
+        );
         let direct = run.step(now + Duration::from_secs(31), &segments, &settings());
         assert_eq!(direct, ["a"], "the mover serves segment a itself");
+        assert_eq!(
+            run.waiting(now, now_ms, &segments, grace),
+            None,
+            "served: nothing waited for"
+        );
     }
 
     #[test]

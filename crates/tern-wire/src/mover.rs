@@ -558,7 +558,9 @@ pub struct Job {
     pub spec: JobSpec,
     /// Where it is in its life.
     pub state: JobState,
-    /// Why it failed, was refused, or is waiting.
+    /// Why it failed or was refused, or what it waits for: queued, why it is not started yet; running,
+    /// what the delivery waits for when it is worth saying (a group leader that stopped reporting, a
+    /// segment waiting for a new one), cleared when it no longer waits.
     #[serde(default)]
     pub error: Option<String>,
     /// Per node: its state and the bytes sent to it in the current try.

@@ -140,6 +140,7 @@ pub async fn run_job_fresh(
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut seen: std::collections::HashMap<String, NodeState> = std::collections::HashMap::new();
     let mut last_bar = String::new();
+    let mut last_note: Option<String> = None;
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         // The job runs in the mover, not here: a mover that stops answering for a while (restarted, a
@@ -228,11 +229,13 @@ pub async fn run_job_fresh(
             for line in &lines {
                 println!("{line}");
             }
-            if bar != last_bar && (finished || !lines.is_empty()) {
+            let note_changed = job.error.as_deref() != last_note.as_deref();
+            if bar != last_bar && (finished || !lines.is_empty() || note_changed) {
                 println!("{bar}");
             }
         }
         last_bar = bar;
+        last_note = job.error.clone();
         if finished {
             if terminal {
                 println!();
@@ -343,7 +346,8 @@ fn progress_bar(state: JobState, progress: &Progress, note: Option<&str>) -> Str
     } = *progress;
     let filled = (committed * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH);
     let note = match (state, note) {
-        (JobState::Queued | JobState::Scheduled, Some(note)) => format!(" ({note})"),
+        // A running job's note says what it waits for (a group leader that stopped reporting).
+        (JobState::Queued | JobState::Scheduled | JobState::Running, Some(note)) => format!(" ({note})"),
         _ => String::new(),
     };
     let failed = if failed > 0 {
@@ -546,6 +550,10 @@ mod tests {
         );
         let bar = progress_bar(JobState::Committed, &progress(4, 0, 2048, false), None);
         assert!(bar.ends_with("] 4/4 nodes committed  2.0 KiB  committed"), "{bar}");
+        // A running job's note says what it waits for.
+        let note = "group leader a0 of segment a has not reported for 16 s (given up on at 30 s)";
+        let bar = progress_bar(JobState::Running, &progress(1, 0, 0, true), Some(note));
+        assert!(bar.ends_with(&format!("running ({note})")), "{bar}");
     }
 
     #[tokio::test]
