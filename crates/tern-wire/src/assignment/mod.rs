@@ -352,6 +352,10 @@ pub fn apply_delta(old: &[u8], delta: &[u8], size: u64) -> std::io::Result<Vec<u
 /// context probes the CPU (CPUID, which traps to the hypervisor in a VM), a cost worth paying once.
 pub struct Unpacker {
     context: zstd::zstd_safe::DCtx<'static>,
+    /// Content passed on a [`STREAM_READ`] at a time by [`Assignment::unpack_to`] (`std::io::copy` goes
+    /// 8 KiB at a time through a writer it cannot see into: a read from the spool and a hash update each),
+    /// sized on first use.
+    copy_buffer: Vec<u8>,
 }
 
 impl std::fmt::Debug for Unpacker {
@@ -371,6 +375,7 @@ impl Unpacker {
     pub fn new() -> Self {
         Unpacker {
             context: zstd::zstd_safe::DCtx::create(),
+            copy_buffer: Vec::new(),
         }
     }
 
@@ -386,15 +391,17 @@ impl Unpacker {
     /// The context for one streamed frame: any window the mover's compressor chose (up to zstd's largest),
     /// since a file packed in a stream may be larger than memory. Whatever a frame that failed mid-way left
     /// in it is discarded first (zstd takes parameters only between frames).
-    fn stream_context(&mut self) -> std::io::Result<&mut zstd::zstd_safe::DCtx<'static>> {
+    fn stream_context<'c>(
+        context: &'c mut zstd::zstd_safe::DCtx<'static>,
+    ) -> std::io::Result<&'c mut zstd::zstd_safe::DCtx<'static>> {
         let error = |code| invalid(zstd::zstd_safe::get_error_name(code));
-        self.context
+        context
             .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
             .map_err(error)?;
-        self.context
+        context
             .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(31))
             .map_err(error)?;
-        Ok(&mut self.context)
+        Ok(context)
     }
 
     fn prepare(out: &mut Vec<u8>, size: u64) -> std::io::Result<()> {
@@ -625,14 +632,15 @@ impl Assignment {
         match data.compression {
             Compression::None => {
                 let mut stored = stored;
-                std::io::copy(&mut stored, &mut checked)?;
+                copy(&mut stored, &mut checked, &mut unpacker.copy_buffer)?;
             }
             Compression::Zstd => {
                 let stored = std::io::BufReader::with_capacity(STREAM_READ, stored);
                 // The unpacker's context, its session reset: no context made (and the CPU probed) per file.
-                let mut decoder =
-                    zstd::stream::read::Decoder::with_context(stored, unpacker.stream_context()?).single_frame();
-                std::io::copy(&mut decoder, &mut checked)?;
+                let Unpacker { context, copy_buffer } = unpacker;
+                let mut decoder = zstd::stream::read::Decoder::with_context(stored, Unpacker::stream_context(context)?)
+                    .single_frame();
+                copy(&mut decoder, &mut checked, copy_buffer)?;
             }
         }
         if checked.written != data.size || checked.hasher.finalize().to_hex().as_str() != data.hash {
@@ -647,6 +655,21 @@ impl Assignment {
             DataSection::Memory { range, .. } => range.len() as u64,
             DataSection::File { len, .. } => *len,
         }
+    }
+}
+
+/// Copies `from` to `to` until the end of `from`, [`STREAM_READ`] bytes at a time through `buffer` (sized
+/// on first use).
+fn copy(from: &mut impl std::io::Read, to: &mut impl std::io::Write, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    buffer.resize(STREAM_READ, 0);
+    loop {
+        let count = match from.read(buffer) {
+            Ok(0) => return Ok(()),
+            Ok(count) => count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        to.write_all(&buffer[..count])?;
     }
 }
 
