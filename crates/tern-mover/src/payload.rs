@@ -133,21 +133,25 @@ impl Payload {
         body
     }
 
-    /// Writes the assignment to `path` (created or truncated) a [`CHUNK`] at a time, and flushes it to
-    /// disk. Blocking: call it off the async threads.
+    /// Writes the assignment to `path` (created or truncated), and flushes it to disk: a file is copied
+    /// in the kernel (`copy_file_range`: nothing passes through this process, and a file system with
+    /// reflinks shares the blocks instead of writing them again), else a [`CHUNK`] at a time. Blocking:
+    /// call it off the async threads.
     pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
         let mut out = std::fs::File::create(path)?;
         match &self.0.bytes {
             Stored::Memory(bytes) => out.write_all(bytes)?,
             Stored::File(file) => {
-                let mut buffer = vec![0u8; CHUNK];
-                let mut at = 0u64;
-                while at < self.0.len {
-                    let count = (self.0.len - at).min(CHUNK as u64) as usize;
-                    read_exact_at(file, &mut buffer[..count], at)?;
-                    out.write_all(&buffer[..count])?;
-                    at += count as u64;
+                if !copy_in_kernel(file, self.0.len, &out)? {
+                    let mut buffer = vec![0u8; CHUNK];
+                    let mut at = 0u64;
+                    while at < self.0.len {
+                        let count = (self.0.len - at).min(CHUNK as u64) as usize;
+                        read_exact_at(file, &mut buffer[..count], at)?;
+                        out.write_all(&buffer[..count])?;
+                        at += count as u64;
+                    }
                 }
             }
         }
@@ -212,6 +216,26 @@ impl Held {
     fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Bytes)>> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Copies the first `len` bytes of `from` to `to` (at its start, empty) with `copy_file_range`; `false`
+/// when the kernel or the file systems cannot (nothing was copied: copy another way).
+fn copy_in_kernel(from: &std::fs::File, len: u64, to: &std::fs::File) -> std::io::Result<bool> {
+    use rustix::io::Errno;
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from(len - at).unwrap_or(usize::MAX).min(1 << 30);
+        match rustix::fs::copy_file_range(from, Some(&mut at), to, None, want) {
+            Ok(0) => return Err(std::io::Error::other("assignment file shorter than recorded")),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::PERM) if at == 0 => {
+                return Ok(false);
+            }
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// Reads exactly `buffer.len()` bytes of `file` at `offset` (positioned reads: senders share the file).
@@ -291,6 +315,17 @@ mod tests {
         assert!(first[..] == bytes[..] && second[..] == bytes[..]);
         let reads = file.0.file_reads.load(std::sync::atomic::Ordering::Relaxed);
         assert!(reads > bytes.len().div_ceil(CHUNK) as u64, "{reads}");
+    }
+
+    #[test]
+    fn a_file_shorter_than_recorded_is_not_written_as_if_whole() {
+        let (bytes, _, _) = assignment(CHUNK + 1);
+        let file = tempfile::tempfile().expect("scratch");
+        std::io::Write::write_all(&mut &file, &bytes[..bytes.len() - 10]).expect("write");
+        let short = Payload::file(file, bytes.len() as u64, "0".repeat(64));
+        let dir = tempfile::tempdir().expect("dir");
+        let error = short.write_to(&dir.path().join("short")).expect_err("short");
+        assert!(error.to_string().contains("shorter"), "{error}");
     }
 
     #[test]
