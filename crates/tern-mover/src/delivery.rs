@@ -332,6 +332,9 @@ async fn prepare_phase(
     let mut recorded: BTreeSet<String> = BTreeSet::new();
     let mut applied: BTreeSet<String> = BTreeSet::new();
     let mut grace_until: Option<tokio::time::Instant> = None;
+    // Whether the transport noted what it waits for: cleared when the phase ends, however it ends (on a
+    // quorum's grace the transport is dropped before it says it no longer waits).
+    let mut noted = false;
     let last = loop {
         let grace = async {
             match grace_until {
@@ -345,6 +348,7 @@ async fn prepare_phase(
                 let outcome = match early {
                     Early::Outcome(outcome) => outcome,
                     Early::Waiting(note) => {
+                        noted |= note.is_some();
                         let job = job.to_string();
                         let noted = store.call(move |store| store.note_running(&job, note.as_deref(), now_ms())).await;
                         if let Err(error) = noted {
@@ -366,6 +370,12 @@ async fn prepare_phase(
             () = grace => break None,
         }
     };
+    if noted {
+        let job = job.to_string();
+        if let Err(error) = store.call(move |store| store.note_running(&job, None, now_ms())).await {
+            warn!(%error, "a running job's note not cleared");
+        }
+    }
     let outcomes: Vec<NodeOutcome> = match last {
         Some(outcomes) => outcomes.into_iter().filter(|o| !recorded.contains(&o.node)).collect(),
         None => {
@@ -761,6 +771,10 @@ mod tests {
             early: Option<EarlyReports>,
         ) -> PhaseFuture<'a> {
             Box::pin(async move {
+                // It says what it waits for, and is dropped on the quorum's grace before it could take it back.
+                if let Some(early) = &early {
+                    let _ = early.send(Early::Waiting(Some(format!("waiting for {}", self.hung))));
+                }
                 let answered: Vec<Recipient> = nodes.iter().filter(|n| n.name != self.hung).cloned().collect();
                 for outcome in self
                     .inner
@@ -792,6 +806,17 @@ mod tests {
         let delivered = tokio::time::timeout(QUORUM_GRACE * 4, carried)
             .await
             .expect("committed without waiting for the hung node");
+        let job = bench.store.call(|s| s.job("j")).await.expect("read").expect("job");
+        assert_eq!(
+            (job.state, job.error),
+            (tern_wire::mover::JobState::Running, None),
+            "the note of a phase that ended is not left behind"
+        );
+        let history = bench.store.call(|s| s.history(50)).await.expect("history");
+        assert!(
+            history.iter().any(|entry| entry.message == "waiting: waiting for n2"),
+            "{history:?}"
+        );
         assert_eq!(
             delivered,
             Delivered::Committed {

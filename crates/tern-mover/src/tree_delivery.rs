@@ -172,6 +172,12 @@ enum GroupState {
     Reported,
 }
 
+/// `ms` (since the epoch) as a time of day in UTC, `HH:MM:SS UTC`: the running job's notes say when.
+fn clock_time(ms: u64) -> String {
+    let seconds = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
 /// How long a group leader's segment reports may stop during a transfer before the running job says so
 /// (a leader refreshes its report every 10 s; it is given up on at [`SUPERSEDE_AFTER`]).
 const QUIET_LEADER: Duration = Duration::from_secs(15);
@@ -189,6 +195,8 @@ struct Group {
     by_star: bool,
     /// The current GL's incarnation, as the segment directory first showed it during the run.
     incarnation: Option<u64>,
+    /// When its GL was last given up on (ms since the epoch): the waiting note's times are fixed by it.
+    given_up_ms: u64,
 }
 
 impl Group {
@@ -277,6 +285,7 @@ impl Run {
                     state: GroupState::Tree,
                     by_star: false,
                     incarnation: None,
+                    given_up_ms: 0,
                 },
             );
         }
@@ -375,6 +384,7 @@ impl Run {
             }
             if replaced || restarted || failed {
                 group.state = GroupState::Waiting(now);
+                group.given_up_ms = now_ms;
                 *self.given_up.entry(group.leader.name.clone()).or_default() += 1;
             }
         }
@@ -434,35 +444,36 @@ impl Run {
     /// What the run waits for that the operator should know, in words, or `None`: group leaders whose
     /// segment reports stopped [`QUIET_LEADER`] ago (given up on at [`SUPERSEDE_AFTER`]) and segments
     /// waiting for a new group leader (served by the mover itself after `grace`). Without it a publish
-    /// said nothing for the minute and a half a dead leader is waited out (found by a trial).
-    fn waiting(&self, now: Instant, now_ms: u64, segments: &Segments, grace: Duration) -> Option<String> {
+    /// said nothing for the minute and a half a dead leader is waited out (found by a trial). The words
+    /// name times of day, not durations, so that they change only when what is waited for changes.
+    fn waiting(&self, now_ms: u64, segments: &Segments, grace: Duration) -> Option<String> {
         let reported: HashMap<String, u64> = segments
             .all()
             .into_iter()
             .map(|segment| (segment.name, segment.reported_ms))
             .collect();
         let quiet_ms = u64::try_from(QUIET_LEADER.as_millis()).unwrap_or(u64::MAX);
+        let supersede_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let mut notes = Vec::new();
         for (name, group) in &self.groups {
             match group.state {
                 GroupState::Tree => {
-                    let Some(reported_ms) = reported.get(name) else {
+                    let Some(&reported_ms) = reported.get(name) else {
                         continue;
                     };
-                    let silent_ms = now_ms.saturating_sub(*reported_ms);
-                    if silent_ms >= quiet_ms {
+                    if now_ms.saturating_sub(reported_ms) >= quiet_ms {
                         notes.push(format!(
-                            "group leader {} of segment {name} has not reported for {} s (given up on at {} s)",
+                            "group leader {} of segment {name} has not reported since {} (given up on at {})",
                             group.leader.name,
-                            silent_ms / 1000,
-                            SUPERSEDE_AFTER.as_secs()
+                            clock_time(reported_ms),
+                            clock_time(reported_ms.saturating_add(supersede_ms))
                         ));
                     }
                 }
-                GroupState::Waiting(since) => notes.push(format!(
-                    "segment {name} waits for a new group leader ({} s of {} s; then the mover sends to it itself)",
-                    now.saturating_duration_since(since).as_secs(),
-                    grace.as_secs()
+                GroupState::Waiting(_) => notes.push(format!(
+                    "segment {name} waits for a new group leader until {}, then the mover sends to it itself",
+                    clock_time(group.given_up_ms.saturating_add(grace_ms))
                 )),
                 GroupState::Direct | GroupState::Reported => {}
             }
@@ -1050,7 +1061,7 @@ impl TreeDelivery {
             let (outbox, direct) = {
                 let mut run = run.lock().unwrap_or_else(|p| p.into_inner());
                 let direct = run.step(Instant::now(), &self.segments, &self.settings);
-                tell(run.waiting(Instant::now(), now_ms(), &self.segments, self.settings.leader_grace));
+                tell(run.waiting(now_ms(), &self.segments, self.settings.leader_grace));
                 let outbox = std::mem::take(&mut run.outbox);
                 let direct: Vec<(String, Vec<Recipient>)> = direct
                     .into_iter()
@@ -1488,41 +1499,53 @@ mod tests {
         let segments = Segments::default();
         let (mut run, now) = a0_holding(&segments);
         let grace = settings().leader_grace;
-        let now_ms = crate::ccm::now_ms();
         // Reporting: nothing to say. Quiet for a while: the running job says so, before it is given up on.
-        assert_eq!(run.waiting(now, now_ms, &segments, grace), None);
-        report_a0(&segments, 1, now_ms - QUIET_LEADER.as_millis() as u64 - 1_000);
+        let now_ms = crate::ccm::now_ms();
+        assert_eq!(run.waiting(now_ms, &segments, grace), None);
+        let reported_ms = now_ms - QUIET_LEADER.as_millis() as u64 - 1_000;
+        report_a0(&segments, 1, reported_ms);
         assert!(run.step(now, &segments, &settings()).is_empty());
         assert!(matches!(run.groups["a"].state, GroupState::Tree), "not given up on yet");
+        let quiet = run.waiting(now_ms, &segments, grace).expect("a note");
         assert_eq!(
-            run.waiting(now, now_ms, &segments, grace).as_deref(),
-            Some("group leader a0 of segment a has not reported for 16 s (given up on at 30 s)")
+            quiet,
+            format!(
+                "group leader a0 of segment a has not reported since {} (given up on at {})",
+                clock_time(reported_ms),
+                clock_time(reported_ms + SUPERSEDE_AFTER.as_millis() as u64)
+            )
         );
-        report_a0(&segments, 1, now_ms - SUPERSEDE_AFTER.as_millis() as u64 - 1);
+        assert_eq!(
+            run.waiting(now_ms + 1_000, &segments, grace).as_deref(),
+            Some(quiet.as_str()),
+            "the same words a second later: nothing new to say"
+        );
+        report_a0(
+            &segments,
+            1,
+            crate::ccm::now_ms() - SUPERSEDE_AFTER.as_millis() as u64 - 1,
+        );
         assert!(
             run.step(now, &segments, &settings()).is_empty(),
             "waiting for a new leader first"
         );
         assert!(matches!(run.core.states()["a0"], LeaderState::Failed(_)));
         assert!(matches!(run.groups["a"].state, GroupState::Waiting(_)));
-        let note = run.waiting(now + Duration::from_secs(2), now_ms, &segments, grace);
-        assert_eq!(
-            note.as_deref(),
-            Some(
-                format!(
-                    "segment a waits for a new group leader (2 s of {} s; then the mover sends to it itself)",
-                    grace.as_secs()
-                )
-                .as_str()
-            )
+        let given_up_ms = run.groups["a"].given_up_ms;
+        assert!(given_up_ms >= now_ms, "{given_up_ms}");
+        let waiting = format!(
+            "segment a waits for a new group leader until {}, then the mover sends to it itself",
+            clock_time(given_up_ms + grace.as_millis() as u64)
         );
+        assert_eq!(run.waiting(crate::ccm::now_ms(), &segments, grace), Some(waiting));
         let direct = run.step(now + Duration::from_secs(31), &segments, &settings());
         assert_eq!(direct, ["a"], "the mover serves segment a itself");
         assert_eq!(
-            run.waiting(now, now_ms, &segments, grace),
+            run.waiting(now_ms, &segments, grace),
             None,
             "served: nothing waited for"
         );
+        assert_eq!(clock_time(86_400_000 + 3_723_000), "01:02:03 UTC");
     }
 
     #[test]

@@ -191,6 +191,14 @@ pub async fn run_job_fresh(
                 seen.insert(node.node.clone(), node.state);
             }
         }
+        // A running job's note says what its delivery waits for (a group leader that stopped reporting):
+        // a line of its own when it changes, since it may be longer than a terminal is wide.
+        if job.state == JobState::Running
+            && job.error != last_note
+            && let Some(note) = &job.error
+        {
+            lines.push(format!("  waiting: {note}"));
+        }
         let count = |state: NodeState| job.nodes.iter().filter(|n| n.state == state).count();
         let (committed, failed) = (count(NodeState::Committed), count(NodeState::Failed));
         let sent: u64 = job.nodes.iter().map(|n| n.bytes).sum();
@@ -229,8 +237,7 @@ pub async fn run_job_fresh(
             for line in &lines {
                 println!("{line}");
             }
-            let note_changed = job.error.as_deref() != last_note.as_deref();
-            if bar != last_bar && (finished || !lines.is_empty() || note_changed) {
+            if bar != last_bar && (finished || !lines.is_empty()) {
                 println!("{bar}");
             }
         }
@@ -346,8 +353,7 @@ fn progress_bar(state: JobState, progress: &Progress, note: Option<&str>) -> Str
     } = *progress;
     let filled = (committed * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH);
     let note = match (state, note) {
-        // A running job's note says what it waits for (a group leader that stopped reporting).
-        (JobState::Queued | JobState::Scheduled | JobState::Running, Some(note)) => format!(" ({note})"),
+        (JobState::Queued | JobState::Scheduled, Some(note)) => format!(" ({note})"),
         _ => String::new(),
     };
     let failed = if failed > 0 {
@@ -550,10 +556,6 @@ mod tests {
         );
         let bar = progress_bar(JobState::Committed, &progress(4, 0, 2048, false), None);
         assert!(bar.ends_with("] 4/4 nodes committed  2.0 KiB  committed"), "{bar}");
-        // A running job's note says what it waits for.
-        let note = "group leader a0 of segment a has not reported for 16 s (given up on at 30 s)";
-        let bar = progress_bar(JobState::Running, &progress(1, 0, 0, true), Some(note));
-        assert!(bar.ends_with(&format!("running ({note})")), "{bar}");
     }
 
     #[tokio::test]

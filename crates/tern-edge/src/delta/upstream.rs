@@ -275,6 +275,24 @@ impl Inner {
         mut request: Request<Body>,
         host: &HeaderValue,
     ) -> Result<Response<Body>, UpstreamError> {
+        // A base the edge took for itself (a browser follows the `Link` to the class's base): served from
+        // its cache, where bases are kept under an authority of their own, rather than fetched whole over
+        // the long link again (each base change cost a whole page per edge that way).
+        if let Some(key) = super::base_key(&id.well_known_path(), &self.key_config)
+            && let Ok(Some((bytes, mut headers))) = self.held_base(&key).await
+        {
+            let checked = bytes.clone();
+            let matches = tokio::task::spawn_blocking(move || BaseId::of(&checked) == id)
+                .await
+                .unwrap_or(false);
+            if matches {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                let mut response = Response::new(tern_http::full(bytes));
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            warn!(base = %id, "a base in the edge's cache does not hash to its name; fetched again");
+        }
         request
             .headers_mut()
             .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -467,19 +485,8 @@ impl Inner {
     async fn take_base(&self, id: BaseId, host: &str, older: Option<BaseId>) -> Result<&'static str, BaseFetchError> {
         let path = id.well_known_path();
         let key = super::base_key(&path, &self.key_config).ok_or(BaseFetchError::Body)?;
-        if let Some(hit) = self.store.find(&key, &HeaderMap::new()) {
-            let bytes = match self.store.body(&hit).await {
-                Ok(BodySource::Memory(bytes)) => bytes,
-                Ok(BodySource::File { file, offset, len }) => {
-                    tern_http::file_range(tokio::fs::File::from_std(file), offset, len)
-                        .collect()
-                        .await
-                        .map_err(|_| BaseFetchError::Body)?
-                        .to_bytes()
-                }
-                Err(_) => return Err(BaseFetchError::Body),
-            };
-            let field = use_as_dictionary(&hit.object.meta.headers)?;
+        if let Some((bytes, headers)) = self.held_base(&key).await? {
+            let field = use_as_dictionary(&headers)?;
             let base = self.verify(id, &field, bytes).await?;
             let now = self.delta.now();
             self.delta.with_holder(|holder| holder.learn_base(base, &field, now))?;
@@ -546,6 +553,26 @@ impl Inner {
         let now = self.delta.now();
         self.delta.with_holder(|holder| holder.learn_base(base, &field, now))?;
         Ok(if coded { "upstream_delta" } else { "upstream_whole" })
+    }
+
+    /// The base stored under `key` in the edge's cache (where [`Inner::take_base`] keeps every base it
+    /// takes), with its stored fields; `None` when the cache does not hold it.
+    async fn held_base(&self, key: &str) -> Result<Option<(Bytes, HeaderMap)>, BaseFetchError> {
+        let Some(hit) = self.store.find(key, &HeaderMap::new()) else {
+            return Ok(None);
+        };
+        let bytes = match self.store.body(&hit).await {
+            Ok(BodySource::Memory(bytes)) => bytes,
+            Ok(BodySource::File { file, offset, len }) => {
+                tern_http::file_range(tokio::fs::File::from_std(file), offset, len)
+                    .collect()
+                    .await
+                    .map_err(|_| BaseFetchError::Body)?
+                    .to_bytes()
+            }
+            Err(_) => return Err(BaseFetchError::Body),
+        };
+        Ok(Some((bytes, hit.object.meta.headers.clone())))
     }
 
     /// The base `bytes` make for the class `field` names, if they hash to `id` (hashed off the event loop).

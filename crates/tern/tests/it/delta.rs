@@ -671,6 +671,7 @@ async fn browsers_that_hold_the_base_get_dcz() {
     let announced = fields::announced_bases(&plain.headers);
     assert_eq!(announced.len(), 1, "{:?}", plain.headers);
     let id = announced[0];
+    let before = stack.relay.down();
     let fetched = send(
         &client(),
         "GET",
@@ -682,6 +683,13 @@ async fn browsers_that_hold_the_base_get_dcz() {
     let field = UseAsDictionary::parse(fetched.header("use-as-dictionary")).expect("use-as-dictionary");
     assert_eq!(field.match_pattern, "/news/*");
     let base = Base::verified("news", fetched.body.clone(), id, 1 << 30).expect("the base hashes to its name");
+    // The edge holds the base already: it serves it from its cache, not whole over the long link again.
+    let crossed = stack.relay.down() - before;
+    assert!(
+        crossed < 1_000,
+        "{crossed} bytes over the link for a base of {}",
+        base.len()
+    );
 
     // The browser names the base and accepts dcz.
     let available = fields::format_available_dictionary(&id);
