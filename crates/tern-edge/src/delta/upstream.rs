@@ -11,7 +11,9 @@
 //!
 //! Bases are kept in the cache under one authority of their own ([`BASE_AUTHORITY`]), whatever `Host` the
 //! page's request named: a client that sends other `Host` values cannot make the edge drop its base or
-//! store copies of it. A base that could not be taken is not fetched again for a while
+//! store copies of it. A client's request for a base's path is keyed on that same object (the proxy keys
+//! it so), and one the edge does not hold yet is fetched without a coding and checked against its name
+//! ([`Inner::base_for_client`]). A base that could not be taken is not fetched again for a while
 //! ([`RETRY_REFUSED_BASE`], [`RETRY_FAILED_BASE`]): a base over the edge's bounds would otherwise cross the
 //! long link with every page. A class whose named base `tern delta` says it does not hold
 //! ([`tern_delta::fields::BASE_UNKNOWN`]), announcing no base of that class, is withdrawn

@@ -155,7 +155,17 @@ impl Edge {
         }
         let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let target = tern_http::target::normalize(target).into_owned();
-        let primary = primary_key("http", &host, &target, &self.key_config);
+        // A differential-caching base is one object whatever `Host` and query name it: the one the edge keeps
+        // under the bases' own authority (a trial's finding: each Host stored a copy of its own, and a client
+        // naming that authority read the edge's copy past the delta layer's hash check on a miss).
+        let primary = match self
+            .delta
+            .as_ref()
+            .and_then(|_| crate::delta::base_key(&target, &self.key_config))
+        {
+            Some(base) => base,
+            None => primary_key("http", &host, &target, &self.key_config),
+        };
         let request = ClientRequest {
             method: parts.method,
             uri: parts.uri,

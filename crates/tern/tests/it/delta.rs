@@ -690,6 +690,29 @@ async fn browsers_that_hold_the_base_get_dcz() {
         "{crossed} bytes over the link for a base of {}",
         base.len()
     );
+    // Under any Host and query it is the same object: no copy fetched or stored per spelling.
+    for (host, query) in [
+        ("other.example", ""),
+        ("bases.tern-delta.invalid", ""),
+        ("demo", "?v=2"),
+    ] {
+        let before = stack.relay.down();
+        let again = send(
+            &client(),
+            "GET",
+            &format!("http://{}{}{query}", stack.edge_addr, id.well_known_path()),
+            &[("host", host)],
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert!(again.body == fetched.body, "{host}{query}");
+        assert!(
+            again.header("cache-status").contains("hit"),
+            "{host}{query}: {:?}",
+            again.headers
+        );
+        assert!(stack.relay.down() - before < 1_000, "{host}{query}");
+    }
 
     // The browser names the base and accepts dcz.
     let available = fields::format_available_dictionary(&id);
