@@ -119,11 +119,16 @@ async fn send(client: &HttpsClient<tern_http::Body>, url: &str, body: Payload, t
                 Some(cause) => tern_http::tls::error_reason(cause),
                 None => error.to_string(),
             };
-            let message = format!("node unreachable: {reason}");
             return if error.is_connect() {
-                Sent::Nothing(message)
+                Sent::Nothing(format!("node unreachable: {reason}"))
             } else {
-                Sent::Body(Err(message))
+                // The node was reached and closed the connection before it answered: it may have
+                // refused the assignment part-way (a full disk, a bad assignment) without the answer
+                // getting through, since the mover was still sending; "unreachable" misled (a trial).
+                Sent::Body(Err(format!(
+                    "the connection to the node broke while the assignment was sent ({reason}): the node may \
+                     have refused it part-way (a full disk, a bad assignment), or stopped; its log says why"
+                )))
             };
         }
         Ok(Ok(response)) => response,
@@ -143,5 +148,49 @@ async fn answer(response: http::Response<hyper::body::Incoming>) -> Result<(), S
         Ok(())
     } else {
         Err(format!("node refused ({status}): {}", ErrorAnswer::reason_in(&body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that reads the request's head and a little of its body, then closes the connection.
+    async fn closing_node() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = vec![0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+                drop(stream);
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_node_that_closes_mid_assignment_is_not_called_unreachable() {
+        let address = closing_node().await;
+        let client = tern_http::tls::ClientTls::new(None).expect("client").client();
+        let payload = Payload::memory(vec![7u8; 8 << 20]);
+        let sent = send(&client, &format!("http://{address}"), payload, Duration::from_secs(10)).await;
+        let Sent::Body(Err(message)) = sent else {
+            panic!("the node was reached and the assignment did not get through");
+        };
+        assert!(message.starts_with("the connection to the node broke"), "{message}");
+        assert!(message.contains("its log says why"), "{message}");
+        // Nothing listening: unreachable, nothing sent.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let nobody = closed.local_addr().expect("address");
+        drop(closed);
+        let sent = send(
+            &client,
+            &format!("http://{nobody}"),
+            Payload::memory(vec![1u8]),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(matches!(sent, Sent::Nothing(ref m) if m.starts_with("node unreachable")));
     }
 }
