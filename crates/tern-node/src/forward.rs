@@ -774,11 +774,19 @@ async fn post_assignment(agent: &NodeAgent, url: &str, entry: &Entry, checked: &
         .map_err(|e| e.to_string())?;
     let timeout = forwarder.settings.member_timeout;
     let exchange = async {
-        let response = forwarder
-            .client
-            .request(request)
-            .await
-            .map_err(|e| format!("node unreachable: {}", tern_http::tls::error_reason(&e)))?;
+        let response = forwarder.client.request(request).await.map_err(|e| {
+            let reason = tern_http::tls::error_reason(&e);
+            if e.is_connect() {
+                format!("node unreachable: {reason}")
+            } else {
+                // Reached, and closed before it answered: it may have refused part-way (as the
+                // mover's star says it).
+                format!(
+                    "the connection to the node broke while the assignment was sent ({reason}): the node \
+                         may have refused it part-way (a full disk, a bad assignment), or stopped; its log says why"
+                )
+            }
+        })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)
             .collect()
