@@ -277,9 +277,10 @@ impl Inner {
         mut request: Request<Body>,
         host: &HeaderValue,
     ) -> Result<Response<Body>, UpstreamError> {
-        // A base the edge took for itself (a browser follows the `Link` to the class's base): served from
-        // its cache, where bases are kept under an authority of their own, rather than fetched whole over
-        // the long link again (each base change cost a whole page per edge that way).
+        // A base the edge took for itself (a browser follows the `Link` to the class's base) is served from
+        // its cache, rather than fetched whole over the long link again (each base change cost a whole page
+        // per edge that way). The proxy keys a base's path on that object, so this is reached when its
+        // lookup did not take it (a variant the request did not match).
         if let Some(key) = super::base_key(&id.well_known_path(), &self.key_config)
             && let Ok(Some((bytes, mut headers))) = self.held_base(&key).await
         {

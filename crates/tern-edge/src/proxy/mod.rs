@@ -156,8 +156,9 @@ impl Edge {
         let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let target = tern_http::target::normalize(target).into_owned();
         // A differential-caching base is one object whatever `Host` and query name it: the one the edge keeps
-        // under the bases' own authority (a trial's finding: each Host stored a copy of its own, and a client
-        // naming that authority read the edge's copy past the delta layer's hash check on a miss).
+        // under the bases' own authority, checked against its name when it was taken (a trial's finding:
+        // each Host stored a copy of its own, a forged copy was never replaced, a base fetched for a client
+        // was not kept).
         let primary = match self
             .delta
             .as_ref()
