@@ -162,6 +162,9 @@ pub struct Publication<'a> {
     pub site: &'a str,
     /// The site version it produces.
     pub sequence: u64,
+    /// The version the shadow copy it is planned against is, which a node must hold to apply it (the
+    /// header's `base`); none for a full copy or a site's first version.
+    pub base: Option<u64>,
     /// When it was planned (ms since the epoch).
     pub created_ms: u64,
 }
@@ -232,7 +235,7 @@ pub fn plan_site(
         kind,
         publication.site,
         publication.sequence,
-        None,
+        publication.base.map(|version| version.to_string()),
         publication.created_ms,
     );
     let found = changes(shadow_snapshot, &staged);

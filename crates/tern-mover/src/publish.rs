@@ -122,7 +122,9 @@ impl Mover {
             if job.spec.checksum {
                 tern_tree::forget_stats(&mut base); // every staging file is read (`--checksum`)
             }
-            self.plan_in_background(id, name, next, staging.clone(), base, kind, rules.clone())
+            // Nodes apply it to the published version, and one that holds another refuses it.
+            let base_version = (!restore && site.sequence > 0).then_some(site.sequence);
+            self.plan_in_background(id, name, next, base_version, staging.clone(), base, kind, rules.clone())
                 .await?
         };
         if planned.stats.setid_cleared > 0 {
@@ -281,13 +283,15 @@ impl Mover {
     }
 
     /// Plans an assignment on a blocking thread. `base` describes the shadow copy to diff against; an empty
-    /// one sends every file whole (a full copy: the node's tree starts empty).
+    /// one sends every file whole (a full copy: the node's tree starts empty). `base_version` is the version
+    /// that shadow copy is, which a node must hold to take the assignment (none for a full copy).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn plan_in_background(
         &self,
         job: &str,
         site: &str,
         sequence: u64,
+        base_version: Option<u64>,
         staging: PathBuf,
         base: Snapshot,
         kind: AssignmentKind,
@@ -306,6 +310,7 @@ impl Mover {
                 id: &job,
                 site: &site,
                 sequence,
+                base: base_version,
                 created_ms: now_ms(),
             };
             plan_site(

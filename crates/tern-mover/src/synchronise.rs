@@ -104,6 +104,7 @@ impl Mover {
                     job,
                     name,
                     site.sequence,
+                    None,
                     site_dir.shadow(),
                     Snapshot::new(),
                     AssignmentKind::Replicate,

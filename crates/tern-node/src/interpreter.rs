@@ -142,6 +142,22 @@ pub enum ApplyError {
         /// When the last switch applied was issued.
         switched_ms: u64,
     },
+    /// The assignment changes another version than the one live here (a node that missed a publish, or
+    /// whose catch-up failed): applying it would make a tree the mover never planned, a site with files
+    /// missing that the mover counts as committed. Nothing was changed.
+    #[error(
+        "the assignment changes version {base} of site {site} and this node holds {}: nothing was changed; \
+         the mover brings this node up to date when it registers again",
+        live.map_or("no version of it".to_string(), |version| format!("version {version}"))
+    )]
+    NotAtBase {
+        /// The site.
+        site: String,
+        /// The version the assignment was planned against.
+        base: u64,
+        /// The version live here, if any.
+        live: Option<u64>,
+    },
     /// A commit or rollback issued too long ago: switches are built by the mover when it sends them, so an
     /// old one is a replayed capture (or the mover's and this node's clocks are far apart).
     #[error(
@@ -397,6 +413,30 @@ impl Interpreter {
         } else {
             self.live(&assignment.header.site)
         };
+        if has_content
+            && !full_copy
+            && let Some(wanted) = &assignment.header.base
+        {
+            let live = live_sequence(&site_dir);
+            match wanted.parse::<u64>() {
+                Ok(wanted) if live == Some(wanted) => {}
+                Ok(wanted) => {
+                    return Err(ApplyError::NotAtBase {
+                        site: site.to_string(),
+                        base: wanted,
+                        live,
+                    });
+                }
+                // A base this node cannot read (another mover's notion of it) is not one it can check.
+                Err(_) => {
+                    return Err(ApplyError::NotAtBase {
+                        site: site.to_string(),
+                        base: 0,
+                        live,
+                    });
+                }
+            }
+        }
         if has_content {
             // Whatever `temp` held is replaced: until this prepare is whole, no version is prepared.
             remove_marker(&prepared_marker).map_err(io(0, "prepare"))?;
@@ -590,6 +630,18 @@ impl Interpreter {
         info!(site = %assignment.header.site, id = %assignment.header.id, commands = applied.commands, live = ?applied.live, "assignment applied");
         Ok(applied)
     }
+}
+
+/// The version the site's `live` link names (`versions/SEQUENCE-ID`), if it has one.
+fn live_sequence(site_dir: &Path) -> Option<u64> {
+    let target = std::fs::read_link(site_dir.join("live")).ok()?;
+    target
+        .to_str()?
+        .strip_prefix("versions/")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The target of the site's `backup` link (`versions/SEQUENCE-ID`), when it is version `wanted`.

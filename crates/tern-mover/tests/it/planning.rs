@@ -12,6 +12,7 @@ fn publication(sequence: u64, id: &str) -> Publication<'_> {
         id,
         site: "www",
         sequence,
+        base: sequence.checked_sub(1).filter(|version| *version > 0),
         created_ms: 0,
     }
 }

@@ -742,3 +742,71 @@ fn a_node_that_never_held_the_site_refuses_a_switch_issued_long_ago() {
     assert!(interpreter.live("www").is_none(), "nothing went live");
     publish_one(&interpreter, 1, now_ms - 60_000, b"recent").expect("a switch issued a minute ago");
 }
+
+/// A publish planned against version `base` adding `name`, with its commit.
+fn change_of(base: Option<u64>, sequence: u64, name: &str) -> Assignment {
+    let mut builder = Builder::new(
+        &format!("p{sequence}"),
+        AssignmentKind::Publish,
+        "www",
+        sequence,
+        base.map(|version| version.to_string()),
+        sequence * 1_000,
+    );
+    builder
+        .create(name, Some(0o644), name.as_bytes(), false)
+        .expect("create");
+    builder.command(Command::Commit);
+    sealed(builder)
+}
+
+#[test]
+fn a_change_planned_against_another_version_is_refused_and_changes_nothing() {
+    // A trial's finding: a node whose first publish and catch-up failed took the next publish's new file
+    // alone, committed, and served a site with every other file missing.
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    let error = interpreter
+        .apply(&change_of(Some(1), 2, "new.html"))
+        .expect_err("no version held");
+    assert!(
+        matches!(
+            error,
+            ApplyError::NotAtBase {
+                base: 1,
+                live: None,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("holds no version of it"), "{error}");
+    assert!(!root.path().join("www/live").exists(), "nothing made live");
+
+    publish_v1(&interpreter);
+    let error = interpreter
+        .apply(&change_of(Some(2), 3, "three.html"))
+        .expect_err("version 1 held, the change is against 2");
+    assert!(
+        matches!(
+            error,
+            ApplyError::NotAtBase {
+                base: 2,
+                live: Some(1),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let live = root.path().join("www/live");
+    assert!(!live.join("three.html").exists());
+    // Against the version held: taken. Without a base (a mover before bases were named): taken as before.
+    interpreter
+        .apply(&change_of(Some(1), 2, "two.html"))
+        .expect("against version 1");
+    assert!(live.join("two.html").exists());
+    interpreter
+        .apply(&change_of(None, 3, "three.html"))
+        .expect("no base named");
+    assert!(live.join("three.html").exists() && live.join("two.html").exists());
+}

@@ -90,7 +90,10 @@ pub struct Header {
     pub site: String,
     /// The site's version sequence this assignment produces.
     pub sequence: u64,
-    /// The version (tree hash) the commands apply to; none for a full copy.
+    /// The version the commands apply to, as its sequence in decimal (`"7"`): a node whose live version
+    /// is another refuses the assignment rather than apply changes to a tree they were not planned
+    /// against. None for a full copy, a site's first version, and an assignment without content (seed 004:
+    /// the interpreter works on the version the assignment was made for).
     pub base: Option<String>,
     /// Number of commands.
     pub commands: u32,
