@@ -65,6 +65,9 @@ pub fn open_log(args: &DemoArgs) -> Result<File> {
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let (base, temporary) = args.base();
+    // One demo per directory: a second one on a directory in use took over the running demo's mover
+    // database and nodes (a trial's finding).
+    let _lock = crate::dir_lock::lock(&base, "demo")?;
     let paths = Paths::under(&base);
     let smoke = args.smoke;
     let result = run_in(paths.clone(), smoke, temporary).await;
