@@ -50,6 +50,19 @@ pub struct CatchUpsSent {
     pub last_ms: u64,
     /// How many were sent in a row while the node stayed behind.
     pub count: u32,
+    /// The node's free disk when the last one was sent, bytes (its registration's).
+    pub free_disk: u64,
+}
+
+/// More free disk than a node had at its last catch-up, by this much, makes the next one due at once,
+/// whatever the back-off: the operator made room, and a node that failed for a full disk would otherwise
+/// wait out a back-off of up to an hour before it is tried again (a trial's finding).
+pub const ROOM_MADE: u64 = 64 << 20;
+
+/// Whether a node reporting `free_now` bytes free has made room since a catch-up sent when it reported
+/// `free_then` ([`ROOM_MADE`] more).
+pub fn room_made(free_then: u64, free_now: u64) -> bool {
+    free_now >= free_then.saturating_add(ROOM_MADE)
 }
 
 /// The wait after `sent` catch-ups in a row that left the node behind: [`SYNCHRONISE_BACKOFF`], doubled
@@ -269,6 +282,7 @@ impl Mover {
         };
         let versions: Vec<(String, u64)> = registration.versions.into_iter().collect();
         let name = node.name.clone();
+        let free_disk = node.free_disk;
         // Before a catch-up below can read it.
         self.prepared
             .lock()
@@ -327,7 +341,15 @@ impl Mover {
         let mut started = Vec::new();
         for site in hosted {
             let key = (name.clone(), site.site.clone());
-            let sent = self.sent_catch_ups().get(&key).copied();
+            let mut sent = self.sent_catch_ups().get(&key).copied();
+            if let Some(earlier) = sent
+                && earlier.count > 0
+                && room_made(earlier.free_disk, free_disk)
+            {
+                info!(node = %name, site = %site.site, free_then = earlier.free_disk, free_now = free_disk,
+                      "node has more free disk than at its last catch-up; the next one is due now");
+                sent = None;
+            }
             let backoff = synchronise_backoff(sent.map_or(0, |sent| sent.count));
             match catch_up(&site, sent.map(|sent| sent.last_ms), now_ms, backoff) {
                 CatchUp::Due => {}
@@ -343,6 +365,7 @@ impl Mover {
                         CatchUpsSent {
                             last_ms: now_ms,
                             count: 1,
+                            free_disk,
                         },
                     );
                     warn!(node = %name, site = %site.site, held = site.held, version = site.current,
@@ -360,8 +383,14 @@ impl Mover {
             spec.target = Some(Target::Node(name.clone()));
             if let Ok(id) = self.submit(spec, now_ms).await {
                 let count = sent.map_or(0, |sent| sent.count).saturating_add(1);
-                self.sent_catch_ups()
-                    .insert(key, CatchUpsSent { last_ms: now_ms, count });
+                self.sent_catch_ups().insert(
+                    key,
+                    CatchUpsSent {
+                        last_ms: now_ms,
+                        count,
+                        free_disk,
+                    },
+                );
                 let next = synchronise_backoff(count);
                 if count > 1 {
                     warn!(node = %name, site = %site.site, held = site.held, version = site.current, job = %id, tries = count,

@@ -685,3 +685,35 @@ async fn a_staging_directory_overlapping_the_movers_data_is_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_made_room_since_its_failed_catch_up_is_tried_again_at_once() {
+    let fleet = Fleet::new(1, None).await;
+    let staging = fleet.area.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("index.html"), "version one").expect("write");
+    assert_eq!(fleet.run("publish", Some(&staging)).await["state"], "committed");
+
+    // A node behind whose catch-up fails (nothing listens at its address, as a full disk would refuse it).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let register = |free_disk: u64| {
+        let registration = serde_json::json!({
+            "name": "full", "url": url, "free_disk": free_disk, "versions": {}, "prepared": {},
+        });
+        fleet.api("POST", "/api/nodes/register", Some(registration))
+    };
+    let first = register(10 << 20).await;
+    let id = first["synchronising"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("a catch-up for the node behind: {first}"))
+        .to_string();
+    assert_eq!(fleet.wait_job(&id).await["state"], "failed");
+    // Registering again with the same room: the back-off holds.
+    let again = register(10 << 20).await;
+    assert_eq!(again["synchronising"].as_array().map(Vec::len), Some(0), "{again}");
+    // With room made: tried again at once.
+    let roomy = register(500 << 20).await;
+    assert_eq!(roomy["synchronising"].as_array().map(Vec::len), Some(1), "{roomy}");
+}
