@@ -391,7 +391,6 @@ impl Interpreter {
                 });
             }
         }
-        std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         let prepared_marker = site_dir.join(PREPARED);
         if commits && !has_content {
             let prepared = read_prepared(&prepared_marker).filter(|_| temp.is_dir());
@@ -437,6 +436,8 @@ impl Interpreter {
                 }
             }
         }
+        // Made once the assignment is taken: a refused one leaves nothing behind.
+        std::fs::create_dir_all(site_dir.join("versions")).map_err(io(0, "prepare"))?;
         if has_content {
             // Whatever `temp` held is replaced: until this prepare is whole, no version is prepared.
             remove_marker(&prepared_marker).map_err(io(0, "prepare"))?;

@@ -782,6 +782,7 @@ fn a_change_planned_against_another_version_is_refused_and_changes_nothing() {
     );
     assert!(error.to_string().contains("holds no version of it"), "{error}");
     assert!(!root.path().join("www/live").exists(), "nothing made live");
+    assert!(!root.path().join("www/versions").exists(), "nothing left behind");
 
     publish_v1(&interpreter);
     let error = interpreter
