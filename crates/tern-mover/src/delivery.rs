@@ -349,11 +349,7 @@ async fn prepare_phase(
                     Early::Outcome(outcome) => outcome,
                     Early::Waiting(note) => {
                         noted |= note.is_some();
-                        let job = job.to_string();
-                        let noted = store.call(move |store| store.note_running(&job, note.as_deref(), now_ms())).await;
-                        if let Err(error) = noted {
-                            warn!(%error, "a running job's note not recorded");
-                        }
+                        note_running(store, job, note).await;
                         continue;
                     }
                 };
@@ -371,10 +367,7 @@ async fn prepare_phase(
         }
     };
     if noted {
-        let job = job.to_string();
-        if let Err(error) = store.call(move |store| store.note_running(&job, None, now_ms())).await {
-            warn!(%error, "a running job's note not cleared");
-        }
+        note_running(store, job, None).await;
     }
     let outcomes: Vec<NodeOutcome> = match last {
         Some(outcomes) => outcomes.into_iter().filter(|o| !recorded.contains(&o.node)).collect(),
@@ -401,6 +394,17 @@ async fn prepare_phase(
         .collect();
     applied.extend(record(store, metrics, job, &rest, outcomes, NodeState::Prepared).await);
     applied
+}
+
+/// Records what a running `job` waits for ([`Early::Waiting`]), or that it no longer waits.
+async fn note_running(store: &StoreThread, job: &str, note: Option<String>) {
+    let job = job.to_string();
+    if let Err(error) = store
+        .call(move |store| store.note_running(&job, note.as_deref(), now_ms()))
+        .await
+    {
+        warn!(%error, "a running job's note not recorded");
+    }
 }
 
 /// The registered nodes among `nodes`, in that order, with their addresses.

@@ -343,7 +343,6 @@ impl Mover {
             let key = (name.clone(), site.site.clone());
             let mut sent = self.sent_catch_ups().get(&key).copied();
             if let Some(earlier) = sent
-                && earlier.count > 0
                 && room_made(earlier.free_disk, free_disk)
             {
                 info!(node = %name, site = %site.site, free_then = earlier.free_disk, free_now = free_disk,

@@ -119,16 +119,11 @@ async fn send(client: &HttpsClient<tern_http::Body>, url: &str, body: Payload, t
                 Some(cause) => tern_http::tls::error_reason(cause),
                 None => error.to_string(),
             };
+            let message = tern_wire::mover::assignment_not_answered(!error.is_connect(), &reason);
             return if error.is_connect() {
-                Sent::Nothing(format!("node unreachable: {reason}"))
+                Sent::Nothing(message)
             } else {
-                // The node was reached and closed the connection before it answered: it may have
-                // refused the assignment part-way (a full disk, a bad assignment) without the answer
-                // getting through, since the mover was still sending; "unreachable" misled (a trial).
-                Sent::Body(Err(format!(
-                    "the connection to the node broke while the assignment was sent ({reason}): the node may \
-                     have refused it part-way (a full disk, a bad assignment), or stopped; its log says why"
-                )))
+                Sent::Body(Err(message))
             };
         }
         Ok(Ok(response)) => response,

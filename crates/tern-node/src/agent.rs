@@ -149,15 +149,7 @@ impl NodeAgent {
             let Some(site) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            let Ok(target) = std::fs::read_link(entry.path().join("live")) else {
-                continue;
-            };
-            let sequence = target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('-').next())
-                .and_then(|n| n.parse::<u64>().ok());
-            if let Some(sequence) = sequence {
+            if let Some(sequence) = crate::interpreter::live_version(&entry.path()) {
                 versions.insert(site, sequence);
             }
         }

@@ -775,17 +775,7 @@ async fn post_assignment(agent: &NodeAgent, url: &str, entry: &Entry, checked: &
     let timeout = forwarder.settings.member_timeout;
     let exchange = async {
         let response = forwarder.client.request(request).await.map_err(|e| {
-            let reason = tern_http::tls::error_reason(&e);
-            if e.is_connect() {
-                format!("node unreachable: {reason}")
-            } else {
-                // Reached, and closed before it answered: it may have refused part-way (as the
-                // mover's star says it).
-                format!(
-                    "the connection to the node broke while the assignment was sent ({reason}): the node \
-                         may have refused it part-way (a full disk, a bad assignment), or stopped; its log says why"
-                )
-            }
+            tern_wire::mover::assignment_not_answered(!e.is_connect(), &tern_http::tls::error_reason(&e))
         })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), ErrorAnswer::MAX_BODY)

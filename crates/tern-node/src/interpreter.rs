@@ -44,6 +44,8 @@ use crate::paths::{PathError, resolve};
 mod entries;
 mod mark;
 
+pub(crate) use mark::live_version;
+
 use entries::{
     CopyError, Directories, copy_from, link_tree, make_symlink, place_link, set_metadata, write_new, write_new_with,
 };
@@ -416,24 +418,15 @@ impl Interpreter {
             && !full_copy
             && let Some(wanted) = &assignment.header.base
         {
-            let live = live_sequence(&site_dir);
-            match wanted.parse::<u64>() {
-                Ok(wanted) if live == Some(wanted) => {}
-                Ok(wanted) => {
-                    return Err(ApplyError::NotAtBase {
-                        site: site.to_string(),
-                        base: wanted,
-                        live,
-                    });
-                }
-                // A base this node cannot read (another mover's notion of it) is not one it can check.
-                Err(_) => {
-                    return Err(ApplyError::NotAtBase {
-                        site: site.to_string(),
-                        base: 0,
-                        live,
-                    });
-                }
+            let live = mark::live_version(&site_dir);
+            // A base this node cannot read (another mover's notion of it) is not one it can check.
+            let wanted = wanted.parse::<u64>().ok();
+            if wanted.is_none() || live != wanted {
+                return Err(ApplyError::NotAtBase {
+                    site: site.to_string(),
+                    base: wanted.unwrap_or(0),
+                    live,
+                });
             }
         }
         // Made once the assignment is taken: a refused one leaves nothing behind.
@@ -633,27 +626,11 @@ impl Interpreter {
     }
 }
 
-/// The version the site's `live` link names (`versions/SEQUENCE-ID`), if it has one.
-fn live_sequence(site_dir: &Path) -> Option<u64> {
-    let target = std::fs::read_link(site_dir.join("live")).ok()?;
-    target
-        .to_str()?
-        .strip_prefix("versions/")?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// The target of the site's `backup` link (`versions/SEQUENCE-ID`), when it is version `wanted`.
 fn backup_of(site_dir: &Path, wanted: u64) -> Result<String, ApplyError> {
     let backup = std::fs::read_link(site_dir.join("backup")).map_err(|_| ApplyError::NoBackup)?;
     let target = backup.to_string_lossy().to_string();
-    let sequence = target
-        .strip_prefix("versions/")
-        .and_then(|name| name.split('-').next())
-        .and_then(|number| number.parse::<u64>().ok());
-    if sequence != Some(wanted) {
+    if !target.starts_with("versions/") || mark::version_of(&backup) != Some(wanted) {
         return Err(ApplyError::OtherBackup { wanted, held: target });
     }
     Ok(target)

@@ -745,6 +745,21 @@ impl ErrorAnswer {
     }
 }
 
+/// Why an assignment sent to a node (`POST NODE/assignments`, by the mover or a group leader) got no
+/// answer, from the HTTP client's `reason`: `connected` false is a node never reached; true is one that
+/// closed the connection before it answered, which may be a refusal part-way (a full disk) whose answer
+/// did not get through while the sender was still sending.
+pub fn assignment_not_answered(connected: bool, reason: &str) -> String {
+    if connected {
+        format!(
+            "the connection to the node broke while the assignment was sent ({reason}): the node may have \
+             refused it part-way (a full disk, a bad assignment), or stopped; its log says why"
+        )
+    } else {
+        format!("node unreachable: {reason}")
+    }
+}
+
 /// `POST /api/checkpoints`: make a checkpoint of a site's published version now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRequest {

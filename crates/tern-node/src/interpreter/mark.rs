@@ -49,9 +49,12 @@ pub(super) fn write(root: &Path, site: &str, mark: Mark) -> io::Result<()> {
     tern_tree::write_durably(&target, format!("{} {}\n", mark.high, mark.switched_ms).as_bytes())
 }
 
-/// The version the site's `live` link names (`versions/<sequence>-<id>`).
-fn live_version(site_dir: &Path) -> Option<u64> {
-    let target = std::fs::read_link(site_dir.join("live")).ok()?;
-    let name = target.file_name()?.to_str()?;
-    name.split('-').next()?.parse().ok()
+/// The version a version directory is, from its name (`versions/<sequence>-<id>`).
+pub(super) fn version_of(target: &Path) -> Option<u64> {
+    target.file_name()?.to_str()?.split('-').next()?.parse().ok()
+}
+
+/// The version the site's `live` link names, if it has one.
+pub(crate) fn live_version(site_dir: &Path) -> Option<u64> {
+    version_of(&std::fs::read_link(site_dir.join("live")).ok()?)
 }
