@@ -40,7 +40,7 @@ pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyC
         }
         _ => host,
     };
-    let host = without_trailing_dot(host);
+    let host = tern_http::target::without_trailing_dot(host);
     let path = if config.include_query {
         path_and_query
     } else {
@@ -55,23 +55,6 @@ pub fn primary_key(scheme: &str, host: &str, path_and_query: &str, config: &KeyC
     key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
     key.push_str(&path);
     key
-}
-
-/// `host` (a `Host` field value: a name or address, maybe a port) without the trailing dot of a fully
-/// qualified name (`www.example.com.:8080` is `www.example.com:8080`, RFC 1034 section 3.1): what the edge
-/// keys on and forwards, so the origin sees one spelling of its own name.
-pub fn without_trailing_dot(host: &str) -> std::borrow::Cow<'_, str> {
-    let (name, port) = match host.rfind(':') {
-        // A port after the name (an IPv6 literal ends with `]` before its port).
-        Some(at) if !host[at..].contains(']') && !host[..at].contains(':') => host.split_at(at),
-        _ => (host, ""),
-    };
-    let trimmed = name.trim_end_matches('.');
-    if trimmed.len() < name.len() && !trimmed.is_empty() {
-        std::borrow::Cow::Owned(format!("{trimmed}{port}"))
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
 }
 
 /// The request field values a stored response was selected by: `(lowercased name, normalized value)` for

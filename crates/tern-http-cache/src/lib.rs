@@ -16,10 +16,11 @@ pub mod structured;
 
 pub use directives::Directives;
 pub use inflight::{FetchTicket, PurgeScope};
-pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, variant_of, vary_values, without_trailing_dot};
+pub use key::{KeyConfig, ObjectId, VaryValues, primary_key, variant_of, vary_values};
 pub use meta::Meta;
 pub use policy::{Freshness, NotStorable, PolicyConfig, ResponseDecision, UpstreamExchange, Usability};
 pub use store::{
     BodySource, CachedObject, Fill, Hit, HoldingsListener, PurgeCount, PurgeMode, Store, StoreConfig, StoreError,
     StoreStats,
 };
+pub use tern_http::target::without_trailing_dot;

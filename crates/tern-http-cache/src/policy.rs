@@ -209,10 +209,19 @@ fn storable_with(
     let has_validator = response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED);
     let response_time = facts.date.unwrap_or_else(SystemTime::now);
     let lifetime = freshness_lifetime(status, response, facts, response_time, config);
-    if lifetime.is_zero() && !has_validator && directives.stale_if_error.is_none() {
+    if lifetime.is_zero() && !has_validator && !has_stale_window(directives) {
         return Err(NotStorable::NoFreshnessNorValidator);
     }
     Ok(())
+}
+
+/// Whether the response's own directives let it be served once stale: a non-zero `stale-while-revalidate`
+/// or `stale-if-error` (RFC 5861). A response with no freshness and no validator is still worth storing
+/// then; the same windows decide it for a response already stale on arrival ([`decide_storing`]).
+fn has_stale_window(directives: &Directives) -> bool {
+    [directives.stale_while_revalidate, directives.stale_if_error]
+        .iter()
+        .any(|window| window.is_some_and(|seconds| seconds > 0))
 }
 
 /// What the policy reads from a response's fields, parsed once.
@@ -935,6 +944,30 @@ mod tests {
             ),
             ResponseDecision::Store(_)
         ));
+        // No freshness and no validator, but a window to serve it stale in (RFC 5861): stored, by either
+        // directive, whether the lifetime is zero or used up on arrival (a trial found the first refused
+        // for `stale-while-revalidate`, which the second took).
+        for window in ["stale-while-revalidate=30", "stale-if-error=30"] {
+            for pairs in [
+                vec![("cache-control", format!("max-age=0, {window}"))],
+                vec![
+                    ("cache-control", format!("max-age=60, {window}")),
+                    ("age", "61".to_string()),
+                ],
+            ] {
+                let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                assert!(
+                    matches!(decide(200, &pairs, None), ResponseDecision::Store(_)),
+                    "{pairs:?}"
+                );
+            }
+            let zero = window.replace("30", "0");
+            assert_eq!(
+                decide(200, &[("cache-control", &format!("max-age=0, {zero}"))], None),
+                ResponseDecision::Pass(NotStorable::NoFreshnessNorValidator),
+                "{zero}: no window"
+            );
+        }
     }
 
     #[test]

@@ -90,6 +90,24 @@ pub fn origin_base(base: &str) -> Result<OriginBase, String> {
     })
 }
 
+/// `host` (a `Host` field value: a name or address, maybe a port) without the trailing dot of a fully
+/// qualified name (`www.example.com.:8080` is `www.example.com:8080`, RFC 1034 section 3.1): what the edge
+/// keys on and forwards, so the origin sees one spelling of its own name, and how the sync service matches a
+/// change's host to its site's.
+pub fn without_trailing_dot(host: &str) -> Cow<'_, str> {
+    let (name, port) = match host.rfind(':') {
+        // A port after the name (an IPv6 literal ends with `]` before its port).
+        Some(at) if !host[at..].contains(']') && !host[..at].contains(':') => host.split_at(at),
+        _ => (host, ""),
+    };
+    let trimmed = name.trim_end_matches('.');
+    if trimmed.len() < name.len() && !trimmed.is_empty() {
+        Cow::Owned(format!("{trimmed}{port}"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
 /// The normal form of a request target (`/path?query`, or any part of a URI): borrowed when it already is.
 /// Malformed percent-encodings (`%4`, `%zz`) are kept as they are.
 pub fn normalize(target: &str) -> Cow<'_, str> {

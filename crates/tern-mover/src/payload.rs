@@ -148,7 +148,7 @@ impl Payload {
                     let mut at = 0u64;
                     while at < self.0.len {
                         let count = (self.0.len - at).min(CHUNK as u64) as usize;
-                        read_exact_at(file, &mut buffer[..count], at)?;
+                        std::os::unix::fs::FileExt::read_exact_at(file, &mut buffer[..count], at)?;
                         out.write_all(&buffer[..count])?;
                         at += count as u64;
                     }
@@ -165,9 +165,7 @@ impl Payload {
             Stored::Memory(bytes) => Ok(bytes.to_vec()),
             Stored::File(file) => {
                 let len = usize::try_from(self.0.len).map_err(std::io::Error::other)?;
-                let mut buffer = vec![0u8; len];
-                read_exact_at(file, &mut buffer, 0)?;
-                Ok(buffer)
+                read_exact_at(file, len, 0)
             }
         }
     }
@@ -194,8 +192,7 @@ impl Held {
                 }
                 // Read without the lock (other senders go on meanwhile); two that miss the same chunk at
                 // once both read it, and the first one kept is the one shared.
-                let mut buffer = vec![0u8; len];
-                read_exact_at(file, &mut buffer, offset)?;
+                let buffer = read_exact_at(file, len, offset)?;
                 self.file_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut chunks = self.recent();
                 if let Some(bytes) = kept(&chunks) {
@@ -239,8 +236,25 @@ fn copy_in_kernel(from: &std::fs::File, len: u64, to: &std::fs::File) -> std::io
 }
 
 /// Reads exactly `buffer.len()` bytes of `file` at `offset` (positioned reads: senders share the file).
-fn read_exact_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+/// Reads `len` bytes of `file` from `offset` into a new buffer, which is not zeroed first (`pread` into its
+/// spare capacity: each chunk of a large assignment would otherwise be written twice).
+fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(len);
+    while buffer.len() < len {
+        let at = offset.saturating_add(buffer.len() as u64);
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), at) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the assignment file ended early",
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(buffer)
 }
 
 #[cfg(test)]

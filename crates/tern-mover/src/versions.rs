@@ -72,6 +72,7 @@ impl SiteDir {
         remove_tree(&next)?;
         std::fs::create_dir_all(&next)?;
         let shadow = self.shadow();
+        let mut buffer = Vec::new();
         // Path order: a directory comes before what it holds.
         for (path, entry) in snapshot {
             if path == ROOT {
@@ -89,7 +90,7 @@ impl SiteDir {
                     if unchanged && std::fs::hard_link(shadow.join(path), &target).is_ok() {
                         continue;
                     }
-                    if copy_hashed(&staging.join(path), &target)? != entry.hash {
+                    if copy_hashed(&staging.join(path), &target, &mut buffer)? != entry.hash {
                         return Err(io::Error::other(format!(
                             "staging file {path} changed while it was being published; publish again"
                         )));
@@ -356,14 +357,16 @@ pub fn unpack_tree(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Copies `from` to a new file `to` in a stream (memory holds a buffer, not the file) and returns the blake3
 /// hash (hex) of what was copied.
-fn copy_hashed(from: &Path, to: &Path) -> io::Result<String> {
+fn copy_hashed(from: &Path, to: &Path, buffer: &mut Vec<u8>) -> io::Result<String> {
     use std::io::Write;
     let mut source = std::fs::File::open(from)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
+    let mut out = std::fs::File::create(to)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
+    // One buffer for every file of a tree (a new zeroed one per file cost more than the copy for small
+    // files), written straight to the file: its reads are large already.
+    buffer.resize(1 << 20, 0);
     loop {
-        let count = match io::Read::read(&mut source, &mut buffer) {
+        let count = match io::Read::read(&mut source, buffer) {
             Ok(0) => break,
             Ok(count) => count,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -372,7 +375,6 @@ fn copy_hashed(from: &Path, to: &Path) -> io::Result<String> {
         hasher.update(&buffer[..count]);
         out.write_all(&buffer[..count])?;
     }
-    out.flush()?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 

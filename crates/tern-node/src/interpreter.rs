@@ -481,18 +481,21 @@ impl Interpreter {
                 } => {
                     let target = checked(&temp, path, false, index, "patch")?;
                     let old = std::fs::read(&target).map_err(io(index, "patch"))?;
-                    // A delta that happens to rebuild the file from a wrong base would pass the result's
-                    // check; the base is checked too, since it means this node is not where the mover
-                    // thinks it is.
-                    if blake3::hash(&old).to_hex().as_str() != base_hash {
-                        return Err(ApplyError::BaseMismatch {
-                            index,
-                            path: path.clone(),
-                        });
-                    }
-                    let new = unpacker
-                        .patched(assignment, &old, data)
-                        .map_err(|_| mismatch(index, path))?;
+                    // The result is checked against its signed size and hash, so what is written is right
+                    // whatever the base was. The base is hashed only when the result is wrong, to say
+                    // which it was: a base other than the mover's (this node is not where the mover
+                    // thinks it is: its file was changed here) or damaged data. A base that differs only
+                    // where the delta does not read still rebuilds the right file, which is taken.
+                    let new = unpacker.patched(assignment, &old, data).map_err(|_| {
+                        if blake3::hash(&old).to_hex().as_str() != base_hash {
+                            ApplyError::BaseMismatch {
+                                index,
+                                path: path.clone(),
+                            }
+                        } else {
+                            mismatch(index, path)
+                        }
+                    })?;
                     let mode = mode.or_else(|| tern_tree::file_mode(&target));
                     directories.before_writing_beside(&target).map_err(io(index, "patch"))?;
                     write_new(&target, new, mode, *mtime_ns).map_err(io(index, "patch"))?;

@@ -585,7 +585,22 @@ fn resolved(path: &Path) -> Option<PathBuf> {
 }
 
 fn state_path(config: &AgentConfig) -> PathBuf {
-    config.state_dir.join(format!("agent-{}.json", config.name))
+    config.state_dir.join(format!("{}.json", state_file_stem(&config.name)))
+}
+
+/// The stem of an agent's files in its state directory (its state `STEM.json`, the lock a running agent
+/// holds `STEM.lock`): `agent-NAME`, with every byte of the name outside `[A-Za-z0-9._-]` written as `%XX`,
+/// so that a name with `/` or `..` in it never names a file elsewhere.
+pub fn state_file_stem(name: &str) -> String {
+    let mut stem = String::from("agent-");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            stem.push(byte as char);
+        } else {
+            stem.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    stem
 }
 
 /// Writes the state durably (temp file, fsync, rename, fsync of the directory), so a crash leaves the old
@@ -708,6 +723,18 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn an_agents_files_stay_in_its_state_directory_whatever_its_name() {
+        assert_eq!(state_file_stem("www"), "agent-www");
+        assert_eq!(state_file_stem("blog.example_2-b"), "agent-blog.example_2-b");
+        assert_eq!(state_file_stem("../../etc/x"), "agent-..%2F..%2Fetc%2Fx");
+        assert_eq!(state_file_stem("a b/é"), "agent-a%20b%2F%C3%A9");
+        for name in ["../x", "/abs", "a/b"] {
+            let path = Path::new("/state").join(format!("{}.json", state_file_stem(name)));
+            assert_eq!(path.parent(), Some(Path::new("/state")), "{name}");
+        }
+    }
 
     #[test]
     fn reads_are_no_change_but_writes_are() {

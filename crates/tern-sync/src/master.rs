@@ -36,6 +36,10 @@ pub fn agent_name_is_valid(name: &str) -> bool {
 /// The log's file name in the data directory.
 pub const LOG_FILE: &str = "changes.log";
 
+/// How far past the last number taken from an agent's stream a change's sequence number may be (2^32: an
+/// agent counts one by one, so only a fault gets there; see [`Master::accept`]).
+pub const MAX_SEQUENCE_JUMP: u64 = 1 << 32;
+
 /// A site the service synchronises.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +364,24 @@ impl Master {
             );
         }
         let mark = known_mark.unwrap_or(0);
+        // An agent numbers its changes one by one within an incarnation, so a number far past the mark
+        // is a fault (a damaged state, a buggy client holding the key). Taken, it would raise the mark so
+        // far that every later change of the stream were dropped as a replay, silently.
+        if let Some(change) = batch
+            .changes
+            .iter()
+            .find(|change| change.seq > mark.saturating_add(MAX_SEQUENCE_JUMP))
+        {
+            warn!(agent = %batch.agent, incarnation = %batch.incarnation, mark, seq = change.seq,
+                  "change batch refused: its sequence number jumps too far past the last one taken");
+            return Err(Reject {
+                reason: "sequence".into(),
+                message: format!(
+                    "sequence number {} is more than {MAX_SEQUENCE_JUMP} past the last one taken from this agent ({mark}); nothing of the batch was taken. An agent counts its changes one by one: move its state directory aside to start a new stream (it reports every file once)",
+                    change.seq
+                ),
+            });
+        }
         let mut accepted = Accepted {
             through: mark,
             restarted,
@@ -563,12 +585,16 @@ fn cache_url(url: &str) -> Result<http::Uri, (&'static str, &'static str)> {
     }
 }
 
-/// Whether `uri`'s host (or host and port) is one of the site's.
+/// Whether `uri`'s host (or host and port) is one of the site's: case aside, and the trailing dot of a
+/// fully qualified name aside (`www.example.com.` is `www.example.com`, as the edges key it).
 fn site_has(uri: &http::Uri, site: &SiteConfig) -> bool {
-    let (host, authority) = (uri.host().unwrap_or(""), uri.authority().map_or("", |a| a.as_str()));
-    site.hosts
-        .iter()
-        .any(|allowed| allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(authority))
+    use tern_http::target::without_trailing_dot;
+    let host = without_trailing_dot(uri.host().unwrap_or(""));
+    let authority = without_trailing_dot(uri.authority().map_or("", |a| a.as_str()));
+    site.hosts.iter().any(|allowed| {
+        let allowed = without_trailing_dot(allowed);
+        allowed.eq_ignore_ascii_case(&host) || allowed.eq_ignore_ascii_case(&authority)
+    })
 }
 
 /// A URL is accepted when it is one a cache can be sent ([`cache_url`]) and its host is one of the
@@ -621,6 +647,31 @@ mod tests {
 
     fn urls(master: &Master) -> Vec<String> {
         master.records_from(1).iter().map(|r| r.url.clone()).collect()
+    }
+
+    #[test]
+    fn a_host_matches_its_site_whatever_its_case_and_trailing_dot() {
+        let site = SiteConfig {
+            name: "www".into(),
+            hosts: vec!["www.example.com".into(), "static.example.com.:8080".into()],
+        };
+        let has = |url: &str| site_has(&url.parse::<http::Uri>().expect("url"), &site);
+        for url in [
+            "http://www.example.com/x",
+            "http://www.example.com./x",
+            "https://WWW.Example.COM./x",
+            "http://static.example.com:8080/x",
+            "http://static.example.com.:8080/x",
+        ] {
+            assert!(has(url), "{url}");
+        }
+        for url in [
+            "http://www.example.com.evil/x",
+            "http://example.com/x",
+            "http://static.example.com/x",
+        ] {
+            assert!(!has(url), "{url}");
+        }
     }
 
     #[test]
@@ -873,6 +924,37 @@ mod tests {
             2,
             "the stand-ins are never written"
         );
+    }
+
+    #[test]
+    fn a_sequence_number_far_past_the_mark_is_refused_and_the_stream_goes_on() {
+        // A trial's finding: one change numbered 2^64 - 1 was taken, and every later change of the agent
+        // was dropped as a replay without a word.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::open(dir.path(), sites()).expect("open");
+        let agent = Incarnation::generate().expect("random");
+        master.accept(&batch(&agent, numbered(3))).expect("accepted");
+        let mut absurd = batch(&agent, vec![change(u64::MAX, "http://www.example.com/x")]);
+        let reject = master.accept(&absurd).expect_err("refused");
+        assert_eq!(reject.reason, "sequence");
+        assert!(
+            reject.message.contains("nothing of the batch was taken"),
+            "{}",
+            reject.message
+        );
+        absurd.changes = vec![change(3 + MAX_SEQUENCE_JUMP + 1, "http://www.example.com/x")];
+        assert!(master.accept(&absurd).is_err(), "one past the limit");
+        let next = master
+            .accept(&batch(&agent, vec![change(4, "http://www.example.com/4")]))
+            .expect("accepted");
+        assert_eq!((next.recorded, next.through), (1, 4), "the stream goes on");
+        let far = master
+            .accept(&batch(
+                &agent,
+                vec![change(4 + MAX_SEQUENCE_JUMP, "http://www.example.com/far")],
+            ))
+            .expect("at the limit");
+        assert_eq!(far.recorded, 1);
     }
 
     #[test]

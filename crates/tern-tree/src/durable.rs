@@ -50,7 +50,20 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir).map_err(|error| {
+        // `mkdir -p` over a file says only "File exists"; say what is wrong with the path given.
+        if error.kind() == io::ErrorKind::AlreadyExists && !dir.is_dir() {
+            io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!(
+                    "{} is not a directory (a file or another kind of entry is there)",
+                    dir.display()
+                ),
+            )
+        } else {
+            error
+        }
+    })
 }
 
 /// Writes `contents` to `path` durably: to a temporary file beside it, flushed, renamed over `path`, and
@@ -117,6 +130,19 @@ fn remove_stale_temporaries(dir: &Path, name: &std::ffi::OsStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_directory_over_a_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cache");
+        std::fs::write(&file, b"not a directory").expect("file");
+        let error = create_private_dir(&file).expect_err("a file is there");
+        assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
+        assert!(error.to_string().contains("is not a directory"), "{error}");
+        assert_eq!(std::fs::read(&file).expect("read"), b"not a directory", "left alone");
+        create_private_dir(&dir.path().join("a/b")).expect("made");
+        create_private_dir(&dir.path().join("a/b")).expect("there already");
+    }
 
     #[test]
     fn a_durable_write_replaces_the_file_and_leaves_no_temporary() {

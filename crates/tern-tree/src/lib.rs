@@ -40,7 +40,9 @@ pub use diff::{Change, ChangeKind, Difference, TreeChange, changes, differences}
 pub use durable::{create_private_dir, sync_directory, sync_file_system, write_durably};
 pub use exclude::{EDITOR_TEMPORARIES, Excludes};
 pub use link::{LinkError, check_link, check_link_in, check_link_with};
-pub use metadata::{CARRIED_MODE, copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};
+pub use metadata::{
+    CARRIED_MODE, copy_metadata, file_mode, mode_bits, mtime_ns, remove_tree, set_file_metadata, set_mode, set_mtime,
+};
 pub use parallel::{map_parallel, map_parallel_with};
 pub use scan::{RACY_NS, Scan, Unsupported, UnsupportedKind, scan, scan_excluding};
 

@@ -98,6 +98,46 @@ pub fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
     }
 }
 
+/// Gives an open file the permission bits ([`CARRIED_MODE`]) and modification time (nanoseconds since
+/// the epoch) given, each when `Some`, through its descriptor (`fchmod`, `futimens`): no path is looked up
+/// again, and the umask does not narrow the mode. The access time is left as it is.
+pub fn set_file_metadata(file: &std::fs::File, mode: Option<u32>, mtime_ns: Option<i64>) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Mode, Timespec, Timestamps, UTIME_OMIT, fchmod, futimens};
+        if let Some(mode) = mode {
+            fchmod(file, Mode::from_raw_mode(mode & CARRIED_MODE)).map_err(io::Error::from)?;
+        }
+        if let Some(mtime_ns) = mtime_ns {
+            let times = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
+                last_modification: Timespec {
+                    tv_sec: mtime_ns.div_euclid(1_000_000_000),
+                    tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+                },
+            };
+            futimens(file, &times).map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        match mtime_ns {
+            Some(mtime_ns) if mtime_ns >= 0 => {
+                file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64))
+            }
+            Some(mtime_ns) => {
+                file.set_modified(std::time::UNIX_EPOCH - std::time::Duration::from_nanos(mtime_ns.unsigned_abs()))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// Gives `to` the permission bits (unless it is a link) and modification time of `from` (neither
 /// followed).
 pub fn copy_metadata(from: &Path, to: &Path) -> io::Result<()> {

@@ -27,9 +27,23 @@ pub struct DirLock {
 /// pid and role, and when the directory cannot be created or the lock file opened. A filesystem without
 /// locks (some network filesystems) is logged and let through.
 pub fn lock(dir: &Path, role: &str) -> Result<DirLock> {
+    lock_file(
+        dir,
+        LOCK_FILE,
+        role,
+        &format!(
+            "two processes on one {role} directory would overwrite each other's records. Stop the other one, or give this one a directory of its own"
+        ),
+    )
+}
+
+/// [`lock`] for one of several processes that share a state directory, each with files of its own (agents
+/// of different names): the lock file is `DIR/NAME`; `clash` says what is wrong and what to do when it is
+/// taken.
+pub fn lock_file(dir: &Path, name: &str, role: &str, clash: &str) -> Result<DirLock> {
     tern_tree::create_private_dir(dir)
         .with_context(|| format!("cannot create the {role} directory {}", dir.display()))?;
-    let path = dir.join(LOCK_FILE);
+    let path = dir.join(name);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -48,10 +62,7 @@ pub fn lock(dir: &Path, role: &str) -> Result<DirLock> {
             } else {
                 format!("another process ({holder})")
             };
-            bail!(
-                "{} is in use by {holder}: two processes on one {role} directory would overwrite each other's records. Stop the other one, or give this one a directory of its own",
-                dir.display()
-            );
+            bail!("{} is in use by {holder}: {clash}", dir.display());
         }
         Err(TryLockError::Error(error)) => {
             warn!(%error, path = %path.display(), "cannot lock the {role} directory (a filesystem without locks?); make sure no other process uses it");

@@ -1261,6 +1261,17 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
             community.peer_connect_timeout_ms = ms;
         }
     }
+    if config
+        .community
+        .as_ref()
+        .is_some_and(|c| c.cluster_key.as_os_str().is_empty())
+    {
+        // An empty path was read as a file named "" (a trial's finding).
+        anyhow::bail!(
+            "a cache community needs its cluster key: give --cluster-key FILE or cluster_key in the [edge.community] \
+             table (the same file on every member; write one with `tern keygen FILE`)"
+        );
+    }
     if let Some(community) = &config.community
         && community.registry.is_none()
         && community.discover.is_none()
@@ -1420,9 +1431,18 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     if tls.is_some() && admin.is_none() {
         anyhow::bail!("TLS settings are for the agent's admin listener: give --admin ADDR too, or leave them out");
     }
-    let state_dir = config.state_dir.clone();
+    let (state_dir, name) = (config.state_dir.clone(), config.name.clone());
     let agent = tern_sync::Agent::new(config).context("agent did not start")?;
-    let _lock = dir_lock::lock(&state_dir, "agent")?;
+    // Agents of different names may share a state directory (sites in sibling directories share the
+    // default one); two of one name would overwrite each other's state.
+    let _lock = dir_lock::lock_file(
+        &state_dir,
+        &format!("{}.lock", tern_sync::agent::state_file_stem(&name)),
+        "agent",
+        &format!(
+            "an agent named {name} runs there already; two agents of one name would overwrite each other's state and sequence numbers. Stop the other one, or give this one --name (each site's agent has a name of its own: the site's by default) or --state-dir"
+        ),
+    )?;
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone(), Hangup::Reload);
     if let Some(addr) = admin {

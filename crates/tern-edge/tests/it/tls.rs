@@ -466,6 +466,26 @@ async fn an_origin_certificate_from_an_unknown_ca_is_a_502_that_says_why() {
 }
 
 #[tokio::test]
+async fn an_origin_certificate_the_given_ca_file_does_not_cover_is_a_502_that_says_so() {
+    // A trial's finding: with the wrong file given, the answer read as if none had been.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (origin_ca, other_ca) = (TestCa::new("origin CA"), TestCa::new("another CA"));
+    let other_file = other_ca.write(&dir.path().join("other-ca.pem"));
+    let (origin, edge) = edge_before_https_origin(&origin_ca.issue(&["localhost"]), dir.path(), |config| {
+        config.origin_ca = Some(other_file.clone());
+    })
+    .await;
+    let got = get(&edge, "/o").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(&got.body);
+    assert!(
+        body.contains("not one of the 1 certificate(s) given with --origin-ca/--ca") && body.contains("UnknownIssuer"),
+        "{body}"
+    );
+    assert_eq!(origin.count(), 0, "nothing reached the origin");
+}
+
+#[tokio::test]
 async fn an_expired_origin_certificate_is_a_502_that_says_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("origin CA");

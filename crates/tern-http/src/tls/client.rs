@@ -148,6 +148,16 @@ impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
             )) if self.pinned.iter().any(|pinned| pinned.as_ref() == end_entity.as_ref()) => {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
             }
+            // Neither signed by a certificate of the file nor one of them: say so, rather than WebPKI's
+            // reason alone (`CaUsedAsEndEntity` read as if no file had been given).
+            Err(rustls::Error::InvalidCertificate(
+                reason @ (rustls::CertificateError::UnknownIssuer | rustls::CertificateError::Other(_)),
+            )) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(NotInCaFile {
+                    reason: format!("{reason:?}"),
+                    given: self.pinned.len(),
+                })),
+            ))),
             other => other,
         }
     }
@@ -175,6 +185,18 @@ impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
     }
 }
 
+/// A server certificate that the CA file given (`--origin-ca`, `--ca`) neither signed nor holds.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server's certificate is not one of the {given} certificate(s) given with --origin-ca/--ca, nor signed \
+     by one of them ({reason}): the server presents another certificate than the file holds (compare \
+     `openssl x509 -noout -fingerprint -sha256` of both), or the file is not the one its CA issued"
+)]
+struct NotInCaFile {
+    reason: String,
+    given: usize,
+}
+
 /// An error and its causes, joined with `: ` (a cause already contained in the message before it is left
 /// out), so that a TLS failure's reason — `invalid peer certificate: UnknownIssuer` — reaches the operator
 /// instead of only `client error (Connect)`.
@@ -189,7 +211,7 @@ pub fn error_reason(error: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = inner.source();
     }
-    if text.contains("CaUsedAsEndEntity") {
+    if text.contains("CaUsedAsEndEntity") && !text.contains("given with --origin-ca/--ca") {
         text.push_str(
             " (the server's own certificate is a CA certificate, basicConstraints CA:TRUE, as `openssl req -x509` \
              makes by default: give that certificate with --origin-ca/--ca to pin it, or issue the server a \

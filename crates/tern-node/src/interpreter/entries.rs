@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tern_tree::{mode_bits, mtime_ns, remove_tree, set_mode, set_mtime};
+use tern_tree::{mode_bits, mtime_ns, remove_tree, set_file_metadata, set_mode, set_mtime};
 
 use super::unique;
 
@@ -142,20 +142,11 @@ fn create_file(
         options.mode(mode.unwrap_or(0o644) & 0o7777);
     }
     let mut file = options.open(path)?;
-    // Buffered: a stream from the spool arrives in small writes.
-    {
-        let mut buffered = std::io::BufWriter::with_capacity(256 * 1024, &mut file);
-        fill(&mut buffered)?;
-        io::Write::flush(&mut buffered)?;
-    }
-    drop(file);
-    if let Some(mode) = mode {
-        set_mode(path, mode)?;
-    }
-    if let Some(mtime) = mtime {
-        set_mtime(path, mtime)?;
-    }
-    Ok(())
+    // Not buffered: both fillers write large pieces (a whole patched file, or 128 KiB of a stream at a time,
+    // `tern_wire::assignment::Assignment::unpack_to`); a buffer would copy every byte once more.
+    fill(&mut file)?;
+    // Through the descriptor: the path is not looked up twice more. The time last, after every write.
+    set_file_metadata(&file, mode, mtime)
 }
 
 /// Why a copy failed.

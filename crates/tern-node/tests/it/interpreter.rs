@@ -187,19 +187,40 @@ fn a_patch_for_another_version_is_refused() {
     let root = tempfile::tempdir().expect("tempdir");
     let interpreter = Interpreter::new(root.path());
     publish_v1(&interpreter);
+    // The node holds "guide text " 200 times; the delta was made against another text, and reads it.
+    let other = b"other words ".repeat(200);
+    let mut edited = other.clone();
+    edited[1000..1011].copy_from_slice(b"NEW CONTENT");
     let mut builder = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
-    builder
-        .patch("index.html", b"some other base", b"<h1>version two</h1>")
-        .expect("patch");
+    builder.patch("docs/guide.txt", &other, &edited).expect("patch");
     builder.command(Command::Commit);
     assert!(matches!(
         interpreter.apply(&sealed(builder)),
-        Err(ApplyError::BaseMismatch { .. })
+        Err(ApplyError::BaseMismatch { index: 0, .. })
     ));
     assert_eq!(
-        tree(&root.path().join("www/live"))["index.html"],
-        b"<h1>version one</h1>"
+        tree(&root.path().join("www/live"))["docs/guide.txt"],
+        b"guide text ".repeat(200)
     );
+}
+
+#[test]
+fn a_patch_that_rebuilds_its_file_from_a_base_changed_where_it_does_not_read_is_taken() {
+    // The result is checked against its signed hash: a base that differs from the mover's only where the
+    // delta does not read (here its first words: the node holds "guide text " 200 times) still gives
+    // exactly the file the mover sent.
+    let root = tempfile::tempdir().expect("tempdir");
+    let interpreter = Interpreter::new(root.path());
+    publish_v1(&interpreter);
+    let mut movers_base = b"other text ".to_vec();
+    movers_base.extend_from_slice(&b"guide text ".repeat(199));
+    let mut new = b"guide text ".repeat(200);
+    new.extend_from_slice(b"and a new ending");
+    let mut builder = Builder::new("v2", AssignmentKind::Publish, "www", 2, None, 0);
+    builder.patch("docs/guide.txt", &movers_base, &new).expect("patch");
+    builder.command(Command::Commit);
+    interpreter.apply(&sealed(builder)).expect("taken");
+    assert_eq!(tree(&root.path().join("www/live"))["docs/guide.txt"], new);
 }
 
 #[test]
@@ -259,9 +280,10 @@ fn a_commit_switches_only_to_the_version_it_names() {
     // A prepare that fails halfway leaves no version prepared, not the one before it.
     let mut broken = Builder::new("v4", AssignmentKind::Publish, "www", 4, None, 0);
     broken.create("a.html", None, b"a", false).expect("create");
-    broken
-        .patch("index.html", b"not what the node holds", b"x")
-        .expect("patch");
+    let other = b"not what the node holds ".repeat(100);
+    let mut edited = other.clone();
+    edited[500..503].copy_from_slice(b"xyz");
+    broken.patch("docs/guide.txt", &other, &edited).expect("patch");
     assert!(interpreter.apply(&sealed(broken)).is_err());
     match commit(2) {
         Err(ApplyError::NotPrepared { prepared, asked }) => assert_eq!((prepared, asked), (None, 2)),
