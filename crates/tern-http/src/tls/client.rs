@@ -186,7 +186,7 @@ impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
 }
 
 /// A server certificate that the CA file given (`--origin-ca`, `--ca`) neither signed nor holds.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error(
     "the server's certificate is not one of the {given} certificate(s) given with --origin-ca/--ca, nor signed \
      by one of them ({reason}): the server presents another certificate than the file holds (compare \
@@ -195,6 +195,13 @@ impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
 struct NotInCaFile {
     reason: String,
     given: usize,
+}
+
+/// The message itself: rustls shows a verifier's own error with `Debug`, and the operator reads it.
+impl std::fmt::Debug for NotInCaFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// An error and its causes, joined with `: ` (a cause already contained in the message before it is left

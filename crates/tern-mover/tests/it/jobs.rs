@@ -591,7 +591,9 @@ async fn a_node_that_cannot_take_the_deltas_gets_a_full_copy_and_the_history_say
     let live = fleet.node_root(1).join("www/live/page.html");
     let linked = std::fs::read(&live).expect("node1's page");
     std::fs::remove_file(&live).expect("unlink");
-    std::fs::write(&live, [b"edited by hand\n".as_slice(), &linked].concat()).expect("edit");
+    // Appended, so that every offset the delta counts back from the end of its base misses (a base
+    // changed only where the delta does not read still rebuilds the right page, which a node takes).
+    std::fs::write(&live, [&linked, b"edited by hand\n".as_slice()].concat()).expect("edit");
     // The node's ready-made next tree (linked from live before the edit) goes too, so the next prepare
     // starts from the edited live tree.
     for entry in std::fs::read_dir(fleet.node_root(1).join("www"))

@@ -425,6 +425,17 @@ mod tests {
         builder.finish(&signing(), None).expect("finish")
     }
 
+    /// A page whose delta from one version to the next reads its base: version 2 is longer, so that a
+    /// patch applied to the wrong version rebuilds the wrong bytes (a node checks the result, not the base).
+    fn version(number: u64) -> Vec<u8> {
+        let head = if number == 1 {
+            "version one\n"
+        } else {
+            "version two, a longer head\n"
+        };
+        [head.as_bytes(), &b"the same body line\n".repeat(40)].concat()
+    }
+
     fn patch(id: &str, sequence: u64, from: &[u8], to: &[u8]) -> Vec<u8> {
         let mut builder = Builder::new(id, AssignmentKind::Publish, "www", sequence, None, 0);
         builder.patch("index.html", from, to).expect("patch");
@@ -459,10 +470,10 @@ mod tests {
         let log = AppliedLog::default();
         let limits = Limits::default();
 
-        let (entry, checked) = received(&spool, &publish("v1", 1, b"version one"));
+        let (entry, checked) = received(&spool, &publish("v1", 1, &version(1)));
         let first = log.apply(&interpreter, &entry, &checked, None, &limits).expect("v1");
         assert!(!first.again);
-        let v2 = patch("v2", 2, b"version one", b"version two");
+        let v2 = patch("v2", 2, &version(1), &version(2));
         let (channel_copy, channel_checked) = received(&spool, &v2);
         let by_channel = log
             .apply(&interpreter, &channel_copy, &channel_checked, None, &limits)
@@ -485,7 +496,7 @@ mod tests {
         assert_eq!(link(&root.join("www/live")), live);
         assert_eq!(link(&root.join("www/backup")), backup);
         let served = std::fs::read(root.join("www/live/index.html")).expect("served");
-        assert_eq!(served, b"version two");
+        assert_eq!(served, version(2));
     }
 
     /// Follow-up 1 of the MCTP review: the record survives a restart (`kill -9` included: each line is
@@ -501,10 +512,10 @@ mod tests {
         let interpreter = Interpreter::new(&root);
         let spool = spool::Spool::open(&area.path().join("spool")).expect("spool");
         let limits = Limits::default();
-        let v2 = patch("v2", 2, b"version one", b"version two");
+        let v2 = patch("v2", 2, &version(1), &version(2));
         let by_channel = {
             let log = AppliedLog::open(&state, REMEMBERED).expect("record");
-            let (entry, checked) = received(&spool, &publish("v1", 1, b"version one"));
+            let (entry, checked) = received(&spool, &publish("v1", 1, &version(1)));
             log.apply(&interpreter, &entry, &checked, None, &limits).expect("v1");
             let (entry, checked) = received(&spool, &v2);
             log.apply(&interpreter, &entry, &checked, None, &limits).expect("v2")
@@ -529,7 +540,7 @@ mod tests {
         assert_eq!(link(&root.join("www/live")), live);
         assert_eq!(link(&root.join("www/backup")), backup);
         let served = std::fs::read(root.join("www/live/index.html")).expect("served");
-        assert_eq!(served, b"version two");
+        assert_eq!(served, version(2));
 
         let forgetful = AppliedLog::default();
         let (entry, checked) = received(&spool, &v2);
