@@ -74,18 +74,8 @@ pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 pub fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
     #[cfg(unix)]
     {
-        use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT, utimensat};
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime_ns.div_euclid(1_000_000_000),
-                tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-            },
-        };
-        utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
+        use rustix::fs::{AtFlags, CWD, utimensat};
+        utimensat(CWD, path, &modification_only(mtime_ns), AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
     }
     #[cfg(not(unix))]
     {
@@ -98,28 +88,35 @@ pub fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
     }
 }
 
+/// Times that set the modification time to `mtime_ns` nanoseconds since the epoch and leave the access
+/// time as it is (`UTIME_OMIT`).
+#[cfg(unix)]
+fn modification_only(mtime_ns: i64) -> rustix::fs::Timestamps {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+        },
+    }
+}
+
 /// Gives an open file the permission bits ([`CARRIED_MODE`]) and modification time (nanoseconds since
 /// the epoch) given, each when `Some`, through its descriptor (`fchmod`, `futimens`): no path is looked up
 /// again, and the umask does not narrow the mode. The access time is left as it is.
 pub fn set_file_metadata(file: &std::fs::File, mode: Option<u32>, mtime_ns: Option<i64>) -> io::Result<()> {
     #[cfg(unix)]
     {
-        use rustix::fs::{Mode, Timespec, Timestamps, UTIME_OMIT, fchmod, futimens};
+        use rustix::fs::{Mode, fchmod, futimens};
         if let Some(mode) = mode {
             fchmod(file, Mode::from_raw_mode(mode & CARRIED_MODE)).map_err(io::Error::from)?;
         }
         if let Some(mtime_ns) = mtime_ns {
-            let times = Timestamps {
-                last_access: Timespec {
-                    tv_sec: 0,
-                    tv_nsec: UTIME_OMIT,
-                },
-                last_modification: Timespec {
-                    tv_sec: mtime_ns.div_euclid(1_000_000_000),
-                    tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-                },
-            };
-            futimens(file, &times).map_err(io::Error::from)?;
+            futimens(file, &modification_only(mtime_ns)).map_err(io::Error::from)?;
         }
         Ok(())
     }
