@@ -83,7 +83,8 @@ pub struct CommunitySettings {
     /// The cluster key file (`--cluster-key`): tags every community message and derives the peer token.
     pub cluster_key: PathBuf,
     /// Where community messages (UDP) and peer requests (HTTP over TCP) arrive, one port number for both
-    /// (`--peer-listen`); a concrete address, as the other peers reach it.
+    /// (`--peer-listen`); a concrete address, as the other peers reach it. Required: the default, the
+    /// unspecified `0.0.0.0:7400`, is refused at start.
     pub peer_listen: SocketAddr,
     /// The registry's URL (`--registry http://HOST:PORT`).
     pub registry: Option<String>,
@@ -118,7 +119,8 @@ impl Default for CommunitySettings {
             name: String::new(),
             peer_name: None,
             cluster_key: PathBuf::new(),
-            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            // No usable default: the address other peers reach this edge at (refused unless given).
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             registry: None,
             discover: None,
             weight: tern_community::DEFAULT_WEIGHT,

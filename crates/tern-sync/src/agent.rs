@@ -590,8 +590,11 @@ fn state_path(config: &AgentConfig) -> PathBuf {
 
 /// The stem of an agent's files in its state directory (its state `STEM.json`, the lock a running agent
 /// holds `STEM.lock`): `agent-NAME`, with every byte of the name outside `[A-Za-z0-9._-]` written as `%XX`,
-/// so that a name with `/` or `..` in it never names a file elsewhere.
+/// so that a name with `/` or `..` in it never names a file elsewhere. A stem past 200 bytes (a long name,
+/// or one of many escaped bytes) is cut there and ends with the name's blake3 hash instead, within the
+/// 255 bytes a file name may have.
 pub fn state_file_stem(name: &str) -> String {
+    const LONGEST: usize = 200;
     let mut stem = String::from("agent-");
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
@@ -599,6 +602,12 @@ pub fn state_file_stem(name: &str) -> String {
         } else {
             stem.push_str(&format!("%{byte:02X}"));
         }
+    }
+    if stem.len() > LONGEST {
+        // Only ASCII was pushed, so any cut is on a character boundary.
+        stem.truncate(LONGEST - 65);
+        stem.push('~');
+        stem.push_str(blake3::hash(name.as_bytes()).to_hex().as_str());
     }
     stem
 }
@@ -730,6 +739,9 @@ mod tests {
         assert_eq!(state_file_stem("blog.example_2-b"), "agent-blog.example_2-b");
         assert_eq!(state_file_stem("../../etc/x"), "agent-..%2F..%2Fetc%2Fx");
         assert_eq!(state_file_stem("a b/é"), "agent-a%20b%2F%C3%A9");
+        let (long, other) = ("n".repeat(255), format!("{}m", "n".repeat(254)));
+        assert!(state_file_stem(&long).len() <= 200 && state_file_stem(&"/".repeat(100)).len() <= 200);
+        assert_ne!(state_file_stem(&long), state_file_stem(&other), "cut names stay apart");
         for name in ["../x", "/abs", "a/b"] {
             let path = Path::new("/state").join(format!("{}.json", state_file_stem(name)));
             assert_eq!(path.parent(), Some(Path::new("/state")), "{name}");

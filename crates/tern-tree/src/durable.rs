@@ -51,17 +51,21 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(|error| {
-        // `mkdir -p` over a file says only "File exists"; say what is wrong with the path given.
-        if error.kind() == io::ErrorKind::AlreadyExists && !dir.is_dir() {
-            io::Error::new(
+        // `mkdir -p` over a file says only "File exists" or "Not a directory"; name the entry in the way.
+        let blocking = match error.kind() {
+            io::ErrorKind::AlreadyExists if !dir.is_dir() => Some(dir),
+            io::ErrorKind::NotADirectory => dir.ancestors().skip(1).find(|a| a.exists() && !a.is_dir()),
+            _ => None,
+        };
+        match blocking {
+            Some(entry) => io::Error::new(
                 io::ErrorKind::NotADirectory,
                 format!(
                     "{} is not a directory (a file or another kind of entry is there)",
-                    dir.display()
+                    entry.display()
                 ),
-            )
-        } else {
-            error
+            ),
+            None => error,
         }
     })
 }
@@ -140,6 +144,13 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
         assert!(error.to_string().contains("is not a directory"), "{error}");
         assert_eq!(std::fs::read(&file).expect("read"), b"not a directory", "left alone");
+        let under = create_private_dir(&file.join("sub/dir")).expect_err("under a file");
+        assert!(
+            under
+                .to_string()
+                .starts_with(&format!("{} is not a directory", file.display())),
+            "{under}"
+        );
         create_private_dir(&dir.path().join("a/b")).expect("made");
         create_private_dir(&dir.path().join("a/b")).expect("there already");
     }

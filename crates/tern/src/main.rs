@@ -1261,16 +1261,29 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
             community.peer_connect_timeout_ms = ms;
         }
     }
-    if config
-        .community
-        .as_ref()
-        .is_some_and(|c| c.cluster_key.as_os_str().is_empty())
-    {
-        // An empty path was read as a file named "" (a trial's finding).
-        anyhow::bail!(
-            "a cache community needs its cluster key: give --cluster-key FILE or cluster_key in the [edge.community] \
-             table (the same file on every member; write one with `tern keygen FILE`)"
-        );
+    if let Some(community) = &config.community {
+        // What the command line requires, asked of the config file's table too (trials found an empty key
+        // path read as a file named "", and a missing peer_listen taken as a loopback address).
+        let missing: Vec<&str> = [
+            (
+                "its cluster key: give --cluster-key FILE or cluster_key (the same file on every member; write one with `tern keygen FILE`)",
+                community.cluster_key.as_os_str().is_empty(),
+            ),
+            (
+                "the address other peers reach this edge at: give --peer-listen ADDR or peer_listen",
+                community.peer_listen.ip().is_unspecified(),
+            ),
+            ("its name: give --community NAME or name", community.name.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(what, missing)| missing.then_some(what))
+        .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "a cache community needs {} (in the [edge.community] table or on the command line)",
+                missing.join("; and ")
+            );
+        }
     }
     if let Some(community) = &config.community
         && community.registry.is_none()
@@ -1440,7 +1453,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         &format!("{}.lock", tern_sync::agent::state_file_stem(&name)),
         "agent",
         &format!(
-            "an agent named {name} runs there already; two agents of one name would overwrite each other's state and sequence numbers. Stop the other one, or give this one --name (each site's agent has a name of its own: the site's by default) or --state-dir"
+            "an agent named {name} runs there already; two agents of one name would overwrite each other's state and sequence numbers. Stop the other one, or give this one a --name of its own (each site's agent has a name of its own: the site's by default; another --state-dir alone would leave two agents of one name, whose changes the sync service cannot tell apart)"
         ),
     )?;
     let stop = tokio_util::sync::CancellationToken::new();
