@@ -235,9 +235,9 @@ fn copy_in_kernel(from: &std::fs::File, len: u64, to: &std::fs::File) -> std::io
     Ok(true)
 }
 
-/// Reads exactly `buffer.len()` bytes of `file` at `offset` (positioned reads: senders share the file).
-/// Reads `len` bytes of `file` from `offset` into a new buffer, which is not zeroed first (`pread` into its
-/// spare capacity: each chunk of a large assignment would otherwise be written twice).
+/// Reads `len` bytes of `file` from `offset` into a new buffer (positioned reads: senders share the file),
+/// which is not zeroed first (`pread` into its spare capacity: each chunk of a large assignment would
+/// otherwise be written twice).
 fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut buffer = Vec::with_capacity(len);
     while buffer.len() < len {
@@ -254,6 +254,8 @@ fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> std::io::Resu
             Err(error) => return Err(error.into()),
         }
     }
+    // `with_capacity` promises at least `len`: a read into more spare room than asked is cut back.
+    buffer.truncate(len);
     Ok(buffer)
 }
 
