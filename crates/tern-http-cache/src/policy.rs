@@ -217,7 +217,7 @@ fn storable_with(
 
 /// Whether the response's own directives let it be served once stale: a non-zero `stale-while-revalidate`
 /// or `stale-if-error` (RFC 5861). A response with no freshness and no validator is still worth storing
-/// then; the same windows decide it for a response already stale on arrival ([`decide_storing`]).
+/// then, whether its lifetime is zero ([`storable`]) or used up on arrival ([`decide_storing`]).
 fn has_stale_window(directives: &Directives) -> bool {
     [directives.stale_while_revalidate, directives.stale_if_error]
         .iter()
@@ -639,11 +639,7 @@ pub fn decide_storing(exchange: &UpstreamExchange<'_>, config: &PolicyConfig) ->
     // serve it stale in: storing it would only mean fetching it again on every request.
     let has_validator =
         exchange.response.contains_key(header::ETAG) || exchange.response.contains_key(header::LAST_MODIFIED);
-    if !freshness.is_fresh(exchange.now)
-        && !has_validator
-        && freshness.stale_while_revalidate.is_zero()
-        && freshness.stale_if_error.is_zero()
-    {
+    if !freshness.is_fresh(exchange.now) && !has_validator && !has_stale_window(&facts.directives) {
         return ResponseDecision::Pass(NotStorable::NoFreshnessNorValidator);
     }
     let ResponseFacts { directives, .. } = facts;
