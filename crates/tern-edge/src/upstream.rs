@@ -69,20 +69,7 @@ impl UpstreamError {
     /// words (the edge's log has them, with the URL).
     pub fn public_reason(&self) -> String {
         match self {
-            UpstreamError::Connect { reason, .. } => {
-                if reason.contains("certificate") {
-                    // The TLS verdict (expired, not valid for the name) is what to fix, and no secret.
-                    return format!("cannot connect to the origin: {reason}");
-                }
-                let why = if reason.contains("refused") {
-                    " (connection refused)"
-                } else if reason.contains("timed out") || reason.contains("timeout") {
-                    " (connect timed out)"
-                } else {
-                    ""
-                };
-                format!("cannot connect to the origin{why}")
-            }
+            UpstreamError::Connect { reason, .. } => tern_http::tls::public_connect_reason(reason),
             UpstreamError::Timeout { timeout, .. } => {
                 format!("the origin sent no response within {} ms", timeout.as_millis())
             }

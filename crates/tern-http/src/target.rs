@@ -12,6 +12,21 @@
 
 use std::borrow::Cow;
 
+/// Why a request cannot be served for its `Host`, as a message for the 400 answer, or `None` when it can:
+/// more than one `Host` field line, or an HTTP/1.1 request with no host at all (RFC 9112 section 3.2: a
+/// server must answer 400 to both). An absolute-form target or HTTP/2's `:authority` names the host in
+/// `uri`; an HTTP/1.0 request may come without one. The one rule of every listener that serves a site
+/// (edge, `tern serve`, `tern delta`).
+pub fn host_field_problem(version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("request has more than one Host field");
+    }
+    let named = uri.authority().is_some() || first.is_some_and(|host| !host.as_bytes().trim_ascii().is_empty());
+    (!named && version >= http::Version::HTTP_11).then_some("request has no Host")
+}
+
 /// Whether `byte` is an unreserved character (RFC 3986 section 2.3).
 pub fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
@@ -234,6 +249,38 @@ fn needs_work(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_request_needs_one_host_unless_it_is_http_1_0() {
+        use http::{HeaderMap, HeaderValue, Uri, Version, header::HOST};
+        let origin_form: Uri = "/page".parse().expect("a URI");
+        let absolute: Uri = "http://www.example.com/page".parse().expect("a URI");
+        let mut one = HeaderMap::new();
+        one.insert(HOST, HeaderValue::from_static("www.example.com"));
+        let mut two = one.clone();
+        two.append(HOST, HeaderValue::from_static("evil.example"));
+        let mut blank = HeaderMap::new();
+        blank.insert(HOST, HeaderValue::from_static(" "));
+        let none = HeaderMap::new();
+        assert_eq!(host_field_problem(Version::HTTP_11, &origin_form, &one), None);
+        assert_eq!(host_field_problem(Version::HTTP_11, &absolute, &none), None);
+        assert_eq!(host_field_problem(Version::HTTP_2, &absolute, &none), None);
+        assert_eq!(host_field_problem(Version::HTTP_10, &origin_form, &none), None);
+        assert_eq!(
+            host_field_problem(Version::HTTP_11, &origin_form, &two),
+            Some("request has more than one Host field")
+        );
+        assert_eq!(
+            host_field_problem(Version::HTTP_10, &absolute, &two),
+            Some("request has more than one Host field")
+        );
+        for headers in [&none, &blank] {
+            assert_eq!(
+                host_field_problem(Version::HTTP_11, &origin_form, headers),
+                Some("request has no Host")
+            );
+        }
+    }
 
     #[test]
     fn equivalent_spellings_meet() {

@@ -30,10 +30,13 @@ pub enum SubmitError {
 
 /// What the database says about a job being submitted.
 struct Facts {
+    /// The site's record, when it is hosted.
+    site: Option<crate::store::Site>,
     site_known: bool,
     /// The site was hosted once and removed (its tombstone is kept).
     site_removed: bool,
-    group_empty: bool,
+    /// The job names a group or node (`target`) with no registered node in it.
+    target_empty: bool,
     nodes: std::collections::BTreeSet<String>,
 }
 
@@ -60,6 +63,13 @@ impl Mover {
         if let Some(staging) = &spec.staging
             && spec.kind == JobKind::Publish
         {
+            // Where the mover was started from is no part of a job: a relative path would name another
+            // directory after a restart from elsewhere (`tern publish` makes its path absolute).
+            if !Path::new(staging).is_absolute() {
+                return Err(SubmitError::Invalid(format!(
+                    "staging directory {staging} is not an absolute path: give the full path on the mover's machine"
+                )));
+            }
             if !Path::new(staging).is_dir() {
                 return Err(SubmitError::Invalid(format!(
                     "staging directory {staging} is missing or not a directory (on the mover's machine)"
@@ -71,14 +81,16 @@ impl Mover {
         let facts = self
             .store
             .call(move |store| {
-                let group_empty = match &asked.target {
-                    Some(Target::Group(group)) => store.target_nodes(&Target::Group(group.clone()))?.is_empty(),
+                let target_empty = match &asked.target {
+                    Some(target @ (Target::Group(_) | Target::Node(_))) => store.target_nodes(target)?.is_empty(),
                     _ => false,
                 };
+                let site = store.site(&asked.site)?;
                 Ok(Facts {
-                    site_known: store.site(&asked.site)?.is_some(),
+                    site_known: site.is_some(),
+                    site,
                     site_removed: store.is_removed(&asked.site)?,
-                    group_empty,
+                    target_empty,
                     nodes: store.job_nodes(&asked)?,
                 })
             })
@@ -103,14 +115,31 @@ impl Mover {
                 spec.site, spec.site
             )));
         }
-        if let Some(Target::Group(group)) = &spec.target
-            && facts.group_empty
-        {
-            return Err(SubmitError::Invalid(format!(
-                "group {group} has no registered nodes (nodes join with `tern node --group {group}`, or PUT /api/groups/{group})"
-            )));
+        if facts.target_empty {
+            match &spec.target {
+                Some(Target::Group(group)) => {
+                    return Err(SubmitError::Invalid(format!(
+                        "group {group} has no registered nodes (nodes join with `tern node --group {group}`, or PUT /api/groups/{group})"
+                    )));
+                }
+                Some(Target::Node(node)) => {
+                    return Err(SubmitError::Invalid(format!(
+                        "no node {node} is registered (`tern nodes` lists them; a node registers when `tern node --name {node}` starts)"
+                    )));
+                }
+                _ => {}
+            }
         }
         let now = now_ms();
+        // A rollback due now that cannot be done is refused here, not shown starting and then failing; a
+        // later one is checked when it runs (a publish in between gives it a version to go back to).
+        if spec.kind == JobKind::Rollback
+            && due_ms <= now
+            && let Some(site) = &facts.site
+            && let Some(refusal) = self.rollback_refusal(site).await
+        {
+            return Err(SubmitError::Invalid(refusal));
+        }
         if due_ms <= now && spec.on_conflict == ConflictPolicy::Refuse {
             let claim = Claim::new("new", &spec, facts.nodes);
             let running = self.running().clone();

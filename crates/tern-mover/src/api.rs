@@ -205,10 +205,7 @@ impl Handler for Api {
                 .map_err(store_error),
             (&Method::GET, _) if path.starts_with("/api/sites/") => site(mover, &path["/api/sites/".len()..]).await,
             (&Method::POST, "/api/checkpoints") => checkpoint(mover, &body).await,
-            (&Method::GET, "/api/checkpoints") => {
-                let site = query(parts.uri.query(), "site").unwrap_or("");
-                Ok(json(StatusCode::OK, mover.checkpoints(site).await))
-            }
+            (&Method::GET, "/api/checkpoints") => checkpoints(mover, query(parts.uri.query(), "site")).await,
             (&Method::POST, "/api/jobs") => submit(mover, &body).await,
             (&Method::GET, "/api/jobs") => {
                 let limit = limit(parts.uri.query());
@@ -439,6 +436,30 @@ async fn site(mover: &Mover, name: &str) -> Answer {
         StatusCode::OK,
         serde_json::json!({ "site": site, "snapshots": snapshots, "checkpoints": checkpoints, "caches": caches }),
     ))
+}
+
+/// The checkpoints of a site; 404 for a site the mover never hosted (an empty list would read as "none
+/// yet").
+async fn checkpoints(mover: &Mover, site: Option<&str>) -> Answer {
+    let Some(site) = site.filter(|site| !site.is_empty()) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "name the site: GET /api/checkpoints?site=NAME",
+        ));
+    };
+    let wanted = site.to_string();
+    let (known, checkpoints) = mover
+        .store
+        .call(move |store| Ok((store.site(&wanted)?.is_some(), store.checkpoints(&wanted)?)))
+        .await
+        .map_err(store_error)?;
+    if !known && checkpoints.is_empty() {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no site {site}: it was never published (GET /api/sites lists the hosted sites)"),
+        ));
+    }
+    Ok(json(StatusCode::OK, checkpoints))
 }
 
 async fn checkpoint(mover: &Mover, body: &[u8]) -> Answer {

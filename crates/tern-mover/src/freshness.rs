@@ -212,6 +212,20 @@ pub fn check(caches: &SiteCaches) -> Result<(), String> {
 /// Checks that the key and CA files a site's caches name can be read on the mover's machine.
 pub async fn check_files(caches: &SiteCaches) -> Result<(), String> {
     let caches = caches.clone();
+    // Paths on the mover's machine, as `tern publish` sends them: a relative one would depend on where the
+    // mover was started.
+    for path in caches
+        .sync_key
+        .iter()
+        .chain(caches.edge_key.iter())
+        .chain(caches.ca.iter())
+    {
+        if !Path::new(path).is_absolute() {
+            return Err(format!(
+                "{path} is not an absolute path: give the full path of the file on the mover's machine"
+            ));
+        }
+    }
     tokio::task::spawn_blocking(move || {
         for key in caches.sync_key.iter().chain(caches.edge_key.iter()) {
             load_token(key)?;

@@ -32,13 +32,10 @@ impl Mover {
         let Some(site) = site else {
             return Err(format!("site {name} was never published"));
         };
+        if let Some(refusal) = self.rollback_refusal(&site).await {
+            return Err(refusal);
+        }
         let site_dir = self.site_dir(name);
-        if site.previous == 0 || !site_dir.previous().is_dir() {
-            return Err(format!("site {name} has no previous version to roll back to"));
-        }
-        if site.previous > site.sequence {
-            return Err(self.rolled_back_already(&site).await);
-        }
         // The tree switched back to, for the caches (what differs from the published tree is purged) and as
         // the site's snapshot afterwards; hashes of files unchanged since the published tree are reused.
         let published: Snapshot = serde_json::from_str(&site.snapshot).unwrap_or_default();
@@ -115,6 +112,19 @@ impl Mover {
             ));
         }
         Ok(())
+    }
+
+    /// Why `site` cannot be rolled back now, or `None` when it can: no previous version kept, or its live
+    /// version is itself a rollback. Asked when a rollback is submitted (so that one due now is refused at
+    /// once, before any node is shown as pending) and again when it runs.
+    pub(crate) async fn rollback_refusal(&self, site: &Site) -> Option<String> {
+        if site.previous == 0 || !self.site_dir(&site.name).previous().is_dir() {
+            return Some(format!("site {} has no previous version to roll back to", site.name));
+        }
+        if site.previous > site.sequence {
+            return Some(self.rolled_back_already(site).await);
+        }
+        None
     }
 
     /// Why a site whose live version is itself a rollback is not rolled back again: the version before

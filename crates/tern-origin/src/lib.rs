@@ -168,6 +168,11 @@ impl StaticOrigin {
     }
 
     async fn answer(&self, request: &Request<Incoming>) -> Response<Body> {
+        if let Some(problem) =
+            tern_http::target::host_field_problem(request.version(), request.uri(), request.headers())
+        {
+            return text(StatusCode::BAD_REQUEST, problem);
+        }
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here");

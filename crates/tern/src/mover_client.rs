@@ -518,6 +518,9 @@ pub async fn list_checkpoints(mover: &str, ca: Option<&Path>, site: &str) -> Res
     let url = format!("{}/api/checkpoints?site={site}", base(mover)?);
     let checkpoints: Vec<Checkpoint> = serde_json::from_value(call(&client, "GET", &url, None).await?)
         .with_context(|| format!("unexpected answer from {url}"))?;
+    if checkpoints.is_empty() {
+        println!("site {site} has no checkpoints (`tern checkpoint create --site {site}` makes one)");
+    }
     let now = now_ms();
     for checkpoint in checkpoints {
         println!(

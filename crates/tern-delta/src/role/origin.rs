@@ -9,9 +9,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tern_http::Body;
 use tern_http::tls::{ClientTls, HttpsClient, error_reason};
 
-/// Why the origin gave no response; answered to the edge as 502 or 504 with the reason.
+/// Why the origin gave no response; logged whole, and answered as 502 or 504 with
+/// [`OriginError::public_reason`] (the edge passes the answer on to its clients).
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
+    /// Could not connect (refused, timed out, TLS refused).
+    #[error("cannot connect to origin {origin}: {reason}")]
+    Connect {
+        /// The origin.
+        origin: String,
+        /// What happened.
+        reason: String,
+    },
     /// No response head in time.
     #[error("origin {origin} sent no response within {timeout:?}")]
     Timeout {
@@ -20,7 +29,7 @@ pub enum OriginError {
         /// The limit.
         timeout: Duration,
     },
-    /// Could not connect, or the exchange failed.
+    /// The exchange failed after connecting (reset, malformed response).
     #[error("origin {origin} failed: {reason}")]
     Failed {
         /// The origin.
@@ -35,7 +44,20 @@ impl OriginError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             OriginError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
-            OriginError::Failed { .. } => http::StatusCode::BAD_GATEWAY,
+            OriginError::Connect { .. } | OriginError::Failed { .. } => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What a client is told: the kind of failure, without the origin's address or the operating
+    /// system's words (the log has them).
+    pub fn public_reason(&self) -> String {
+        match self {
+            OriginError::Connect { reason, .. } => tern_http::tls::public_connect_reason(reason),
+            OriginError::Timeout { timeout, .. } => {
+                format!("the origin sent no response within {} ms", timeout.as_millis())
+            }
+            // What went wrong in the exchange (a reset, a malformed head): no address in it.
+            OriginError::Failed { reason, .. } => format!("the exchange with the origin failed: {reason}"),
         }
     }
 }
@@ -128,14 +150,49 @@ impl Origin {
                     Some(cause) => error_reason(cause),
                     None => error.to_string(),
                 };
-                return Err(OriginError::Failed {
-                    origin: self.describe(),
-                    reason,
+                let origin = self.describe();
+                return Err(if error.is_connect() {
+                    OriginError::Connect { origin, reason }
+                } else {
+                    OriginError::Failed { origin, reason }
                 });
             }
             Ok(Ok(response)) => response,
         };
         let idle = self.idle_body_timeout;
         Ok(response.map(|body| tern_http::with_idle_timeout(body.map_err(Into::into).boxed(), idle)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An origin that cannot be reached is a 502 whose text says why without naming the origin: the edge
+    /// passes `tern delta`'s answer on to the public (helper-77's trial, fault 5).
+    #[tokio::test]
+    async fn an_unreachable_origin_is_a_502_that_does_not_name_it() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = closed.local_addr().expect("address");
+        drop(closed);
+        let origin = Origin::new(
+            &format!("http://{address}"),
+            None,
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        )
+        .expect("origin");
+        let request = Request::get("/news/").body(tern_http::empty()).expect("request");
+        let error = origin.fetch(request).await.expect_err("nothing listens there");
+        assert!(matches!(error, OriginError::Connect { .. }), "{error}");
+        assert_eq!(error.status(), http::StatusCode::BAD_GATEWAY);
+        assert!(
+            error.to_string().contains(&address.to_string()),
+            "the log names it: {error}"
+        );
+        let public = error.public_reason();
+        assert_eq!(public, "cannot connect to the origin (connection refused)");
+        assert!(!public.contains(&address.port().to_string()), "{public}");
     }
 }

@@ -47,6 +47,11 @@ impl Handler for Front {
 impl DeltaRole {
     async fn handle(self: &Arc<Self>, request: Request<Incoming>, _client: SocketAddr) -> Response<Body> {
         let request = request.map(|body| body.map_err(Into::into).boxed());
+        if let Some(problem) =
+            tern_http::target::host_field_problem(request.version(), request.uri(), request.headers())
+        {
+            return error_response(StatusCode::BAD_REQUEST, problem);
+        }
         let path = request.uri().path();
         let readable = request.method() == Method::GET || request.method() == Method::HEAD;
         if readable && let Some(id) = BaseId::from_well_known_path(path) {
@@ -355,7 +360,7 @@ impl DeltaRole {
     fn origin_failed(&self, error: &super::OriginError) -> Response<Body> {
         self.counters.count(&self.counters.origin_errors);
         warn!(%error, "origin failed");
-        error_response(error.status(), &error.to_string())
+        error_response(error.status(), &error.public_reason())
     }
 }
 

@@ -190,16 +190,11 @@ impl Edge {
     }
 
     async fn route(self: &Arc<Self>, request: ClientRequest, body: Body) -> Response<Body> {
-        if request.headers.get_all(header::HOST).iter().count() > 1 {
-            // RFC 9112 section 3.2: a server must answer 400 to more than one Host field line (an
-            // intermediary and the origin could each take another one).
+        if let Some(problem) = tern_http::target::host_field_problem(request.version, &request.uri, &request.headers) {
             self.metrics.request("error");
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                "request has more than one Host field",
-                CacheStatus::forward(Forward::Request),
-            );
+            return self.error(StatusCode::BAD_REQUEST, problem, CacheStatus::forward(Forward::Request));
         }
+        // Keys need a host: an HTTP/1.0 request without one is refused too.
         if request.host.is_empty() {
             self.metrics.request("error");
             return self.error(

@@ -204,6 +204,24 @@ impl std::fmt::Debug for NotInCaFile {
     }
 }
 
+/// What a public client is told about a failure to reach an upstream whose reason (from
+/// [`error_reason`]) is `reason`: the kind of failure (refused, timed out, a certificate verdict, which is
+/// what to fix and no secret), without the upstream's address or the operating system's words, which stay
+/// in the log. Used by every role that answers clients for an origin it could not reach (edge, `tern delta`).
+pub fn public_connect_reason(reason: &str) -> String {
+    if reason.contains("certificate") {
+        return format!("cannot connect to the origin: {reason}");
+    }
+    let why = if reason.contains("refused") {
+        " (connection refused)"
+    } else if reason.contains("timed out") || reason.contains("timeout") {
+        " (connect timed out)"
+    } else {
+        ""
+    };
+    format!("cannot connect to the origin{why}")
+}
+
 /// An error and its causes, joined with `: ` (a cause already contained in the message before it is left
 /// out), so that a TLS failure's reason — `invalid peer certificate: UnknownIssuer` — reaches the operator
 /// instead of only `client error (Connect)`.

@@ -688,6 +688,54 @@ async fn a_staging_directory_overlapping_the_movers_data_is_refused() {
     }
 }
 
+/// A job is refused at submission, with what to do, when it names a path that depends on where the mover
+/// was started, or a node that is not registered (helper-77's trial: the first published the mover's
+/// `./st`; the second was taken and failed with "no registered nodes").
+#[tokio::test]
+async fn relative_paths_and_unknown_nodes_are_refused_when_the_job_is_submitted() {
+    let fleet = Fleet::new(1, None).await;
+    let staging = fleet.area.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("index.html"), "version one").expect("write");
+    let refused = |body: serde_json::Value, expected: &'static str| {
+        let fleet = &fleet;
+        async move {
+            let (status, answer) = fleet.post_bytes("/api/jobs", body.to_string().into_bytes()).await;
+            assert_eq!(status, 400, "{answer}");
+            let error = answer["error"].as_str().unwrap_or_default();
+            assert!(error.contains(expected), "{error}");
+        }
+    };
+    refused(
+        serde_json::json!({ "kind": "publish", "site": "www", "staging": "staging" }),
+        "staging directory staging is not an absolute path",
+    )
+    .await;
+    let caches = serde_json::json!({
+        "public_url": "http://www.example.com", "sync_url": "http://127.0.0.1:9", "sync_key": "sync.key",
+    });
+    refused(
+        serde_json::json!({ "kind": "publish", "site": "www", "staging": staging.display().to_string(), "caches": caches }),
+        "sync.key is not an absolute path",
+    )
+    .await;
+    refused(
+        serde_json::json!({
+            "kind": "publish", "site": "www", "staging": staging.display().to_string(), "node": "nobody",
+        }),
+        "no node nobody is registered",
+    )
+    .await;
+    // The node that is registered is taken.
+    let nodes = fleet.api("GET", "/api/nodes", None).await;
+    let name = nodes[0]["name"].as_str().expect("a node").to_string();
+    let body = serde_json::json!({
+        "kind": "publish", "site": "www", "staging": staging.display().to_string(), "node": name,
+    });
+    let (status, answer) = fleet.post_bytes("/api/jobs", body.to_string().into_bytes()).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_made_room_since_its_failed_catch_up_is_tried_again_at_once() {
     let fleet = Fleet::new(1, None).await;

@@ -25,8 +25,10 @@ async fn a_second_rollback_never_switches_forward_to_the_version_rolled_back_fro
         (Some(2), Some(3))
     );
 
-    let again = fleet.run("rollback", None).await;
-    assert_eq!(again["state"], "failed", "v1 is not kept, and v3 is forward: {again}");
+    // Refused when submitted (v1 is not kept, and v3 is forward): no job shows nodes pending first.
+    let body = serde_json::json!({ "kind": "rollback", "site": "www" });
+    let (status, again) = fleet.post_bytes("/api/jobs", body.to_string().into_bytes()).await;
+    assert_eq!(status, 400, "{again}");
     let error = again["error"].as_str().unwrap_or("");
     assert!(
         error.contains("rolled back from v3") && error.contains("v1"),
