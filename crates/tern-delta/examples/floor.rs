@@ -39,6 +39,7 @@ fn list(minute: u64) -> Vec<u8> {
 fn pairs(class: &str, interval: u64) -> Vec<Pair> {
     let news = News::new(1);
     let calm = News::new(1).with_story_every(30);
+    let headlines = News::new(1).with_summary_words(25, 100);
     let products = Products::new(3);
     let prices = Prices::new(7, 1500);
     (1..=STEPS)
@@ -48,6 +49,7 @@ fn pairs(class: &str, interval: u64) -> Vec<Pair> {
             let (base, page) = match class {
                 "news" => (news.page(from), news.page(to)),
                 "calm" => (calm.page(from), calm.page(to)),
+                "headlines" => (headlines.page(from), headlines.page(to)),
                 "prices" => (prices.page(from), prices.page(to)),
                 "list" => (list(from), list(to)),
                 _ => {
@@ -94,7 +96,7 @@ fn bounds() {
         "| class | interval | page | encoder | zstd 19, ldm | new text | new text, zstd 19 alone | floor: new text against the base | information |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for class in ["news", "calm", "product"] {
+    for class in ["news", "calm", "headlines", "product"] {
         for interval in [5, 60] {
             let pairs = pairs(class, interval);
             let n = pairs.len() as f64;
@@ -126,6 +128,7 @@ fn bounds() {
             let information = match class {
                 "news" => Some(News::new(1)),
                 "calm" => Some(News::new(1).with_story_every(30)),
+                "headlines" => Some(News::new(1).with_summary_words(25, 100)),
                 _ => None,
             }
             .map(|site| mean(&|p| site.new_information_bits(p.from, p.to) / 8.0));

@@ -221,6 +221,8 @@ pub struct News {
     seed: u64,
     redesign_at: Option<u64>,
     story_every: u64,
+    summary_words: usize,
+    on_page: u64,
 }
 
 impl News {
@@ -230,7 +232,18 @@ impl News {
             seed,
             redesign_at: None,
             story_every: 3,
+            summary_words: 140,
+            on_page: 60,
         }
+    }
+
+    /// The same site with summaries of `words` words (default 140) and the latest `stories` stories on the
+    /// page (default 60, at least 1): `with_summary_words(25, 100)` is a home page of headlines and short
+    /// teasers, as most news sites' are.
+    pub fn with_summary_words(mut self, words: usize, stories: u64) -> Self {
+        self.summary_words = words;
+        self.on_page = stories.max(1);
+        self
     }
 
     /// The same site with a new story every `minutes` (default 3, at least 1).
@@ -254,14 +267,15 @@ impl News {
     pub fn new_information_bits(&self, from: u64, to: u64) -> f64 {
         let word = prose_word_bits();
         let new_stories = (to / self.story_every).saturating_sub(from / self.story_every) as f64;
-        let per_story = (8.0 + 140.0) * word + 30f64.log2() + 3.0 * 40f64.log2();
+        let per_story = (8.0 + self.summary_words as f64) * word + 30f64.log2() + 3.0 * 40f64.log2();
         let ticker = if to != from {
             8.0 * (5000f64 * 100.0).log2()
         } else {
             0.0
         };
         let most_read = if to / 10 != from / 10 {
-            (51..=60).map(|n| f64::from(n).log2()).sum()
+            let shown = self.on_page as f64;
+            (0..10).map(|n| (shown - f64::from(n)).max(1.0).log2()).sum()
         } else {
             0.0
         };
@@ -300,13 +314,13 @@ impl News {
         }
         page.push_str("</ul></header>\n<main>\n");
         let latest = minute / self.story_every;
-        let first = latest.saturating_sub(59);
+        let first = latest.saturating_sub(self.on_page - 1);
         let mut most_read = Vec::new();
         for story in (first..=latest).rev() {
             let mut rng = Rng::from_parts(&[self.seed, story, 2]);
             let title = self.story_title(story);
             let section = rare_word(rng.below(30) + 3000);
-            let summary = prose(&mut rng, 140);
+            let summary = prose(&mut rng, self.summary_words);
             let mut related = String::new();
             for _ in 0..3 {
                 let other = story.saturating_sub(1 + rng.below(40));
