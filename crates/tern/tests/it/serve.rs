@@ -92,6 +92,23 @@ async fn static_origin_semantics() {
     }
     assert_eq!(get(&format!("{base}/%2e%2e/secret.txt"), &[], "GET").await.0, 400);
     assert_eq!(get(&format!("{base}/"), &[], "POST").await.0, 405);
+    // RFC 9112 section 3.2: an HTTP/1.1 request without a Host, or with two, is answered 400; HTTP/1.0 may
+    // come without one.
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "HTTP/1.1 400 "),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 200 "),
+    ] {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with(status), "{request:?}: {answer}");
+    }
 }
 
 #[tokio::test]
