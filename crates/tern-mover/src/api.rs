@@ -241,7 +241,10 @@ impl Handler for Api {
                     .map_err(store_error)
             }
             (&Method::POST, SEGMENT_REPORT) => segment_report(mover, &body).await,
-            (&Method::GET, "/api/segments") => Ok(json(StatusCode::OK, mover.segments().views())),
+            (&Method::GET, "/api/segments") => Ok(json(
+                StatusCode::OK,
+                mover.segments().views().into_iter().map(shown).collect::<Vec<_>>(),
+            )),
             (&Method::POST, _) if path.starts_with("/api/segments/") && path.ends_with("/leader") => {
                 let name = &path["/api/segments/".len()..path.len() - "/leader".len()];
                 override_leader(mover, name, &body).await
@@ -249,7 +252,7 @@ impl Handler for Api {
             (&Method::GET, _) if path.starts_with("/api/segments/") => {
                 let name = &path["/api/segments/".len()..];
                 match mover.segments().view(name) {
-                    Some(view) => Ok(json(StatusCode::OK, view)),
+                    Some(view) => Ok(json(StatusCode::OK, shown(view))),
                     None => Err(refuse(StatusCode::NOT_FOUND, format!("no segment {name}"))),
                 }
             }
@@ -347,7 +350,18 @@ async fn segment_report(mover: &Mover, body: &[u8]) -> Answer {
 }
 
 async fn override_leader(mover: &Mover, segment: &str, body: &[u8]) -> Answer {
-    let request: OverrideRequest = parse(body, "an override is {\"leader\": NODE or null}")?;
+    const SHAPE: &str = "an override is {\"leader\": NODE or null}";
+    // `leader` must be there, alone: a misspelt field would otherwise read as `null` and clear the override.
+    let fields: serde_json::Map<String, serde_json::Value> = parse(body, SHAPE)?;
+    if fields.len() != 1 || !fields.contains_key("leader") {
+        let given: Vec<&str> = fields.keys().map(String::as_str).collect();
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{SHAPE}, with no other field; given: {given:?}"),
+        ));
+    }
+    let request: OverrideRequest = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("{SHAPE}: {e}")))?;
     if let Some(node) = &request.leader
         && !plain_name(node)
     {
@@ -359,7 +373,7 @@ async fn override_leader(mover: &Mover, segment: &str, body: &[u8]) -> Answer {
         ));
     }
     match mover.override_leader(segment, request.leader, now_ms()).await {
-        Ok(view) => Ok(json(StatusCode::OK, view)),
+        Ok(view) => Ok(json(StatusCode::OK, shown(view))),
         Err(e @ OverrideError::NoSegment(_)) => Err(refuse(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ OverrideError::NotAMember { .. }) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
         Err(OverrideError::Store(e)) => Err(store_error(e)),
@@ -436,6 +450,22 @@ async fn site(mover: &Mover, name: &str) -> Answer {
         StatusCode::OK,
         serde_json::json!({ "site": site, "snapshots": snapshots, "checkpoints": checkpoints, "caches": caches }),
     ))
+}
+
+/// A segment as the API shows it: [`tern_wire::segment::SegmentView`] and `leader_silent` (its leader has
+/// not reported for 30 s: the mover serves its members directly, [`crate::segments::leader_silent`]),
+/// without its members' instance ids, which no answer shows (a node's instance id is what holds its name
+/// against another machine's registration).
+fn shown(mut view: tern_wire::segment::SegmentView) -> serde_json::Value {
+    for member in &mut view.members {
+        member.profile.instance.clear();
+    }
+    let silent = crate::segments::leader_silent(&view, now_ms());
+    let mut shown = serde_json::to_value(view).unwrap_or_default();
+    if let Some(fields) = shown.as_object_mut() {
+        fields.insert("leader_silent".into(), serde_json::Value::Bool(silent));
+    }
+    shown
 }
 
 /// The checkpoints of a site; 404 for a site the mover never hosted (an empty list would read as "none

@@ -464,7 +464,7 @@ impl ReportError {
             "no-key" => StatusCode::FORBIDDEN,
             "bad-tag" => StatusCode::UNAUTHORIZED,
             "oversized" => StatusCode::PAYLOAD_TOO_LARGE,
-            "stale" | "replayed" | "superseded" | "name-taken" => StatusCode::CONFLICT,
+            "stale" | "replayed" | "superseded" | "two-leaders" | "name-taken" => StatusCode::CONFLICT,
             "store" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -799,6 +799,7 @@ pub fn segment_summary(views: &[SegmentView]) -> serde_json::Value {
                 "term": view.term,
                 "members": view.members.iter().map(|member| member.name.as_str()).collect::<Vec<_>>(),
                 "reported_seconds_ago": now.saturating_sub(view.reported_ms) / 1000,
+                "leader_silent": crate::segments::leader_silent(view, now),
                 "leader_override": view.leader_override,
             })
         })

@@ -207,6 +207,23 @@ pub enum ReportRefusal {
         /// Its term.
         current: u64,
     },
+    /// Another node reports as leader with the recorded leader's own term while that leader still reports:
+    /// both were elected where neither heard the other (a split segment).
+    #[error(
+        "segment {segment} has two group leaders of term {term}: {leader}, on record, and {sender}, whose report \
+         is refused; its nodes do not hear each other on the control channel (multicast blocked between them: \
+         check the switch's IGMP snooping or a firewall); the mover keeps {leader} until it stops reporting"
+    )]
+    TwoLeaders {
+        /// The segment.
+        segment: String,
+        /// The reporting node.
+        sender: String,
+        /// The term both claim.
+        term: u64,
+        /// The leader on record.
+        leader: String,
+    },
     /// The leader on record already sent a report with this number or a later one (a replay, across
     /// restarts of the mover too).
     #[error("segment {segment}: report {seq} from {sender} is not newer than the last one taken (replay)")]
@@ -225,17 +242,29 @@ impl ReportRefusal {
     pub fn reason(&self) -> &'static str {
         match self {
             ReportRefusal::Superseded { .. } => "superseded",
+            ReportRefusal::TwoLeaders { .. } => "two-leaders",
             ReportRefusal::Replayed { .. } => "replayed",
         }
     }
 }
 
+/// Whether the leader on record of `view` has not reported for [`SUPERSEDE_AFTER`] at `now_ms` (it died,
+/// or its segment elected no one, e.g. every member is `--never-lead`): the mover serves the segment's
+/// members directly, and `/status` and the API say so rather than show it as leading.
+pub fn leader_silent(view: &SegmentView, now_ms: u64) -> bool {
+    let silent_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
+    view.reported_ms.saturating_add(silent_ms) <= now_ms
+}
+
 /// Whether a report (authenticated, fresh, not seen before) replaces the record `stored` at `now_ms`: a
 /// report from the leader on record must be newer than its last one; a report from another node must carry
-/// at least the recorded term (a later election), or list the recorded leader among its members (that
-/// leader registered with it), or come after the recorded leader has been silent for `supersede_after`. A
-/// leader cut off from its segment keeps its term and keeps reporting, and is refused while the segment's
-/// new leader (whose term is higher) reports.
+/// a higher term than the recorded one (a later election: a winner's term is above every term it heard), or
+/// list the recorded leader among its members as a process run other than the one that led (it restarted
+/// and registered with the new leader), or come after the recorded leader has been silent for
+/// `supersede_after`. A leader cut off from its segment keeps its term and keeps reporting, and is refused
+/// while the segment's new leader (whose term is higher) reports, even though its member list still names
+/// that new leader from before; two leaders of one term (a segment split in two) are refused as
+/// [`ReportRefusal::TwoLeaders`], so that the record does not flip between them.
 pub fn admit_report(
     stored: Option<&SegmentView>,
     message: &SegmentMessage,
@@ -254,15 +283,27 @@ pub fn admit_report(
             seq: message.seq,
         });
     }
-    if message.term >= stored.term || stored.leader == message.sender {
+    if message.term > stored.term || stored.leader == message.sender {
         return Ok(());
     }
-    if report.members.iter().any(|member| member.name == stored.leader) {
+    if report
+        .members
+        .iter()
+        .any(|member| member.name == stored.leader && member.incarnation != stored.incarnation)
+    {
         return Ok(());
     }
     let silent_ms = u64::try_from(supersede_after.as_millis()).unwrap_or(u64::MAX);
     if stored.reported_ms.saturating_add(silent_ms) <= now_ms {
         return Ok(());
+    }
+    if message.term == stored.term {
+        return Err(ReportRefusal::TwoLeaders {
+            segment: message.segment.clone(),
+            sender: message.sender.clone(),
+            term: message.term,
+            leader: stored.leader.clone(),
+        });
     }
     Err(ReportRefusal::Superseded {
         segment: message.segment.clone(),
@@ -476,10 +517,29 @@ mod tests {
             admit_report(Some(&view), &cut_off, &cut_off_report, later, SUPERSEDE_AFTER),
             Ok(())
         );
-        // The recorded leader registered with the reporting one: it no longer leads, whatever the terms.
+        // The recorded leader, restarted (another process run), registered with the reporting one: it no
+        // longer leads, whatever the terms.
         let (followed, followed_report) = report("c", 4, 2, ReportKind::Segment, &["a", "c"]);
+        assert_ne!(followed_report.members[0].incarnation, view.incarnation);
         assert_eq!(
             admit_report(Some(&view), &followed, &followed_report, 2_000, SUPERSEDE_AFTER),
+            Ok(())
+        );
+        // A leader cut off and back (helper-78's trial): its member list still names the recorded leader
+        // as the process run that leads now; refused.
+        let (stale, mut stale_report) = report("c", 4, 3, ReportKind::Segment, &["a", "c"]);
+        stale_report.members[0].incarnation = view.incarnation;
+        let refused =
+            admit_report(Some(&view), &stale, &stale_report, 2_000, SUPERSEDE_AFTER).expect_err("a stale leader");
+        assert_eq!(refused.reason(), "superseded");
+        // Two leaders of the recorded term (a split segment): the one on record stays while it reports.
+        let (twin, twin_report) = report("d", 5, 1, ReportKind::Segment, &["d"]);
+        let refused =
+            admit_report(Some(&view), &twin, &twin_report, 2_000, SUPERSEDE_AFTER).expect_err("the same term");
+        assert_eq!(refused.reason(), "two-leaders");
+        assert!(refused.to_string().contains("two group leaders of term 5"), "{refused}");
+        assert_eq!(
+            admit_report(Some(&view), &twin, &twin_report, later, SUPERSEDE_AFTER),
             Ok(())
         );
         let (elected, elected_report) = report("b", 6, 1, ReportKind::TakeOver, &["b"]);

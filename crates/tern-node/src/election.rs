@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use rng::SplitMix64;
 
 use tern_wire::control::{self, Claim, ControlBody, ControlError, ControlMessage, ReplayGuard};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// One node's election (Fig. 5). See the module header for the transitions.
 #[derive(Debug)]
@@ -66,6 +66,9 @@ pub struct Election {
     started: Instant,
     deposed_at: Option<Instant>,
     override_leader: Option<String>,
+    /// The override's leader was not heard for a leader-silence period while this node waited for it (it
+    /// died, or never ran): the segment elects as if there were no override until that node is heard again.
+    override_lapsed: bool,
     resources: Resources,
     wall_clock: WallClock,
     counters: Counters,
@@ -95,6 +98,7 @@ impl Election {
             started: now,
             deposed_at: None,
             override_leader: None,
+            override_lapsed: false,
             resources: Resources::default(),
             wall_clock: WallClock::new(now, unix_ms),
             counters: Counters::default(),
@@ -167,14 +171,39 @@ impl Election {
         &self.config
     }
 
-    /// Whether this node may claim leadership now: an override decides alone; otherwise not with
-    /// `never_lead`, nor when a pre-assigned list exists without this node on it.
+    /// Whether this node may claim leadership now: an override decides alone (unless its leader went
+    /// unheard, see [`Election::override_lapsed`]); otherwise not with `never_lead`, nor when a pre-assigned
+    /// list exists without this node on it.
     pub fn can_lead(&self) -> bool {
-        if let Some(forced) = &self.override_leader {
-            return *forced == self.config.node;
+        if let Some(forced) = self.standing_override() {
+            return forced == self.config.node;
         }
+        self.may_lead_by_configuration()
+    }
+
+    /// Whether the override's leader went unheard for a leader-silence period while this node waited for
+    /// it, so that the segment elects without the override until that node is heard again (an override
+    /// naming a dead node must not leave the segment without a leader: the mover can only send a cleared
+    /// override through a leader).
+    pub fn override_lapsed(&self) -> bool {
+        self.override_lapsed
+    }
+
+    /// The override in force: the administrator's choice, unless it lapsed.
+    fn standing_override(&self) -> Option<&str> {
+        self.override_leader.as_deref().filter(|_| !self.override_lapsed)
+    }
+
+    fn may_lead_by_configuration(&self) -> bool {
         let on_list = self.config.preassigned.is_empty() || self.config.preassigned_rank(&self.config.node) > 0;
         !self.config.never_lead && on_list
+    }
+
+    /// Whether this node waits, in "GL unknown", for another node the override names.
+    fn waiting_for_override(&self) -> bool {
+        self.standing_override()
+            .is_some_and(|forced| forced != self.config.node)
+            && self.may_lead_by_configuration()
     }
 
     /// The claim this node would send now, if it may lead.
@@ -186,7 +215,7 @@ impl Election {
             .deposed_at
             .is_some_and(|at| now.saturating_duration_since(at) <= self.config.timers.deposed_memory);
         Some(Claim {
-            forced: self.override_leader.as_deref() == Some(self.config.node.as_str()),
+            forced: self.standing_override() == Some(self.config.node.as_str()),
             preassigned: self.config.preassigned_rank(&self.config.node),
             recent_leader: self.state == State::GlIsMe || recently_deposed,
             priority: self.config.priority,
@@ -225,6 +254,13 @@ impl Election {
         }
         if message.segment != self.config.segment {
             self.counters.refused.other_segment += 1;
+            self.refusal_warnings.other_segment(
+                &self.config.node,
+                "election",
+                &self.config.segment,
+                &message.segment,
+                now,
+            );
             return;
         }
         if let Err(error) = self.guard.check(message, self.wall_ms(now)) {
@@ -232,6 +268,11 @@ impl Election {
             return;
         }
         self.term = self.term.max(message.term);
+        if self.override_lapsed && self.override_leader.as_deref() == Some(message.sender.as_str()) {
+            // The administrator's leader is back: the override stands again.
+            self.override_lapsed = false;
+            info!(leader = %message.sender, "the overridden group leader is heard again; the override stands");
+        }
         match message.body {
             ControlBody::LeaderAlive => {
                 self.counters.leader_alive_heard += 1;
@@ -335,6 +376,14 @@ impl Election {
                     self.enter_unknown(now, out);
                 }
             }
+            (TimerKind::Claim, State::GlUnknown) if self.waiting_for_override() => {
+                warn!(
+                    leader = self.override_leader.as_deref().unwrap_or(""),
+                    "the group leader the mover's override names is not heard; electing without the override until it is"
+                );
+                self.override_lapsed = true;
+                self.enter_unknown(now, out);
+            }
             (TimerKind::Claim, State::GlUnknown) => self.claim_and_vote(now, out),
             (TimerKind::VotingOpen, State::VotingOpen) => self.enter_me(now, out),
             (TimerKind::LeaderAlive, State::GlIsMe) => {
@@ -351,6 +400,7 @@ impl Election {
             return;
         }
         self.override_leader = leader;
+        self.override_lapsed = false;
         let forced_here = self.override_leader.as_deref() == Some(self.config.node.as_str());
         match self.state {
             State::GlIsMe if forced_here => {}
@@ -371,6 +421,12 @@ impl Election {
         self.set_leader(None, out);
         self.conceded_to = None;
         self.my_claim = None;
+        if self.waiting_for_override() {
+            // The override's leader should speak within a leader-silence period; if it does not, the
+            // override lapses (the claim timer, see `on_timer`).
+            self.arm(TimerKind::Claim, now + self.config.timers.leader_silence, out);
+            return;
+        }
         let Some(claim) = self.current_claim(now) else {
             self.disarm(out);
             return;

@@ -292,6 +292,13 @@ impl Registration {
         }
         if message.segment != self.config.segment {
             self.counters.refused.other_segment += 1;
+            self.refusal_warnings.other_segment(
+                &self.config.node,
+                "registration",
+                &self.config.segment,
+                &message.segment,
+                now,
+            );
             return;
         }
         if let Err(error) = self.guard.check_stamp(&message.stamp(), self.wall_ms(now)) {

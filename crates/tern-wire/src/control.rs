@@ -132,10 +132,11 @@ impl Default for ControlLimits {
 /// Why a datagram was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
-    /// The datagram is larger than [`ControlLimits::max_datagram`].
-    #[error("control datagram of {len} bytes is over the limit of {limit}")]
+    /// The datagram is larger than [`ControlLimits::max_datagram`]. The message names no size: a driver
+    /// reads one byte past the limit, so a larger datagram arrives cut there.
+    #[error("control datagram over the limit of {limit} bytes")]
     Oversized {
-        /// Its length.
+        /// Its length as read (the limit plus one when the reader cut it there).
         len: usize,
         /// The limit.
         limit: usize,

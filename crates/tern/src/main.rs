@@ -1784,6 +1784,26 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `flag` group that is not an IPv4 multicast group one may use (RFC 5771): the broadcast
+/// address and unicast addresses, and 224.0.0.0/24, the link's block for routing protocols (all hosts,
+/// all routers, OSPF...), where every host on the link would get the segment's traffic.
+fn check_multicast_group(flag: &str, group: std::net::SocketAddrV4) -> Result<()> {
+    let address = *group.ip();
+    if !address.is_multicast() {
+        anyhow::bail!(
+            "{flag} {group}: {address} is not an IPv4 multicast group (224.0.0.0/4); use one in 239.0.0.0/8, the \
+             block for an organisation's own use"
+        );
+    }
+    if address.octets()[..3] == [224, 0, 0] {
+        anyhow::bail!(
+            "{flag} {group}: 224.0.0.0/24 is reserved for routing protocols on the link (RFC 5771); use a group \
+             in 239.0.0.0/8"
+        );
+    }
+    Ok(())
+}
+
 /// The data channel's settings from `tern node`'s flags (`None` without --data-channel).
 fn data_channel_settings(args: &NodeArgs) -> Result<Option<tern_node::mctp::driver::DataChannelSettings>> {
     let Some(group) = args.data.data_channel else {
@@ -1792,6 +1812,7 @@ fn data_channel_settings(args: &NodeArgs) -> Result<Option<tern_node::mctp::driv
     if !(0.0..1.0).contains(&args.data.data_loss) {
         anyhow::bail!("--data-loss {}: a probability from 0 to below 1", args.data.data_loss);
     }
+    check_multicast_group("--data-channel", group)?;
     if group.port() == 0 {
         anyhow::bail!("--data-channel {group}: give the port every node of the segment listens on (not 0)");
     }
@@ -1863,6 +1884,7 @@ async fn start_discovery(
     let Some(group) = args.control_channel else {
         anyhow::bail!("--segment needs --control-channel GROUP:PORT (an IPv4 multicast group, e.g. 239.192.0.1:7200)");
     };
+    check_multicast_group("--control-channel", group)?;
     if group.port() == 0 {
         anyhow::bail!("--control-channel {group}: give the port every node of the segment listens on (not 0)");
     }
@@ -2041,6 +2063,21 @@ pub(crate) fn stop_on_signal(token: CancellationToken, hangup: Hangup) {
 #[cfg(test)]
 mod default_dir_tests {
     use super::*;
+
+    /// helper-78's trial: 255.255.255.255 failed later with "Permission denied", 224.0.0.1 was taken.
+    #[test]
+    fn only_usable_multicast_groups_make_a_channel() {
+        let group = |text: &str| text.parse::<std::net::SocketAddrV4>().expect("an address");
+        assert!(check_multicast_group("--control-channel", group("239.192.0.1:7200")).is_ok());
+        for (text, expected) in [
+            ("255.255.255.255:7200", "is not an IPv4 multicast group"),
+            ("10.0.0.5:7200", "is not an IPv4 multicast group"),
+            ("224.0.0.1:7200", "reserved for routing protocols"),
+        ] {
+            let error = check_multicast_group("--control-channel", group(text)).expect_err(text);
+            assert!(error.to_string().contains(expected), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn default_state_dirs_are_absolute() {

@@ -499,6 +499,31 @@ async fn a_segment_elects_one_leader_reports_its_members_and_loses_a_stopped_one
         )
         .await;
     assert_eq!(view["leader_override"], chosen.as_str());
+    // No answer shows a node's instance id (it holds the node's name against other machines).
+    let members = view["members"].as_array().expect("members");
+    assert!(!members.is_empty());
+    assert!(
+        members
+            .iter()
+            .all(|member| member["profile"]["instance"].as_str().unwrap_or("").is_empty()),
+        "{view}"
+    );
+    // A body without `leader`, or with another field, is refused rather than read as a cleared override.
+    for body in [
+        serde_json::json!({}),
+        serde_json::json!({ "leder": chosen }),
+        serde_json::json!({ "leader": chosen, "x": 1 }),
+    ] {
+        let refused = fleet
+            .api("POST", &format!("/api/segments/{SEGMENT}/leader"), Some(body.clone()))
+            .await;
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("with no other field")),
+            "{body}: {refused}"
+        );
+    }
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let (mover_leader, members, _) = fleet.segment().await.expect("segment");

@@ -72,6 +72,21 @@ impl RefusalWarnings {
     }
 }
 
+impl RefusalWarnings {
+    /// Warns, if one is due at `now`, that `node` hears segment `other`'s messages on its control channel
+    /// (`what`: `election` or `registration`): two segments share a multicast group and port. They stay
+    /// apart (each node takes only its own segment's messages), but every message of one is work for the
+    /// other's nodes, and a typo in `--segment` looks the same.
+    pub fn other_segment(&mut self, node: &str, what: &str, own: &str, other: &str, now: std::time::Instant) {
+        let Some(suppressed) = self.0.check("other-segment", now) else {
+            return;
+        };
+        tracing::warn!(%node, segment = %own, other_segment = %other, suppressed,
+            "{what} message of segment {other} heard on this node's control channel: two segments share it; give \
+             each segment its own --control-channel (or check --segment for a typo)");
+    }
+}
+
 /// What the core has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {

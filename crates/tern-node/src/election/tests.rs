@@ -819,6 +819,57 @@ fn an_override_forces_its_node_to_lead_and_the_old_leader_steps_aside() {
     ));
 }
 
+/// An override naming a node that is not heard (it died, or never ran) lapses after a leader-silence
+/// period, and the segment elects a leader as without it; when that node speaks again, the override stands
+/// once more (helper-78's trial: the segment stayed without a leader until the node came back).
+#[test]
+fn an_override_naming_a_silent_node_lapses_and_the_segment_elects_without_it() {
+    let (a, _) = Node::new(config("a"), 1);
+    let (b, _) = Node::new(config("b"), 2);
+    let mut nodes = [a, b];
+    let start = nodes[0].now;
+    for node in nodes.iter_mut() {
+        let now = node.now;
+        node.core.handle(Input::Override(Some("dead".into())), now);
+        assert!(!node.core.can_lead(), "waits for the override's leader first");
+        assert_eq!(node.state(), State::GlUnknown);
+    }
+    let silence = nodes[0].core.config().timers.leader_silence;
+    settle(&mut nodes, start + silence - Duration::from_millis(1));
+    assert!(
+        nodes
+            .iter()
+            .all(|node| node.state() == State::GlUnknown && !node.core.override_lapsed())
+    );
+    settle(&mut nodes, start + Duration::from_secs(120));
+    let leaders: Vec<_> = nodes.iter().filter(|node| node.state() == State::GlIsMe).collect();
+    assert_eq!(leaders.len(), 1, "one leader without the override");
+    let leader = leaders[0].core.config().node.clone();
+    for node in &nodes {
+        assert!(node.core.override_lapsed());
+        if node.core.config().node != leader {
+            assert_eq!(node.leader_name().as_deref(), Some(leader.as_str()));
+        }
+    }
+
+    // The overridden node comes back and claims, forced: the override stands again, and the leader
+    // elected without it steps aside.
+    let mut dead = Peer::new("dead");
+    let forced = Claim {
+        forced: true,
+        ..strong()
+    };
+    let index = nodes
+        .iter()
+        .position(|node| node.state() == State::GlIsMe)
+        .expect("a leader");
+    let datagram = dead.claim(forced, nodes[index].unix_ms());
+    let out = nodes[index].hear(&datagram);
+    assert!(!nodes[index].core.override_lapsed());
+    assert!(!nodes[index].core.can_lead());
+    assert_eq!(transitions(&out).first(), Some(&(State::GlIsMe, State::GlUnknown)));
+}
+
 #[test]
 fn stronger_claims_wait_shorter_intervals() {
     let (node, _) = Node::named("a");
