@@ -30,6 +30,35 @@ pub(crate) async fn scheduler(mover: Arc<Mover>, shutdown: CancellationToken) {
     }
 }
 
+impl Mover {
+    /// Sets the segments' gauges at `now_ms`, and warns once when a segment's leader falls silent (it died
+    /// and no other was elected, or every member is `--never-lead`): its members are served directly.
+    fn observe_segments(&self, now_ms: u64) {
+        let (views, became_silent) = self.segments.newly_silent(now_ms);
+        for view in &views {
+            let label = crate::metrics::SegmentLabel {
+                segment: view.name.clone(),
+            };
+            let age = now_ms.saturating_sub(view.reported_ms) / 1000;
+            self.metrics
+                .segment_report_age
+                .get_or_create(&label)
+                .set(i64::try_from(age).unwrap_or(i64::MAX));
+            let silent = crate::segments::leader_silent(view, now_ms);
+            self.metrics
+                .segment_leader_silent
+                .get_or_create(&label)
+                .set(i64::from(silent));
+            if became_silent.contains(&view.name) {
+                warn!(segment = %view.name, leader = %view.leader,
+                    "group leader {} of segment {} has not reported for 30 s: the mover serves the segment's members \
+                     directly until a leader reports (it died and no other was elected, or every member is --never-lead)",
+                    view.leader, view.name);
+            }
+        }
+    }
+}
+
 /// What the schedule holds at one look.
 struct Schedule {
     /// Jobs due now and not running, with the nodes each is for.
@@ -73,6 +102,7 @@ impl Mover {
         };
         self.metrics.jobs_pending.set(schedule.pending as i64);
         self.metrics.nodes.set(schedule.nodes as i64);
+        self.observe_segments(now);
         if schedule.due.is_empty() {
             return;
         }

@@ -30,6 +30,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label: a network segment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SegmentLabel {
+    /// Its name (`--segment`).
+    pub segment: String,
+}
+
 /// Label: a load-balancer command and whether it was taken.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabel {
@@ -63,6 +70,10 @@ pub struct MoverMetrics {
     pub jobs_running: Gauge,
     /// Load-balancer commands sent (a node put in or taken out of the rotation), by outcome.
     pub rotation: Family<RotationLabel, Counter>,
+    /// Seconds since each segment's leader last reported (set by the scheduler's look, twice a second).
+    pub segment_report_age: Family<SegmentLabel, Gauge>,
+    /// 1 for a segment whose leader has not reported for 30 s (its members are served directly).
+    pub segment_leader_silent: Family<SegmentLabel, Gauge>,
 }
 
 impl MoverMetrics {
@@ -103,6 +114,18 @@ impl MoverMetrics {
             "Load-balancer commands sent: a node put in or taken out of the rotation",
             rotation.clone(),
         );
+        let segment_report_age = Family::<SegmentLabel, Gauge>::default();
+        registry.register(
+            "segment_report_age_seconds",
+            "Seconds since each segment's group leader last reported",
+            segment_report_age.clone(),
+        );
+        let segment_leader_silent = Family::<SegmentLabel, Gauge>::default();
+        registry.register(
+            "segment_leader_silent",
+            "1 for a segment whose group leader has not reported for 30 s: the mover serves its members directly",
+            segment_leader_silent.clone(),
+        );
         MoverMetrics {
             registry,
             jobs,
@@ -114,6 +137,8 @@ impl MoverMetrics {
             jobs_pending,
             jobs_running,
             rotation,
+            segment_report_age,
+            segment_leader_silent,
         }
     }
 

@@ -82,6 +82,8 @@ pub struct Grouping {
 pub struct Segments {
     segments: RwLock<BTreeMap<String, Segment>>,
     views: RwLock<BTreeMap<String, SegmentView>>,
+    /// Segments whose leader was last seen silent ([`Segments::newly_silent`]).
+    silent: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Segment {
@@ -111,6 +113,24 @@ impl Segments {
         self.update(Segment::of_view(&view));
         let mut views = self.views.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         views.insert(view.name.clone(), view);
+    }
+
+    /// The segments whose leader became silent ([`leader_silent`]) since the last call, at `now_ms`, with
+    /// every segment's view: what the scheduler's look warns about once and sets the gauges from.
+    pub fn newly_silent(&self, now_ms: u64) -> (Vec<SegmentView>, Vec<String>) {
+        let views = self.views();
+        let mut silent = self.silent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut became = Vec::new();
+        for view in &views {
+            if leader_silent(view, now_ms) {
+                if silent.insert(view.name.clone()) {
+                    became.push(view.name.clone());
+                }
+            } else {
+                silent.remove(&view.name);
+            }
+        }
+        (views, became)
     }
 
     /// Every segment's last accepted report, by name.
@@ -453,6 +473,25 @@ mod tests {
             body: SegmentBody::SegmentReport(report.clone()),
         };
         (message, report)
+    }
+
+    #[test]
+    fn a_segment_is_said_silent_once_when_its_leader_stops_reporting_and_again_after_it_came_back() {
+        let segments = Segments::default();
+        let (message, first) = report("a", 1, 1, ReportKind::Segment, &["a", "b"]);
+        let (view, _) = merge_report(None, &message, &first, 1_000);
+        segments.record(view.clone());
+        let silent_at = 1_000 + SUPERSEDE_AFTER.as_millis() as u64;
+        assert!(segments.newly_silent(silent_at - 1).1.is_empty());
+        assert!(!leader_silent(&view, silent_at - 1));
+        assert_eq!(segments.newly_silent(silent_at).1, ["london"]);
+        assert!(leader_silent(&view, silent_at));
+        assert!(segments.newly_silent(silent_at + 500).1.is_empty(), "said once");
+        let (message, again) = report("a", 1, 2, ReportKind::Segment, &["a", "b"]);
+        let (view, _) = merge_report(Some(&view), &message, &again, silent_at + 1_000);
+        segments.record(view);
+        assert!(segments.newly_silent(silent_at + 1_000).1.is_empty());
+        assert_eq!(segments.newly_silent(silent_at * 3).1, ["london"], "silent again later");
     }
 
     #[test]
