@@ -32,9 +32,19 @@ impl MemberAddresses {
         }
     }
 
-    /// The registered members and their data channel addresses now (replacing the last list).
-    pub fn registered(&mut self, members: impl IntoIterator<Item = (String, SocketAddr)>) {
-        self.registered = members.into_iter().take(self.capacity).collect();
+    /// The registered members and their data channel addresses now (replacing the last list); returns the
+    /// members of the last list that this one lacks (they went offline).
+    pub fn registered(&mut self, members: impl IntoIterator<Item = (String, SocketAddr)>) -> Vec<String> {
+        let now: HashMap<String, SocketAddr> = members.into_iter().take(self.capacity).collect();
+        let mut departed: Vec<String> = self
+            .registered
+            .keys()
+            .filter(|name| !now.contains_key(*name))
+            .cloned()
+            .collect();
+        departed.sort();
+        self.registered = now;
+        departed
     }
 
     /// Where to send a unicast datagram to `name`: the address it was last heard with, else the one it

@@ -80,6 +80,13 @@ pub enum SenderInput<'a> {
         /// The members.
         members: Vec<String>,
     },
+    /// Members that went offline (the segment's registration stopped hearing their keep-alives): in every
+    /// open session, those not complete are not waited for past the current pass, and are named among its
+    /// incomplete members (caught up when they come back).
+    Departed {
+        /// The members.
+        members: Vec<String>,
+    },
 }
 
 /// How a session ended.
@@ -205,6 +212,8 @@ struct Session {
     buffer: Vec<u8>,
     /// Members the GL has no address for ([`SenderInput::Unreachable`]).
     unreachable: BTreeSet<String>,
+    /// Members that went offline during the session ([`SenderInput::Departed`]).
+    departed: BTreeSet<String>,
 }
 
 /// What the pump sends next.
@@ -272,6 +281,11 @@ impl Sender {
                     session.unreachable.extend(members);
                 }
             }
+            SenderInput::Departed { members } => {
+                for session in self.sessions.values_mut() {
+                    session.departed.extend(members.iter().cloned());
+                }
+            }
         }
         out
     }
@@ -324,6 +338,7 @@ impl Sender {
             stalled: 0,
             last_loss: None,
             unreachable: BTreeSet::new(),
+            departed: BTreeSet::new(),
             frames_sent: 0,
             frames_repaired: 0,
             buffer: vec![0; (frame_size as usize).next_multiple_of(2)],
@@ -673,12 +688,13 @@ fn quorum_outcome(quorum_share: f64, members: usize, complete: &[String], incomp
 }
 
 impl Session {
-    /// A member that cannot be reached and has said nothing, or that declined the session: not waited
-    /// for once a pass ended (the callers ask only then: the end of a report window, or a status report
-    /// while collecting).
+    /// A member that cannot be reached and has said nothing, that went offline before completing, or that
+    /// declined the session: not waited for once a pass ended (the callers ask only then: the end of a
+    /// report window, or a status report while collecting).
     fn gone(&self, name: &str, state: &MemberState) -> bool {
         state.status == MemberStatus::Declined
             || (state.status == MemberStatus::Unknown && self.unreachable.contains(name))
+            || (state.status != MemberStatus::Complete && self.departed.contains(name))
     }
 
     fn peek_pending(&self) -> Option<Next> {

@@ -187,6 +187,8 @@ enum Ev {
     MemberTimer(usize, Timer),
     Join(usize),
     Crash(usize),
+    /// The GL's registration says member `usize` went offline (its keep-alives stopped).
+    Depart(usize),
 }
 
 /// A datagram the GL sent or received, for the tests to read.
@@ -328,6 +330,12 @@ impl Segment {
         self.push(at, Ev::Crash(index));
     }
 
+    /// The GL is told at `at` that member `index` went offline, as the driver tells it when the
+    /// registration's member list loses it.
+    pub(super) fn depart_at(&mut self, index: usize, at: Instant) {
+        self.push(at, Ev::Depart(index));
+    }
+
     fn push(&mut self, at: Instant, event: Ev) {
         self.next_id += 1;
         self.queue.push(Reverse((at, self.next_id, event)));
@@ -418,6 +426,24 @@ impl Segment {
             }
             Ev::Join(index) => self.join(index),
             Ev::Crash(index) => self.members[index] = None,
+            Ev::Depart(index) => {
+                let members = vec![member_name(index)];
+                let out = self.sender.handle(
+                    SenderInput::Departed {
+                        members: members.clone(),
+                    },
+                    now,
+                );
+                self.apply(0, out);
+                let out = self.collector.handle(
+                    CollectInput::Excuse {
+                        assignment: ASSIGNMENT,
+                        members,
+                    },
+                    now,
+                );
+                self.apply(0, out);
+            }
         }
     }
 

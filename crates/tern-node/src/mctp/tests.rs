@@ -340,6 +340,35 @@ fn a_quorum_ends_a_session_whose_stragglers_make_no_progress() {
     assert_eq!(segment.spooled(2), Some(bytes));
 }
 
+/// A member that crashes mid-session and that the registration reports offline is not waited for: the
+/// session ends after the pass in which it was reported gone, not after ten passes without progress, and
+/// report collection does not wait for its apply report (helper-78's trial: a killed member held its
+/// segment for 11 passes and 32 s of collection).
+#[test]
+fn a_member_gone_offline_is_not_waited_for() {
+    let mut segment = new_segment(4);
+    segment.drop_rule = Box::new(|to, bytes| to == 4 && mctp::is_data_frame(bytes));
+    let start = segment.now;
+    segment.crash_at(4, start + Duration::from_millis(100));
+    segment.depart_at(4, start + Duration::from_millis(200));
+    segment.start(bytes());
+    segment.run_for(Duration::from_secs(60));
+    let session = only_session(&segment);
+    assert_eq!(
+        session.outcome,
+        Outcome::Quorum {
+            incomplete: vec![member_name(4)]
+        }
+    );
+    assert!(
+        session.passes <= 2,
+        "ended without repair passes for the departed: {}",
+        session.passes
+    );
+    let collected = segment.collections.last().expect("report collection ended");
+    assert_eq!(collected.applied, [member_name(1), member_name(2), member_name(3)]);
+}
+
 #[test]
 fn without_a_quorum_the_leader_gives_up_after_ten_passes_without_progress() {
     let mut segment = new_segment(4);

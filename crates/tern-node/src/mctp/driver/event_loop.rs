@@ -259,7 +259,12 @@ impl Driver {
                 applied,
                 detail,
             } => self.on_applied(assignment, applied, detail, now, outputs),
-            Command::Registered { members } => self.addresses.registered(members),
+            Command::Registered { members } => {
+                let departed = self.addresses.registered(members);
+                if !departed.is_empty() {
+                    self.departed(departed, now, outputs);
+                }
+            }
         }
     }
 

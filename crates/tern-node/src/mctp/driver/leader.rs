@@ -138,6 +138,27 @@ impl Driver {
             .collect()
     }
 
+    /// These members went offline (the registration stopped hearing their keep-alives): the sessions this
+    /// node leads do not wait for them past the current pass, nor does report collection (they are caught
+    /// up when they come back). helper-78's trial: a killed member held its segment ~40 s more.
+    pub(super) fn departed(&mut self, members: Vec<String>, now: Instant, outputs: &mut Vec<(Core, Output)>) {
+        if self.leading.is_empty() {
+            return;
+        }
+        info!(members = ?members, "members went offline: the data channel's sessions no longer wait for them");
+        let out = self.sender.handle(
+            SenderInput::Departed {
+                members: members.clone(),
+            },
+            now.into_std(),
+        );
+        outputs.extend(out.into_iter().map(|output| (Core::Sender, output)));
+        let assignments: Vec<u64> = self.leading.keys().copied().collect();
+        for assignment in assignments {
+            self.excuse(assignment, members.clone(), now, outputs);
+        }
+    }
+
     /// These members are caught up another way: report collection does not wait for them.
     pub(super) fn excuse(
         &mut self,
