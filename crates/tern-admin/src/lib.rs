@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod throttle;
-pub use throttle::Throttle;
+pub use throttle::{KeyedThrottle, Throttle};
 
 /// Largest admin request body accepted (a purge list of many URLs fits easily).
 pub const MAX_ADMIN_BODY: usize = 4 << 20;

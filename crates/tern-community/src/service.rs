@@ -86,7 +86,7 @@ pub struct Service {
     shown: std::sync::Mutex<Shown>,
     persist_failures: std::sync::atomic::AtomicU64,
     /// When refused requests are logged as warnings (a new reason at once, a lasting one every 30 s).
-    refusal_warnings: std::sync::Mutex<tern_admin::Throttle<&'static str>>,
+    refusal_warnings: std::sync::Mutex<tern_admin::KeyedThrottle<&'static str>>,
     /// Request bodies over the size limit (413), refused before the state machine sees them.
     oversized: std::sync::atomic::AtomicU64,
 }
@@ -225,7 +225,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningRegistry, ServiceErro
         key: config.key.clone(),
         state_file,
         persist_failures: std::sync::atomic::AtomicU64::new(0),
-        refusal_warnings: std::sync::Mutex::new(tern_admin::Throttle::default()),
+        refusal_warnings: std::sync::Mutex::new(tern_admin::KeyedThrottle::default()),
         oversized: std::sync::atomic::AtomicU64::new(0),
     });
     let handler = Arc::new(RegistryHandler {

@@ -504,7 +504,7 @@ pub struct SegmentIntake {
     accepted: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Refusals are logged once per reason every 30 s (a leader with the wrong key sends every second).
-    warnings: Mutex<tern_admin::Throttle<&'static str>>,
+    warnings: Mutex<tern_admin::KeyedThrottle<&'static str>>,
 }
 
 impl Default for SegmentIntake {
@@ -522,7 +522,7 @@ impl Default for SegmentIntake {
             seq: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
-            warnings: Mutex::new(tern_admin::Throttle::default()),
+            warnings: Mutex::new(tern_admin::KeyedThrottle::default()),
         }
     }
 }

@@ -422,9 +422,15 @@ impl Election {
         self.conceded_to = None;
         self.my_claim = None;
         if self.waiting_for_override() {
-            // The override's leader should speak within a leader-silence period; if it does not, the
-            // override lapses (the claim timer, see `on_timer`).
-            self.arm(TimerKind::Claim, now + self.config.timers.leader_silence, out);
+            // The override's leader should claim within a leader-silence period and a claim interval (it
+            // may learn of the override a report later than this node); if it does not, the override
+            // lapses (the claim timer, see `on_timer`).
+            let timers = &self.config.timers;
+            self.arm(
+                TimerKind::Claim,
+                now + timers.leader_silence + timers.initial_claim,
+                out,
+            );
             return;
         }
         let Some(claim) = self.current_claim(now) else {

@@ -1721,6 +1721,10 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let key = tern_mover::keys::load_public(&args.key).context("cannot read the mover's public key")?;
     let cluster_key = args.segment.cluster_key.as_deref().map(load_key).transpose()?;
     let data_channel = data_channel_settings(&args)?;
+    // Checked before the node registers: a node that cannot join its segment must not appear at the mover.
+    if let Some(group) = args.segment.control_channel {
+        check_multicast_group("--control-channel", group)?;
+    }
     // The root holds the sites, which the web server reads: made with the usual permissions, and only the
     // node's own records (ROOT/.state) are private to it.
     std::fs::create_dir_all(&args.root).with_context(|| format!("cannot create the root {}", args.root.display()))?;

@@ -37,7 +37,7 @@ impl Refusals {
 /// `tern_node_control_refused_total`); without a warning, a node with another `--cluster-key` or a clock
 /// far off went unnoticed by the healthy nodes, which simply did not hear it.
 #[derive(Debug, Default)]
-pub struct RefusalWarnings(tern_admin::Throttle<&'static str>);
+pub struct RefusalWarnings(tern_admin::KeyedThrottle<&'static str>);
 
 impl RefusalWarnings {
     /// Warns about `error`, refused by `node` on its control channel (`what`: `election` or

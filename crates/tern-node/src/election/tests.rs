@@ -834,8 +834,11 @@ fn an_override_naming_a_silent_node_lapses_and_the_segment_elects_without_it() {
         assert!(!node.core.can_lead(), "waits for the override's leader first");
         assert_eq!(node.state(), State::GlUnknown);
     }
-    let silence = nodes[0].core.config().timers.leader_silence;
-    settle(&mut nodes, start + silence - Duration::from_millis(1));
+    let timers = nodes[0].core.config().timers;
+    settle(
+        &mut nodes,
+        start + timers.leader_silence + timers.initial_claim - Duration::from_millis(1),
+    );
     assert!(
         nodes
             .iter()
