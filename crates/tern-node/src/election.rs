@@ -15,6 +15,11 @@
 //!   (weighed there at once); an LA → GL known.
 //! - **GL is me**: send LA every [`Timers::la_period`]. "Rather than have a battle of LA", another
 //!   node's LA or LC makes the leader send an LC and go back to voting open.
+//! - **The administrator's override** (the seed's "GUI mechanism ... to override"): the node it names
+//!   claims at once, forced (the strongest claim); every other node stops claiming. Not in the seed: a
+//!   member that waits in GL unknown for the named node for a leader-silence period and a claim interval
+//!   without hearing it lets the override lapse and claims as without it, until that node is heard again,
+//!   so that an override naming a dead node does not leave the segment without a leader.
 //!
 //! The core is sans-IO in the manner of quinn-proto and foca: [`Election::handle`] takes an [`Input`]
 //! (a datagram, a timer, an operator's override) and the current [`Instant`], and returns [`Output`]s
@@ -66,8 +71,9 @@ pub struct Election {
     started: Instant,
     deposed_at: Option<Instant>,
     override_leader: Option<String>,
-    /// The override's leader was not heard for a leader-silence period while this node waited for it (it
-    /// died, or never ran): the segment elects as if there were no override until that node is heard again.
+    /// The override's leader was not heard for a leader-silence period and a claim interval while this
+    /// node waited for it (it died, or never ran): the segment elects as if there were no override until
+    /// that node is heard again.
     override_lapsed: bool,
     resources: Resources,
     wall_clock: WallClock,
@@ -181,8 +187,8 @@ impl Election {
         self.may_lead_by_configuration()
     }
 
-    /// Whether the override's leader went unheard for a leader-silence period while this node waited for
-    /// it, so that the segment elects without the override until that node is heard again (an override
+    /// Whether the override's leader went unheard for a leader-silence period and a claim interval while
+    /// this node waited for it, so that the segment elects without the override until that node is heard again (an override
     /// naming a dead node must not leave the segment without a leader: the mover can only send a cleared
     /// override through a leader).
     pub fn override_lapsed(&self) -> bool {
