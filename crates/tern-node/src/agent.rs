@@ -576,6 +576,7 @@ impl Handler for NodeApi {
                     "versions": agent.versions(),
                     "tree": agent.tree_status(),
                     "data_channel": agent.data_channel.as_ref().map(|channel| channel.address().to_string()),
+                    "segment": agent.discovery_metrics.get().map(|discovery| discovery.status()),
                 }),
             ),
             (method, path) => refusal(StatusCode::NOT_FOUND, format!("no endpoint {method} {path}")),

@@ -6,7 +6,7 @@
 //!
 //! `tern node --segment NAME --control-channel GROUP:PORT` starts this beside the node agent.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,8 @@ pub enum DiscoveryError {
 /// A node's running discovery phase.
 #[derive(Debug)]
 pub struct Discovery {
+    segment: String,
+    channel: SocketAddrV4,
     leader: watch::Receiver<Option<Leader>>,
     election: watch::Receiver<election_driver::Status>,
     registration: watch::Receiver<registration_driver::Status>,
@@ -180,6 +182,7 @@ pub async fn start(config: DiscoveryConfig, profile: ProfileSource) -> Result<Di
     };
     election.address = address;
     registration.address = address;
+    let segment = election.segment.clone();
     let election = election_driver::spawn(election, channel)?;
     let (overrides_tx, overrides_rx) = mpsc::channel(8);
     let registration = registration_driver::spawn(
@@ -196,6 +199,8 @@ pub async fn start(config: DiscoveryConfig, profile: ProfileSource) -> Result<Di
     info!(%address, group = %channel.group, "discovery started");
     let shutdown = CancellationToken::new();
     let discovery = Discovery {
+        segment,
+        channel: channel.group,
         leader: election.leader(),
         election: election.status(),
         registration: registration.status(),
@@ -305,14 +310,41 @@ fn route_address(channel: &ControlChannel) -> std::io::Result<IpAddr> {
 /// status as of the request.
 #[derive(Debug, Clone)]
 pub struct DiscoveryMetrics {
+    segment: String,
+    channel: SocketAddrV4,
+    leader: watch::Receiver<Option<Leader>>,
     election: watch::Receiver<election_driver::Status>,
     registration: watch::Receiver<registration_driver::Status>,
+}
+
+impl DiscoveryMetrics {
+    /// What the node's `/status` shows of its segment: its name and control channel, the election's state
+    /// (Fig. 5), the leader and its term as this node knows them, this node's registration role, and
+    /// whether the leader's last report listed it.
+    pub fn status(&self) -> serde_json::Value {
+        let election = *self.election.borrow();
+        let registration = self.registration.borrow();
+        let leader = self.leader.borrow();
+        serde_json::json!({
+            "name": self.segment,
+            "control_channel": self.channel.to_string(),
+            "state": election.state.as_str(),
+            "leader": leader.as_ref().map(|leader| leader.name.clone()),
+            "term": leader.as_ref().map(|leader| leader.term),
+            "role": registration.role.as_str(),
+            "listed": registration.listed,
+            "members_known": registration.members_known,
+        })
+    }
 }
 
 impl Discovery {
     /// The figures `/metrics` shows for this discovery phase.
     pub fn metrics(&self) -> DiscoveryMetrics {
         DiscoveryMetrics {
+            segment: self.segment.clone(),
+            channel: self.channel,
+            leader: self.leader.clone(),
             election: self.election.clone(),
             registration: self.registration.clone(),
         }
@@ -420,10 +452,26 @@ mod tests {
             counters: crate::registration::Counters::default(),
         };
         registration.counters.refused.replayed = 4;
+        let leader = Leader {
+            name: "n1".into(),
+            address: "10.0.0.1:40000".parse().expect("address"),
+            term: 4,
+        };
         let metrics = DiscoveryMetrics {
+            segment: "rack-1".into(),
+            channel: "239.192.0.1:7200".parse().expect("group"),
+            leader: watch::channel(Some(leader)).1,
             election: watch::channel(election).1,
             registration: watch::channel(registration).1,
         };
+        // The node's `/status` says where it stands in its segment.
+        assert_eq!(
+            metrics.status(),
+            serde_json::json!({
+                "name": "rack-1", "control_channel": "239.192.0.1:7200", "state": "GL is me", "leader": "n1",
+                "term": 4, "role": "leader", "listed": true, "members_known": 0,
+            })
+        );
         let mut registry = prometheus_client::registry::Registry::with_prefix("tern_node");
         registry.register_collector(Box::new(metrics));
         let mut text = String::new();
