@@ -215,10 +215,8 @@ async fn run(
         key: &key,
         answers: &answers_tx,
     };
-    match socket.local_addr() {
-        Ok(registration) => info!(%node, %registration, "segment registration started"),
-        Err(_) => info!(%node, "segment registration started"),
-    }
+    // The address members and the leader reach this node at (the socket may be bound to 0.0.0.0).
+    info!(%node, registration = %core.config().address, "segment registration started");
     // The profile first, so that no registration or report goes out without this node's URL.
     let reader = profile.clone();
     if let Ok(first_profile) = tokio::task::spawn_blocking(move || reader()).await {
