@@ -32,7 +32,6 @@ pub enum SubmitError {
 struct Facts {
     /// The site's record, when it is hosted.
     site: Option<crate::store::Site>,
-    site_known: bool,
     /// The site was hosted once and removed (its tombstone is kept).
     site_removed: bool,
     /// The job names a group or node (`target`) with no registered node in it.
@@ -87,7 +86,6 @@ impl Mover {
                 };
                 let site = store.site(&asked.site)?;
                 Ok(Facts {
-                    site_known: site.is_some(),
                     site,
                     site_removed: store.is_removed(&asked.site)?,
                     target_empty,
@@ -95,13 +93,13 @@ impl Mover {
                 })
             })
             .await?;
-        if !facts.site_known && facts.site_removed && spec.kind != JobKind::Publish {
+        if facts.site.is_none() && facts.site_removed && spec.kind != JobKind::Publish {
             return Err(SubmitError::Invalid(format!(
                 "site {} was removed: nothing of it is kept to roll back, restore or synchronise; publish it again",
                 spec.site
             )));
         }
-        if !facts.site_known && spec.kind != JobKind::Publish {
+        if facts.site.is_none() && spec.kind != JobKind::Publish {
             return Err(SubmitError::Invalid(format!(
                 "site {} was never published; publish it first",
                 spec.site

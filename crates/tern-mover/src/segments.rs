@@ -172,13 +172,12 @@ impl Segments {
     /// and nobody reports) are served directly, rather than through a leader that would be waited for.
     pub fn group(&self, targets: &[Recipient], now_ms: u64) -> Grouping {
         let segments = self.segments.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let silent_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut groups: BTreeMap<String, SegmentGroup> = BTreeMap::new();
         let mut direct = Vec::new();
         for target in targets {
             let home = segments.values().find(|segment| {
                 segment.leader.is_some()
-                    && segment.reported_ms.saturating_add(silent_ms) > now_ms
+                    && !silent_for(segment.reported_ms, now_ms, SUPERSEDE_AFTER)
                     && segment.members.contains(&target.name)
             });
             match home.and_then(|segment| segment.leader.as_ref().map(|leader| (segment, leader))) {
@@ -272,8 +271,15 @@ impl ReportRefusal {
 /// or its segment elected no one, e.g. every member is `--never-lead`): the mover serves the segment's
 /// members directly, and `/status` and the API say so rather than show it as leading.
 pub fn leader_silent(view: &SegmentView, now_ms: u64) -> bool {
-    let silent_ms = u64::try_from(SUPERSEDE_AFTER.as_millis()).unwrap_or(u64::MAX);
-    view.reported_ms.saturating_add(silent_ms) <= now_ms
+    silent_for(view.reported_ms, now_ms, SUPERSEDE_AFTER)
+}
+
+/// Whether a leader that last reported at `reported_ms` has been silent for `after` at `now_ms` (times in
+/// ms since the epoch; the sum saturates): the one rule of the tree's grouping, the API's
+/// `leader_silent` and the admission of another leader's report.
+fn silent_for(reported_ms: u64, now_ms: u64, after: Duration) -> bool {
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    reported_ms.saturating_add(after_ms) <= now_ms
 }
 
 /// Whether a report (authenticated, fresh, not seen before) replaces the record `stored` at `now_ms`: a
@@ -313,8 +319,7 @@ pub fn admit_report(
     {
         return Ok(());
     }
-    let silent_ms = u64::try_from(supersede_after.as_millis()).unwrap_or(u64::MAX);
-    if stored.reported_ms.saturating_add(silent_ms) <= now_ms {
+    if silent_for(stored.reported_ms, now_ms, supersede_after) {
         return Ok(());
     }
     if message.term == stored.term {
